@@ -1,0 +1,44 @@
+"""The one ``exdd`` command. Sub-command groups are imported lazily so ``--help`` stays fast."""
+from __future__ import annotations
+
+import importlib
+import sys
+
+import click
+
+from . import __version__
+
+SUBCOMMANDS = {
+    "offline": ("exdd.offline.cli", "offline", "Build banks from images, synthesize defects, evaluate."),
+    "export": ("exdd.export.cli", "export", "ONNX / TensorRT export and Triton model-repository assembly."),
+    "serve": ("exdd.export.serve", "serve", "Start a local Triton server on a model repository."),
+    "client": ("exdd.client.cli", "client", "Score, stream, benchmark and evaluate through a Triton server."),
+    "demo": ("exdd.demo", "demo", "The whole pipeline on bundled data: build, export, serve, score, report."),
+}
+
+
+class LazyGroup(click.Group):
+    """A click group whose sub-commands are imported on first use."""
+
+    def list_commands(self, ctx):
+        return list(SUBCOMMANDS)
+
+    def get_command(self, ctx, name):
+        if name not in SUBCOMMANDS:
+            return None
+        module, attr, _ = SUBCOMMANDS[name]
+        return getattr(importlib.import_module(module), attr)
+
+    def format_commands(self, ctx, formatter):
+        with formatter.section("Commands"):
+            formatter.write_dl([(n, h) for n, (_, _, h) in SUBCOMMANDS.items()])
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="exdd")
+def main() -> None:
+    """exdd: ExDD surface-defect detection, built offline and served on NVIDIA Triton."""
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

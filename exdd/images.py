@@ -1,0 +1,101 @@
+"""Decoding image and mask files with bounded memory and clear, per-file errors."""
+from __future__ import annotations
+
+import os
+import warnings
+from typing import Tuple
+
+import numpy as np
+from PIL import Image, ImageFile, UnidentifiedImageError
+
+# A decoded image may hold at most this many pixels (a 30000x30000 PNG header is refused
+# before any pixel is decoded). 64 Mpx is ~200 MB as RGB.
+MAX_PIXELS = 64_000_000
+Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif")
+
+
+class ImageReadError(ValueError):
+    """A file that is not a usable image; the message names the file."""
+
+
+def _open(path: str) -> Image.Image:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(path)
+            w, h = img.size
+            if w * h > MAX_PIXELS:
+                raise ImageReadError(f"{path}: {w}x{h} pixels exceeds the limit of {MAX_PIXELS} (refused)")
+            if w < 1 or h < 1:
+                raise ImageReadError(f"{path}: empty image ({w}x{h})")
+            img.seek(0)  # first frame of an animation
+            img.load()
+            return img
+    except ImageReadError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ImageReadError(f"{path}: refused as a decompression bomb ({e})") from None
+    except FileNotFoundError:
+        raise ImageReadError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise ImageReadError(f"{path}: is a directory") from None
+    except UnidentifiedImageError:
+        raise ImageReadError(f"{path}: not a recognised image file") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
+        raise ImageReadError(f"{path}: corrupt or truncated image ({e})") from None
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any PIL mode (L, I;16, RGBA, P, CMYK, ...) as 8-bit RGB."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(img, dtype=np.float64)
+        hi = arr.max() if arr.size else 0
+        arr = (arr / (65535.0 if hi > 255 else 255.0) * 255.0).clip(0, 255).astype(np.uint8)
+        img = Image.fromarray(arr, mode="L")
+    elif img.mode == "F":
+        arr = np.asarray(img, dtype=np.float64)
+        arr = np.nan_to_num(arr).clip(0, 255).astype(np.uint8)
+        img = Image.fromarray(arr, mode="L")
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        img = img.convert("RGBA")
+        bg = Image.new("RGBA", img.size, (0, 0, 0, 255))
+        img = Image.alpha_composite(bg, img)
+    return img.convert("RGB")
+
+
+def read_image(path: str, size_hw: Tuple[int, int] | None = None) -> np.ndarray:
+    """The image at path as uint8 (H, W, 3) RGB, resized (bilinear) to size_hw when given."""
+    img = to_rgb(_open(path))
+    if size_hw is not None and img.size != (size_hw[1], size_hw[0]):
+        img = img.resize((size_hw[1], size_hw[0]), Image.BILINEAR)
+    return np.asarray(img, dtype=np.uint8)
+
+
+def image_size(path: str) -> Tuple[int, int]:
+    """(H, W) of an image file without decoding its pixels."""
+    try:
+        with Image.open(path) as img:
+            return img.size[1], img.size[0]
+    except Exception as e:  # noqa: BLE001 - any failure is reported as this file's error
+        raise ImageReadError(f"{path}: not a readable image ({e})") from None
+
+
+def read_mask(path: str, expect_hw: Tuple[int, int] | None, size_hw: Tuple[int, int] | None = None) -> np.ndarray:
+    """A mask file as bool (H, W) (nonzero = defect), resized with nearest; it must match expect_hw."""
+    img = _open(path)
+    if expect_hw is not None and (img.size[1], img.size[0]) != tuple(expect_hw):
+        raise ImageReadError(f"{path}: mask is {img.size[1]}x{img.size[0]} (HxW) but its image is "
+                             f"{expect_hw[0]}x{expect_hw[1]}")
+    arr = np.asarray(img.convert("L"))
+    m = Image.fromarray(((arr > 0) * 255).astype(np.uint8))
+    if size_hw is not None and m.size != (size_hw[1], size_hw[0]):
+        m = m.resize((size_hw[1], size_hw[0]), Image.NEAREST)
+    return np.asarray(m) > 127
+
+
+def is_image_name(path: str) -> bool:
+    """Whether a file name has an image suffix."""
+    return os.path.splitext(path)[1].lower() in IMAGE_SUFFIXES

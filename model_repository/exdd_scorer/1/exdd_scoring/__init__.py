@@ -1,0 +1,19 @@
+"""ExDD scoring math, written once against an ``xp`` array module (numpy or cupy).
+
+This package lives inside the Triton scorer model so that a model repository deploys by
+copying it; the offline evaluator imports the same files as ``exdd.scoring``. It must only
+ever import numpy (and cupy when given), json, hashlib and the standard library.
+"""
+from .bank import (BANK_FORMAT_VERSION, Bank, BankError, BankPair, FEATURE_KEYS, load_banks, read_manifest,
+                   read_manifest_features, save_bank)
+from .knn import nearest, topk_nearest
+from .resample import upsample_smooth_matrices, upsample_smooth
+from .scores import MODES, image_scores, reweight_q
+from .scorer import Scorer
+
+__all__ = [
+    "BANK_FORMAT_VERSION", "Bank", "BankError", "BankPair", "FEATURE_KEYS", "load_banks", "read_manifest",
+    "read_manifest_features", "save_bank",
+    "nearest", "topk_nearest", "upsample_smooth_matrices", "upsample_smooth", "MODES", "image_scores",
+    "reweight_q", "Scorer",
+]

@@ -1,0 +1,86 @@
+"""The scorer: banks held on one device (numpy or cupy) and every mode computed in one pass."""
+from __future__ import annotations
+
+import warnings
+from typing import Any, Dict, Iterable, Optional, Tuple
+
+import numpy as np
+
+from .bank import BankPair
+from .knn import DEFAULT_MAX_BLOCK, nearest, sq_norms
+from .resample import upsample_smooth, upsample_smooth_matrices
+from .scores import MODES, bank_peak, image_scores
+
+MAP_OF_MODE = {"patchcore": "neg", "exdd": "ratio", "exdd_peak": "ratio"}
+
+
+class Scorer:
+    """Scores (B, h, w, d) patch features against a BankPair with the math of ``scores``."""
+
+    def __init__(self, banks: BankPair, xp: Any = np, sigma: float = 4.0, eps: float = 1e-6,
+                 out_hw: Optional[Tuple[int, int]] = None, max_block: int = DEFAULT_MAX_BLOCK):
+        feats = banks.manifest["features"]
+        self.xp, self.eps, self.max_block = xp, float(eps), int(max_block)
+        self.grid = tuple(int(v) for v in feats["grid"])
+        self.out_hw = tuple(int(v) for v in (out_hw or feats["input_size"]))
+        self.d = int(feats["d"])
+        self.manifest = banks.manifest
+        self.neg = xp.asarray(banks.negative.vectors, dtype=xp.float32)
+        self.neg_sq = sq_norms(self.neg, xp)
+        self.neg_nb = xp.asarray(banks.negative.neighbors, dtype=xp.int64)
+        self.has_positive = banks.positive is not None
+        if self.has_positive:
+            self.pos = xp.asarray(banks.positive.vectors, dtype=xp.float32)
+            self.pos_sq = sq_norms(self.pos, xp)
+            self.pos_nb = xp.asarray(banks.positive.neighbors, dtype=xp.int64)
+        else:
+            warnings.warn("the positive (defect) bank is empty: modes exdd and exdd_peak fall back to "
+                          "patchcore (negative bank only)", RuntimeWarning, stacklevel=2)
+        s_h, s_w = upsample_smooth_matrices(self.grid, self.out_hw, sigma)
+        self.s_h, self.s_w = xp.asarray(s_h), xp.asarray(s_w)
+        thr = banks.manifest.get("threshold", {}) or {}
+        self.thresholds: Dict[str, float] = {k: float(v) for k, v in (thr.get("values") or {}).items()}
+        self.default_mode = banks.manifest.get("default_mode", "exdd")
+
+    def check_features(self, feats: Any) -> None:
+        """Raise ValueError unless feats is a finite (B>=1, h, w, d) array of this bank's grid and d."""
+        xp = self.xp
+        if feats.ndim != 4 or tuple(feats.shape[1:3]) != self.grid or feats.shape[3] != self.d or feats.shape[0] < 1:
+            raise ValueError(f"features of shape {tuple(feats.shape)} do not match the banks: expected "
+                             f"(B>=1, {self.grid[0]}, {self.grid[1]}, {self.d})")
+        if not bool(xp.isfinite(feats).all()):
+            raise ValueError("features contain NaN or inf")
+
+    def score(self, feats: Any, map_modes: Iterable[str] = MODES) -> Dict[str, Any]:
+        """Scores of all modes, per-bank scores, patch maps and image-sized maps for map_modes."""
+        xp = self.xp
+        self.check_features(feats)
+        b, h, w, d = feats.shape
+        flat = xp.ascontiguousarray(feats.reshape(b * h * w, d), dtype=xp.float32)
+        per_img = flat.reshape(b, h * w, d)
+        a_neg, i_neg = nearest(flat, self.neg, xp, self.neg_sq, self.max_block)
+        a_neg, i_neg = a_neg.reshape(b, h * w), i_neg.reshape(b, h * w)
+        neg = bank_peak(a_neg, i_neg, per_img, self.neg, self.neg_nb, xp)
+        pos, a_pos = None, None
+        if self.has_positive:
+            a_pos, i_pos = nearest(flat, self.pos, xp, self.pos_sq, self.max_block)
+            a_pos, i_pos = a_pos.reshape(b, h * w), i_pos.reshape(b, h * w)
+            pos = bank_peak(a_pos, i_pos, per_img, self.pos, self.pos_nb, xp)
+        sc = image_scores(neg, pos, a_pos, self.eps, xp)
+        out: Dict[str, Any] = {
+            "scores": {m: sc[m] for m in MODES},
+            "s_neg": sc["s_neg"], "s_pos": sc["s_pos"],
+            "patch_neg": a_neg.reshape(b, h, w),
+            "patch_pos": None if a_pos is None else a_pos.reshape(b, h, w),
+            "maps": {},
+        }
+        kinds = {MAP_OF_MODE[m] for m in map_modes}
+        full = {}
+        if "neg" in kinds or not self.has_positive:
+            full["neg"] = upsample_smooth(out["patch_neg"], self.s_h, self.s_w, xp)
+        if "ratio" in kinds:
+            full["ratio"] = (upsample_smooth(out["patch_neg"] / (out["patch_pos"] + self.eps), self.s_h, self.s_w, xp)
+                             if self.has_positive else full["neg"])
+        for m in map_modes:
+            out["maps"][m] = full[MAP_OF_MODE[m]]
+        return out

@@ -1,0 +1,1 @@
+"""Offline side of exdd: datasets, features, coreset, banks, calibration, evaluation, synthesis."""

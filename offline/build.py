@@ -1,0 +1,186 @@
+"""Building the two memory banks from a dataset, and calibrating the decision threshold.
+
+Negative bank: all patches of the normal training images (minus a held-out part), greedy
+k-center coreset at ``neg_ratio``. Positive bank: the defect patches of the defective training
+images (minus the held-out part) and of any synthetic-defect folders, coreset at ``pos_ratio``.
+A bank keeps max(ratio x N, min_size) elements, capped at N.
+
+Defect-patch rule: a patch is a defect patch when at least ``min_cover`` of its cell (its
+stride-8 block of the resized input) is covered by the resized mask; a defective image whose
+defect covers no cell that much gives its most covered cell, so thin defects still count.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from exdd import __version__
+from exdd.scoring import MODES, Bank, BankPair, Scorer, save_bank
+from exdd.scoring.knn import bank_neighbors
+from .calibrate import threshold
+from .coreset import bank_size, chunked_kcenter
+from .datasets import Sample, holdout_split, load_split, synthetic
+from .extract import Extracted, extract
+from .weights import is_random
+
+
+@dataclass
+class BuildConfig:
+    """Everything that decides what the banks hold."""
+    neg_ratio: float = 0.01
+    pos_ratio: float = 0.10
+    min_size: int = 1000
+    k: int = 3
+    min_cover: float = 0.3
+    holdout: float = 0.1
+    seed: int = 0
+    threshold_rule: str = "f1"
+    target_fpr: float = 0.01
+    default_mode: str = "exdd"
+    chunk_rows: int = 24_000
+    oversample: float = 2.0
+    batch_size: int = 8
+
+
+@dataclass
+class BuildResult:
+    manifest: Dict[str, Any]
+    errors: List[Tuple[str, str]] = field(default_factory=list)
+
+
+def defect_patches(covers: np.ndarray, min_cover: float) -> np.ndarray:
+    """(n, h, w) coverage -> (n, h, w) bool defect-patch mask by the rule in the module doc."""
+    sel = covers >= min_cover
+    for i in range(covers.shape[0]):
+        if not sel[i].any() and covers[i].max() > 0:
+            sel[i].flat[int(np.argmax(covers[i]))] = True
+    return sel
+
+
+def make_bank(vectors: np.ndarray, ratio: float, min_size: int, k: int, seed: int, chunk_rows: int,
+              oversample: float, progress: Optional[Callable[[int], None]] = None) -> Tuple[Bank, Dict[str, Any]]:
+    """Coreset of the (N, d) vectors, with within-bank neighbours; and its statistics."""
+    n = vectors.shape[0]
+    keep = bank_size(n, ratio, min_size)
+    cs = chunked_kcenter(vectors, keep, seed=seed, chunk_rows=chunk_rows, oversample=oversample, progress=progress)
+    vec = np.ascontiguousarray(vectors[np.sort(cs.indices)], dtype=np.float32)
+    nbr = bank_neighbors(vec, k, np)
+    stats = {"patches": int(n), "size": int(vec.shape[0]), "ratio": ratio, "min_size": min_size,
+             "coreset": cs.method, "radius": cs.radius, "radius_is_upper_bound": cs.radius_is_bound}
+    return Bank(vec, nbr), stats
+
+
+def score_samples(scorer: Scorer, extracted_feats: np.ndarray, batch: int = 16) -> Dict[str, np.ndarray]:
+    """Scores of every mode for stored features (n, h, w, d)."""
+    out: Dict[str, List[np.ndarray]] = {m: [] for m in MODES}
+    for i in range(0, extracted_feats.shape[0], batch):
+        r = scorer.score(extracted_feats[i:i + batch].astype(np.float32), map_modes=())
+        for m in MODES:
+            out[m].append(r["scores"][m])
+    return {m: np.concatenate(v) if v else np.zeros(0) for m, v in out.items()}
+
+
+def build(dataset: str, out_dir: str, model, features: Dict[str, Any], cfg: BuildConfig,
+          synthetic_dirs: Sequence[str] = (), layout: str = "auto",
+          progress_factory: Optional[Callable[[str, int], Any]] = None) -> BuildResult:
+    """Build and save the banks of a dataset; returns the manifest written and the per-file errors."""
+    def bar(desc: str, total: int):
+        return progress_factory(desc, total) if progress_factory else None
+
+    size_hw = tuple(features["input_size"])
+    grid = tuple(features["grid"])
+    d = int(features["d"])
+    train = load_split(dataset, "train", layout)
+    if not train:
+        raise ValueError(f"{dataset}: no training images")
+    kept, held = holdout_split(train, cfg.holdout, cfg.seed)
+    normals = [s for s in kept if s.label == 0]
+    defects = [s for s in kept if s.label == 1]
+    synth: List[Sample] = []
+    for sd in synthetic_dirs:
+        synth += synthetic(sd)
+    if not normals:
+        raise ValueError(f"{dataset}: no normal training images for the negative bank")
+    errors: List[Tuple[str, str]] = []
+
+    def run(samples, desc, with_mask) -> Extracted:
+        b = bar(desc, len(samples))
+        ex = extract(samples, model, size_hw, grid, d, cfg.batch_size, with_mask=with_mask,
+                     progress=(b.update if b else None))
+        if b:
+            b.close()
+        errors.extend(ex.errors)
+        return ex
+
+    neg_ex = run(normals, "features: normal", False)
+    if neg_ex.features.shape[0] == 0:
+        raise ValueError(f"{dataset}: none of the {len(normals)} normal training images could be read")
+    b = bar("coreset: negative", neg_ex.features.shape[0] * grid[0] * grid[1])
+    negative, neg_stats = make_bank(neg_ex.features.reshape(-1, d), cfg.neg_ratio, cfg.min_size, cfg.k, cfg.seed,
+                                    cfg.chunk_rows, cfg.oversample, b.update if b else None)
+    if b:
+        b.close()
+    del neg_ex
+
+    pos_sources = {"real": defects, "synthetic": synth}
+    pos_vectors, pos_counts = [], {}
+    for name, samples in pos_sources.items():
+        pos_counts[name] = 0
+        if not samples:
+            continue
+        ex = run(samples, f"features: {name} defects", True)
+        sel = defect_patches(ex.covers, cfg.min_cover)
+        pos_vectors.append(ex.features[sel])
+        pos_counts[name] = int(ex.features.shape[0])
+    positive, pos_stats = None, {"patches": 0, "size": 0}
+    if pos_vectors and sum(v.shape[0] for v in pos_vectors) > 0:
+        allpos = np.concatenate(pos_vectors)
+        positive, pos_stats = make_bank(allpos, cfg.pos_ratio, cfg.min_size, cfg.k, cfg.seed + 1,
+                                        cfg.chunk_rows, cfg.oversample)
+    else:
+        print("warning: no defect patches for the positive bank: exdd modes fall back to patchcore",
+              file=sys.stderr)
+
+    manifest: Dict[str, Any] = {
+        "features": features,
+        "weights_note": ("RANDOM-INIT BACKBONE: detection quality is not meaningful" if is_random(features["weights"])
+                         else ""),
+        "k": cfg.k,
+        "coreset": {"negative": neg_stats, "positive": pos_stats, "seed": cfg.seed,
+                    "chunk_rows": cfg.chunk_rows, "oversample": cfg.oversample},
+        "defect_patch_rule": {"min_cover": cfg.min_cover,
+                              "rule": "cell coverage by the resized mask >= min_cover; else the most covered cell"},
+        "sources": {"dataset": dataset, "normal_images": len(normals), "defect_images": pos_counts.get("real", 0),
+                    "synthetic_images": pos_counts.get("synthetic", 0), "synthetic_dirs": list(synthetic_dirs),
+                    "heldout_normal": sum(1 for s in held if s.label == 0),
+                    "heldout_defect": sum(1 for s in held if s.label == 1),
+                    "unreadable": [{"path": p, "error": e} for p, e in errors]},
+        "default_mode": cfg.default_mode,
+        "modes": list(MODES),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "tool": f"exdd {__version__}",
+    }
+    # calibrate on the held-out images with the banks just built
+    pair = BankPair(negative, positive, manifest)
+    thr: Dict[str, Any] = {"rule": cfg.threshold_rule, "target_fpr": cfg.target_fpr, "values": {}, "detail": {}}
+    if held:
+        ex = run(held, "features: held-out", False)
+        import warnings
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            scorer = Scorer(pair)
+        scores = score_samples(scorer, ex.features)
+        labels = np.array([s.label for s in ex.samples])
+        for m in MODES:
+            t = threshold(scores[m], labels, cfg.threshold_rule, cfg.target_fpr)
+            thr["values"][m] = t["value"]
+            thr["detail"][m] = t
+    else:
+        print("warning: no held-out images (--holdout 0): no calibrated threshold", file=sys.stderr)
+    manifest["threshold"] = thr
+    manifest = save_bank(out_dir, negative, positive, manifest)
+    return BuildResult(manifest, errors)

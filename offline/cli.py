@@ -1,0 +1,151 @@
+"""``exdd offline``: build banks, evaluate, synthesize defects, sweep."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+import click
+import numpy as np
+
+from exdd.cli_common import fail, input_size_option, parse_hw
+
+
+def _extractor(weights: str, d: int, seed: int, input_hw):
+    import torch
+    from .features import build_extractor
+    from .weights import WeightsError, is_random
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    try:
+        model, info = build_extractor(weights, d, seed, input_hw)
+    except WeightsError as e:
+        fail(str(e))
+    if is_random(info["weights"]):
+        click.echo(f"note: weights {info['weights']} -- RANDOM-INIT backbone, results are not meaningful", err=True)
+    else:
+        click.echo(f"weights: {info['weights']}", err=True)
+    return model, info
+
+
+@click.group()
+def offline() -> None:
+    """Build banks from a dataset, synthesize defects, evaluate."""
+
+
+@offline.command()
+@click.argument("dataset", type=click.Path(exists=True, file_okay=False))
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Bank directory to write.")
+@click.option("--weights", default="imagenet", show_default=True, help="imagenet | PATH (.safetensors/.pth) | random:SEED")
+@click.option("--d", "d", default=256, show_default=True, help="Projection dimension (1536 -> d).")
+@click.option("--projection-seed", default=0, show_default=True)
+@input_size_option
+@click.option("--layout", default="auto", type=click.Choice(["auto", "ksdd2", "mvtec"]), show_default=True)
+@click.option("--neg-ratio", default=0.01, show_default=True, help="Coreset ratio of the negative bank.")
+@click.option("--pos-ratio", default=0.10, show_default=True, help="Coreset ratio of the positive bank.")
+@click.option("--min-bank", default=1000, show_default=True, help="A bank keeps at least this many (capped at N).")
+@click.option("--k", default=3, show_default=True, help="Neighbourhood size of the reweighting.")
+@click.option("--min-cover", default=0.3, show_default=True, help="Defect patch: cell covered by the mask at least this much.")
+@click.option("--synthetic", "synthetic_dirs", multiple=True, type=click.Path(exists=True, file_okay=False),
+              help="Folder of synthetic defects (NNNNN.png + NNNNN_GT.png); repeatable.")
+@click.option("--holdout", default=0.1, show_default=True, help="Fraction of training images kept out for calibration.")
+@click.option("--threshold-rule", default="f1", type=click.Choice(["f1", "fpr"]), show_default=True)
+@click.option("--target-fpr", default=0.01, show_default=True, help="For --threshold-rule fpr.")
+@click.option("--mode", "default_mode", default="exdd", type=click.Choice(["patchcore", "exdd", "exdd_peak"]),
+              show_default=True, help="Mode whose score the served model returns as SCORE.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--batch-size", default=8, show_default=True)
+def build(dataset, out_dir, weights, d, projection_seed, input_size, layout, neg_ratio, pos_ratio, min_bank, k,
+          min_cover, synthetic_dirs, holdout, threshold_rule, target_fpr, default_mode, seed, batch_size):
+    """Build the negative and positive banks of DATASET into --out."""
+    from .build import BuildConfig, build as run_build
+    from .datasets import DatasetError
+    from .progress import bar
+    model, info = _extractor(weights, d, projection_seed, parse_hw(input_size))
+    info["weights_source"] = os.path.abspath(weights) if os.path.isfile(weights) else weights
+    cfg = BuildConfig(neg_ratio=neg_ratio, pos_ratio=pos_ratio, min_size=min_bank, k=k, min_cover=min_cover,
+                      holdout=holdout, seed=seed, threshold_rule=threshold_rule, target_fpr=target_fpr,
+                      default_mode=default_mode, batch_size=batch_size)
+    t0 = time.time()
+    try:
+        res = run_build(dataset, out_dir, model, info, cfg, synthetic_dirs, layout, bar)
+    except (DatasetError, ValueError) as e:
+        fail(str(e))
+    m = res.manifest
+    cs = m["coreset"]
+    click.echo(f"banks: {out_dir}")
+    click.echo(f"negative: {cs['negative']['size']} of {cs['negative']['patches']} patches "
+               f"({m['sources']['normal_images']} normal images)")
+    click.echo(f"positive: {cs['positive']['size']} of {cs['positive']['patches']} patches "
+               f"({m['sources']['defect_images']} defective + {m['sources']['synthetic_images']} synthetic images)")
+    for mode, v in m["threshold"]["values"].items():
+        click.echo(f"threshold[{mode}]: {v:.6g} ({m['threshold']['detail'][mode]['rule']})")
+    click.echo(f"time: {time.time() - t0:.1f}s")
+    if res.errors:
+        click.echo(f"unreadable files: {len(res.errors)} (skipped, listed in the manifest)", err=True)
+
+
+@offline.command()
+@click.argument("dataset", type=click.Path(exists=True, file_okay=False))
+@click.option("--banks", "bank_dir", required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--weights", default=None, help="Defaults to the weights the banks were built with.")
+@click.option("--layout", default="auto", type=click.Choice(["auto", "ksdd2", "mvtec"]), show_default=True)
+@click.option("--split", default="test", show_default=True)
+@click.option("--out", "out_json", default=None, type=click.Path(dir_okay=False), help="Write results JSON here.")
+@click.option("--batch-size", default=8, show_default=True)
+@click.option("--no-pixel", is_flag=True, help="Skip pixel metrics (faster).")
+def evaluate(dataset, bank_dir, weights, layout, split, out_json, batch_size, no_pixel):
+    """Score DATASET's test split with the banks; metrics of every mode side by side."""
+    from exdd.scoring import BankError, load_banks, read_manifest_features
+    from exdd.scoring import Scorer
+    from .datasets import DatasetError, load_split
+    from .evaluate import confusion, metrics_of, score_split, table
+    from .progress import bar
+    try:
+        feats = read_manifest_features(bank_dir)
+    except BankError as e:
+        fail(str(e))
+    model, info = _extractor(weights or feats.get("weights_source", feats["weights"]), feats["d"],
+                             feats["projection_seed"], tuple(feats["input_size"]))
+    try:
+        banks = load_banks(bank_dir, expected_features=info)
+        samples = load_split(dataset, split, layout)
+    except (BankError, DatasetError) as e:
+        fail(str(e))
+    import warnings
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", RuntimeWarning)
+        scorer = Scorer(banks)
+    for w in caught:
+        click.echo(f"warning: {w.message}", err=True)
+    b = bar("scoring", len(samples), "img")
+    t0 = time.time()
+    scored = score_split(samples, model, scorer, tuple(info["input_size"]), batch_size, not no_pixel, b.update)
+    b.close()
+    labels = np.array([s.label for s in scored.samples])
+    metrics = metrics_of(scored)
+    thresholds = scorer.thresholds
+    for m, v in metrics.items():
+        if m in thresholds:
+            v["at_threshold"] = confusion(scored.scores[m], labels, thresholds[m])
+    result = {
+        "dataset": os.path.abspath(dataset), "split": split, "banks": os.path.abspath(bank_dir),
+        "weights": info["weights"], "weights_note": banks.manifest.get("weights_note", ""),
+        "default_mode": scorer.default_mode, "thresholds": thresholds, "metrics": metrics,
+        "images": [{"path": s.path, "label": int(s.label), "kind": s.kind,
+                    "scores": {m: float(scored.scores[m][i]) for m in scored.scores},
+                    "s_neg": float(scored.s_neg[i]), "s_pos": float(scored.s_pos[i])}
+                   for i, s in enumerate(scored.samples)],
+        "errors": [{"path": p, "error": e} for p, e in scored.errors],
+        "seconds": round(time.time() - t0, 2),
+    }
+    if out_json:
+        os.makedirs(os.path.dirname(os.path.abspath(out_json)), exist_ok=True)
+        with open(out_json, "w") as f:
+            json.dump(result, f, indent=1)
+    click.echo(f"weights: {info['weights']}" + (f"  [{result['weights_note']}]" if result["weights_note"] else ""))
+    click.echo(f"images: {len(scored.samples)} ({int(labels.sum())} defective), unreadable: {len(scored.errors)}")
+    click.echo(table(metrics))
+    if scored.errors:
+        for p, e in scored.errors:
+            click.echo(f"error: {e}", err=True)

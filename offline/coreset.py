@@ -1,0 +1,117 @@
+"""Greedy k-center (farthest point) coreset selection, exact and chunked.
+
+``greedy_kcenter`` is exact greedy: k x N x d work, never an N x N matrix, memory O(N).
+``chunked_kcenter`` scales it to millions of patches: greedy runs inside contiguous chunks
+(whole images, since rows are image-major) with an oversampled budget, recording the distance
+at which every pick was made; those values fall within each chunk, so taking the k largest
+over all chunks keeps a prefix of every chunk's greedy order -- the merge gives more centres
+to chunks that are harder to cover, as global greedy would. Every patch is within the reported
+radius bound of a kept patch of its own chunk, so the bound is a true upper bound on coverage.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import numpy as np
+
+
+@dataclass
+class Coreset:
+    """Selected row indices (selection order), the coverage radius and how it was obtained."""
+    indices: np.ndarray
+    radius: float
+    radius_is_bound: bool
+    method: str
+
+
+def bank_size(n: int, ratio: float, min_size: int) -> int:
+    """Elements a bank keeps: max(ratio x n, min_size), capped at n (authors' rule)."""
+    return int(min(n, max(int(round(ratio * n)), min_size)))
+
+
+def _greedy(x: np.ndarray, m: int, start: int) -> tuple[np.ndarray, np.ndarray]:
+    """Greedy picks on float32 rows x: (indices (<=m,), values (len+1,)).
+
+    values[i] is the distance at which pick i was made (inf for the start), and the last value
+    is the coverage radius after all picks. Stops early once every row is covered exactly.
+    """
+    n = x.shape[0]
+    m = min(m, n)
+    sq = np.einsum("ij,ij->i", x, x)
+    buf = np.empty(n, dtype=np.float32)
+    np.dot(x, x[start], out=buf)
+    mind = sq - 2.0 * buf + sq[start]
+    sel = [start]
+    vals = [math.inf]
+    for _ in range(1, m):
+        j = int(np.argmax(mind))
+        v = float(mind[j])
+        if v <= 0.0:
+            break
+        sel.append(j)
+        vals.append(math.sqrt(v))
+        np.dot(x, x[j], out=buf)
+        buf *= -2.0
+        buf += sq
+        buf += sq[j]
+        np.minimum(mind, buf, out=mind)
+    vals.append(math.sqrt(max(float(mind.max()), 0.0)))
+    return np.asarray(sel, dtype=np.int64), np.asarray(vals, dtype=np.float64)
+
+
+def greedy_kcenter(x: np.ndarray, k: int, seed: int = 0) -> Coreset:
+    """Exact greedy k-center on all rows of x, starting at a seeded random row."""
+    n = x.shape[0]
+    if n == 0 or k <= 0:
+        return Coreset(np.zeros(0, np.int64), 0.0, False, "exact")
+    start = int(np.random.default_rng(seed).integers(n))
+    sel, vals = _greedy(np.ascontiguousarray(x, dtype=np.float32), k, start)
+    return Coreset(sel, float(vals[-1]), False, "exact")
+
+
+def chunked_kcenter(x: np.ndarray, k: int, seed: int = 0, chunk_rows: int = 24_000,
+                    oversample: float = 2.0, progress: Optional[Callable[[int], None]] = None) -> Coreset:
+    """Approximate greedy k-center for large N: per-chunk greedy, merged by pick distance.
+
+    x may be float16 (converted chunk by chunk). Exact greedy when N <= chunk_rows.
+    """
+    n = x.shape[0]
+    if n <= chunk_rows or k >= n:
+        if k >= n:
+            return Coreset(np.arange(n, dtype=np.int64), 0.0, False, "all")
+        return greedy_kcenter(x, k, seed)
+    n_chunks = math.ceil(n / chunk_rows)
+    bounds = np.linspace(0, n, n_chunks + 1).round().astype(np.int64)
+    rng = np.random.default_rng(seed)
+    picks, values, radii = [], [], []
+    for c in range(n_chunks):
+        a, b = int(bounds[c]), int(bounds[c + 1])
+        budget = max(1, math.ceil(oversample * k * (b - a) / n))
+        start = int(rng.integers(b - a))
+        sel, vals = _greedy(np.ascontiguousarray(x[a:b], dtype=np.float32), budget, start)
+        picks.append(sel + a)
+        values.append(vals[:-1])
+        radii.append(vals)
+        if progress:
+            progress(b - a)
+    all_vals = np.concatenate(values)
+    owner = np.concatenate([np.full(len(v), c) for c, v in enumerate(values)])
+    pos = np.concatenate([np.arange(len(v)) for v in values])
+    # k largest pick distances; ties broken by chunk then position, so prefixes stay prefixes
+    order = np.lexsort((pos, owner, -all_vals))[:k]
+    take = np.zeros(n_chunks, dtype=np.int64)
+    np.maximum.at(take, owner[order], pos[order] + 1)
+    sel = np.concatenate([picks[c][:take[c]] for c in range(n_chunks)])
+    bound = max(float(radii[c][take[c]]) if take[c] < len(radii[c]) else float(radii[c][-1])
+                for c in range(n_chunks))
+    return Coreset(sel, bound, True, f"chunked(rows={chunk_rows},oversample={oversample})")
+
+
+def coverage_radius(x: np.ndarray, centers: np.ndarray, max_block: int = 1 << 22) -> float:
+    """Exact max over rows of the distance to the nearest centre row (chunked)."""
+    from exdd.scoring.knn import nearest
+    dist, _ = nearest(np.ascontiguousarray(x, dtype=np.float32),
+                      np.ascontiguousarray(centers, dtype=np.float32), np, max_block=max_block)
+    return float(dist.max())

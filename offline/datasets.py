@@ -1,0 +1,145 @@
+"""Dataset layouts: KSDD2, MVTec AD and a plain folder of images.
+
+Every dataset becomes a list of ``Sample`` (image path, mask path or None, label, split, kind).
+- KSDD2: ``train/`` and ``test/`` with ``NNNNN.png`` + ``NNNNN_GT.png``; defective iff the mask
+  has a nonzero pixel.
+- MVTec AD: ``train/good``, ``test/<type>``, ``ground_truth/<type>/<name>_mask.png``.
+- folder: every image below a folder (recursively), for scoring only (no labels).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import List, Optional
+
+import numpy as np
+from PIL import Image
+
+from exdd.images import ImageReadError, is_image_name
+
+
+class DatasetError(ValueError):
+    """A dataset folder that does not have a known layout or is inconsistent."""
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One image of a dataset; label 1 = defective, 0 = normal, -1 = unknown."""
+    path: str
+    mask: Optional[str]
+    label: int
+    split: str
+    kind: str = ""
+
+
+def _images(folder: str) -> List[str]:
+    return sorted(os.path.join(folder, f) for f in os.listdir(folder)
+                  if is_image_name(f) and not f.startswith("."))
+
+
+def _mask_has_defect(path: str) -> int:
+    try:
+        with Image.open(path) as m:
+            return int(np.asarray(m.convert("L")).max() > 0)
+    except Exception as e:  # noqa: BLE001 - reported as this file's error
+        raise ImageReadError(f"{path}: unreadable mask ({e})") from None
+
+
+def ksdd2(root: str, split: str) -> List[Sample]:
+    """KSDD2 layout: root/split/NNNNN.png with NNNNN_GT.png beside it."""
+    folder = os.path.join(root, split)
+    if not os.path.isdir(folder):
+        raise DatasetError(f"{root}: no '{split}/' folder (KSDD2 layout)")
+    out = []
+    for p in _images(folder):
+        stem, ext = os.path.splitext(os.path.basename(p))
+        if stem.endswith("_GT"):
+            continue
+        gt = os.path.join(folder, f"{stem}_GT{ext}")
+        if not os.path.isfile(gt):
+            gt = os.path.join(folder, f"{stem}_GT.png")
+        if not os.path.isfile(gt):
+            raise DatasetError(f"{p}: no mask {os.path.basename(gt)} beside it (KSDD2 layout)")
+        out.append(Sample(p, gt, _mask_has_defect(gt), split, ""))
+    return out
+
+
+def mvtec(root: str, split: str) -> List[Sample]:
+    """MVTec AD layout: train/good, test/<type>, ground_truth/<type>/<name>_mask.png."""
+    folder = os.path.join(root, split)
+    if not os.path.isdir(folder):
+        raise DatasetError(f"{root}: no '{split}/' folder (MVTec AD layout)")
+    out = []
+    for kind in sorted(os.listdir(folder)):
+        kdir = os.path.join(folder, kind)
+        if not os.path.isdir(kdir):
+            continue
+        for p in _images(kdir):
+            if kind == "good":
+                out.append(Sample(p, None, 0, split, kind))
+                continue
+            stem = os.path.splitext(os.path.basename(p))[0]
+            gt = os.path.join(root, "ground_truth", kind, f"{stem}_mask.png")
+            if not os.path.isfile(gt):
+                raise DatasetError(f"{p}: no mask ground_truth/{kind}/{stem}_mask.png (MVTec AD layout)")
+            out.append(Sample(p, gt, 1, split, kind))
+    return out
+
+
+def folder_images(root: str) -> List[Sample]:
+    """Every image file below root, recursively, unlabelled."""
+    if os.path.isfile(root):
+        return [Sample(root, None, -1, "score")]
+    out = []
+    for d, dirs, files in os.walk(root):
+        dirs.sort()
+        out += [Sample(os.path.join(d, f), None, -1, "score") for f in sorted(files)
+                if is_image_name(f) and not f.startswith(".")]
+    return out
+
+
+def detect_layout(root: str) -> str:
+    """'mvtec', 'ksdd2' or 'folder' by what the folder holds."""
+    if not os.path.exists(root):
+        raise DatasetError(f"{root}: no such dataset folder")
+    if os.path.isdir(os.path.join(root, "train", "good")):
+        return "mvtec"
+    if os.path.isdir(os.path.join(root, "train")) or os.path.isdir(os.path.join(root, "test")):
+        return "ksdd2"
+    return "folder"
+
+
+def load_split(root: str, split: str, layout: str = "auto") -> List[Sample]:
+    """The samples of one split ('train' or 'test') of a dataset."""
+    layout = detect_layout(root) if layout == "auto" else layout
+    if layout == "mvtec":
+        return mvtec(root, split)
+    if layout == "ksdd2":
+        return ksdd2(root, split)
+    if layout == "folder":
+        return folder_images(root)
+    raise DatasetError(f"unknown layout {layout!r} (auto, ksdd2, mvtec, folder)")
+
+
+def synthetic(root: str) -> List[Sample]:
+    """A synthetic-defect folder: NNNNN.png + NNNNN_GT.png (+ NNNNN.json), all defective."""
+    if not os.path.isdir(root):
+        raise DatasetError(f"{root}: no such synthetic-defect folder")
+    items = ksdd2(os.path.dirname(root.rstrip("/")) or ".", os.path.basename(root.rstrip("/")))
+    return [Sample(s.path, s.mask, 1, "synthetic", "synthetic") for s in items if s.label == 1]
+
+
+def holdout_split(samples: List[Sample], fraction: float, seed: int) -> tuple[List[Sample], List[Sample]]:
+    """(kept, held_out): a seeded fraction of the normals and of the defectives held out."""
+    rng = np.random.default_rng(seed)
+    kept, held = [], []
+    for label in (0, 1):
+        group = [s for s in samples if s.label == label]
+        n_hold = int(round(fraction * len(group)))
+        if fraction > 0 and len(group) >= 2:
+            n_hold = max(1, min(n_hold, len(group) - 1))
+        order = rng.permutation(len(group))
+        hold = set(order[:n_hold].tolist())
+        for i, s in enumerate(group):
+            (held if i in hold else kept).append(s)
+    return kept, held

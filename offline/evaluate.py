@@ -1,0 +1,93 @@
+"""Scoring a labelled test split with the banks and measuring every mode side by side."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from exdd.scoring import MODES, Scorer
+from exdd.scoring.scorer import MAP_OF_MODE
+from .datasets import Sample
+from .extract import batches, run_extractor
+from .metrics import summary
+
+
+@dataclass
+class Scored:
+    """Per-image results of a split and the maps (float16) per map kind."""
+    samples: List[Sample]
+    scores: Dict[str, np.ndarray]
+    s_neg: np.ndarray
+    s_pos: np.ndarray
+    maps: Dict[str, np.ndarray]
+    masks: Optional[np.ndarray]
+    errors: List[Tuple[str, str]]
+
+
+def score_split(samples: Sequence[Sample], model, scorer: Scorer, size_hw: Tuple[int, int], batch_size: int = 8,
+                with_maps: bool = True, progress: Optional[Callable[[int], None]] = None) -> Scored:
+    """Extract and score every readable sample; maps kept per kind ('neg', 'ratio')."""
+    errors: List[Tuple[str, str]] = []
+    kept: List[Sample] = []
+    sc: Dict[str, list] = {m: [] for m in MODES}
+    s_neg, s_pos, masks = [], [], []
+    kinds = sorted({MAP_OF_MODE[m] for m in MODES})
+    n = len(samples)
+    maps = {k: np.zeros((n,) + tuple(size_hw), dtype=np.float16) for k in kinds} if with_maps else {}
+    for bs, imgs, ms in batches(samples, size_hw, batch_size, True, errors):
+        r = scorer.score(run_extractor(model, imgs), map_modes=MODES if with_maps else ())
+        n0 = len(kept)
+        for m in MODES:
+            sc[m].append(r["scores"][m])
+        s_neg.append(r["s_neg"])
+        s_pos.append(r["s_pos"])
+        if with_maps:
+            for m in MODES:
+                maps[MAP_OF_MODE[m]][n0:n0 + len(bs)] = r["maps"][m]
+        masks += ms
+        kept += bs
+        if progress:
+            progress(len(bs))
+    k = len(kept)
+    cat = lambda v: np.concatenate(v) if v else np.zeros(0, np.float32)  # noqa: E731
+    return Scored(kept, {m: cat(v) for m, v in sc.items()}, cat(s_neg), cat(s_pos),
+                  {kk: v[:k] for kk, v in maps.items()}, np.stack(masks) if masks else None, errors)
+
+
+def metrics_of(scored: Scored) -> Dict[str, Dict[str, float]]:
+    """Metrics per mode; pixel metrics computed once per map kind and shared by modes using it."""
+    labels = np.array([s.label for s in scored.samples])
+    per_kind: Dict[str, Dict[str, float]] = {}
+    out = {}
+    for m in MODES:
+        img = summary(scored.scores[m], labels, None, None)
+        kind = MAP_OF_MODE[m]
+        if scored.maps and kind not in per_kind and scored.masks is not None and scored.masks.any():
+            pix = summary(np.zeros(2), np.array([0, 1]), scored.maps[kind].astype(np.float32), scored.masks)
+            per_kind[kind] = {k: v for k, v in pix.items() if k.startswith("pixel_")}
+        img.update(per_kind.get(kind, {}))
+        out[m] = img
+    return out
+
+
+def confusion(scores: np.ndarray, labels: np.ndarray, thr: float) -> Dict[str, float]:
+    """TPR, FPR, precision and F1 of 'score >= thr' against labels."""
+    pred = scores >= thr
+    y = labels.astype(bool)
+    tp, fp = int((pred & y).sum()), int((pred & ~y).sum())
+    fn = int((~pred & y).sum())
+    prec = tp / max(tp + fp, 1)
+    rec = tp / max(tp + fn, 1)
+    return {"threshold": float(thr), "tpr": rec, "fpr": fp / max(int((~y).sum()), 1), "precision": prec,
+            "f1": 2 * prec * rec / max(prec + rec, 1e-12)}
+
+
+def table(metrics: Dict[str, Dict[str, float]]) -> str:
+    """A plain-text table of the metrics, one row per mode."""
+    cols = ["image_auroc", "image_ap", "image_f1_max", "pixel_auroc", "pixel_aupro", "pixel_f1_max"]
+    head = f"{'mode':<10} " + " ".join(f"{c:>12}" for c in cols)
+    rows = [head]
+    for m, v in metrics.items():
+        rows.append(f"{m:<10} " + " ".join(f"{v.get(c, float('nan')):>12.4f}" for c in cols))
+    return "\n".join(rows)

@@ -1,0 +1,96 @@
+"""The feature extractor: the torch module that is exported to ONNX.
+
+uint8 (B, H, W, 3) RGB -> ImageNet normalisation -> WideResNet50-2 layer2 + layer3 ->
+3x3 local average (stride 1) -> layer3 bilinearly upsampled to layer2's grid -> concatenation
+(1536 channels) -> fixed random Gaussian projection to d -> float32 (B, H/8, W/8, d).
+
+Pooling, upsampling and projection are all linear per pixel and channel, so the projection is
+applied to each layer first (P = [P2; P3] split by rows) and only d channels are pooled and
+upsampled: identical features, much less work (tests check it against the literal order).
+"""
+from __future__ import annotations
+
+import hashlib
+from typing import Any, Dict, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .weights import BACKBONE, load_backbone
+
+LAYERS = ("layer2", "layer3")
+CHANNELS = (512, 1024)
+DEFAULT_INPUT_HW = (632, 224)
+DEFAULT_D = 256
+MEAN = (0.485, 0.456, 0.406)
+STD = (0.229, 0.224, 0.225)
+
+
+def make_projection(d: int, seed: int, c_in: int = sum(CHANNELS)) -> np.ndarray:
+    """(c_in, d) float32 Gaussian matrix with unit-length columns, fixed by seed."""
+    if d < 1:
+        raise ValueError(f"projection dimension d must be >= 1, got {d}")
+    p = np.random.default_rng(seed).standard_normal((c_in, d))
+    p /= np.linalg.norm(p, axis=0, keepdims=True)
+    return p.astype(np.float32)
+
+
+def projection_sha256(p: np.ndarray) -> str:
+    """sha256 of the projection's float32 C-order bytes."""
+    return hashlib.sha256(np.ascontiguousarray(p, dtype=np.float32).tobytes()).hexdigest()
+
+
+def grid_of(input_hw: Tuple[int, int]) -> Tuple[int, int]:
+    """layer2's grid (stride 8) for an input size, as the convolutions compute it."""
+    def down(n: int) -> int:
+        n = (n + 2 * 3 - 7) // 2 + 1      # conv1 7x7/2
+        n = (n + 2 * 1 - 3) // 2 + 1      # maxpool 3x3/2
+        return (n + 2 * 1 - 3) // 2 + 1   # layer2 3x3/2
+    return down(input_hw[0]), down(input_hw[1])
+
+
+class FeatureExtractor(nn.Module):
+    """uint8 NHWC images -> projected, locally aggregated patch features (B, h, w, d)."""
+
+    def __init__(self, backbone: nn.Module, projection: np.ndarray, input_hw: Tuple[int, int]):
+        super().__init__()
+        self.backbone = backbone
+        self.input_hw = tuple(input_hw)
+        p = torch.from_numpy(np.ascontiguousarray(projection))
+        self.register_buffer("p2", p[:CHANNELS[0]].clone())
+        self.register_buffer("p3", p[CHANNELS[0]:].clone())
+        self.register_buffer("mean", torch.tensor(MEAN).view(1, 3, 1, 1) * 255.0)
+        self.register_buffer("std", torch.tensor(STD).view(1, 3, 1, 1) * 255.0)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.permute(0, 3, 1, 2).to(self.mean.dtype)
+        x = (x - self.mean) / self.std
+        l2, l3 = self.backbone(x)
+        f2 = torch.einsum("bchw,cd->bdhw", l2, self.p2)
+        f3 = torch.einsum("bchw,cd->bdhw", l3, self.p3)
+        f2 = F.avg_pool2d(f2, 3, stride=1, padding=1)
+        f3 = F.avg_pool2d(f3, 3, stride=1, padding=1)
+        f3 = F.interpolate(f3, size=f2.shape[-2:], mode="bilinear", align_corners=False)
+        return (f2 + f3).permute(0, 2, 3, 1).contiguous()
+
+
+def build_extractor(weights: str, d: int = DEFAULT_D, projection_seed: int = 0,
+                    input_hw: Tuple[int, int] = DEFAULT_INPUT_HW) -> Tuple[FeatureExtractor, Dict[str, Any]]:
+    """The extractor in eval mode and its feature fingerprint (the manifest's 'features')."""
+    backbone, weights_id = load_backbone(weights)
+    proj = make_projection(d, projection_seed)
+    model = FeatureExtractor(backbone, proj, input_hw).eval()
+    info = {
+        "backbone": BACKBONE,
+        "weights": weights_id,
+        "input_size": [int(input_hw[0]), int(input_hw[1])],
+        "layers": list(LAYERS),
+        "grid": list(grid_of(input_hw)),
+        "projection_seed": int(projection_seed),
+        "projection_sha256": projection_sha256(proj),
+        "d": int(d),
+        "aggregation": "avg3x3-s1, layer3 bilinear to layer2 grid, concat, gaussian projection",
+    }
+    return model, info

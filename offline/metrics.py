@@ -1,0 +1,112 @@
+"""Detection metrics: AUROC, average precision, F1-max, per-region overlap (AUPRO).
+
+All from one descending sort of the scores; ties are grouped so equal scores share a
+threshold (the same conventions as scikit-learn's roc_auc_score and average_precision_score).
+"""
+from __future__ import annotations
+
+from typing import Dict, Tuple
+
+import numpy as np
+
+
+def _curve(scores: np.ndarray, labels: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Cumulative true and false positives at each distinct threshold (descending), and thresholds."""
+    s = np.asarray(scores, dtype=np.float64).ravel()
+    y = np.asarray(labels).ravel().astype(bool)
+    order = np.argsort(-s, kind="mergesort")
+    s, y = s[order], y[order]
+    last = np.r_[np.nonzero(np.diff(s))[0], s.size - 1]
+    tp = np.cumsum(y)[last]
+    fp = (last + 1) - tp
+    return tp.astype(np.float64), fp.astype(np.float64), s[last]
+
+
+def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Area under the ROC curve (nan when only one class is present)."""
+    tp, fp, _ = _curve(scores, labels)
+    if tp[-1] == 0 or fp[-1] == 0:
+        return float("nan")
+    tpr = np.r_[0.0, tp / tp[-1]]
+    fpr = np.r_[0.0, fp / fp[-1]]
+    return float(np.trapezoid(tpr, fpr))
+
+
+def roc_curve(scores: np.ndarray, labels: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(fpr, tpr, thresholds) at every distinct score."""
+    tp, fp, thr = _curve(scores, labels)
+    return np.r_[0.0, fp / max(fp[-1], 1)], np.r_[0.0, tp / max(tp[-1], 1)], np.r_[np.inf, thr]
+
+
+def average_precision(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Average precision: sum over thresholds of (R_n - R_{n-1}) P_n."""
+    tp, fp, _ = _curve(scores, labels)
+    if tp[-1] == 0:
+        return float("nan")
+    precision = tp / (tp + fp)
+    recall = tp / tp[-1]
+    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+
+
+def f1_max(scores: np.ndarray, labels: np.ndarray) -> Tuple[float, float]:
+    """Best F1 over thresholds and the threshold achieving it (predict defect when score >= it)."""
+    tp, fp, thr = _curve(scores, labels)
+    if tp[-1] == 0:
+        return float("nan"), float("nan")
+    fn = tp[-1] - tp
+    f1 = 2 * tp / np.maximum(2 * tp + fp + fn, 1e-12)
+    i = int(np.argmax(f1))
+    return float(f1[i]), float(thr[i])
+
+
+def aupro(maps: np.ndarray, masks: np.ndarray, max_fpr: float = 0.3) -> float:
+    """Area under the per-region-overlap curve up to max_fpr, normalised to [0, 1].
+
+    maps, masks: (N, H, W). Each connected defect region weighs equally; PRO at a threshold is
+    the mean over regions of the fraction of the region above it, FPR is over normal pixels.
+    """
+    from scipy import ndimage
+    maps = np.asarray(maps, dtype=np.float32)
+    masks = np.asarray(masks).astype(bool)
+    weight = np.zeros(masks.shape, dtype=np.float64)
+    n_regions = 0
+    for i in range(masks.shape[0]):
+        lab, n = ndimage.label(masks[i])
+        if n == 0:
+            continue
+        sizes = np.bincount(lab.ravel())
+        w = np.where(lab > 0, 1.0 / sizes[lab], 0.0)
+        weight[i] = w
+        n_regions += n
+    if n_regions == 0 or masks.all():
+        return float("nan")
+    s = maps.ravel()
+    order = np.argsort(-s, kind="mergesort")
+    s = s[order]
+    w = weight.ravel()[order] / n_regions
+    normal = ~masks.ravel()[order]
+    last = np.r_[np.nonzero(np.diff(s))[0], s.size - 1]
+    pro = np.cumsum(w)[last]
+    fpr = np.cumsum(normal)[last] / normal.sum()
+    pro, fpr = np.r_[0.0, pro], np.r_[0.0, fpr]
+    # cut at max_fpr, interpolating the last segment
+    j = int(np.searchsorted(fpr, max_fpr, side="right"))
+    if j < fpr.size:
+        f0, f1_, p0, p1 = fpr[j - 1], fpr[j], pro[j - 1], pro[j]
+        p_cut = p0 + (p1 - p0) * (max_fpr - f0) / max(f1_ - f0, 1e-12)
+        fpr, pro = np.r_[fpr[:j], max_fpr], np.r_[pro[:j], p_cut]
+    return float(np.trapezoid(pro, fpr) / max_fpr)
+
+
+def summary(image_scores: np.ndarray, image_labels: np.ndarray, maps: np.ndarray | None,
+            masks: np.ndarray | None) -> Dict[str, float]:
+    """The evaluation's metrics for one mode (pixel metrics when maps and masks are given)."""
+    f1, thr = f1_max(image_scores, image_labels)
+    out = {"image_auroc": auroc(image_scores, image_labels),
+           "image_ap": average_precision(image_scores, image_labels),
+           "image_f1_max": f1, "image_f1_threshold": thr}
+    if maps is not None and masks is not None:
+        out["pixel_auroc"] = auroc(maps.ravel(), masks.ravel())
+        out["pixel_aupro"] = aupro(maps, masks)
+        out["pixel_f1_max"] = f1_max(maps.ravel(), masks.ravel())[0]
+    return out
