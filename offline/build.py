@@ -168,7 +168,7 @@ def build(dataset: str, out_dir: str, model, features: Dict[str, Any], cfg: Buil
     pair = BankPair(negative, positive, manifest)
     thr: Dict[str, Any] = {"rule": cfg.threshold_rule, "target_fpr": cfg.target_fpr, "values": {}, "detail": {}}
     if held:
-        ex = run(held, "features: held-out", False)
+        ex = run(held, "features: held-out", True)
         import warnings
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)

@@ -1,0 +1,52 @@
+"""Shared fixtures: a tiny generated dataset and banks built from it with a random-init backbone."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+EXDD = [sys.executable, "-m", "exdd.cli"]
+TINY_HW = (128, 64)          # 16 x 8 patch grid: fast on CPU
+TINY_ARGS = ["--weights", "random:0", "--input-size", f"{TINY_HW[0]}x{TINY_HW[1]}", "--d", "32", "--min-bank", "40"]
+
+
+def run_exdd(*args: str, check: bool = True, **kw) -> subprocess.CompletedProcess:
+    """Run the real `exdd` command line in a subprocess; returns the completed process."""
+    p = subprocess.run(EXDD + list(args), capture_output=True, text=True, **kw)
+    if check and p.returncode != 0:
+        raise AssertionError(f"exdd {' '.join(args)} failed ({p.returncode}):\n{p.stdout}\n{p.stderr}")
+    return p
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory) -> Path:
+    """A KSDD2-layout dataset of generated brushed-metal surfaces (small)."""
+    from exdd.offline.surfaces import generate
+    root = tmp_path_factory.mktemp("data") / "tiny"
+    generate(str(root), n_train_normal=14, n_train_defect=6, n_test_normal=6, n_test_defect=6,
+             size_hw=(160, 80), seed=0)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_banks(tiny_dataset, tmp_path_factory) -> Path:
+    """Banks built from tiny_dataset by the real CLI."""
+    out = tmp_path_factory.mktemp("banks") / "banks"
+    run_exdd("offline", "build", str(tiny_dataset), "--out", str(out), *TINY_ARGS)
+    return out
+
+
+def copy_dataset(src: Path, dst: Path) -> Path:
+    """A writable copy of a dataset folder."""
+    shutil.copytree(src, dst)
+    return dst
+
+
+needs_shared = pytest.mark.skipif(not (SHARED / "data" / "magnetic_tile").is_dir(),
+                                  reason="../shared/data/magnetic_tile is absent (fresh clone)")

@@ -1,0 +1,31 @@
+"""Metrics against scikit-learn and a hand-computed AUPRO."""
+import numpy as np
+import pytest
+
+sk = pytest.importorskip("sklearn.metrics")
+from exdd.offline.metrics import aupro, auroc, average_precision, f1_max  # noqa: E402
+
+
+def test_auroc_ap_match_sklearn_with_ties():
+    rng = np.random.default_rng(0)
+    s = rng.integers(0, 15, 400).astype(float)
+    y = rng.random(400) < 0.2 + 0.03 * s
+    assert auroc(s, y) == pytest.approx(sk.roc_auc_score(y, s))
+    assert average_precision(s, y) == pytest.approx(sk.average_precision_score(y, s))
+    p, r, t = sk.precision_recall_curve(y, s)
+    best = np.nanmax(2 * p * r / np.maximum(p + r, 1e-12))
+    assert f1_max(s, y)[0] == pytest.approx(best)
+
+
+def test_aupro_perfect_and_inverted():
+    masks = np.zeros((2, 20, 20), bool)
+    masks[0, 2:6, 2:6] = True
+    masks[1, 10:18, 3:5] = True
+    perfect = masks.astype(np.float32)
+    assert aupro(perfect, masks) == pytest.approx(1.0)
+    assert aupro(1.0 - perfect, masks) == pytest.approx(0.0, abs=1e-9)
+    # one region fully found, the other never: PRO is 0.5 for every FPR in (0, 0.3]
+    half = np.zeros_like(perfect)
+    half[0][masks[0]] = 1.0
+    half[1][~masks[1]] = np.linspace(0.1, 0.5, (~masks[1]).sum())
+    assert aupro(half, masks, max_fpr=0.3) == pytest.approx(0.5, abs=0.02)

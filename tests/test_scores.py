@@ -1,0 +1,86 @@
+"""The scorer against a direct transcription of the formulas, and the map operators."""
+import numpy as np
+import pytest
+import torch
+from scipy.ndimage import gaussian_filter
+
+from exdd.scoring import Bank, BankPair, Scorer
+from exdd.scoring.knn import bank_neighbors
+from exdd.scoring.resample import bilinear_matrix, upsample_smooth, upsample_smooth_matrices
+
+GRID, OUT, D = (6, 4), (48, 32), 8
+
+
+def make_pair(rng, n_neg=30, n_pos=12, k=3, with_pos=True):
+    neg = rng.standard_normal((n_neg, D)).astype(np.float32)
+    pos = (rng.standard_normal((n_pos, D)) + 1.5).astype(np.float32)
+    manifest = {"features": {"grid": list(GRID), "input_size": list(OUT), "d": D}, "k": k,
+                "threshold": {"values": {"exdd": 1.0}}, "default_mode": "exdd"}
+    return BankPair(Bank(neg, bank_neighbors(neg, k, np)),
+                    Bank(pos, bank_neighbors(pos, k, np)) if with_pos else None, manifest)
+
+
+def transcription(P, M, nbrs):
+    """Direct per-image transcription of the issue's formulas for one bank."""
+    a = np.array([min(np.linalg.norm(p - m) for m in M) for p in P])
+    p_star = int(np.argmax(a))
+    s_star = a[p_star]
+    m_star = int(np.argmin([np.linalg.norm(P[p_star] - m) for m in M]))
+    t = np.sqrt(P.shape[1])
+    q = np.exp(s_star / t) / sum(np.exp(np.linalg.norm(P[p_star] - M[j]) / t) for j in nbrs[m_star])
+    return a, p_star, s_star, q
+
+
+def test_scores_match_transcription():
+    rng = np.random.default_rng(0)
+    pair = make_pair(rng)
+    feats = rng.standard_normal((3,) + GRID + (D,)).astype(np.float32) * 1.3
+    r = Scorer(pair, eps=1e-6).score(feats)
+    for b in range(3):
+        P = feats[b].reshape(-1, D)
+        a_n, p_n, s_n, q_n = transcription(P, pair.negative.vectors, pair.negative.neighbors)
+        a_p, p_p, s_p, q_p = transcription(P, pair.positive.vectors, pair.positive.neighbors)
+        s_neg, s_pos = (1 - q_n) * s_n, q_p * s_p
+        assert r["s_neg"][b] == pytest.approx(s_neg, rel=1e-4)
+        assert r["s_pos"][b] == pytest.approx(s_pos, rel=1e-4)
+        assert r["scores"]["patchcore"][b] == pytest.approx(s_neg, rel=1e-4)
+        assert r["scores"]["exdd"][b] == pytest.approx(s_neg / (s_pos + 1e-6), rel=1e-4)
+        assert r["scores"]["exdd_peak"][b] == pytest.approx(s_neg / (a_p[p_n] + 1e-6), rel=1e-4)
+        ratio = (a_n / (a_p + 1e-6)).reshape(GRID)
+        np.testing.assert_allclose(r["patch_neg"][b], a_n.reshape(GRID), rtol=1e-4)
+        sh, sw = upsample_smooth_matrices(GRID, OUT, 4.0)
+        np.testing.assert_allclose(r["maps"]["exdd"][b], sh @ ratio @ sw.T, rtol=1e-3, atol=1e-5)
+
+
+def test_no_positive_bank_falls_back_to_patchcore():
+    rng = np.random.default_rng(1)
+    pair = make_pair(rng, with_pos=False)
+    with pytest.warns(RuntimeWarning, match="fall back to patchcore"):
+        sc = Scorer(pair)
+    feats = rng.standard_normal((2,) + GRID + (D,)).astype(np.float32)
+    r = sc.score(feats)
+    np.testing.assert_array_equal(r["scores"]["exdd"], r["scores"]["patchcore"])
+    np.testing.assert_array_equal(r["maps"]["exdd"], r["maps"]["patchcore"])
+
+
+def test_bad_features_are_refused():
+    rng = np.random.default_rng(2)
+    sc = Scorer(make_pair(rng))
+    with pytest.raises(ValueError, match="do not match"):
+        sc.score(np.zeros((1, 5, 4, D), np.float32))
+    bad = np.zeros((1,) + GRID + (D,), np.float32)
+    bad[0, 0, 0, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        sc.score(bad)
+
+
+def test_upsample_matches_torch_and_smoothing_matches_scipy():
+    rng = np.random.default_rng(3)
+    m = rng.random((5, 7)).astype(np.float32)
+    up = torch.nn.functional.interpolate(torch.from_numpy(m)[None, None], size=(40, 23), mode="bilinear",
+                                         align_corners=False)[0, 0].numpy()
+    np.testing.assert_allclose(bilinear_matrix(40, 5) @ m @ bilinear_matrix(23, 7).T, up, atol=1e-6)
+    sh, sw = upsample_smooth_matrices((5, 7), (40, 23), 4.0)
+    got = upsample_smooth(m[None], sh, sw, np)[0]
+    np.testing.assert_allclose(got, gaussian_filter(up.astype(np.float64), 4.0, mode="reflect", truncate=4.0),
+                               atol=1e-5)
