@@ -84,16 +84,30 @@ def score_samples(scorer: Scorer, extracted_feats: np.ndarray, batch: int = 16) 
     return {m: np.concatenate(v) if v else np.zeros(0) for m, v in out.items()}
 
 
+Featurize = Callable[[Sequence[Sample], bool, Optional[Callable[[int], None]]], Extracted]
+
+
+def model_featurizer(model, features: Dict[str, Any], batch_size: int) -> Featurize:
+    """featurize(samples, with_mask, progress) running the extractor on the image files."""
+    size_hw, grid, d = tuple(features["input_size"]), tuple(features["grid"]), int(features["d"])
+    return lambda samples, with_mask, progress: extract(samples, model, size_hw, grid, d, batch_size,
+                                                        with_mask=with_mask, progress=progress)
+
+
 def build(dataset: str, out_dir: str, model, features: Dict[str, Any], cfg: BuildConfig,
           synthetic_dirs: Sequence[str] = (), layout: str = "auto",
-          progress_factory: Optional[Callable[[str, int], Any]] = None) -> BuildResult:
-    """Build and save the banks of a dataset; returns the manifest written and the per-file errors."""
+          progress_factory: Optional[Callable[[str, int], Any]] = None,
+          featurize: Optional[Featurize] = None) -> BuildResult:
+    """Build and save the banks of a dataset; returns the manifest written and the per-file errors.
+
+    featurize defaults to running ``model`` on the images (other featurizers serve cached features).
+    """
     def bar(desc: str, total: int):
         return progress_factory(desc, total) if progress_factory else None
 
-    size_hw = tuple(features["input_size"])
     grid = tuple(features["grid"])
     d = int(features["d"])
+    featurize = featurize or model_featurizer(model, features, cfg.batch_size)
     train = load_split(dataset, "train", layout)
     if not train:
         raise ValueError(f"{dataset}: no training images")
@@ -109,8 +123,7 @@ def build(dataset: str, out_dir: str, model, features: Dict[str, Any], cfg: Buil
 
     def run(samples, desc, with_mask) -> Extracted:
         b = bar(desc, len(samples))
-        ex = extract(samples, model, size_hw, grid, d, cfg.batch_size, with_mask=with_mask,
-                     progress=(b.update if b else None))
+        ex = featurize(samples, with_mask, b.update if b else None)
         if b:
             b.close()
         errors.extend(ex.errors)

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -29,14 +29,23 @@ def score_split(samples: Sequence[Sample], model, scorer: Scorer, size_hw: Tuple
                 with_maps: bool = True, progress: Optional[Callable[[int], None]] = None) -> Scored:
     """Extract and score every readable sample; maps kept per kind ('neg', 'ratio')."""
     errors: List[Tuple[str, str]] = []
+    feats = ((bs, run_extractor(model, imgs), ms) for bs, imgs, ms in batches(samples, size_hw, batch_size, True, errors))
+    scored = score_features(feats, len(samples), scorer, size_hw, with_maps, progress)
+    scored.errors = errors
+    return scored
+
+
+def score_features(feature_batches: Iterable[Tuple[List[Sample], np.ndarray, List[np.ndarray]]], n: int,
+                   scorer: Scorer, size_hw: Tuple[int, int], with_maps: bool = True,
+                   progress: Optional[Callable[[int], None]] = None) -> Scored:
+    """Score batches of (samples, features (b, h, w, d), masks) of at most n samples."""
     kept: List[Sample] = []
     sc: Dict[str, list] = {m: [] for m in MODES}
     s_neg, s_pos, masks = [], [], []
     kinds = sorted({MAP_OF_MODE[m] for m in MODES})
-    n = len(samples)
     maps = {k: np.zeros((n,) + tuple(size_hw), dtype=np.float16) for k in kinds} if with_maps else {}
-    for bs, imgs, ms in batches(samples, size_hw, batch_size, True, errors):
-        r = scorer.score(run_extractor(model, imgs), map_modes=MODES if with_maps else ())
+    for bs, feats, ms in feature_batches:
+        r = scorer.score(feats, map_modes=MODES if with_maps else ())
         n0 = len(kept)
         for m in MODES:
             sc[m].append(r["scores"][m])
@@ -52,7 +61,7 @@ def score_split(samples: Sequence[Sample], model, scorer: Scorer, size_hw: Tuple
     k = len(kept)
     cat = lambda v: np.concatenate(v) if v else np.zeros(0, np.float32)  # noqa: E731
     return Scored(kept, {m: cat(v) for m, v in sc.items()}, cat(s_neg), cat(s_pos),
-                  {kk: v[:k] for kk, v in maps.items()}, np.stack(masks) if masks else None, errors)
+                  {kk: v[:k] for kk, v in maps.items()}, np.stack(masks) if masks else None, [])
 
 
 def metrics_of(scored: Scored) -> Dict[str, Dict[str, float]]:

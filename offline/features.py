@@ -82,7 +82,13 @@ def build_extractor(weights: str, d: int = DEFAULT_D, projection_seed: int = 0,
     backbone, weights_id = load_backbone(weights)
     proj = make_projection(d, projection_seed)
     model = FeatureExtractor(backbone, proj, input_hw).eval()
-    info = {
+    return model, fingerprint(weights_id, proj, projection_seed, input_hw)
+
+
+def fingerprint(weights_id: str, proj: np.ndarray, projection_seed: int, input_hw: Tuple[int, int]) -> Dict[str, Any]:
+    """The features' identity (the manifest's 'features'): what a bank must match to be usable."""
+    d = proj.shape[1]
+    return {
         "backbone": BACKBONE,
         "weights": weights_id,
         "input_size": [int(input_hw[0]), int(input_hw[1])],
@@ -93,4 +99,3 @@ def build_extractor(weights: str, d: int = DEFAULT_D, projection_seed: int = 0,
         "d": int(d),
         "aggregation": "avg3x3-s1, layer3 bilinear to layer2 grid, concat, gaussian projection",
     }
-    return model, info
