@@ -1,0 +1,40 @@
+"""``exdd report``: one self-contained HTML report from an evaluation results JSON."""
+from __future__ import annotations
+
+import json
+import os
+
+import click
+
+from exdd.cli_common import fail
+
+
+@click.command()
+@click.argument("results_json", type=click.Path(dir_okay=False))
+@click.option("--out", "out_html", default="report.html", show_default=True, type=click.Path(dir_okay=False),
+              help="HTML file to write; the JSON behind it goes next to it (same name, .json).")
+@click.option("--title", default="ExDD evaluation report", show_default=True)
+@click.option("--gallery", "gallery_n", default=6, show_default=True, help="At most this many thumbnails per gallery group.")
+def report(results_json: str, out_html: str, title: str, gallery_n: int) -> None:
+    """Write an HTML report (metrics, ROC, histograms, heatmap gallery) of RESULTS_JSON."""
+    from .report import json_path_of, write_report
+    try:
+        with open(results_json, encoding="utf-8") as f:
+            results = json.load(f)
+    except FileNotFoundError:
+        fail(f"{results_json}: no such file")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        fail(f"{results_json}: not a readable results JSON ({e})")
+    if not isinstance(results, dict):
+        fail(f"{results_json}: expected a JSON object with 'metrics' and 'images'")
+    out_json = json_path_of(out_html)
+    if os.path.abspath(out_json) == os.path.abspath(results_json):
+        fail(f"--out {out_html} would overwrite its input {results_json} with the report's JSON; choose another name")
+    base_dir = os.path.dirname(os.path.abspath(results_json))
+    try:
+        write_report(results, out_html, title, base_dir, gallery_n)
+    except OSError as e:
+        fail(f"cannot write {out_html}: {e}")
+    n = len(results.get("images") or [])
+    click.echo(f"report: {out_html} ({n} images, {os.path.getsize(out_html) / 1024:.0f} KiB)")
+    click.echo(f"data: {out_json}")
