@@ -1,0 +1,138 @@
+"""``exdd export``: onnx, tensorrt, repository."""
+from __future__ import annotations
+
+import os
+import time
+
+import click
+
+from exdd.cli_common import fail, input_size_option, parse_hw
+
+
+@click.group()
+def export() -> None:
+    """Export the feature extractor (ONNX / TensorRT) and assemble a Triton model repository."""
+
+
+def _features_source(banks, weights, d, projection_seed, input_size):
+    """(weights, d, seed, input_hw) from a bank manifest when --banks is given, else from the options."""
+    if not banks:
+        return weights or "imagenet", d, projection_seed, parse_hw(input_size)
+    from exdd.scoring import BankError, read_manifest_features
+    try:
+        f = read_manifest_features(banks)
+    except BankError as e:
+        fail(str(e))
+    return weights or f.get("weights_source", f["weights"]), int(f["d"]), int(f["projection_seed"]), tuple(f["input_size"])
+
+
+@export.command("onnx")
+@click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False), help="ONNX file to write.")
+@click.option("--banks", default=None, type=click.Path(exists=True, file_okay=False),
+              help="Take weights, d, projection seed and input size from this bank directory's manifest.")
+@click.option("--weights", default=None, help="imagenet | PATH | random:SEED (default: the banks' or imagenet).")
+@click.option("--d", "d", default=256, show_default=True, help="Projection dimension (ignored with --banks).")
+@click.option("--projection-seed", default=0, show_default=True, help="(ignored with --banks)")
+@input_size_option
+@click.option("--precision", default="fp32", type=click.Choice(["fp32", "fp16"]), show_default=True)
+@click.option("--parity-images", default=None, type=click.Path(exists=True, file_okay=False),
+              help="Folder or dataset whose first images the parity check uses (default: generated surfaces).")
+@click.option("--parity-count", default=4, show_default=True, type=click.IntRange(1, 64))
+def onnx_cmd(out_path, banks, weights, d, projection_seed, input_size, precision, parity_images, parity_count):
+    """Export the feature extractor to ONNX and check it against torch (fails above the tolerance)."""
+    import torch
+
+    from exdd.offline.features import build_extractor
+    from exdd.offline.weights import WeightsError, is_random
+    from .onnx_export import ExportError, export_onnx, parity, parity_images as get_images
+
+    weights, d, seed, hw = _features_source(banks, weights, d, projection_seed, input_size)
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    try:
+        model, info = build_extractor(weights, d, seed, hw)
+    except WeightsError as e:
+        fail(str(e))
+    if banks:
+        from exdd.scoring import BankError, read_manifest_features
+        from exdd.scoring.bank import check_features
+        try:
+            check_features(read_manifest_features(banks), info, banks)
+        except BankError as e:
+            fail(str(e))
+    if is_random(info["weights"]):
+        click.echo(f"note: weights {info['weights']} -- RANDOM-INIT backbone", err=True)
+    t0 = time.time()
+    try:
+        images, where = get_images(parity_images, parity_count, hw)
+        export_onnx(model, info, out_path, precision)
+        result = parity(out_path, model, images, precision)
+    except ExportError as e:
+        fail(str(e))
+    click.echo(f"onnx: {out_path} ({precision}, {os.path.getsize(out_path) / 1e6:.1f} MB, {time.time() - t0:.1f}s)")
+    click.echo(f"{result.describe()} [{where}]")
+    if not result.ok:
+        fail(f"{out_path}: ONNX Runtime differs from torch beyond the tolerance ({result.rel:.2e} > {result.tolerance:.0e})", 3)
+
+
+@export.command("tensorrt")
+@click.argument("onnx_path", type=click.Path(exists=True, dir_okay=False))
+@click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False), help="Engine (.plan) to write.")
+@click.option("--max-batch", default=8, show_default=True, type=click.IntRange(1, 1024),
+              help="Optimisation profile: batch 1..N.")
+@click.option("--fp32", "fp32", is_flag=True, help="Build without FP16 kernels.")
+def tensorrt_cmd(onnx_path, out_path, max_batch, fp32):
+    """Build a TensorRT engine (fp16, batch 1..N) from an exported ONNX."""
+    from .onnx_export import ExportError, read_features
+    from .tensorrt import NO_TENSORRT, TensorRTBuildError, TensorRTUnavailable, build_engine, which_builder
+
+    if which_builder() is None:
+        fail(NO_TENSORRT)
+    try:
+        feats = read_features(onnx_path)
+        t0 = time.time()
+        build_engine(onnx_path, out_path, tuple(feats["input_size"]), max_batch, fp16=not fp32)
+    except (ExportError, TensorRTUnavailable, TensorRTBuildError) as e:
+        fail(str(e))
+    click.echo(f"engine: {out_path} ({os.path.getsize(out_path) / 1e6:.1f} MB, {time.time() - t0:.1f}s, "
+               f"batch 1..{max_batch}, {'fp32' if fp32 else 'fp16'})")
+
+
+@export.command("repository")
+@click.option("--onnx", "onnx_path", required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--banks", "bank_dir", required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Repository directory to write.")
+@click.option("--features-backend", default="onnxruntime", show_default=True,
+              type=click.Choice(["onnxruntime", "tensorrt_plan", "python"]),
+              help="onnxruntime: standard Triton containers; tensorrt_plan: a built engine (--engine); "
+                   "python: ONNX Runtime inside a Python model (servers with only the Python backend).")
+@click.option("--engine", "engine_path", default=None, type=click.Path(dir_okay=False),
+              help="TensorRT engine for --features-backend tensorrt_plan (built from --onnx when absent).")
+@click.option("--kind", default="cpu", type=click.Choice(["cpu", "gpu"]), show_default=True)
+@click.option("--instances", default=1, show_default=True, type=click.IntRange(1, 64))
+@click.option("--max-batch", default=8, show_default=True, type=click.IntRange(1, 1024))
+@click.option("--queue-delay-us", default=2000, show_default=True, type=click.IntRange(0, 10_000_000),
+              help="Dynamic batching: longest wait to fill a batch.")
+@click.option("--mode", default=None, type=click.Choice(["patchcore", "exdd", "exdd_peak"]),
+              help="Served mode (default: the banks' default_mode).")
+@click.option("--threshold", default=None, type=float, help="Served threshold (default: the calibrated one).")
+@click.option("--force", is_flag=True, help="Replace --out if it exists.")
+def repository_cmd(onnx_path, bank_dir, out_dir, features_backend, engine_path, kind, instances, max_batch,
+                   queue_delay_us, mode, threshold, force):
+    """Assemble a Triton model repository (exdd ensemble, exdd_features, exdd_scorer) from ONNX + banks."""
+    from .configs import Serving
+    from .onnx_export import ExportError, read_features
+    from .repository import RepositoryError, assemble
+    from .tensorrt import TensorRTBuildError, TensorRTUnavailable, build_engine
+
+    try:
+        if features_backend == "tensorrt_plan" and not (engine_path and os.path.isfile(engine_path)):
+            engine_path = engine_path or os.path.splitext(onnx_path)[0] + ".plan"
+            click.echo(f"building the TensorRT engine {engine_path} (batch 1..{max_batch}, fp16)", err=True)
+            build_engine(onnx_path, engine_path, tuple(read_features(onnx_path)["input_size"]), max_batch)
+        res = assemble(onnx_path, bank_dir, out_dir, features_backend, Serving(kind, instances, max_batch, queue_delay_us),
+                       engine_path, mode, threshold, force)
+    except (ExportError, RepositoryError, TensorRTUnavailable, TensorRTBuildError) as e:
+        fail(str(e))
+    thr = "none" if res.threshold is None else f"{res.threshold:.6g}"
+    click.echo(f"repository: {res.path} (features {features_backend}, {instances} x {kind}, max batch {max_batch}, "
+               f"mode {res.mode}, threshold {thr}, manifest sha256 {res.manifest_sha256[:12]}...)")

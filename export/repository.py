@@ -1,0 +1,187 @@
+"""Assemble a complete Triton model repository from an exported ONNX (or engine) and a bank directory.
+
+Layout written::
+
+    REPO/README.md                      what is inside, built from which manifest
+    REPO/exdd/config.pbtxt, 1/          ensemble IMAGE -> exdd_features -> exdd_scorer
+    REPO/exdd_features/config.pbtxt     onnxruntime | tensorrt_plan | python backend
+    REPO/exdd_features/1/               model.onnx (+ model.py) or model.plan, features.json
+    REPO/exdd_scorer/config.pbtxt       python backend
+    REPO/exdd_scorer/1/                 model.py, exdd_scoring/, banks/, features.json
+
+Banks whose manifest features differ from the ONNX metadata are refused here, and again by the
+scorer at server load time (``features.json``), so swapped banks never serve.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from typing import Any, Dict, Optional
+
+from .configs import FEATURES_BACKENDS, KINDS, Serving, ensemble_config, features_config, scorer_config
+from .onnx_export import read_features, read_metadata, PRECISION_KEY
+
+
+class RepositoryError(ValueError):
+    """Inputs that cannot make a repository; the message names the input."""
+
+
+@dataclass
+class Assembled:
+    """What was written."""
+    path: str
+    features: Dict[str, Any]
+    mode: str
+    threshold: Optional[float]
+    manifest_sha256: str
+
+
+def source_dir() -> str:
+    """The committed model_repository/ that model.py files and the scoring package are copied from."""
+    import exdd.scoring
+    return os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(exdd.scoring.__file__)))))
+
+
+def sha256_of(path: str) -> str:
+    """Hex sha256 of a file."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _copy_banks(bank_dir: str, dest: str, manifest: Dict[str, Any]) -> None:
+    """Copy manifest.json and the array files it lists (nothing else) into dest."""
+    os.makedirs(dest)
+    shutil.copy2(os.path.join(bank_dir, "manifest.json"), dest)
+    for name in manifest["files"]:
+        shutil.copy2(os.path.join(bank_dir, os.path.basename(name)), dest)
+
+
+def _write(path: str, text: str) -> None:
+    with open(path, "w") as f:
+        f.write(text)
+
+
+def choose_threshold(manifest: Dict[str, Any], mode: str, override: Optional[float]) -> Optional[float]:
+    """The served threshold: override, else the calibrated one of mode, else None."""
+    if override is not None:
+        return float(override)
+    values = (manifest.get("threshold") or {}).get("values") or {}
+    return float(values[mode]) if mode in values else None
+
+
+def readme(a: Assembled, manifest: Dict[str, Any], bank_dir: str, onnx_path: str, backend: str,
+           s: Serving, precision: str) -> str:
+    """README.md of the repository."""
+    f = a.features
+    cs = manifest.get("coreset", {})
+    sizes = ", ".join(f"{k} {v.get('size')}" for k, v in cs.items() if isinstance(v, dict)) or "see manifest"
+    thr = "none (IS_DEFECT is false unless a request sends parameter `threshold`)" if a.threshold is None \
+        else f"{a.threshold:.6g}"
+    return f"""# ExDD Triton model repository
+
+Built by `exdd export repository` on {_dt.datetime.now(_dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}.
+
+| model | backend | job |
+|---|---|---|
+| `exdd` | ensemble | `IMAGE` uint8 [B, {f['input_size'][0]}, {f['input_size'][1]}, 3] -> `exdd_features` -> `exdd_scorer` |
+| `exdd_features` | {backend} ({precision}) | `IMAGE` -> `FEATURES` float32 [B, {f['grid'][0]}, {f['grid'][1]}, {f['d']}] |
+| `exdd_scorer` | python | `FEATURES` -> `SCORE`, `IS_DEFECT`, `ANOMALY_MAP` [{f['input_size'][0]}, {f['input_size'][1]}], `SCORE_NEG`, `SCORE_POS` |
+
+Instances: {s.instances} x KIND_{s.kind.upper()} per model, max_batch_size {s.max_batch}, dynamic batching
+(max queue delay {s.queue_delay_us} us), one warm-up request per model.
+
+## Built from
+
+- bank manifest: `{os.path.abspath(bank_dir)}/manifest.json`, sha256 `{a.manifest_sha256}`
+  (copied to `exdd_scorer/1/banks/manifest.json`)
+- bank sizes: {sizes}; k = {manifest.get('k')}
+- features: backbone {f.get('backbone')}, weights `{f.get('weights')}`, input {f['input_size'][0]}x{f['input_size'][1]},
+  grid {f['grid'][0]}x{f['grid'][1]}, d {f['d']}, projection seed {f.get('projection_seed')}
+  (sha256 `{str(f.get('projection_sha256'))[:16]}...`)
+- extractor: `{os.path.abspath(onnx_path)}` (sha256 `{sha256_of(onnx_path)}`)
+- served mode: `{a.mode}`; threshold: {thr}
+
+`features.json` (in `exdd_scorer/1/` and `exdd_features/1/`) is the fingerprint the scorer checks the
+banks against when the server loads it; replacing the banks with ones made for other features makes
+`exdd_scorer` (and so `exdd`) fail to load, with the mismatch named in the server log.
+
+Serve it with `exdd serve {os.path.basename(a.path)}`; clients send `IMAGE` to `exdd` and may set the
+request parameter `threshold` (a number) to override the served threshold.
+"""
+
+
+def assemble(onnx_path: str, bank_dir: str, out_dir: str, features_backend: str = "python",
+             serving: Optional[Serving] = None, engine_path: Optional[str] = None, mode: Optional[str] = None,
+             threshold: Optional[float] = None, force: bool = False) -> Assembled:
+    """Write the repository into out_dir (atomically, via a temporary sibling directory)."""
+    from exdd.scoring import MODES, BankError, load_banks
+    from exdd.scoring.bank import check_features
+
+    s = serving or Serving()
+    if features_backend not in FEATURES_BACKENDS:
+        raise RepositoryError(f"--features-backend {features_backend!r}: expected one of {FEATURES_BACKENDS}")
+    if s.kind not in KINDS:
+        raise RepositoryError(f"--kind {s.kind!r}: expected one of {KINDS}")
+    if s.instances < 1 or s.max_batch < 1:
+        raise RepositoryError("--instances and --max-batch must be at least 1")
+    if features_backend == "tensorrt_plan" and not (engine_path and os.path.isfile(engine_path)):
+        raise RepositoryError(f"--features-backend tensorrt_plan needs --engine PATH (a built engine), got {engine_path!r}")
+    features = read_features(onnx_path)
+    precision = read_metadata(onnx_path).get(PRECISION_KEY, "fp32")
+    try:
+        banks = load_banks(bank_dir)
+        check_features(banks.manifest["features"], features, f"{bank_dir} vs {onnx_path}")
+    except BankError as e:
+        raise RepositoryError(str(e)) from None
+    manifest = banks.manifest
+    mode = mode or manifest.get("default_mode", "exdd")
+    if mode not in MODES:
+        raise RepositoryError(f"mode {mode!r}: expected one of {MODES}")
+    thr = choose_threshold(manifest, mode, threshold)
+    out_dir = os.path.abspath(out_dir)
+    if os.path.exists(out_dir) and os.listdir(out_dir) and not force:
+        raise RepositoryError(f"{out_dir}: exists and is not empty (use --force to replace it)")
+    src = source_dir()
+    parent = os.path.dirname(out_dir)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".exdd-repo-", dir=parent)
+    try:
+        scorer_v = os.path.join(tmp, "exdd_scorer", "1")
+        feats_v = os.path.join(tmp, "exdd_features", "1")
+        os.makedirs(scorer_v)
+        os.makedirs(feats_v)
+        os.makedirs(os.path.join(tmp, "exdd", "1"))
+        shutil.copy2(os.path.join(src, "exdd_scorer", "1", "model.py"), scorer_v)
+        shutil.copytree(os.path.join(src, "exdd_scorer", "1", "exdd_scoring"), os.path.join(scorer_v, "exdd_scoring"),
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        _copy_banks(bank_dir, os.path.join(scorer_v, "banks"), manifest)
+        fjson = json.dumps(features, indent=2, sort_keys=True)
+        _write(os.path.join(scorer_v, "features.json"), fjson)
+        _write(os.path.join(feats_v, "features.json"), fjson)
+        if features_backend == "tensorrt_plan":
+            shutil.copy2(engine_path, os.path.join(feats_v, "model.plan"))
+        else:
+            shutil.copy2(onnx_path, os.path.join(feats_v, "model.onnx"))
+        if features_backend == "python":
+            shutil.copy2(os.path.join(src, "exdd_features", "1", "model.py"), feats_v)
+        thr_text = "none" if thr is None else repr(thr)
+        _write(os.path.join(tmp, "exdd_features", "config.pbtxt"), features_config(features, features_backend, s))
+        _write(os.path.join(tmp, "exdd_scorer", "config.pbtxt"), scorer_config(features, mode, thr_text, s))
+        _write(os.path.join(tmp, "exdd", "config.pbtxt"), ensemble_config(features, s))
+        result = Assembled(out_dir, features, mode, thr, sha256_of(os.path.join(bank_dir, "manifest.json")))
+        _write(os.path.join(tmp, "README.md"), readme(result, manifest, bank_dir, onnx_path, features_backend, s, precision))
+        if os.path.exists(out_dir):
+            shutil.rmtree(out_dir)
+        os.rename(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return result

@@ -1,0 +1,215 @@
+"""``exdd serve REPO`` and the ``TritonServer`` class it (and the tests) use to run a local tritonserver."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from typing import List, Optional, Sequence
+
+import click
+
+from exdd.cli_common import fail
+
+from .serving_env import ServingEnv, ServingEnvError, resolve
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+class TritonStartError(RuntimeError):
+    """The server exited or did not become ready; the message carries the end of its log."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A currently free TCP port on host."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def port_in_use(host: str, port: int) -> bool:
+    """Whether binding host:port fails."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+class TritonServer:
+    """One tritonserver process on a model repository: start, wait_ready, stop (also a context manager)."""
+
+    def __init__(self, repo: str, host: str = "127.0.0.1", http_port: int = 8000, grpc_port: int = 8001,
+                 metrics_port: int = 8002, env: Optional[ServingEnv] = None, log_path: Optional[str] = None,
+                 exit_on_error: bool = True, log_verbose: int = 0, extra_args: Sequence[str] = (),
+                 exit_timeout: int = 30):
+        self.repo = os.path.abspath(repo)
+        self.host = host
+        self.http_port, self.grpc_port, self.metrics_port = int(http_port), int(grpc_port), int(metrics_port)
+        self.env = env
+        self.log_path = log_path
+        self.exit_on_error = exit_on_error
+        self.log_verbose = int(log_verbose)
+        self.extra_args = list(extra_args)
+        self.exit_timeout = int(exit_timeout)
+        self.proc: Optional[subprocess.Popen] = None
+        self._log_file = None
+
+    @property
+    def local_host(self) -> str:
+        """The address clients on this machine use."""
+        return "127.0.0.1" if self.host in ("0.0.0.0", "localhost", "") else self.host
+
+    @property
+    def http_url(self) -> str:
+        return f"{self.local_host}:{self.http_port}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"{self.local_host}:{self.grpc_port}"
+
+    def command(self) -> List[str]:
+        """The tritonserver command line."""
+        assert self.env is not None
+        return [self.env.tritonserver, f"--model-repository={self.repo}", f"--backend-directory={self.env.backend_dir}",
+                f"--http-address={self.host}", f"--http-port={self.http_port}",
+                f"--grpc-address={self.host}", f"--grpc-port={self.grpc_port}",
+                f"--metrics-address={self.host}", f"--metrics-port={self.metrics_port}",
+                "--allow-gpu-metrics=false", f"--exit-on-error={'true' if self.exit_on_error else 'false'}",
+                f"--exit-timeout-secs={self.exit_timeout}", f"--log-verbose={self.log_verbose}", *self.extra_args]
+
+    def start(self) -> "TritonServer":
+        """Launch the process (in its own session, so a terminal's Ctrl-C reaches only us)."""
+        if self.env is None:
+            self.env = resolve()
+        for name, port in (("http", self.http_port), ("grpc", self.grpc_port), ("metrics", self.metrics_port)):
+            if port_in_use(self.host, port):
+                raise TritonStartError(f"{self.host}:{port} is already in use (--{name}-port)")
+        out = None
+        if self.log_path:
+            self._log_file = open(self.log_path, "ab")
+            out = self._log_file
+        self.proc = subprocess.Popen(self.command(), stdout=out, stderr=subprocess.STDOUT if out else None,
+                                     env=self.env.environ(), start_new_session=True)
+        return self
+
+    def log_tail(self, lines: int = 40) -> str:
+        """The last lines of the server log (when it goes to a file)."""
+        if not self.log_path or not os.path.isfile(self.log_path):
+            return ""
+        with open(self.log_path, "rb") as f:
+            return "\n".join(f.read().decode(errors="replace").splitlines()[-lines:])
+
+    def problems(self) -> str:
+        """The error lines of the log: failed models (UNAVAILABLE) and E-level messages."""
+        if not self.log_path or not os.path.isfile(self.log_path):
+            return ""
+        with open(self.log_path, "rb") as f:
+            lines = f.read().decode(errors="replace").splitlines()
+        keep = [ln.strip(" |") for ln in lines if "UNAVAILABLE" in ln or (ln[:1] == "E" and ln[1:2].isdigit())]
+        return "\n".join(keep[-20:])
+
+    def _get(self, path: str) -> int:
+        try:
+            with urllib.request.urlopen(f"http://{self.http_url}{path}", timeout=2) as r:
+                return r.status
+        except urllib.error.HTTPError as e:
+            return e.code
+        except (urllib.error.URLError, OSError):
+            return 0
+
+    def wait_ready(self, timeout: float = 180.0, live_only: bool = False) -> "TritonServer":
+        """Block until /v2/health/ready (or /live) answers 200; TritonStartError if it exits or times out."""
+        assert self.proc is not None, "start() first"
+        path = "/v2/health/live" if live_only else "/v2/health/ready"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise TritonStartError(f"tritonserver exited with code {self.proc.returncode} before it was ready"
+                                       f"\n{self.problems() or self.log_tail()}")
+            if self._get(path) == 200:
+                return self
+            time.sleep(0.25)
+        raise TritonStartError(f"tritonserver not {'live' if live_only else 'ready'} after {timeout:.0f}s\n{self.log_tail()}")
+
+    def poll(self) -> Optional[int]:
+        """The exit code, or None while running."""
+        return None if self.proc is None else self.proc.poll()
+
+    def stop(self, timeout: Optional[float] = None) -> Optional[int]:
+        """SIGINT (Triton's graceful shutdown), SIGKILL if still running after exit_timeout + 10 s; the exit code."""
+        timeout = self.exit_timeout + 10.0 if timeout is None else timeout
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        if self._log_file:
+            self._log_file.close()
+            self._log_file = None
+        return self.proc.returncode
+
+    def __enter__(self) -> "TritonServer":
+        return self.start().wait_ready()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+@click.command()
+@click.argument("repo", type=click.Path(exists=True, file_okay=False))
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (loopback unless told).")
+@click.option("--http-port", default=8000, show_default=True)
+@click.option("--grpc-port", default=8001, show_default=True)
+@click.option("--metrics-port", default=8002, show_default=True)
+@click.option("--timeout", default=300, show_default=True, help="Seconds to wait for the server to be ready.")
+@click.option("--log-verbose", default=0, show_default=True, help="tritonserver --log-verbose level.")
+def serve(repo, host, http_port, grpc_port, metrics_port, timeout, log_verbose):
+    """Start a Triton server on the model repository REPO and wait until it is ready (Ctrl-C stops it)."""
+    if not os.path.isfile(os.path.join(repo, "exdd", "config.pbtxt")):
+        fail(f"{repo}: not an exdd model repository (no exdd/config.pbtxt); build one with `exdd export repository`")
+    if host not in LOOPBACK:
+        click.echo(f"WARNING: binding {host}: the server (inference, model control and metrics, no authentication) "
+                   "is exposed to every machine that can reach this address", err=True)
+    try:
+        env = resolve(log=lambda s: click.echo(s, err=True))
+    except ServingEnvError as e:
+        fail(str(e))
+    click.echo(f"tritonserver: {env.source}", err=True)
+    server = TritonServer(repo, host, http_port, grpc_port, metrics_port, env=env, log_verbose=log_verbose)
+    old = {s: signal.signal(s, _raise_interrupt) for s in (signal.SIGINT, signal.SIGTERM)}
+    code = 0
+    try:
+        server.start().wait_ready(timeout)
+        click.echo(f"ready: http {server.http_url}  grpc {server.grpc_url}  metrics "
+                   f"{server.local_host}:{metrics_port}/metrics  (Ctrl-C stops)", err=True)
+        while server.poll() is None:
+            time.sleep(0.5)
+        code = server.poll() or 0
+        click.echo(f"error: tritonserver exited with code {code}", err=True)
+    except TritonStartError as e:
+        server.stop()
+        fail(str(e))
+    except KeyboardInterrupt:
+        click.echo("stopping tritonserver ...", err=True)
+    finally:
+        rc = server.stop()
+        for s, h in old.items():
+            signal.signal(s, h)
+    if code:
+        raise SystemExit(code if code > 0 else 1)
+    click.echo(f"stopped (exit code {rc})", err=True)

@@ -1,0 +1,136 @@
+"""ONNX export (parity, fp16, metadata), TensorRT availability message, repository assembly and its refusals."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+import triton_util as tu
+from exdd.export.configs import Serving
+from exdd.export.onnx_export import (TOLERANCE, generated_images, onnx_session, parity, read_features, export_onnx)
+from exdd.export.repository import RepositoryError, assemble
+from exdd.export.tensorrt import which_builder
+
+
+def test_cli_export_onnx_from_banks_passes_parity_and_records_features():
+    out = os.path.join(tu.workdir(), "cli.onnx")
+    p = tu.exdd_cli("export", "onnx", "--banks", tu.banks(), "--out", out, "--parity-images", tu.dataset(),
+                    "--parity-count", "3")
+    assert p.returncode == 0, p.stderr
+    assert "parity fp32: ok on 3 images" in p.stdout
+    with open(os.path.join(tu.banks(), "manifest.json")) as f:
+        bank_features = json.load(f)["features"]
+    stored = read_features(out)
+    for key in ("weights", "input_size", "grid", "d", "projection_seed", "projection_sha256"):
+        assert stored[key] == bank_features[key]
+
+
+def test_onnx_has_dynamic_batch_and_matches_torch():
+    sess = onnx_session(tu.onnx_fp32())
+    inp, out = sess.get_inputs()[0], sess.get_outputs()[0]
+    assert (inp.name, inp.type, out.name, out.type) == ("IMAGE", "tensor(uint8)", "FEATURES", "tensor(float)")
+    assert not isinstance(inp.shape[0], int)  # symbolic batch axis
+    grid = tu.extractor()[1]["grid"]
+    for b in (1, 3):
+        y = sess.run(None, {"IMAGE": generated_images(b, tu.INPUT_HW)})[0]
+        assert y.shape == (b, grid[0], grid[1], tu.D)
+    res = parity(tu.onnx_fp32(), tu.extractor()[0], tu.sample_images(3), "fp32")
+    assert res.ok and res.rel <= TOLERANCE["fp32"]
+
+
+def test_fp16_keeps_uint8_in_float32_out_within_looser_tolerance():
+    model, info = tu.extractor()
+    path = export_onnx(model, info, os.path.join(tu.workdir(), "f16.onnx"), "fp16")
+    sess = onnx_session(path)
+    assert sess.get_inputs()[0].type == "tensor(uint8)" and sess.get_outputs()[0].type == "tensor(float)"
+    res = parity(path, model, tu.sample_images(3), "fp16")
+    assert res.ok, res.describe()
+    assert 0 < res.rel  # really half precision inside
+    assert os.path.getsize(path) < 0.6 * os.path.getsize(tu.onnx_fp32())
+    assert read_features(path) == info
+
+
+def test_parity_fails_for_an_extractor_with_other_features():
+    from exdd.offline.features import build_extractor
+    other, _ = build_extractor(tu.WEIGHTS, tu.D, 1, tu.INPUT_HW)  # other projection seed
+    res = parity(tu.onnx_fp32(), other, tu.sample_images(2), "fp32")
+    assert not res.ok and "FAILED" in res.describe()
+
+
+@pytest.mark.skipif(which_builder() is not None, reason="TensorRT is installed here")
+def test_tensorrt_without_tensorrt_says_so_cleanly():
+    p = tu.exdd_cli("export", "tensorrt", tu.onnx_fp32(), "--out", os.path.join(tu.workdir(), "x.plan"))
+    assert p.returncode != 0
+    assert "TensorRT is not available here" in p.stderr and "Traceback" not in p.stderr + p.stdout
+    assert not os.path.exists(os.path.join(tu.workdir(), "x.plan"))
+
+
+@pytest.mark.gpu
+def test_tensorrt_engine_builds_on_gpu():
+    if which_builder() is None or shutil.which("nvidia-smi") is None:
+        pytest.skip("needs a GPU and TensorRT")
+    from exdd.export.tensorrt import build_engine
+    out = build_engine(tu.onnx_fp32(), os.path.join(tu.workdir(), "f.plan"), tu.INPUT_HW, 4)
+    assert os.path.getsize(out) > 1_000_000
+
+
+def test_repository_layout_and_configs():
+    repo = tu.repository("python")
+    f = tu.extractor()[1]
+    for rel in ("README.md", "exdd/config.pbtxt", "exdd/1", "exdd_features/config.pbtxt", "exdd_features/1/model.py",
+                "exdd_features/1/model.onnx", "exdd_scorer/config.pbtxt", "exdd_scorer/1/model.py",
+                "exdd_scorer/1/exdd_scoring/scorer.py", "exdd_scorer/1/banks/manifest.json",
+                "exdd_scorer/1/features.json", "exdd_features/1/features.json"):
+        assert os.path.exists(os.path.join(repo, rel)), rel
+    with open(os.path.join(repo, "exdd_scorer/1/features.json")) as fh:
+        assert json.load(fh) == f
+    ens = open(os.path.join(repo, "exdd/config.pbtxt")).read()
+    assert 'platform: "ensemble"' in ens and "dims: [ 128, 64, 3 ]" in ens and "dims: [ 128, 64 ]" in ens
+    sc = open(os.path.join(repo, "exdd_scorer/config.pbtxt")).read()
+    assert "max_batch_size: 8" in sc and "dynamic_batching" in sc and "model_warmup" in sc
+    assert f"dims: [ {f['grid'][0]}, {f['grid'][1]}, {tu.D} ]" in sc and 'key: "mode"' in sc
+    from exdd.export.repository import sha256_of
+    readme = open(os.path.join(repo, "README.md")).read()
+    assert sha256_of(os.path.join(tu.banks(), "manifest.json")) in readme
+    # the scorer imports only numpy, the backend utilities and its own package
+    src = open(os.path.join(repo, "exdd_scorer/1/model.py")).read()
+    imports = {ln.split()[1].split(".")[0] for ln in src.splitlines() if ln.startswith(("import ", "from "))}
+    assert imports <= {"json", "math", "os", "sys", "numpy", "triton_python_backend_utils", "exdd_scoring"}
+
+
+def test_repository_backends_and_kinds(tmp_path):
+    onnx, banks = tu.onnx_fp32(), tu.banks()
+    r = assemble(onnx, banks, str(tmp_path / "ort"), "onnxruntime", Serving("gpu", 2, 4, 100))
+    cfg = open(os.path.join(r.path, "exdd_features/config.pbtxt")).read()
+    assert 'platform: "onnxruntime_onnx"' in cfg and "KIND_GPU" in cfg and "count: 2" in cfg and "max_batch_size: 4" in cfg
+    assert not os.path.exists(os.path.join(r.path, "exdd_features/1/model.py"))
+    sc = open(os.path.join(r.path, "exdd_scorer/config.pbtxt")).read()
+    assert "FORCE_CPU_ONLY_INPUT_TENSORS" in sc
+    with pytest.raises(RepositoryError, match="needs --engine"):
+        assemble(onnx, banks, str(tmp_path / "trt"), "tensorrt_plan")
+    plan = tmp_path / "fake.plan"
+    plan.write_bytes(b"engine bytes")
+    r = assemble(onnx, banks, str(tmp_path / "trt"), "tensorrt_plan", engine_path=str(plan))
+    assert 'platform: "tensorrt_plan"' in open(os.path.join(r.path, "exdd_features/config.pbtxt")).read()
+    assert os.path.isfile(os.path.join(r.path, "exdd_features/1/model.plan"))
+    with pytest.raises(RepositoryError, match="not empty"):
+        assemble(onnx, banks, r.path, "python")
+
+
+def test_repository_refuses_banks_of_other_features(tmp_path):
+    other = str(tmp_path / "banks")
+    shutil.copytree(tu.banks(), other)
+    mpath = os.path.join(other, "manifest.json")
+    with open(mpath) as f:
+        m = json.load(f)
+    m["features"]["projection_seed"] = 7
+    with open(mpath, "w") as f:
+        json.dump(m, f)
+    p = tu.exdd_cli("export", "repository", "--onnx", tu.onnx_fp32(), "--banks", other, "--out",
+                    str(tmp_path / "repo"), "--features-backend", "python")
+    assert p.returncode != 0 and "Traceback" not in p.stderr
+    assert "projection_seed: bank has 7, features have 0" in p.stderr
+    assert not os.path.exists(tmp_path / "repo")

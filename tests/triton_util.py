@@ -1,0 +1,133 @@
+"""Shared helpers of the export / Triton tests: a tiny dataset, banks, ONNX and repository, and a server.
+
+Everything is built once per pytest process (cached by name) in a temporary directory: a
+generated 128x64 surface dataset, banks with random:0 weights and d=16, an fp32 ONNX export,
+and the Python-backend repository. ``start_server`` runs the bundled tritonserver on free
+loopback ports. The serving venv is $EXDD_SERVE_VENV, else the checkout's ``.venv-serve`` when
+it exists, else the default (created on first use).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from typing import Any, Dict, Optional
+
+import numpy as np
+
+from exdd.export.serve import TritonServer, free_port
+from exdd.export.serving_env import VENV_ENV, resolve
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+INPUT_HW = (128, 64)
+D = 16
+WEIGHTS = "random:0"
+_CACHE: Dict[str, Any] = {}
+
+
+def workdir() -> str:
+    """One temporary directory per pytest process, removed at exit."""
+    if "dir" not in _CACHE:
+        _CACHE["dir"] = tempfile.mkdtemp(prefix="exdd-export-tests-")
+        import atexit
+        atexit.register(shutil.rmtree, _CACHE["dir"], True)
+    return _CACHE["dir"]
+
+
+def exdd_cli(*args: str) -> subprocess.CompletedProcess:
+    """Run the exdd command (same interpreter) and capture its output."""
+    code = "import sys; from exdd.cli import main; sys.exit(main())"
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True)
+
+
+def dataset() -> str:
+    """The tiny generated KSDD2-layout dataset."""
+    if "dataset" not in _CACHE:
+        from exdd.offline.surfaces import generate
+        _CACHE["dataset"] = generate(os.path.join(workdir(), "ds"), 6, 3, 3, 3, INPUT_HW, "brushed", 0)
+    return _CACHE["dataset"]
+
+
+def extractor():
+    """(torch extractor, features info) of the tiny configuration."""
+    if "extractor" not in _CACHE:
+        from exdd.offline.features import build_extractor
+        _CACHE["extractor"] = build_extractor(WEIGHTS, D, 0, INPUT_HW)
+    return _CACHE["extractor"]
+
+
+def banks() -> str:
+    """Banks built from the tiny dataset with `exdd offline build`."""
+    if "banks" not in _CACHE:
+        out = os.path.join(workdir(), "banks")
+        p = exdd_cli("offline", "build", dataset(), "--out", out, "--weights", WEIGHTS, "--input-size",
+                     f"{INPUT_HW[0]}x{INPUT_HW[1]}", "--d", str(D), "--min-bank", "50")
+        assert p.returncode == 0, p.stderr
+        _CACHE["banks"] = out
+    return _CACHE["banks"]
+
+
+def onnx_fp32() -> str:
+    """The fp32 ONNX of the tiny extractor (exported in-process, parity-checked by the export tests)."""
+    if "onnx" not in _CACHE:
+        from exdd.export.onnx_export import export_onnx
+        model, info = extractor()
+        _CACHE["onnx"] = export_onnx(model, info, os.path.join(workdir(), "f32.onnx"), "fp32")
+    return _CACHE["onnx"]
+
+
+def repository(backend: str = "python", kind: str = "cpu", name: Optional[str] = None) -> str:
+    """A repository of the tiny model (Python-backend features unless told)."""
+    key = name or f"repo-{backend}-{kind}"
+    if key not in _CACHE:
+        from exdd.export.configs import Serving
+        from exdd.export.repository import assemble
+        _CACHE[key] = assemble(onnx_fp32(), banks(), os.path.join(workdir(), key), backend,
+                               Serving(kind, 1, 8, 5000)).path
+    return _CACHE[key]
+
+
+def sample_images(n: int) -> np.ndarray:
+    """The first n test images of the tiny dataset, (n, H, W, 3) uint8."""
+    from exdd.export.onnx_export import image_files, load_images
+    return load_images(image_files(os.path.join(dataset(), "test"), n), INPUT_HW)
+
+
+def serving_env():
+    """The serving environment, preferring the checkout's .venv-serve when no venv is configured."""
+    local = os.path.join(ROOT, ".venv-serve")
+    if not os.environ.get(VENV_ENV) and os.path.isdir(local):
+        os.environ[VENV_ENV] = local
+    return resolve()
+
+
+def start_server(repo: str, exit_on_error: bool = True, wait: str = "ready", timeout: float = 120.0) -> TritonServer:
+    """A started tritonserver on free loopback ports, logging to REPO/../<repo>.log; wait 'ready', 'live' or ''."""
+    log = os.path.join(os.path.dirname(repo), os.path.basename(repo) + ".log")
+    server = TritonServer(repo, "127.0.0.1", free_port(), free_port(), free_port(), env=serving_env(), log_path=log,
+                          exit_on_error=exit_on_error, exit_timeout=3)
+    server.start()
+    try:
+        if wait:
+            server.wait_ready(timeout, live_only=(wait == "live"))
+    except BaseException:
+        server.stop()
+        raise
+    return server
+
+
+def offline_reference(images: np.ndarray, bank_dir: str) -> Dict[str, np.ndarray]:
+    """What the offline path (torch extractor + NumPy Scorer) gives for images, in the served mode."""
+    import torch
+    from exdd.scoring import Scorer, load_banks
+    model, info = extractor()
+    b = load_banks(bank_dir, expected_features=info)
+    scorer = Scorer(b)
+    mode = scorer.default_mode
+    with torch.no_grad():
+        feats = model(torch.from_numpy(images)).numpy()
+    out = scorer.score(feats, map_modes=(mode,))
+    return {"SCORE": out["scores"][mode], "SCORE_NEG": out["s_neg"], "SCORE_POS": out["s_pos"],
+            "ANOMALY_MAP": out["maps"][mode], "threshold": scorer.thresholds.get(mode), "mode": mode}
