@@ -13,6 +13,7 @@ SUBCOMMANDS = {
     "export": ("exdd.export.cli", "export", "ONNX / TensorRT export and Triton model-repository assembly."),
     "serve": ("exdd.export.serve", "serve", "Start a local Triton server on a model repository."),
     "client": ("exdd.client.cli", "client", "Score, stream, benchmark and evaluate through a Triton server."),
+    "report": ("exdd.report_cli", "report", "Self-contained HTML report (metrics, ROC, histograms, heatmaps) of a results JSON."),
     "demo": ("exdd.demo", "demo", "The whole pipeline on bundled data: build, export, serve, score, report."),
 }
 
