@@ -97,7 +97,7 @@ def model_featurizer(model, features: Dict[str, Any], batch_size: int) -> Featur
 def build(dataset: str, out_dir: str, model, features: Dict[str, Any], cfg: BuildConfig,
           synthetic_dirs: Sequence[str] = (), layout: str = "auto",
           progress_factory: Optional[Callable[[str, int], Any]] = None,
-          featurize: Optional[Featurize] = None) -> BuildResult:
+          featurize: Optional[Featurize] = None, synthetic_limit: Optional[int] = None) -> BuildResult:
     """Build and save the banks of a dataset; returns the manifest written and the per-file errors.
 
     featurize defaults to running ``model`` on the images (other featurizers serve cached features).
@@ -117,6 +117,8 @@ def build(dataset: str, out_dir: str, model, features: Dict[str, Any], cfg: Buil
     synth: List[Sample] = []
     for sd in synthetic_dirs:
         synth += synthetic(sd)
+    if synthetic_limit is not None:
+        synth = synth[:synthetic_limit]
     if not normals:
         raise ValueError(f"{dataset}: no normal training images for the negative bank")
     errors: List[Tuple[str, str]] = []

@@ -149,3 +149,32 @@ def evaluate(dataset, bank_dir, weights, layout, split, out_json, batch_size, no
     if scored.errors:
         for p, e in scored.errors:
             click.echo(f"error: {e}", err=True)
+
+@offline.command()
+@click.argument("dataset", type=click.Path(exists=True, file_okay=False))
+@click.option("--synthetic", "synthetic_dirs", multiple=True, required=True, type=click.Path(exists=True, file_okay=False),
+              help="Folder(s) of synthetic defects from `exdd offline synth`.")
+@click.option("--counts", default="0,50,100,150", show_default=True, help="Synthetic samples per point.")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False))
+@click.option("--weights", default="imagenet", show_default=True)
+@click.option("--d", "d", default=256, show_default=True)
+@click.option("--projection-seed", default=0, show_default=True)
+@input_size_option
+@click.option("--no-pixel", is_flag=True)
+@click.option("--batch-size", default=8, show_default=True)
+def sweep(dataset, synthetic_dirs, counts, out_dir, weights, d, projection_seed, input_size, no_pixel, batch_size):
+    """Banks and metrics for 0, 50, 100, 150 synthetic samples (the paper's Table 2 protocol)."""
+    from .build import BuildConfig
+    from .sweep import markdown, save, sweep as run_sweep
+    model, info = _extractor(weights, d, projection_seed, parse_hw(input_size))
+    try:
+        cs = [int(v) for v in counts.split(",")]
+    except ValueError:
+        fail(f"--counts {counts!r}: expected comma-separated integers")
+    res = run_sweep(dataset, synthetic_dirs, cs, out_dir, model, info, BuildConfig(batch_size=batch_size),
+                    not no_pixel, log=lambda s: click.echo(s, err=True))
+    paths = save(res, out_dir)
+    click.echo(markdown(res))
+    click.echo(f"written: {paths['json']} {paths['md']} {paths['png']}")
+
+from .synth_cli import synth as _synth; offline.add_command(_synth)  # noqa: E402
