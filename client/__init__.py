@@ -1,0 +1,1 @@
+"""The thin client: batch scoring, live streams, benchmarks and evaluation through Triton."""

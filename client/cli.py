@@ -1,0 +1,215 @@
+"""``exdd client``: score, stream, bench and evaluate through a Triton server."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+import click
+
+from exdd.cli_common import fail
+
+url_option = click.option("--url", "urls", multiple=True, default=["127.0.0.1:8001"], show_default=True,
+                          help="Server host:port; repeat to spread the load over several servers.")
+protocol_option = click.option("--protocol", default="grpc", type=click.Choice(["grpc", "http"]), show_default=True,
+                               help="gRPC (default) or HTTP. With http give the HTTP port(s) in --url.")
+
+
+@click.group()
+def client() -> None:
+    """Score, stream, benchmark and evaluate through a Triton server."""
+
+
+def _bar(total: int, unit: str = "img"):
+    from tqdm import tqdm
+    return tqdm(total=total, unit=unit, file=sys.stderr, disable=not sys.stderr.isatty(), dynamic_ncols=True)
+
+
+@client.command()
+@click.argument("paths", nargs=-1, required=True)
+@click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False),
+              help="Result file: .jsonl or .csv. An existing one is resumed (done images are skipped).")
+@url_option
+@protocol_option
+@click.option("--batch-size", default=8, show_default=True)
+@click.option("--concurrency", default=2, show_default=True, help="Requests in flight per server.")
+@click.option("--threshold", type=float, default=None, help="Override the calibrated threshold.")
+@click.option("--heatmaps", type=click.Path(file_okay=False), default=None, help="Write heatmap PNGs into this folder.")
+@click.option("--retries", default=5, show_default=True, help="Attempts per batch when a server is unreachable.")
+@click.option("--backoff", default=0.5, show_default=True, help="First retry delay in seconds (doubles).")
+@click.option("--restart", is_flag=True, help="Start the result file afresh instead of resuming it.")
+@click.option("--exclude", multiple=True, help="File-name pattern to leave out, e.g. '*_GT.png'; repeatable.")
+def score(paths, out_path, urls, protocol, batch_size, concurrency, threshold, heatmaps, retries, backoff, restart,
+          exclude):
+    """Score image files, folders or globs; one row per image in --out.
+
+    Exit codes: 0 all scored, 1 some files failed (error rows), 3 the servers went away (rerun to resume).
+    """
+    from .results import ResultWriter
+    from .score import JobConfig, run_job
+    from .sources import expand
+    from .connection import RequestRejected, ServerUnavailable
+    files = expand(paths, exclude=exclude)
+    if not files:
+        fail("no files match " + " ".join(paths))
+    writer = ResultWriter(out_path, resume=not restart)
+    cfg = JobConfig(urls=list(urls), protocol=protocol, batch_size=batch_size, concurrency=concurrency,
+                    retries=retries, backoff_s=backoff, threshold=threshold, heatmaps=heatmaps)
+    bar = _bar(len(files))
+    bar.update(len([p for p in files if p in writer.done]))
+    try:
+        s = run_job(files, writer, cfg, bar.update)
+    except (ServerUnavailable, RequestRejected) as e:
+        writer.close()
+        bar.close()
+        fail(f"{e} (nothing more written; rerun the same command to resume)", 3)
+    finally:
+        bar.close()
+    writer.close()
+    rate = s.scored / s.seconds if s.seconds > 0 else 0.0
+    click.echo(f"images: {s.total}, already done: {s.skipped}, scored: {s.scored}, failed: {s.failed}, "
+               f"{rate:.2f} img/s, results: {out_path}")
+    if len(urls) > 1:
+        click.echo("per server: " + ", ".join(f"{k}={v}" for k, v in sorted(s.per_server.items())))
+    if s.stopped:
+        fail(f"stopped: {s.stopped}; {s.scored} rows written, rerun the same command to resume", 3)
+    sys.exit(1 if s.failed else 0)
+
+
+@client.command()
+@click.option("--source", required=True, help="A folder of images, a video file, or a camera index (0, 1, ...).")
+@url_option
+@protocol_option
+@click.option("--max-in-flight", default=4, show_default=True)
+@click.option("--threshold", type=float, default=None)
+@click.option("--max-frames", type=int, default=None, help="Stop after this many frames.")
+@click.option("--out", "out_path", type=click.Path(dir_okay=False), default=None, help="Also append JSONL here.")
+def stream(source, urls, protocol, max_in_flight, threshold, max_frames, out_path):
+    """Stream frames and print one decision line per frame as answers come (Ctrl-C stops cleanly)."""
+    from .connection import Connection, ServerUnavailable
+    from .stream import stream as run_stream
+    try:
+        info = Connection(urls[0], protocol).info()
+    except ServerUnavailable as e:
+        fail(str(e), 3)
+    out = open(out_path, "a") if out_path else None
+    tick = {"n": 0, "t": time.perf_counter()}
+
+    def on_result(r):
+        line = json.dumps(r)
+        click.echo(line)
+        if out:
+            out.write(line + "\n")
+            out.flush()
+        tick["n"] += 1
+
+    k = {"i": 0}
+
+    def factory():
+        k["i"] += 1
+        return Connection(urls[k["i"] % len(urls)], protocol)
+    try:
+        st = run_stream(source, factory, info, max_in_flight, on_result, threshold, max_frames)
+    except ValueError as e:
+        fail(str(e))
+    if out:
+        out.close()
+    click.echo(f"frames: {st['frames']}, {st['fps']:.2f} frames/s, p50 {st['p50_ms']:.1f} ms, "
+               f"p95 {st['p95_ms']:.1f} ms", err=True)
+
+
+@client.command()
+@url_option
+@protocol_option
+@click.option("--batch-sizes", default="1,4,8", show_default=True)
+@click.option("--concurrency", "concurrencies", default="1,2,4", show_default=True)
+@click.option("--requests", default=20, show_default=True, help="Requests per grid point.")
+@click.option("--images", "image_dir", type=click.Path(exists=True), default=None,
+              help="Real images to send (default: random noise images).")
+@click.option("--out", "out_json", type=click.Path(dir_okay=False), default=None)
+@click.option("--perf-analyzer-data", type=click.Path(dir_okay=False), default=None,
+              help="Also write a perf_analyzer --input-data JSON with one real image.")
+def bench(urls, protocol, batch_sizes, concurrencies, requests, image_dir, out_json, perf_analyzer_data):
+    """Throughput and p50/p95/p99 latency over a grid of batch size x concurrency."""
+    import numpy as np
+    from exdd.images import read_image
+    from .bench import bench_point, perf_analyzer_input, table
+    from .connection import Connection, ServerUnavailable
+    from .sources import expand
+    try:
+        info = Connection(urls[0], protocol).info()
+    except ServerUnavailable as e:
+        fail(str(e), 3)
+    if image_dir:
+        imgs = np.stack([read_image(p, info.input_hw) for p in expand([image_dir])[:16]])
+    else:
+        imgs = np.random.default_rng(0).integers(0, 256, (4,) + tuple(info.input_hw) + (3,), dtype=np.uint8)
+    if perf_analyzer_data:
+        perf_analyzer_input(perf_analyzer_data, imgs[0])
+    k = {"i": 0}
+
+    def factory():
+        k["i"] += 1
+        return Connection(urls[k["i"] % len(urls)], protocol)
+    rows = []
+    for b in (int(v) for v in batch_sizes.split(",")):
+        if b > info.max_batch:
+            click.echo(f"note: batch {b} > the model's max batch {info.max_batch}: skipped", err=True)
+            continue
+        for c in (int(v) for v in concurrencies.split(",")):
+            rows.append(bench_point(factory, info, b, c, requests, imgs))
+    click.echo(table(rows))
+    if out_json:
+        with open(out_json, "w") as f:
+            json.dump({"urls": list(urls), "protocol": protocol, "input_hw": list(info.input_hw), "rows": rows}, f, indent=1)
+
+
+@client.command()
+@click.argument("dataset", type=click.Path(exists=True, file_okay=False))
+@url_option
+@protocol_option
+@click.option("--split", default="test", show_default=True)
+@click.option("--batch-size", default=8, show_default=True)
+@click.option("--concurrency", default=2, show_default=True)
+@click.option("--no-pixel", is_flag=True, help="Image metrics only.")
+@click.option("--out", "out_json", type=click.Path(dir_okay=False), default=None)
+@click.option("--compare", "offline_json", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="An `exdd offline evaluate --out` JSON to compare the metrics with.")
+def evaluate(dataset, urls, protocol, split, batch_size, concurrency, no_pixel, out_json, offline_json):
+    """Metrics (image/pixel AUROC, ...) of the served model on a labelled dataset."""
+    from exdd.offline.datasets import DatasetError, load_split
+    from .connection import Connection, ServerUnavailable
+    from .evaluate import evaluate as run_eval
+    try:
+        samples = load_split(dataset, split)
+        info = Connection(urls[0], protocol).info()
+    except (DatasetError, ServerUnavailable) as e:
+        fail(str(e), 2 if isinstance(e, DatasetError) else 3)
+    k = {"i": 0}
+
+    def factory():
+        k["i"] += 1
+        return Connection(urls[k["i"] % len(urls)], protocol)
+    bar = _bar(len(samples))
+    try:
+        res = run_eval(samples, factory, info, batch_size, concurrency, with_pixel=not no_pixel, progress=bar.update)
+    except ServerUnavailable as e:
+        fail(str(e), 3)
+    finally:
+        bar.close()
+    res.update(dataset=os.path.abspath(dataset), split=split, source="server " + ",".join(urls))
+    m = res["metrics"][info.mode]
+    keys = ["image_auroc", "image_ap", "image_f1_max", "pixel_auroc", "pixel_aupro"]
+    click.echo(f"mode {info.mode}: " + ", ".join(f"{k} {m.get(k, float('nan')):.4f}" for k in keys))
+    if offline_json:
+        off = json.load(open(offline_json))["metrics"].get(info.mode, {})
+        diffs = {k: m.get(k, float("nan")) - off.get(k, float("nan")) for k in keys}
+        click.echo("minus offline: " + ", ".join(f"{k} {v:+.4f}" for k, v in diffs.items()))
+        res["offline_difference"] = diffs
+    if out_json:
+        with open(out_json, "w") as f:
+            json.dump(res, f, indent=1)
+    if res["errors"]:
+        for e in res["errors"]:
+            click.echo(f"error: {e['error']}", err=True)

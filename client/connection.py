@@ -1,0 +1,145 @@
+"""One connection to a Triton server serving the ``exdd`` ensemble (gRPC or HTTP).
+
+Everything the client needs from the server goes through here: the model's input size and
+calibration (read from its config, never hard-coded) and inference with retries.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Dict, List, Optional
+
+import numpy as np
+
+MODEL = "exdd"
+SCORER = "exdd_scorer"
+OUTPUTS = ("SCORE", "IS_DEFECT", "SCORE_NEG", "SCORE_POS")
+MAP = "ANOMALY_MAP"
+
+
+class ServerUnavailable(RuntimeError):
+    """The server could not be reached (after retries)."""
+
+
+class RequestRejected(RuntimeError):
+    """The server answered the request with an error (bad input, model error)."""
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the client needs to know about the served model."""
+    input_hw: tuple
+    max_batch: int
+    mode: str
+    threshold: Optional[float]
+
+
+def normalise_url(url: str, protocol: str) -> str:
+    """host:port without scheme (tritonclient's form); default ports per protocol."""
+    u = url.split("://", 1)[-1].rstrip("/")
+    if ":" not in u:
+        u += ":8001" if protocol == "grpc" else ":8000"
+    return u
+
+
+def _is_unavailable(e: Exception) -> bool:
+    text = str(e).lower()
+    return any(s in text for s in ("unavailable", "connection refused", "failed to connect", "connection reset",
+                                   "broken pipe", "timed out", "deadline", "socket closed", "connect call failed",
+                                   "server disconnected", "[errno", "name or service", "eof", "no route"))
+
+
+class Connection:
+    """A tritonclient client bound to one server URL (one per worker thread)."""
+
+    def __init__(self, url: str, protocol: str = "grpc", model: str = MODEL, timeout_s: float = 60.0):
+        self.protocol = protocol
+        self.url = normalise_url(url, protocol)
+        self.model = model
+        self.timeout_s = timeout_s
+        if protocol == "grpc":
+            import tritonclient.grpc as tc
+        elif protocol == "http":
+            import tritonclient.http as tc
+        else:
+            raise ValueError(f"protocol {protocol!r}: grpc or http")
+        self._tc = tc
+        self._client = tc.InferenceServerClient(self.url, **({"connection_timeout": timeout_s, "network_timeout": timeout_s}
+                                                             if protocol == "http" else {}))
+
+    def close(self) -> None:
+        try:
+            self._client.close()
+        except Exception:  # noqa: BLE001 - closing a dead connection
+            pass
+
+    def _config(self, model: str) -> Dict:
+        if self.protocol == "grpc":
+            return self._client.get_model_config(model, as_json=True)["config"]
+        return self._client.get_model_config(model)
+
+    def info(self) -> ModelInfo:
+        """The input size, max batch, mode and calibrated threshold of the served model."""
+        from tritonclient.utils import InferenceServerException
+        try:
+            cfg = self._config(self.model)
+            scorer = self._config(SCORER)
+        except InferenceServerException as e:
+            if _is_unavailable(e):
+                raise ServerUnavailable(f"{self.url}: server not reachable ({e})") from None
+            raise RequestRejected(f"{self.url}: model {self.model!r} not available ({e})") from None
+        except Exception as e:  # noqa: BLE001 - socket-level failures of both clients
+            raise ServerUnavailable(f"{self.url}: server not reachable ({e})") from None
+        dims = next(i for i in cfg["input"] if i["name"] == "IMAGE")["dims"]
+        params = {k: v.get("string_value") for k, v in (scorer.get("parameters") or {}).items()}
+        thr = params.get("threshold")
+        return ModelInfo((int(dims[0]), int(dims[1])), int(cfg.get("max_batch_size", 1)),
+                         params.get("mode", "exdd"), float(thr) if thr not in (None, "") else None)
+
+    def infer(self, images: np.ndarray, threshold: Optional[float] = None, with_map: bool = False) -> Dict[str, np.ndarray]:
+        """Outputs for a uint8 (B, H, W, 3) batch; ServerUnavailable or RequestRejected on failure."""
+        from tritonclient.utils import InferenceServerException
+        tc = self._tc
+        inp = tc.InferInput("IMAGE", list(images.shape), "UINT8")
+        inp.set_data_from_numpy(np.ascontiguousarray(images, dtype=np.uint8))
+        names = list(OUTPUTS) + ([MAP] if with_map else [])
+        outs = [tc.InferRequestedOutput(n) for n in names]
+        params = {"threshold": float(threshold)} if threshold is not None else None
+        try:
+            kw = {"client_timeout": self.timeout_s} if self.protocol == "grpc" else {}
+            res = self._client.infer(self.model, [inp], outputs=outs, parameters=params, **kw)
+        except InferenceServerException as e:
+            if _is_unavailable(e):
+                raise ServerUnavailable(f"{self.url}: {e}") from None
+            raise RequestRejected(f"{self.url}: {e}") from None
+        except Exception as e:  # noqa: BLE001 - socket-level failures
+            raise ServerUnavailable(f"{self.url}: {type(e).__name__}: {e}") from None
+        return {n: res.as_numpy(n) for n in names}
+
+    def inference_count(self, model: str = SCORER) -> int:
+        """Successful inferences the server has counted for a model (for load-spreading checks)."""
+        if self.protocol == "grpc":
+            st = self._client.get_inference_statistics(model, as_json=True)
+        else:
+            st = self._client.get_inference_statistics(model)
+        return sum(int(m.get("inference_count", 0)) for m in st.get("model_stats", []))
+
+
+def with_retries(fn, attempts: int, backoff_s: float, on_retry=None):
+    """Call fn() retrying ServerUnavailable with exponential backoff; re-raises the last failure."""
+    delay = backoff_s
+    for i in range(attempts):
+        try:
+            return fn(i)
+        except ServerUnavailable as e:
+            if i == attempts - 1:
+                raise
+            if on_retry:
+                on_retry(e, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 30.0)
+
+
+def connections(urls: List[str], protocol: str) -> List[Connection]:
+    """One Connection per URL."""
+    return [Connection(u, protocol) for u in urls]

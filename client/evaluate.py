@@ -1,0 +1,71 @@
+"""`exdd client evaluate`: the offline metrics computed from a server's answers on a labelled dataset."""
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+
+from exdd.images import ImageReadError, image_size, read_image, read_mask
+from exdd.offline.datasets import Sample
+from exdd.offline.metrics import summary
+from .connection import Connection, ModelInfo, with_retries
+
+
+def evaluate(samples: Sequence[Sample], conn_factory: Callable[[], Connection], info: ModelInfo, batch: int,
+             concurrency: int, retries: int = 5, with_pixel: bool = True,
+             progress: Optional[Callable[[int], None]] = None) -> Dict:
+    """Scores (and maps) of every readable sample from the server; metrics of the served mode."""
+    local = threading.local()
+    hw = info.input_hw
+
+    def run(chunk: Sequence[Sample]):
+        imgs, masks, kept, errs = [], [], [], []
+        for s in chunk:
+            try:
+                imgs.append(read_image(s.path, hw))
+                masks.append(read_mask(s.mask, image_size(s.path), hw) if s.mask else np.zeros(hw, bool))
+                kept.append(s)
+            except ImageReadError as e:
+                errs.append((s.path, str(e)))
+        if not kept:
+            return kept, None, masks, errs
+
+        def attempt(i: int):
+            if i or getattr(local, "c", None) is None:
+                local.c = conn_factory()
+            return local.c.infer(np.stack(imgs), with_map=with_pixel)
+        out = with_retries(attempt, retries, 0.5)
+        if progress:
+            progress(len(chunk))
+        return kept, out, masks, errs
+
+    chunks = [samples[i:i + batch] for i in range(0, len(samples), batch)]
+    kept: List[Sample] = []
+    scores, s_neg, s_pos, maps, masks, errors = [], [], [], [], [], []
+    with ThreadPoolExecutor(concurrency) as ex:
+        for k, out, m, errs in ex.map(run, chunks):
+            errors += errs
+            if out is None:
+                continue
+            kept += k
+            scores.append(out["SCORE"].reshape(-1))
+            s_neg.append(out["SCORE_NEG"].reshape(-1))
+            s_pos.append(out["SCORE_POS"].reshape(-1))
+            if with_pixel:
+                maps.append(out["ANOMALY_MAP"].astype(np.float16))
+                masks += m
+    labels = np.array([s.label for s in kept])
+    sc = np.concatenate(scores) if scores else np.zeros(0)
+    mp = np.concatenate(maps).astype(np.float32) if maps else None
+    mk = np.stack(masks) if masks else None
+    met = summary(sc, labels, mp if with_pixel and mk is not None and mk.any() else None, mk)
+    return {
+        "metrics": {info.mode: met}, "default_mode": info.mode,
+        "thresholds": {info.mode: info.threshold} if info.threshold is not None else {},
+        "images": [{"path": s.path, "label": int(s.label), "kind": s.kind, "scores": {info.mode: float(sc[i])},
+                    "s_neg": float(np.concatenate(s_neg)[i]), "s_pos": float(np.concatenate(s_pos)[i])}
+                   for i, s in enumerate(kept)],
+        "errors": [{"path": p, "error": e} for p, e in errors],
+    }

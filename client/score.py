@@ -1,0 +1,183 @@
+"""`exdd client score`: a resumable batch job over image files through one or more servers.
+
+Batches of images go to the servers with a bounded number in flight (``concurrency`` per
+server); rows are written in input order as soon as their turn comes. Unreadable files become
+error rows; an unreachable server is retried with backoff (on every server given), then the job
+stops with a clear error and the rows written so far stay valid, so a rerun resumes it.
+"""
+from __future__ import annotations
+
+import itertools
+import sys
+import threading
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+
+from exdd.images import ImageReadError, read_image
+from .connection import Connection, ModelInfo, RequestRejected, ServerUnavailable, with_retries
+from .heatmaps import write_heatmap
+from .results import ResultWriter
+
+
+@dataclass
+class JobConfig:
+    urls: Sequence[str]
+    protocol: str = "grpc"
+    batch_size: int = 8
+    concurrency: int = 2
+    retries: int = 5
+    backoff_s: float = 0.5
+    threshold: Optional[float] = None
+    heatmaps: Optional[str] = None
+    timeout_s: float = 120.0
+
+
+@dataclass
+class JobSummary:
+    total: int = 0
+    skipped: int = 0
+    scored: int = 0
+    failed: int = 0
+    seconds: float = 0.0
+    stopped: Optional[str] = None
+    per_server: Dict[str, int] = field(default_factory=dict)
+
+
+class _Pool:
+    """Connections per worker thread, each bound to one server URL (round-robin over the URLs)."""
+
+    def __init__(self, cfg: JobConfig):
+        self.cfg = cfg
+        self.local = threading.local()
+        self.urls = itertools.cycle(list(cfg.urls))
+        self.lock = threading.Lock()
+
+    def conn(self, shift: int = 0) -> Connection:
+        """This thread's connection; shift > 0 moves the thread to the next server (failover)."""
+        c = getattr(self.local, "conn", None)
+        if c is None or shift:
+            if c is not None:
+                c.close()
+            with self.lock:
+                url = next(self.urls)
+            c = self.local.conn = Connection(url, self.cfg.protocol, timeout_s=self.cfg.timeout_s)
+        return c
+
+
+def _read(paths: Sequence[str], hw) -> tuple[List[Optional[np.ndarray]], List[Optional[str]]]:
+    imgs, errs = [], []
+    for p in paths:
+        try:
+            imgs.append(read_image(p, hw))
+            errs.append(None)
+        except ImageReadError as e:
+            imgs.append(None)
+            errs.append(str(e))
+        except OSError as e:
+            imgs.append(None)
+            errs.append(f"{p}: unreadable ({e})")
+    return imgs, errs
+
+
+def _run_batch(pool: _Pool, info: ModelInfo, cfg: JobConfig, paths: Sequence[str]) -> List[Dict]:
+    """Rows for one batch of paths (in order); raises ServerUnavailable after the retries."""
+    imgs, errs = _read(paths, info.input_hw)
+    good = [i for i, im in enumerate(imgs) if im is not None]
+    rows = [{"path": p, "error": e} for p, e in zip(paths, errs)]
+    if not good:
+        return rows
+    batch = np.stack([imgs[i] for i in good])
+    thr = cfg.threshold if cfg.threshold is not None else info.threshold
+    used = {}
+
+    def attempt(i: int):
+        c = pool.conn(shift=1 if i else 0)
+        used["url"] = c.url
+        t = time.perf_counter()
+        out = c.infer(batch, cfg.threshold, with_map=cfg.heatmaps is not None)
+        return out, (time.perf_counter() - t) * 1000.0
+
+    try:
+        out, ms = with_retries(attempt, cfg.retries, cfg.backoff_s,
+                               on_retry=lambda e, d: print(f"warning: {e}; retrying in {d:.1f}s", file=sys.stderr))
+    except RequestRejected as e:
+        for i in good:
+            rows[i]["error"] = f"{paths[i]}: server rejected the request ({e})"
+        return rows
+    for j, i in enumerate(good):
+        r = rows[i]
+        r.update(score=float(out["SCORE"][j].reshape(-1)[0]), is_defect=bool(out["IS_DEFECT"][j].reshape(-1)[0]),
+                 score_neg=float(out["SCORE_NEG"][j].reshape(-1)[0]), score_pos=float(out["SCORE_POS"][j].reshape(-1)[0]),
+                 threshold=thr, mode=info.mode, latency_ms=round(ms, 2), server=used.get("url"))
+        if cfg.heatmaps is not None:
+            r["heatmap"] = write_heatmap(cfg.heatmaps, paths[i], imgs[i], out["ANOMALY_MAP"][j], thr)
+    return rows
+
+
+def model_info(cfg: JobConfig) -> ModelInfo:
+    """The served model's info from the first reachable server (with retries)."""
+    def attempt(i: int):
+        return Connection(cfg.urls[i % len(cfg.urls)], cfg.protocol, timeout_s=cfg.timeout_s).info()
+    return with_retries(attempt, max(cfg.retries, len(cfg.urls)), cfg.backoff_s)
+
+
+def run_job(paths: Sequence[str], writer: ResultWriter, cfg: JobConfig,
+            progress: Optional[Callable[[int], None]] = None) -> JobSummary:
+    """Score every path not already in the writer; rows written in input order."""
+    t0 = time.time()
+    todo = [p for p in paths if p not in writer.done]
+    summary = JobSummary(total=len(paths), skipped=len(paths) - len(todo))
+    if not todo:
+        return summary
+    info = model_info(cfg)
+    bs = max(1, min(cfg.batch_size, info.max_batch or cfg.batch_size))
+    batches = [todo[i:i + bs] for i in range(0, len(todo), bs)]
+    workers = max(1, cfg.concurrency * len(cfg.urls))
+    pool = _Pool(cfg)
+    done: Dict[int, List[Dict]] = {}
+    next_write = 0
+    pending: Dict[Future, int] = {}
+    it = iter(enumerate(batches))
+    stop: Optional[BaseException] = None
+    with ThreadPoolExecutor(workers) as ex:
+        def fill():
+            while stop is None and len(pending) < 2 * workers:
+                try:
+                    k, b = next(it)
+                except StopIteration:
+                    return
+                pending[ex.submit(_run_batch, pool, info, cfg, b)] = k
+        fill()
+        try:
+            while pending:
+                finished, _ = wait(list(pending), return_when=FIRST_COMPLETED)
+                for fut in finished:
+                    k = pending.pop(fut)
+                    try:
+                        done[k] = fut.result()
+                    except ServerUnavailable as e:
+                        stop = stop or e
+                while next_write in done:
+                    for row in done.pop(next_write):
+                        server = row.pop("server", None)
+                        if server:
+                            summary.per_server[server] = summary.per_server.get(server, 0) + 1
+                        writer.write(row)
+                        summary.scored += row.get("error") is None
+                        summary.failed += row.get("error") is not None
+                    if progress:
+                        progress(len(batches[next_write]))
+                    next_write += 1
+                fill()
+        except KeyboardInterrupt:
+            stop = KeyboardInterrupt("interrupted")
+            for f in pending:
+                f.cancel()
+    summary.seconds = time.time() - t0
+    if stop is not None:
+        summary.stopped = str(stop) or type(stop).__name__
+    return summary

@@ -1,0 +1,150 @@
+"""``exdd demo``: the whole system on one command, on bundled data or a given dataset.
+
+images -> banks (`exdd offline build`) -> ONNX (`exdd export onnx`) -> Triton repository
+(`exdd export repository`) -> local Triton server (`exdd serve`) -> `exdd client score` with
+heatmaps -> `exdd offline evaluate` (every mode side by side, and a check that the server's
+scores equal the offline ones) -> one HTML report. Each step is the real command a user runs.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from typing import List, Optional
+
+import click
+
+STANDIN = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "weights",
+                       "wrn50-random0-bncal.safetensors")
+
+
+def _exdd(args: List[str], log) -> subprocess.CompletedProcess:
+    """Run one `exdd` step, echoing it; stops the demo with its stderr when it fails."""
+    cmd = [sys.executable, "-m", "exdd.cli"] + args
+    log("$ exdd " + " ".join(args))
+    p = subprocess.run(cmd, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    for line in (p.stdout.strip().splitlines() + [ln for ln in p.stderr.strip().splitlines() if ln.startswith(("note", "warning", "weights"))]):
+        log("    " + line)
+    if p.returncode not in (0, 1):
+        raise click.ClickException(f"step failed (exit {p.returncode}): exdd {' '.join(args)}\n{p.stderr.strip()[-3000:]}")
+    return p
+
+
+def choose_weights(requested: Optional[str], log) -> str:
+    """The weights to use: the requested ones, else ImageNet when it can be had, else the stand-in, else random:0."""
+    if requested:
+        return requested
+    from exdd.offline.weights import WeightsError, load_backbone
+    try:
+        load_backbone("imagenet")
+        log("weights: ImageNet (torchvision IMAGENET1K_V1)")
+        return "imagenet"
+    except WeightsError:
+        pass
+    if os.path.isfile(STANDIN):
+        log(f"weights: ImageNet weights unavailable; using the stand-in checkpoint {os.path.normpath(STANDIN)} "
+            "(real but modest signal, NOT ImageNet-level)")
+        return os.path.normpath(STANDIN)
+    log("weights: ImageNet weights unavailable and no checkpoint given: random:0 (RANDOM INIT, "
+        "scores are not meaningful; pass --weights PATH for real results)")
+    return "random:0"
+
+
+def _ready(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://{url}/v2/health/ready", timeout=2) as r:
+            return r.status == 200
+    except Exception:  # noqa: BLE001 - not up yet
+        return False
+
+
+@click.command()
+@click.option("--out", "out_dir", default="runs/demo", show_default=True, type=click.Path(file_okay=False))
+@click.option("--dataset", default=None, type=click.Path(exists=True, file_okay=False),
+              help="A KSDD2/MVTec-layout dataset (default: bundled generated surfaces).")
+@click.option("--weights", default=None, help="imagenet | PATH | random:SEED (default: best available, said).")
+@click.option("--input-size", default="632x224", show_default=True)
+@click.option("--d", "d", default=256, show_default=True)
+@click.option("--surface", default="brushed", type=click.Choice(["brushed", "commutator", "tile"]), show_default=True)
+@click.option("--port-base", default=18000, show_default=True, help="HTTP port; gRPC +1, metrics +2 (loopback).")
+@click.option("--fresh", is_flag=True, help="Delete --out first.")
+def demo(out_dir, dataset, weights, input_size, d, surface, port_base, fresh):
+    """The whole pipeline on bundled data: build, export, serve, score, report."""
+    t0 = time.time()
+    log = lambda s: click.echo(s, err=True)  # noqa: E731
+    if fresh and os.path.isdir(out_dir):
+        shutil.rmtree(out_dir)
+    os.makedirs(out_dir, exist_ok=True)
+    p = lambda *a: os.path.join(out_dir, *a)  # noqa: E731
+    if dataset is None:
+        dataset = p("data")
+        if not os.path.isdir(os.path.join(dataset, "test")):
+            from exdd.offline.surfaces import generate
+            log(f"data: generating bundled {surface} surfaces with defects into {dataset}")
+            generate(dataset, n_train_normal=60, n_train_defect=16, n_test_normal=24, n_test_defect=24,
+                     size_hw=(320, 128), surface_kind=surface, seed=0)
+    weights = choose_weights(weights, log)
+    _exdd(["offline", "build", dataset, "--out", p("banks"), "--weights", weights, "--input-size", input_size,
+           "--d", str(d)], log)
+    _exdd(["export", "onnx", "--banks", p("banks"), "--out", p("features.onnx"), "--weights", weights,
+           "--parity-images", os.path.join(dataset, "test")], log)
+    _exdd(["export", "repository", "--onnx", p("features.onnx"), "--banks", p("banks"), "--out", p("repository"),
+           "--features-backend", "python", "--force"], log)
+    http, grpc, metrics = port_base, port_base + 1, port_base + 2
+    log(f"$ exdd serve {p('repository')} --http-port {http} --grpc-port {grpc} --metrics-port {metrics}")
+    server_log = open(p("server.log"), "w")
+    server = subprocess.Popen([sys.executable, "-m", "exdd.cli", "serve", p("repository"), "--http-port", str(http),
+                               "--grpc-port", str(grpc), "--metrics-port", str(metrics)],
+                              stdout=server_log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 600
+        while not _ready(f"127.0.0.1:{http}"):
+            if server.poll() is not None or time.time() > deadline:
+                raise click.ClickException(f"the server did not start; see {p('server.log')}:\n"
+                                           + open(p("server.log")).read()[-3000:])
+            time.sleep(1)
+        log("    server ready")
+        scores = p("scores.jsonl")
+        if os.path.exists(scores):
+            os.remove(scores)
+        _exdd(["client", "score", os.path.join(dataset, "test"), "--out", scores, "--url", f"127.0.0.1:{grpc}",
+               "--heatmaps", p("heatmaps"), "--exclude", "*_GT.png"], log)
+    finally:
+        server.send_signal(signal.SIGINT)
+        try:
+            server.wait(60)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        server_log.close()
+        log("    server stopped")
+    _exdd(["offline", "evaluate", dataset, "--banks", p("banks"), "--weights", weights, "--out", p("offline.json")], log)
+    results = json.load(open(p("offline.json")))
+    rows = {r["path"]: r for r in (json.loads(x) for x in open(scores) if x.strip())}
+    mode = results["default_mode"]
+    diffs = []
+    for img in results["images"]:
+        r = rows.get(os.path.normpath(img["path"]))
+        if r and r.get("heatmap"):
+            img["heatmap"] = r["heatmap"]
+        if r and r.get("score") is not None:
+            img["served_score"] = r["score"]
+            diffs.append(abs(r["score"] - img["scores"][mode]) / max(abs(img["scores"][mode]), 1e-6))
+    results["served"] = {"mode": mode, "images": len(diffs), "max_relative_difference_to_offline": max(diffs or [float("nan")])}
+    with open(p("results.json"), "w") as f:
+        json.dump(results, f, indent=1)
+    _exdd(["report", p("results.json"), "--out", p("report.html")], log)
+    m = results["metrics"]
+    click.echo(f"report: {os.path.abspath(p('report.html'))}")
+    click.echo(f"weights: {results['weights']}" + (f"  [{results['weights_note']}]" if results.get("weights_note") else ""))
+    for mode_name in ("patchcore", "exdd", "exdd_peak"):
+        v = m[mode_name]
+        click.echo(f"{mode_name:<10} image AUROC {v['image_auroc']:.3f}  pixel AUROC {v.get('pixel_auroc', float('nan')):.3f}"
+                   f"  pixel AUPRO {v.get('pixel_aupro', float('nan')):.3f}")
+    click.echo(f"served ({mode}) vs offline: {results['served']['images']} images, max relative difference "
+               f"{results['served']['max_relative_difference_to_offline']:.2e}")
+    click.echo(f"time: {time.time() - t0:.0f}s")

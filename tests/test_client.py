@@ -1,0 +1,193 @@
+"""`exdd client` against the real local Triton server: batch jobs, resume, bad files, two servers, evaluate."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import triton_util as tu
+from exdd.client.connection import Connection
+from exdd.client.results import read_rows
+
+pytestmark = pytest.mark.triton
+EXDD = [sys.executable, "-m", "exdd.cli"]
+
+
+@pytest.fixture(scope="module")
+def server():
+    s = tu.start_server(tu.repository())
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    """24 readable images (the tiny test images under several names, nested), one corrupt file, one text file named .png."""
+    root = tmp_path_factory.mktemp("imgs")
+    src = sorted(f for f in os.listdir(os.path.join(tu.dataset(), "test")) if not f.endswith("_GT.png"))
+    for k in range(4):
+        sub = root / f"line {k}"          # spaces in folder names
+        sub.mkdir()
+        for f in src:
+            shutil.copy(os.path.join(tu.dataset(), "test", f), sub / f"cam_{k}_{f}")
+    good = open(os.path.join(tu.dataset(), "test", src[0]), "rb").read()
+    (root / "line 0" / "corrupt.png").write_bytes(good[: len(good) // 2])     # a truncated PNG
+    (root / "line 1" / "notes.png").write_text("this is text, not an image")
+    return root
+
+
+def score(*args, check=True, **kw):
+    p = subprocess.run(EXDD + ["client", "score", *args], capture_output=True, text=True, **kw)
+    if check and p.returncode not in (0, 1):
+        raise AssertionError(p.stdout + p.stderr)
+    return p
+
+
+def by_path(rows):
+    return {r["path"]: r for r in rows}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(server, folder, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ref") / "ref.jsonl"
+    p = score(str(folder), "--out", str(out), "--url", server.grpc_url, "--batch-size", "4")
+    return p, read_rows(str(out))
+
+
+def test_batch_job_with_bad_files(uninterrupted, folder):
+    p, rows = uninterrupted
+    assert p.returncode == 1, "some files failed: exit code 1"
+    assert len(rows) == 26 and len({r["path"] for r in rows}) == 26
+    errors = {os.path.basename(r["path"]): r["error"] for r in rows if r["error"]}
+    assert set(errors) == {"corrupt.png", "notes.png"}
+    assert "corrupt.png: corrupt or truncated image" in errors["corrupt.png"]
+    assert "notes.png: not a recognised image file" in errors["notes.png"]
+    good = [r for r in rows if not r["error"]]
+    assert all(isinstance(r["score"], float) and isinstance(r["is_defect"], bool) and r["latency_ms"] > 0 for r in good)
+    assert all(r["is_defect"] == (r["score"] >= r["threshold"]) for r in good)
+    # the four copies of each image score the same
+    groups = {}
+    for r in good:
+        groups.setdefault(os.path.basename(r["path"]).split("_", 2)[2], set()).add(round(r["score"], 5))
+    assert all(len(v) == 1 for v in groups.values())
+    # stable order: the order of expansion (sorted folders, sorted files)
+    from exdd.client.sources import expand
+    assert [r["path"] for r in rows] == expand([str(folder)])
+    assert "scored: 24, failed: 2" in p.stdout
+
+
+def test_scores_equal_the_offline_scorer(uninterrupted):
+    _, rows = uninterrupted
+    good = [r for r in rows if not r["error"]][:6]
+    from exdd.images import read_image
+    imgs = np.stack([read_image(r["path"], tu.INPUT_HW) for r in good])
+    ref = tu.offline_reference(imgs, tu.banks())
+    np.testing.assert_allclose([r["score"] for r in good], ref["SCORE"], rtol=1e-4, atol=1e-5)
+
+
+def test_killed_job_resumes_without_loss_or_duplicates(server, folder, uninterrupted, tmp_path):
+    out = tmp_path / "r.jsonl"
+    args = EXDD + ["client", "score", str(folder), "--out", str(out), "--url", server.grpc_url,
+                   "--batch-size", "1", "--concurrency", "1"]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        if out.exists() and out.read_text().count("\n") >= 5:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    partial = out.read_text()
+    assert 5 <= partial.count("\n") < 26, "killed midway"
+    with open(out, "a") as f:                 # a torn line, as a kill in the middle of a write leaves
+        f.write('{"path": "torn')
+    p = score(str(folder), "--out", str(out), "--url", server.grpc_url, "--batch-size", "3")
+    assert f"already done: {partial.count(chr(10))}" in p.stdout
+    rows = read_rows(str(out))
+    _, ref = uninterrupted
+    assert [r["path"] for r in rows] == [r["path"] for r in ref]        # one row each, same order
+    a, b = by_path(rows), by_path(ref)
+    for k in b:
+        assert a[k]["error"] == b[k]["error"]
+        if b[k]["score"] is not None:
+            assert a[k]["score"] == pytest.approx(b[k]["score"], rel=1e-6)
+
+
+def test_csv_over_http_with_heatmaps(server, folder, tmp_path, uninterrupted):
+    out = tmp_path / "r.csv"
+    hm = tmp_path / "heat"
+    sub = folder / "line 2"
+    p = score(str(sub), "--out", str(out), "--url", server.http_url, "--protocol", "http", "--heatmaps", str(hm))
+    assert p.returncode == 0
+    rows = read_rows(str(out))
+    ref = by_path(uninterrupted[1])
+    assert len(rows) == 6
+    for r in rows:
+        assert float(r["score"]) == pytest.approx(ref[r["path"]]["score"], rel=1e-5)
+        assert os.path.dirname(r["heatmap"]) == str(hm) and os.path.isfile(r["heatmap"])
+    from PIL import Image
+    assert Image.open(rows[0]["heatmap"]).size == (tu.INPUT_HW[1], tu.INPUT_HW[0])
+
+
+def test_two_servers_share_the_load(server, folder, tmp_path):
+    second = tu.start_server(tu.repository())
+    try:
+        before = [Connection(u).inference_count() for u in (server.grpc_url, second.grpc_url)]
+        out = tmp_path / "two.jsonl"
+        p = score(str(folder), "--out", str(out), "--url", server.grpc_url, "--url", second.grpc_url,
+                  "--batch-size", "2", "--concurrency", "2")
+        after = [Connection(u).inference_count() for u in (server.grpc_url, second.grpc_url)]
+    finally:
+        second.stop()
+    assert all(a > b for a, b in zip(after, before)), (before, after)
+    assert "per server:" in p.stdout
+    assert len(read_rows(str(out))) == 26
+
+
+def test_unreachable_server_is_a_clear_error(folder, tmp_path):
+    out = tmp_path / "x.jsonl"
+    p = score(str(folder), "--out", str(out), "--url", f"127.0.0.1:{tu.free_port()}", "--retries", "2",
+              "--backoff", "0.1", check=False)
+    assert p.returncode == 3 and "server not reachable" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_client_evaluate_agrees_with_offline_evaluate(server, tmp_path):
+    off = tmp_path / "off.json"
+    r = subprocess.run(EXDD + ["offline", "evaluate", tu.dataset(), "--banks", tu.banks(), "--out", str(off)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    on = tmp_path / "on.json"
+    p = subprocess.run(EXDD + ["client", "evaluate", tu.dataset(), "--url", server.grpc_url, "--out", str(on),
+                               "--compare", str(off)], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    a, b = json.load(open(on)), json.load(open(off))
+    mode = a["default_mode"]
+    for k in ("image_auroc", "image_ap", "pixel_auroc", "pixel_aupro"):
+        assert a["metrics"][mode][k] == pytest.approx(b["metrics"][mode][k], abs=2e-3), k
+    sa = {i["path"]: i["scores"][mode] for i in a["images"]}
+    for i in b["images"]:
+        assert sa[i["path"]] == pytest.approx(i["scores"][mode], rel=1e-4)
+
+
+def test_bench_and_stream(server, folder, tmp_path):
+    pa = tmp_path / "pa.json"
+    p = subprocess.run(EXDD + ["client", "bench", "--url", server.grpc_url, "--batch-sizes", "1,2",
+                               "--concurrency", "1,2", "--requests", "4", "--out", str(tmp_path / "b.json"),
+                               "--perf-analyzer-data", str(pa)], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    rows = json.load(open(tmp_path / "b.json"))["rows"]
+    assert len(rows) == 4 and all(r["images_per_s"] > 0 and r["p99_ms"] >= r["p50_ms"] for r in rows)
+    data = json.load(open(pa))["data"][0]["IMAGE"]
+    assert data["shape"] == [tu.INPUT_HW[0], tu.INPUT_HW[1], 3] and len(data["content"]) == np.prod(data["shape"])
+    s = subprocess.run(EXDD + ["client", "stream", "--source", str(folder / "line 3"), "--url", server.grpc_url,
+                               "--max-in-flight", "2"], capture_output=True, text=True)
+    assert s.returncode == 0, s.stderr
+    lines = [json.loads(x) for x in s.stdout.splitlines()]
+    assert len(lines) == 6 and all("score" in x for x in lines) and "frames/s" in s.stderr
