@@ -89,7 +89,8 @@ def build(dataset, out_dir, weights, d, projection_seed, input_size, layout, neg
 @click.argument("dataset", type=click.Path(exists=True, file_okay=False))
 @click.option("--banks", "bank_dir", required=True, type=click.Path(exists=True, file_okay=False))
 @click.option("--weights", default=None, help="Defaults to the weights the banks were built with.")
-@click.option("--layout", default="auto", type=click.Choice(["auto", "ksdd2", "mvtec"]), show_default=True)
+@click.option("--layout", default="auto", type=click.Choice(["auto", "ksdd2", "mvtec", "folder"]), show_default=True,
+              help="folder: every image below DATASET, unlabelled (scores only, no metrics).")
 @click.option("--split", default="test", show_default=True)
 @click.option("--out", "out_json", default=None, type=click.Path(dir_okay=False), help="Write results JSON here.")
 @click.option("--batch-size", default=8, show_default=True)
@@ -126,7 +127,7 @@ def evaluate(dataset, bank_dir, weights, layout, split, out_json, batch_size, no
     metrics = metrics_of(scored)
     thresholds = scorer.thresholds
     for m, v in metrics.items():
-        if m in thresholds:
+        if m in thresholds and (labels >= 0).all():
             v["at_threshold"] = confusion(scored.scores[m], labels, thresholds[m])
     result = {
         "dataset": os.path.abspath(dataset), "split": split, "banks": os.path.abspath(bank_dir),
@@ -144,7 +145,8 @@ def evaluate(dataset, bank_dir, weights, layout, split, out_json, batch_size, no
         with open(out_json, "w") as f:
             json.dump(result, f, indent=1)
     click.echo(f"weights: {info['weights']}" + (f"  [{result['weights_note']}]" if result["weights_note"] else ""))
-    click.echo(f"images: {len(scored.samples)} ({int(labels.sum())} defective), unreadable: {len(scored.errors)}")
+    click.echo(f"images: {len(scored.samples)} ({int((labels == 1).sum())} defective, {int((labels < 0).sum())} "
+               f"unlabelled), unreadable: {len(scored.errors)}")
     click.echo(table(metrics))
     if scored.errors:
         for p, e in scored.errors:

@@ -67,10 +67,13 @@ def score_features(feature_batches: Iterable[Tuple[List[Sample], np.ndarray, Lis
 def metrics_of(scored: Scored) -> Dict[str, Dict[str, float]]:
     """Metrics per mode; pixel metrics computed once per map kind and shared by modes using it."""
     labels = np.array([s.label for s in scored.samples])
+    if not (labels >= 0).any():
+        return {m: {} for m in MODES}          # an unlabelled folder: scores only
     per_kind: Dict[str, Dict[str, float]] = {}
     out = {}
     for m in MODES:
-        img = summary(scored.scores[m], labels, None, None)
+        known = labels >= 0
+        img = summary(scored.scores[m][known], labels[known], None, None)
         kind = MAP_OF_MODE[m]
         if scored.maps and kind not in per_kind and scored.masks is not None and scored.masks.any():
             pix = summary(np.zeros(2), np.array([0, 1]), scored.maps[kind].astype(np.float32), scored.masks)
