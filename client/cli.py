@@ -40,8 +40,9 @@ def _bar(total: int, unit: str = "img"):
 @click.option("--backoff", default=0.5, show_default=True, help="First retry delay in seconds (doubles).")
 @click.option("--restart", is_flag=True, help="Start the result file afresh instead of resuming it.")
 @click.option("--exclude", multiple=True, help="File-name pattern to leave out, e.g. '*_GT.png'; repeatable.")
+@click.option("--all-files", is_flag=True, help="In folders, take every file, not only image-named ones.")
 def score(paths, out_path, urls, protocol, batch_size, concurrency, threshold, heatmaps, retries, backoff, restart,
-          exclude):
+          exclude, all_files):
     """Score image files, folders or globs; one row per image in --out.
 
     Exit codes: 0 all scored, 1 some files failed (error rows), 3 the servers went away (rerun to resume).
@@ -50,7 +51,7 @@ def score(paths, out_path, urls, protocol, batch_size, concurrency, threshold, h
     from .score import JobConfig, run_job
     from .sources import expand
     from .connection import RequestRejected, ServerUnavailable
-    files = expand(paths, exclude=exclude)
+    files = expand(paths, all_files=all_files, exclude=exclude)
     if not files:
         fail("no files match " + " ".join(paths))
     writer = ResultWriter(out_path, resume=not restart)

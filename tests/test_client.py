@@ -191,3 +191,21 @@ def test_bench_and_stream(server, folder, tmp_path):
     assert s.returncode == 0, s.stderr
     lines = [json.loads(x) for x in s.stdout.splitlines()]
     assert len(lines) == 6 and all("score" in x for x in lines) and "frames/s" in s.stderr
+
+
+def test_bad_input_corpus_through_the_server(server, tmp_path):
+    """Every awkward file becomes a scored row or a named error row; the job goes on (exit 1)."""
+    import corpus
+    root = tmp_path / "corpus"
+    expect = corpus.make(root)
+    out = tmp_path / "c.jsonl"
+    p = score(str(root), "--out", str(out), "--url", server.grpc_url, "--all-files")
+    rows = by_path(read_rows(str(out)))
+    assert p.returncode == 1
+    assert {os.path.relpath(k, root) for k in rows} == set(expect)
+    for name, want in expect.items():
+        r = rows[os.path.normpath(str(root / name))]
+        got = "error" if r["error"] else "ok"
+        assert want in (got, "either"), (name, r)
+        if r["error"]:
+            assert name.split("/")[-1] in r["error"]
