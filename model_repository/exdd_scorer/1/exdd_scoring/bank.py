@@ -97,6 +97,8 @@ def read_manifest(directory: str) -> Dict[str, Any]:
     for key in ("features", "files", "k"):
         if key not in manifest:
             raise BankError(f"{path}: missing key {key!r}")
+    for name in manifest["files"]:
+        _safe_name(name, path)
     return manifest
 
 
