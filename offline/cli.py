@@ -164,7 +164,10 @@ def evaluate(dataset, bank_dir, weights, layout, split, out_json, batch_size, no
 @input_size_option
 @click.option("--no-pixel", is_flag=True)
 @click.option("--batch-size", default=8, show_default=True)
-def sweep(dataset, synthetic_dirs, counts, out_dir, weights, d, projection_seed, input_size, no_pixel, batch_size):
+@click.option("--raw-cache", "raw_cache", multiple=True, type=click.Path(exists=True, file_okay=False),
+              help="Raw-feature cache folder(s) from scripts/sweep_d.py (same weights and input size) to reuse.")
+def sweep(dataset, synthetic_dirs, counts, out_dir, weights, d, projection_seed, input_size, no_pixel, batch_size,
+          raw_cache):
     """Banks and metrics for 0, 50, 100, 150 synthetic samples (the paper's Table 2 protocol)."""
     from .build import BuildConfig
     from .sweep import markdown, save, sweep as run_sweep
@@ -173,8 +176,13 @@ def sweep(dataset, synthetic_dirs, counts, out_dir, weights, d, projection_seed,
         cs = [int(v) for v in counts.split(",")]
     except ValueError:
         fail(f"--counts {counts!r}: expected comma-separated integers")
+    from .feature_cache import RawCache
+    caches = [RawCache(c) for c in raw_cache]
+    for c in caches:
+        if c.weights_id != info["weights"]:
+            fail(f"{c.folder}: cached with weights {c.weights_id}, not {info['weights']}")
     res = run_sweep(dataset, synthetic_dirs, cs, out_dir, model, info, BuildConfig(batch_size=batch_size),
-                    not no_pixel, log=lambda s: click.echo(s, err=True))
+                    not no_pixel, log=lambda s: click.echo(s, err=True), raw_caches=caches)
     paths = save(res, out_dir)
     click.echo(markdown(res))
     click.echo(f"written: {paths['json']} {paths['md']} {paths['png']}")

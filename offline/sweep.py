@@ -47,18 +47,51 @@ class MemoFeaturizer:
         return Extracted(f, c, kept, errs)
 
 
+def cached_first(caches: Sequence[Any], proj: np.ndarray, fallback: Callable) -> Callable:
+    """A featurizer serving images found in raw-feature caches (projected by proj), extracting the rest."""
+    def featurize(samples, with_mask, progress):
+        parts = []
+        rest = list(samples)
+        for c in caches:
+            hit = [s for s in rest if s.path in c.index]
+            if hit:
+                parts.append(c.featurizer(proj)(hit, with_mask, None))
+            rest = [s for s in rest if s.path not in c.index]
+        if rest:
+            parts.append(fallback(rest, with_mask, None))
+        if progress:
+            progress(len(samples))
+        if len(parts) == 1:
+            return parts[0]
+        return Extracted(np.concatenate([p.features for p in parts]),
+                         np.concatenate([p.covers for p in parts]) if with_mask else None,
+                         [s for p in parts for s in p.samples], [e for p in parts for e in p.errors])
+    return featurize
+
+
 def sweep(dataset: str, synthetic_dirs: Sequence[str], counts: Sequence[int], out_dir: str, model,
           features: Dict[str, Any], cfg: BuildConfig, with_pixel: bool = True,
-          log: Callable[[str], None] = print) -> Dict[str, Any]:
-    """Build and evaluate banks for each count of synthetic samples; returns the rows."""
+          log: Callable[[str], None] = print, raw_caches: Sequence[Any] = ()) -> Dict[str, Any]:
+    """Build and evaluate banks for each count of synthetic samples; returns the rows.
+
+    raw_caches: RawCache objects (offline/feature_cache.py) of the same weights and input size;
+    images found there are not extracted again.
+    """
     from .extract import read_sample
-    memo = MemoFeaturizer(model_featurizer(model, features, cfg.batch_size))
+    from .features import make_projection
+    inner = model_featurizer(model, features, cfg.batch_size)
+    if raw_caches:
+        proj = make_projection(int(features["d"]), int(features["projection_seed"]))
+        inner = cached_first(raw_caches, proj, inner)
+    memo = MemoFeaturizer(inner)
     size_hw = tuple(features["input_size"])
     test = load_split(dataset, "test")
     test_ex = memo(test, True, None)
     masks = {}
     for s in test_ex.samples:
-        masks[s.path] = read_sample(s, size_hw, True)[1]
+        cached = next((c for c in raw_caches if s.path in c.index), None)
+        masks[s.path] = (np.asarray(cached.masks[cached.index[s.path]]) if cached is not None
+                         else read_sample(s, size_hw, True)[1])
     rows: List[Dict[str, Any]] = []
     for c in counts:
         bank_dir = os.path.join(out_dir, f"banks-synth{c}")
