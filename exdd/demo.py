@@ -71,7 +71,8 @@ def _ready(url: str) -> bool:
 @click.option("--input-size", default="632x224", show_default=True)
 @click.option("--d", "d", default=256, show_default=True)
 @click.option("--surface", default="brushed", type=click.Choice(["brushed", "commutator", "tile"]), show_default=True)
-@click.option("--port-base", default=18000, show_default=True, help="HTTP port; gRPC +1, metrics +2 (loopback).")
+@click.option("--port-base", default=0, show_default=True,
+              help="HTTP port; gRPC +1, metrics +2 (loopback). 0: any free ports.")
 @click.option("--fresh", is_flag=True, help="Delete --out first.")
 def demo(out_dir, dataset, weights, input_size, d, surface, port_base, fresh):
     """The whole pipeline on bundled data: build, export, serve, score, report."""
@@ -95,7 +96,11 @@ def demo(out_dir, dataset, weights, input_size, d, surface, port_base, fresh):
            "--parity-images", os.path.join(dataset, "test")], log)
     _exdd(["export", "repository", "--onnx", p("features.onnx"), "--banks", p("banks"), "--out", p("repository"),
            "--features-backend", "python", "--force"], log)
-    http, grpc, metrics = port_base, port_base + 1, port_base + 2
+    if port_base:
+        http, grpc, metrics = port_base, port_base + 1, port_base + 2
+    else:
+        from exdd.export.serve import free_port
+        http, grpc, metrics = free_port(), free_port(), free_port()
     log(f"$ exdd serve {p('repository')} --http-port {http} --grpc-port {grpc} --metrics-port {metrics}")
     server_log = open(p("server.log"), "w")
     server = subprocess.Popen([sys.executable, "-m", "exdd.cli", "serve", p("repository"), "--http-port", str(http),
