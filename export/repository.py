@@ -15,13 +15,14 @@ scorer at server load time (``features.json``), so swapped banks never serve.
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import os
 import shutil
 import tempfile
 from dataclasses import dataclass
 from typing import Any, Dict, Optional
+
+from exdd.scoring.bank import sha256_file
 
 from .configs import FEATURES_BACKENDS, KINDS, Serving, ensemble_config, features_config, scorer_config
 from .onnx_export import read_features, read_metadata, PRECISION_KEY
@@ -45,15 +46,6 @@ def source_dir() -> str:
     """The committed model_repository/ that model.py files and the scoring package are copied from."""
     import exdd.scoring
     return os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(exdd.scoring.__file__)))))
-
-
-def sha256_of(path: str) -> str:
-    """Hex sha256 of a file."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _copy_banks(bank_dir: str, dest: str, manifest: Dict[str, Any]) -> None:
@@ -106,7 +98,7 @@ Instances: {s.instances} x KIND_{s.kind.upper()} per model, max_batch_size {s.ma
 - features: backbone {f.get('backbone')}, weights `{f.get('weights')}`, input {f['input_size'][0]}x{f['input_size'][1]},
   grid {f['grid'][0]}x{f['grid'][1]}, d {f['d']}, projection seed {f.get('projection_seed')}
   (sha256 `{str(f.get('projection_sha256'))[:16]}...`)
-- extractor: `{os.path.abspath(onnx_path)}` (sha256 `{sha256_of(onnx_path)}`)
+- extractor: `{os.path.abspath(onnx_path)}` (sha256 `{sha256_file(onnx_path)}`)
 - served mode: `{a.mode}`; threshold: {thr}
 
 `features.json` (in `exdd_scorer/1/` and `exdd_features/1/`) is the fingerprint the scorer checks the
@@ -176,7 +168,7 @@ def assemble(onnx_path: str, bank_dir: str, out_dir: str, features_backend: str 
         _write(os.path.join(tmp, "exdd_features", "config.pbtxt"), features_config(features, features_backend, s))
         _write(os.path.join(tmp, "exdd_scorer", "config.pbtxt"), scorer_config(features, mode, thr_text, s))
         _write(os.path.join(tmp, "exdd", "config.pbtxt"), ensemble_config(features, s))
-        result = Assembled(out_dir, features, mode, thr, sha256_of(os.path.join(bank_dir, "manifest.json")))
+        result = Assembled(out_dir, features, mode, thr, sha256_file(os.path.join(bank_dir, "manifest.json")))
         _write(os.path.join(tmp, "README.md"), readme(result, manifest, bank_dir, onnx_path, features_backend, s, precision))
         if os.path.exists(out_dir):
             shutil.rmtree(out_dir)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -60,7 +60,6 @@ def extract_raw(samples: Sequence[Sample], weights: str, input_hw: Tuple[int, in
     os.makedirs(folder, exist_ok=True)
     backbone, wid = load_backbone(weights)
     model = FeatureExtractor(backbone, np.eye(sum(CHANNELS), dtype=np.float32), input_hw).eval()
-    good: List[Tuple[Sample, np.ndarray, np.ndarray]] = []
     readable = []
     for s in samples:
         try:

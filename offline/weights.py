@@ -6,7 +6,6 @@ conv1, bn1 and layer1..layer3 are fine), or ``random:SEED``. No checkpoint is ev
 """
 from __future__ import annotations
 
-import hashlib
 import os
 from typing import Dict, Tuple
 
@@ -38,11 +37,8 @@ class TruncatedWideResNet(nn.Module):
 
 
 def _file_id(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return f"file:{os.path.basename(path)}@sha256:{h.hexdigest()[:16]}"
+    from exdd.scoring.bank import sha256_file
+    return f"file:{os.path.basename(path)}@sha256:{sha256_file(path)[:16]}"
 
 
 def _read_state_dict(path: str) -> Dict[str, torch.Tensor]:

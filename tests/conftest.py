@@ -1,7 +1,6 @@
 """Shared fixtures: a tiny generated dataset and banks built from it with a random-init backbone."""
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys

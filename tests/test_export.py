@@ -5,7 +5,6 @@ import json
 import os
 import shutil
 
-import numpy as np
 import pytest
 
 import triton_util as tu
@@ -92,9 +91,9 @@ def test_repository_layout_and_configs():
     sc = open(os.path.join(repo, "exdd_scorer/config.pbtxt")).read()
     assert "max_batch_size: 8" in sc and "dynamic_batching" in sc and "model_warmup" in sc
     assert f"dims: [ {f['grid'][0]}, {f['grid'][1]}, {tu.D} ]" in sc and 'key: "mode"' in sc
-    from exdd.export.repository import sha256_of
+    from exdd.scoring.bank import sha256_file
     readme = open(os.path.join(repo, "README.md")).read()
-    assert sha256_of(os.path.join(tu.banks(), "manifest.json")) in readme
+    assert sha256_file(os.path.join(tu.banks(), "manifest.json")) in readme
     # the scorer imports only numpy, the backend utilities and its own package
     src = open(os.path.join(repo, "exdd_scorer/1/model.py")).read()
     imports = {ln.split()[1].split(".")[0] for ln in src.splitlines() if ln.startswith(("import ", "from "))}
