@@ -28,7 +28,8 @@ for s in $steps; do case $s in
          SP=$!; until curl -sf localhost:18100/v2/health/ready >/dev/null; do sleep 2; kill -0 $SP || break; done
          timed client-score $X client score $DATA/test --exclude '*_GT.png' --out $B/client-score.jsonl --url 127.0.0.1:18101 --heatmaps $B/heatmaps --restart
          timed client-bench $X client bench --url 127.0.0.1:18101 --batch-sizes 1,4,8 --concurrency 1,2,4 --requests 16 --images $DATA/test --out $B/client-bench.json
-         kill -INT $SP; wait $SP ;;
+         kill -INT $SP; wait $SP
+         timed bench-triton $PY scripts/bench_triton.py --dataset $DATA/test --weights $W --repo $B/repository --n 16 ;;
   soak) timed soak $PY scripts/soak.py --repo $B/repository --duration 600 --concurrency 8 --out $B/soak.json ;;
   *) echo "unknown step $s" >&2; exit 2 ;;
 esac; done
