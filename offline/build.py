@@ -94,18 +94,31 @@ def model_featurizer(model, features: Dict[str, Any], batch_size: int) -> Featur
                                                         with_mask=with_mask, progress=progress)
 
 
+def build_negative(ex: Extracted, dataset: str, d: int, cfg: BuildConfig, bar) -> Tuple[Bank, Dict[str, Any]]:
+    """The negative bank (coreset of every normal patch) and its statistics."""
+    if ex.features.shape[0] == 0:
+        raise ValueError(f"{dataset}: none of the normal training images could be read")
+    b = bar("coreset: negative", ex.features.shape[0] * ex.features.shape[1] * ex.features.shape[2])
+    out = make_bank(ex.features.reshape(-1, d), cfg.neg_ratio, cfg.min_size, cfg.k, cfg.seed,
+                    cfg.chunk_rows, cfg.oversample, b.update if b else None)
+    if b:
+        b.close()
+    return out
+
+
 def build(dataset: str, out_dir: str, model, features: Dict[str, Any], cfg: BuildConfig,
           synthetic_dirs: Sequence[str] = (), layout: str = "auto",
           progress_factory: Optional[Callable[[str, int], Any]] = None,
-          featurize: Optional[Featurize] = None, synthetic_limit: Optional[int] = None) -> BuildResult:
+          featurize: Optional[Featurize] = None, synthetic_limit: Optional[int] = None,
+          negative_bank: Optional[Tuple[Bank, Dict[str, Any]]] = None) -> BuildResult:
     """Build and save the banks of a dataset; returns the manifest written and the per-file errors.
 
-    featurize defaults to running ``model`` on the images (other featurizers serve cached features).
+    featurize defaults to running ``model`` on the images (other featurizers serve cached features);
+    negative_bank (bank, stats) reuses a negative bank built from the same images and settings.
     """
     def bar(desc: str, total: int):
         return progress_factory(desc, total) if progress_factory else None
 
-    grid = tuple(features["grid"])
     d = int(features["d"])
     featurize = featurize or model_featurizer(model, features, cfg.batch_size)
     train = load_split(dataset, "train", layout)
@@ -131,15 +144,10 @@ def build(dataset: str, out_dir: str, model, features: Dict[str, Any], cfg: Buil
         errors.extend(ex.errors)
         return ex
 
-    neg_ex = run(normals, "features: normal", False)
-    if neg_ex.features.shape[0] == 0:
-        raise ValueError(f"{dataset}: none of the {len(normals)} normal training images could be read")
-    b = bar("coreset: negative", neg_ex.features.shape[0] * grid[0] * grid[1])
-    negative, neg_stats = make_bank(neg_ex.features.reshape(-1, d), cfg.neg_ratio, cfg.min_size, cfg.k, cfg.seed,
-                                    cfg.chunk_rows, cfg.oversample, b.update if b else None)
-    if b:
-        b.close()
-    del neg_ex
+    if negative_bank is not None:
+        negative, neg_stats = negative_bank
+    else:
+        negative, neg_stats = build_negative(run(normals, "features: normal", False), dataset, d, cfg, bar)
 
     pos_sources = {"real": defects, "synthetic": synth}
     pos_vectors, pos_counts = [], {}

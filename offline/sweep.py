@@ -93,10 +93,14 @@ def sweep(dataset: str, synthetic_dirs: Sequence[str], counts: Sequence[int], ou
         masks[s.path] = (np.asarray(cached.masks[cached.index[s.path]]) if cached is not None
                          else read_sample(s, size_hw, True)[1])
     rows: List[Dict[str, Any]] = []
+    negative = None                      # the negative bank does not depend on the synthetic count
     for c in counts:
         bank_dir = os.path.join(out_dir, f"banks-synth{c}")
         res = build(dataset, bank_dir, model, features, cfg, synthetic_dirs if c > 0 else (),
-                    featurize=memo, synthetic_limit=c)
+                    featurize=memo, synthetic_limit=c, negative_bank=negative)
+        if negative is None:
+            pair = load_banks(bank_dir, features)
+            negative = (pair.negative, res.manifest["coreset"]["negative"])
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
             scorer = Scorer(load_banks(bank_dir, features))
