@@ -153,6 +153,10 @@ class TritonServer:
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
+        try:                      # Python-backend stubs left behind by a server that died (e.g. SIGKILL)
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
         if self._log_file:
             self._log_file.close()
             self._log_file = None
