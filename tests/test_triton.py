@@ -125,6 +125,7 @@ def test_malformed_requests_get_errors_and_server_keeps_serving(server, referenc
     _expect_error(lambda: http_infer(url, imgs[:1].astype(np.float32), dtype="FP32"), "expects 'UINT8'")
     _expect_error(lambda: http_infer(url, np.zeros((1, h + 8, w, 3), np.uint8)), "unexpected shape")
     _expect_error(lambda: http_infer(url, np.zeros((0, h, w, 3), np.uint8)), "byte size mismatch", "B>=1")
+    _expect_error(lambda: http_infer(url, np.zeros((9, h, w, 3), np.uint8)), "batch-size must be <=", "batch size")
     _expect_error(lambda: http_infer(url, imgs[:1], {"threshold": "__import__('os')"}), "'threshold' must be a number")
     _expect_error(lambda: http_infer(url, imgs[:1], {"threshold": True}), "'threshold' must be a number")
     grid = tu.extractor()[1]["grid"]
