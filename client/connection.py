@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Dict, List, Optional
+from typing import Dict, Optional
 
 import numpy as np
 
@@ -139,7 +139,3 @@ def with_retries(fn, attempts: int, backoff_s: float, on_retry=None):
             time.sleep(delay)
             delay = min(delay * 2, 30.0)
 
-
-def connections(urls: List[str], protocol: str) -> List[Connection]:
-    """One Connection per URL."""
-    return [Connection(u, protocol) for u in urls]

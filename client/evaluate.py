@@ -58,6 +58,8 @@ def evaluate(samples: Sequence[Sample], conn_factory: Callable[[], Connection], 
                 masks += m
     labels = np.array([s.label for s in kept])
     sc = np.concatenate(scores) if scores else np.zeros(0)
+    sn = np.concatenate(s_neg) if s_neg else np.zeros(0)
+    sp = np.concatenate(s_pos) if s_pos else np.zeros(0)
     mp = np.concatenate(maps).astype(np.float32) if maps else None
     mk = np.stack(masks) if masks else None
     met = summary(sc, labels, mp if with_pixel and mk is not None and mk.any() else None, mk)
@@ -65,7 +67,7 @@ def evaluate(samples: Sequence[Sample], conn_factory: Callable[[], Connection], 
         "metrics": {info.mode: met}, "default_mode": info.mode,
         "thresholds": {info.mode: info.threshold} if info.threshold is not None else {},
         "images": [{"path": s.path, "label": int(s.label), "kind": s.kind, "scores": {info.mode: float(sc[i])},
-                    "s_neg": float(np.concatenate(s_neg)[i]), "s_pos": float(np.concatenate(s_pos)[i])}
+                    "s_neg": float(sn[i]), "s_pos": float(sp[i])}
                    for i, s in enumerate(kept)],
         "errors": [{"path": p, "error": e} for p, e in errors],
     }
