@@ -54,7 +54,7 @@ def evaluate(samples: Sequence[Sample], conn_factory: Callable[[], Connection], 
             s_neg.append(out["SCORE_NEG"].reshape(-1))
             s_pos.append(out["SCORE_POS"].reshape(-1))
             if with_pixel:
-                maps.append(out["ANOMALY_MAP"].astype(np.float16))
+                maps.append(out["ANOMALY_MAP"].astype(np.float32))
                 masks += m
     labels = np.array([s.label for s in kept])
     sc = np.concatenate(scores) if scores else np.zeros(0)

@@ -15,7 +15,7 @@ from .metrics import summary
 
 @dataclass
 class Scored:
-    """Per-image results of a split and the maps (float16) per map kind."""
+    """Per-image results of a split and the image-sized maps (float32: a ratio map overflows float16) per map kind."""
     samples: List[Sample]
     scores: Dict[str, np.ndarray]
     s_neg: np.ndarray
@@ -43,7 +43,7 @@ def score_features(feature_batches: Iterable[Tuple[List[Sample], np.ndarray, Lis
     sc: Dict[str, list] = {m: [] for m in MODES}
     s_neg, s_pos, masks = [], [], []
     kinds = sorted({MAP_OF_MODE[m] for m in MODES})
-    maps = {k: np.zeros((n,) + tuple(size_hw), dtype=np.float16) for k in kinds} if with_maps else {}
+    maps = {k: np.zeros((n,) + tuple(size_hw), dtype=np.float32) for k in kinds} if with_maps else {}
     for bs, feats, ms in feature_batches:
         r = scorer.score(feats, map_modes=MODES if with_maps else ())
         n0 = len(kept)
@@ -76,7 +76,7 @@ def metrics_of(scored: Scored) -> Dict[str, Dict[str, float]]:
         img = summary(scored.scores[m][known], labels[known], None, None)
         kind = MAP_OF_MODE[m]
         if scored.maps and kind not in per_kind and scored.masks is not None and scored.masks.any():
-            pix = summary(np.zeros(2), np.array([0, 1]), scored.maps[kind].astype(np.float32), scored.masks)
+            pix = summary(np.zeros(2), np.array([0, 1]), scored.maps[kind], scored.masks)
             per_kind[kind] = {k: v for k, v in pix.items() if k.startswith("pixel_")}
         img.update(per_kind.get(kind, {}))
         out[m] = img

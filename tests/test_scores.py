@@ -84,3 +84,27 @@ def test_upsample_matches_torch_and_smoothing_matches_scipy():
     got = upsample_smooth(m[None], sh, sw, np)[0]
     np.testing.assert_allclose(got, gaussian_filter(up.astype(np.float64), 4.0, mode="reflect", truncate=4.0),
                                atol=1e-5)
+
+
+def test_near_zero_positive_distance_keeps_maps_and_metrics_finite():
+    """A patch sitting on a positive-bank vector gives a ratio of ~a_neg / eps: maps stay finite (float32)
+    through the offline evaluator and every pixel metric is a number (was: float16 overflow -> inf -> nan)."""
+    from exdd.offline.datasets import Sample
+    from exdd.offline.evaluate import metrics_of, score_features
+    rng = np.random.default_rng(3)
+    pair = make_pair(rng)
+    feats = rng.standard_normal((4,) + GRID + (D,)).astype(np.float32) * 1.3
+    feats[1, 2, 1] = pair.positive.vectors[0] * 40.0      # far from normal ...
+    pair.positive.vectors[0] *= 40.0                       # ... and exactly on a defect vector: a+ = 0
+    masks = [np.zeros(OUT, bool) for _ in range(4)]
+    masks[1][16:24, 8:16] = True
+    masks[3][0:8, 0:8] = True
+    samples = [Sample(f"img{i}.png", None, int(m.any()), "test") for i, m in enumerate(masks)]
+    scored = score_features([(samples, feats, masks)], 4, Scorer(pair, eps=1e-6), OUT)
+    for kind, m in scored.maps.items():
+        assert m.dtype == np.float32 and np.isfinite(m).all(), kind
+    assert scored.maps["ratio"].max() > 1e5          # beyond float16's 65504: the case that overflowed
+    met = metrics_of(scored)
+    for mode, v in met.items():
+        for key in ("pixel_auroc", "pixel_aupro", "image_auroc"):
+            assert np.isfinite(v[key]), (mode, key)
