@@ -19,6 +19,8 @@ from typing import List, Optional
 
 import click
 
+from exdd.scoring import MODES
+
 STANDIN = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "weights",
                        "wrn50-random0-bncal.safetensors")
 
@@ -146,7 +148,7 @@ def demo(out_dir, dataset, weights, input_size, d, surface, port_base, fresh):
     m = results["metrics"]
     click.echo(f"report: {os.path.abspath(p('report.html'))}")
     click.echo(f"weights: {results['weights']}" + (f"  [{results['weights_note']}]" if results.get("weights_note") else ""))
-    for mode_name in ("patchcore", "exdd", "exdd_peak"):
+    for mode_name in MODES:
         v = m[mode_name]
         click.echo(f"{mode_name:<10} image AUROC {v['image_auroc']:.3f}  pixel AUROC {v.get('pixel_auroc', float('nan')):.3f}"
                    f"  pixel AUPRO {v.get('pixel_aupro', float('nan')):.3f}")

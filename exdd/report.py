@@ -17,7 +17,9 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-MODE_ORDER = ("patchcore", "exdd", "exdd_peak")
+from exdd.scoring import MODES
+
+MODE_ORDER = MODES
 PALETTE = ("#4e79a7", "#e15759", "#59a14f", "#f28e2b", "#b07aa1", "#76b7b2")
 NORMAL_COLOR, DEFECT_COLOR, UNKNOWN_COLOR = "#4e79a7", "#e15759", "#9aa0a6"
 THUMB_BOX = (160, 240)  # (max width, max height) of a gallery thumbnail

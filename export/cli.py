@@ -7,6 +7,7 @@ import time
 import click
 
 from exdd.cli_common import fail, input_size_option, parse_hw
+from exdd.scoring import MODES
 
 
 @click.group()
@@ -112,7 +113,7 @@ def tensorrt_cmd(onnx_path, out_path, max_batch, fp32):
 @click.option("--max-batch", default=8, show_default=True, type=click.IntRange(1, 1024))
 @click.option("--queue-delay-us", default=2000, show_default=True, type=click.IntRange(0, 10_000_000),
               help="Dynamic batching: longest wait to fill a batch.")
-@click.option("--mode", default=None, type=click.Choice(["patchcore", "exdd", "exdd_peak"]),
+@click.option("--mode", default=None, type=click.Choice(list(MODES)),
               help="Served mode (default: the banks' default_mode).")
 @click.option("--threshold", default=None, type=float, help="Served threshold (default: the calibrated one).")
 @click.option("--force", is_flag=True, help="Replace --out if it exists.")

@@ -13,14 +13,17 @@ from __future__ import annotations
 
 import datetime as _dt
 import sys
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from exdd import __version__
-from exdd.scoring import MODES, Bank, BankPair, Scorer, save_bank
+from exdd.scoring import DEFAULT_MODE, MODES, Bank, BankPair, Scorer, save_bank
+from exdd.scoring.fusion import fit_fusion
 from exdd.scoring.knn import bank_neighbors
+from exdd.scoring.scores import DEFAULT_GAMMA, fusion_inputs
 from .calibrate import threshold
 from .coreset import bank_size, chunked_kcenter
 from .datasets import Sample, holdout_split, load_split, synthetic
@@ -40,7 +43,8 @@ class BuildConfig:
     seed: int = 0
     threshold_rule: str = "f1"
     target_fpr: float = 0.01
-    default_mode: str = "exdd"
+    default_mode: str = DEFAULT_MODE
+    gamma: float = DEFAULT_GAMMA
     chunk_rows: int = 24_000
     oversample: float = 2.0
     batch_size: int = 8
@@ -75,12 +79,14 @@ def make_bank(vectors: np.ndarray, ratio: float, min_size: int, k: int, seed: in
 
 
 def score_samples(scorer: Scorer, extracted_feats: np.ndarray, batch: int = 16) -> Dict[str, np.ndarray]:
-    """Scores of every mode for stored features (n, h, w, d)."""
-    out: Dict[str, List[np.ndarray]] = {m: [] for m in MODES}
+    """Scores of every mode for stored features (n, h, w, d), and the fusion model's inputs ('fusion_x')."""
+    out: Dict[str, List[np.ndarray]] = {m: [] for m in MODES + ("fusion_x",)}
     for i in range(0, extracted_feats.shape[0], batch):
         r = scorer.score(extracted_feats[i:i + batch].astype(np.float32), map_modes=())
         for m in MODES:
             out[m].append(r["scores"][m])
+        if scorer.has_positive:
+            out["fusion_x"].append(fusion_inputs(r["evidence"]))
     return {m: np.concatenate(v) if v else np.zeros(0) for m, v in out.items()}
 
 
@@ -184,6 +190,7 @@ def build(dataset: str, out_dir: str, model, features: Dict[str, Any], cfg: Buil
                     "unreadable": [{"path": p, "error": e} for p, e in errors]},
         "default_mode": cfg.default_mode,
         "modes": list(MODES),
+        "scoring": {"gamma": float(cfg.gamma), "fusion": None},
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "tool": f"exdd {__version__}",
     }
@@ -192,12 +199,16 @@ def build(dataset: str, out_dir: str, model, features: Dict[str, Any], cfg: Buil
     thr: Dict[str, Any] = {"rule": cfg.threshold_rule, "target_fpr": cfg.target_fpr, "values": {}, "detail": {}}
     if held:
         ex = run(held, "features: held-out", True)
-        import warnings
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
             scorer = Scorer(pair)
         scores = score_samples(scorer, ex.features)
         labels = np.array([s.label for s in ex.samples])
+        if positive is not None:       # fit the fusion on the held-out images, then score it
+            manifest["scoring"]["fusion"] = fit_fusion(scores["fusion_x"], labels)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                scores = score_samples(Scorer(pair), ex.features)
         for m in MODES:
             t = threshold(scores[m], labels, cfg.threshold_rule, cfg.target_fpr)
             thr["values"][m] = t["value"]

@@ -9,6 +9,7 @@ import click
 import numpy as np
 
 from exdd.cli_common import fail, input_size_option, parse_hw
+from exdd.scoring import DEFAULT_MODE, MODES
 
 
 def _extractor(weights: str, d: int, seed: int, input_hw):
@@ -50,7 +51,7 @@ def offline() -> None:
 @click.option("--holdout", default=0.1, show_default=True, help="Fraction of training images kept out for calibration.")
 @click.option("--threshold-rule", default="f1", type=click.Choice(["f1", "fpr"]), show_default=True)
 @click.option("--target-fpr", default=0.01, show_default=True, help="For --threshold-rule fpr.")
-@click.option("--mode", "default_mode", default="exdd", type=click.Choice(["patchcore", "exdd", "exdd_peak"]),
+@click.option("--mode", "default_mode", default=DEFAULT_MODE, type=click.Choice(list(MODES)),
               show_default=True, help="Mode whose score the served model returns as SCORE.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--batch-size", default=8, show_default=True)

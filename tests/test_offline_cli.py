@@ -7,6 +7,7 @@ import numpy as np
 from PIL import Image
 
 from conftest import TINY_ARGS, copy_dataset, run_exdd
+from exdd.scoring import MODES
 from exdd.offline.datasets import holdout_split, load_split, detect_layout
 
 
@@ -24,7 +25,7 @@ def test_build_writes_banks_and_manifest(tiny_banks):
     assert neg.shape[0] == 40
     assert m["sources"]["defect_images"] == 5 and m["sources"]["heldout_defect"] == 1
     assert m["coreset"]["positive"]["size"] >= 1
-    assert set(m["threshold"]["values"]) == {"patchcore", "exdd", "exdd_peak"}
+    assert set(m["threshold"]["values"]) == set(MODES)
     assert all(e["sha256"] for e in m["files"].values()) and m["k"] == 3
 
 
@@ -32,7 +33,7 @@ def test_evaluate_reports_all_modes(tiny_dataset, tiny_banks, tmp_path):
     out = tmp_path / "r.json"
     p = run_exdd("offline", "evaluate", str(tiny_dataset), "--banks", str(tiny_banks), "--out", str(out))
     r = json.loads(out.read_text())
-    assert set(r["metrics"]) == {"patchcore", "exdd", "exdd_peak"}
+    assert set(r["metrics"]) == set(MODES)
     for v in r["metrics"].values():
         assert 0.0 <= v["image_auroc"] <= 1.0 and 0.0 <= v["pixel_auroc"] <= 1.0 and 0.0 <= v["pixel_aupro"] <= 1.0
         assert "at_threshold" in v

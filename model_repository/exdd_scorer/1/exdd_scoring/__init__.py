@@ -8,12 +8,13 @@ from .bank import (BANK_FORMAT_VERSION, Bank, BankError, BankPair, FEATURE_KEYS,
                    read_manifest_features, save_bank)
 from .knn import nearest, topk_nearest
 from .resample import upsample_smooth_matrices, upsample_smooth
-from .scores import MODES, image_scores, reweight_q
-from .scorer import Scorer
+from .scores import (DEFAULT_MODE, MAP_KINDS, MODE_REGISTRY, MODES, Evidence, Mode, image_scores, register_mode,
+                     reweight_q)
+from .scorer import Scorer, map_of_mode
 
 __all__ = [
     "BANK_FORMAT_VERSION", "Bank", "BankError", "BankPair", "FEATURE_KEYS", "load_banks", "read_manifest",
     "read_manifest_features", "save_bank",
-    "nearest", "topk_nearest", "upsample_smooth_matrices", "upsample_smooth", "MODES", "image_scores",
-    "reweight_q", "Scorer",
+    "nearest", "topk_nearest", "upsample_smooth_matrices", "upsample_smooth", "DEFAULT_MODE", "MAP_KINDS",
+    "MODE_REGISTRY", "MODES", "Evidence", "Mode", "image_scores", "register_mode", "reweight_q", "Scorer", "map_of_mode",
 ]
