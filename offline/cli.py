@@ -10,6 +10,7 @@ import numpy as np
 
 from exdd.cli_common import fail, input_size_option, parse_hw
 from exdd.scoring import DEFAULT_MODE, MODES
+from exdd.scoring.scores import DEFAULT_GAMMA
 
 
 def _extractor(weights: str, d: int, seed: int, input_hw):
@@ -53,10 +54,12 @@ def offline() -> None:
 @click.option("--target-fpr", default=0.01, show_default=True, help="For --threshold-rule fpr.")
 @click.option("--mode", "default_mode", default=DEFAULT_MODE, type=click.Choice(list(MODES)),
               show_default=True, help="Mode whose score the served model returns as SCORE.")
+@click.option("--gamma", default=DEFAULT_GAMMA, show_default=True, type=click.FloatRange(0.0, 4.0),
+              help="Exponent of the dual map a- (a-/a+)^gamma (modes dual, fusion).")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--batch-size", default=8, show_default=True)
 def build(dataset, out_dir, weights, d, projection_seed, input_size, layout, neg_ratio, pos_ratio, min_bank, k,
-          min_cover, synthetic_dirs, holdout, threshold_rule, target_fpr, default_mode, seed, batch_size):
+          min_cover, synthetic_dirs, holdout, threshold_rule, target_fpr, default_mode, gamma, seed, batch_size):
     """Build the negative and positive banks of DATASET into --out."""
     from .build import BuildConfig, build as run_build
     from .datasets import DatasetError
@@ -65,7 +68,7 @@ def build(dataset, out_dir, weights, d, projection_seed, input_size, layout, neg
     info["weights_source"] = os.path.abspath(weights) if os.path.isfile(weights) else weights
     cfg = BuildConfig(neg_ratio=neg_ratio, pos_ratio=pos_ratio, min_size=min_bank, k=k, min_cover=min_cover,
                       holdout=holdout, seed=seed, threshold_rule=threshold_rule, target_fpr=target_fpr,
-                      default_mode=default_mode, batch_size=batch_size)
+                      default_mode=default_mode, gamma=gamma, batch_size=batch_size)
     t0 = time.time()
     try:
         res = run_build(dataset, out_dir, model, info, cfg, synthetic_dirs, layout, bar)

@@ -46,7 +46,7 @@ def test_scores_match_transcription():
         assert r["scores"]["patchcore"][b] == pytest.approx(s_neg, rel=1e-4)
         assert r["scores"]["exdd"][b] == pytest.approx(s_neg / (s_pos + 1e-6), rel=1e-4)
         ratio = (a_n / (a_p + 1e-6)).reshape(GRID)
-        dual = a_n.reshape(GRID) * ratio ** 0.5                       # gamma = 0.5, the default
+        dual = a_n.reshape(GRID) * ratio                              # gamma = 1, the default: a-^2 / a+
         np.testing.assert_allclose(r["patch_neg"][b], a_n.reshape(GRID), rtol=1e-4)
         sh, sw = upsample_smooth_matrices(GRID, OUT, 4.0)
         np.testing.assert_allclose(r["maps"]["exdd"][b], sh @ ratio @ sw.T, rtol=1e-3, atol=1e-5)
@@ -64,12 +64,12 @@ def test_gamma_and_fitted_fusion_come_from_the_manifest():
     feats = rng.standard_normal((2,) + GRID + (D,)).astype(np.float32) * 1.3
     base = Scorer(pair).score(feats)
     fusion = {"mean": [1.0, 2.0, 3.0], "scale": [2.0, 4.0, 8.0], "coef": [0.5, -1.0, 2.0], "intercept": 0.25}
-    pair.manifest["scoring"] = {"gamma": 1.0, "fusion": fusion}
+    pair.manifest["scoring"] = {"gamma": 0.5, "fusion": fusion}
     r = Scorer(pair).score(feats)
     sh, sw = upsample_smooth_matrices(GRID, OUT, 4.0)
     for b in range(2):
         a_n, a_p = r["patch_neg"][b], r["patch_pos"][b]
-        assert r["scores"]["dual"][b] == pytest.approx((sh @ (a_n * a_n / (a_p + 1e-6)) @ sw.T).max(), rel=1e-4)
+        assert r["scores"]["dual"][b] == pytest.approx((sh @ (a_n * np.sqrt(a_n / (a_p + 1e-6))) @ sw.T).max(), rel=1e-4)
         x = np.log([r["s_neg"][b], r["maps"]["exdd"][b].max(), r["s_pos"][b]])
         want = (((x - np.array(fusion["mean"])) / np.array(fusion["scale"])) * np.array(fusion["coef"])).sum() + 0.25
         assert r["scores"]["fusion"][b] == pytest.approx(want, rel=1e-4)

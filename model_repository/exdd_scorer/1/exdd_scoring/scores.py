@@ -9,7 +9,8 @@ Reweighting (PatchCore's, as the ExDD authors' code does it), for one bank:
 Map kinds (per patch, then bilinearly upsampled to the image and Gaussian-smoothed):
   neg    a-(p)                                   PatchCore's map
   ratio  a-(p) / (a+(p) + eps)                   the paper's map
-  dual   a-(p) * (a-(p) / (a+(p) + eps))^gamma   ours: far from normal AND near known defects
+  dual   a-(p) * (a-(p) / (a+(p) + eps))^gamma   ours (gamma = 1: a-^2 / (a+ + eps)): far from normal
+                                                 AND near known defects
 Modes (MODE_REGISTRY; every mode is computed from the same evidence):
   patchcore  s-, map neg (negative bank only)
   exdd       the paper: s- / (s+ + eps), map ratio
@@ -24,7 +25,7 @@ from typing import Any, Callable, Dict, Optional
 
 from .fusion import FALLBACK as FUSION_FALLBACK, fusion_features, fusion_score
 
-DEFAULT_GAMMA = 0.5
+DEFAULT_GAMMA = 1.0
 DEFAULT_MODE = "dual"
 
 
