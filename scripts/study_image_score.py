@@ -57,10 +57,10 @@ class Evidence:
             return self.a_neg
         if kind == "ratio":
             return self.a_neg / (self.a_pos + EPS)
-        if kind == "product":
+        if kind == "dual":
             return self.a_neg * self.a_neg / (self.a_pos + EPS)
-        if kind.startswith("product_g"):          # a-^(1+g) / a+^g
-            g = float(kind[len("product_g"):])
+        if kind.startswith("dual_g"):          # a-^(1+g) / a+^g
+            g = float(kind[len("dual_g"):])
             return self.a_neg * (self.a_neg / (self.a_pos + EPS)) ** g
         raise KeyError(kind)
 
@@ -92,15 +92,15 @@ def candidates(e: Evidence) -> Dict[str, Callable[[], np.ndarray]]:
         "ratio_map_max": lambda: e.smooth("ratio").reshape(len(b), -1).max(axis=1),
         "ratio_map_top1pct": lambda: top_mean(e.smooth("ratio"), 0.01),
         "neg_map_max": lambda: e.smooth("neg").reshape(len(b), -1).max(axis=1),
-        "product_patch_max": lambda: e.patch("product").max(axis=1),
-        "product_map_max": lambda: e.smooth("product").reshape(len(b), -1).max(axis=1),
+        "dual_patch_max": lambda: e.patch("dual").max(axis=1),
+        "dual_map_max": lambda: e.smooth("dual").reshape(len(b), -1).max(axis=1),
         "pc_x_ratio_map_max": lambda: pc() * e.smooth("ratio").reshape(len(b), -1).max(axis=1),
         "pc_x_peak_ratio": lambda: pc() * s_neg_star / (e.a_pos[b, pk] + EPS),
         "pc_x_sqrt_ratio_map_max": lambda: pc() * np.sqrt(e.smooth("ratio").reshape(len(b), -1).max(axis=1)),
     }
     for g in ("0.5", "2"):
-        c[f"product_g{g}_map_max"] = (lambda g=g: e.smooth(f"product_g{g}").reshape(len(b), -1).max(axis=1))
-    c["product_map_top1pct"] = lambda: top_mean(e.smooth("product"), 0.01)
+        c[f"dual_g{g}_map_max"] = (lambda g=g: e.smooth(f"dual_g{g}").reshape(len(b), -1).max(axis=1))
+    c["dual_map_top1pct"] = lambda: top_mean(e.smooth("dual"), 0.01)
     c["pc_k9_keep_t1_x_ratio_map_max"] = lambda: (reweighted(s_neg_star, e.nb_neg, 9, True, 1.0)
                                                   * e.smooth("ratio").reshape(len(b), -1).max(axis=1))
     for k in (3, 9):
@@ -172,7 +172,7 @@ def study_one(folder: str, d: int, cache_root: str) -> Dict:
     cache = RawCache(os.path.join(cache_root, ds_name, "test"))
     masks = np.asarray(cache.masks[test.rows.tolist()])
     if masks.any():
-        for kind in ("neg", "ratio", "product", "product_g0.5"):
+        for kind in ("neg", "ratio", "dual", "dual_g0.5"):
             m = test.smooth(kind)
             pix[kind] = {"pixel_auroc": auroc(m.ravel(), masks.ravel()), "pixel_aupro": aupro(m, masks)}
     return {"dataset": ds_name, "d": d, "fusion": params, "n_test": int(y.size), "defective": int(y.sum()),
