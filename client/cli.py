@@ -88,11 +88,11 @@ def score(paths, out_path, urls, protocol, batch_size, concurrency, threshold, h
 @click.option("--out", "out_path", type=click.Path(dir_okay=False), default=None, help="Also append JSONL here.")
 def stream(source, urls, protocol, max_in_flight, threshold, max_frames, out_path):
     """Stream frames and print one decision line per frame as answers come (Ctrl-C stops cleanly)."""
-    from .connection import Connection, ServerUnavailable
+    from .connection import Connection, RequestRejected, ServerUnavailable
     from .stream import stream as run_stream
     try:
         info = Connection(urls[0], protocol).info()
-    except ServerUnavailable as e:
+    except (ServerUnavailable, RequestRejected) as e:
         fail(str(e), 3)
     out = open(out_path, "a") if out_path else None
     tick = {"n": 0, "t": time.perf_counter()}
@@ -136,11 +136,11 @@ def bench(urls, protocol, batch_sizes, concurrencies, requests, image_dir, out_j
     import numpy as np
     from exdd.images import read_image
     from .bench import bench_point, perf_analyzer_input, table
-    from .connection import Connection, ServerUnavailable
+    from .connection import Connection, RequestRejected, ServerUnavailable
     from .sources import expand
     try:
         info = Connection(urls[0], protocol).info()
-    except ServerUnavailable as e:
+    except (ServerUnavailable, RequestRejected) as e:
         fail(str(e), 3)
     if image_dir:
         imgs = np.stack([read_image(p, info.input_hw) for p in expand([image_dir])[:16]])
@@ -180,12 +180,12 @@ def bench(urls, protocol, batch_sizes, concurrencies, requests, image_dir, out_j
 def evaluate(dataset, urls, protocol, split, batch_size, concurrency, no_pixel, out_json, offline_json):
     """Metrics (image/pixel AUROC, ...) of the served model on a labelled dataset."""
     from exdd.offline.datasets import DatasetError, load_split
-    from .connection import Connection, ServerUnavailable
+    from .connection import Connection, RequestRejected, ServerUnavailable
     from .evaluate import evaluate as run_eval
     try:
         samples = load_split(dataset, split)
         info = Connection(urls[0], protocol).info()
-    except (DatasetError, ServerUnavailable) as e:
+    except (DatasetError, ServerUnavailable, RequestRejected) as e:
         fail(str(e), 2 if isinstance(e, DatasetError) else 3)
     k = {"i": 0}
 
