@@ -23,13 +23,18 @@ def evaluate(samples: Sequence[Sample], conn_factory: Callable[[], Connection], 
     def run(chunk: Sequence[Sample]):
         imgs, masks, kept, errs = [], [], [], []
         for s in chunk:
-            try:
-                imgs.append(read_image(s.path, hw))
-                masks.append(read_mask(s.mask, image_size(s.path), hw) if s.mask else np.zeros(hw, bool))
-                kept.append(s)
+            try:   # read both first: a sample is kept (image, mask and label together) or is an error row
+                img = read_image(s.path, hw)
+                mask = read_mask(s.mask, image_size(s.path), hw) if s.mask else np.zeros(hw, bool)
             except ImageReadError as e:
                 errs.append((s.path, str(e)))
+                continue
+            imgs.append(img)
+            masks.append(mask)
+            kept.append(s)
         if not kept:
+            if progress:
+                progress(len(chunk))
             return kept, None, masks, errs
 
         def attempt(i: int):
