@@ -66,11 +66,29 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
+def resize_image(img: Image.Image, size_hw: Tuple[int, int]) -> Image.Image:
+    """The one model-input resize of every path (files, video/camera frames, bank building, calibration):
+    PIL bilinear, which antialiases when shrinking (its filter widens with the scale factor)."""
+    if img.size == (size_hw[1], size_hw[0]):
+        return img
+    return img.resize((int(size_hw[1]), int(size_hw[0])), Image.BILINEAR)
+
+
+def resize_rgb(rgb: np.ndarray, size_hw: Tuple[int, int]) -> np.ndarray:
+    """A uint8 (H, W, 3) RGB array resized to size_hw exactly as read_image resizes a file."""
+    arr = np.ascontiguousarray(rgb, dtype=np.uint8)
+    if arr.ndim != 3 or arr.shape[2] != 3:
+        raise ValueError(f"expected an RGB array (H, W, 3), got shape {arr.shape}")
+    if arr.shape[:2] == tuple(size_hw):
+        return arr
+    return np.asarray(resize_image(Image.fromarray(arr, mode="RGB"), size_hw), dtype=np.uint8)
+
+
 def read_image(path: str, size_hw: Tuple[int, int] | None = None) -> np.ndarray:
-    """The image at path as uint8 (H, W, 3) RGB, resized (bilinear) to size_hw when given."""
+    """The image at path as uint8 (H, W, 3) RGB, resized (resize_image) to size_hw when given."""
     img = to_rgb(_open(path))
-    if size_hw is not None and img.size != (size_hw[1], size_hw[0]):
-        img = img.resize((size_hw[1], size_hw[0]), Image.BILINEAR)
+    if size_hw is not None:
+        img = resize_image(img, size_hw)
     return np.asarray(img, dtype=np.uint8)
 
 
