@@ -9,6 +9,7 @@ import click
 import numpy as np
 
 from exdd.cli_common import fail, input_size_option, parse_hw
+from exdd.scoring.bank import MIN_K
 
 
 def _extractor(weights: str, d: int, seed: int, input_hw):
@@ -43,7 +44,8 @@ def offline() -> None:
 @click.option("--neg-ratio", default=0.01, show_default=True, help="Coreset ratio of the negative bank.")
 @click.option("--pos-ratio", default=0.10, show_default=True, help="Coreset ratio of the positive bank.")
 @click.option("--min-bank", default=1000, show_default=True, help="A bank keeps at least this many (capped at N).")
-@click.option("--k", default=3, show_default=True, help="Neighbourhood size of the reweighting.")
+@click.option("--k", default=3, show_default=True, type=click.IntRange(min=MIN_K),
+              help=f"Neighbourhood size of the reweighting (at least {MIN_K}: k-1 neighbours besides the nearest).")
 @click.option("--min-cover", default=0.3, show_default=True, help="Defect patch: cell covered by the mask at least this much.")
 @click.option("--synthetic", "synthetic_dirs", multiple=True, type=click.Path(exists=True, file_okay=False),
               help="Folder of synthetic defects (NNNNN.png + NNNNN_GT.png); repeatable.")

@@ -22,8 +22,20 @@ FEATURE_KEYS = ("backbone", "weights", "input_size", "layers", "grid", "projecti
                 "projection_sha256", "d")
 
 
+# The reweighting needs k-1 >= 1 neighbours of m*: with k = 1 q is 0, s+ is 0 and every exdd score is s-/eps.
+MIN_K = 2
+
+
 class BankError(ValueError):
     """A bank directory that cannot be used: missing, corrupt, or made for other features."""
+
+
+def check_k(k: Any, where: str) -> int:
+    """k as an int >= MIN_K; BankError naming where otherwise."""
+    if isinstance(k, bool) or not isinstance(k, int) or k < MIN_K:
+        raise BankError(f"{where}: k = {k!r}: the neighbourhood size of the reweighting must be an integer "
+                        f">= {MIN_K} (k = 1 leaves no neighbours and makes every exdd score s_neg / eps)")
+    return k
 
 
 @dataclass
@@ -64,6 +76,7 @@ def _safe_name(name: str, where: str) -> str:
 
 def save_bank(directory: str, negative: Bank, positive: Optional[Bank], manifest: Dict[str, Any]) -> Dict[str, Any]:
     """Write the arrays and manifest.json (with checksums) into directory; returns the manifest."""
+    check_k(manifest.get("k"), directory)
     os.makedirs(directory, exist_ok=True)
     files: Dict[str, Any] = {}
     parts = [("negative", negative)] + ([("positive", positive)] if positive is not None else [])
@@ -99,6 +112,7 @@ def read_manifest(directory: str) -> Dict[str, Any]:
             raise BankError(f"{path}: missing key {key!r}")
     for name in manifest["files"]:
         _safe_name(name, path)
+    check_k(manifest["k"], path)
     return manifest
 
 
