@@ -15,11 +15,14 @@ scorer at server load time (``features.json``), so swapped banks never serve.
 from __future__ import annotations
 
 import datetime as _dt
+import importlib.resources
 import json
 import os
 import shutil
 import tempfile
 from dataclasses import dataclass
+from importlib.abc import Traversable
+from pathlib import Path
 from typing import Any, Dict, Optional
 
 from exdd.scoring.bank import sha256_file
@@ -42,10 +45,39 @@ class Assembled:
     manifest_sha256: str
 
 
+def model_files() -> Traversable:
+    """The committed model_repository/ (model.py files, config.pbtxt templates), as package data.
+
+    Installed (wheel, ``pip install .``) it is the package-data folder ``exdd/model_repository``.
+    setuptools' editable finder cannot resolve that folder (a namespace package mapped outside
+    ``exdd/``), so an editable checkout falls back to the source tree it maps ``exdd.scoring`` into.
+    """
+    try:
+        return importlib.resources.files("exdd.model_repository")
+    except ModuleNotFoundError:
+        scoring = importlib.resources.files("exdd.scoring")   # model_repository/exdd_scorer/1/exdd_scoring
+        root = Path(str(scoring)).parents[2]
+        if not (root / "exdd_scorer" / "1" / "model.py").is_file():
+            raise RepositoryError(f"the Triton model files are not installed with exdd ({root}): reinstall exdd") from None
+        return root
+
+
 def source_dir() -> str:
-    """The committed model_repository/ that model.py files and the scoring package are copied from."""
-    import exdd.scoring
-    return os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(exdd.scoring.__file__)))))
+    """The committed model_repository/ as a path (for callers that need one; see model_files)."""
+    return str(model_files())
+
+
+def copy_resource(src: Traversable, dest: str) -> None:
+    """Copy a package-data file or folder to dest (folders recursively, no __pycache__ / .pyc)."""
+    if src.is_dir():
+        os.makedirs(dest, exist_ok=True)
+        for child in src.iterdir():
+            if child.name == "__pycache__" or child.name.endswith(".pyc"):
+                continue
+            copy_resource(child, os.path.join(dest, child.name))
+    else:
+        with open(dest, "wb") as f:
+            f.write(src.read_bytes())
 
 
 def _copy_banks(bank_dir: str, dest: str, manifest: Dict[str, Any]) -> None:
@@ -141,7 +173,7 @@ def assemble(onnx_path: str, bank_dir: str, out_dir: str, features_backend: str 
     out_dir = os.path.abspath(out_dir)
     if os.path.exists(out_dir) and os.listdir(out_dir) and not force:
         raise RepositoryError(f"{out_dir}: exists and is not empty (use --force to replace it)")
-    src = source_dir()
+    src = model_files()
     parent = os.path.dirname(out_dir)
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".exdd-repo-", dir=parent)
@@ -151,9 +183,8 @@ def assemble(onnx_path: str, bank_dir: str, out_dir: str, features_backend: str 
         os.makedirs(scorer_v)
         os.makedirs(feats_v)
         os.makedirs(os.path.join(tmp, "exdd", "1"))
-        shutil.copy2(os.path.join(src, "exdd_scorer", "1", "model.py"), scorer_v)
-        shutil.copytree(os.path.join(src, "exdd_scorer", "1", "exdd_scoring"), os.path.join(scorer_v, "exdd_scoring"),
-                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        copy_resource(src / "exdd_scorer" / "1" / "model.py", os.path.join(scorer_v, "model.py"))
+        copy_resource(importlib.resources.files("exdd.scoring"), os.path.join(scorer_v, "exdd_scoring"))
         _copy_banks(bank_dir, os.path.join(scorer_v, "banks"), manifest)
         fjson = json.dumps(features, indent=2, sort_keys=True)
         _write(os.path.join(scorer_v, "features.json"), fjson)
@@ -163,7 +194,7 @@ def assemble(onnx_path: str, bank_dir: str, out_dir: str, features_backend: str 
         else:
             shutil.copy2(onnx_path, os.path.join(feats_v, "model.onnx"))
         if features_backend == "python":
-            shutil.copy2(os.path.join(src, "exdd_features", "1", "model.py"), feats_v)
+            copy_resource(src / "exdd_features" / "1" / "model.py", os.path.join(feats_v, "model.py"))
         thr_text = "none" if thr is None else repr(thr)
         _write(os.path.join(tmp, "exdd_features", "config.pbtxt"), features_config(features, features_backend, s))
         _write(os.path.join(tmp, "exdd_scorer", "config.pbtxt"), scorer_config(features, mode, thr_text, s))
