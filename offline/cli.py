@@ -10,6 +10,7 @@ import numpy as np
 
 from exdd.cli_common import fail, input_size_option, parse_hw
 from exdd.scoring.bank import MIN_K
+from exdd.scoring.scores import MODES
 
 
 def _extractor(weights: str, d: int, seed: int, input_hw):
@@ -52,7 +53,7 @@ def offline() -> None:
 @click.option("--holdout", default=0.1, show_default=True, help="Fraction of training images kept out for calibration.")
 @click.option("--threshold-rule", default="f1", type=click.Choice(["f1", "fpr"]), show_default=True)
 @click.option("--target-fpr", default=0.01, show_default=True, help="For --threshold-rule fpr.")
-@click.option("--mode", "default_mode", default="exdd", type=click.Choice(["patchcore", "exdd", "exdd_peak"]),
+@click.option("--mode", "default_mode", default="exdd", type=click.Choice(list(MODES)),
               show_default=True, help="Mode whose score the served model returns as SCORE.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--batch-size", default=8, show_default=True)
@@ -98,17 +99,16 @@ def build(dataset, out_dir, weights, d, projection_seed, input_size, layout, neg
 @click.option("--no-pixel", is_flag=True, help="Skip pixel metrics (faster).")
 def evaluate(dataset, bank_dir, weights, layout, split, out_json, batch_size, no_pixel):
     """Score DATASET's test split with the banks; metrics of every mode side by side."""
-    from exdd.scoring import BankError, load_banks, read_manifest_features
-    from exdd.scoring import Scorer
+    from exdd.scoring import BankError, Scorer, load_banks, read_manifest_spec
     from .datasets import DatasetError, load_split
     from .evaluate import confusion, metrics_of, score_split, table
     from .progress import bar
     try:
-        feats = read_manifest_features(bank_dir)
+        feats = read_manifest_spec(bank_dir)
     except BankError as e:
         fail(str(e))
-    model, info = _extractor(weights or feats.get("weights_source", feats["weights"]), feats["d"],
-                             feats["projection_seed"], tuple(feats["input_size"]))
+    model, info = _extractor(weights or feats.weights_source or feats.weights, feats.d, feats.projection_seed,
+                             feats.input_size)
     try:
         banks = load_banks(bank_dir, expected_features=info)
         samples = load_split(dataset, split, layout)
