@@ -12,6 +12,8 @@ from typing import Dict, Optional
 
 import numpy as np
 
+from exdd.scoring.spec import FeatureSpec, SpecError
+
 MODEL = "exdd"
 SCORER = "exdd_scorer"
 OUTPUTS = ("SCORE", "IS_DEFECT", "SCORE_NEG", "SCORE_POS")
@@ -33,6 +35,7 @@ class ModelInfo:
     max_batch: int
     mode: str
     threshold: Optional[float]
+    features: Optional[FeatureSpec] = None    # the served extractor's fingerprint (repositories since issue 12)
 
 
 def served_threshold(text: Optional[str], where: str = "server") -> Optional[float]:
@@ -111,8 +114,18 @@ class Connection:
             raise ServerUnavailable(f"{self.url}: server not reachable ({e})") from None
         dims = next(i for i in cfg["input"] if i["name"] == "IMAGE")["dims"]
         params = {k: v.get("string_value") for k, v in (scorer.get("parameters") or {}).items()}
-        return ModelInfo((int(dims[0]), int(dims[1])), int(cfg.get("max_batch_size", 1)),
-                         params.get("mode", "exdd"), served_threshold(params.get("threshold"), self.url))
+        features = None
+        if params.get("features"):
+            try:
+                features = FeatureSpec.from_json(params["features"], f"{self.url}: {SCORER} parameter features")
+            except SpecError as e:
+                raise RequestRejected(str(e)) from None
+        hw = (int(dims[0]), int(dims[1]))
+        if features is not None and features.input_size != hw:
+            raise RequestRejected(f"{self.url}: model {self.model!r} takes {hw[0]}x{hw[1]} images but its features "
+                                  f"say {features.input_size[0]}x{features.input_size[1]} (inconsistent repository)")
+        return ModelInfo(hw, int(cfg.get("max_batch_size", 1)), params.get("mode", "exdd"),
+                         served_threshold(params.get("threshold"), self.url), features)
 
     def infer(self, images: np.ndarray, threshold: Optional[float] = None, with_map: bool = False) -> Dict[str, np.ndarray]:
         """Outputs for a uint8 (B, H, W, 3) batch; ServerUnavailable or RequestRejected on failure."""

@@ -27,8 +27,11 @@ from typing import Any, Dict, Optional
 
 from exdd.scoring.bank import sha256_file
 
-from .configs import FEATURES_BACKENDS, KINDS, Serving, ensemble_config, features_config, scorer_config
+from exdd.scoring.spec import FeatureSpec, SpecError
+
+from .configs import KINDS, Serving, ensemble_config, features_config, scorer_config
 from .onnx_export import read_features, read_metadata, PRECISION_KEY
+from .registry import FEATURES_BACKENDS
 
 
 class RepositoryError(ValueError):
@@ -39,7 +42,7 @@ class RepositoryError(ValueError):
 class Assembled:
     """What was written."""
     path: str
-    features: Dict[str, Any]
+    features: FeatureSpec
     mode: str
     threshold: Optional[float]
     manifest_sha256: str
@@ -104,7 +107,7 @@ def choose_threshold(manifest: Dict[str, Any], mode: str, override: Optional[flo
 def readme(a: Assembled, manifest: Dict[str, Any], bank_dir: str, onnx_path: str, backend: str,
            s: Serving, precision: str) -> str:
     """README.md of the repository."""
-    f = a.features
+    f = a.features.to_dict()
     cs = manifest.get("coreset", {})
     sizes = ", ".join(f"{k} {v.get('size')}" for k, v in cs.items() if isinstance(v, dict)) or "see manifest"
     thr = "none (IS_DEFECT is false unless a request sends parameter `threshold`)" if a.threshold is None \
@@ -151,14 +154,18 @@ def assemble(onnx_path: str, bank_dir: str, out_dir: str, features_backend: str 
 
     s = serving or Serving()
     if features_backend not in FEATURES_BACKENDS:
-        raise RepositoryError(f"--features-backend {features_backend!r}: expected one of {FEATURES_BACKENDS}")
+        raise RepositoryError(f"--features-backend {features_backend!r}: expected one of {tuple(FEATURES_BACKENDS)}")
+    fb = FEATURES_BACKENDS[features_backend]
     if s.kind not in KINDS:
         raise RepositoryError(f"--kind {s.kind!r}: expected one of {KINDS}")
     if s.instances < 1 or s.max_batch < 1:
         raise RepositoryError("--instances and --max-batch must be at least 1")
-    if features_backend == "tensorrt_plan" and not (engine_path and os.path.isfile(engine_path)):
-        raise RepositoryError(f"--features-backend tensorrt_plan needs --engine PATH (a built engine), got {engine_path!r}")
-    features = read_features(onnx_path)
+    if fb.needs_engine and not (engine_path and os.path.isfile(engine_path)):
+        raise RepositoryError(f"--features-backend {fb.name} needs --engine PATH (a built engine), got {engine_path!r}")
+    try:
+        features = FeatureSpec.from_dict(read_features(onnx_path), f"{onnx_path} metadata")
+    except SpecError as e:
+        raise RepositoryError(str(e)) from None
     precision = read_metadata(onnx_path).get(PRECISION_KEY, "fp32")
     try:
         banks = load_banks(bank_dir)
@@ -186,18 +193,14 @@ def assemble(onnx_path: str, bank_dir: str, out_dir: str, features_backend: str 
         copy_resource(src / "exdd_scorer" / "1" / "model.py", os.path.join(scorer_v, "model.py"))
         copy_resource(importlib.resources.files("exdd.scoring"), os.path.join(scorer_v, "exdd_scoring"))
         _copy_banks(bank_dir, os.path.join(scorer_v, "banks"), manifest)
-        fjson = json.dumps(features, indent=2, sort_keys=True)
+        fjson = json.dumps(features.to_dict(), indent=2, sort_keys=True)
         _write(os.path.join(scorer_v, "features.json"), fjson)
         _write(os.path.join(feats_v, "features.json"), fjson)
-        if features_backend == "tensorrt_plan":
-            shutil.copy2(engine_path, os.path.join(feats_v, "model.plan"))
-        else:
-            shutil.copy2(onnx_path, os.path.join(feats_v, "model.onnx"))
-        if features_backend == "python":
+        shutil.copy2(engine_path if fb.needs_engine else onnx_path, os.path.join(feats_v, fb.model_file))
+        if fb.python_model:
             copy_resource(src / "exdd_features" / "1" / "model.py", os.path.join(feats_v, "model.py"))
-        thr_text = "none" if thr is None else repr(thr)
         _write(os.path.join(tmp, "exdd_features", "config.pbtxt"), features_config(features, features_backend, s))
-        _write(os.path.join(tmp, "exdd_scorer", "config.pbtxt"), scorer_config(features, mode, thr_text, s))
+        _write(os.path.join(tmp, "exdd_scorer", "config.pbtxt"), scorer_config(features, mode, thr, s))
         _write(os.path.join(tmp, "exdd", "config.pbtxt"), ensemble_config(features, s))
         result = Assembled(out_dir, features, mode, thr, sha256_file(os.path.join(bank_dir, "manifest.json")))
         _write(os.path.join(tmp, "README.md"), readme(result, manifest, bank_dir, onnx_path, features_backend, s, precision))

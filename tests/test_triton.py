@@ -272,3 +272,11 @@ def test_serve_on_ipv6_loopback():
             c = Connection(url, protocol)
             assert c.info().input_hw == tu.INPUT_HW
             assert c.infer(tu.sample_images(1))["SCORE"].shape == (1, 1)
+
+
+def test_client_reads_the_served_feature_spec(server):
+    from exdd.client.connection import Connection
+    from exdd.scoring import FeatureSpec
+    info = Connection(server.grpc_url).info()
+    assert info.features == FeatureSpec.from_dict(tu.extractor()[1])
+    assert info.features.input_size == info.input_hw == tu.INPUT_HW
