@@ -22,8 +22,8 @@ def client() -> None:
 
 
 def _bar(total: int, unit: str = "img"):
-    from tqdm import tqdm
-    return tqdm(total=total, unit=unit, file=sys.stderr, disable=not sys.stderr.isatty(), dynamic_ncols=True)
+    from exdd.progress import bar
+    return bar("", total, unit)
 
 
 @client.command()
@@ -199,18 +199,21 @@ def evaluate(dataset, urls, protocol, split, batch_size, concurrency, no_pixel, 
         fail(str(e), 3)
     finally:
         bar.close()
-    res.update(dataset=os.path.abspath(dataset), split=split, source="server " + ",".join(urls))
-    m = res["metrics"][info.mode]
+    res.dataset, res.split, res.source = os.path.abspath(dataset), split, "server " + ",".join(urls)
+    m = res.metrics[info.mode]
     keys = ["image_auroc", "image_ap", "image_f1_max", "pixel_auroc", "pixel_aupro"]
     click.echo(f"mode {info.mode}: " + ", ".join(f"{k} {m.get(k, float('nan')):.4f}" for k in keys))
     if offline_json:
-        off = json.load(open(offline_json))["metrics"].get(info.mode, {})
-        diffs = {k: m.get(k, float("nan")) - off.get(k, float("nan")) for k in keys}
+        from exdd.results import EvaluationResults, ResultsError
+        try:
+            off = EvaluationResults.load(offline_json).metrics.get(info.mode, {})
+        except ResultsError as e:
+            fail(str(e))
+        num = lambda v: float("nan") if v is None else float(v)  # noqa: E731
+        diffs = {k: num(m.get(k)) - num(off.get(k)) for k in keys}
         click.echo("minus offline: " + ", ".join(f"{k} {v:+.4f}" for k, v in diffs.items()))
-        res["offline_difference"] = diffs
+        res.extra["offline_difference"] = diffs
     if out_json:
-        with open(out_json, "w") as f:
-            json.dump(res, f, indent=1)
-    if res["errors"]:
-        for e in res["errors"]:
-            click.echo(f"error: {e['error']}", err=True)
+        res.save(out_json)
+    for e in res.errors:
+        click.echo(f"error: {e.error}", err=True)

@@ -8,6 +8,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 import numpy as np
 
 from exdd.images import ImageReadError, image_size, read_image, read_mask
+from exdd.results import ErrorRow, EvaluationResults, ImageResult
 from exdd.offline.datasets import Sample
 from exdd.offline.metrics import summary
 from .connection import Connection, ModelInfo, with_retries
@@ -15,7 +16,7 @@ from .connection import Connection, ModelInfo, with_retries
 
 def evaluate(samples: Sequence[Sample], conn_factory: Callable[[], Connection], info: ModelInfo, batch: int,
              concurrency: int, retries: int = 5, with_pixel: bool = True,
-             progress: Optional[Callable[[int], None]] = None) -> Dict:
+             progress: Optional[Callable[[int], None]] = None) -> EvaluationResults:
     """Scores (and maps) of every readable sample from the server; metrics of the served mode."""
     local = threading.local()
     hw = info.input_hw
@@ -68,11 +69,10 @@ def evaluate(samples: Sequence[Sample], conn_factory: Callable[[], Connection], 
     mp = np.concatenate(maps).astype(np.float32) if maps else None
     mk = np.stack(masks) if masks else None
     met = summary(sc, labels, mp if with_pixel and mk is not None and mk.any() else None, mk)
-    return {
-        "metrics": {info.mode: met}, "default_mode": info.mode,
-        "thresholds": {info.mode: info.threshold} if info.threshold is not None else {},
-        "images": [{"path": s.path, "label": int(s.label), "kind": s.kind, "scores": {info.mode: float(sc[i])},
-                    "s_neg": float(sn[i]), "s_pos": float(sp[i])}
-                   for i, s in enumerate(kept)],
-        "errors": [{"path": p, "error": e} for p, e in errors],
-    }
+    return EvaluationResults(
+        metrics={info.mode: met}, default_mode=info.mode,
+        thresholds={info.mode: info.threshold} if info.threshold is not None else {},
+        images=[ImageResult(s.path, int(s.label), {info.mode: float(sc[i])}, s.kind, float(sn[i]), float(sp[i]))
+                for i, s in enumerate(kept)],
+        errors=[ErrorRow(p, e) for p, e in errors],
+        weights=info.features.weights if info.features else None)

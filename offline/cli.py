@@ -1,7 +1,6 @@
 """``exdd offline``: build banks, evaluate, synthesize defects, sweep."""
 from __future__ import annotations
 
-import json
 import os
 import time
 
@@ -62,7 +61,7 @@ def build(dataset, out_dir, weights, d, projection_seed, input_size, layout, neg
     """Build the negative and positive banks of DATASET into --out."""
     from .build import BuildConfig, build as run_build
     from .datasets import DatasetError
-    from .progress import bar
+    from exdd.progress import bar
     model, info = _extractor(weights, d, projection_seed, parse_hw(input_size))
     info["weights_source"] = os.path.abspath(weights) if os.path.isfile(weights) else weights
     cfg = BuildConfig(neg_ratio=neg_ratio, pos_ratio=pos_ratio, min_size=min_bank, k=k, min_cover=min_cover,
@@ -101,8 +100,9 @@ def evaluate(dataset, bank_dir, weights, layout, split, out_json, batch_size, no
     """Score DATASET's test split with the banks; metrics of every mode side by side."""
     from exdd.scoring import BankError, Scorer, load_banks, read_manifest_spec
     from .datasets import DatasetError, load_split
+    from exdd.results import ErrorRow, EvaluationResults, ImageResult
     from .evaluate import confusion, metrics_of, score_split, table
-    from .progress import bar
+    from exdd.progress import bar
     try:
         feats = read_manifest_spec(bank_dir)
     except BankError as e:
@@ -130,22 +130,18 @@ def evaluate(dataset, bank_dir, weights, layout, split, out_json, batch_size, no
     for m, v in metrics.items():
         if m in thresholds and (labels >= 0).all():
             v["at_threshold"] = confusion(scored.scores[m], labels, thresholds[m])
-    result = {
-        "dataset": os.path.abspath(dataset), "split": split, "banks": os.path.abspath(bank_dir),
-        "weights": info["weights"], "weights_note": banks.manifest.get("weights_note", ""),
-        "default_mode": scorer.default_mode, "thresholds": thresholds, "metrics": metrics,
-        "images": [{"path": s.path, "label": int(s.label), "kind": s.kind,
-                    "scores": {m: float(scored.scores[m][i]) for m in scored.scores},
-                    "s_neg": float(scored.s_neg[i]), "s_pos": float(scored.s_pos[i])}
-                   for i, s in enumerate(scored.samples)],
-        "errors": [{"path": p, "error": e} for p, e in scored.errors],
-        "seconds": round(time.time() - t0, 2),
-    }
+    result = EvaluationResults(
+        source="offline", dataset=os.path.abspath(dataset), split=split, banks=os.path.abspath(bank_dir),
+        weights=info["weights"], weights_note=banks.manifest.get("weights_note", ""),
+        default_mode=scorer.default_mode, thresholds=thresholds, metrics=metrics,
+        images=[ImageResult(s.path, int(s.label), {m: float(scored.scores[m][i]) for m in scored.scores}, s.kind,
+                            float(scored.s_neg[i]), float(scored.s_pos[i]))
+                for i, s in enumerate(scored.samples)],
+        errors=[ErrorRow(p, e) for p, e in scored.errors],
+        seconds=round(time.time() - t0, 2))
     if out_json:
-        os.makedirs(os.path.dirname(os.path.abspath(out_json)), exist_ok=True)
-        with open(out_json, "w") as f:
-            json.dump(result, f, indent=1)
-    click.echo(f"weights: {info['weights']}" + (f"  [{result['weights_note']}]" if result["weights_note"] else ""))
+        result.save(out_json)
+    click.echo(f"weights: {info['weights']}" + (f"  [{result.weights_note}]" if result.weights_note else ""))
     click.echo(f"images: {len(scored.samples)} ({int((labels == 1).sum())} defective, {int((labels < 0).sum())} "
                f"unlabelled), unreadable: {len(scored.errors)}")
     click.echo(table(metrics))
