@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from typing import Tuple
+from typing import Iterator, Tuple
 
 import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
@@ -117,3 +117,14 @@ def read_mask(path: str, expect_hw: Tuple[int, int] | None, size_hw: Tuple[int, 
 def is_image_name(path: str) -> bool:
     """Whether a file name has an image suffix."""
     return os.path.splitext(path)[1].lower() in IMAGE_SUFFIXES
+
+
+def walk_files(root: str, all_files: bool = False) -> Iterator[str]:
+    """The one folder walker: files below root in a stable order (folders and files sorted), hidden ones
+    skipped; only image-named files unless all_files."""
+    for d, dirs, files in os.walk(root):
+        dirs.sort()
+        dirs[:] = [x for x in dirs if not x.startswith(".")]
+        for f in sorted(files):
+            if not f.startswith(".") and (all_files or is_image_name(f)):
+                yield os.path.join(d, f)
