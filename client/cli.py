@@ -179,7 +179,7 @@ def bench(urls, protocol, batch_sizes, concurrencies, requests, image_dir, out_j
               help="An `exdd offline evaluate --out` JSON to compare the metrics with.")
 def evaluate(dataset, urls, protocol, split, batch_size, concurrency, no_pixel, out_json, offline_json):
     """Metrics (image/pixel AUROC, ...) of the served model on a labelled dataset."""
-    from exdd.offline.datasets import DatasetError, load_split
+    from exdd.datasets import DatasetError, load_split
     from .connection import Connection, RequestRejected, ServerUnavailable
     from .evaluate import evaluate as run_eval
     try:

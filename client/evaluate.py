@@ -9,8 +9,8 @@ import numpy as np
 
 from exdd.images import ImageReadError, image_size, read_image, read_mask
 from exdd.results import ErrorRow, EvaluationResults, ImageResult
-from exdd.offline.datasets import Sample
-from exdd.offline.metrics import summary
+from exdd.datasets import Sample
+from exdd.metrics import summary
 from .connection import Connection, ModelInfo, with_retries
 
 

@@ -168,7 +168,7 @@ def scores_labels(results: Dict[str, Any], mode: str, labelled_only: bool = True
 
 def roc_of(scores: np.ndarray, labels: np.ndarray) -> Optional[Tuple[np.ndarray, np.ndarray]]:
     """(fpr, tpr) of scores against 0/1 labels, or None unless both classes are present."""
-    from exdd.offline.metrics import roc_curve
+    from exdd.metrics import roc_curve
     if scores.size == 0 or labels.min() == labels.max():
         return None
     fpr, tpr, _ = roc_curve(scores, labels)
@@ -460,7 +460,7 @@ def build_report(results: Dict[str, Any], title: str = "ExDD evaluation report",
         at[m] = given
         curve = roc_of(s, y)
         if curve is not None:
-            from exdd.offline.metrics import auroc
+            from exdd.metrics import auroc
             op = (_num(given.get("fpr")), _num(given.get("tpr")))
             data["roc"][m] = {"fpr": curve[0].tolist(), "tpr": curve[1].tolist(), "auroc": auroc(s, y),
                               "operating_point": op if thr is not None else None}

@@ -23,7 +23,7 @@ from exdd.scoring import MODES, Bank, BankPair, Scorer, save_bank
 from exdd.scoring.knn import bank_neighbors
 from .calibrate import threshold
 from .coreset import bank_size, chunked_kcenter
-from .datasets import Sample, holdout_split, load_split, synthetic
+from exdd.datasets import Sample, holdout_split, load_split, synthetic
 from .extract import Extracted, extract
 from .weights import is_random
 

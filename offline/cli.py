@@ -60,7 +60,7 @@ def build(dataset, out_dir, weights, d, projection_seed, input_size, layout, neg
           min_cover, synthetic_dirs, holdout, threshold_rule, target_fpr, default_mode, seed, batch_size):
     """Build the negative and positive banks of DATASET into --out."""
     from .build import BuildConfig, build as run_build
-    from .datasets import DatasetError
+    from exdd.datasets import DatasetError
     from exdd.progress import bar
     model, info = _extractor(weights, d, projection_seed, parse_hw(input_size))
     info["weights_source"] = os.path.abspath(weights) if os.path.isfile(weights) else weights
@@ -99,7 +99,7 @@ def build(dataset, out_dir, weights, d, projection_seed, input_size, layout, neg
 def evaluate(dataset, bank_dir, weights, layout, split, out_json, batch_size, no_pixel):
     """Score DATASET's test split with the banks; metrics of every mode side by side."""
     from exdd.scoring import BankError, Scorer, load_banks, read_manifest_spec
-    from .datasets import DatasetError, load_split
+    from exdd.datasets import DatasetError, load_split
     from exdd.results import ErrorRow, EvaluationResults, ImageResult
     from .evaluate import confusion, metrics_of, score_split, table
     from exdd.progress import bar

@@ -8,9 +8,9 @@ import numpy as np
 
 from exdd.scoring import MODES, Scorer
 from exdd.scoring.scorer import MAP_OF_MODE
-from .datasets import Sample
+from exdd.datasets import Sample
 from .extract import batches, run_extractor
-from .metrics import summary
+from exdd.metrics import summary
 
 
 @dataclass

@@ -9,7 +9,7 @@ import torch
 
 from exdd.images import ImageReadError, read_image, read_mask, image_size
 from exdd.log import get as _logger
-from .datasets import Sample
+from exdd.datasets import Sample
 
 log = _logger(__name__)
 

@@ -80,7 +80,7 @@ def test_uncalibrated_repository_scores_streams_and_evaluates(server, tmp_path):
 def test_client_evaluate_keeps_images_and_labels_paired_past_a_bad_mask(server, tmp_path):
     """Defect 2: a mis-sized mask used to leave its image in the batch, shifting every later score."""
     from exdd.images import read_image
-    from exdd.offline.datasets import load_split
+    from exdd.datasets import load_split
     data = tmp_path / "data"
     shutil.copytree(tu.dataset(), data)
     samples = load_split(str(data), "test")

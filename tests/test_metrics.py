@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 sk = pytest.importorskip("sklearn.metrics")
-from exdd.offline.metrics import aupro, auroc, average_precision, f1_max  # noqa: E402
+from exdd.metrics import aupro, auroc, average_precision, f1_max  # noqa: E402
 
 
 def test_auroc_ap_match_sklearn_with_ties():
@@ -52,7 +52,7 @@ def test_metrics_module_runs_on_numpy_1(tmp_path):
     py = os.path.join(venv, "bin", "python")
     if not os.path.isfile(py):
         pytest.skip(f"no serving venv with NumPy 1.x at {venv}")
-    import exdd.offline.metrics as m
+    import exdd.metrics as m
     code = ("import importlib.util, numpy as np, sys\n"
             "assert np.__version__.startswith('1.'), np.__version__\n"
             f"spec = importlib.util.spec_from_file_location('metrics', {m.__file__!r})\n"

@@ -7,7 +7,7 @@ import numpy as np
 from PIL import Image
 
 from conftest import TINY_ARGS, copy_dataset, run_exdd
-from exdd.offline.datasets import holdout_split, load_split, detect_layout
+from exdd.datasets import holdout_split, load_split, detect_layout
 
 
 def test_build_writes_banks_and_manifest(tiny_banks):

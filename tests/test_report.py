@@ -21,7 +21,7 @@ CHROMIUM = next((p for p in (shutil.which(n) for n in ("chromium", "chromium-bro
 def _heatmaps(dataset: str, bank_dir: str, out_dir: str, mode: str) -> dict:
     """Real anomaly maps of the test split as overlay PNGs, {image path: png path}."""
     from exdd.images import read_image, read_mask
-    from exdd.offline.datasets import load_split
+    from exdd.datasets import load_split
     from exdd.offline.evaluate import score_split
     from exdd.offline.features import build_extractor
     from exdd.overlay import overlay, save_png

@@ -17,7 +17,7 @@ from exdd import __version__
 from exdd.images import ImageReadError, image_size, read_image, read_mask
 from exdd.progress import Progress
 
-from ..datasets import load_split
+from exdd.datasets import load_split
 from . import writer
 from .diffmask import DiffMaskRule
 from .methods import SYNTH_METHODS, SynthMethod
