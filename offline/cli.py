@@ -7,7 +7,9 @@ import time
 import click
 import numpy as np
 
+from exdd import defaults
 from exdd.cli_common import fail, input_size_option, parse_hw
+from exdd.datasets import layout_choices
 from exdd.scoring.bank import MIN_K
 from exdd.scoring.scores import MODES
 
@@ -37,21 +39,22 @@ def offline() -> None:
 @click.argument("dataset", type=click.Path(exists=True, file_okay=False))
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Bank directory to write.")
 @click.option("--weights", default="imagenet", show_default=True, help="imagenet | PATH (.safetensors/.pth) | random:SEED")
-@click.option("--d", "d", default=256, show_default=True, help="Projection dimension (1536 -> d).")
+@click.option("--d", "d", default=defaults.D, show_default=True, help="Projection dimension (1536 -> d).")
 @click.option("--projection-seed", default=0, show_default=True)
 @input_size_option
-@click.option("--layout", default="auto", type=click.Choice(["auto", "ksdd2", "mvtec"]), show_default=True)
-@click.option("--neg-ratio", default=0.01, show_default=True, help="Coreset ratio of the negative bank.")
-@click.option("--pos-ratio", default=0.10, show_default=True, help="Coreset ratio of the positive bank.")
-@click.option("--min-bank", default=1000, show_default=True, help="A bank keeps at least this many (capped at N).")
-@click.option("--k", default=3, show_default=True, type=click.IntRange(min=MIN_K),
+@click.option("--layout", default="auto", type=click.Choice(layout_choices(labelled_only=True)), show_default=True)
+@click.option("--neg-ratio", default=defaults.NEG_RATIO, show_default=True, help="Coreset ratio of the negative bank.")
+@click.option("--pos-ratio", default=defaults.POS_RATIO, show_default=True, help="Coreset ratio of the positive bank.")
+@click.option("--min-bank", default=defaults.MIN_BANK, show_default=True,
+              help="A bank keeps at least this many (capped at N).")
+@click.option("--k", default=defaults.K, show_default=True, type=click.IntRange(min=MIN_K),
               help=f"Neighbourhood size of the reweighting (at least {MIN_K}: k-1 neighbours besides the nearest).")
 @click.option("--min-cover", default=0.3, show_default=True, help="Defect patch: cell covered by the mask at least this much.")
 @click.option("--synthetic", "synthetic_dirs", multiple=True, type=click.Path(exists=True, file_okay=False),
               help="Folder of synthetic defects (NNNNN.png + NNNNN_GT.png); repeatable.")
 @click.option("--holdout", default=0.1, show_default=True, help="Fraction of training images kept out for calibration.")
 @click.option("--threshold-rule", default="f1", type=click.Choice(["f1", "fpr"]), show_default=True)
-@click.option("--target-fpr", default=0.01, show_default=True, help="For --threshold-rule fpr.")
+@click.option("--target-fpr", default=defaults.TARGET_FPR, show_default=True, help="For --threshold-rule fpr.")
 @click.option("--mode", "default_mode", default="exdd", type=click.Choice(list(MODES)),
               show_default=True, help="Mode whose score the served model returns as SCORE.")
 @click.option("--seed", default=0, show_default=True)
@@ -90,7 +93,7 @@ def build(dataset, out_dir, weights, d, projection_seed, input_size, layout, neg
 @click.argument("dataset", type=click.Path(exists=True, file_okay=False))
 @click.option("--banks", "bank_dir", required=True, type=click.Path(exists=True, file_okay=False))
 @click.option("--weights", default=None, help="Defaults to the weights the banks were built with.")
-@click.option("--layout", default="auto", type=click.Choice(["auto", "ksdd2", "mvtec", "folder"]), show_default=True,
+@click.option("--layout", default="auto", type=click.Choice(layout_choices()), show_default=True,
               help="folder: every image below DATASET, unlabelled (scores only, no metrics).")
 @click.option("--split", default="test", show_default=True)
 @click.option("--out", "out_json", default=None, type=click.Path(dir_okay=False), help="Write results JSON here.")
@@ -156,7 +159,7 @@ def evaluate(dataset, bank_dir, weights, layout, split, out_json, batch_size, no
 @click.option("--counts", default="0,50,100,150", show_default=True, help="Synthetic samples per point.")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False))
 @click.option("--weights", default="imagenet", show_default=True)
-@click.option("--d", "d", default=256, show_default=True)
+@click.option("--d", "d", default=defaults.D, show_default=True)
 @click.option("--projection-seed", default=0, show_default=True)
 @input_size_option
 @click.option("--no-pixel", is_flag=True)
