@@ -20,6 +20,7 @@ from typing import List, Optional
 
 import click
 
+from exdd import defaults
 from exdd.results import EvaluationResults
 from exdd.scoring.scores import MODES
 
@@ -72,8 +73,8 @@ def _ready(url: str) -> bool:
 @click.option("--dataset", default=None, type=click.Path(exists=True, file_okay=False),
               help="A KSDD2/MVTec-layout dataset (default: bundled generated surfaces).")
 @click.option("--weights", default=None, help="imagenet | PATH | random:SEED (default: best available, said).")
-@click.option("--input-size", default="632x224", show_default=True)
-@click.option("--d", "d", default=256, show_default=True)
+@click.option("--input-size", default=defaults.INPUT_SIZE, show_default=True)
+@click.option("--d", "d", default=defaults.D, show_default=True)
 @click.option("--surface", default="brushed", type=click.Choice(["brushed", "commutator", "tile"]), show_default=True)
 @click.option("--port-base", default=0, show_default=True,
               help="HTTP port; gRPC +1, metrics +2 (loopback). 0: any free ports.")

@@ -6,6 +6,7 @@ import time
 
 import click
 
+from exdd import defaults
 from exdd.cli_common import fail, input_size_option, parse_hw
 from exdd.scoring.scores import MODES
 
@@ -34,7 +35,7 @@ def _features_source(banks, weights, d, projection_seed, input_size):
 @click.option("--banks", default=None, type=click.Path(exists=True, file_okay=False),
               help="Take weights, d, projection seed and input size from this bank directory's manifest.")
 @click.option("--weights", default=None, help="imagenet | PATH | random:SEED (default: the banks' or imagenet).")
-@click.option("--d", "d", default=256, show_default=True, help="Projection dimension (ignored with --banks).")
+@click.option("--d", "d", default=defaults.D, show_default=True, help="Projection dimension (ignored with --banks).")
 @click.option("--projection-seed", default=0, show_default=True, help="(ignored with --banks)")
 @input_size_option
 @click.option("--precision", default="fp32", type=click.Choice(["fp32", "fp16"]), show_default=True)

@@ -18,14 +18,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from exdd import defaults
 from exdd.scoring.spec import FeatureSpec
 
 from .weights import BACKBONE, load_backbone
 
 LAYERS = ("layer2", "layer3")
 CHANNELS = (512, 1024)
-DEFAULT_INPUT_HW = (632, 224)
-DEFAULT_D = 256
+DEFAULT_INPUT_HW = defaults.INPUT_HW
+DEFAULT_D = defaults.D
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 
