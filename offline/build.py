@@ -26,7 +26,7 @@ from exdd.scoring.knn import bank_neighbors
 from exdd.scoring.scores import DEFAULT_GAMMA, fusion_inputs
 from .calibrate import threshold
 from .coreset import bank_size, chunked_kcenter
-from .datasets import Sample, holdout_split, load_split, synthetic
+from exdd.datasets import Sample, holdout_split, load_split, synthetic
 from .extract import Extracted, extract
 from .weights import is_random
 

@@ -7,9 +7,9 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 import numpy as np
 
 from exdd.scoring import MODES, Scorer, map_of_mode
-from .datasets import Sample
+from exdd.datasets import Sample
 from .extract import batches, run_extractor
-from .metrics import summary
+from exdd.metrics import summary
 
 
 @dataclass

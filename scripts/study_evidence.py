@@ -20,7 +20,7 @@ import warnings
 import numpy as np
 
 from exdd.offline.build import BuildConfig, build
-from exdd.offline.datasets import holdout_split, load_split
+from exdd.datasets import holdout_split, load_split
 from exdd.offline.feature_cache import extract_raw
 from exdd.offline.features import fingerprint, make_projection
 from exdd.scoring import load_banks

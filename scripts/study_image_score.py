@@ -19,7 +19,7 @@ from typing import Callable, Dict
 import numpy as np
 
 from exdd.offline.feature_cache import RawCache
-from exdd.offline.metrics import aupro, auroc
+from exdd.metrics import aupro, auroc
 from exdd.scoring import upsample_smooth, upsample_smooth_matrices
 from exdd.scoring.fusion import fit_fusion, fusion_features, fusion_score
 

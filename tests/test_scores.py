@@ -134,7 +134,7 @@ def test_upsample_matches_torch_and_smoothing_matches_scipy():
 def test_near_zero_positive_distance_keeps_maps_and_metrics_finite():
     """A patch sitting on a positive-bank vector gives a ratio of ~a_neg / eps: maps stay finite (float32)
     through the offline evaluator and every pixel metric is a number (was: float16 overflow -> inf -> nan)."""
-    from exdd.offline.datasets import Sample
+    from exdd.datasets import Sample
     from exdd.offline.evaluate import metrics_of, score_features
     rng = np.random.default_rng(3)
     pair = make_pair(rng)

@@ -53,11 +53,13 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         version_dir = os.path.join(args["model_repository"], str(args["model_version"]))
         features_path = os.path.join(version_dir, "features.json")
-        try:
-            with open(features_path) as f:
-                expected = json.load(f)
-        except (OSError, ValueError) as e:
-            raise RuntimeError(f"exdd_scorer: cannot read {features_path}: {e}") from None
+        expected = None   # without features.json (banks copied into the committed template) exdd_features checks
+        if os.path.exists(features_path):
+            try:
+                with open(features_path) as f:
+                    expected = exdd_scoring.FeatureSpec.from_json(f.read(), features_path)
+            except (OSError, ValueError) as e:
+                raise RuntimeError(f"exdd_scorer: cannot read {features_path}: {e}") from None
         try:
             banks = exdd_scoring.load_banks(os.path.join(version_dir, "banks"), expected_features=expected)
         except exdd_scoring.BankError as e:

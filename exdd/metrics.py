@@ -10,6 +10,13 @@ from typing import Dict, Tuple
 import numpy as np
 
 
+def trapezoid(y: np.ndarray, x: np.ndarray) -> float:
+    """Area under the piecewise-linear curve y(x) (the trapezoidal rule; works on NumPy 1.x and 2.x)."""
+    y = np.asarray(y, dtype=np.float64)
+    x = np.asarray(x, dtype=np.float64)
+    return float(np.sum(np.diff(x) * (y[1:] + y[:-1]) * 0.5))
+
+
 def _curve(scores: np.ndarray, labels: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Cumulative true and false positives at each distinct threshold (descending), and thresholds."""
     s = np.asarray(scores, dtype=np.float64).ravel()
@@ -29,7 +36,7 @@ def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
         return float("nan")
     tpr = np.r_[0.0, tp / tp[-1]]
     fpr = np.r_[0.0, fp / fp[-1]]
-    return float(np.trapezoid(tpr, fpr))
+    return trapezoid(tpr, fpr)
 
 
 def roc_curve(scores: np.ndarray, labels: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -95,7 +102,7 @@ def aupro(maps: np.ndarray, masks: np.ndarray, max_fpr: float = 0.3) -> float:
         f0, f1_, p0, p1 = fpr[j - 1], fpr[j], pro[j - 1], pro[j]
         p_cut = p0 + (p1 - p0) * (max_fpr - f0) / max(f1_ - f0, 1e-12)
         fpr, pro = np.r_[fpr[:j], max_fpr], np.r_[pro[:j], p_cut]
-    return float(np.trapezoid(pro, fpr) / max_fpr)
+    return trapezoid(pro, fpr) / max_fpr
 
 
 def summary(image_scores: np.ndarray, image_labels: np.ndarray, maps: np.ndarray | None,
