@@ -134,11 +134,17 @@ def load_into_timm(net: torch.nn.Module, weights: str) -> None:
     assert not res.missing_keys and not res.unexpected_keys
     if not any(k.startswith("layer3.") for k in own) or not any(k.startswith("layer2.") for k in own):
         raise RuntimeError("anomalib's extractor lacks layer2/layer3")
+    check_same_backbone(net, ours)
+
+
+def check_same_backbone(net: torch.nn.Module, ours: torch.nn.Module) -> None:
+    """Raise unless the timm extractor's (layer2, layer3) equal exdd's backbone's on a seeded probe."""
     probe = torch.randn(1, 3, 96, 64, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         l2, l3 = ours(probe)
-        net.eval()
-        feats = net(probe)
+        feats = net.eval()(probe)
+    if len(feats) != 2:
+        raise RuntimeError(f"anomalib's extractor gives {len(feats)} feature maps, expected layer2 and layer3")
     for a, b in zip((l2, l3), feats):
         if a.shape != b.shape or not torch.allclose(a, b, rtol=1e-4, atol=1e-4):
             raise RuntimeError("anomalib's backbone output differs from exdd's with the same weights")
