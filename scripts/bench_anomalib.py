@@ -305,7 +305,7 @@ def main() -> None:
     ap.add_argument("--dataset", action="append", help="KSDD2-layout dataset (repeatable); default both dev sets")
     ap.add_argument("--weights", default="../shared/weights/wrn50-random0-bncal.safetensors")
     ap.add_argument("--input-size", default="632x224", help="HxW")
-    ap.add_argument("--d", type=int, default=256, help="exdd projection dimension")
+    ap.add_argument("--d", default="256", help="exdd projection dimension(s), comma-separated (e.g. 256,512)")
     ap.add_argument("--coreset", type=float, default=None,
                     help="anomalib coreset_sampling_ratio (default: exdd's negative ratio, 0.01)")
     ap.add_argument("--also-anomalib-default", action="store_true",
@@ -333,7 +333,8 @@ def main() -> None:
         import anomalib
         import timm
         versions.update(anomalib=anomalib.__version__, timm=timm.__version__)
-    report: Dict[str, Any] = {"versions": versions, "input_size": list(hw), "weights": a.weights, "d": a.d,
+    dims = [int(v) for v in str(a.d).split(",")]
+    report: Dict[str, Any] = {"versions": versions, "input_size": list(hw), "weights": a.weights, "d": dims,
                               "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
                                          f"torch threads {a.threads}", "datasets": {}}
     for ds in datasets:
@@ -353,13 +354,15 @@ def main() -> None:
             print(f"{label}: {rows[label]}", file=sys.stderr, flush=True)
             del res
         if not a.skip_exdd:
-            modes, infer = exdd_modes(split, a.weights, hw, d=a.d, cfg=cfg, cache=a.cache,
-                                      work=os.path.join(a.out, "banks"))
-            for m, res in modes.items():
-                rows[f"exdd {m}"] = {**metrics(res, split, a.resamples, a.seed), "fit_s": res.fit_s, **res.info}
-                print(f"exdd {m}: {rows[f'exdd {m}']}", file=sys.stderr, flush=True)
-            infers["exdd"] = infer
-            del modes
+            for d in dims:
+                modes, infer = exdd_modes(split, a.weights, hw, d=d, cfg=cfg, cache=a.cache,
+                                          work=os.path.join(a.out, f"banks-d{d}"))
+                tag = "" if len(dims) == 1 else f" (d={d})"
+                for m, res in modes.items():
+                    rows[f"exdd {m}{tag}"] = {**metrics(res, split, a.resamples, a.seed), "fit_s": res.fit_s, **res.info}
+                    print(f"exdd {m}{tag}: {rows[f'exdd {m}{tag}']}", file=sys.stderr, flush=True)
+                infers.setdefault("exdd", infer)
+                del modes
         sp = {}
         if a.speed_images > 0 and infers:
             sp = speed(infers, [s.path for s in split.test[:a.speed_images]], (1, 8), a.speed_reps)
@@ -376,7 +379,7 @@ def main() -> None:
             bank = (f"{v['memory_bank'][0]} x {v['memory_bank'][1]}" if "memory_bank" in v
                     else f"{v['negative_bank']} + {v['positive_bank']} x {v['d']}")
             s = sp.get(side, {}) if (side == "anomalib" and k == runs[0][0]) or \
-                (side == "exdd" and k == f"exdd {v.get('default_mode')}") else {}
+                (side == "exdd" and k.startswith(f"exdd {v.get('default_mode')}") and v.get("d") == dims[0]) else {}
             fit = f"{v['fit_s']:.0f}" + (f" ({v['fit_negative_s']:.0f})" if "fit_negative_s" in v else "")
             print(f"| {k} | {fmt(v, 'image_auroc')} | {fmt(v, 'pixel_auroc')} | {fit} | {bank} | "
                   f"{s.get(1, float('nan')):.2f} | {s.get(8, float('nan')):.2f} |", flush=True)
