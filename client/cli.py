@@ -23,8 +23,8 @@ def client() -> None:
 
 
 def _bar(total: int, unit: str = "img"):
-    from tqdm import tqdm
-    return tqdm(total=total, unit=unit, file=sys.stderr, disable=not sys.stderr.isatty(), dynamic_ncols=True)
+    from exdd.progress import bar
+    return bar("", total, unit)
 
 
 @client.command()
@@ -97,11 +97,11 @@ def score(paths, out_path, urls, protocol, batch_size, concurrency, threshold, h
 @click.option("--out", "out_path", type=click.Path(dir_okay=False), default=None, help="Also append JSONL here.")
 def stream(source, urls, protocol, max_in_flight, threshold, max_frames, out_path):
     """Stream frames and print one decision line per frame as answers come (Ctrl-C stops cleanly)."""
-    from .connection import Connection, ServerUnavailable
+    from .connection import Connection, RequestRejected, ServerUnavailable
     from .stream import stream as run_stream
     try:
         info = Connection(urls[0], protocol).info()
-    except ServerUnavailable as e:
+    except (ServerUnavailable, RequestRejected) as e:
         fail(str(e), 3)
     out = open(out_path, "a") if out_path else None
     tick = {"n": 0, "t": time.perf_counter()}
@@ -145,11 +145,11 @@ def bench(urls, protocol, batch_sizes, concurrencies, requests, image_dir, out_j
     import numpy as np
     from exdd.images import read_image
     from .bench import bench_point, perf_analyzer_input, table
-    from .connection import Connection, ServerUnavailable
+    from .connection import Connection, RequestRejected, ServerUnavailable
     from .sources import expand
     try:
         info = Connection(urls[0], protocol).info()
-    except ServerUnavailable as e:
+    except (ServerUnavailable, RequestRejected) as e:
         fail(str(e), 3)
     if image_dir:
         imgs = np.stack([read_image(p, info.input_hw) for p in expand([image_dir])[:16]])
@@ -188,13 +188,13 @@ def bench(urls, protocol, batch_sizes, concurrencies, requests, image_dir, out_j
               help="An `exdd offline evaluate --out` JSON to compare the metrics with.")
 def evaluate(dataset, urls, protocol, split, batch_size, concurrency, no_pixel, out_json, offline_json):
     """Metrics (image/pixel AUROC, ...) of the served model on a labelled dataset."""
-    from exdd.offline.datasets import DatasetError, load_split
-    from .connection import Connection, ServerUnavailable
+    from exdd.datasets import DatasetError, load_split
+    from .connection import Connection, RequestRejected, ServerUnavailable
     from .evaluate import evaluate as run_eval
     try:
         samples = load_split(dataset, split)
         info = Connection(urls[0], protocol).info()
-    except (DatasetError, ServerUnavailable) as e:
+    except (DatasetError, ServerUnavailable, RequestRejected) as e:
         fail(str(e), 2 if isinstance(e, DatasetError) else 3)
     k = {"i": 0}
 
@@ -208,18 +208,21 @@ def evaluate(dataset, urls, protocol, split, batch_size, concurrency, no_pixel, 
         fail(str(e), 3)
     finally:
         bar.close()
-    res.update(dataset=os.path.abspath(dataset), split=split, source="server " + ",".join(urls))
-    m = res["metrics"][info.mode]
+    res.dataset, res.split, res.source = os.path.abspath(dataset), split, "server " + ",".join(urls)
+    m = res.metrics[info.mode]
     keys = ["image_auroc", "image_ap", "image_f1_max", "pixel_auroc", "pixel_aupro"]
     click.echo(f"mode {info.mode}: " + ", ".join(f"{k} {m.get(k, float('nan')):.4f}" for k in keys))
     if offline_json:
-        off = json.load(open(offline_json))["metrics"].get(info.mode, {})
-        diffs = {k: m.get(k, float("nan")) - off.get(k, float("nan")) for k in keys}
+        from exdd.results import EvaluationResults, ResultsError
+        try:
+            off = EvaluationResults.load(offline_json).metrics.get(info.mode, {})
+        except ResultsError as e:
+            fail(str(e))
+        num = lambda v: float("nan") if v is None else float(v)  # noqa: E731
+        diffs = {k: num(m.get(k)) - num(off.get(k)) for k in keys}
         click.echo("minus offline: " + ", ".join(f"{k} {v:+.4f}" for k, v in diffs.items()))
-        res["offline_difference"] = diffs
+        res.extra["offline_difference"] = diffs
     if out_json:
-        with open(out_json, "w") as f:
-            json.dump(res, f, indent=1)
-    if res["errors"]:
-        for e in res["errors"]:
-            click.echo(f"error: {e['error']}", err=True)
+        res.save(out_json)
+    for e in res.errors:
+        click.echo(f"error: {e.error}", err=True)

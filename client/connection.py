@@ -5,11 +5,14 @@ calibration (read from its config, never hard-coded) and inference with retries.
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from typing import Dict, Optional
 
 import numpy as np
+
+from exdd.scoring.spec import FeatureSpec, SpecError
 
 MODEL = "exdd"
 SCORER = "exdd_scorer"
@@ -32,14 +35,33 @@ class ModelInfo:
     max_batch: int
     mode: str
     threshold: Optional[float]
+    features: Optional[FeatureSpec] = None    # the served extractor's fingerprint (repositories since issue 12)
+
+
+def served_threshold(text: Optional[str], where: str = "server") -> Optional[float]:
+    """The scorer's config parameter 'threshold': None when absent, empty or 'none' (an uncalibrated
+    repository), else a finite float; RequestRejected names any other value."""
+    if text is None or str(text).strip().lower() in ("", "none", "null"):
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not math.isfinite(value):
+        raise RequestRejected(f"{where}: model {SCORER!r} has config parameter threshold {str(text)[:40]!r}, "
+                              "not a number (rebuild the repository with `exdd export repository`)")
+    return value
 
 
 def normalise_url(url: str, protocol: str) -> str:
-    """host:port without scheme (tritonclient's form); default ports per protocol."""
+    """host:port without scheme (tritonclient's form), IPv6 hosts bracketed; default ports per protocol."""
     u = url.split("://", 1)[-1].rstrip("/")
-    if ":" not in u:
-        u += ":8001" if protocol == "grpc" else ":8000"
-    return u
+    port = ":8001" if protocol == "grpc" else ":8000"
+    if u.startswith("["):                      # [::1] or [::1]:8001
+        return u if "]:" in u else u + port
+    if u.count(":") > 1:                       # a bare IPv6 address: ::1 -> [::1]:8001
+        return f"[{u}]{port}"
+    return u if ":" in u else u + port
 
 
 def _is_unavailable(e: Exception) -> bool:
@@ -92,9 +114,18 @@ class Connection:
             raise ServerUnavailable(f"{self.url}: server not reachable ({e})") from None
         dims = next(i for i in cfg["input"] if i["name"] == "IMAGE")["dims"]
         params = {k: v.get("string_value") for k, v in (scorer.get("parameters") or {}).items()}
-        thr = params.get("threshold")
-        return ModelInfo((int(dims[0]), int(dims[1])), int(cfg.get("max_batch_size", 1)),
-                         params.get("mode", "exdd"), float(thr) if thr not in (None, "") else None)
+        features = None
+        if params.get("features"):
+            try:
+                features = FeatureSpec.from_json(params["features"], f"{self.url}: {SCORER} parameter features")
+            except SpecError as e:
+                raise RequestRejected(str(e)) from None
+        hw = (int(dims[0]), int(dims[1]))
+        if features is not None and features.input_size != hw:
+            raise RequestRejected(f"{self.url}: model {self.model!r} takes {hw[0]}x{hw[1]} images but its features "
+                                  f"say {features.input_size[0]}x{features.input_size[1]} (inconsistent repository)")
+        return ModelInfo(hw, int(cfg.get("max_batch_size", 1)), params.get("mode", "exdd"),
+                         served_threshold(params.get("threshold"), self.url), features)
 
     def infer(self, images: np.ndarray, threshold: Optional[float] = None, with_map: bool = False) -> Dict[str, np.ndarray]:
         """Outputs for a uint8 (B, H, W, 3) batch; ServerUnavailable or RequestRejected on failure."""

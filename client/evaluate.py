@@ -8,14 +8,15 @@ from typing import Callable, Dict, List, Optional, Sequence
 import numpy as np
 
 from exdd.images import ImageReadError, image_size, read_image, read_mask
-from exdd.offline.datasets import Sample
-from exdd.offline.metrics import summary
+from exdd.results import ErrorRow, EvaluationResults, ImageResult
+from exdd.datasets import Sample
+from exdd.metrics import summary
 from .connection import Connection, ModelInfo, with_retries
 
 
 def evaluate(samples: Sequence[Sample], conn_factory: Callable[[], Connection], info: ModelInfo, batch: int,
              concurrency: int, retries: int = 5, with_pixel: bool = True,
-             progress: Optional[Callable[[int], None]] = None) -> Dict:
+             progress: Optional[Callable[[int], None]] = None) -> EvaluationResults:
     """Scores (and maps) of every readable sample from the server; metrics of the served mode."""
     local = threading.local()
     hw = info.input_hw
@@ -23,13 +24,18 @@ def evaluate(samples: Sequence[Sample], conn_factory: Callable[[], Connection], 
     def run(chunk: Sequence[Sample]):
         imgs, masks, kept, errs = [], [], [], []
         for s in chunk:
-            try:
-                imgs.append(read_image(s.path, hw))
-                masks.append(read_mask(s.mask, image_size(s.path), hw) if s.mask else np.zeros(hw, bool))
-                kept.append(s)
+            try:   # read both first: a sample is kept (image, mask and label together) or is an error row
+                img = read_image(s.path, hw)
+                mask = read_mask(s.mask, image_size(s.path), hw) if s.mask else np.zeros(hw, bool)
             except ImageReadError as e:
                 errs.append((s.path, str(e)))
+                continue
+            imgs.append(img)
+            masks.append(mask)
+            kept.append(s)
         if not kept:
+            if progress:
+                progress(len(chunk))
             return kept, None, masks, errs
 
         def attempt(i: int):
@@ -54,7 +60,7 @@ def evaluate(samples: Sequence[Sample], conn_factory: Callable[[], Connection], 
             s_neg.append(out["SCORE_NEG"].reshape(-1))
             s_pos.append(out["SCORE_POS"].reshape(-1))
             if with_pixel:
-                maps.append(out["ANOMALY_MAP"].astype(np.float16))
+                maps.append(out["ANOMALY_MAP"].astype(np.float32))
                 masks += m
     labels = np.array([s.label for s in kept])
     sc = np.concatenate(scores) if scores else np.zeros(0)
@@ -63,11 +69,10 @@ def evaluate(samples: Sequence[Sample], conn_factory: Callable[[], Connection], 
     mp = np.concatenate(maps).astype(np.float32) if maps else None
     mk = np.stack(masks) if masks else None
     met = summary(sc, labels, mp if with_pixel and mk is not None and mk.any() else None, mk)
-    return {
-        "metrics": {info.mode: met}, "default_mode": info.mode,
-        "thresholds": {info.mode: info.threshold} if info.threshold is not None else {},
-        "images": [{"path": s.path, "label": int(s.label), "kind": s.kind, "scores": {info.mode: float(sc[i])},
-                    "s_neg": float(sn[i]), "s_pos": float(sp[i])}
-                   for i, s in enumerate(kept)],
-        "errors": [{"path": p, "error": e} for p, e in errors],
-    }
+    return EvaluationResults(
+        metrics={info.mode: met}, default_mode=info.mode,
+        thresholds={info.mode: info.threshold} if info.threshold is not None else {},
+        images=[ImageResult(s.path, int(s.label), {info.mode: float(sc[i])}, s.kind, float(sn[i]), float(sp[i]))
+                for i, s in enumerate(kept)],
+        errors=[ErrorRow(p, e) for p, e in errors],
+        weights=info.features.weights if info.features else None)

@@ -8,7 +8,6 @@ stops with a clear error and the rows written so far stay valid, so a rerun resu
 from __future__ import annotations
 
 import itertools
-import sys
 import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -18,7 +17,10 @@ from typing import Callable, Dict, List, Optional, Sequence
 import numpy as np
 
 from exdd.images import ImageReadError, read_image
+from exdd.log import get as _logger
 from .connection import Connection, ModelInfo, RequestRejected, ServerUnavailable, with_retries
+
+log = _logger(__name__)
 from .heatmaps import write_heatmap
 from .results import ResultWriter
 
@@ -106,7 +108,7 @@ def _run_batch(pool: _Pool, info: ModelInfo, cfg: JobConfig, paths: Sequence[str
 
     try:
         out, ms = with_retries(attempt, cfg.retries, cfg.backoff_s,
-                               on_retry=lambda e, d: print(f"warning: {e}; retrying in {d:.1f}s", file=sys.stderr))
+                               on_retry=lambda e, d: log.warning("%s; retrying in %.1fs", e, d))
     except RequestRejected as e:
         for i in good:
             rows[i]["error"] = f"{paths[i]}: server rejected the request ({e})"

@@ -6,7 +6,7 @@ import glob
 import os
 from typing import Iterable, List, Sequence
 
-from exdd.images import is_image_name
+from exdd.images import walk_files
 
 
 def expand(args: Iterable[str], all_files: bool = False, exclude: Sequence[str] = ()) -> List[str]:
@@ -29,12 +29,8 @@ def expand(args: Iterable[str], all_files: bool = False, exclude: Sequence[str] 
 
     for a in args:
         if os.path.isdir(a):
-            for d, dirs, files in os.walk(a):
-                dirs.sort()
-                dirs[:] = [x for x in dirs if not x.startswith(".")]
-                for f in sorted(files):
-                    if not f.startswith(".") and (all_files or is_image_name(f)):
-                        add(os.path.join(d, f))
+            for p in walk_files(a, all_files):
+                add(p)
         elif any(c in a for c in "*?["):
             for p in sorted(glob.glob(a, recursive=True)):
                 if os.path.isfile(p):

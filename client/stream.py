@@ -9,7 +9,7 @@ from typing import Callable, Deque, Dict, Iterator, Optional, Tuple
 
 import numpy as np
 
-from exdd.images import ImageReadError, read_image
+from exdd.images import ImageReadError, read_image, resize_rgb
 from .connection import Connection, ModelInfo
 from .sources import expand
 
@@ -34,7 +34,7 @@ def frames(source: str, hw: Tuple[int, int]) -> Iterator[Tuple[str, Optional[np.
             if not ok:
                 return
             rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-            yield f"{source}#{i}", cv2.resize(rgb, (hw[1], hw[0]), interpolation=cv2.INTER_LINEAR), None
+            yield f"{source}#{i}", resize_rgb(rgb, hw), None   # the same resize as files (exdd.images)
             i += 1
     finally:
         cap.release()

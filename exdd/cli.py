@@ -39,6 +39,8 @@ class LazyGroup(click.Group):
 @click.version_option(__version__, prog_name="exdd")
 def main() -> None:
     """exdd: ExDD surface-defect detection, built offline and served on NVIDIA Triton."""
+    from .log import configure
+    configure()
 
 
 if __name__ == "__main__":  # pragma: no cover

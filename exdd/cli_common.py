@@ -6,6 +6,8 @@ from typing import NoReturn, Tuple
 
 import click
 
+from . import defaults
+
 
 def fail(message: str, code: int = 2) -> NoReturn:
     """Print 'error: message' to stderr and exit with code (no traceback)."""
@@ -24,5 +26,5 @@ def parse_hw(text: str) -> Tuple[int, int]:
         raise click.BadParameter(f"{text!r}: expected HxW, e.g. 632x224, each at least 32") from None
 
 
-input_size_option = click.option("--input-size", default="632x224", show_default=True,
+input_size_option = click.option("--input-size", default=defaults.INPUT_SIZE, show_default=True,
                                  help="Model input size HxW (images are resized to it).")

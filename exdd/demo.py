@@ -7,6 +7,7 @@ scores equal the offline ones) -> one HTML report. Each step is the real command
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -18,6 +19,10 @@ import urllib.request
 from typing import List, Optional
 
 import click
+
+from exdd import defaults
+from exdd.results import EvaluationResults
+from exdd.scoring.scores import MODES
 
 STANDIN = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "weights",
                        "wrn50-random0-bncal.safetensors")
@@ -68,8 +73,8 @@ def _ready(url: str) -> bool:
 @click.option("--dataset", default=None, type=click.Path(exists=True, file_okay=False),
               help="A KSDD2/MVTec-layout dataset (default: bundled generated surfaces).")
 @click.option("--weights", default=None, help="imagenet | PATH | random:SEED (default: best available, said).")
-@click.option("--input-size", default="632x224", show_default=True)
-@click.option("--d", "d", default=256, show_default=True)
+@click.option("--input-size", default=defaults.INPUT_SIZE, show_default=True)
+@click.option("--d", "d", default=defaults.D, show_default=True)
 @click.option("--surface", default="brushed", type=click.Choice(["brushed", "commutator", "tile"]), show_default=True)
 @click.option("--port-base", default=0, show_default=True,
               help="HTTP port; gRPC +1, metrics +2 (loopback). 0: any free ports.")
@@ -128,28 +133,33 @@ def demo(out_dir, dataset, weights, input_size, d, surface, port_base, fresh):
         server_log.close()
         log("    server stopped")
     _exdd(["offline", "evaluate", dataset, "--banks", p("banks"), "--weights", weights, "--out", p("offline.json")], log)
-    results = json.load(open(p("offline.json")))
+    results = EvaluationResults.load(p("offline.json"))
     rows = {r["path"]: r for r in (json.loads(x) for x in open(scores) if x.strip())}
-    mode = results["default_mode"]
+    mode = results.default_mode
     diffs = []
-    for img in results["images"]:
-        r = rows.get(os.path.normpath(img["path"]))
-        if r and r.get("heatmap"):
-            img["heatmap"] = r["heatmap"]
-        if r and r.get("score") is not None:
-            img["served_score"] = r["score"]
-            diffs.append(abs(r["score"] - img["scores"][mode]) / max(abs(img["scores"][mode]), 1e-6))
-    results["served"] = {"mode": mode, "images": len(diffs), "max_relative_difference_to_offline": max(diffs or [float("nan")])}
-    with open(p("results.json"), "w") as f:
-        json.dump(results, f, indent=1)
+    images = []
+    for img in results.images:
+        r = rows.get(os.path.normpath(img.path)) or {}
+        served = r.get("score")
+        if served is not None:
+            diffs.append(abs(served - img.scores[mode]) / max(abs(img.scores[mode]), 1e-6))
+        images.append(dataclasses.replace(img, heatmap=r.get("heatmap") or img.heatmap, served_score=served))
+    results.images = images
+    served_summary = {"mode": mode, "images": len(diffs), "max_relative_difference_to_offline": max(diffs or [float("nan")])}
+    results.extra["served"] = served_summary
+    results.source = "demo"
+    results.save(p("results.json"))
     _exdd(["report", p("results.json"), "--out", p("report.html")], log)
-    m = results["metrics"]
+    m = results.metrics
     click.echo(f"report: {os.path.abspath(p('report.html'))}")
-    click.echo(f"weights: {results['weights']}" + (f"  [{results['weights_note']}]" if results.get("weights_note") else ""))
-    for mode_name in ("patchcore", "exdd", "exdd_peak"):
-        v = m[mode_name]
-        click.echo(f"{mode_name:<10} image AUROC {v['image_auroc']:.3f}  pixel AUROC {v.get('pixel_auroc', float('nan')):.3f}"
-                   f"  pixel AUPRO {v.get('pixel_aupro', float('nan')):.3f}")
-    click.echo(f"served ({mode}) vs offline: {results['served']['images']} images, max relative difference "
-               f"{results['served']['max_relative_difference_to_offline']:.2e}")
+    click.echo(f"weights: {results.weights}" + (f"  [{results.weights_note}]" if results.weights_note else ""))
+
+    def num(v) -> float:
+        return float("nan") if v is None else float(v)
+    for mode_name in MODES:
+        v = m.get(mode_name, {})
+        click.echo(f"{mode_name:<10} image AUROC {num(v.get('image_auroc')):.3f}  pixel AUROC {num(v.get('pixel_auroc')):.3f}"
+                   f"  pixel AUPRO {num(v.get('pixel_aupro')):.3f}")
+    click.echo(f"served ({mode}) vs offline: {served_summary['images']} images, max relative difference "
+               f"{served_summary['max_relative_difference_to_offline']:.2e}")
     click.echo(f"time: {time.time() - t0:.0f}s")

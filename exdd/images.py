@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from typing import Tuple
+from typing import Iterator, Tuple
 
 import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
@@ -66,11 +66,29 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
+def resize_image(img: Image.Image, size_hw: Tuple[int, int]) -> Image.Image:
+    """The one model-input resize of every path (files, video/camera frames, bank building, calibration):
+    PIL bilinear, which antialiases when shrinking (its filter widens with the scale factor)."""
+    if img.size == (size_hw[1], size_hw[0]):
+        return img
+    return img.resize((int(size_hw[1]), int(size_hw[0])), Image.BILINEAR)
+
+
+def resize_rgb(rgb: np.ndarray, size_hw: Tuple[int, int]) -> np.ndarray:
+    """A uint8 (H, W, 3) RGB array resized to size_hw exactly as read_image resizes a file."""
+    arr = np.ascontiguousarray(rgb, dtype=np.uint8)
+    if arr.ndim != 3 or arr.shape[2] != 3:
+        raise ValueError(f"expected an RGB array (H, W, 3), got shape {arr.shape}")
+    if arr.shape[:2] == tuple(size_hw):
+        return arr
+    return np.asarray(resize_image(Image.fromarray(arr, mode="RGB"), size_hw), dtype=np.uint8)
+
+
 def read_image(path: str, size_hw: Tuple[int, int] | None = None) -> np.ndarray:
-    """The image at path as uint8 (H, W, 3) RGB, resized (bilinear) to size_hw when given."""
+    """The image at path as uint8 (H, W, 3) RGB, resized (resize_image) to size_hw when given."""
     img = to_rgb(_open(path))
-    if size_hw is not None and img.size != (size_hw[1], size_hw[0]):
-        img = img.resize((size_hw[1], size_hw[0]), Image.BILINEAR)
+    if size_hw is not None:
+        img = resize_image(img, size_hw)
     return np.asarray(img, dtype=np.uint8)
 
 
@@ -99,3 +117,14 @@ def read_mask(path: str, expect_hw: Tuple[int, int] | None, size_hw: Tuple[int, 
 def is_image_name(path: str) -> bool:
     """Whether a file name has an image suffix."""
     return os.path.splitext(path)[1].lower() in IMAGE_SUFFIXES
+
+
+def walk_files(root: str, all_files: bool = False) -> Iterator[str]:
+    """The one folder walker: files below root in a stable order (folders and files sorted), hidden ones
+    skipped; only image-named files unless all_files."""
+    for d, dirs, files in os.walk(root):
+        dirs.sort()
+        dirs[:] = [x for x in dirs if not x.startswith(".")]
+        for f in sorted(files):
+            if not f.startswith(".") and (all_files or is_image_name(f)):
+                yield os.path.join(d, f)

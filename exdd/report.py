@@ -1,4 +1,7 @@
-"""One self-contained HTML evaluation report (inline CSS, inline SVG charts, base64 thumbnails).
+"""One self-contained HTML evaluation report (inline CSS, inline SVG charts, base64 thumbnails): the page.
+
+Split in three: ``report_data`` (numbers from the results), ``report_charts`` (SVG) and this module
+(HTML sections, gallery cards, writing); the names of the first two are re-exported here.
 
 Input is the results dict of ``exdd offline evaluate --out`` (the client's evaluation writes the
 same keys). The page fetches nothing: a Content-Security-Policy forbids any non-data source.
@@ -8,21 +11,19 @@ from __future__ import annotations
 
 import base64
 import datetime as _dt
-import html
 import io
 import json
-import math
 import os
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-MODE_ORDER = ("patchcore", "exdd", "exdd_peak")
+from .report_charts import DEFECT_COLOR, NORMAL_COLOR, SVG_NS, UNKNOWN_COLOR, svg_histogram, svg_roc  # noqa: F401
+from .report_data import (DASH, MODE_ORDER, _counts, _e, _fmt, _fmt_g, _num, _ok_images, confusion_at,  # noqa: F401
+                          gallery_groups, histogram, json_safe, modes_of, roc_of, scores_labels)
+
 PALETTE = ("#4e79a7", "#e15759", "#59a14f", "#f28e2b", "#b07aa1", "#76b7b2")
-NORMAL_COLOR, DEFECT_COLOR, UNKNOWN_COLOR = "#4e79a7", "#e15759", "#9aa0a6"
 THUMB_BOX = (160, 240)  # (max width, max height) of a gallery thumbnail
-SVG_NS = "http://www.w3.org/2000/svg"
-DASH = "\u2014"
 
 # (key, label, higher is better: True / False / None = not ranked)
 METRIC_ROWS: Tuple[Tuple[str, str, Optional[bool]], ...] = (
@@ -94,196 +95,6 @@ document.body.dataset.imagesLoaded=String(a.filter(function(i){return i.complete
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'unsafe-inline'"
 
 
-# ----------------------------------------------------------------------------- small helpers
-
-def _num(v: Any) -> Optional[float]:
-    """v as a finite float, else None."""
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return None
-    return f if math.isfinite(f) else None
-
-
-def _fmt(v: Any, digits: int = 4) -> str:
-    """A metric with fixed decimals, or a dash when missing."""
-    f = _num(v)
-    return DASH if f is None else f"{f:.{digits}f}"
-
-
-def _fmt_g(v: Any) -> str:
-    """A score or threshold with 4 significant digits, or a dash."""
-    f = _num(v)
-    return DASH if f is None else f"{f:.4g}"
-
-
-def _e(text: Any) -> str:
-    """HTML-escaped str(text)."""
-    return html.escape("" if text is None else str(text), quote=True)
-
-
-def json_safe(obj: Any) -> Any:
-    """obj with NaN/inf as None and numpy scalars/arrays as plain Python (strict JSON)."""
-    if isinstance(obj, dict):
-        return {str(k): json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [json_safe(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return json_safe(obj.tolist())
-    if isinstance(obj, (bool, np.bool_)):
-        return bool(obj)
-    if isinstance(obj, (int, np.integer)):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        return _num(obj)
-    return obj
-
-
-def modes_of(results: Dict[str, Any]) -> List[str]:
-    """The modes present in the results, in the canonical order first."""
-    seen: List[str] = []
-    for src in (results.get("metrics") or {}, results.get("thresholds") or {}):
-        seen += [m for m in src if m not in seen]
-    for im in results.get("images") or []:
-        seen += [m for m in (im.get("scores") or {}) if m not in seen]
-    return [m for m in MODE_ORDER if m in seen] + [m for m in seen if m not in MODE_ORDER]
-
-
-def _ok_images(results: Dict[str, Any]) -> List[Dict[str, Any]]:
-    """The images that were scored (no error)."""
-    return [im for im in results.get("images") or [] if not im.get("error") and im.get("scores")]
-
-
-def scores_labels(results: Dict[str, Any], mode: str, labelled_only: bool = True) -> Tuple[np.ndarray, np.ndarray]:
-    """Finite scores of a mode and their labels (-1 unknown), over the scored images."""
-    s, y = [], []
-    for im in _ok_images(results):
-        v, lab = _num(im["scores"].get(mode)), int(im.get("label", -1))
-        if v is None or (labelled_only and lab not in (0, 1)):
-            continue
-        s.append(v)
-        y.append(lab)
-    return np.asarray(s, dtype=np.float64), np.asarray(y, dtype=np.int64)
-
-
-def roc_of(scores: np.ndarray, labels: np.ndarray) -> Optional[Tuple[np.ndarray, np.ndarray]]:
-    """(fpr, tpr) of scores against 0/1 labels, or None unless both classes are present."""
-    from exdd.offline.metrics import roc_curve
-    if scores.size == 0 or labels.min() == labels.max():
-        return None
-    fpr, tpr, _ = roc_curve(scores, labels)
-    return fpr, tpr
-
-
-def confusion_at(scores: np.ndarray, labels: np.ndarray, thr: float) -> Dict[str, float]:
-    """Accuracy, TPR and FPR of 'score >= thr' against 0/1 labels."""
-    pred, y = scores >= thr, labels.astype(bool)
-    n_pos, n_neg = int(y.sum()), int((~y).sum())
-    return {"accuracy": float((pred == y).mean()) if y.size else float("nan"),
-            "tpr": float((pred & y).sum() / n_pos) if n_pos else float("nan"),
-            "fpr": float((pred & ~y).sum() / n_neg) if n_neg else float("nan")}
-
-
-def histogram(scores: np.ndarray, labels: np.ndarray, thr: Optional[float], bins: int = 24) -> Dict[str, Any]:
-    """Counts of normal / defective / unknown scores over common bins whose range includes thr."""
-    vals = list(scores) + ([thr] if thr is not None else [])
-    lo, hi = (min(vals), max(vals)) if vals else (0.0, 1.0)
-    pad = (hi - lo) * 0.04 or max(abs(hi) * 0.05, 1e-3)
-    edges = np.linspace(lo - pad, hi + pad, bins + 1)
-    count = lambda sel: np.histogram(scores[sel], edges)[0].astype(int).tolist()  # noqa: E731
-    return {"edges": edges.tolist(), "normal": count(labels == 0), "defective": count(labels == 1),
-            "unknown": count((labels != 0) & (labels != 1))}
-
-
-# ----------------------------------------------------------------------------- SVG charts
-
-def _poly(xs: Sequence[float], ys: Sequence[float]) -> str:
-    """SVG points attribute, consecutive duplicates (after rounding) dropped."""
-    pts: List[str] = []
-    for x, y in zip(xs, ys):
-        p = f"{x:.1f},{y:.1f}"
-        if not pts or pts[-1] != p:
-            pts.append(p)
-    return " ".join(pts)
-
-
-def svg_roc(curves: Dict[str, Dict[str, Any]], colors: Dict[str, str], size: Tuple[int, int] = (420, 380)) -> str:
-    """ROC curves of several modes in one inline SVG, with operating points and a legend."""
-    w, h = size
-    l, r, t, b = 52, 16, 14, 46
-    pw, ph = w - l - r, h - t - b
-    X = lambda v: l + v * pw  # noqa: E731
-    Y = lambda v: t + (1 - v) * ph  # noqa: E731
-    out = [f'<svg xmlns="{SVG_NS}" class="chart roc" width="{w}" height="{h}" viewBox="0 0 {w} {h}" role="img" '
-           f'aria-label="ROC curves">', f'<rect x="{l}" y="{t}" width="{pw}" height="{ph}" fill="#fff" stroke="#8c959f"/>']
-    for v in np.linspace(0, 1, 6):
-        out.append(f'<line x1="{X(v):.1f}" y1="{t}" x2="{X(v):.1f}" y2="{t + ph}" stroke="#eaeef2"/>'
-                   f'<line x1="{l}" y1="{Y(v):.1f}" x2="{l + pw}" y2="{Y(v):.1f}" stroke="#eaeef2"/>'
-                   f'<text x="{X(v):.1f}" y="{t + ph + 16}" font-size="11" text-anchor="middle" fill="#59636e">{v:.1f}</text>'
-                   f'<text x="{l - 6}" y="{Y(v) + 4:.1f}" font-size="11" text-anchor="end" fill="#59636e">{v:.1f}</text>')
-    out.append(f'<line x1="{X(0)}" y1="{Y(0)}" x2="{X(1)}" y2="{Y(1)}" stroke="#afb8c1" stroke-dasharray="4 4"/>')
-    out.append(f'<text x="{l + pw / 2}" y="{h - 8}" font-size="12" text-anchor="middle">False positive rate</text>'
-               f'<text x="14" y="{t + ph / 2}" font-size="12" text-anchor="middle" '
-               f'transform="rotate(-90 14 {t + ph / 2})">True positive rate</text>')
-    for i, (mode, c) in enumerate(curves.items()):
-        col = colors[mode]
-        sw = 2.0 + 1.6 * (len(curves) - 1 - i)
-        out.append(f'<polyline class="roc-curve" data-mode="{_e(mode)}" fill="none" stroke="{col}" stroke-width="{sw:.1f}" '
-                   f'stroke-linejoin="round" points="{_poly([X(v) for v in c["fpr"]], [Y(v) for v in c["tpr"]])}"/>')
-        op = c.get("operating_point")
-        if op and op[0] is not None and op[1] is not None:
-            out.append(f'<circle cx="{X(op[0]):.1f}" cy="{Y(op[1]):.1f}" r="4.5" fill="{col}" stroke="#fff" '
-                       f'stroke-width="1.5"><title>{_e(mode)} at its threshold</title></circle>')
-        ly = t + ph - 12 - 18 * (len(curves) - 1 - i)
-        out.append(f'<rect x="{l + pw - 190}" y="{ly - 9}" width="12" height="3" fill="{col}"/>'
-                   f'<text x="{l + pw - 172}" y="{ly - 3}" font-size="12">{_e(mode)}  AUROC {_fmt(c.get("auroc"), 3)}</text>')
-    out.append("</svg>")
-    return "".join(out)
-
-
-def svg_histogram(hist: Dict[str, Any], thr: Optional[float], title: str, size: Tuple[int, int] = (356, 230)) -> str:
-    """Overlaid score histograms (normal, defective, unknown) with the threshold as a vertical line."""
-    w, h = size
-    l, r, t, b = 40, 12, 26, 40
-    pw, ph = w - l - r, h - t - b
-    edges = np.asarray(hist["edges"])
-    lo, hi = float(edges[0]), float(edges[-1])
-    series = [(k, col) for k, col in (("normal", NORMAL_COLOR), ("defective", DEFECT_COLOR), ("unknown", UNKNOWN_COLOR))
-              if sum(hist[k])]
-    top = max([max(hist[k]) for k, _ in series] + [1])
-    X = lambda v: l + (v - lo) / (hi - lo) * pw  # noqa: E731
-    Y = lambda n: t + ph - n / top * ph  # noqa: E731
-    out = [f'<svg xmlns="{SVG_NS}" class="chart hist" width="{w}" height="{h}" viewBox="0 0 {w} {h}" role="img" '
-           f'aria-label="{_e(title)}">', f'<text x="{l}" y="16" font-size="13" font-weight="600">{_e(title)}</text>',
-           f'<line x1="{l}" y1="{t + ph}" x2="{l + pw}" y2="{t + ph}" stroke="#8c959f"/>',
-           f'<line x1="{l}" y1="{t}" x2="{l}" y2="{t + ph}" stroke="#8c959f"/>']
-    for v in np.linspace(lo, hi, 5):
-        out.append(f'<text x="{X(v):.1f}" y="{t + ph + 15}" font-size="10" text-anchor="middle" fill="#59636e">{v:.3g}</text>')
-    out.append(f'<text x="{l - 5}" y="{Y(top) + 4:.1f}" font-size="10" text-anchor="end" fill="#59636e">{top}</text>'
-               f'<text x="{l - 5}" y="{t + ph + 4}" font-size="10" text-anchor="end" fill="#59636e">0</text>'
-               f'<text x="{l + pw / 2}" y="{h - 6}" font-size="11" text-anchor="middle">score</text>')
-    for k, col in series:
-        for i, n in enumerate(hist[k]):
-            if n:
-                x0, x1 = X(edges[i]), X(edges[i + 1])
-                out.append(f'<rect class="bar-{k}" x="{x0 + 0.5:.1f}" y="{Y(n):.1f}" width="{max(x1 - x0 - 1, 0.5):.1f}" '
-                           f'height="{t + ph - Y(n):.1f}" fill="{col}" fill-opacity="0.55"/>')
-    if thr is not None:
-        tx = X(thr)
-        out.append(f'<line class="threshold" x1="{tx:.1f}" y1="{t - 4}" x2="{tx:.1f}" y2="{t + ph}" stroke="#1f2328" '
-                   f'stroke-width="1.5" stroke-dasharray="5 3"/><text x="{tx + (4 if tx < l + pw * 0.7 else -4):.1f}" '
-                   f'y="{t + 8}" font-size="10" text-anchor="{"start" if tx < l + pw * 0.7 else "end"}" paint-order="stroke" '
-                   f'stroke="#fff" stroke-width="3">thr {thr:.4g}</text>')
-    x = l + pw
-    for k, col in reversed(series):
-        label = f"{k} ({sum(hist[k])})"
-        x -= 16 + 6.2 * len(label)
-        out.append(f'<rect x="{x:.0f}" y="7" width="10" height="10" fill="{col}" fill-opacity="0.7"/>'
-                   f'<text x="{x + 14:.0f}" y="16" font-size="11">{label}</text>')
-    out.append("</svg>")
-    return "".join(out)
-
-
 # ----------------------------------------------------------------------------- gallery
 
 def _resolve(path: str, base_dir: Optional[str]) -> str:
@@ -306,22 +117,6 @@ def thumbnail_uri(path: str, box: Tuple[int, int] = THUMB_BOX) -> str:
     img.save(buf, format="JPEG", quality=88)
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
-
-def gallery_groups(results: Dict[str, Any], mode: str, n: int = 6) -> List[Tuple[str, List[Dict[str, Any]]]]:
-    """(title, images) groups: worst misses and best hits per class by the mode's score."""
-    imgs = [im for im in _ok_images(results) if _num(im["scores"].get(mode)) is not None]
-    key = lambda im: float(im["scores"][mode])  # noqa: E731
-    pos = sorted((im for im in imgs if im.get("label") == 1), key=key)
-    neg = sorted((im for im in imgs if im.get("label") == 0), key=key, reverse=True)
-    if not pos and not neg:
-        ranked = sorted(imgs, key=key, reverse=True)
-        k = min(n, (len(ranked) + 1) // 2)
-        return [("Highest scores (unlabelled)", ranked[:k]), ("Lowest scores (unlabelled)", ranked[k:][-n:][::-1])]
-    kp, kn = min(n, (len(pos) + 1) // 2), min(n, (len(neg) + 1) // 2)
-    return [("Defective, lowest scores (worst misses)", pos[:kp]),
-            ("Normal, highest scores (worst false alarms)", neg[:kn]),
-            ("Defective, highest scores (best hits)", pos[kp:][::-1][:n]),
-            ("Normal, lowest scores (best hits)", neg[kn:][::-1][:n])]
 
 
 def _verdict(label: int, score: float, thr: Optional[float]) -> str:
@@ -352,15 +147,6 @@ def _card(im: Dict[str, Any], mode: str, modes: Sequence[str], thr: Optional[flo
 
 
 # ----------------------------------------------------------------------------- page sections
-
-def _counts(results: Dict[str, Any]) -> Dict[str, int]:
-    """Numbers of images: total, scored, defective, normal, unlabelled, errors."""
-    imgs = results.get("images") or []
-    ok = _ok_images(results)
-    errs = len(results.get("errors") or []) + sum(1 for im in imgs if im.get("error"))
-    return {"images": len(imgs), "scored": len(ok), "defective": sum(1 for im in ok if im.get("label") == 1),
-            "normal": sum(1 for im in ok if im.get("label") == 0),
-            "unlabelled": sum(1 for im in ok if im.get("label") not in (0, 1)), "errors": errs}
 
 
 def _header(results: Dict[str, Any], title: str, generated: str, counts: Dict[str, int], modes: Sequence[str]) -> str:
@@ -460,7 +246,7 @@ def build_report(results: Dict[str, Any], title: str = "ExDD evaluation report",
         at[m] = given
         curve = roc_of(s, y)
         if curve is not None:
-            from exdd.offline.metrics import auroc
+            from exdd.metrics import auroc
             op = (_num(given.get("fpr")), _num(given.get("tpr")))
             data["roc"][m] = {"fpr": curve[0].tolist(), "tpr": curve[1].tolist(), "auroc": auroc(s, y),
                               "operating_point": op if thr is not None else None}

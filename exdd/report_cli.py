@@ -1,7 +1,6 @@
 """``exdd report``: one self-contained HTML report from an evaluation results JSON."""
 from __future__ import annotations
 
-import json
 import os
 
 import click
@@ -18,15 +17,11 @@ from exdd.cli_common import fail
 def report(results_json: str, out_html: str, title: str, gallery_n: int) -> None:
     """Write an HTML report (metrics, ROC, histograms, heatmap gallery) of RESULTS_JSON."""
     from .report import json_path_of, write_report
+    from .results import EvaluationResults, ResultsError
     try:
-        with open(results_json, encoding="utf-8") as f:
-            results = json.load(f)
-    except FileNotFoundError:
-        fail(f"{results_json}: no such file")
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        fail(f"{results_json}: not a readable results JSON ({e})")
-    if not isinstance(results, dict):
-        fail(f"{results_json}: expected a JSON object with 'metrics' and 'images'")
+        results = EvaluationResults.load(results_json).to_dict()
+    except ResultsError as e:
+        fail(str(e))
     out_json = json_path_of(out_html)
     if os.path.abspath(out_json) == os.path.abspath(results_json):
         fail(f"--out {out_html} would overwrite its input {results_json} with the report's JSON; choose another name")

@@ -6,7 +6,11 @@ import time
 
 import click
 
+from exdd import defaults
 from exdd.cli_common import fail, input_size_option, parse_hw
+from exdd.scoring.scores import MODES
+
+from .registry import FEATURES_BACKENDS
 
 
 @click.group()
@@ -18,12 +22,12 @@ def _features_source(banks, weights, d, projection_seed, input_size):
     """(weights, d, seed, input_hw) from a bank manifest when --banks is given, else from the options."""
     if not banks:
         return weights or "imagenet", d, projection_seed, parse_hw(input_size)
-    from exdd.scoring import BankError, read_manifest_features
+    from exdd.scoring import BankError, read_manifest_spec
     try:
-        f = read_manifest_features(banks)
+        f = read_manifest_spec(banks)
     except BankError as e:
         fail(str(e))
-    return weights or f.get("weights_source", f["weights"]), int(f["d"]), int(f["projection_seed"]), tuple(f["input_size"])
+    return weights or f.weights_source or f.weights, f.d, f.projection_seed, f.input_size
 
 
 @export.command("onnx")
@@ -31,7 +35,7 @@ def _features_source(banks, weights, d, projection_seed, input_size):
 @click.option("--banks", default=None, type=click.Path(exists=True, file_okay=False),
               help="Take weights, d, projection seed and input size from this bank directory's manifest.")
 @click.option("--weights", default=None, help="imagenet | PATH | random:SEED (default: the banks' or imagenet).")
-@click.option("--d", "d", default=256, show_default=True, help="Projection dimension (ignored with --banks).")
+@click.option("--d", "d", default=defaults.D, show_default=True, help="Projection dimension (ignored with --banks).")
 @click.option("--projection-seed", default=0, show_default=True, help="(ignored with --banks)")
 @input_size_option
 @click.option("--precision", default="fp32", type=click.Choice(["fp32", "fp16"]), show_default=True)
@@ -101,10 +105,8 @@ def tensorrt_cmd(onnx_path, out_path, max_batch, fp32):
 @click.option("--onnx", "onnx_path", required=True, type=click.Path(exists=True, dir_okay=False))
 @click.option("--banks", "bank_dir", required=True, type=click.Path(exists=True, file_okay=False))
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Repository directory to write.")
-@click.option("--features-backend", default="onnxruntime", show_default=True,
-              type=click.Choice(["onnxruntime", "tensorrt_plan", "python"]),
-              help="onnxruntime: standard Triton containers; tensorrt_plan: a built engine (--engine); "
-                   "python: ONNX Runtime inside a Python model (servers with only the Python backend).")
+@click.option("--features-backend", default="onnxruntime", show_default=True, type=click.Choice(list(FEATURES_BACKENDS)),
+              help="; ".join(f"{b.name}: {b.help}" for b in FEATURES_BACKENDS.values()) + ".")
 @click.option("--engine", "engine_path", default=None, type=click.Path(dir_okay=False),
               help="TensorRT engine for --features-backend tensorrt_plan (built from --onnx when absent).")
 @click.option("--kind", default="cpu", type=click.Choice(["cpu", "gpu"]), show_default=True)
@@ -112,7 +114,7 @@ def tensorrt_cmd(onnx_path, out_path, max_batch, fp32):
 @click.option("--max-batch", default=8, show_default=True, type=click.IntRange(1, 1024))
 @click.option("--queue-delay-us", default=2000, show_default=True, type=click.IntRange(0, 10_000_000),
               help="Dynamic batching: longest wait to fill a batch.")
-@click.option("--mode", default=None, type=click.Choice(["patchcore", "exdd", "exdd_peak"]),
+@click.option("--mode", default=None, type=click.Choice(list(MODES)),
               help="Served mode (default: the banks' default_mode).")
 @click.option("--threshold", default=None, type=float, help="Served threshold (default: the calibrated one).")
 @click.option("--force", is_flag=True, help="Replace --out if it exists.")
@@ -125,7 +127,7 @@ def repository_cmd(onnx_path, bank_dir, out_dir, features_backend, engine_path, 
     from .tensorrt import TensorRTBuildError, TensorRTUnavailable, build_engine
 
     try:
-        if features_backend == "tensorrt_plan" and not (engine_path and os.path.isfile(engine_path)):
+        if FEATURES_BACKENDS[features_backend].needs_engine and not (engine_path and os.path.isfile(engine_path)):
             engine_path = engine_path or os.path.splitext(onnx_path)[0] + ".plan"
             click.echo(f"building the TensorRT engine {engine_path} (batch 1..{max_batch}, fp16)", err=True)
             build_engine(onnx_path, engine_path, tuple(read_features(onnx_path)["input_size"]), max_batch)

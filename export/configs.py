@@ -1,14 +1,18 @@
-"""config.pbtxt text of the three models (features, scorer, ensemble), generated from the features fingerprint."""
+"""config.pbtxt of the three models (features, scorer, ensemble): the committed templates in
+``model_repository/`` (package data) with what varies filled in through Triton's protobuf
+(``ModelConfig`` of tritonclient, protobuf text format), never by string formatting."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, Tuple
+from typing import Any, Dict, Optional, Tuple
 
-FEATURES_BACKENDS = ("onnxruntime", "tensorrt_plan", "python")
+from exdd.scoring.spec import FeatureSpec
+
+from .registry import FEATURES_BACKENDS as _BACKENDS
+
+FEATURES_BACKENDS = tuple(_BACKENDS)
 KINDS = ("cpu", "gpu")
-SCORER_OUTPUTS: Tuple[Tuple[str, str, str], ...] = (
-    ("SCORE", "TYPE_FP32", "[ 1 ]"), ("IS_DEFECT", "TYPE_BOOL", "[ 1 ]"), ("ANOMALY_MAP", "TYPE_FP32", "[ {H}, {W} ]"),
-    ("SCORE_NEG", "TYPE_FP32", "[ 1 ]"), ("SCORE_POS", "TYPE_FP32", "[ 1 ]"))
+SCORER_OUTPUTS: Tuple[str, ...] = ("SCORE", "IS_DEFECT", "ANOMALY_MAP", "SCORE_NEG", "SCORE_POS")
 
 
 @dataclass
@@ -20,74 +24,117 @@ class Serving:
     queue_delay_us: int = 2000
 
 
-def _dims(values) -> str:
-    return "[ " + ", ".join(str(int(v)) for v in values) + " ]"
+def _pb():
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+    return model_config_pb2, text_format
 
 
-def _io(section: str, entries: List[Tuple[str, str, str]]) -> str:
-    body = ",\n".join(f'  {{\n    name: "{n}"\n    data_type: {t}\n    dims: {d}\n  }}' for n, t, d in entries)
-    return f"{section} [\n{body}\n]\n"
+def template(name: str) -> Any:
+    """The committed config.pbtxt of model `name` parsed into a ModelConfig message."""
+    from .repository import model_files
+    mc, text_format = _pb()
+    text = (model_files() / name / "config.pbtxt").read_text()
+    return text_format.Parse(text, mc.ModelConfig())
 
 
-def _parameters(params: Dict[str, str]) -> str:
-    return "".join(f'parameters {{\n  key: "{k}"\n  value: {{ string_value: "{v}" }}\n}}\n' for k, v in params.items())
+def to_text(config: Any) -> str:
+    """A ModelConfig message as config.pbtxt text."""
+    _, text_format = _pb()
+    return text_format.MessageToString(config)
 
 
-def _scheduling(s: Serving) -> str:
-    kind = "KIND_GPU" if s.kind == "gpu" else "KIND_CPU"
-    return (f"instance_group [\n  {{\n    kind: {kind}\n    count: {int(s.instances)}\n  }}\n]\n"
-            f"dynamic_batching {{\n  max_queue_delay_microseconds: {int(s.queue_delay_us)}\n}}\n")
+def _set_dims(field: Any, dims) -> None:
+    del field.dims[:]
+    field.dims.extend(int(v) for v in dims)
 
 
-def _warmup(name: str, dtype: str, dims: str, data: str) -> str:
-    return (f'model_warmup [\n  {{\n    name: "warmup_{data}"\n    batch_size: 1\n    inputs {{\n      key: "{name}"\n'
-            f"      value {{\n        data_type: {dtype}\n        dims: {dims}\n        {data}: true\n      }}\n    }}\n  }}\n]\n")
+def _serving(config: Any, s: Serving) -> None:
+    mc, _ = _pb()
+    config.max_batch_size = int(s.max_batch)
+    if config.platform != "ensemble":
+        del config.instance_group[:]
+        config.instance_group.add(count=int(s.instances),
+                                  kind=mc.ModelInstanceGroup.KIND_GPU if s.kind == "gpu" else mc.ModelInstanceGroup.KIND_CPU)
+        config.dynamic_batching.max_queue_delay_microseconds = int(s.queue_delay_us)
 
 
-def features_config(features: Dict, backend: str, s: Serving) -> str:
+def _warmup_dims(config: Any, name: str, dims) -> None:
+    for w in config.model_warmup:
+        if name in w.inputs:
+            _set_dims(w.inputs[name], dims)
+
+
+def _io(config: Any, section: str, name: str) -> Any:
+    for t in getattr(config, section):
+        if t.name == name:
+            return t
+    raise KeyError(f"template {config.name}: no {section} {name!r}")
+
+
+def features_config(features: FeatureSpec, backend: str, s: Serving) -> str:
     """config.pbtxt of exdd_features for backend onnxruntime | tensorrt_plan | python."""
-    if backend not in FEATURES_BACKENDS:
-        raise ValueError(f"features backend {backend!r}: expected one of {FEATURES_BACKENDS}")
-    h, w = features["input_size"]
-    gh, gw = features["grid"]
-    head = {"onnxruntime": 'platform: "onnxruntime_onnx"\ndefault_model_filename: "model.onnx"\n',
-            "tensorrt_plan": 'platform: "tensorrt_plan"\ndefault_model_filename: "model.plan"\n',
-            "python": 'backend: "python"\n'}[backend]
-    text = (f'name: "exdd_features"\n{head}max_batch_size: {int(s.max_batch)}\n'
-            + _io("input", [("IMAGE", "TYPE_UINT8", _dims((h, w, 3)))])
-            + _io("output", [("FEATURES", "TYPE_FP32", _dims((gh, gw, features["d"])))])
-            + _scheduling(s) + _warmup("IMAGE", "TYPE_UINT8", _dims((h, w, 3)), "zero_data"))
-    if backend == "python":
-        text += _parameters({"intra_op_threads": "0"})
-    return text
+    if backend not in _BACKENDS:
+        raise ValueError(f"features backend {backend!r}: expected one of {tuple(_BACKENDS)}")
+    spec = FeatureSpec.from_dict(features)
+    c = template("exdd_features")
+    b = _BACKENDS[backend]
+    c.ClearField("backend")
+    c.ClearField("platform")
+    c.ClearField("default_model_filename")
+    if b.platform:
+        c.platform = b.platform
+    if b.backend:
+        c.backend = b.backend
+    if b.model_file and b.platform:
+        c.default_model_filename = b.model_file
+    if backend != "python":
+        c.parameters.pop("intra_op_threads", None)
+    image = (*spec.input_size, 3)
+    _set_dims(_io(c, "input", "IMAGE"), image)
+    _set_dims(_io(c, "output", "FEATURES"), spec.features_shape)
+    _warmup_dims(c, "IMAGE", image)
+    _serving(c, s)
+    return to_text(c)
 
 
-def scorer_config(features: Dict, mode: str, threshold: str, s: Serving, sigma: float = 4.0) -> str:
-    """config.pbtxt of exdd_scorer (Python backend); mode and threshold are readable by clients."""
-    h, w = features["input_size"]
-    gh, gw = features["grid"]
-    outs = [(n, t, d.format(H=int(h), W=int(w))) for n, t, d in SCORER_OUTPUTS]
-    params = {"mode": mode, "threshold": threshold, "sigma": repr(float(sigma))}
+def scorer_config(features: FeatureSpec, mode: str, threshold: Optional[float], s: Serving, sigma: float = 4.0) -> str:
+    """config.pbtxt of exdd_scorer (Python backend); mode, threshold and features are readable by clients.
+
+    threshold None leaves the parameter out (the scorer then serves IS_DEFECT false unless a request sets one).
+    """
+    spec = FeatureSpec.from_dict(features)
+    c = template("exdd_scorer")
+    _set_dims(_io(c, "input", "FEATURES"), spec.features_shape)
+    _set_dims(_io(c, "output", "ANOMALY_MAP"), spec.input_size)
+    _warmup_dims(c, "FEATURES", spec.features_shape)
+    _serving(c, s)
+    params: Dict[str, str] = {"mode": mode, "sigma": repr(float(sigma)), "features": spec.to_json()}
+    if threshold is not None:
+        params["threshold"] = repr(float(threshold))
     if s.kind == "gpu":
         params["FORCE_CPU_ONLY_INPUT_TENSORS"] = "no"  # take GPU tensors as they are (DLPack)
-    return (f'name: "exdd_scorer"\nbackend: "python"\nmax_batch_size: {int(s.max_batch)}\n'
-            + _io("input", [("FEATURES", "TYPE_FP32", _dims((gh, gw, features["d"])))])
-            + _io("output", outs) + _scheduling(s)
-            + _warmup("FEATURES", "TYPE_FP32", _dims((gh, gw, features["d"])), "zero_data")
-            + _parameters(params))
+    c.parameters.pop("threshold", None)
+    for k, v in params.items():
+        c.parameters[k].string_value = v
+    return to_text(c)
 
 
-def ensemble_config(features: Dict, s: Serving) -> str:
+def ensemble_config(features: FeatureSpec, s: Serving) -> str:
     """config.pbtxt of the ensemble exdd: IMAGE -> exdd_features -> exdd_scorer."""
-    h, w = features["input_size"]
-    outs = [(n, t, d.format(H=int(h), W=int(w))) for n, t, d in SCORER_OUTPUTS]
-    out_map = "".join(f'      output_map {{\n        key: "{n}"\n        value: "{n}"\n      }}\n' for n, _, _ in outs)
-    return (f'name: "exdd"\nplatform: "ensemble"\nmax_batch_size: {int(s.max_batch)}\n'
-            + _io("input", [("IMAGE", "TYPE_UINT8", _dims((h, w, 3)))]) + _io("output", outs)
-            + "ensemble_scheduling {\n  step [\n"
-            + '    {\n      model_name: "exdd_features"\n      model_version: -1\n'
-            + '      input_map {\n        key: "IMAGE"\n        value: "IMAGE"\n      }\n'
-            + '      output_map {\n        key: "FEATURES"\n        value: "features"\n      }\n    },\n'
-            + '    {\n      model_name: "exdd_scorer"\n      model_version: -1\n'
-            + '      input_map {\n        key: "FEATURES"\n        value: "features"\n      }\n'
-            + out_map + "    }\n  ]\n}\n")
+    spec = FeatureSpec.from_dict(features)
+    c = template("exdd")
+    _set_dims(_io(c, "input", "IMAGE"), (*spec.input_size, 3))
+    _set_dims(_io(c, "output", "ANOMALY_MAP"), spec.input_size)
+    _serving(c, s)
+    return to_text(c)
+
+
+def template_text(name: str) -> str:
+    """The committed template file's text (for documentation and tests)."""
+    from .repository import model_files
+    return (model_files() / name / "config.pbtxt").read_text()
+
+
+__all__ = ["FEATURES_BACKENDS", "KINDS", "SCORER_OUTPUTS", "Serving", "features_config", "scorer_config",
+           "ensemble_config", "template", "to_text", "template_text"]

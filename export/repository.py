@@ -15,17 +15,23 @@ scorer at server load time (``features.json``), so swapped banks never serve.
 from __future__ import annotations
 
 import datetime as _dt
+import importlib.resources
 import json
 import os
 import shutil
 import tempfile
 from dataclasses import dataclass
+from importlib.abc import Traversable
+from pathlib import Path
 from typing import Any, Dict, Optional
 
 from exdd.scoring.bank import sha256_file
 
-from .configs import FEATURES_BACKENDS, KINDS, Serving, ensemble_config, features_config, scorer_config
+from exdd.scoring.spec import FeatureSpec, SpecError
+
+from .configs import KINDS, Serving, ensemble_config, features_config, scorer_config
 from .onnx_export import read_features, read_metadata, PRECISION_KEY
+from .registry import FEATURES_BACKENDS
 
 
 class RepositoryError(ValueError):
@@ -36,16 +42,45 @@ class RepositoryError(ValueError):
 class Assembled:
     """What was written."""
     path: str
-    features: Dict[str, Any]
+    features: FeatureSpec
     mode: str
     threshold: Optional[float]
     manifest_sha256: str
 
 
+def model_files() -> Traversable:
+    """The committed model_repository/ (model.py files, config.pbtxt templates), as package data.
+
+    Installed (wheel, ``pip install .``) it is the package-data folder ``exdd/model_repository``.
+    setuptools' editable finder cannot resolve that folder (a namespace package mapped outside
+    ``exdd/``), so an editable checkout falls back to the source tree it maps ``exdd.scoring`` into.
+    """
+    try:
+        return importlib.resources.files("exdd.model_repository")
+    except ModuleNotFoundError:
+        scoring = importlib.resources.files("exdd.scoring")   # model_repository/exdd_scorer/1/exdd_scoring
+        root = Path(str(scoring)).parents[2]
+        if not (root / "exdd_scorer" / "1" / "model.py").is_file():
+            raise RepositoryError(f"the Triton model files are not installed with exdd ({root}): reinstall exdd") from None
+        return root
+
+
 def source_dir() -> str:
-    """The committed model_repository/ that model.py files and the scoring package are copied from."""
-    import exdd.scoring
-    return os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(exdd.scoring.__file__)))))
+    """The committed model_repository/ as a path (for callers that need one; see model_files)."""
+    return str(model_files())
+
+
+def copy_resource(src: Traversable, dest: str) -> None:
+    """Copy a package-data file or folder to dest (folders recursively, no __pycache__ / .pyc)."""
+    if src.is_dir():
+        os.makedirs(dest, exist_ok=True)
+        for child in src.iterdir():
+            if child.name == "__pycache__" or child.name.endswith(".pyc"):
+                continue
+            copy_resource(child, os.path.join(dest, child.name))
+    else:
+        with open(dest, "wb") as f:
+            f.write(src.read_bytes())
 
 
 def _copy_banks(bank_dir: str, dest: str, manifest: Dict[str, Any]) -> None:
@@ -72,7 +107,7 @@ def choose_threshold(manifest: Dict[str, Any], mode: str, override: Optional[flo
 def readme(a: Assembled, manifest: Dict[str, Any], bank_dir: str, onnx_path: str, backend: str,
            s: Serving, precision: str) -> str:
     """README.md of the repository."""
-    f = a.features
+    f = a.features.to_dict()
     cs = manifest.get("coreset", {})
     sizes = ", ".join(f"{k} {v.get('size')}" for k, v in cs.items() if isinstance(v, dict)) or "see manifest"
     thr = "none (IS_DEFECT is false unless a request sends parameter `threshold`)" if a.threshold is None \
@@ -119,14 +154,18 @@ def assemble(onnx_path: str, bank_dir: str, out_dir: str, features_backend: str 
 
     s = serving or Serving()
     if features_backend not in FEATURES_BACKENDS:
-        raise RepositoryError(f"--features-backend {features_backend!r}: expected one of {FEATURES_BACKENDS}")
+        raise RepositoryError(f"--features-backend {features_backend!r}: expected one of {tuple(FEATURES_BACKENDS)}")
+    fb = FEATURES_BACKENDS[features_backend]
     if s.kind not in KINDS:
         raise RepositoryError(f"--kind {s.kind!r}: expected one of {KINDS}")
     if s.instances < 1 or s.max_batch < 1:
         raise RepositoryError("--instances and --max-batch must be at least 1")
-    if features_backend == "tensorrt_plan" and not (engine_path and os.path.isfile(engine_path)):
-        raise RepositoryError(f"--features-backend tensorrt_plan needs --engine PATH (a built engine), got {engine_path!r}")
-    features = read_features(onnx_path)
+    if fb.needs_engine and not (engine_path and os.path.isfile(engine_path)):
+        raise RepositoryError(f"--features-backend {fb.name} needs --engine PATH (a built engine), got {engine_path!r}")
+    try:
+        features = FeatureSpec.from_dict(read_features(onnx_path), f"{onnx_path} metadata")
+    except SpecError as e:
+        raise RepositoryError(str(e)) from None
     precision = read_metadata(onnx_path).get(PRECISION_KEY, "fp32")
     try:
         banks = load_banks(bank_dir)
@@ -141,7 +180,7 @@ def assemble(onnx_path: str, bank_dir: str, out_dir: str, features_backend: str 
     out_dir = os.path.abspath(out_dir)
     if os.path.exists(out_dir) and os.listdir(out_dir) and not force:
         raise RepositoryError(f"{out_dir}: exists and is not empty (use --force to replace it)")
-    src = source_dir()
+    src = model_files()
     parent = os.path.dirname(out_dir)
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".exdd-repo-", dir=parent)
@@ -151,22 +190,17 @@ def assemble(onnx_path: str, bank_dir: str, out_dir: str, features_backend: str 
         os.makedirs(scorer_v)
         os.makedirs(feats_v)
         os.makedirs(os.path.join(tmp, "exdd", "1"))
-        shutil.copy2(os.path.join(src, "exdd_scorer", "1", "model.py"), scorer_v)
-        shutil.copytree(os.path.join(src, "exdd_scorer", "1", "exdd_scoring"), os.path.join(scorer_v, "exdd_scoring"),
-                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        copy_resource(src / "exdd_scorer" / "1" / "model.py", os.path.join(scorer_v, "model.py"))
+        copy_resource(importlib.resources.files("exdd.scoring"), os.path.join(scorer_v, "exdd_scoring"))
         _copy_banks(bank_dir, os.path.join(scorer_v, "banks"), manifest)
-        fjson = json.dumps(features, indent=2, sort_keys=True)
+        fjson = json.dumps(features.to_dict(), indent=2, sort_keys=True)
         _write(os.path.join(scorer_v, "features.json"), fjson)
         _write(os.path.join(feats_v, "features.json"), fjson)
-        if features_backend == "tensorrt_plan":
-            shutil.copy2(engine_path, os.path.join(feats_v, "model.plan"))
-        else:
-            shutil.copy2(onnx_path, os.path.join(feats_v, "model.onnx"))
-        if features_backend == "python":
-            shutil.copy2(os.path.join(src, "exdd_features", "1", "model.py"), feats_v)
-        thr_text = "none" if thr is None else repr(thr)
+        shutil.copy2(engine_path if fb.needs_engine else onnx_path, os.path.join(feats_v, fb.model_file))
+        if fb.python_model:
+            copy_resource(src / "exdd_features" / "1" / "model.py", os.path.join(feats_v, "model.py"))
         _write(os.path.join(tmp, "exdd_features", "config.pbtxt"), features_config(features, features_backend, s))
-        _write(os.path.join(tmp, "exdd_scorer", "config.pbtxt"), scorer_config(features, mode, thr_text, s))
+        _write(os.path.join(tmp, "exdd_scorer", "config.pbtxt"), scorer_config(features, mode, thr, s))
         _write(os.path.join(tmp, "exdd", "config.pbtxt"), ensemble_config(features, s))
         result = Assembled(out_dir, features, mode, thr, sha256_file(os.path.join(bank_dir, "manifest.json")))
         _write(os.path.join(tmp, "README.md"), readme(result, manifest, bank_dir, onnx_path, features_backend, s, precision))

@@ -16,23 +16,41 @@ from exdd.cli_common import fail
 
 from .serving_env import ServingEnv, ServingEnvError, resolve
 
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
+LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
 
 
 class TritonStartError(RuntimeError):
     """The server exited or did not become ready; the message carries the end of its log."""
 
 
+def family(host: str) -> socket.AddressFamily:
+    """AF_INET6 for an IPv6 address (``::1``, ``::``, ``[::1]``), else AF_INET."""
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+def bare_host(host: str) -> str:
+    """host without URL brackets: ``[::1]`` -> ``::1``."""
+    return host[1:-1] if host.startswith("[") and host.endswith("]") else host
+
+
+def url_host(host: str) -> str:
+    """host as it goes into a URL: IPv6 addresses bracketed (``::1`` -> ``[::1]``)."""
+    host = bare_host(host)
+    return f"[{host}]" if ":" in host else host
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A currently free TCP port on host."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+    """A currently free TCP port on host (IPv4 or IPv6)."""
+    host = bare_host(host)
+    with socket.socket(family(host), socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
 
 
 def port_in_use(host: str, port: int) -> bool:
-    """Whether binding host:port fails."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+    """Whether binding host:port fails (an IPv6 socket for an IPv6 host)."""
+    host = bare_host(host)
+    with socket.socket(family(host), socket.SOCK_STREAM) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
@@ -49,7 +67,7 @@ class TritonServer:
                  exit_on_error: bool = True, log_verbose: int = 0, extra_args: Sequence[str] = (),
                  exit_timeout: int = 30):
         self.repo = os.path.abspath(repo)
-        self.host = host
+        self.host = bare_host(host)
         self.http_port, self.grpc_port, self.metrics_port = int(http_port), int(grpc_port), int(metrics_port)
         self.env = env
         self.log_path = log_path
@@ -62,8 +80,10 @@ class TritonServer:
 
     @property
     def local_host(self) -> str:
-        """The address clients on this machine use."""
-        return "127.0.0.1" if self.host in ("0.0.0.0", "localhost", "") else self.host
+        """The address clients on this machine use, as it goes into a URL (IPv6 bracketed)."""
+        if self.host in ("0.0.0.0", "localhost", ""):
+            return "127.0.0.1"
+        return url_host("::1" if self.host == "::" else self.host)
 
     @property
     def http_url(self) -> str:
@@ -73,13 +93,19 @@ class TritonServer:
     def grpc_url(self) -> str:
         return f"{self.local_host}:{self.grpc_port}"
 
+    @property
+    def metrics_url(self) -> str:
+        return f"{self.local_host}:{self.metrics_port}"
+
     def command(self) -> List[str]:
         """The tritonserver command line."""
         assert self.env is not None
+        # IPv6: Triton's HTTP and metrics servers (libevhtp) take "ipv6:ADDR", its gRPC server "[ADDR]"
+        evhtp = f"ipv6:{self.host}" if family(self.host) == socket.AF_INET6 else self.host
         return [self.env.tritonserver, f"--model-repository={self.repo}", f"--backend-directory={self.env.backend_dir}",
-                f"--http-address={self.host}", f"--http-port={self.http_port}",
-                f"--grpc-address={self.host}", f"--grpc-port={self.grpc_port}",
-                f"--metrics-address={self.host}", f"--metrics-port={self.metrics_port}",
+                f"--http-address={evhtp}", f"--http-port={self.http_port}",
+                f"--grpc-address={url_host(self.host)}", f"--grpc-port={self.grpc_port}",
+                f"--metrics-address={evhtp}", f"--metrics-port={self.metrics_port}",
                 "--allow-gpu-metrics=false", f"--exit-on-error={'true' if self.exit_on_error else 'false'}",
                 f"--exit-timeout-secs={self.exit_timeout}", f"--log-verbose={self.log_verbose}", *self.extra_args]
 
@@ -89,7 +115,7 @@ class TritonServer:
             self.env = resolve()
         for name, port in (("http", self.http_port), ("grpc", self.grpc_port), ("metrics", self.metrics_port)):
             if port_in_use(self.host, port):
-                raise TritonStartError(f"{self.host}:{port} is already in use (--{name}-port)")
+                raise TritonStartError(f"{url_host(self.host)}:{port} is already in use (--{name}-port)")
         out = None
         if self.log_path:
             self._log_file = open(self.log_path, "ab")
@@ -199,7 +225,7 @@ def serve(repo, host, http_port, grpc_port, metrics_port, timeout, log_verbose):
     try:
         server.start().wait_ready(timeout)
         click.echo(f"ready: http {server.http_url}  grpc {server.grpc_url}  metrics "
-                   f"{server.local_host}:{metrics_port}/metrics  (Ctrl-C stops)", err=True)
+                   f"{server.metrics_url}/metrics  (Ctrl-C stops)", err=True)
         while server.poll() is None:
             time.sleep(0.5)
         code = server.poll() or 0

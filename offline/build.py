@@ -13,17 +13,20 @@ from __future__ import annotations
 
 import datetime as _dt
 import sys
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from exdd import __version__
-from exdd.scoring import MODES, Bank, BankPair, Scorer, save_bank
+from exdd.scoring import DEFAULT_MODE, MODES, Bank, BankPair, Scorer, save_bank
+from exdd.scoring.fusion import fit_fusion
 from exdd.scoring.knn import bank_neighbors
+from exdd.scoring.scores import DEFAULT_GAMMA, fusion_inputs
 from .calibrate import threshold
 from .coreset import Coreset, bank_size, chunked_kcenter
-from .datasets import Sample, holdout_split, load_split, synthetic
+from exdd.datasets import Sample, holdout_split, load_split, synthetic
 from .extract import Extracted, extract
 from .weights import is_random
 
@@ -40,7 +43,8 @@ class BuildConfig:
     seed: int = 0
     threshold_rule: str = "f1"
     target_fpr: float = 0.01
-    default_mode: str = "exdd"
+    default_mode: str = DEFAULT_MODE
+    gamma: float = DEFAULT_GAMMA
     chunk_rows: int = 24_000
     oversample: float = 2.0
     batch_size: int = 8
@@ -80,12 +84,14 @@ def bank_of(picked: np.ndarray, n: int, cs: Coreset, ratio: float, min_size: int
 
 
 def score_samples(scorer: Scorer, extracted_feats: np.ndarray, batch: int = 16) -> Dict[str, np.ndarray]:
-    """Scores of every mode for stored features (n, h, w, d)."""
-    out: Dict[str, List[np.ndarray]] = {m: [] for m in MODES}
+    """Scores of every mode for stored features (n, h, w, d), and the fusion model's inputs ('fusion_x')."""
+    out: Dict[str, List[np.ndarray]] = {m: [] for m in MODES + ("fusion_x",)}
     for i in range(0, extracted_feats.shape[0], batch):
         r = scorer.score(extracted_feats[i:i + batch].astype(np.float32), map_modes=())
         for m in MODES:
             out[m].append(r["scores"][m])
+        if scorer.has_positive:
+            out["fusion_x"].append(fusion_inputs(r["evidence"]))
     return {m: np.concatenate(v) if v else np.zeros(0) for m, v in out.items()}
 
 
@@ -141,12 +147,13 @@ def plan(dataset: str, cfg: BuildConfig, synthetic_dirs: Sequence[str] = (), lay
 
 def calibration_scorer(pair: BankPair) -> Scorer:
     """The scorer of the held-out calibration (bank warnings are the build's own business)."""
-    import warnings
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         return Scorer(pair)
 
 
+# held_scores(pair) -> (score_samples' dict, labels) of the held-out images, or None without any; called
+# again after the fusion is fitted (the held-out features are kept between the calls)
 HeldScores = Callable[[BankPair], Optional[Tuple[Dict[str, np.ndarray], np.ndarray]]]
 
 
@@ -200,12 +207,15 @@ def build(dataset: str, out_dir: str, model, features: Dict[str, Any], cfg: Buil
         print("warning: no defect patches for the positive bank: exdd modes fall back to patchcore",
               file=sys.stderr)
 
+    held_ex: List[Extracted] = []
+
     def held_scores(pair: BankPair):
         if not p.held:
             return None
-        ex = run(p.held, "features: held-out", True)
-        scores = score_samples(calibration_scorer(pair), ex.features)
-        return scores, np.array([s.label for s in ex.samples])
+        if not held_ex:
+            held_ex.append(run(p.held, "features: held-out", True))
+        ex = held_ex[0]
+        return score_samples(calibration_scorer(pair), ex.features), np.array([s.label for s in ex.samples])
 
     return finish(dataset, out_dir, features, cfg, synthetic_dirs, p, (negative, neg_stats), (positive, pos_stats),
                   pos_counts, errors, held_scores)
@@ -214,7 +224,7 @@ def build(dataset: str, out_dir: str, model, features: Dict[str, Any], cfg: Buil
 def finish(dataset: str, out_dir: str, features: Dict[str, Any], cfg: BuildConfig, synthetic_dirs: Sequence[str],
            p: Plan, neg: Tuple[Bank, Dict[str, Any]], pos: Tuple[Optional[Bank], Dict[str, Any]],
            pos_counts: Dict[str, int], errors: List[Tuple[str, str]], held_scores: HeldScores) -> BuildResult:
-    """Manifest, threshold calibrated on the held-out images (scored by held_scores), banks saved.
+    """Manifest, fusion and threshold calibrated on the held-out images (scored by held_scores), banks saved.
 
     errors is the list of unreadable files so far; held_scores may append the held-out ones to it
     (they go to the BuildResult, not to the manifest's sources).
@@ -236,6 +246,7 @@ def finish(dataset: str, out_dir: str, features: Dict[str, Any], cfg: BuildConfi
                     "unreadable": [{"path": q, "error": e} for q, e in errors]},
         "default_mode": cfg.default_mode,
         "modes": list(MODES),
+        "scoring": {"gamma": float(cfg.gamma), "fusion": None},
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "tool": f"exdd {__version__}",
     }
@@ -245,6 +256,9 @@ def finish(dataset: str, out_dir: str, features: Dict[str, Any], cfg: BuildConfi
     held = held_scores(pair)
     if held is not None:
         scores, labels = held
+        if positive is not None:       # fit the fusion on the held-out images, then score it
+            manifest["scoring"]["fusion"] = fit_fusion(scores["fusion_x"], labels)
+            scores, labels = held_scores(pair)
         for m in MODES:
             t = threshold(scores[m], labels, cfg.threshold_rule, cfg.target_fpr)
             thr["values"][m] = t["value"]

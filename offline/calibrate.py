@@ -5,7 +5,7 @@ from typing import Dict
 
 import numpy as np
 
-from .metrics import f1_max
+from exdd.metrics import f1_max
 
 RULES = ("f1", "fpr")
 

@@ -1,15 +1,18 @@
 """``exdd offline``: build banks, evaluate, synthesize defects, sweep."""
 from __future__ import annotations
 
-import json
 import os
 import time
 
 import click
 import numpy as np
 
+from exdd import defaults
 from exdd.cli_common import fail, input_size_option, parse_hw
+from exdd.datasets import layout_choices
 from exdd.ray_cluster import ray_options
+from exdd.scoring.bank import MIN_K
+from exdd.scoring.scores import DEFAULT_GAMMA, DEFAULT_MODE, MODES
 
 
 def _extractor(weights: str, d: int, seed: int, input_hw):
@@ -37,22 +40,26 @@ def offline() -> None:
 @click.argument("dataset", type=click.Path(exists=True, file_okay=False))
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Bank directory to write.")
 @click.option("--weights", default="imagenet", show_default=True, help="imagenet | PATH (.safetensors/.pth) | random:SEED")
-@click.option("--d", "d", default=256, show_default=True, help="Projection dimension (1536 -> d).")
+@click.option("--d", "d", default=defaults.D, show_default=True, help="Projection dimension (1536 -> d).")
 @click.option("--projection-seed", default=0, show_default=True)
 @input_size_option
-@click.option("--layout", default="auto", type=click.Choice(["auto", "ksdd2", "mvtec"]), show_default=True)
-@click.option("--neg-ratio", default=0.01, show_default=True, help="Coreset ratio of the negative bank.")
-@click.option("--pos-ratio", default=0.10, show_default=True, help="Coreset ratio of the positive bank.")
-@click.option("--min-bank", default=1000, show_default=True, help="A bank keeps at least this many (capped at N).")
-@click.option("--k", default=3, show_default=True, help="Neighbourhood size of the reweighting.")
+@click.option("--layout", default="auto", type=click.Choice(layout_choices(labelled_only=True)), show_default=True)
+@click.option("--neg-ratio", default=defaults.NEG_RATIO, show_default=True, help="Coreset ratio of the negative bank.")
+@click.option("--pos-ratio", default=defaults.POS_RATIO, show_default=True, help="Coreset ratio of the positive bank.")
+@click.option("--min-bank", default=defaults.MIN_BANK, show_default=True,
+              help="A bank keeps at least this many (capped at N).")
+@click.option("--k", default=defaults.K, show_default=True, type=click.IntRange(min=MIN_K),
+              help=f"Neighbourhood size of the reweighting (at least {MIN_K}: k-1 neighbours besides the nearest).")
 @click.option("--min-cover", default=0.3, show_default=True, help="Defect patch: cell covered by the mask at least this much.")
 @click.option("--synthetic", "synthetic_dirs", multiple=True, type=click.Path(exists=True, file_okay=False),
               help="Folder of synthetic defects (NNNNN.png + NNNNN_GT.png); repeatable.")
 @click.option("--holdout", default=0.1, show_default=True, help="Fraction of training images kept out for calibration.")
 @click.option("--threshold-rule", default="f1", type=click.Choice(["f1", "fpr"]), show_default=True)
-@click.option("--target-fpr", default=0.01, show_default=True, help="For --threshold-rule fpr.")
-@click.option("--mode", "default_mode", default="exdd", type=click.Choice(["patchcore", "exdd", "exdd_peak"]),
+@click.option("--target-fpr", default=defaults.TARGET_FPR, show_default=True, help="For --threshold-rule fpr.")
+@click.option("--mode", "default_mode", default=DEFAULT_MODE, type=click.Choice(list(MODES)),
               show_default=True, help="Mode whose score the served model returns as SCORE.")
+@click.option("--gamma", default=DEFAULT_GAMMA, show_default=True, type=click.FloatRange(0.0, 4.0),
+              help="Exponent of the dual map a- (a-/a+)^gamma (modes dual, fusion).")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--batch-size", default=8, show_default=True)
 @click.option("--chunk-rows", default=24_000, show_default=True, help="Coreset chunk (patch rows) of the chunked greedy.")
@@ -64,17 +71,17 @@ def offline() -> None:
               help="With --ray: torch threads per extractor actor (default: this machine's CPU count, as the "
                    "single-process build uses, so the features are bit-identical).")
 def build(dataset, out_dir, weights, d, projection_seed, input_size, layout, neg_ratio, pos_ratio, min_bank, k,
-          min_cover, synthetic_dirs, holdout, threshold_rule, target_fpr, default_mode, seed, batch_size, chunk_rows,
-          ray_address, ray_cpus, ray_workers, ray_shard_images, ray_threads):
+          min_cover, synthetic_dirs, holdout, threshold_rule, target_fpr, default_mode, gamma, seed, batch_size,
+          chunk_rows, ray_address, ray_cpus, ray_workers, ray_shard_images, ray_threads):
     """Build the negative and positive banks of DATASET into --out."""
     from .build import BuildConfig, build as run_build
-    from .datasets import DatasetError
-    from .progress import bar
+    from exdd.datasets import DatasetError
+    from exdd.progress import bar
     model, info = _extractor(weights, d, projection_seed, parse_hw(input_size))
     info["weights_source"] = os.path.abspath(weights) if os.path.isfile(weights) else weights
     cfg = BuildConfig(neg_ratio=neg_ratio, pos_ratio=pos_ratio, min_size=min_bank, k=k, min_cover=min_cover,
                       holdout=holdout, seed=seed, threshold_rule=threshold_rule, target_fpr=target_fpr,
-                      default_mode=default_mode, batch_size=batch_size, chunk_rows=chunk_rows)
+                      default_mode=default_mode, gamma=gamma, batch_size=batch_size, chunk_rows=chunk_rows)
     ray = None
     if ray_address is not None:              # features, coreset and calibration on Ray (offline/distributed.py)
         from exdd.ray_cluster import connect_or_fail
@@ -107,7 +114,7 @@ def build(dataset, out_dir, weights, d, projection_seed, input_size, layout, neg
 @click.argument("dataset", type=click.Path(exists=True, file_okay=False))
 @click.option("--banks", "bank_dir", required=True, type=click.Path(exists=True, file_okay=False))
 @click.option("--weights", default=None, help="Defaults to the weights the banks were built with.")
-@click.option("--layout", default="auto", type=click.Choice(["auto", "ksdd2", "mvtec", "folder"]), show_default=True,
+@click.option("--layout", default="auto", type=click.Choice(layout_choices()), show_default=True,
               help="folder: every image below DATASET, unlabelled (scores only, no metrics).")
 @click.option("--split", default="test", show_default=True)
 @click.option("--out", "out_json", default=None, type=click.Path(dir_okay=False), help="Write results JSON here.")
@@ -115,17 +122,17 @@ def build(dataset, out_dir, weights, d, projection_seed, input_size, layout, neg
 @click.option("--no-pixel", is_flag=True, help="Skip pixel metrics (faster).")
 def evaluate(dataset, bank_dir, weights, layout, split, out_json, batch_size, no_pixel):
     """Score DATASET's test split with the banks; metrics of every mode side by side."""
-    from exdd.scoring import BankError, load_banks, read_manifest_features
-    from exdd.scoring import Scorer
-    from .datasets import DatasetError, load_split
+    from exdd.scoring import BankError, Scorer, load_banks, read_manifest_spec
+    from exdd.datasets import DatasetError, load_split
+    from exdd.results import ErrorRow, EvaluationResults, ImageResult
     from .evaluate import confusion, metrics_of, score_split, table
-    from .progress import bar
+    from exdd.progress import bar
     try:
-        feats = read_manifest_features(bank_dir)
+        feats = read_manifest_spec(bank_dir)
     except BankError as e:
         fail(str(e))
-    model, info = _extractor(weights or feats.get("weights_source", feats["weights"]), feats["d"],
-                             feats["projection_seed"], tuple(feats["input_size"]))
+    model, info = _extractor(weights or feats.weights_source or feats.weights, feats.d, feats.projection_seed,
+                             feats.input_size)
     try:
         banks = load_banks(bank_dir, expected_features=info)
         samples = load_split(dataset, split, layout)
@@ -147,22 +154,18 @@ def evaluate(dataset, bank_dir, weights, layout, split, out_json, batch_size, no
     for m, v in metrics.items():
         if m in thresholds and (labels >= 0).all():
             v["at_threshold"] = confusion(scored.scores[m], labels, thresholds[m])
-    result = {
-        "dataset": os.path.abspath(dataset), "split": split, "banks": os.path.abspath(bank_dir),
-        "weights": info["weights"], "weights_note": banks.manifest.get("weights_note", ""),
-        "default_mode": scorer.default_mode, "thresholds": thresholds, "metrics": metrics,
-        "images": [{"path": s.path, "label": int(s.label), "kind": s.kind,
-                    "scores": {m: float(scored.scores[m][i]) for m in scored.scores},
-                    "s_neg": float(scored.s_neg[i]), "s_pos": float(scored.s_pos[i])}
-                   for i, s in enumerate(scored.samples)],
-        "errors": [{"path": p, "error": e} for p, e in scored.errors],
-        "seconds": round(time.time() - t0, 2),
-    }
+    result = EvaluationResults(
+        source="offline", dataset=os.path.abspath(dataset), split=split, banks=os.path.abspath(bank_dir),
+        weights=info["weights"], weights_note=banks.manifest.get("weights_note", ""),
+        default_mode=scorer.default_mode, thresholds=thresholds, metrics=metrics,
+        images=[ImageResult(s.path, int(s.label), {m: float(scored.scores[m][i]) for m in scored.scores}, s.kind,
+                            float(scored.s_neg[i]), float(scored.s_pos[i]))
+                for i, s in enumerate(scored.samples)],
+        errors=[ErrorRow(p, e) for p, e in scored.errors],
+        seconds=round(time.time() - t0, 2))
     if out_json:
-        os.makedirs(os.path.dirname(os.path.abspath(out_json)), exist_ok=True)
-        with open(out_json, "w") as f:
-            json.dump(result, f, indent=1)
-    click.echo(f"weights: {info['weights']}" + (f"  [{result['weights_note']}]" if result["weights_note"] else ""))
+        result.save(out_json)
+    click.echo(f"weights: {info['weights']}" + (f"  [{result.weights_note}]" if result.weights_note else ""))
     click.echo(f"images: {len(scored.samples)} ({int((labels == 1).sum())} defective, {int((labels < 0).sum())} "
                f"unlabelled), unreadable: {len(scored.errors)}")
     click.echo(table(metrics))
@@ -177,7 +180,7 @@ def evaluate(dataset, bank_dir, weights, layout, split, out_json, batch_size, no
 @click.option("--counts", default="0,50,100,150", show_default=True, help="Synthetic samples per point.")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False))
 @click.option("--weights", default="imagenet", show_default=True)
-@click.option("--d", "d", default=256, show_default=True)
+@click.option("--d", "d", default=defaults.D, show_default=True)
 @click.option("--projection-seed", default=0, show_default=True)
 @input_size_option
 @click.option("--no-pixel", is_flag=True)

@@ -25,13 +25,15 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from exdd.scoring import MODES, BankPair
+from exdd.log import get as _logger
+from exdd.scoring import BankPair
 from .build import (BuildConfig, BuildResult, bank_of, calibration_scorer, defect_patches, finish, plan,
                     score_samples)
 from .coreset import Coreset, _greedy, bank_size, greedy_kcenter
-from .datasets import Sample
+from exdd.datasets import Sample
 
 SCORE_BATCH = 16          # score_samples' batch: shards are multiples of it
+log = _logger(__name__)
 
 
 @dataclass
@@ -83,11 +85,11 @@ class Extractor:
         rows = ex.features[defect_patches(ex.covers, min_cover)]
         return {"kept": len(ex.samples), "errors": ex.errors, "rows": int(rows.shape[0])}, rows
 
-    def heldout_scores(self, samples: Sequence[Sample], pair: BankPair):
-        """Scores of every mode, labels and errors of a shard of held-out images."""
+    def heldout_rows(self, samples: Sequence[Sample]):
+        """(meta with labels and errors, (n, h, w, d) float16 features) of a shard of held-out images."""
         ex = self._extract(samples, True)
-        scores = score_samples(calibration_scorer(pair), ex.features, SCORE_BATCH)
-        return scores, np.array([s.label for s in ex.samples]), ex.errors
+        return {"kept": len(ex.samples), "errors": ex.errors, "rows": int(ex.features.shape[0]),
+                "labels": np.array([s.label for s in ex.samples])}, ex.features
 
 
 class _OnDevice:
@@ -126,6 +128,11 @@ def _driver_threads() -> int:
     return max(1, os.cpu_count() or 1)
 
 
+def _score_part(pair: BankPair, feats: np.ndarray) -> Dict[str, np.ndarray]:
+    """score_samples of one held-out shard's features (whole batches of SCORE_BATCH, as single-process)."""
+    return score_samples(calibration_scorer(pair), feats, SCORE_BATCH)
+
+
 def _take(part: np.ndarray, idx: np.ndarray) -> np.ndarray:
     return np.asarray(part[idx])
 
@@ -151,6 +158,7 @@ class RayBuild:
         self.task_chunk = ray.remote(num_cpus=1)(_chunk_greedy)
         self.task_exact = ray.remote(num_cpus=1)(_exact)
         self.task_take = ray.remote(num_cpus=1)(_take)
+        self.task_score = ray.remote(num_cpus=1)(_score_part)
         self.workers = n
 
     def _shards(self, samples: Sequence[Sample]) -> List[List[Sample]]:
@@ -275,7 +283,7 @@ def build_ray(ray, dataset: str, out_dir: str, weights: str, features: Dict[str,
     def note(parts: Sequence[Part]) -> None:
         for part in parts:
             for path, e in part.errors:
-                print(f"error: {e} (skipped)", file=sys.stderr)
+                log.error("%s (skipped)", e)
             errors.extend(part.errors)
 
     neg_parts = stage("features: normal", len(p.normals), lambda u: rb._parts("normal_rows", p.normals, (), u))
@@ -303,18 +311,28 @@ def build_ray(ray, dataset: str, out_dir: str, weights: str, features: Dict[str,
         print("warning: no defect patches for the positive bank: exdd modes fall back to patchcore",
               file=sys.stderr)
 
+    held: List[Part] = []
+    held_labels: List[np.ndarray] = []
+
     def held_scores(pair: BankPair):
+        """Held-out features extracted once into the object store, scored there with each pair given."""
         if not p.held:
             return None
+        if not held:
+            calls = stage("features: held-out", len(p.held), lambda u: rb._map("heldout_rows", p.held, (), 2, u))
+            metas = ray.get([c[0] for c in calls])
+            held.extend(Part(m["rows"], c[1], m["kept"], m["errors"]) for c, m in zip(calls, metas))
+            held_labels.extend(m["labels"] for m in metas)
+            note(held)
         pref = ray.put(pair)
-        calls = stage("features: held-out", len(p.held), lambda u: rb._map("heldout_scores", p.held, (pref,), 1, u))
-        res = ray.get(calls)
-        for _, _, errs in res:
-            for path, e in errs:
-                print(f"error: {e} (skipped)", file=sys.stderr)
-            errors.extend(errs)
-        scores = {m: np.concatenate([r[0][m] for r in res]) for m in MODES}
-        return scores, np.concatenate([r[1] for r in res])
+        res = ray.get([rb.task_score.remote(pref, h.ref) for h in held if h.rows])
+        if not res:                       # no readable held-out image: what score_samples gives for none
+            return score_samples(calibration_scorer(pair), np.zeros((0, 1, 1, 1), np.float16)), np.zeros(0, int)
+        scores = {}
+        for key in res[0]:
+            parts = [r[key] for r in res if len(r[key])]
+            scores[key] = np.concatenate(parts) if parts else np.zeros(0)
+        return scores, np.concatenate(held_labels) if held_labels else np.zeros(0, dtype=int)
 
     return finish(dataset, out_dir, features, cfg, synthetic_dirs, p, (negative, neg_stats), (positive, pos_stats),
                   pos_counts, errors, held_scores)

@@ -6,16 +6,15 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from exdd.scoring import MODES, Scorer
-from exdd.scoring.scorer import MAP_OF_MODE
-from .datasets import Sample
+from exdd.scoring import MODES, Scorer, map_of_mode
+from exdd.datasets import Sample
 from .extract import batches, run_extractor
-from .metrics import summary
+from exdd.metrics import summary
 
 
 @dataclass
 class Scored:
-    """Per-image results of a split and the maps (float16) per map kind."""
+    """Per-image results of a split and the image-sized maps (float32: a ratio map overflows float16) per map kind."""
     samples: List[Sample]
     scores: Dict[str, np.ndarray]
     s_neg: np.ndarray
@@ -42,8 +41,8 @@ def score_features(feature_batches: Iterable[Tuple[List[Sample], np.ndarray, Lis
     kept: List[Sample] = []
     sc: Dict[str, list] = {m: [] for m in MODES}
     s_neg, s_pos, masks = [], [], []
-    kinds = sorted({MAP_OF_MODE[m] for m in MODES})
-    maps = {k: np.zeros((n,) + tuple(size_hw), dtype=np.float16) for k in kinds} if with_maps else {}
+    kinds = sorted({map_of_mode(m) for m in MODES})
+    maps = {k: np.zeros((n,) + tuple(size_hw), dtype=np.float32) for k in kinds} if with_maps else {}
     for bs, feats, ms in feature_batches:
         r = scorer.score(feats, map_modes=MODES if with_maps else ())
         n0 = len(kept)
@@ -53,7 +52,7 @@ def score_features(feature_batches: Iterable[Tuple[List[Sample], np.ndarray, Lis
         s_pos.append(r["s_pos"])
         if with_maps:
             for m in MODES:
-                maps[MAP_OF_MODE[m]][n0:n0 + len(bs)] = r["maps"][m]
+                maps[map_of_mode(m)][n0:n0 + len(bs)] = r["maps"][m]
         masks += ms
         kept += bs
         if progress:
@@ -74,9 +73,9 @@ def metrics_of(scored: Scored) -> Dict[str, Dict[str, float]]:
     for m in MODES:
         known = labels >= 0
         img = summary(scored.scores[m][known], labels[known], None, None)
-        kind = MAP_OF_MODE[m]
+        kind = map_of_mode(m)
         if scored.maps and kind not in per_kind and scored.masks is not None and scored.masks.any():
-            pix = summary(np.zeros(2), np.array([0, 1]), scored.maps[kind].astype(np.float32), scored.masks)
+            pix = summary(np.zeros(2), np.array([0, 1]), scored.maps[kind], scored.masks)
             per_kind[kind] = {k: v for k, v in pix.items() if k.startswith("pixel_")}
         img.update(per_kind.get(kind, {}))
         out[m] = img

@@ -1,7 +1,6 @@
 """Running the feature extractor over dataset samples, in batches, with per-file errors."""
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, List, Optional, Sequence, Tuple
 
@@ -9,7 +8,10 @@ import numpy as np
 import torch
 
 from exdd.images import ImageReadError, read_image, read_mask, image_size
-from .datasets import Sample
+from exdd.log import get as _logger
+from exdd.datasets import Sample
+
+log = _logger(__name__)
 
 
 @dataclass
@@ -55,7 +57,7 @@ def batches(samples: Sequence[Sample], size_hw: Tuple[int, int], batch_size: int
             img, m = read_sample(s, size_hw, with_mask)
         except ImageReadError as e:
             errors.append((s.path, str(e)))
-            print(f"error: {e} (skipped)", file=sys.stderr)
+            log.error("%s (skipped)", e)
             continue
         buf.append((s, img, m))
         if len(buf) == batch_size:

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from exdd.images import ImageReadError
-from .datasets import Sample
+from exdd.datasets import Sample
 from .extract import Extracted, cell_cover, read_sample, run_extractor
 from .features import CHANNELS, FeatureExtractor
 from .weights import load_backbone

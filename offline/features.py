@@ -18,12 +18,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from exdd import defaults
+from exdd.scoring.spec import FeatureSpec
+
 from .weights import BACKBONE, load_backbone
 
 LAYERS = ("layer2", "layer3")
 CHANNELS = (512, 1024)
-DEFAULT_INPUT_HW = (632, 224)
-DEFAULT_D = 256
+DEFAULT_INPUT_HW = defaults.INPUT_HW
+DEFAULT_D = defaults.D
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 
@@ -86,16 +89,16 @@ def build_extractor(weights: str, d: int = DEFAULT_D, projection_seed: int = 0,
 
 
 def fingerprint(weights_id: str, proj: np.ndarray, projection_seed: int, input_hw: Tuple[int, int]) -> Dict[str, Any]:
-    """The features' identity (the manifest's 'features'): what a bank must match to be usable."""
-    d = proj.shape[1]
-    return {
-        "backbone": BACKBONE,
-        "weights": weights_id,
-        "input_size": [int(input_hw[0]), int(input_hw[1])],
-        "layers": list(LAYERS),
-        "grid": list(grid_of(input_hw)),
-        "projection_seed": int(projection_seed),
-        "projection_sha256": projection_sha256(proj),
-        "d": int(d),
-        "aggregation": "avg3x3-s1, layer3 bilinear to layer2 grid, concat, gaussian projection",
-    }
+    """The features' identity (the manifest's 'features'): what a bank must match to be usable.
+
+    Built and validated as a FeatureSpec; returned in its dict form (the manifest / ONNX metadata JSON).
+    """
+    return spec_of(weights_id, proj, projection_seed, input_hw).to_dict()
+
+
+def spec_of(weights_id: str, proj: np.ndarray, projection_seed: int, input_hw: Tuple[int, int]) -> FeatureSpec:
+    """The FeatureSpec of an extractor with these weights, projection and input size."""
+    return FeatureSpec(backbone=BACKBONE, weights=weights_id, input_size=(int(input_hw[0]), int(input_hw[1])),
+                       layers=tuple(LAYERS), grid=grid_of(input_hw), projection_seed=int(projection_seed),
+                       projection_sha256=projection_sha256(proj), d=int(proj.shape[1]),
+                       aggregation="avg3x3-s1, layer3 bilinear to layer2 grid, concat, gaussian projection")

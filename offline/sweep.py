@@ -15,7 +15,7 @@ import numpy as np
 
 from exdd.scoring import MODES, Scorer, load_banks
 from .build import BuildConfig, build, model_featurizer
-from .datasets import Sample, load_split
+from exdd.datasets import Sample, load_split
 from .evaluate import metrics_of, score_features
 from .extract import Extracted
 

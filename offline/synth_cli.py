@@ -7,6 +7,8 @@ import click
 
 from exdd.cli_common import fail
 
+from .synth.methods import SYNTH_METHODS
+
 
 def _prompts(prompts_file: str | None) -> list[str]:
     from .synth.sdxl import DEFAULT_PROMPTS
@@ -27,8 +29,8 @@ def _prompts(prompts_file: str | None) -> list[str]:
 @click.argument("dataset", type=click.Path(exists=True, file_okay=False))
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
               help="Folder of NNNNN.png + NNNNN_GT.png + NNNNN.json (for `offline build --synthetic`).")
-@click.option("--method", default="sdxl", type=click.Choice(["sdxl", "paste"]), show_default=True,
-              help="sdxl: SDXL inpainting (the paper); paste: Poisson-blended real defects (CPU).")
+@click.option("--method", default="sdxl", type=click.Choice(list(SYNTH_METHODS)), show_default=True,
+              help="; ".join(f"{m.name}: {m.help}" for m in SYNTH_METHODS.values()) + ".")
 @click.option("--model", default=None, help="Model id or local folder of an SDXL inpainting pipeline "
               "[default: diffusers/stable-diffusion-xl-1.0-inpainting-0.1].")
 @click.option("--per-prompt", default=50, show_default=True, type=click.IntRange(min=1),
@@ -54,14 +56,14 @@ def synth(dataset, out_dir, method, model, per_prompt, prompts_file, negative_pr
     image onto a random normal training image. Rerunning with the same arguments continues
     where a run stopped.
     """
-    from .datasets import DatasetError
+    from exdd.datasets import DatasetError
     from .synth.diffmask import DiffMaskRule
     from .synth.run import SynthConfig, synthesize
     from .synth.sdxl import DEFAULT_MODEL, DEFAULT_NEGATIVE, SDXLSettings, SynthError, load_pipeline, resolve_device
 
     if work_size % 8:
         fail(f"--work-size {work_size}: must be a multiple of 8")
-    sdxl = method == "sdxl"
+    sdxl = SYNTH_METHODS[method].uses_pipeline
     model = model or DEFAULT_MODEL
     cfg = SynthConfig(dataset=dataset, out_dir=out_dir, method=method, model=model, prompts=_prompts(prompts_file),
                       negative_prompt=DEFAULT_NEGATIVE if negative_prompt is None else negative_prompt,

@@ -81,7 +81,7 @@ def bench_offline(repo: str, images: np.ndarray, weights: str, batch: int) -> di
     def run(x):
         with torch.no_grad():
             f = model(torch.from_numpy(x)).numpy()
-        return scorer.score(f, map_modes=(mode,))
+        return scorer.score(f, map_modes=(mode,), modes=(mode,))
 
     run(images[:1])
     lat = []

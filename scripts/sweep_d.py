@@ -20,11 +20,11 @@ import warnings
 import numpy as np
 
 from exdd.offline.build import BuildConfig, build
-from exdd.offline.datasets import load_split
+from exdd.datasets import load_split
 from exdd.offline.evaluate import metrics_of, score_features
 from exdd.offline.feature_cache import extract_raw
 from exdd.offline.features import fingerprint, make_projection
-from exdd.offline.progress import bar
+from exdd.progress import bar
 from exdd.scoring import MODES, Scorer, load_banks
 
 

@@ -14,6 +14,41 @@ from exdd.export.repository import RepositoryError, assemble
 from exdd.export.tensorrt import which_builder
 
 
+
+def model_config(path):
+    """A config.pbtxt parsed as Triton's ModelConfig (a malformed file fails the parse)."""
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+    with open(path) as f:
+        return text_format.Parse(f.read(), model_config_pb2.ModelConfig())
+
+
+def test_committed_templates_are_a_triton_repository_and_export_fills_only_what_varies():
+    """model_repository/ holds config.pbtxt of all three models; assembly changes sizes, batching, parameters."""
+    from exdd.export.configs import Serving, ensemble_config, features_config, scorer_config
+    from exdd.scoring import FeatureSpec
+    src = os.path.join(tu.ROOT, "model_repository")
+    t = {n: model_config(os.path.join(src, n, "config.pbtxt")) for n in ("exdd", "exdd_features", "exdd_scorer")}
+    assert t["exdd"].platform == "ensemble" and t["exdd_features"].backend == "python" == t["exdd_scorer"].backend
+    assert [s.model_name for s in t["exdd"].ensemble_scheduling.step] == ["exdd_features", "exdd_scorer"]
+    assert list(t["exdd_scorer"].input[0].dims) == [79, 28, 256] and list(t["exdd"].input[0].dims) == [632, 224, 3]
+    assert "threshold" not in t["exdd_scorer"].parameters
+    f = FeatureSpec.from_dict(tu.extractor()[1])
+    got = {"exdd": ensemble_config(f, Serving()), "exdd_features": features_config(f, "python", Serving()),
+           "exdd_scorer": scorer_config(f, "exdd", None, Serving())}
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+    for name, text in got.items():
+        c = text_format.Parse(text, model_config_pb2.ModelConfig())
+        assert [o.name for o in c.output] == [o.name for o in t[name].output]
+        assert [i.name for i in c.input] == [i.name for i in t[name].input]
+        if name != "exdd":
+            assert list(c.model_warmup[0].inputs[c.input[0].name].dims) == list(c.input[0].dims)
+    sc = text_format.Parse(got["exdd_scorer"], model_config_pb2.ModelConfig())
+    assert "threshold" not in sc.parameters and list(sc.input[0].dims) == [*f.grid, f.d]
+    sc = text_format.Parse(scorer_config(f, "patchcore", 0.5, Serving()), model_config_pb2.ModelConfig())
+    assert sc.parameters["threshold"].string_value == "0.5" and sc.parameters["mode"].string_value == "patchcore"
+
 def test_cli_export_onnx_from_banks_passes_parity_and_records_features():
     out = os.path.join(tu.workdir(), "cli.onnx")
     p = tu.exdd_cli("export", "onnx", "--banks", tu.banks(), "--out", out, "--parity-images", tu.dataset(),
@@ -86,11 +121,14 @@ def test_repository_layout_and_configs():
         assert os.path.exists(os.path.join(repo, rel)), rel
     with open(os.path.join(repo, "exdd_scorer/1/features.json")) as fh:
         assert json.load(fh) == f
-    ens = open(os.path.join(repo, "exdd/config.pbtxt")).read()
-    assert 'platform: "ensemble"' in ens and "dims: [ 128, 64, 3 ]" in ens and "dims: [ 128, 64 ]" in ens
-    sc = open(os.path.join(repo, "exdd_scorer/config.pbtxt")).read()
-    assert "max_batch_size: 8" in sc and "dynamic_batching" in sc and "model_warmup" in sc
-    assert f"dims: [ {f['grid'][0]}, {f['grid'][1]}, {tu.D} ]" in sc and 'key: "mode"' in sc
+    ens = model_config(os.path.join(repo, "exdd/config.pbtxt"))
+    assert ens.platform == "ensemble" and list(ens.input[0].dims) == [128, 64, 3]
+    assert [list(o.dims) for o in ens.output if o.name == "ANOMALY_MAP"] == [[128, 64]]
+    sc = model_config(os.path.join(repo, "exdd_scorer/config.pbtxt"))
+    assert sc.max_batch_size == 8 and sc.HasField("dynamic_batching") and len(sc.model_warmup) == 1
+    assert list(sc.input[0].dims) == [f["grid"][0], f["grid"][1], tu.D] and "mode" in sc.parameters
+    from exdd.scoring import FeatureSpec
+    assert FeatureSpec.from_json(sc.parameters["features"].string_value) == FeatureSpec.from_dict(f)
     from exdd.scoring.bank import sha256_file
     readme = open(os.path.join(repo, "README.md")).read()
     assert sha256_file(os.path.join(tu.banks(), "manifest.json")) in readme
@@ -103,17 +141,19 @@ def test_repository_layout_and_configs():
 def test_repository_backends_and_kinds(tmp_path):
     onnx, banks = tu.onnx_fp32(), tu.banks()
     r = assemble(onnx, banks, str(tmp_path / "ort"), "onnxruntime", Serving("gpu", 2, 4, 100))
-    cfg = open(os.path.join(r.path, "exdd_features/config.pbtxt")).read()
-    assert 'platform: "onnxruntime_onnx"' in cfg and "KIND_GPU" in cfg and "count: 2" in cfg and "max_batch_size: 4" in cfg
+    cfg = model_config(os.path.join(r.path, "exdd_features/config.pbtxt"))
+    assert cfg.platform == "onnxruntime_onnx" and not cfg.backend and cfg.max_batch_size == 4
+    assert [(g.kind, g.count) for g in cfg.instance_group] == [(cfg.instance_group[0].KIND_GPU, 2)]
+    assert cfg.dynamic_batching.max_queue_delay_microseconds == 100 and "intra_op_threads" not in cfg.parameters
     assert not os.path.exists(os.path.join(r.path, "exdd_features/1/model.py"))
-    sc = open(os.path.join(r.path, "exdd_scorer/config.pbtxt")).read()
-    assert "FORCE_CPU_ONLY_INPUT_TENSORS" in sc
+    sc = model_config(os.path.join(r.path, "exdd_scorer/config.pbtxt"))
+    assert sc.parameters["FORCE_CPU_ONLY_INPUT_TENSORS"].string_value == "no"
     with pytest.raises(RepositoryError, match="needs --engine"):
         assemble(onnx, banks, str(tmp_path / "trt"), "tensorrt_plan")
     plan = tmp_path / "fake.plan"
     plan.write_bytes(b"engine bytes")
     r = assemble(onnx, banks, str(tmp_path / "trt"), "tensorrt_plan", engine_path=str(plan))
-    assert 'platform: "tensorrt_plan"' in open(os.path.join(r.path, "exdd_features/config.pbtxt")).read()
+    assert model_config(os.path.join(r.path, "exdd_features/config.pbtxt")).platform == "tensorrt_plan"
     assert os.path.isfile(os.path.join(r.path, "exdd_features/1/model.plan"))
     with pytest.raises(RepositoryError, match="not empty"):
         assemble(onnx, banks, r.path, "python")

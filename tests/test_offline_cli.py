@@ -7,7 +7,8 @@ import numpy as np
 from PIL import Image
 
 from conftest import TINY_ARGS, copy_dataset, run_exdd
-from exdd.offline.datasets import holdout_split, load_split, detect_layout
+from exdd.scoring import MODES
+from exdd.datasets import holdout_split, load_split, detect_layout
 
 
 def test_build_writes_banks_and_manifest(tiny_banks):
@@ -24,7 +25,7 @@ def test_build_writes_banks_and_manifest(tiny_banks):
     assert neg.shape[0] == 40
     assert m["sources"]["defect_images"] == 5 and m["sources"]["heldout_defect"] == 1
     assert m["coreset"]["positive"]["size"] >= 1
-    assert set(m["threshold"]["values"]) == {"patchcore", "exdd", "exdd_peak"}
+    assert set(m["threshold"]["values"]) == set(MODES)
     assert all(e["sha256"] for e in m["files"].values()) and m["k"] == 3
 
 
@@ -32,7 +33,7 @@ def test_evaluate_reports_all_modes(tiny_dataset, tiny_banks, tmp_path):
     out = tmp_path / "r.json"
     p = run_exdd("offline", "evaluate", str(tiny_dataset), "--banks", str(tiny_banks), "--out", str(out))
     r = json.loads(out.read_text())
-    assert set(r["metrics"]) == {"patchcore", "exdd", "exdd_peak"}
+    assert set(r["metrics"]) == set(MODES)
     for v in r["metrics"].values():
         assert 0.0 <= v["image_auroc"] <= 1.0 and 0.0 <= v["pixel_auroc"] <= 1.0 and 0.0 <= v["pixel_aupro"] <= 1.0
         assert "at_threshold" in v
@@ -110,3 +111,21 @@ def test_holdout_split_is_seeded_and_stratified(tiny_dataset):
     assert len(kept) + len(held) == len(train)
     assert {s.label for s in held} == {0, 1}
     assert [s.path for s in held] == [s.path for s in holdout_split(train, 0.25, 0)[1]]
+
+
+def test_k_below_two_is_refused(tiny_dataset, tiny_banks, tmp_path):
+    """Issue 12, defect 7: --k 1 made every exdd score s_neg / 1e-6; the CLI and the bank loader refuse it."""
+    p = run_exdd("offline", "build", str(tiny_dataset), "--out", str(tmp_path / "b"), *TINY_ARGS, "--k", "1",
+                 check=False)
+    assert p.returncode == 2 and "--k" in p.stderr and "1 is not in the range x>=2" in p.stderr
+    assert not (tmp_path / "b").exists()
+    from exdd.scoring import BankError, load_banks
+    bad = copy_dataset(tiny_banks, tmp_path / "banks")
+    m = json.loads((bad / "manifest.json").read_text())
+    m["k"] = 1
+    (bad / "manifest.json").write_text(json.dumps(m))
+    import pytest
+    with pytest.raises(BankError, match="k = 1"):
+        load_banks(str(bad))
+    p = run_exdd("offline", "evaluate", str(tiny_dataset), "--banks", str(bad), check=False)
+    assert p.returncode == 2 and "k = 1" in p.stderr and "Traceback" not in p.stderr

@@ -21,17 +21,17 @@ CHROMIUM = next((p for p in (shutil.which(n) for n in ("chromium", "chromium-bro
 def _heatmaps(dataset: str, bank_dir: str, out_dir: str, mode: str) -> dict:
     """Real anomaly maps of the test split as overlay PNGs, {image path: png path}."""
     from exdd.images import read_image, read_mask
-    from exdd.offline.datasets import load_split
+    from exdd.datasets import load_split
     from exdd.offline.evaluate import score_split
     from exdd.offline.features import build_extractor
     from exdd.overlay import overlay, save_png
     from exdd.scoring import Scorer, load_banks, read_manifest_features
-    from exdd.scoring.scorer import MAP_OF_MODE
+    from exdd.scoring import map_of_mode
     feats = read_manifest_features(bank_dir)
     model, info = build_extractor(feats["weights"], feats["d"], feats["projection_seed"], tuple(feats["input_size"]))
     scorer = Scorer(load_banks(bank_dir, expected_features=info))
     scored = score_split(load_split(dataset, "test"), model, scorer, tuple(info["input_size"]), 8, True)
-    maps = scored.maps[MAP_OF_MODE[mode]].astype(np.float32)
+    maps = scored.maps[map_of_mode(mode)].astype(np.float32)
     vmin, vmax = float(np.percentile(maps, 1)), float(np.percentile(maps, 99.5))
     out = {}
     for i, s in enumerate(scored.samples):

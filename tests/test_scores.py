@@ -45,11 +45,54 @@ def test_scores_match_transcription():
         assert r["s_pos"][b] == pytest.approx(s_pos, rel=1e-4)
         assert r["scores"]["patchcore"][b] == pytest.approx(s_neg, rel=1e-4)
         assert r["scores"]["exdd"][b] == pytest.approx(s_neg / (s_pos + 1e-6), rel=1e-4)
-        assert r["scores"]["exdd_peak"][b] == pytest.approx(s_neg / (a_p[p_n] + 1e-6), rel=1e-4)
         ratio = (a_n / (a_p + 1e-6)).reshape(GRID)
+        dual = a_n.reshape(GRID) * ratio                              # gamma = 1, the default: a-^2 / a+
         np.testing.assert_allclose(r["patch_neg"][b], a_n.reshape(GRID), rtol=1e-4)
         sh, sw = upsample_smooth_matrices(GRID, OUT, 4.0)
         np.testing.assert_allclose(r["maps"]["exdd"][b], sh @ ratio @ sw.T, rtol=1e-3, atol=1e-5)
+        np.testing.assert_allclose(r["maps"]["dual"][b], sh @ dual @ sw.T, rtol=1e-3, atol=1e-5)
+        np.testing.assert_allclose(r["maps"]["fusion"][b], r["maps"]["dual"][b])
+        np.testing.assert_allclose(r["maps"]["patchcore"][b], sh @ a_n.reshape(GRID) @ sw.T, rtol=1e-3, atol=1e-5)
+        assert r["scores"]["dual"][b] == pytest.approx((sh @ dual @ sw.T).max(), rel=1e-4)
+        # no held-out fit in the manifest: the fusion's fixed fallback log s- + log max(ratio map)
+        assert r["scores"]["fusion"][b] == pytest.approx(np.log(s_neg) + np.log((sh @ ratio @ sw.T).max()), rel=1e-4)
+
+
+def test_gamma_and_fitted_fusion_come_from_the_manifest():
+    rng = np.random.default_rng(5)
+    pair = make_pair(rng)
+    feats = rng.standard_normal((2,) + GRID + (D,)).astype(np.float32) * 1.3
+    base = Scorer(pair).score(feats)
+    fusion = {"mean": [1.0, 2.0, 3.0], "scale": [2.0, 4.0, 8.0], "coef": [0.5, -1.0, 2.0], "intercept": 0.25}
+    pair.manifest["scoring"] = {"gamma": 0.5, "fusion": fusion}
+    r = Scorer(pair).score(feats)
+    sh, sw = upsample_smooth_matrices(GRID, OUT, 4.0)
+    for b in range(2):
+        a_n, a_p = r["patch_neg"][b], r["patch_pos"][b]
+        assert r["scores"]["dual"][b] == pytest.approx((sh @ (a_n * np.sqrt(a_n / (a_p + 1e-6))) @ sw.T).max(), rel=1e-4)
+        x = np.log([r["s_neg"][b], r["maps"]["exdd"][b].max(), r["s_pos"][b]])
+        want = (((x - np.array(fusion["mean"])) / np.array(fusion["scale"])) * np.array(fusion["coef"])).sum() + 0.25
+        assert r["scores"]["fusion"][b] == pytest.approx(want, rel=1e-4)
+    np.testing.assert_allclose(r["scores"]["patchcore"], base["scores"]["patchcore"])
+
+
+def test_fit_fusion_separates_and_falls_back():
+    from exdd.scoring.fusion import FALLBACK, fit_fusion
+    rng = np.random.default_rng(6)
+    y = np.r_[np.zeros(30), np.ones(12)]
+    x = rng.standard_normal((42, 3))
+    x[:, 0] += 2.5 * y                                           # only the first feature is informative
+    p = fit_fusion(x, y)
+    assert p["fitted"] and p["coef"][0] > 1.0 and abs(p["coef"][0]) > 3 * max(abs(p["coef"][1]), abs(p["coef"][2]))
+    assert fit_fusion(x[:34], y[:34]) == FALLBACK                # 4 defective: too few, fixed fallback
+
+
+def test_unknown_default_mode_is_refused_by_name():
+    rng = np.random.default_rng(7)
+    pair = make_pair(rng)
+    pair.manifest["default_mode"] = "exdd_peak"
+    with pytest.raises(ValueError, match="unknown scoring mode 'exdd_peak'"):
+        Scorer(pair)
 
 
 def test_no_positive_bank_falls_back_to_patchcore():
@@ -60,7 +103,9 @@ def test_no_positive_bank_falls_back_to_patchcore():
     feats = rng.standard_normal((2,) + GRID + (D,)).astype(np.float32)
     r = sc.score(feats)
     np.testing.assert_array_equal(r["scores"]["exdd"], r["scores"]["patchcore"])
-    np.testing.assert_array_equal(r["maps"]["exdd"], r["maps"]["patchcore"])
+    for m in r["scores"]:
+        np.testing.assert_array_equal(r["scores"][m], r["scores"]["patchcore"])
+        np.testing.assert_array_equal(r["maps"][m], r["maps"]["patchcore"])
 
 
 def test_bad_features_are_refused():
@@ -84,3 +129,27 @@ def test_upsample_matches_torch_and_smoothing_matches_scipy():
     got = upsample_smooth(m[None], sh, sw, np)[0]
     np.testing.assert_allclose(got, gaussian_filter(up.astype(np.float64), 4.0, mode="reflect", truncate=4.0),
                                atol=1e-5)
+
+
+def test_near_zero_positive_distance_keeps_maps_and_metrics_finite():
+    """A patch sitting on a positive-bank vector gives a ratio of ~a_neg / eps: maps stay finite (float32)
+    through the offline evaluator and every pixel metric is a number (was: float16 overflow -> inf -> nan)."""
+    from exdd.datasets import Sample
+    from exdd.offline.evaluate import metrics_of, score_features
+    rng = np.random.default_rng(3)
+    pair = make_pair(rng)
+    feats = rng.standard_normal((4,) + GRID + (D,)).astype(np.float32) * 1.3
+    feats[1, 2, 1] = pair.positive.vectors[0] * 40.0      # far from normal ...
+    pair.positive.vectors[0] *= 40.0                       # ... and exactly on a defect vector: a+ = 0
+    masks = [np.zeros(OUT, bool) for _ in range(4)]
+    masks[1][16:24, 8:16] = True
+    masks[3][0:8, 0:8] = True
+    samples = [Sample(f"img{i}.png", None, int(m.any()), "test") for i, m in enumerate(masks)]
+    scored = score_features([(samples, feats, masks)], 4, Scorer(pair, eps=1e-6), OUT)
+    for kind, m in scored.maps.items():
+        assert m.dtype == np.float32 and np.isfinite(m).all(), kind
+    assert scored.maps["ratio"].max() > 1e5          # beyond float16's 65504: the case that overflowed
+    met = metrics_of(scored)
+    for mode, v in met.items():
+        for key in ("pixel_auroc", "pixel_aupro", "image_auroc"):
+            assert np.isfinite(v[key]), (mode, key)

@@ -4,6 +4,7 @@ import json
 from PIL import Image
 
 from conftest import TINY_ARGS, run_exdd
+from exdd.scoring import MODES
 
 
 def test_paste_synth_sweep_and_build(tiny_dataset, tmp_path):
@@ -24,7 +25,7 @@ def test_paste_synth_sweep_and_build(tiny_dataset, tmp_path):
     patches = [row["positive_patches"] for row in r["rows"]]
     assert patches[0] < patches[1] <= patches[2]
     for row in r["rows"]:
-        assert set(row["metrics"]) == {"patchcore", "exdd", "exdd_peak"}
+        assert set(row["metrics"]) == set(MODES)
     # the negative bank and the test split do not change with the synthetic count
     assert len({round(row["metrics"]["patchcore"]["image_auroc"], 6) for row in r["rows"]}) == 1
     assert (out / "sweep.png").stat().st_size > 1000 and "| synthetic samples |" in (out / "sweep.md").read_text()

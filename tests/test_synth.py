@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from exdd.images import read_mask
-from exdd.offline.datasets import synthetic
+from exdd.datasets import synthetic
 from exdd.offline.synth.diffmask import DiffMaskRule, diff_mask, dilate
 from exdd.offline.synth.plan import Source, make_plan
 

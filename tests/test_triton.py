@@ -249,3 +249,34 @@ def test_serve_cli_starts_warns_when_exposed_and_stops_on_sigint():
     proc.send_signal(signal.SIGINT)
     _, rest = proc.communicate(timeout=60)
     assert proc.returncode == 0 and "stopped (exit code 0)" in rest and "Traceback" not in rest
+
+
+def test_serve_on_ipv6_loopback():
+    """Issue 12, defect 6: --host ::1 is loopback; the port check must use an IPv6 socket and URLs brackets."""
+    import socket
+    from exdd.client.connection import Connection, normalise_url
+    from exdd.export.serve import TritonServer, free_port, port_in_use
+    assert normalise_url("::1", "grpc") == "[::1]:8001" and normalise_url("[::1]", "http") == "[::1]:8000"
+    assert normalise_url("http://[::1]:9000/", "http") == "[::1]:9000" and normalise_url("host", "grpc") == "host:8001"
+    with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as taken:
+        taken.bind(("::1", 0))
+        taken.listen(1)
+        assert port_in_use("::1", taken.getsockname()[1])
+    ports = [free_port("::1") for _ in range(3)]
+    assert not port_in_use("::1", ports[0])
+    repo = tu.repository("python")
+    srv = TritonServer(repo, "::1", *ports, env=tu.serving_env(), log_path=repo + "-v6.log", exit_timeout=3)
+    assert srv.grpc_url == f"[::1]:{ports[1]}" and srv.http_url == f"[::1]:{ports[0]}"
+    with srv:
+        for url, protocol in ((srv.grpc_url, "grpc"), (srv.http_url, "http")):
+            c = Connection(url, protocol)
+            assert c.info().input_hw == tu.INPUT_HW
+            assert c.infer(tu.sample_images(1))["SCORE"].shape == (1, 1)
+
+
+def test_client_reads_the_served_feature_spec(server):
+    from exdd.client.connection import Connection
+    from exdd.scoring import FeatureSpec
+    info = Connection(server.grpc_url).info()
+    assert info.features == FeatureSpec.from_dict(tu.extractor()[1])
+    assert info.features.input_size == info.input_hw == tu.INPUT_HW

@@ -7,7 +7,6 @@ arguments is refused rather than silently mixed.
 from __future__ import annotations
 
 import os
-import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
@@ -16,11 +15,13 @@ import numpy as np
 
 from exdd import __version__
 from exdd.images import ImageReadError, image_size, read_image, read_mask
+from exdd.progress import Progress
 
-from ..datasets import load_split
+from exdd.datasets import load_split
 from . import writer
-from .diffmask import DiffMaskRule, diff_mask
-from .plan import SampleSpec, Source, make_plan, sample_seed
+from .diffmask import DiffMaskRule
+from .methods import SYNTH_METHODS, SynthMethod
+from .plan import SampleSpec, Source, make_plan
 from .sdxl import SDXLSettings, SynthError
 
 # sidecar fields that must equal the plan's for an existing sample to count as done
@@ -66,13 +67,20 @@ def dataset_sources(dataset: str) -> Tuple[List[str], List[Source]]:
     return normals, sources
 
 
+def method_of(cfg: "SynthConfig") -> SynthMethod:
+    """The registered synthesis method of cfg; SynthError names an unknown one."""
+    if cfg.method not in SYNTH_METHODS:
+        raise SynthError(f"synthesis method {cfg.method!r}: expected one of {tuple(SYNTH_METHODS)}")
+    return SYNTH_METHODS[cfg.method]
+
+
 def _rel(path: str, root: str) -> str:
     return os.path.relpath(os.path.abspath(path), os.path.abspath(root))
 
 
 def settings_of(cfg: SynthConfig, device: str, dtype: str) -> Dict[str, Any]:
     """The settings block of the sidecar (everything that shapes a sample's pixels)."""
-    if cfg.method == "sdxl":
+    if method_of(cfg).uses_pipeline:
         return {**cfg.sdxl.describe(), "dtype": dtype, "plan_seed": cfg.seed, "per_prompt": cfg.per_prompt,
                 "prompts": list(cfg.prompts)}
     return {"plan_seed": cfg.seed, "per_prompt": cfg.per_prompt, "prompts": list(cfg.prompts)}
@@ -80,7 +88,7 @@ def settings_of(cfg: SynthConfig, device: str, dtype: str) -> Dict[str, Any]:
 
 def planned_sidecar(cfg: SynthConfig, spec: SampleSpec, settings: Dict[str, Any]) -> Dict[str, Any]:
     """The plan-defined part of sample spec's sidecar."""
-    sdxl = cfg.method == "sdxl"
+    sdxl = method_of(cfg).uses_pipeline
     return {
         "method": cfg.method,
         "model": cfg.model if sdxl else None,
@@ -128,25 +136,7 @@ def make_sample(cfg: SynthConfig, spec: SampleSpec, pipe, settings: Dict[str, An
     t0 = time.time()
     try:
         normal, mask, mask_own, _ = _load(spec)
-        extra: Dict[str, Any] = {}
-        if cfg.method == "sdxl":
-            from .sdxl import inpaint
-            try:
-                generated = inpaint(pipe, normal, mask, spec.prompt, cfg.negative_prompt, cfg.sdxl, spec.seed)
-            except Exception as e:  # noqa: BLE001 - e.g. out of GPU memory: reported with the sample, no traceback
-                raise SynthError(f"sample {spec.index}: SDXL inpainting failed ({cfg.model}): "
-                                 f"{type(e).__name__}: {' '.join(str(e).split())[:400]}") from None
-            positive = diff_mask(normal, generated, mask, cfg.rule)
-            extra["positive_mask"] = cfg.rule.describe()
-            extra["inpaint_mask_pixels"] = int(mask.sum())
-        else:
-            from .paste import paste_defect
-            defect = read_image(spec.source.image)
-            rng = sample_seed(spec.seed, 0)
-            generated, positive, info = paste_defect(normal, defect, mask_own, rng)
-            extra["positive_mask"] = {"rule": "the pasted defect mask (the real mask, transformed and placed as "
-                                              "the defect was)"}
-            extra["paste"] = info
+        generated, positive, extra = method_of(cfg).make(cfg, spec, pipe, normal, mask, mask_own)
     except ImageReadError as e:
         raise SynthError(f"sample {spec.index}: {e}") from None
     except ValueError as e:
@@ -157,7 +147,7 @@ def make_sample(cfg: SynthConfig, spec: SampleSpec, pipe, settings: Dict[str, An
     sidecar = {
         "index": spec.index, "image": os.path.basename(p["image"]), "mask": os.path.basename(p["mask"]),
         **planned_sidecar(cfg, spec, settings),
-        "prompt_index": spec.prompt_index if cfg.method == "sdxl" else None,
+        "prompt_index": spec.prompt_index if method_of(cfg).uses_pipeline else None,
         "source_defect_image": _rel(spec.source.image, cfg.dataset),
         "dataset": os.path.abspath(cfg.dataset),
         "size_hw": list(normal.shape[:2]), "grayscale": gray, "device": device,
@@ -167,44 +157,6 @@ def make_sample(cfg: SynthConfig, spec: SampleSpec, pipe, settings: Dict[str, An
     }
     writer.write_sample(cfg.out_dir, spec.index, image, positive, sidecar)
     return sidecar
-
-
-class Progress:
-    """Samples/s progress: a tqdm bar on a terminal, a plain line at most every `every` s otherwise."""
-
-    def __init__(self, total: int, initial: int, every: float = 10.0):
-        self.total, self.n, self.made, self.every = total, initial, 0, every
-        self.t0 = self.last = time.time()
-        self.printed = initial
-        self.bar = None
-        if sys.stderr.isatty():
-            from tqdm import tqdm
-            self.bar = tqdm(total=total, initial=initial, desc="synth", unit="sample", file=sys.stderr,
-                            dynamic_ncols=True, smoothing=0.1)
-
-    def _line(self) -> None:
-        now = time.time()
-        rate = self.made / max(now - self.t0, 1e-9)
-        eta = (self.total - self.n) / rate if rate > 0 else float("inf")
-        print(f"synth: {self.n}/{self.total} samples, {rate:.3g} samples/s, eta {eta:.0f}s",
-              file=sys.stderr, flush=True)
-        self.last, self.printed = now, self.n
-
-    def update(self) -> None:
-        """One more sample made."""
-        self.n += 1
-        self.made += 1
-        if self.bar is not None:
-            self.bar.update(1)
-        elif time.time() - self.last >= self.every or self.n == self.total:
-            self._line()
-
-    def close(self) -> None:
-        """Close the bar, or print the last plain line if it is not printed yet."""
-        if self.bar is not None:
-            self.bar.close()
-        elif self.printed != self.n:
-            self._line()
 
 
 def synthesize(cfg: SynthConfig, device: str = "cpu", dtype: str = "float32",
@@ -227,8 +179,8 @@ def synthesize(cfg: SynthConfig, device: str = "cpu", dtype: str = "float32",
     note(f"plan: {len(plan)} samples ({len(normals)} normal images, {len(sources)} defect masks); "
          f"done: {sum(done)}, to make now: {len(todo)}" + (f"; {beyond} samples beyond the plan left in place"
                                                           if beyond else ""))
-    pipe = load_pipe() if (todo and cfg.method == "sdxl" and load_pipe is not None) else None
-    prog = Progress(len(plan), sum(done))
+    pipe = load_pipe() if (todo and method_of(cfg).uses_pipeline and load_pipe is not None) else None
+    prog = Progress("synth", len(plan), "sample", initial=sum(done), every=10.0)
     empty = 0
     try:
         for spec in todo:

@@ -7,12 +7,25 @@ metadata must match ``features.json``, the fingerprint the scorer's banks were c
 """
 import json
 import os
+import sys
 
 import numpy as np
 import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
 
 METADATA_KEY = "exdd.features"
+
+
+def feature_spec_class(model_repository):
+    """FeatureSpec from the scorer's exdd_scoring package beside this model (numpy + stdlib only)."""
+    scorer_version = os.path.join(os.path.dirname(os.path.abspath(model_repository)), "exdd_scorer", "1")
+    if scorer_version not in sys.path:
+        sys.path.insert(0, scorer_version)
+    try:
+        from exdd_scoring.spec import FeatureSpec
+    except ImportError as e:
+        raise RuntimeError(f"exdd_features: needs exdd_scorer/1/exdd_scoring beside it ({e})") from None
+    return FeatureSpec
 
 
 def config_parameter(config, key, default=None):
@@ -43,13 +56,21 @@ class TritonPythonModel:
                 pb_utils.Logger.log_warn("exdd_features: KIND_GPU but onnxruntime has no CUDAExecutionProvider "
                                          "(install onnxruntime-gpu in the serving venv); running on CPU")
         self.session = ort.InferenceSession(onnx_path, sess_options=opts, providers=providers)
-        with open(os.path.join(version_dir, "features.json")) as f:
-            expected = json.load(f)
+        spec = feature_spec_class(args["model_repository"])
+        features_path = os.path.join(version_dir, "features.json")
+        if os.path.exists(features_path):
+            with open(features_path) as f:
+                expected = spec.from_json(f.read(), features_path)
+        else:   # the committed template with banks copied in: the ONNX must match the banks' manifest
+            manifest = os.path.join(os.path.dirname(os.path.abspath(args["model_repository"])), "exdd_scorer", "1",
+                                    "banks", "manifest.json")
+            with open(manifest) as f:
+                expected = spec.from_dict(json.load(f).get("features"), manifest)
         stored = self.session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
-        if stored is None or json.loads(stored) != expected:
+        if stored is None or not spec.from_json(stored, f"{onnx_path} metadata").matches(expected):
             raise RuntimeError(f"exdd_features: {onnx_path} was not exported with the features in features.json "
                                "(model.onnx replaced?): rebuild the repository with exdd export repository")
-        self.hw = tuple(int(v) for v in expected["input_size"])
+        self.hw = expected.input_size
         self.input_name = self.session.get_inputs()[0].name
         self.output_name = self.session.get_outputs()[0].name
 

@@ -53,11 +53,13 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         version_dir = os.path.join(args["model_repository"], str(args["model_version"]))
         features_path = os.path.join(version_dir, "features.json")
-        try:
-            with open(features_path) as f:
-                expected = json.load(f)
-        except (OSError, ValueError) as e:
-            raise RuntimeError(f"exdd_scorer: cannot read {features_path}: {e}") from None
+        expected = None   # without features.json (banks copied into the committed template) exdd_features checks
+        if os.path.exists(features_path):
+            try:
+                with open(features_path) as f:
+                    expected = exdd_scoring.FeatureSpec.from_json(f.read(), features_path)
+            except (OSError, ValueError) as e:
+                raise RuntimeError(f"exdd_scorer: cannot read {features_path}: {e}") from None
         try:
             banks = exdd_scoring.load_banks(os.path.join(version_dir, "banks"), expected_features=expected)
         except exdd_scoring.BankError as e:
@@ -115,7 +117,7 @@ class TritonPythonModel:
 
     def _score(self, feats):
         """(score, s_neg, s_pos, map) as NumPy arrays for an xp batch."""
-        out = self.scorer.score(feats, map_modes=(self.mode,))
+        out = self.scorer.score(feats, map_modes=(self.mode,), modes=(self.mode,))
         return (self._host(out["scores"][self.mode]), self._host(out["s_neg"]), self._host(out["s_pos"]),
                 self._host(out["maps"][self.mode]))
 

@@ -5,15 +5,17 @@ copying it; the offline evaluator imports the same files as ``exdd.scoring``. It
 ever import numpy (and cupy when given), json, hashlib and the standard library.
 """
 from .bank import (BANK_FORMAT_VERSION, Bank, BankError, BankPair, FEATURE_KEYS, load_banks, read_manifest,
-                   read_manifest_features, save_bank)
+                   read_manifest_features, read_manifest_spec, save_bank)
+from .spec import FeatureSpec, SpecError
 from .knn import nearest, topk_nearest
 from .resample import upsample_smooth_matrices, upsample_smooth
-from .scores import MODES, image_scores, reweight_q
-from .scorer import Scorer
+from .scores import (DEFAULT_MODE, MAP_KINDS, MODE_REGISTRY, MODES, Evidence, Mode, image_scores, register_mode,
+                     reweight_q)
+from .scorer import Scorer, map_of_mode
 
 __all__ = [
     "BANK_FORMAT_VERSION", "Bank", "BankError", "BankPair", "FEATURE_KEYS", "load_banks", "read_manifest",
-    "read_manifest_features", "save_bank",
-    "nearest", "topk_nearest", "upsample_smooth_matrices", "upsample_smooth", "MODES", "image_scores",
-    "reweight_q", "Scorer",
+    "read_manifest_features", "read_manifest_spec", "save_bank", "FeatureSpec", "SpecError",
+    "nearest", "topk_nearest", "upsample_smooth_matrices", "upsample_smooth", "DEFAULT_MODE", "MAP_KINDS",
+    "MODE_REGISTRY", "MODES", "Evidence", "Mode", "image_scores", "register_mode", "reweight_q", "Scorer", "map_of_mode",
 ]

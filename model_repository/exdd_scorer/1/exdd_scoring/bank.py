@@ -15,15 +15,27 @@ from typing import Any, Dict, Optional
 
 import numpy as np
 
+from .spec import IDENTITY, FeatureSpec, SpecError
+
 BANK_FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
-# What makes two feature extractors interchangeable: a bank is only valid with the same values.
-FEATURE_KEYS = ("backbone", "weights", "input_size", "layers", "grid", "projection_seed",
-                "projection_sha256", "d")
+FEATURE_KEYS = IDENTITY   # what makes two feature extractors interchangeable (FeatureSpec's identity)
+
+
+# The reweighting needs k-1 >= 1 neighbours of m*: with k = 1 q is 0, s+ is 0 and every exdd score is s-/eps.
+MIN_K = 2
 
 
 class BankError(ValueError):
     """A bank directory that cannot be used: missing, corrupt, or made for other features."""
+
+
+def check_k(k: Any, where: str) -> int:
+    """k as an int >= MIN_K; BankError naming where otherwise."""
+    if isinstance(k, bool) or not isinstance(k, int) or k < MIN_K:
+        raise BankError(f"{where}: k = {k!r}: the neighbourhood size of the reweighting must be an integer "
+                        f">= {MIN_K} (k = 1 leaves no neighbours and makes every exdd score s_neg / eps)")
+    return k
 
 
 @dataclass
@@ -43,6 +55,11 @@ class BankPair:
     negative: Bank
     positive: Optional[Bank]
     manifest: Dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def features(self) -> FeatureSpec:
+        """The manifest's features as a FeatureSpec."""
+        return FeatureSpec.from_dict(self.manifest.get("features"), "bank manifest")
 
 
 def sha256_file(path: str) -> str:
@@ -64,6 +81,7 @@ def _safe_name(name: str, where: str) -> str:
 
 def save_bank(directory: str, negative: Bank, positive: Optional[Bank], manifest: Dict[str, Any]) -> Dict[str, Any]:
     """Write the arrays and manifest.json (with checksums) into directory; returns the manifest."""
+    check_k(manifest.get("k"), directory)
     os.makedirs(directory, exist_ok=True)
     files: Dict[str, Any] = {}
     parts = [("negative", negative)] + ([("positive", positive)] if positive is not None else [])
@@ -99,11 +117,23 @@ def read_manifest(directory: str) -> Dict[str, Any]:
             raise BankError(f"{path}: missing key {key!r}")
     for name in manifest["files"]:
         _safe_name(name, path)
+    check_k(manifest["k"], path)
+    try:
+        FeatureSpec.from_dict(manifest["features"], f"{path}: features")
+    except SpecError as e:
+        raise BankError(str(e)) from None
     return manifest
 
 
-def check_features(manifest_features: Dict[str, Any], expected: Dict[str, Any], where: str) -> None:
-    """Raise BankError naming every FEATURE_KEYS value that differs between bank and features."""
+def check_features(manifest_features: Any, expected: Any, where: str) -> None:
+    """Raise BankError naming every FEATURE_KEYS value that differs between bank and features.
+
+    Either side may be a FeatureSpec or its dict; a dict ``expected`` is compared on the keys it has.
+    """
+    if isinstance(manifest_features, FeatureSpec):
+        manifest_features = manifest_features.to_dict()
+    if isinstance(expected, FeatureSpec):
+        expected = expected.to_dict()
     diffs = []
     for key in FEATURE_KEYS:
         if key not in expected:
@@ -134,8 +164,8 @@ def _load_array(directory: str, fname: str, meta: Dict[str, Any]) -> np.ndarray:
     return arr
 
 
-def load_banks(directory: str, expected_features: Optional[Dict[str, Any]] = None) -> BankPair:
-    """Load and verify a bank directory; expected_features (FEATURE_KEYS subset) must match."""
+def load_banks(directory: str, expected_features: Any = None) -> BankPair:
+    """Load and verify a bank directory; expected_features (a FeatureSpec, or a FEATURE_KEYS subset) must match."""
     manifest = read_manifest(directory)
     if expected_features is not None:
         check_features(manifest["features"], expected_features, directory)
@@ -161,3 +191,8 @@ def load_banks(directory: str, expected_features: Optional[Dict[str, Any]] = Non
 def read_manifest_features(directory: str) -> Dict[str, Any]:
     """The 'features' section of a bank directory's manifest."""
     return dict(read_manifest(directory)["features"])
+
+
+def read_manifest_spec(directory: str) -> FeatureSpec:
+    """The FeatureSpec of a bank directory's manifest (validated by read_manifest)."""
+    return FeatureSpec.from_dict(read_manifest(directory)["features"], os.path.join(directory, MANIFEST))

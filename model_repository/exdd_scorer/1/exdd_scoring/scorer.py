@@ -9,9 +9,12 @@ import numpy as np
 from .bank import BankPair
 from .knn import DEFAULT_MAX_BLOCK, nearest, sq_norms
 from .resample import upsample_smooth, upsample_smooth_matrices
-from .scores import MODES, bank_peak, image_scores
+from .scores import DEFAULT_GAMMA, DEFAULT_MODE, MODE_REGISTRY, MODES, Evidence, bank_peak, image_scores, mode
 
-MAP_OF_MODE = {"patchcore": "neg", "exdd": "ratio", "exdd_peak": "ratio"}
+
+def map_of_mode(name: str) -> str:
+    """The map kind a mode serves."""
+    return mode(name).map_kind
 
 
 class Scorer:
@@ -34,13 +37,16 @@ class Scorer:
             self.pos_sq = sq_norms(self.pos, xp)
             self.pos_nb = xp.asarray(banks.positive.neighbors, dtype=xp.int64)
         else:
-            warnings.warn("the positive (defect) bank is empty: modes exdd and exdd_peak fall back to "
+            warnings.warn("the positive (defect) bank is empty: all modes fall back to "
                           "patchcore (negative bank only)", RuntimeWarning, stacklevel=2)
         s_h, s_w = upsample_smooth_matrices(self.grid, self.out_hw, sigma)
         self.s_h, self.s_w = xp.asarray(s_h), xp.asarray(s_w)
         thr = banks.manifest.get("threshold", {}) or {}
         self.thresholds: Dict[str, float] = {k: float(v) for k, v in (thr.get("values") or {}).items()}
-        self.default_mode = banks.manifest.get("default_mode", "exdd")
+        self.default_mode = banks.manifest.get("default_mode", DEFAULT_MODE)
+        mode(self.default_mode)                                     # ValueError naming the choices
+        scoring = banks.manifest.get("scoring") or {}
+        self.params = {"gamma": float(scoring.get("gamma", DEFAULT_GAMMA)), "fusion": scoring.get("fusion")}
 
     def check_features(self, feats: Any) -> None:
         """Raise ValueError unless feats is a finite (B>=1, h, w, d) array of this bank's grid and d."""
@@ -51,8 +57,8 @@ class Scorer:
         if not bool(xp.isfinite(feats).all()):
             raise ValueError("features contain NaN or inf")
 
-    def score(self, feats: Any, map_modes: Iterable[str] = MODES) -> Dict[str, Any]:
-        """Scores of all modes, per-bank scores, patch maps and image-sized maps for map_modes."""
+    def evidence(self, feats: Any) -> Evidence:
+        """The one-pass evidence of a (B, h, w, d) batch: nearest distances to both banks and their peaks."""
         xp = self.xp
         self.check_features(feats)
         b, h, w, d = feats.shape
@@ -66,21 +72,20 @@ class Scorer:
             a_pos, i_pos = nearest(flat, self.pos, xp, self.pos_sq, self.max_block)
             a_pos, i_pos = a_pos.reshape(b, h * w), i_pos.reshape(b, h * w)
             pos = bank_peak(a_pos, i_pos, per_img, self.pos, self.pos_nb, xp)
-        sc = image_scores(neg, pos, a_pos, self.eps, xp)
-        out: Dict[str, Any] = {
-            "scores": {m: sc[m] for m in MODES},
+        return Evidence(a_neg, a_pos, neg, pos, self.grid, self.eps, xp,
+                        lambda m: upsample_smooth(m, self.s_h, self.s_w, xp), self.params)
+
+    def score(self, feats: Any, map_modes: Iterable[str] = MODES, modes: Optional[Iterable[str]] = None) -> Dict[str, Any]:
+        """Scores of the modes (all by default), per-bank scores, patch maps and image-sized maps for map_modes."""
+        ev = self.evidence(feats)
+        b = feats.shape[0]
+        wanted = tuple(MODE_REGISTRY if modes is None else modes)
+        sc = image_scores(ev, wanted)
+        return {
+            "scores": {m: sc[m] for m in wanted},
             "s_neg": sc["s_neg"], "s_pos": sc["s_pos"],
-            "patch_neg": a_neg.reshape(b, h, w),
-            "patch_pos": None if a_pos is None else a_pos.reshape(b, h, w),
-            "maps": {},
+            "patch_neg": ev.a_neg.reshape((b,) + self.grid),
+            "patch_pos": None if ev.a_pos is None else ev.a_pos.reshape((b,) + self.grid),
+            "maps": {m: ev.image_map(map_of_mode(m)) for m in map_modes},
+            "evidence": ev,
         }
-        kinds = {MAP_OF_MODE[m] for m in map_modes}
-        full = {}
-        if "neg" in kinds or not self.has_positive:
-            full["neg"] = upsample_smooth(out["patch_neg"], self.s_h, self.s_w, xp)
-        if "ratio" in kinds:
-            full["ratio"] = (upsample_smooth(out["patch_neg"] / (out["patch_pos"] + self.eps), self.s_h, self.s_w, xp)
-                             if self.has_positive else full["neg"])
-        for m in map_modes:
-            out["maps"][m] = full[MAP_OF_MODE[m]]
-        return out

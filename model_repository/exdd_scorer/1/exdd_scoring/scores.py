@@ -1,23 +1,32 @@
-"""Image scores of ExDD and its baselines from per-patch nearest-neighbour distances.
+"""Image scores and anomaly maps of ExDD and its baselines from one pass of nearest-neighbour evidence.
 
-Formulas (mode ``exdd``, as the authors' code does it), for a bank M and patches P of one image:
-  a(p) = min_m ||p - m||;  s* = max_p a(p);  p* = argmax;  m* = nearest element of M to p*
+Per patch p of an image and bank M: a(p) = min_m ||p - m|| (a- for the negative bank, a+ for the positive).
+Reweighting (PatchCore's, as the ExDD authors' code does it), for one bank:
+  s* = max_p a(p);  p* = argmax;  m* = nearest element of M to p*
   N(m*) = the k nearest elements of M to m*, m* itself dropped (precomputed at build time)
   t = sqrt(d);  q = exp(s*/t) / sum_{m in N(m*)} exp(||p* - m|| / t)
   negative bank: s- = (1 - q) s*;  positive bank: s+ = q s*
-  exdd: s = s- / (s+ + eps);  pixel map A = a-(p) / (a+(p) + eps)
-Modes:
-  patchcore  s- alone (negative bank only, PatchCore with its reweighting); map a-(p)
-  exdd       the paper, exactly as above
-  exdd_peak  ours: the positive distance is read at the negative bank's peak patch p*-, i.e.
-             s = s- / (a+(p*-) + eps); the same pixel map as exdd. The paper takes s+ at the
-             patch farthest from the defect bank, usually background, which can swamp s-.
+Map kinds (per patch, then bilinearly upsampled to the image and Gaussian-smoothed):
+  neg    a-(p)                                   PatchCore's map
+  ratio  a-(p) / (a+(p) + eps)                   the paper's map
+  dual   a-(p) * (a-(p) / (a+(p) + eps))^gamma   ours (gamma = 1: a-^2 / (a+ + eps)): far from normal
+                                                 AND near known defects
+Modes (MODE_REGISTRY; every mode is computed from the same evidence):
+  patchcore  s-, map neg (negative bank only)
+  exdd       the paper: s- / (s+ + eps), map ratio
+  dual       ours, the served default: the maximum of the smoothed dual map, map dual
+  fusion     a logistic model of (log s-, log max ratio map, log s+) fitted on held-out images (fusion.py)
+Without a positive bank every mode is patchcore. BENCHMARKS.md ("The image decision") has the study.
 """
 from __future__ import annotations
 
-from typing import Any, Dict
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Optional
 
-MODES = ("patchcore", "exdd", "exdd_peak")
+from .fusion import FALLBACK as FUSION_FALLBACK, fusion_features, fusion_score
+
+DEFAULT_GAMMA = 1.0
+DEFAULT_MODE = "dual"
 
 
 def reweight_q(s_star: Any, dist_to_neighbors: Any, t: float, xp: Any) -> Any:
@@ -44,23 +53,108 @@ def bank_peak(patch_dist: Any, patch_idx: Any, feats: Any, bank: Any, neighbors:
     return {"s_star": s_star, "p_star": p_star, "m_star": m_star, "q": q}
 
 
-def image_scores(neg: Dict[str, Any], pos: Dict[str, Any] | None, a_pos: Any, eps: float, xp: Any) -> Dict[str, Any]:
-    """Scores of every mode from the two banks' peaks (pos None: no positive bank).
+@dataclass
+class Evidence:
+    """One batch's evidence: per-patch distances to each bank, each bank's peak, and the smoothed maps.
 
-    a_pos: (B, P) per-patch distance to the positive bank (None without one).
-    Returns s_neg, s_pos and one (B,) score per mode; without a positive bank every mode is patchcore.
+    a_neg/a_pos: (B, P); neg/pos: bank_peak() of each bank (pos and a_pos None without a positive bank);
+    smooth: (B, h, w) patch map -> (B, H, W) image map; params: gamma and the fusion parameters.
     """
-    s_neg = (1.0 - neg["q"]) * neg["s_star"]
-    out = {"s_neg": s_neg}
-    if pos is None:
-        out["s_pos"] = xp.zeros_like(s_neg)
-        for m in MODES:
-            out[m] = s_neg
-        return out
-    s_pos = pos["q"] * pos["s_star"]
-    b = xp.arange(s_neg.shape[0])
-    out["s_pos"] = s_pos
-    out["patchcore"] = s_neg
-    out["exdd"] = s_neg / (s_pos + eps)
-    out["exdd_peak"] = s_neg / (a_pos[b, neg["p_star"]] + eps)
+    a_neg: Any
+    a_pos: Optional[Any]
+    neg: Dict[str, Any]
+    pos: Optional[Dict[str, Any]]
+    grid: tuple
+    eps: float
+    xp: Any
+    smooth: Callable[[Any], Any]
+    params: Dict[str, Any] = field(default_factory=dict)
+    _maps: Dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def s_neg(self) -> Any:
+        return (1.0 - self.neg["q"]) * self.neg["s_star"]
+
+    @property
+    def s_pos(self) -> Any:
+        return self.xp.zeros_like(self.s_neg) if self.pos is None else self.pos["q"] * self.pos["s_star"]
+
+    def patch_map(self, kind: str) -> Any:
+        """(B, h, w) patch map of a kind (MAP_KINDS); without a positive bank, always 'neg'."""
+        kind = kind if self.pos is not None else "neg"
+        b = self.a_neg.shape[0]
+        return MAP_KINDS[kind](self).reshape((b,) + tuple(self.grid))
+
+    def image_map(self, kind: str) -> Any:
+        """(B, H, W) upsampled and smoothed map of a kind, computed once per batch."""
+        kind = kind if self.pos is not None else "neg"
+        if kind not in self._maps:
+            self._maps[kind] = self.smooth(self.patch_map(kind))
+        return self._maps[kind]
+
+    def map_max(self, kind: str) -> Any:
+        """(B,) maximum of each image's smoothed map."""
+        m = self.image_map(kind)
+        return m.reshape(m.shape[0], -1).max(axis=1)
+
+
+MAP_KINDS: Dict[str, Callable[[Evidence], Any]] = {
+    "neg": lambda ev: ev.a_neg,
+    "ratio": lambda ev: ev.a_neg / (ev.a_pos + ev.eps),
+    "dual": lambda ev: ev.a_neg * (ev.a_neg / (ev.a_pos + ev.eps)) ** float(ev.params.get("gamma", DEFAULT_GAMMA)),
+}
+
+
+@dataclass(frozen=True)
+class Mode:
+    """A scoring mode: its image score from the evidence and the map kind it serves."""
+    name: str
+    map_kind: str
+    score: Callable[[Evidence], Any]
+    summary: str
+
+
+MODE_REGISTRY: Dict[str, Mode] = {}
+
+
+def register_mode(mode: Mode) -> Mode:
+    """Add a mode (its map kind must be in MAP_KINDS); the CLI choices and the scorer read the registry."""
+    if mode.map_kind not in MAP_KINDS:
+        raise ValueError(f"mode {mode.name!r}: unknown map kind {mode.map_kind!r}")
+    MODE_REGISTRY[mode.name] = mode
+    return mode
+
+
+def fusion_inputs(ev: Evidence) -> Any:
+    """(B, 3) inputs of the fusion model: log s-, log max of the smoothed ratio map, log s+."""
+    return fusion_features(ev.s_neg, ev.map_max("ratio"), ev.s_pos, ev.xp)
+
+
+def _fusion(ev: Evidence) -> Any:
+    return fusion_score(fusion_inputs(ev), ev.params.get("fusion") or FUSION_FALLBACK, ev.xp)
+
+
+register_mode(Mode("patchcore", "neg", lambda ev: ev.s_neg, "negative bank only: PatchCore's reweighted score"))
+register_mode(Mode("exdd", "ratio", lambda ev: ev.s_neg / (ev.s_pos + ev.eps), "the paper: s- / (s+ + eps) and the ratio map"))
+register_mode(Mode("dual", "dual", lambda ev: ev.map_max("dual"),
+                   "ours: the peak of the smoothed map a- (a-/a+)^gamma, far from normal and near known defects"))
+register_mode(Mode("fusion", "dual", _fusion,
+                   "logistic model of log s-, log max ratio map, log s+ fitted on the held-out images"))
+
+MODES = tuple(MODE_REGISTRY)
+
+
+def mode(name: str) -> Mode:
+    """The registered mode of a name; ValueError naming the choices otherwise."""
+    if name not in MODE_REGISTRY:
+        raise ValueError(f"unknown scoring mode {name!r}: expected one of {', '.join(MODE_REGISTRY)}")
+    return MODE_REGISTRY[name]
+
+
+def image_scores(ev: Evidence, modes=None) -> Dict[str, Any]:
+    """(B,) image score of each mode (all registered modes by default), plus s_neg and s_pos.
+    Without a positive bank every mode scores as patchcore."""
+    out = {"s_neg": ev.s_neg, "s_pos": ev.s_pos}
+    for name in (MODE_REGISTRY if modes is None else modes):
+        out[name] = mode(name).score(ev) if ev.pos is not None else ev.s_neg
     return out

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import Callable, Dict, List, Optional
 
 import numpy as np
 from PIL import Image
 
-from exdd.images import ImageReadError, is_image_name
+from exdd.images import ImageReadError, is_image_name, walk_files
 
 
 class DatasetError(ValueError):
@@ -90,35 +90,57 @@ def folder_images(root: str) -> List[Sample]:
     """Every image file below root, recursively, unlabelled."""
     if os.path.isfile(root):
         return [Sample(root, None, -1, "score")]
-    out = []
-    for d, dirs, files in os.walk(root):
-        dirs.sort()
-        out += [Sample(os.path.join(d, f), None, -1, "score") for f in sorted(files)
-                if is_image_name(f) and not f.startswith(".")]
-    return out
+    return [Sample(p, None, -1, "score") for p in walk_files(root)]
+
+
+@dataclass(frozen=True)
+class Layout:
+    """A dataset layout: how to list a split, and how to recognise a folder in this layout."""
+    name: str
+    load: Callable[[str, str], List[Sample]]     # (root, split) -> samples
+    detect: Callable[[str], bool]                # whether root looks like this layout
+    labelled: bool = True                        # has normal/defect labels (usable for building banks)
+    help: str = ""
+
+
+# Registration order is detection order: the first layout whose detect() accepts a folder wins.
+LAYOUTS: Dict[str, Layout] = {}
+
+
+def register_layout(layout: Layout) -> Layout:
+    """Add a layout (names are unique); `--layout` choices and auto-detection come from LAYOUTS."""
+    if layout.name in LAYOUTS or layout.name == "auto":
+        raise ValueError(f"dataset layout {layout.name!r} is already registered")
+    LAYOUTS[layout.name] = layout
+    return layout
+
+
+def layout_choices(labelled_only: bool = False) -> List[str]:
+    """'auto' and the registered layout names (only labelled ones when asked)."""
+    return ["auto"] + [n for n, lay in LAYOUTS.items() if lay.labelled or not labelled_only]
+
+
+register_layout(Layout("mvtec", mvtec, lambda r: os.path.isdir(os.path.join(r, "train", "good")),
+                       help="train/good, test/<type>, ground_truth/<type>/<name>_mask.png"))
+register_layout(Layout("ksdd2", ksdd2, lambda r: os.path.isdir(os.path.join(r, "train"))
+                       or os.path.isdir(os.path.join(r, "test")), help="train|test/NNNNN.png + NNNNN_GT.png"))
+register_layout(Layout("folder", lambda r, split: folder_images(r), lambda r: True, labelled=False,
+                       help="every image below the folder, unlabelled (scores only)"))
 
 
 def detect_layout(root: str) -> str:
-    """'mvtec', 'ksdd2' or 'folder' by what the folder holds."""
+    """The name of the first registered layout that recognises root ('mvtec', 'ksdd2', else 'folder')."""
     if not os.path.exists(root):
         raise DatasetError(f"{root}: no such dataset folder")
-    if os.path.isdir(os.path.join(root, "train", "good")):
-        return "mvtec"
-    if os.path.isdir(os.path.join(root, "train")) or os.path.isdir(os.path.join(root, "test")):
-        return "ksdd2"
-    return "folder"
+    return next(n for n, lay in LAYOUTS.items() if lay.detect(root))
 
 
 def load_split(root: str, split: str, layout: str = "auto") -> List[Sample]:
     """The samples of one split ('train' or 'test') of a dataset."""
     layout = detect_layout(root) if layout == "auto" else layout
-    if layout == "mvtec":
-        return mvtec(root, split)
-    if layout == "ksdd2":
-        return ksdd2(root, split)
-    if layout == "folder":
-        return folder_images(root)
-    raise DatasetError(f"unknown layout {layout!r} (auto, ksdd2, mvtec, folder)")
+    if layout not in LAYOUTS:
+        raise DatasetError(f"unknown layout {layout!r} ({', '.join(layout_choices())})")
+    return LAYOUTS[layout].load(root, split)
 
 
 def synthetic(root: str) -> List[Sample]:

@@ -10,6 +10,13 @@ from typing import Dict, Tuple
 import numpy as np
 
 
+def trapezoid(y: np.ndarray, x: np.ndarray) -> float:
+    """Area under the piecewise-linear curve y(x) (the trapezoidal rule; works on NumPy 1.x and 2.x)."""
+    y = np.asarray(y, dtype=np.float64)
+    x = np.asarray(x, dtype=np.float64)
+    return float(np.sum(np.diff(x) * (y[1:] + y[:-1]) * 0.5))
+
+
 def _curve(scores: np.ndarray, labels: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Cumulative true and false positives at each distinct threshold (descending), and thresholds."""
     s = np.asarray(scores, dtype=np.float64).ravel()
@@ -29,7 +36,7 @@ def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
         return float("nan")
     tpr = np.r_[0.0, tp / tp[-1]]
     fpr = np.r_[0.0, fp / fp[-1]]
-    return float(np.trapezoid(tpr, fpr))
+    return trapezoid(tpr, fpr)
 
 
 def roc_curve(scores: np.ndarray, labels: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -95,7 +102,7 @@ def aupro(maps: np.ndarray, masks: np.ndarray, max_fpr: float = 0.3) -> float:
         f0, f1_, p0, p1 = fpr[j - 1], fpr[j], pro[j - 1], pro[j]
         p_cut = p0 + (p1 - p0) * (max_fpr - f0) / max(f1_ - f0, 1e-12)
         fpr, pro = np.r_[fpr[:j], max_fpr], np.r_[pro[:j], p_cut]
-    return float(np.trapezoid(pro, fpr) / max_fpr)
+    return trapezoid(pro, fpr) / max_fpr
 
 
 def summary(image_scores: np.ndarray, image_labels: np.ndarray, maps: np.ndarray | None,
@@ -110,3 +117,59 @@ def summary(image_scores: np.ndarray, image_labels: np.ndarray, maps: np.ndarray
         out["pixel_aupro"] = aupro(maps, masks)
         out["pixel_f1_max"] = f1_max(maps.ravel(), masks.ravel())[0]
     return out
+
+
+def bootstrap_auroc(scores: np.ndarray, labels: np.ndarray, n: int = 1000, seed: int = 0, level: float = 0.9,
+                    max_bins: int = 4096) -> Tuple[float, float, float]:
+    """(AUROC, low, high): the AUROC and its percentile bootstrap interval at ``level``, resampling items.
+
+    An item is a row of axis 0: one image's score (scores, labels (N,)) or one image's whole map
+    (scores, labels (N, H, W): pixel AUROC resampled by image). Each of the n seeded resamples draws N
+    items with replacement (``default_rng(seed).integers(0, N, (n, N))``); resamples holding one class
+    only are skipped. Exact (ties count half, as ``auroc``) when the scores have at most max_bins
+    distinct values, as image scores do; otherwise scores are binned at max_bins quantiles (error of
+    the order of 1/max_bins, fine for an interval; take the point estimate from ``auroc`` then).
+    """
+    s, y = np.asarray(scores), np.asarray(labels)
+    if s.shape != y.shape or s.ndim == 0 or s.shape[0] == 0:
+        raise ValueError(f"scores {s.shape} and labels {y.shape} must have the same non-empty shape")
+    N = s.shape[0]
+    s, y = s.reshape(N, -1), y.reshape(N, -1)
+    rows = max(1, 2_000_000 // s.shape[1])                  # rows per chunk: bounded memory on big maps
+    chunks = [slice(i, i + rows) for i in range(0, N, rows)]
+    levels = np.zeros(0)
+    for c in chunks:                                        # distinct values, while there are few
+        levels = np.union1d(levels, np.unique(s[c].astype(np.float64)))
+        if levels.size > max_bins:
+            break
+    if levels.size > max_bins:                              # bin (levels[b-1], levels[b]] by quantiles
+        sub = s.ravel()[:: max(1, s.size // 1_000_000)].astype(np.float64)
+        levels = np.unique(np.quantile(sub, np.linspace(0, 1, max_bins + 1)[1:-1]))
+    B = levels.size + 1
+    hp, hn = np.zeros((N, B)), np.zeros((N, B))
+    for c in chunks:
+        idx = np.searchsorted(levels, s[c].astype(np.float64), side="left")
+        cell = (np.arange(idx.shape[0])[:, None] * B + idx).ravel()
+        yy = y[c].ravel().astype(bool)
+        hp[c] = np.bincount(cell[yy], minlength=idx.shape[0] * B).reshape(-1, B)
+        hn[c] = np.bincount(cell[~yy], minlength=idx.shape[0] * B).reshape(-1, B)
+
+    def area(P: np.ndarray, Q: np.ndarray) -> np.ndarray:
+        """AUROC per row from positive / negative histograms (R, B) over ascending bins."""
+        below = np.cumsum(Q, axis=1) - Q
+        tot = P.sum(1) * Q.sum(1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(tot > 0, (P * (below + 0.5 * Q)).sum(1) / tot, np.nan)
+
+    point = float(area(hp.sum(0)[None], hn.sum(0)[None])[0])
+    draws = np.random.default_rng(seed).integers(0, N, (n, N))
+    vals = []
+    for i in range(0, n, 128):
+        w = np.stack([np.bincount(r, minlength=N) for r in draws[i:i + 128]]).astype(np.float64)
+        vals.append(area(w @ hp, w @ hn))
+    v = np.concatenate(vals) if vals else np.zeros(0)
+    v = v[np.isfinite(v)]
+    if v.size == 0:
+        return point, float("nan"), float("nan")
+    lo, hi = np.quantile(v, [(1 - level) / 2, (1 + level) / 2])
+    return point, float(lo), float(hi)

@@ -1,0 +1,11 @@
+"""Defaults shared by the CLI, the feature extractor and the bank builder, defined once (the paper's KSDD2 setup)."""
+from __future__ import annotations
+
+INPUT_HW = (632, 224)          # model input H x W: a 79 x 28 patch grid
+INPUT_SIZE = f"{INPUT_HW[0]}x{INPUT_HW[1]}"
+D = 256                        # projection dimension 1536 -> d
+NEG_RATIO = 0.01               # coreset ratio of the negative (normal) bank
+POS_RATIO = 0.10               # coreset ratio of the positive (defect) bank
+MIN_BANK = 1000                # a bank keeps at least this many patches (capped at N)
+K = 3                          # neighbourhood size of the reweighting
+TARGET_FPR = 0.01              # --threshold-rule fpr

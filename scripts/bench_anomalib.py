@@ -1,0 +1,387 @@
+"""exdd side by side with anomalib's PatchCore, in one run: same weights file, same normals, same input size.
+
+For each dataset (KSDD2 layout): the normals are exactly those exdd's negative bank gets (training
+normals minus exdd's seeded 10% calibration hold-out, `holdout_split`), optionally a seeded subset of
+them (--normals N, used by BOTH methods). The test split (or a seeded stratified --limit subset) is
+scored by both; ground truth is exdd's mask reader at the input size, metrics are exdd's
+(offline/metrics.py) with bootstrap 90% intervals resampling test images.
+
+anomalib side: `anomalib.models.Patchcore` (wide_resnet50_2, layer2+layer3, 3x3 avg pool,
+num_neighbors 9, its own pre-processor: Resize(antialias) + ImageNet Normalize) with
+pre_trained=False and the weights file loaded into its timm backbone (checked: every backbone
+tensor present, and layer2/layer3 outputs equal to exdd's backbone on a probe). Fit = its training
+step on the normals (read + pre-process + forward) + its k-center coreset; raw pred_score and
+anomaly_map of its torch model (no post-processor normalisation: AUROC is rank-based).
+exdd side: `exdd_modes()` builds banks with `build()` and scores with `Scorer`, every mode of
+`exdd.scoring.MODES` (pluggable: any function with its signature can be added to EXDD_SIDES).
+
+Speed: images/s end to end in process (read + pre-process + forward + scoring incl. the map), batch 1
+and batch 8, on the same test images, both methods alternating, torch on the same threads.
+
+  nice -n 10 .venv/bin/python scripts/bench_anomalib.py --dataset ../shared/data/ksdd1_dev \
+      --weights ../shared/weights/wrn50-random0-bncal.safetensors
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from exdd.images import read_image, read_mask, image_size
+from exdd.offline.build import BuildConfig, build, build_negative
+from exdd.datasets import Sample, holdout_split, load_split
+from exdd.offline.extract import batches, run_extractor
+from exdd.offline.features import build_extractor, make_projection
+from exdd.metrics import auroc, bootstrap_auroc
+from exdd.offline.weights import load_backbone
+from exdd.scoring import MODES, Scorer, load_banks
+
+
+# ----------------------------------------------------------------------------- data
+
+@dataclass
+class Split:
+    """The images both methods see for one dataset."""
+    dataset: str
+    normals: List[Sample]            # the negative bank's / anomalib's training images
+    test: List[Sample]
+    masks: np.ndarray                # (n_test, H, W) bool at the input size
+    labels: np.ndarray               # (n_test,) 0/1
+    note: str = ""
+
+
+def make_split(dataset: str, input_hw: Tuple[int, int], cfg: BuildConfig, n_normals: Optional[int],
+               limit: Optional[int], seed: int = 0) -> Split:
+    """Training normals exactly as exdd's negative bank takes them; the (limited) test split with masks."""
+    train = load_split(dataset, "train")
+    kept, _held = holdout_split(train, cfg.holdout, cfg.seed)
+    normals = [s for s in kept if s.label == 0]
+    note = f"{len(normals)} training normals (exdd's {cfg.holdout:.0%} hold-out removed)"
+    if n_normals is not None and n_normals < len(normals):
+        pick = np.sort(np.random.default_rng(seed).permutation(len(normals))[:n_normals])
+        normals = [normals[i] for i in pick]
+        note += f"; a seeded subset of {n_normals} of them for both methods"
+    test = load_split(dataset, "test")
+    if limit is not None and limit < len(test):
+        rng = np.random.default_rng(seed)
+        lab = np.array([s.label for s in test])
+        n_def = max(1, int(round(limit * lab.mean())))
+        idx = np.r_[rng.permutation(np.nonzero(lab == 1)[0])[:n_def],
+                    rng.permutation(np.nonzero(lab == 0)[0])[:limit - n_def]]
+        test = [test[i] for i in np.sort(idx)]
+        note += f"; test limited to a seeded stratified {len(test)}"
+    masks = np.stack([read_mask(s.mask, image_size(s.path), input_hw) for s in test])
+    return Split(dataset, normals, test, masks, np.array([s.label for s in test]), note)
+
+
+# ----------------------------------------------------------------------------- results
+
+@dataclass
+class MethodResult:
+    """Per-image scores and maps of one method / mode on a Split's test images, and its costs."""
+    scores: np.ndarray                           # (n,)
+    maps: Optional[np.ndarray]                   # (n, H, W) float32 (may be shared between modes)
+    fit_s: float
+    info: Dict[str, Any] = field(default_factory=dict)
+
+
+def metrics(r: MethodResult, split: Split, resamples: int, seed: int) -> Dict[str, Any]:
+    """Image and pixel AUROC with bootstrap intervals (test images resampled)."""
+    p, lo, hi = bootstrap_auroc(r.scores, split.labels, n=resamples, seed=seed)
+    out = {"image_auroc": p, "image_ci90": [lo, hi]}
+    if r.maps is not None and split.masks.any():
+        # binned point (error < 1e-4) where the exact sort of every pixel would take too much memory
+        pb, plo, phi = bootstrap_auroc(r.maps, split.masks, n=resamples, seed=seed, max_bins=16384)
+        exact = r.maps.size <= 30_000_000
+        out["pixel_auroc"] = auroc(r.maps.ravel(), split.masks.ravel()) if exact else pb
+        out["pixel_ci90"] = [plo, phi]
+        out["pixel_auroc_exact"] = exact
+    return out
+
+
+# ----------------------------------------------------------------------------- anomalib
+
+def anomalib_model(weights: str, input_hw: Tuple[int, int], coreset_ratio: float, num_neighbors: int = 9):
+    """anomalib's Patchcore with the weights file in its timm backbone (no download), and its pre-processor."""
+    from anomalib.models import Patchcore
+    pre = Patchcore.configure_pre_processor(image_size=tuple(input_hw))
+    model = Patchcore(backbone="wide_resnet50_2", layers=("layer2", "layer3"), pre_trained=False,
+                      coreset_sampling_ratio=coreset_ratio, num_neighbors=num_neighbors, pre_processor=pre,
+                      post_processor=False, evaluator=False, visualizer=False)
+    load_into_timm(model.model.feature_extractor.feature_extractor, weights)
+    return model, pre.transform
+
+
+def load_into_timm(net: torch.nn.Module, weights: str) -> None:
+    """Load exdd's weights file into anomalib's timm feature extractor; raise unless it is complete and equal."""
+    ours, _ = load_backbone(weights)                 # torchvision names, checked shapes
+    sd = ours.state_dict()
+    own = net.state_dict()
+    missing = [k for k in own if k not in sd]
+    if missing:
+        raise RuntimeError(f"{weights}: anomalib's backbone tensors missing from the file: {missing[:5]}")
+    res = net.load_state_dict({k: sd[k] for k in own}, strict=True)
+    assert not res.missing_keys and not res.unexpected_keys
+    if not any(k.startswith("layer3.") for k in own) or not any(k.startswith("layer2.") for k in own):
+        raise RuntimeError("anomalib's extractor lacks layer2/layer3")
+    check_same_backbone(net, ours)
+
+
+def check_same_backbone(net: torch.nn.Module, ours: torch.nn.Module) -> None:
+    """Raise unless the timm extractor's (layer2, layer3) equal exdd's backbone's on a seeded probe."""
+    probe = torch.randn(1, 3, 96, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        l2, l3 = ours(probe)
+        feats = net.eval()(probe)
+    if len(feats) != 2:
+        raise RuntimeError(f"anomalib's extractor gives {len(feats)} feature maps, expected layer2 and layer3")
+    for a, b in zip((l2, l3), feats):
+        if a.shape != b.shape or not torch.allclose(a, b, rtol=1e-4, atol=1e-4):
+            raise RuntimeError("anomalib's backbone output differs from exdd's with the same weights")
+
+
+def anomalib_read(paths: Sequence[str], transform) -> torch.Tensor:
+    """anomalib's image reader + its pre-processor transform per image (sizes vary), stacked."""
+    from anomalib.data.utils import read_image as a_read
+    return torch.stack([transform(a_read(p, as_tensor=True)) for p in paths]).as_subclass(torch.Tensor)
+
+
+def anomalib_side(split: Split, weights: str, input_hw: Tuple[int, int], coreset_ratio: float,
+                  batch_size: int = 8, seed: int = 0) -> Tuple[MethodResult, Callable]:
+    """Fit anomalib PatchCore on the split's normals and score its test images; also its infer function."""
+    model, transform = anomalib_model(weights, input_hw, coreset_ratio)
+    net = model.model
+    torch.manual_seed(seed)                       # k-center start point and sparse projection
+    t0 = time.perf_counter()
+    net.train()
+    with torch.no_grad():
+        for i in range(0, len(split.normals), batch_size):
+            net(anomalib_read([s.path for s in split.normals[i:i + batch_size]], transform))
+    n_patches = sum(e.shape[0] for e in net.embedding_store)
+    model.fit()                                   # KCenterGreedy coreset of every patch embedding
+    fit_s = time.perf_counter() - t0
+    net.eval()
+
+    def infer(paths: Sequence[str]):
+        with torch.no_grad():
+            out = net(anomalib_read(paths, transform))
+        return out.pred_score.reshape(-1).numpy(), out.anomaly_map[:, 0].numpy()
+
+    scores = np.zeros(len(split.test), np.float32)
+    maps = np.zeros((len(split.test),) + tuple(input_hw), np.float32)
+    for i in range(0, len(split.test), batch_size):
+        sc, mp = infer([s.path for s in split.test[i:i + batch_size]])
+        scores[i:i + len(sc)], maps[i:i + len(sc)] = sc, mp
+    info = {"memory_bank": list(net.memory_bank.shape), "patches": int(n_patches),
+            "coreset_sampling_ratio": coreset_ratio, "num_neighbors": net.num_neighbors}
+    return MethodResult(scores, maps, fit_s, info), infer
+
+
+# ----------------------------------------------------------------------------- exdd
+
+def exdd_modes(split: Split, weights: str, input_hw: Tuple[int, int], *, d: int = 256,
+               cfg: Optional[BuildConfig] = None, cache: Optional[str] = None,
+               work: str = "runs/bench_anomalib") -> Tuple[Dict[str, MethodResult], Callable]:
+    """Banks with exdd's `build()` (negative bank from split.normals) and every mode of MODES on the test images.
+
+    Returns {mode: MethodResult} (modes sharing a map share the array) and an infer(paths) -> (scores of
+    the default mode, its map) for the speed measurement. cache: a folder of raw-feature caches
+    (<cache>/<dataset>-HxW/{train,test}, offline/feature_cache.py) reused when they match.
+    """
+    cfg = cfg or BuildConfig()
+    name = os.path.basename(os.path.normpath(split.dataset))
+    model, info = build_extractor(weights, d, 0, input_hw)
+    proj = make_projection(d, 0)
+    caches = _caches(cache, name, input_hw, info["weights"]) if cache else None
+    featurize = caches["train"].featurizer(proj) if caches else None
+    bank_dir = os.path.join(work, f"{name}-{input_hw[0]}x{input_hw[1]}-d{d}")
+    t0 = time.perf_counter()
+    if featurize is None:
+        from exdd.offline.build import model_featurizer
+        featurize = model_featurizer(model, info, cfg.batch_size)
+    neg = build_negative(featurize(split.normals, False, None), split.dataset, d, cfg, lambda *_: None)
+    fit_neg_s = time.perf_counter() - t0           # like anomalib's fit: the normals' features + coreset
+    res = build(split.dataset, bank_dir, model, info, cfg, featurize=featurize, negative_bank=neg)
+    fit_s = time.perf_counter() - t0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        scorer = Scorer(load_banks(bank_dir, info))
+    n, hw = len(split.test), tuple(input_hw)
+    scores = {m: np.zeros(n, np.float32) for m in MODES}
+    maps: Dict[str, np.ndarray] = {}
+    errors: List[Tuple[str, str]] = []
+    if caches:
+        test = caches["test"]
+        rows = [test.index[s.path] for s in split.test]
+        feed = ((split.test[i:i + 8], test.project(rows[i:i + 8], proj, np.float32), None) for i in range(0, n, 8))
+    else:
+        feed = ((bs, run_extractor(model, imgs), None) for bs, imgs, _ in batches(split.test, hw, 8, False, errors))
+    alias: Dict[str, str] = {}                       # modes sharing one map array (same object) share storage
+    i = 0
+    for bs, feats, _ in feed:
+        r = scorer.score(feats, map_modes=MODES)
+        if not alias:
+            for m in MODES:
+                alias[m] = next(k for k in MODES if r["maps"][k] is r["maps"][m])
+        for m in MODES:
+            scores[m][i:i + len(bs)] = r["scores"][m]
+            if alias[m] == m:
+                maps.setdefault(m, np.zeros((n,) + hw, np.float32))[i:i + len(bs)] = r["maps"][m]
+        i += len(bs)
+    if errors or i != n:
+        raise RuntimeError(f"exdd could not read every test image: {errors[:3]}")
+    shared = {m: maps[alias[m]] for m in MODES}
+    cs = res.manifest["coreset"]
+    out = {m: MethodResult(scores[m], shared[m], fit_s,
+                           {"negative_bank": cs["negative"]["size"], "positive_bank": cs["positive"]["size"], "d": d,
+                            "default_mode": scorer.default_mode, "features_from_cache": bool(caches),
+                            "fit_negative_s": fit_neg_s})
+           for m in MODES}
+    default = scorer.default_mode
+
+    def infer(paths: Sequence[str]):
+        imgs = np.stack([read_image(p, hw) for p in paths])
+        r = scorer.score(run_extractor(model, imgs), map_modes=(default,))
+        return r["scores"][default], r["maps"][default]
+    return out, infer
+
+
+def _caches(cache: str, name: str, input_hw: Tuple[int, int], weights_id: str):
+    """Existing raw-feature caches of the dataset when they match the weights and input size, else None."""
+    from exdd.offline.feature_cache import RawCache
+    out = {}
+    for split in ("train", "test"):
+        folder = os.path.join(cache, f"{name}-{input_hw[0]}x{input_hw[1]}", split)
+        meta = os.path.join(folder, "meta.json")
+        if not os.path.isfile(meta):
+            print(f"cache: no {meta}: extracting with the model instead", file=sys.stderr)
+            return None
+        m = json.load(open(meta))
+        if m.get("weights_id") != weights_id or list(m.get("input_size", [])) != list(input_hw):
+            print(f"cache: {folder} has other weights or input size: not used", file=sys.stderr)
+            return None
+        out[split] = RawCache(folder)
+    return out
+
+
+# ----------------------------------------------------------------------------- speed
+
+def speed(infers: Dict[str, Callable], paths: Sequence[str], batch_sizes: Sequence[int], reps: int) -> Dict[str, Dict[int, float]]:
+    """Images/s per method and batch size: median over reps passes, the methods alternating."""
+    out: Dict[str, Dict[int, List[float]]] = {k: {b: [] for b in batch_sizes} for k in infers}
+    for k, f in infers.items():                      # warm-up
+        f(paths[:1])
+    for _ in range(reps):
+        for b in batch_sizes:
+            for k, f in infers.items():
+                t0 = time.perf_counter()
+                for i in range(0, len(paths), b):
+                    f(paths[i:i + b])
+                out[k][b].append(len(paths) / (time.perf_counter() - t0))
+    return {k: {b: float(np.median(v)) for b, v in d.items()} for k, d in out.items()}
+
+
+# ----------------------------------------------------------------------------- main
+
+def fmt(v: Dict[str, Any], key: str) -> str:
+    if key not in v:
+        return "-"
+    lo, hi = v[key.replace("auroc", "ci90")]
+    return f"{v[key]:.3f} [{lo:.3f}, {hi:.3f}]"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--dataset", action="append", help="KSDD2-layout dataset (repeatable); default both dev sets")
+    ap.add_argument("--weights", default="../shared/weights/wrn50-random0-bncal.safetensors")
+    ap.add_argument("--input-size", default="632x224", help="HxW")
+    ap.add_argument("--d", type=int, default=256, help="exdd projection dimension")
+    ap.add_argument("--coreset", type=float, default=None,
+                    help="anomalib coreset_sampling_ratio (default: exdd's negative ratio, 0.01)")
+    ap.add_argument("--also-anomalib-default", action="store_true",
+                    help="also run anomalib with its default coreset_sampling_ratio 0.1")
+    ap.add_argument("--normals", type=int, default=None, help="seeded subset of the training normals (both methods)")
+    ap.add_argument("--limit", type=int, default=None, help="seeded stratified subset of N test images")
+    ap.add_argument("--cache", default=None, help="raw-feature cache folder (<cache>/<dataset>-HxW/{train,test})")
+    ap.add_argument("--skip-anomalib", action="store_true")
+    ap.add_argument("--skip-exdd", action="store_true")
+    ap.add_argument("--resamples", type=int, default=1000)
+    ap.add_argument("--speed-images", type=int, default=16, help="test images per speed pass (0: no speed)")
+    ap.add_argument("--speed-reps", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default="runs/bench_anomalib")
+    a = ap.parse_args()
+    hw = tuple(int(v) for v in a.input_size.lower().split("x"))
+    cfg = BuildConfig()
+    ratio = cfg.neg_ratio if a.coreset is None else a.coreset
+    datasets = a.dataset or ["../shared/data/ksdd1_dev", "../shared/data/magnetic_tile"]
+    torch.set_num_threads(a.threads)
+    os.makedirs(a.out, exist_ok=True)
+    versions = {"exdd": __import__("exdd").__version__, "torch": torch.__version__}
+    if not a.skip_anomalib:
+        import anomalib
+        import timm
+        versions.update(anomalib=anomalib.__version__, timm=timm.__version__)
+    report: Dict[str, Any] = {"versions": versions, "input_size": list(hw), "weights": a.weights, "d": a.d,
+                              "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+                                         f"torch threads {a.threads}", "datasets": {}}
+    for ds in datasets:
+        name = os.path.basename(os.path.normpath(ds))
+        split = make_split(ds, hw, cfg, a.normals, a.limit, a.seed)
+        print(f"== {name}: {split.note}; test {len(split.test)} images ({int(split.labels.sum())} defective)",
+              file=sys.stderr, flush=True)
+        rows: Dict[str, Dict[str, Any]] = {}
+        infers: Dict[str, Callable] = {}
+        runs = [] if a.skip_anomalib else [(f"anomalib PatchCore (coreset {ratio:g})", ratio)]
+        if a.also_anomalib_default and not a.skip_anomalib:
+            runs.append(("anomalib PatchCore (coreset 0.1, its default)", 0.1))
+        for label, r in runs:
+            res, infer = anomalib_side(split, a.weights, hw, r, seed=a.seed)
+            rows[label] = {**metrics(res, split, a.resamples, a.seed), "fit_s": res.fit_s, **res.info}
+            infers.setdefault("anomalib", infer)
+            print(f"{label}: {rows[label]}", file=sys.stderr, flush=True)
+            del res
+        if not a.skip_exdd:
+            modes, infer = exdd_modes(split, a.weights, hw, d=a.d, cfg=cfg, cache=a.cache,
+                                      work=os.path.join(a.out, "banks"))
+            for m, res in modes.items():
+                rows[f"exdd {m}"] = {**metrics(res, split, a.resamples, a.seed), "fit_s": res.fit_s, **res.info}
+                print(f"exdd {m}: {rows[f'exdd {m}']}", file=sys.stderr, flush=True)
+            infers["exdd"] = infer
+            del modes
+        sp = {}
+        if a.speed_images > 0 and infers:
+            sp = speed(infers, [s.path for s in split.test[:a.speed_images]], (1, 8), a.speed_reps)
+        report["datasets"][name] = {"split": split.note, "n_normals": len(split.normals), "n_test": len(split.test),
+                                    "n_defective": int(split.labels.sum()), "rows": rows, "images_per_s": sp,
+                                    "speed_images": min(a.speed_images, len(split.test)), "speed_reps": a.speed_reps}
+        report["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+        json.dump(report, open(os.path.join(a.out, "bench.json"), "w"), indent=1)
+        print(f"\n### {name}: {split.note}; {len(split.test)} test images ({int(split.labels.sum())} defective)\n")
+        print("| method / mode | image AUROC [90% CI] | pixel AUROC [90% CI] | fit s (negative bank only) | bank | img/s b1 | img/s b8 |")
+        print("|---|---|---|---|---|---|---|")
+        for k, v in rows.items():
+            side = "anomalib" if k.startswith("anomalib") else "exdd"
+            bank = (f"{v['memory_bank'][0]} x {v['memory_bank'][1]}" if "memory_bank" in v
+                    else f"{v['negative_bank']} + {v['positive_bank']} x {v['d']}")
+            s = sp.get(side, {}) if (side == "anomalib" and k == runs[0][0]) or \
+                (side == "exdd" and k == f"exdd {v.get('default_mode')}") else {}
+            fit = f"{v['fit_s']:.0f}" + (f" ({v['fit_negative_s']:.0f})" if "fit_negative_s" in v else "")
+            print(f"| {k} | {fmt(v, 'image_auroc')} | {fmt(v, 'pixel_auroc')} | {fit} | {bank} | "
+                  f"{s.get(1, float('nan')):.2f} | {s.get(8, float('nan')):.2f} |", flush=True)
+    print(f"\n{json.dumps(versions)}; peak RSS {report['peak_rss_gb']:.1f} GB; {report['machine']}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,130 @@
+"""One-pass evidence of a dataset's test and held-out images, for the image-score study.
+
+For one dataset and projection dimension d: banks built exactly as ``exdd offline build`` builds them
+(same holdout, coreset, seed), from a raw-feature cache (offline/feature_cache.py); then for every
+held-out and test image the per-patch nearest distance and index to each bank, and the distances
+from each bank's peak patch to the 10 nearest bank elements of its nearest element m* (m* first),
+which every reweighting variant needs. Written to ``OUT/evidence-d{d}.npz`` (plain arrays, no pickle).
+
+  .venv/bin/python scripts/study_evidence.py --dataset ../shared/data/ksdd1_dev --d 256
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import warnings
+
+import numpy as np
+
+from exdd.offline.build import BuildConfig, build
+from exdd.datasets import holdout_split, load_split
+from exdd.offline.feature_cache import extract_raw
+from exdd.offline.features import fingerprint, make_projection
+from exdd.scoring import load_banks
+from exdd.scoring.knn import nearest, sq_norms, topk_nearest
+
+WEIGHTS = "../shared/weights/wrn50-random0-bncal.safetensors"
+K_STUDY = 10   # m* and its 9 nearest bank neighbours
+
+
+def peak_neighbour_dists(feats: np.ndarray, a: np.ndarray, idx: np.ndarray, bank: np.ndarray,
+                         nbr: np.ndarray) -> np.ndarray:
+    """(n, K) distances from each image's peak patch to m* and its K-1 bank neighbours (m* first)."""
+    b = np.arange(a.shape[0])
+    p = np.argmax(a, axis=1)
+    m = idx[b, p]
+    cand = np.concatenate([m[:, None], nbr[m]], axis=1)             # (n, K)
+    diff = feats[b, p][:, None, :] - bank[cand]
+    return np.sqrt(np.einsum("nkd,nkd->nk", diff, diff)).astype(np.float32)
+
+
+def evidence(feats_iter, neg: np.ndarray, pos: np.ndarray, neg_nbr: np.ndarray, pos_nbr: np.ndarray):
+    """Concatenated evidence arrays over batches of (b, P, d) float32 features."""
+    out = {k: [] for k in ("a_neg", "i_neg", "a_pos", "i_pos", "nb_neg", "nb_pos", "nb_pos_at_negpeak")}
+    neg_sq, pos_sq = sq_norms(neg, np), sq_norms(pos, np)
+    for f in feats_iter:
+        b, P, d = f.shape
+        flat = f.reshape(-1, d)
+        an, inn = nearest(flat, neg, np, neg_sq)
+        ap, ip = nearest(flat, pos, np, pos_sq)
+        an, inn, ap, ip = an.reshape(b, P), inn.reshape(b, P), ap.reshape(b, P), ip.reshape(b, P)
+        out["a_neg"].append(an)
+        out["i_neg"].append(inn.astype(np.int32))
+        out["a_pos"].append(ap)
+        out["i_pos"].append(ip.astype(np.int32))
+        out["nb_neg"].append(peak_neighbour_dists(f, an, inn, neg, neg_nbr))
+        out["nb_pos"].append(peak_neighbour_dists(f, ap, ip, pos, pos_nbr))
+        # positive-bank neighbourhood read at the NEGATIVE bank's peak patch
+        bb = np.arange(b)
+        pk = np.argmax(an, axis=1)
+        m = ip[bb, pk]
+        cand = np.concatenate([m[:, None], pos_nbr[m]], axis=1)
+        diff = f[bb, pk][:, None, :] - pos[cand]
+        out["nb_pos_at_negpeak"].append(np.sqrt(np.einsum("nkd,nkd->nk", diff, diff)).astype(np.float32))
+    return {k: np.concatenate(v) for k, v in out.items()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--dataset", required=True)
+    ap.add_argument("--d", type=int, default=256)
+    ap.add_argument("--weights", default=WEIGHTS)
+    ap.add_argument("--input-size", default="632x224")
+    ap.add_argument("--cache", default="runs/cache")
+    ap.add_argument("--out", default="runs/study")
+    a = ap.parse_args()
+    hw = tuple(int(v) for v in a.input_size.split("x"))
+    name = os.path.basename(os.path.normpath(a.dataset))
+    out_dir = os.path.join(a.out, f"{name}-{hw[0]}x{hw[1]}")
+    os.makedirs(out_dir, exist_ok=True)
+    caches = {sp: extract_raw(load_split(a.dataset, sp), a.weights, hw,
+                              os.path.join(a.cache, f"{name}-{hw[0]}x{hw[1]}", sp)) for sp in ("train", "test")}
+    proj = make_projection(a.d, 0)
+    info = fingerprint(caches["train"].weights_id, proj, 0, hw)
+    bank_dir = os.path.join(out_dir, f"banks-d{a.d}")
+    cfg = BuildConfig()
+    t0 = time.time()
+    if not os.path.isfile(os.path.join(bank_dir, "manifest.json")):
+        build(a.dataset, bank_dir, None, info, cfg, featurize=caches["train"].featurizer(proj))
+    t_build = time.time() - t0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pair = load_banks(bank_dir, info)
+    neg, pos = pair.negative.vectors, pair.positive.vectors
+    _, nn = topk_nearest(neg, neg, K_STUDY, np)
+    _, pn = topk_nearest(pos, pos, K_STUDY, np)
+    neg_nbr, pos_nbr = nn[:, 1:].astype(np.int64), pn[:, 1:].astype(np.int64)
+
+    train = load_split(a.dataset, "train")
+    _, held = holdout_split(train, cfg.holdout, cfg.seed)
+    sets = {"held": (caches["train"], held), "test": (caches["test"], load_split(a.dataset, "test"))}
+    arrays, meta = {}, {"dataset": a.dataset, "d": a.d, "input_size": list(hw), "grid": list(info["grid"]),
+                        "negative_size": int(neg.shape[0]), "positive_size": int(pos.shape[0]),
+                        "build_s": round(t_build, 1), "sets": {}}
+    for key, (cache, samples) in sets.items():
+        kept = [s for s in samples if s.path in cache.index]
+        rows = [cache.index[s.path] for s in kept]
+        t1 = time.time()
+
+        def feats(bs=8):
+            for i in range(0, len(rows), bs):
+                f = cache.project(rows[i:i + bs], proj, np.float32)
+                yield f.reshape(f.shape[0], -1, a.d)
+        ev = evidence(feats(), neg, pos, neg_nbr, pos_nbr)
+        for k, v in ev.items():
+            arrays[f"{key}_{k}"] = v
+        arrays[f"{key}_labels"] = np.array([s.label for s in kept], dtype=np.int8)
+        arrays[f"{key}_rows"] = np.array(rows, dtype=np.int32)
+        meta["sets"][key] = {"n": len(kept), "defective": int(sum(s.label for s in kept)),
+                             "score_s": round(time.time() - t1, 1),
+                             "ms_per_image": round(1000 * (time.time() - t1) / max(len(kept), 1), 1)}
+        print(f"{name} d={a.d} {key}: {meta['sets'][key]}", file=sys.stderr, flush=True)
+    np.savez(os.path.join(out_dir, f"evidence-d{a.d}.npz"), **arrays)
+    json.dump(meta, open(os.path.join(out_dir, f"evidence-d{a.d}.json"), "w"), indent=1)
+
+
+if __name__ == "__main__":
+    main()
