@@ -34,19 +34,24 @@ def connect(address: Optional[str] = LOCAL, num_cpus: Optional[int] = None):
     kw = dict(include_dashboard=False, log_to_driver=False, configure_logging=False)
     # the workers import exdd from the driver's environment; keep them quiet and single-threaded per CPU
     kw["runtime_env"] = {"env_vars": {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}}
-    try:
-        if address in (None, "", LOCAL) and not os.environ.get("RAY_ADDRESS"):
-            ray.init(num_cpus=num_cpus, **kw)
-        elif address in (None, "", LOCAL):
-            ray.init(**kw)
-        else:
-            if num_cpus is not None:
-                raise RayUnavailable("--ray-cpus only sizes a local Ray; a cluster has its own CPUs")
-            ray.init(address=address, **kw)
-    except RayUnavailable:
-        raise
-    except Exception as e:  # noqa: BLE001 - Ray raises ConnectionError, RuntimeError, ValueError ...
-        raise RayUnavailable(f"could not join the Ray cluster {address!r}: {e}") from e
+    local = address in (None, "", LOCAL)
+    if not local and num_cpus is not None:
+        raise RayUnavailable("--ray-cpus only sizes a local Ray; a cluster has its own CPUs")
+    for attempt in range(3):
+        try:
+            if local and not os.environ.get("RAY_ADDRESS"):
+                ray.init(num_cpus=num_cpus, **kw)
+            elif local:
+                ray.init(**kw)
+            else:
+                ray.init(address=address, **kw)
+            return ray
+        except Exception as e:  # noqa: BLE001 - Ray raises ConnectionError, RuntimeError, ValueError ...
+            # a local Ray gives its raylet 30 s to register: on an overloaded machine, start it again
+            if local and "timed out during startup" in str(e) and attempt < 2:
+                ray.shutdown()
+                continue
+            raise RayUnavailable(f"could not join the Ray cluster {address!r}: {e}") from e
     return ray
 
 
