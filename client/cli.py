@@ -9,6 +9,7 @@ import time
 import click
 
 from exdd.cli_common import fail
+from exdd.ray_cluster import ray_options
 
 url_option = click.option("--url", "urls", multiple=True, default=["127.0.0.1:8001"], show_default=True,
                           help="Server host:port; repeat to spread the load over several servers.")
@@ -41,8 +42,9 @@ def _bar(total: int, unit: str = "img"):
 @click.option("--restart", is_flag=True, help="Start the result file afresh instead of resuming it.")
 @click.option("--exclude", multiple=True, help="File-name pattern to leave out, e.g. '*_GT.png'; repeatable.")
 @click.option("--all-files", is_flag=True, help="In folders, take every file, not only image-named ones.")
+@ray_options
 def score(paths, out_path, urls, protocol, batch_size, concurrency, threshold, heatmaps, retries, backoff, restart,
-          exclude, all_files):
+          exclude, all_files, ray_address, ray_cpus):
     """Score image files, folders or globs; one row per image in --out.
 
     Exit codes: 0 all scored, 1 some files failed (error rows), 3 the servers went away (rerun to resume).
@@ -57,6 +59,10 @@ def score(paths, out_path, urls, protocol, batch_size, concurrency, threshold, h
     writer = ResultWriter(out_path, resume=not restart)
     cfg = JobConfig(urls=list(urls), protocol=protocol, batch_size=batch_size, concurrency=concurrency,
                     retries=retries, backoff_s=backoff, threshold=threshold, heatmaps=heatmaps)
+    if ray_address is not None:             # images read and decoded by Ray tasks (client/ray_source.py)
+        from exdd.ray_cluster import connect_or_fail
+        from .ray_source import RaySource
+        cfg.source = RaySource(connect_or_fail(ray_address, ray_cpus))
     bar = _bar(len(files))
     bar.update(len([p for p in files if p in writer.done]))
     try:
@@ -71,6 +77,9 @@ def score(paths, out_path, urls, protocol, batch_size, concurrency, threshold, h
     rate = s.scored / s.seconds if s.seconds > 0 else 0.0
     click.echo(f"images: {s.total}, already done: {s.skipped}, scored: {s.scored}, failed: {s.failed}, "
                f"{rate:.2f} img/s, results: {out_path}")
+    if cfg.source is not None:
+        click.echo(f"ray: {cfg.source.tasks} read tasks on {cfg.source.cpus} CPUs, {cfg.source.local} batches "
+                   "read locally", err=True)
     if len(urls) > 1:
         click.echo("per server: " + ", ".join(f"{k}={v}" for k, v in sorted(s.per_server.items())))
     if s.stopped:

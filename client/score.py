@@ -36,6 +36,9 @@ class JobConfig:
     threshold: Optional[float] = None
     heatmaps: Optional[str] = None
     timeout_s: float = 120.0
+    # source(batches, input_hw) -> read(paths, input_hw): where images are read and decoded (None: here, by
+    # the sending threads; client/ray_source.py: by Ray tasks ahead of the senders)
+    source: Optional[Callable] = None
 
 
 @dataclass
@@ -85,9 +88,9 @@ def _read(paths: Sequence[str], hw) -> tuple[List[Optional[np.ndarray]], List[Op
     return imgs, errs
 
 
-def _run_batch(pool: _Pool, info: ModelInfo, cfg: JobConfig, paths: Sequence[str]) -> List[Dict]:
+def _run_batch(pool: _Pool, info: ModelInfo, cfg: JobConfig, paths: Sequence[str], read=_read) -> List[Dict]:
     """Rows for one batch of paths (in order); raises ServerUnavailable after the retries."""
-    imgs, errs = _read(paths, info.input_hw)
+    imgs, errs = read(paths, info.input_hw)
     good = [i for i, im in enumerate(imgs) if im is not None]
     rows = [{"path": p, "error": e} for p, e in zip(paths, errs)]
     if not good:
@@ -140,6 +143,7 @@ def run_job(paths: Sequence[str], writer: ResultWriter, cfg: JobConfig,
     batches = [todo[i:i + bs] for i in range(0, len(todo), bs)]
     workers = max(1, cfg.concurrency * len(cfg.urls))
     pool = _Pool(cfg)
+    read = cfg.source(batches, info.input_hw) if cfg.source else _read
     done: Dict[int, List[Dict]] = {}
     next_write = 0
     pending: Dict[Future, int] = {}
@@ -152,7 +156,7 @@ def run_job(paths: Sequence[str], writer: ResultWriter, cfg: JobConfig,
                     k, b = next(it)
                 except StopIteration:
                     return
-                pending[ex.submit(_run_batch, pool, info, cfg, b)] = k
+                pending[ex.submit(_run_batch, pool, info, cfg, b, read)] = k
         fill()
         try:
             while pending:

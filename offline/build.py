@@ -25,7 +25,7 @@ from exdd.scoring.fusion import fit_fusion
 from exdd.scoring.knn import bank_neighbors
 from exdd.scoring.scores import DEFAULT_GAMMA, fusion_inputs
 from .calibrate import threshold
-from .coreset import bank_size, chunked_kcenter
+from .coreset import Coreset, bank_size, chunked_kcenter
 from exdd.datasets import Sample, holdout_split, load_split, synthetic
 from .extract import Extracted, extract
 from .weights import is_random
@@ -71,7 +71,12 @@ def make_bank(vectors: np.ndarray, ratio: float, min_size: int, k: int, seed: in
     n = vectors.shape[0]
     keep = bank_size(n, ratio, min_size)
     cs = chunked_kcenter(vectors, keep, seed=seed, chunk_rows=chunk_rows, oversample=oversample, progress=progress)
-    vec = np.ascontiguousarray(vectors[np.sort(cs.indices)], dtype=np.float32)
+    return bank_of(vectors[np.sort(cs.indices)], n, cs, ratio, min_size, k)
+
+
+def bank_of(picked: np.ndarray, n: int, cs: Coreset, ratio: float, min_size: int, k: int) -> Tuple[Bank, Dict[str, Any]]:
+    """The bank of the coreset's rows (picked = rows at sorted cs.indices, of n) and its statistics."""
+    vec = np.ascontiguousarray(picked, dtype=np.float32)
     nbr = bank_neighbors(vec, k, np)
     stats = {"patches": int(n), "size": int(vec.shape[0]), "ratio": ratio, "min_size": min_size,
              "coreset": cs.method, "radius": cs.radius, "radius_is_upper_bound": cs.radius_is_bound}
@@ -112,6 +117,46 @@ def build_negative(ex: Extracted, dataset: str, d: int, cfg: BuildConfig, bar) -
     return out
 
 
+@dataclass
+class Plan:
+    """The samples a build uses: kept normals and defects, synthetic defects, held-out images."""
+    normals: List[Sample]
+    defects: List[Sample]
+    synth: List[Sample]
+    held: List[Sample]
+
+
+def plan(dataset: str, cfg: BuildConfig, synthetic_dirs: Sequence[str] = (), layout: str = "auto",
+         synthetic_limit: Optional[int] = None) -> Plan:
+    """Split the dataset's training images (and the synthetic folders) into the build's sample sets."""
+    train = load_split(dataset, "train", layout)
+    if not train:
+        raise ValueError(f"{dataset}: no training images")
+    kept, held = holdout_split(train, cfg.holdout, cfg.seed)
+    normals = [s for s in kept if s.label == 0]
+    defects = [s for s in kept if s.label == 1]
+    synth: List[Sample] = []
+    for sd in synthetic_dirs:
+        synth += synthetic(sd)
+    if synthetic_limit is not None:
+        synth = synth[:synthetic_limit]
+    if not normals:
+        raise ValueError(f"{dataset}: no normal training images for the negative bank")
+    return Plan(normals, defects, synth, held)
+
+
+def calibration_scorer(pair: BankPair) -> Scorer:
+    """The scorer of the held-out calibration (bank warnings are the build's own business)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return Scorer(pair)
+
+
+# held_scores(pair) -> (score_samples' dict, labels) of the held-out images, or None without any; called
+# again after the fusion is fitted (the held-out features are kept between the calls)
+HeldScores = Callable[[BankPair], Optional[Tuple[Dict[str, np.ndarray], np.ndarray]]]
+
+
 def build(dataset: str, out_dir: str, model, features: Dict[str, Any], cfg: BuildConfig,
           synthetic_dirs: Sequence[str] = (), layout: str = "auto",
           progress_factory: Optional[Callable[[str, int], Any]] = None,
@@ -127,19 +172,7 @@ def build(dataset: str, out_dir: str, model, features: Dict[str, Any], cfg: Buil
 
     d = int(features["d"])
     featurize = featurize or model_featurizer(model, features, cfg.batch_size)
-    train = load_split(dataset, "train", layout)
-    if not train:
-        raise ValueError(f"{dataset}: no training images")
-    kept, held = holdout_split(train, cfg.holdout, cfg.seed)
-    normals = [s for s in kept if s.label == 0]
-    defects = [s for s in kept if s.label == 1]
-    synth: List[Sample] = []
-    for sd in synthetic_dirs:
-        synth += synthetic(sd)
-    if synthetic_limit is not None:
-        synth = synth[:synthetic_limit]
-    if not normals:
-        raise ValueError(f"{dataset}: no normal training images for the negative bank")
+    p = plan(dataset, cfg, synthetic_dirs, layout, synthetic_limit)
     errors: List[Tuple[str, str]] = []
 
     def run(samples, desc, with_mask) -> Extracted:
@@ -153,9 +186,9 @@ def build(dataset: str, out_dir: str, model, features: Dict[str, Any], cfg: Buil
     if negative_bank is not None:
         negative, neg_stats = negative_bank
     else:
-        negative, neg_stats = build_negative(run(normals, "features: normal", False), dataset, d, cfg, bar)
+        negative, neg_stats = build_negative(run(p.normals, "features: normal", False), dataset, d, cfg, bar)
 
-    pos_sources = {"real": defects, "synthetic": synth}
+    pos_sources = {"real": p.defects, "synthetic": p.synth}
     pos_vectors, pos_counts = [], {}
     for name, samples in pos_sources.items():
         pos_counts[name] = 0
@@ -174,6 +207,29 @@ def build(dataset: str, out_dir: str, model, features: Dict[str, Any], cfg: Buil
         print("warning: no defect patches for the positive bank: exdd modes fall back to patchcore",
               file=sys.stderr)
 
+    held_ex: List[Extracted] = []
+
+    def held_scores(pair: BankPair):
+        if not p.held:
+            return None
+        if not held_ex:
+            held_ex.append(run(p.held, "features: held-out", True))
+        ex = held_ex[0]
+        return score_samples(calibration_scorer(pair), ex.features), np.array([s.label for s in ex.samples])
+
+    return finish(dataset, out_dir, features, cfg, synthetic_dirs, p, (negative, neg_stats), (positive, pos_stats),
+                  pos_counts, errors, held_scores)
+
+
+def finish(dataset: str, out_dir: str, features: Dict[str, Any], cfg: BuildConfig, synthetic_dirs: Sequence[str],
+           p: Plan, neg: Tuple[Bank, Dict[str, Any]], pos: Tuple[Optional[Bank], Dict[str, Any]],
+           pos_counts: Dict[str, int], errors: List[Tuple[str, str]], held_scores: HeldScores) -> BuildResult:
+    """Manifest, fusion and threshold calibrated on the held-out images (scored by held_scores), banks saved.
+
+    errors is the list of unreadable files so far; held_scores may append the held-out ones to it
+    (they go to the BuildResult, not to the manifest's sources).
+    """
+    (negative, neg_stats), (positive, pos_stats) = neg, pos
     manifest: Dict[str, Any] = {
         "features": features,
         "weights_note": ("RANDOM-INIT BACKBONE: detection quality is not meaningful" if is_random(features["weights"])
@@ -183,11 +239,11 @@ def build(dataset: str, out_dir: str, model, features: Dict[str, Any], cfg: Buil
                     "chunk_rows": cfg.chunk_rows, "oversample": cfg.oversample},
         "defect_patch_rule": {"min_cover": cfg.min_cover,
                               "rule": "cell coverage by the resized mask >= min_cover; else the most covered cell"},
-        "sources": {"dataset": dataset, "normal_images": len(normals), "defect_images": pos_counts.get("real", 0),
+        "sources": {"dataset": dataset, "normal_images": len(p.normals), "defect_images": pos_counts.get("real", 0),
                     "synthetic_images": pos_counts.get("synthetic", 0), "synthetic_dirs": list(synthetic_dirs),
-                    "heldout_normal": sum(1 for s in held if s.label == 0),
-                    "heldout_defect": sum(1 for s in held if s.label == 1),
-                    "unreadable": [{"path": p, "error": e} for p, e in errors]},
+                    "heldout_normal": sum(1 for s in p.held if s.label == 0),
+                    "heldout_defect": sum(1 for s in p.held if s.label == 1),
+                    "unreadable": [{"path": q, "error": e} for q, e in errors]},
         "default_mode": cfg.default_mode,
         "modes": list(MODES),
         "scoring": {"gamma": float(cfg.gamma), "fusion": None},
@@ -197,18 +253,12 @@ def build(dataset: str, out_dir: str, model, features: Dict[str, Any], cfg: Buil
     # calibrate on the held-out images with the banks just built
     pair = BankPair(negative, positive, manifest)
     thr: Dict[str, Any] = {"rule": cfg.threshold_rule, "target_fpr": cfg.target_fpr, "values": {}, "detail": {}}
-    if held:
-        ex = run(held, "features: held-out", True)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            scorer = Scorer(pair)
-        scores = score_samples(scorer, ex.features)
-        labels = np.array([s.label for s in ex.samples])
+    held = held_scores(pair)
+    if held is not None:
+        scores, labels = held
         if positive is not None:       # fit the fusion on the held-out images, then score it
             manifest["scoring"]["fusion"] = fit_fusion(scores["fusion_x"], labels)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", RuntimeWarning)
-                scores = score_samples(Scorer(pair), ex.features)
+            scores, labels = held_scores(pair)
         for m in MODES:
             t = threshold(scores[m], labels, cfg.threshold_rule, cfg.target_fpr)
             thr["values"][m] = t["value"]

@@ -10,6 +10,7 @@ import numpy as np
 from exdd import defaults
 from exdd.cli_common import fail, input_size_option, parse_hw
 from exdd.datasets import layout_choices
+from exdd.ray_cluster import ray_options
 from exdd.scoring.bank import MIN_K
 from exdd.scoring.scores import DEFAULT_GAMMA, DEFAULT_MODE, MODES
 
@@ -61,8 +62,17 @@ def offline() -> None:
               help="Exponent of the dual map a- (a-/a+)^gamma (modes dual, fusion).")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--batch-size", default=8, show_default=True)
+@click.option("--chunk-rows", default=24_000, show_default=True, help="Coreset chunk (patch rows) of the chunked greedy.")
+@ray_options
+@click.option("--ray-workers", type=int, default=None, help="With --ray: extractor actors (default: one per CPU/GPU).")
+@click.option("--ray-shard-images", default=64, show_default=True,
+              help="With --ray: images per task (rounded up to whole batches of 16 and of --batch-size).")
+@click.option("--ray-threads", type=int, default=None,
+              help="With --ray: torch threads per extractor actor (default: this machine's CPU count, as the "
+                   "single-process build uses, so the features are bit-identical).")
 def build(dataset, out_dir, weights, d, projection_seed, input_size, layout, neg_ratio, pos_ratio, min_bank, k,
-          min_cover, synthetic_dirs, holdout, threshold_rule, target_fpr, default_mode, gamma, seed, batch_size):
+          min_cover, synthetic_dirs, holdout, threshold_rule, target_fpr, default_mode, gamma, seed, batch_size,
+          chunk_rows, ray_address, ray_cpus, ray_workers, ray_shard_images, ray_threads):
     """Build the negative and positive banks of DATASET into --out."""
     from .build import BuildConfig, build as run_build
     from exdd.datasets import DatasetError
@@ -71,10 +81,19 @@ def build(dataset, out_dir, weights, d, projection_seed, input_size, layout, neg
     info["weights_source"] = os.path.abspath(weights) if os.path.isfile(weights) else weights
     cfg = BuildConfig(neg_ratio=neg_ratio, pos_ratio=pos_ratio, min_size=min_bank, k=k, min_cover=min_cover,
                       holdout=holdout, seed=seed, threshold_rule=threshold_rule, target_fpr=target_fpr,
-                      default_mode=default_mode, gamma=gamma, batch_size=batch_size)
+                      default_mode=default_mode, gamma=gamma, batch_size=batch_size, chunk_rows=chunk_rows)
+    ray = None
+    if ray_address is not None:              # features, coreset and calibration on Ray (offline/distributed.py)
+        from exdd.ray_cluster import connect_or_fail
+        ray = connect_or_fail(ray_address, ray_cpus)
     t0 = time.time()
     try:
-        res = run_build(dataset, out_dir, model, info, cfg, synthetic_dirs, layout, bar)
+        if ray is not None:
+            from .distributed import build_ray
+            res = build_ray(ray, dataset, out_dir, weights, info, cfg, synthetic_dirs, layout, bar, ray_workers,
+                            ray_shard_images, ray_threads)
+        else:
+            res = run_build(dataset, out_dir, model, info, cfg, synthetic_dirs, layout, bar)
     except (DatasetError, ValueError) as e:
         fail(str(e))
     m = res.manifest
