@@ -10,6 +10,7 @@ from .knn import nearest, topk_nearest
 from .resample import upsample_smooth_matrices, upsample_smooth
 from .scores import MODES, image_scores, reweight_q
 from .scorer import Scorer
+from . import ann
 
 __all__ = [
     "BANK_FORMAT_VERSION", "Bank", "BankError", "BankPair", "FEATURE_KEYS", "load_banks", "read_manifest",
