@@ -54,13 +54,29 @@ def offline() -> None:
               show_default=True, help="Mode whose score the served model returns as SCORE.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--batch-size", default=8, show_default=True)
+@click.option("--extractor", "extractor_onnx", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="Extract with this exported ONNX (e.g. `export onnx --precision int8`) through ONNX Runtime "
+                   "instead of torch fp32; its features fingerprint must match --weights/--d/--input-size.")
 def build(dataset, out_dir, weights, d, projection_seed, input_size, layout, neg_ratio, pos_ratio, min_bank, k,
-          min_cover, synthetic_dirs, holdout, threshold_rule, target_fpr, default_mode, seed, batch_size):
+          min_cover, synthetic_dirs, holdout, threshold_rule, target_fpr, default_mode, seed, batch_size,
+          extractor_onnx):
     """Build the negative and positive banks of DATASET into --out."""
     from .build import BuildConfig, build as run_build
     from .datasets import DatasetError
     from .progress import bar
     model, info = _extractor(weights, d, projection_seed, parse_hw(input_size))
+    if extractor_onnx:
+        from exdd.export.onnx_export import ExportError
+        from exdd.scoring import BankError
+        from exdd.scoring.bank import check_features
+        from .onnx_features import OnnxExtractor
+        try:
+            onnx_model = OnnxExtractor(extractor_onnx)
+            check_features(onnx_model.features, info, f"--extractor {extractor_onnx}")
+        except (ExportError, BankError) as e:
+            fail(str(e))
+        click.echo(f"extractor: {extractor_onnx} ({onnx_model.precision}, ONNX Runtime)", err=True)
+        model = onnx_model
     info["weights_source"] = os.path.abspath(weights) if os.path.isfile(weights) else weights
     cfg = BuildConfig(neg_ratio=neg_ratio, pos_ratio=pos_ratio, min_size=min_bank, k=k, min_cover=min_cover,
                       holdout=holdout, seed=seed, threshold_rule=threshold_rule, target_fpr=target_fpr,

@@ -53,3 +53,18 @@ def test_calibration_uses_normal_training_images_only():
     assert files and all(os.sep + "train" + os.sep in f for f in files)
     assert all(not os.path.basename(f).split(".")[0].endswith("_GT") for f in files)
     assert MIN_RANK_CORRELATION == 0.99
+
+
+def test_offline_build_with_an_onnx_extractor_equals_the_torch_build_and_refuses_other_features():
+    out = os.path.join(tu.workdir(), "banks-onnx")
+    p = tu.exdd_cli("offline", "build", tu.dataset(), "--out", out, "--weights", tu.WEIGHTS, "--input-size",
+                    f"{tu.INPUT_HW[0]}x{tu.INPUT_HW[1]}", "--d", str(tu.D), "--min-bank", "50",
+                    "--extractor", tu.onnx_fp32())
+    assert p.returncode == 0, p.stderr
+    assert "ONNX Runtime" in p.stderr
+    a, b = (np.load(os.path.join(d, "negative.npy")) for d in (out, tu.banks()))
+    assert a.shape == b.shape
+    np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-3 * float(np.abs(b).max()))
+    p = tu.exdd_cli("offline", "build", tu.dataset(), "--out", out + "-bad", "--weights", tu.WEIGHTS, "--input-size",
+                    f"{tu.INPUT_HW[0]}x{tu.INPUT_HW[1]}", "--d", str(tu.D * 2), "--extractor", tu.onnx_fp32())
+    assert p.returncode != 0 and "d:" in p.stderr and "Traceback" not in p.stderr
