@@ -108,7 +108,7 @@ def demo(out_dir, dataset, weights, input_size, d, surface, port_base, fresh, pr
     weights = choose_weights(weights, log)
     _exdd(["offline", "build", dataset, "--out", p("banks"), "--weights", weights, "--input-size", input_size,
            "--d", str(d)], log)
-    export_extractor(p("banks"), p("features.onnx"), weights, dataset, precision, log)
+    served_precision = export_extractor(p("banks"), p("features.onnx"), weights, dataset, precision, log)
     _exdd(["export", "repository", "--onnx", p("features.onnx"), "--banks", p("banks"), "--out", p("repository"),
            "--features-backend", "python", "--force"], log)
     if port_base:
@@ -142,7 +142,11 @@ def demo(out_dir, dataset, weights, input_size, d, surface, port_base, fresh, pr
             server.kill()
         server_log.close()
         log("    server stopped")
-    _exdd(["offline", "evaluate", dataset, "--banks", p("banks"), "--weights", weights, "--out", p("offline.json")], log)
+    # offline scores with the extractor the server ran (int8: its ONNX through ONNX Runtime), so that the
+    # served-vs-offline check compares like with like
+    same = ["--extractor", p("features.onnx")] if served_precision != "fp32" else []
+    _exdd(["offline", "evaluate", dataset, "--banks", p("banks"), "--weights", weights, "--out", p("offline.json")]
+          + same, log)
     results = json.load(open(p("offline.json")))
     rows = {r["path"]: r for r in (json.loads(x) for x in open(scores) if x.strip())}
     mode = results["default_mode"]
@@ -154,7 +158,8 @@ def demo(out_dir, dataset, weights, input_size, d, surface, port_base, fresh, pr
         if r and r.get("score") is not None:
             img["served_score"] = r["score"]
             diffs.append(abs(r["score"] - img["scores"][mode]) / max(abs(img["scores"][mode]), 1e-6))
-    results["served"] = {"mode": mode, "images": len(diffs), "max_relative_difference_to_offline": max(diffs or [float("nan")])}
+    results["served"] = {"mode": mode, "images": len(diffs), "max_relative_difference_to_offline": max(diffs or [float("nan")]),
+                         "extractor_precision": served_precision}
     with open(p("results.json"), "w") as f:
         json.dump(results, f, indent=1)
     _exdd(["report", p("results.json"), "--out", p("report.html")], log)
@@ -165,6 +170,6 @@ def demo(out_dir, dataset, weights, input_size, d, surface, port_base, fresh, pr
         v = m[mode_name]
         click.echo(f"{mode_name:<10} image AUROC {v['image_auroc']:.3f}  pixel AUROC {v.get('pixel_auroc', float('nan')):.3f}"
                    f"  pixel AUPRO {v.get('pixel_aupro', float('nan')):.3f}")
-    click.echo(f"served ({mode}) vs offline: {results['served']['images']} images, max relative difference "
+    click.echo(f"served ({mode}, {served_precision} extractor) vs offline: {results['served']['images']} images, max relative difference "
                f"{results['served']['max_relative_difference_to_offline']:.2e}")
     click.echo(f"time: {time.time() - t0:.0f}s")

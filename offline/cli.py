@@ -27,6 +27,21 @@ def _extractor(weights: str, d: int, seed: int, input_hw):
     return model, info
 
 
+def _onnx_model(extractor_onnx: str, info):
+    """The exported ONNX run by ONNX Runtime in place of the torch extractor (same features fingerprint)."""
+    from exdd.export.onnx_export import ExportError
+    from exdd.scoring import BankError
+    from exdd.scoring.bank import check_features
+    from .onnx_features import OnnxExtractor
+    try:
+        onnx_model = OnnxExtractor(extractor_onnx)
+        check_features(onnx_model.features, info, f"--extractor {extractor_onnx}")
+    except (ExportError, BankError) as e:
+        fail(str(e))
+    click.echo(f"extractor: {extractor_onnx} ({onnx_model.precision}, ONNX Runtime)", err=True)
+    return onnx_model
+
+
 @click.group()
 def offline() -> None:
     """Build banks from a dataset, synthesize defects, evaluate."""
@@ -66,17 +81,7 @@ def build(dataset, out_dir, weights, d, projection_seed, input_size, layout, neg
     from .progress import bar
     model, info = _extractor(weights, d, projection_seed, parse_hw(input_size))
     if extractor_onnx:
-        from exdd.export.onnx_export import ExportError
-        from exdd.scoring import BankError
-        from exdd.scoring.bank import check_features
-        from .onnx_features import OnnxExtractor
-        try:
-            onnx_model = OnnxExtractor(extractor_onnx)
-            check_features(onnx_model.features, info, f"--extractor {extractor_onnx}")
-        except (ExportError, BankError) as e:
-            fail(str(e))
-        click.echo(f"extractor: {extractor_onnx} ({onnx_model.precision}, ONNX Runtime)", err=True)
-        model = onnx_model
+        model = _onnx_model(extractor_onnx, info)
     info["weights_source"] = os.path.abspath(weights) if os.path.isfile(weights) else weights
     cfg = BuildConfig(neg_ratio=neg_ratio, pos_ratio=pos_ratio, min_size=min_bank, k=k, min_cover=min_cover,
                       holdout=holdout, seed=seed, threshold_rule=threshold_rule, target_fpr=target_fpr,
@@ -110,7 +115,9 @@ def build(dataset, out_dir, weights, d, projection_seed, input_size, layout, neg
 @click.option("--out", "out_json", default=None, type=click.Path(dir_okay=False), help="Write results JSON here.")
 @click.option("--batch-size", default=8, show_default=True)
 @click.option("--no-pixel", is_flag=True, help="Skip pixel metrics (faster).")
-def evaluate(dataset, bank_dir, weights, layout, split, out_json, batch_size, no_pixel):
+@click.option("--extractor", "extractor_onnx", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="Extract with this exported ONNX through ONNX Runtime (e.g. the int8 one the server runs).")
+def evaluate(dataset, bank_dir, weights, layout, split, out_json, batch_size, no_pixel, extractor_onnx):
     """Score DATASET's test split with the banks; metrics of every mode side by side."""
     from exdd.scoring import BankError, load_banks, read_manifest_features
     from exdd.scoring import Scorer
@@ -123,6 +130,8 @@ def evaluate(dataset, bank_dir, weights, layout, split, out_json, batch_size, no
         fail(str(e))
     model, info = _extractor(weights or feats.get("weights_source", feats["weights"]), feats["d"],
                              feats["projection_seed"], tuple(feats["input_size"]))
+    if extractor_onnx:
+        model = _onnx_model(extractor_onnx, info)
     try:
         banks = load_banks(bank_dir, expected_features=info)
         samples = load_split(dataset, split, layout)
