@@ -125,10 +125,11 @@ def main() -> int:
     ap.add_argument("--weights", required=True)
     ap.add_argument("--train", type=int, default=40, help="normal training images for the bank (defective: a quarter)")
     ap.add_argument("--test", type=int, default=80, help="test images (half defective when possible)")
-    ap.add_argument("--calibration", type=int, default=32)
+    ap.add_argument("--calibration", type=int, default=16)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--speed-reps", type=int, default=3)
     ap.add_argument("--workdir", default="runs/i11")
+    ap.add_argument("--fp32-onnx", default=None, help="an fp32 export of the same weights to reuse")
     ap.add_argument("--out", default="runs/i11/int8.json")
     args = ap.parse_args()
     log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
@@ -138,7 +139,7 @@ def main() -> int:
     from exdd.offline.features import build_extractor
     torch.set_num_threads(args.threads)
     model, info = build_extractor(args.weights, 256, 0, (632, 224))
-    fp32_path = export_onnx(model, info, os.path.join(args.workdir, "bench-fp32.onnx"), "fp32")
+    fp32_path = args.fp32_onnx or export_onnx(model, info, os.path.join(args.workdir, "bench-fp32.onnx"), "fp32")
     del model
     report = {"machine": "2 vCPU Xeon 2.5 GHz (AVX-512 VNNI/BF16), shared with other jobs", "threads": args.threads,
               "weights": args.weights, "datasets": []}
