@@ -24,7 +24,7 @@ from .bank import BankError
 from .knn import DEFAULT_MAX_BLOCK, nearest, sq_norms
 
 INDEX_KEY = "index"
-HNSW_DEFAULTS = {"m": 32, "ef_construction": 200, "ef_search": 128}
+HNSW_DEFAULTS = {"m": 32, "ef_construction": 128, "ef_search": 64}  # measured: BENCHMARKS.md, Speed
 NO_FAISS = ("the banks carry an hnsw index but faiss is not importable in this Python: "
             "pip install faiss-cpu (or export the repository with --index exact)")
 
