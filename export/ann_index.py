@@ -13,8 +13,8 @@ from typing import Callable, Dict, Optional
 from exdd.scoring.ann import INDEX_KEY, SEARCHERS, write_index
 
 INDEX_KINDS = tuple(SEARCHERS)
-# Below this many vectors a bank stays exact: measured crossover on 2 cores (BENCHMARKS.md, Speed).
-DEFAULT_MIN_SIZE = 16_000
+# Below this many vectors a bank stays exact: exact was as fast as HNSW at 3k and 3x slower at 8k (BENCHMARKS.md, Speed).
+DEFAULT_MIN_SIZE = 8_000
 
 
 def add_index(bank_dir: str, kind: str, min_size: int = DEFAULT_MIN_SIZE, params: Optional[Dict[str, int]] = None,

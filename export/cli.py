@@ -163,7 +163,7 @@ def tensorrt_cmd(onnx_path, out_path, max_batch, fp32):
               help="CPU scorer search: exact, or hnsw (faiss HNSW, built now, stored in faiss's format and "
                    "checksummed in the manifest; the server's Python then needs faiss-cpu). GPU instances search exactly.")
 @click.option("--index-min-size", default=None, type=click.IntRange(1),
-              help="hnsw only for banks of at least this many vectors; smaller ones stay exact [default: 16000].")
+              help="hnsw only for banks of at least this many vectors; smaller ones stay exact [default: 8000].")
 def repository_cmd(onnx_path, bank_dir, out_dir, features_backend, engine_path, kind, instances, max_batch,
                    queue_delay_us, mode, threshold, force, index, index_min_size):
     """Assemble a Triton model repository (exdd ensemble, exdd_features, exdd_scorer) from ONNX + banks."""
