@@ -13,7 +13,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def test_gpu_check_cpu_fallback_writes_figures_and_lists_skips(tmp_path):
     out = tmp_path / "gpu_check.json"
-    env = dict(os.environ, PYTHON=sys.executable, EXDD_GPU_CHECK_SHIM="1")
+    env = dict(os.environ, PYTHON=sys.executable, EXDD_GPU_CHECK_SHIM="1", GPU_CHECK_TIMEOUT="1400")
     p = subprocess.run(["bash", os.path.join(ROOT, "scripts", "gpu_check.sh"), str(out), "--cpu",
                         "--input-size", "64x32", "--d", "8", "--cpu-bank-size", "200",
                         "--weights", str(tmp_path / "absent.safetensors"), "--data", str(tmp_path / "absent")],
