@@ -71,3 +71,17 @@ def test_offline_build_with_an_onnx_extractor_equals_the_torch_build_and_refuses
     p = tu.exdd_cli("offline", "build", tu.dataset(), "--out", out + "-bad", "--weights", tu.WEIGHTS, "--input-size",
                     f"{tu.INPUT_HW[0]}x{tu.INPUT_HW[1]}", "--d", str(tu.D * 2), "--extractor", tu.onnx_fp32())
     assert p.returncode != 0 and "d:" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_offline_evaluate_with_the_onnx_extractor_matches_torch():
+    import json as _json
+    outs = []
+    for extra in ([], ["--extractor", tu.onnx_fp32()]):
+        out = os.path.join(tu.workdir(), f"eval{len(extra)}.json")
+        p = tu.exdd_cli("offline", "evaluate", tu.dataset(), "--banks", tu.banks(), "--out", out, "--no-pixel", *extra)
+        assert p.returncode == 0, p.stderr
+        outs.append(_json.load(open(out)))
+    a, b = ({i["path"]: i["scores"]["exdd"] for i in o["images"]} for o in outs)
+    assert a.keys() == b.keys() and a
+    for k in a:
+        assert abs(a[k] - b[k]) <= 1e-3 * max(abs(a[k]), 1e-6)
