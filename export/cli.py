@@ -38,12 +38,22 @@ def _features_source(banks, weights, d, projection_seed, input_size):
 @click.option("--d", "d", default=defaults.D, show_default=True, help="Projection dimension (ignored with --banks).")
 @click.option("--projection-seed", default=0, show_default=True, help="(ignored with --banks)")
 @input_size_option
-@click.option("--precision", default="fp32", type=click.Choice(["fp32", "fp16"]), show_default=True)
+@click.option("--precision", default="fp32", type=click.Choice(["fp32", "fp16", "int8"]), show_default=True,
+              help="int8: ONNX Runtime static quantization (QDQ, per-channel Conv weights) calibrated on "
+                   "--calibration-images; the fastest on CPUs with AVX-512 VNNI.")
 @click.option("--parity-images", default=None, type=click.Path(exists=True, file_okay=False),
               help="Folder or dataset whose first images the parity check uses (default: generated surfaces).")
-@click.option("--parity-count", default=4, show_default=True, type=click.IntRange(1, 64))
-def onnx_cmd(out_path, banks, weights, d, projection_seed, input_size, precision, parity_images, parity_count):
-    """Export the feature extractor to ONNX and check it against torch (fails above the tolerance)."""
+@click.option("--parity-count", default=None, type=click.IntRange(1, 256),
+              help="Parity images [default: 4; 16 for int8, whose check ranks image scores].")
+@click.option("--calibration-images", default=None, type=click.Path(exists=True, file_okay=False),
+              help="int8: dataset (its normal training images) or folder calibrating the activation ranges.")
+@click.option("--calibration-count", default=32, show_default=True, type=click.IntRange(1, 1024))
+def onnx_cmd(out_path, banks, weights, d, projection_seed, input_size, precision, parity_images, parity_count,
+             calibration_images, calibration_count):
+    """Export the feature extractor to ONNX and check it against torch (fails above the tolerance).
+
+    int8 is checked against torch fp32 on the parity images: patch cosine similarity, and with --banks
+    the image scores' rank correlation (>= 0.99 to pass)."""
     import torch
 
     from exdd.offline.features import build_extractor
@@ -65,9 +75,14 @@ def onnx_cmd(out_path, banks, weights, d, projection_seed, input_size, precision
             fail(str(e))
     if is_random(info["weights"]):
         click.echo(f"note: weights {info['weights']} -- RANDOM-INIT backbone", err=True)
+    if precision == "int8":
+        if not calibration_images:
+            fail("--precision int8 needs --calibration-images DATASET_OR_FOLDER (normal training images)")
+        return _export_int8(model, info, out_path, banks, hw, parity_images, parity_count or 16,
+                            calibration_images, calibration_count)
     t0 = time.time()
     try:
-        images, where = get_images(parity_images, parity_count, hw)
+        images, where = get_images(parity_images, parity_count or 4, hw)
         export_onnx(model, info, out_path, precision)
         result = parity(out_path, model, images, precision)
     except ExportError as e:
@@ -76,6 +91,34 @@ def onnx_cmd(out_path, banks, weights, d, projection_seed, input_size, precision
     click.echo(f"{result.describe()} [{where}]")
     if not result.ok:
         fail(f"{out_path}: ONNX Runtime differs from torch beyond the tolerance ({result.rel:.2e} > {result.tolerance:.0e})", 3)
+
+
+def _export_int8(model, info, out_path, banks, hw, parity_images, parity_count, calibration_images, calibration_count):
+    """fp32 export -> static int8 quantization -> parity against torch fp32 (and image scores with banks)."""
+    import tempfile
+
+    from .onnx_export import ExportError, export_onnx, parity_images as get_images
+    from .quantize import calibration_images as get_calibration, quant_parity, quantize_int8
+
+    t0 = time.time()
+    try:
+        images, where = get_images(parity_images, parity_count, hw)
+        calib, calib_where = get_calibration(calibration_images, calibration_count, hw)
+        with tempfile.TemporaryDirectory(dir=os.path.dirname(os.path.abspath(out_path)) or ".") as tmp:
+            fp32 = export_onnx(model, info, os.path.join(tmp, "fp32.onnx"), "fp32")
+            click.echo(f"calibrating int8 on {calib_where}", err=True)
+            quantize_int8(fp32, out_path, calib)
+        bank_pair = None
+        if banks:
+            from exdd.scoring import load_banks
+            bank_pair = load_banks(banks)
+        result = quant_parity(out_path, model, images, bank_pair)
+    except ExportError as e:
+        fail(str(e))
+    click.echo(f"onnx: {out_path} (int8, {os.path.getsize(out_path) / 1e6:.1f} MB, {time.time() - t0:.1f}s)")
+    click.echo(f"{result.describe()} [{where}]")
+    if not result.ok:
+        fail(f"{out_path}: the int8 extractor differs from fp32 beyond the tolerance", 3)
 
 
 @export.command("tensorrt")
@@ -118,8 +161,13 @@ def tensorrt_cmd(onnx_path, out_path, max_batch, fp32):
               help="Served mode (default: the banks' default_mode).")
 @click.option("--threshold", default=None, type=float, help="Served threshold (default: the calibrated one).")
 @click.option("--force", is_flag=True, help="Replace --out if it exists.")
+@click.option("--index", default="exact", type=click.Choice(["exact", "hnsw"]), show_default=True,
+              help="CPU scorer search: exact, or hnsw (faiss HNSW, built now, stored in faiss's format and "
+                   "checksummed in the manifest; the server's Python then needs faiss-cpu). GPU instances search exactly.")
+@click.option("--index-min-size", default=None, type=click.IntRange(1),
+              help="hnsw only for banks of at least this many vectors; smaller ones stay exact [default: 8000].")
 def repository_cmd(onnx_path, bank_dir, out_dir, features_backend, engine_path, kind, instances, max_batch,
-                   queue_delay_us, mode, threshold, force):
+                   queue_delay_us, mode, threshold, force, index, index_min_size):
     """Assemble a Triton model repository (exdd ensemble, exdd_features, exdd_scorer) from ONNX + banks."""
     from .configs import Serving
     from .onnx_export import ExportError, read_features
@@ -132,9 +180,10 @@ def repository_cmd(onnx_path, bank_dir, out_dir, features_backend, engine_path, 
             click.echo(f"building the TensorRT engine {engine_path} (batch 1..{max_batch}, fp16)", err=True)
             build_engine(onnx_path, engine_path, tuple(read_features(onnx_path)["input_size"]), max_batch)
         res = assemble(onnx_path, bank_dir, out_dir, features_backend, Serving(kind, instances, max_batch, queue_delay_us),
-                       engine_path, mode, threshold, force)
+                       engine_path, mode, threshold, force, index, index_min_size,
+                       log=lambda m: click.echo(m, err=True))
     except (ExportError, RepositoryError, TensorRTUnavailable, TensorRTBuildError) as e:
         fail(str(e))
     thr = "none" if res.threshold is None else f"{res.threshold:.6g}"
     click.echo(f"repository: {res.path} (features {features_backend}, {instances} x {kind}, max batch {max_batch}, "
-               f"mode {res.mode}, threshold {thr}, manifest sha256 {res.manifest_sha256[:12]}...)")
+               f"mode {res.mode}, threshold {thr}, manifest sha256 {res.manifest_sha256[:12]}..., index {index})")

@@ -147,8 +147,12 @@ request parameter `threshold` (a number) to override the served threshold.
 
 def assemble(onnx_path: str, bank_dir: str, out_dir: str, features_backend: str = "python",
              serving: Optional[Serving] = None, engine_path: Optional[str] = None, mode: Optional[str] = None,
-             threshold: Optional[float] = None, force: bool = False) -> Assembled:
-    """Write the repository into out_dir (atomically, via a temporary sibling directory)."""
+             threshold: Optional[float] = None, force: bool = False, index: str = "exact",
+             index_min_size: Optional[int] = None, log=None) -> Assembled:
+    """Write the repository into out_dir (atomically, via a temporary sibling directory).
+
+    index 'hnsw' adds an approximate nearest-neighbour index for banks of at least index_min_size
+    vectors (CPU instances use it; GPU instances search exactly)."""
     from exdd.scoring import MODES, BankError, load_banks
     from exdd.scoring.bank import check_features
 
@@ -193,6 +197,13 @@ def assemble(onnx_path: str, bank_dir: str, out_dir: str, features_backend: str 
         copy_resource(src / "exdd_scorer" / "1" / "model.py", os.path.join(scorer_v, "model.py"))
         copy_resource(importlib.resources.files("exdd.scoring"), os.path.join(scorer_v, "exdd_scoring"))
         _copy_banks(bank_dir, os.path.join(scorer_v, "banks"), manifest)
+        if index != "exact":
+            from .ann_index import DEFAULT_MIN_SIZE, add_index
+            try:
+                add_index(os.path.join(scorer_v, "banks"), index,
+                          DEFAULT_MIN_SIZE if index_min_size is None else index_min_size, log=log or (lambda s: None))
+            except BankError as e:
+                raise RepositoryError(str(e)) from None
         fjson = json.dumps(features.to_dict(), indent=2, sort_keys=True)
         _write(os.path.join(scorer_v, "features.json"), fjson)
         _write(os.path.join(feats_v, "features.json"), fjson)

@@ -72,7 +72,8 @@ def create_venv(venv: str, log: Log) -> None:
     os.makedirs(os.path.dirname(venv), exist_ok=True)
     _run([sys.executable, "-m", "venv", venv], "creating the serving venv")
     pip = [venv_python(venv), "-m", "pip", "install", "--disable-pip-version-check", "-q"]
-    _run(pip + ["numpy<2", "onnxruntime"], "installing numpy<2 and onnxruntime into the serving venv")
+    # faiss-cpu: the CPU scorer's optional HNSW index (exdd export repository --index hnsw)
+    _run(pip + ["numpy<2", "onnxruntime", "faiss-cpu"], "installing numpy<2, onnxruntime and faiss-cpu into the serving venv")
     _run(pip + ["--no-deps", PYTRITON], f"installing {PYTRITON} into the serving venv")
 
 

@@ -31,6 +31,21 @@ def _extractor(weights: str, d: int, seed: int, input_hw):
     return model, info
 
 
+def _onnx_model(extractor_onnx: str, info):
+    """The exported ONNX run by ONNX Runtime in place of the torch extractor (same features fingerprint)."""
+    from exdd.export.onnx_export import ExportError
+    from exdd.scoring import BankError
+    from exdd.scoring.bank import check_features
+    from .onnx_features import OnnxExtractor
+    try:
+        onnx_model = OnnxExtractor(extractor_onnx)
+        check_features(onnx_model.features, info, f"--extractor {extractor_onnx}")
+    except (ExportError, BankError) as e:
+        fail(str(e))
+    click.echo(f"extractor: {extractor_onnx} ({onnx_model.precision}, ONNX Runtime)", err=True)
+    return onnx_model
+
+
 @click.group()
 def offline() -> None:
     """Build banks from a dataset, synthesize defects, evaluate."""
@@ -70,14 +85,19 @@ def offline() -> None:
 @click.option("--ray-threads", type=int, default=None,
               help="With --ray: torch threads per extractor actor (default: this machine's CPU count, as the "
                    "single-process build uses, so the features are bit-identical).")
+@click.option("--extractor", "extractor_onnx", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="Extract with this exported ONNX (e.g. `export onnx --precision int8`) through ONNX Runtime "
+                   "instead of torch fp32; its features fingerprint must match --weights/--d/--input-size.")
 def build(dataset, out_dir, weights, d, projection_seed, input_size, layout, neg_ratio, pos_ratio, min_bank, k,
           min_cover, synthetic_dirs, holdout, threshold_rule, target_fpr, default_mode, gamma, seed, batch_size,
-          chunk_rows, ray_address, ray_cpus, ray_workers, ray_shard_images, ray_threads):
+          chunk_rows, ray_address, ray_cpus, ray_workers, ray_shard_images, ray_threads, extractor_onnx):
     """Build the negative and positive banks of DATASET into --out."""
     from .build import BuildConfig, build as run_build
     from exdd.datasets import DatasetError
     from exdd.progress import bar
     model, info = _extractor(weights, d, projection_seed, parse_hw(input_size))
+    if extractor_onnx:
+        model = _onnx_model(extractor_onnx, info)
     info["weights_source"] = os.path.abspath(weights) if os.path.isfile(weights) else weights
     cfg = BuildConfig(neg_ratio=neg_ratio, pos_ratio=pos_ratio, min_size=min_bank, k=k, min_cover=min_cover,
                       holdout=holdout, seed=seed, threshold_rule=threshold_rule, target_fpr=target_fpr,
@@ -120,7 +140,9 @@ def build(dataset, out_dir, weights, d, projection_seed, input_size, layout, neg
 @click.option("--out", "out_json", default=None, type=click.Path(dir_okay=False), help="Write results JSON here.")
 @click.option("--batch-size", default=8, show_default=True)
 @click.option("--no-pixel", is_flag=True, help="Skip pixel metrics (faster).")
-def evaluate(dataset, bank_dir, weights, layout, split, out_json, batch_size, no_pixel):
+@click.option("--extractor", "extractor_onnx", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="Extract with this exported ONNX through ONNX Runtime (e.g. the int8 one the server runs).")
+def evaluate(dataset, bank_dir, weights, layout, split, out_json, batch_size, no_pixel, extractor_onnx):
     """Score DATASET's test split with the banks; metrics of every mode side by side."""
     from exdd.scoring import BankError, Scorer, load_banks, read_manifest_spec
     from exdd.datasets import DatasetError, load_split
@@ -133,6 +155,8 @@ def evaluate(dataset, bank_dir, weights, layout, split, out_json, batch_size, no
         fail(str(e))
     model, info = _extractor(weights or feats.weights_source or feats.weights, feats.d, feats.projection_seed,
                              feats.input_size)
+    if extractor_onnx:
+        model = _onnx_model(extractor_onnx, info)
     try:
         banks = load_banks(bank_dir, expected_features=info)
         samples = load_split(dataset, split, layout)

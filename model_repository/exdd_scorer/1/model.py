@@ -75,7 +75,11 @@ class TritonPythonModel:
             xp = np
         self.xp = xp
         sigma = float(config_parameter(config, "sigma", "4.0"))
-        self.scorer = exdd_scoring.Scorer(banks, xp=xp, sigma=sigma)
+        try:  # an hnsw index in the banks (CPU instances only; GPU instances search exactly)
+            searchers = exdd_scoring.ann.searchers_from_manifest(os.path.join(version_dir, "banks"), banks.manifest, xp)
+        except exdd_scoring.BankError as e:
+            raise RuntimeError(f"exdd_scorer: refusing to load: {e}") from None
+        self.scorer = exdd_scoring.Scorer(banks, xp=xp, sigma=sigma, searchers=searchers)
         self.mode = config_parameter(config, "mode", self.scorer.default_mode)
         if self.mode not in exdd_scoring.MODES:
             raise RuntimeError(f"exdd_scorer: config parameter mode {self.mode!r} is not one of {exdd_scoring.MODES}")

@@ -12,6 +12,7 @@ from .resample import upsample_smooth_matrices, upsample_smooth
 from .scores import (DEFAULT_MODE, MAP_KINDS, MODE_REGISTRY, MODES, Evidence, Mode, image_scores, register_mode,
                      reweight_q)
 from .scorer import Scorer, map_of_mode
+from . import ann
 
 __all__ = [
     "BANK_FORMAT_VERSION", "Bank", "BankError", "BankPair", "FEATURE_KEYS", "load_banks", "read_manifest",

@@ -21,7 +21,11 @@ class Scorer:
     """Scores (B, h, w, d) patch features against a BankPair with the math of ``scores``."""
 
     def __init__(self, banks: BankPair, xp: Any = np, sigma: float = 4.0, eps: float = 1e-6,
-                 out_hw: Optional[Tuple[int, int]] = None, max_block: int = DEFAULT_MAX_BLOCK):
+                 out_hw: Optional[Tuple[int, int]] = None, max_block: int = DEFAULT_MAX_BLOCK,
+                 searchers: Optional[Dict[str, Any]] = None):
+        # searchers: optional {'negative'|'positive': object with nearest(queries) -> (dist, idx)} (see ann.py);
+        # banks without one use the exact chunked search
+        self.searchers = dict(searchers or {})
         feats = banks.manifest["features"]
         self.xp, self.eps, self.max_block = xp, float(eps), int(max_block)
         self.grid = tuple(int(v) for v in feats["grid"])
@@ -48,6 +52,13 @@ class Scorer:
         scoring = banks.manifest.get("scoring") or {}
         self.params = {"gamma": float(scoring.get("gamma", DEFAULT_GAMMA)), "fusion": scoring.get("fusion")}
 
+    def nearest(self, bank: str, flat: Any) -> Tuple[Any, Any]:
+        """Distance and index of the nearest vector of bank 'negative' or 'positive' for every row of flat."""
+        if bank in self.searchers:
+            return self.searchers[bank].nearest(flat)
+        vectors, sq = (self.neg, self.neg_sq) if bank == "negative" else (self.pos, self.pos_sq)
+        return nearest(flat, vectors, self.xp, sq, self.max_block)
+
     def check_features(self, feats: Any) -> None:
         """Raise ValueError unless feats is a finite (B>=1, h, w, d) array of this bank's grid and d."""
         xp = self.xp
@@ -64,12 +75,12 @@ class Scorer:
         b, h, w, d = feats.shape
         flat = xp.ascontiguousarray(feats.reshape(b * h * w, d), dtype=xp.float32)
         per_img = flat.reshape(b, h * w, d)
-        a_neg, i_neg = nearest(flat, self.neg, xp, self.neg_sq, self.max_block)
+        a_neg, i_neg = self.nearest("negative", flat)
         a_neg, i_neg = a_neg.reshape(b, h * w), i_neg.reshape(b, h * w)
         neg = bank_peak(a_neg, i_neg, per_img, self.neg, self.neg_nb, xp)
         pos, a_pos = None, None
         if self.has_positive:
-            a_pos, i_pos = nearest(flat, self.pos, xp, self.pos_sq, self.max_block)
+            a_pos, i_pos = self.nearest("positive", flat)
             a_pos, i_pos = a_pos.reshape(b, h * w), i_pos.reshape(b, h * w)
             pos = bank_peak(a_pos, i_pos, per_img, self.pos, self.pos_nb, xp)
         return Evidence(a_neg, a_pos, neg, pos, self.grid, self.eps, xp,

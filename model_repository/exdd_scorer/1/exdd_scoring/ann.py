@@ -1,0 +1,156 @@
+"""Nearest-neighbour searchers behind one interface, chosen per repository: 'exact' and 'hnsw'.
+
+A searcher answers ``nearest(queries) -> (distance float32 (n,), index int64 (n,))`` for (n, d)
+float32 queries against one bank, like ``knn.nearest``.
+
+- ``exact``: the chunked matmul search of ``knn`` (numpy or cupy); the default, and always used on GPU.
+- ``hnsw``: a faiss ``IndexHNSWFlat`` (CPU) built at export time and stored in faiss's own binary
+  format beside the bank (never pickle). Its returned distances are exact L2 distances to the
+  neighbour it finds, so only a missed nearest neighbour changes a score.
+
+The bank manifest's ``index`` entry names the kind, its parameters and, per bank, the index file
+with its sha256 and the sha256 of the vectors it indexes; loading verifies both. faiss is imported
+only when an hnsw index is used.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from typing import Any, Callable, Dict, Optional, Tuple
+
+import numpy as np
+
+from .bank import BankError
+from .knn import DEFAULT_MAX_BLOCK, nearest, sq_norms
+
+INDEX_KEY = "index"
+HNSW_DEFAULTS = {"m": 32, "ef_construction": 128, "ef_search": 64}  # measured: BENCHMARKS.md, Speed
+NO_FAISS = ("the banks carry an hnsw index but faiss is not importable in this Python: "
+            "pip install faiss-cpu (or export the repository with --index exact)")
+
+
+class IndexFileError(BankError):
+    """An index that cannot be used: missing, corrupt, or made for other vectors."""
+
+
+class ExactSearcher:
+    """Exact chunked search (numpy or cupy)."""
+    kind = "exact"
+
+    def __init__(self, vectors: Any, xp: Any = np, max_block: int = DEFAULT_MAX_BLOCK):
+        self.xp, self.max_block = xp, int(max_block)
+        self.vectors = xp.asarray(vectors, dtype=xp.float32)
+        self.sq = sq_norms(self.vectors, xp)
+
+    def nearest(self, queries: Any) -> Tuple[Any, Any]:
+        return nearest(queries, self.vectors, self.xp, self.sq, self.max_block)
+
+
+class HnswSearcher:
+    """faiss HNSW (CPU, numpy in and out)."""
+    kind = "hnsw"
+
+    def __init__(self, index: Any, ef_search: int = HNSW_DEFAULTS["ef_search"]):
+        self.index = index
+        self.index.hnsw.efSearch = int(ef_search)
+
+    @classmethod
+    def build(cls, vectors: np.ndarray, m: int = HNSW_DEFAULTS["m"],
+              ef_construction: int = HNSW_DEFAULTS["ef_construction"],
+              ef_search: int = HNSW_DEFAULTS["ef_search"]) -> "HnswSearcher":
+        faiss = _faiss()
+        vec = np.ascontiguousarray(vectors, dtype=np.float32)
+        index = faiss.IndexHNSWFlat(vec.shape[1], int(m))
+        index.hnsw.efConstruction = int(ef_construction)
+        index.add(vec)
+        return cls(index, ef_search)
+
+    @classmethod
+    def load(cls, path: str, ef_search: int = HNSW_DEFAULTS["ef_search"]) -> "HnswSearcher":
+        return cls(_faiss().read_index(path), ef_search)
+
+    def save(self, path: str) -> None:
+        _faiss().write_index(self.index, path)
+
+    def nearest(self, queries: Any) -> Tuple[np.ndarray, np.ndarray]:
+        q = np.ascontiguousarray(queries, dtype=np.float32)
+        d2, idx = self.index.search(q, 1)
+        return np.sqrt(np.maximum(d2[:, 0], 0.0)).astype(np.float32), idx[:, 0].astype(np.int64)
+
+
+SEARCHERS: Dict[str, type] = {"exact": ExactSearcher, "hnsw": HnswSearcher}
+
+
+def _faiss() -> Any:
+    try:
+        import faiss  # noqa: PLC0415 - optional, only for hnsw
+    except ImportError:
+        raise IndexFileError(NO_FAISS) from None
+    return faiss
+
+
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_index(bank_dir: str, manifest: Dict[str, Any], kind: str, min_size: int,
+                params: Optional[Dict[str, int]] = None,
+                log: Callable[[str], None] = lambda s: None) -> Dict[str, Any]:
+    """Build the index of every bank of at least min_size vectors in bank_dir; returns the manifest entry.
+
+    Smaller banks stay exact (no file). The caller stores the entry under manifest[INDEX_KEY].
+    """
+    if kind not in SEARCHERS:
+        raise IndexFileError(f"index {kind!r}: expected one of {sorted(SEARCHERS)}")
+    entry: Dict[str, Any] = {"kind": kind, "min_size": int(min_size), "params": {}, "files": {}}
+    if kind == "exact":
+        return entry
+    p = dict(HNSW_DEFAULTS, **(params or {}))
+    entry["params"] = p
+    for name in ("negative", "positive"):
+        vec_file = f"{name}.npy"
+        if vec_file not in manifest.get("files", {}):
+            continue
+        vectors = np.load(os.path.join(bank_dir, vec_file), allow_pickle=False)
+        if vectors.shape[0] < min_size:
+            log(f"index: {name} bank has {vectors.shape[0]} vectors (< {min_size}): exact search")
+            continue
+        fname = f"{name}.{kind}"
+        path = os.path.join(bank_dir, fname)
+        HnswSearcher.build(vectors, p["m"], p["ef_construction"], p["ef_search"]).save(path)
+        entry["files"][name] = {"file": fname, "sha256": _sha256(path),
+                                "vectors_sha256": manifest["files"][vec_file]["sha256"], "size": int(vectors.shape[0])}
+        log(f"index: {name} bank ({vectors.shape[0]} vectors) -> {fname} ({os.path.getsize(path) / 1e6:.1f} MB)")
+    return entry
+
+
+def searchers_from_manifest(bank_dir: str, manifest: Dict[str, Any], xp: Any = np) -> Dict[str, Any]:
+    """{'negative'|'positive': searcher} for the banks the manifest indexes (verified); {} for exact or on GPU."""
+    entry = manifest.get(INDEX_KEY) or {}
+    if not entry or entry.get("kind", "exact") == "exact" or xp is not np:
+        return {}
+    kind = entry["kind"]
+    if kind not in SEARCHERS:
+        raise IndexFileError(f"{bank_dir}: manifest index kind {kind!r} is not one of {sorted(SEARCHERS)}")
+    out = {}
+    for name, f in (entry.get("files") or {}).items():
+        fname = f.get("file", "")
+        if name not in ("negative", "positive") or os.path.basename(fname) != fname or not fname:
+            raise IndexFileError(f"{bank_dir}: manifest index entry {name!r} / {fname!r} is not a bank index file")
+        path = os.path.join(bank_dir, fname)
+        if not os.path.isfile(path):
+            raise IndexFileError(f"{path}: index file named in the manifest is missing")
+        if _sha256(path) != f.get("sha256"):
+            raise IndexFileError(f"{path}: sha256 differs from the manifest (corrupt or replaced index)")
+        if (manifest.get("files") or {}).get(f"{name}.npy", {}).get("sha256") != f.get("vectors_sha256"):
+            raise IndexFileError(f"{path}: built for other {name} vectors than the bank's (rebuild the index)")
+        s = HnswSearcher.load(path, int(entry.get("params", {}).get("ef_search", HNSW_DEFAULTS["ef_search"])))
+        if s.index.ntotal != int(f.get("size", -1)) or s.index.d != int(manifest["features"]["d"]):
+            raise IndexFileError(f"{path}: index holds {s.index.ntotal} x {s.index.d}, the bank {f.get('size')} x "
+                              f"{manifest['features']['d']}")
+        out[name] = s
+    return out

@@ -1,0 +1,195 @@
+"""End-to-end speed side by side in one run: exdd through the local Triton server (fp32 and int8 extractor)
+and anomalib PatchCore in process (scripts/bench_anomalib.py, when present and working), plus bank build vs fit.
+
+Data: a subset of a KSDD2-layout dataset (--normals normal + --defects defective training images,
+--test test images), linked into WORK/data so that both methods see exactly the same files.
+  exdd:    `exdd offline build` (timed: the bank build, torch fp32 features + coresets + calibration; and again
+           with `--extractor int8.onnx`);
+           `exdd export onnx` fp32 and int8; `exdd export repository` (CPU, Python-backend features);
+           the bundled tritonserver; `exdd client score` on the test images at batch 1 / concurrency 1
+           and batch 8 / concurrency 2 (images/s = images / wall time of the command, client start included).
+  anomalib: `bench_anomalib.py --skip-exdd` on the same data (its fit on the same normals after exdd's
+           hold-out, and its in-process images/s at batch 1 and 8: read + pre-process + forward + map),
+           run with --anomalib-python (a venv with anomalib).
+The steps run one after the other on the same machine; nothing else of this script runs concurrently.
+
+    EXDD_SERVE_VENV=... nice -n 10 .venv/bin/python scripts/bench_speed.py --dataset ../shared/data/ksdd1_dev \
+        --weights ../shared/weights/wrn50-random0-bncal.safetensors --out runs/i11/speed
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def subset(dataset: str, dst: str, normals: int, defects: int, test: int, seed: int = 0) -> str:
+    """Symlink a seeded subset of a KSDD2-layout dataset into dst (images with their _GT masks)."""
+    from exdd.offline.datasets import load_split
+    rng = np.random.default_rng(seed)
+    if os.path.isdir(dst):
+        shutil.rmtree(dst)
+    for split, picks in (("train", None), ("test", None)):
+        os.makedirs(os.path.join(dst, split))
+    train = load_split(dataset, "train")
+    n = [s for s in train if s.label == 0]
+    d = [s for s in train if s.label == 1]
+    tst = load_split(dataset, "test")
+    tp = [s for s in tst if s.label == 1]
+    tn = [s for s in tst if s.label == 0]
+    chosen = {"train": [n[i] for i in rng.permutation(len(n))[:normals]] + [d[i] for i in rng.permutation(len(d))[:defects]],
+              "test": [tp[i] for i in rng.permutation(len(tp))[:test // 2]] + [tn[i] for i in rng.permutation(len(tn))[:test - test // 2]]}
+    for split, samples in chosen.items():
+        for s in samples:
+            for src in (s.path, s.mask):
+                if src:
+                    os.symlink(os.path.abspath(src), os.path.join(dst, split, os.path.basename(src)))
+    return dst
+
+
+def exdd(*args: str, log) -> float:
+    """Run an exdd command; wall seconds. Raises with its stderr when it fails."""
+    t = time.perf_counter()
+    p = subprocess.run([sys.executable, "-m", "exdd.cli", *args], capture_output=True, text=True)
+    secs = time.perf_counter() - t
+    log(f"$ exdd {' '.join(args)}  ({secs:.1f}s, exit {p.returncode})")
+    for line in p.stdout.strip().splitlines()[-3:]:
+        log("    " + line)
+    if p.returncode != 0:
+        raise RuntimeError(f"exdd {' '.join(args)} failed ({p.returncode}):\n{p.stderr[-2000:]}")
+    return secs
+
+
+def serve_and_score(repo: str, test_dir: str, work: str, points, log):
+    """Start the bundled server on repo, `client score` the test images at each (batch, concurrency)."""
+    from exdd.export.serve import TritonServer, free_port
+    from exdd.export.serving_env import resolve
+    n = len([f for f in os.listdir(test_dir) if not f.endswith("_GT.png")])
+    server = TritonServer(repo, "127.0.0.1", free_port(), free_port(), free_port(), env=resolve(),
+                          log_path=repo + ".log", exit_on_error=True, exit_timeout=3)
+    server.start()
+    out = {}
+    try:
+        server.wait_ready(600)
+        # warm-up pass (first requests pay lazy initialisation)
+        exdd("client", "score", test_dir, "--out", os.path.join(work, "warm.jsonl"), "--url", server.grpc_url,
+             "--batch-size", "1", "--concurrency", "1", "--restart", "--exclude", "*_GT.png", log=log)
+        for b, c in points:
+            secs = exdd("client", "score", test_dir, "--out", os.path.join(work, f"s{b}-{c}.jsonl"), "--url",
+                        server.grpc_url, "--batch-size", str(b), "--concurrency", str(c), "--restart",
+                        "--exclude", "*_GT.png", log=log)
+            out[f"batch{b}_conc{c}"] = {"images": n, "seconds": round(secs, 2), "images_per_s": round(n / secs, 3)}
+    finally:
+        server.stop()
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--dataset", required=True)
+    ap.add_argument("--weights", required=True)
+    ap.add_argument("--normals", type=int, default=40)
+    ap.add_argument("--defects", type=int, default=10)
+    ap.add_argument("--test", type=int, default=24)
+    ap.add_argument("--points", default="1x1,8x2", help="batch x concurrency of `client score`")
+    ap.add_argument("--anomalib-script", default=None,
+                    help="bench_anomalib.py (default: scripts/bench_anomalib.py here, else /work/wt-anomalib's)")
+    ap.add_argument("--anomalib-python", default=None, help="python with anomalib (default: this one)")
+    ap.add_argument("--skip-anomalib", action="store_true")
+    ap.add_argument("--skip-fp32", action="store_true", help="serve only the int8 extractor")
+    ap.add_argument("--out", default="runs/i11/speed")
+    a = ap.parse_args()
+    os.makedirs(a.out, exist_ok=True)
+    logf = open(os.path.join(a.out, "log.txt"), "a")
+
+    def log(s: str) -> None:
+        print(s, file=sys.stderr, flush=True)
+        logf.write(s + "\n")
+        logf.flush()
+
+    w = lambda *p: os.path.join(os.path.abspath(a.out), *p)  # noqa: E731
+    points = [tuple(int(v) for v in p.split("x")) for p in a.points.split(",")]
+    data = subset(a.dataset, w("data"), a.normals, a.defects, a.test)
+    rep = {"machine": "2 vCPU Xeon 2.5 GHz (AVX-512 VNNI), shared with other jobs", "dataset": a.dataset,
+           "subset": {"normals": a.normals, "defects": a.defects, "test": a.test}, "weights": a.weights,
+           "exdd": {}, "anomalib": None}
+
+    def save():
+        with open(w("speed.json"), "w") as f:
+            json.dump(rep, f, indent=2)
+
+    # exdd: bank build, exports, repositories, serving
+    if os.path.isdir(w("banks")):
+        shutil.rmtree(w("banks"))
+    rep["exdd"]["bank_build_s"] = round(exdd("offline", "build", data, "--out", w("banks"), "--weights", a.weights,
+                                             log=log), 1)
+    save()
+    precisions = ["int8"] if a.skip_fp32 else ["int8", "fp32"]
+    for prec in precisions:
+        onnx = w(f"{prec}.onnx")
+        extra = ["--precision", "int8", "--calibration-images", data] if prec == "int8" else []
+        rep["exdd"][f"export_{prec}_s"] = round(exdd("export", "onnx", "--banks", w("banks"), "--out", onnx,
+                                                     "--parity-images", os.path.join(data, "test"), *extra,
+                                                     log=log), 1)
+        if prec == "int8":  # the bank build again, extracting with the int8 ONNX (offline build --extractor)
+            if os.path.isdir(w("banks-int8")):
+                shutil.rmtree(w("banks-int8"))
+            rep["exdd"]["bank_build_int8_s"] = round(exdd("offline", "build", data, "--out", w("banks-int8"), "--weights",
+                                                          a.weights, "--extractor", onnx, log=log), 1)
+        exdd("export", "repository", "--onnx", onnx, "--banks", w("banks"), "--out", w(f"repo-{prec}"),
+             "--features-backend", "python", "--force", log=log)
+        rep["exdd"][f"serve_{prec}"] = serve_and_score(w(f"repo-{prec}"), os.path.join(data, "test"), w(), points, log)
+        log(f"exdd {prec}: {rep['exdd'][f'serve_{prec}']}")
+        save()
+
+    # anomalib, same data, same weights
+    script = a.anomalib_script or next((p for p in (os.path.join(ROOT, "scripts", "bench_anomalib.py"),
+                                                     "/work/wt-anomalib/scripts/bench_anomalib.py")
+                                        if os.path.isfile(p)), None)
+    if a.skip_anomalib or not script:
+        rep["anomalib"] = {"skipped": "--skip-anomalib" if a.skip_anomalib else "no bench_anomalib.py found"}
+    else:
+        py = a.anomalib_python or sys.executable
+        cmd = [py, script, "--dataset", data, "--weights", a.weights, "--skip-exdd", "--speed-images", str(a.test),
+               "--speed-reps", "1", "--resamples", "20", "--out", w("anomalib")]
+        log("$ " + " ".join(cmd))
+        t = time.perf_counter()
+        p = subprocess.run(cmd, capture_output=True, text=True)
+        log(f"    exit {p.returncode} in {time.perf_counter() - t:.0f}s")
+        try:
+            with open(w("anomalib", "bench.json")) as f:
+                ab = json.load(f)
+            ds = next(iter(ab["datasets"].values()))
+            row = next(v for k, v in ds["rows"].items() if k.startswith("anomalib"))
+            rep["anomalib"] = {"fit_s": round(row["fit_s"], 1), "images_per_s": ds["images_per_s"].get("anomalib"),
+                               "n_normals": ds["n_normals"], "speed_images": ds["speed_images"], "script": script,
+                               "versions": ab.get("versions")}
+        except (OSError, ValueError, StopIteration, KeyError) as e:
+            rep["anomalib"] = {"failed": f"{type(e).__name__}: {e}", "stderr": p.stderr[-1500:], "script": script}
+    an = rep["anomalib"] or {}
+    if "images_per_s" in an and an["images_per_s"]:
+        best_a = max(float(v) for v in an["images_per_s"].values())
+        b1_a = float(an["images_per_s"].get("1", an["images_per_s"].get(1, best_a)))
+        for prec in precisions:
+            s = rep["exdd"][f"serve_{prec}"]
+            best = max(v["images_per_s"] for v in s.values())
+            b1 = s.get("batch1_conc1", {}).get("images_per_s", best)
+            rep["exdd"][f"ratio_{prec}_vs_anomalib"] = {"batch1": round(b1 / b1_a, 2), "best": round(best / best_a, 2)}
+        rep["exdd"]["bank_build_vs_fit"] = round(an["fit_s"] / rep["exdd"]["bank_build_s"], 2)
+        if "bank_build_int8_s" in rep["exdd"]:
+            rep["exdd"]["bank_build_int8_vs_fit"] = round(an["fit_s"] / rep["exdd"]["bank_build_int8_s"], 2)
+    save()
+    print(json.dumps(rep, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
