@@ -28,7 +28,7 @@ MIN_RANK_CORRELATION = 0.99  # Spearman correlation of image scores vs fp32 (nee
 
 def calibration_files(source: str, n: int) -> List[str]:
     """Up to n normal training images of a dataset (KSDD2/MVTec layout), else the first n images of a folder."""
-    from exdd.offline.datasets import DatasetError, load_split
+    from exdd.datasets import DatasetError, load_split
 
     try:
         normals = [s.path for s in load_split(source, "train") if s.label == 0]

@@ -70,7 +70,7 @@ def main() -> int:
 
     import faiss
     from exdd.export.quantize import spearman
-    from exdd.offline.datasets import load_split
+    from exdd.datasets import load_split
     from exdd.scoring import Bank, BankPair, Scorer
     from exdd.scoring.ann import ExactSearcher, HnswSearcher
 

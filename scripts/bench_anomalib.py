@@ -4,7 +4,7 @@ For each dataset (KSDD2 layout): the normals are exactly those exdd's negative b
 normals minus exdd's seeded 10% calibration hold-out, `holdout_split`), optionally a seeded subset of
 them (--normals N, used by BOTH methods). The test split (or a seeded stratified --limit subset) is
 scored by both; ground truth is exdd's mask reader at the input size, metrics are exdd's
-(offline/metrics.py) with bootstrap 90% intervals resampling test images.
+(exdd/metrics.py) with bootstrap 90% intervals resampling test images.
 
 anomalib side: `anomalib.models.Patchcore` (wide_resnet50_2, layer2+layer3, 3x3 avg pool,
 num_neighbors 9, its own pre-processor: Resize(antialias) + ImageNet Normalize) with

@@ -64,8 +64,8 @@ def pick(samples, n, seed=0):
 def run_dataset(ds, fp32_path, features, args, log):
     from exdd.export.quantize import calibration_images, quantize_int8, spearman, cosine_rows
     from exdd.offline.build import defect_patches, make_bank
-    from exdd.offline.datasets import load_split
-    from exdd.offline.metrics import auroc
+    from exdd.datasets import load_split
+    from exdd.metrics import auroc
     from exdd.scoring import BankPair, Scorer
 
     hw, grid, d = tuple(features["input_size"]), tuple(features["grid"]), int(features["d"])

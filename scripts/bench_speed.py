@@ -33,7 +33,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def subset(dataset: str, dst: str, normals: int, defects: int, test: int, seed: int = 0) -> str:
     """Symlink a seeded subset of a KSDD2-layout dataset into dst (images with their _GT masks)."""
-    from exdd.offline.datasets import load_split
+    from exdd.datasets import load_split
     rng = np.random.default_rng(seed)
     if os.path.isdir(dst):
         shutil.rmtree(dst)

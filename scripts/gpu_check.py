@@ -79,7 +79,7 @@ def load_images(data: str, split: str, n: int, hw, label=None) -> np.ndarray:
     """Up to n images of a KSDD2/MVTec dataset split (label 0/1 or any), else generated surfaces."""
     from exdd.export.onnx_export import generated_images, load_images as load
     if data and os.path.isdir(data):
-        from exdd.offline.datasets import load_split
+        from exdd.datasets import load_split
         s = [x for x in load_split(data, split) if label is None or x.label == label]
         if s:
             step = max(1, len(s) // n)
