@@ -185,3 +185,41 @@ def test_swap_under_load_then_refusals_and_metrics(setup):
     assert re.search(r'exdd_score_bucket\{[^}]*le="\+Inf"[^}]*version="2"', after_text) or \
         re.search(r'exdd_score_bucket\{[^}]*version="2"[^}]*le="\+Inf"', after_text)
     assert 'version="1"' not in "\n".join(ln for ln in after_text.splitlines() if ln.startswith("exdd_"))
+
+
+def test_serve_cli_uses_explicit_model_control_and_deploy_cli_swaps(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import tritonclient.http as th
+    new_banks = _updated_banks()
+    repo = str(tmp_path / "repo")
+    shutil.copytree(tu.repository("python"), repo)
+    tu.serving_env()
+    ports = [str(free_port()) for _ in range(3)]
+    code = "import sys; from exdd.cli import main; sys.exit(main())"
+    proc = subprocess.Popen([sys.executable, "-c", code, "serve", repo, "--http-port", ports[0], "--grpc-port", ports[1],
+                             "--metrics-port", ports[2]], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        lines = []
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            line = proc.stderr.readline()
+            lines.append(line)
+            if line.startswith("ready:") or proc.poll() is not None:
+                break
+        assert lines[-1].startswith("ready:"), "".join(lines[-20:])
+        url = f"127.0.0.1:{ports[0]}"
+        p = tu.exdd_cli("deploy", new_banks, "--repository", repo, "--url", url)
+        assert p.returncode == 0, p.stderr
+        assert "version 2 added (previous 1)" in p.stdout and "version 2 serving" in p.stdout
+        imgs = _probe_images()[:2]
+        with th.InferenceServerClient(url) as c:
+            score, _ = _infer(c, imgs)
+        np.testing.assert_allclose(score, tu.offline_reference(imgs, new_banks)["SCORE"], rtol=RTOL, atol=1e-7)
+        # without a server: the version is only added
+        p = tu.exdd_cli("deploy", tu.banks(), "--repository", repo)
+        assert p.returncode == 0 and "version 3 added" in p.stdout and "not loaded" in p.stdout
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=60)
