@@ -128,16 +128,18 @@ def test_update_from_results_with_verdicts(tiny_dataset, tiny_banks, tmp_path):
     res = tmp_path / "results.jsonl"
     res.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "v2"
-    p = run_exdd("offline", "update", str(tiny_banks), "--from-results", str(res), "--out", str(out))
+    p = run_exdd("offline", "update", str(tiny_banks), "--from-results", str(res), "--defect", defect[1],
+                 "--defect", str(lone), "--out", str(out))
     m = json.loads((out / "manifest.json").read_text())
     parent = json.loads((tiny_banks / "manifest.json").read_text())
     rec = m["updates"][-1]
-    assert rec["added"] == {"normal": [normal[0]], "defect": [defect[0]]}
+    assert rec["added"] == {"normal": [normal[0]], "defect": [defect[1], defect[0]]}
     assert m["coreset"]["positive"]["size"] >= parent["coreset"]["positive"]["size"]
     assert m["coreset"]["positive"]["patches"] > parent["coreset"]["positive"]["patches"]
     errs = " ".join(e["error"] for e in rec["errors"])
     assert "without a mask" in errs and "'maybe'" in errs and "Traceback" not in p.stderr
-    assert m["sources"]["defect_images"] == parent["sources"]["defect_images"] + 1
+    assert m["sources"]["defect_images"] == parent["sources"]["defect_images"] + 2
+    assert sum("without a mask" in e["error"] for e in rec["errors"]) == 2      # --defect and the verdict row
     # a results file without the column is a clear error
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"path": normal[0], "score": 1.0}) + "\n")
