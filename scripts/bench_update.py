@@ -44,8 +44,35 @@ def scorer_of(bank_dir: str, info) -> Scorer:
         return Scorer(load_banks(bank_dir, info))
 
 
+def markdown(res) -> str:
+    """The BENCHMARKS.md tables of one bench.json."""
+    name = os.path.basename(os.path.normpath(res["dataset"]))
+    out = [f"**{name}** ({res['normals_kept']} normal training images in the banks: half {res['half_a']} + "
+           f"update {res['half_b']}; extraction {res['extract_s_per_image']:.2f} s/image measured)", "",
+           "| banks | negative bank | bank stage s | images extracted | total s (est.) | "
+           + " | ".join(f"{m} image / pixel AUROC" for m in MODES) + " |",
+           "|---|---|---|---|---|" + "---|" * len(MODES)]
+    for k, label in (("full", "full build"), ("half", "half build"), ("update", "half + update")):
+        r = res[k]
+        mets = " | ".join(f"{r['metrics'][m]['image_auroc']:.4f} / {r['metrics'][m]['pixel_auroc']:.4f}" for m in MODES)
+        out.append(f"| {label} | {r['negative']} | {r['bank_s']} | {r['images_extracted']} | {r['total_s_est']} | {mets} |")
+    if "teach" in res:
+        out += ["", "| mode | threshold | taught (above thr.) | false alarms on the other normals before -> after | "
+                    "defect recall before -> after | update s (+ extraction est.) | negative bank |",
+                "|---|---|---|---|---|---|---|"]
+        for m, r in res["teach"].items():
+            n = r["rest_normals"]
+            out.append(f"| {m} | {r['threshold']:.4g} | 5 ({r['taught_above_threshold']}) | "
+                       f"{round(r['far_rest_before'] * n)}/{n} ({r['far_rest_before']:.3f}) -> "
+                       f"{round(r['far_rest_after'] * n)}/{n} ({r['far_rest_after']:.3f}) | "
+                       f"{r['recall_before']:.3f} -> {r['recall_after']:.3f} | {r['update_s']} "
+                       f"({r['update_s_with_extraction_est']}) | {r['negative_before']} -> {r['negative_after']} |")
+    return "\n".join(out)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
+    ap.add_argument("--report", default=None, help="Print the markdown tables of this bench.json and exit.")
     ap.add_argument("--dataset", required=True)
     ap.add_argument("--weights", required=True)
     ap.add_argument("--input-size", default="632x224")
@@ -53,6 +80,9 @@ def main() -> None:
     ap.add_argument("--cache", default="runs/cache")
     ap.add_argument("--out", default="runs/bench_update")
     ap.add_argument("--teach", type=int, default=5)
+    if "--report" in sys.argv:
+        print(markdown(json.load(open(sys.argv[sys.argv.index("--report") + 1]))))
+        return
     a = ap.parse_args()
     hw = tuple(int(v) for v in a.input_size.split("x"))
     name = os.path.basename(os.path.normpath(a.dataset))
@@ -109,19 +139,19 @@ def main() -> None:
            "extract_s_per_image": round(s_img, 3), "normals_kept": len(normals), "half_a": len(half_a),
            "half_b": len(half_b), "other_images_per_build": len(other)}
     # every build extracts its normals + the defective and held-out images; the update only half_b
-    t = time.time()
+    t, c = time.time(), time.process_time()
     full = build(a.dataset, os.path.join(out, "full"), None, info, cfg, featurize=train_feat)
-    res["full"] = {"bank_s": round(time.time() - t, 2), "images_extracted": len(normals) + len(other),
+    res["full"] = {"bank_s": round(time.time() - t, 2), "bank_cpu_s": round(time.process_time() - c, 2), "images_extracted": len(normals) + len(other),
                    "negative": full.manifest["coreset"]["negative"]["size"]}
     log(f"full build: {res['full']}")
-    t = time.time()
+    t, c = time.time(), time.process_time()
     half = build(a.dataset, os.path.join(out, "half"), None, info, cfg, featurize=without_b)
-    res["half"] = {"bank_s": round(time.time() - t, 2), "images_extracted": len(half_a) + len(other),
+    res["half"] = {"bank_s": round(time.time() - t, 2), "bank_cpu_s": round(time.process_time() - c, 2), "images_extracted": len(half_a) + len(other),
                    "negative": half.manifest["coreset"]["negative"]["size"]}
     log(f"half build: {res['half']}")
-    t = time.time()
+    t, c = time.time(), time.process_time()
     upd = update(os.path.join(out, "half"), os.path.join(out, "half+update"), half_b, [], train_feat)
-    res["update"] = {"bank_s": round(time.time() - t, 2), "images_extracted": len(half_b),
+    res["update"] = {"bank_s": round(time.time() - t, 2), "bank_cpu_s": round(time.process_time() - c, 2), "images_extracted": len(half_b),
                      "negative": upd.manifest["coreset"]["negative"]["size"], "stages_s": upd.seconds,
                      "radius_parent": half.manifest["coreset"]["negative"]["radius"],
                      "radius_added": upd.manifest["coreset"]["negative"]["added_radius"]}
@@ -169,7 +199,7 @@ def main() -> None:
         log(f"teach {m}: {row}")
     res["peak_rss_gb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20, 2)
     json.dump(res, open(os.path.join(out, "bench.json"), "w"), indent=1)
-    print(json.dumps(res, indent=1))
+    print(markdown(res))
 
 
 if __name__ == "__main__":
