@@ -17,6 +17,7 @@ from exdd.cli_common import fail
 from .serving_env import ServingEnv, ServingEnvError, resolve
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
+EXPLICIT_MODEL_CONTROL = ("--model-control-mode=explicit", "--load-model=*")
 
 
 class TritonStartError(RuntimeError):
@@ -219,7 +220,9 @@ def serve(repo, host, http_port, grpc_port, metrics_port, timeout, log_verbose):
     except ServingEnvError as e:
         fail(str(e))
     click.echo(f"tritonserver: {env.source}", err=True)
-    server = TritonServer(repo, host, http_port, grpc_port, metrics_port, env=env, log_verbose=log_verbose)
+    # explicit model control: every model loaded at start, `exdd deploy` swaps scorer versions through the API
+    server = TritonServer(repo, host, http_port, grpc_port, metrics_port, env=env, log_verbose=log_verbose,
+                          extra_args=EXPLICIT_MODEL_CONTROL)
     old = {s: signal.signal(s, _raise_interrupt) for s in (signal.SIGINT, signal.SIGTERM)}
     code = 0
     try:

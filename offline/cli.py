@@ -232,4 +232,77 @@ def sweep(dataset, synthetic_dirs, counts, out_dir, weights, d, projection_seed,
     click.echo(markdown(res))
     click.echo(f"written: {paths['json']} {paths['md']} {paths['png']}")
 
+@offline.command()
+@click.argument("bank_dir", metavar="BANKS", type=click.Path(exists=True, file_okay=False))
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="New bank directory to write.")
+@click.option("--normal", "normal_paths", multiple=True, type=click.Path(exists=True),
+              help="Normal image or folder to teach (repeatable): its patches join the negative bank.")
+@click.option("--defect", "defect_paths", multiple=True, type=click.Path(exists=True),
+              help="Defect image or folder (mask NNNNN_GT.png beside each; repeatable): defect patches join the positive bank.")
+@click.option("--from-results", "results", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="Result file (JSONL/CSV of `exdd client score`) with an operator-verdict column.")
+@click.option("--verdict-column", default="verdict", show_default=True,
+              help="Column of --from-results: ok/good/normal/false_alarm -> normal, defect/ng/bad -> defect, empty -> skip.")
+@click.option("--calibrate", "calibrate_ds", default=None, type=click.Path(exists=True, file_okay=False),
+              help="Recalibrate the thresholds on this dataset's held-out training images (the parent's split); "
+                   "default: keep the parent's thresholds.")
+@click.option("--holdout", default=0.1, show_default=True, help="Held-out fraction the parent was built with (--calibrate).")
+@click.option("--weights", default=None, help="Defaults to the weights the banks were built with.")
+@click.option("--note", default="", help="Free text recorded in the manifest's update history.")
+@click.option("--batch-size", default=8, show_default=True)
+def update(bank_dir, out_dir, normal_paths, defect_paths, results, verdict_column, calibrate_ds, holdout, weights,
+           note, batch_size):
+    """Teach BANKS new normal / defect images incrementally; writes a new bank directory recording its parent."""
+    from exdd.scoring import BankError, read_manifest
+    from exdd.scoring.bank import check_features
+    from .build import model_featurizer
+    from exdd.datasets import DatasetError
+    from .progress import bar
+    from .update import (already_added, defect_samples, heldout_samples, normal_samples, update as run_update,
+                         verdict_samples)
+    try:
+        manifest = read_manifest(bank_dir)
+        normals = normal_samples(normal_paths)
+        defects, errors = defect_samples(defect_paths)
+        if results:
+            n2, d2, e2 = verdict_samples(results, verdict_column)
+            normals, defects, errors = normals + n2, defects + d2, errors + e2
+        calibration = heldout_samples(calibrate_ds, manifest, holdout) if calibrate_ds else None
+    except (BankError, DatasetError) as e:
+        fail(str(e))
+    for p, e in errors:
+        click.echo(f"error: {e}", err=True)
+    seen = already_added(manifest)
+    dup = [s.path for s in normals + defects if os.path.abspath(s.path) in seen]
+    if dup:
+        click.echo(f"note: {len(dup)} image(s) already taught in this lineage, skipped: {dup[:3]}", err=True)
+    normals = [s for s in normals if os.path.abspath(s.path) not in seen]
+    defects = [s for s in defects if os.path.abspath(s.path) not in seen]
+    if not normals and not defects:
+        fail("nothing to add: no readable new --normal / --defect image or verdict")
+    feats = manifest["features"]
+    model, info = _extractor(weights or feats.get("weights_source", feats["weights"]), feats["d"],
+                             feats["projection_seed"], tuple(feats["input_size"]))
+    try:
+        check_features(feats, info, bank_dir)
+    except BankError as e:
+        fail(str(e))
+    try:
+        res = run_update(bank_dir, out_dir, normals, defects, model_featurizer(model, info, batch_size),
+                         calibration, note=note, progress_factory=bar, input_errors=errors)
+    except (BankError, DatasetError, ValueError) as e:
+        fail(str(e))
+    m, rec = res.manifest, res.manifest["updates"][-1]
+    click.echo(f"banks: {out_dir}  (parent {bank_dir}, manifest sha256 {rec['parent']['manifest_sha256'][:12]}...)")
+    for name in ("negative", "positive"):
+        click.echo(f"{name}: {rec[name]['size_before']} -> {rec[name]['size_after']}")
+    click.echo(f"added: {len(rec['added']['normal'])} normal, {len(rec['added']['defect'])} defect image(s); "
+               f"threshold {rec['threshold']}")
+    for mode, v in (m.get("threshold") or {}).get("values", {}).items():
+        click.echo(f"threshold[{mode}]: {v:.6g}")
+    click.echo("time: " + ", ".join(f"{k} {v:.2f}s" for k, v in res.seconds.items()))
+    if res.errors:
+        click.echo(f"skipped files: {len(res.errors)} (listed in the manifest)", err=True)
+
+
 from .synth_cli import synth as _synth; offline.add_command(_synth)  # noqa: E402

@@ -115,3 +115,43 @@ def coverage_radius(x: np.ndarray, centers: np.ndarray, max_block: int = 1 << 22
     dist, _ = nearest(np.ascontiguousarray(x, dtype=np.float32),
                       np.ascontiguousarray(centers, dtype=np.float32), np, max_block=max_block)
     return float(dist.max())
+
+
+def extend_kcenter(centers: np.ndarray, x: np.ndarray, min_picks: int, radius: float,
+                   max_block: int = 1 << 22) -> Coreset:
+    """Greedy k-center continued from existing centres over new rows x (incremental update).
+
+    Every new row starts at its distance to the nearest existing centre; greedy then picks the
+    farthest new row until at least ``min_picks`` rows are picked *and* every new row is within
+    ``radius`` (the existing bank's coverage radius) of a centre -- so adding rows never makes
+    the coverage radius grow. Returns the picked rows of x (selection order) and the coverage
+    radius of the new rows after the picks (exact); memory O(len(x)), never a distance matrix.
+    """
+    from exdd.scoring.knn import nearest
+    n = x.shape[0]
+    if n == 0:
+        return Coreset(np.zeros(0, np.int64), 0.0, False, "extend")
+    xf = np.ascontiguousarray(x, dtype=np.float32)
+    if centers.shape[0] > 0:
+        dist, _ = nearest(xf, np.ascontiguousarray(centers, dtype=np.float32), np, max_block=max_block)
+        mind = dist.astype(np.float32) ** 2
+    else:
+        mind = np.full(n, np.inf, dtype=np.float32)
+    sq = np.einsum("ij,ij->i", xf, xf)
+    buf = np.empty(n, dtype=np.float32)
+    r2 = float(radius) ** 2
+    sel = []
+    while len(sel) < n:
+        j = int(np.argmax(mind))
+        v = float(mind[j])
+        if v <= 0.0 or (len(sel) >= min_picks and v <= r2):
+            break
+        sel.append(j)
+        np.dot(xf, xf[j], out=buf)
+        buf *= -2.0
+        buf += sq
+        buf += sq[j]
+        np.minimum(mind, buf, out=mind)
+        mind[j] = 0.0
+    new_radius = math.sqrt(max(float(mind.max()), 0.0))
+    return Coreset(np.asarray(sel, dtype=np.int64), new_radius, False, "extend")

@@ -1,97 +1,225 @@
-"""The Kubernetes manifests of the Triton fleet (deploy/k8s): schema-valid and consistent with each other.
+"""Zero-downtime bank swaps and decision metrics on a real tritonserver (explicit model control).
 
-Validated offline against the Kubernetes OpenAPI schemas shipped in the `kubernetes-validate`
-package (strict: unknown fields are errors). No cluster is available here: this checks the
-manifests, not a running fleet.
+Load runs during `exdd deploy`: no request fails, every answer comes wholly from the old or the
+new banks, answers after the swap come from the new ones. Banks made for other features are
+refused by the CLI, and a version the server cannot load leaves the old one serving. The
+scorer's custom metrics are read from the server's /metrics endpoint.
 """
 from __future__ import annotations
 
+import json
 import os
 import re
+import shutil
+import threading
+import time
+import urllib.request
 
+import numpy as np
 import pytest
-import yaml
 
-kv = pytest.importorskip("kubernetes_validate")
+import triton_util as tu
+from exdd.export.deploy import DeployError, deploy, load, ready_version, versions
+from exdd.export.serve import EXPLICIT_MODEL_CONTROL, TritonServer, free_port
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-K8S = os.path.join(ROOT, "deploy", "k8s")
-VERSIONS = ("1.29", "1.33")        # the oldest and a recent minor still common in factories' clusters
+pytestmark = pytest.mark.triton
+RTOL = 1e-4
+BATCH = 3
 
 
-def manifests():
-    """(file name, document) of every resource manifest (kustomization.yaml is kustomize's, not a resource)."""
-    out = []
-    for f in sorted(os.listdir(K8S)):
-        if f.endswith(".yaml") and f != "kustomization.yaml":
-            with open(os.path.join(K8S, f)) as fh:
-                out += [(f, d) for d in yaml.safe_load_all(fh) if d]
+def _updated_banks() -> str:
+    """tu.banks() taught 3 generated tile surfaces (another texture: the scores move)."""
+    from exdd.offline.build import model_featurizer
+    from exdd.offline.surfaces import generate
+    from exdd.offline.update import normal_samples, update
+    root = os.path.join(tu.workdir(), "tile")
+    generate(root, 3, 0, 2, 0, (160, 80), "tile", 7)
+    out = os.path.join(tu.workdir(), "banks-v2")
+    if not os.path.isdir(out):
+        model, info = tu.extractor()
+        update(tu.banks(), out, normal_samples([os.path.join(root, "train")]), [], model_featurizer(model, info, 8))
     return out
 
 
-def by_kind(kind):
-    docs = [d for _, d in manifests() if d["kind"] == kind]
-    assert len(docs) == 1, f"expected one {kind}"
-    return docs[0]
+def _probe_images() -> np.ndarray:
+    from exdd.export.onnx_export import image_files, load_images
+    tiles = load_images(image_files(os.path.join(tu.workdir(), "tile", "test"), 2), tu.INPUT_HW)
+    return np.concatenate([tiles[:1], tu.sample_images(2), tiles[1:]])
 
 
-@pytest.mark.parametrize("version", VERSIONS)
-def test_every_manifest_is_schema_valid(version):
-    docs = manifests()
-    assert {d["kind"] for _, d in docs} >= {"Deployment", "Service", "HorizontalPodAutoscaler", "PersistentVolumeClaim"}
-    for f, d in docs:
-        kv.validate(d, version, strict=True)      # raises ValidationError naming the field
+@pytest.fixture(scope="module")
+def setup():
+    new_banks = _updated_banks()
+    repo = os.path.join(tu.workdir(), "repo-deploy")
+    shutil.copytree(tu.repository("python"), repo)
+    log = repo + ".log"
+    srv = TritonServer(repo, "127.0.0.1", free_port(), free_port(), free_port(), env=tu.serving_env(), log_path=log,
+                       exit_on_error=True, exit_timeout=3, extra_args=EXPLICIT_MODEL_CONTROL)
+    srv.start()
+    try:
+        srv.wait_ready(120)
+        yield repo, srv, new_banks
+    finally:
+        srv.stop()
 
 
-def test_validator_rejects_a_broken_manifest():
-    dep = by_kind("Deployment")
-    bad = yaml.safe_load(yaml.safe_dump(dep))
-    bad["spec"]["replicas"] = "two"
-    with pytest.raises(kv.ValidationError):
-        kv.validate(bad, VERSIONS[-1], strict=True)
-    bad = yaml.safe_load(yaml.safe_dump(dep))
-    bad["spec"]["template"]["spec"]["containers"][0]["readinesProbe"] = {}      # misspelt field
-    with pytest.raises(kv.ValidationError):
-        kv.validate(bad, VERSIONS[-1], strict=True)
+def _infer(client, images):
+    import tritonclient.http as th
+    inp = th.InferInput("IMAGE", list(images.shape), "UINT8")
+    inp.set_data_from_numpy(images)
+    r = client.infer("exdd", [inp])
+    return r.as_numpy("SCORE")[:, 0], r.as_numpy("IS_DEFECT")[:, 0]
 
 
-def test_kustomization_lists_every_manifest():
-    k = yaml.safe_load(open(os.path.join(K8S, "kustomization.yaml")))
-    assert sorted(k["resources"]) == sorted({f for f, _ in manifests()})
+def _metrics(srv) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{srv.metrics_port}/metrics", timeout=10) as r:
+        return r.read().decode()
 
 
-def test_probes_ports_volume_and_selectors_agree():
-    dep, svc, hpa, pvc = by_kind("Deployment"), by_kind("Service"), by_kind("HorizontalPodAutoscaler"), \
-        by_kind("PersistentVolumeClaim")
-    pod = dep["spec"]["template"]
-    c = pod["spec"]["containers"][0]
-    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
-    assert ports == {"http": 8000, "grpc": 8001, "metrics": 8002}
-    # Triton's health endpoints, on its HTTP port
-    assert c["readinessProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": "http"}
-    assert c["livenessProbe"]["httpGet"] == {"path": "/v2/health/live", "port": "http"}
-    assert c["startupProbe"]["httpGet"]["path"] == "/v2/health/live"
-    # the model repository comes from the PVC, mounted where --model-repository points
-    repo = [a.split("=", 1)[1] for a in c["args"] if a.startswith("--model-repository=")]
-    mounts = {m["name"]: m for m in c["volumeMounts"]}
-    vols = {v["name"]: v for v in pod["spec"]["volumes"]}
-    [name] = [n for n, m in mounts.items() if m["mountPath"] == repo[0]]
-    assert mounts[name]["readOnly"] is True
-    assert vols[name]["persistentVolumeClaim"]["claimName"] == pvc["metadata"]["name"]
-    assert "--strict-readiness=true" in c["args"] and "--metrics-port=8002" in c["args"]
-    # the Service selects the pods and exposes the named ports
-    labels = pod["metadata"]["labels"]
-    assert all(labels.get(k) == v for k, v in svc["spec"]["selector"].items())
-    assert all(labels.get(k) == v for k, v in dep["spec"]["selector"]["matchLabels"].items())
-    assert {p["targetPort"] for p in svc["spec"]["ports"]} == set(ports)
-    # the autoscaler scales this Deployment on the adapter's Triton queue metric
-    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment",
-                                             "name": dep["metadata"]["name"]}
-    assert hpa["metadata"]["namespace"] == dep["metadata"]["namespace"] == svc["metadata"]["namespace"]
-    [metric] = hpa["spec"]["metrics"]
-    rules = yaml.safe_load(by_kind("ConfigMap")["data"]["config.yaml"])["rules"]
-    served = {r["name"]["as"] for r in rules}
-    assert metric["pods"]["metric"]["name"] in served
-    q = rules[0]["metricsQuery"]
-    assert "nv_inference_queue_duration_us" in q and "nv_inference_request_success" in q
-    assert re.search(r'model="exdd"', q), "the queue metric is the exdd ensemble's"
+def _metric(text: str, name: str, version: int) -> float:
+    """Sum of the series of name whose labels say version."""
+    total, found = 0.0, False
+    for line in text.splitlines():
+        if line.startswith(name + "{") and f'version="{version}"' in line:
+            total += float(line.rsplit(" ", 1)[1])
+            found = True
+    if not found:
+        raise KeyError(f"{name} version {version} not in /metrics")
+    return total
+
+
+def test_swap_under_load_then_refusals_and_metrics(setup):
+    import tritonclient.http as th
+    repo, srv, new_banks = setup
+    imgs = _probe_images()
+    old = tu.offline_reference(imgs, tu.banks())["SCORE"]
+    new = tu.offline_reference(imgs, new_banks)["SCORE"]
+    batches = [np.ascontiguousarray(imgs[i:i + BATCH]) for i in range(len(imgs) - BATCH + 1)]
+    refs = [(old[i:i + BATCH], new[i:i + BATCH]) for i in range(len(batches))]
+    # the two bank versions must be told apart on every probe batch
+    assert all(not np.allclose(o, n, rtol=10 * RTOL) for o, n in refs)
+
+    answers, errors, stop = [], [], threading.Event()
+    swapped_at = [float("inf")]
+
+    def worker(w):
+        with th.InferenceServerClient(srv.http_url, network_timeout=120) as c:
+            i = w
+            while not stop.is_set():
+                b = i % len(batches)
+                t0 = time.monotonic()
+                try:
+                    score, _ = _infer(c, batches[b])
+                    answers.append((t0, b, score))
+                except Exception as e:  # noqa: BLE001 - counted as a failed request
+                    errors.append(repr(e))
+                i += 1
+
+    threads = [threading.Thread(target=worker, args=(w,)) for w in range(3)]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(3.0)
+        d = deploy(new_banks, repo, srv.http_url)
+        swapped_at[0] = time.monotonic()
+        time.sleep(4.0)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(120)
+    assert d.version == 2 and d.previous == 1 and d.loaded
+    assert versions(os.path.join(repo, "exdd_scorer")) == [1, 2]
+    assert errors == [], errors[:3]
+    kinds = []
+    for t0, b, score in answers:
+        o, n = refs[b]
+        is_old = np.allclose(score, o, rtol=RTOL, atol=1e-7)
+        is_new = np.allclose(score, n, rtol=RTOL, atol=1e-7)
+        assert is_old or is_new, f"batch {b}: {score} is neither {o} (old) nor {n} (new) -- mixed or wrong"
+        kinds.append((t0, "old" if is_old else "new"))
+    assert any(k == "old" for _, k in kinds) and any(k == "new" for _, k in kinds)
+    after = [k for t0, k in kinds if t0 > swapped_at[0]]
+    assert after and all(k == "new" for k in after)
+    assert ready_version(srv.http_url, 2) and not ready_version(srv.http_url, 1)
+    rec = json.load(open(os.path.join(repo, "exdd_scorer", "2", "deploy.json")))
+    assert rec["previous"] == 1 and rec["parent"]["manifest_sha256"]
+
+    # banks made for other features: refused by the CLI, nothing written, version 2 keeps serving
+    alien = os.path.join(tu.workdir(), "banks-alien")
+    shutil.copytree(new_banks, alien)
+    m = json.load(open(os.path.join(alien, "manifest.json")))
+    m["features"]["weights"] = "random:1"
+    json.dump(m, open(os.path.join(alien, "manifest.json"), "w"))
+    p = tu.exdd_cli("deploy", alien, "--repository", repo, "--url", srv.http_url)
+    assert p.returncode != 0 and "refused" in p.stderr and "weights: bank has 'random:1'" in p.stderr
+    assert "Traceback" not in p.stderr
+    assert versions(os.path.join(repo, "exdd_scorer")) == [1, 2]
+    # a version the server itself refuses (bypassing the CLI check): the load fails, 2 keeps serving
+    bad = os.path.join(repo, "exdd_scorer", "3")
+    shutil.copytree(os.path.join(repo, "exdd_scorer", "2"), bad)
+    shutil.rmtree(os.path.join(bad, "banks"))
+    shutil.copytree(alien, os.path.join(bad, "banks"))
+    with pytest.raises(DeployError, match="loading exdd_scorer failed"):
+        load(srv.http_url, 120)
+    shutil.rmtree(bad)
+    assert ready_version(srv.http_url, 2)
+    with th.InferenceServerClient(srv.http_url) as c:
+        score, _ = _infer(c, batches[0])
+    np.testing.assert_allclose(score, refs[0][1], rtol=RTOL, atol=1e-7)
+
+    # decision metrics of version 2: exact deltas for a known set of requests
+    before = _metrics(srv)
+    sent, flagged = 0, 0
+    with th.InferenceServerClient(srv.http_url) as c:
+        for b in batches:
+            s, f = _infer(c, b)
+            sent += len(s)
+            flagged += int(f.sum())
+    after_text = _metrics(srv)
+    assert "# TYPE exdd_score histogram" in after_text and "# TYPE exdd_images_scored_total counter" in after_text
+    delta = lambda name: _metric(after_text, name, 2) - _metric(before, name, 2)  # noqa: E731
+    assert delta("exdd_images_scored_total") == sent
+    assert delta("exdd_defects_flagged_total") == flagged
+    assert delta("exdd_score_count") == sent
+    assert _metric(after_text, "exdd_threshold", 2) > 0
+    assert re.search(r'exdd_score_bucket\{[^}]*le="\+Inf"[^}]*version="2"', after_text) or \
+        re.search(r'exdd_score_bucket\{[^}]*version="2"[^}]*le="\+Inf"', after_text)
+    assert 'version="1"' not in "\n".join(ln for ln in after_text.splitlines() if ln.startswith("exdd_"))
+
+
+def test_serve_cli_uses_explicit_model_control_and_deploy_cli_swaps(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import tritonclient.http as th
+    new_banks = _updated_banks()
+    repo = str(tmp_path / "repo")
+    shutil.copytree(tu.repository("python"), repo)
+    tu.serving_env()
+    ports = [str(free_port()) for _ in range(3)]
+    code = "import sys; from exdd.cli import main; sys.exit(main())"
+    proc = subprocess.Popen([sys.executable, "-c", code, "serve", repo, "--http-port", ports[0], "--grpc-port", ports[1],
+                             "--metrics-port", ports[2]], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        lines = []
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            line = proc.stderr.readline()
+            lines.append(line)
+            if line.startswith("ready:") or proc.poll() is not None:
+                break
+        assert lines[-1].startswith("ready:"), "".join(lines[-20:])
+        url = f"127.0.0.1:{ports[0]}"
+        p = tu.exdd_cli("deploy", new_banks, "--repository", repo, "--url", url)
+        assert p.returncode == 0, p.stderr
+        assert "version 2 added (previous 1)" in p.stdout and "version 2 serving" in p.stdout
+        imgs = _probe_images()[:2]
+        with th.InferenceServerClient(url) as c:
+            score, _ = _infer(c, imgs)
+        np.testing.assert_allclose(score, tu.offline_reference(imgs, new_banks)["SCORE"], rtol=RTOL, atol=1e-7)
+        # without a server: the version is only added
+        p = tu.exdd_cli("deploy", tu.banks(), "--repository", repo)
+        assert p.returncode == 0 and "version 3 added" in p.stdout and "not loaded" in p.stdout
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=60)

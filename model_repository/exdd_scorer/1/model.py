@@ -45,6 +45,64 @@ def parse_threshold(value, where):
     return out
 
 
+# ---- decision metrics: Triton custom metrics through the Python backend's metrics API -----------------------
+# Served on the server's Prometheus endpoint (/metrics), labelled by model, version and mode, so a drift of the
+# score distribution (or a swap of banks) shows in a standard dashboard.
+
+SCORE_BUCKET_FACTORS = (0.25, 0.5, 0.75, 0.9, 1.0, 1.1, 1.25, 1.5, 2.0, 4.0)   # x the served threshold
+LOG_SCORE_BUCKETS = tuple(10.0 ** (e / 2.0) for e in range(-6, 7))               # without a threshold
+
+
+def score_buckets(threshold):
+    """Histogram bucket bounds: around the threshold when there is one, else log-spaced 1e-3 .. 1e3."""
+    if threshold is None or not threshold > 0:
+        return list(LOG_SCORE_BUCKETS)
+    return [float(threshold) * f for f in SCORE_BUCKET_FACTORS]
+
+
+class DecisionMetrics:
+    """exdd_images_scored_total, exdd_defects_flagged_total (counters), exdd_score (histogram), exdd_threshold (gauge)."""
+
+    def __init__(self, version, mode, threshold):
+        fam = pb_utils.MetricFamily
+        labels = {"model": "exdd_scorer", "version": str(version), "mode": str(mode)}
+        self.families = [
+            fam(name="exdd_images_scored_total", description="Images scored by exdd_scorer", kind=fam.COUNTER),
+            fam(name="exdd_defects_flagged_total", description="Images answered IS_DEFECT=true", kind=fam.COUNTER),
+            fam(name="exdd_score", description="Image scores of the served mode", kind=fam.HISTOGRAM),
+            fam(name="exdd_threshold", description="Served decision threshold (NaN: none)", kind=fam.GAUGE)]
+        self.scored = self.families[0].Metric(labels=labels)
+        self.flagged = self.families[1].Metric(labels=labels)
+        self.score = self.families[2].Metric(labels=labels, buckets=score_buckets(threshold))
+        self.threshold = self.families[3].Metric(labels=labels)
+        self.threshold.set(float("nan") if threshold is None else float(threshold))
+
+    def record(self, scores, flags):
+        """Count one answered request's images."""
+        self.scored.increment(float(len(scores)))
+        self.flagged.increment(float(np.count_nonzero(flags)))
+        for v in np.asarray(scores, dtype=np.float64).reshape(-1):
+            if math.isfinite(v):
+                self.score.observe(float(v))
+
+    def close(self):
+        """Metrics before their families (the backend requires that order)."""
+        self.scored = self.flagged = self.score = self.threshold = None
+        self.families = None
+
+
+def make_metrics(version, mode, threshold):
+    """DecisionMetrics, or None (scoring goes on) when this backend has no metrics API."""
+    try:
+        return DecisionMetrics(version, mode, threshold)
+    except Exception as e:  # noqa: BLE001 - metrics must never stop the scorer
+        try:
+            pb_utils.Logger.log_warn(f"exdd_scorer: custom metrics disabled ({e})")
+        except Exception:  # noqa: BLE001
+            pass
+        return None
+
+
 class TritonPythonModel:
     """The ExDD scorer."""
 
@@ -87,6 +145,16 @@ class TritonPythonModel:
         if thr == "none":
             thr = self.scorer.thresholds.get(self.mode)
         self.threshold = None if thr is None else parse_threshold(thr, "config parameter")
+        self.metrics = make_metrics(args["model_version"], self.mode, self.threshold)
+
+    def _record_metrics(self, score, threshold):
+        """Decision metrics of one answered request."""
+        if self.metrics is not None:
+            flags = (score >= threshold) if threshold is not None else np.zeros(len(score), dtype=bool)
+            try:
+                self.metrics.record(score, flags)
+            except Exception:  # noqa: BLE001 - never fail a request over its metrics
+                pass
 
     def _features(self, request):
         """The request's FEATURES as an xp array, validated (ValueError names the problem)."""
@@ -153,15 +221,21 @@ class TritonPythonModel:
                 for i, f, thr in good:
                     n = int(f.shape[0])
                     responses[i] = self._response(*(p[start:start + n] for p in parts), thr)
+                    self._record_metrics(parts[0][start:start + n], thr)
                     start += n
             except Exception:  # noqa: BLE001 - retry one by one so one failure cannot sink the batch
                 for i, f, thr in good:
                     try:
-                        responses[i] = self._response(*self._score(f), thr)
+                        parts = self._score(f)
+                        responses[i] = self._response(*parts, thr)
+                        self._record_metrics(parts[0], thr)
                     except Exception as e:  # noqa: BLE001
                         responses[i] = pb_utils.InferenceResponse(error=pb_utils.TritonError(f"exdd_scorer: {e}"))
         return responses
 
     def finalize(self):
-        """Release the banks."""
+        """Release the banks and this version's metrics."""
         self.scorer = None
+        if getattr(self, "metrics", None) is not None:
+            self.metrics.close()
+            self.metrics = None

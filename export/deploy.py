@@ -1,0 +1,230 @@
+"""``exdd deploy NEW_BANKS --repository REPO [--url HOST:PORT]``: a new scorer version, swapped in without downtime.
+
+The assembled repository keeps numbered versions of ``exdd_scorer`` (``1/``, ``2/``, ...), each a
+complete copy (model.py, exdd_scoring/, features.json, banks/). Deploying:
+
+1. verifies the new banks (checksums) and refuses banks whose features differ from the served
+   extractor's fingerprint (``features.json`` of the latest version) -- nothing is written then;
+2. writes ``exdd_scorer/N+1/`` atomically (built beside, then renamed into place), with the new
+   banks' calibrated threshold for the served mode in the scorer config unless told to keep it;
+3. with ``--url``: asks the server (started with ``--model-control-mode=explicit``, as
+   ``exdd serve`` does) to load ``exdd_scorer``. Triton loads version N+1 while N keeps serving,
+   and unloads N once N+1 is ready (version policy: latest 1); the ensemble's step has
+   ``model_version: -1`` and so takes the new version from then on. Every request is answered by
+   one version. If the server fails to load N+1, the version directory is removed again (the old
+   version was never unloaded and keeps serving) and the error names the server's reason.
+
+Older versions beyond ``--keep`` are removed after a successful load.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional
+
+import click
+
+from exdd.cli_common import fail
+
+SCORER = "exdd_scorer"
+ENSEMBLE = "exdd"
+DEPLOY_RECORD = "deploy.json"
+
+
+class DeployError(ValueError):
+    """A deployment that cannot proceed; nothing is left half-done. The message names the cause."""
+
+
+@dataclass
+class Deployed:
+    """What a deployment did."""
+    version: int
+    previous: int
+    loaded: bool
+    threshold: Optional[float]
+    removed: List[int]
+
+
+def versions(model_dir: str) -> List[int]:
+    """The numbered version directories of a model, ascending."""
+    if not os.path.isdir(model_dir):
+        return []
+    return sorted(int(n) for n in os.listdir(model_dir) if n.isdigit() and os.path.isdir(os.path.join(model_dir, n)))
+
+
+def config_parameter(text: str, key: str) -> Optional[str]:
+    """The string_value of parameter key in a config.pbtxt text, or None."""
+    m = re.search(r'parameters\s*\{\s*key:\s*"' + re.escape(key) + r'"\s*value:\s*\{\s*string_value:\s*"([^"]*)"', text)
+    return m.group(1) if m else None
+
+
+def set_config_parameter(text: str, key: str, value: str) -> str:
+    """config.pbtxt text with parameter key's string_value replaced (the parameter must exist)."""
+    pat = re.compile(r'(parameters\s*\{\s*key:\s*"' + re.escape(key) + r'"\s*value:\s*\{\s*string_value:\s*")([^"]*)(")')
+    if not pat.search(text):
+        raise DeployError(f"scorer config has no parameter {key!r}")
+    return pat.sub(lambda m: m.group(1) + value + m.group(3), text, count=1)
+
+
+def _write_atomic(path: str, text: str) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def prepare(bank_dir: str, repo: str, keep_threshold: bool = False) -> Dict[str, Any]:
+    """Verify the banks against the served extractor and write the next scorer version (not loaded yet)."""
+    from exdd.scoring import BankError, load_banks
+    from exdd.scoring.bank import check_features, sha256_file
+    from .repository import _copy_banks, choose_threshold
+
+    model_dir = os.path.join(repo, SCORER)
+    have = versions(model_dir)
+    cfg_path = os.path.join(model_dir, "config.pbtxt")
+    if not have or not os.path.isfile(cfg_path):
+        raise DeployError(f"{repo}: not an exdd model repository (no {SCORER}/config.pbtxt with a numbered version)")
+    latest = have[-1]
+    latest_dir = os.path.join(model_dir, str(latest))
+    try:
+        with open(os.path.join(latest_dir, "features.json")) as f:
+            served = json.load(f)
+    except (OSError, ValueError) as e:
+        raise DeployError(f"{latest_dir}/features.json: unreadable ({e})") from None
+    try:
+        banks = load_banks(bank_dir)
+        check_features(banks.manifest["features"], served, f"{bank_dir} vs the served extractor ({SCORER}/{latest})")
+    except BankError as e:
+        raise DeployError(f"refused: {e}") from None
+    config = open(cfg_path).read()
+    mode = config_parameter(config, "mode") or banks.manifest.get("default_mode", "exdd")
+    new_thr = choose_threshold(banks.manifest, mode, None)
+    new_config = config
+    if not keep_threshold:
+        new_config = set_config_parameter(config, "threshold", "none" if new_thr is None else repr(new_thr))
+    version = latest + 1
+    tmp = tempfile.mkdtemp(prefix=".exdd-deploy-", dir=repo)
+    try:
+        shutil.copy2(os.path.join(latest_dir, "model.py"), tmp)
+        shutil.copy2(os.path.join(latest_dir, "features.json"), tmp)
+        shutil.copytree(os.path.join(latest_dir, "exdd_scoring"), os.path.join(tmp, "exdd_scoring"),
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        _copy_banks(bank_dir, os.path.join(tmp, "banks"), banks.manifest)
+        record = {"version": version, "previous": latest, "banks": os.path.abspath(bank_dir),
+                  "banks_manifest_sha256": sha256_file(os.path.join(bank_dir, "manifest.json")),
+                  "parent": banks.manifest.get("parent"), "mode": mode,
+                  "threshold": None if keep_threshold else new_thr,
+                  "at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+        with open(os.path.join(tmp, DEPLOY_RECORD), "w") as f:
+            json.dump(record, f, indent=2)
+        os.rename(tmp, os.path.join(model_dir, str(version)))
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if new_config != config:
+        _write_atomic(cfg_path, new_config)
+    return {"version": version, "previous": latest, "config_before": config, "config_path": cfg_path,
+            "threshold": None if keep_threshold else new_thr}
+
+
+def rollback_prepared(repo: str, prep: Dict[str, Any]) -> None:
+    """Undo prepare(): remove the new version directory and restore the scorer config."""
+    shutil.rmtree(os.path.join(repo, SCORER, str(prep["version"])), ignore_errors=True)
+    _write_atomic(prep["config_path"], prep["config_before"])
+
+
+def _client(url: str, timeout_s: float):
+    import tritonclient.http as http
+    return http.InferenceServerClient(url.split("://", 1)[-1], network_timeout=timeout_s,
+                                      connection_timeout=min(timeout_s, 30.0))
+
+
+def load(url: str, timeout_s: float = 600.0) -> None:
+    """Ask the server to (re)load the scorer; DeployError with the server's reason on failure."""
+    from tritonclient.utils import InferenceServerException
+    c = _client(url, timeout_s)
+    try:
+        c.load_model(SCORER)
+    except InferenceServerException as e:
+        msg = str(e)
+        if "explicit" in msg.lower() and "not allowed" in msg.lower() or "polling" in msg.lower():
+            msg += " (start the server with --model-control-mode=explicit, as `exdd serve` does)"
+        raise DeployError(f"{url}: loading {SCORER} failed: {msg}") from None
+    except Exception as e:  # noqa: BLE001 - connection problems, named
+        raise DeployError(f"{url}: cannot reach the server ({e})") from None
+    finally:
+        c.close()
+
+
+def ready_version(url: str, version: int) -> bool:
+    """Whether the server reports the scorer version ready."""
+    c = _client(url, 30.0)
+    try:
+        return bool(c.is_model_ready(SCORER, str(version)))
+    except Exception:  # noqa: BLE001
+        return False
+    finally:
+        c.close()
+
+
+def prune(repo: str, keep: int, protect: int) -> List[int]:
+    """Remove all but the newest keep versions (never protect); the versions removed."""
+    model_dir = os.path.join(repo, SCORER)
+    have = versions(model_dir)
+    drop = [v for v in have[:-keep] if v != protect] if keep > 0 else []
+    for v in drop:
+        shutil.rmtree(os.path.join(model_dir, str(v)), ignore_errors=True)
+    return drop
+
+
+def deploy(bank_dir: str, repo: str, url: Optional[str] = None, keep: int = 3, keep_threshold: bool = False,
+           timeout_s: float = 600.0) -> Deployed:
+    """Add the banks as the next scorer version and, with url, load it on the running server."""
+    repo = os.path.abspath(repo)
+    prep = prepare(bank_dir, repo, keep_threshold)
+    loaded = False
+    if url:
+        try:
+            load(url, timeout_s)
+            if not ready_version(url, prep["version"]):
+                raise DeployError(f"{url}: {SCORER} version {prep['version']} is not ready after the load")
+        except DeployError:
+            rollback_prepared(repo, prep)
+            raise
+        loaded = True
+    removed = prune(repo, keep, prep["version"]) if loaded else []
+    return Deployed(prep["version"], prep["previous"], loaded, prep["threshold"], removed)
+
+
+@click.command()
+@click.argument("bank_dir", metavar="NEW_BANKS", type=click.Path(exists=True, file_okay=False))
+@click.option("--repository", "repo", required=True, type=click.Path(exists=True, file_okay=False),
+              help="The served model repository (made by `exdd export repository`).")
+@click.option("--url", default=None, help="HTTP HOST:PORT of the server to load the new version on (explicit model "
+                                          "control, as `exdd serve`); without it the version is only added.")
+@click.option("--keep", default=3, show_default=True, help="Scorer versions kept on disk after a successful load.")
+@click.option("--keep-threshold", is_flag=True, help="Keep the served threshold instead of the new banks' calibrated one.")
+@click.option("--timeout", default=600, show_default=True, help="Seconds to wait for the load.")
+def deploy_cmd(bank_dir, repo, url, keep, keep_threshold, timeout):
+    """Add NEW_BANKS as the next scorer version of REPO and load it on a running server without downtime."""
+    try:
+        d = deploy(bank_dir, repo, url, keep, keep_threshold, timeout)
+    except DeployError as e:
+        fail(str(e))
+    thr = "kept" if keep_threshold else ("none" if d.threshold is None else f"{d.threshold:.6g}")
+    click.echo(f"{SCORER}: version {d.version} added (previous {d.previous}); threshold {thr}")
+    if d.loaded:
+        click.echo(f"loaded on {url}: version {d.version} serving, version {d.previous} unloaded")
+        if d.removed:
+            click.echo(f"removed old versions: {', '.join(map(str, d.removed))}")
+    else:
+        click.echo("not loaded (no --url): a server started on REPO now serves it; a running one after "
+                   f"`exdd deploy` with --url or a load of {SCORER}")
+
+
+deploy_cmd.name = "deploy"

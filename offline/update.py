@@ -1,0 +1,321 @@
+"""Incremental bank updates: teach new normal and defect images without a rebuild.
+
+Only the new images are extracted. Their patches join the banks by greedy k-center continued
+from the existing centres (``extend_kcenter``: picks until the bank's ratio rule is met *and*
+every new patch lies within the parent's coverage radius, so the radius never grows); the
+within-bank neighbours are extended (new rows against the whole bank, old rows only against
+the new rows) instead of recomputed; the thresholds are recalibrated when calibration images are
+given, else kept from the parent. The new bank directory's manifest records its parent (sha256
+of the parent manifest), the images added, the bank growth and when, appended to the parent's
+update history.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from exdd import __version__
+from exdd.images import is_image_name
+from exdd.scoring import MODES, Bank, BankPair, Scorer, load_banks, save_bank
+from exdd.scoring.bank import MANIFEST, sha256_file
+from exdd.scoring.knn import bank_neighbors, topk_nearest
+from .build import Featurize, defect_patches, make_bank, score_samples
+from .calibrate import threshold
+from .coreset import bank_size, extend_kcenter
+from exdd.datasets import DatasetError, Sample
+
+NORMAL_VERDICTS = ("ok", "good", "normal", "pass", "false_alarm", "false_positive", "fp", "0", "false")
+DEFECT_VERDICTS = ("defect", "ng", "bad", "fail", "true_defect", "missed_defect", "fn", "1", "true")
+
+
+@dataclass
+class UpdateResult:
+    """The manifest written, the per-file errors and the seconds each stage took."""
+    manifest: Dict[str, Any]
+    errors: List[Tuple[str, str]] = field(default_factory=list)
+    seconds: Dict[str, float] = field(default_factory=dict)
+
+
+def extend_neighbors(old: Bank, new_vectors: np.ndarray, k: int) -> np.ndarray:
+    """Within-bank neighbours (n_old + n_new, k-1) of the bank old + new_vectors, reusing old's.
+
+    Old rows keep their k-1 nearest among (their old neighbours, their k-1 nearest new rows);
+    new rows get theirs from the whole bank. Same neighbour distances as ``bank_neighbors`` on
+    the concatenation (indices may differ only between equidistant rows).
+    """
+    allv = np.ascontiguousarray(np.concatenate([old.vectors, new_vectors]), dtype=np.float32)
+    n_old, n_new = old.vectors.shape[0], new_vectors.shape[0]
+    n = n_old + n_new
+    if k < 2 or n < 2:
+        return np.zeros((n, 0), dtype=np.int32)
+    if n_new == 0:
+        return old.neighbors.astype(np.int32)
+    kk = min(k, n)
+    if old.neighbors.shape[1] != kk - 1 or n_old < kk:
+        return bank_neighbors(allv, k, np)
+    newv = allv[n_old:]
+    # new rows against the whole bank, self removed as bank_neighbors does
+    _, idx = topk_nearest(newv, allv, kk, np)
+    own = (np.arange(n_new) + n_old)[:, None]
+    keep = idx != own
+    keep[~(~keep).any(axis=1), -1] = False
+    nbr_new = idx[keep].reshape(n_new, kk - 1)
+    # old rows: best k-1 of old neighbours and nearest new rows
+    m = min(kk - 1, n_new)
+    _, near_new = topk_nearest(allv[:n_old], newv, m, np)
+    cand = np.concatenate([old.neighbors.astype(np.int64), near_new + n_old], axis=1)
+    diff = allv[cand] - allv[:n_old, None, :]
+    dist = np.einsum("ijk,ijk->ij", diff, diff)
+    order = np.argsort(dist, axis=1, kind="stable")[:, :kk - 1]
+    nbr_old = np.take_along_axis(cand, order, axis=1)
+    return np.concatenate([nbr_old, nbr_new]).astype(np.int32)
+
+
+def extend_bank(bank: Optional[Bank], vectors: np.ndarray, stats: Dict[str, Any], k: int,
+                seed: int) -> Tuple[Bank, Dict[str, Any]]:
+    """bank grown by the coreset of vectors (N, d) continued from its centres; updated stats."""
+    ratio = float(stats.get("ratio", 0.01))
+    min_size = int(stats.get("min_size", 1000))
+    n_new = int(vectors.shape[0])
+    if bank is None or bank.size == 0:
+        new_bank, st = make_bank(vectors, ratio, min_size, k, seed, 24_000, 2.0)
+        st["added_patches"], st["picked"] = n_new, st["size"]
+        return new_bank, st
+    patches = int(stats.get("patches", bank.size)) + n_new
+    # the bank's size rule on all patches, and at least ratio x the new patches: taught images always count
+    min_picks = max(0, bank_size(patches, ratio, min_size) - bank.size, int(np.ceil(ratio * n_new)))
+    old_radius = float(stats.get("radius", 0.0))
+    cs = extend_kcenter(bank.vectors, vectors, min_picks, old_radius)
+    picked = np.ascontiguousarray(vectors[np.sort(cs.indices)], dtype=np.float32)
+    nbr = extend_neighbors(bank, picked, k)
+    out = Bank(np.ascontiguousarray(np.concatenate([bank.vectors, picked]), dtype=np.float32), nbr)
+    st = dict(stats)
+    st.update({"patches": patches, "size": out.size, "added_patches": n_new, "picked": int(picked.shape[0]),
+               "radius": max(old_radius, cs.radius), "added_radius": cs.radius})
+    return out, st
+
+
+def _add_record(samples: Sequence[Sample]) -> List[str]:
+    return [os.path.abspath(s.path) for s in samples]
+
+
+def update(parent_dir: str, out_dir: str, normals: Sequence[Sample], defects: Sequence[Sample], featurize: Featurize,
+           calibration: Optional[Sequence[Sample]] = None, min_cover: Optional[float] = None,
+           note: str = "", progress_factory: Optional[Callable[[str, int], Any]] = None,
+           input_errors: Sequence[Tuple[str, str]] = ()) -> UpdateResult:
+    """Write parent's banks grown by the normals (negative bank) and defects (positive bank) into out_dir.
+
+    calibration: labelled images (e.g. the parent's held-out split) to recalibrate the thresholds
+    with the updated banks; without them the parent's thresholds are kept (and recorded so).
+    """
+    if os.path.abspath(parent_dir) == os.path.abspath(out_dir):
+        raise ValueError(f"{out_dir}: the updated banks must go to a new directory, not over their parent")
+    if os.path.exists(os.path.join(out_dir, MANIFEST)):
+        raise ValueError(f"{out_dir}: already holds banks; choose a new directory")
+    if not normals and not defects:
+        raise ValueError("nothing to add: give --normal and/or --defect images (or --from-results verdicts)")
+    t0 = time.perf_counter()
+    parent = load_banks(parent_dir)
+    manifest = json.loads(json.dumps(parent.manifest))
+    d = int(manifest["features"]["d"])
+    k = int(manifest["k"])
+    rule = manifest.get("defect_patch_rule", {}) or {}
+    min_cover = float(rule.get("min_cover", 0.3) if min_cover is None else min_cover)
+    seed = int((manifest.get("coreset") or {}).get("seed", 0))
+    errors: List[Tuple[str, str]] = list(input_errors)
+    seconds: Dict[str, float] = {"load": time.perf_counter() - t0}
+
+    def run(samples, desc, with_mask):
+        b = progress_factory(desc, len(samples)) if progress_factory else None
+        ex = featurize(samples, with_mask, b.update if b else None)
+        if b:
+            b.close()
+        errors.extend(ex.errors)
+        return ex
+
+    cs = manifest.setdefault("coreset", {})
+    negative, positive = parent.negative, parent.positive
+    added: Dict[str, Any] = {"normal": [], "defect": []}
+    t1 = time.perf_counter()
+    ex_n = ex_d = None
+    if normals:
+        ex_n = run(list(normals), "features: new normal", False)
+        added["normal"] = _add_record(ex_n.samples)
+    if defects:
+        ex_d = run(list(defects), "features: new defects", True)
+        added["defect"] = _add_record(ex_d.samples)
+    seconds["extract"] = time.perf_counter() - t1
+    t2 = time.perf_counter()
+    if ex_n is not None and ex_n.features.shape[0]:
+        negative, cs["negative"] = extend_bank(negative, ex_n.features.reshape(-1, d), cs.get("negative", {}), k, seed)
+    if ex_d is not None and ex_d.features.shape[0]:
+        sel = defect_patches(ex_d.covers, min_cover)
+        vec = ex_d.features[sel]
+        if vec.shape[0]:
+            positive, cs["positive"] = extend_bank(positive, vec, cs.get("positive", {}) if positive else
+                                                   {"ratio": 0.10, "min_size": 1000}, k, seed + 1)
+    seconds["banks"] = time.perf_counter() - t2
+    if not added["normal"] and not added["defect"]:
+        raise ValueError("none of the new images could be read: " + "; ".join(e for _, e in errors[:5]))
+
+    src = manifest.setdefault("sources", {})
+    src["normal_images"] = int(src.get("normal_images", 0)) + len(added["normal"])
+    src["defect_images"] = int(src.get("defect_images", 0)) + len(added["defect"])
+    now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    thr = manifest.get("threshold") or {"rule": "f1", "target_fpr": 0.01, "values": {}, "detail": {}}
+    t3 = time.perf_counter()
+    if calibration:
+        ex = run(list(calibration), "features: calibration", True)
+        labels = np.array([s.label for s in ex.samples])
+        import warnings
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            scorer = Scorer(BankPair(negative, positive, manifest))
+        scores = score_samples(scorer, ex.features)
+        thr = {"rule": thr.get("rule", "f1"), "target_fpr": thr.get("target_fpr", 0.01), "values": {}, "detail": {}}
+        for m in MODES:
+            t = threshold(scores[m], labels, thr["rule"], float(thr["target_fpr"]))
+            thr["values"][m], thr["detail"][m] = t["value"], t
+        thr["calibrated"] = {"images": len(ex.samples), "at": now}
+        threshold_note = f"recalibrated on {len(ex.samples)} images"
+    else:
+        threshold_note = "kept from the parent"
+    seconds["calibrate"] = time.perf_counter() - t3
+    manifest["threshold"] = thr
+    record = {
+        "at": now,
+        "parent": {"path": os.path.abspath(parent_dir), "manifest_sha256": sha256_file(os.path.join(parent_dir, MANIFEST))},
+        "added": added,
+        "negative": {"size_before": parent.negative.size, "size_after": negative.size},
+        "positive": {"size_before": parent.positive.size if parent.positive else 0,
+                     "size_after": positive.size if positive else 0},
+        "threshold": threshold_note,
+        "errors": [{"path": p, "error": e} for p, e in errors],
+        "note": note,
+        "tool": f"exdd {__version__}",
+    }
+    manifest["parent"] = record["parent"]
+    manifest["updates"] = list(manifest.get("updates") or []) + [record]
+    manifest["created"] = now
+    manifest.pop("files", None)
+    t4 = time.perf_counter()
+    manifest = save_bank(out_dir, negative, positive, manifest)
+    seconds["save"] = time.perf_counter() - t4
+    seconds["total"] = time.perf_counter() - t0
+    return UpdateResult(manifest, errors, {k_: round(v, 3) for k_, v in seconds.items()})
+
+
+# ---- inputs: image paths, folders and operator verdicts ------------------------------------------------------
+
+def _mask_beside(path: str) -> Optional[str]:
+    stem, ext = os.path.splitext(path)
+    for cand in (f"{stem}_GT{ext}", f"{stem}_GT.png", f"{stem}_mask.png"):
+        if os.path.isfile(cand):
+            return cand
+    return None
+
+
+def _expand(path: str) -> List[str]:
+    """A file, or every image below a folder (masks *_GT / *_mask excluded), sorted."""
+    if os.path.isfile(path):
+        return [path]
+    if not os.path.isdir(path):
+        raise DatasetError(f"{path}: no such image file or folder")
+    out = []
+    for d, dirs, files in os.walk(path):
+        dirs.sort()
+        for f in sorted(files):
+            stem = os.path.splitext(f)[0]
+            if is_image_name(f) and not f.startswith(".") and not stem.endswith(("_GT", "_mask")):
+                out.append(os.path.join(d, f))
+    return out
+
+
+def normal_samples(paths: Sequence[str]) -> List[Sample]:
+    """Normal samples of image files / folders."""
+    return [Sample(p, None, 0, "update", "normal") for src in paths for p in _expand(src)]
+
+
+def defect_samples(paths: Sequence[str]) -> Tuple[List[Sample], List[Tuple[str, str]]]:
+    """Defect samples of image files / folders (mask NNNNN_GT.png or NNNNN_mask.png beside each); errors for the rest."""
+    out, errors = [], []
+    for src in paths:
+        for p in _expand(src):
+            m = _mask_beside(p)
+            if m is None:
+                errors.append((p, f"{p}: defect image without a mask ({os.path.basename(os.path.splitext(p)[0])}_GT.png "
+                                  "beside it): skipped"))
+            else:
+                out.append(Sample(p, m, 1, "update", "defect"))
+    return out, errors
+
+
+def verdict_samples(results_path: str, column: str = "verdict") -> Tuple[List[Sample], List[Sample], List[Tuple[str, str]]]:
+    """(normals, defects, errors) from a result file (JSONL/CSV) with an operator-verdict column.
+
+    Rows without a verdict are not reviewed and skipped; a defect verdict needs a mask: column
+    ``mask`` or NNNNN_GT.png beside the image. Unknown verdicts and missing files are errors.
+    """
+    from exdd.client.results import read_rows
+    try:
+        rows = read_rows(results_path)
+    except (OSError, ValueError) as e:
+        raise DatasetError(f"{results_path}: unreadable result file ({e})") from None
+    if rows and not any(column in r for r in rows):
+        raise DatasetError(f"{results_path}: no column {column!r} (operator verdicts); columns: {sorted(rows[0])}")
+    normals, defects, errors = [], [], []
+    base = os.path.dirname(os.path.abspath(results_path))
+    for i, r in enumerate(rows, 1):
+        v = r.get(column)
+        if v is None or str(v).strip() == "":
+            continue
+        v = str(v).strip().lower()
+        path = str(r.get("path") or "")
+        path = path if os.path.isabs(path) else os.path.join(base, path)
+        where = f"{results_path} row {i}"
+        if not os.path.isfile(path):
+            errors.append((path, f"{where}: image {path} not found"))
+        elif v in NORMAL_VERDICTS:
+            normals.append(Sample(path, None, 0, "update", "normal"))
+        elif v in DEFECT_VERDICTS:
+            mask = r.get("mask") or _mask_beside(path)
+            if mask and not os.path.isabs(mask):
+                mask = os.path.join(base, mask)
+            if not mask or not os.path.isfile(mask):
+                errors.append((path, f"{where}: defect verdict for {path} without a mask (column 'mask' or "
+                                     "NNNNN_GT.png beside it): skipped"))
+            else:
+                defects.append(Sample(path, mask, 1, "update", "defect"))
+        else:
+            errors.append((path, f"{where}: verdict {v!r} is neither normal ({', '.join(NORMAL_VERDICTS[:5])}, ...) "
+                                 f"nor defect ({', '.join(DEFECT_VERDICTS[:4])}, ...)"))
+    return normals, defects, errors
+
+
+def already_added(manifest: Dict[str, Any]) -> set:
+    """Absolute paths of images added by earlier updates in this lineage."""
+    out = set()
+    for rec in manifest.get("updates") or []:
+        for kind in ("normal", "defect"):
+            out.update((rec.get("added") or {}).get(kind) or [])
+    return out
+
+
+def heldout_samples(dataset: str, manifest: Dict[str, Any], holdout: float, layout: str = "auto") -> List[Sample]:
+    """The held-out training images the parent build calibrated on (same seed), checked against its counts."""
+    from exdd.datasets import holdout_split, load_split
+    seed = int((manifest.get("coreset") or {}).get("seed", 0))
+    _, held = holdout_split(load_split(dataset, "train", layout), holdout, seed)
+    src = manifest.get("sources") or {}
+    want = (src.get("heldout_normal"), src.get("heldout_defect"))
+    got = (sum(1 for s in held if s.label == 0), sum(1 for s in held if s.label == 1))
+    if None not in want and tuple(want) != got:
+        raise DatasetError(f"{dataset}: --holdout {holdout} gives {got[0]} normal + {got[1]} defective held-out images, "
+                           f"the banks were calibrated on {want[0]} + {want[1]}: not the same split")
+    return held

@@ -1,0 +1,206 @@
+"""Bank updates on a real dataset: half build + update vs full build, and teaching false alarms.
+
+1. Full build (all kept normal training images) vs a build from a seeded half of them followed
+   by `update` with the other half: image / pixel AUROC of every mode on the test split, and the
+   time of each (bank stage measured; feature extraction = the measured per-image rate x images).
+2. Teach the 5 worst false alarms of the test normals (a set the banks never saw) to the full
+   banks: false-alarm rate at the calibrated threshold on the *other* test normals, before and
+   after, and the defect recall at that threshold, per mode.
+
+Raw features are cached (offline/feature_cache.py) and projected, as scripts/sweep_d.py does.
+
+  nice -n 10 .venv/bin/python scripts/bench_update.py --dataset ../shared/data/ksdd1_dev \
+      --weights ../shared/weights/wrn50-random0-bncal.safetensors
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import sys
+import time
+import warnings
+
+import numpy as np
+
+from exdd.offline.build import BuildConfig, build
+from exdd.datasets import holdout_split, load_split
+from exdd.offline.evaluate import metrics_of, score_features
+from exdd.offline.feature_cache import extract_raw
+from exdd.offline.features import fingerprint, make_projection
+from exdd.offline.progress import bar
+from exdd.offline.update import update
+from exdd.scoring import MODES, Scorer, load_banks
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def scorer_of(bank_dir: str, info) -> Scorer:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return Scorer(load_banks(bank_dir, info))
+
+
+def markdown(res) -> str:
+    """The BENCHMARKS.md tables of one bench.json."""
+    name = os.path.basename(os.path.normpath(res["dataset"]))
+    out = [f"**{name}** ({res['normals_kept']} normal training images in the banks: half {res['half_a']} + "
+           f"update {res['half_b']}; extraction {res['extract_s_per_image']:.2f} s/image measured)", "",
+           "| banks | negative bank | bank stage s | images extracted | total s (est.) | "
+           + " | ".join(f"{m} image / pixel AUROC" for m in MODES) + " |",
+           "|---|---|---|---|---|" + "---|" * len(MODES)]
+    for k, label in (("full", "full build"), ("half", "half build"), ("update", "half + update")):
+        r = res[k]
+        mets = " | ".join(f"{r['metrics'][m]['image_auroc']:.4f} / {r['metrics'][m]['pixel_auroc']:.4f}" for m in MODES)
+        out.append(f"| {label} | {r['negative']} | {r['bank_s']} | {r['images_extracted']} | {r['total_s_est']} | {mets} |")
+    if "teach" in res:
+        out += ["", "| mode | threshold | taught (above thr.) | false alarms on the other normals before -> after | "
+                    "defect recall before -> after | update s (+ extraction est.) | negative bank |",
+                "|---|---|---|---|---|---|---|"]
+        for m, r in res["teach"].items():
+            n = r["rest_normals"]
+            out.append(f"| {m} | {r['threshold']:.4g} | 5 ({r['taught_above_threshold']}) | "
+                       f"{round(r['far_rest_before'] * n)}/{n} ({r['far_rest_before']:.3f}) -> "
+                       f"{round(r['far_rest_after'] * n)}/{n} ({r['far_rest_after']:.3f}) | "
+                       f"{r['recall_before']:.3f} -> {r['recall_after']:.3f} | {r['update_s']} "
+                       f"({r['update_s_with_extraction_est']}) | {r['negative_before']} -> {r['negative_after']} |")
+    return "\n".join(out)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--report", default=None, help="Print the markdown tables of this bench.json and exit.")
+    ap.add_argument("--dataset", required=True)
+    ap.add_argument("--weights", required=True)
+    ap.add_argument("--input-size", default="632x224")
+    ap.add_argument("--d", type=int, default=256)
+    ap.add_argument("--cache", default="runs/cache")
+    ap.add_argument("--out", default="runs/bench_update")
+    ap.add_argument("--teach", type=int, default=5)
+    if "--report" in sys.argv:
+        print(markdown(json.load(open(sys.argv[sys.argv.index("--report") + 1]))))
+        return
+    a = ap.parse_args()
+    hw = tuple(int(v) for v in a.input_size.split("x"))
+    name = os.path.basename(os.path.normpath(a.dataset))
+    out = os.path.join(a.out, name)
+    os.makedirs(out, exist_ok=True)
+    caches, rate = {}, {}
+    for split in ("train", "test"):
+        samples = load_split(a.dataset, split)
+        folder = os.path.join(a.cache, f"{name}-{hw[0]}x{hw[1]}", split)
+        fresh = not os.path.isfile(os.path.join(folder, "meta.json"))
+        b = bar(f"raw features: {split}", len(samples), "img")
+        t0 = time.time()
+        caches[split] = extract_raw(samples, a.weights, hw, folder, progress=b.update)
+        b.close()
+        if fresh:
+            rate[split] = (time.time() - t0) / max(len(caches[split].paths), 1)
+            json.dump({"s_per_image": rate[split]}, open(os.path.join(folder, "rate.json"), "w"))
+        else:
+            rate[split] = json.load(open(os.path.join(folder, "rate.json")))["s_per_image"]
+    s_img = rate["train"]
+    log(f"extraction: {s_img:.2f} s/image (raw, measured while the cache was made)")
+    proj = make_projection(a.d, 0)
+    info = fingerprint(caches["train"].weights_id, proj, 0, hw)
+    cfg = BuildConfig()
+    train_feat = caches["train"].featurizer(proj)
+    train = load_split(a.dataset, "train")
+    kept, held = holdout_split(train, cfg.holdout, cfg.seed)
+    normals = [s for s in kept if s.label == 0]
+    order = np.random.default_rng(0).permutation(len(normals))
+    half_a = [normals[i] for i in sorted(order[:len(normals) // 2])]
+    half_b = [normals[i] for i in sorted(order[len(normals) // 2:])]
+    excluded = {s.path for s in half_b}
+    other = [s for s in kept if s.label == 1] + list(held)
+
+    def without_b(samples, with_mask, progress):
+        return train_feat([s for s in samples if s.path not in excluded], with_mask, progress)
+
+    test = caches["test"]
+    test_samples = [s for s in load_split(a.dataset, "test") if s.path in test.index]
+    test_rows = [test.index[s.path] for s in test_samples]
+    test_feats = test.project(test_rows, proj, np.float32)
+    labels = np.array([s.label for s in test_samples])
+
+    def evaluate(bank_dir):
+        def batches(bs=8):
+            for i in range(0, len(test_rows), bs):
+                r = test_rows[i:i + bs]
+                yield test_samples[i:i + bs], test_feats[i:i + bs], [test.masks[j] for j in r]
+        scored = score_features(batches(), len(test_rows), scorer_of(bank_dir, info), hw, True)
+        met = metrics_of(scored)
+        return {m: {"image_auroc": met[m]["image_auroc"], "pixel_auroc": met[m].get("pixel_auroc")} for m in MODES}
+
+    res = {"dataset": a.dataset, "weights": caches["train"].weights_id, "input_size": list(hw), "d": a.d,
+           "extract_s_per_image": round(s_img, 3), "normals_kept": len(normals), "half_a": len(half_a),
+           "half_b": len(half_b), "other_images_per_build": len(other)}
+    # every build extracts its normals + the defective and held-out images; the update only half_b
+    t, c = time.time(), time.process_time()
+    full = build(a.dataset, os.path.join(out, "full"), None, info, cfg, featurize=train_feat)
+    res["full"] = {"bank_s": round(time.time() - t, 2), "bank_cpu_s": round(time.process_time() - c, 2), "images_extracted": len(normals) + len(other),
+                   "negative": full.manifest["coreset"]["negative"]["size"]}
+    log(f"full build: {res['full']}")
+    t, c = time.time(), time.process_time()
+    half = build(a.dataset, os.path.join(out, "half"), None, info, cfg, featurize=without_b)
+    res["half"] = {"bank_s": round(time.time() - t, 2), "bank_cpu_s": round(time.process_time() - c, 2), "images_extracted": len(half_a) + len(other),
+                   "negative": half.manifest["coreset"]["negative"]["size"]}
+    log(f"half build: {res['half']}")
+    t, c = time.time(), time.process_time()
+    upd = update(os.path.join(out, "half"), os.path.join(out, "half+update"), half_b, [], train_feat)
+    res["update"] = {"bank_s": round(time.time() - t, 2), "bank_cpu_s": round(time.process_time() - c, 2), "images_extracted": len(half_b),
+                     "negative": upd.manifest["coreset"]["negative"]["size"], "stages_s": upd.seconds,
+                     "radius_parent": half.manifest["coreset"]["negative"]["radius"],
+                     "radius_added": upd.manifest["coreset"]["negative"]["added_radius"]}
+    log(f"update: {res['update']}")
+    for k in ("full", "half", "update"):
+        res[k]["total_s_est"] = round(res[k]["bank_s"] + s_img * res[k]["images_extracted"], 1)
+    for k, d in (("full", "full"), ("half", "half"), ("update", "half+update")):
+        t = time.time()
+        res[k]["metrics"] = evaluate(os.path.join(out, d))
+        log(f"{k}: {res[k]['metrics']} (scored in {time.time() - t:.0f}s)")
+    json.dump(res, open(os.path.join(out, "bench.json"), "w"), indent=1)
+
+    # 2. teach the worst false alarms of the test normals
+    sc_full = scorer_of(os.path.join(out, "full"), info)
+    thr = sc_full.thresholds
+
+    def scores_of(scorer):
+        outs = [scorer.score(test_feats[i:i + 8], map_modes=()) for i in range(0, len(test_rows), 8)]
+        return {m: np.concatenate([o["scores"][m] for o in outs]) for m in MODES}
+
+    before = scores_of(sc_full)
+    normal_idx = np.flatnonzero(labels == 0)
+    res["teach"] = {}
+    for m in MODES:
+        worst = normal_idx[np.argsort(-before[m][normal_idx], kind="stable")[:a.teach]]
+        rest = np.setdiff1d(normal_idx, worst)
+        d_out = os.path.join(out, f"taught-{m}")
+        t = time.time()
+        taught = update(os.path.join(out, "full"), d_out, [test_samples[i] for i in worst], [],
+                        test.featurizer(proj), note=f"{a.teach} worst false alarms ({m})")
+        t_upd = time.time() - t
+        after = scores_of(scorer_of(d_out, info))
+        defect = labels == 1
+        row = {"threshold": thr[m], "taught_scores_before": [round(float(before[m][i]), 4) for i in worst],
+               "taught_above_threshold": int((before[m][worst] >= thr[m]).sum()),
+               "rest_normals": int(rest.size),
+               "far_rest_before": float((before[m][rest] >= thr[m]).mean()),
+               "far_rest_after": float((after[m][rest] >= thr[m]).mean()),
+               "recall_before": float((before[m][defect] >= thr[m]).mean()),
+               "recall_after": float((after[m][defect] >= thr[m]).mean()),
+               "update_s": round(t_upd, 2), "update_s_with_extraction_est": round(t_upd + s_img * a.teach, 1),
+               "negative_before": taught.manifest["updates"][-1]["negative"]["size_before"],
+               "negative_after": taught.manifest["updates"][-1]["negative"]["size_after"]}
+        res["teach"][m] = row
+        log(f"teach {m}: {row}")
+    res["peak_rss_gb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20, 2)
+    json.dump(res, open(os.path.join(out, "bench.json"), "w"), indent=1)
+    print(markdown(res))
+
+
+if __name__ == "__main__":
+    main()
