@@ -257,7 +257,7 @@ def update(bank_dir, out_dir, normal_paths, defect_paths, results, verdict_colum
     from exdd.scoring.bank import check_features
     from .build import model_featurizer
     from exdd.datasets import DatasetError
-    from .progress import bar
+    from exdd.progress import bar
     from .update import (already_added, defect_samples, heldout_samples, normal_samples, update as run_update,
                          verdict_samples)
     try:
