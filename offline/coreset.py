@@ -85,28 +85,35 @@ def chunked_kcenter(x: np.ndarray, k: int, seed: int = 0, chunk_rows: int = 24_0
     n_chunks = math.ceil(n / chunk_rows)
     bounds = np.linspace(0, n, n_chunks + 1).round().astype(np.int64)
     rng = np.random.default_rng(seed)
-    picks, values, radii = [], [], []
+    picks, radii = [], []
     for c in range(n_chunks):
         a, b = int(bounds[c]), int(bounds[c + 1])
         budget = max(1, math.ceil(oversample * k * (b - a) / n))
         start = int(rng.integers(b - a))
         sel, vals = _greedy(np.ascontiguousarray(x[a:b], dtype=np.float32), budget, start)
         picks.append(sel + a)
-        values.append(vals[:-1])
         radii.append(vals)
         if progress:
             progress(b - a)
+    return merge_chunks(picks, radii, k, f"chunked(rows={chunk_rows},oversample={oversample})")
+
+
+def merge_chunks(picks: list, radii: list, k: int, method: str) -> Coreset:
+    """The merge of chunked greedy: per chunk, its global pick indices and the distances at which they were made
+    (plus the final radius); keeps the k largest pick distances over all chunks (ties by chunk, then position, so
+    every chunk keeps a prefix of its greedy order) and bounds the coverage radius."""
+    n_chunks = len(picks)
+    values = [r[:-1] for r in radii]
     all_vals = np.concatenate(values)
     owner = np.concatenate([np.full(len(v), c) for c, v in enumerate(values)])
     pos = np.concatenate([np.arange(len(v)) for v in values])
-    # k largest pick distances; ties broken by chunk then position, so prefixes stay prefixes
     order = np.lexsort((pos, owner, -all_vals))[:k]
     take = np.zeros(n_chunks, dtype=np.int64)
     np.maximum.at(take, owner[order], pos[order] + 1)
     sel = np.concatenate([picks[c][:take[c]] for c in range(n_chunks)])
     bound = max(float(radii[c][take[c]]) if take[c] < len(radii[c]) else float(radii[c][-1])
                 for c in range(n_chunks))
-    return Coreset(sel, bound, True, f"chunked(rows={chunk_rows},oversample={oversample})")
+    return Coreset(sel, bound, True, method)
 
 
 def coverage_radius(x: np.ndarray, centers: np.ndarray, max_block: int = 1 << 22) -> float:

@@ -29,7 +29,7 @@ from exdd.log import get as _logger
 from exdd.scoring import BankPair
 from .build import (BuildConfig, BuildResult, bank_of, calibration_scorer, defect_patches, finish, plan,
                     score_samples)
-from .coreset import Coreset, _greedy, bank_size, greedy_kcenter
+from .coreset import Coreset, _greedy, bank_size, greedy_kcenter, merge_chunks
 from exdd.datasets import Sample
 
 SCORE_BATCH = 16          # score_samples' batch: shards are multiples of it
@@ -230,19 +230,8 @@ class RayBuild:
                 left.pop(r)
         results = self.ray.get(calls)
         picks = [sel + int(bounds[c]) for c, (sel, _) in enumerate(results)]
-        values = [vals[:-1] for _, vals in results]
         radii = [vals for _, vals in results]
-        # the merge of chunked_kcenter: k largest pick distances, ties by chunk then position
-        all_vals = np.concatenate(values)
-        owner = np.concatenate([np.full(len(v), c) for c, v in enumerate(values)])
-        pos = np.concatenate([np.arange(len(v)) for v in values])
-        order = np.lexsort((pos, owner, -all_vals))[:k]
-        take = np.zeros(n_chunks, dtype=np.int64)
-        np.maximum.at(take, owner[order], pos[order] + 1)
-        sel = np.concatenate([picks[c][:take[c]] for c in range(n_chunks)])
-        bound = max(float(radii[c][take[c]]) if take[c] < len(radii[c]) else float(radii[c][-1])
-                    for c in range(n_chunks))
-        return Coreset(sel, bound, True, f"chunked(rows={chunk_rows},oversample={oversample})")
+        return merge_chunks(picks, radii, k, f"chunked(rows={chunk_rows},oversample={oversample})")
 
     def gather(self, parts: Sequence[Part], indices: np.ndarray) -> np.ndarray:
         """The rows at the given (sorted) global indices, fetched from the parts holding them."""
