@@ -21,7 +21,6 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
-import re
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ from typing import Any, Dict, List, Optional
 import click
 
 from exdd.cli_common import fail
+from exdd.scoring import DEFAULT_MODE
 
 SCORER = "exdd_scorer"
 ENSEMBLE = "exdd"
@@ -57,18 +57,31 @@ def versions(model_dir: str) -> List[int]:
     return sorted(int(n) for n in os.listdir(model_dir) if n.isdigit() and os.path.isdir(os.path.join(model_dir, n)))
 
 
+def _parse_config(text: str):
+    """A config.pbtxt text as Triton's ModelConfig message (protobuf text format)."""
+    from .configs import _pb
+    mc, text_format = _pb()
+    try:
+        return text_format.Parse(text, mc.ModelConfig())
+    except text_format.ParseError as e:
+        raise DeployError(f"{SCORER}/config.pbtxt is not a valid model config: {e}") from None
+
+
 def config_parameter(text: str, key: str) -> Optional[str]:
     """The string_value of parameter key in a config.pbtxt text, or None."""
-    m = re.search(r'parameters\s*\{\s*key:\s*"' + re.escape(key) + r'"\s*value:\s*\{\s*string_value:\s*"([^"]*)"', text)
-    return m.group(1) if m else None
+    params = _parse_config(text).parameters
+    return params[key].string_value if key in params else None
 
 
-def set_config_parameter(text: str, key: str, value: str) -> str:
-    """config.pbtxt text with parameter key's string_value replaced (the parameter must exist)."""
-    pat = re.compile(r'(parameters\s*\{\s*key:\s*"' + re.escape(key) + r'"\s*value:\s*\{\s*string_value:\s*")([^"]*)(")')
-    if not pat.search(text):
-        raise DeployError(f"scorer config has no parameter {key!r}")
-    return pat.sub(lambda m: m.group(1) + value + m.group(3), text, count=1)
+def set_config_parameter(text: str, key: str, value: Optional[str]) -> str:
+    """config.pbtxt text with parameter key set to value (added if absent), or removed when value is None."""
+    from .configs import to_text
+    c = _parse_config(text)
+    if value is None:
+        c.parameters.pop(key, None)
+    else:
+        c.parameters[key].string_value = value
+    return to_text(c)
 
 
 def _write_atomic(path: str, text: str) -> None:
@@ -102,11 +115,11 @@ def prepare(bank_dir: str, repo: str, keep_threshold: bool = False) -> Dict[str,
     except BankError as e:
         raise DeployError(f"refused: {e}") from None
     config = open(cfg_path).read()
-    mode = config_parameter(config, "mode") or banks.manifest.get("default_mode", "exdd")
+    mode = config_parameter(config, "mode") or banks.manifest.get("default_mode", DEFAULT_MODE)
     new_thr = choose_threshold(banks.manifest, mode, None)
     new_config = config
     if not keep_threshold:
-        new_config = set_config_parameter(config, "threshold", "none" if new_thr is None else repr(new_thr))
+        new_config = set_config_parameter(config, "threshold", None if new_thr is None else repr(new_thr))
     version = latest + 1
     tmp = tempfile.mkdtemp(prefix=".exdd-deploy-", dir=repo)
     try:

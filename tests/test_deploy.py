@@ -42,9 +42,14 @@ def _updated_banks() -> str:
 
 
 def _probe_images() -> np.ndarray:
+    """Two surfaces between two copies of the taught tile texture's test image whose score the update moves most,
+    so that every 3-image window holds an image that tells the two bank versions apart."""
     from exdd.export.onnx_export import image_files, load_images
     tiles = load_images(image_files(os.path.join(tu.workdir(), "tile", "test"), 2), tu.INPUT_HW)
-    return np.concatenate([tiles[:1], tu.sample_images(2), tiles[1:]])
+    old = tu.offline_reference(tiles, tu.banks())["SCORE"].ravel()
+    new = tu.offline_reference(tiles, _updated_banks())["SCORE"].ravel()
+    t = tiles[int(np.argmax(np.abs(new - old) / np.abs(old)))][None]
+    return np.concatenate([t, tu.sample_images(2), t])
 
 
 @pytest.fixture(scope="module")
