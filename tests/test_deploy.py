@@ -194,25 +194,14 @@ def test_swap_under_load_then_refusals_and_metrics(setup):
 
 def test_serve_cli_uses_explicit_model_control_and_deploy_cli_swaps(tmp_path):
     import signal
-    import subprocess
-    import sys
     import tritonclient.http as th
     new_banks = _updated_banks()
     repo = str(tmp_path / "repo")
     shutil.copytree(tu.repository("python"), repo)
     tu.serving_env()
     ports = [str(free_port()) for _ in range(3)]
-    code = "import sys; from exdd.cli import main; sys.exit(main())"
-    proc = subprocess.Popen([sys.executable, "-c", code, "serve", repo, "--http-port", ports[0], "--grpc-port", ports[1],
-                             "--metrics-port", ports[2]], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc, lines = tu.start_serve_cli(repo, "--http-port", ports[0], "--grpc-port", ports[1], "--metrics-port", ports[2])
     try:
-        lines = []
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            line = proc.stderr.readline()
-            lines.append(line)
-            if line.startswith("ready:") or proc.poll() is not None:
-                break
         assert lines[-1].startswith("ready:"), "".join(lines[-20:])
         url = f"127.0.0.1:{ports[0]}"
         p = tu.exdd_cli("deploy", new_banks, "--repository", repo, "--url", url)

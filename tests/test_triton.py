@@ -225,23 +225,11 @@ def test_gpu_repository_serves_with_dlpack_inputs(reference):
 
 def test_serve_cli_starts_warns_when_exposed_and_stops_on_sigint():
     import signal
-    import subprocess
-    import sys
-    import time
     from exdd.export.serve import free_port
     tu.serving_env()  # sets EXDD_SERVE_VENV to the checkout's venv when there is one
     ports = [str(free_port()) for _ in range(3)]
-    code = "import sys; from exdd.cli import main; sys.exit(main())"
-    proc = subprocess.Popen([sys.executable, "-c", code, "serve", tu.repository("python"), "--host", "0.0.0.0",
-                             "--http-port", ports[0], "--grpc-port", ports[1], "--metrics-port", ports[2]],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    lines = []
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        line = proc.stderr.readline()
-        lines.append(line)
-        if line.startswith("ready:") or proc.poll() is not None:
-            break
+    proc, lines = tu.start_serve_cli(tu.repository("python"), "--host", "0.0.0.0",
+                                     "--http-port", ports[0], "--grpc-port", ports[1], "--metrics-port", ports[2])
     assert lines[-1].startswith("ready:"), "".join(lines[-20:])
     assert any("WARNING: binding 0.0.0.0" in ln for ln in lines)
     with urllib.request.urlopen(f"http://127.0.0.1:{ports[0]}/v2/health/ready", timeout=5) as r:

@@ -131,3 +131,21 @@ def offline_reference(images: np.ndarray, bank_dir: str) -> Dict[str, np.ndarray
     out = scorer.score(feats, map_modes=(mode,))
     return {"SCORE": out["scores"][mode], "SCORE_NEG": out["s_neg"], "SCORE_POS": out["s_pos"],
             "ANOMALY_MAP": out["maps"][mode], "threshold": scorer.thresholds.get(mode), "mode": mode}
+
+
+def start_serve_cli(*args: str, timeout: float = 120.0):
+    """`exdd serve ARGS` in a subprocess; waits for its 'ready:' line. Returns (process, stderr lines so far)."""
+    import subprocess
+    import sys
+    import time
+    code = "import sys; from exdd.cli import main; sys.exit(main())"
+    proc = subprocess.Popen([sys.executable, "-c", code, "serve", *args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    lines = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        lines.append(line)
+        if line.startswith("ready:") or proc.poll() is not None:
+            break
+    return proc, lines

@@ -14,13 +14,12 @@ only when an hnsw index is used.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 from typing import Any, Callable, Dict, Optional, Tuple
 
 import numpy as np
 
-from .bank import BankError
+from .bank import BankError, sha256_file
 from .knn import DEFAULT_MAX_BLOCK, nearest, sq_norms
 
 INDEX_KEY = "index"
@@ -89,14 +88,6 @@ def _faiss() -> Any:
     return faiss
 
 
-def _sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def write_index(bank_dir: str, manifest: Dict[str, Any], kind: str, min_size: int,
                 params: Optional[Dict[str, int]] = None,
                 log: Callable[[str], None] = lambda s: None) -> Dict[str, Any]:
@@ -122,7 +113,7 @@ def write_index(bank_dir: str, manifest: Dict[str, Any], kind: str, min_size: in
         fname = f"{name}.{kind}"
         path = os.path.join(bank_dir, fname)
         HnswSearcher.build(vectors, p["m"], p["ef_construction"], p["ef_search"]).save(path)
-        entry["files"][name] = {"file": fname, "sha256": _sha256(path),
+        entry["files"][name] = {"file": fname, "sha256": sha256_file(path),
                                 "vectors_sha256": manifest["files"][vec_file]["sha256"], "size": int(vectors.shape[0])}
         log(f"index: {name} bank ({vectors.shape[0]} vectors) -> {fname} ({os.path.getsize(path) / 1e6:.1f} MB)")
     return entry
@@ -144,7 +135,7 @@ def searchers_from_manifest(bank_dir: str, manifest: Dict[str, Any], xp: Any = n
         path = os.path.join(bank_dir, fname)
         if not os.path.isfile(path):
             raise IndexFileError(f"{path}: index file named in the manifest is missing")
-        if _sha256(path) != f.get("sha256"):
+        if sha256_file(path) != f.get("sha256"):
             raise IndexFileError(f"{path}: sha256 differs from the manifest (corrupt or replaced index)")
         if (manifest.get("files") or {}).get(f"{name}.npy", {}).get("sha256") != f.get("vectors_sha256"):
             raise IndexFileError(f"{path}: built for other {name} vectors than the bank's (rebuild the index)")
