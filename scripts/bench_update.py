@@ -29,7 +29,7 @@ from exdd.datasets import holdout_split, load_split
 from exdd.offline.evaluate import metrics_of, score_features
 from exdd.offline.feature_cache import extract_raw
 from exdd.offline.features import fingerprint, make_projection
-from exdd.offline.progress import bar
+from exdd.progress import bar
 from exdd.offline.update import update
 from exdd.scoring import MODES, Scorer, load_banks
 
