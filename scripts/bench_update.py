@@ -100,10 +100,11 @@ def main() -> None:
         if fresh:
             rate[split] = (time.time() - t0) / max(len(caches[split].paths), 1)
             json.dump({"s_per_image": rate[split]}, open(os.path.join(folder, "rate.json"), "w"))
-        else:
-            rate[split] = json.load(open(os.path.join(folder, "rate.json")))["s_per_image"]
+        else:   # a cache made by another script has no recorded rate: estimates are then left out (nan)
+            rp = os.path.join(folder, "rate.json")
+            rate[split] = json.load(open(rp))["s_per_image"] if os.path.isfile(rp) else float("nan")
     s_img = rate["train"]
-    log(f"extraction: {s_img:.2f} s/image (raw, measured while the cache was made)")
+    log(f"extraction: {s_img:.2f} s/image (raw, measured while the cache was made; nan: not recorded)")
     proj = make_projection(a.d, 0)
     info = fingerprint(caches["train"].weights_id, proj, 0, hw)
     cfg = BuildConfig()
