@@ -20,23 +20,22 @@ import numpy as np
 
 from exdd.offline.feature_cache import RawCache
 from exdd.metrics import aupro, auroc
-from exdd.scoring import upsample_smooth, upsample_smooth_matrices
+from exdd.scoring import reweight_q, upsample_smooth, upsample_smooth_matrices
 from exdd.scoring.fusion import fit_fusion, fusion_features, fusion_score
 
 EPS = 1e-6
 N_BOOT = 2000
 
 
-def reweighted(s_star: np.ndarray, nb: np.ndarray, k: int, keep_self: bool, t: float) -> np.ndarray:
-    """PatchCore's reweighting (1 - q) s*: nb (n, 10) are distances from p* to m* and its neighbours."""
-    d = nb[:, :k] if keep_self else nb[:, 1:k]
-    q = 1.0 / np.exp((d - s_star[:, None]) / t).sum(axis=1)
-    return (1.0 - q) * s_star
-
-
 def q_of(s_star: np.ndarray, nb: np.ndarray, k: int, keep_self: bool, t: float) -> np.ndarray:
-    d = nb[:, :k] if keep_self else nb[:, 1:k]
-    return 1.0 / np.exp((d - s_star[:, None]) / t).sum(axis=1)
+    """The reweighting's q (exdd_scoring's reweight_q) over m* and its neighbours (keep_self) or the neighbours only;
+    nb (n, 10) are distances from p* to m* and its 9 nearest bank neighbours."""
+    return reweight_q(s_star, nb[:, :k] if keep_self else nb[:, 1:k], t, np)
+
+
+def reweighted(s_star: np.ndarray, nb: np.ndarray, k: int, keep_self: bool, t: float) -> np.ndarray:
+    """PatchCore's reweighted score (1 - q) s*."""
+    return (1.0 - q_of(s_star, nb, k, keep_self, t)) * s_star
 
 
 class Evidence:
