@@ -7,6 +7,7 @@ at which every pick was made; those values fall within each chunk, so taking the
 over all chunks keeps a prefix of every chunk's greedy order -- the merge gives more centres
 to chunks that are harder to cover, as global greedy would. Every patch is within the reported
 radius bound of a kept patch of its own chunk, so the bound is a true upper bound on coverage.
+``extend_kcenter`` continues greedy from an existing bank's centres (bank updates), chunked the same way.
 """
 from __future__ import annotations
 
@@ -37,28 +38,11 @@ def _greedy(x: np.ndarray, m: int, start: int) -> tuple[np.ndarray, np.ndarray]:
     values[i] is the distance at which pick i was made (inf for the start), and the last value
     is the coverage radius after all picks. Stops early once every row is covered exactly.
     """
-    n = x.shape[0]
-    m = min(m, n)
-    sq = np.einsum("ij,ij->i", x, x)
-    buf = np.empty(n, dtype=np.float32)
-    np.dot(x, x[start], out=buf)
-    mind = sq - 2.0 * buf + sq[start]
-    sel = [start]
-    vals = [math.inf]
-    for _ in range(1, m):
-        j = int(np.argmax(mind))
-        v = float(mind[j])
-        if v <= 0.0:
-            break
-        sel.append(j)
-        vals.append(math.sqrt(v))
-        np.dot(x, x[j], out=buf)
-        buf *= -2.0
-        buf += sq
-        buf += sq[j]
-        np.minimum(mind, buf, out=mind)
-    vals.append(math.sqrt(max(float(mind.max()), 0.0)))
-    return np.asarray(sel, dtype=np.int64), np.asarray(vals, dtype=np.float64)
+    mind = np.einsum("ij,ij->i", x, x)
+    mind += float(mind[start]) - 2.0 * (x @ x[start])
+    mind[start] = 0.0
+    sel, vals = _extend_greedy(x, mind, min(m, x.shape[0]) - 1, math.inf)
+    return np.concatenate([[start], sel]).astype(np.int64), np.concatenate([[math.inf], vals])
 
 
 def greedy_kcenter(x: np.ndarray, k: int, seed: int = 0) -> Coreset:
@@ -98,10 +82,11 @@ def chunked_kcenter(x: np.ndarray, k: int, seed: int = 0, chunk_rows: int = 24_0
     return merge_chunks(picks, radii, k, f"chunked(rows={chunk_rows},oversample={oversample})")
 
 
-def merge_chunks(picks: list, radii: list, k: int, method: str) -> Coreset:
+def merge_chunks(picks: list, radii: list, k: int, method: str, min_take: Optional[list] = None) -> Coreset:
     """The merge of chunked greedy: per chunk, its global pick indices and the distances at which they were made
     (plus the final radius); keeps the k largest pick distances over all chunks (ties by chunk, then position, so
-    every chunk keeps a prefix of its greedy order) and bounds the coverage radius."""
+    every chunk keeps a prefix of its greedy order), at least ``min_take[c]`` picks of chunk c, and bounds the
+    coverage radius."""
     n_chunks = len(picks)
     values = [r[:-1] for r in radii]
     all_vals = np.concatenate(values)
@@ -110,6 +95,8 @@ def merge_chunks(picks: list, radii: list, k: int, method: str) -> Coreset:
     order = np.lexsort((pos, owner, -all_vals))[:k]
     take = np.zeros(n_chunks, dtype=np.int64)
     np.maximum.at(take, owner[order], pos[order] + 1)
+    if min_take is not None:
+        take = np.maximum(take, np.minimum(np.asarray(min_take, dtype=np.int64), [len(v) for v in values]))
     sel = np.concatenate([picks[c][:take[c]] for c in range(n_chunks)])
     bound = max(float(radii[c][take[c]]) if take[c] < len(radii[c]) else float(radii[c][-1])
                 for c in range(n_chunks))
@@ -124,41 +111,77 @@ def coverage_radius(x: np.ndarray, centers: np.ndarray, max_block: int = 1 << 22
     return float(dist.max())
 
 
-def extend_kcenter(centers: np.ndarray, x: np.ndarray, min_picks: int, radius: float,
-                   max_block: int = 1 << 22) -> Coreset:
-    """Greedy k-center continued from existing centres over new rows x (incremental update).
+def _extend_greedy(xf: np.ndarray, mind: np.ndarray, min_picks: int, r2: float) -> tuple[np.ndarray, np.ndarray]:
+    """Greedy picks over float32 rows xf continued from squared distances mind (updated in place).
 
-    Every new row starts at its distance to the nearest existing centre; greedy then picks the
-    farthest new row until at least ``min_picks`` rows are picked *and* every new row is within
-    ``radius`` (the existing bank's coverage radius) of a centre -- so adding rows never makes
-    the coverage radius grow. Returns the picked rows of x (selection order) and the coverage
-    radius of the new rows after the picks (exact); memory O(len(x)), never a distance matrix.
+    Picks the farthest row until ``min_picks`` are picked and every row is within sqrt(r2); returns
+    (indices, values): values[i] is the distance of pick i, the last value the coverage radius after.
     """
-    from exdd.scoring.knn import nearest
-    n = x.shape[0]
-    if n == 0:
-        return Coreset(np.zeros(0, np.int64), 0.0, False, "extend")
-    xf = np.ascontiguousarray(x, dtype=np.float32)
-    if centers.shape[0] > 0:
-        dist, _ = nearest(xf, np.ascontiguousarray(centers, dtype=np.float32), np, max_block=max_block)
-        mind = dist.astype(np.float32) ** 2
-    else:
-        mind = np.full(n, np.inf, dtype=np.float32)
+    n = xf.shape[0]
     sq = np.einsum("ij,ij->i", xf, xf)
     buf = np.empty(n, dtype=np.float32)
-    r2 = float(radius) ** 2
-    sel = []
+    sel, vals = [], []
     while len(sel) < n:
         j = int(np.argmax(mind))
         v = float(mind[j])
         if v <= 0.0 or (len(sel) >= min_picks and v <= r2):
             break
         sel.append(j)
+        vals.append(math.sqrt(v))
         np.dot(xf, xf[j], out=buf)
         buf *= -2.0
         buf += sq
         buf += sq[j]
         np.minimum(mind, buf, out=mind)
         mind[j] = 0.0
-    new_radius = math.sqrt(max(float(mind.max()), 0.0))
-    return Coreset(np.asarray(sel, dtype=np.int64), new_radius, False, "extend")
+    vals.append(math.sqrt(max(float(mind.max()), 0.0)) if n else 0.0)
+    return np.asarray(sel, dtype=np.int64), np.asarray(vals, dtype=np.float64)
+
+
+def extend_kcenter(centers: np.ndarray, x: np.ndarray, min_picks: int, radius: float,
+                   chunk_rows: int = 24_000, oversample: float = 2.0, max_block: int = 1 << 22,
+                   progress: Optional[Callable[[int], None]] = None) -> Coreset:
+    """Greedy k-center continued from existing centres over new rows x (incremental update).
+
+    Every new row starts at its distance to the nearest existing centre; greedy then picks the
+    farthest new row until at least ``min_picks`` rows are picked *and* every new row is within
+    ``radius`` (the existing bank's coverage radius) of a centre -- so adding rows never makes
+    the coverage radius grow. Up to ``chunk_rows`` new rows this is exact greedy (radius exact);
+    beyond, it runs per chunk with an oversampled share of ``min_picks`` and merges by pick
+    distance as ``chunked_kcenter`` does, keeping in every chunk all picks made above ``radius``
+    (radius reported as a bound). Returns the picked rows of x; memory O(len(x)).
+    """
+    from exdd.scoring.knn import nearest
+    n = x.shape[0]
+    if n == 0:
+        return Coreset(np.zeros(0, np.int64), 0.0, False, "extend")
+    cf = np.ascontiguousarray(centers, dtype=np.float32)
+    r2 = float(radius) ** 2
+
+    def start_dist(xf: np.ndarray) -> np.ndarray:
+        if cf.shape[0] == 0:
+            return np.full(xf.shape[0], np.inf, dtype=np.float32)
+        dist, _ = nearest(xf, cf, np, max_block=max_block)
+        return dist.astype(np.float32) ** 2
+
+    if n <= chunk_rows:
+        xf = np.ascontiguousarray(x, dtype=np.float32)
+        sel, vals = _extend_greedy(xf, start_dist(xf), min_picks, r2)
+        if progress:
+            progress(n)
+        return Coreset(sel, float(vals[-1]), False, "extend")
+    n_chunks = math.ceil(n / chunk_rows)
+    bounds = np.linspace(0, n, n_chunks + 1).round().astype(np.int64)
+    picks, radii, above = [], [], []
+    for c in range(n_chunks):
+        a, b = int(bounds[c]), int(bounds[c + 1])
+        xf = np.ascontiguousarray(x[a:b], dtype=np.float32)
+        budget = math.ceil(oversample * min_picks * (b - a) / n)
+        sel, vals = _extend_greedy(xf, start_dist(xf), budget, r2)
+        picks.append(sel + a)
+        radii.append(vals)
+        above.append(int((vals[:-1] > radius).sum()))
+        if progress:
+            progress(b - a)
+    return merge_chunks(picks, radii, min_picks, f"extend-chunked(rows={chunk_rows},oversample={oversample})",
+                        min_take=above)

@@ -97,7 +97,8 @@ def extend_bank(bank: Optional[Bank], vectors: np.ndarray, stats: Dict[str, Any]
     out = Bank(np.ascontiguousarray(np.concatenate([bank.vectors, picked]), dtype=np.float32), nbr)
     st = dict(stats)
     st.update({"patches": patches, "size": out.size, "added_patches": n_new, "picked": int(picked.shape[0]),
-               "radius": max(old_radius, cs.radius), "added_radius": cs.radius})
+               "radius": max(old_radius, cs.radius), "added_radius": cs.radius,
+               "added_radius_is_bound": cs.radius_is_bound, "added_method": cs.method})
     return out, st
 
 

@@ -37,6 +37,27 @@ def test_extend_kcenter_never_grows_the_radius():
     assert len(more.indices) == 40 and len(set(more.indices.tolist())) == 40
 
 
+def test_chunked_extend_keeps_the_radius_and_the_minimum():
+    """Past chunk_rows the continued greedy runs per chunk: still >= min_picks, radius never grows, bound holds."""
+    rng = np.random.default_rng(5)
+    a = rng.standard_normal((3000, 8)).astype(np.float32)
+    cs = greedy_kcenter(a, 80, seed=1)
+    r0 = coverage_radius(a, a[cs.indices])
+    # four chunks; only the last holds a far cluster the old centres miss
+    # (the cluster needs more centres than the chunk's share of min_picks: the merge must keep them all)
+    b = np.concatenate([rng.standard_normal((1500, 8)), rng.standard_normal((100, 8)) + 9.0]).astype(np.float32)
+    ext = extend_kcenter(a[cs.indices], b, min_picks=5, radius=r0, chunk_rows=400)
+    assert ext.method.startswith("extend-chunked") and ext.radius_is_bound
+    centres = np.concatenate([a[cs.indices], b[ext.indices]])
+    true = coverage_radius(b, centres)
+    assert len(ext.indices) >= 5 and len(set(ext.indices.tolist())) == len(ext.indices)
+    assert true <= ext.radius + 1e-5 <= r0 + 2e-5
+    assert (ext.indices >= 1500).any()
+    # one chunk: the exact continued greedy
+    exact = extend_kcenter(a[cs.indices], b, min_picks=30, radius=r0, chunk_rows=10_000)
+    assert exact.method == "extend" and not exact.radius_is_bound
+
+
 def test_extend_neighbors_matches_full_recomputation():
     rng = np.random.default_rng(3)
     old = rng.standard_normal((300, 6)).astype(np.float32)
