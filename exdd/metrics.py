@@ -173,3 +173,18 @@ def bootstrap_auroc(scores: np.ndarray, labels: np.ndarray, n: int = 1000, seed:
         return point, float("nan"), float("nan")
     lo, hi = np.quantile(v, [(1 - level) / 2, (1 + level) / 2])
     return point, float(lo), float(hi)
+
+
+def paired_bootstrap_diff(a: np.ndarray, b: np.ndarray, labels: np.ndarray, n: int = 2000, seed: int = 0,
+                          level: float = 0.9) -> Tuple[float, float, float]:
+    """(AUROC(b) - AUROC(a), low, high): the difference of two scorings of the same images and its percentile
+    bootstrap interval, resampling images stratified by label (both classes in every resample)."""
+    a, b, y = np.asarray(a, np.float64), np.asarray(b, np.float64), np.asarray(labels).astype(bool)
+    if not (a.shape == b.shape == y.shape) or y.all() or not y.any():
+        raise ValueError(f"scores {a.shape}, {b.shape} and labels {y.shape}: same shape, both classes needed")
+    rng = np.random.default_rng(seed)
+    pos, neg = np.flatnonzero(y), np.flatnonzero(~y)
+    draws = np.concatenate([rng.choice(pos, (n, pos.size)), rng.choice(neg, (n, neg.size))], axis=1)
+    diffs = np.array([auroc(b[i], y[i]) - auroc(a[i], y[i]) for i in draws])
+    lo, hi = np.quantile(diffs, [(1 - level) / 2, (1 + level) / 2])
+    return auroc(b, y) - auroc(a, y), float(lo), float(hi)

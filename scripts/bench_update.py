@@ -25,10 +25,12 @@ import warnings
 import numpy as np
 
 from exdd.offline.build import BuildConfig, build
+from exdd.offline.calibrate import threshold
 from exdd.datasets import holdout_split, load_split
 from exdd.offline.evaluate import metrics_of, score_features
 from exdd.offline.feature_cache import extract_raw
 from exdd.offline.features import fingerprint, make_projection
+from exdd.metrics import paired_bootstrap_diff
 from exdd.progress import bar
 from exdd.offline.update import update
 from exdd.scoring import MODES, Scorer, load_banks
@@ -44,6 +46,17 @@ def scorer_of(bank_dir: str, info) -> Scorer:
         return Scorer(load_banks(bank_dir, info))
 
 
+def extraction_rate(weights: str, hw, samples) -> float:
+    """Seconds per image of `offline build`'s torch extractor (d 256) over samples, after one warm-up batch."""
+    from exdd.offline.extract import extract
+    from exdd.offline.features import build_extractor, grid_of
+    model, _ = build_extractor(weights, 256, 0, hw)
+    extract(samples[:2], model, hw, grid_of(hw), 256)
+    t = time.perf_counter()
+    extract(samples, model, hw, grid_of(hw), 256)
+    return (time.perf_counter() - t) / max(len(samples), 1)
+
+
 def markdown(res) -> str:
     """The BENCHMARKS.md tables of one bench.json."""
     name = os.path.basename(os.path.normpath(res["dataset"]))
@@ -56,8 +69,13 @@ def markdown(res) -> str:
         r = res[k]
         mets = " | ".join(f"{r['metrics'][m]['image_auroc']:.4f} / {r['metrics'][m]['pixel_auroc']:.4f}" for m in MODES)
         out.append(f"| {label} | {r['negative']} | {r['bank_s']} | {r['images_extracted']} | {r['total_s_est']} | {mets} |")
+    if "update_minus_full_image_auroc" in res:
+        out += ["", "Image AUROC, half + update minus full build (90% paired bootstrap interval over the test images): "
+                + "; ".join(f"{m} {v['diff']:+.3f} [{v['ci90'][0]:+.3f}, {v['ci90'][1]:+.3f}]"
+                            for m, v in res["update_minus_full_image_auroc"].items())]
     if "teach" in res:
-        out += ["", "| mode | threshold | taught (above thr.) | false alarms on the other normals before -> after | "
+        out += ["", f"Teaching: threshold = {res.get('teach_threshold', 'the build calibrated thresholds')}.", "",
+                "| mode | threshold | taught (above thr.) | false alarms on the other normals before -> after | "
                     "defect recall before -> after | update s (+ extraction est.) | negative bank |",
                 "|---|---|---|---|---|---|---|"]
         for m, r in res["teach"].items():
@@ -80,6 +98,11 @@ def main() -> None:
     ap.add_argument("--cache", default="runs/cache")
     ap.add_argument("--out", default="runs/bench_update")
     ap.add_argument("--teach", type=int, default=5)
+    ap.add_argument("--teach-rule", default="fpr", choices=("fpr", "build"),
+                    help="threshold of the teaching test: fpr rule at --teach-fpr on the held-out training images, "
+                         "or the build's own calibrated threshold")
+    ap.add_argument("--teach-fpr", type=float, default=0.01)
+    ap.add_argument("--rate-images", type=int, default=16, help="images timed for the extraction rate when the cache has none")
     if "--report" in sys.argv:
         print(markdown(json.load(open(sys.argv[sys.argv.index("--report") + 1]))))
         return
@@ -104,7 +127,11 @@ def main() -> None:
             rp = os.path.join(folder, "rate.json")
             rate[split] = json.load(open(rp))["s_per_image"] if os.path.isfile(rp) else float("nan")
     s_img = rate["train"]
-    log(f"extraction: {s_img:.2f} s/image (raw, measured while the cache was made; nan: not recorded)")
+    if not np.isfinite(s_img):   # no rate recorded with the cache: time the torch extractor (what build runs) here
+        s_img = extraction_rate(a.weights, hw, load_split(a.dataset, "train")[:a.rate_images])
+        log(f"extraction: {s_img:.2f} s/image (torch fp32, timed now on {a.rate_images} training images)")
+    else:
+        log(f"extraction: {s_img:.2f} s/image (raw, measured while the cache was made)")
     proj = make_projection(a.d, 0)
     info = fingerprint(caches["train"].weights_id, proj, 0, hw)
     cfg = BuildConfig()
@@ -134,7 +161,10 @@ def main() -> None:
                 yield test_samples[i:i + bs], test_feats[i:i + bs], [test.masks[j] for j in r]
         scored = score_features(batches(), len(test_rows), scorer_of(bank_dir, info), hw, True)
         met = metrics_of(scored)
+        image_scores[bank_dir] = scored.scores
         return {m: {"image_auroc": met[m]["image_auroc"], "pixel_auroc": met[m].get("pixel_auroc")} for m in MODES}
+
+    image_scores = {}
 
     res = {"dataset": a.dataset, "weights": caches["train"].weights_id, "input_size": list(hw), "d": a.d,
            "extract_s_per_image": round(s_img, 3), "normals_kept": len(normals), "half_a": len(half_a),
@@ -163,17 +193,32 @@ def main() -> None:
         t = time.time()
         res[k]["metrics"] = evaluate(os.path.join(out, d))
         log(f"{k}: {res[k]['metrics']} (scored in {time.time() - t:.0f}s)")
+    # the update vs the full build on the same test images: paired bootstrap of the image AUROC difference
+    res["update_minus_full_image_auroc"] = {}
+    for m in MODES:
+        diff, lo, hi = paired_bootstrap_diff(image_scores[os.path.join(out, "full")][m],
+                                             image_scores[os.path.join(out, "half+update")][m], labels)
+        res["update_minus_full_image_auroc"][m] = {"diff": round(diff, 4), "ci90": [round(lo, 4), round(hi, 4)]}
+    log(f"update - full, image AUROC (90% paired bootstrap): {res['update_minus_full_image_auroc']}")
     json.dump(res, open(os.path.join(out, "bench.json"), "w"), indent=1)
 
     # 2. teach the worst false alarms of the test normals
     sc_full = scorer_of(os.path.join(out, "full"), info)
-    thr = sc_full.thresholds
 
-    def scores_of(scorer):
-        outs = [scorer.score(test_feats[i:i + 8], map_modes=()) for i in range(0, len(test_rows), 8)]
+    def scores_of(scorer, feats):
+        outs = [scorer.score(feats[i:i + 8], map_modes=()) for i in range(0, len(feats), 8)]
         return {m: np.concatenate([o["scores"][m] for o in outs]) for m in MODES}
 
-    before = scores_of(sc_full)
+    if a.teach_rule == "build":     # the threshold the build calibrated (its rule, on its held-out images)
+        thr = sc_full.thresholds
+    else:                           # a false-alarm budget: the fpr rule on the build's held-out training images
+        ex_held = train_feat(list(held), False, None)
+        held_scores = scores_of(sc_full, ex_held.features.astype(np.float32))
+        held_labels = np.array([s.label for s in ex_held.samples])
+        thr = {m: threshold(held_scores[m], held_labels, "fpr", a.teach_fpr)["value"] for m in MODES}
+    res["teach_threshold"] = ("the build's calibrated thresholds" if a.teach_rule == "build" else
+                              f"fpr rule, target {a.teach_fpr}, on the build's {len(held)} held-out training images")
+    before = scores_of(sc_full, test_feats)
     normal_idx = np.flatnonzero(labels == 0)
     res["teach"] = {}
     for m in MODES:
@@ -184,7 +229,7 @@ def main() -> None:
         taught = update(os.path.join(out, "full"), d_out, [test_samples[i] for i in worst], [],
                         test.featurizer(proj), note=f"{a.teach} worst false alarms ({m})")
         t_upd = time.time() - t
-        after = scores_of(scorer_of(d_out, info))
+        after = scores_of(scorer_of(d_out, info), test_feats)
         defect = labels == 1
         row = {"threshold": thr[m], "taught_scores_before": [round(float(before[m][i]), 4) for i in worst],
                "taught_above_threshold": int((before[m][worst] >= thr[m]).sum()),
