@@ -28,3 +28,11 @@ def parse_hw(text: str) -> Tuple[int, int]:
 
 input_size_option = click.option("--input-size", default=defaults.INPUT_SIZE, show_default=True,
                                  help="Model input size HxW (images are resized to it).")
+
+
+#: how an --extractor ONNX runs offline: a runtime of exdd.scoring.runtimes, with OpenVINO's inference precision
+EXTRACTOR_RUNTIMES = ("onnxruntime", "openvino-bf16", "openvino-f32")
+extractor_runtime_option = click.option(
+    "--extractor-runtime", default="onnxruntime", show_default=True, type=click.Choice(EXTRACTOR_RUNTIMES),
+    help="How --extractor runs: ONNX Runtime (the file's precision), or OpenVINO in bf16 (the CPU repository's "
+         "default extractor) or f32.")

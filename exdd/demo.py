@@ -21,6 +21,7 @@ from typing import List, Optional
 import click
 
 from exdd import defaults
+from exdd.export.registry import EXTRACTOR_PRECISIONS
 from exdd.results import EvaluationResults
 from exdd.scoring.scores import MODES
 
@@ -61,14 +62,15 @@ def choose_weights(requested: Optional[str], log) -> str:
 
 
 def export_extractor(banks: str, out: str, weights: str, dataset: str, precision: str, log) -> str:
-    """`exdd export onnx` at precision; an int8 export whose parity check fails is replaced by fp32 (said)."""
+    """`exdd export onnx` at precision; a bf16 / int8 extractor whose parity check fails is replaced by fp32 (said)."""
     base = ["export", "onnx", "--banks", banks, "--out", out, "--weights", weights,
             "--parity-images", os.path.join(dataset, "test")]
-    if precision == "int8":
-        p = _exdd(base + ["--precision", "int8", "--calibration-images", dataset], log, ok=(0, 1, 3))
+    if precision != "fp32":
+        extra = ["--calibration-images", dataset] if precision == "int8" else []
+        p = _exdd(base + ["--precision", EXTRACTOR_PRECISIONS[precision].export_precision] + extra, log, ok=(0, 1, 3))
         if p.returncode == 0:
-            return "int8"
-        log("note: the int8 extractor failed its parity check on this data: exporting fp32 instead")
+            return precision
+        log(f"note: the {precision} extractor failed its parity check on this data: serving fp32 instead")
     _exdd(base, log)
     return "fp32"
 
@@ -92,10 +94,10 @@ def _ready(url: str) -> bool:
 @click.option("--port-base", default=0, show_default=True,
               help="HTTP port; gRPC +1, metrics +2 (loopback). 0: any free ports.")
 @click.option("--fresh", is_flag=True, help="Delete --out first.")
-@click.option("--precision", default="fp32", type=click.Choice(["fp32", "int8"]), show_default=True,
-              help="Extractor precision on the CPU server: fp32, or int8 (static quantization, ~3x faster on AVX-512 "
-                   "VNNI CPUs, but it missed the score-parity target on the dev sets (BENCHMARKS.md); falls back "
-                   "to fp32 when its parity check fails on the data).")
+@click.option("--precision", default="fp32", type=click.Choice(list(EXTRACTOR_PRECISIONS)), show_default=True,
+              help="Extractor on the CPU server: " + "; ".join(f"{p.name}: {p.help}" for p in
+                                                               EXTRACTOR_PRECISIONS.values())
+                   + " (BENCHMARKS.md). bf16 / int8 fall back to fp32 when their parity check fails on the data.")
 def demo(out_dir, dataset, weights, input_size, d, surface, port_base, fresh, precision):
     """The whole pipeline on bundled data: build, export, serve, score, report."""
     t0 = time.time()
@@ -115,8 +117,10 @@ def demo(out_dir, dataset, weights, input_size, d, surface, port_base, fresh, pr
     _exdd(["offline", "build", dataset, "--out", p("banks"), "--weights", weights, "--input-size", input_size,
            "--d", str(d)], log)
     served_precision = export_extractor(p("banks"), p("features.onnx"), weights, dataset, precision, log)
+    served = EXTRACTOR_PRECISIONS[served_precision]
+    features_backend, offline_runtime = served.features_backend, served.offline_runtime
     _exdd(["export", "repository", "--onnx", p("features.onnx"), "--banks", p("banks"), "--out", p("repository"),
-           "--features-backend", "python", "--force"], log)
+           "--features-backend", features_backend, "--force"], log)
     if port_base:
         http, grpc, metrics = port_base, port_base + 1, port_base + 2
     else:
@@ -148,9 +152,9 @@ def demo(out_dir, dataset, weights, input_size, d, surface, port_base, fresh, pr
             server.kill()
         server_log.close()
         log("    server stopped")
-    # offline scores with the extractor the server ran (int8: its ONNX through ONNX Runtime), so that the
-    # served-vs-offline check compares like with like
-    same = ["--extractor", p("features.onnx")] if served_precision != "fp32" else []
+    # offline scores with the extractor the server ran (bf16: the ONNX through OpenVINO; int8: through ONNX
+    # Runtime), so that the served-vs-offline check compares like with like
+    same = ["--extractor", p("features.onnx"), "--extractor-runtime", offline_runtime] if offline_runtime else []
     _exdd(["offline", "evaluate", dataset, "--banks", p("banks"), "--weights", weights, "--out", p("offline.json")]
           + same, log)
     results = EvaluationResults.load(p("offline.json"))

@@ -38,13 +38,14 @@ def _features_source(banks, weights, d, projection_seed, input_size):
 @click.option("--d", "d", default=defaults.D, show_default=True, help="Projection dimension (ignored with --banks).")
 @click.option("--projection-seed", default=0, show_default=True, help="(ignored with --banks)")
 @input_size_option
-@click.option("--precision", default="fp32", type=click.Choice(["fp32", "fp16", "int8"]), show_default=True,
-              help="int8: ONNX Runtime static quantization (QDQ, per-channel Conv weights) calibrated on "
-                   "--calibration-images; the fastest on CPUs with AVX-512 VNNI.")
+@click.option("--precision", default="fp32", type=click.Choice(["fp32", "fp16", "bf16", "int8"]), show_default=True,
+              help="bf16: the fp32 file, checked as OpenVINO runs it at bf16 (what --features-backend python-openvino "
+                   "serves; the CPU default). int8: ONNX Runtime static quantization (QDQ, per-channel Conv weights) "
+                   "calibrated on --calibration-images (fast, but missed parity on the dev sets).")
 @click.option("--parity-images", default=None, type=click.Path(exists=True, file_okay=False),
               help="Folder or dataset whose first images the parity check uses (default: generated surfaces).")
 @click.option("--parity-count", default=None, type=click.IntRange(1, 256),
-              help="Parity images [default: 4; 16 for int8, whose check ranks image scores].")
+              help="Parity images [default: 4; 16 for int8 and bf16, whose check ranks image scores].")
 @click.option("--calibration-images", default=None, type=click.Path(exists=True, file_okay=False),
               help="int8: dataset (its normal training images) or folder calibrating the activation ranges.")
 @click.option("--calibration-count", default=32, show_default=True, type=click.IntRange(1, 1024))
@@ -52,8 +53,8 @@ def onnx_cmd(out_path, banks, weights, d, projection_seed, input_size, precision
              calibration_images, calibration_count):
     """Export the feature extractor to ONNX and check it against torch (fails above the tolerance).
 
-    int8 is checked against torch fp32 on the parity images: patch cosine similarity, and with --banks
-    the image scores' rank correlation (>= 0.99 to pass)."""
+    int8 and bf16 are checked against torch fp32 on the parity images: patch cosine similarity, and with
+    --banks the image scores' rank correlation (>= 0.99 to pass)."""
     import torch
 
     from exdd.offline.features import build_extractor
@@ -81,16 +82,38 @@ def onnx_cmd(out_path, banks, weights, d, projection_seed, input_size, precision
         return _export_int8(model, info, out_path, banks, hw, parity_images, parity_count or 16,
                             calibration_images, calibration_count)
     t0 = time.time()
+    file_precision = "fp32" if precision == "bf16" else precision
     try:
-        images, where = get_images(parity_images, parity_count or 4, hw)
-        export_onnx(model, info, out_path, precision)
-        result = parity(out_path, model, images, precision)
+        images, where = get_images(parity_images, parity_count or (16 if precision == "bf16" else 4), hw)
+        export_onnx(model, info, out_path, file_precision)
+        result = parity(out_path, model, images, file_precision)
     except ExportError as e:
         fail(str(e))
-    click.echo(f"onnx: {out_path} ({precision}, {os.path.getsize(out_path) / 1e6:.1f} MB, {time.time() - t0:.1f}s)")
+    click.echo(f"onnx: {out_path} ({file_precision}, {os.path.getsize(out_path) / 1e6:.1f} MB, {time.time() - t0:.1f}s)")
     click.echo(f"{result.describe()} [{where}]")
     if not result.ok:
         fail(f"{out_path}: ONNX Runtime differs from torch beyond the tolerance ({result.rel:.2e} > {result.tolerance:.0e})", 3)
+    if precision == "bf16":
+        _check_bf16(out_path, model, images, where, banks)
+
+
+def _check_bf16(out_path, model, images, where, banks):
+    """The exported fp32 file through OpenVINO at bf16 against torch fp32 (and image scores with banks)."""
+    from exdd.scoring.runtimes import open_runtime
+    from .quantize import reduced_parity
+    try:
+        runner = open_runtime("openvino", out_path, "bf16")
+    except ImportError as e:
+        fail(f"--precision bf16 checks the file through OpenVINO, which is not installed ({e}): pip install openvino")
+    bank_pair = None
+    if banks:
+        from exdd.scoring import load_banks
+        bank_pair = load_banks(banks)
+    result = reduced_parity(runner, "bf16", model, images, bank_pair)
+    click.echo(f"{result.describe()} [{where}; OpenVINO{', ' + runner.note if runner.note else ''}]")
+    if not result.ok:
+        fail(f"{out_path}: OpenVINO bf16 differs from fp32 beyond the tolerance: serve it with "
+             "--features-backend python (ONNX Runtime fp32)", 3)
 
 
 def _export_int8(model, info, out_path, banks, hw, parity_images, parity_count, calibration_images, calibration_count):

@@ -73,7 +73,7 @@ def _io(config: Any, section: str, name: str) -> Any:
 
 
 def features_config(features: FeatureSpec, backend: str, s: Serving) -> str:
-    """config.pbtxt of exdd_features for backend onnxruntime | tensorrt_plan | python."""
+    """config.pbtxt of exdd_features for a backend of the registry (onnxruntime, tensorrt_plan, python, ...)."""
     if backend not in _BACKENDS:
         raise ValueError(f"features backend {backend!r}: expected one of {tuple(_BACKENDS)}")
     spec = FeatureSpec.from_dict(features)
@@ -88,8 +88,10 @@ def features_config(features: FeatureSpec, backend: str, s: Serving) -> str:
         c.backend = b.backend
     if b.model_file and b.platform:
         c.default_model_filename = b.model_file
-    if backend != "python":
+    if not b.python_model:
         c.parameters.pop("intra_op_threads", None)
+    for key, value in b.parameters:
+        c.parameters[key].string_value = value
     image = (*spec.input_size, 3)
     _set_dims(_io(c, "input", "IMAGE"), image)
     _set_dims(_io(c, "output", "FEATURES"), spec.features_shape)

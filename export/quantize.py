@@ -1,4 +1,5 @@
-"""int8 extractor: ONNX Runtime static quantization (QDQ, per-channel) calibrated on normal images, and its parity.
+"""Reduced-precision extractors: int8 by ONNX Runtime static quantization (QDQ, per-channel) calibrated on normal
+images, and the parity check of any reduced-precision runner (int8, OpenVINO bf16) against torch fp32.
 
 The fp32 export is pre-processed (shape inference + graph optimisation), then every Conv gets
 per-channel int8 weights and uint8 activations (U8S8, the layout the AVX-512 VNNI kernels use),
@@ -18,8 +19,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from .onnx_export import (INPUT_NAME, OUTPUT_NAME, PRECISION_KEY, ExportError, image_files, load_images,
-                          onnx_session, set_metadata)
+from .onnx_export import INPUT_NAME, PRECISION_KEY, ExportError, image_files, load_images, set_metadata
 
 # Pass criteria of the int8 parity check.
 MIN_COSINE = 0.98          # mean patch cosine similarity to torch fp32, worst image
@@ -81,13 +81,14 @@ def quantize_int8(fp32_path: str, out_path: str, calibration: np.ndarray) -> str
 
 @dataclass
 class QuantParity:
-    """int8 vs fp32 on the same images: features, and image scores when banks are given."""
+    """A reduced-precision extractor vs fp32 on the same images: features, and image scores when banks are given."""
     images: int
     rel_max: float
     cosine_worst: float
     rank_correlation: Optional[float] = None
     score_rel_max: Optional[float] = None
     mode: Optional[str] = None
+    precision: str = "int8"          # what was checked against fp32: int8 (ONNX Runtime) or bf16 (OpenVINO)
 
     @property
     def ok(self) -> bool:
@@ -99,8 +100,9 @@ class QuantParity:
     def describe(self) -> str:
         """One line for humans."""
         verdict = "ok" if self.ok else "FAILED"
-        s = (f"parity int8: {verdict} on {self.images} images: patch cosine to torch fp32 >= {self.cosine_worst:.4f} "
-             f"(worst image mean; needs >= {MIN_COSINE}), max |int8-fp32| / max |fp32| = {self.rel_max:.2e}")
+        p = self.precision
+        s = (f"parity {p}: {verdict} on {self.images} images: patch cosine to torch fp32 >= {self.cosine_worst:.4f} "
+             f"(worst image mean; needs >= {MIN_COSINE}), max |{p}-fp32| / max |fp32| = {self.rel_max:.2e}")
         if self.rank_correlation is not None:
             s += (f"; image scores ({self.mode}) vs fp32: rank correlation {self.rank_correlation:.4f} "
                   f"(needs >= {MIN_RANK_CORRELATION}), max relative difference {self.score_rel_max:.2e}")
@@ -124,29 +126,30 @@ def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return num / np.maximum(den, 1e-12)
 
 
-def features_of(sess: Any, images: np.ndarray, batch: int = 4) -> np.ndarray:
-    """(n, h, w, d) float32 features of uint8 images through an ONNX Runtime session."""
-    out = [sess.run([OUTPUT_NAME], {INPUT_NAME: np.ascontiguousarray(images[i:i + batch])})[0]
-           for i in range(0, len(images), batch)]
-    return np.concatenate(out)
-
-
 def quant_parity(int8_path: str, model: Any, images: np.ndarray, banks: Any = None,
                  mode: Optional[str] = None) -> QuantParity:
-    """Compare the int8 ONNX with the torch fp32 extractor on images; score both with banks when given."""
+    """Compare the int8 ONNX (ONNX Runtime) with the torch fp32 extractor on images; score both with banks when given."""
+    from exdd.scoring.runtimes import open_runtime
+    return reduced_parity(open_runtime("onnxruntime", int8_path), "int8", model, images, banks, mode)
+
+
+def reduced_parity(runner: Any, precision: str, model: Any, images: np.ndarray, banks: Any = None,
+                   mode: Optional[str] = None) -> QuantParity:
+    """Compare a runner of exdd.scoring.runtimes (e.g. int8 ONNX Runtime, bf16 OpenVINO) with the torch fp32
+    extractor on images; score both with banks when given (rank correlation of the image scores)."""
     import torch
 
-    got = features_of(onnx_session(int8_path), images)
+    got = np.concatenate([runner.run(np.ascontiguousarray(images[i:i + 4])) for i in range(0, len(images), 4)])
     with torch.no_grad():
         ref = np.concatenate([model(torch.from_numpy(np.ascontiguousarray(images[i:i + 4]))).numpy()
                               for i in range(0, len(images), 4)])
     if got.shape != ref.shape:
-        raise ExportError(f"{int8_path}: output {got.shape} differs from torch {ref.shape}")
+        raise ExportError(f"{precision} extractor: output {got.shape} differs from torch {ref.shape}")
     d = ref.shape[-1]
     cos = cosine_rows(got.reshape(-1, d).astype(np.float64), ref.reshape(-1, d).astype(np.float64))
     cos_img = cos.reshape(len(images), -1).mean(axis=1)
     rel = float(np.abs(got - ref).max() / max(float(np.abs(ref).max()), 1e-12))
-    res = QuantParity(int(len(images)), rel, float(np.nan_to_num(cos_img, nan=-1).min()))
+    res = QuantParity(int(len(images)), rel, float(np.nan_to_num(cos_img, nan=-1).min()), precision=precision)
     if banks is not None:
         from exdd.scoring import Scorer
         scorer = Scorer(banks)

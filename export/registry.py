@@ -7,7 +7,7 @@ gets ``platform`` / ``backend`` filled in.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 
 @dataclass(frozen=True)
@@ -19,6 +19,7 @@ class FeaturesBackend:
     backend: Optional[str] = None     # config `backend` (Python backend)
     needs_engine: bool = False        # a TensorRT plan built on the serving GPU (--engine)
     python_model: bool = False        # copy exdd_features/1/model.py
+    parameters: Tuple[Tuple[str, str], ...] = ()   # config parameters model.py reads (runtime, precision)
     help: str = ""
 
 
@@ -38,4 +39,28 @@ register(FeaturesBackend("onnxruntime", "model.onnx", platform="onnxruntime_onnx
 register(FeaturesBackend("tensorrt_plan", "model.plan", platform="tensorrt_plan", needs_engine=True,
                          help="a TensorRT engine built on the serving GPU (fastest)"))
 register(FeaturesBackend("python", "model.onnx", backend="python", python_model=True,
+                         parameters=(("runtime", "onnxruntime"),),
                          help="ONNX Runtime inside a Python-backend model (servers with only the Python backend)"))
+register(FeaturesBackend("python-openvino", "model.onnx", backend="python", python_model=True,
+                         parameters=(("runtime", "openvino"), ("inference_precision", "bf16")),
+                         help="OpenVINO bf16 inside a Python-backend model: the fastest CPU extractor on CPUs with "
+                              "AVX-512 BF16 / AMX (f32 on others; needs openvino in the server's Python)"))
+
+
+@dataclass(frozen=True)
+class ExtractorPrecision:
+    """One way to run the extractor on a CPU: how it is exported, served and reproduced offline."""
+    name: str
+    export_precision: str              # `exdd export onnx --precision`
+    features_backend: str              # `exdd export repository --features-backend`
+    offline_runtime: Optional[str]     # `--extractor-runtime` that reproduces the served features (None: torch)
+    help: str = ""
+
+
+EXTRACTOR_PRECISIONS: Dict[str, ExtractorPrecision] = {p.name: p for p in (
+    ExtractorPrecision("fp32", "fp32", "python", None, "ONNX Runtime fp32 (the reference; the CPU default)"),
+    ExtractorPrecision("bf16", "bf16", "python-openvino", "openvino-bf16",
+                       "OpenVINO bf16: ~2x fp32 on AVX-512 BF16 CPUs, missed score parity on the dev sets"),
+    ExtractorPrecision("int8", "int8", "python", "onnxruntime",
+                       "ONNX Runtime static int8: ~3x fp32, missed score parity on the dev sets"),
+)}

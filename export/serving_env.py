@@ -1,7 +1,7 @@
 """Where a ``tritonserver`` comes from: a Triton container's (on PATH) or the one in the nvidia-pytriton wheel.
 
 The bundled server lives in a serving venv of its own (default ``~/.cache/exdd/serve-venv``, or
-``$EXDD_SERVE_VENV``), created on first use with ``numpy<2`` and onnxruntime, and nvidia-pytriton
+``$EXDD_SERVE_VENV``), created on first use with ``numpy<2``, onnxruntime, openvino and faiss-cpu, and nvidia-pytriton
 installed with ``--no-deps``. The Python-backend stub runs model.py with the packages of the venv
 whose ``bin/`` is first on PATH when the server starts, so that venv goes first on PATH; it must
 have numpy<2 (the 2.51 stub corrupts tensors with numpy 2). The stub links the system
@@ -66,14 +66,32 @@ def venv_python(venv: str) -> str:
     return os.path.join(venv, "bin", "python")
 
 
+#: what model.py files import in the serving venv: module -> pip requirement (numpy<2 is pinned with them)
+SERVING_PACKAGES = {"onnxruntime": "onnxruntime", "openvino": "openvino", "faiss": "faiss-cpu"}
+
+
+def add_missing_packages(venv: str, log: Log) -> None:
+    """Install into an existing serving venv what SERVING_PACKAGES lists and it lacks (venvs from older exdd)."""
+    code = ("import importlib.util, sys; print(' '.join(m for m in sys.argv[1:] "
+            "if importlib.util.find_spec(m) is None))")
+    missing = _run([venv_python(venv), "-c", code, *SERVING_PACKAGES], f"inspecting the serving venv {venv}").split()
+    if missing:
+        reqs = [SERVING_PACKAGES[m] for m in missing]
+        log(f"adding {', '.join(reqs)} to the serving venv {venv}")
+        _run([venv_python(venv), "-m", "pip", "install", "--disable-pip-version-check", "-q", "numpy<2", *reqs],
+             f"installing {', '.join(reqs)} into the serving venv")
+
+
 def create_venv(venv: str, log: Log) -> None:
-    """python -m venv, then numpy<2 + onnxruntime, then nvidia-pytriton without its dependencies."""
+    """python -m venv, then numpy<2 + onnxruntime + openvino + faiss-cpu, then nvidia-pytriton without its dependencies."""
     log(f"creating the serving venv {venv} (first use; a few minutes)")
     os.makedirs(os.path.dirname(venv), exist_ok=True)
     _run([sys.executable, "-m", "venv", venv], "creating the serving venv")
     pip = [venv_python(venv), "-m", "pip", "install", "--disable-pip-version-check", "-q"]
+    # openvino: the CPU repository's bf16 extractor (--features-backend python-openvino);
     # faiss-cpu: the CPU scorer's optional HNSW index (exdd export repository --index hnsw)
-    _run(pip + ["numpy<2", "onnxruntime", "faiss-cpu"], "installing numpy<2, onnxruntime and faiss-cpu into the serving venv")
+    _run(pip + ["numpy<2", *SERVING_PACKAGES.values()],
+         f"installing numpy<2, {', '.join(SERVING_PACKAGES.values())} into the serving venv")
     _run(pip + ["--no-deps", PYTRITON], f"installing {PYTRITON} into the serving venv")
 
 
@@ -109,6 +127,7 @@ def prepare_bundled(venv: str, log: Log) -> ServingEnv:
     if int(info["numpy"].split(".")[0]) >= 2:
         raise ServingEnvError(f"the serving venv {venv} has numpy {info['numpy']}; the bundled Triton 2.51 Python "
                               f"backend needs numpy<2: run `{venv_python(venv)} -m pip install 'numpy<2'`")
+    add_missing_packages(venv, log)
     root = os.path.join(info["site"], "pytriton", "tritonserver")
     binary = os.path.join(root, "bin", "tritonserver")
     if not os.path.isfile(binary):

@@ -8,7 +8,7 @@ import click
 import numpy as np
 
 from exdd import defaults
-from exdd.cli_common import fail, input_size_option, parse_hw
+from exdd.cli_common import extractor_runtime_option, fail, input_size_option, parse_hw
 from exdd.datasets import layout_choices
 from exdd.ray_cluster import ray_options
 from exdd.scoring.bank import MIN_K
@@ -31,18 +31,22 @@ def _extractor(weights: str, d: int, seed: int, input_hw):
     return model, info
 
 
-def _onnx_model(extractor_onnx: str, info):
-    """The exported ONNX run by ONNX Runtime in place of the torch extractor (same features fingerprint)."""
+def _onnx_model(extractor_onnx: str, info, runtime: str = "onnxruntime"):
+    """The exported ONNX run by a runtime (onnxruntime | openvino-bf16 | openvino-f32) in place of the torch
+    extractor (same features fingerprint)."""
     from exdd.export.onnx_export import ExportError
     from exdd.scoring import BankError
     from exdd.scoring.bank import check_features
     from .onnx_features import OnnxExtractor
     try:
-        onnx_model = OnnxExtractor(extractor_onnx)
+        name, _, precision = runtime.partition("-")
+        onnx_model = OnnxExtractor(extractor_onnx, runtime=name, precision=precision or "bf16")
         check_features(onnx_model.features, info, f"--extractor {extractor_onnx}")
     except (ExportError, BankError) as e:
         fail(str(e))
-    click.echo(f"extractor: {extractor_onnx} ({onnx_model.precision}, ONNX Runtime)", err=True)
+    except ImportError as e:
+        fail(f"--extractor-runtime {runtime}: {e} (pip install openvino)")
+    click.echo(f"extractor: {extractor_onnx} ({onnx_model.precision}, {runtime})", err=True)
     return onnx_model
 
 
@@ -88,21 +92,25 @@ def offline() -> None:
 @click.option("--extractor", "extractor_onnx", default=None, type=click.Path(exists=True, dir_okay=False),
               help="Extract with this exported ONNX (e.g. `export onnx --precision int8`) through ONNX Runtime "
                    "instead of torch fp32; its features fingerprint must match --weights/--d/--input-size.")
+@extractor_runtime_option
 def build(dataset, out_dir, weights, d, projection_seed, input_size, layout, neg_ratio, pos_ratio, min_bank, k,
           min_cover, synthetic_dirs, holdout, threshold_rule, target_fpr, default_mode, gamma, seed, batch_size,
-          chunk_rows, ray_address, ray_cpus, ray_workers, ray_shard_images, ray_threads, extractor_onnx):
+          chunk_rows, ray_address, ray_cpus, ray_workers, ray_shard_images, ray_threads, extractor_onnx,
+          extractor_runtime):
     """Build the negative and positive banks of DATASET into --out."""
     from .build import BuildConfig, build as run_build
     from exdd.datasets import DatasetError
     from exdd.progress import bar
     model, info = _extractor(weights, d, projection_seed, parse_hw(input_size))
     if extractor_onnx:
-        model = _onnx_model(extractor_onnx, info)
+        model = _onnx_model(extractor_onnx, info, extractor_runtime)
     info["weights_source"] = os.path.abspath(weights) if os.path.isfile(weights) else weights
     cfg = BuildConfig(neg_ratio=neg_ratio, pos_ratio=pos_ratio, min_size=min_bank, k=k, min_cover=min_cover,
                       holdout=holdout, seed=seed, threshold_rule=threshold_rule, target_fpr=target_fpr,
                       default_mode=default_mode, gamma=gamma, batch_size=batch_size, chunk_rows=chunk_rows)
     ray = None
+    if ray_address is not None and extractor_onnx:
+        fail("--extractor with --ray: the Ray actors extract with torch; build without --ray to use an ONNX extractor")
     if ray_address is not None:              # features, coreset and calibration on Ray (offline/distributed.py)
         from exdd.ray_cluster import connect_or_fail
         ray = connect_or_fail(ray_address, ray_cpus)
@@ -141,8 +149,10 @@ def build(dataset, out_dir, weights, d, projection_seed, input_size, layout, neg
 @click.option("--batch-size", default=8, show_default=True)
 @click.option("--no-pixel", is_flag=True, help="Skip pixel metrics (faster).")
 @click.option("--extractor", "extractor_onnx", default=None, type=click.Path(exists=True, dir_okay=False),
-              help="Extract with this exported ONNX through ONNX Runtime (e.g. the int8 one the server runs).")
-def evaluate(dataset, bank_dir, weights, layout, split, out_json, batch_size, no_pixel, extractor_onnx):
+              help="Extract with this exported ONNX (e.g. the one the server runs) instead of torch fp32.")
+@extractor_runtime_option
+def evaluate(dataset, bank_dir, weights, layout, split, out_json, batch_size, no_pixel, extractor_onnx,
+             extractor_runtime):
     """Score DATASET's test split with the banks; metrics of every mode side by side."""
     from exdd.scoring import BankError, Scorer, load_banks, read_manifest_spec
     from exdd.datasets import DatasetError, load_split
@@ -156,7 +166,7 @@ def evaluate(dataset, bank_dir, weights, layout, split, out_json, batch_size, no
     model, info = _extractor(weights or feats.weights_source or feats.weights, feats.d, feats.projection_seed,
                              feats.input_size)
     if extractor_onnx:
-        model = _onnx_model(extractor_onnx, info)
+        model = _onnx_model(extractor_onnx, info, extractor_runtime)
     try:
         banks = load_banks(bank_dir, expected_features=info)
         samples = load_split(dataset, split, layout)

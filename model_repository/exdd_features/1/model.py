@@ -1,31 +1,29 @@
 """Triton Python-backend model ``exdd_features``: IMAGE uint8 (B, H, W, 3) -> FEATURES float32 (B, h, w, d).
 
-Runs ``model.onnx`` (beside this file) with ONNX Runtime, for servers that have the Python
-backend but no ONNX Runtime backend. KIND_GPU instances use the CUDAExecutionProvider when
-the installed onnxruntime has it (else CPU, with a warning in the server log). The ONNX
-metadata must match ``features.json``, the fingerprint the scorer's banks were checked against.
+Runs ``model.onnx`` (beside this file) for servers that have the Python backend but no ONNX Runtime
+backend, through a runtime of the scorer's ``exdd_scoring.runtimes`` chosen by the config parameters
+``runtime`` (onnxruntime | openvino) and ``inference_precision`` (openvino: bf16 | f32). ONNX Runtime
+KIND_GPU instances use the CUDAExecutionProvider when the installed onnxruntime has it (else CPU, with a
+warning in the server log). The ONNX metadata must match ``features.json``, the fingerprint the
+scorer's banks were checked against.
 """
 import json
 import os
 import sys
 
 import numpy as np
-import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
 
 METADATA_KEY = "exdd.features"
 
 
-def feature_spec_class(model_repository):
-    """FeatureSpec from the scorer's exdd_scoring package beside this model (numpy + stdlib only)."""
+def scoring_package(model_repository):
+    """Put the scorer's exdd_scoring package (numpy + stdlib; beside this model) on the path."""
     scorer_version = os.path.join(os.path.dirname(os.path.abspath(model_repository)), "exdd_scorer", "1")
+    if not os.path.isdir(os.path.join(scorer_version, "exdd_scoring")):
+        raise RuntimeError(f"exdd_features: needs exdd_scorer/1/exdd_scoring beside it ({scorer_version})")
     if scorer_version not in sys.path:
         sys.path.insert(0, scorer_version)
-    try:
-        from exdd_scoring.spec import FeatureSpec
-    except ImportError as e:
-        raise RuntimeError(f"exdd_features: needs exdd_scorer/1/exdd_scoring beside it ({e})") from None
-    return FeatureSpec
 
 
 def config_parameter(config, key, default=None):
@@ -36,43 +34,41 @@ def config_parameter(config, key, default=None):
 
 
 class TritonPythonModel:
-    """The feature extractor through ONNX Runtime."""
+    """The feature extractor through ONNX Runtime or OpenVINO."""
 
     def initialize(self, args):
-        """Open the ONNX session on this instance's device and check its fingerprint."""
+        """Open the runtime on this instance's device and check the ONNX file's fingerprint."""
         config = json.loads(args["model_config"])
         version_dir = os.path.join(args["model_repository"], str(args["model_version"]))
         onnx_path = os.path.join(version_dir, "model.onnx")
-        opts = ort.SessionOptions()
+        scoring_package(args["model_repository"])
+        from exdd_scoring.runtimes import open_runtime
+        from exdd_scoring.spec import FeatureSpec
+        runtime = config_parameter(config, "runtime", "onnxruntime")
+        precision = config_parameter(config, "inference_precision", "bf16")
         threads = int(config_parameter(config, "intra_op_threads", "0"))
-        if threads > 0:
-            opts.intra_op_num_threads = threads
-        providers = ["CPUExecutionProvider"]
-        if args.get("model_instance_kind") == "GPU":
-            if "CUDAExecutionProvider" in ort.get_available_providers():
-                device = int(args.get("model_instance_device_id", 0))
-                providers = [("CUDAExecutionProvider", {"device_id": device}), "CPUExecutionProvider"]
-            else:
-                pb_utils.Logger.log_warn("exdd_features: KIND_GPU but onnxruntime has no CUDAExecutionProvider "
-                                         "(install onnxruntime-gpu in the serving venv); running on CPU")
-        self.session = ort.InferenceSession(onnx_path, sess_options=opts, providers=providers)
-        spec = feature_spec_class(args["model_repository"])
+        gpu = args.get("model_instance_kind") == "GPU"
+        try:
+            self.runner = open_runtime(runtime, onnx_path, precision, threads,
+                                       int(args.get("model_instance_device_id", 0)) if gpu else None)
+        except ImportError as e:
+            raise RuntimeError(f"exdd_features: runtime {runtime!r} is not installed in the serving Python ({e})") from None
+        if self.runner.note:
+            pb_utils.Logger.log_warn(f"exdd_features: {self.runner.note}")
         features_path = os.path.join(version_dir, "features.json")
         if os.path.exists(features_path):
             with open(features_path) as f:
-                expected = spec.from_json(f.read(), features_path)
+                expected = FeatureSpec.from_json(f.read(), features_path)
         else:   # the committed template with banks copied in: the ONNX must match the banks' manifest
             manifest = os.path.join(os.path.dirname(os.path.abspath(args["model_repository"])), "exdd_scorer", "1",
                                     "banks", "manifest.json")
             with open(manifest) as f:
-                expected = spec.from_dict(json.load(f).get("features"), manifest)
-        stored = self.session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
-        if stored is None or not spec.from_json(stored, f"{onnx_path} metadata").matches(expected):
+                expected = FeatureSpec.from_dict(json.load(f).get("features"), manifest)
+        stored = self.runner.metadata(METADATA_KEY)
+        if stored is None or not FeatureSpec.from_json(stored, f"{onnx_path} metadata").matches(expected):
             raise RuntimeError(f"exdd_features: {onnx_path} was not exported with the features in features.json "
                                "(model.onnx replaced?): rebuild the repository with exdd export repository")
         self.hw = expected.input_size
-        self.input_name = self.session.get_inputs()[0].name
-        self.output_name = self.session.get_outputs()[0].name
 
     def _images(self, request):
         """The request's IMAGE as a validated uint8 (B, H, W, 3) array."""
@@ -87,7 +83,7 @@ class TritonPythonModel:
         return arr
 
     def execute(self, requests):
-        """One ONNX Runtime run over all valid requests, split back per request."""
+        """One run over all valid requests, split back per request."""
         responses = [None] * len(requests)
         good = []
         for i, request in enumerate(requests):
@@ -98,7 +94,7 @@ class TritonPythonModel:
         if good:
             try:
                 batch = good[0][1] if len(good) == 1 else np.concatenate([g[1] for g in good])
-                feats = self.session.run([self.output_name], {self.input_name: np.ascontiguousarray(batch)})[0]
+                feats = self.runner.run(batch)
                 start = 0
                 for i, imgs in good:
                     n = imgs.shape[0]
@@ -111,5 +107,5 @@ class TritonPythonModel:
         return responses
 
     def finalize(self):
-        """Close the session."""
-        self.session = None
+        """Close the runtime."""
+        self.runner = None
