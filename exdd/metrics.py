@@ -188,3 +188,11 @@ def paired_bootstrap_diff(a: np.ndarray, b: np.ndarray, labels: np.ndarray, n: i
     diffs = np.array([auroc(b[i], y[i]) - auroc(a[i], y[i]) for i in draws])
     lo, hi = np.quantile(diffs, [(1 - level) / 2, (1 + level) / 2])
     return auroc(b, y) - auroc(a, y), float(lo), float(hi)
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman rank correlation (average ranks for ties); nan below 3 items."""
+    from scipy.stats import spearmanr
+    if len(a) < 3:
+        return float("nan")
+    return float(spearmanr(a, b).correlation)

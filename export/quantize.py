@@ -19,6 +19,8 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
+from exdd.metrics import spearman
+
 from .onnx_export import INPUT_NAME, PRECISION_KEY, ExportError, image_files, load_images, set_metadata
 
 # Pass criteria of the int8 parity check.
@@ -109,14 +111,6 @@ class QuantParity:
         else:
             s += "; image-score rank correlation not measured (pass --banks)"
         return s
-
-
-def spearman(a: np.ndarray, b: np.ndarray) -> float:
-    """Spearman rank correlation (average ranks for ties)."""
-    from scipy.stats import spearmanr
-    if len(a) < 3:
-        return float("nan")
-    return float(spearmanr(a, b).correlation)
 
 
 def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:

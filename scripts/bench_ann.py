@@ -69,7 +69,7 @@ def main() -> int:
     log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
 
     import faiss
-    from exdd.export.quantize import spearman
+    from exdd.metrics import spearman
     from exdd.datasets import load_split
     from exdd.scoring import Bank, BankPair, Scorer
     from exdd.scoring.ann import ExactSearcher, HnswSearcher

@@ -68,7 +68,8 @@ MODES_MEASURED = ("patchcore", "exdd", "dual")
 
 
 def run_dataset(ds, fp32_path, features, args, log):
-    from exdd.export.quantize import calibration_images, quantize_int8, spearman, cosine_rows
+    from exdd.export.quantize import calibration_images, quantize_int8, cosine_rows
+    from exdd.metrics import spearman
     from exdd.offline.build import defect_patches, make_bank
     from exdd.datasets import load_split
     from exdd.metrics import auroc
@@ -89,30 +90,43 @@ def run_dataset(ds, fp32_path, features, args, log):
     train = load_split(ds, "train")
     normals = [s for s in train if s.label == 0][: args.train]
     defects = [s for s in train if s.label == 1][: max(4, args.train // 4)]
-    fn, _, _ = featurize(s32, normals, hw, grid, False)
-    fd, cov, _ = featurize(s32, defects, hw, grid, True)
-    neg, _ = make_bank(fn.reshape(-1, d), 0.01, 1000, 3, 0, 24_000, 2.0)
-    pos, _ = make_bank(fd[defect_patches(cov, 0.3)], 0.1, 1000, 3, 1, 24_000, 2.0)
-    scorer = Scorer(BankPair(neg, pos, {"features": features, "k": 3, "default_mode": "dual"}))
-    log(f"{name}: banks {neg.size} + {pos.size} from {len(normals)} normal + {len(defects)} defective fp32 images")
+
+    def scorer_from(extractor, prec):
+        """Banks (what `offline build` does, 1 % / 10 % coresets) from the training subset's features of extractor."""
+        fn, _, _ = featurize(extractor, normals, hw, grid, False)
+        fd, cov, _ = featurize(extractor, defects, hw, grid, True)
+        neg, _ = make_bank(fn.reshape(-1, d), 0.01, 1000, 3, 0, 24_000, 2.0)
+        pos, _ = make_bank(fd[defect_patches(cov, 0.3)], 0.1, 1000, 3, 1, 24_000, 2.0)
+        log(f"{name}: banks {neg.size} + {pos.size} from {len(normals)} normal + {len(defects)} defective {prec} images")
+        return Scorer(BankPair(neg, pos, {"features": features, "k": 3, "default_mode": "dual"})), [neg.size, pos.size]
+
+    scorer, sizes = scorer_from(s32, "fp32")
     test = pick(load_split(ds, "test"), args.test)
     labels = np.array([s.label for s in test])
     out.update({"train_normal": len(normals), "train_defect": len(defects), "test": len(test),
-                "test_defective": int(labels.sum()), "banks": [neg.size, pos.size]})
+                "test_defective": int(labels.sum()), "banks": sizes})
     res = {}
-    for prec in ["fp32"] + variants:
+    # a variant's test features against the fp32 banks, and (own_banks, what a deployment of that variant does:
+    # `offline build --extractor`) against banks built from its own features
+    runs = [("fp32", "fp32", False)] + [(v, v, False) for v in variants] + \
+        ([(v + "+own_banks", v, True) for v in variants] if args.own_banks else [])
+    extracted = {}
+    for key, prec, own in runs:
         sess = s32 if prec == "fp32" else runner(prec, fp32_path, int8_path, args.threads)
-        f, _, masks = featurize(sess, test, hw, grid, True)
+        if prec not in extracted:
+            extracted[prec] = featurize(sess, test, hw, grid, True)
+        f, _, masks = extracted[prec]
+        sc_used = scorer_from(sess, prec)[0] if own else scorer
         sc, maps = {m: [] for m in MODES_MEASURED}, {m: [] for m in MODES_MEASURED}
         for i in range(0, len(f), 4):
-            r = scorer.score(f[i:i + 4], map_modes=MODES_MEASURED, modes=MODES_MEASURED)
+            r = sc_used.score(f[i:i + 4], map_modes=MODES_MEASURED, modes=MODES_MEASURED)
             for m in sc:
                 sc[m].append(r["scores"][m])
                 maps[m].append(r["maps"][m].astype(np.float32))
-        res[prec] = {"features": f, "masks": masks, "scores": {m: np.concatenate(v) for m, v in sc.items()},
-                     "maps": {m: np.concatenate(v) for m, v in maps.items()}}
+        res[key] = {"features": f, "masks": masks, "scores": {m: np.concatenate(v) for m, v in sc.items()},
+                    "maps": {m: np.concatenate(v) for m, v in maps.items()}}
     masks = res["fp32"]["masks"].astype(bool)
-    for v in variants:
+    for v in [k for k, _, _ in runs[1:]]:
         cos = cosine_rows(res[v]["features"].reshape(-1, d).astype(np.float64),
                           res["fp32"]["features"].reshape(-1, d).astype(np.float64))
         ent_v = {"patch_cosine_mean": float(cos.mean()), "patch_cosine_p01": float(np.quantile(cos, 0.01))}
@@ -137,8 +151,11 @@ def main() -> int:
     ap.add_argument("--train", type=int, default=40, help="normal training images for the bank (defective: a quarter)")
     ap.add_argument("--test", type=int, default=80, help="test images (half defective when possible)")
     ap.add_argument("--calibration", type=int, default=16)
+    ap.add_argument("--own-banks", action="store_true",
+                    help="also score each variant against banks built from its own features (as deployed)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--speed-reps", type=int, default=3)
+    ap.add_argument("--skip-speed", action="store_true")
     ap.add_argument("--workdir", default="runs/i11")
     ap.add_argument("--fp32-onnx", default=None, help="an fp32 export of the same weights to reuse")
     ap.add_argument("--out", default="runs/i11/precision.json")
@@ -158,8 +175,8 @@ def main() -> int:
         report["datasets"].append(run_dataset(ds, fp32_path, info, args, log))
     int8_path = os.path.join(args.workdir, f"{os.path.basename(os.path.normpath(args.datasets.split(',')[0]))}-int8.onnx")
     sp = {}
-    variants = args.variants.split(",")
-    for prec in ["fp32"] + variants:   # speed: all variants one after the other in this process
+    variants = [] if args.skip_speed else args.variants.split(",")
+    for prec in (["fp32"] if variants else []) + variants:   # speed: all variants one after the other, this process
         sess = runner(prec, fp32_path, int8_path, args.threads)
         for b in (1, 8):
             sp[f"{prec}_batch{b}_ms_per_image"] = round(speed(sess, (632, 224), b, args.speed_reps), 1)

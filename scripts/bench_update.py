@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import sys
 import time
 import warnings
@@ -30,7 +31,7 @@ from exdd.datasets import holdout_split, load_split
 from exdd.offline.evaluate import metrics_of, score_features
 from exdd.offline.feature_cache import extract_raw
 from exdd.offline.features import fingerprint, make_projection
-from exdd.metrics import paired_bootstrap_diff
+from exdd.metrics import paired_bootstrap_diff, spearman
 from exdd.progress import bar
 from exdd.offline.update import update
 from exdd.scoring import MODES, Scorer, load_banks
@@ -72,15 +73,19 @@ def markdown(res) -> str:
     if "update_minus_full_image_auroc" in res:
         out += ["", "Image AUROC, half + update minus full build (90% paired bootstrap interval over the test images): "
                 + "; ".join(f"{m} {v['diff']:+.3f} [{v['ci90'][0]:+.3f}, {v['ci90'][1]:+.3f}]"
-                            for m, v in res["update_minus_full_image_auroc"].items())]
+                            for m, v in res["update_minus_full_image_auroc"].items()),
+                "", "Image scores of the updated banks vs the full build's, Spearman rank correlation over the test "
+                "images: " + "; ".join(f"{m} {v.get('score_rank_correlation', float('nan')):.3f}"
+                                       for m, v in res["update_minus_full_image_auroc"].items())]
     if "teach" in res:
         out += ["", f"Teaching: threshold = {res.get('teach_threshold', 'the build calibrated thresholds')}.", "",
-                "| mode | threshold | taught (above thr.) | false alarms on the other normals before -> after | "
-                    "defect recall before -> after | update s (+ extraction est.) | negative bank |",
+                "| mode | threshold | taught: above thr. before -> after | false alarms on the other normals "
+                "before -> after | defect recall before -> after | update s (+ extraction est.) | negative bank |",
                 "|---|---|---|---|---|---|---|"]
         for m, r in res["teach"].items():
             n = r["rest_normals"]
-            out.append(f"| {m} | {r['threshold']:.4g} | 5 ({r['taught_above_threshold']}) | "
+            out.append(f"| {m} | {r['threshold']:.4g} | {r['taught_above_threshold']}/5 -> "
+                       f"{r.get('taught_above_threshold_after', '?')}/5 | "
                        f"{round(r['far_rest_before'] * n)}/{n} ({r['far_rest_before']:.3f}) -> "
                        f"{round(r['far_rest_after'] * n)}/{n} ({r['far_rest_after']:.3f}) | "
                        f"{r['recall_before']:.3f} -> {r['recall_after']:.3f} | {r['update_s']} "
@@ -102,6 +107,7 @@ def main() -> None:
                     help="threshold of the teaching test: fpr rule at --teach-fpr on the held-out training images, "
                          "or the build's own calibrated threshold")
     ap.add_argument("--teach-fpr", type=float, default=0.01)
+    ap.add_argument("--teach-only", action="store_true", help="only the teaching part, on the banks of an earlier run")
     ap.add_argument("--rate-images", type=int, default=16, help="images timed for the extraction rate when the cache has none")
     if "--report" in sys.argv:
         print(markdown(json.load(open(sys.argv[sys.argv.index("--report") + 1]))))
@@ -166,41 +172,47 @@ def main() -> None:
 
     image_scores = {}
 
-    res = {"dataset": a.dataset, "weights": caches["train"].weights_id, "input_size": list(hw), "d": a.d,
-           "extract_s_per_image": round(s_img, 3), "normals_kept": len(normals), "half_a": len(half_a),
-           "half_b": len(half_b), "other_images_per_build": len(other)}
-    # every build extracts its normals + the defective and held-out images; the update only half_b
-    t, c = time.time(), time.process_time()
-    full = build(a.dataset, os.path.join(out, "full"), None, info, cfg, featurize=train_feat)
-    res["full"] = {"bank_s": round(time.time() - t, 2), "bank_cpu_s": round(time.process_time() - c, 2), "images_extracted": len(normals) + len(other),
-                   "negative": full.manifest["coreset"]["negative"]["size"]}
-    log(f"full build: {res['full']}")
-    t, c = time.time(), time.process_time()
-    half = build(a.dataset, os.path.join(out, "half"), None, info, cfg, featurize=without_b)
-    res["half"] = {"bank_s": round(time.time() - t, 2), "bank_cpu_s": round(time.process_time() - c, 2), "images_extracted": len(half_a) + len(other),
-                   "negative": half.manifest["coreset"]["negative"]["size"]}
-    log(f"half build: {res['half']}")
-    t, c = time.time(), time.process_time()
-    upd = update(os.path.join(out, "half"), os.path.join(out, "half+update"), half_b, [], train_feat)
-    res["update"] = {"bank_s": round(time.time() - t, 2), "bank_cpu_s": round(time.process_time() - c, 2), "images_extracted": len(half_b),
-                     "negative": upd.manifest["coreset"]["negative"]["size"], "stages_s": upd.seconds,
-                     "radius_parent": half.manifest["coreset"]["negative"]["radius"],
-                     "radius_added": upd.manifest["coreset"]["negative"]["added_radius"]}
-    log(f"update: {res['update']}")
-    for k in ("full", "half", "update"):
-        res[k]["total_s_est"] = round(res[k]["bank_s"] + s_img * res[k]["images_extracted"], 1)
-    for k, d in (("full", "full"), ("half", "half"), ("update", "half+update")):
-        t = time.time()
-        res[k]["metrics"] = evaluate(os.path.join(out, d))
-        log(f"{k}: {res[k]['metrics']} (scored in {time.time() - t:.0f}s)")
-    # the update vs the full build on the same test images: paired bootstrap of the image AUROC difference
-    res["update_minus_full_image_auroc"] = {}
-    for m in MODES:
-        diff, lo, hi = paired_bootstrap_diff(image_scores[os.path.join(out, "full")][m],
-                                             image_scores[os.path.join(out, "half+update")][m], labels)
-        res["update_minus_full_image_auroc"][m] = {"diff": round(diff, 4), "ci90": [round(lo, 4), round(hi, 4)]}
-    log(f"update - full, image AUROC (90% paired bootstrap): {res['update_minus_full_image_auroc']}")
-    json.dump(res, open(os.path.join(out, "bench.json"), "w"), indent=1)
+    if a.teach_only:   # reuse the builds of an earlier run (its bench.json and full/ banks)
+        res = json.load(open(os.path.join(out, "bench.json")))
+        s_img = res["extract_s_per_image"]
+    else:
+        res = {"dataset": a.dataset, "weights": caches["train"].weights_id, "input_size": list(hw), "d": a.d,
+               "extract_s_per_image": round(s_img, 3), "normals_kept": len(normals), "half_a": len(half_a),
+               "half_b": len(half_b), "other_images_per_build": len(other)}
+        # every build extracts its normals + the defective and held-out images; the update only half_b
+        t, c = time.time(), time.process_time()
+        full = build(a.dataset, os.path.join(out, "full"), None, info, cfg, featurize=train_feat)
+        res["full"] = {"bank_s": round(time.time() - t, 2), "bank_cpu_s": round(time.process_time() - c, 2), "images_extracted": len(normals) + len(other),
+                       "negative": full.manifest["coreset"]["negative"]["size"]}
+        log(f"full build: {res['full']}")
+        t, c = time.time(), time.process_time()
+        half = build(a.dataset, os.path.join(out, "half"), None, info, cfg, featurize=without_b)
+        res["half"] = {"bank_s": round(time.time() - t, 2), "bank_cpu_s": round(time.process_time() - c, 2), "images_extracted": len(half_a) + len(other),
+                       "negative": half.manifest["coreset"]["negative"]["size"]}
+        log(f"half build: {res['half']}")
+        t, c = time.time(), time.process_time()
+        upd = update(os.path.join(out, "half"), os.path.join(out, "half+update"), half_b, [], train_feat)
+        res["update"] = {"bank_s": round(time.time() - t, 2), "bank_cpu_s": round(time.process_time() - c, 2), "images_extracted": len(half_b),
+                         "negative": upd.manifest["coreset"]["negative"]["size"], "stages_s": upd.seconds,
+                         "radius_parent": half.manifest["coreset"]["negative"]["radius"],
+                         "radius_added": upd.manifest["coreset"]["negative"]["added_radius"]}
+        log(f"update: {res['update']}")
+        for k in ("full", "half", "update"):
+            res[k]["total_s_est"] = round(res[k]["bank_s"] + s_img * res[k]["images_extracted"], 1)
+        for k, d in (("full", "full"), ("half", "half"), ("update", "half+update")):
+            t = time.time()
+            res[k]["metrics"] = evaluate(os.path.join(out, d))
+            log(f"{k}: {res[k]['metrics']} (scored in {time.time() - t:.0f}s)")
+        # the update vs the full build on the same test images: paired bootstrap of the image AUROC difference
+        res["update_minus_full_image_auroc"] = {}
+        for m in MODES:
+            diff, lo, hi = paired_bootstrap_diff(image_scores[os.path.join(out, "full")][m],
+                                                 image_scores[os.path.join(out, "half+update")][m], labels)
+            full_s, upd_s = (image_scores[os.path.join(out, k)][m] for k in ("full", "half+update"))
+            res["update_minus_full_image_auroc"][m] = {"diff": round(diff, 4), "ci90": [round(lo, 4), round(hi, 4)],
+                                                       "score_rank_correlation": round(spearman(upd_s, full_s), 4)}
+        log(f"update - full, image AUROC (90% paired bootstrap): {res['update_minus_full_image_auroc']}")
+        json.dump(res, open(os.path.join(out, "bench.json"), "w"), indent=1)
 
     # 2. teach the worst false alarms of the test normals
     sc_full = scorer_of(os.path.join(out, "full"), info)
@@ -225,6 +237,7 @@ def main() -> None:
         worst = normal_idx[np.argsort(-before[m][normal_idx], kind="stable")[:a.teach]]
         rest = np.setdiff1d(normal_idx, worst)
         d_out = os.path.join(out, f"taught-{m}")
+        shutil.rmtree(d_out, ignore_errors=True)
         t = time.time()
         taught = update(os.path.join(out, "full"), d_out, [test_samples[i] for i in worst], [],
                         test.featurizer(proj), note=f"{a.teach} worst false alarms ({m})")
@@ -233,6 +246,7 @@ def main() -> None:
         defect = labels == 1
         row = {"threshold": thr[m], "taught_scores_before": [round(float(before[m][i]), 4) for i in worst],
                "taught_above_threshold": int((before[m][worst] >= thr[m]).sum()),
+               "taught_above_threshold_after": int((after[m][worst] >= thr[m]).sum()),
                "rest_normals": int(rest.size),
                "far_rest_before": float((before[m][rest] >= thr[m]).mean()),
                "far_rest_after": float((after[m][rest] >= thr[m]).mean()),
