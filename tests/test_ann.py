@@ -78,6 +78,17 @@ def test_index_is_checksummed_in_the_manifest_and_scores_equal_exact(indexed_ban
     np.testing.assert_allclose(approx["patch_neg"], exact["patch_neg"], rtol=1e-4, atol=1e-5)
 
 
+def test_ef_search_grows_with_the_bank_and_is_recorded_and_used_per_file(indexed_banks):
+    from exdd.scoring.ann import LARGE_BANK, ef_search_for
+    assert ef_search_for(LARGE_BANK - 1) == 64 and ef_search_for(LARGE_BANK) == ef_search_for(100_000) == 128
+    assert ef_search_for(100_000, {"ef_search": 40}) == 40          # an explicit choice wins
+    manifest = load_banks(indexed_banks).manifest
+    for name, f in manifest["index"]["files"].items():
+        assert f["ef_search"] == ef_search_for(f["size"])
+    manifest["index"]["files"]["negative"]["ef_search"] = 17       # what the file records is what is searched with
+    assert searchers_from_manifest(indexed_banks, manifest)["negative"].index.hnsw.efSearch == 17
+
+
 def test_gpu_array_module_or_exact_manifest_gives_no_searchers(indexed_banks):
     banks = load_banks(indexed_banks)
     assert searchers_from_manifest(indexed_banks, banks.manifest, xp=object()) == {}

@@ -24,6 +24,14 @@ from .knn import DEFAULT_MAX_BLOCK, nearest, sq_norms
 
 INDEX_KEY = "index"
 HNSW_DEFAULTS = {"m": 32, "ef_construction": 128, "ef_search": 64}  # measured: BENCHMARKS.md, Speed
+LARGE_BANK, LARGE_EF_SEARCH = 50_000, 128   # from 50k vectors efSearch 64 missed rank correlation 0.99 (at 100k)
+
+
+def ef_search_for(size: int, params: Optional[Dict[str, int]] = None) -> int:
+    """efSearch of a bank of size vectors: the caller's, else 64 below LARGE_BANK vectors and 128 from it."""
+    if params and "ef_search" in params:
+        return int(params["ef_search"])
+    return LARGE_EF_SEARCH if size >= LARGE_BANK else HNSW_DEFAULTS["ef_search"]
 NO_FAISS = ("the banks carry an hnsw index but faiss is not importable in this Python: "
             "pip install faiss-cpu (or export the repository with --index exact)")
 
@@ -101,7 +109,7 @@ def write_index(bank_dir: str, manifest: Dict[str, Any], kind: str, min_size: in
     if kind == "exact":
         return entry
     p = dict(HNSW_DEFAULTS, **(params or {}))
-    entry["params"] = p
+    entry["params"] = p   # ef_search here is the default; each file records the efSearch it is searched with
     for name in ("negative", "positive"):
         vec_file = f"{name}.npy"
         if vec_file not in manifest.get("files", {}):
@@ -112,8 +120,9 @@ def write_index(bank_dir: str, manifest: Dict[str, Any], kind: str, min_size: in
             continue
         fname = f"{name}.{kind}"
         path = os.path.join(bank_dir, fname)
-        HnswSearcher.build(vectors, p["m"], p["ef_construction"], p["ef_search"]).save(path)
-        entry["files"][name] = {"file": fname, "sha256": sha256_file(path),
+        ef = ef_search_for(vectors.shape[0], params)
+        HnswSearcher.build(vectors, p["m"], p["ef_construction"], ef).save(path)
+        entry["files"][name] = {"file": fname, "sha256": sha256_file(path), "ef_search": ef,
                                 "vectors_sha256": manifest["files"][vec_file]["sha256"], "size": int(vectors.shape[0])}
         log(f"index: {name} bank ({vectors.shape[0]} vectors) -> {fname} ({os.path.getsize(path) / 1e6:.1f} MB)")
     return entry
@@ -139,7 +148,8 @@ def searchers_from_manifest(bank_dir: str, manifest: Dict[str, Any], xp: Any = n
             raise IndexFileError(f"{path}: sha256 differs from the manifest (corrupt or replaced index)")
         if (manifest.get("files") or {}).get(f"{name}.npy", {}).get("sha256") != f.get("vectors_sha256"):
             raise IndexFileError(f"{path}: built for other {name} vectors than the bank's (rebuild the index)")
-        s = HnswSearcher.load(path, int(entry.get("params", {}).get("ef_search", HNSW_DEFAULTS["ef_search"])))
+        s = HnswSearcher.load(path, int(f.get("ef_search", entry.get("params", {}).get("ef_search",
+                                                                                      HNSW_DEFAULTS["ef_search"]))))
         if s.index.ntotal != int(f.get("size", -1)) or s.index.d != int(manifest["features"]["d"]):
             raise IndexFileError(f"{path}: index holds {s.index.ntotal} x {s.index.d}, the bank {f.get('size')} x "
                               f"{manifest['features']['d']}")
