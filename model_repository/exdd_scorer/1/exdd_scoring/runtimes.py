@@ -10,7 +10,6 @@ library only when opened (numpy + that library):
 """
 from __future__ import annotations
 
-import os
 from typing import Callable, Dict, Optional
 
 import numpy as np
@@ -18,19 +17,17 @@ import numpy as np
 OPENVINO_PRECISIONS = ("bf16", "f32")
 
 
-def _threads(threads: int) -> int:
-    return int(threads) if threads and threads > 0 else max(1, os.cpu_count() or 1)
-
-
 class OnnxRuntimeRunner:
-    """An ONNX Runtime session; ``device`` a CUDA device id (falls back to the CPU when the provider is absent)."""
+    """An ONNX Runtime session; ``device`` a CUDA device id (falls back to the CPU when the provider is absent);
+    threads 0: the runtime's default."""
 
     name = "onnxruntime"
 
     def __init__(self, path: str, precision: str = "", threads: int = 0, device: Optional[int] = None):
         import onnxruntime as ort
         opts = ort.SessionOptions()
-        opts.intra_op_num_threads = _threads(threads)
+        if threads and threads > 0:          # else ONNX Runtime's default (one thread per physical core)
+            opts.intra_op_num_threads = int(threads)
         providers = ["CPUExecutionProvider"]
         self.note = ""
         if device is not None:
@@ -64,9 +61,10 @@ class OpenVinoRunner:
         self.note = "OpenVINO runs on the CPU; the GPU instance kind is ignored" if device is not None else ""
         if precision == "bf16" and "BF16" not in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
             self.note = "this CPU has no bf16 units: OpenVINO runs f32"
-        self.compiled = core.compile_model(self.model, "CPU", {"INFERENCE_PRECISION_HINT": precision,
-                                                               "PERFORMANCE_HINT": "LATENCY",
-                                                               "INFERENCE_NUM_THREADS": _threads(threads)})
+        config = {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY"}
+        if threads and threads > 0:          # else OpenVINO's default (its CPU plugin picks the cores)
+            config["INFERENCE_NUM_THREADS"] = int(threads)
+        self.compiled = core.compile_model(self.model, "CPU", config)
         self.request = self.compiled.create_infer_request()
         self.precision = precision
 
