@@ -20,6 +20,7 @@ class FeaturesBackend:
     needs_engine: bool = False        # a TensorRT plan built on the serving GPU (--engine)
     python_model: bool = False        # copy exdd_features/1/model.py
     parameters: Tuple[Tuple[str, str], ...] = ()   # config parameters model.py reads (runtime, precision)
+    cpu_only: bool = False            # KIND_GPU instances refused
     help: str = ""
 
 
@@ -42,7 +43,7 @@ register(FeaturesBackend("python", "model.onnx", backend="python", python_model=
                          parameters=(("runtime", "onnxruntime"),),
                          help="ONNX Runtime inside a Python-backend model (servers with only the Python backend)"))
 register(FeaturesBackend("python-openvino", "model.onnx", backend="python", python_model=True,
-                         parameters=(("runtime", "openvino"), ("inference_precision", "bf16")),
+                         parameters=(("runtime", "openvino"), ("inference_precision", "bf16")), cpu_only=True,
                          help="OpenVINO bf16 inside a Python-backend model: the fastest CPU extractor on CPUs with "
                               "AVX-512 BF16 / AMX (f32 on others; needs openvino in the server's Python)"))
 

@@ -164,13 +164,16 @@ def assemble(onnx_path: str, bank_dir: str, out_dir: str, features_backend: str 
         raise RepositoryError(f"--kind {s.kind!r}: expected one of {KINDS}")
     if s.instances < 1 or s.max_batch < 1:
         raise RepositoryError("--instances and --max-batch must be at least 1")
+    if fb.cpu_only and s.kind != "cpu":
+        raise RepositoryError(f"--features-backend {fb.name} runs on the CPU: use --kind cpu (or onnxruntime / "
+                              "tensorrt_plan for GPU instances)")
     if fb.needs_engine and not (engine_path and os.path.isfile(engine_path)):
         raise RepositoryError(f"--features-backend {fb.name} needs --engine PATH (a built engine), got {engine_path!r}")
     try:
         features = FeatureSpec.from_dict(read_features(onnx_path), f"{onnx_path} metadata")
     except SpecError as e:
         raise RepositoryError(str(e)) from None
-    precision = read_metadata(onnx_path).get(PRECISION_KEY, "fp32")
+    precision = dict(fb.parameters).get("inference_precision") or read_metadata(onnx_path).get(PRECISION_KEY, "fp32")
     try:
         banks = load_banks(bank_dir)
         check_features(banks.manifest["features"], features, f"{bank_dir} vs {onnx_path}")

@@ -81,3 +81,14 @@ def test_served_openvino_features_equal_openvino_in_process():
     assert got.shape == ref.shape
     np.testing.assert_allclose(got, ref, atol=1e-3 * float(np.abs(ref).max()), rtol=0)
     assert scores.shape == (3, 1) and np.isfinite(scores).all()
+
+
+def test_openvino_backend_is_cpu_only_and_its_readme_names_bf16(tmp_path):
+    from exdd.export.configs import Serving
+    from exdd.export.repository import RepositoryError, assemble
+    with pytest.raises(RepositoryError, match="--kind cpu"):
+        assemble(tu.onnx_fp32(), tu.banks(), str(tmp_path / "gpu"), "python-openvino", Serving("gpu", 1, 8, 2000))
+    assert not os.path.exists(tmp_path / "gpu")
+    repo = assemble(tu.onnx_fp32(), tu.banks(), str(tmp_path / "cpu"), "python-openvino", Serving()).path
+    assert "python-openvino (bf16)" in open(os.path.join(repo, "README.md")).read()
+    assert os.path.isfile(os.path.join(repo, "exdd_features", "1", "model.py"))
