@@ -8,9 +8,10 @@ Every dataset becomes a list of ``Sample`` (image path, mask path or None, label
 """
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image
@@ -165,3 +166,41 @@ def holdout_split(samples: List[Sample], fraction: float, seed: int) -> tuple[Li
         for i, s in enumerate(group):
             (held if i in hold else kept).append(s)
     return kept, held
+
+
+def _content_hash(path: str) -> Optional[str]:
+    """sha256 of a file's bytes, or None when it cannot be read."""
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    except OSError:
+        return None
+    return h.hexdigest()
+
+
+def duplicates_across(samples: Sequence[Sample], reference: Sequence[Sample]) -> List[Tuple[str, str]]:
+    """(sample path, reference path) for every sample whose file is byte-identical to a reference file.
+
+    A test image that is also a training image leaks into an evaluation (it may sit in the banks); found
+    by content, so renamed or re-numbered copies count.
+    """
+    ref: Dict[str, str] = {}
+    for r in reference:
+        h = _content_hash(r.path)
+        if h is not None:
+            ref.setdefault(h, r.path)
+    out = []
+    for s in samples:
+        h = _content_hash(s.path)
+        if h is not None and h in ref and os.path.abspath(ref[h]) != os.path.abspath(s.path):
+            out.append((s.path, ref[h]))
+    return out
+
+
+def leak_message(pairs: Sequence[Tuple[str, str]], what: str) -> str:
+    """One line naming how many images are copies of training images, with an example."""
+    a, b = pairs[0]
+    return (f"{len(pairs)} {what} byte-identical to training images (e.g. {a} = {b}): "
+            f"they may be in the banks, so their scores are not a test")

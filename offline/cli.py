@@ -136,6 +136,18 @@ def build(dataset, out_dir, weights, d, projection_seed, input_size, layout, neg
     click.echo(f"time: {time.time() - t0:.1f}s")
     if res.errors:
         click.echo(f"unreadable files: {len(res.errors)} (skipped, listed in the manifest)", err=True)
+    _warn_test_leak(dataset, layout)
+
+
+def _warn_test_leak(dataset: str, layout: str) -> None:
+    """Say when the dataset's test images include copies of its training images (evaluate leaves them out)."""
+    from exdd.datasets import DatasetError, duplicates_across, leak_message, load_split
+    try:
+        leaked = duplicates_across(load_split(dataset, "test", layout), load_split(dataset, "train", layout))
+    except (DatasetError, OSError, ValueError):
+        return                                   # no test split (or not a labelled layout): nothing to compare
+    if leaked:
+        click.echo(f"warning: {leak_message(leaked, 'test images are')}; `offline evaluate` leaves them out", err=True)
 
 
 @offline.command()
@@ -151,11 +163,16 @@ def build(dataset, out_dir, weights, d, projection_seed, input_size, layout, neg
 @click.option("--extractor", "extractor_onnx", default=None, type=click.Path(exists=True, dir_okay=False),
               help="Extract with this exported ONNX (e.g. the one the server runs) instead of torch fp32.")
 @extractor_runtime_option
+@click.option("--keep-duplicates", is_flag=True,
+              help="Keep test images that are byte-identical to training images (excluded by default: a leak).")
 def evaluate(dataset, bank_dir, weights, layout, split, out_json, batch_size, no_pixel, extractor_onnx,
-             extractor_runtime):
-    """Score DATASET's test split with the banks; metrics of every mode side by side."""
+             extractor_runtime, keep_duplicates):
+    """Score DATASET's test split with the banks; metrics of every mode side by side.
+
+    Test images whose files are byte-identical to a training image of DATASET are left out of the metrics
+    (said on stderr and recorded in the results) unless --keep-duplicates."""
     from exdd.scoring import BankError, Scorer, load_banks, read_manifest_spec
-    from exdd.datasets import DatasetError, load_split
+    from exdd.datasets import DatasetError, duplicates_across, leak_message, load_split
     from exdd.results import ErrorRow, EvaluationResults, ImageResult
     from .evaluate import confusion, metrics_of, score_split, table
     from exdd.progress import bar
@@ -170,8 +187,16 @@ def evaluate(dataset, bank_dir, weights, layout, split, out_json, batch_size, no
     try:
         banks = load_banks(bank_dir, expected_features=info)
         samples = load_split(dataset, split, layout)
+        train = load_split(dataset, "train", layout) if split != "train" else []
     except (BankError, DatasetError) as e:
         fail(str(e))
+    leaked = duplicates_across(samples, train)
+    if leaked:
+        click.echo(f"warning: {leak_message(leaked, f'{split} images are')}; "
+                   + ("kept (--keep-duplicates)" if keep_duplicates else "left out of the metrics"), err=True)
+        if not keep_duplicates:
+            drop = {p for p, _ in leaked}
+            samples = [s for s in samples if s.path not in drop]
     import warnings
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", RuntimeWarning)
@@ -196,7 +221,9 @@ def evaluate(dataset, bank_dir, weights, layout, split, out_json, batch_size, no
                             float(scored.s_neg[i]), float(scored.s_pos[i]))
                 for i, s in enumerate(scored.samples)],
         errors=[ErrorRow(p, e) for p, e in scored.errors],
-        seconds=round(time.time() - t0, 2))
+        seconds=round(time.time() - t0, 2),
+        extra={"duplicates_of_training_images": {"pairs": [list(x) for x in leaked],
+                                                 "excluded": bool(leaked) and not keep_duplicates}} if leaked else {})
     if out_json:
         result.save(out_json)
     click.echo(f"weights: {info['weights']}" + (f"  [{result.weights_note}]" if result.weights_note else ""))

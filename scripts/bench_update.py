@@ -77,7 +77,7 @@ def markdown(res) -> str:
                 "", "Image scores of the updated banks vs the full build's, Spearman rank correlation over the test "
                 "images: " + "; ".join(f"{m} {v.get('score_rank_correlation', float('nan')):.3f}"
                                        for m, v in res["update_minus_full_image_auroc"].items())]
-    if "teach" in res:
+    if "teach" in res and res["teach"]:
         out += ["", f"Teaching: threshold = {res.get('teach_threshold', 'the build calibrated thresholds')}.", "",
                 "| mode | threshold | taught: above thr. before -> after | false alarms on the other normals "
                 "before -> after | defect recall before -> after | update s (+ extraction est.) | negative bank |",
@@ -102,7 +102,8 @@ def main() -> None:
     ap.add_argument("--d", type=int, default=256)
     ap.add_argument("--cache", default="runs/cache")
     ap.add_argument("--out", default="runs/bench_update")
-    ap.add_argument("--teach", type=int, default=5)
+    ap.add_argument("--teach", type=int, default=5, help="false alarms taught (0: no teaching part)")
+    ap.add_argument("--split-seed", type=int, default=0, help="seed of the two halves of the normals")
     ap.add_argument("--teach-rule", default="fpr", choices=("fpr", "build"),
                     help="threshold of the teaching test: fpr rule at --teach-fpr on the held-out training images, "
                          "or the build's own calibrated threshold")
@@ -145,7 +146,7 @@ def main() -> None:
     train = load_split(a.dataset, "train")
     kept, held = holdout_split(train, cfg.holdout, cfg.seed)
     normals = [s for s in kept if s.label == 0]
-    order = np.random.default_rng(0).permutation(len(normals))
+    order = np.random.default_rng(a.split_seed).permutation(len(normals))
     half_a = [normals[i] for i in sorted(order[:len(normals) // 2])]
     half_b = [normals[i] for i in sorted(order[len(normals) // 2:])]
     excluded = {s.path for s in half_b}
@@ -176,7 +177,8 @@ def main() -> None:
         res = json.load(open(os.path.join(out, "bench.json")))
         s_img = res["extract_s_per_image"]
     else:
-        res = {"dataset": a.dataset, "weights": caches["train"].weights_id, "input_size": list(hw), "d": a.d,
+        res = {"dataset": a.dataset, "split_seed": a.split_seed, "weights": caches["train"].weights_id,
+               "input_size": list(hw), "d": a.d,
                "extract_s_per_image": round(s_img, 3), "normals_kept": len(normals), "half_a": len(half_a),
                "half_b": len(half_b), "other_images_per_build": len(other)}
         # every build extracts its normals + the defective and held-out images; the update only half_b
@@ -214,6 +216,9 @@ def main() -> None:
         log(f"update - full, image AUROC (90% paired bootstrap): {res['update_minus_full_image_auroc']}")
         json.dump(res, open(os.path.join(out, "bench.json"), "w"), indent=1)
 
+    if a.teach == 0:
+        print(markdown(res))
+        return
     # 2. teach the worst false alarms of the test normals
     sc_full = scorer_of(os.path.join(out, "full"), info)
 

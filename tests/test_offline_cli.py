@@ -129,3 +129,24 @@ def test_k_below_two_is_refused(tiny_dataset, tiny_banks, tmp_path):
         load_banks(str(bad))
     p = run_exdd("offline", "evaluate", str(tiny_dataset), "--banks", str(bad), check=False)
     assert p.returncode == 2 and "k = 1" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_test_images_copied_from_training_are_found_and_left_out(tiny_dataset, tiny_banks, tmp_path):
+    from exdd.datasets import duplicates_across
+    ds = copy_dataset(tiny_dataset, tmp_path / "leaky")
+    train = load_split(str(ds), "train")
+    src = next(s for s in train if s.label == 1)           # a defective training image, renamed into test/
+    shutil.copyfile(src.path, ds / "test" / "00900.png")
+    shutil.copyfile(src.mask, ds / "test" / "00900_GT.png")
+    test = load_split(str(ds), "test")
+    assert duplicates_across(test, train) == [(str(ds / "test" / "00900.png"), src.path)]
+    assert duplicates_across(train, train) == []              # a file is not its own duplicate
+    out = tmp_path / "r.json"
+    p = run_exdd("offline", "evaluate", str(ds), "--banks", str(tiny_banks), "--out", str(out), "--no-pixel")
+    assert "1 test images are byte-identical to training images" in p.stderr and "left out" in p.stderr
+    r = json.loads(out.read_text())
+    assert len(r["images"]) == 12 and not any(i["path"].endswith("00900.png") for i in r["images"])
+    assert r["duplicates_of_training_images"]["excluded"] is True
+    p = run_exdd("offline", "evaluate", str(ds), "--banks", str(tiny_banks), "--out", str(out), "--no-pixel",
+                 "--keep-duplicates")
+    assert "kept (--keep-duplicates)" in p.stderr and len(json.loads(out.read_text())["images"]) == 13
