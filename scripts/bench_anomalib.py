@@ -40,7 +40,7 @@ import torch
 
 from exdd.images import read_image, read_mask, image_size
 from exdd.offline.build import BuildConfig, build, build_negative
-from exdd.datasets import Sample, holdout_split, load_split
+from exdd.datasets import Sample, duplicates_across, holdout_split, load_split
 from exdd.offline.extract import batches, run_extractor
 from exdd.offline.features import build_extractor, make_projection
 from exdd.metrics import auroc, bootstrap_auroc
@@ -62,8 +62,9 @@ class Split:
 
 
 def make_split(dataset: str, input_hw: Tuple[int, int], cfg: BuildConfig, n_normals: Optional[int],
-               limit: Optional[int], seed: int = 0) -> Split:
-    """Training normals exactly as exdd's negative bank takes them; the (limited) test split with masks."""
+               limit: Optional[int], seed: int = 0, keep_leaked: bool = False) -> Split:
+    """Training normals exactly as exdd's negative bank takes them; the (limited) test split with masks, without
+    test images byte-identical to training images (as `offline evaluate`) unless keep_leaked."""
     train = load_split(dataset, "train")
     kept, _held = holdout_split(train, cfg.holdout, cfg.seed)
     normals = [s for s in kept if s.label == 0]
@@ -73,6 +74,10 @@ def make_split(dataset: str, input_hw: Tuple[int, int], cfg: BuildConfig, n_norm
         normals = [normals[i] for i in pick]
         note += f"; a seeded subset of {n_normals} of them for both methods"
     test = load_split(dataset, "test")
+    leaked = {p for p, _ in duplicates_across(test, train)}
+    if leaked and not keep_leaked:
+        test = [s for s in test if s.path not in leaked]
+        note += f"; {len(leaked)} test images that are copies of training images left out"
     if limit is not None and limit < len(test):
         rng = np.random.default_rng(seed)
         lab = np.array([s.label for s in test])
@@ -316,6 +321,7 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=None, help="seeded stratified subset of N test images")
     ap.add_argument("--cache", default=None, help="raw-feature cache folder (<cache>/<dataset>-HxW/{train,test})")
     ap.add_argument("--skip-anomalib", action="store_true")
+    ap.add_argument("--keep-leaked", action="store_true", help="keep test images that are copies of training images")
     ap.add_argument("--skip-exdd", action="store_true")
     ap.add_argument("--resamples", type=int, default=1000)
     ap.add_argument("--speed-images", type=int, default=16, help="test images per speed pass (0: no speed)")
@@ -341,7 +347,7 @@ def main() -> None:
                                          f"torch threads {a.threads}", "datasets": {}}
     for ds in datasets:
         name = os.path.basename(os.path.normpath(ds))
-        split = make_split(ds, hw, cfg, a.normals, a.limit, a.seed)
+        split = make_split(ds, hw, cfg, a.normals, a.limit, a.seed, a.keep_leaked)
         print(f"== {name}: {split.note}; test {len(split.test)} images ({int(split.labels.sum())} defective)",
               file=sys.stderr, flush=True)
         rows: Dict[str, Dict[str, Any]] = {}

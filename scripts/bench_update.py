@@ -27,7 +27,7 @@ import numpy as np
 
 from exdd.offline.build import BuildConfig, build
 from exdd.offline.calibrate import threshold
-from exdd.datasets import holdout_split, load_split
+from exdd.datasets import duplicates_across, holdout_split, load_split
 from exdd.offline.evaluate import metrics_of, score_features
 from exdd.offline.feature_cache import extract_raw
 from exdd.offline.features import fingerprint, make_projection
@@ -156,7 +156,10 @@ def main() -> None:
         return train_feat([s for s in samples if s.path not in excluded], with_mask, progress)
 
     test = caches["test"]
-    test_samples = [s for s in load_split(a.dataset, "test") if s.path in test.index]
+    # test images that are copies of training images are left out, as `offline evaluate` does
+    leaked = {p for p, _ in duplicates_across(load_split(a.dataset, "test"), train)}
+    test_samples = [s for s in load_split(a.dataset, "test") if s.path in test.index and s.path not in leaked]
+    log(f"test: {len(test_samples)} images ({len(leaked)} copies of training images left out)")
     test_rows = [test.index[s.path] for s in test_samples]
     test_feats = test.project(test_rows, proj, np.float32)
     labels = np.array([s.label for s in test_samples])
@@ -180,7 +183,8 @@ def main() -> None:
         res = {"dataset": a.dataset, "split_seed": a.split_seed, "weights": caches["train"].weights_id,
                "input_size": list(hw), "d": a.d,
                "extract_s_per_image": round(s_img, 3), "normals_kept": len(normals), "half_a": len(half_a),
-               "half_b": len(half_b), "other_images_per_build": len(other)}
+               "half_b": len(half_b), "other_images_per_build": len(other), "test_images": len(test_samples),
+               "test_copies_of_training_left_out": len(leaked)}
         # every build extracts its normals + the defective and held-out images; the update only half_b
         t, c = time.time(), time.process_time()
         full = build(a.dataset, os.path.join(out, "full"), None, info, cfg, featurize=train_feat)

@@ -18,6 +18,7 @@ from typing import Callable, Dict
 
 import numpy as np
 
+from exdd.datasets import duplicates_across, load_split
 from exdd.offline.feature_cache import RawCache
 from exdd.metrics import aupro, auroc
 from exdd.scoring import reweight_q, upsample_smooth, upsample_smooth_matrices
@@ -71,6 +72,12 @@ class Evidence:
                 out[i:i + 32] = upsample_smooth(p[i:i + 32], self.s_h, self.s_w, np)
             self._maps[kind] = out
         return self._maps[kind]
+
+    def keep(self, mask: np.ndarray) -> None:
+        """Keep only the images where mask is True (e.g. leave out copies of training images)."""
+        for k in ("a_neg", "a_pos", "nb_neg", "nb_pos", "labels", "rows"):
+            setattr(self, k, getattr(self, k)[mask])
+        self._maps.clear()
 
 
 def candidates(e: Evidence) -> Dict[str, Callable[[], np.ndarray]]:
@@ -144,12 +151,19 @@ def boot_indices(y: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
     return np.concatenate([rng.choice(pos, (n, pos.size)), rng.choice(neg, (n, neg.size))], axis=1)
 
 
-def study_one(folder: str, d: int, cache_root: str) -> Dict:
+def study_one(folder: str, d: int, cache_root: str, drop_leaked: bool = False) -> Dict:
     z = np.load(os.path.join(folder, f"evidence-d{d}.npz"))
     meta = json.load(open(os.path.join(folder, f"evidence-d{d}.json")))
     grid, hw = meta["grid"], meta["input_size"]
     s_h, s_w = upsample_smooth_matrices(tuple(grid), tuple(hw), 4.0)
     test = Evidence(z, "test", grid, s_h, s_w, d)
+    ds_name = os.path.basename(folder.rstrip("/"))
+    cache = RawCache(os.path.join(cache_root, ds_name, "test"))
+    leaked = set()
+    if drop_leaked:   # test images byte-identical to training images (ksdd1_dev: test kos26 = train kos01)
+        pairs = duplicates_across(load_split(meta["dataset"], "test"), load_split(meta["dataset"], "train"))
+        leaked = {os.path.abspath(p) for p, _ in pairs}
+        test.keep(np.array([os.path.abspath(cache.paths[r]) not in leaked for r in test.rows]))
     y = test.labels
     cands = candidates(test)
     scores = {name: f() for name, f in cands.items()}
@@ -167,14 +181,13 @@ def study_one(folder: str, d: int, cache_root: str) -> Dict:
                       "diff_ci90": [float(np.quantile(diffs, 0.05)), float(np.quantile(diffs, 0.95))],
                       "p_better": float(np.mean(diffs > 0))}
     pix = {}
-    ds_name = os.path.basename(folder.rstrip("/"))
-    cache = RawCache(os.path.join(cache_root, ds_name, "test"))
     masks = np.asarray(cache.masks[test.rows.tolist()])
     if masks.any():
         for kind in ("neg", "ratio", "dual", "dual_g0.5"):
             m = test.smooth(kind)
             pix[kind] = {"pixel_auroc": auroc(m.ravel(), masks.ravel()), "pixel_aupro": aupro(m, masks)}
     return {"dataset": ds_name, "d": d, "fusion": params, "n_test": int(y.size), "defective": int(y.sum()),
+            "left_out_copies_of_training_images": len(leaked),
             "bank_sizes": [meta["negative_size"], meta["positive_size"]], "image": rows, "pixel": pix,
             "ms_per_image": meta["sets"]["test"]["ms_per_image"], "build_s": meta["build_s"]}
 
@@ -185,6 +198,8 @@ def main() -> None:
     ap.add_argument("--ds", default="256")
     ap.add_argument("--cache", default="runs/cache")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--drop-leaked", action="store_true",
+                    help="leave out test images byte-identical to training images (as `offline evaluate` does)")
     a = ap.parse_args()
     results = []
     for folder in a.folders:
@@ -192,9 +207,10 @@ def main() -> None:
             if not os.path.isfile(os.path.join(folder, f"evidence-d{d}.npz")):
                 print(f"skip {folder} d={d}: no evidence", file=sys.stderr)
                 continue
-            r = study_one(folder, d, a.cache)
+            r = study_one(folder, d, a.cache, a.drop_leaked)
             results.append(r)
-            print(f"\n### {r['dataset']}, d = {d} (test: {r['n_test']} images, {r['defective']} defective; "
+            print(f"\n### {r['dataset']}, d = {d} (test: {r['n_test']} images, {r['defective']} defective, "
+                  f"{r['left_out_copies_of_training_images']} copies of training images left out; "
                   f"banks {r['bank_sizes'][0]} / {r['bank_sizes'][1]}; kNN {r['ms_per_image']} ms/image)\n")
             print("| image score | AUROC | 90% CI | diff vs patchcore | 90% CI of diff | P(better) |")
             print("|---|---|---|---|---|---|")
