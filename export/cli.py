@@ -40,8 +40,8 @@ def _features_source(banks, weights, d, projection_seed, input_size):
 @input_size_option
 @click.option("--precision", default="fp32", type=click.Choice(["fp32", "fp16", "bf16", "int8"]), show_default=True,
               help="bf16: the fp32 file, checked as OpenVINO runs it at bf16 (what --features-backend python-openvino "
-                   "serves; the CPU default). int8: ONNX Runtime static quantization (QDQ, per-channel Conv weights) "
-                   "calibrated on --calibration-images (fast, but missed parity on the dev sets).")
+                   "serves). int8: ONNX Runtime static quantization (QDQ, per-channel Conv weights) calibrated on "
+                   "--calibration-images. Both are faster on CPUs but missed score parity on a dev set (BENCHMARKS.md).")
 @click.option("--parity-images", default=None, type=click.Path(exists=True, file_okay=False),
               help="Folder or dataset whose first images the parity check uses (default: generated surfaces).")
 @click.option("--parity-count", default=None, type=click.IntRange(1, 256),

@@ -90,8 +90,9 @@ def offline() -> None:
               help="With --ray: torch threads per extractor actor (default: this machine's CPU count, as the "
                    "single-process build uses, so the features are bit-identical).")
 @click.option("--extractor", "extractor_onnx", default=None, type=click.Path(exists=True, dir_okay=False),
-              help="Extract with this exported ONNX (e.g. `export onnx --precision int8`) through ONNX Runtime "
-                   "instead of torch fp32; its features fingerprint must match --weights/--d/--input-size.")
+              help="Extract with this exported ONNX (e.g. `export onnx --precision int8`), run by "
+                   "--extractor-runtime, instead of torch fp32; its features fingerprint must match "
+                   "--weights/--d/--input-size.")
 @extractor_runtime_option
 def build(dataset, out_dir, weights, d, projection_seed, input_size, layout, neg_ratio, pos_ratio, min_bank, k,
           min_cover, synthetic_dirs, holdout, threshold_rule, target_fpr, default_mode, gamma, seed, batch_size,
