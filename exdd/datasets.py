@@ -199,6 +199,19 @@ def duplicates_across(samples: Sequence[Sample], reference: Sequence[Sample]) ->
     return out
 
 
+def training_copies(root: str, samples: Sequence[Sample], split: str, layout: str = "auto") -> List[Tuple[str, str]]:
+    """``duplicates_across(samples, root's training split)`` for a split of a labelled layout; [] where the layout
+    has no separate training split (e.g. a plain folder) or there is none."""
+    name = detect_layout(root) if layout == "auto" else layout
+    if split == "train" or name not in LAYOUTS or not LAYOUTS[name].labelled:
+        return []
+    try:
+        train = load_split(root, "train", name)
+    except (DatasetError, OSError):
+        return []
+    return duplicates_across(samples, train)
+
+
 def leak_message(pairs: Sequence[Tuple[str, str]], what: str) -> str:
     """One line naming how many images are copies of training images, with an example."""
     a, b = pairs[0]

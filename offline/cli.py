@@ -142,11 +142,11 @@ def build(dataset, out_dir, weights, d, projection_seed, input_size, layout, neg
 
 def _warn_test_leak(dataset: str, layout: str) -> None:
     """Say when the dataset's test images include copies of its training images (evaluate leaves them out)."""
-    from exdd.datasets import DatasetError, duplicates_across, leak_message, load_split
+    from exdd.datasets import DatasetError, leak_message, load_split, training_copies
     try:
-        leaked = duplicates_across(load_split(dataset, "test", layout), load_split(dataset, "train", layout))
+        leaked = training_copies(dataset, load_split(dataset, "test", layout), "test", layout)
     except (DatasetError, OSError, ValueError):
-        return                                   # no test split (or not a labelled layout): nothing to compare
+        return                                   # no test split: nothing to compare
     if leaked:
         click.echo(f"warning: {leak_message(leaked, 'test images are')}; `offline evaluate` leaves them out", err=True)
 
@@ -173,7 +173,7 @@ def evaluate(dataset, bank_dir, weights, layout, split, out_json, batch_size, no
     Test images whose files are byte-identical to a training image of DATASET are left out of the metrics
     (said on stderr and recorded in the results) unless --keep-duplicates."""
     from exdd.scoring import BankError, Scorer, load_banks, read_manifest_spec
-    from exdd.datasets import DatasetError, duplicates_across, leak_message, load_split
+    from exdd.datasets import DatasetError, leak_message, load_split, training_copies
     from exdd.results import ErrorRow, EvaluationResults, ImageResult
     from .evaluate import confusion, metrics_of, score_split, table
     from exdd.progress import bar
@@ -188,10 +188,9 @@ def evaluate(dataset, bank_dir, weights, layout, split, out_json, batch_size, no
     try:
         banks = load_banks(bank_dir, expected_features=info)
         samples = load_split(dataset, split, layout)
-        train = load_split(dataset, "train", layout) if split != "train" else []
     except (BankError, DatasetError) as e:
         fail(str(e))
-    leaked = duplicates_across(samples, train)
+    leaked = training_copies(dataset, samples, split, layout)
     if leaked:
         click.echo(f"warning: {leak_message(leaked, f'{split} images are')}; "
                    + ("kept (--keep-duplicates)" if keep_duplicates else "left out of the metrics"), err=True)
