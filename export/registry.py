@@ -44,8 +44,9 @@ register(FeaturesBackend("python", "model.onnx", backend="python", python_model=
                          help="ONNX Runtime inside a Python-backend model (servers with only the Python backend)"))
 register(FeaturesBackend("python-openvino", "model.onnx", backend="python", python_model=True,
                          parameters=(("runtime", "openvino"), ("inference_precision", "bf16")), cpu_only=True,
-                         help="OpenVINO bf16 inside a Python-backend model: the fastest CPU extractor on CPUs with "
-                              "AVX-512 BF16 / AMX (f32 on others; needs openvino in the server's Python)"))
+                         help="OpenVINO bf16 inside a Python-backend model, CPU only: ~2x fp32 on CPUs with "
+                              "AVX-512 BF16 / AMX (f32 on others); check its parity first (export onnx --precision "
+                              "bf16); needs openvino in the server's Python"))
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,7 @@ class ExtractorPrecision:
 EXTRACTOR_PRECISIONS: Dict[str, ExtractorPrecision] = {p.name: p for p in (
     ExtractorPrecision("fp32", "fp32", "python", None, "ONNX Runtime fp32 (the reference; the CPU default)"),
     ExtractorPrecision("bf16", "bf16", "python-openvino", "openvino-bf16",
-                       "OpenVINO bf16: ~2x fp32 on AVX-512 BF16 CPUs, missed score parity on the dev sets"),
+                       "OpenVINO bf16: ~2x fp32 on AVX-512 BF16 CPUs, missed score parity on ksdd1_dev"),
     ExtractorPrecision("int8", "int8", "python", "onnxruntime",
                        "ONNX Runtime static int8: ~3x fp32, missed score parity on the dev sets"),
 )}

@@ -88,7 +88,7 @@ def create_venv(venv: str, log: Log) -> None:
     os.makedirs(os.path.dirname(venv), exist_ok=True)
     _run([sys.executable, "-m", "venv", venv], "creating the serving venv")
     pip = [venv_python(venv), "-m", "pip", "install", "--disable-pip-version-check", "-q"]
-    # openvino: the CPU repository's bf16 extractor (--features-backend python-openvino);
+    # openvino: the optional bf16 CPU extractor (--features-backend python-openvino);
     # faiss-cpu: the CPU scorer's optional HNSW index (exdd export repository --index hnsw)
     _run(pip + ["numpy<2", *SERVING_PACKAGES.values()],
          f"installing numpy<2, {', '.join(SERVING_PACKAGES.values())} into the serving venv")
