@@ -16,7 +16,7 @@ import shutil
 import subprocess
 import sys
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 PYTRITON = "nvidia-pytriton==0.7.0"
 VENV_ENV = "EXDD_SERVE_VENV"
@@ -70,11 +70,8 @@ def venv_python(venv: str) -> str:
 SERVING_PACKAGES = {"onnxruntime": "onnxruntime", "openvino": "openvino", "faiss": "faiss-cpu"}
 
 
-def add_missing_packages(venv: str, log: Log) -> None:
-    """Install into an existing serving venv what SERVING_PACKAGES lists and it lacks (venvs from older exdd)."""
-    code = ("import importlib.util, sys; print(' '.join(m for m in sys.argv[1:] "
-            "if importlib.util.find_spec(m) is None))")
-    missing = _run([venv_python(venv), "-c", code, *SERVING_PACKAGES], f"inspecting the serving venv {venv}").split()
+def add_missing_packages(venv: str, missing: List[str], log: Log) -> None:
+    """Install into an existing serving venv the SERVING_PACKAGES modules it lacks (venvs from older exdd)."""
     if missing:
         reqs = [SERVING_PACKAGES[m] for m in missing]
         log(f"adding {', '.join(reqs)} to the serving venv {venv}")
@@ -95,12 +92,13 @@ def create_venv(venv: str, log: Log) -> None:
     _run(pip + ["--no-deps", PYTRITON], f"installing {PYTRITON} into the serving venv")
 
 
-def venv_info(venv: str) -> Dict[str, str]:
-    """Python version, numpy version and site-packages of the venv."""
-    code = ("import sys, sysconfig, numpy; print(f'{sys.version_info[0]}.{sys.version_info[1]}'); "
-            "print(numpy.__version__); print(sysconfig.get_paths()['purelib'])")
-    out = _run([venv_python(venv), "-c", code], f"inspecting the serving venv {venv}").split()
-    return {"python": out[0], "numpy": out[1], "site": out[2]}
+def venv_info(venv: str) -> Dict[str, Any]:
+    """Python version, numpy version, site-packages of the venv and the SERVING_PACKAGES modules it lacks."""
+    code = ("import sys, sysconfig, numpy, importlib.util; print(f'{sys.version_info[0]}.{sys.version_info[1]}'); "
+            "print(numpy.__version__); print(sysconfig.get_paths()['purelib']); "
+            "print(' '.join(m for m in sys.argv[1:] if importlib.util.find_spec(m) is None))")
+    out = _run([venv_python(venv), "-c", code, *SERVING_PACKAGES], f"inspecting the serving venv {venv}").split("\n")
+    return {"python": out[0], "numpy": out[1], "site": out[2], "missing": out[3].split()}
 
 
 def check_libpython(stub: str, pyver: str, log: Log) -> None:
@@ -127,7 +125,7 @@ def prepare_bundled(venv: str, log: Log) -> ServingEnv:
     if int(info["numpy"].split(".")[0]) >= 2:
         raise ServingEnvError(f"the serving venv {venv} has numpy {info['numpy']}; the bundled Triton 2.51 Python "
                               f"backend needs numpy<2: run `{venv_python(venv)} -m pip install 'numpy<2'`")
-    add_missing_packages(venv, log)
+    add_missing_packages(venv, info["missing"], log)
     root = os.path.join(info["site"], "pytriton", "tritonserver")
     binary = os.path.join(root, "bin", "tritonserver")
     if not os.path.isfile(binary):
