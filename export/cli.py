@@ -97,6 +97,14 @@ def onnx_cmd(out_path, banks, weights, d, projection_seed, input_size, precision
         _check_bf16(out_path, model, images, where, banks)
 
 
+def _banks_or_none(banks):
+    """The banks of --banks for a parity check's image-score ranking, or None without --banks."""
+    if not banks:
+        return None
+    from exdd.scoring import load_banks
+    return load_banks(banks)
+
+
 def _check_bf16(out_path, model, images, where, banks):
     """The exported fp32 file through OpenVINO at bf16 against torch fp32 (and image scores with banks)."""
     from exdd.scoring.runtimes import open_runtime
@@ -105,11 +113,7 @@ def _check_bf16(out_path, model, images, where, banks):
         runner = open_runtime("openvino", out_path, "bf16")
     except ImportError as e:
         fail(f"--precision bf16 checks the file through OpenVINO, which is not installed ({e}): pip install openvino")
-    bank_pair = None
-    if banks:
-        from exdd.scoring import load_banks
-        bank_pair = load_banks(banks)
-    result = reduced_parity(runner, "bf16", model, images, bank_pair)
+    result = reduced_parity(runner, "bf16", model, images, _banks_or_none(banks))
     click.echo(f"{result.describe()} [{where}; OpenVINO{', ' + runner.note if runner.note else ''}]")
     if not result.ok:
         fail(f"{out_path}: OpenVINO bf16 differs from fp32 beyond the tolerance: serve it with "
@@ -131,11 +135,7 @@ def _export_int8(model, info, out_path, banks, hw, parity_images, parity_count, 
             fp32 = export_onnx(model, info, os.path.join(tmp, "fp32.onnx"), "fp32")
             click.echo(f"calibrating int8 on {calib_where}", err=True)
             quantize_int8(fp32, out_path, calib)
-        bank_pair = None
-        if banks:
-            from exdd.scoring import load_banks
-            bank_pair = load_banks(banks)
-        result = quant_parity(out_path, model, images, bank_pair)
+        result = quant_parity(out_path, model, images, _banks_or_none(banks))
     except ExportError as e:
         fail(str(e))
     click.echo(f"onnx: {out_path} (int8, {os.path.getsize(out_path) / 1e6:.1f} MB, {time.time() - t0:.1f}s)")
