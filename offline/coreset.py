@@ -38,10 +38,10 @@ def _greedy(x: np.ndarray, m: int, start: int) -> tuple[np.ndarray, np.ndarray]:
     values[i] is the distance at which pick i was made (inf for the start), and the last value
     is the coverage radius after all picks. Stops early once every row is covered exactly.
     """
-    mind = np.einsum("ij,ij->i", x, x)
-    mind += float(mind[start]) - 2.0 * (x @ x[start])
+    sq = np.einsum("ij,ij->i", x, x)
+    mind = sq + (float(sq[start]) - 2.0 * (x @ x[start]))
     mind[start] = 0.0
-    sel, vals = _extend_greedy(x, mind, min(m, x.shape[0]) - 1, math.inf)
+    sel, vals = _extend_greedy(x, mind, min(m, x.shape[0]) - 1, math.inf, sq)
     return np.concatenate([[start], sel]).astype(np.int64), np.concatenate([[math.inf], vals])
 
 
@@ -111,14 +111,17 @@ def coverage_radius(x: np.ndarray, centers: np.ndarray, max_block: int = 1 << 22
     return float(dist.max())
 
 
-def _extend_greedy(xf: np.ndarray, mind: np.ndarray, min_picks: int, r2: float) -> tuple[np.ndarray, np.ndarray]:
+def _extend_greedy(xf: np.ndarray, mind: np.ndarray, min_picks: int, r2: float,
+                   sq: Optional[np.ndarray] = None) -> tuple[np.ndarray, np.ndarray]:
     """Greedy picks over float32 rows xf continued from squared distances mind (updated in place).
 
     Picks the farthest row until ``min_picks`` are picked and every row is within sqrt(r2); returns
     (indices, values): values[i] is the distance of pick i, the last value the coverage radius after.
+    sq: the rows' squared norms when the caller has them.
     """
     n = xf.shape[0]
-    sq = np.einsum("ij,ij->i", xf, xf)
+    if sq is None:
+        sq = np.einsum("ij,ij->i", xf, xf)
     buf = np.empty(n, dtype=np.float32)
     sel, vals = [], []
     while len(sel) < n:
