@@ -6,6 +6,8 @@ from typing import NoReturn, Tuple
 
 import click
 
+from exdd.scoring.runtimes import OPENVINO_PRECISIONS
+
 from . import defaults
 
 
@@ -31,7 +33,7 @@ input_size_option = click.option("--input-size", default=defaults.INPUT_SIZE, sh
 
 
 #: how an --extractor ONNX runs offline: a runtime of exdd.scoring.runtimes, with OpenVINO's inference precision
-EXTRACTOR_RUNTIMES = ("onnxruntime", "openvino-bf16", "openvino-f32")
+EXTRACTOR_RUNTIMES = ("onnxruntime",) + tuple(f"openvino-{p}" for p in OPENVINO_PRECISIONS)
 extractor_runtime_option = click.option(
     "--extractor-runtime", default="onnxruntime", show_default=True, type=click.Choice(EXTRACTOR_RUNTIMES),
     help="How --extractor runs: ONNX Runtime (the file's precision), or OpenVINO in bf16 (the CPU repository's "
