@@ -27,14 +27,12 @@ import numpy as np
 
 
 def features(onnx_path, samples, threads):
-    import onnxruntime as ort
     from exdd.offline.extract import batches
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    sess = ort.InferenceSession(onnx_path, so, providers=["CPUExecutionProvider"])
+    from exdd.scoring.runtimes import open_runtime
+    runner = open_runtime("onnxruntime", onnx_path, "", threads)
     out, errors = [], []
     for _, imgs, _ in batches(samples, (632, 224), 4, False, errors):
-        out.append(sess.run(["FEATURES"], {"IMAGE": imgs})[0])
+        out.append(runner.run(imgs))
     return np.concatenate(out)
 
 
