@@ -14,12 +14,10 @@ import datetime as _dt
 import io
 import json
 import os
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
-import numpy as np
-
-from .report_charts import DEFECT_COLOR, NORMAL_COLOR, SVG_NS, UNKNOWN_COLOR, svg_histogram, svg_roc  # noqa: F401
-from .report_data import (DASH, MODE_ORDER, _counts, _e, _fmt, _fmt_g, _num, _ok_images, confusion_at,  # noqa: F401
+from .report_charts import svg_histogram, svg_roc
+from .report_data import (DASH, _counts, _e, _fmt, _fmt_g, _num, _ok_images, confusion_at,  # noqa: F401
                           gallery_groups, histogram, json_safe, modes_of, roc_of, scores_labels)
 
 PALETTE = ("#4e79a7", "#e15759", "#59a14f", "#f28e2b", "#b07aa1", "#76b7b2")
