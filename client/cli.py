@@ -76,7 +76,7 @@ def score(paths, out_path, urls, protocol, batch_size, concurrency, threshold, h
     writer.close()
     rate = s.scored / s.seconds if s.seconds > 0 else 0.0
     click.echo(f"images: {s.total}, already done: {s.skipped}, scored: {s.scored}, failed: {s.failed}, "
-               f"{rate:.2f} img/s, results: {out_path}")
+               f"warnings: {s.warned}, {rate:.2f} img/s, results: {out_path}")
     if cfg.source is not None:
         click.echo(f"ray: {cfg.source.tasks} read tasks on {cfg.source.cpus} CPUs, {cfg.source.local} batches "
                    "read locally", err=True)

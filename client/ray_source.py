@@ -10,16 +10,14 @@ from __future__ import annotations
 
 import sys
 import threading
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Sequence
 
-import numpy as np
+from .score import Read, read_batch
 
-Read = Tuple[List[Optional[np.ndarray]], List[Optional[str]]]
 
 
 def _read_task(paths: Sequence[str], hw) -> Read:
-    from exdd.client.score import _read
-    return _read(paths, hw)
+    return read_batch(paths, hw)
 
 
 class RaySource:
@@ -61,9 +59,8 @@ class RayReader:
     def __call__(self, paths: Sequence[str], hw) -> Read:
         k = self.index.get(tuple(paths))
         if k is None or tuple(hw) != tuple(self.hw):          # not one of the job's batches: read here
-            from .score import _read
             self.src.local += 1
-            return _read(paths, hw)
+            return read_batch(paths, hw)
         self._submit_upto(k + 1 + self.src.window)
         with self.lock:
             ref = self.refs.pop(k)
@@ -72,6 +69,5 @@ class RayReader:
         except Exception as e:  # noqa: BLE001 - a lost worker or node: the batch is read here instead
             print(f"warning: Ray task reading batch {k} failed ({type(e).__name__}); reading it locally",
                   file=sys.stderr)
-            from .score import _read
             self.src.local += 1
-            return _read(paths, hw)
+            return read_batch(paths, hw)

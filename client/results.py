@@ -14,7 +14,7 @@ import os
 from typing import Any, Dict, List, Set
 
 COLUMNS = ["path", "score", "is_defect", "score_neg", "score_pos", "threshold", "mode", "latency_ms", "heatmap",
-           "error"]
+           "error", "warning"]
 
 
 def _format(path: str) -> str:

@@ -12,11 +12,11 @@ import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from exdd.images import ImageReadError, read_image
+from exdd.images import ImageReadError, read_model_input
 from exdd.log import get as _logger
 from .connection import Connection, ModelInfo, RequestRejected, ServerUnavailable, with_retries
 
@@ -47,6 +47,7 @@ class JobSummary:
     skipped: int = 0
     scored: int = 0
     failed: int = 0
+    warned: int = 0          # scored rows whose warning says the score is not to be trusted
     seconds: float = 0.0
     stopped: Optional[str] = None
     per_server: Dict[str, int] = field(default_factory=dict)
@@ -73,26 +74,31 @@ class _Pool:
         return c
 
 
-def _read(paths: Sequence[str], hw) -> tuple[List[Optional[np.ndarray]], List[Optional[str]]]:
-    imgs, errs = [], []
+Read = Tuple[List[Optional[np.ndarray]], List[Optional[str]], List[Optional[str]]]
+
+
+def read_batch(paths: Sequence[str], hw) -> Read:
+    """(images resized to hw, errors, input warnings), one each per path; an unreadable file is an error."""
+    imgs, errs, warns = [], [], []
     for p in paths:
+        img, err, warning = None, None, None
         try:
-            imgs.append(read_image(p, hw))
-            errs.append(None)
+            img, warning = read_model_input(p, hw)
         except ImageReadError as e:
-            imgs.append(None)
-            errs.append(str(e))
+            err = str(e)
         except OSError as e:
-            imgs.append(None)
-            errs.append(f"{p}: unreadable ({e})")
-    return imgs, errs
+            err = f"{p}: unreadable ({e})"
+        imgs.append(img)
+        errs.append(err)
+        warns.append(None if warning is None else f"{p}: {warning}")
+    return imgs, errs, warns
 
 
-def _run_batch(pool: _Pool, info: ModelInfo, cfg: JobConfig, paths: Sequence[str], read=_read) -> List[Dict]:
+def _run_batch(pool: _Pool, info: ModelInfo, cfg: JobConfig, paths: Sequence[str], read=read_batch) -> List[Dict]:
     """Rows for one batch of paths (in order); raises ServerUnavailable after the retries."""
-    imgs, errs = read(paths, info.input_hw)
+    imgs, errs, warns = read(paths, info.input_hw)
     good = [i for i, im in enumerate(imgs) if im is not None]
-    rows = [{"path": p, "error": e} for p, e in zip(paths, errs)]
+    rows = [{"path": p, "error": e, "warning": w} for p, e, w in zip(paths, errs, warns)]
     if not good:
         return rows
     batch = np.stack([imgs[i] for i in good])
@@ -143,7 +149,7 @@ def run_job(paths: Sequence[str], writer: ResultWriter, cfg: JobConfig,
     batches = [todo[i:i + bs] for i in range(0, len(todo), bs)]
     workers = max(1, cfg.concurrency * len(cfg.urls))
     pool = _Pool(cfg)
-    read = cfg.source(batches, info.input_hw) if cfg.source else _read
+    read = cfg.source(batches, info.input_hw) if cfg.source else read_batch
     done: Dict[int, List[Dict]] = {}
     next_write = 0
     pending: Dict[Future, int] = {}
@@ -175,6 +181,7 @@ def run_job(paths: Sequence[str], writer: ResultWriter, cfg: JobConfig,
                         writer.write(row)
                         summary.scored += row.get("error") is None
                         summary.failed += row.get("error") is not None
+                        summary.warned += row.get("error") is None and row.get("warning") is not None
                     if progress:
                         progress(len(batches[next_write]))
                     next_write += 1

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from typing import Iterator, Tuple
+from typing import Iterator, Optional, Tuple
 
 import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
@@ -90,6 +90,34 @@ def read_image(path: str, size_hw: Tuple[int, int] | None = None) -> np.ndarray:
     if size_hw is not None:
         img = resize_image(img, size_hw)
     return np.asarray(img, dtype=np.uint8)
+
+
+# An image is still scored when its shape is far from the model input's, but its row says why the score is
+# not to be trusted: a side enlarged more than UPSCALE_WARN times holds interpolation blur, not surface, and an
+# aspect ratio off the input's by more than ASPECT_WARN times squashes every defect out of the banks' shapes.
+UPSCALE_WARN = 4.0
+ASPECT_WARN = 2.0
+
+
+def input_warning(image_hw: Tuple[int, int], input_hw: Tuple[int, int]) -> Optional[str]:
+    """Why the score of an image_hw picture resized to input_hw is not to be trusted, or None."""
+    (h, w), (ih, iw) = image_hw, input_hw
+    notes = []
+    up = max(ih / h, iw / w)
+    if up > UPSCALE_WARN:
+        notes.append(f"{h}x{w} (HxW) is far below the model input {ih}x{iw} (enlarged {up:.3g}x)")
+    off = (w / h) / (iw / ih)
+    off = max(off, 1.0 / off)
+    if off > ASPECT_WARN:
+        notes.append(f"aspect ratio W/H {w / h:.3g} is far from the model input's {iw / ih:.3g} (distorted {off:.3g}x)")
+    return "; ".join(notes) + ": score not to be trusted" if notes else None
+
+
+def read_model_input(path: str, size_hw: Tuple[int, int]) -> Tuple[np.ndarray, Optional[str]]:
+    """(the image at path resized to size_hw as read_image does, input_warning of its original size)."""
+    img = to_rgb(_open(path))
+    warning = input_warning((img.size[1], img.size[0]), size_hw)
+    return np.asarray(resize_image(img, size_hw), dtype=np.uint8), warning
 
 
 def image_size(path: str) -> Tuple[int, int]:

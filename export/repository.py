@@ -5,10 +5,12 @@ Layout written::
     REPO/README.md                      what is inside, built from which manifest
     REPO/exdd/config.pbtxt, 1/          ensemble IMAGE -> exdd_features -> exdd_scorer
     REPO/exdd_features/config.pbtxt     onnxruntime | tensorrt_plan | python backend
-    REPO/exdd_features/1/               model.onnx (+ model.py) or model.plan, features.json
+    REPO/exdd_features/1/               model.onnx (+ model.py, exdd_scoring/) or model.plan, features.json
     REPO/exdd_scorer/config.pbtxt       python backend
     REPO/exdd_scorer/1/                 model.py, exdd_scoring/, banks/, features.json
 
+Every model directory is self-contained (its own copy of exdd_scoring/ where its model.py needs one):
+no model reads a file of another, so removing old scorer versions never breaks the features model.
 Banks whose manifest features differ from the ONNX metadata are refused here, and again by the
 scorer at server load time (``features.json``), so swapped banks never serve.
 """
@@ -153,7 +155,7 @@ def assemble(onnx_path: str, bank_dir: str, out_dir: str, features_backend: str 
 
     index 'hnsw' adds an approximate nearest-neighbour index for banks of at least index_min_size
     vectors (CPU instances use it; GPU instances search exactly)."""
-    from exdd.scoring import MODES, BankError, load_banks
+    from exdd.scoring import DEFAULT_MODE, MODES, BankError, load_banks
     from exdd.scoring.bank import check_features
 
     s = serving or Serving()
@@ -180,7 +182,7 @@ def assemble(onnx_path: str, bank_dir: str, out_dir: str, features_backend: str 
     except BankError as e:
         raise RepositoryError(str(e)) from None
     manifest = banks.manifest
-    mode = mode or manifest.get("default_mode", "exdd")
+    mode = mode or manifest.get("default_mode", DEFAULT_MODE)
     if mode not in MODES:
         raise RepositoryError(f"mode {mode!r}: expected one of {MODES}")
     thr = choose_threshold(manifest, mode, threshold)
@@ -213,6 +215,7 @@ def assemble(onnx_path: str, bank_dir: str, out_dir: str, features_backend: str 
         shutil.copy2(engine_path if fb.needs_engine else onnx_path, os.path.join(feats_v, fb.model_file))
         if fb.python_model:
             copy_resource(src / "exdd_features" / "1" / "model.py", os.path.join(feats_v, "model.py"))
+            copy_resource(importlib.resources.files("exdd.scoring"), os.path.join(feats_v, "exdd_scoring"))
         _write(os.path.join(tmp, "exdd_features", "config.pbtxt"), features_config(features, features_backend, s))
         _write(os.path.join(tmp, "exdd_scorer", "config.pbtxt"), scorer_config(features, mode, thr, s))
         _write(os.path.join(tmp, "exdd", "config.pbtxt"), ensemble_config(features, s))

@@ -54,3 +54,13 @@ def test_offline_evaluate_answers_every_file(bad, tiny_banks, tmp_path):
     assert {k for k, v in expect.items() if v == "ok"} <= scored
     assert {k for k, v in expect.items() if v == "error"} <= failed
     assert "Traceback" not in p.stderr
+
+
+def test_input_warning_names_far_smaller_and_distorted_images_only():
+    from exdd.images import input_warning
+    assert input_warning((632, 224), (632, 224)) is None
+    assert input_warning((2000, 700), (632, 224)) is None                 # shrunk, same shape: fine
+    assert input_warning((160, 56), (632, 224)) is None                   # enlarged 3.95x: still fine
+    assert "enlarged 4.05x" in input_warning((156, 56), (632, 224))
+    assert "aspect ratio W/H 2.46" in input_warning((460, 1130), (632, 224))    # a wide part in a tall model
+    assert input_warning((460, 1130), (320, 784)) is None

@@ -217,3 +217,40 @@ def test_serve_cli_uses_explicit_model_control_and_deploy_cli_swaps(tmp_path):
     finally:
         proc.send_signal(signal.SIGINT)
         proc.communicate(timeout=60)
+
+
+def test_restart_after_five_deploys_with_keep_2_serves_the_newest_banks(tmp_path):
+    """Pruned scorer versions never take another model with them: after five deploys (--keep 2) a restarted
+    server loads every model and answers from the newest banks."""
+    import tritonclient.http as th
+    new_banks = _updated_banks()
+    repo = str(tmp_path / "repo")
+    shutil.copytree(tu.repository("python"), repo)
+    order = [new_banks, tu.banks(), new_banks, tu.banks(), new_banks]     # the newest: new_banks
+
+    def server():
+        return TritonServer(repo, "127.0.0.1", free_port(), free_port(), free_port(), env=tu.serving_env(),
+                            log_path=str(tmp_path / "server.log"), exit_on_error=True, exit_timeout=3,
+                            extra_args=EXPLICIT_MODEL_CONTROL)
+
+    srv = server().start()
+    try:
+        srv.wait_ready(120)
+        for banks in order:
+            d = deploy(banks, repo, srv.http_url, keep=2)
+            assert d.loaded
+    finally:
+        srv.stop()
+    assert versions(os.path.join(repo, "exdd_scorer")) == [5, 6]
+    srv = server().start()
+    try:
+        srv.wait_ready(120)            # "failed to load all models" would end the server here
+        imgs = _probe_images()
+        with th.InferenceServerClient(srv.http_url) as c:
+            for model in ("exdd", "exdd_features", "exdd_scorer"):
+                assert c.is_model_ready(model), model
+            assert c.is_model_ready("exdd_scorer", "6")
+            score, _ = _infer(c, imgs)
+    finally:
+        srv.stop()
+    np.testing.assert_allclose(score, tu.offline_reference(imgs, new_banks)["SCORE"], rtol=RTOL, atol=1e-7)

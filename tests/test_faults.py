@@ -69,8 +69,7 @@ def test_server_killed_mid_job_then_restarted(tmp_path):
     assert again.returncode == 0, again.stderr
     rows, want = read_rows(str(out)), read_rows(str(ref))
     assert [r["path"] for r in rows] == [r["path"] for r in want] and len(rows) == n
-    for a, b in zip(rows, want):
-        assert a["score"] == pytest.approx(b["score"], rel=1e-6)
+    tu.assert_rows_agree(rows, want)
 
 
 def _index(srv) -> dict:

@@ -17,6 +17,7 @@ from typing import Any, Dict, Optional
 
 import numpy as np
 
+from exdd.defaults import SCORE_RTOL
 from exdd.export.serve import TritonServer, free_port
 from exdd.export.serving_env import VENV_ENV, resolve
 
@@ -149,3 +150,34 @@ def start_serve_cli(*args: str, timeout: float = 120.0):
         if line.startswith("ready:") or proc.poll() is not None:
             break
     return proc, lines
+
+
+def assert_batch_independent(got: Dict[str, np.ndarray], want: Dict[str, np.ndarray], names=None) -> None:
+    """Two answers for the same images agree as exdd promises (exdd.defaults.SCORE_RTOL): scores within that
+    relative tolerance, maps within that fraction of their peak, decisions equal unless a score is that near
+    the threshold."""
+    for n in names or want:
+        a, b = np.asarray(got[n]), np.asarray(want[n])
+        assert a.shape == b.shape, n
+        if n == "IS_DEFECT":
+            continue
+        atol = SCORE_RTOL * float(np.abs(b).max()) if n == "ANOMALY_MAP" else 0.0
+        np.testing.assert_allclose(a, b, rtol=SCORE_RTOL, atol=atol, err_msg=n)
+
+
+def assert_rows_agree(rows, ref) -> None:
+    """Result rows of two runs of one job: the same paths in the same order, the same errors, warnings, modes
+    and thresholds, scores within SCORE_RTOL, decisions equal unless a score is within SCORE_RTOL of the threshold."""
+    import pytest
+    assert [r["path"] for r in rows] == [r["path"] for r in ref]
+    for a, b in zip(rows, ref):
+        for k in ("error", "warning", "mode", "threshold", "heatmap"):
+            assert a.get(k) == b.get(k), (a["path"], k)
+        for k in ("score", "score_neg", "score_pos"):
+            if b[k] is None:
+                assert a[k] is None, (a["path"], k)
+            else:
+                assert float(a[k]) == pytest.approx(float(b[k]), rel=SCORE_RTOL), (a["path"], k)
+        if b["score"] is not None and b["threshold"] is not None and \
+                abs(float(b["score"]) - float(b["threshold"])) > SCORE_RTOL * abs(float(b["threshold"])):
+            assert a["is_defect"] == b["is_defect"], a["path"]

@@ -1,11 +1,14 @@
 """Triton Python-backend model ``exdd_features``: IMAGE uint8 (B, H, W, 3) -> FEATURES float32 (B, h, w, d).
 
 Runs ``model.onnx`` (beside this file) for servers that have the Python backend but no ONNX Runtime
-backend, through a runtime of the scorer's ``exdd_scoring.runtimes`` chosen by the config parameters
+backend, through a runtime of ``exdd_scoring.runtimes`` (the copy in this model's own version folder:
+no file of another model is read, so pruning the scorer's versions never breaks this model) chosen by
+the config parameters
 ``runtime`` (onnxruntime | openvino) and ``inference_precision`` (openvino: bf16 | f32). ONNX Runtime
 KIND_GPU instances use the CUDAExecutionProvider when the installed onnxruntime has it (else CPU, with a
 warning in the server log). The ONNX metadata must match ``features.json``, the fingerprint the
-scorer's banks were checked against.
+scorer's banks were checked against (without it, as in the committed template, the ONNX's own metadata
+gives the input size and the scorer checks the feature shape).
 """
 import json
 import os
@@ -17,13 +20,13 @@ import triton_python_backend_utils as pb_utils
 METADATA_KEY = "exdd.features"
 
 
-def scoring_package(model_repository):
-    """Put the scorer's exdd_scoring package (numpy + stdlib; beside this model) on the path."""
-    scorer_version = os.path.join(os.path.dirname(os.path.abspath(model_repository)), "exdd_scorer", "1")
-    if not os.path.isdir(os.path.join(scorer_version, "exdd_scoring")):
-        raise RuntimeError(f"exdd_features: needs exdd_scorer/1/exdd_scoring beside it ({scorer_version})")
-    if scorer_version not in sys.path:
-        sys.path.insert(0, scorer_version)
+def scoring_package(version_dir):
+    """Put this version's own exdd_scoring package (numpy + stdlib) first on the path."""
+    if not os.path.isdir(os.path.join(version_dir, "exdd_scoring")):
+        raise RuntimeError(f"exdd_features: needs exdd_scoring/ beside model.py in {version_dir} "
+                           "(rebuild the repository with exdd export repository)")
+    if version_dir not in sys.path:
+        sys.path.insert(0, version_dir)
 
 
 def config_parameter(config, key, default=None):
@@ -41,7 +44,7 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         version_dir = os.path.join(args["model_repository"], str(args["model_version"]))
         onnx_path = os.path.join(version_dir, "model.onnx")
-        scoring_package(args["model_repository"])
+        scoring_package(version_dir)
         from exdd_scoring.runtimes import open_runtime
         from exdd_scoring.spec import FeatureSpec
         runtime = config_parameter(config, "runtime", "onnxruntime")
@@ -55,20 +58,22 @@ class TritonPythonModel:
             raise RuntimeError(f"exdd_features: runtime {runtime!r} is not installed in the serving Python ({e})") from None
         if self.runner.note:
             pb_utils.Logger.log_warn(f"exdd_features: {self.runner.note}")
+        stored = self.runner.metadata(METADATA_KEY)
+        if stored is None:
+            raise RuntimeError(f"exdd_features: {onnx_path} has no {METADATA_KEY} metadata (not made by "
+                               "exdd export onnx): rebuild the repository with exdd export repository")
+        exported = FeatureSpec.from_json(stored, f"{onnx_path} metadata")
         features_path = os.path.join(version_dir, "features.json")
         if os.path.exists(features_path):
             with open(features_path) as f:
                 expected = FeatureSpec.from_json(f.read(), features_path)
-        else:   # the committed template with banks copied in: the ONNX must match the banks' manifest
-            manifest = os.path.join(os.path.dirname(os.path.abspath(args["model_repository"])), "exdd_scorer", "1",
-                                    "banks", "manifest.json")
-            with open(manifest) as f:
-                expected = FeatureSpec.from_dict(json.load(f).get("features"), manifest)
-        stored = self.runner.metadata(METADATA_KEY)
-        if stored is None or not FeatureSpec.from_json(stored, f"{onnx_path} metadata").matches(expected):
-            raise RuntimeError(f"exdd_features: {onnx_path} was not exported with the features in features.json "
-                               "(model.onnx replaced?): rebuild the repository with exdd export repository")
-        self.hw = expected.input_size
+            if not exported.matches(expected):
+                raise RuntimeError(f"exdd_features: {onnx_path} was not exported with the features in features.json "
+                                   "(model.onnx replaced?): rebuild the repository with exdd export repository")
+        else:   # the committed template: no fingerprint to check here; the scorer checks the feature shape
+            pb_utils.Logger.log_warn(f"exdd_features: no features.json in {version_dir}; serving {onnx_path} "
+                                     "without a fingerprint check (exdd export repository writes one)")
+        self.hw = exported.input_size
 
     def _images(self, request):
         """The request's IMAGE as a validated uint8 (B, H, W, 3) array."""

@@ -91,6 +91,12 @@ class DecisionMetrics:
         self.families = None
 
 
+def is_warmup(feats, xp):
+    """Whether a request is the model_warmup sample (zero_data: every feature exactly 0), which no image yields:
+    the extractor's features of any picture, a black one included, are not all zero."""
+    return not bool(xp.any(feats))
+
+
 def make_metrics(version, mode, threshold):
     """DecisionMetrics, or None (scoring goes on) when this backend has no metrics API."""
     try:
@@ -147,9 +153,9 @@ class TritonPythonModel:
         self.threshold = None if thr is None else parse_threshold(thr, "config parameter")
         self.metrics = make_metrics(args["model_version"], self.mode, self.threshold)
 
-    def _record_metrics(self, score, threshold):
-        """Decision metrics of one answered request."""
-        if self.metrics is not None:
+    def _record_metrics(self, score, threshold, feats):
+        """Decision metrics of one answered request; Triton's warm-up sample is answered but not counted."""
+        if self.metrics is not None and not is_warmup(feats, self.xp):
             flags = (score >= threshold) if threshold is not None else np.zeros(len(score), dtype=bool)
             try:
                 self.metrics.record(score, flags)
@@ -221,14 +227,14 @@ class TritonPythonModel:
                 for i, f, thr in good:
                     n = int(f.shape[0])
                     responses[i] = self._response(*(p[start:start + n] for p in parts), thr)
-                    self._record_metrics(parts[0][start:start + n], thr)
+                    self._record_metrics(parts[0][start:start + n], thr, f)
                     start += n
             except Exception:  # noqa: BLE001 - retry one by one so one failure cannot sink the batch
                 for i, f, thr in good:
                     try:
                         parts = self._score(f)
                         responses[i] = self._response(*parts, thr)
-                        self._record_metrics(parts[0], thr)
+                        self._record_metrics(parts[0], thr, f)
                     except Exception as e:  # noqa: BLE001
                         responses[i] = pb_utils.InferenceResponse(error=pb_utils.TritonError(f"exdd_scorer: {e}"))
         return responses
