@@ -250,6 +250,17 @@ def test_restart_after_five_deploys_with_keep_2_serves_the_newest_banks(tmp_path
             for model in ("exdd", "exdd_features", "exdd_scorer"):
                 assert c.is_model_ready(model), model
             assert c.is_model_ready("exdd_scorer", "6")
+            # the decision metrics count client images only, not the warm-up sample: a job of two (one black)
+            assert _metric(_metrics(srv), "exdd_images_scored_total", 6) == 0
+            folder = tmp_path / "two"
+            folder.mkdir()
+            from PIL import Image
+            Image.new("RGB", (tu.INPUT_HW[1], tu.INPUT_HW[0])).save(folder / "black.png")
+            Image.fromarray(imgs[0]).save(folder / "probe.png")
+            p = tu.exdd_cli("client", "score", str(folder), "--out", str(tmp_path / "two.jsonl"), "--url", srv.grpc_url)
+            assert p.returncode == 0, p.stderr
+            assert _metric(_metrics(srv), "exdd_images_scored_total", 6) == 2
+            assert _metric(_metrics(srv), "exdd_score_count", 6) == 2
             score, _ = _infer(c, imgs)
     finally:
         srv.stop()

@@ -19,6 +19,14 @@ pytestmark = pytest.mark.triton
 RAY = ["--ray", "local", "--ray-cpus", "2"]
 
 
+@pytest.fixture(scope="module")
+def reference(server, folder, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ref") / "ref.jsonl"
+    p = score(str(folder), "--out", str(out), "--url", server.grpc_url, "--batch-size", "4")
+    assert p.returncode == 1, p.stderr
+    return read_rows(str(out))
+
+
 def test_ray_job_gives_the_same_rows(server, folder, reference, tmp_path):
     out = tmp_path / "ray.jsonl"
     p = score(str(folder), "--out", str(out), "--url", server.grpc_url, "--batch-size", "4", *RAY)
