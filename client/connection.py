@@ -12,7 +12,7 @@ from typing import Dict, Optional
 
 import numpy as np
 
-from exdd.scoring.spec import FeatureSpec, SpecError
+from exdd_scoring.spec import FeatureSpec, SpecError
 
 MODEL = "exdd"
 SCORER = "exdd_scorer"

@@ -6,7 +6,7 @@ from typing import NoReturn, Tuple
 
 import click
 
-from exdd.scoring.runtimes import OPENVINO_PRECISIONS
+from exdd_scoring.runtimes import OPENVINO_PRECISIONS
 
 from . import defaults
 
@@ -32,7 +32,7 @@ input_size_option = click.option("--input-size", default=defaults.INPUT_SIZE, sh
                                  help="Model input size HxW (images are resized to it).")
 
 
-#: how an --extractor ONNX runs offline: a runtime of exdd.scoring.runtimes, with OpenVINO's inference precision
+#: how an --extractor ONNX runs offline: a runtime of exdd_scoring.runtimes, with OpenVINO's inference precision
 EXTRACTOR_RUNTIMES = ("onnxruntime",) + tuple(f"openvino-{p}" for p in OPENVINO_PRECISIONS)
 extractor_runtime_option = click.option(
     "--extractor-runtime", default="onnxruntime", show_default=True, type=click.Choice(EXTRACTOR_RUNTIMES),

@@ -21,9 +21,9 @@ from typing import List, Optional
 import click
 
 from exdd import defaults
-from exdd.export.registry import EXTRACTOR_PRECISIONS
+from exdd.serving.registry import EXTRACTOR_PRECISIONS
 from exdd.results import EvaluationResults
-from exdd.scoring.scores import MODES
+from exdd_scoring.scores import MODES
 
 STANDIN = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "weights",
                        "wrn50-random0-bncal.safetensors")
@@ -124,7 +124,7 @@ def demo(out_dir, dataset, weights, input_size, d, surface, port_base, fresh, pr
     if port_base:
         http, grpc, metrics = port_base, port_base + 1, port_base + 2
     else:
-        from exdd.export.serve import free_port
+        from exdd.serving.serve import free_port
         http, grpc, metrics = free_port(), free_port(), free_port()
     log(f"$ exdd serve {p('repository')} --http-port {http} --grpc-port {grpc} --metrics-port {metrics}")
     server_log = open(p("server.log"), "w")

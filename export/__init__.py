@@ -1,1 +1,1 @@
-"""Export and serving: ONNX / TensorRT export, Triton model-repository assembly, a local Triton server."""
+"""Export of the feature extractor: ONNX (fp32 / fp16 / bf16 check / int8) and TensorRT engines."""

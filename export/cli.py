@@ -1,4 +1,4 @@
-"""``exdd export``: onnx, tensorrt, repository."""
+"""``exdd export``: onnx, tensorrt (the repository command is serving/cli.py's, added to this group by exdd/cli.py)."""
 from __future__ import annotations
 
 import os
@@ -8,9 +8,6 @@ import click
 
 from exdd import defaults
 from exdd.cli_common import fail, input_size_option, parse_hw
-from exdd.scoring.scores import MODES
-
-from .registry import FEATURES_BACKENDS
 
 
 @click.group()
@@ -22,7 +19,7 @@ def _features_source(banks, weights, d, projection_seed, input_size):
     """(weights, d, seed, input_hw) from a bank manifest when --banks is given, else from the options."""
     if not banks:
         return weights or "imagenet", d, projection_seed, parse_hw(input_size)
-    from exdd.scoring import BankError, read_manifest_spec
+    from exdd_scoring import BankError, read_manifest_spec
     try:
         f = read_manifest_spec(banks)
     except BankError as e:
@@ -68,8 +65,8 @@ def onnx_cmd(out_path, banks, weights, d, projection_seed, input_size, precision
     except WeightsError as e:
         fail(str(e))
     if banks:
-        from exdd.scoring import BankError, read_manifest_features
-        from exdd.scoring.bank import check_features
+        from exdd_scoring import BankError, read_manifest_features
+        from exdd_scoring.bank import check_features
         try:
             check_features(read_manifest_features(banks), info, banks)
         except BankError as e:
@@ -101,13 +98,13 @@ def _banks_or_none(banks):
     """The banks of --banks for a parity check's image-score ranking, or None without --banks."""
     if not banks:
         return None
-    from exdd.scoring import load_banks
+    from exdd_scoring import load_banks
     return load_banks(banks)
 
 
 def _check_bf16(out_path, model, images, where, banks):
     """The exported fp32 file through OpenVINO at bf16 against torch fp32 (and image scores with banks)."""
-    from exdd.scoring.runtimes import open_runtime
+    from exdd_scoring.runtimes import open_runtime
     from .quantize import reduced_parity
     try:
         runner = open_runtime("openvino", out_path, "bf16")
@@ -165,48 +162,3 @@ def tensorrt_cmd(onnx_path, out_path, max_batch, fp32):
         fail(str(e))
     click.echo(f"engine: {out_path} ({os.path.getsize(out_path) / 1e6:.1f} MB, {time.time() - t0:.1f}s, "
                f"batch 1..{max_batch}, {'fp32' if fp32 else 'fp16'})")
-
-
-@export.command("repository")
-@click.option("--onnx", "onnx_path", required=True, type=click.Path(exists=True, dir_okay=False))
-@click.option("--banks", "bank_dir", required=True, type=click.Path(exists=True, file_okay=False))
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Repository directory to write.")
-@click.option("--features-backend", default="onnxruntime", show_default=True, type=click.Choice(list(FEATURES_BACKENDS)),
-              help="; ".join(f"{b.name}: {b.help}" for b in FEATURES_BACKENDS.values()) + ".")
-@click.option("--engine", "engine_path", default=None, type=click.Path(dir_okay=False),
-              help="TensorRT engine for --features-backend tensorrt_plan (built from --onnx when absent).")
-@click.option("--kind", default="cpu", type=click.Choice(["cpu", "gpu"]), show_default=True)
-@click.option("--instances", default=1, show_default=True, type=click.IntRange(1, 64))
-@click.option("--max-batch", default=8, show_default=True, type=click.IntRange(1, 1024))
-@click.option("--queue-delay-us", default=2000, show_default=True, type=click.IntRange(0, 10_000_000),
-              help="Dynamic batching: longest wait to fill a batch.")
-@click.option("--mode", default=None, type=click.Choice(list(MODES)),
-              help="Served mode (default: the banks' default_mode).")
-@click.option("--threshold", default=None, type=float, help="Served threshold (default: the calibrated one).")
-@click.option("--force", is_flag=True, help="Replace --out if it exists.")
-@click.option("--index", default="exact", type=click.Choice(["exact", "hnsw"]), show_default=True,
-              help="CPU scorer search: exact, or hnsw (faiss HNSW, built now, stored in faiss's format and "
-                   "checksummed in the manifest; the server's Python then needs faiss-cpu). GPU instances search exactly.")
-@click.option("--index-min-size", default=None, type=click.IntRange(1),
-              help="hnsw only for banks of at least this many vectors; smaller ones stay exact [default: 8000].")
-def repository_cmd(onnx_path, bank_dir, out_dir, features_backend, engine_path, kind, instances, max_batch,
-                   queue_delay_us, mode, threshold, force, index, index_min_size):
-    """Assemble a Triton model repository (exdd ensemble, exdd_features, exdd_scorer) from ONNX + banks."""
-    from .configs import Serving
-    from .onnx_export import ExportError, read_features
-    from .repository import RepositoryError, assemble
-    from .tensorrt import TensorRTBuildError, TensorRTUnavailable, build_engine
-
-    try:
-        if FEATURES_BACKENDS[features_backend].needs_engine and not (engine_path and os.path.isfile(engine_path)):
-            engine_path = engine_path or os.path.splitext(onnx_path)[0] + ".plan"
-            click.echo(f"building the TensorRT engine {engine_path} (batch 1..{max_batch}, fp16)", err=True)
-            build_engine(onnx_path, engine_path, tuple(read_features(onnx_path)["input_size"]), max_batch)
-        res = assemble(onnx_path, bank_dir, out_dir, features_backend, Serving(kind, instances, max_batch, queue_delay_us),
-                       engine_path, mode, threshold, force, index, index_min_size,
-                       log=lambda m: click.echo(m, err=True))
-    except (ExportError, RepositoryError, TensorRTUnavailable, TensorRTBuildError) as e:
-        fail(str(e))
-    thr = "none" if res.threshold is None else f"{res.threshold:.6g}"
-    click.echo(f"repository: {res.path} (features {features_backend}, {instances} x {kind}, max batch {max_batch}, "
-               f"mode {res.mode}, threshold {thr}, manifest sha256 {res.manifest_sha256[:12]}..., index {index})")

@@ -123,13 +123,13 @@ def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def quant_parity(int8_path: str, model: Any, images: np.ndarray, banks: Any = None,
                  mode: Optional[str] = None) -> QuantParity:
     """Compare the int8 ONNX (ONNX Runtime) with the torch fp32 extractor on images; score both with banks when given."""
-    from exdd.scoring.runtimes import open_runtime
+    from exdd_scoring.runtimes import open_runtime
     return reduced_parity(open_runtime("onnxruntime", int8_path), "int8", model, images, banks, mode)
 
 
 def reduced_parity(runner: Any, precision: str, model: Any, images: np.ndarray, banks: Any = None,
                    mode: Optional[str] = None) -> QuantParity:
-    """Compare a runner of exdd.scoring.runtimes (e.g. int8 ONNX Runtime, bf16 OpenVINO) with the torch fp32
+    """Compare a runner of exdd_scoring.runtimes (e.g. int8 ONNX Runtime, bf16 OpenVINO) with the torch fp32
     extractor on images; score both with banks when given (rank correlation of the image scores)."""
     import torch
 
@@ -145,7 +145,7 @@ def reduced_parity(runner: Any, precision: str, model: Any, images: np.ndarray, 
     rel = float(np.abs(got - ref).max() / max(float(np.abs(ref).max()), 1e-12))
     res = QuantParity(int(len(images)), rel, float(np.nan_to_num(cos_img, nan=-1).min()), precision=precision)
     if banks is not None:
-        from exdd.scoring import Scorer
+        from exdd_scoring import Scorer
         scorer = Scorer(banks)
         mode = mode or scorer.default_mode
         s_q = np.concatenate([scorer.score(got[i:i + 4], map_modes=())["scores"][mode] for i in range(0, len(got), 4)])

@@ -20,10 +20,10 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from exdd import __version__
-from exdd.scoring import DEFAULT_MODE, MODES, Bank, BankPair, Scorer, save_bank
-from exdd.scoring.fusion import fit_fusion
-from exdd.scoring.knn import bank_neighbors
-from exdd.scoring.scores import DEFAULT_GAMMA, fusion_inputs
+from exdd_scoring import DEFAULT_MODE, MODES, Bank, BankPair, Scorer, save_bank
+from exdd_scoring.fusion import fit_fusion
+from exdd_scoring.knn import bank_neighbors
+from exdd_scoring.scores import DEFAULT_GAMMA, fusion_inputs
 from .calibrate import threshold
 from .coreset import Coreset, bank_size, chunked_kcenter
 from exdd.datasets import Sample, holdout_split, load_split, synthetic

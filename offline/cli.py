@@ -11,8 +11,8 @@ from exdd import defaults
 from exdd.cli_common import extractor_runtime_option, fail, input_size_option, parse_hw
 from exdd.datasets import layout_choices
 from exdd.ray_cluster import ray_options
-from exdd.scoring.bank import MIN_K
-from exdd.scoring.scores import DEFAULT_GAMMA, DEFAULT_MODE, MODES
+from exdd_scoring.bank import MIN_K
+from exdd_scoring.scores import DEFAULT_GAMMA, DEFAULT_MODE, MODES
 
 
 def _extractor(weights: str, d: int, seed: int, input_hw):
@@ -35,8 +35,8 @@ def _onnx_model(extractor_onnx: str, info, runtime: str = "onnxruntime"):
     """The exported ONNX run by a runtime (onnxruntime | openvino-bf16 | openvino-f32) in place of the torch
     extractor (same features fingerprint)."""
     from exdd.export.onnx_export import ExportError
-    from exdd.scoring import BankError
-    from exdd.scoring.bank import check_features
+    from exdd_scoring import BankError
+    from exdd_scoring.bank import check_features
     from .onnx_features import OnnxExtractor
     try:
         name, _, precision = runtime.partition("-")
@@ -172,7 +172,7 @@ def evaluate(dataset, bank_dir, weights, layout, split, out_json, batch_size, no
 
     Test images whose files are byte-identical to a training image of DATASET are left out of the metrics
     (said on stderr and recorded in the results) unless --keep-duplicates."""
-    from exdd.scoring import BankError, Scorer, load_banks, read_manifest_spec
+    from exdd_scoring import BankError, Scorer, load_banks, read_manifest_spec
     from exdd.datasets import DatasetError, leak_message, load_split, training_copies
     from exdd.results import ErrorRow, EvaluationResults, ImageResult
     from .evaluate import confusion, metrics_of, score_split, table
@@ -290,8 +290,8 @@ def sweep(dataset, synthetic_dirs, counts, out_dir, weights, d, projection_seed,
 def update(bank_dir, out_dir, normal_paths, defect_paths, results, verdict_column, calibrate_ds, holdout, weights,
            note, batch_size):
     """Teach BANKS new normal / defect images incrementally; writes a new bank directory recording its parent."""
-    from exdd.scoring import BankError, read_manifest
-    from exdd.scoring.bank import check_features
+    from exdd_scoring import BankError, read_manifest
+    from exdd_scoring.bank import check_features
     from .build import model_featurizer
     from exdd.datasets import DatasetError
     from exdd.progress import bar

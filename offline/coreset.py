@@ -105,7 +105,7 @@ def merge_chunks(picks: list, radii: list, k: int, method: str, min_take: Option
 
 def coverage_radius(x: np.ndarray, centers: np.ndarray, max_block: int = 1 << 22) -> float:
     """Exact max over rows of the distance to the nearest centre row (chunked)."""
-    from exdd.scoring.knn import nearest
+    from exdd_scoring.knn import nearest
     dist, _ = nearest(np.ascontiguousarray(x, dtype=np.float32),
                       np.ascontiguousarray(centers, dtype=np.float32), np, max_block=max_block)
     return float(dist.max())
@@ -154,7 +154,7 @@ def extend_kcenter(centers: np.ndarray, x: np.ndarray, min_picks: int, radius: f
     distance as ``chunked_kcenter`` does, keeping in every chunk all picks made above ``radius``
     (radius reported as a bound). Returns the picked rows of x; memory O(len(x)).
     """
-    from exdd.scoring.knn import nearest
+    from exdd_scoring.knn import nearest
     n = x.shape[0]
     if n == 0:
         return Coreset(np.zeros(0, np.int64), 0.0, False, "extend")

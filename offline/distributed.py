@@ -26,7 +26,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from exdd.log import get as _logger
-from exdd.scoring import BankPair
+from exdd_scoring import BankPair
 from .build import (BuildConfig, BuildResult, bank_of, calibration_scorer, defect_patches, finish, plan,
                     score_samples)
 from .coreset import Coreset, _greedy, bank_size, greedy_kcenter, merge_chunks

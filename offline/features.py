@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from exdd import defaults
-from exdd.scoring.spec import FeatureSpec
+from exdd_scoring.spec import FeatureSpec
 
 from .weights import BACKBONE, load_backbone
 

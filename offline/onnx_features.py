@@ -1,4 +1,4 @@
-"""An exported extractor (ONNX) run in place of the torch module, by a runtime of ``exdd.scoring.runtimes``.
+"""An exported extractor (ONNX) run in place of the torch module, by a runtime of ``exdd_scoring.runtimes``.
 
 ``OnnxExtractor`` is called like the torch extractor (uint8 NHWC tensor in, float32 features tensor
 out), so ``extract`` and ``offline build`` use it unchanged; the fingerprint stored in the ONNX must
@@ -11,7 +11,7 @@ from typing import Any, Dict
 
 import numpy as np
 
-from exdd.scoring.runtimes import open_runtime
+from exdd_scoring.runtimes import open_runtime
 
 
 class OnnxExtractor:

@@ -13,7 +13,7 @@ from typing import Any, Callable, Dict, List, Sequence
 
 import numpy as np
 
-from exdd.scoring import MODES, Scorer, load_banks
+from exdd_scoring import MODES, Scorer, load_banks
 from .build import BuildConfig, build, model_featurizer
 from exdd.datasets import Sample, load_split
 from .evaluate import metrics_of, score_features

@@ -22,9 +22,9 @@ import numpy as np
 
 from exdd import __version__
 from exdd.images import is_image_name
-from exdd.scoring import MODES, Bank, BankPair, Scorer, load_banks, save_bank
-from exdd.scoring.bank import MANIFEST, sha256_file
-from exdd.scoring.knn import bank_neighbors, topk_nearest
+from exdd_scoring import MODES, Bank, BankPair, Scorer, load_banks, save_bank
+from exdd_scoring.bank import MANIFEST, sha256_file
+from exdd_scoring.knn import bank_neighbors, topk_nearest
 from .build import Featurize, defect_patches, make_bank, score_samples
 from .calibrate import threshold
 from .coreset import bank_size, extend_kcenter

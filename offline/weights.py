@@ -37,7 +37,7 @@ class TruncatedWideResNet(nn.Module):
 
 
 def _file_id(path: str) -> str:
-    from exdd.scoring.bank import sha256_file
+    from exdd_scoring.bank import sha256_file
     return f"file:{os.path.basename(path)}@sha256:{sha256_file(path)[:16]}"
 
 

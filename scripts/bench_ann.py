@@ -28,7 +28,7 @@ import numpy as np
 
 def features(onnx_path, samples, threads):
     from exdd.offline.extract import batches
-    from exdd.scoring.runtimes import open_runtime
+    from exdd_scoring.runtimes import open_runtime
     runner = open_runtime("onnxruntime", onnx_path, "", threads)
     out, errors = [], []
     for _, imgs, _ in batches(samples, (632, 224), 4, False, errors):
@@ -69,8 +69,8 @@ def main() -> int:
     import faiss
     from exdd.metrics import spearman
     from exdd.datasets import load_split
-    from exdd.scoring import Bank, BankPair, Scorer
-    from exdd.scoring.ann import ExactSearcher, HnswSearcher
+    from exdd_scoring import Bank, BankPair, Scorer
+    from exdd_scoring.ann import ExactSearcher, HnswSearcher
 
     faiss.omp_set_num_threads(args.threads)
     onnx_path = args.onnx

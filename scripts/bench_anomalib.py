@@ -13,7 +13,7 @@ tensor present, and layer2/layer3 outputs equal to exdd's backbone on a probe). 
 step on the normals (read + pre-process + forward) + its k-center coreset; raw pred_score and
 anomaly_map of its torch model (no post-processor normalisation: AUROC is rank-based).
 exdd side: `exdd_modes()` builds banks with `build()` and scores with `Scorer`, every mode of
-`exdd.scoring.MODES` (pluggable: any function with its signature can be added to EXDD_SIDES).
+`exdd_scoring.MODES` (pluggable: any function with its signature can be added to EXDD_SIDES).
 
 Fit times are wall and process CPU seconds (CPU is the figure to compare on a shared machine).
 Speed: images/s end to end in process (read + pre-process + forward + scoring incl. the map), batch 1
@@ -45,7 +45,7 @@ from exdd.offline.extract import batches, run_extractor
 from exdd.offline.features import build_extractor, make_projection
 from exdd.metrics import auroc, bootstrap_auroc
 from exdd.offline.weights import load_backbone
-from exdd.scoring import MODES, Scorer, load_banks
+from exdd_scoring import MODES, Scorer, load_banks
 
 
 # ----------------------------------------------------------------------------- data

@@ -15,8 +15,8 @@ import numpy as np
 import torch
 
 from exdd.offline.features import build_extractor, grid_of
-from exdd.scoring import Bank, BankPair, Scorer
-from exdd.scoring.knn import bank_neighbors
+from exdd_scoring import Bank, BankPair, Scorer
+from exdd_scoring.knn import bank_neighbors
 
 
 def median_time(fn, repeats: int) -> float:

@@ -22,7 +22,7 @@ import numpy as np
 
 def runner(variant: str, fp32_path: str, int8_path: str, threads: int):
     """The extractor of a variant: fp32 / int8 through ONNX Runtime, bf16 through OpenVINO."""
-    from exdd.scoring.runtimes import open_runtime
+    from exdd_scoring.runtimes import open_runtime
     if variant == "bf16":
         return open_runtime("openvino", fp32_path, "bf16", threads)
     return open_runtime("onnxruntime", int8_path if variant == "int8" else fp32_path, "", threads)
@@ -73,7 +73,7 @@ def run_dataset(ds, fp32_path, features, args, log):
     from exdd.offline.build import defect_patches, make_bank
     from exdd.datasets import load_split
     from exdd.metrics import auroc
-    from exdd.scoring import BankPair, Scorer
+    from exdd_scoring import BankPair, Scorer
 
     hw, grid, d = tuple(features["input_size"]), tuple(features["grid"]), int(features["d"])
     name = os.path.basename(os.path.normpath(ds))

@@ -72,8 +72,8 @@ def exdd(*args: str, log, ok=(0,)) -> float:
 
 def serve_and_score(repo: str, test_dir: str, work: str, points, log):
     """Start the bundled server on repo, `client score` the test images at each (batch, concurrency)."""
-    from exdd.export.serve import TritonServer, free_port
-    from exdd.export.serving_env import resolve
+    from exdd.serving.serve import TritonServer, free_port
+    from exdd.serving.serving_env import resolve
     n = len([f for f in os.listdir(test_dir) if not f.endswith("_GT.png")])
     server = TritonServer(repo, "127.0.0.1", free_port(), free_port(), free_port(), env=resolve(),
                           log_path=repo + ".log", exit_on_error=True, exit_timeout=3)
@@ -134,7 +134,7 @@ def main() -> int:
     rep["exdd"]["bank_build_s"] = round(exdd("offline", "build", data, "--out", w("banks"), "--weights", a.weights,
                                              log=log), 1)
     save()
-    from exdd.export.registry import EXTRACTOR_PRECISIONS
+    from exdd.serving.registry import EXTRACTOR_PRECISIONS
     precisions = a.precisions.split(",")
     for prec in precisions:
         ep = EXTRACTOR_PRECISIONS[prec]

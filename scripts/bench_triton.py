@@ -70,7 +70,7 @@ def bench_offline(repo: str, images: np.ndarray, weights: str, batch: int) -> di
     import json
     import torch
     from exdd.offline.features import build_extractor
-    from exdd.scoring import Scorer, load_banks
+    from exdd_scoring import Scorer, load_banks
     with open(os.path.join(repo, "exdd_scorer", "1", "features.json")) as f:
         feats = json.load(f)
     torch.set_num_threads(os.cpu_count() or 1)

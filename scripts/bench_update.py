@@ -34,7 +34,7 @@ from exdd.offline.features import fingerprint, make_projection
 from exdd.metrics import paired_bootstrap_diff, spearman
 from exdd.progress import bar
 from exdd.offline.update import update
-from exdd.scoring import MODES, Scorer, load_banks
+from exdd_scoring import MODES, Scorer, load_banks
 
 
 def log(msg: str) -> None:

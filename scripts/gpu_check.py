@@ -12,7 +12,7 @@ On a GPU machine (torch CUDA + CuPy):
   6. Triton: only when a ``tritonserver`` is on PATH (reported; not driven by this script).
 Without a GPU it runs the same steps on the CPU at a small size (NumPy scorer, torch fp32 extraction at
 batch 1), says what it skipped, and still writes the JSON. Works from a plain checkout (no pip install):
-the exdd packages are mapped from the source folders when ``import exdd.scoring`` fails.
+the exdd packages are mapped from the source folders when ``import exdd_scoring`` fails.
 """
 from __future__ import annotations
 
@@ -32,10 +32,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def import_exdd() -> None:
-    """Make ``exdd``, ``exdd.offline``, ``exdd.export``, ``exdd.scoring`` importable from the source tree."""
+    """Make ``exdd`` (with its sub-packages) and ``exdd_scoring`` importable from the source tree."""
     if not os.environ.get("EXDD_GPU_CHECK_SHIM"):  # set by the test to exercise the device's path
         try:
-            import exdd.scoring  # noqa: F401
+            import exdd_scoring  # noqa: F401
             import exdd.offline.features  # noqa: F401
             return
         except ImportError:
@@ -46,11 +46,11 @@ def import_exdd() -> None:
     for f in os.listdir(os.path.join(ROOT, "exdd")):
         if f.endswith(".py"):
             os.symlink(os.path.join(ROOT, "exdd", f), os.path.join(pkg, f))
-    for name, src in (("offline", "offline"), ("export", "export"), ("client", "client"),
-                      ("scoring", os.path.join("model_repository", "exdd_scorer", "1", "exdd_scoring"))):
-        os.symlink(os.path.join(ROOT, src), os.path.join(pkg, name))
+    for name in ("offline", "export", "serving", "client", "report"):
+        os.symlink(os.path.join(ROOT, name), os.path.join(pkg, name))
+    os.symlink(os.path.join(ROOT, "exdd_scoring"), os.path.join(shim, "exdd_scoring"))
     sys.path.insert(0, shim)
-    for m in [m for m in sys.modules if m == "exdd" or m.startswith("exdd.")]:
+    for m in [m for m in sys.modules if m in ("exdd", "exdd_scoring") or m.startswith(("exdd.", "exdd_scoring."))]:
         del sys.modules[m]
 
 
@@ -111,8 +111,8 @@ def main() -> int:
     rep_exdd_from = os.path.dirname(os.path.abspath(exdd.__file__))
     import torch
     from exdd.offline.features import build_extractor
-    from exdd.scoring import Bank, BankPair, Scorer, load_banks
-    from exdd.scoring.knn import bank_neighbors
+    from exdd_scoring import Bank, BankPair, Scorer, load_banks
+    from exdd_scoring.knn import bank_neighbors
 
     rep: Dict[str, Any] = {"host": platform.node(), "python": platform.python_version(), "torch": torch.__version__,
                            "numpy": np.__version__, "exdd_from": rep_exdd_from, "skipped": [], "figures": {}, "checks": {}}

@@ -19,8 +19,8 @@ from typing import Dict, List
 import numpy as np
 
 from exdd.client.connection import Connection
-from exdd.export.serve import TritonServer, free_port
-from exdd.export.serving_env import resolve
+from exdd.serving.serve import TritonServer, free_port
+from exdd.serving.serving_env import resolve
 
 
 def tree_rss(pid: int) -> Dict[str, int]:

@@ -23,8 +23,8 @@ from exdd.offline.build import BuildConfig, build
 from exdd.datasets import holdout_split, load_split
 from exdd.offline.feature_cache import extract_raw
 from exdd.offline.features import fingerprint, make_projection
-from exdd.scoring import load_banks
-from exdd.scoring.knn import nearest, sq_norms, topk_nearest
+from exdd_scoring import load_banks
+from exdd_scoring.knn import nearest, sq_norms, topk_nearest
 
 WEIGHTS = "../shared/weights/wrn50-random0-bncal.safetensors"
 K_STUDY = 10   # m* and its 9 nearest bank neighbours

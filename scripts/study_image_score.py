@@ -21,8 +21,8 @@ import numpy as np
 from exdd.datasets import duplicates_across, load_split
 from exdd.offline.feature_cache import RawCache
 from exdd.metrics import aupro, auroc
-from exdd.scoring import reweight_q, upsample_smooth, upsample_smooth_matrices
-from exdd.scoring.fusion import fit_fusion, fusion_features, fusion_score
+from exdd_scoring import reweight_q, upsample_smooth, upsample_smooth_matrices
+from exdd_scoring.fusion import fit_fusion, fusion_features, fusion_score
 
 EPS = 1e-6
 N_BOOT = 2000

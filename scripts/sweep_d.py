@@ -25,7 +25,7 @@ from exdd.offline.evaluate import metrics_of, score_features
 from exdd.offline.feature_cache import extract_raw
 from exdd.offline.features import fingerprint, make_projection
 from exdd.progress import bar
-from exdd.scoring import MODES, Scorer, load_banks
+from exdd_scoring import MODES, Scorer, load_banks
 
 
 def main() -> None:

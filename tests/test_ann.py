@@ -12,12 +12,12 @@ import pytest
 faiss = pytest.importorskip("faiss")
 
 import triton_util as tu  # noqa: E402
-from exdd.export.ann_index import add_index  # noqa: E402
-from exdd.export.configs import Serving  # noqa: E402
-from exdd.export.repository import RepositoryError, assemble  # noqa: E402
-from exdd.scoring import BankError, Scorer, load_banks  # noqa: E402
-from exdd.scoring.ann import ExactSearcher, HnswSearcher, searchers_from_manifest  # noqa: E402
-from exdd.scoring.knn import nearest  # noqa: E402
+from exdd.serving.ann_index import add_index  # noqa: E402
+from exdd.serving.configs import Serving  # noqa: E402
+from exdd.serving.repository import RepositoryError, assemble  # noqa: E402
+from exdd_scoring import BankError, Scorer, load_banks  # noqa: E402
+from exdd_scoring.ann import ExactSearcher, HnswSearcher, searchers_from_manifest  # noqa: E402
+from exdd_scoring.knn import nearest  # noqa: E402
 
 
 def clustered(n, d, seed, centers=40):
@@ -79,7 +79,7 @@ def test_index_is_checksummed_in_the_manifest_and_scores_equal_exact(indexed_ban
 
 
 def test_ef_search_grows_with_the_bank_and_is_recorded_and_used_per_file(indexed_banks):
-    from exdd.scoring.ann import LARGE_BANK, ef_search_for
+    from exdd_scoring.ann import LARGE_BANK, ef_search_for
     assert ef_search_for(LARGE_BANK - 1) == 64 and ef_search_for(LARGE_BANK) == ef_search_for(100_000) == 128
     assert ef_search_for(100_000, {"ef_search": 40}) == 40          # an explicit choice wins
     manifest = load_banks(indexed_banks).manifest

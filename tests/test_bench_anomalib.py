@@ -23,7 +23,7 @@ def test_split_uses_the_negative_banks_normals_and_exdd_side_scores_every_mode(t
     from exdd.datasets import holdout_split, load_split
     from exdd.offline.evaluate import score_split
     from exdd.offline.features import build_extractor
-    from exdd.scoring import MODES, Scorer, load_banks
+    from exdd_scoring import MODES, Scorer, load_banks
     b = _bench()
     cfg = BuildConfig(min_size=40)
     split = b.make_split(str(tiny_dataset), TINY_HW, cfg, None, None)

@@ -33,8 +33,8 @@ def uncalibrated_banks(dest: str) -> str:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """A server on a repository assembled from banks without a calibrated threshold."""
-    from exdd.export.configs import Serving
-    from exdd.export.repository import assemble
+    from exdd.serving.configs import Serving
+    from exdd.serving.repository import assemble
     root = tmp_path_factory.mktemp("uncal")
     banks = uncalibrated_banks(str(root / "banks"))
     a = assemble(tu.onnx_fp32(), banks, str(root / "repo"), "python", Serving("cpu", 1, 8, 2000))

@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 
 import triton_util as tu
-from exdd.export.deploy import DeployError, deploy, load, ready_version, versions
-from exdd.export.serve import EXPLICIT_MODEL_CONTROL, TritonServer, free_port
+from exdd.serving.deploy import DeployError, deploy, load, ready_version, versions
+from exdd.serving.serve import EXPLICIT_MODEL_CONTROL, TritonServer, free_port
 
 pytestmark = pytest.mark.triton
 RTOL = 1e-4

@@ -8,9 +8,9 @@ import shutil
 import pytest
 
 import triton_util as tu
-from exdd.export.configs import Serving
+from exdd.serving.configs import Serving
 from exdd.export.onnx_export import (TOLERANCE, generated_images, onnx_session, parity, read_features, export_onnx)
-from exdd.export.repository import RepositoryError, assemble
+from exdd.serving.repository import RepositoryError, assemble
 from exdd.export.tensorrt import which_builder
 
 
@@ -25,8 +25,8 @@ def model_config(path):
 
 def test_committed_templates_are_a_triton_repository_and_export_fills_only_what_varies():
     """model_repository/ holds config.pbtxt of all three models; assembly changes sizes, batching, parameters."""
-    from exdd.export.configs import Serving, ensemble_config, features_config, scorer_config
-    from exdd.scoring import FeatureSpec
+    from exdd.serving.configs import Serving, ensemble_config, features_config, scorer_config
+    from exdd_scoring import FeatureSpec
     src = os.path.join(tu.ROOT, "model_repository")
     t = {n: model_config(os.path.join(src, n, "config.pbtxt")) for n in ("exdd", "exdd_features", "exdd_scorer")}
     assert t["exdd"].platform == "ensemble" and t["exdd_features"].backend == "python" == t["exdd_scorer"].backend
@@ -127,9 +127,9 @@ def test_repository_layout_and_configs():
     sc = model_config(os.path.join(repo, "exdd_scorer/config.pbtxt"))
     assert sc.max_batch_size == 8 and sc.HasField("dynamic_batching") and len(sc.model_warmup) == 1
     assert list(sc.input[0].dims) == [f["grid"][0], f["grid"][1], tu.D] and "mode" in sc.parameters
-    from exdd.scoring import FeatureSpec
+    from exdd_scoring import FeatureSpec
     assert FeatureSpec.from_json(sc.parameters["features"].string_value) == FeatureSpec.from_dict(f)
-    from exdd.scoring.bank import sha256_file
+    from exdd_scoring.bank import sha256_file
     readme = open(os.path.join(repo, "README.md")).read()
     assert sha256_file(os.path.join(tu.banks(), "manifest.json")) in readme
     # the scorer imports only numpy, the backend utilities and its own package

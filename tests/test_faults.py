@@ -15,7 +15,7 @@ import pytest
 
 import triton_util as tu
 from exdd.client.results import read_rows
-from exdd.export.serve import TritonServer, free_port, port_in_use
+from exdd.serving.serve import TritonServer, free_port, port_in_use
 
 pytestmark = pytest.mark.triton
 EXDD = [sys.executable, "-m", "exdd.cli"]

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from exdd.scoring.knn import bank_neighbors, nearest, topk_nearest
+from exdd_scoring.knn import bank_neighbors, nearest, topk_nearest
 
 
 def brute(q, b):

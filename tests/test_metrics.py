@@ -47,7 +47,7 @@ def test_metrics_module_runs_on_numpy_1(tmp_path):
     """The metrics file under a real NumPy 1.x interpreter (the Triton serving venv pins numpy<2)."""
     import os
     import subprocess
-    from exdd.export.serving_env import VENV_ENV
+    from exdd.serving.serving_env import VENV_ENV
     venv = os.environ.get(VENV_ENV) or os.path.join(os.path.dirname(os.path.dirname(__file__)), ".venv-serve")
     py = os.path.join(venv, "bin", "python")
     if not os.path.isfile(py):

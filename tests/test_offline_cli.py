@@ -7,7 +7,7 @@ import numpy as np
 from PIL import Image
 
 from conftest import TINY_ARGS, copy_dataset, run_exdd
-from exdd.scoring import MODES
+from exdd_scoring import MODES
 from exdd.datasets import holdout_split, load_split, detect_layout
 
 
@@ -119,7 +119,7 @@ def test_k_below_two_is_refused(tiny_dataset, tiny_banks, tmp_path):
                  check=False)
     assert p.returncode == 2 and "--k" in p.stderr and "1 is not in the range x>=2" in p.stderr
     assert not (tmp_path / "b").exists()
-    from exdd.scoring import BankError, load_banks
+    from exdd_scoring import BankError, load_banks
     bad = copy_dataset(tiny_banks, tmp_path / "banks")
     m = json.loads((bad / "manifest.json").read_text())
     m["k"] = 1

@@ -67,7 +67,7 @@ def test_offline_build_with_an_onnx_extractor_equals_the_torch_build_and_refuses
     a, b = (np.load(os.path.join(d, "negative.npy")) for d in (out, tu.banks()))
     assert a.shape == b.shape
     # same features up to float rounding: (nearly) every selected row is one of the torch build's rows
-    from exdd.scoring.knn import nearest
+    from exdd_scoring.knn import nearest
     dist, _ = nearest(a, b, np)
     assert np.mean(dist <= 1e-3 * float(np.linalg.norm(b, axis=1).mean())) >= 0.95
     p = tu.exdd_cli("offline", "build", tu.dataset(), "--out", out + "-bad", "--weights", tu.WEIGHTS, "--input-size",

@@ -27,12 +27,12 @@ def test_a_registered_layout_is_detected_loaded_and_offered(tmp_path):
 
 
 def test_cli_choices_come_from_the_registries():
-    from exdd.export.cli import repository_cmd
-    from exdd.export.registry import FEATURES_BACKENDS
+    from exdd.serving.cli import repository_cmd
+    from exdd.serving.registry import FEATURES_BACKENDS
     from exdd.offline.cli import build, evaluate
     from exdd.offline.synth.methods import SYNTH_METHODS
     from exdd.offline.synth_cli import synth
-    from exdd.scoring import MODES
+    from exdd_scoring import MODES
     assert list(_choices(build, "layout")) == layout_choices(labelled_only=True)
     assert list(_choices(evaluate, "layout")) == layout_choices()
     assert list(_choices(repository_cmd, "features_backend")) == list(FEATURES_BACKENDS)
@@ -43,9 +43,9 @@ def test_cli_choices_come_from_the_registries():
 def test_every_features_backend_makes_a_valid_config():
     from google.protobuf import text_format
     from tritonclient.grpc import model_config_pb2
-    from exdd.export.configs import Serving, features_config
-    from exdd.export.registry import FEATURES_BACKENDS
-    from exdd.scoring import FeatureSpec
+    from exdd.serving.configs import Serving, features_config
+    from exdd.serving.registry import FEATURES_BACKENDS
+    from exdd_scoring import FeatureSpec
     spec = FeatureSpec("wide_resnet50_2", "random:0", (128, 64), ("layer2", "layer3"), (16, 8), 0, "ab" * 32, 16)
     for name, b in FEATURES_BACKENDS.items():
         c = text_format.Parse(features_config(spec, name, Serving()), model_config_pb2.ModelConfig())

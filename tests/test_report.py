@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from exdd.report import build_report, gallery_groups, histogram, json_safe, modes_of, write_report
+from exdd.report.html import build_report, gallery_groups, histogram, json_safe, modes_of, write_report
 
 SVG_XMLNS = 'xmlns="http://www.w3.org/2000/svg"'
 CHROMIUM = next((p for p in (shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome",
@@ -25,8 +25,8 @@ def _heatmaps(dataset: str, bank_dir: str, out_dir: str, mode: str) -> dict:
     from exdd.offline.evaluate import score_split
     from exdd.offline.features import build_extractor
     from exdd.overlay import overlay, save_png
-    from exdd.scoring import Scorer, load_banks, read_manifest_features
-    from exdd.scoring import map_of_mode
+    from exdd_scoring import Scorer, load_banks, read_manifest_features
+    from exdd_scoring import map_of_mode
     feats = read_manifest_features(bank_dir)
     model, info = build_extractor(feats["weights"], feats["d"], feats["projection_seed"], tuple(feats["input_size"]))
     scorer = Scorer(load_banks(bank_dir, expected_features=info))
@@ -141,7 +141,7 @@ def test_report_in_headless_chromium(report, tmp_path):
 
 
 def test_report_cli(real_results, tmp_path):
-    from exdd.report_cli import report as report_cmd
+    from exdd.report.cli import report as report_cmd
     results, root = real_results
     src = tmp_path / "results.json"
     src.write_text(json.dumps(results))

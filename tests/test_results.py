@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from exdd.scoring import MODES
+from exdd_scoring import MODES
 from exdd.results import RESULTS_VERSION, ErrorRow, EvaluationResults, ImageResult, ResultsError
 
 
@@ -48,7 +48,7 @@ def test_offline_evaluate_writes_the_schema_and_report_reads_it(tiny_dataset, ti
     res = EvaluationResults.load(str(out))
     assert res.version == RESULTS_VERSION and res.source == "offline" and len(res.images) == 12
     assert set(res.modes) == set(MODES) and all(im.s_neg is not None for im in res.images)
-    from exdd.report_cli import report
+    from exdd.report.cli import report
     r = CliRunner().invoke(report, [str(out), "--out", str(tmp_path / "page.html")])
     assert r.exit_code == 0, r.output
     newer = tmp_path / "newer.json"

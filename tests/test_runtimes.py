@@ -11,7 +11,7 @@ import pytest
 import triton_util as tu
 from exdd.export.onnx_export import read_features, read_metadata
 from exdd.export.quantize import cosine_rows
-from exdd.scoring.runtimes import RUNTIMES, open_runtime
+from exdd_scoring.runtimes import RUNTIMES, open_runtime
 
 
 def test_onnxruntime_and_openvino_run_the_same_file_alike_and_read_its_metadata():
@@ -84,8 +84,8 @@ def test_served_openvino_features_equal_openvino_in_process():
 
 
 def test_openvino_backend_is_cpu_only_and_its_readme_names_bf16(tmp_path):
-    from exdd.export.configs import Serving
-    from exdd.export.repository import RepositoryError, assemble
+    from exdd.serving.configs import Serving
+    from exdd.serving.repository import RepositoryError, assemble
     with pytest.raises(RepositoryError, match="--kind cpu"):
         assemble(tu.onnx_fp32(), tu.banks(), str(tmp_path / "gpu"), "python-openvino", Serving("gpu", 1, 8, 2000))
     assert not os.path.exists(tmp_path / "gpu")

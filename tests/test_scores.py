@@ -4,9 +4,9 @@ import pytest
 import torch
 from scipy.ndimage import gaussian_filter
 
-from exdd.scoring import Bank, BankPair, Scorer
-from exdd.scoring.knn import bank_neighbors
-from exdd.scoring.resample import bilinear_matrix, upsample_smooth, upsample_smooth_matrices
+from exdd_scoring import Bank, BankPair, Scorer
+from exdd_scoring.knn import bank_neighbors
+from exdd_scoring.resample import bilinear_matrix, upsample_smooth, upsample_smooth_matrices
 
 GRID, OUT, D = (6, 4), (48, 32), 8
 
@@ -77,7 +77,7 @@ def test_gamma_and_fitted_fusion_come_from_the_manifest():
 
 
 def test_fit_fusion_separates_and_falls_back():
-    from exdd.scoring.fusion import FALLBACK, fit_fusion
+    from exdd_scoring.fusion import FALLBACK, fit_fusion
     rng = np.random.default_rng(6)
     y = np.r_[np.zeros(30), np.ones(12)]
     x = rng.standard_normal((42, 3))

@@ -12,8 +12,8 @@ import torch
 
 from exdd.client.heatmaps import heatmap_name
 from exdd.offline.weights import WeightsError, load_backbone
-from exdd.scoring import BankError, load_banks
-from exdd.scoring.bank import sha256_file
+from exdd_scoring import BankError, load_banks
+from exdd_scoring.bank import sha256_file
 
 ROOT = Path(__file__).resolve().parents[1]
 CODE_DIRS = ("exdd", "offline", "export", "client", "model_repository", "scripts")
@@ -72,7 +72,7 @@ def test_manifest_paths_cannot_escape_the_bank_directory(tiny_banks, tmp_path):
     (banks / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(BankError, match="missing bank file|not a plain file name"):
         load_banks(str(banks))
-    from exdd.scoring.bank import _safe_name
+    from exdd_scoring.bank import _safe_name
     for bad in ("../x.npy", "/etc/passwd", "a/b.npy", "..", ""):
         with pytest.raises(BankError):
             _safe_name(bad, "here")

@@ -3,8 +3,8 @@ import json
 
 import pytest
 
-from exdd.scoring import FeatureSpec, SpecError
-from exdd.scoring.bank import BankError, check_features
+from exdd_scoring import FeatureSpec, SpecError
+from exdd_scoring.bank import BankError, check_features
 
 BASE = {"backbone": "wide_resnet50_2", "weights": "random:0", "input_size": [632, 224], "layers": ["layer2", "layer3"],
         "grid": [79, 28], "projection_seed": 0, "projection_sha256": "ab" * 32, "d": 256, "aggregation": "avg"}
@@ -41,7 +41,7 @@ def test_missing_keys_and_matching():
 
 def test_a_manifest_with_malformed_features_is_refused(tiny_banks, tmp_path):
     import shutil
-    from exdd.scoring import load_banks
+    from exdd_scoring import load_banks
     bad = tmp_path / "b"
     shutil.copytree(tiny_banks, bad)
     m = json.loads((bad / "manifest.json").read_text())

@@ -4,7 +4,7 @@ import json
 from PIL import Image
 
 from conftest import TINY_ARGS, run_exdd
-from exdd.scoring import MODES
+from exdd_scoring import MODES
 
 
 def test_paste_synth_sweep_and_build(tiny_dataset, tmp_path):

@@ -200,7 +200,7 @@ def test_gpu_scorer_with_cupy_equals_numpy(reference):
         pytest.skip("needs a CUDA GPU with cupy")
     import cupy
     import torch
-    from exdd.scoring import Scorer, load_banks
+    from exdd_scoring import Scorer, load_banks
     imgs, ref = reference
     model, info = tu.extractor()
     with torch.no_grad():
@@ -224,7 +224,7 @@ def test_gpu_repository_serves_with_dlpack_inputs(reference):
 
 def test_serve_cli_starts_warns_when_exposed_and_stops_on_sigint():
     import signal
-    from exdd.export.serve import free_port
+    from exdd.serving.serve import free_port
     tu.serving_env()  # sets EXDD_SERVE_VENV to the checkout's venv when there is one
     ports = [str(free_port()) for _ in range(3)]
     proc, lines = tu.start_serve_cli(tu.repository("python"), "--host", "0.0.0.0",
@@ -242,7 +242,7 @@ def test_serve_on_ipv6_loopback():
     """Issue 12, defect 6: --host ::1 is loopback; the port check must use an IPv6 socket and URLs brackets."""
     import socket
     from exdd.client.connection import Connection, normalise_url
-    from exdd.export.serve import TritonServer, free_port, port_in_use
+    from exdd.serving.serve import TritonServer, free_port, port_in_use
     assert normalise_url("::1", "grpc") == "[::1]:8001" and normalise_url("[::1]", "http") == "[::1]:8000"
     assert normalise_url("http://[::1]:9000/", "http") == "[::1]:9000" and normalise_url("host", "grpc") == "host:8001"
     with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as taken:
@@ -263,7 +263,7 @@ def test_serve_on_ipv6_loopback():
 
 def test_client_reads_the_served_feature_spec(server):
     from exdd.client.connection import Connection
-    from exdd.scoring import FeatureSpec
+    from exdd_scoring import FeatureSpec
     info = Connection(server.grpc_url).info()
     assert info.features == FeatureSpec.from_dict(tu.extractor()[1])
     assert info.features.input_size == info.input_hw == tu.INPUT_HW

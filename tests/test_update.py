@@ -9,10 +9,10 @@ import pytest
 from conftest import TINY_HW, run_exdd
 from exdd.offline.coreset import coverage_radius, extend_kcenter, greedy_kcenter
 from exdd.offline.update import extend_neighbors
-from exdd.scoring import Bank, Scorer, load_banks
-from exdd.scoring.bank import sha256_file
-from exdd.scoring.knn import bank_neighbors
-from exdd.scoring import MODES
+from exdd_scoring import Bank, Scorer, load_banks
+from exdd_scoring.bank import sha256_file
+from exdd_scoring.knn import bank_neighbors
+from exdd_scoring import MODES
 
 
 def test_extend_kcenter_never_grows_the_radius():

@@ -18,8 +18,8 @@ from typing import Any, Dict, Optional
 import numpy as np
 
 from exdd.defaults import SCORE_RTOL
-from exdd.export.serve import TritonServer, free_port
-from exdd.export.serving_env import VENV_ENV, resolve
+from exdd.serving.serve import TritonServer, free_port
+from exdd.serving.serving_env import VENV_ENV, resolve
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 INPUT_HW = (128, 64)
@@ -83,8 +83,8 @@ def repository(backend: str = "python", kind: str = "cpu", name: Optional[str] =
     """A repository of the tiny model (Python-backend features unless told)."""
     key = name or f"repo-{backend}-{kind}"
     if key not in _CACHE:
-        from exdd.export.configs import Serving
-        from exdd.export.repository import assemble
+        from exdd.serving.configs import Serving
+        from exdd.serving.repository import assemble
         _CACHE[key] = assemble(onnx_fp32(), banks(), os.path.join(workdir(), key), backend,
                                Serving(kind, 1, 8, 5000)).path
     return _CACHE[key]
@@ -122,7 +122,7 @@ def start_server(repo: str, exit_on_error: bool = True, wait: str = "ready", tim
 def offline_reference(images: np.ndarray, bank_dir: str) -> Dict[str, np.ndarray]:
     """What the offline path (torch extractor + NumPy Scorer) gives for images, in the served mode."""
     import torch
-    from exdd.scoring import Scorer, load_banks
+    from exdd_scoring import Scorer, load_banks
     model, info = extractor()
     b = load_banks(bank_dir, expected_features=info)
     scorer = Scorer(b)

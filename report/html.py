@@ -16,8 +16,8 @@ import json
 import os
 from typing import Any, Dict, Optional, Sequence, Tuple
 
-from .report_charts import svg_histogram, svg_roc
-from .report_data import (DASH, _counts, _e, _fmt, _fmt_g, _num, _ok_images, confusion_at,  # noqa: F401
+from .charts import svg_histogram, svg_roc
+from .data import (DASH, _counts, _e, _fmt, _fmt_g, _num, _ok_images, confusion_at,  # noqa: F401
                           gallery_groups, histogram, json_safe, modes_of, roc_of, scores_labels)
 
 PALETTE = ("#4e79a7", "#e15759", "#59a14f", "#f28e2b", "#b07aa1", "#76b7b2")
@@ -273,7 +273,7 @@ def build_report(results: Dict[str, Any], title: str = "ExDD evaluation report",
     if gm is not None and _ok_images(results):
         parts.append(f"<h2>Gallery <span class=\"tag\">by {_e(gm)} score</span></h2>")
         if any(im.get("heatmap") for im in _ok_images(results)):
-            from .overlay import GT_COLOR, PRED_COLOR
+            from exdd.overlay import GT_COLOR, PRED_COLOR
             rgb = lambda c: "rgb(%d,%d,%d)" % c  # noqa: E731
             parts.append(f'<p class="note">Heatmaps: anomaly map in a blue-to-red colour scale over the image; '
                          f'<span class="swatch" style="background:{rgb(PRED_COLOR)};border:1px solid #8c959f"></span>'

@@ -29,7 +29,7 @@ from typing import Any, Dict, List, Optional
 import click
 
 from exdd.cli_common import fail
-from exdd.scoring import DEFAULT_MODE
+from exdd_scoring import DEFAULT_MODE
 
 SCORER = "exdd_scorer"
 ENSEMBLE = "exdd"
@@ -59,8 +59,8 @@ def versions(model_dir: str) -> List[int]:
 
 def _parse_config(text: str):
     """A config.pbtxt text as Triton's ModelConfig message (protobuf text format)."""
-    from .configs import _pb
-    mc, text_format = _pb()
+    from .configs import protobuf
+    mc, text_format = protobuf()
     try:
         return text_format.Parse(text, mc.ModelConfig())
     except text_format.ParseError as e:
@@ -93,9 +93,9 @@ def _write_atomic(path: str, text: str) -> None:
 
 def prepare(bank_dir: str, repo: str, keep_threshold: bool = False) -> Dict[str, Any]:
     """Verify the banks against the served extractor and write the next scorer version (not loaded yet)."""
-    from exdd.scoring import BankError, load_banks
-    from exdd.scoring.bank import check_features, sha256_file
-    from .repository import _copy_banks, choose_threshold
+    from exdd_scoring import BankError, load_banks
+    from exdd_scoring.bank import check_features, sha256_file
+    from .repository import copy_banks, choose_threshold
 
     model_dir = os.path.join(repo, SCORER)
     have = versions(model_dir)
@@ -127,7 +127,7 @@ def prepare(bank_dir: str, repo: str, keep_threshold: bool = False) -> Dict[str,
         shutil.copy2(os.path.join(latest_dir, "features.json"), tmp)
         shutil.copytree(os.path.join(latest_dir, "exdd_scoring"), os.path.join(tmp, "exdd_scoring"),
                         ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-        _copy_banks(bank_dir, os.path.join(tmp, "banks"), banks.manifest)
+        copy_banks(bank_dir, os.path.join(tmp, "banks"), banks.manifest)
         record = {"version": version, "previous": latest, "banks": os.path.abspath(bank_dir),
                   "banks_manifest_sha256": sha256_file(os.path.join(bank_dir, "manifest.json")),
                   "parent": banks.manifest.get("parent"), "mode": mode,

@@ -4,15 +4,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Optional
 
-from exdd.scoring.spec import FeatureSpec
+from exdd_scoring.spec import FeatureSpec
 
-from .registry import FEATURES_BACKENDS as _BACKENDS
+from .registry import FEATURES_BACKENDS
 
-FEATURES_BACKENDS = tuple(_BACKENDS)
 KINDS = ("cpu", "gpu")
-SCORER_OUTPUTS: Tuple[str, ...] = ("SCORE", "IS_DEFECT", "ANOMALY_MAP", "SCORE_NEG", "SCORE_POS")
 
 
 @dataclass
@@ -24,7 +22,8 @@ class Serving:
     queue_delay_us: int = 2000
 
 
-def _pb():
+def protobuf():
+    """(model_config_pb2, text_format): Triton's ModelConfig message and protobuf's text format."""
     from google.protobuf import text_format
     from tritonclient.grpc import model_config_pb2
     return model_config_pb2, text_format
@@ -32,15 +31,15 @@ def _pb():
 
 def template(name: str) -> Any:
     """The committed config.pbtxt of model `name` parsed into a ModelConfig message."""
-    from .repository import model_files
-    mc, text_format = _pb()
+    from .model_files import model_files
+    mc, text_format = protobuf()
     text = (model_files() / name / "config.pbtxt").read_text()
     return text_format.Parse(text, mc.ModelConfig())
 
 
 def to_text(config: Any) -> str:
     """A ModelConfig message as config.pbtxt text."""
-    _, text_format = _pb()
+    _, text_format = protobuf()
     return text_format.MessageToString(config)
 
 
@@ -50,7 +49,7 @@ def _set_dims(field: Any, dims) -> None:
 
 
 def _serving(config: Any, s: Serving) -> None:
-    mc, _ = _pb()
+    mc, _ = protobuf()
     config.max_batch_size = int(s.max_batch)
     if config.platform != "ensemble":
         del config.instance_group[:]
@@ -74,11 +73,11 @@ def _io(config: Any, section: str, name: str) -> Any:
 
 def features_config(features: FeatureSpec, backend: str, s: Serving) -> str:
     """config.pbtxt of exdd_features for a backend of the registry (onnxruntime, tensorrt_plan, python, ...)."""
-    if backend not in _BACKENDS:
-        raise ValueError(f"features backend {backend!r}: expected one of {tuple(_BACKENDS)}")
+    if backend not in FEATURES_BACKENDS:
+        raise ValueError(f"features backend {backend!r}: expected one of {tuple(FEATURES_BACKENDS)}")
     spec = FeatureSpec.from_dict(features)
     c = template("exdd_features")
-    b = _BACKENDS[backend]
+    b = FEATURES_BACKENDS[backend]
     c.ClearField("backend")
     c.ClearField("platform")
     c.ClearField("default_model_filename")
@@ -130,13 +129,3 @@ def ensemble_config(features: FeatureSpec, s: Serving) -> str:
     _set_dims(_io(c, "output", "ANOMALY_MAP"), spec.input_size)
     _serving(c, s)
     return to_text(c)
-
-
-def template_text(name: str) -> str:
-    """The committed template file's text (for documentation and tests)."""
-    from .repository import model_files
-    return (model_files() / name / "config.pbtxt").read_text()
-
-
-__all__ = ["FEATURES_BACKENDS", "KINDS", "SCORER_OUTPUTS", "Serving", "features_config", "scorer_config",
-           "ensemble_config", "template", "to_text", "template_text"]

@@ -5,7 +5,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .report_data import _e, _fmt
+from .data import _e, _fmt
 
 NORMAL_COLOR, DEFECT_COLOR, UNKNOWN_COLOR = "#4e79a7", "#e15759", "#9aa0a6"
 SVG_NS = "http://www.w3.org/2000/svg"

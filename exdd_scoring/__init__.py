@@ -1,7 +1,7 @@
 """ExDD scoring math, written once against an ``xp`` array module (numpy or cupy).
 
 This package lives inside the Triton scorer model so that a model repository deploys by
-copying it; the offline evaluator imports the same files as ``exdd.scoring``. It must only
+copying it; the offline evaluator imports the same files as ``exdd_scoring``. It must only
 ever import numpy (and cupy when given), json, hashlib and the standard library.
 """
 from .bank import (BANK_FORMAT_VERSION, Bank, BankError, BankPair, FEATURE_KEYS, load_banks, read_manifest,

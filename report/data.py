@@ -7,7 +7,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from exdd.scoring.scores import MODES
+from exdd_scoring.scores import MODES
 
 MODE_ORDER = tuple(MODES)
 DASH = "\u2014"

@@ -23,16 +23,16 @@ import os
 import shutil
 import tempfile
 from dataclasses import dataclass
-from importlib.abc import Traversable
-from pathlib import Path
 from typing import Any, Dict, Optional
 
-from exdd.scoring.bank import sha256_file
+from exdd_scoring.bank import sha256_file
 
-from exdd.scoring.spec import FeatureSpec, SpecError
+from exdd_scoring.spec import FeatureSpec, SpecError
 
 from .configs import KINDS, Serving, ensemble_config, features_config, scorer_config
-from .onnx_export import read_features, read_metadata, PRECISION_KEY
+from exdd.export.onnx_export import PRECISION_KEY, read_features, read_metadata
+
+from .model_files import copy_resource, model_files
 from .registry import FEATURES_BACKENDS
 
 
@@ -50,42 +50,7 @@ class Assembled:
     manifest_sha256: str
 
 
-def model_files() -> Traversable:
-    """The committed model_repository/ (model.py files, config.pbtxt templates), as package data.
-
-    Installed (wheel, ``pip install .``) it is the package-data folder ``exdd/model_repository``.
-    setuptools' editable finder cannot resolve that folder (a namespace package mapped outside
-    ``exdd/``), so an editable checkout falls back to the source tree it maps ``exdd.scoring`` into.
-    """
-    try:
-        return importlib.resources.files("exdd.model_repository")
-    except ModuleNotFoundError:
-        scoring = importlib.resources.files("exdd.scoring")   # model_repository/exdd_scorer/1/exdd_scoring
-        root = Path(str(scoring)).parents[2]
-        if not (root / "exdd_scorer" / "1" / "model.py").is_file():
-            raise RepositoryError(f"the Triton model files are not installed with exdd ({root}): reinstall exdd") from None
-        return root
-
-
-def source_dir() -> str:
-    """The committed model_repository/ as a path (for callers that need one; see model_files)."""
-    return str(model_files())
-
-
-def copy_resource(src: Traversable, dest: str) -> None:
-    """Copy a package-data file or folder to dest (folders recursively, no __pycache__ / .pyc)."""
-    if src.is_dir():
-        os.makedirs(dest, exist_ok=True)
-        for child in src.iterdir():
-            if child.name == "__pycache__" or child.name.endswith(".pyc"):
-                continue
-            copy_resource(child, os.path.join(dest, child.name))
-    else:
-        with open(dest, "wb") as f:
-            f.write(src.read_bytes())
-
-
-def _copy_banks(bank_dir: str, dest: str, manifest: Dict[str, Any]) -> None:
+def copy_banks(bank_dir: str, dest: str, manifest: Dict[str, Any]) -> None:
     """Copy manifest.json and the array files it lists (nothing else) into dest."""
     os.makedirs(dest)
     shutil.copy2(os.path.join(bank_dir, "manifest.json"), dest)
@@ -155,8 +120,8 @@ def assemble(onnx_path: str, bank_dir: str, out_dir: str, features_backend: str 
 
     index 'hnsw' adds an approximate nearest-neighbour index for banks of at least index_min_size
     vectors (CPU instances use it; GPU instances search exactly)."""
-    from exdd.scoring import DEFAULT_MODE, MODES, BankError, load_banks
-    from exdd.scoring.bank import check_features
+    from exdd_scoring import DEFAULT_MODE, MODES, BankError, load_banks
+    from exdd_scoring.bank import check_features
 
     s = serving or Serving()
     if features_backend not in FEATURES_BACKENDS:
@@ -200,8 +165,8 @@ def assemble(onnx_path: str, bank_dir: str, out_dir: str, features_backend: str 
         os.makedirs(feats_v)
         os.makedirs(os.path.join(tmp, "exdd", "1"))
         copy_resource(src / "exdd_scorer" / "1" / "model.py", os.path.join(scorer_v, "model.py"))
-        copy_resource(importlib.resources.files("exdd.scoring"), os.path.join(scorer_v, "exdd_scoring"))
-        _copy_banks(bank_dir, os.path.join(scorer_v, "banks"), manifest)
+        copy_resource(importlib.resources.files("exdd_scoring"), os.path.join(scorer_v, "exdd_scoring"))
+        copy_banks(bank_dir, os.path.join(scorer_v, "banks"), manifest)
         if index != "exact":
             from .ann_index import DEFAULT_MIN_SIZE, add_index
             try:
@@ -215,7 +180,7 @@ def assemble(onnx_path: str, bank_dir: str, out_dir: str, features_backend: str 
         shutil.copy2(engine_path if fb.needs_engine else onnx_path, os.path.join(feats_v, fb.model_file))
         if fb.python_model:
             copy_resource(src / "exdd_features" / "1" / "model.py", os.path.join(feats_v, "model.py"))
-            copy_resource(importlib.resources.files("exdd.scoring"), os.path.join(feats_v, "exdd_scoring"))
+            copy_resource(importlib.resources.files("exdd_scoring"), os.path.join(feats_v, "exdd_scoring"))
         _write(os.path.join(tmp, "exdd_features", "config.pbtxt"), features_config(features, features_backend, s))
         _write(os.path.join(tmp, "exdd_scorer", "config.pbtxt"), scorer_config(features, mode, thr, s))
         _write(os.path.join(tmp, "exdd", "config.pbtxt"), ensemble_config(features, s))

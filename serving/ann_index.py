@@ -10,7 +10,7 @@ import json
 import os
 from typing import Callable, Dict, Optional
 
-from exdd.scoring.ann import INDEX_KEY, SEARCHERS, write_index
+from exdd_scoring.ann import INDEX_KEY, SEARCHERS, write_index
 
 INDEX_KINDS = tuple(SEARCHERS)
 # Below this many vectors a bank stays exact: exact was as fast as HNSW at 3k and 3x slower at 8k (BENCHMARKS.md, Speed).

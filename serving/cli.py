@@ -1,0 +1,57 @@
+"""``exdd export repository``: the Triton model repository from an exported extractor and banks."""
+from __future__ import annotations
+
+import os
+
+import click
+
+from exdd.cli_common import fail
+from exdd_scoring.scores import MODES
+
+from .registry import FEATURES_BACKENDS
+
+
+@click.command("repository")
+@click.option("--onnx", "onnx_path", required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--banks", "bank_dir", required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Repository directory to write.")
+@click.option("--features-backend", default="onnxruntime", show_default=True, type=click.Choice(list(FEATURES_BACKENDS)),
+              help="; ".join(f"{b.name}: {b.help}" for b in FEATURES_BACKENDS.values()) + ".")
+@click.option("--engine", "engine_path", default=None, type=click.Path(dir_okay=False),
+              help="TensorRT engine for --features-backend tensorrt_plan (built from --onnx when absent).")
+@click.option("--kind", default="cpu", type=click.Choice(["cpu", "gpu"]), show_default=True)
+@click.option("--instances", default=1, show_default=True, type=click.IntRange(1, 64))
+@click.option("--max-batch", default=8, show_default=True, type=click.IntRange(1, 1024))
+@click.option("--queue-delay-us", default=2000, show_default=True, type=click.IntRange(0, 10_000_000),
+              help="Dynamic batching: longest wait to fill a batch.")
+@click.option("--mode", default=None, type=click.Choice(list(MODES)),
+              help="Served mode (default: the banks' default_mode).")
+@click.option("--threshold", default=None, type=float, help="Served threshold (default: the calibrated one).")
+@click.option("--force", is_flag=True, help="Replace --out if it exists.")
+@click.option("--index", default="exact", type=click.Choice(["exact", "hnsw"]), show_default=True,
+              help="CPU scorer search: exact, or hnsw (faiss HNSW, built now, stored in faiss's format and "
+                   "checksummed in the manifest; the server's Python then needs faiss-cpu). GPU instances search exactly.")
+@click.option("--index-min-size", default=None, type=click.IntRange(1),
+              help="hnsw only for banks of at least this many vectors; smaller ones stay exact [default: 8000].")
+def repository_cmd(onnx_path, bank_dir, out_dir, features_backend, engine_path, kind, instances, max_batch,
+                   queue_delay_us, mode, threshold, force, index, index_min_size):
+    """Assemble a Triton model repository (exdd ensemble, exdd_features, exdd_scorer) from ONNX + banks."""
+    from exdd.export.onnx_export import ExportError, read_features
+    from exdd.export.tensorrt import TensorRTBuildError, TensorRTUnavailable, build_engine
+
+    from .configs import Serving
+    from .repository import RepositoryError, assemble
+
+    try:
+        if FEATURES_BACKENDS[features_backend].needs_engine and not (engine_path and os.path.isfile(engine_path)):
+            engine_path = engine_path or os.path.splitext(onnx_path)[0] + ".plan"
+            click.echo(f"building the TensorRT engine {engine_path} (batch 1..{max_batch}, fp16)", err=True)
+            build_engine(onnx_path, engine_path, tuple(read_features(onnx_path)["input_size"]), max_batch)
+        res = assemble(onnx_path, bank_dir, out_dir, features_backend, Serving(kind, instances, max_batch, queue_delay_us),
+                       engine_path, mode, threshold, force, index, index_min_size,
+                       log=lambda m: click.echo(m, err=True))
+    except (ExportError, RepositoryError, TensorRTUnavailable, TensorRTBuildError) as e:
+        fail(str(e))
+    thr = "none" if res.threshold is None else f"{res.threshold:.6g}"
+    click.echo(f"repository: {res.path} (features {features_backend}, {instances} x {kind}, max batch {max_batch}, "
+               f"mode {res.mode}, threshold {thr}, manifest sha256 {res.manifest_sha256[:12]}..., index {index})")
