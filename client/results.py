@@ -2,23 +2,18 @@
 
 A row is written and flushed as soon as its turn comes (rows keep the input order). On resume,
 the rows already in the file are kept, a torn last line (from a kill mid-write) is cut off, and
-the paths they name are skipped, so a finished job has each image exactly once.
+the paths they name are skipped, so a finished job has each image exactly once. The columns and
+the reader are ``exdd.result_rows`` (offline update reads the rows too).
 """
 from __future__ import annotations
 
 import csv
-import io
 import json
 import math
 import os
-from typing import Any, Dict, List, Set
+from typing import Any, Dict, Set
 
-COLUMNS = ["path", "score", "is_defect", "score_neg", "score_pos", "threshold", "mode", "latency_ms", "heatmap",
-           "error", "warning"]
-
-
-def _format(path: str) -> str:
-    return "csv" if path.lower().endswith(".csv") else "jsonl"
+from exdd.result_rows import COLUMNS, file_format, parse_rows
 
 
 def _clean(v: Any) -> Any:
@@ -32,7 +27,7 @@ class ResultWriter:
 
     def __init__(self, path: str, resume: bool = True):
         self.path = path
-        self.fmt = _format(path)
+        self.fmt = file_format(path)
         self.done: Set[str] = set()
         os.makedirs(os.path.dirname(os.path.abspath(path)) or ".", exist_ok=True)
         if resume and os.path.exists(path):
@@ -51,16 +46,10 @@ class ResultWriter:
             with open(self.path, "r+b") as f:
                 f.truncate(keep)
         text = data[:keep].decode("utf-8", errors="replace")
-        if self.fmt == "csv":
-            rows = list(csv.DictReader(io.StringIO(text)))
-            if not text:
-                with open(self.path, "w", newline="") as f:
-                    csv.writer(f).writerow(COLUMNS)
-        else:
-            rows = []
-            for line in text.splitlines():
-                if line.strip():
-                    rows.append(json.loads(line))
+        rows = parse_rows(text, self.fmt)
+        if self.fmt == "csv" and not text:
+            with open(self.path, "w", newline="") as f:
+                csv.writer(f).writerow(COLUMNS)
         self.done = {r["path"] for r in rows}
 
     def write(self, row: Dict[str, Any]) -> None:
@@ -79,10 +68,3 @@ class ResultWriter:
         os.fsync(self._f.fileno())
         self._f.close()
 
-
-def read_rows(path: str) -> List[Dict[str, Any]]:
-    """All complete rows of a result file."""
-    with open(path, newline="") as f:
-        if _format(path) == "csv":
-            return list(csv.DictReader(f))
-        return [json.loads(line) for line in f if line.strip()]

@@ -14,6 +14,8 @@ from typing import Callable, Dict, Optional
 
 import numpy as np
 
+from .onnx_metadata import PRECISION_KEY
+
 OPENVINO_PRECISIONS = ("bf16", "f32")
 
 
@@ -36,7 +38,7 @@ class OnnxRuntimeRunner:
             else:
                 self.note = "onnxruntime has no CUDAExecutionProvider (install onnxruntime-gpu); running on CPU"
         self.session = ort.InferenceSession(path, sess_options=opts, providers=providers)
-        self.precision = self.metadata("exdd.precision") or "fp32"
+        self.precision = self.metadata(PRECISION_KEY) or "fp32"
 
     def metadata(self, key: str) -> Optional[str]:
         """A metadata entry of the ONNX file, or None."""

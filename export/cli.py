@@ -149,7 +149,8 @@ def _export_int8(model, info, out_path, banks, hw, parity_images, parity_count, 
 @click.option("--fp32", "fp32", is_flag=True, help="Build without FP16 kernels.")
 def tensorrt_cmd(onnx_path, out_path, max_batch, fp32):
     """Build a TensorRT engine (fp16, batch 1..N) from an exported ONNX."""
-    from .onnx_export import ExportError, read_features
+    from exdd_scoring.onnx_metadata import OnnxMetadataError, read_features
+
     from .tensorrt import NO_TENSORRT, TensorRTBuildError, TensorRTUnavailable, build_engine, which_builder
 
     if which_builder() is None:
@@ -158,7 +159,7 @@ def tensorrt_cmd(onnx_path, out_path, max_batch, fp32):
         feats = read_features(onnx_path)
         t0 = time.time()
         build_engine(onnx_path, out_path, tuple(feats["input_size"]), max_batch, fp16=not fp32)
-    except (ExportError, TensorRTUnavailable, TensorRTBuildError) as e:
+    except (OnnxMetadataError, TensorRTUnavailable, TensorRTBuildError) as e:
         fail(str(e))
     click.echo(f"engine: {out_path} ({os.path.getsize(out_path) / 1e6:.1f} MB, {time.time() - t0:.1f}s, "
                f"batch 1..{max_batch}, {'fp32' if fp32 else 'fp16'})")

@@ -4,12 +4,12 @@ The exported graph holds everything from raw pixels to projected features: the u
 cast, ImageNet normalisation, WideResNet50-2 to layer3, 3x3 aggregation, upsampling and the
 projection. fp16 keeps the uint8 input and float32 output; the casts are inside the graph.
 The features fingerprint (``build_extractor``'s dict) is stored in the model's metadata_props
-under ``exdd.features`` so that banks made with other features can be refused.
+under ``exdd.features`` so that banks made with other features can be refused (the keys, their
+encoding and the reader are ``exdd_scoring.onnx_metadata``, shared with every reader).
 """
 from __future__ import annotations
 
 import copy
-import json
 import os
 import tempfile
 import warnings
@@ -18,8 +18,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-METADATA_KEY = "exdd.features"
-PRECISION_KEY = "exdd.precision"
+from exdd_scoring.onnx_metadata import metadata_entries
+
 INPUT_NAME, OUTPUT_NAME = "IMAGE", "FEATURES"
 OPSET = 17
 # Parity: max |onnx - torch| / max |torch| over the check images (torch fp32 is the reference).
@@ -91,7 +91,7 @@ def export_onnx(model: Any, info: Dict[str, Any], out_path: str, precision: str 
                               dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
                               opset_version=opset, do_constant_folding=True, dynamo=False)
         proto = onnx.load(raw)
-    set_metadata(proto, {METADATA_KEY: json.dumps(info, sort_keys=True), PRECISION_KEY: precision})
+    set_metadata(proto, metadata_entries(info, precision))
     onnx.checker.check_model(proto)
     onnx.save(proto, out_path)
     return out_path
@@ -105,33 +105,6 @@ def set_metadata(proto: Any, entries: Dict[str, str]) -> None:
     for k, v in entries.items():
         p = proto.metadata_props.add()
         p.key, p.value = k, v
-
-
-def read_metadata(onnx_path: str) -> Dict[str, str]:
-    """metadata_props of an ONNX file (read through ONNX Runtime, without loading the weights into Python)."""
-    import onnxruntime as ort
-
-    if not os.path.isfile(onnx_path):
-        raise ExportError(f"{onnx_path}: no such ONNX file")
-    try:
-        sess = ort.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])
-    except Exception as e:  # noqa: BLE001 - ORT raises several unrelated types for bad files
-        raise ExportError(f"{onnx_path}: not a loadable ONNX model ({type(e).__name__}: {e})") from None
-    return dict(sess.get_modelmeta().custom_metadata_map)
-
-
-def read_features(onnx_path: str) -> Dict[str, Any]:
-    """The features fingerprint stored in an exported ONNX file."""
-    meta = read_metadata(onnx_path)
-    if METADATA_KEY not in meta:
-        raise ExportError(f"{onnx_path}: no '{METADATA_KEY}' in the ONNX metadata (not exported by exdd export onnx?)")
-    try:
-        feats = json.loads(meta[METADATA_KEY])
-    except ValueError as e:
-        raise ExportError(f"{onnx_path}: metadata '{METADATA_KEY}' is not JSON ({e})") from None
-    if not isinstance(feats, dict):
-        raise ExportError(f"{onnx_path}: metadata '{METADATA_KEY}' is not a JSON object")
-    return feats
 
 
 def _is_image_file(name: str) -> bool:

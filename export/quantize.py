@@ -20,8 +20,9 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 
 from exdd.metrics import spearman
+from exdd_scoring.onnx_metadata import PRECISION_KEY
 
-from .onnx_export import INPUT_NAME, PRECISION_KEY, ExportError, image_files, load_images, set_metadata
+from .onnx_export import INPUT_NAME, ExportError, image_files, load_images, set_metadata
 
 # Pass criteria of the int8 parity check.
 MIN_COSINE = 0.98          # mean patch cosine similarity to torch fp32, worst image

@@ -34,15 +34,15 @@ def _extractor(weights: str, d: int, seed: int, input_hw):
 def _onnx_model(extractor_onnx: str, info, runtime: str = "onnxruntime"):
     """The exported ONNX run by a runtime (onnxruntime | openvino-bf16 | openvino-f32) in place of the torch
     extractor (same features fingerprint)."""
-    from exdd.export.onnx_export import ExportError
     from exdd_scoring import BankError
     from exdd_scoring.bank import check_features
+    from exdd_scoring.onnx_metadata import OnnxMetadataError
     from .onnx_features import OnnxExtractor
     try:
         name, _, precision = runtime.partition("-")
         onnx_model = OnnxExtractor(extractor_onnx, runtime=name, precision=precision or "bf16")
         check_features(onnx_model.features, info, f"--extractor {extractor_onnx}")
-    except (ExportError, BankError) as e:
+    except (OnnxMetadataError, BankError) as e:
         fail(str(e))
     except ImportError as e:
         fail(f"--extractor-runtime {runtime}: {e} (pip install openvino)")

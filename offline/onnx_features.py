@@ -11,6 +11,7 @@ from typing import Any, Dict
 
 import numpy as np
 
+from exdd_scoring.onnx_metadata import read_features
 from exdd_scoring.runtimes import open_runtime
 
 
@@ -18,7 +19,6 @@ class OnnxExtractor:
     """An ONNX extractor with the torch extractor's call signature: onnxruntime (the file's precision) or openvino."""
 
     def __init__(self, onnx_path: str, threads: int = 0, runtime: str = "onnxruntime", precision: str = "bf16"):
-        from exdd.export.onnx_export import read_features
         self.path = onnx_path
         self.features: Dict[str, Any] = read_features(onnx_path)
         self.runner = open_runtime(runtime, onnx_path, precision, threads)

@@ -263,7 +263,7 @@ def verdict_samples(results_path: str, column: str = "verdict") -> Tuple[List[Sa
     Rows without a verdict are not reviewed and skipped; a defect verdict needs a mask: column
     ``mask`` or NNNNN_GT.png beside the image. Unknown verdicts and missing files are errors.
     """
-    from exdd.client.results import read_rows
+    from exdd.result_rows import read_rows
     try:
         rows = read_rows(results_path)
     except (OSError, ValueError) as e:

@@ -36,8 +36,8 @@ from .registry import FEATURES_BACKENDS
 def repository_cmd(onnx_path, bank_dir, out_dir, features_backend, engine_path, kind, instances, max_batch,
                    queue_delay_us, mode, threshold, force, index, index_min_size):
     """Assemble a Triton model repository (exdd ensemble, exdd_features, exdd_scorer) from ONNX + banks."""
-    from exdd.export.onnx_export import ExportError, read_features
     from exdd.export.tensorrt import TensorRTBuildError, TensorRTUnavailable, build_engine
+    from exdd_scoring.onnx_metadata import OnnxMetadataError, read_features
 
     from .configs import Serving
     from .repository import RepositoryError, assemble
@@ -50,7 +50,7 @@ def repository_cmd(onnx_path, bank_dir, out_dir, features_backend, engine_path, 
         res = assemble(onnx_path, bank_dir, out_dir, features_backend, Serving(kind, instances, max_batch, queue_delay_us),
                        engine_path, mode, threshold, force, index, index_min_size,
                        log=lambda m: click.echo(m, err=True))
-    except (ExportError, RepositoryError, TensorRTUnavailable, TensorRTBuildError) as e:
+    except (OnnxMetadataError, RepositoryError, TensorRTUnavailable, TensorRTBuildError) as e:
         fail(str(e))
     thr = "none" if res.threshold is None else f"{res.threshold:.6g}"
     click.echo(f"repository: {res.path} (features {features_backend}, {instances} x {kind}, max batch {max_batch}, "

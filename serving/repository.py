@@ -30,7 +30,7 @@ from exdd_scoring.bank import sha256_file
 from exdd_scoring.spec import FeatureSpec, SpecError
 
 from .configs import KINDS, Serving, ensemble_config, features_config, scorer_config
-from exdd.export.onnx_export import PRECISION_KEY, read_features, read_metadata
+from exdd_scoring.onnx_metadata import PRECISION_KEY, read_features, read_metadata
 
 from .model_files import copy_resource, model_files
 from .registry import FEATURES_BACKENDS

@@ -14,7 +14,7 @@ import pytest
 
 import triton_util as tu
 from exdd.client.connection import Connection
-from exdd.client.results import read_rows
+from exdd.result_rows import read_rows
 
 pytestmark = pytest.mark.triton
 EXDD = [sys.executable, "-m", "exdd.cli"]

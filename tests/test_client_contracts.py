@@ -14,7 +14,7 @@ from PIL import Image
 
 import triton_util as tu
 from exdd.client.connection import Connection, served_threshold
-from exdd.client.results import read_rows
+from exdd.result_rows import read_rows
 
 pytestmark = pytest.mark.triton
 EXDD = [sys.executable, "-m", "exdd.cli"]

@@ -9,7 +9,8 @@ import pytest
 
 import triton_util as tu
 from exdd.serving.configs import Serving
-from exdd.export.onnx_export import (TOLERANCE, generated_images, onnx_session, parity, read_features, export_onnx)
+from exdd.export.onnx_export import TOLERANCE, generated_images, onnx_session, parity, export_onnx
+from exdd_scoring.onnx_metadata import read_features
 from exdd.serving.repository import RepositoryError, assemble
 from exdd.export.tensorrt import which_builder
 
@@ -85,6 +86,40 @@ def test_fp16_keeps_uint8_in_float32_out_within_looser_tolerance():
     assert 0 < res.rel  # really half precision inside
     assert os.path.getsize(path) < 0.6 * os.path.getsize(tu.onnx_fp32())
     assert read_features(path) == info
+
+
+def plain_onnx(path):
+    """A loadable ONNX file (IMAGE -> FEATURES identity) that exdd export did not write: no exdd metadata."""
+    import onnx
+    from onnx import TensorProto, helper
+    io = [helper.make_tensor_value_info(n, TensorProto.UINT8, [1, *tu.INPUT_HW, 3]) for n in ("IMAGE", "FEATURES")]
+    graph = helper.make_graph([helper.make_node("Identity", ["IMAGE"], ["FEATURES"])], "plain", io[:1], io[1:])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return path
+
+
+def test_an_onnx_without_exdd_metadata_is_refused_by_every_reader_naming_the_file(tmp_path):
+    """Writer and readers share one contract (exdd_scoring.onnx_metadata): export, offline --extractor, repository."""
+    from exdd_scoring.onnx_metadata import FEATURES_KEY, OnnxMetadataError, features_of, metadata_entries
+    assert features_of(metadata_entries({"d": 8}, "fp16"), "x") == {"d": 8}
+    path = plain_onnx(str(tmp_path / "plain.onnx"))
+    with pytest.raises(OnnxMetadataError, match=f"plain.onnx: no '{FEATURES_KEY}' in the ONNX metadata"):
+        read_features(path)
+    (tmp_path / "text.onnx").write_text("not a model")
+    with pytest.raises(OnnxMetadataError, match="text.onnx: not a loadable ONNX model"):
+        read_features(str(tmp_path / "text.onnx"))
+    want = f"{path}: no '{FEATURES_KEY}' in the ONNX metadata"
+    for args in (["export", "repository", "--onnx", path, "--banks", tu.banks(), "--out", str(tmp_path / "r")],
+                 ["export", "tensorrt", path, "--out", str(tmp_path / "e.plan")] if which_builder() else [],
+                 ["offline", "build", tu.dataset(), "--out", str(tmp_path / "b"), "--weights", tu.WEIGHTS,
+                  "--input-size", f"{tu.INPUT_HW[0]}x{tu.INPUT_HW[1]}", "--d", str(tu.D), "--extractor", path]):
+        if not args:
+            continue
+        p = tu.exdd_cli(*args)
+        assert p.returncode != 0 and want in p.stderr, (args[:2], p.stderr[-500:])
+    assert not (tmp_path / "r").exists() and not (tmp_path / "b").exists()
 
 
 def test_parity_fails_for_an_extractor_with_other_features():

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import triton_util as tu
-from exdd.client.results import read_rows
+from exdd.result_rows import read_rows
 from exdd.serving.serve import TritonServer, free_port, port_in_use
 
 pytestmark = pytest.mark.triton

@@ -8,8 +8,9 @@ import onnx
 import pytest
 
 import triton_util as tu
-from exdd.export.onnx_export import generated_images, onnx_session, read_features, read_metadata
+from exdd.export.onnx_export import generated_images, onnx_session
 from exdd.export.quantize import MIN_RANK_CORRELATION, calibration_files, quant_parity
+from exdd_scoring.onnx_metadata import read_features, read_metadata
 
 
 def test_cli_int8_export_prints_score_parity_and_records_precision():

@@ -12,7 +12,7 @@ import pytest
 pytest.importorskip("ray")
 
 import triton_util as tu                                   # noqa: E402
-from exdd.client.results import read_rows                  # noqa: E402
+from exdd.result_rows import read_rows                  # noqa: E402
 from test_client import by_path, folder, score, server     # noqa: E402,F401  (module fixtures)
 
 pytestmark = pytest.mark.triton

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 import triton_util as tu
-from exdd.export.onnx_export import read_features, read_metadata
 from exdd.export.quantize import cosine_rows
+from exdd_scoring.onnx_metadata import read_features, read_metadata
 from exdd_scoring.runtimes import RUNTIMES, open_runtime
 
 

@@ -17,8 +17,6 @@ import sys
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-METADATA_KEY = "exdd.features"
-
 
 def scoring_package(version_dir):
     """Put this version's own exdd_scoring package (numpy + stdlib) first on the path."""
@@ -45,6 +43,7 @@ class TritonPythonModel:
         version_dir = os.path.join(args["model_repository"], str(args["model_version"]))
         onnx_path = os.path.join(version_dir, "model.onnx")
         scoring_package(version_dir)
+        from exdd_scoring.onnx_metadata import FEATURES_KEY
         from exdd_scoring.runtimes import open_runtime
         from exdd_scoring.spec import FeatureSpec
         runtime = config_parameter(config, "runtime", "onnxruntime")
@@ -58,9 +57,9 @@ class TritonPythonModel:
             raise RuntimeError(f"exdd_features: runtime {runtime!r} is not installed in the serving Python ({e})") from None
         if self.runner.note:
             pb_utils.Logger.log_warn(f"exdd_features: {self.runner.note}")
-        stored = self.runner.metadata(METADATA_KEY)
+        stored = self.runner.metadata(FEATURES_KEY)
         if stored is None:
-            raise RuntimeError(f"exdd_features: {onnx_path} has no {METADATA_KEY} metadata (not made by "
+            raise RuntimeError(f"exdd_features: {onnx_path} has no {FEATURES_KEY} metadata (not made by "
                                "exdd export onnx): rebuild the repository with exdd export repository")
         exported = FeatureSpec.from_json(stored, f"{onnx_path} metadata")
         features_path = os.path.join(version_dir, "features.json")
