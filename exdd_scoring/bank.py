@@ -1,9 +1,9 @@
 """Bank directories: ``.npy`` arrays plus a JSON manifest; loading never unpickles.
 
 A bank directory holds ``negative.npy`` / ``negative_neighbors.npy`` (and the same for
-``positive``) and ``manifest.json``. The manifest names the features the banks were built
-with (FEATURE_KEYS) and the sha256 of every array file; loading verifies both and refuses
-anything that does not match, naming the mismatch.
+``positive``) and ``manifest.json`` (a ``BankManifest``, manifest.py). The manifest names the features
+the banks were built with (FEATURE_KEYS) and the sha256 of every array file; loading verifies both and
+refuses anything that does not match, naming the mismatch.
 """
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from typing import Any, Dict, Mapping, Optional, Union
 
 import numpy as np
 
-from .manifest import (BANK_FORMAT_VERSION, MANIFEST, MIN_K, BankError, BankManifest, FileEntry, ManifestError,
-                       check_k, safe_name as _safe_name)
+from .manifest import (BANK_FORMAT_VERSION, MANIFEST, MIN_K, BankError, BankManifest, FileEntry,  # noqa: F401
+                       ManifestError, check_k, safe_name as _safe_name)   # MIN_K, check_k: re-exported
 from .spec import IDENTITY, FeatureSpec
 
 FEATURE_KEYS = IDENTITY   # what makes two feature extractors interchangeable (FeatureSpec's identity)
