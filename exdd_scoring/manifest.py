@@ -17,7 +17,8 @@ Rules (each one names the file and the field when broken):
   ``default_mode`` absent -> ``DEFAULT_MODE``; ``threshold`` absent -> uncalibrated (no values, as
   ``--holdout 0`` writes); ``scoring`` absent (manifests built before 2026-11-29, when dual/fusion
   came) -> gamma ``DEFAULT_GAMMA`` and the fusion's fixed fallback; ``coreset``, ``sources``,
-  ``defect_patch_rule`` absent -> None (provenance; ``offline update`` refuses such a parent).
+  ``defect_patch_rule`` absent -> None (provenance; ``offline update`` refuses a parent without coreset).
+  A ``default_mode`` no longer registered (``exdd_peak``, removed 2026-11-29) is refused, saying to rebuild.
 - ``version``: absent = 0 (written by exdd before this schema; loads by the rules above). Larger
   than ``MANIFEST_VERSION``: refused, saying to upgrade exdd or rebuild with ``exdd offline build``.
   ``to_dict`` always writes the current ``MANIFEST_VERSION`` (the ``version`` attribute says what
@@ -90,7 +91,7 @@ def _mode(value: Any, name: str) -> str:
     """A registered scoring mode (the registry names the choices)."""
     if not isinstance(value, str) or value not in MODE_REGISTRY:
         raise ManifestError(f"{name}: unknown scoring mode {value!r}: expected one of {', '.join(MODE_REGISTRY)} "
-                            f"({REBUILD}, or choose the served mode with --mode)")
+                            f"(a mode since removed? {REBUILD} --mode ...)")
     return value
 
 
