@@ -6,6 +6,7 @@ ever import numpy (and cupy when given), json, hashlib and the standard library.
 """
 from .bank import (BANK_FORMAT_VERSION, Bank, BankError, BankPair, FEATURE_KEYS, load_banks, read_manifest,
                    read_manifest_features, read_manifest_spec, save_bank)
+from .manifest import MANIFEST_VERSION, BankManifest, ManifestError
 from .spec import FeatureSpec, SpecError
 from .knn import nearest, topk_nearest
 from .resample import upsample_smooth_matrices, upsample_smooth
@@ -16,7 +17,8 @@ from . import ann
 
 __all__ = [
     "BANK_FORMAT_VERSION", "Bank", "BankError", "BankPair", "FEATURE_KEYS", "load_banks", "read_manifest",
-    "read_manifest_features", "read_manifest_spec", "save_bank", "FeatureSpec", "SpecError",
+    "read_manifest_features", "read_manifest_spec", "save_bank", "MANIFEST_VERSION", "BankManifest", "ManifestError",
+    "FeatureSpec", "SpecError",
     "nearest", "topk_nearest", "upsample_smooth_matrices", "upsample_smooth", "DEFAULT_MODE", "MAP_KINDS",
     "MODE_REGISTRY", "MODES", "Evidence", "Mode", "image_scores", "register_mode", "reweight_q", "Scorer", "map_of_mode",
 ]

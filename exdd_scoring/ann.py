@@ -20,6 +20,7 @@ from typing import Any, Callable, Dict, Optional, Tuple
 import numpy as np
 
 from .bank import BankError, sha256_file
+from .manifest import BankManifest, IndexEntry, IndexFile
 from .knn import DEFAULT_MAX_BLOCK, nearest, sq_norms
 
 INDEX_KEY = "index"
@@ -96,23 +97,22 @@ def _faiss() -> Any:
     return faiss
 
 
-def write_index(bank_dir: str, manifest: Dict[str, Any], kind: str, min_size: int,
+def write_index(bank_dir: str, manifest: BankManifest, kind: str, min_size: int,
                 params: Optional[Dict[str, int]] = None,
-                log: Callable[[str], None] = lambda s: None) -> Dict[str, Any]:
+                log: Callable[[str], None] = lambda s: None) -> IndexEntry:
     """Build the index of every bank of at least min_size vectors in bank_dir; returns the manifest entry.
 
-    Smaller banks stay exact (no file). The caller stores the entry under manifest[INDEX_KEY].
+    Smaller banks stay exact (no file). The caller stores the entry as the manifest's ``index``.
     """
     if kind not in SEARCHERS:
         raise IndexFileError(f"index {kind!r}: expected one of {sorted(SEARCHERS)}")
-    entry: Dict[str, Any] = {"kind": kind, "min_size": int(min_size), "params": {}, "files": {}}
     if kind == "exact":
-        return entry
-    p = dict(HNSW_DEFAULTS, **(params or {}))
-    entry["params"] = p   # ef_search here is the default; each file records the efSearch it is searched with
+        return IndexEntry(kind, int(min_size))
+    p = dict(HNSW_DEFAULTS, **(params or {}))   # ef_search here is the default; each file records its own
+    files: Dict[str, IndexFile] = {}
     for name in ("negative", "positive"):
         vec_file = f"{name}.npy"
-        if vec_file not in manifest.get("files", {}):
+        if vec_file not in manifest.files:
             continue
         vectors = np.load(os.path.join(bank_dir, vec_file), allow_pickle=False)
         if vectors.shape[0] < min_size:
@@ -122,36 +122,36 @@ def write_index(bank_dir: str, manifest: Dict[str, Any], kind: str, min_size: in
         path = os.path.join(bank_dir, fname)
         ef = ef_search_for(vectors.shape[0], params)
         HnswSearcher.build(vectors, p["m"], p["ef_construction"], ef).save(path)
-        entry["files"][name] = {"file": fname, "sha256": sha256_file(path), "ef_search": ef,
-                                "vectors_sha256": manifest["files"][vec_file]["sha256"], "size": int(vectors.shape[0])}
+        files[name] = IndexFile(fname, sha256_file(path), manifest.files[vec_file].sha256, int(vectors.shape[0]), ef)
         log(f"index: {name} bank ({vectors.shape[0]} vectors) -> {fname} ({os.path.getsize(path) / 1e6:.1f} MB)")
-    return entry
+    return IndexEntry(kind, int(min_size), p, files)
 
 
-def searchers_from_manifest(bank_dir: str, manifest: Dict[str, Any], xp: Any = np) -> Dict[str, Any]:
+def searchers_from_manifest(bank_dir: str, manifest: BankManifest, xp: Any = np) -> Dict[str, Any]:
     """{'negative'|'positive': searcher} for the banks the manifest indexes (verified); {} for exact or on GPU."""
-    entry = manifest.get(INDEX_KEY) or {}
-    if not entry or entry.get("kind", "exact") == "exact" or xp is not np:
+    entry = manifest.index
+    if entry is None or entry.kind == "exact" or xp is not np:
         return {}
-    kind = entry["kind"]
+    kind = entry.kind
     if kind not in SEARCHERS:
         raise IndexFileError(f"{bank_dir}: manifest index kind {kind!r} is not one of {sorted(SEARCHERS)}")
     out = {}
-    for name, f in (entry.get("files") or {}).items():
-        fname = f.get("file", "")
+    for name, f in entry.files.items():
+        fname = f.file
         if name not in ("negative", "positive") or os.path.basename(fname) != fname or not fname:
             raise IndexFileError(f"{bank_dir}: manifest index entry {name!r} / {fname!r} is not a bank index file")
         path = os.path.join(bank_dir, fname)
         if not os.path.isfile(path):
             raise IndexFileError(f"{path}: index file named in the manifest is missing")
-        if sha256_file(path) != f.get("sha256"):
+        if sha256_file(path) != f.sha256:
             raise IndexFileError(f"{path}: sha256 differs from the manifest (corrupt or replaced index)")
-        if (manifest.get("files") or {}).get(f"{name}.npy", {}).get("sha256") != f.get("vectors_sha256"):
+        bank_file = manifest.files.get(f"{name}.npy")
+        if bank_file is None or bank_file.sha256 != f.vectors_sha256:
             raise IndexFileError(f"{path}: built for other {name} vectors than the bank's (rebuild the index)")
-        s = HnswSearcher.load(path, int(f.get("ef_search", entry.get("params", {}).get("ef_search",
-                                                                                      HNSW_DEFAULTS["ef_search"]))))
-        if s.index.ntotal != int(f.get("size", -1)) or s.index.d != int(manifest["features"]["d"]):
-            raise IndexFileError(f"{path}: index holds {s.index.ntotal} x {s.index.d}, the bank {f.get('size')} x "
-                              f"{manifest['features']['d']}")
+        ef = f.ef_search if f.ef_search is not None else entry.params.get("ef_search", HNSW_DEFAULTS["ef_search"])
+        s = HnswSearcher.load(path, int(ef))
+        if s.index.ntotal != f.size or s.index.d != manifest.features.d:
+            raise IndexFileError(f"{path}: index holds {s.index.ntotal} x {s.index.d}, the bank {f.size} x "
+                                 f"{manifest.features.d}")
         out[name] = s
     return out

@@ -1,41 +1,24 @@
 """Bank directories: ``.npy`` arrays plus a JSON manifest; loading never unpickles.
 
 A bank directory holds ``negative.npy`` / ``negative_neighbors.npy`` (and the same for
-``positive``) and ``manifest.json``. The manifest names the features the banks were built
-with (FEATURE_KEYS) and the sha256 of every array file; loading verifies both and refuses
-anything that does not match, naming the mismatch.
+``positive``) and ``manifest.json`` (a ``BankManifest``, manifest.py). The manifest names the features
+the banks were built with (FEATURE_KEYS) and the sha256 of every array file; loading verifies both and
+refuses anything that does not match, naming the mismatch.
 """
 from __future__ import annotations
 
 import hashlib
-import json
 import os
-from dataclasses import dataclass, field
-from typing import Any, Dict, Optional
+from dataclasses import dataclass, replace
+from typing import Any, Dict, Mapping, Optional, Union
 
 import numpy as np
 
-from .spec import IDENTITY, FeatureSpec, SpecError
+from .manifest import (BANK_FORMAT_VERSION, MANIFEST, MIN_K, BankError, BankManifest, FileEntry,  # noqa: F401
+                       ManifestError, check_k, safe_name as _safe_name)   # MIN_K, check_k: re-exported
+from .spec import IDENTITY, FeatureSpec
 
-BANK_FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
 FEATURE_KEYS = IDENTITY   # what makes two feature extractors interchangeable (FeatureSpec's identity)
-
-
-# The reweighting needs k-1 >= 1 neighbours of m*: with k = 1 q is 0, s+ is 0 and every exdd score is s-/eps.
-MIN_K = 2
-
-
-class BankError(ValueError):
-    """A bank directory that cannot be used: missing, corrupt, or made for other features."""
-
-
-def check_k(k: Any, where: str) -> int:
-    """k as an int >= MIN_K; BankError naming where otherwise."""
-    if isinstance(k, bool) or not isinstance(k, int) or k < MIN_K:
-        raise BankError(f"{where}: k = {k!r}: the neighbourhood size of the reweighting must be an integer "
-                        f">= {MIN_K} (k = 1 leaves no neighbours and makes every exdd score s_neg / eps)")
-    return k
 
 
 @dataclass
@@ -51,15 +34,18 @@ class Bank:
 
 @dataclass
 class BankPair:
-    """The negative (normal) and positive (defect) banks with their manifest."""
+    """The negative (normal) and positive (defect) banks with their manifest (a dict is read as one, validated)."""
     negative: Bank
     positive: Optional[Bank]
-    manifest: Dict[str, Any] = field(default_factory=dict)
+    manifest: BankManifest
+
+    def __post_init__(self) -> None:
+        self.manifest = BankManifest.from_dict(self.manifest, "bank manifest")
 
     @property
     def features(self) -> FeatureSpec:
-        """The manifest's features as a FeatureSpec."""
-        return FeatureSpec.from_dict(self.manifest.get("features"), "bank manifest")
+        """The manifest's features."""
+        return self.manifest.features
 
 
 def sha256_file(path: str) -> str:
@@ -71,57 +57,41 @@ def sha256_file(path: str) -> str:
     return h.hexdigest()
 
 
-def _safe_name(name: str, where: str) -> str:
-    """A manifest file entry must be a plain file name inside the bank directory."""
-    if not isinstance(name, str) or not name or name != os.path.basename(name) or name in (".", "..") \
-            or "\\" in name or "\x00" in name:
-        raise BankError(f"{where}: file entry {name!r} is not a plain file name inside the bank directory")
-    return name
-
-
-def save_bank(directory: str, negative: Bank, positive: Optional[Bank], manifest: Dict[str, Any]) -> Dict[str, Any]:
-    """Write the arrays and manifest.json (with checksums) into directory; returns the manifest."""
-    check_k(manifest.get("k"), directory)
+def save_bank(directory: str, negative: Bank, positive: Optional[Bank],
+              manifest: Union[BankManifest, Mapping[str, Any]]) -> BankManifest:
+    """Write the arrays and manifest.json (with their checksums) into directory; returns the manifest written."""
+    if isinstance(manifest, BankManifest):      # what is written must read back: check it as a reader will
+        manifest = manifest.to_dict()
+    manifest = BankManifest.from_dict(manifest, f"{os.path.join(directory, MANIFEST)} (to write)")
     os.makedirs(directory, exist_ok=True)
-    files: Dict[str, Any] = {}
+    files: Dict[str, FileEntry] = {}
     parts = [("negative", negative)] + ([("positive", positive)] if positive is not None else [])
     for name, bank in parts:
         for suffix, arr in (("", bank.vectors.astype(np.float32)), ("_neighbors", bank.neighbors.astype(np.int32))):
             fname = f"{name}{suffix}.npy"
             path = os.path.join(directory, fname)
             np.save(path, np.ascontiguousarray(arr), allow_pickle=False)
-            files[fname] = {"sha256": sha256_file(path), "shape": list(arr.shape), "dtype": str(arr.dtype)}
-    manifest = dict(manifest)
-    manifest["format_version"] = BANK_FORMAT_VERSION
-    manifest["files"] = files
-    with open(os.path.join(directory, MANIFEST), "w") as f:
-        json.dump(manifest, f, indent=2, sort_keys=True)
+            files[fname] = FileEntry(sha256_file(path), tuple(int(v) for v in arr.shape), str(arr.dtype))
+    manifest = replace(manifest, format_version=BANK_FORMAT_VERSION, files=files)
+    write_manifest(directory, manifest)
     return manifest
 
 
-def read_manifest(directory: str) -> Dict[str, Any]:
-    """The parsed manifest of a bank directory, with a clear error when absent or malformed."""
+def write_manifest(directory: str, manifest: BankManifest) -> None:
+    """Write directory/manifest.json (after the arrays it lists)."""
+    manifest.write(os.path.join(directory, MANIFEST))
+
+
+def read_manifest(directory: str) -> BankManifest:
+    """The validated manifest of a bank directory; BankError naming the file (and the field) when absent or malformed."""
     path = os.path.join(directory, MANIFEST)
     if not os.path.isfile(path):
         raise BankError(f"{directory}: no {MANIFEST} (not a bank directory)")
-    try:
-        with open(path) as f:
-            manifest = json.load(f)
-    except (OSError, ValueError) as e:
-        raise BankError(f"{path}: unreadable manifest ({e})") from None
-    if not isinstance(manifest, dict) or manifest.get("format_version") != BANK_FORMAT_VERSION:
-        raise BankError(f"{path}: format_version {manifest.get('format_version') if isinstance(manifest, dict) else None!r}"
-                        f" is not {BANK_FORMAT_VERSION}")
-    for key in ("features", "files", "k"):
-        if key not in manifest:
-            raise BankError(f"{path}: missing key {key!r}")
-    for name in manifest["files"]:
-        _safe_name(name, path)
-    check_k(manifest["k"], path)
-    try:
-        FeatureSpec.from_dict(manifest["features"], f"{path}: features")
-    except SpecError as e:
-        raise BankError(str(e)) from None
+    manifest = BankManifest.read(path)
+    if manifest.format_version != BANK_FORMAT_VERSION:
+        raise ManifestError(f"{path}: format_version {manifest.format_version!r} is not {BANK_FORMAT_VERSION}")
+    if not manifest.files:
+        raise ManifestError(f"{path}: missing key 'files' (the bank arrays and their checksums)")
     return manifest
 
 
@@ -147,19 +117,19 @@ def check_features(manifest_features: Any, expected: Any, where: str) -> None:
         raise BankError(f"{where}: bank does not match the features it is used with -- " + "; ".join(diffs))
 
 
-def _load_array(directory: str, fname: str, meta: Dict[str, Any]) -> np.ndarray:
+def _load_array(directory: str, fname: str, meta: FileEntry) -> np.ndarray:
     path = os.path.join(directory, _safe_name(fname, directory))
     if not os.path.isfile(path):
         raise BankError(f"{path}: missing bank file")
     digest = sha256_file(path)
-    if digest != meta.get("sha256"):
+    if digest != meta.sha256:
         raise BankError(f"{path}: checksum mismatch (file is {digest[:12]}..., manifest says "
-                        f"{str(meta.get('sha256'))[:12]}...): truncated or altered on disk")
+                        f"{meta.sha256[:12]}...): truncated or altered on disk")
     try:
         arr = np.load(path, allow_pickle=False)
     except (ValueError, OSError) as e:
         raise BankError(f"{path}: not a plain .npy array ({e})") from None
-    if list(arr.shape) != list(meta.get("shape", [])) or str(arr.dtype) != meta.get("dtype"):
+    if tuple(arr.shape) != meta.shape or str(arr.dtype) != meta.dtype:
         raise BankError(f"{path}: shape/dtype {arr.shape}/{arr.dtype} differ from the manifest")
     return arr
 
@@ -168,9 +138,9 @@ def load_banks(directory: str, expected_features: Any = None) -> BankPair:
     """Load and verify a bank directory; expected_features (a FeatureSpec, or a FEATURE_KEYS subset) must match."""
     manifest = read_manifest(directory)
     if expected_features is not None:
-        check_features(manifest["features"], expected_features, directory)
-    files = manifest["files"]
-    d = manifest["features"].get("d")
+        check_features(manifest.features, expected_features, directory)
+    files = manifest.files
+    d = manifest.features.d
     banks: Dict[str, Optional[Bank]] = {}
     for name in ("negative", "positive"):
         if f"{name}.npy" not in files:
@@ -189,10 +159,10 @@ def load_banks(directory: str, expected_features: Any = None) -> BankPair:
 
 
 def read_manifest_features(directory: str) -> Dict[str, Any]:
-    """The 'features' section of a bank directory's manifest."""
-    return dict(read_manifest(directory)["features"])
+    """The 'features' section of a bank directory's manifest (its JSON form)."""
+    return read_manifest(directory).features.to_dict()
 
 
 def read_manifest_spec(directory: str) -> FeatureSpec:
     """The FeatureSpec of a bank directory's manifest (validated by read_manifest)."""
-    return FeatureSpec.from_dict(read_manifest(directory)["features"], os.path.join(directory, MANIFEST))
+    return read_manifest(directory).features

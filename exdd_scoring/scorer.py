@@ -9,7 +9,7 @@ import numpy as np
 from .bank import BankPair
 from .knn import DEFAULT_MAX_BLOCK, nearest, sq_norms
 from .resample import upsample_smooth, upsample_smooth_matrices
-from .scores import DEFAULT_GAMMA, DEFAULT_MODE, MODE_REGISTRY, MODES, Evidence, bank_peak, image_scores, mode
+from .scores import MODE_REGISTRY, MODES, Evidence, bank_peak, image_scores, mode
 
 
 def map_of_mode(name: str) -> str:
@@ -26,11 +26,11 @@ class Scorer:
         # searchers: optional {'negative'|'positive': object with nearest(queries) -> (dist, idx)} (see ann.py);
         # banks without one use the exact chunked search
         self.searchers = dict(searchers or {})
-        feats = banks.manifest["features"]
+        feats = banks.manifest.features
         self.xp, self.eps, self.max_block = xp, float(eps), int(max_block)
-        self.grid = tuple(int(v) for v in feats["grid"])
-        self.out_hw = tuple(int(v) for v in (out_hw or feats["input_size"]))
-        self.d = int(feats["d"])
+        self.grid = feats.grid
+        self.out_hw = tuple(int(v) for v in (out_hw or feats.input_size))
+        self.d = feats.d
         self.manifest = banks.manifest
         self.neg = xp.asarray(banks.negative.vectors, dtype=xp.float32)
         self.neg_sq = sq_norms(self.neg, xp)
@@ -45,12 +45,9 @@ class Scorer:
                           "patchcore (negative bank only)", RuntimeWarning, stacklevel=2)
         s_h, s_w = upsample_smooth_matrices(self.grid, self.out_hw, sigma)
         self.s_h, self.s_w = xp.asarray(s_h), xp.asarray(s_w)
-        thr = banks.manifest.get("threshold", {}) or {}
-        self.thresholds: Dict[str, float] = {k: float(v) for k, v in (thr.get("values") or {}).items()}
-        self.default_mode = banks.manifest.get("default_mode", DEFAULT_MODE)
-        mode(self.default_mode)                                     # ValueError naming the choices
-        scoring = banks.manifest.get("scoring") or {}
-        self.params = {"gamma": float(scoring.get("gamma", DEFAULT_GAMMA)), "fusion": scoring.get("fusion")}
+        self.thresholds: Dict[str, float] = banks.manifest.thresholds
+        self.default_mode = banks.manifest.default_mode             # a registered mode (the manifest checks it)
+        self.params = banks.manifest.scoring.params()
 
     def nearest(self, bank: str, flat: Any) -> Tuple[Any, Any]:
         """Distance and index of the nearest vector of bank 'negative' or 'positive' for every row of flat."""

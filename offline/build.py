@@ -14,14 +14,17 @@ from __future__ import annotations
 import datetime as _dt
 import sys
 import warnings
-from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from exdd import __version__
 from exdd_scoring import DEFAULT_MODE, MODES, Bank, BankPair, Scorer, save_bank
+from exdd_scoring.manifest import (BankManifest, BankStats, CoresetInfo, DefectPatchRule, Fusion, Scoring, Sources,
+                                   Thresholds)
 from exdd_scoring.fusion import fit_fusion
+from exdd_scoring.spec import FeatureSpec
 from exdd_scoring.knn import bank_neighbors
 from exdd_scoring.scores import DEFAULT_GAMMA, fusion_inputs
 from .calibrate import threshold
@@ -52,7 +55,7 @@ class BuildConfig:
 
 @dataclass
 class BuildResult:
-    manifest: Dict[str, Any]
+    manifest: BankManifest
     errors: List[Tuple[str, str]] = field(default_factory=list)
 
 
@@ -161,7 +164,7 @@ def build(dataset: str, out_dir: str, model, features: Dict[str, Any], cfg: Buil
           synthetic_dirs: Sequence[str] = (), layout: str = "auto",
           progress_factory: Optional[Callable[[str, int], Any]] = None,
           featurize: Optional[Featurize] = None, synthetic_limit: Optional[int] = None,
-          negative_bank: Optional[Tuple[Bank, Dict[str, Any]]] = None) -> BuildResult:
+          negative_bank: Optional[Tuple[Bank, Union[BankStats, Dict[str, Any]]]] = None) -> BuildResult:
     """Build and save the banks of a dataset; returns the manifest written and the per-file errors.
 
     featurize defaults to running ``model`` on the images (other featurizers serve cached features);
@@ -230,41 +233,43 @@ def finish(dataset: str, out_dir: str, features: Dict[str, Any], cfg: BuildConfi
     (they go to the BuildResult, not to the manifest's sources).
     """
     (negative, neg_stats), (positive, pos_stats) = neg, pos
-    manifest: Dict[str, Any] = {
-        "features": features,
-        "weights_note": ("RANDOM-INIT BACKBONE: detection quality is not meaningful" if is_random(features["weights"])
-                         else ""),
-        "k": cfg.k,
-        "coreset": {"negative": neg_stats, "positive": pos_stats, "seed": cfg.seed,
-                    "chunk_rows": cfg.chunk_rows, "oversample": cfg.oversample},
-        "defect_patch_rule": {"min_cover": cfg.min_cover,
-                              "rule": "cell coverage by the resized mask >= min_cover; else the most covered cell"},
-        "sources": {"dataset": dataset, "normal_images": len(p.normals), "defect_images": pos_counts.get("real", 0),
-                    "synthetic_images": pos_counts.get("synthetic", 0), "synthetic_dirs": list(synthetic_dirs),
-                    "heldout_normal": sum(1 for s in p.held if s.label == 0),
-                    "heldout_defect": sum(1 for s in p.held if s.label == 1),
-                    "unreadable": [{"path": q, "error": e} for q, e in errors]},
-        "default_mode": cfg.default_mode,
-        "modes": list(MODES),
-        "scoring": {"gamma": float(cfg.gamma), "fusion": None},
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "tool": f"exdd {__version__}",
-    }
-    # calibrate on the held-out images with the banks just built
+    where = f"{out_dir}: manifest"
+    manifest = BankManifest(
+        features=FeatureSpec.from_dict(features, f"{where} features"),
+        weights_note=("RANDOM-INIT BACKBONE: detection quality is not meaningful" if is_random(features["weights"])
+                      else ""),
+        k=cfg.k,
+        coreset=CoresetInfo(BankStats.from_dict(neg_stats, where, "coreset.negative"),
+                            BankStats.from_dict(pos_stats, where, "coreset.positive"),
+                            cfg.seed, cfg.chunk_rows, cfg.oversample),
+        defect_patch_rule=DefectPatchRule(cfg.min_cover,
+                                          "cell coverage by the resized mask >= min_cover; else the most covered cell"),
+        sources=Sources(dataset, len(p.normals), pos_counts.get("real", 0), pos_counts.get("synthetic", 0),
+                        tuple(synthetic_dirs), sum(1 for s in p.held if s.label == 0),
+                        sum(1 for s in p.held if s.label == 1), tuple(errors)),
+        default_mode=cfg.default_mode,
+        modes=MODES,
+        scoring=Scoring(float(cfg.gamma), None),
+        created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        tool=f"exdd {__version__}",
+    )
+    # calibrate on the held-out images with the banks just built (unreadable held-out files are not sources)
     pair = BankPair(negative, positive, manifest)
-    thr: Dict[str, Any] = {"rule": cfg.threshold_rule, "target_fpr": cfg.target_fpr, "values": {}, "detail": {}}
+    values: Dict[str, float] = {}
+    detail: Dict[str, Dict[str, Any]] = {}
     held = held_scores(pair)
     if held is not None:
         scores, labels = held
         if positive is not None:       # fit the fusion on the held-out images, then score it
-            manifest["scoring"]["fusion"] = fit_fusion(scores["fusion_x"], labels)
+            fusion = Fusion.from_dict(fit_fusion(scores["fusion_x"], labels), where)
+            pair.manifest = manifest = replace(manifest, scoring=replace(manifest.scoring, fusion=fusion))
             scores, labels = held_scores(pair)
         for m in MODES:
             t = threshold(scores[m], labels, cfg.threshold_rule, cfg.target_fpr)
-            thr["values"][m] = t["value"]
-            thr["detail"][m] = t
+            values[m] = t["value"]
+            detail[m] = t
     else:
         print("warning: no held-out images (--holdout 0): no calibrated threshold", file=sys.stderr)
-    manifest["threshold"] = thr
+    manifest = replace(manifest, threshold=Thresholds(cfg.threshold_rule, float(cfg.target_fpr), values, detail))
     manifest = save_bank(out_dir, negative, positive, manifest)
     return BuildResult(manifest, errors)

@@ -126,14 +126,13 @@ def build(dataset, out_dir, weights, d, projection_seed, input_size, layout, neg
     except (DatasetError, ValueError) as e:
         fail(str(e))
     m = res.manifest
-    cs = m["coreset"]
+    cs, src = m.coreset, m.sources
     click.echo(f"banks: {out_dir}")
-    click.echo(f"negative: {cs['negative']['size']} of {cs['negative']['patches']} patches "
-               f"({m['sources']['normal_images']} normal images)")
-    click.echo(f"positive: {cs['positive']['size']} of {cs['positive']['patches']} patches "
-               f"({m['sources']['defect_images']} defective + {m['sources']['synthetic_images']} synthetic images)")
-    for mode, v in m["threshold"]["values"].items():
-        click.echo(f"threshold[{mode}]: {v:.6g} ({m['threshold']['detail'][mode]['rule']})")
+    click.echo(f"negative: {cs.negative.size} of {cs.negative.patches} patches ({src.normal_images} normal images)")
+    click.echo(f"positive: {cs.positive.size} of {cs.positive.patches} patches "
+               f"({src.defect_images} defective + {src.synthetic_images} synthetic images)")
+    for mode, v in m.threshold.values.items():
+        click.echo(f"threshold[{mode}]: {v:.6g} ({m.threshold.detail[mode]['rule']})")
     click.echo(f"time: {time.time() - t0:.1f}s")
     if res.errors:
         click.echo(f"unreadable files: {len(res.errors)} (skipped, listed in the manifest)", err=True)
@@ -215,7 +214,7 @@ def evaluate(dataset, bank_dir, weights, layout, split, out_json, batch_size, no
             v["at_threshold"] = confusion(scored.scores[m], labels, thresholds[m])
     result = EvaluationResults(
         source="offline", dataset=os.path.abspath(dataset), split=split, banks=os.path.abspath(bank_dir),
-        weights=info["weights"], weights_note=banks.manifest.get("weights_note", ""),
+        weights=info["weights"], weights_note=banks.manifest.weights_note,
         default_mode=scorer.default_mode, thresholds=thresholds, metrics=metrics,
         images=[ImageResult(s.path, int(s.label), {m: float(scored.scores[m][i]) for m in scored.scores}, s.kind,
                             float(scored.s_neg[i]), float(scored.s_pos[i]))
@@ -317,9 +316,9 @@ def update(bank_dir, out_dir, normal_paths, defect_paths, results, verdict_colum
     defects = [s for s in defects if os.path.abspath(s.path) not in seen]
     if not normals and not defects:
         fail("nothing to add: no readable new --normal / --defect image or verdict")
-    feats = manifest["features"]
-    model, info = _extractor(weights or feats.get("weights_source", feats["weights"]), feats["d"],
-                             feats["projection_seed"], tuple(feats["input_size"]))
+    feats = manifest.features
+    model, info = _extractor(weights or feats.weights_source or feats.weights, feats.d, feats.projection_seed,
+                             feats.input_size)
     try:
         check_features(feats, info, bank_dir)
     except BankError as e:
@@ -329,13 +328,13 @@ def update(bank_dir, out_dir, normal_paths, defect_paths, results, verdict_colum
                          calibration, note=note, progress_factory=bar, input_errors=errors)
     except (BankError, DatasetError, ValueError) as e:
         fail(str(e))
-    m, rec = res.manifest, res.manifest["updates"][-1]
-    click.echo(f"banks: {out_dir}  (parent {bank_dir}, manifest sha256 {rec['parent']['manifest_sha256'][:12]}...)")
+    m, rec = res.manifest, res.manifest.updates[-1]
+    click.echo(f"banks: {out_dir}  (parent {bank_dir}, manifest sha256 {rec.parent.manifest_sha256[:12]}...)")
     for name in ("negative", "positive"):
-        click.echo(f"{name}: {rec[name]['size_before']} -> {rec[name]['size_after']}")
-    click.echo(f"added: {len(rec['added']['normal'])} normal, {len(rec['added']['defect'])} defect image(s); "
-               f"threshold {rec['threshold']}")
-    for mode, v in (m.get("threshold") or {}).get("values", {}).items():
+        click.echo(f"{name}: {getattr(rec, name).size_before} -> {getattr(rec, name).size_after}")
+    click.echo(f"added: {len(rec.added_normal)} normal, {len(rec.added_defect)} defect image(s); "
+               f"threshold {rec.threshold}")
+    for mode, v in m.threshold.values.items():
         click.echo(f"threshold[{mode}]: {v:.6g}")
     click.echo("time: " + ", ".join(f"{k} {v:.2f}s" for k, v in res.seconds.items()))
     if res.errors:

@@ -100,7 +100,7 @@ def sweep(dataset: str, synthetic_dirs: Sequence[str], counts: Sequence[int], ou
                     featurize=memo, synthetic_limit=c, negative_bank=negative)
         if negative is None:
             pair = load_banks(bank_dir, features)
-            negative = (pair.negative, res.manifest["coreset"]["negative"])
+            negative = (pair.negative, res.manifest.coreset.negative)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
             scorer = Scorer(load_banks(bank_dir, features))
@@ -112,9 +112,9 @@ def sweep(dataset: str, synthetic_dirs: Sequence[str], counts: Sequence[int], ou
         scored = score_features(feature_batches(), len(test_ex.samples), scorer, size_hw, with_pixel)
         met = metrics_of(scored)
         man = res.manifest
-        rows.append({"synthetic": c, "synthetic_used": man["sources"]["synthetic_images"],
-                     "positive_patches": man["coreset"]["positive"]["patches"],
-                     "positive_size": man["coreset"]["positive"]["size"], "metrics": met})
+        rows.append({"synthetic": c, "synthetic_used": man.sources.synthetic_images,
+                     "positive_patches": man.coreset.positive.patches,
+                     "positive_size": man.coreset.positive.size, "metrics": met})
         log(f"synthetic {c}: " + ", ".join(f"{m} image {met[m]['image_auroc']:.4f} pixel "
                                           f"{met[m].get('pixel_auroc', float('nan')):.4f}" for m in MODES))
     return {"dataset": dataset, "synthetic_dirs": list(synthetic_dirs), "weights": features["weights"],

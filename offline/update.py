@@ -12,10 +12,9 @@ update history.
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -23,7 +22,8 @@ import numpy as np
 from exdd import __version__
 from exdd.images import is_image_name
 from exdd_scoring import MODES, Bank, BankPair, Scorer, load_banks, save_bank
-from exdd_scoring.bank import MANIFEST, sha256_file
+from exdd_scoring.bank import MANIFEST, BankError, sha256_file
+from exdd_scoring.manifest import REBUILD, BankManifest, BankStats, Parent, SizeChange, Thresholds, UpdateRecord
 from exdd_scoring.knn import bank_neighbors, topk_nearest
 from .build import Featurize, defect_patches, make_bank, score_samples
 from .calibrate import threshold
@@ -37,7 +37,7 @@ DEFECT_VERDICTS = ("defect", "ng", "bad", "fail", "true_defect", "missed_defect"
 @dataclass
 class UpdateResult:
     """The manifest written, the per-file errors and the seconds each stage took."""
-    manifest: Dict[str, Any]
+    manifest: BankManifest
     errors: List[Tuple[str, str]] = field(default_factory=list)
     seconds: Dict[str, float] = field(default_factory=dict)
 
@@ -77,28 +77,34 @@ def extend_neighbors(old: Bank, new_vectors: np.ndarray, k: int) -> np.ndarray:
     return np.concatenate([nbr_old, nbr_new]).astype(np.int32)
 
 
-def extend_bank(bank: Optional[Bank], vectors: np.ndarray, stats: Dict[str, Any], k: int,
-                seed: int) -> Tuple[Bank, Dict[str, Any]]:
-    """bank grown by the coreset of vectors (N, d) continued from its centres; updated stats."""
-    ratio = float(stats.get("ratio", 0.01))
-    min_size = int(stats.get("min_size", 1000))
+# the build's defaults, for a bank whose statistics do not say (an empty positive bank records only its size)
+RATIO = {"negative": 0.01, "positive": 0.10}
+MIN_SIZE = 1000
+
+
+def extend_bank(bank: Optional[Bank], vectors: np.ndarray, stats: BankStats, k: int, seed: int,
+                default_ratio: float = RATIO["negative"]) -> Tuple[Bank, BankStats]:
+    """bank grown by the coreset of vectors (N, d) continued from its centres; updated stats.
+
+    The size rule is the bank's (stats.ratio, stats.min_size), default_ratio and MIN_SIZE where it records none."""
+    ratio = default_ratio if stats.ratio is None else stats.ratio
+    min_size = MIN_SIZE if stats.min_size is None else stats.min_size
     n_new = int(vectors.shape[0])
     if bank is None or bank.size == 0:
         new_bank, st = make_bank(vectors, ratio, min_size, k, seed, 24_000, 2.0)
         st["added_patches"], st["picked"] = n_new, st["size"]
-        return new_bank, st
-    patches = int(stats.get("patches", bank.size)) + n_new
+        return new_bank, BankStats.from_dict(st, "update", "coreset")
+    patches = stats.patches + n_new
     # the bank's size rule on all patches, and at least ratio x the new patches: taught images always count
     min_picks = max(0, bank_size(patches, ratio, min_size) - bank.size, int(np.ceil(ratio * n_new)))
-    old_radius = float(stats.get("radius", 0.0))
+    old_radius = 0.0 if stats.radius is None else stats.radius
     cs = extend_kcenter(bank.vectors, vectors, min_picks, old_radius)
     picked = np.ascontiguousarray(vectors[np.sort(cs.indices)], dtype=np.float32)
     nbr = extend_neighbors(bank, picked, k)
     out = Bank(np.ascontiguousarray(np.concatenate([bank.vectors, picked]), dtype=np.float32), nbr)
-    st = dict(stats)
-    st.update({"patches": patches, "size": out.size, "added_patches": n_new, "picked": int(picked.shape[0]),
-               "radius": max(old_radius, cs.radius), "added_radius": cs.radius,
-               "added_radius_is_bound": cs.radius_is_bound, "added_method": cs.method})
+    st = replace(stats, patches=patches, size=out.size, added_patches=n_new, picked=int(picked.shape[0]),
+                 radius=max(old_radius, float(cs.radius)), added_radius=float(cs.radius),
+                 added_radius_is_bound=bool(cs.radius_is_bound), added_method=cs.method)
     return out, st
 
 
@@ -123,12 +129,13 @@ def update(parent_dir: str, out_dir: str, normals: Sequence[Sample], defects: Se
         raise ValueError("nothing to add: give --normal and/or --defect images (or --from-results verdicts)")
     t0 = time.perf_counter()
     parent = load_banks(parent_dir)
-    manifest = json.loads(json.dumps(parent.manifest))
-    d = int(manifest["features"]["d"])
-    k = int(manifest["k"])
-    rule = manifest.get("defect_patch_rule", {}) or {}
-    min_cover = float(rule.get("min_cover", 0.3) if min_cover is None else min_cover)
-    seed = int((manifest.get("coreset") or {}).get("seed", 0))
+    pm = parent.manifest
+    if pm.coreset is None:
+        raise BankError(f"{os.path.join(parent_dir, MANIFEST)}: no coreset section (the banks' size rule and seed): "
+                        f"cannot update them; {REBUILD}")
+    d, k, seed = pm.features.d, pm.k, pm.coreset.seed
+    if min_cover is None:
+        min_cover = 0.3 if pm.defect_patch_rule is None else pm.defect_patch_rule.min_cover
     errors: List[Tuple[str, str]] = list(input_errors)
     seconds: Dict[str, float] = {"load": time.perf_counter() - t0}
 
@@ -140,7 +147,7 @@ def update(parent_dir: str, out_dir: str, normals: Sequence[Sample], defects: Se
         errors.extend(ex.errors)
         return ex
 
-    cs = manifest.setdefault("coreset", {})
+    neg_stats, pos_stats = pm.coreset.negative, pm.coreset.positive
     negative, positive = parent.negative, parent.positive
     added: Dict[str, Any] = {"normal": [], "defect": []}
     t1 = time.perf_counter()
@@ -154,22 +161,24 @@ def update(parent_dir: str, out_dir: str, normals: Sequence[Sample], defects: Se
     seconds["extract"] = time.perf_counter() - t1
     t2 = time.perf_counter()
     if ex_n is not None and ex_n.features.shape[0]:
-        negative, cs["negative"] = extend_bank(negative, ex_n.features.reshape(-1, d), cs.get("negative", {}), k, seed)
+        negative, neg_stats = extend_bank(negative, ex_n.features.reshape(-1, d), neg_stats, k, seed)
     if ex_d is not None and ex_d.features.shape[0]:
         sel = defect_patches(ex_d.covers, min_cover)
         vec = ex_d.features[sel]
         if vec.shape[0]:
-            positive, cs["positive"] = extend_bank(positive, vec, cs.get("positive", {}) if positive else
-                                                   {"ratio": 0.10, "min_size": 1000}, k, seed + 1)
+            positive, pos_stats = extend_bank(positive, vec, pos_stats if positive else BankStats(0, 0), k, seed + 1,
+                                              RATIO["positive"])
     seconds["banks"] = time.perf_counter() - t2
     if not added["normal"] and not added["defect"]:
         raise ValueError("none of the new images could be read: " + "; ".join(e for _, e in errors[:5]))
 
-    src = manifest.setdefault("sources", {})
-    src["normal_images"] = int(src.get("normal_images", 0)) + len(added["normal"])
-    src["defect_images"] = int(src.get("defect_images", 0)) + len(added["defect"])
+    sources = pm.sources if pm.sources is None else replace(
+        pm.sources, normal_images=pm.sources.normal_images + len(added["normal"]),
+        defect_images=pm.sources.defect_images + len(added["defect"]))
+    manifest = replace(pm, coreset=replace(pm.coreset, negative=neg_stats, positive=pos_stats), sources=sources,
+                       index=None)          # an index belongs to the parent's vectors
     now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-    thr = manifest.get("threshold") or {"rule": "f1", "target_fpr": 0.01, "values": {}, "detail": {}}
+    thr = pm.threshold
     t3 = time.perf_counter()
     if calibration:
         ex = run(list(calibration), "features: calibration", True)
@@ -179,32 +188,24 @@ def update(parent_dir: str, out_dir: str, normals: Sequence[Sample], defects: Se
             warnings.simplefilter("ignore", RuntimeWarning)
             scorer = Scorer(BankPair(negative, positive, manifest))
         scores = score_samples(scorer, ex.features)
-        thr = {"rule": thr.get("rule", "f1"), "target_fpr": thr.get("target_fpr", 0.01), "values": {}, "detail": {}}
+        values: Dict[str, float] = {}
+        detail: Dict[str, Dict[str, Any]] = {}
         for m in MODES:
-            t = threshold(scores[m], labels, thr["rule"], float(thr["target_fpr"]))
-            thr["values"][m], thr["detail"][m] = t["value"], t
-        thr["calibrated"] = {"images": len(ex.samples), "at": now}
+            t = threshold(scores[m], labels, thr.rule, thr.target_fpr)
+            values[m], detail[m] = t["value"], t
+        thr = Thresholds(thr.rule, thr.target_fpr, values, detail, {"images": len(ex.samples), "at": now})
         threshold_note = f"recalibrated on {len(ex.samples)} images"
     else:
         threshold_note = "kept from the parent"
     seconds["calibrate"] = time.perf_counter() - t3
-    manifest["threshold"] = thr
-    record = {
-        "at": now,
-        "parent": {"path": os.path.abspath(parent_dir), "manifest_sha256": sha256_file(os.path.join(parent_dir, MANIFEST))},
-        "added": added,
-        "negative": {"size_before": parent.negative.size, "size_after": negative.size},
-        "positive": {"size_before": parent.positive.size if parent.positive else 0,
-                     "size_after": positive.size if positive else 0},
-        "threshold": threshold_note,
-        "errors": [{"path": p, "error": e} for p, e in errors],
-        "note": note,
-        "tool": f"exdd {__version__}",
-    }
-    manifest["parent"] = record["parent"]
-    manifest["updates"] = list(manifest.get("updates") or []) + [record]
-    manifest["created"] = now
-    manifest.pop("files", None)
+    record = UpdateRecord(
+        at=now, parent=Parent(os.path.abspath(parent_dir), sha256_file(os.path.join(parent_dir, MANIFEST))),
+        added_normal=tuple(added["normal"]), added_defect=tuple(added["defect"]),
+        negative=SizeChange(parent.negative.size, negative.size),
+        positive=SizeChange(parent.positive.size if parent.positive else 0, positive.size if positive else 0),
+        threshold=threshold_note, errors=tuple(errors), note=note, tool=f"exdd {__version__}")
+    manifest = replace(manifest, threshold=thr, parent=record.parent, updates=manifest.updates + (record,),
+                       created=now, files={})
     t4 = time.perf_counter()
     manifest = save_bank(out_dir, negative, positive, manifest)
     seconds["save"] = time.perf_counter() - t4
@@ -299,22 +300,18 @@ def verdict_samples(results_path: str, column: str = "verdict") -> Tuple[List[Sa
     return normals, defects, errors
 
 
-def already_added(manifest: Dict[str, Any]) -> set:
+def already_added(manifest: BankManifest) -> set:
     """Absolute paths of images added by earlier updates in this lineage."""
-    out = set()
-    for rec in manifest.get("updates") or []:
-        for kind in ("normal", "defect"):
-            out.update((rec.get("added") or {}).get(kind) or [])
-    return out
+    return manifest.already_added()
 
 
-def heldout_samples(dataset: str, manifest: Dict[str, Any], holdout: float, layout: str = "auto") -> List[Sample]:
+def heldout_samples(dataset: str, manifest: BankManifest, holdout: float, layout: str = "auto") -> List[Sample]:
     """The held-out training images the parent build calibrated on (same seed), checked against its counts."""
     from exdd.datasets import holdout_split, load_split
-    seed = int((manifest.get("coreset") or {}).get("seed", 0))
+    seed = 0 if manifest.coreset is None else manifest.coreset.seed
     _, held = holdout_split(load_split(dataset, "train", layout), holdout, seed)
-    src = manifest.get("sources") or {}
-    want = (src.get("heldout_normal"), src.get("heldout_defect"))
+    src = manifest.sources
+    want = (None, None) if src is None else (src.heldout_normal, src.heldout_defect)
     got = (sum(1 for s in held if s.label == 0), sum(1 for s in held if s.label == 1))
     if None not in want and tuple(want) != got:
         raise DatasetError(f"{dataset}: --holdout {holdout} gives {got[0]} normal + {got[1]} defective held-out images, "

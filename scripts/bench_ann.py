@@ -107,7 +107,8 @@ def main() -> int:
         hn.index.hnsw.efSearch = 64
         _, nb = hn.index.search(bank, 3)
         nb = np.where(nb[:, 1:] >= 0, nb[:, 1:], 0).astype(np.int32)  # self first (approximately)
-        manifest = {"features": {"grid": [h, w], "input_size": [632, 224], "d": d}, "k": 3, "default_mode": "exdd"}
+        from exdd.export.onnx_export import read_features
+        manifest = {"features": read_features(onnx_path), "k": 3, "default_mode": "exdd"}   # the extractor's (h, w, d)
         pair = BankPair(Bank(bank, nb), None, manifest)
         ex = ExactSearcher(bank)
         # exact: reference distances on every query image; timing on the first exact_images

@@ -248,9 +248,9 @@ def exdd_modes(split: Split, weights: str, input_hw: Tuple[int, int], *, d: int 
     if errors or i != n:
         raise RuntimeError(f"exdd could not read every test image: {errors[:3]}")
     shared = {m: maps[alias[m]] for m in MODES}
-    cs = res.manifest["coreset"]
+    cs = res.manifest.coreset
     out = {m: MethodResult(scores[m], shared[m], fit_s,
-                           {"negative_bank": cs["negative"]["size"], "positive_bank": cs["positive"]["size"], "d": d,
+                           {"negative_bank": cs.negative.size, "positive_bank": cs.positive.size, "d": d,
                             "default_mode": scorer.default_mode, "features_from_cache": bool(caches),
                             "fit_negative_s": fit_neg_s, "fit_cpu_s": fit_cpu_s})
            for m in MODES}

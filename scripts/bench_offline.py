@@ -54,7 +54,7 @@ def main() -> None:
         neg = rng.standard_normal((n, a.d)).astype(np.float32)
         pos = rng.standard_normal((max(n // 10, 1000), a.d)).astype(np.float32)
         pair = BankPair(Bank(neg, bank_neighbors(neg, 3, np)), Bank(pos, bank_neighbors(pos, 3, np)),
-                        {"features": {"grid": list(grid), "input_size": list(hw), "d": a.d}})
+                        {"features": info, "k": 3})
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             sc = Scorer(pair)

@@ -189,19 +189,19 @@ def main() -> None:
         t, c = time.time(), time.process_time()
         full = build(a.dataset, os.path.join(out, "full"), None, info, cfg, featurize=train_feat)
         res["full"] = {"bank_s": round(time.time() - t, 2), "bank_cpu_s": round(time.process_time() - c, 2), "images_extracted": len(normals) + len(other),
-                       "negative": full.manifest["coreset"]["negative"]["size"]}
+                       "negative": full.manifest.coreset.negative.size}
         log(f"full build: {res['full']}")
         t, c = time.time(), time.process_time()
         half = build(a.dataset, os.path.join(out, "half"), None, info, cfg, featurize=without_b)
         res["half"] = {"bank_s": round(time.time() - t, 2), "bank_cpu_s": round(time.process_time() - c, 2), "images_extracted": len(half_a) + len(other),
-                       "negative": half.manifest["coreset"]["negative"]["size"]}
+                       "negative": half.manifest.coreset.negative.size}
         log(f"half build: {res['half']}")
         t, c = time.time(), time.process_time()
         upd = update(os.path.join(out, "half"), os.path.join(out, "half+update"), half_b, [], train_feat)
         res["update"] = {"bank_s": round(time.time() - t, 2), "bank_cpu_s": round(time.process_time() - c, 2), "images_extracted": len(half_b),
-                         "negative": upd.manifest["coreset"]["negative"]["size"], "stages_s": upd.seconds,
-                         "radius_parent": half.manifest["coreset"]["negative"]["radius"],
-                         "radius_added": upd.manifest["coreset"]["negative"]["added_radius"]}
+                         "negative": upd.manifest.coreset.negative.size, "stages_s": upd.seconds,
+                         "radius_parent": half.manifest.coreset.negative.radius,
+                         "radius_added": upd.manifest.coreset.negative.added_radius}
         log(f"update: {res['update']}")
         for k in ("full", "half", "update"):
             res[k]["total_s_est"] = round(res[k]["bank_s"] + s_img * res[k]["images_extracted"], 1)
@@ -262,8 +262,8 @@ def main() -> None:
                "recall_before": float((before[m][defect] >= thr[m]).mean()),
                "recall_after": float((after[m][defect] >= thr[m]).mean()),
                "update_s": round(t_upd, 2), "update_s_with_extraction_est": round(t_upd + s_img * a.teach, 1),
-               "negative_before": taught.manifest["updates"][-1]["negative"]["size_before"],
-               "negative_after": taught.manifest["updates"][-1]["negative"]["size_after"]}
+               "negative_before": taught.manifest.updates[-1].negative.size_before,
+               "negative_after": taught.manifest.updates[-1].negative.size_after}
         res["teach"][m] = row
         log(f"teach {m}: {row}")
     res["peak_rss_gb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20, 2)

@@ -74,11 +74,11 @@ def main() -> None:
         scored = score_features(batches(), len(order), scorer, hw, not a.no_pixel)
         t_score = time.time() - t2
         met = metrics_of(scored)
-        cs = res.manifest["coreset"]
+        cs = res.manifest.coreset
         rows.append({"d": d, "metrics": met, "build_s": round(t_build, 1), "score_s": round(t_score, 1),
                      "ms_per_image_scoring": round(1000 * t_score / max(len(order), 1), 1),
-                     "negative_size": cs["negative"]["size"], "positive_size": cs["positive"]["size"],
-                     "thresholds": res.manifest["threshold"]["values"]})
+                     "negative_size": cs.negative.size, "positive_size": cs.positive.size,
+                     "thresholds": res.manifest.thresholds})
         print(f"d={d}: " + ", ".join(f"{m} {met[m]['image_auroc']:.4f}/{met[m].get('pixel_auroc', float('nan')):.4f}"
                                      for m in MODES), file=sys.stderr, flush=True)
         json.dump({"dataset": a.dataset, "weights": caches["train"].weights_id, "rows": rows,

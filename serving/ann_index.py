@@ -6,11 +6,12 @@ entry with each file's sha256 and the sha256 of the vectors it indexes (see ``ex
 """
 from __future__ import annotations
 
-import json
-import os
+from dataclasses import replace
 from typing import Callable, Dict, Optional
 
-from exdd_scoring.ann import INDEX_KEY, SEARCHERS, write_index
+from exdd_scoring.ann import SEARCHERS, write_index
+from exdd_scoring.bank import read_manifest, write_manifest
+from exdd_scoring.manifest import IndexEntry
 
 INDEX_KINDS = tuple(SEARCHERS)
 # Below this many vectors a bank stays exact: exact was as fast as HNSW at 3k and 3x slower at 8k (BENCHMARKS.md, Speed).
@@ -18,13 +19,9 @@ DEFAULT_MIN_SIZE = 8_000
 
 
 def add_index(bank_dir: str, kind: str, min_size: int = DEFAULT_MIN_SIZE, params: Optional[Dict[str, int]] = None,
-              log: Callable[[str], None] = lambda s: None) -> Dict:
+              log: Callable[[str], None] = lambda s: None) -> IndexEntry:
     """Build the index files of the banks in bank_dir and record them in its manifest.json; returns the entry."""
-    path = os.path.join(bank_dir, "manifest.json")
-    with open(path) as f:
-        manifest = json.load(f)
+    manifest = read_manifest(bank_dir)
     entry = write_index(bank_dir, manifest, kind, min_size, params, log)
-    manifest[INDEX_KEY] = entry
-    with open(path, "w") as f:
-        json.dump(manifest, f, indent=2, sort_keys=True)
+    write_manifest(bank_dir, replace(manifest, index=entry))
     return entry

@@ -29,7 +29,6 @@ from typing import Any, Dict, List, Optional
 import click
 
 from exdd.cli_common import fail
-from exdd_scoring import DEFAULT_MODE
 
 SCORER = "exdd_scorer"
 ENSEMBLE = "exdd"
@@ -111,11 +110,11 @@ def prepare(bank_dir: str, repo: str, keep_threshold: bool = False) -> Dict[str,
         raise DeployError(f"{latest_dir}/features.json: unreadable ({e})") from None
     try:
         banks = load_banks(bank_dir)
-        check_features(banks.manifest["features"], served, f"{bank_dir} vs the served extractor ({SCORER}/{latest})")
+        check_features(banks.manifest.features, served, f"{bank_dir} vs the served extractor ({SCORER}/{latest})")
     except BankError as e:
         raise DeployError(f"refused: {e}") from None
     config = open(cfg_path).read()
-    mode = config_parameter(config, "mode") or banks.manifest.get("default_mode", DEFAULT_MODE)
+    mode = config_parameter(config, "mode") or banks.manifest.default_mode
     new_thr = choose_threshold(banks.manifest, mode, None)
     new_config = config
     if not keep_threshold:
@@ -130,7 +129,7 @@ def prepare(bank_dir: str, repo: str, keep_threshold: bool = False) -> Dict[str,
         copy_banks(bank_dir, os.path.join(tmp, "banks"), banks.manifest)
         record = {"version": version, "previous": latest, "banks": os.path.abspath(bank_dir),
                   "banks_manifest_sha256": sha256_file(os.path.join(bank_dir, "manifest.json")),
-                  "parent": banks.manifest.get("parent"), "mode": mode,
+                  "parent": None if banks.manifest.parent is None else banks.manifest.parent.to_dict(), "mode": mode,
                   "threshold": None if keep_threshold else new_thr,
                   "at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
         with open(os.path.join(tmp, DEPLOY_RECORD), "w") as f:

@@ -23,9 +23,10 @@ import os
 import shutil
 import tempfile
 from dataclasses import dataclass
-from typing import Any, Dict, Optional
+from typing import Optional
 
-from exdd_scoring.bank import sha256_file
+from exdd_scoring.bank import MANIFEST, sha256_file
+from exdd_scoring.manifest import BankManifest
 
 from exdd_scoring.spec import FeatureSpec, SpecError
 
@@ -50,11 +51,11 @@ class Assembled:
     manifest_sha256: str
 
 
-def copy_banks(bank_dir: str, dest: str, manifest: Dict[str, Any]) -> None:
-    """Copy manifest.json and the array files it lists (nothing else) into dest."""
+def copy_banks(bank_dir: str, dest: str, manifest: BankManifest) -> None:
+    """Copy manifest.json (byte for byte: its sha256 is recorded) and the array files it lists (nothing else) into dest."""
     os.makedirs(dest)
-    shutil.copy2(os.path.join(bank_dir, "manifest.json"), dest)
-    for name in manifest["files"]:
+    shutil.copy2(os.path.join(bank_dir, MANIFEST), dest)
+    for name in manifest.files:
         shutil.copy2(os.path.join(bank_dir, os.path.basename(name)), dest)
 
 
@@ -63,20 +64,19 @@ def _write(path: str, text: str) -> None:
         f.write(text)
 
 
-def choose_threshold(manifest: Dict[str, Any], mode: str, override: Optional[float]) -> Optional[float]:
-    """The served threshold: override, else the calibrated one of mode, else None."""
+def choose_threshold(manifest: BankManifest, mode: str, override: Optional[float]) -> Optional[float]:
+    """The served threshold: override, else the calibrated one of mode, else None (the manifest checked it is a number)."""
     if override is not None:
         return float(override)
-    values = (manifest.get("threshold") or {}).get("values") or {}
-    return float(values[mode]) if mode in values else None
+    return manifest.threshold_of(mode)
 
 
-def readme(a: Assembled, manifest: Dict[str, Any], bank_dir: str, onnx_path: str, backend: str,
+def readme(a: Assembled, manifest: BankManifest, bank_dir: str, onnx_path: str, backend: str,
            s: Serving, precision: str) -> str:
     """README.md of the repository."""
     f = a.features.to_dict()
-    cs = manifest.get("coreset", {})
-    sizes = ", ".join(f"{k} {v.get('size')}" for k, v in cs.items() if isinstance(v, dict)) or "see manifest"
+    cs = manifest.coreset
+    sizes = "see manifest" if cs is None else f"negative {cs.negative.size}, positive {cs.positive.size}"
     thr = "none (IS_DEFECT is false unless a request sends parameter `threshold`)" if a.threshold is None \
         else f"{a.threshold:.6g}"
     return f"""# ExDD Triton model repository
@@ -96,7 +96,7 @@ Instances: {s.instances} x KIND_{s.kind.upper()} per model, max_batch_size {s.ma
 
 - bank manifest: `{os.path.abspath(bank_dir)}/manifest.json`, sha256 `{a.manifest_sha256}`
   (copied to `exdd_scorer/1/banks/manifest.json`)
-- bank sizes: {sizes}; k = {manifest.get('k')}
+- bank sizes: {sizes}; k = {manifest.k}
 - features: backbone {f.get('backbone')}, weights `{f.get('weights')}`, input {f['input_size'][0]}x{f['input_size'][1]},
   grid {f['grid'][0]}x{f['grid'][1]}, d {f['d']}, projection seed {f.get('projection_seed')}
   (sha256 `{str(f.get('projection_sha256'))[:16]}...`)
@@ -120,7 +120,7 @@ def assemble(onnx_path: str, bank_dir: str, out_dir: str, features_backend: str 
 
     index 'hnsw' adds an approximate nearest-neighbour index for banks of at least index_min_size
     vectors (CPU instances use it; GPU instances search exactly)."""
-    from exdd_scoring import DEFAULT_MODE, MODES, BankError, load_banks
+    from exdd_scoring import MODES, BankError, load_banks
     from exdd_scoring.bank import check_features
 
     s = serving or Serving()
@@ -143,11 +143,11 @@ def assemble(onnx_path: str, bank_dir: str, out_dir: str, features_backend: str 
     precision = dict(fb.parameters).get("inference_precision") or read_metadata(onnx_path).get(PRECISION_KEY, "fp32")
     try:
         banks = load_banks(bank_dir)
-        check_features(banks.manifest["features"], features, f"{bank_dir} vs {onnx_path}")
+        check_features(banks.manifest.features, features, f"{bank_dir} vs {onnx_path}")
     except BankError as e:
         raise RepositoryError(str(e)) from None
     manifest = banks.manifest
-    mode = mode or manifest.get("default_mode", DEFAULT_MODE)
+    mode = mode or manifest.default_mode
     if mode not in MODES:
         raise RepositoryError(f"mode {mode!r}: expected one of {MODES}")
     thr = choose_threshold(manifest, mode, threshold)
@@ -184,7 +184,7 @@ def assemble(onnx_path: str, bank_dir: str, out_dir: str, features_backend: str 
         _write(os.path.join(tmp, "exdd_features", "config.pbtxt"), features_config(features, features_backend, s))
         _write(os.path.join(tmp, "exdd_scorer", "config.pbtxt"), scorer_config(features, mode, thr, s))
         _write(os.path.join(tmp, "exdd", "config.pbtxt"), ensemble_config(features, s))
-        result = Assembled(out_dir, features, mode, thr, sha256_file(os.path.join(bank_dir, "manifest.json")))
+        result = Assembled(out_dir, features, mode, thr, sha256_file(os.path.join(bank_dir, MANIFEST)))
         _write(os.path.join(tmp, "README.md"), readme(result, manifest, bank_dir, onnx_path, features_backend, s, precision))
         if os.path.exists(out_dir):
             shutil.rmtree(out_dir)

@@ -5,6 +5,7 @@ import json
 import os
 import shutil
 import subprocess
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -47,13 +48,19 @@ def test_exact_searcher_is_knn_nearest():
     np.testing.assert_allclose(a[0], b[0])
 
 
+def with_index_file(manifest, name, **changes):
+    """The manifest with its index entry of bank name changed (the manifest is frozen: a new one)."""
+    files = dict(manifest.index.files, **{name: replace(manifest.index.files[name], **changes)})
+    return replace(manifest, index=replace(manifest.index, files=files))
+
+
 @pytest.fixture(scope="module")
 def indexed_banks(tmp_path_factory):
     """A copy of the tiny banks with an hnsw index on every bank."""
     dst = str(tmp_path_factory.mktemp("ann") / "banks")
     shutil.copytree(tu.banks(), dst)
     entry = add_index(dst, "hnsw", min_size=1)
-    assert set(entry["files"]) == {"negative", "positive"}
+    assert set(entry.files) == {"negative", "positive"}
     return dst
 
 
@@ -83,9 +90,9 @@ def test_ef_search_grows_with_the_bank_and_is_recorded_and_used_per_file(indexed
     assert ef_search_for(LARGE_BANK - 1) == 64 and ef_search_for(LARGE_BANK) == ef_search_for(100_000) == 128
     assert ef_search_for(100_000, {"ef_search": 40}) == 40          # an explicit choice wins
     manifest = load_banks(indexed_banks).manifest
-    for name, f in manifest["index"]["files"].items():
-        assert f["ef_search"] == ef_search_for(f["size"])
-    manifest["index"]["files"]["negative"]["ef_search"] = 17       # what the file records is what is searched with
+    for name, f in manifest.index.files.items():
+        assert f.ef_search == ef_search_for(f.size)
+    manifest = with_index_file(manifest, "negative", ef_search=17)   # what the file records is what is searched with
     assert searchers_from_manifest(indexed_banks, manifest)["negative"].index.hnsw.efSearch == 17
 
 
@@ -99,7 +106,7 @@ def test_small_banks_stay_exact(tmp_path):
     dst = str(tmp_path / "banks")
     shutil.copytree(tu.banks(), dst)
     entry = add_index(dst, "hnsw", min_size=10 ** 9)
-    assert entry["files"] == {} and not [f for f in os.listdir(dst) if f.endswith(".hnsw")]
+    assert entry.files == {} and not [f for f in os.listdir(dst) if f.endswith(".hnsw")]
 
 
 def test_tampered_or_mismatched_index_is_refused(indexed_banks, tmp_path):
@@ -113,13 +120,13 @@ def test_tampered_or_mismatched_index_is_refused(indexed_banks, tmp_path):
     with pytest.raises(BankError, match="sha256 differs"):
         searchers_from_manifest(dst, manifest)
     shutil.copy2(os.path.join(dst, "positive.hnsw"), path)  # another bank's index, with its checksum
-    manifest["index"]["files"]["negative"]["sha256"] = manifest["index"]["files"]["positive"]["sha256"]
+    manifest = with_index_file(manifest, "negative", sha256=manifest.index.files["positive"].sha256)
     with pytest.raises(BankError, match="index holds"):
         searchers_from_manifest(dst, manifest)
-    manifest["index"]["files"]["negative"]["vectors_sha256"] = "0" * 64
+    manifest = with_index_file(manifest, "negative", vectors_sha256="0" * 64)
     with pytest.raises(BankError, match="other negative vectors"):
         searchers_from_manifest(dst, manifest)
-    manifest["index"]["files"]["negative"]["file"] = "../negative.hnsw"
+    manifest = with_index_file(manifest, "negative", file="../negative.hnsw")
     with pytest.raises(BankError, match="not a bank index file"):
         searchers_from_manifest(dst, manifest)
 

@@ -4,7 +4,10 @@ import pytest
 import torch
 from scipy.ndimage import gaussian_filter
 
+from dataclasses import replace
+
 from exdd_scoring import Bank, BankPair, Scorer
+from exdd_scoring.manifest import Scoring
 from exdd_scoring.knn import bank_neighbors
 from exdd_scoring.resample import bilinear_matrix, upsample_smooth, upsample_smooth_matrices
 
@@ -14,8 +17,9 @@ GRID, OUT, D = (6, 4), (48, 32), 8
 def make_pair(rng, n_neg=30, n_pos=12, k=3, with_pos=True):
     neg = rng.standard_normal((n_neg, D)).astype(np.float32)
     pos = (rng.standard_normal((n_pos, D)) + 1.5).astype(np.float32)
-    manifest = {"features": {"grid": list(GRID), "input_size": list(OUT), "d": D}, "k": k,
-                "threshold": {"values": {"exdd": 1.0}}, "default_mode": "exdd"}
+    features = {"backbone": "test", "weights": "random:0", "input_size": list(OUT), "layers": ["layer2"],
+                "grid": list(GRID), "projection_seed": 0, "projection_sha256": "0" * 64, "d": D}
+    manifest = {"features": features, "k": k, "threshold": {"values": {"exdd": 1.0}}, "default_mode": "exdd"}
     return BankPair(Bank(neg, bank_neighbors(neg, k, np)),
                     Bank(pos, bank_neighbors(pos, k, np)) if with_pos else None, manifest)
 
@@ -64,7 +68,7 @@ def test_gamma_and_fitted_fusion_come_from_the_manifest():
     feats = rng.standard_normal((2,) + GRID + (D,)).astype(np.float32) * 1.3
     base = Scorer(pair).score(feats)
     fusion = {"mean": [1.0, 2.0, 3.0], "scale": [2.0, 4.0, 8.0], "coef": [0.5, -1.0, 2.0], "intercept": 0.25}
-    pair.manifest["scoring"] = {"gamma": 0.5, "fusion": fusion}
+    pair.manifest = replace(pair.manifest, scoring=Scoring.from_dict({"gamma": 0.5, "fusion": fusion}, "test"))
     r = Scorer(pair).score(feats)
     sh, sw = upsample_smooth_matrices(GRID, OUT, 4.0)
     for b in range(2):
@@ -90,9 +94,8 @@ def test_fit_fusion_separates_and_falls_back():
 def test_unknown_default_mode_is_refused_by_name():
     rng = np.random.default_rng(7)
     pair = make_pair(rng)
-    pair.manifest["default_mode"] = "exdd_peak"
     with pytest.raises(ValueError, match="unknown scoring mode 'exdd_peak'"):
-        Scorer(pair)
+        replace(pair.manifest, default_mode="exdd_peak")       # the manifest refuses it, so no Scorer sees it
 
 
 def test_no_positive_bank_falls_back_to_patchcore():
