@@ -69,10 +69,10 @@ def offline() -> None:
               help="A bank keeps at least this many (capped at N).")
 @click.option("--k", default=defaults.K, show_default=True, type=click.IntRange(min=MIN_K),
               help=f"Neighbourhood size of the reweighting (at least {MIN_K}: k-1 neighbours besides the nearest).")
-@click.option("--min-cover", default=0.3, show_default=True, help="Defect patch: cell covered by the mask at least this much.")
+@click.option("--min-cover", default=defaults.MIN_COVER, show_default=True, help="Defect patch: cell covered by the mask at least this much.")
 @click.option("--synthetic", "synthetic_dirs", multiple=True, type=click.Path(exists=True, file_okay=False),
               help="Folder of synthetic defects (NNNNN.png + NNNNN_GT.png); repeatable.")
-@click.option("--holdout", default=0.1, show_default=True, help="Fraction of training images kept out for calibration.")
+@click.option("--holdout", default=defaults.HOLDOUT, show_default=True, help="Fraction of training images kept out for calibration.")
 @click.option("--threshold-rule", default="f1", type=click.Choice(["f1", "fpr"]), show_default=True)
 @click.option("--target-fpr", default=defaults.TARGET_FPR, show_default=True, help="For --threshold-rule fpr.")
 @click.option("--mode", "default_mode", default=DEFAULT_MODE, type=click.Choice(list(MODES)),
@@ -81,7 +81,7 @@ def offline() -> None:
               help="Exponent of the dual map a- (a-/a+)^gamma (modes dual, fusion).")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--batch-size", default=8, show_default=True)
-@click.option("--chunk-rows", default=24_000, show_default=True, help="Coreset chunk (patch rows) of the chunked greedy.")
+@click.option("--chunk-rows", default=defaults.CHUNK_ROWS, show_default=True, help="Coreset chunk (patch rows) of the chunked greedy.")
 @ray_options
 @click.option("--ray-workers", type=int, default=None, help="With --ray: extractor actors (default: one per CPU/GPU).")
 @click.option("--ray-shard-images", default=64, show_default=True,
@@ -247,7 +247,7 @@ def evaluate(dataset, bank_dir, weights, layout, split, out_json, batch_size, no
 @click.option("--no-pixel", is_flag=True)
 @click.option("--batch-size", default=8, show_default=True)
 @click.option("--raw-cache", "raw_cache", multiple=True, type=click.Path(exists=True, file_okay=False),
-              help="Raw-feature cache folder(s) from scripts/sweep_d.py (same weights and input size) to reuse.")
+              help="Raw-feature cache folder(s) from scripts/studies/sweep_d.py (same weights and input size) to reuse.")
 def sweep(dataset, synthetic_dirs, counts, out_dir, weights, d, projection_seed, input_size, no_pixel, batch_size,
           raw_cache):
     """Banks and metrics for 0, 50, 100, 150 synthetic samples (the paper's Table 2 protocol)."""
@@ -283,7 +283,7 @@ def sweep(dataset, synthetic_dirs, counts, out_dir, weights, d, projection_seed,
 @click.option("--calibrate", "calibrate_ds", default=None, type=click.Path(exists=True, file_okay=False),
               help="Recalibrate the thresholds on this dataset's held-out training images (the parent's split); "
                    "default: keep the parent's thresholds.")
-@click.option("--holdout", default=0.1, show_default=True, help="Held-out fraction the parent was built with (--calibrate).")
+@click.option("--holdout", default=defaults.HOLDOUT, show_default=True, help="Held-out fraction the parent was built with (--calibrate).")
 @click.option("--weights", default=None, help="Defaults to the weights the banks were built with.")
 @click.option("--note", default="", help="Free text recorded in the manifest's update history.")
 @click.option("--batch-size", default=8, show_default=True)

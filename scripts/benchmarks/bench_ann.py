@@ -11,7 +11,7 @@ Measured per bank size: recall of the exact nearest distance (HNSW distance with
 the exact one), image-score rank correlation (patchcore score, negative bank) vs exact, ms/image of
 the search alone (exact matmul vs HNSW) and HNSW build time and file size.
 
-    nice -n 10 .venv/bin/python scripts/bench_ann.py --dataset ../shared/data/magnetic_tile \
+    nice -n 10 .venv/bin/python -m scripts.benchmarks.bench_ann --dataset ../shared/data/magnetic_tile \
         --weights ../shared/weights/wrn50-random0-bncal.safetensors --out runs/i11/ann.json
 """
 from __future__ import annotations
