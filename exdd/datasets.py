@@ -8,7 +8,6 @@ Every dataset becomes a list of ``Sample`` (image path, mask path or None, label
 """
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
@@ -17,6 +16,7 @@ import numpy as np
 from PIL import Image
 
 from exdd.images import ImageReadError, is_image_name, walk_files
+from exdd_scoring.bank import sha256_file
 
 
 class DatasetError(ValueError):
@@ -170,14 +170,10 @@ def holdout_split(samples: List[Sample], fraction: float, seed: int) -> tuple[Li
 
 def _content_hash(path: str) -> Optional[str]:
     """sha256 of a file's bytes, or None when it cannot be read."""
-    h = hashlib.sha256()
     try:
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
+        return sha256_file(path)
     except OSError:
         return None
-    return h.hexdigest()
 
 
 def duplicates_across(samples: Sequence[Sample], reference: Sequence[Sample]) -> List[Tuple[str, str]]:

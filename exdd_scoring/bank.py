@@ -71,7 +71,7 @@ def sha256_file(path: str) -> str:
     return h.hexdigest()
 
 
-def _safe_name(name: str, where: str) -> str:
+def safe_file_name(name: str, where: str) -> str:
     """A manifest file entry must be a plain file name inside the bank directory."""
     if not isinstance(name, str) or not name or name != os.path.basename(name) or name in (".", "..") \
             or "\\" in name or "\x00" in name:
@@ -116,7 +116,7 @@ def read_manifest(directory: str) -> Dict[str, Any]:
         if key not in manifest:
             raise BankError(f"{path}: missing key {key!r}")
     for name in manifest["files"]:
-        _safe_name(name, path)
+        safe_file_name(name, path)
     check_k(manifest["k"], path)
     try:
         FeatureSpec.from_dict(manifest["features"], f"{path}: features")
@@ -148,7 +148,7 @@ def check_features(manifest_features: Any, expected: Any, where: str) -> None:
 
 
 def _load_array(directory: str, fname: str, meta: Dict[str, Any]) -> np.ndarray:
-    path = os.path.join(directory, _safe_name(fname, directory))
+    path = os.path.join(directory, safe_file_name(fname, directory))
     if not os.path.isfile(path):
         raise BankError(f"{path}: missing bank file")
     digest = sha256_file(path)

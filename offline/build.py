@@ -47,7 +47,7 @@ class BuildConfig:
     gamma: float = DEFAULT_GAMMA
     chunk_rows: int = defaults.CHUNK_ROWS
     oversample: float = defaults.OVERSAMPLE
-    batch_size: int = 8
+    batch_size: int = defaults.BATCH_SIZE
 
 
 @dataclass

@@ -34,7 +34,7 @@ def bank_size(n: int, ratio: float, min_size: int) -> int:
     return int(min(n, max(int(round(ratio * n)), min_size)))
 
 
-def _greedy(x: np.ndarray, m: int, start: int) -> tuple[np.ndarray, np.ndarray]:
+def greedy_picks(x: np.ndarray, m: int, start: int) -> tuple[np.ndarray, np.ndarray]:
     """Greedy picks on float32 rows x: (indices (<=m,), values (len+1,)).
 
     values[i] is the distance at which pick i was made (inf for the start), and the last value
@@ -53,7 +53,7 @@ def greedy_kcenter(x: np.ndarray, k: int, seed: int = 0) -> Coreset:
     if n == 0 or k <= 0:
         return Coreset(np.zeros(0, np.int64), 0.0, False, "exact")
     start = int(np.random.default_rng(seed).integers(n))
-    sel, vals = _greedy(np.ascontiguousarray(x, dtype=np.float32), k, start)
+    sel, vals = greedy_picks(np.ascontiguousarray(x, dtype=np.float32), k, start)
     return Coreset(sel, float(vals[-1]), False, "exact")
 
 
@@ -76,7 +76,7 @@ def chunked_kcenter(x: np.ndarray, k: int, seed: int = 0, chunk_rows: int = defa
         a, b = int(bounds[c]), int(bounds[c + 1])
         budget = max(1, math.ceil(oversample * k * (b - a) / n))
         start = int(rng.integers(b - a))
-        sel, vals = _greedy(np.ascontiguousarray(x[a:b], dtype=np.float32), budget, start)
+        sel, vals = greedy_picks(np.ascontiguousarray(x[a:b], dtype=np.float32), budget, start)
         picks.append(sel + a)
         radii.append(vals)
         if progress:
