@@ -5,12 +5,13 @@ they import this module as ``scripts.common``; it imports only exdd's public API
 """
 from __future__ import annotations
 
+import json
 import os
 import resource
 import subprocess
 import sys
 import time
-from typing import Callable, Dict, Iterable, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -23,6 +24,12 @@ EXDD = [sys.executable, "-m", "exdd.cli"]
 def peak_rss_gb() -> float:
     """Peak resident memory of this process in GiB (ru_maxrss is kB on Linux): the figure the benchmarks report."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
+
+
+def save_json(path: str, obj: Any, indent: Optional[int] = 1) -> str:
+    """Write a script's JSON record atomically (folders made), so a run read mid-way never shows half a file."""
+    from exdd.fileio import atomic_write
+    return atomic_write(path, json.dumps(obj, indent=indent))
 
 
 # ----------------------------------------------------------------------------- dataset subsets

@@ -66,3 +66,11 @@ def test_exdd_runner_returns_seconds_and_raises_with_stderr(tmp_path):
 
 def test_peak_rss_is_this_process_in_gib():
     assert 0.01 < common.peak_rss_gb() < 1024
+
+
+def test_save_json_writes_the_record_whole_into_a_new_folder(tmp_path):
+    import json
+    path = tmp_path / "new" / "bench.json"
+    assert common.save_json(str(path), {"a": [1, 2]}, indent=2) == str(path)
+    assert json.loads(path.read_text()) == {"a": [1, 2]} and path.read_text().startswith("{\n  ")
+    assert os.listdir(path.parent) == ["bench.json"]          # no temporary file left behind

@@ -25,6 +25,8 @@ import time
 
 import numpy as np
 
+from scripts.common import save_json
+
 
 def features(onnx_path, samples, threads):
     from exdd.offline.extract import batches
@@ -146,8 +148,7 @@ def main() -> int:
                                                                              np.maximum(np.abs(ref_s), 1e-9)))})
         log(json.dumps(ent))
         report["sizes"].append(ent)
-        with open(args.out, "w") as f:
-            json.dump(report, f, indent=2)
+        save_json(args.out, report, indent=2)
     print(json.dumps(report, indent=2))
     return 0
 

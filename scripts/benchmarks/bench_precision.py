@@ -19,6 +19,8 @@ import time
 
 import numpy as np
 
+from scripts.common import save_json
+
 
 def runner(variant: str, fp32_path: str, int8_path: str, threads: int):
     """The extractor of a variant: fp32 / int8 through ONNX Runtime, bf16 through OpenVINO."""
@@ -187,8 +189,7 @@ def main() -> int:
             sp[f"{v}_speedup_batch{b}"] = round(sp[f"fp32_batch{b}_ms_per_image"] / sp[f"{v}_batch{b}_ms_per_image"], 2)
     report["speed"] = sp
     log(f"speed: {sp}")
-    with open(args.out, "w") as f:
-        json.dump(report, f, indent=2)
+    save_json(args.out, report, indent=2)
     print(json.dumps(report, indent=2))
     return 0
 

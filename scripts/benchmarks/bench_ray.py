@@ -12,7 +12,6 @@ polls can be missed.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import subprocess
@@ -22,7 +21,7 @@ import time
 
 import psutil
 
-from scripts.common import EXDD, link_subset, mask_of
+from scripts.common import EXDD, link_subset, mask_of, save_json
 
 
 def subset(data: str, images: int, root: str) -> str:
@@ -105,8 +104,7 @@ def main() -> None:
             rows.append(r)
     res = {"data": a.data, "images": a.images, "input_size": a.input_size, "weights": a.weights,
            "chunk_rows": a.chunk_rows, "cpus": os.cpu_count(), "load_avg_at_end": os.getloadavg(), "rows": rows}
-    os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
-    json.dump(res, open(a.out, "w"), indent=1)
+    save_json(a.out, res)
 
 
 if __name__ == "__main__":

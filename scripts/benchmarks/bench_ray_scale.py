@@ -30,7 +30,7 @@ import psutil
 
 from exdd import defaults
 
-from scripts.common import normal_rows
+from scripts.common import normal_rows, save_json
 
 
 def make_part(base: np.ndarray, lo: int, hi: int, seed: int) -> np.ndarray:
@@ -147,8 +147,7 @@ def main() -> None:
                         for ph in ("generate", "coreset")},
            "load_avg_at_end": os.getloadavg()}
     print(json.dumps(res, indent=1))
-    os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
-    json.dump(res, open(a.out, "w"), indent=1)
+    save_json(a.out, res)
     ray.shutdown()
 
 

@@ -30,7 +30,7 @@ import time
 
 import numpy as np
 
-from scripts.common import ROOT, exdd, link_subset, start_server
+from scripts.common import ROOT, exdd, link_subset, save_json, start_server
 
 
 def subset(dataset: str, dst: str, normals: int, defects: int, test: int, seed: int = 0) -> str:
@@ -102,8 +102,7 @@ def main() -> int:
            "exdd": {}, "anomalib": None}
 
     def save():
-        with open(w("speed.json"), "w") as f:
-            json.dump(rep, f, indent=2)
+        save_json(w("speed.json"), rep, indent=2)
 
     # exdd: bank build, exports, repositories, serving
     if os.path.isdir(w("banks")):

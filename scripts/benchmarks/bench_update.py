@@ -33,7 +33,7 @@ from exdd.metrics import paired_bootstrap_diff, spearman
 from exdd.offline.update import update
 from exdd_scoring import MODES, Scorer, load_banks
 
-from scripts.common import cache_folder, peak_rss_gb, raw_caches
+from scripts.common import cache_folder, peak_rss_gb, raw_caches, save_json
 
 
 def log(msg: str) -> None:
@@ -125,7 +125,7 @@ def main() -> None:
         caches.update(raw_caches(a.dataset, a.weights, hw, a.cache, splits=(split,)))
         if fresh:
             rate[split] = (time.time() - t0) / max(len(caches[split].paths), 1)
-            json.dump({"s_per_image": rate[split]}, open(os.path.join(folder, "rate.json"), "w"))
+            save_json(os.path.join(folder, "rate.json"), {"s_per_image": rate[split]}, indent=None)
         else:   # a cache made by another script has no recorded rate: estimates are then left out (nan)
             rp = os.path.join(folder, "rate.json")
             rate[split] = json.load(open(rp))["s_per_image"] if os.path.isfile(rp) else float("nan")
@@ -214,7 +214,7 @@ def main() -> None:
             res["update_minus_full_image_auroc"][m] = {"diff": round(diff, 4), "ci90": [round(lo, 4), round(hi, 4)],
                                                        "score_rank_correlation": round(spearman(upd_s, full_s), 4)}
         log(f"update - full, image AUROC (90% paired bootstrap): {res['update_minus_full_image_auroc']}")
-        json.dump(res, open(os.path.join(out, "bench.json"), "w"), indent=1)
+        save_json(os.path.join(out, "bench.json"), res)
 
     if a.teach == 0:
         print(markdown(res))
@@ -263,7 +263,7 @@ def main() -> None:
         res["teach"][m] = row
         log(f"teach {m}: {row}")
     res["peak_rss_gb"] = round(peak_rss_gb(), 2)
-    json.dump(res, open(os.path.join(out, "bench.json"), "w"), indent=1)
+    save_json(os.path.join(out, "bench.json"), res)
     print(markdown(res))
 
 

@@ -10,7 +10,6 @@ exported extractor with d baked in. For each d: banks as `exdd offline build`, m
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -24,7 +23,7 @@ from exdd.offline.evaluate import metrics_of, score_features
 from exdd.offline.features import fingerprint, make_projection
 from exdd_scoring import MODES, Scorer, load_banks
 
-from scripts.common import peak_rss_gb, raw_caches
+from scripts.common import peak_rss_gb, raw_caches, save_json
 
 
 def main() -> None:
@@ -73,10 +72,9 @@ def main() -> None:
                      "thresholds": res.manifest["threshold"]["values"]})
         print(f"d={d}: " + ", ".join(f"{m} {met[m]['image_auroc']:.4f}/{met[m].get('pixel_auroc', float('nan')):.4f}"
                                      for m in MODES), file=sys.stderr, flush=True)
-        json.dump({"dataset": a.dataset, "weights": caches["train"].weights_id, "rows": rows,
-                   "extract_s": round(t_extract, 1),
-                   "peak_rss_gb": peak_rss_gb()},
-                  open(os.path.join(a.out, "sweep.json"), "w"), indent=1)
+        save_json(os.path.join(a.out, "sweep.json"), {"dataset": a.dataset, "weights": caches["train"].weights_id,
+                                                      "rows": rows, "extract_s": round(t_extract, 1),
+                                                      "peak_rss_gb": peak_rss_gb()})
     print("| d | mode | image AUROC | image AP | image F1-max | pixel AUROC | pixel AUPRO | bank -/+ | build s | score ms/img |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:

@@ -20,7 +20,7 @@ import numpy as np
 
 from exdd.client.connection import Connection
 
-from scripts.common import start_server
+from scripts.common import save_json, start_server
 
 
 def tree_rss(pid: int) -> Dict[str, int]:
@@ -108,8 +108,7 @@ def main() -> None:
     }
     print(json.dumps({k: v for k, v in res.items() if k != "samples"}, indent=1))
     if a.out:
-        with open(a.out, "w") as f:
-            json.dump(res, f, indent=1)
+        save_json(a.out, res)
 
 
 if __name__ == "__main__":
