@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image
 
 from exdd.images import ImageReadError, is_image_name, walk_files
+from exdd.registry import register_unique
 from exdd_scoring.bank import sha256_file
 
 
@@ -110,10 +111,7 @@ LAYOUTS: Dict[str, Layout] = {}
 
 def register_layout(layout: Layout) -> Layout:
     """Add a layout (names are unique); `--layout` choices and auto-detection come from LAYOUTS."""
-    if layout.name in LAYOUTS or layout.name == "auto":
-        raise ValueError(f"dataset layout {layout.name!r} is already registered")
-    LAYOUTS[layout.name] = layout
-    return layout
+    return register_unique(LAYOUTS, layout, "dataset layout", reserved=("auto",))
 
 
 def layout_choices(labelled_only: bool = False) -> List[str]:
