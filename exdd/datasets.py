@@ -8,7 +8,6 @@ Every dataset becomes a list of ``Sample`` (image path, mask path or None, label
 """
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
@@ -17,6 +16,8 @@ import numpy as np
 from PIL import Image
 
 from exdd.images import ImageReadError, is_image_name, walk_files
+from exdd.registry import register_unique
+from exdd_scoring.bank import sha256_file
 
 
 class DatasetError(ValueError):
@@ -110,10 +111,7 @@ LAYOUTS: Dict[str, Layout] = {}
 
 def register_layout(layout: Layout) -> Layout:
     """Add a layout (names are unique); `--layout` choices and auto-detection come from LAYOUTS."""
-    if layout.name in LAYOUTS or layout.name == "auto":
-        raise ValueError(f"dataset layout {layout.name!r} is already registered")
-    LAYOUTS[layout.name] = layout
-    return layout
+    return register_unique(LAYOUTS, layout, "dataset layout", reserved=("auto",))
 
 
 def layout_choices(labelled_only: bool = False) -> List[str]:
@@ -170,14 +168,10 @@ def holdout_split(samples: List[Sample], fraction: float, seed: int) -> tuple[Li
 
 def _content_hash(path: str) -> Optional[str]:
     """sha256 of a file's bytes, or None when it cannot be read."""
-    h = hashlib.sha256()
     try:
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
+        return sha256_file(path)
     except OSError:
         return None
-    return h.hexdigest()
 
 
 def duplicates_across(samples: Sequence[Sample], reference: Sequence[Sample]) -> List[Tuple[str, str]]:

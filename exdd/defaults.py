@@ -9,6 +9,11 @@ POS_RATIO = 0.10               # coreset ratio of the positive (defect) bank
 MIN_BANK = 1000                # a bank keeps at least this many patches (capped at N)
 K = 3                          # neighbourhood size of the reweighting
 TARGET_FPR = 0.01              # --threshold-rule fpr
+MIN_COVER = 0.3                # a defect patch: its cell covered by the mask at least this much
+HOLDOUT = 0.1                  # fraction of the training images kept out for calibration
+CHUNK_ROWS = 24_000            # patch rows per chunk of the chunked greedy coreset (bounds its memory)
+BATCH_SIZE = 8                 # images per batch of the offline feature extraction (build, evaluate, caches)
+OVERSAMPLE = 2.0               # the chunked greedy's per-chunk oversampling of the final bank size
 # The promise on served results: the score of an image agrees within this relative tolerance whatever else is
 # in its dynamic batch, which server answers and which CPU runs it (batched kernels round differently); its map
 # within this fraction of the map's peak. Far below any decision margin; tests assert exactly this.

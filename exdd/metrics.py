@@ -66,6 +66,19 @@ def f1_max(scores: np.ndarray, labels: np.ndarray) -> Tuple[float, float]:
     return float(f1[i]), float(thr[i])
 
 
+def confusion(scores: np.ndarray, labels: np.ndarray, thr: float) -> Dict[str, float]:
+    """Threshold, accuracy, TPR, FPR, precision and F1 of 'score >= thr' against 0/1 labels (0 for an empty class)."""
+    pred = scores >= thr
+    y = labels.astype(bool)
+    tp, fp = int((pred & y).sum()), int((pred & ~y).sum())
+    fn = int((~pred & y).sum())
+    prec = tp / max(tp + fp, 1)
+    rec = tp / max(tp + fn, 1)
+    return {"threshold": float(thr), "accuracy": float((pred == y).mean()) if y.size else float("nan"),
+            "tpr": rec, "fpr": fp / max(int((~y).sum()), 1), "precision": prec,
+            "f1": 2 * prec * rec / max(prec + rec, 1e-12)}
+
+
 def aupro(maps: np.ndarray, masks: np.ndarray, max_fpr: float = 0.3) -> float:
     """Area under the per-region-overlap curve up to max_fpr, normalised to [0, 1].
 

@@ -8,11 +8,10 @@ Files written before the version field existed (version absent) are read as vers
 from __future__ import annotations
 
 import json
-import math
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List, Mapping, Optional
+
+from exdd.fileio import atomic_write, json_safe
 
 RESULTS_VERSION = 1
 _KNOWN = ("version", "source", "default_mode", "metrics", "thresholds", "images", "errors", "dataset", "split",
@@ -90,23 +89,11 @@ class EvaluationResults:
             out["weights_note"] = self.weights_note
         for k, v in self.extra.items():
             out.setdefault(k, v)
-        return _json_safe(out)
+        return json_safe(out)
 
     def save(self, path: str) -> str:
         """Write the JSON atomically (temporary file + rename); returns path."""
-        text = json.dumps(self.to_dict(), indent=1, allow_nan=False)
-        folder = os.path.dirname(os.path.abspath(path))
-        os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".results-", dir=folder)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(text)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
-        return path
+        return atomic_write(path, json.dumps(self.to_dict(), indent=1, allow_nan=False))
 
     @classmethod
     def from_dict(cls, data: Any, where: str = "results") -> "EvaluationResults":
@@ -176,15 +163,3 @@ def _float(v: Any) -> float:
 def _opt_float(v: Any) -> Optional[float]:
     return None if v is None else float(v)
 
-
-def _json_safe(obj: Any) -> Any:
-    """NaN / inf -> None recursively (strict JSON)."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    if hasattr(obj, "item") and callable(obj.item):   # numpy scalars
-        return _json_safe(obj.item())
-    return obj

@@ -15,7 +15,7 @@ from typing import Any, Dict, Mapping, Optional, Union
 import numpy as np
 
 from .manifest import (BANK_FORMAT_VERSION, MANIFEST, MIN_K, BankError, BankManifest, FileEntry,  # noqa: F401
-                       ManifestError, check_k, safe_name as _safe_name)   # MIN_K, check_k: re-exported
+                       ManifestError, check_k, safe_name)   # MIN_K, check_k: re-exported
 from .spec import IDENTITY, FeatureSpec
 
 FEATURE_KEYS = IDENTITY   # what makes two feature extractors interchangeable (FeatureSpec's identity)
@@ -118,7 +118,7 @@ def check_features(manifest_features: Any, expected: Any, where: str) -> None:
 
 
 def _load_array(directory: str, fname: str, meta: FileEntry) -> np.ndarray:
-    path = os.path.join(directory, _safe_name(fname, directory))
+    path = os.path.join(directory, safe_name(fname, directory))
     if not os.path.isfile(path):
         raise BankError(f"{path}: missing bank file")
     digest = sha256_file(path)

@@ -19,7 +19,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from exdd import __version__
+from exdd import __version__, defaults
 from exdd_scoring import DEFAULT_MODE, MODES, Bank, BankPair, Scorer, save_bank
 from exdd_scoring.manifest import (BankManifest, BankStats, CoresetInfo, DefectPatchRule, Fusion, Scoring, Sources,
                                    Thresholds)
@@ -37,20 +37,20 @@ from .weights import is_random
 @dataclass
 class BuildConfig:
     """Everything that decides what the banks hold."""
-    neg_ratio: float = 0.01
-    pos_ratio: float = 0.10
-    min_size: int = 1000
-    k: int = 3
-    min_cover: float = 0.3
-    holdout: float = 0.1
+    neg_ratio: float = defaults.NEG_RATIO
+    pos_ratio: float = defaults.POS_RATIO
+    min_size: int = defaults.MIN_BANK
+    k: int = defaults.K
+    min_cover: float = defaults.MIN_COVER
+    holdout: float = defaults.HOLDOUT
     seed: int = 0
     threshold_rule: str = "f1"
-    target_fpr: float = 0.01
+    target_fpr: float = defaults.TARGET_FPR
     default_mode: str = DEFAULT_MODE
     gamma: float = DEFAULT_GAMMA
-    chunk_rows: int = 24_000
-    oversample: float = 2.0
-    batch_size: int = 8
+    chunk_rows: int = defaults.CHUNK_ROWS
+    oversample: float = defaults.OVERSAMPLE
+    batch_size: int = defaults.BATCH_SIZE
 
 
 @dataclass

@@ -14,6 +14,8 @@ from exdd.ray_cluster import ray_options
 from exdd_scoring.bank import MIN_K
 from exdd_scoring.scores import DEFAULT_GAMMA, DEFAULT_MODE, MODES
 
+from .calibrate import RULES
+
 
 def _extractor(weights: str, d: int, seed: int, input_hw):
     import torch
@@ -69,19 +71,19 @@ def offline() -> None:
               help="A bank keeps at least this many (capped at N).")
 @click.option("--k", default=defaults.K, show_default=True, type=click.IntRange(min=MIN_K),
               help=f"Neighbourhood size of the reweighting (at least {MIN_K}: k-1 neighbours besides the nearest).")
-@click.option("--min-cover", default=0.3, show_default=True, help="Defect patch: cell covered by the mask at least this much.")
+@click.option("--min-cover", default=defaults.MIN_COVER, show_default=True, help="Defect patch: cell covered by the mask at least this much.")
 @click.option("--synthetic", "synthetic_dirs", multiple=True, type=click.Path(exists=True, file_okay=False),
               help="Folder of synthetic defects (NNNNN.png + NNNNN_GT.png); repeatable.")
-@click.option("--holdout", default=0.1, show_default=True, help="Fraction of training images kept out for calibration.")
-@click.option("--threshold-rule", default="f1", type=click.Choice(["f1", "fpr"]), show_default=True)
+@click.option("--holdout", default=defaults.HOLDOUT, show_default=True, help="Fraction of training images kept out for calibration.")
+@click.option("--threshold-rule", default="f1", type=click.Choice(list(RULES)), show_default=True)
 @click.option("--target-fpr", default=defaults.TARGET_FPR, show_default=True, help="For --threshold-rule fpr.")
 @click.option("--mode", "default_mode", default=DEFAULT_MODE, type=click.Choice(list(MODES)),
               show_default=True, help="Mode whose score the served model returns as SCORE.")
 @click.option("--gamma", default=DEFAULT_GAMMA, show_default=True, type=click.FloatRange(0.0, 4.0),
               help="Exponent of the dual map a- (a-/a+)^gamma (modes dual, fusion).")
 @click.option("--seed", default=0, show_default=True)
-@click.option("--batch-size", default=8, show_default=True)
-@click.option("--chunk-rows", default=24_000, show_default=True, help="Coreset chunk (patch rows) of the chunked greedy.")
+@click.option("--batch-size", default=defaults.BATCH_SIZE, show_default=True)
+@click.option("--chunk-rows", default=defaults.CHUNK_ROWS, show_default=True, help="Coreset chunk (patch rows) of the chunked greedy.")
 @ray_options
 @click.option("--ray-workers", type=int, default=None, help="With --ray: extractor actors (default: one per CPU/GPU).")
 @click.option("--ray-shard-images", default=64, show_default=True,
@@ -158,7 +160,7 @@ def _warn_test_leak(dataset: str, layout: str) -> None:
               help="folder: every image below DATASET, unlabelled (scores only, no metrics).")
 @click.option("--split", default="test", show_default=True)
 @click.option("--out", "out_json", default=None, type=click.Path(dir_okay=False), help="Write results JSON here.")
-@click.option("--batch-size", default=8, show_default=True)
+@click.option("--batch-size", default=defaults.BATCH_SIZE, show_default=True)
 @click.option("--no-pixel", is_flag=True, help="Skip pixel metrics (faster).")
 @click.option("--extractor", "extractor_onnx", default=None, type=click.Path(exists=True, dir_okay=False),
               help="Extract with this exported ONNX (e.g. the one the server runs) instead of torch fp32.")
@@ -174,7 +176,8 @@ def evaluate(dataset, bank_dir, weights, layout, split, out_json, batch_size, no
     from exdd_scoring import BankError, Scorer, load_banks, read_manifest_spec
     from exdd.datasets import DatasetError, leak_message, load_split, training_copies
     from exdd.results import ErrorRow, EvaluationResults, ImageResult
-    from .evaluate import confusion, metrics_of, score_split, table
+    from exdd.metrics import confusion
+    from .evaluate import metrics_of, score_split, table
     from exdd.progress import bar
     try:
         feats = read_manifest_spec(bank_dir)
@@ -244,9 +247,9 @@ def evaluate(dataset, bank_dir, weights, layout, split, out_json, batch_size, no
 @click.option("--projection-seed", default=0, show_default=True)
 @input_size_option
 @click.option("--no-pixel", is_flag=True)
-@click.option("--batch-size", default=8, show_default=True)
+@click.option("--batch-size", default=defaults.BATCH_SIZE, show_default=True)
 @click.option("--raw-cache", "raw_cache", multiple=True, type=click.Path(exists=True, file_okay=False),
-              help="Raw-feature cache folder(s) from scripts/sweep_d.py (same weights and input size) to reuse.")
+              help="Raw-feature cache folder(s) from scripts/studies/sweep_d.py (same weights and input size) to reuse.")
 def sweep(dataset, synthetic_dirs, counts, out_dir, weights, d, projection_seed, input_size, no_pixel, batch_size,
           raw_cache):
     """Banks and metrics for 0, 50, 100, 150 synthetic samples (the paper's Table 2 protocol)."""
@@ -282,10 +285,10 @@ def sweep(dataset, synthetic_dirs, counts, out_dir, weights, d, projection_seed,
 @click.option("--calibrate", "calibrate_ds", default=None, type=click.Path(exists=True, file_okay=False),
               help="Recalibrate the thresholds on this dataset's held-out training images (the parent's split); "
                    "default: keep the parent's thresholds.")
-@click.option("--holdout", default=0.1, show_default=True, help="Held-out fraction the parent was built with (--calibrate).")
+@click.option("--holdout", default=defaults.HOLDOUT, show_default=True, help="Held-out fraction the parent was built with (--calibrate).")
 @click.option("--weights", default=None, help="Defaults to the weights the banks were built with.")
 @click.option("--note", default="", help="Free text recorded in the manifest's update history.")
-@click.option("--batch-size", default=8, show_default=True)
+@click.option("--batch-size", default=defaults.BATCH_SIZE, show_default=True)
 def update(bank_dir, out_dir, normal_paths, defect_paths, results, verdict_column, calibrate_ds, holdout, weights,
            note, batch_size):
     """Teach BANKS new normal / defect images incrementally; writes a new bank directory recording its parent."""

@@ -17,6 +17,8 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from exdd import defaults
+
 
 @dataclass
 class Coreset:
@@ -32,7 +34,7 @@ def bank_size(n: int, ratio: float, min_size: int) -> int:
     return int(min(n, max(int(round(ratio * n)), min_size)))
 
 
-def _greedy(x: np.ndarray, m: int, start: int) -> tuple[np.ndarray, np.ndarray]:
+def greedy_picks(x: np.ndarray, m: int, start: int) -> tuple[np.ndarray, np.ndarray]:
     """Greedy picks on float32 rows x: (indices (<=m,), values (len+1,)).
 
     values[i] is the distance at which pick i was made (inf for the start), and the last value
@@ -51,12 +53,12 @@ def greedy_kcenter(x: np.ndarray, k: int, seed: int = 0) -> Coreset:
     if n == 0 or k <= 0:
         return Coreset(np.zeros(0, np.int64), 0.0, False, "exact")
     start = int(np.random.default_rng(seed).integers(n))
-    sel, vals = _greedy(np.ascontiguousarray(x, dtype=np.float32), k, start)
+    sel, vals = greedy_picks(np.ascontiguousarray(x, dtype=np.float32), k, start)
     return Coreset(sel, float(vals[-1]), False, "exact")
 
 
-def chunked_kcenter(x: np.ndarray, k: int, seed: int = 0, chunk_rows: int = 24_000,
-                    oversample: float = 2.0, progress: Optional[Callable[[int], None]] = None) -> Coreset:
+def chunked_kcenter(x: np.ndarray, k: int, seed: int = 0, chunk_rows: int = defaults.CHUNK_ROWS,
+                    oversample: float = defaults.OVERSAMPLE, progress: Optional[Callable[[int], None]] = None) -> Coreset:
     """Approximate greedy k-center for large N: per-chunk greedy, merged by pick distance.
 
     x may be float16 (converted chunk by chunk). Exact greedy when N <= chunk_rows.
@@ -74,7 +76,7 @@ def chunked_kcenter(x: np.ndarray, k: int, seed: int = 0, chunk_rows: int = 24_0
         a, b = int(bounds[c]), int(bounds[c + 1])
         budget = max(1, math.ceil(oversample * k * (b - a) / n))
         start = int(rng.integers(b - a))
-        sel, vals = _greedy(np.ascontiguousarray(x[a:b], dtype=np.float32), budget, start)
+        sel, vals = greedy_picks(np.ascontiguousarray(x[a:b], dtype=np.float32), budget, start)
         picks.append(sel + a)
         radii.append(vals)
         if progress:
@@ -142,7 +144,7 @@ def _extend_greedy(xf: np.ndarray, mind: np.ndarray, min_picks: int, r2: float,
 
 
 def extend_kcenter(centers: np.ndarray, x: np.ndarray, min_picks: int, radius: float,
-                   chunk_rows: int = 24_000, oversample: float = 2.0, max_block: int = 1 << 22,
+                   chunk_rows: int = defaults.CHUNK_ROWS, oversample: float = defaults.OVERSAMPLE, max_block: int = 1 << 22,
                    progress: Optional[Callable[[int], None]] = None) -> Coreset:
     """Greedy k-center continued from existing centres over new rows x (incremental update).
 

@@ -29,7 +29,7 @@ from exdd.log import get as _logger
 from exdd_scoring import BankPair
 from .build import (BuildConfig, BuildResult, bank_of, calibration_scorer, defect_patches, finish, plan,
                     score_samples)
-from .coreset import Coreset, _greedy, bank_size, greedy_kcenter, merge_chunks
+from .coreset import Coreset, bank_size, greedy_kcenter, greedy_picks, merge_chunks
 from exdd.datasets import Sample
 
 SCORE_BATCH = 16          # score_samples' batch: shards are multiples of it
@@ -114,7 +114,7 @@ def _rows(a: int, b: int, offsets: Sequence[int], *parts: np.ndarray) -> np.ndar
 
 def _chunk_greedy(a: int, b: int, budget: int, start: int, offsets: Sequence[int], *parts: np.ndarray):
     """One chunk's greedy picks (chunk-local indices) and pick values, as chunked_kcenter computes them."""
-    return _greedy(_rows(a, b, offsets, *parts), budget, start)
+    return greedy_picks(_rows(a, b, offsets, *parts), budget, start)
 
 
 def _exact(k: int, seed: int, n: int, offsets: Sequence[int], *parts: np.ndarray) -> Coreset:

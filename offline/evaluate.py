@@ -6,6 +6,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from exdd import defaults
 from exdd_scoring import MODES, Scorer, map_of_mode
 from exdd.datasets import Sample
 from .extract import batches, run_extractor
@@ -24,8 +25,9 @@ class Scored:
     errors: List[Tuple[str, str]]
 
 
-def score_split(samples: Sequence[Sample], model, scorer: Scorer, size_hw: Tuple[int, int], batch_size: int = 8,
-                with_maps: bool = True, progress: Optional[Callable[[int], None]] = None) -> Scored:
+def score_split(samples: Sequence[Sample], model, scorer: Scorer, size_hw: Tuple[int, int],
+                batch_size: int = defaults.BATCH_SIZE, with_maps: bool = True,
+                progress: Optional[Callable[[int], None]] = None) -> Scored:
     """Extract and score every readable sample; maps kept per kind ('neg', 'ratio')."""
     errors: List[Tuple[str, str]] = []
     feats = ((bs, run_extractor(model, imgs), ms) for bs, imgs, ms in batches(samples, size_hw, batch_size, True, errors))
@@ -80,18 +82,6 @@ def metrics_of(scored: Scored) -> Dict[str, Dict[str, float]]:
         img.update(per_kind.get(kind, {}))
         out[m] = img
     return out
-
-
-def confusion(scores: np.ndarray, labels: np.ndarray, thr: float) -> Dict[str, float]:
-    """TPR, FPR, precision and F1 of 'score >= thr' against labels."""
-    pred = scores >= thr
-    y = labels.astype(bool)
-    tp, fp = int((pred & y).sum()), int((pred & ~y).sum())
-    fn = int((~pred & y).sum())
-    prec = tp / max(tp + fp, 1)
-    rec = tp / max(tp + fn, 1)
-    return {"threshold": float(thr), "tpr": rec, "fpr": fp / max(int((~y).sum()), 1), "precision": prec,
-            "f1": 2 * prec * rec / max(prec + rec, 1e-12)}
 
 
 def table(metrics: Dict[str, Dict[str, float]]) -> str:

@@ -7,6 +7,7 @@ from typing import Callable, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from exdd import defaults
 from exdd.images import ImageReadError, read_image, read_mask, image_size
 from exdd.log import get as _logger
 from exdd.datasets import Sample
@@ -74,7 +75,7 @@ def run_extractor(model: torch.nn.Module, images: np.ndarray) -> np.ndarray:
 
 
 def extract(samples: Sequence[Sample], model: torch.nn.Module, size_hw: Tuple[int, int], grid: Tuple[int, int],
-            d: int, batch_size: int = 8, with_mask: bool = False, dtype=np.float16,
+            d: int, batch_size: int = defaults.BATCH_SIZE, with_mask: bool = False, dtype=np.float16,
             progress: Optional[Callable[[int], None]] = None) -> Extracted:
     """Features of all readable samples, stored as dtype; masks become per-patch coverage."""
     errors: List[Tuple[str, str]] = []

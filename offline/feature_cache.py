@@ -12,6 +12,7 @@ from typing import Callable, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from exdd import defaults
 from exdd.images import ImageReadError
 from exdd.datasets import Sample
 from .extract import Extracted, cell_cover, read_sample, run_extractor
@@ -53,7 +54,7 @@ class RawCache:
 
 
 def extract_raw(samples: Sequence[Sample], weights: str, input_hw: Tuple[int, int], folder: str,
-                batch_size: int = 8, progress: Optional[Callable[[int], None]] = None) -> RawCache:
+                batch_size: int = defaults.BATCH_SIZE, progress: Optional[Callable[[int], None]] = None) -> RawCache:
     """Extract and store raw features of the readable samples (resumes a finished cache as is)."""
     if os.path.isfile(os.path.join(folder, "meta.json")):
         return RawCache(folder)

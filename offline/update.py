@@ -19,7 +19,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from exdd import __version__
+from exdd import __version__, defaults
 from exdd.images import is_image_name
 from exdd_scoring import MODES, Bank, BankPair, Scorer, load_banks, save_bank
 from exdd_scoring.bank import MANIFEST, BankError, sha256_file
@@ -91,7 +91,7 @@ def extend_bank(bank: Optional[Bank], vectors: np.ndarray, stats: BankStats, k: 
     min_size = MIN_SIZE if stats.min_size is None else stats.min_size
     n_new = int(vectors.shape[0])
     if bank is None or bank.size == 0:
-        new_bank, st = make_bank(vectors, ratio, min_size, k, seed, 24_000, 2.0)
+        new_bank, st = make_bank(vectors, ratio, min_size, k, seed, defaults.CHUNK_ROWS, defaults.OVERSAMPLE)
         st["added_patches"], st["picked"] = n_new, st["size"]
         return new_bank, BankStats.from_dict(st, "update", "coreset")
     patches = stats.patches + n_new

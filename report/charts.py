@@ -5,7 +5,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .data import _e, _fmt
+from .data import esc, fmt_metric
 
 NORMAL_COLOR, DEFECT_COLOR, UNKNOWN_COLOR = "#4e79a7", "#e15759", "#9aa0a6"
 SVG_NS = "http://www.w3.org/2000/svg"
@@ -42,15 +42,15 @@ def svg_roc(curves: Dict[str, Dict[str, Any]], colors: Dict[str, str], size: Tup
     for i, (mode, c) in enumerate(curves.items()):
         col = colors[mode]
         sw = 2.0 + 1.6 * (len(curves) - 1 - i)
-        out.append(f'<polyline class="roc-curve" data-mode="{_e(mode)}" fill="none" stroke="{col}" stroke-width="{sw:.1f}" '
+        out.append(f'<polyline class="roc-curve" data-mode="{esc(mode)}" fill="none" stroke="{col}" stroke-width="{sw:.1f}" '
                    f'stroke-linejoin="round" points="{_poly([X(v) for v in c["fpr"]], [Y(v) for v in c["tpr"]])}"/>')
         op = c.get("operating_point")
         if op and op[0] is not None and op[1] is not None:
             out.append(f'<circle cx="{X(op[0]):.1f}" cy="{Y(op[1]):.1f}" r="4.5" fill="{col}" stroke="#fff" '
-                       f'stroke-width="1.5"><title>{_e(mode)} at its threshold</title></circle>')
+                       f'stroke-width="1.5"><title>{esc(mode)} at its threshold</title></circle>')
         ly = t + ph - 12 - 18 * (len(curves) - 1 - i)
         out.append(f'<rect x="{l + pw - 190}" y="{ly - 9}" width="12" height="3" fill="{col}"/>'
-                   f'<text x="{l + pw - 172}" y="{ly - 3}" font-size="12">{_e(mode)}  AUROC {_fmt(c.get("auroc"), 3)}</text>')
+                   f'<text x="{l + pw - 172}" y="{ly - 3}" font-size="12">{esc(mode)}  AUROC {fmt_metric(c.get("auroc"), 3)}</text>')
     out.append("</svg>")
     return "".join(out)
 
@@ -68,7 +68,7 @@ def svg_histogram(hist: Dict[str, Any], thr: Optional[float], title: str, size: 
     X = lambda v: l + (v - lo) / (hi - lo) * pw  # noqa: E731
     Y = lambda n: t + ph - n / top * ph  # noqa: E731
     out = [f'<svg xmlns="{SVG_NS}" class="chart hist" width="{w}" height="{h}" viewBox="0 0 {w} {h}" role="img" '
-           f'aria-label="{_e(title)}">', f'<text x="{l}" y="16" font-size="13" font-weight="600">{_e(title)}</text>',
+           f'aria-label="{esc(title)}">', f'<text x="{l}" y="16" font-size="13" font-weight="600">{esc(title)}</text>',
            f'<line x1="{l}" y1="{t + ph}" x2="{l + pw}" y2="{t + ph}" stroke="#8c959f"/>',
            f'<line x1="{l}" y1="{t}" x2="{l}" y2="{t + ph}" stroke="#8c959f"/>']
     for v in np.linspace(lo, hi, 5):

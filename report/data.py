@@ -13,7 +13,7 @@ MODE_ORDER = tuple(MODES)
 DASH = "\u2014"
 
 
-def _num(v: Any) -> Optional[float]:
+def finite_or_none(v: Any) -> Optional[float]:
     """v as a finite float, else None."""
     try:
         f = float(v)
@@ -22,38 +22,21 @@ def _num(v: Any) -> Optional[float]:
     return f if math.isfinite(f) else None
 
 
-def _fmt(v: Any, digits: int = 4) -> str:
+def fmt_metric(v: Any, digits: int = 4) -> str:
     """A metric with fixed decimals, or a dash when missing."""
-    f = _num(v)
+    f = finite_or_none(v)
     return DASH if f is None else f"{f:.{digits}f}"
 
 
-def _fmt_g(v: Any) -> str:
+def fmt_score(v: Any) -> str:
     """A score or threshold with 4 significant digits, or a dash."""
-    f = _num(v)
+    f = finite_or_none(v)
     return DASH if f is None else f"{f:.4g}"
 
 
-def _e(text: Any) -> str:
+def esc(text: Any) -> str:
     """HTML-escaped str(text)."""
     return html.escape("" if text is None else str(text), quote=True)
-
-
-def json_safe(obj: Any) -> Any:
-    """obj with NaN/inf as None and numpy scalars/arrays as plain Python (strict JSON)."""
-    if isinstance(obj, dict):
-        return {str(k): json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [json_safe(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return json_safe(obj.tolist())
-    if isinstance(obj, (bool, np.bool_)):
-        return bool(obj)
-    if isinstance(obj, (int, np.integer)):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        return _num(obj)
-    return obj
 
 
 def modes_of(results: Dict[str, Any]) -> List[str]:
@@ -66,7 +49,7 @@ def modes_of(results: Dict[str, Any]) -> List[str]:
     return [m for m in MODE_ORDER if m in seen] + [m for m in seen if m not in MODE_ORDER]
 
 
-def _ok_images(results: Dict[str, Any]) -> List[Dict[str, Any]]:
+def ok_images(results: Dict[str, Any]) -> List[Dict[str, Any]]:
     """The images that were scored (no error)."""
     return [im for im in results.get("images") or [] if not im.get("error") and im.get("scores")]
 
@@ -74,8 +57,8 @@ def _ok_images(results: Dict[str, Any]) -> List[Dict[str, Any]]:
 def scores_labels(results: Dict[str, Any], mode: str, labelled_only: bool = True) -> Tuple[np.ndarray, np.ndarray]:
     """Finite scores of a mode and their labels (-1 unknown), over the scored images."""
     s, y = [], []
-    for im in _ok_images(results):
-        v, lab = _num(im["scores"].get(mode)), int(im.get("label", -1))
+    for im in ok_images(results):
+        v, lab = finite_or_none(im["scores"].get(mode)), int(im.get("label", -1))
         if v is None or (labelled_only and lab not in (0, 1)):
             continue
         s.append(v)
@@ -92,15 +75,6 @@ def roc_of(scores: np.ndarray, labels: np.ndarray) -> Optional[Tuple[np.ndarray,
     return fpr, tpr
 
 
-def confusion_at(scores: np.ndarray, labels: np.ndarray, thr: float) -> Dict[str, float]:
-    """Accuracy, TPR and FPR of 'score >= thr' against 0/1 labels."""
-    pred, y = scores >= thr, labels.astype(bool)
-    n_pos, n_neg = int(y.sum()), int((~y).sum())
-    return {"accuracy": float((pred == y).mean()) if y.size else float("nan"),
-            "tpr": float((pred & y).sum() / n_pos) if n_pos else float("nan"),
-            "fpr": float((pred & ~y).sum() / n_neg) if n_neg else float("nan")}
-
-
 def histogram(scores: np.ndarray, labels: np.ndarray, thr: Optional[float], bins: int = 24) -> Dict[str, Any]:
     """Counts of normal / defective / unknown scores over common bins whose range includes thr."""
     vals = list(scores) + ([thr] if thr is not None else [])
@@ -115,7 +89,7 @@ def histogram(scores: np.ndarray, labels: np.ndarray, thr: Optional[float], bins
 
 def gallery_groups(results: Dict[str, Any], mode: str, n: int = 6) -> List[Tuple[str, List[Dict[str, Any]]]]:
     """(title, images) groups: worst misses and best hits per class by the mode's score."""
-    imgs = [im for im in _ok_images(results) if _num(im["scores"].get(mode)) is not None]
+    imgs = [im for im in ok_images(results) if finite_or_none(im["scores"].get(mode)) is not None]
     key = lambda im: float(im["scores"][mode])  # noqa: E731
     pos = sorted((im for im in imgs if im.get("label") == 1), key=key)
     neg = sorted((im for im in imgs if im.get("label") == 0), key=key, reverse=True)
@@ -131,10 +105,10 @@ def gallery_groups(results: Dict[str, Any], mode: str, n: int = 6) -> List[Tuple
 
 
 
-def _counts(results: Dict[str, Any]) -> Dict[str, int]:
+def image_counts(results: Dict[str, Any]) -> Dict[str, int]:
     """Numbers of images: total, scored, defective, normal, unlabelled, errors."""
     imgs = results.get("images") or []
-    ok = _ok_images(results)
+    ok = ok_images(results)
     errs = len(results.get("errors") or []) + sum(1 for im in imgs if im.get("error"))
     return {"images": len(imgs), "scored": len(ok), "defective": sum(1 for im in ok if im.get("label") == 1),
             "normal": sum(1 for im in ok if im.get("label") == 0),

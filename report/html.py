@@ -17,8 +17,10 @@ import os
 from typing import Any, Dict, Optional, Sequence, Tuple
 
 from .charts import svg_histogram, svg_roc
-from .data import (DASH, _counts, _e, _fmt, _fmt_g, _num, _ok_images, confusion_at,  # noqa: F401
-                          gallery_groups, histogram, json_safe, modes_of, roc_of, scores_labels)
+from exdd.fileio import atomic_write, json_safe
+from exdd.metrics import confusion
+from .data import (DASH, esc, finite_or_none, fmt_metric, fmt_score, gallery_groups, histogram, image_counts, modes_of,
+                   ok_images, roc_of, scores_labels)
 
 PALETTE = ("#4e79a7", "#e15759", "#59a14f", "#f28e2b", "#b07aa1", "#76b7b2")
 THUMB_BOX = (160, 240)  # (max width, max height) of a gallery thumbnail
@@ -130,17 +132,17 @@ def _card(im: Dict[str, Any], mode: str, modes: Sequence[str], thr: Optional[flo
     kind = "heatmap" if im.get("heatmap") else "image"
     path = _resolve(src, base_dir)
     try:
-        thumb = f'<img src="{thumbnail_uri(path)}" alt="{_e(os.path.basename(path))}" title="{_e(path)}">'
+        thumb = f'<img src="{thumbnail_uri(path)}" alt="{esc(os.path.basename(path))}" title="{esc(path)}">'
     except Exception as e:  # noqa: BLE001 - an unreadable file becomes a placeholder, not a failed report
-        thumb = f'<div class="missing">{kind} not available<br>{_e(e)}</div>'
+        thumb = f'<div class="missing">{kind} not available<br>{esc(e)}</div>'
     score = float(im["scores"][mode])
     v = _verdict(int(im.get("label", -1)), score, thr)
     badge = f'<span class="verdict {v}">{v}</span> ' if v else ""
-    others = ", ".join(f"{_e(m)} {_fmt_g(im['scores'].get(m))}" for m in modes if m != mode and m in im["scores"])
-    extra = f' &middot; {_e(im["kind"])}' if im.get("kind") else ""
+    others = ", ".join(f"{esc(m)} {fmt_score(im['scores'].get(m))}" for m in modes if m != mode and m in im["scores"])
+    extra = f' &middot; {esc(im["kind"])}' if im.get("kind") else ""
     return (f'<div class="card" data-kind="{kind}"><div class="thumb">{thumb}</div>'
-            f'<div class="name">{_e(os.path.basename(im.get("path", "")))}</div>'
-            f'<div>{badge}<b>{_e(mode)} {_fmt_g(score)}</b>{extra}</div>'
+            f'<div class="name">{esc(os.path.basename(im.get("path", "")))}</div>'
+            f'<div>{badge}<b>{esc(mode)} {fmt_score(score)}</b>{extra}</div>'
             f'<div class="scores">{others}</div></div>')
 
 
@@ -154,29 +156,29 @@ def _header(results: Dict[str, Any], title: str, generated: str, counts: Dict[st
     if "random" in (weights + " " + note).lower():
         banner = (f'<div class="banner danger" id="weights-warning">&#9888; RANDOM-INIT BACKBONE: scores, metrics '
                   f'and heatmaps in this report do not reflect real detection quality.<div class="detail">weights '
-                  f'<code>{_e(weights)}</code>{" &middot; note: " + _e(note) if note else ""}</div></div>')
+                  f'<code>{esc(weights)}</code>{" &middot; note: " + esc(note) if note else ""}</div></div>')
     elif note:
-        banner = f'<div class="banner info" id="weights-note">Weights note: {_e(note)}</div>'
+        banner = f'<div class="banner info" id="weights-note">Weights note: {esc(note)}</div>'
     thr = results.get("thresholds") or {}
     dm = results.get("default_mode")
-    thr_txt = ", ".join(f"{_e(m)} {_fmt_g(thr[m])}" for m in modes if m in thr) or DASH
+    thr_txt = ", ".join(f"{esc(m)} {fmt_score(thr[m])}" for m in modes if m in thr) or DASH
     img_txt = (f"{counts['scored']} scored: {counts['defective']} defective, {counts['normal']} normal"
                + (f", {counts['unlabelled']} unlabelled" if counts["unlabelled"] else "")
                + f"; {counts['errors']} unreadable")
     facts = [("Dataset", results.get("dataset")), ("Split", results.get("split")), ("Banks", results.get("banks")),
              ("Weights", weights or None), ("Default mode", dm), ("Thresholds", None), ("Images", None),
              ("Evaluated", results.get("date") or results.get("evaluated_at")),
-             ("Scoring time", f"{results['seconds']} s" if _num(results.get("seconds")) is not None else None),
+             ("Scoring time", f"{results['seconds']} s" if finite_or_none(results.get("seconds")) is not None else None),
              ("Report generated", generated)]
     cells = []
     for k, v in facts:
         if k == "Thresholds":
             cells.append(f"<div><dt>{k}</dt><dd>{thr_txt}</dd></div>")
         elif k == "Images":
-            cells.append(f"<div><dt>{k}</dt><dd>{_e(img_txt)}</dd></div>")
+            cells.append(f"<div><dt>{k}</dt><dd>{esc(img_txt)}</dd></div>")
         elif v not in (None, ""):
-            cells.append(f"<div><dt>{k}</dt><dd>{_e(v)}</dd></div>")
-    return (f"<header><h1>{_e(title)}</h1><p class=\"sub\">ExDD surface-defect detection &middot; modes side by side"
+            cells.append(f"<div><dt>{k}</dt><dd>{esc(v)}</dd></div>")
+    return (f"<header><h1>{esc(title)}</h1><p class=\"sub\">ExDD surface-defect detection &middot; modes side by side"
             f"</p>{banner}<dl class=\"meta\">{''.join(cells)}</dl></header>")
 
 
@@ -186,17 +188,17 @@ def _metrics_table(results: Dict[str, Any], modes: Sequence[str], at: Dict[str, 
     dm = results.get("default_mode")
     if not modes:
         return '<p class="note">No metrics in the results.</p>'
-    head = "".join(f'<th><span class="swatch" style="background:{PALETTE[i % len(PALETTE)]}"></span>{_e(m)}'
+    head = "".join(f'<th><span class="swatch" style="background:{PALETTE[i % len(PALETTE)]}"></span>{esc(m)}'
                    f'{"<span class=tag>default</span>" if m == dm else ""}</th>' for i, m in enumerate(modes))
     rows = []
     for group, table in ((METRIC_ROWS, {m: metrics.get(m) or {} for m in modes}), (AT_ROWS, at)):
         for j, (key, label, higher) in enumerate(group):
-            vals = [_num((table.get(m) or {}).get(key)) for m in modes]
+            vals = [finite_or_none((table.get(m) or {}).get(key)) for m in modes]
             if group is AT_ROWS and all(v is None for v in vals):
                 continue
             finite = [v for v in vals if v is not None]
             best = (max(finite) if higher else min(finite)) if finite and higher is not None and len(modes) > 1 else None
-            fmt = _fmt_g if key in ("threshold", "image_f1_threshold") else _fmt
+            fmt = fmt_score if key in ("threshold", "image_f1_threshold") else fmt_metric
             tds = "".join(f'<td class="{"best" if v is not None and best is not None and abs(v - best) < 1e-12 else ""}">'
                           f'{fmt(v)}</td>' for v in vals)
             sep = ' class="sep"' if group is AT_ROWS and j == 0 else ""
@@ -213,7 +215,7 @@ def _errors(results: Dict[str, Any]) -> str:
     errs += [(im.get("path"), im.get("error")) for im in results.get("images") or [] if im.get("error")]
     if not errs:
         return ""
-    rows = "".join(f"<tr><td>{_e(p)}</td><td>{_e(m)}</td></tr>" for p, m in errs)
+    rows = "".join(f"<tr><td>{esc(p)}</td><td>{esc(m)}</td></tr>" for p, m in errs)
     return f'<h2>Unreadable images ({len(errs)})</h2><table class="errors" id="errors"><tbody>{rows}</tbody></table>'
 
 
@@ -225,17 +227,17 @@ def build_report(results: Dict[str, Any], title: str = "ExDD evaluation report",
     generated = generated or _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     modes = modes_of(results)
     colors = {m: PALETTE[i % len(PALETTE)] for i, m in enumerate(modes)}
-    thresholds = {m: _num(v) for m, v in (results.get("thresholds") or {}).items()}
-    counts = _counts(results)
+    thresholds = {m: finite_or_none(v) for m, v in (results.get("thresholds") or {}).items()}
+    counts = image_counts(results)
     data: Dict[str, Any] = {"title": title, "generated": generated, "modes": modes, "counts": counts,
                             "roc": {}, "histograms": {}, "at_threshold": {}, "gallery": {}}
     at: Dict[str, Dict[str, Any]] = {}
     for m in modes:
         given = dict(((results.get("metrics") or {}).get(m) or {}).get("at_threshold") or {})
         s, y = scores_labels(results, m)
-        thr = thresholds.get(m, _num(given.get("threshold")))
+        thr = thresholds.get(m, finite_or_none(given.get("threshold")))
         if thr is not None and s.size and y.min() != y.max():
-            mine = confusion_at(s, y, thr)
+            mine = confusion(s, y, thr)
             given.setdefault("accuracy", mine["accuracy"])
             given.setdefault("tpr", mine["tpr"])
             given.setdefault("fpr", mine["fpr"])
@@ -245,7 +247,7 @@ def build_report(results: Dict[str, Any], title: str = "ExDD evaluation report",
         curve = roc_of(s, y)
         if curve is not None:
             from exdd.metrics import auroc
-            op = (_num(given.get("fpr")), _num(given.get("tpr")))
+            op = (finite_or_none(given.get("fpr")), finite_or_none(given.get("tpr")))
             data["roc"][m] = {"fpr": curve[0].tolist(), "tpr": curve[1].tolist(), "auroc": auroc(s, y),
                               "operating_point": op if thr is not None else None}
         sa, ya = scores_labels(results, m, labelled_only=False)
@@ -270,9 +272,9 @@ def build_report(results: Dict[str, Any], title: str = "ExDD evaluation report",
     else:
         parts.append('<p class="note">No scored images.</p>')
     gm = results.get("default_mode") if results.get("default_mode") in modes else (modes[0] if modes else None)
-    if gm is not None and _ok_images(results):
-        parts.append(f"<h2>Gallery <span class=\"tag\">by {_e(gm)} score</span></h2>")
-        if any(im.get("heatmap") for im in _ok_images(results)):
+    if gm is not None and ok_images(results):
+        parts.append(f"<h2>Gallery <span class=\"tag\">by {esc(gm)} score</span></h2>")
+        if any(im.get("heatmap") for im in ok_images(results)):
             from exdd.overlay import GT_COLOR, PRED_COLOR
             rgb = lambda c: "rgb(%d,%d,%d)" % c  # noqa: E731
             parts.append(f'<p class="note">Heatmaps: anomaly map in a blue-to-red colour scale over the image; '
@@ -284,15 +286,15 @@ def build_report(results: Dict[str, Any], title: str = "ExDD evaluation report",
             data["gallery"][gtitle] = [im.get("path") for im in imgs]
             if imgs:
                 cards = "".join(_card(im, gm, modes, thresholds.get(gm), base_dir) for im in imgs)
-                groups.append(f'<section><h3>{_e(gtitle)}</h3><div class="gallery">{cards}</div></section>')
+                groups.append(f'<section><h3>{esc(gtitle)}</h3><div class="gallery">{cards}</div></section>')
         parts.append(f'<div class="groups">{"".join(groups)}</div>')
     parts.append(_errors(results))
-    parts.append(f'<footer>Generated by exdd on {_e(generated)}. Self-contained: every image is embedded, '
+    parts.append(f'<footer>Generated by exdd on {esc(generated)}. Self-contained: every image is embedded, '
                  f'nothing is fetched.</footer>')
     page = (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
             f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
             f'<meta name="viewport" content="width=device-width,initial-scale=1">'
-            f'<title>{_e(title)}</title><style>{CSS}</style></head><body><main>{"".join(parts)}</main>'
+            f'<title>{esc(title)}</title><style>{CSS}</style></head><body><main>{"".join(parts)}</main>'
             f'<script>{LOAD_SCRIPT}</script></body></html>')
     return page, json_safe(data)
 
@@ -302,14 +304,6 @@ def json_path_of(out_html: str) -> str:
     return os.path.splitext(out_html)[0] + ".json"
 
 
-def _write_atomic(path: str, text: str) -> None:
-    """Write text to path through a temporary file in the same folder."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def write_report(results: Dict[str, Any], out_html: str, title: str = "ExDD evaluation report",
                  base_dir: Optional[str] = None, gallery_n: int = 6) -> str:
     """Write the self-contained HTML report and its JSON (results + chart data) and return the HTML path."""
@@ -317,6 +311,6 @@ def write_report(results: Dict[str, Any], out_html: str, title: str = "ExDD eval
     os.makedirs(folder, exist_ok=True)
     page, data = build_report(results, title, base_dir, gallery_n=gallery_n)
     out_json = json_path_of(out_html)
-    _write_atomic(out_json, json.dumps({**json_safe(results), "report": data}, indent=1, allow_nan=False))
-    _write_atomic(out_html, page)
+    atomic_write(out_json, json.dumps({**json_safe(results), "report": data}, indent=1, allow_nan=False))
+    atomic_write(out_html, page)
     return out_html

@@ -8,6 +8,7 @@ import click
 from exdd.cli_common import fail
 from exdd_scoring.scores import MODES
 
+from .ann_index import INDEX_KINDS
 from .registry import FEATURES_BACKENDS
 
 
@@ -28,7 +29,7 @@ from .registry import FEATURES_BACKENDS
               help="Served mode (default: the banks' default_mode).")
 @click.option("--threshold", default=None, type=float, help="Served threshold (default: the calibrated one).")
 @click.option("--force", is_flag=True, help="Replace --out if it exists.")
-@click.option("--index", default="exact", type=click.Choice(["exact", "hnsw"]), show_default=True,
+@click.option("--index", default="exact", type=click.Choice(list(INDEX_KINDS)), show_default=True,
               help="CPU scorer search: exact, or hnsw (faiss HNSW, built now, stored in faiss's format and "
                    "checksummed in the manifest; the server's Python then needs faiss-cpu). GPU instances search exactly.")
 @click.option("--index-min-size", default=None, type=click.IntRange(1),

@@ -29,9 +29,9 @@ from typing import Any, Dict, List, Optional
 import click
 
 from exdd.cli_common import fail
+from exdd.fileio import atomic_write
 
 SCORER = "exdd_scorer"
-ENSEMBLE = "exdd"
 DEPLOY_RECORD = "deploy.json"
 
 
@@ -83,13 +83,6 @@ def set_config_parameter(text: str, key: str, value: Optional[str]) -> str:
     return to_text(c)
 
 
-def _write_atomic(path: str, text: str) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def prepare(bank_dir: str, repo: str, keep_threshold: bool = False) -> Dict[str, Any]:
     """Verify the banks against the served extractor and write the next scorer version (not loaded yet)."""
     from exdd_scoring import BankError, load_banks
@@ -139,7 +132,7 @@ def prepare(bank_dir: str, repo: str, keep_threshold: bool = False) -> Dict[str,
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     if new_config != config:
-        _write_atomic(cfg_path, new_config)
+        atomic_write(cfg_path, new_config)
     return {"version": version, "previous": latest, "config_before": config, "config_path": cfg_path,
             "threshold": None if keep_threshold else new_thr}
 
@@ -147,7 +140,7 @@ def prepare(bank_dir: str, repo: str, keep_threshold: bool = False) -> Dict[str,
 def rollback_prepared(repo: str, prep: Dict[str, Any]) -> None:
     """Undo prepare(): remove the new version directory and restore the scorer config."""
     shutil.rmtree(os.path.join(repo, SCORER, str(prep["version"])), ignore_errors=True)
-    _write_atomic(prep["config_path"], prep["config_before"])
+    atomic_write(prep["config_path"], prep["config_before"])
 
 
 def _client(url: str, timeout_s: float):

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Dict, Optional, Tuple
 
+from exdd.registry import register_unique
+
 
 @dataclass(frozen=True)
 class FeaturesBackend:
@@ -29,10 +31,7 @@ FEATURES_BACKENDS: Dict[str, FeaturesBackend] = {}
 
 def register(b: FeaturesBackend) -> FeaturesBackend:
     """Add a backend (names are unique)."""
-    if b.name in FEATURES_BACKENDS:
-        raise ValueError(f"features backend {b.name!r} is already registered")
-    FEATURES_BACKENDS[b.name] = b
-    return b
+    return register_unique(FEATURES_BACKENDS, b, "features backend")
 
 
 register(FeaturesBackend("onnxruntime", "model.onnx", platform="onnxruntime_onnx",

@@ -1,21 +1,17 @@
-"""scripts/bench_anomalib.py: the same normals for both methods, exdd's pluggable side, the weights check."""
+"""scripts/benchmarks/bench_anomalib.py: the same normals for both methods, exdd's pluggable side, the weights check."""
 from __future__ import annotations
 
-import importlib.util
-import sys
 
 import numpy as np
 import pytest
 
-from conftest import ROOT, TINY_HW
+from conftest import TINY_HW
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("bench_anomalib", ROOT / "scripts" / "bench_anomalib.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["bench_anomalib"] = mod            # dataclasses look their module up
-    spec.loader.exec_module(mod)
-    return mod
+    """The benchmark as a module (imported, so its dataclasses find their module)."""
+    from scripts.benchmarks import bench_anomalib
+    return bench_anomalib
 
 
 def test_split_uses_the_negative_banks_normals_and_exdd_side_scores_every_mode(tiny_dataset, tmp_path):

@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from exdd.report.html import build_report, gallery_groups, histogram, json_safe, modes_of, write_report
+from exdd.fileio import json_safe
+from exdd.report.data import gallery_groups, histogram, modes_of
+from exdd.report.html import build_report, write_report
 
 SVG_XMLNS = 'xmlns="http://www.w3.org/2000/svg"'
 CHROMIUM = next((p for p in (shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome",

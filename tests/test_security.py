@@ -72,10 +72,10 @@ def test_manifest_paths_cannot_escape_the_bank_directory(tiny_banks, tmp_path):
     (banks / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(BankError, match="missing bank file|not a plain file name"):
         load_banks(str(banks))
-    from exdd_scoring.bank import _safe_name
+    from exdd_scoring.manifest import safe_name
     for bad in ("../x.npy", "/etc/passwd", "a/b.npy", "..", ""):
         with pytest.raises(BankError):
-            _safe_name(bad, "here")
+            safe_name(bad, "here")
 
 
 def test_heatmap_names_stay_inside_their_folder():

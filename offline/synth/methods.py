@@ -10,6 +10,8 @@ from typing import Any, Callable, Dict, Tuple
 
 import numpy as np
 
+from exdd.registry import register_unique
+
 # make(cfg, spec, pipe, normal, mask, mask_own) -> (generated RGB, positive mask, extra sidecar fields)
 MakeFn = Callable[[Any, Any, Any, np.ndarray, np.ndarray, np.ndarray], Tuple[np.ndarray, np.ndarray, Dict[str, Any]]]
 
@@ -28,10 +30,7 @@ SYNTH_METHODS: Dict[str, SynthMethod] = {}
 
 def register(m: SynthMethod) -> SynthMethod:
     """Add a method (names are unique)."""
-    if m.name in SYNTH_METHODS:
-        raise ValueError(f"synthesis method {m.name!r} is already registered")
-    SYNTH_METHODS[m.name] = m
-    return m
+    return register_unique(SYNTH_METHODS, m, "synthesis method")
 
 
 def _sdxl(cfg, spec, pipe, normal, mask, mask_own):

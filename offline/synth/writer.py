@@ -6,12 +6,15 @@ so a sample counts as done exactly when its sidecar exists.
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 from typing import Any, Dict, Optional
 
 import numpy as np
 from PIL import Image
+
+from exdd.fileio import atomic_write
 
 
 def stem(index: int) -> str:
@@ -25,35 +28,16 @@ def paths(out_dir: str, index: int) -> Dict[str, str]:
     return {"image": s + ".png", "mask": s + "_GT.png", "sidecar": s + ".json"}
 
 
-def _tmp(path: str) -> str:
-    d, b = os.path.split(path)
-    return os.path.join(d, f".{b}.{os.getpid()}.tmp")
-
-
 def atomic_png(path: str, array: np.ndarray) -> None:
     """Write a uint8 (H, W) or (H, W, 3) array as a PNG, atomically."""
-    tmp = _tmp(path)
-    try:
-        Image.fromarray(np.ascontiguousarray(array)).save(tmp, format="PNG")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(array)).save(buf, format="PNG")
+    atomic_write(path, buf.getvalue())
 
 
 def atomic_json(path: str, obj: Any) -> None:
     """Write obj as indented JSON, flushed to disk, atomically."""
-    tmp = _tmp(path)
-    try:
-        with open(tmp, "w") as f:
-            json.dump(obj, f, indent=1)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    atomic_write(path, json.dumps(obj, indent=1) + "\n", fsync=True)
 
 
 def write_sample(out_dir: str, index: int, image: np.ndarray, mask: np.ndarray, sidecar: Dict[str, Any]) -> None:

@@ -27,13 +27,6 @@ def scoring_package(version_dir):
         sys.path.insert(0, version_dir)
 
 
-def config_parameter(config, key, default=None):
-    """A string parameter of the model config, or default."""
-    entry = (config.get("parameters") or {}).get(key)
-    value = entry.get("string_value", "") if isinstance(entry, dict) else ""
-    return value if value != "" else default
-
-
 class TritonPythonModel:
     """The feature extractor through ONNX Runtime or OpenVINO."""
 
@@ -46,6 +39,7 @@ class TritonPythonModel:
         from exdd_scoring.onnx_metadata import FEATURES_KEY
         from exdd_scoring.runtimes import open_runtime
         from exdd_scoring.spec import FeatureSpec
+        from exdd_scoring.triton_config import config_parameter
         runtime = config_parameter(config, "runtime", "onnxruntime")
         precision = config_parameter(config, "inference_precision", "bf16")
         threads = int(config_parameter(config, "intra_op_threads", "0"))

@@ -21,15 +21,7 @@ if HERE not in sys.path:
     sys.path.insert(0, HERE)
 
 import exdd_scoring  # noqa: E402  (the scoring package copied into this model directory)
-
-OUTPUTS = ("SCORE", "IS_DEFECT", "ANOMALY_MAP", "SCORE_NEG", "SCORE_POS")
-
-
-def config_parameter(config, key, default=None):
-    """A string parameter of the model config, or default."""
-    entry = (config.get("parameters") or {}).get(key)
-    value = entry.get("string_value", "") if isinstance(entry, dict) else ""
-    return value if value != "" else default
+from exdd_scoring.triton_config import config_parameter  # noqa: E402
 
 
 def parse_threshold(value, where):

@@ -6,35 +6,30 @@ temporary subset) three ways: single process (torch on all cores), --ray with 1 
 is polled (psutil, every 0.2 s) for the driver and every Ray worker process, so short peaks between
 polls can be missed.
 
-  nice -n 10 .venv/bin/python scripts/bench_ray.py --data ../shared/data/ksdd1_dev --images 32 \
+  nice -n 10 .venv/bin/python -m scripts.benchmarks.bench_ray --data ../shared/data/ksdd1_dev --images 32 \
       --input-size 320x112 --weights ../shared/weights/wrn50-random0-bncal.safetensors --out runs/bench_ray.json
 """
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import subprocess
-import sys
 import tempfile
 import threading
 import time
 
 import psutil
 
+from scripts.common import EXDD, link_subset, mask_of, save_json
+
 
 def subset(data: str, images: int, root: str) -> str:
+    """The first `images` training images of data (with their masks), linked into root/subset/train."""
     src = os.path.join(data, "train")
-    dst = os.path.join(root, "subset", "train")
-    os.makedirs(dst)
     names = sorted(f for f in os.listdir(src) if f.endswith(".png") and not f.endswith("_GT.png"))[:images]
-    for f in names:
-        os.symlink(os.path.abspath(os.path.join(src, f)), os.path.join(dst, f))
-        gt = f.replace(".png", "_GT.png")
-        if os.path.exists(os.path.join(src, gt)):
-            os.symlink(os.path.abspath(os.path.join(src, gt)), os.path.join(dst, gt))
-    return os.path.dirname(dst)
+    paths = [os.path.join(src, f) for f in names]
+    return os.path.dirname(link_subset(os.path.join(root, "subset", "train"), [(p, mask_of(p)) for p in paths]))
 
 
 def run(cmd, name: str) -> dict:
@@ -91,7 +86,7 @@ def main() -> None:
     ap.add_argument("--chunk-rows", type=int, default=4000)
     ap.add_argument("--out", default="runs/bench_ray.json")
     a = ap.parse_args()
-    exdd = [sys.executable, "-m", "exdd.cli", "offline", "build"]
+    exdd = EXDD + ["offline", "build"]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         ds = subset(a.data, a.images, tmp)
@@ -109,8 +104,7 @@ def main() -> None:
             rows.append(r)
     res = {"data": a.data, "images": a.images, "input_size": a.input_size, "weights": a.weights,
            "chunk_rows": a.chunk_rows, "cpus": os.cpu_count(), "load_avg_at_end": os.getloadavg(), "rows": rows}
-    os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
-    json.dump(res, open(a.out, "w"), indent=1)
+    save_json(a.out, res)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ and ``bf16`` (the fp32 ONNX run by OpenVINO with inference precision bf16). For 
 fp32 (ONNX Runtime) features of a subset of the training images (what `offline build` does), then score a test
 subset with fp32 and with each variant's features against the SAME banks.
 
-    .venv/bin/python scripts/bench_precision.py --datasets ../shared/data/magnetic_tile,../shared/data/ksdd1_dev \
+    .venv/bin/python -m scripts.benchmarks.bench_precision --datasets ../shared/data/magnetic_tile,../shared/data/ksdd1_dev \
         --weights ../shared/weights/wrn50-random0-bncal.safetensors --variants bf16,int8 --train 40 --test 80 \
         --out runs/i11/precision.json
 """
@@ -18,6 +18,8 @@ import sys
 import time
 
 import numpy as np
+
+from scripts.common import save_json
 
 
 def runner(variant: str, fp32_path: str, int8_path: str, threads: int):
@@ -70,7 +72,7 @@ MODES_MEASURED = ("patchcore", "exdd", "dual")
 def run_dataset(ds, fp32_path, features, args, log):
     from exdd.export.quantize import calibration_images, quantize_int8, cosine_rows
     from exdd.metrics import spearman
-    from exdd.offline.build import defect_patches, make_bank
+    from exdd.offline.build import BuildConfig, defect_patches, make_bank
     from exdd.datasets import load_split
     from exdd.metrics import auroc
     from exdd_scoring import BankPair, Scorer
@@ -95,10 +97,12 @@ def run_dataset(ds, fp32_path, features, args, log):
         """Banks (what `offline build` does, 1 % / 10 % coresets) from the training subset's features of extractor."""
         fn, _, _ = featurize(extractor, normals, hw, grid, False)
         fd, cov, _ = featurize(extractor, defects, hw, grid, True)
-        neg, _ = make_bank(fn.reshape(-1, d), 0.01, 1000, 3, 0, 24_000, 2.0)
-        pos, _ = make_bank(fd[defect_patches(cov, 0.3)], 0.1, 1000, 3, 1, 24_000, 2.0)
+        c = BuildConfig()
+        neg, _ = make_bank(fn.reshape(-1, d), c.neg_ratio, c.min_size, c.k, 0, c.chunk_rows, c.oversample)
+        pos, _ = make_bank(fd[defect_patches(cov, c.min_cover)], c.pos_ratio, c.min_size, c.k, 1, c.chunk_rows,
+                           c.oversample)
         log(f"{name}: banks {neg.size} + {pos.size} from {len(normals)} normal + {len(defects)} defective {prec} images")
-        return Scorer(BankPair(neg, pos, {"features": features, "k": 3, "default_mode": "dual"})), [neg.size, pos.size]
+        return Scorer(BankPair(neg, pos, {"features": features, "k": c.k, "default_mode": "dual"})), [neg.size, pos.size]
 
     scorer, sizes = scorer_from(s32, "fp32")
     test = pick(load_split(ds, "test"), args.test)
@@ -185,8 +189,7 @@ def main() -> int:
             sp[f"{v}_speedup_batch{b}"] = round(sp[f"fp32_batch{b}_ms_per_image"] / sp[f"{v}_batch{b}_ms_per_image"], 2)
     report["speed"] = sp
     log(f"speed: {sp}")
-    with open(args.out, "w") as f:
-        json.dump(report, f, indent=2)
+    save_json(args.out, report, indent=2)
     print(json.dumps(report, indent=2))
     return 0
 

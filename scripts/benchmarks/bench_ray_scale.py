@@ -1,7 +1,7 @@
 """A simulated large coreset on Ray: more patch rows than one process may hold, chunk by chunk on workers.
 
-Real patches (the normal training images of a raw-feature cache of scripts/sweep_d.py, projected
-to d) are tiled with jitter, as scripts/bench_coreset.py `scale` does, into --n rows that Ray tasks
+Real patches (the normal training images of a raw-feature cache of scripts/studies/sweep_d.py, projected
+to d) are tiled with jitter, as scripts/benchmarks/bench_coreset.py `scale` does, into --n rows that Ray tasks
 generate straight into the object store in parts; the distributed chunked greedy k-center
 (offline/distributed.py) then selects the bank. The single-process build of the same rows is run
 under the per-process address-space cap --cap-gb (RLIMIT_AS) and fails to hold them. For each Ray
@@ -12,7 +12,7 @@ out the object store's shared-memory pages it maps) and RSS are polled every 0.2
 On one machine the object store (shared memory) still holds all rows: what Ray bounds here is
 each process's memory, and on a cluster the parts live in the object stores of the nodes that made them.
 
-  nice -n 10 .venv/bin/python scripts/bench_ray_scale.py --cache /work/main/runs/cache/ksdd1_dev-632x224/train \
+  nice -n 10 .venv/bin/python -m scripts.benchmarks.bench_ray_scale --cache /work/main/runs/cache/ksdd1_dev-632x224/train \
       --n 3000000 --cap-gb 1.5 --out runs/bench_ray_scale.json
 """
 from __future__ import annotations
@@ -28,13 +28,9 @@ import time
 import numpy as np
 import psutil
 
+from exdd import defaults
 
-def base_rows(cache: str, d: int, images: int) -> np.ndarray:
-    from exdd.offline.feature_cache import RawCache
-    from exdd.offline.features import make_projection
-    c = RawCache(cache)
-    normal = [i for i, p in enumerate(c.paths) if c.covers[i].max() == 0][:images]
-    return c.project(normal, make_projection(d, 0)).reshape(-1, d)
+from scripts.common import normal_rows, save_json
 
 
 def make_part(base: np.ndarray, lo: int, hi: int, seed: int) -> np.ndarray:
@@ -72,7 +68,7 @@ def main() -> None:
     ap.add_argument("--d", type=int, default=256)
     ap.add_argument("--images", type=int, default=10)
     ap.add_argument("--ratio", type=float, default=0.001)
-    ap.add_argument("--chunk-rows", type=int, default=24_000)
+    ap.add_argument("--chunk-rows", type=int, default=defaults.CHUNK_ROWS)
     ap.add_argument("--part-rows", type=int, default=250_000)
     ap.add_argument("--cap-gb", type=float, default=1.5)
     ap.add_argument("--cpus", type=int, default=2)
@@ -122,7 +118,7 @@ def main() -> None:
     th = threading.Thread(target=poll, daemon=True)
     th.start()
     t0 = time.time()
-    base = ray.put(base_rows(a.cache, a.d, a.images))
+    base = ray.put(normal_rows(a.cache, a.d, a.images))
     gen = ray.remote(num_cpus=1)(make_part)
     bounds = list(range(0, a.n, a.part_rows)) + [a.n]
     refs = [gen.remote(base, lo, hi, 1000 + i) for i, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:]))]
@@ -151,8 +147,7 @@ def main() -> None:
                         for ph in ("generate", "coreset")},
            "load_avg_at_end": os.getloadavg()}
     print(json.dumps(res, indent=1))
-    os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
-    json.dump(res, open(a.out, "w"), indent=1)
+    save_json(a.out, res)
     ray.shutdown()
 
 

@@ -1,6 +1,6 @@
 """Offline speed benchmarks on this machine: feature extraction and scoring vs bank size.
 
-  .venv/bin/python scripts/bench_offline.py --weights ../shared/weights/wrn50-random0-bncal.safetensors
+  .venv/bin/python -m scripts.benchmarks.bench_offline --weights ../shared/weights/wrn50-random0-bncal.safetensors
 Prints markdown tables (medians of repeated runs).
 """
 from __future__ import annotations

@@ -4,15 +4,13 @@ One raw-feature extraction (cached) serves every d: features = raw @ P_d, identi
 exported extractor with d baked in. For each d: banks as `exdd offline build`, metrics as
 `exdd offline evaluate`, wall times. Prints a markdown table; writes JSON.
 
-  .venv/bin/python scripts/sweep_d.py --dataset ../shared/data/magnetic_tile \
+  .venv/bin/python -m scripts.studies.sweep_d --dataset ../shared/data/magnetic_tile \
       --weights ../shared/weights/wrn50-random0-bncal.safetensors --ds 128,256,512,1536
 """
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import resource
 import sys
 import time
 import warnings
@@ -22,10 +20,10 @@ import numpy as np
 from exdd.offline.build import BuildConfig, build
 from exdd.datasets import load_split
 from exdd.offline.evaluate import metrics_of, score_features
-from exdd.offline.feature_cache import extract_raw
 from exdd.offline.features import fingerprint, make_projection
-from exdd.progress import bar
 from exdd_scoring import MODES, Scorer, load_banks
+
+from scripts.common import peak_rss_gb, raw_caches, save_json
 
 
 def main() -> None:
@@ -39,15 +37,8 @@ def main() -> None:
     ap.add_argument("--no-pixel", action="store_true")
     a = ap.parse_args()
     hw = tuple(int(v) for v in a.input_size.split("x"))
-    name = os.path.basename(os.path.normpath(a.dataset))
     t0 = time.time()
-    caches = {}
-    for split in ("train", "test"):
-        samples = load_split(a.dataset, split)
-        b = bar(f"raw features: {split}", len(samples), "img")
-        caches[split] = extract_raw(samples, a.weights, hw, os.path.join(a.cache, f"{name}-{hw[0]}x{hw[1]}", split),
-                                    progress=b.update)
-        b.close()
+    caches = raw_caches(a.dataset, a.weights, hw, a.cache)
     t_extract = time.time() - t0
     print(f"raw features ready in {t_extract:.0f}s", file=sys.stderr)
     test = caches["test"]
@@ -81,10 +72,9 @@ def main() -> None:
                      "thresholds": res.manifest.thresholds})
         print(f"d={d}: " + ", ".join(f"{m} {met[m]['image_auroc']:.4f}/{met[m].get('pixel_auroc', float('nan')):.4f}"
                                      for m in MODES), file=sys.stderr, flush=True)
-        json.dump({"dataset": a.dataset, "weights": caches["train"].weights_id, "rows": rows,
-                   "extract_s": round(t_extract, 1),
-                   "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20},
-                  open(os.path.join(a.out, "sweep.json"), "w"), indent=1)
+        save_json(os.path.join(a.out, "sweep.json"), {"dataset": a.dataset, "weights": caches["train"].weights_id,
+                                                      "rows": rows, "extract_s": round(t_extract, 1),
+                                                      "peak_rss_gb": peak_rss_gb()})
     print("| d | mode | image AUROC | image AP | image F1-max | pixel AUROC | pixel AUPRO | bank -/+ | build s | score ms/img |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:

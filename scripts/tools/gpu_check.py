@@ -28,7 +28,7 @@ from typing import Any, Dict, List
 
 import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # scripts/tools/ -> the repository
 
 
 def import_exdd() -> None:

@@ -1,5 +1,5 @@
 """End-to-end speed side by side in one run: exdd through the local Triton server (fp32, bf16 and int8 extractors)
-and anomalib PatchCore in process (scripts/bench_anomalib.py), plus bank build vs fit.
+and anomalib PatchCore in process (scripts/benchmarks/bench_anomalib.py), plus bank build vs fit.
 
 Data: a subset of a KSDD2-layout dataset (--normals normal + --defects defective training images,
 --test test images), linked into WORK/data so that both methods see exactly the same files.
@@ -14,7 +14,7 @@ Data: a subset of a KSDD2-layout dataset (--normals normal + --defects defective
            run with --anomalib-python (a venv with anomalib).
 The steps run one after the other on the same machine; nothing else of this script runs concurrently.
 
-    EXDD_SERVE_VENV=.venv-serve .venv/bin/python scripts/bench_speed.py --dataset ../shared/data/ksdd1_dev \
+    EXDD_SERVE_VENV=.venv-serve .venv/bin/python -m scripts.benchmarks.bench_speed --dataset ../shared/data/ksdd1_dev \
         --weights ../shared/weights/wrn50-random0-bncal.safetensors --normals 120 --defects 33 --test 48 \
         --anomalib-python .venv-bench/bin/python --out runs/i11/speed
 """
@@ -30,17 +30,15 @@ import time
 
 import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from scripts.common import ROOT, exdd, link_subset, save_json, start_server
 
 
 def subset(dataset: str, dst: str, normals: int, defects: int, test: int, seed: int = 0) -> str:
-    """Symlink a seeded subset of a KSDD2-layout dataset into dst (images with their _GT masks)."""
+    """Link a seeded subset of a KSDD2-layout dataset into dst (images with their _GT masks)."""
     from exdd.datasets import load_split
     rng = np.random.default_rng(seed)
     if os.path.isdir(dst):
         shutil.rmtree(dst)
-    for split, picks in (("train", None), ("test", None)):
-        os.makedirs(os.path.join(dst, split))
     train = load_split(dataset, "train")
     n = [s for s in train if s.label == 0]
     d = [s for s in train if s.label == 1]
@@ -50,37 +48,16 @@ def subset(dataset: str, dst: str, normals: int, defects: int, test: int, seed: 
     chosen = {"train": [n[i] for i in rng.permutation(len(n))[:normals]] + [d[i] for i in rng.permutation(len(d))[:defects]],
               "test": [tp[i] for i in rng.permutation(len(tp))[:test // 2]] + [tn[i] for i in rng.permutation(len(tn))[:test - test // 2]]}
     for split, samples in chosen.items():
-        for s in samples:
-            for src in (s.path, s.mask):
-                if src:
-                    os.symlink(os.path.abspath(src), os.path.join(dst, split, os.path.basename(src)))
+        link_subset(os.path.join(dst, split), [(s.path, s.mask) for s in samples])
     return dst
-
-
-def exdd(*args: str, log, ok=(0,)) -> float:
-    """Run an exdd command; wall seconds. Raises with its stderr when its exit code is not in ok."""
-    t = time.perf_counter()
-    p = subprocess.run([sys.executable, "-m", "exdd.cli", *args], capture_output=True, text=True)
-    secs = time.perf_counter() - t
-    log(f"$ exdd {' '.join(args)}  ({secs:.1f}s, exit {p.returncode})")
-    for line in p.stdout.strip().splitlines()[-3:]:
-        log("    " + line)
-    if p.returncode not in ok:
-        raise RuntimeError(f"exdd {' '.join(args)} failed ({p.returncode}):\n{p.stderr[-2000:]}")
-    return secs
 
 
 def serve_and_score(repo: str, test_dir: str, work: str, points, log):
     """Start the bundled server on repo, `client score` the test images at each (batch, concurrency)."""
-    from exdd.serving.serve import TritonServer, free_port
-    from exdd.serving.serving_env import resolve
     n = len([f for f in os.listdir(test_dir) if not f.endswith("_GT.png")])
-    server = TritonServer(repo, "127.0.0.1", free_port(), free_port(), free_port(), env=resolve(),
-                          log_path=repo + ".log", exit_on_error=True, exit_timeout=3)
-    server.start()
+    server = start_server(repo, repo + ".log", 600, exit_on_error=True, exit_timeout=3)
     out = {}
     try:
-        server.wait_ready(600)
         # warm-up pass (first requests pay lazy initialisation)
         exdd("client", "score", test_dir, "--out", os.path.join(work, "warm.jsonl"), "--url", server.grpc_url,
              "--batch-size", "1", "--concurrency", "1", "--restart", "--exclude", "*_GT.png", log=log)
@@ -103,7 +80,7 @@ def main() -> int:
     ap.add_argument("--test", type=int, default=24)
     ap.add_argument("--points", default="1x1,8x2", help="batch x concurrency of `client score`")
     ap.add_argument("--anomalib-script", default=None,
-                    help="bench_anomalib.py (default: scripts/bench_anomalib.py here, else /work/wt-anomalib's)")
+                    help="bench_anomalib.py (default: scripts/benchmarks/bench_anomalib.py here, else /work/wt-anomalib's)")
     ap.add_argument("--anomalib-python", default=None, help="python with anomalib (default: this one)")
     ap.add_argument("--skip-anomalib", action="store_true")
     ap.add_argument("--precisions", default="fp32,bf16,int8", help="extractors served, one after the other")
@@ -125,8 +102,7 @@ def main() -> int:
            "exdd": {}, "anomalib": None}
 
     def save():
-        with open(w("speed.json"), "w") as f:
-            json.dump(rep, f, indent=2)
+        save_json(w("speed.json"), rep, indent=2)
 
     # exdd: bank build, exports, repositories, serving
     if os.path.isdir(w("banks")):
@@ -157,8 +133,8 @@ def main() -> int:
         save()
 
     # anomalib, same data, same weights
-    script = a.anomalib_script or next((p for p in (os.path.join(ROOT, "scripts", "bench_anomalib.py"),
-                                                     "/work/wt-anomalib/scripts/bench_anomalib.py")
+    script = a.anomalib_script or next((p for p in (os.path.join(ROOT, "scripts", "benchmarks", "bench_anomalib.py"),
+                                                     "/work/wt-anomalib/scripts/benchmarks/bench_anomalib.py")
                                         if os.path.isfile(p)), None)
     if a.skip_anomalib or not script:
         rep["anomalib"] = {"skipped": "--skip-anomalib" if a.skip_anomalib else "no bench_anomalib.py found"}

@@ -11,7 +11,7 @@ Measured per bank size: recall of the exact nearest distance (HNSW distance with
 the exact one), image-score rank correlation (patchcore score, negative bank) vs exact, ms/image of
 the search alone (exact matmul vs HNSW) and HNSW build time and file size.
 
-    nice -n 10 .venv/bin/python scripts/bench_ann.py --dataset ../shared/data/magnetic_tile \
+    nice -n 10 .venv/bin/python -m scripts.benchmarks.bench_ann --dataset ../shared/data/magnetic_tile \
         --weights ../shared/weights/wrn50-random0-bncal.safetensors --out runs/i11/ann.json
 """
 from __future__ import annotations
@@ -24,6 +24,8 @@ import tempfile
 import time
 
 import numpy as np
+
+from scripts.common import save_json
 
 
 def features(onnx_path, samples, threads):
@@ -107,7 +109,7 @@ def main() -> int:
         hn.index.hnsw.efSearch = 64
         _, nb = hn.index.search(bank, 3)
         nb = np.where(nb[:, 1:] >= 0, nb[:, 1:], 0).astype(np.int32)  # self first (approximately)
-        from exdd.export.onnx_export import read_features
+        from exdd_scoring.onnx_metadata import read_features
         manifest = {"features": read_features(onnx_path), "k": 3, "default_mode": "exdd"}   # the extractor's (h, w, d)
         pair = BankPair(Bank(bank, nb), None, manifest)
         ex = ExactSearcher(bank)
@@ -147,8 +149,7 @@ def main() -> int:
                                                                              np.maximum(np.abs(ref_s), 1e-9)))})
         log(json.dumps(ent))
         report["sizes"].append(ent)
-        with open(args.out, "w") as f:
-            json.dump(report, f, indent=2)
+        save_json(args.out, report, indent=2)
     print(json.dumps(report, indent=2))
     return 0
 

@@ -5,7 +5,7 @@ Starts `tritonserver` on a model repository on free 127.0.0.1 ports, drives it w
 p50/p95/p99 latency and the RSS of the server and of each Python-backend stub (the scorer and
 the features model) at start and end, sampled every --sample seconds.
 
-  .venv/bin/python scripts/soak.py --repo runs/demo/repository --duration 600 --concurrency 8
+  .venv/bin/python -m scripts.tools.soak --repo runs/demo/repository --duration 600 --concurrency 8
 """
 from __future__ import annotations
 
@@ -19,8 +19,8 @@ from typing import Dict, List
 import numpy as np
 
 from exdd.client.connection import Connection
-from exdd.serving.serve import TritonServer, free_port
-from exdd.serving.serving_env import resolve
+
+from scripts.common import save_json, start_server
 
 
 def tree_rss(pid: int) -> Dict[str, int]:
@@ -54,9 +54,7 @@ def main() -> None:
     ap.add_argument("--sample", type=float, default=10.0)
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
-    ports = [free_port() for _ in range(3)]
-    srv = TritonServer(a.repo, "127.0.0.1", *ports, env=resolve(), log_path=os.path.join(os.path.dirname(os.path.abspath(a.repo)), "soak-server.log"))
-    srv.start().wait_ready(300)
+    srv = start_server(a.repo, os.path.join(os.path.dirname(os.path.abspath(a.repo)), "soak-server.log"), 300)
     url = srv.grpc_url
     assert url.startswith("127."), "loopback only"
     info = Connection(url).info()
@@ -110,8 +108,7 @@ def main() -> None:
     }
     print(json.dumps({k: v for k, v in res.items() if k != "samples"}, indent=1))
     if a.out:
-        with open(a.out, "w") as f:
-            json.dump(res, f, indent=1)
+        save_json(a.out, res)
 
 
 if __name__ == "__main__":

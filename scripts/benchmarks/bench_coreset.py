@@ -1,40 +1,31 @@
 """Coreset benchmark: chunked greedy k-center against exact greedy, and time/memory vs N.
 
-Uses real patch features (the magnetic-tile raw-feature cache of scripts/sweep_d.py, projected
+Uses real patch features (the magnetic-tile raw-feature cache of scripts/studies/sweep_d.py, projected
 to d) when present, else clustered synthetic features.
 
-  .venv/bin/python scripts/bench_coreset.py subset --images 100          # exact vs chunked radius and time
-  .venv/bin/python scripts/bench_coreset.py scale --n 4600000            # KSDD2 scale: time and peak RSS
+  .venv/bin/python -m scripts.benchmarks.bench_coreset subset --images 100          # exact vs chunked radius and time
+  .venv/bin/python -m scripts.benchmarks.bench_coreset scale --n 4600000            # KSDD2 scale: time and peak RSS
 """
 from __future__ import annotations
 
 import argparse
 import glob
 import json
-import resource
 import sys
 import time
 
 import numpy as np
 
+from exdd import defaults
 from exdd.offline.coreset import bank_size, chunked_kcenter, coverage_radius, greedy_kcenter
-from exdd.offline.features import make_projection
+
+from scripts.common import normal_rows, peak_rss_gb
 
 
 def real_normals(d: int, images: int) -> np.ndarray:
     """Projected patch features of the first `images` normal training images of the cache (float16)."""
     folders = sorted(glob.glob("runs/cache/*/train"))
-    if not folders:
-        return None
-    from exdd.offline.feature_cache import RawCache
-    c = RawCache(folders[0])
-    normal = [i for i, p in enumerate(c.paths) if c.covers[i].max() == 0][:images]
-    f = c.project(normal, make_projection(d, 0))
-    return f.reshape(-1, d)
-
-
-def peak_rss_gb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    return normal_rows(folders[0], d, images) if folders else None
 
 
 def subset(a) -> dict:
@@ -86,7 +77,7 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=100)
     ap.add_argument("--n", type=int, default=4_600_000)
     ap.add_argument("--ratio", type=float, default=0.01)
-    ap.add_argument("--chunk-rows", type=int, default=24_000)
+    ap.add_argument("--chunk-rows", type=int, default=defaults.CHUNK_ROWS)
     ap.add_argument("--oversample", type=float, default=2.0)
     a = ap.parse_args()
     res = subset(a) if a.what == "subset" else scale(a)

@@ -7,9 +7,9 @@
    banks: false-alarm rate at the calibrated threshold on the *other* test normals, before and
    after, and the defect recall at that threshold, per mode.
 
-Raw features are cached (offline/feature_cache.py) and projected, as scripts/sweep_d.py does.
+Raw features are cached (offline/feature_cache.py) and projected, as scripts/studies/sweep_d.py does.
 
-  nice -n 10 .venv/bin/python scripts/bench_update.py --dataset ../shared/data/ksdd1_dev \
+  nice -n 10 .venv/bin/python -m scripts.benchmarks.bench_update --dataset ../shared/data/ksdd1_dev \
       --weights ../shared/weights/wrn50-random0-bncal.safetensors
 """
 from __future__ import annotations
@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import sys
 import time
@@ -29,12 +28,12 @@ from exdd.offline.build import BuildConfig, build
 from exdd.offline.calibrate import threshold
 from exdd.datasets import duplicates_across, holdout_split, load_split
 from exdd.offline.evaluate import metrics_of, score_features
-from exdd.offline.feature_cache import extract_raw
 from exdd.offline.features import fingerprint, make_projection
 from exdd.metrics import paired_bootstrap_diff, spearman
-from exdd.progress import bar
 from exdd.offline.update import update
 from exdd_scoring import MODES, Scorer, load_banks
+
+from scripts.common import cache_folder, peak_rss_gb, raw_caches, save_json
 
 
 def log(msg: str) -> None:
@@ -120,16 +119,13 @@ def main() -> None:
     os.makedirs(out, exist_ok=True)
     caches, rate = {}, {}
     for split in ("train", "test"):
-        samples = load_split(a.dataset, split)
-        folder = os.path.join(a.cache, f"{name}-{hw[0]}x{hw[1]}", split)
+        folder = cache_folder(a.cache, a.dataset, hw, split)
         fresh = not os.path.isfile(os.path.join(folder, "meta.json"))
-        b = bar(f"raw features: {split}", len(samples), "img")
         t0 = time.time()
-        caches[split] = extract_raw(samples, a.weights, hw, folder, progress=b.update)
-        b.close()
+        caches.update(raw_caches(a.dataset, a.weights, hw, a.cache, splits=(split,)))
         if fresh:
             rate[split] = (time.time() - t0) / max(len(caches[split].paths), 1)
-            json.dump({"s_per_image": rate[split]}, open(os.path.join(folder, "rate.json"), "w"))
+            save_json(os.path.join(folder, "rate.json"), {"s_per_image": rate[split]}, indent=None)
         else:   # a cache made by another script has no recorded rate: estimates are then left out (nan)
             rp = os.path.join(folder, "rate.json")
             rate[split] = json.load(open(rp))["s_per_image"] if os.path.isfile(rp) else float("nan")
@@ -218,7 +214,7 @@ def main() -> None:
             res["update_minus_full_image_auroc"][m] = {"diff": round(diff, 4), "ci90": [round(lo, 4), round(hi, 4)],
                                                        "score_rank_correlation": round(spearman(upd_s, full_s), 4)}
         log(f"update - full, image AUROC (90% paired bootstrap): {res['update_minus_full_image_auroc']}")
-        json.dump(res, open(os.path.join(out, "bench.json"), "w"), indent=1)
+        save_json(os.path.join(out, "bench.json"), res)
 
     if a.teach == 0:
         print(markdown(res))
@@ -266,8 +262,8 @@ def main() -> None:
                "negative_after": taught.manifest.updates[-1].negative.size_after}
         res["teach"][m] = row
         log(f"teach {m}: {row}")
-    res["peak_rss_gb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20, 2)
-    json.dump(res, open(os.path.join(out, "bench.json"), "w"), indent=1)
+    res["peak_rss_gb"] = round(peak_rss_gb(), 2)
+    save_json(os.path.join(out, "bench.json"), res)
     print(markdown(res))
 
 

@@ -1,12 +1,12 @@
 #!/usr/bin/env python
 """End-to-end images/s and latency through a local Triton server vs the offline in-process scorer.
 
-Builds (unless --repo is given) banks from the first --build-n images of --dataset (copied to a
+Builds (unless --repo is given) banks from the first --build-n images of --dataset (linked into a
 temporary train/ split, defects included), exports the extractor to ONNX, assembles a
 Python-backend repository, starts the bundled tritonserver, and times the same --n images
 (the ones after the build images) both ways. Prints a markdown table.
 
-    python scripts/bench_triton.py --dataset /work/shared/data/magnetic_tile/test \
+    python -m scripts.benchmarks.bench_triton --dataset /work/shared/data/magnetic_tile/test \
         --weights /work/shared/weights/wrn50-random0-bncal.safetensors --build-n 40 --n 16
 """
 from __future__ import annotations
@@ -14,22 +14,13 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests"))
-
-
-def exdd(*args: str) -> None:
-    """Run an exdd command, failing loudly."""
-    code = "import sys; from exdd.cli import main; sys.exit(main())"
-    subprocess.run([sys.executable, "-c", code, *args], check=True)
+from scripts.common import exdd, link_subset, mask_of, start_server
 
 
 def split(ds: str, build_n: int, n: int):
@@ -44,11 +35,7 @@ def split(ds: str, build_n: int, n: int):
 def prepare(build_paths, ds: str, build_n: int, weights: str, input_size: str, d: int, work: str, backend: str, kind: str,
             instances: int) -> str:
     """Banks from the first build_n images, ONNX, repository; returns the repository path."""
-    train = os.path.join(work, "ds", "train")
-    os.makedirs(train)
-    for i, p in enumerate(build_paths):
-        shutil.copy(p, os.path.join(train, f"{i:05d}.png"))
-        shutil.copy(p[:-4] + "_GT.png", os.path.join(train, f"{i:05d}_GT.png"))
+    train = link_subset(os.path.join(work, "ds", "train"), [(p, mask_of(p)) for p in build_paths], numbered=True)
     banks, onnx, repo = (os.path.join(work, n) for n in ("banks", "f32.onnx", "repo"))
     exdd("offline", "build", os.path.join(work, "ds"), "--out", banks, "--weights", weights, "--input-size", input_size,
          "--d", str(d), "--min-bank", "1000", "--holdout", "0.2")
@@ -142,7 +129,6 @@ def main() -> None:
     ap.add_argument("--kind", default="cpu")
     ap.add_argument("--instances", type=int, default=1)
     a = ap.parse_args()
-    import triton_util as tu
     from exdd.export.onnx_export import load_images
     work = a.keep or tempfile.mkdtemp(prefix="exdd-bench-")
     try:
@@ -152,7 +138,8 @@ def main() -> None:
         h, w = (int(v) for v in a.input_size.split("x"))
         images = load_images(paths, (h, w))
         off = bench_offline(repo, images, a.weights, a.batch)
-        srv = tu.start_server(repo, timeout=300)
+        srv = start_server(repo, os.path.join(os.path.dirname(repo), os.path.basename(repo) + ".log"), 300,
+                           exit_on_error=True, exit_timeout=3)
         try:
             tri = bench_triton(srv.http_url, images, a.concurrency)
         finally:

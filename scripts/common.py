@@ -1,0 +1,116 @@
+"""What several scripts do alike: dataset subsets, peak RSS, raw-feature caches, `exdd` in a subprocess, a local server.
+
+Scripts run as modules from the repository root (``python -m scripts.benchmarks.bench_coreset ...``), so that
+they import this module as ``scripts.common``; it imports only exdd's public API, and that lazily.
+"""
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from typing import Any, Callable, Dict, Iterable, Optional, Sequence, Tuple
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EXDD = [sys.executable, "-m", "exdd.cli"]
+
+
+# ----------------------------------------------------------------------------- memory
+
+def peak_rss_gb() -> float:
+    """Peak resident memory of this process in GiB (ru_maxrss is kB on Linux): the figure the benchmarks report."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
+
+
+def save_json(path: str, obj: Any, indent: Optional[int] = 1) -> str:
+    """Write a script's JSON record atomically (folders made), so a run read mid-way never shows half a file."""
+    from exdd.fileio import atomic_write
+    return atomic_write(path, json.dumps(obj, indent=indent))
+
+
+# ----------------------------------------------------------------------------- dataset subsets
+
+def mask_of(image: str) -> Optional[str]:
+    """The KSDD2-layout mask next to an image (NAME_GT.png), or None when there is none."""
+    gt = image[:-len(".png")] + "_GT.png"
+    return gt if os.path.exists(gt) else None
+
+
+def link_subset(split_dir: str, images: Iterable[Tuple[str, Optional[str]]], numbered: bool = False) -> str:
+    """Symlink (image, mask or None) pairs into a fresh split folder; numbered names keep files of two folders apart."""
+    os.makedirs(split_dir)
+    for i, (image, mask) in enumerate(images):
+        stem = f"{i:05d}" if numbered else os.path.basename(image)[:-len(".png")]
+        os.symlink(os.path.abspath(image), os.path.join(split_dir, stem + ".png"))
+        if mask:
+            os.symlink(os.path.abspath(mask), os.path.join(split_dir, stem + "_GT.png"))
+    return split_dir
+
+
+# ----------------------------------------------------------------------------- raw-feature caches
+
+def cache_folder(cache_root: str, dataset: str, input_hw: Sequence[int], split: str) -> str:
+    """<cache_root>/<dataset name>-HxW/<split>: where every script keeps (and looks for) a dataset's raw features."""
+    name = os.path.basename(os.path.normpath(dataset))
+    return os.path.join(cache_root, f"{name}-{input_hw[0]}x{input_hw[1]}", split)
+
+
+def raw_caches(dataset: str, weights: str, input_hw: Tuple[int, int], cache_root: str,
+               splits: Sequence[str] = ("train", "test"), progress: bool = True) -> Dict[str, object]:
+    """The raw-feature cache of each split (extracted once, then reused), so every d is one projection away."""
+    from exdd.datasets import load_split
+    from exdd.offline.feature_cache import extract_raw
+    from exdd.progress import bar
+    out = {}
+    for split in splits:
+        samples = load_split(dataset, split)
+        b = bar(f"raw features: {split}", len(samples), "img") if progress else None
+        out[split] = extract_raw(samples, weights, input_hw, cache_folder(cache_root, dataset, input_hw, split),
+                                 progress=b.update if b else None)
+        if b:
+            b.close()
+    return out
+
+
+def normal_rows(folder: str, d: int, images: int) -> np.ndarray:
+    """Projected (seed 0) patch features of the first `images` defect-free images of a raw-feature cache, one row each."""
+    from exdd.offline.feature_cache import RawCache
+    from exdd.offline.features import make_projection
+    c = RawCache(folder)
+    normal = [i for i in range(len(c.paths)) if c.covers[i].max() == 0][:images]
+    return c.project(normal, make_projection(d, 0)).reshape(-1, d)
+
+
+# ----------------------------------------------------------------------------- processes
+
+def exdd(*args: str, log: Optional[Callable[[str], None]] = None, ok: Sequence[int] = (0,)) -> float:
+    """Run the real `exdd` command line; wall seconds. Raises with its stderr when its exit code is not in ok."""
+    t = time.perf_counter()
+    p = subprocess.run(EXDD + list(args), capture_output=True, text=True)
+    secs = time.perf_counter() - t
+    if log:
+        log(f"$ exdd {' '.join(args)}  ({secs:.1f}s, exit {p.returncode})")
+        for line in p.stdout.strip().splitlines()[-3:]:
+            log("    " + line)
+    if p.returncode not in ok:
+        raise RuntimeError(f"exdd {' '.join(args)} failed ({p.returncode}):\n{p.stderr[-2000:]}")
+    return secs
+
+
+def start_server(repo: str, log_path: str, timeout: float = 300.0, **server_options):
+    """A started, ready tritonserver (serving venv) on free loopback ports; stopped again when it does not get ready."""
+    from exdd.serving.serve import TritonServer, free_port
+    from exdd.serving.serving_env import resolve
+    srv = TritonServer(repo, "127.0.0.1", free_port(), free_port(), free_port(), env=resolve(), log_path=log_path,
+                       **server_options)
+    srv.start()
+    try:
+        srv.wait_ready(timeout)
+    except BaseException:
+        srv.stop()
+        raise
+    return srv

@@ -1,0 +1,1 @@
+"""Research studies (evidence, image score, projection dimension) behind BENCHMARKS.md and docs/."""
