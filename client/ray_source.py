@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 import threading
-from typing import Dict, Sequence
+from typing import Dict, Optional, Sequence
 
 from .score import Read, read_batch
 
