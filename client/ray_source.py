@@ -15,7 +15,6 @@ from typing import Dict, Optional, Sequence
 from .score import Read, read_batch
 
 
-
 def _read_task(paths: Sequence[str], hw) -> Read:
     return read_batch(paths, hw)
 
