@@ -11,6 +11,12 @@ Map kinds (per patch, then bilinearly upsampled to the image and Gaussian-smooth
   ratio  a-(p) / (a+(p) + eps)                   the paper's map
   dual   a-(p) * (a-(p) / (a+(p) + eps))^gamma   ours (gamma = 1: a-^2 / (a+ + eps)): far from normal
                                                  AND near known defects
+  raise  a-(p) * max(1, a-(p) / (a+(p) + eps_b))  raise-only: a patch nearer the normal bank than the defect bank
+                                                 keeps its PatchCore evidence a-(p); one nearer a known defect is
+                                                 amplified by its ratio. eps_b = the positive bank's own scale
+                                                 (median distance of an element to its nearest other element),
+                                                 so the amplification is bounded by a-/eps_b, never a-/1e-6
+  ratio_b, dual_b  ratio and dual with eps_b instead of eps (bounded scale)
 Modes (MODE_REGISTRY; every mode is computed from the same evidence):
   patchcore  s-, map neg (negative bank only)
   exdd       the paper: s- / (s+ + eps), map ratio
@@ -27,6 +33,21 @@ from .fusion import FALLBACK as FUSION_FALLBACK, fusion_features, fusion_score
 
 DEFAULT_GAMMA = 1.0
 DEFAULT_MODE = "dual"
+EPS_REL = 1.0            # eps_b = EPS_REL x the positive bank's median nearest-neighbour spacing
+EPS_FLOOR = 1e-6
+
+
+def bank_scale(vectors: Any, neighbors: Any, xp: Any) -> float:
+    """Median distance of a bank element to its nearest other element: the bank's own distance scale."""
+    if vectors.shape[0] < 2 or neighbors.shape[1] == 0:
+        return 0.0
+    diff = vectors - vectors[neighbors[:, 0]]
+    return float(xp.median(xp.sqrt((diff * diff).sum(axis=1))))
+
+
+def bounded_eps(pos_scale: float, rel: float = EPS_REL) -> float:
+    """eps relative to the positive bank's spacing, so a patch equal to a training defect scores a-/eps_b, not a-/1e-6."""
+    return max(rel * float(pos_scale), EPS_FLOOR)
 
 
 def reweight_q(s_star: Any, dist_to_neighbors: Any, t: float, xp: Any) -> Any:
@@ -98,10 +119,23 @@ class Evidence:
         return m.reshape(m.shape[0], -1).max(axis=1)
 
 
+def eps_b(ev: Evidence) -> float:
+    """The bounded eps of an evidence (the scorer puts it in params from the positive bank), else its eps."""
+    return float(ev.params.get("eps_b", ev.eps))
+
+
+def raise_map(ev: Evidence) -> Any:
+    """a- max(1, a-/(a+ + eps_b)): never below PatchCore's a-, amplified only where a known defect is nearer."""
+    return ev.a_neg * ev.xp.maximum(1.0, ev.a_neg / (ev.a_pos + eps_b(ev)))
+
+
 MAP_KINDS: Dict[str, Callable[[Evidence], Any]] = {
     "neg": lambda ev: ev.a_neg,
     "ratio": lambda ev: ev.a_neg / (ev.a_pos + ev.eps),
     "dual": lambda ev: ev.a_neg * (ev.a_neg / (ev.a_pos + ev.eps)) ** float(ev.params.get("gamma", DEFAULT_GAMMA)),
+    "ratio_b": lambda ev: ev.a_neg / (ev.a_pos + eps_b(ev)),
+    "dual_b": lambda ev: ev.a_neg * (ev.a_neg / (ev.a_pos + eps_b(ev))) ** float(ev.params.get("gamma", DEFAULT_GAMMA)),
+    "raise": raise_map,
 }
 
 

@@ -1,0 +1,46 @@
+"""Raw-feature caches (1536 channels, float16) of every dev set's train and test images, extracted once.
+
+The decision study (scripts/study_splits.py) regroups train + test by item / spot into repeated splits, so it
+needs every image's features; this writes them with offline/feature_cache.py, one dataset after another
+(a finished cache is reused as is).
+
+  nice -n 10 .venv/bin/python scripts/study_cache.py ksdd1_dev:632x224 bsdata_pitting:320x784 magnetic_tile:632x224
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+from exdd.datasets import load_split
+from exdd.offline.feature_cache import extract_raw
+
+DATA = "/work/shared/data"
+WEIGHTS = "/work/shared/weights/wrn50-random0-bncal.safetensors"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("sets", nargs="+", help="NAME:HxW")
+    ap.add_argument("--cache", default="runs/cache")
+    ap.add_argument("--weights", default=WEIGHTS)
+    a = ap.parse_args()
+    for item in a.sets:
+        name, size = item.split(":")
+        hw = tuple(int(v) for v in size.split("x"))
+        for split in ("train", "test"):
+            t0 = time.time()
+            samples = load_split(os.path.join(DATA, name), split)
+            done = [0]
+
+            def progress(n: int) -> None:
+                done[0] += n
+                if done[0] % 80 < n:
+                    print(f"{name} {split}: {done[0]}/{len(samples)} {time.time() - t0:.0f}s", file=sys.stderr, flush=True)
+            extract_raw(samples, a.weights, hw, os.path.join(a.cache, f"{name}-{hw[0]}x{hw[1]}", split), progress=progress)
+            print(f"{name} {split}: {len(samples)} images in {time.time() - t0:.0f}s", file=sys.stderr, flush=True)
+
+
+if __name__ == "__main__":
+    main()
