@@ -31,7 +31,7 @@ from exdd.metrics import aupro
 from exdd.offline.feature_cache import RawCache
 from exdd.scoring import reweight_q, upsample_smooth, upsample_smooth_matrices
 from exdd.scoring.fusion import fit_fusion, fusion_features, fusion_score
-from exdd.scoring.scores import bounded_eps
+from exdd.scoring.scores import RAISE_EPS_REL, bounded_eps
 
 EPS = 1e-6
 SETS = ("ksdd1_dev", "magnetic_tile", "bsdata_pitting")
@@ -49,6 +49,8 @@ class SplitEvidence:
         self.ids = z[f"{key}_ids"].astype(int)
         self.grid, self.d = tuple(meta["grid"]), int(meta["d"])
         self.eps_b = bounded_eps(meta["pos"]["nn1_median"])
+        self.eps_b01 = bounded_eps(meta["pos"]["nn1_median"], 0.1)
+        self.eps_r = bounded_eps(meta["pos"]["nn1_median"], RAISE_EPS_REL)
         self.s_h, self.s_w = s_h, s_w
         self._maps: Dict[str, np.ndarray] = {}
 
@@ -72,8 +74,10 @@ class SplitEvidence:
                 "ratio_b": lambda: an / (ap + self.eps_b),
                 "dual": lambda: an * an / (ap + EPS),
                 "dual_b": lambda: an * an / (ap + self.eps_b),
-                "raise": lambda: an * np.maximum(1.0, an / (ap + self.eps_b)),
-                "raise_g0.5": lambda: an * np.sqrt(np.maximum(1.0, an / (ap + self.eps_b))),
+                "ratio_b01": lambda: an / (ap + self.eps_b01),
+                "dual_b01": lambda: an * an / (ap + self.eps_b01),
+                "raise": lambda: an * np.maximum(1.0, an / (ap + self.eps_r)),
+                "raise_g2": lambda: an * np.maximum(1.0, an / (ap + self.eps_r)) ** 2,
                 }[kind]()
 
     def smooth(self, kind: str) -> np.ndarray:
@@ -90,7 +94,7 @@ class SplitEvidence:
         return m.reshape(m.shape[0], -1).max(1)
 
 
-MAPS = ("neg", "ratio", "ratio_b", "dual", "dual_b", "raise")
+MAPS = ("neg", "ratio", "ratio_b", "ratio_b01", "dual", "dual_b", "dual_b01", "raise")
 
 
 def candidates(e: SplitEvidence) -> Dict[str, Callable[[], np.ndarray]]:
@@ -108,8 +112,9 @@ def candidates(e: SplitEvidence) -> Dict[str, Callable[[], np.ndarray]]:
         "ratio_map_max": lambda: e.map_max("ratio"),
         "dual": lambda: e.map_max("dual"),
         "dual_b": lambda: e.map_max("dual_b"),
+        "dual_b01": lambda: e.map_max("dual_b01"),
         "raise_map_max": lambda: e.map_max("raise"),
-        "raise_g0.5_map_max": lambda: e.map_max("raise_g0.5"),
+        "raise_g2_map_max": lambda: e.map_max("raise_g2"),
         "pc_raise": lambda: e.s_neg * e.map_max("raise") / e.map_max("neg"),
     }
 
@@ -307,8 +312,9 @@ def main() -> None:
     image = summarise(sets, "image", "patchcore")
     pixel = summarise(sets, "pixel", "ratio")
     dec = decide(image, pixel)
-    print(f"## {a.variant}: {', '.join(f'{s['set']} ({len(s['splits'])} splits, '
-                                             f'{sum(sp['n_test'] for sp in s['splits'])} test images)' for s in sets)}\n")
+    desc = ", ".join(f"{s['set']} ({len(s['splits'])} splits, {sum(sp['n_test'] for sp in s['splits'])} test images)"
+                     for s in sets)
+    print(f"## {a.variant}: {desc}\n")
     print("### Image level: paired difference vs `patchcore`\n")
     print(table(image, names, False))
     print("\n### Pixel level: paired difference vs the ratio map\n")

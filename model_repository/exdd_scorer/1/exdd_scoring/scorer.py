@@ -9,7 +9,7 @@ import numpy as np
 from .bank import BankPair
 from .knn import DEFAULT_MAX_BLOCK, nearest, sq_norms
 from .resample import upsample_smooth, upsample_smooth_matrices
-from .scores import (DEFAULT_GAMMA, DEFAULT_MODE, MODE_REGISTRY, MODES, Evidence, bank_peak, bank_scale, bounded_eps,
+from .scores import (DEFAULT_GAMMA, DEFAULT_MODE, MODE_REGISTRY, MODES, Evidence, bank_peak, bank_scale,
                      image_scores, mode)
 
 
@@ -53,7 +53,7 @@ class Scorer:
         scoring = banks.manifest.get("scoring") or {}
         self.params = {"gamma": float(scoring.get("gamma", DEFAULT_GAMMA)), "fusion": scoring.get("fusion")}
         if self.has_positive:                                       # the bounded scale of ratio_b / dual_b / raise
-            self.params["eps_b"] = bounded_eps(bank_scale(self.pos, self.pos_nb, xp))
+            self.params["pos_scale"] = bank_scale(self.pos, self.pos_nb, xp)
 
     def nearest(self, bank: str, flat: Any) -> Tuple[Any, Any]:
         """Distance and index of the nearest vector of bank 'negative' or 'positive' for every row of flat."""

@@ -11,12 +11,12 @@ Map kinds (per patch, then bilinearly upsampled to the image and Gaussian-smooth
   ratio  a-(p) / (a+(p) + eps)                   the paper's map
   dual   a-(p) * (a-(p) / (a+(p) + eps))^gamma   ours (gamma = 1: a-^2 / (a+ + eps)): far from normal
                                                  AND near known defects
-  raise  a-(p) * max(1, a-(p) / (a+(p) + eps_b))  raise-only: a patch nearer the normal bank than the defect bank
+  raise  a-(p) * max(1, a-(p) / (a+(p) + eps_r))  raise-only: a patch nearer the normal bank than the defect bank
                                                  keeps its PatchCore evidence a-(p); one nearer a known defect is
-                                                 amplified by its ratio. eps_b = the positive bank's own scale
-                                                 (median distance of an element to its nearest other element),
-                                                 so the amplification is bounded by a-/eps_b, never a-/1e-6
-  ratio_b, dual_b  ratio and dual with eps_b instead of eps (bounded scale)
+                                                 amplified by its ratio. eps_r = RAISE_EPS_REL x the positive
+                                                 bank's own scale (median distance of an element to its nearest
+                                                 other element): the gain is bounded by a-/eps_r, never a-/1e-6
+  ratio_b, dual_b  ratio and dual with eps_b = EPS_REL x that scale instead of 1e-6 (bounded scale)
 Modes (MODE_REGISTRY; every mode is computed from the same evidence):
   patchcore  s-, map neg (negative bank only)
   exdd       the paper: s- / (s+ + eps), map ratio
@@ -33,7 +33,8 @@ from .fusion import FALLBACK as FUSION_FALLBACK, fusion_features, fusion_score
 
 DEFAULT_GAMMA = 1.0
 DEFAULT_MODE = "dual"
-EPS_REL = 1.0            # eps_b = EPS_REL x the positive bank's median nearest-neighbour spacing
+EPS_REL = 1.0            # eps_b = EPS_REL x the positive bank's median nearest-neighbour spacing (ratio_b, dual_b)
+RAISE_EPS_REL = 0.1      # eps_r of the raise map: small, so a patch nearer a defect than any normal is raised
 EPS_FLOOR = 1e-6
 
 
@@ -119,14 +120,14 @@ class Evidence:
         return m.reshape(m.shape[0], -1).max(axis=1)
 
 
-def eps_b(ev: Evidence) -> float:
-    """The bounded eps of an evidence (the scorer puts it in params from the positive bank), else its eps."""
-    return float(ev.params.get("eps_b", ev.eps))
+def eps_b(ev: Evidence, rel: float = EPS_REL) -> float:
+    """The bounded eps of an evidence: rel x the positive bank's scale (the scorer's params['pos_scale']), else eps."""
+    return bounded_eps(ev.params["pos_scale"], rel) if "pos_scale" in ev.params else ev.eps
 
 
 def raise_map(ev: Evidence) -> Any:
-    """a- max(1, a-/(a+ + eps_b)): never below PatchCore's a-, amplified only where a known defect is nearer."""
-    return ev.a_neg * ev.xp.maximum(1.0, ev.a_neg / (ev.a_pos + eps_b(ev)))
+    """a- max(1, a-/(a+ + eps_r)): never below PatchCore's a-, amplified only where a known defect is nearer."""
+    return ev.a_neg * ev.xp.maximum(1.0, ev.a_neg / (ev.a_pos + eps_b(ev, RAISE_EPS_REL)))
 
 
 MAP_KINDS: Dict[str, Callable[[Evidence], Any]] = {
