@@ -4,7 +4,8 @@ The decision study (scripts/study_splits.py) regroups train + test by item / spo
 needs every image's features; this writes them with offline/feature_cache.py, one dataset after another
 (a finished cache is reused as is).
 
-  nice -n 10 .venv/bin/python scripts/study_cache.py ksdd1_dev:632x224 bsdata_pitting:320x784 magnetic_tile:632x224
+  nice -n 10 .venv/bin/python scripts/study_cache.py ksdd1_dev:632x224 bsdata_pitting:320x784
+  nice -n 10 .venv/bin/python scripts/study_cache.py magnetic_tile:320x224 --max-normals magnetic_tile=300,130
 """
 from __future__ import annotations
 
@@ -12,12 +13,22 @@ import argparse
 import os
 import sys
 import time
+from typing import List
 
-from exdd.datasets import load_split
+import numpy as np
+
+from exdd.datasets import Sample, load_split
 from exdd.offline.feature_cache import extract_raw
 
 DATA = "/work/shared/data"
 WEIGHTS = "/work/shared/weights/wrn50-random0-bncal.safetensors"
+
+
+def normals_subset(samples: List[Sample], n: int, seed: int) -> List[Sample]:
+    """Every defective sample and a seeded subset of n normals (extraction time is the budget on 2 cores)."""
+    normals = [s for s in samples if s.label == 0]
+    keep = {normals[i].path for i in np.random.default_rng(seed).permutation(len(normals))[:n]}
+    return [s for s in samples if s.label == 1 or s.path in keep]
 
 
 def main() -> None:
@@ -25,13 +36,21 @@ def main() -> None:
     ap.add_argument("sets", nargs="+", help="NAME:HxW")
     ap.add_argument("--cache", default="runs/cache")
     ap.add_argument("--weights", default=WEIGHTS)
+    ap.add_argument("--max-normals", default=None, help="NAME=N,M: a seeded subset of N train / M test normals of a set")
     a = ap.parse_args()
+    limits = {}
+    for item in (a.max_normals or "").split(";"):
+        if item:
+            k, v = item.split("=")
+            limits[k] = dict(zip(("train", "test"), (int(x) for x in v.split(","))))
     for item in a.sets:
         name, size = item.split(":")
         hw = tuple(int(v) for v in size.split("x"))
         for split in ("train", "test"):
             t0 = time.time()
             samples = load_split(os.path.join(DATA, name), split)
+            if name in limits:
+                samples = normals_subset(samples, limits[name][split], seed=0)
             done = [0]
 
             def progress(n: int) -> None:
