@@ -210,3 +210,24 @@ def test_raise_only_keeps_patchcore_evidence_far_from_every_defect():
     np.testing.assert_allclose(up[~far], neg[~far] ** 2 / (pos[~far] + eb), rtol=1e-5)
     assert (up >= neg).all()
     assert up[2, 0, 0] > 1.2 * neg[2, 0, 0]                # amplified: nearer the defect than any normal
+
+
+def test_default_mode_serves_dual_score_with_the_bounded_ratio_map():
+    """dual_ratio (the default of issue 19): the image score of `dual`, the map a-/(a+ + eps_b) with eps_b the positive
+    bank's own spacing; raise scores the peak of its own map and is never below the patchcore map's peak."""
+    from exdd.scoring import DEFAULT_MODE
+    from exdd.scoring.scores import bounded_eps
+    rng = np.random.default_rng(14)
+    pair = make_pair(rng)
+    feats = rng.standard_normal((2,) + GRID + (D,)).astype(np.float32) * 1.3
+    sc = Scorer(pair)
+    r = sc.score(feats)
+    assert DEFAULT_MODE == "dual_ratio"
+    np.testing.assert_array_equal(r["scores"]["dual_ratio"], r["scores"]["dual"])
+    sh, sw = upsample_smooth_matrices(GRID, OUT, 4.0)
+    eb = bounded_eps(sc.params["pos_scale"])
+    for b in range(2):
+        want = sh @ (r["patch_neg"][b] / (r["patch_pos"][b] + eb)) @ sw.T
+        np.testing.assert_allclose(r["maps"]["dual_ratio"][b], want, rtol=1e-3, atol=1e-5)
+        assert r["scores"]["raise"][b] == pytest.approx(r["maps"]["raise"][b].max(), rel=1e-6)
+        assert r["scores"]["raise"][b] >= r["maps"]["patchcore"][b].max() * (1 - 1e-6)

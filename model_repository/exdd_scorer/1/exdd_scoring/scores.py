@@ -20,7 +20,9 @@ Map kinds (per patch, then bilinearly upsampled to the image and Gaussian-smooth
 Modes (MODE_REGISTRY; every mode is computed from the same evidence):
   patchcore  s-, map neg (negative bank only)
   exdd       the paper: s- / (s+ + eps), map ratio
-  dual       ours, the served default: the maximum of the smoothed dual map, map dual
+  dual       the maximum of the smoothed dual map, map dual (the default of issue 10)
+  dual_ratio the served default (issue 19): dual's image score, map ratio_b (the bounded ratio map)
+  raise      raise-only: the maximum of the smoothed raise map, map raise
   fusion     a logistic model of (log s-, log max ratio map, log s+) fitted on held-out images (fusion.py)
 Without a positive bank every mode is patchcore. BENCHMARKS.md ("The image decision") has the study.
 """
@@ -32,7 +34,7 @@ from typing import Any, Callable, Dict, Optional
 from .fusion import FALLBACK as FUSION_FALLBACK, fusion_features, fusion_score
 
 DEFAULT_GAMMA = 1.0
-DEFAULT_MODE = "dual"
+DEFAULT_MODE = "dual_ratio"   # issue 19: decided on 5 group splits of 3 dev sets (BENCHMARKS.md)
 EPS_REL = 1.0            # eps_b = EPS_REL x the positive bank's median nearest-neighbour spacing (ratio_b, dual_b)
 RAISE_EPS_REL = 0.1      # eps_r of the raise map: small, so a patch nearer a defect than any normal is raised
 EPS_FLOOR = 1e-6
@@ -173,6 +175,10 @@ register_mode(Mode("patchcore", "neg", lambda ev: ev.s_neg, "negative bank only:
 register_mode(Mode("exdd", "ratio", lambda ev: ev.s_neg / (ev.s_pos + ev.eps), "the paper: s- / (s+ + eps) and the ratio map"))
 register_mode(Mode("dual", "dual", lambda ev: ev.map_max("dual"),
                    "ours: the peak of the smoothed map a- (a-/a+)^gamma, far from normal and near known defects"))
+register_mode(Mode("dual_ratio", "ratio_b", lambda ev: ev.map_max("dual"),
+                   "the default: dual's image score (peak of a- (a-/a+)^gamma) with the bounded ratio map a-/(a+ + eps_b)"))
+register_mode(Mode("raise", "raise", lambda ev: ev.map_max("raise"),
+                   "raise-only: a- amplified by a-/(a+ + eps_r) only where a known defect is nearer than any normal"))
 register_mode(Mode("fusion", "dual", _fusion,
                    "logistic model of log s-, log max ratio map, log s+ fitted on the held-out images"))
 
