@@ -9,7 +9,7 @@ import numpy as np
 from .bank import BankPair
 from .knn import DEFAULT_MAX_BLOCK, nearest, sq_norms
 from .resample import upsample_smooth, upsample_smooth_matrices
-from .scores import MODE_REGISTRY, MODES, Evidence, bank_peak, image_scores, mode
+from .scores import MODE_REGISTRY, MODES, Evidence, bank_peak, bank_scale, image_scores, mode
 
 
 def map_of_mode(name: str) -> str:
@@ -48,6 +48,8 @@ class Scorer:
         self.thresholds: Dict[str, float] = banks.manifest.thresholds
         self.default_mode = banks.manifest.default_mode             # a registered mode (the manifest checks it)
         self.params = banks.manifest.scoring.params()
+        if self.has_positive:                                       # the bounded scale of ratio_b / dual_b / raise
+            self.params["pos_scale"] = bank_scale(self.pos, self.pos_nb, xp)
 
     def nearest(self, bank: str, flat: Any) -> Tuple[Any, Any]:
         """Distance and index of the nearest vector of bank 'negative' or 'positive' for every row of flat."""

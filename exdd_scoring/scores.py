@@ -11,10 +11,18 @@ Map kinds (per patch, then bilinearly upsampled to the image and Gaussian-smooth
   ratio  a-(p) / (a+(p) + eps)                   the paper's map
   dual   a-(p) * (a-(p) / (a+(p) + eps))^gamma   ours (gamma = 1: a-^2 / (a+ + eps)): far from normal
                                                  AND near known defects
+  raise  a-(p) * max(1, a-(p) / (a+(p) + eps_r))  raise-only: a patch nearer the normal bank than the defect bank
+                                                 keeps its PatchCore evidence a-(p); one nearer a known defect is
+                                                 amplified by its ratio. eps_r = RAISE_EPS_REL x the positive
+                                                 bank's own scale (median distance of an element to its nearest
+                                                 other element): the gain is bounded by a-/eps_r, never a-/1e-6
+  ratio_b, dual_b  ratio and dual with eps_b = EPS_REL x that scale instead of 1e-6 (bounded scale)
 Modes (MODE_REGISTRY; every mode is computed from the same evidence):
   patchcore  s-, map neg (negative bank only)
   exdd       the paper: s- / (s+ + eps), map ratio
-  dual       ours, the served default: the maximum of the smoothed dual map, map dual
+  dual       the maximum of the smoothed dual map, map dual (the default of issue 10)
+  dual_ratio the served default (issue 19): dual's image score, map ratio_b (the bounded ratio map)
+  raise      raise-only: the maximum of the smoothed raise map, map raise
   fusion     a logistic model of (log s-, log max ratio map, log s+) fitted on held-out images (fusion.py)
 Without a positive bank every mode is patchcore. BENCHMARKS.md ("The image decision") has the study.
 """
@@ -26,7 +34,23 @@ from typing import Any, Callable, Dict, Optional
 from .fusion import FALLBACK as FUSION_FALLBACK, fusion_features, fusion_score
 
 DEFAULT_GAMMA = 1.0
-DEFAULT_MODE = "dual"
+DEFAULT_MODE = "dual_ratio"   # issue 19: decided on 5 group splits of 3 dev sets (BENCHMARKS.md)
+EPS_REL = 1.0            # eps_b = EPS_REL x the positive bank's median nearest-neighbour spacing (ratio_b, dual_b)
+RAISE_EPS_REL = 0.1      # eps_r of the raise map: small, so a patch nearer a defect than any normal is raised
+EPS_FLOOR = 1e-6
+
+
+def bank_scale(vectors: Any, neighbors: Any, xp: Any) -> float:
+    """Median distance of a bank element to its nearest other element: the bank's own distance scale."""
+    if vectors.shape[0] < 2 or neighbors.shape[1] == 0:
+        return 0.0
+    diff = vectors - vectors[neighbors[:, 0]]
+    return float(xp.median(xp.sqrt((diff * diff).sum(axis=1))))
+
+
+def bounded_eps(pos_scale: float, rel: float = EPS_REL) -> float:
+    """eps relative to the positive bank's spacing, so a patch equal to a training defect scores a-/eps_b, not a-/1e-6."""
+    return max(rel * float(pos_scale), EPS_FLOOR)
 
 
 def reweight_q(s_star: Any, dist_to_neighbors: Any, t: float, xp: Any) -> Any:
@@ -98,10 +122,23 @@ class Evidence:
         return m.reshape(m.shape[0], -1).max(axis=1)
 
 
+def eps_b(ev: Evidence, rel: float = EPS_REL) -> float:
+    """The bounded eps of an evidence: rel x the positive bank's scale (the scorer's params['pos_scale']), else eps."""
+    return bounded_eps(ev.params["pos_scale"], rel) if "pos_scale" in ev.params else ev.eps
+
+
+def raise_map(ev: Evidence) -> Any:
+    """a- max(1, a-/(a+ + eps_r)): never below PatchCore's a-, amplified only where a known defect is nearer."""
+    return ev.a_neg * ev.xp.maximum(1.0, ev.a_neg / (ev.a_pos + eps_b(ev, RAISE_EPS_REL)))
+
+
 MAP_KINDS: Dict[str, Callable[[Evidence], Any]] = {
     "neg": lambda ev: ev.a_neg,
     "ratio": lambda ev: ev.a_neg / (ev.a_pos + ev.eps),
     "dual": lambda ev: ev.a_neg * (ev.a_neg / (ev.a_pos + ev.eps)) ** float(ev.params.get("gamma", DEFAULT_GAMMA)),
+    "ratio_b": lambda ev: ev.a_neg / (ev.a_pos + eps_b(ev)),
+    "dual_b": lambda ev: ev.a_neg * (ev.a_neg / (ev.a_pos + eps_b(ev))) ** float(ev.params.get("gamma", DEFAULT_GAMMA)),
+    "raise": raise_map,
 }
 
 
@@ -138,6 +175,10 @@ register_mode(Mode("patchcore", "neg", lambda ev: ev.s_neg, "negative bank only:
 register_mode(Mode("exdd", "ratio", lambda ev: ev.s_neg / (ev.s_pos + ev.eps), "the paper: s- / (s+ + eps) and the ratio map"))
 register_mode(Mode("dual", "dual", lambda ev: ev.map_max("dual"),
                    "ours: the peak of the smoothed map a- (a-/a+)^gamma, far from normal and near known defects"))
+register_mode(Mode("dual_ratio", "ratio_b", lambda ev: ev.map_max("dual"),
+                   "the default: dual's image score (peak of a- (a-/a+)^gamma) with the bounded ratio map a-/(a+ + eps_b)"))
+register_mode(Mode("raise", "raise", lambda ev: ev.map_max("raise"),
+                   "raise-only: a- amplified by a-/(a+ + eps_r) only where a known defect is nearer than any normal"))
 register_mode(Mode("fusion", "dual", _fusion,
                    "logistic model of log s-, log max ratio map, log s+ fitted on the held-out images"))
 

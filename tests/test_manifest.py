@@ -50,7 +50,8 @@ def test_an_old_manifest_without_version_loads_with_the_documented_defaults(tmp_
     assert banks.manifest.version == 0
     assert banks.manifest.scoring.gamma == 1.0 and banks.manifest.scoring.fusion is None
     s = Scorer(banks)
-    assert s.params == {"gamma": 1.0, "fusion": None} and s.default_mode == manifest_json()["default_mode"]
+    assert {k: s.params[k] for k in ("gamma", "fusion")} == {"gamma": 1.0, "fusion": None}
+    assert s.default_mode == manifest_json()["default_mode"]
     assert banks.manifest.to_dict()["version"] == MANIFEST_VERSION     # written again: the current schema
 
 

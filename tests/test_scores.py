@@ -156,3 +156,81 @@ def test_near_zero_positive_distance_keeps_maps_and_metrics_finite():
     for mode, v in met.items():
         for key in ("pixel_auroc", "pixel_aupro", "image_auroc"):
             assert np.isfinite(v[key]), (mode, key)
+
+
+def test_bounded_eps_is_the_positive_banks_own_spacing():
+    """eps_b is the median distance of a positive-bank element to its nearest other element (not 1e-6)."""
+    from exdd_scoring.scores import bank_scale, bounded_eps
+    rng = np.random.default_rng(11)
+    pair = make_pair(rng)
+    pos = pair.positive.vectors
+    d = np.linalg.norm(pos[:, None, :] - pos[None, :, :], axis=-1)
+    np.fill_diagonal(d, np.inf)
+    want = float(np.median(d.min(axis=1)))
+    assert bank_scale(pos, pair.positive.neighbors, np) == pytest.approx(want, rel=1e-5)
+    assert Scorer(pair).params["pos_scale"] == pytest.approx(want, rel=1e-5)
+    assert bounded_eps(want) == pytest.approx(want)       # EPS_REL = 1
+    assert bounded_eps(0.0) == 1e-6                       # a one-element bank: the old floor, never zero
+
+
+def test_an_image_equal_to_a_training_defect_scores_finitely_on_the_bounded_scale():
+    """A patch sitting on a positive-bank vector: a+ = 0, so the 1e-6 ratio explodes (a-/1e-6) while the bounded
+    maps stay within a-^2 / eps_b, the scale of the banks' own distances."""
+    rng = np.random.default_rng(12)
+    pair = make_pair(rng)
+    feats = rng.standard_normal((2,) + GRID + (D,)).astype(np.float32) * 1.3
+    feats[1, 2, 1] = pair.positive.vectors[0]
+    from exdd_scoring.scores import RAISE_EPS_REL, bounded_eps
+    sc = Scorer(pair)
+    ev = sc.evidence(feats)
+    eb, er = bounded_eps(sc.params["pos_scale"]), bounded_eps(sc.params["pos_scale"], RAISE_EPS_REL)
+    a_n = ev.a_neg[1].reshape(GRID)
+    assert ev.a_pos[1].reshape(GRID)[2, 1] == pytest.approx(0.0, abs=1e-3)
+    old = ev.patch_map("dual")[1, 2, 1]
+    for kind, e in (("raise", er), ("dual_b", eb)):
+        m = ev.patch_map(kind)[1]
+        assert np.isfinite(m).all()
+        assert m[2, 1] == pytest.approx(a_n[2, 1] ** 2 / e, rel=1e-3)      # a- * a- / (0 + eps)
+        assert old > 1e4 * m[2, 1]                                        # the unbounded scale it replaces
+    assert ev.patch_map("ratio_b")[1, 2, 1] == pytest.approx(a_n[2, 1] / eb, rel=1e-3)
+
+
+def test_raise_only_keeps_patchcore_evidence_far_from_every_defect():
+    """raise never lowers a patch below PatchCore's a-; a patch nearer the normal bank than the defect bank keeps a-
+    exactly, one nearer a known defect is amplified by a- / (a+ + eps_b)."""
+    rng = np.random.default_rng(13)
+    pair = make_pair(rng)
+    feats = rng.standard_normal((3,) + GRID + (D,)).astype(np.float32) * 1.3
+    feats[2, 0, 0] = pair.positive.vectors[3] + 0.01      # right next to a known defect
+    from exdd_scoring.scores import RAISE_EPS_REL, bounded_eps
+    sc = Scorer(pair)
+    ev = sc.evidence(feats)
+    eb = bounded_eps(sc.params["pos_scale"], RAISE_EPS_REL)
+    neg, pos, up = ev.patch_map("neg"), ev.a_pos.reshape(ev.patch_map("neg").shape), ev.patch_map("raise")
+    far = neg <= pos + eb
+    assert far.any() and (~far).any()
+    np.testing.assert_array_equal(up[far], neg[far])
+    np.testing.assert_allclose(up[~far], neg[~far] ** 2 / (pos[~far] + eb), rtol=1e-5)
+    assert (up >= neg).all()
+    assert up[2, 0, 0] > 1.2 * neg[2, 0, 0]                # amplified: nearer the defect than any normal
+
+
+def test_default_mode_serves_dual_score_with_the_bounded_ratio_map():
+    """dual_ratio (the default of issue 19): the image score of `dual`, the map a-/(a+ + eps_b) with eps_b the positive
+    bank's own spacing; raise scores the peak of its own map and is never below the patchcore map's peak."""
+    from exdd_scoring import DEFAULT_MODE
+    from exdd_scoring.scores import bounded_eps
+    rng = np.random.default_rng(14)
+    pair = make_pair(rng)
+    feats = rng.standard_normal((2,) + GRID + (D,)).astype(np.float32) * 1.3
+    sc = Scorer(pair)
+    r = sc.score(feats)
+    assert DEFAULT_MODE == "dual_ratio"
+    np.testing.assert_array_equal(r["scores"]["dual_ratio"], r["scores"]["dual"])
+    sh, sw = upsample_smooth_matrices(GRID, OUT, 4.0)
+    eb = bounded_eps(sc.params["pos_scale"])
+    for b in range(2):
+        want = sh @ (r["patch_neg"][b] / (r["patch_pos"][b] + eb)) @ sw.T
+        np.testing.assert_allclose(r["maps"]["dual_ratio"][b], want, rtol=1e-3, atol=1e-5)
+        assert r["scores"]["raise"][b] == pytest.approx(r["maps"]["raise"][b].max(), rel=1e-6)
+        assert r["scores"]["raise"][b] >= r["maps"]["patchcore"][b].max() * (1 - 1e-6)

@@ -19,7 +19,7 @@ Fit times are wall and process CPU seconds (CPU is the figure to compare on a sh
 Speed: images/s end to end in process (read + pre-process + forward + scoring incl. the map), batch 1
 and batch 8, on the same test images, both methods alternating, torch on the same threads.
 
-  nice -n 10 .venv/bin/python scripts/bench_anomalib.py --dataset ../shared/data/ksdd1_dev \
+  nice -n 10 .venv/bin/python -m scripts.benchmarks.bench_anomalib --dataset ../shared/data/ksdd1_dev \
       --weights ../shared/weights/wrn50-random0-bncal.safetensors
 """
 from __future__ import annotations
@@ -281,6 +281,161 @@ def _caches(cache: str, name: str, input_hw: Tuple[int, int], weights_id: str):
     return out
 
 
+# ----------------------------------------------------------------------------- reproduction
+
+def torch_reflect(j: int, n: int) -> int:
+    """Index j folded into [0, n) by whole-sample reflection (torch / kornia 'reflect' padding)."""
+    if n == 1:
+        return 0
+    period = 2 * (n - 1)
+    j %= period
+    return j if j < n else period - j
+
+
+def anomalib_map_matrix(n_out: int, n_in: int, sigma: float = 4.0) -> np.ndarray:
+    """(n_out, n_in) operator of anomalib's map along one axis: F.interpolate (nearest) then its Gaussian blur
+    (kernel 2 int(4 sigma + 0.5) + 1, 'reflect' padding)."""
+    up = np.zeros((n_out, n_in))
+    up[np.arange(n_out), np.minimum((np.arange(n_out) * n_in) // n_out, n_in - 1)] = 1.0
+    r = int(4.0 * sigma + 0.5)
+    x = np.arange(-r, r + 1)
+    w = np.exp(-0.5 * (x / sigma) ** 2)
+    w /= w.sum()
+    g = np.zeros((n_out, n_out))
+    for i in range(n_out):
+        for off, wk in zip(x, w):
+            g[i, torch_reflect(i + off, n_out)] += wk
+    return (g @ up).astype(np.float32)
+
+
+def anomalib_embed(net, images: torch.Tensor) -> Tuple[np.ndarray, Tuple[int, int]]:
+    """anomalib's patch embeddings (B, P, 1536) of pre-processed images, exactly as its forward computes them."""
+    with torch.no_grad():
+        feats = net.feature_extractor(images)
+        feats = {k: net.feature_pooler(v) for k, v in feats.items()}
+        emb = net.generate_embedding(feats)
+    b, _, h, w = emb.shape
+    return net.reshape_embedding(emb).reshape(b, h * w, -1).numpy(), (h, w)
+
+
+def equivalent_scores(emb: np.ndarray, bank: np.ndarray, grid: Tuple[int, int], out_hw: Tuple[int, int], *,
+                      k: int = 9, keep_self: bool = True, t: Optional[float] = 1.0, anomalib_map: bool = True
+                      ) -> Tuple[np.ndarray, np.ndarray]:
+    """exdd's scoring math (knn.nearest, topk_nearest, reweight_q, the map operators) on given embeddings and bank.
+
+    Defaults = anomalib's configuration: the k = 9 nearest of m* including m* itself, t = 1, nearest upsampling.
+    keep_self=False, k=3, t=None (sqrt d), anomalib_map=False = exdd's `patchcore` (m* dropped, t = sqrt d, bilinear
+    upsampling + scipy-reflect Gaussian, exdd_scoring.resample).
+    """
+    from exdd_scoring.knn import nearest, sq_norms, topk_nearest
+    from exdd_scoring import reweight_q, upsample_smooth, upsample_smooth_matrices
+    bank = np.ascontiguousarray(bank, np.float32)
+    b, P, d = emb.shape
+    a, idx = nearest(np.ascontiguousarray(emb.reshape(-1, d), np.float32), bank, np, sq_norms(bank, np))
+    a, idx = a.reshape(b, P).astype(np.float64), idx.reshape(b, P)
+    r = np.arange(b)
+    p_star = a.argmax(1)
+    s_star = a[r, p_star]
+    m_star = idx[r, p_star]
+    _, nb = topk_nearest(bank[m_star], bank, k if keep_self else k, np)   # m* first (distance 0), then its neighbours
+    nb = nb if keep_self else nb[:, 1:k]
+    diff = emb[r, p_star][:, None, :].astype(np.float64) - bank[nb]
+    dn = np.sqrt((diff ** 2).sum(-1))
+    q = reweight_q(s_star, dn, float(d) ** 0.5 if t is None else t, np)
+    scores = (1.0 - q) * s_star
+    patch = a.reshape(b, *grid).astype(np.float32)
+    if anomalib_map:
+        sh, sw = anomalib_map_matrix(out_hw[0], grid[0]), anomalib_map_matrix(out_hw[1], grid[1])
+    else:
+        sh, sw = upsample_smooth_matrices(grid, out_hw, 4.0)
+    return scores, upsample_smooth(patch, sh, sw, np)
+
+
+def reproduce(split: Split, weights: str, input_hw: Tuple[int, int], coreset_ratio: float, cache: Optional[str],
+              seed: int = 0, resamples: int = 500) -> Dict[str, Any]:
+    """Deliverable 0 of issue 19: anomalib's PatchCore reproduced by exdd's scoring math on anomalib's own memory bank
+    and embeddings, then each of exdd's departures alone (features, projection, coreset, hold-out, reweighting, map)."""
+    from scipy.stats import pearsonr, spearmanr
+    from anomalib.models.components import KCenterGreedy
+    from exdd.offline.coreset import bank_size, chunked_kcenter
+    model, transform = anomalib_model(weights, input_hw, coreset_ratio)
+    net = model.model.eval()
+    hw = tuple(input_hw)
+    norm_emb, grid = [], None
+    for i in range(0, len(split.normals), 8):
+        e, grid = anomalib_embed(net, anomalib_read([s.path for s in split.normals[i:i + 8]], transform))
+        norm_emb.append(e)
+    norm_emb = np.concatenate(norm_emb)                                   # (n_normals, P, 1536)
+    flat = torch.from_numpy(norm_emb.reshape(-1, norm_emb.shape[-1]))
+    torch.manual_seed(seed)
+    idx = np.asarray(KCenterGreedy(embedding=flat, sampling_ratio=coreset_ratio).select_coreset_idxs())
+    bank = flat.numpy()[idx]
+    net.memory_bank = torch.from_numpy(bank)
+    a_scores, a_maps, test_emb = [], [], []
+    for i in range(0, len(split.test), 8):
+        x = anomalib_read([s.path for s in split.test[i:i + 8]], transform)
+        with torch.no_grad():
+            out = net(x)
+        a_scores.append(out.pred_score.reshape(-1).numpy())
+        a_maps.append(out.anomaly_map[:, 0].numpy())
+        test_emb.append(anomalib_embed(net, x)[0])
+    a_scores, a_maps, test_emb = np.concatenate(a_scores), np.concatenate(a_maps), np.concatenate(test_emb)
+    y, masks = split.labels, split.masks
+
+    def row(scores: np.ndarray, maps: np.ndarray) -> Dict[str, Any]:
+        p, lo, hi = bootstrap_auroc(scores, y, n=resamples, seed=seed)
+        return {"spearman_vs_anomalib": float(spearmanr(scores, a_scores).correlation),
+                "max_rel_diff_vs_anomalib": float(np.max(np.abs(scores - a_scores) / np.abs(a_scores))),
+                "map_pearson_vs_anomalib": float(pearsonr(maps.ravel(), a_maps.ravel())[0]),
+                "map_max_abs_diff": float(np.max(np.abs(maps - a_maps))),
+                "image_auroc": p, "image_ci90": [lo, hi],
+                "pixel_auroc": auroc(maps.ravel(), masks.ravel()) if masks.any() else float("nan")}
+
+    rows = {"anomalib PatchCore (its own scores and map)": row(a_scores, a_maps)}
+    rows["exdd math, anomalib configuration (same bank, same embeddings)"] = row(*equivalent_scores(test_emb, bank, grid, hw))
+    rows["departure: exdd's map (bilinear + Gaussian, scipy reflect)"] = row(
+        *equivalent_scores(test_emb, bank, grid, hw, anomalib_map=False))
+    rows["departure: exdd's reweighting (k = 3, m* dropped, t = sqrt d)"] = row(
+        *equivalent_scores(test_emb, bank, grid, hw, k=3, keep_self=False, t=None))
+    keep = bank_size(flat.shape[0], coreset_ratio, 0)
+    cs = chunked_kcenter(flat.numpy(), keep, seed=seed)
+    rows["departure: exdd's coreset (chunked k-center, same ratio)"] = row(
+        *equivalent_scores(test_emb, flat.numpy()[np.sort(cs.indices)], grid, hw))
+    n_keep = len(split.normals) - int(round(0.1 * len(split.normals)))
+    sub = np.sort(np.random.default_rng(seed).permutation(len(split.normals))[:n_keep])
+    sub_flat = torch.from_numpy(norm_emb[sub].reshape(-1, norm_emb.shape[-1]))
+    torch.manual_seed(seed)
+    sub_idx = np.asarray(KCenterGreedy(embedding=sub_flat, sampling_ratio=coreset_ratio).select_coreset_idxs())
+    rows["departure: exdd's 10 % hold-out (90 % of the normals, anomalib's coreset)"] = row(
+        *equivalent_scores(test_emb, sub_flat.numpy()[sub_idx], grid, hw))
+    proj = make_projection(256, 0)
+    rows["departure: projection to d = 256 (exdd's Gaussian, seed 0)"] = row(
+        *equivalent_scores(test_emb @ proj, bank @ proj, grid, hw))
+    if cache:
+        from exdd.offline.feature_cache import RawCache
+        name = os.path.basename(os.path.normpath(split.dataset))
+        caches = {sp: RawCache(os.path.join(cache, f"{name}-{hw[0]}x{hw[1]}", sp)) for sp in ("train", "test")}
+
+        def ours(samples):
+            return np.stack([np.asarray(caches[s.split].raw[caches[s.split].index[s.path]], np.float32)
+                             for s in samples]).reshape(len(samples), -1, 1536)
+        on, ot = ours(split.normals), ours(split.test)
+        rows["departure: exdd's reader + extractor (its resize, float16 cache), anomalib's coreset indices"] = row(
+            *equivalent_scores(ot, on.reshape(-1, 1536)[idx], grid, hw))
+        cs2 = chunked_kcenter(on.reshape(-1, 1536), keep, seed=seed)
+        rows["all departures but hold-out: exdd `patchcore` on its own features, coreset, d = 1536"] = row(
+            *equivalent_scores(ot, on.reshape(-1, 1536)[np.sort(cs2.indices)], grid, hw, k=3, keep_self=False,
+                               t=None, anomalib_map=False))
+        p_on, p_ot = on @ proj, ot @ proj
+        cs3 = chunked_kcenter(p_on.reshape(-1, 256), keep, seed=seed)
+        rows["all departures but hold-out: exdd `patchcore`, d = 256"] = row(
+            *equivalent_scores(p_ot, p_on.reshape(-1, 256)[np.sort(cs3.indices)], grid, hw, k=3, keep_self=False,
+                               t=None, anomalib_map=False))
+    return {"normals": len(split.normals), "test": len(split.test), "defective": int(y.sum()),
+            "bank": list(bank.shape), "coreset_ratio": coreset_ratio, "patches": int(flat.shape[0]), "rows": rows,
+            "note": split.note}
+
+
 # ----------------------------------------------------------------------------- speed
 
 def speed(infers: Dict[str, Callable], paths: Sequence[str], batch_sizes: Sequence[int], reps: int) -> Dict[str, Dict[int, float]]:
@@ -329,6 +484,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="runs/bench_anomalib")
+    ap.add_argument("--reproduce", action="store_true",
+                    help="issue 19's reproduction: exdd's math on anomalib's bank and embeddings, then each departure "
+                         "(use with --normals / --limit; no hold-out: all training normals of the subset)")
     a = ap.parse_args()
     hw = tuple(int(v) for v in a.input_size.lower().split("x"))
     cfg = BuildConfig()
@@ -345,6 +503,25 @@ def main() -> None:
     report: Dict[str, Any] = {"versions": versions, "input_size": list(hw), "weights": a.weights, "d": dims,
                               "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
                                          f"torch threads {a.threads}", "datasets": {}}
+    if a.reproduce:
+        for ds in datasets:
+            name = os.path.basename(os.path.normpath(ds))
+            split = make_split(ds, hw, BuildConfig(holdout=0.0), a.normals, a.limit, a.seed, a.keep_leaked)
+            rep = reproduce(split, a.weights, hw, ratio, a.cache, a.seed, a.resamples)
+            report["datasets"][name] = rep
+            json.dump(report, open(os.path.join(a.out, "reproduce.json"), "w"), indent=1)
+            print(f"\n### {name}: {rep['note']}; {rep['test']} test images ({rep['defective']} defective); "
+                  f"anomalib's coreset {rep['bank'][0]} of {rep['patches']} patches (ratio {ratio:g})\n")
+            print("| configuration | Spearman vs anomalib | max rel. score diff | map Pearson | map max abs diff | "
+                  "image AUROC [90% CI] | pixel AUROC |")
+            print("|---|---|---|---|---|---|---|")
+            for k, v in rep["rows"].items():
+                print(f"| {k} | {v['spearman_vs_anomalib']:.4f} | {v['max_rel_diff_vs_anomalib']:.2e} | "
+                      f"{v['map_pearson_vs_anomalib']:.4f} | {v['map_max_abs_diff']:.2e} | "
+                      f"{v['image_auroc']:.3f} [{v['image_ci90'][0]:.3f}, {v['image_ci90'][1]:.3f}] | "
+                      f"{v['pixel_auroc']:.3f} |", flush=True)
+        print(f"\n{json.dumps(versions)}; {report['machine']}")
+        return
     for ds in datasets:
         name = os.path.basename(os.path.normpath(ds))
         split = make_split(ds, hw, cfg, a.normals, a.limit, a.seed, a.keep_leaked)

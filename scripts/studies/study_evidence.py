@@ -6,7 +6,7 @@ held-out and test image the per-patch nearest distance and index to each bank, a
 from each bank's peak patch to the 10 nearest bank elements of its nearest element m* (m* first),
 which every reweighting variant needs. Written to ``OUT/evidence-d{d}.npz`` (plain arrays, no pickle).
 
-  .venv/bin/python scripts/study_evidence.py --dataset ../shared/data/ksdd1_dev --d 256
+  .venv/bin/python -m scripts.studies.study_evidence --dataset ../shared/data/ksdd1_dev --d 256
 """
 from __future__ import annotations
 

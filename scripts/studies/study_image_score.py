@@ -1,11 +1,11 @@
 """The image-score study: every image-score definition derived from one pass of evidence, with intervals.
 
-Reads the evidence files of scripts/study_evidence.py (per-patch distances and indices to both banks,
+Reads the evidence files of scripts/studies/study_evidence.py (per-patch distances and indices to both banks,
 peak-neighbourhood distances) and, for each dataset and d, scores the test images with every candidate
 definition, reports image AUROC with a bootstrap 90% interval and the paired bootstrap difference to
 `patchcore` (the same resampled images for both), and pixel AUROC / AUPRO of each map kind.
 
-  .venv/bin/python scripts/study_image_score.py runs/study/ksdd1_dev-632x224 runs/study/magnetic_tile-632x224 \
+  .venv/bin/python -m scripts.studies.study_image_score runs/study/ksdd1_dev-632x224 runs/study/magnetic_tile-632x224 \
       --ds 256,512,1536 --json runs/study/study.json > runs/study/study.md
 """
 from __future__ import annotations

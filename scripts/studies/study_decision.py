@@ -1,0 +1,334 @@
+"""The decision study: every image score and map on repeated group splits of every dev set, decided by a rule.
+
+Reads the evidence of scripts/studies/study_splits.py (OUT/<set>/<variant>/split{S}-build{B}.npz). For every split:
+each candidate image score (CANDIDATES) and each map kind (MAPS) from the one-pass evidence, with the
+math of exdd_scoring (reweight_q, upsample_smooth, the bank-relative scale of scores.py).
+
+Protocol (BENCHMARKS.md, "The image decision, decided with enough data"):
+- paired bootstrap against `patchcore`: one Poisson(1) weight per image of a dev set per resample (an image
+  that is a test image of several splits keeps one weight), weighted AUROC on every split, the per-set
+  difference = mean over its splits, the pooled difference = mean over the sets (each set weighs equally);
+- a candidate becomes the default image score only if its pooled 90 % interval is above 0 and no set's
+  point difference is below -0.02; among those, the largest pooled difference;
+- maps the same way against the ratio map (pixel AUROC, pixel-resampled by image; AUPRO point values);
+- stability: Spearman correlation of the test scores of two builds of split 0 that differ only in the build
+  seed (hold-out and coreset starts).
+
+  .venv/bin/python -m scripts.studies.study_decision runs/decision --variant random-d256 --json runs/decision/decision.json
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import sys
+from typing import Callable, Dict, List, Tuple
+
+import numpy as np
+
+from exdd.metrics import aupro
+from exdd.offline.feature_cache import RawCache
+from exdd_scoring import reweight_q, upsample_smooth, upsample_smooth_matrices
+from exdd_scoring.fusion import fit_fusion, fusion_features, fusion_score
+from exdd_scoring.scores import RAISE_EPS_REL, bounded_eps
+
+EPS = 1e-6
+SETS = ("ksdd1_dev", "magnetic_tile", "bsdata_pitting")
+
+
+class SplitEvidence:
+    """One split's evidence (test or held images) and its smoothed maps, computed on demand."""
+
+    def __init__(self, z, meta: Dict, key: str, s_h: np.ndarray, s_w: np.ndarray):
+        self.a_neg = z[f"{key}_a_neg"].astype(np.float64)
+        self.a_pos = z[f"{key}_a_pos"].astype(np.float64)
+        self.nb_neg = z[f"{key}_nb_neg"].astype(np.float64)
+        self.nb_pos = z[f"{key}_nb_pos"].astype(np.float64)
+        self.labels = z[f"{key}_labels"].astype(int)
+        self.ids = z[f"{key}_ids"].astype(int)
+        self.grid, self.d = tuple(meta["grid"]), int(meta["d"])
+        self.eps_b = bounded_eps(meta["pos"]["nn1_median"])
+        self.eps_b01 = bounded_eps(meta["pos"]["nn1_median"], 0.1)
+        self.eps_r = bounded_eps(meta["pos"]["nn1_median"], RAISE_EPS_REL)
+        self.s_h, self.s_w = s_h, s_w
+        self._maps: Dict[str, np.ndarray] = {}
+
+    def reweighted(self, nb: np.ndarray, s_star: np.ndarray, k: int, keep_self: bool, t: float) -> np.ndarray:
+        """PatchCore's (1 - q) s* over m* and its neighbours (keep_self, anomalib) or the neighbours only (ours)."""
+        return (1.0 - reweight_q(s_star, nb[:, :k] if keep_self else nb[:, 1:k], t, np)) * s_star
+
+    @property
+    def s_neg(self) -> np.ndarray:
+        return self.reweighted(self.nb_neg, self.a_neg.max(1), 3, False, self.d ** 0.5)
+
+    @property
+    def s_pos(self) -> np.ndarray:
+        s = self.a_pos.max(1)
+        return reweight_q(s, self.nb_pos[:, 1:3], self.d ** 0.5, np) * s
+
+    def patch(self, kind: str) -> np.ndarray:
+        an, ap = self.a_neg, self.a_pos
+        return {"neg": lambda: an,
+                "ratio": lambda: an / (ap + EPS),
+                "ratio_b": lambda: an / (ap + self.eps_b),
+                "dual": lambda: an * an / (ap + EPS),
+                "dual_b": lambda: an * an / (ap + self.eps_b),
+                "ratio_b01": lambda: an / (ap + self.eps_b01),
+                "dual_b01": lambda: an * an / (ap + self.eps_b01),
+                "raise": lambda: an * np.maximum(1.0, an / (ap + self.eps_r)),
+                "raise_g2": lambda: an * np.maximum(1.0, an / (ap + self.eps_r)) ** 2,
+                }[kind]()
+
+    def smooth(self, kind: str) -> np.ndarray:
+        if kind not in self._maps:
+            p = self.patch(kind).reshape(-1, *self.grid).astype(np.float32)
+            out = np.empty((p.shape[0], self.s_h.shape[0], self.s_w.shape[0]), np.float32)
+            for i in range(0, p.shape[0], 32):
+                out[i:i + 32] = upsample_smooth(p[i:i + 32], self.s_h, self.s_w, np)
+            self._maps[kind] = out
+        return self._maps[kind]
+
+    def map_max(self, kind: str) -> np.ndarray:
+        m = self.smooth(kind)
+        return m.reshape(m.shape[0], -1).max(1)
+
+
+MAPS = ("neg", "ratio", "ratio_b", "ratio_b01", "dual", "dual_b", "dual_b01", "raise")
+
+
+def candidates(e: SplitEvidence) -> Dict[str, Callable[[], np.ndarray]]:
+    """Every image score studied, by name (the served modes' formulas and their variants)."""
+    td = e.d ** 0.5
+    s_star = e.a_neg.max(1)
+    return {
+        "patchcore": lambda: e.s_neg,
+        "pc_anomalib_k9": lambda: e.reweighted(e.nb_neg, s_star, 9, True, 1.0),
+        "pc_k9_drop_tsqrtd": lambda: e.reweighted(e.nb_neg, s_star, 9, False, td),
+        "pc_raw_max": lambda: s_star,
+        "neg_map_max": lambda: e.map_max("neg"),
+        "exdd": lambda: e.s_neg / (e.s_pos + EPS),
+        "exdd_b": lambda: e.s_neg / (e.s_pos + e.eps_b),
+        "ratio_map_max": lambda: e.map_max("ratio"),
+        "dual": lambda: e.map_max("dual"),
+        "dual_b": lambda: e.map_max("dual_b"),
+        "dual_b01": lambda: e.map_max("dual_b01"),
+        "raise_map_max": lambda: e.map_max("raise"),
+        "raise_g2_map_max": lambda: e.map_max("raise_g2"),
+        "pc_raise": lambda: e.s_neg * e.map_max("raise") / e.map_max("neg"),
+    }
+
+
+def fusion_x(e: SplitEvidence) -> np.ndarray:
+    return fusion_features(e.s_neg, e.map_max("ratio"), e.s_pos, np)
+
+
+def weighted_auroc(scores: np.ndarray, labels: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """(R,) AUROC of one scoring under R weight vectors w (R, n) over its n images (ties count half)."""
+    lv, inv = np.unique(scores, return_inverse=True)
+    hp = np.zeros((scores.size, lv.size))
+    hp[np.arange(scores.size), inv] = 1.0
+    pos = labels.astype(bool)
+    P, Q = w[:, pos] @ hp[pos], w[:, ~pos] @ hp[~pos]
+    return hist_auroc(P, Q)
+
+
+def hist_auroc(P: np.ndarray, Q: np.ndarray) -> np.ndarray:
+    """AUROC per row from positive / negative weights (R, L) over ascending levels."""
+    below = np.cumsum(Q, axis=1) - Q
+    tot = P.sum(1) * Q.sum(1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(tot > 0, (P * (below + 0.5 * Q)).sum(1) / tot, np.nan)
+
+
+def pixel_hists(maps: np.ndarray, masks: np.ndarray, bins: int = 2048) -> Tuple[np.ndarray, np.ndarray]:
+    """Per image (n, L) counts of defect and normal pixels over the split's quantile levels of the map."""
+    sub = maps.ravel()[:: max(1, maps.size // 2_000_000)].astype(np.float64)
+    levels = np.unique(np.quantile(sub, np.linspace(0, 1, bins + 1)[1:-1]))
+    L = levels.size + 1
+    hp, hn = np.zeros((maps.shape[0], L)), np.zeros((maps.shape[0], L))
+    for i in range(maps.shape[0]):
+        idx = np.searchsorted(levels, maps[i].ravel().astype(np.float64))
+        m = masks[i].ravel()
+        hp[i] = np.bincount(idx[m], minlength=L)
+        hn[i] = np.bincount(idx[~m], minlength=L)
+    return hp, hn
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    from scipy.stats import spearmanr
+    return float(spearmanr(a, b).correlation)
+
+
+def load_split(path: str) -> Tuple[Dict, "np.lib.npyio.NpzFile"]:
+    return json.load(open(path[:-4] + ".json")), np.load(path)
+
+
+def study_set(folder: str, n_boot: int, seed: int, cache_root: str, pro_stride: int) -> Dict:
+    """Per split: scores of every candidate, bootstrap AUROCs (n_boot), pixel hist AUROCs and AUPRO per map."""
+    files = sorted(glob.glob(os.path.join(folder, "split*-build0.npz")))
+    if not files:
+        raise FileNotFoundError(f"{folder}: no split*-build0.npz")
+    meta0 = json.load(open(files[0][:-4] + ".json"))
+    n_all = len(meta0["paths"])
+    w_all = np.random.default_rng(seed).poisson(1.0, (n_boot, n_all)).astype(np.float64)
+    hw = tuple(meta0["input_size"])
+    caches = {sp: RawCache(os.path.join(cache_root, f"{meta0['set']}-{hw[0]}x{hw[1]}", sp)) for sp in ("train", "test")}
+    where = [(sp, caches[sp].index[p]) for p, sp in zip(meta0["paths"], meta0["splits_of"])]
+    s_h, s_w = upsample_smooth_matrices(tuple(meta0["grid"]), hw, 4.0)
+    out = {"set": meta0["set"], "splits": [], "variant": os.path.basename(folder)}
+    for f in files:
+        meta, z = load_split(f)
+        te = SplitEvidence(z, meta, "test", s_h, s_w)
+        held = SplitEvidence(z, meta, "held", s_h, s_w)
+        scores = {k: fn() for k, fn in candidates(te).items()}
+        params = fit_fusion(fusion_x(held), held.labels)
+        scores["fusion"] = fusion_score(fusion_x(te), params, np)
+        w = w_all[:, te.ids]
+        ones = np.ones((1, te.ids.size))
+        img = {k: {"point": float(weighted_auroc(s, te.labels, ones)[0]),
+                   "boot": weighted_auroc(s, te.labels, w)} for k, s in scores.items()}
+        masks = np.stack([np.asarray(caches[sp].masks[r]) for sp, r in (where[i] for i in te.ids)])
+        pix = {}
+        for kind in MAPS:
+            m = te.smooth(kind)
+            hp, hn = pixel_hists(m, masks)
+            pix[kind] = {"point": float(hist_auroc(hp.sum(0)[None], hn.sum(0)[None])[0]),
+                         "boot": hist_auroc(w @ hp, w @ hn),
+                         "aupro": float(aupro(m[:, ::pro_stride, ::pro_stride], masks[:, ::pro_stride, ::pro_stride]))}
+            te._maps.pop(kind, None)
+        stab = {}
+        f1 = f.replace("-build0.npz", "-build1.npz")
+        if os.path.isfile(f1):
+            meta1, z1 = load_split(f1)
+            te1 = SplitEvidence(z1, meta1, "test", s_h, s_w)
+            held1 = SplitEvidence(z1, meta1, "held", s_h, s_w)
+            s1 = {k: fn() for k, fn in candidates(te1).items()}
+            s1["fusion"] = fusion_score(fusion_x(te1), fit_fusion(fusion_x(held1), held1.labels), np)
+            stab = {k: spearman(scores[k], s1[k]) for k in scores}
+            stab_auroc = {k: float(weighted_auroc(s1[k], te1.labels, ones)[0]) for k in s1}
+        else:
+            stab_auroc = {}
+        peak = {k: float(np.max(s)) for k, s in scores.items()}
+        out["splits"].append({"file": os.path.basename(f), "n_test": int(te.ids.size), "defective": int(te.labels.sum()),
+                              "banks": [meta["neg"]["size"], meta["pos"]["size"]], "fusion": params,
+                              "eps_b": te.eps_b, "image": img, "pixel": pix, "stability": stab,
+                              "build1_auroc": stab_auroc, "max_score": peak,
+                              "knn_ms_per_image": meta["knn_ms_per_image"]["test"]})
+        print(f"{out['set']} {os.path.basename(f)}: " + ", ".join(f"{k} {v['point']:.3f}" for k, v in img.items()),
+              file=sys.stderr, flush=True)
+    return out
+
+
+def ci(v: np.ndarray) -> List[float]:
+    v = v[np.isfinite(v)]
+    return [float(np.quantile(v, 0.05)), float(np.quantile(v, 0.95))]
+
+
+def summarise(sets: List[Dict], level_key: str, base: str) -> Dict[str, Dict]:
+    """Per candidate: per-set mean AUROC, paired difference vs base (point, 90 % CI), and the pooled ones."""
+    names = list(sets[0]["splits"][0][level_key])
+    res = {}
+    for n in names:
+        per, pooled_b, pooled_p = {}, [], []
+        for s in sets:
+            pts = np.array([sp[level_key][n]["point"] for sp in s["splits"]])
+            bpts = np.array([sp[level_key][base]["point"] for sp in s["splits"]])
+            db = np.mean([sp[level_key][n]["boot"] - sp[level_key][base]["boot"] for sp in s["splits"]], axis=0)
+            ab = np.mean([sp[level_key][n]["boot"] for sp in s["splits"]], axis=0)
+            row = {"auroc": float(pts.mean()), "auroc_ci90": ci(ab), "diff": float((pts - bpts).mean()),
+                   "diff_ci90": ci(db), "per_split": pts.round(4).tolist()}
+            if level_key == "pixel":
+                row["aupro"] = float(np.mean([sp["pixel"][n]["aupro"] for sp in s["splits"]]))
+                row["aupro_diff"] = row["aupro"] - float(np.mean([sp["pixel"][base]["aupro"] for sp in s["splits"]]))
+            else:
+                st = [sp["stability"].get(n) for sp in s["splits"] if sp["stability"]]
+                row["stability"] = float(np.mean(st)) if st else None
+            per[s["set"]] = row
+            pooled_b.append(db)
+            pooled_p.append(row["diff"])
+        pb = np.mean(pooled_b, axis=0)
+        r = {"per_set": per, "pooled_diff": float(np.mean(pooled_p)), "pooled_ci90": ci(pb),
+             "pooled_auroc": float(np.mean([v["auroc"] for v in per.values()])),
+             "worst_set_diff": float(min(v["diff"] for v in per.values()))}
+        if level_key == "pixel":
+            r["pooled_aupro"] = float(np.mean([v["aupro"] for v in per.values()]))
+        else:
+            st = [v["stability"] for v in per.values() if v["stability"] is not None]
+            r["stability_min"] = float(min(st)) if st else None
+        r["passes"] = bool(n != base and r["pooled_ci90"][0] > 0 and r["worst_set_diff"] >= -0.02
+                           and (level_key != "pixel" or r["pooled_aupro"] >= np.mean(
+                               [np.mean([sp["pixel"][base]["aupro"] for sp in s["splits"]]) for s in sets])))
+        res[n] = r
+    return res
+
+
+def decide(image: Dict[str, Dict], pixel: Dict[str, Dict]) -> Dict[str, str]:
+    """The rule of BENCHMARKS.md: the best passing candidate, else the most robust score / the best map."""
+    passing = [n for n, r in image.items() if r["passes"]]
+    if passing:
+        img, why = max(passing, key=lambda n: image[n]["pooled_diff"]), "passes the rule"
+    else:
+        img = max(image, key=lambda n: (round(image[n]["worst_set_diff"], 3), image[n]["stability_min"] or 0))
+        why = "nothing passes: the most robust score (largest worst-set difference vs patchcore)"
+    mpass = [n for n, r in pixel.items() if r["passes"]]
+    if mpass:
+        mp, mwhy = max(mpass, key=lambda n: pixel[n]["pooled_auroc"] + pixel[n]["pooled_aupro"]), "passes the rule"
+    else:
+        mp = max(pixel, key=lambda n: pixel[n]["pooled_auroc"] + pixel[n]["pooled_aupro"])
+        mwhy = "nothing passes: the best map (pooled pixel AUROC + AUPRO)"
+    return {"image": img, "image_why": why, "map": mp, "map_why": mwhy}
+
+
+def table(res: Dict[str, Dict], sets: List[str], pixel: bool) -> str:
+    """Markdown: pooled and per-set difference vs the base with 90 % intervals."""
+    head = "| " + ("map" if pixel else "image score") + " | pooled diff [90% CI] | " + " | ".join(
+        f"{s} AUROC, diff [90% CI]" for s in sets) + (" | pooled AUPRO |" if pixel else " | stability (min) | passes |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for n, r in sorted(res.items(), key=lambda kv: -kv[1]["pooled_diff"]):
+        cells = [f"{r['pooled_diff']:+.3f} [{r['pooled_ci90'][0]:+.3f}, {r['pooled_ci90'][1]:+.3f}]"]
+        for s in sets:
+            v = r["per_set"][s]
+            cells.append(f"{v['auroc']:.3f}, {v['diff']:+.3f} [{v['diff_ci90'][0]:+.3f}, {v['diff_ci90'][1]:+.3f}]"
+                         + (f", AUPRO {v['aupro']:.3f}" if pixel else ""))
+        tail = (f"{r['pooled_aupro']:.3f}" if pixel else
+                (f"{r['stability_min']:.2f}" if r["stability_min"] is not None else "-") + f" | {'yes' if r['passes'] else 'no'}")
+        lines.append(f"| {n} | " + " | ".join(cells) + f" | {tail} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("root", help="the --out folder of study_splits.py")
+    ap.add_argument("--variant", default="random-d256")
+    ap.add_argument("--sets", default=",".join(SETS))
+    ap.add_argument("--boot", type=int, default=1000)
+    ap.add_argument("--cache", default="runs/cache")
+    ap.add_argument("--pro-stride", type=int, default=2, help="AUPRO on every n-th pixel row and column")
+    ap.add_argument("--json", default=None)
+    a = ap.parse_args()
+    names = [s for s in a.sets.split(",") if os.path.isdir(os.path.join(a.root, s, a.variant))]
+    sets = [study_set(os.path.join(a.root, s, a.variant), a.boot, 0, a.cache, a.pro_stride) for s in names]
+    image = summarise(sets, "image", "patchcore")
+    pixel = summarise(sets, "pixel", "ratio")
+    dec = decide(image, pixel)
+    desc = ", ".join(f"{s['set']} ({len(s['splits'])} splits, {sum(sp['n_test'] for sp in s['splits'])} test images)"
+                     for s in sets)
+    print(f"## {a.variant}: {desc}\n")
+    print("### Image level: paired difference vs `patchcore`\n")
+    print(table(image, names, False))
+    print("\n### Pixel level: paired difference vs the ratio map\n")
+    print(table(pixel, names, True))
+    print(f"\nDecision: image score `{dec['image']}` ({dec['image_why']}); map `{dec['map']}` ({dec['map_why']}).")
+    if a.json:
+        slim = [{k: v for k, v in s.items() if k != "splits"} | {"splits": [
+            {k: v for k, v in sp.items() if k not in ("image", "pixel")}
+            | {"image": {n: r["point"] for n, r in sp["image"].items()},
+               "pixel": {n: {"auroc": r["point"], "aupro": r["aupro"]} for n, r in sp["pixel"].items()}}
+            for sp in s["splits"]]} for s in sets]
+        json.dump({"variant": a.variant, "image": image, "pixel": pixel, "decision": dec, "sets": slim},
+                  open(a.json, "w"), indent=1)
+
+
+if __name__ == "__main__":
+    main()
