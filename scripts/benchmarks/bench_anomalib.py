@@ -28,7 +28,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import sys
 import time
 import warnings
@@ -46,6 +45,7 @@ from exdd.offline.features import build_extractor, make_projection
 from exdd.metrics import auroc, bootstrap_auroc
 from exdd.offline.weights import load_backbone
 from exdd_scoring import MODES, Scorer, load_banks
+from scripts.common import cache_folder, peak_rss_gb
 
 
 # ----------------------------------------------------------------------------- data
@@ -268,7 +268,7 @@ def _caches(cache: str, name: str, input_hw: Tuple[int, int], weights_id: str):
     from exdd.offline.feature_cache import RawCache
     out = {}
     for split in ("train", "test"):
-        folder = os.path.join(cache, f"{name}-{input_hw[0]}x{input_hw[1]}", split)
+        folder = cache_folder(cache, name, input_hw, split)
         meta = os.path.join(folder, "meta.json")
         if not os.path.isfile(meta):
             print(f"cache: no {meta}: extracting with the model instead", file=sys.stderr)
@@ -414,7 +414,7 @@ def reproduce(split: Split, weights: str, input_hw: Tuple[int, int], coreset_rat
     if cache:
         from exdd.offline.feature_cache import RawCache
         name = os.path.basename(os.path.normpath(split.dataset))
-        caches = {sp: RawCache(os.path.join(cache, f"{name}-{hw[0]}x{hw[1]}", sp)) for sp in ("train", "test")}
+        caches = {sp: RawCache(cache_folder(cache, name, hw, sp)) for sp in ("train", "test")}
 
         def ours(samples):
             return np.stack([np.asarray(caches[s.split].raw[caches[s.split].index[s.path]], np.float32)
@@ -554,7 +554,7 @@ def main() -> None:
         report["datasets"][name] = {"split": split.note, "n_normals": len(split.normals), "n_test": len(split.test),
                                     "n_defective": int(split.labels.sum()), "rows": rows, "images_per_s": sp,
                                     "speed_images": min(a.speed_images, len(split.test)), "speed_reps": a.speed_reps}
-        report["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+        report["peak_rss_gb"] = peak_rss_gb()
         json.dump(report, open(os.path.join(a.out, "bench.json"), "w"), indent=1)
         print(f"\n### {name}: {split.note}; {len(split.test)} test images ({int(split.labels.sum())} defective)\n")
         print("| method / mode | image AUROC [90% CI] | pixel AUROC [90% CI] | fit s (negative bank only) | bank | img/s b1 | img/s b8 |")

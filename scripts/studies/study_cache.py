@@ -19,6 +19,7 @@ import numpy as np
 
 from exdd.datasets import Sample, load_split
 from exdd.offline.feature_cache import extract_raw
+from scripts.common import cache_folder
 
 DATA = "/work/shared/data"
 WEIGHTS = "/work/shared/weights/wrn50-random0-bncal.safetensors"
@@ -57,7 +58,7 @@ def main() -> None:
                 done[0] += n
                 if done[0] % 80 < n:
                     print(f"{name} {split}: {done[0]}/{len(samples)} {time.time() - t0:.0f}s", file=sys.stderr, flush=True)
-            extract_raw(samples, a.weights, hw, os.path.join(a.cache, f"{name}-{hw[0]}x{hw[1]}", split), progress=progress)
+            extract_raw(samples, a.weights, hw, cache_folder(a.cache, name, hw, split), progress=progress)
             print(f"{name} {split}: {len(samples)} images in {time.time() - t0:.0f}s", file=sys.stderr, flush=True)
 
 

@@ -21,9 +21,9 @@ import numpy as np
 
 from exdd.offline.build import BuildConfig, build
 from exdd.datasets import holdout_split, load_split
-from exdd.offline.feature_cache import extract_raw
 from exdd.offline.features import fingerprint, make_projection
 from exdd_scoring import load_banks
+from scripts.common import raw_caches
 from exdd_scoring.knn import nearest, sq_norms, topk_nearest
 
 WEIGHTS = "../shared/weights/wrn50-random0-bncal.safetensors"
@@ -80,8 +80,7 @@ def main() -> None:
     name = os.path.basename(os.path.normpath(a.dataset))
     out_dir = os.path.join(a.out, f"{name}-{hw[0]}x{hw[1]}")
     os.makedirs(out_dir, exist_ok=True)
-    caches = {sp: extract_raw(load_split(a.dataset, sp), a.weights, hw,
-                              os.path.join(a.cache, f"{name}-{hw[0]}x{hw[1]}", sp)) for sp in ("train", "test")}
+    caches = raw_caches(a.dataset, a.weights, hw, a.cache)
     proj = make_projection(a.d, 0)
     info = fingerprint(caches["train"].weights_id, proj, 0, hw)
     bank_dir = os.path.join(out_dir, f"banks-d{a.d}")
