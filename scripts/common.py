@@ -114,3 +114,13 @@ def start_server(repo: str, log_path: str, timeout: float = 300.0, **server_opti
         srv.stop()
         raise
     return srv
+
+
+def smooth_maps(patches: np.ndarray, s_h: np.ndarray, s_w: np.ndarray, chunk: int = 32) -> np.ndarray:
+    """(n, h, w) patch maps upsampled and smoothed (exdd_scoring.upsample_smooth) chunk images at a time (bounded memory)."""
+    from exdd_scoring import upsample_smooth
+    p = patches.astype(np.float32)
+    out = np.empty((p.shape[0], s_h.shape[0], s_w.shape[0]), np.float32)
+    for i in range(0, p.shape[0], chunk):
+        out[i:i + chunk] = upsample_smooth(p[i:i + chunk], s_h, s_w, np)
+    return out

@@ -27,9 +27,11 @@ from typing import Callable, Dict, List, Tuple
 
 import numpy as np
 
+from scripts.common import smooth_maps
+
 from exdd.metrics import aupro
 from exdd.offline.feature_cache import RawCache
-from exdd_scoring import reweight_q, upsample_smooth, upsample_smooth_matrices
+from exdd_scoring import reweight_q, upsample_smooth_matrices
 from exdd_scoring.fusion import fit_fusion, fusion_features, fusion_score
 from exdd_scoring.scores import RAISE_EPS_REL, bounded_eps
 
@@ -82,11 +84,7 @@ class SplitEvidence:
 
     def smooth(self, kind: str) -> np.ndarray:
         if kind not in self._maps:
-            p = self.patch(kind).reshape(-1, *self.grid).astype(np.float32)
-            out = np.empty((p.shape[0], self.s_h.shape[0], self.s_w.shape[0]), np.float32)
-            for i in range(0, p.shape[0], 32):
-                out[i:i + 32] = upsample_smooth(p[i:i + 32], self.s_h, self.s_w, np)
-            self._maps[kind] = out
+            self._maps[kind] = smooth_maps(self.patch(kind).reshape(-1, *self.grid), self.s_h, self.s_w)
         return self._maps[kind]
 
     def map_max(self, kind: str) -> np.ndarray:

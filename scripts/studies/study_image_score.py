@@ -18,10 +18,12 @@ from typing import Callable, Dict
 
 import numpy as np
 
+from scripts.common import smooth_maps
+
 from exdd.datasets import duplicates_across, load_split
 from exdd.offline.feature_cache import RawCache
 from exdd.metrics import aupro, auroc
-from exdd_scoring import reweight_q, upsample_smooth, upsample_smooth_matrices
+from exdd_scoring import reweight_q, upsample_smooth_matrices
 from exdd_scoring.fusion import fit_fusion, fusion_features, fusion_score
 
 EPS = 1e-6
@@ -66,11 +68,7 @@ class Evidence:
 
     def smooth(self, kind: str) -> np.ndarray:
         if kind not in self._maps:
-            p = self.patch(kind).reshape(-1, *self.grid).astype(np.float32)
-            out = np.empty((p.shape[0], self.s_h.shape[0], self.s_w.shape[0]), np.float32)
-            for i in range(0, p.shape[0], 32):
-                out[i:i + 32] = upsample_smooth(p[i:i + 32], self.s_h, self.s_w, np)
-            self._maps[kind] = out
+            self._maps[kind] = smooth_maps(self.patch(kind).reshape(-1, *self.grid), self.s_h, self.s_w)
         return self._maps[kind]
 
     def keep(self, mask: np.ndarray) -> None:
