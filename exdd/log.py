@@ -12,6 +12,22 @@ class _PlainFormatter(logging.Formatter):
         return msg if record.levelno == logging.INFO else f"{record.levelname.lower()}: {msg}"
 
 
+class _StderrHandler(logging.StreamHandler):
+    """A handler writing to whatever sys.stderr is when a message is logged (so a redirected or captured
+    stderr gets the messages too), not to the stream of the moment it was made."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 def get(name: str) -> logging.Logger:
     """The logger of a library module (pass __name__)."""
     return logging.getLogger(name if name.startswith("exdd") else f"exdd.{name}")
@@ -22,7 +38,7 @@ def configure(level: int = logging.INFO) -> None:
     root = logging.getLogger("exdd")
     if any(getattr(h, "_exdd", False) for h in root.handlers):
         return
-    h = logging.StreamHandler(sys.stderr)
+    h = _StderrHandler()
     h.setFormatter(_PlainFormatter())
     h._exdd = True  # type: ignore[attr-defined]
     root.addHandler(h)

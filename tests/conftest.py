@@ -16,8 +16,10 @@ TINY_ARGS = ["--weights", "random:0", "--input-size", f"{TINY_HW[0]}x{TINY_HW[1]
 
 
 def run_exdd(*args: str, check: bool = True, **kw) -> subprocess.CompletedProcess:
-    """Run the real `exdd` command line in a subprocess; returns the completed process."""
-    p = subprocess.run(EXDD + list(args), capture_output=True, text=True, **kw)
+    """Run the real `exdd` command line (in this process, tu.exdd_cli; in a subprocess when given
+    subprocess arguments such as env or cwd); returns the completed process."""
+    import triton_util as tu
+    p = subprocess.run(EXDD + list(args), capture_output=True, text=True, **kw) if kw else tu.exdd_cli(*args)
     if check and p.returncode != 0:
         raise AssertionError(f"exdd {' '.join(args)} failed ({p.returncode}):\n{p.stdout}\n{p.stderr}")
     return p

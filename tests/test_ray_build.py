@@ -4,15 +4,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
+import triton_util as tu
+
 pytest.importorskip("ray")
 
-EXDD = [sys.executable, "-m", "exdd.cli"]
 COMMON = ["--weights", "random:0", "--input-size", "128x64", "--d", "16", "--min-bank", "50", "--chunk-rows", "1000"]
 
 
@@ -37,8 +36,7 @@ def data(tmp_path_factory):
 
 
 def build(ds, syn, out, *extra):
-    p = subprocess.run(EXDD + ["offline", "build", ds, "--out", out, "--synthetic", syn, *COMMON, *extra],
-                       capture_output=True, text=True)
+    p = tu.exdd_cli("offline", "build", ds, "--out", out, "--synthetic", syn, *COMMON, *extra)   # --ray: a subprocess
     assert p.returncode == 0, p.stderr
     return p
 

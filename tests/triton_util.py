@@ -38,9 +38,21 @@ def workdir() -> str:
 
 
 def exdd_cli(*args: str) -> subprocess.CompletedProcess:
-    """Run the exdd command (same interpreter) and capture its output."""
-    code = "import sys; from exdd.cli import main; sys.exit(main())"
-    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True)
+    """Run the real exdd command line in this process (click's runner: torch is imported once per test
+    session, not once per call) and capture its output as a CompletedProcess. An exception that escapes the
+    command is written to stderr as the traceback a subprocess would print, with exit code 1. Commands that
+    start a Ray cluster (--ray) run in a subprocess, so no Ray runtime stays in the test process."""
+    if "--ray" in args:
+        code = "import sys; from exdd.cli import main; sys.exit(main())"
+        return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True)
+    import traceback
+    from click.testing import CliRunner
+    from exdd.cli import main
+    r = CliRunner().invoke(main, list(args), prog_name="exdd")
+    err = r.stderr
+    if r.exception is not None and not isinstance(r.exception, SystemExit):
+        err += "Traceback (most recent call last):\n" + "".join(traceback.format_exception(r.exception))
+    return subprocess.CompletedProcess(["exdd", *args], r.exit_code, r.stdout, err)
 
 
 def dataset() -> str:
