@@ -17,6 +17,9 @@ class RayUnavailable(RuntimeError):
     """Ray is not installed, or the cluster could not be joined."""
 
 
+WORKER_NICENESS = "RAY_worker_niceness"   # read by the raylet when it starts workers
+
+
 def ray_module():
     """The ray package, or RayUnavailable saying how to install it."""
     try:
@@ -37,6 +40,11 @@ def connect(address: Optional[str] = LOCAL, num_cpus: Optional[int] = None):
     local = address in (None, "", LOCAL)
     if not local and num_cpus is not None:
         raise RayUnavailable("--ray-cpus only sizes a local Ray; a cluster has its own CPUs")
+    if local and not os.environ.get("RAY_ADDRESS"):
+        # A local Ray does the whole job on this machine: its workers run at the driver's priority, not at
+        # Ray's default niceness 15, under which any other load on the machine starves the build (Ray's own
+        # job API does the same: RAY_worker_niceness=0). The raylet started by ray.init inherits it.
+        os.environ.setdefault(WORKER_NICENESS, "0")
     for attempt in range(3):
         try:
             if local and not os.environ.get("RAY_ADDRESS"):

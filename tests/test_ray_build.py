@@ -64,8 +64,8 @@ def test_ray_build_gives_identical_banks(data, tmp_path):
 
 @pytest.fixture(scope="module")
 def ray_local():
-    import ray
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    from exdd.ray_cluster import connect
+    ray = connect(num_cpus=2)
     yield ray
     ray.shutdown()
 
