@@ -83,7 +83,8 @@ def repository_cmd(onnx_path, bank_dir, product_values, out_dir, features_backen
         click.echo(where + f"mode {res.mode}, threshold {thr(res.threshold)}, manifest sha256 "
                            f"{res.manifest_sha256[:12]}..., index {index})")
         return
-    click.echo(where + f"index {index}, {len(res.products)} products sharing exdd_features)")
+    n = len(res.products)
+    click.echo(where + f"index {index}, {n} product{'s' if n != 1 else ''} sharing exdd_features)")
     for p in res.products:
         click.echo(f"product {p.models.product}: {p.models.ensemble} -> {p.models.scorer} (banks {p.bank_dir}, "
                    f"mode {p.mode}, threshold {thr(p.threshold)}, manifest sha256 {p.manifest_sha256[:12]}...)")
