@@ -158,6 +158,23 @@ def test_each_product_answers_from_its_own_banks(served, tmp_path):
         want = float(refs[BETA]["SCORE"][int(os.path.basename(r["path"])[:-4]), 0])
         assert float(r["score"]) == pytest.approx(want, rel=SCORE_RTOL)
         assert float(r["threshold"]) == pytest.approx(beta_thr, rel=1e-6)
+    # stream follows --product too, and bench's requests reach that product's scorer only
+    p = tu.exdd_cli("client", "stream", "--source", str(folder), "--url", grpc, "--product", "alpha")
+    assert p.returncode == 0, p.stderr
+    frames = [json.loads(ln) for ln in p.stdout.splitlines() if ln.startswith("{")]
+    assert len(frames) == len(imgs)
+    for f in frames:
+        want = float(refs[ALPHA]["SCORE"][int(os.path.basename(f["frame"])[:-4]), 0])
+        assert f["score"] == pytest.approx(want, rel=SCORE_RTOL)
+    from exdd.client.connection import Connection
+    c = Connection(http, "http")
+    before = {pm: c.inference_count(pm.scorer) for pm in (ALPHA, BETA)}
+    p = tu.exdd_cli("client", "bench", "--url", grpc, "--product", "beta", "--batch-sizes", "1", "--concurrency", "1",
+                    "--requests", "3")
+    assert p.returncode == 0, p.stderr
+    # 3 timed requests + 1 warm-up, one image each
+    assert c.inference_count(BETA.scorer) - before[BETA] == 4 and c.inference_count(ALPHA.scorer) == before[ALPHA]
+    c.close()
     # an unknown product: a clear error naming it and what the server serves, no traceback
     p = tu.exdd_cli("client", "score", str(folder), "--out", str(tmp_path / "x.jsonl"), "--url", grpc,
                     "--product", "gamma")
