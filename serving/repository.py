@@ -260,7 +260,7 @@ def assemble_products(onnx_path: str, products: Mapping[Optional[str], str], out
                    ensemble_config(features, s, name=pm.ensemble, scorer=pm.scorer))
         first = made[0]
         result = Assembled(out_dir, features, first.mode, first.threshold, first.manifest_sha256, made)
-        manifests = {pm: b.manifest for pm, b in loaded.items()}
+        manifests = {scorer: b.manifest for scorer, b in loaded.items()}
         _write(os.path.join(tmp, "README.md"), readme(result, manifests, onnx_path, features_backend, s, precision))
         if os.path.exists(out_dir):
             shutil.rmtree(out_dir)
