@@ -13,6 +13,9 @@ from exdd.ray_cluster import ray_options
 
 url_option = click.option("--url", "urls", multiple=True, default=["127.0.0.1:8001"], show_default=True,
                           help="Server host:port; repeat to spread the load over several servers.")
+product_option = click.option("--product", default=None, metavar="NAME",
+                               help="The product to score with (ensemble exdd_NAME, its scorer's threshold, mode and "
+                                    "features); default: the one-product model exdd.")
 protocol_option = click.option("--protocol", default="grpc", type=click.Choice(["grpc", "http"]), show_default=True,
                                help="gRPC (default) or HTTP. With http give the HTTP port(s) in --url.")
 
@@ -20,6 +23,23 @@ protocol_option = click.option("--protocol", default="grpc", type=click.Choice([
 @click.group()
 def client() -> None:
     """Score, stream, benchmark and evaluate through a Triton server."""
+
+
+def _models(product):
+    """(ensemble, scorer) of --product; fails naming a bad product name."""
+    from exdd.serving.products import ProductError, ProductModels
+    try:
+        pm = ProductModels(product)
+    except ProductError as e:
+        fail(str(e))
+    return pm.ensemble, pm.scorer
+
+
+def _connect(url, protocol, product):
+    """A Connection to the product's ensemble."""
+    from .connection import Connection
+    model, scorer = _models(product)
+    return Connection(url, protocol, model, scorer=scorer)
 
 
 def _bar(total: int, unit: str = "img"):
@@ -33,6 +53,7 @@ def _bar(total: int, unit: str = "img"):
               help="Result file: .jsonl or .csv. An existing one is resumed (done images are skipped).")
 @url_option
 @protocol_option
+@product_option
 @click.option("--batch-size", default=8, show_default=True)
 @click.option("--concurrency", default=2, show_default=True, help="Requests in flight per server.")
 @click.option("--threshold", type=float, default=None, help="Override the calibrated threshold.")
@@ -43,7 +64,7 @@ def _bar(total: int, unit: str = "img"):
 @click.option("--exclude", multiple=True, help="File-name pattern to leave out, e.g. '*_GT.png'; repeatable.")
 @click.option("--all-files", is_flag=True, help="In folders, take every file, not only image-named ones.")
 @ray_options
-def score(paths, out_path, urls, protocol, batch_size, concurrency, threshold, heatmaps, retries, backoff, restart,
+def score(paths, out_path, urls, protocol, product, batch_size, concurrency, threshold, heatmaps, retries, backoff, restart,
           exclude, all_files, ray_address, ray_cpus):
     """Score image files, folders or globs; one row per image in --out.
 
@@ -57,8 +78,10 @@ def score(paths, out_path, urls, protocol, batch_size, concurrency, threshold, h
     if not files:
         fail("no files match " + " ".join(paths))
     writer = ResultWriter(out_path, resume=not restart)
+    model, scorer = _models(product)
     cfg = JobConfig(urls=list(urls), protocol=protocol, batch_size=batch_size, concurrency=concurrency,
-                    retries=retries, backoff_s=backoff, threshold=threshold, heatmaps=heatmaps)
+                    retries=retries, backoff_s=backoff, threshold=threshold, heatmaps=heatmaps, model=model,
+                    scorer=scorer)
     if ray_address is not None:             # images read and decoded by Ray tasks (client/ray_source.py)
         from exdd.ray_cluster import connect_or_fail
         from .ray_source import RaySource
@@ -91,16 +114,17 @@ def score(paths, out_path, urls, protocol, batch_size, concurrency, threshold, h
 @click.option("--source", required=True, help="A folder of images, a video file, or a camera index (0, 1, ...).")
 @url_option
 @protocol_option
+@product_option
 @click.option("--max-in-flight", default=4, show_default=True)
 @click.option("--threshold", type=float, default=None)
 @click.option("--max-frames", type=int, default=None, help="Stop after this many frames.")
 @click.option("--out", "out_path", type=click.Path(dir_okay=False), default=None, help="Also append JSONL here.")
-def stream(source, urls, protocol, max_in_flight, threshold, max_frames, out_path):
+def stream(source, urls, protocol, product, max_in_flight, threshold, max_frames, out_path):
     """Stream frames and print one decision line per frame as answers come (Ctrl-C stops cleanly)."""
-    from .connection import Connection, RequestRejected, ServerUnavailable
+    from .connection import RequestRejected, ServerUnavailable
     from .stream import stream as run_stream
     try:
-        info = Connection(urls[0], protocol).info()
+        info = _connect(urls[0], protocol, product).info()
     except (ServerUnavailable, RequestRejected) as e:
         fail(str(e), 3)
     out = open(out_path, "a") if out_path else None
@@ -118,7 +142,7 @@ def stream(source, urls, protocol, max_in_flight, threshold, max_frames, out_pat
 
     def factory():
         k["i"] += 1
-        return Connection(urls[k["i"] % len(urls)], protocol)
+        return _connect(urls[k["i"] % len(urls)], protocol, product)
     try:
         st = run_stream(source, factory, info, max_in_flight, on_result, threshold, max_frames)
     except ValueError as e:
@@ -132,6 +156,7 @@ def stream(source, urls, protocol, max_in_flight, threshold, max_frames, out_pat
 @client.command()
 @url_option
 @protocol_option
+@product_option
 @click.option("--batch-sizes", default="1,4,8", show_default=True)
 @click.option("--concurrency", "concurrencies", default="1,2,4", show_default=True)
 @click.option("--requests", default=20, show_default=True, help="Requests per grid point.")
@@ -140,15 +165,15 @@ def stream(source, urls, protocol, max_in_flight, threshold, max_frames, out_pat
 @click.option("--out", "out_json", type=click.Path(dir_okay=False), default=None)
 @click.option("--perf-analyzer-data", type=click.Path(dir_okay=False), default=None,
               help="Also write a perf_analyzer --input-data JSON with one real image.")
-def bench(urls, protocol, batch_sizes, concurrencies, requests, image_dir, out_json, perf_analyzer_data):
+def bench(urls, protocol, product, batch_sizes, concurrencies, requests, image_dir, out_json, perf_analyzer_data):
     """Throughput and p50/p95/p99 latency over a grid of batch size x concurrency."""
     import numpy as np
     from exdd.images import read_image
     from .bench import bench_point, perf_analyzer_input, table
-    from .connection import Connection, RequestRejected, ServerUnavailable
+    from .connection import RequestRejected, ServerUnavailable
     from .sources import expand
     try:
-        info = Connection(urls[0], protocol).info()
+        info = _connect(urls[0], protocol, product).info()
     except (ServerUnavailable, RequestRejected) as e:
         fail(str(e), 3)
     if image_dir:
@@ -161,7 +186,7 @@ def bench(urls, protocol, batch_sizes, concurrencies, requests, image_dir, out_j
 
     def factory():
         k["i"] += 1
-        return Connection(urls[k["i"] % len(urls)], protocol)
+        return _connect(urls[k["i"] % len(urls)], protocol, product)
     rows = []
     for b in (int(v) for v in batch_sizes.split(",")):
         if b > info.max_batch:
@@ -179,6 +204,7 @@ def bench(urls, protocol, batch_sizes, concurrencies, requests, image_dir, out_j
 @click.argument("dataset", type=click.Path(exists=True, file_okay=False))
 @url_option
 @protocol_option
+@product_option
 @click.option("--split", default="test", show_default=True)
 @click.option("--batch-size", default=8, show_default=True)
 @click.option("--concurrency", default=2, show_default=True)
@@ -186,21 +212,21 @@ def bench(urls, protocol, batch_sizes, concurrencies, requests, image_dir, out_j
 @click.option("--out", "out_json", type=click.Path(dir_okay=False), default=None)
 @click.option("--compare", "offline_json", type=click.Path(exists=True, dir_okay=False), default=None,
               help="An `exdd offline evaluate --out` JSON to compare the metrics with.")
-def evaluate(dataset, urls, protocol, split, batch_size, concurrency, no_pixel, out_json, offline_json):
+def evaluate(dataset, urls, protocol, product, split, batch_size, concurrency, no_pixel, out_json, offline_json):
     """Metrics (image/pixel AUROC, ...) of the served model on a labelled dataset."""
     from exdd.datasets import DatasetError, load_split
-    from .connection import Connection, RequestRejected, ServerUnavailable
+    from .connection import RequestRejected, ServerUnavailable
     from .evaluate import evaluate as run_eval
     try:
         samples = load_split(dataset, split)
-        info = Connection(urls[0], protocol).info()
+        info = _connect(urls[0], protocol, product).info()
     except (DatasetError, ServerUnavailable, RequestRejected) as e:
         fail(str(e), 2 if isinstance(e, DatasetError) else 3)
     k = {"i": 0}
 
     def factory():
         k["i"] += 1
-        return Connection(urls[k["i"] % len(urls)], protocol)
+        return _connect(urls[k["i"] % len(urls)], protocol, product)
     bar = _bar(len(samples))
     try:
         res = run_eval(samples, factory, info, batch_size, concurrency, with_pixel=not no_pixel, progress=bar.update)

@@ -38,7 +38,7 @@ class ModelInfo:
     features: Optional[FeatureSpec] = None    # the served extractor's fingerprint (repositories since issue 12)
 
 
-def served_threshold(text: Optional[str], where: str = "server") -> Optional[float]:
+def served_threshold(text: Optional[str], where: str = "server", scorer: str = SCORER) -> Optional[float]:
     """The scorer's config parameter 'threshold': None when absent, empty or 'none' (an uncalibrated
     repository), else a finite float; RequestRejected names any other value."""
     if text is None or str(text).strip().lower() in ("", "none", "null"):
@@ -48,7 +48,7 @@ def served_threshold(text: Optional[str], where: str = "server") -> Optional[flo
     except ValueError:
         value = float("nan")
     if not math.isfinite(value):
-        raise RequestRejected(f"{where}: model {SCORER!r} has config parameter threshold {str(text)[:40]!r}, "
+        raise RequestRejected(f"{where}: model {scorer!r} has config parameter threshold {str(text)[:40]!r}, "
                               "not a number (rebuild the repository with `exdd export repository`)")
     return value
 
@@ -74,10 +74,12 @@ def _is_unavailable(e: Exception) -> bool:
 class Connection:
     """A tritonclient client bound to one server URL (one per worker thread)."""
 
-    def __init__(self, url: str, protocol: str = "grpc", model: str = MODEL, timeout_s: float = 60.0):
+    def __init__(self, url: str, protocol: str = "grpc", model: str = MODEL, timeout_s: float = 60.0,
+                 scorer: str = SCORER):
         self.protocol = protocol
         self.url = normalise_url(url, protocol)
-        self.model = model
+        self.model = model            # the product's ensemble (exdd, exdd_NAME)
+        self.scorer = scorer          # its scorer, whose config holds mode, threshold and features
         self.timeout_s = timeout_s
         if protocol == "grpc":
             import tritonclient.grpc as tc
@@ -100,16 +102,26 @@ class Connection:
             return self._client.get_model_config(model, as_json=True)["config"]
         return self._client.get_model_config(model)
 
+    def _served_hint(self) -> str:
+        """'; ready models here: ...' from the server's repository index ('' when it cannot be read)."""
+        try:
+            index = self._client.get_model_repository_index(**({"as_json": True} if self.protocol == "grpc" else {}))
+            rows = index.get("models", []) if isinstance(index, dict) else index
+            ready = sorted(r["name"] for r in rows if str(r.get("state", "")).upper() == "READY")
+        except Exception:  # noqa: BLE001 - only a hint
+            return ""
+        return f"; ready models here: {', '.join(ready) or 'none'}"
+
     def info(self) -> ModelInfo:
         """The input size, max batch, mode and calibrated threshold of the served model."""
         from tritonclient.utils import InferenceServerException
         try:
             cfg = self._config(self.model)
-            scorer = self._config(SCORER)
+            scorer = self._config(self.scorer)
         except InferenceServerException as e:
             if _is_unavailable(e):
                 raise ServerUnavailable(f"{self.url}: server not reachable ({e})") from None
-            raise RequestRejected(f"{self.url}: model {self.model!r} not available ({e})") from None
+            raise RequestRejected(f"{self.url}: model {self.model!r} not available ({e}){self._served_hint()}") from None
         except Exception as e:  # noqa: BLE001 - socket-level failures of both clients
             raise ServerUnavailable(f"{self.url}: server not reachable ({e})") from None
         dims = next(i for i in cfg["input"] if i["name"] == "IMAGE")["dims"]
@@ -117,7 +129,7 @@ class Connection:
         features = None
         if params.get("features"):
             try:
-                features = FeatureSpec.from_json(params["features"], f"{self.url}: {SCORER} parameter features")
+                features = FeatureSpec.from_json(params["features"], f"{self.url}: {self.scorer} parameter features")
             except SpecError as e:
                 raise RequestRejected(str(e)) from None
         hw = (int(dims[0]), int(dims[1]))
@@ -125,7 +137,7 @@ class Connection:
             raise RequestRejected(f"{self.url}: model {self.model!r} takes {hw[0]}x{hw[1]} images but its features "
                                   f"say {features.input_size[0]}x{features.input_size[1]} (inconsistent repository)")
         return ModelInfo(hw, int(cfg.get("max_batch_size", 1)), params.get("mode", "exdd"),
-                         served_threshold(params.get("threshold"), self.url), features)
+                         served_threshold(params.get("threshold"), self.url, self.scorer), features)
 
     def infer(self, images: np.ndarray, threshold: Optional[float] = None, with_map: bool = False) -> Dict[str, np.ndarray]:
         """Outputs for a uint8 (B, H, W, 3) batch; ServerUnavailable or RequestRejected on failure."""

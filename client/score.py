@@ -18,7 +18,7 @@ import numpy as np
 
 from exdd.images import ImageReadError, read_model_input
 from exdd.log import get as _logger
-from .connection import Connection, ModelInfo, RequestRejected, ServerUnavailable, with_retries
+from .connection import MODEL, SCORER, Connection, ModelInfo, RequestRejected, ServerUnavailable, with_retries
 
 log = _logger(__name__)
 from .heatmaps import write_heatmap
@@ -39,6 +39,8 @@ class JobConfig:
     # source(batches, input_hw) -> read(paths, input_hw): where images are read and decoded (None: here, by
     # the sending threads; client/ray_source.py: by Ray tasks ahead of the senders)
     source: Optional[Callable] = None
+    model: str = MODEL            # the product's ensemble and scorer (exdd.serving.products.ProductModels)
+    scorer: str = SCORER
 
 
 @dataclass
@@ -70,7 +72,7 @@ class _Pool:
                 c.close()
             with self.lock:
                 url = next(self.urls)
-            c = self.local.conn = Connection(url, self.cfg.protocol, timeout_s=self.cfg.timeout_s)
+            c = self.local.conn = Connection(url, self.cfg.protocol, self.cfg.model, self.cfg.timeout_s, self.cfg.scorer)
         return c
 
 
@@ -132,7 +134,7 @@ def _run_batch(pool: _Pool, info: ModelInfo, cfg: JobConfig, paths: Sequence[str
 def model_info(cfg: JobConfig) -> ModelInfo:
     """The served model's info from the first reachable server (with retries)."""
     def attempt(i: int):
-        return Connection(cfg.urls[i % len(cfg.urls)], cfg.protocol, timeout_s=cfg.timeout_s).info()
+        return Connection(cfg.urls[i % len(cfg.urls)], cfg.protocol, cfg.model, cfg.timeout_s, cfg.scorer).info()
     return with_retries(attempt, max(cfg.retries, len(cfg.urls)), cfg.backoff_s)
 
 

@@ -99,13 +99,16 @@ def features_config(features: FeatureSpec, backend: str, s: Serving) -> str:
     return to_text(c)
 
 
-def scorer_config(features: FeatureSpec, mode: str, threshold: Optional[float], s: Serving, sigma: float = 4.0) -> str:
-    """config.pbtxt of exdd_scorer (Python backend); mode, threshold and features are readable by clients.
+def scorer_config(features: FeatureSpec, mode: str, threshold: Optional[float], s: Serving, sigma: float = 4.0, *,
+                  name: str = "exdd_scorer", product: Optional[str] = None) -> str:
+    """config.pbtxt of a scorer (Python backend) named name; mode, threshold, features and product are readable by clients.
 
-    threshold None leaves the parameter out (the scorer then serves IS_DEFECT false unless a request sets one).
+    threshold None leaves the parameter out (the scorer then serves IS_DEFECT false unless a request sets one);
+    product None leaves the `product` parameter out (the default product of a one-product repository).
     """
     spec = FeatureSpec.from_dict(features)
     c = template("exdd_scorer")
+    c.name = name
     _set_dims(_io(c, "input", "FEATURES"), spec.features_shape)
     _set_dims(_io(c, "output", "ANOMALY_MAP"), spec.input_size)
     _warmup_dims(c, "FEATURES", spec.features_shape)
@@ -113,6 +116,8 @@ def scorer_config(features: FeatureSpec, mode: str, threshold: Optional[float], 
     params: Dict[str, str] = {"mode": mode, "sigma": repr(float(sigma)), "features": spec.to_json()}
     if threshold is not None:
         params["threshold"] = repr(float(threshold))
+    if product is not None:
+        params["product"] = product
     if s.kind == "gpu":
         params["FORCE_CPU_ONLY_INPUT_TENSORS"] = "no"  # take GPU tensors as they are (DLPack)
     c.parameters.pop("threshold", None)
@@ -121,10 +126,20 @@ def scorer_config(features: FeatureSpec, mode: str, threshold: Optional[float], 
     return to_text(c)
 
 
-def ensemble_config(features: FeatureSpec, s: Serving) -> str:
-    """config.pbtxt of the ensemble exdd: IMAGE -> exdd_features -> exdd_scorer."""
+def _step(config: Any, model_name: str) -> Any:
+    """The ensemble step that runs model_name (found by name, not position)."""
+    for st in config.ensemble_scheduling.step:
+        if st.model_name == model_name:
+            return st
+    raise KeyError(f"template {config.name}: no ensemble step running {model_name!r}")
+
+
+def ensemble_config(features: FeatureSpec, s: Serving, *, name: str = "exdd", scorer: str = "exdd_scorer") -> str:
+    """config.pbtxt of the ensemble name: IMAGE -> exdd_features -> scorer (the shared extractor, a product's scorer)."""
     spec = FeatureSpec.from_dict(features)
     c = template("exdd")
+    c.name = name
+    _step(c, "exdd_scorer").model_name = scorer
     _set_dims(_io(c, "input", "IMAGE"), (*spec.input_size, 3))
     _set_dims(_io(c, "output", "ANOMALY_MAP"), spec.input_size)
     _serving(c, s)

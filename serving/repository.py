@@ -1,18 +1,20 @@
-"""Assemble a complete Triton model repository from an exported ONNX (or engine) and a bank directory.
+"""Assemble a complete Triton model repository from an exported ONNX (or engine) and the banks of one or more products.
 
-Layout written::
+Layout written (one product, the default: ``exdd`` / ``exdd_scorer``; named products: ``exdd_<p>`` /
+``exdd_<p>_scorer`` each, names from ``products.ProductModels``)::
 
-    REPO/README.md                      what is inside, built from which manifest
-    REPO/exdd/config.pbtxt, 1/          ensemble IMAGE -> exdd_features -> exdd_scorer
-    REPO/exdd_features/config.pbtxt     onnxruntime | tensorrt_plan | python backend
+    REPO/README.md                      what is inside: the products, built from which manifests
+    REPO/exdd_features/config.pbtxt     the shared extractor, once: onnxruntime | tensorrt_plan | python backend
     REPO/exdd_features/1/               model.onnx (+ model.py, exdd_scoring/) or model.plan, features.json
-    REPO/exdd_scorer/config.pbtxt       python backend
-    REPO/exdd_scorer/1/                 model.py, exdd_scoring/, banks/, features.json
+    REPO/exdd[_<p>]/config.pbtxt, 1/    per product: the ensemble IMAGE -> exdd_features -> its scorer
+    REPO/exdd[_<p>]_scorer/config.pbtxt per product: python backend (mode, threshold, features, product)
+    REPO/exdd[_<p>]_scorer/1/           model.py, exdd_scoring/, banks/, features.json
 
 Every model directory is self-contained (its own copy of exdd_scoring/ where its model.py needs one):
 no model reads a file of another, so removing old scorer versions never breaks the features model.
-Banks whose manifest features differ from the ONNX metadata are refused here, and again by the
-scorer at server load time (``features.json``), so swapped banks never serve.
+Banks whose manifest features differ from the ONNX metadata are refused here (naming the product
+and its bank directory), and again by the scorer at server load time (``features.json``), so
+swapped banks never serve.
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ import os
 import shutil
 import tempfile
 from dataclasses import dataclass
-from typing import Optional
+from typing import List, Mapping, Optional
 
 from exdd_scoring.bank import MANIFEST, sha256_file
 from exdd_scoring.manifest import BankManifest
@@ -34,6 +36,7 @@ from .configs import KINDS, Serving, ensemble_config, features_config, scorer_co
 from exdd_scoring.onnx_metadata import PRECISION_KEY, read_features, read_metadata
 
 from .model_files import copy_resource, model_files
+from .products import FEATURES_MODEL, ProductError, ProductModels, check_unique
 from .registry import FEATURES_BACKENDS
 
 
@@ -42,13 +45,24 @@ class RepositoryError(ValueError):
 
 
 @dataclass
+class AssembledProduct:
+    """What was written for one product."""
+    models: ProductModels
+    bank_dir: str
+    mode: str
+    threshold: Optional[float]
+    manifest_sha256: str
+
+
+@dataclass
 class Assembled:
-    """What was written."""
+    """What was written (mode, threshold and manifest_sha256: those of the first product)."""
     path: str
     features: FeatureSpec
     mode: str
     threshold: Optional[float]
     manifest_sha256: str
+    products: List[AssembledProduct]
 
 
 def copy_banks(bank_dir: str, dest: str, manifest: BankManifest) -> None:
@@ -71,59 +85,65 @@ def choose_threshold(manifest: BankManifest, mode: str, override: Optional[float
     return manifest.threshold_of(mode)
 
 
-def readme(a: Assembled, manifest: BankManifest, bank_dir: str, onnx_path: str, backend: str,
-           s: Serving, precision: str) -> str:
-    """README.md of the repository."""
+def _threshold_text(thr: Optional[float]) -> str:
+    return "none (IS_DEFECT is false unless a request sends parameter `threshold`)" if thr is None else f"{thr:.6g}"
+
+
+def readme(a: Assembled, manifests: Mapping[str, BankManifest], onnx_path: str, backend: str, s: Serving,
+           precision: str) -> str:
+    """README.md of the repository (manifests: by scorer model name)."""
     f = a.features.to_dict()
-    cs = manifest.coreset
-    sizes = "see manifest" if cs is None else f"negative {cs.negative.size}, positive {cs.positive.size}"
-    thr = "none (IS_DEFECT is false unless a request sends parameter `threshold`)" if a.threshold is None \
-        else f"{a.threshold:.6g}"
+    hw = f"{f['input_size'][0]}, {f['input_size'][1]}"
+    rows = [f"| `{FEATURES_MODEL}` | {backend} ({precision}) | shared by every product: `IMAGE` -> `FEATURES` float32 "
+            f"[B, {f['grid'][0]}, {f['grid'][1]}, {f['d']}] |"]
+    built = []
+    for p in a.products:
+        m = p.models
+        rows.append(f"| `{m.ensemble}` | ensemble | product {m.display}: `IMAGE` uint8 [B, {hw}, 3] -> `{FEATURES_MODEL}` "
+                    f"-> `{m.scorer}` |")
+        rows.append(f"| `{m.scorer}` | python | product {m.display}: `FEATURES` -> `SCORE`, `IS_DEFECT`, `ANOMALY_MAP` "
+                    f"[{hw}], `SCORE_NEG`, `SCORE_POS` |")
+        man = manifests[m.scorer]
+        cs = man.coreset
+        sizes = "see manifest" if cs is None else f"negative {cs.negative.size}, positive {cs.positive.size}"
+        built.append(f"- product {m.display} (`{m.ensemble}`): bank manifest `{os.path.abspath(p.bank_dir)}/manifest.json`, "
+                     f"sha256 `{p.manifest_sha256}` (copied to `{m.scorer}/1/banks/manifest.json`); bank sizes: {sizes}; "
+                     f"k = {man.k}; served mode `{p.mode}`; threshold {_threshold_text(p.threshold)}")
+    products = ", ".join(f"`{p.models.ensemble}`" for p in a.products)
+    table = "\n".join(rows)
+    sources = "\n".join(built)
     return f"""# ExDD Triton model repository
 
 Built by `exdd export repository` on {_dt.datetime.now(_dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}.
+Products: {", ".join(p.models.display for p in a.products)} (clients send `IMAGE` to {products}).
 
 | model | backend | job |
 |---|---|---|
-| `exdd` | ensemble | `IMAGE` uint8 [B, {f['input_size'][0]}, {f['input_size'][1]}, 3] -> `exdd_features` -> `exdd_scorer` |
-| `exdd_features` | {backend} ({precision}) | `IMAGE` -> `FEATURES` float32 [B, {f['grid'][0]}, {f['grid'][1]}, {f['d']}] |
-| `exdd_scorer` | python | `FEATURES` -> `SCORE`, `IS_DEFECT`, `ANOMALY_MAP` [{f['input_size'][0]}, {f['input_size'][1]}], `SCORE_NEG`, `SCORE_POS` |
+{table}
 
 Instances: {s.instances} x KIND_{s.kind.upper()} per model, max_batch_size {s.max_batch}, dynamic batching
 (max queue delay {s.queue_delay_us} us), one warm-up request per model.
 
 ## Built from
 
-- bank manifest: `{os.path.abspath(bank_dir)}/manifest.json`, sha256 `{a.manifest_sha256}`
-  (copied to `exdd_scorer/1/banks/manifest.json`)
-- bank sizes: {sizes}; k = {manifest.k}
+{sources}
 - features: backbone {f.get('backbone')}, weights `{f.get('weights')}`, input {f['input_size'][0]}x{f['input_size'][1]},
   grid {f['grid'][0]}x{f['grid'][1]}, d {f['d']}, projection seed {f.get('projection_seed')}
   (sha256 `{str(f.get('projection_sha256'))[:16]}...`)
 - extractor: `{os.path.abspath(onnx_path)}` (sha256 `{sha256_file(onnx_path)}`)
-- served mode: `{a.mode}`; threshold: {thr}
 
-`features.json` (in `exdd_scorer/1/` and `exdd_features/1/`) is the fingerprint the scorer checks the
-banks against when the server loads it; replacing the banks with ones made for other features makes
-`exdd_scorer` (and so `exdd`) fail to load, with the mismatch named in the server log.
+`features.json` (in every scorer's `1/` and in `{FEATURES_MODEL}/1/`) is the fingerprint each scorer checks its
+banks against when the server loads it; replacing a product's banks with ones made for other features makes its
+scorer (and so its ensemble) fail to load, with the mismatch named in the server log; the other products keep serving.
 
-Serve it with `exdd serve {os.path.basename(a.path)}`; clients send `IMAGE` to `exdd` and may set the
-request parameter `threshold` (a number) to override the served threshold.
+Serve it with `exdd serve {os.path.basename(a.path)}`; clients send `IMAGE` to a product's ensemble and may set the
+request parameter `threshold` (a number) to override its served threshold. `exdd deploy BANKS --product NAME`
+swaps one product's banks (a new version of its scorer) without touching the others.
 """
 
 
-def assemble(onnx_path: str, bank_dir: str, out_dir: str, features_backend: str = "python",
-             serving: Optional[Serving] = None, engine_path: Optional[str] = None, mode: Optional[str] = None,
-             threshold: Optional[float] = None, force: bool = False, index: str = "exact",
-             index_min_size: Optional[int] = None, log=None) -> Assembled:
-    """Write the repository into out_dir (atomically, via a temporary sibling directory).
-
-    index 'hnsw' adds an approximate nearest-neighbour index for banks of at least index_min_size
-    vectors (CPU instances use it; GPU instances search exactly)."""
-    from exdd_scoring import MODES, BankError, load_banks
-    from exdd_scoring.bank import check_features
-
-    s = serving or Serving()
+def _check_serving(features_backend: str, s: Serving, engine_path: Optional[str]) -> None:
+    """RepositoryError naming the option when the backend, kind, instances or engine cannot work together."""
     if features_backend not in FEATURES_BACKENDS:
         raise RepositoryError(f"--features-backend {features_backend!r}: expected one of {tuple(FEATURES_BACKENDS)}")
     fb = FEATURES_BACKENDS[features_backend]
@@ -136,21 +156,83 @@ def assemble(onnx_path: str, bank_dir: str, out_dir: str, features_backend: str 
                               "tensorrt_plan for GPU instances)")
     if fb.needs_engine and not (engine_path and os.path.isfile(engine_path)):
         raise RepositoryError(f"--features-backend {fb.name} needs --engine PATH (a built engine), got {engine_path!r}")
+
+
+def _load_product(pm: ProductModels, bank_dir: str, features: FeatureSpec, onnx_path: str):
+    """The product's verified banks; RepositoryError naming the product and its bank directory otherwise."""
+    from exdd_scoring import BankError, load_banks
+    from exdd_scoring.bank import check_features
+    where = f"{bank_dir} vs {onnx_path}" if pm.product is None else \
+        f"product {pm.product!r}: banks {bank_dir} vs the shared extractor {onnx_path}"
+    try:
+        banks = load_banks(bank_dir)
+        check_features(banks.manifest.features, features, where)
+    except BankError as e:
+        msg = str(e)
+        raise RepositoryError(msg if pm.product is None or msg.startswith("product ") else
+                              f"product {pm.product!r}: banks {bank_dir}: {msg}") from None
+    return banks
+
+
+def _write_scorer(tmp: str, pm: ProductModels, bank_dir: str, manifest: BankManifest, fjson: str, index: str,
+                  index_min_size: Optional[int], log) -> None:
+    """The product's scorer version 1: model.py, exdd_scoring/, banks/ (+ index), features.json."""
+    from exdd_scoring import BankError
+    scorer_v = os.path.join(tmp, pm.scorer, "1")
+    os.makedirs(scorer_v)
+    copy_resource(model_files() / "exdd_scorer" / "1" / "model.py", os.path.join(scorer_v, "model.py"))
+    copy_resource(importlib.resources.files("exdd_scoring"), os.path.join(scorer_v, "exdd_scoring"))
+    copy_banks(bank_dir, os.path.join(scorer_v, "banks"), manifest)
+    if index != "exact":
+        from .ann_index import DEFAULT_MIN_SIZE, add_index
+        try:
+            add_index(os.path.join(scorer_v, "banks"), index,
+                      DEFAULT_MIN_SIZE if index_min_size is None else index_min_size, log=log or (lambda s: None))
+        except BankError as e:
+            where = "" if pm.product is None else f"product {pm.product!r}: "
+            raise RepositoryError(where + str(e)) from None
+    _write(os.path.join(scorer_v, "features.json"), fjson)
+
+
+def assemble_products(onnx_path: str, products: Mapping[Optional[str], str], out_dir: str,
+                      features_backend: str = "python", serving: Optional[Serving] = None,
+                      engine_path: Optional[str] = None, mode: Optional[str] = None, threshold: Optional[float] = None,
+                      force: bool = False, index: str = "exact", index_min_size: Optional[int] = None,
+                      log=None) -> Assembled:
+    """Write a repository serving products {name: bank dir} (name None: the default product) into out_dir, atomically.
+
+    One shared exdd_features; per product a scorer and an ensemble (products.ProductModels). mode applies to every
+    product (default: each banks' default_mode); threshold overrides the calibrated one and needs a single product.
+    index 'hnsw' adds an approximate nearest-neighbour index for banks of at least index_min_size vectors (CPU
+    instances use it; GPU instances search exactly)."""
+    from exdd_scoring import MODES
+
+    s = serving or Serving()
+    _check_serving(features_backend, s, engine_path)
+    fb = FEATURES_BACKENDS[features_backend]
+    try:
+        models = check_unique(list(products))
+    except ProductError as e:
+        raise RepositoryError(str(e)) from None
+    if threshold is not None and len(models) > 1:
+        raise RepositoryError("--threshold sets one threshold for every product: with several products each serves "
+                              "its banks' calibrated threshold (leave --threshold out)")
+    if mode is not None and mode not in MODES:
+        raise RepositoryError(f"mode {mode!r}: expected one of {MODES}")
     try:
         features = FeatureSpec.from_dict(read_features(onnx_path), f"{onnx_path} metadata")
     except SpecError as e:
         raise RepositoryError(str(e)) from None
     precision = dict(fb.parameters).get("inference_precision") or read_metadata(onnx_path).get(PRECISION_KEY, "fp32")
-    try:
-        banks = load_banks(bank_dir)
-        check_features(banks.manifest.features, features, f"{bank_dir} vs {onnx_path}")
-    except BankError as e:
-        raise RepositoryError(str(e)) from None
-    manifest = banks.manifest
-    mode = mode or manifest.default_mode
-    if mode not in MODES:
-        raise RepositoryError(f"mode {mode!r}: expected one of {MODES}")
-    thr = choose_threshold(manifest, mode, threshold)
+    loaded = {pm.scorer: _load_product(pm, products[pm.product], features, onnx_path) for pm in models}
+    made: List[AssembledProduct] = []
+    for pm in models:
+        manifest = loaded[pm.scorer].manifest
+        m = mode or manifest.default_mode
+        if m not in MODES:
+            raise RepositoryError(f"mode {m!r} of {products[pm.product]}: expected one of {MODES}")
+        made.append(AssembledProduct(pm, products[pm.product], m, choose_threshold(manifest, m, threshold),
+                                     sha256_file(os.path.join(products[pm.product], MANIFEST))))
     out_dir = os.path.abspath(out_dir)
     if os.path.exists(out_dir) and os.listdir(out_dir) and not force:
         raise RepositoryError(f"{out_dir}: exists and is not empty (use --force to replace it)")
@@ -159,33 +241,27 @@ def assemble(onnx_path: str, bank_dir: str, out_dir: str, features_backend: str 
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".exdd-repo-", dir=parent)
     try:
-        scorer_v = os.path.join(tmp, "exdd_scorer", "1")
-        feats_v = os.path.join(tmp, "exdd_features", "1")
-        os.makedirs(scorer_v)
-        os.makedirs(feats_v)
-        os.makedirs(os.path.join(tmp, "exdd", "1"))
-        copy_resource(src / "exdd_scorer" / "1" / "model.py", os.path.join(scorer_v, "model.py"))
-        copy_resource(importlib.resources.files("exdd_scoring"), os.path.join(scorer_v, "exdd_scoring"))
-        copy_banks(bank_dir, os.path.join(scorer_v, "banks"), manifest)
-        if index != "exact":
-            from .ann_index import DEFAULT_MIN_SIZE, add_index
-            try:
-                add_index(os.path.join(scorer_v, "banks"), index,
-                          DEFAULT_MIN_SIZE if index_min_size is None else index_min_size, log=log or (lambda s: None))
-            except BankError as e:
-                raise RepositoryError(str(e)) from None
         fjson = json.dumps(features.to_dict(), indent=2, sort_keys=True)
-        _write(os.path.join(scorer_v, "features.json"), fjson)
+        feats_v = os.path.join(tmp, FEATURES_MODEL, "1")
+        os.makedirs(feats_v)
         _write(os.path.join(feats_v, "features.json"), fjson)
         shutil.copy2(engine_path if fb.needs_engine else onnx_path, os.path.join(feats_v, fb.model_file))
         if fb.python_model:
             copy_resource(src / "exdd_features" / "1" / "model.py", os.path.join(feats_v, "model.py"))
             copy_resource(importlib.resources.files("exdd_scoring"), os.path.join(feats_v, "exdd_scoring"))
-        _write(os.path.join(tmp, "exdd_features", "config.pbtxt"), features_config(features, features_backend, s))
-        _write(os.path.join(tmp, "exdd_scorer", "config.pbtxt"), scorer_config(features, mode, thr, s))
-        _write(os.path.join(tmp, "exdd", "config.pbtxt"), ensemble_config(features, s))
-        result = Assembled(out_dir, features, mode, thr, sha256_file(os.path.join(bank_dir, MANIFEST)))
-        _write(os.path.join(tmp, "README.md"), readme(result, manifest, bank_dir, onnx_path, features_backend, s, precision))
+        _write(os.path.join(tmp, FEATURES_MODEL, "config.pbtxt"), features_config(features, features_backend, s))
+        for p in made:
+            pm = p.models
+            _write_scorer(tmp, pm, p.bank_dir, loaded[pm.scorer].manifest, fjson, index, index_min_size, log)
+            _write(os.path.join(tmp, pm.scorer, "config.pbtxt"),
+                   scorer_config(features, p.mode, p.threshold, s, name=pm.scorer, product=pm.product))
+            os.makedirs(os.path.join(tmp, pm.ensemble, "1"))
+            _write(os.path.join(tmp, pm.ensemble, "config.pbtxt"),
+                   ensemble_config(features, s, name=pm.ensemble, scorer=pm.scorer))
+        first = made[0]
+        result = Assembled(out_dir, features, first.mode, first.threshold, first.manifest_sha256, made)
+        manifests = {scorer: b.manifest for scorer, b in loaded.items()}
+        _write(os.path.join(tmp, "README.md"), readme(result, manifests, onnx_path, features_backend, s, precision))
         if os.path.exists(out_dir):
             shutil.rmtree(out_dir)
         os.rename(tmp, out_dir)
@@ -193,3 +269,12 @@ def assemble(onnx_path: str, bank_dir: str, out_dir: str, features_backend: str 
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return result
+
+
+def assemble(onnx_path: str, bank_dir: str, out_dir: str, features_backend: str = "python",
+             serving: Optional[Serving] = None, engine_path: Optional[str] = None, mode: Optional[str] = None,
+             threshold: Optional[float] = None, force: bool = False, index: str = "exact",
+             index_min_size: Optional[int] = None, log=None) -> Assembled:
+    """The one-product repository (``exdd`` / ``exdd_scorer``) of bank_dir; see assemble_products."""
+    return assemble_products(onnx_path, {None: bank_dir}, out_dir, features_backend, serving, engine_path, mode,
+                             threshold, force, index, index_min_size, log)

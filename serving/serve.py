@@ -210,8 +210,11 @@ def _raise_interrupt(signum, frame):
 @click.option("--log-verbose", default=0, show_default=True, help="tritonserver --log-verbose level.")
 def serve(repo, host, http_port, grpc_port, metrics_port, timeout, log_verbose):
     """Start a Triton server on the model repository REPO and wait until it is ready (Ctrl-C stops it)."""
-    if not os.path.isfile(os.path.join(repo, "exdd", "config.pbtxt")):
-        fail(f"{repo}: not an exdd model repository (no exdd/config.pbtxt); build one with `exdd export repository`")
+    from .products import products_in
+    products = products_in(repo)
+    if not products:
+        fail(f"{repo}: not an exdd model repository (no exdd/config.pbtxt nor exdd_NAME/config.pbtxt with its scorer); "
+             "build one with `exdd export repository`")
     if host not in LOOPBACK:
         click.echo(f"WARNING: binding {host}: the server (inference, model control and metrics, no authentication) "
                    "is exposed to every machine that can reach this address", err=True)
@@ -227,6 +230,8 @@ def serve(repo, host, http_port, grpc_port, metrics_port, timeout, log_verbose):
     code = 0
     try:
         server.start().wait_ready(timeout)
+        for pm in products:
+            click.echo(f"product {pm.display}: send IMAGE to {pm.ensemble} (scorer {pm.scorer})", err=True)
         click.echo(f"ready: http {server.http_url}  grpc {server.grpc_url}  metrics "
                    f"{server.metrics_url}/metrics  (Ctrl-C stops)", err=True)
         while server.poll() is None:

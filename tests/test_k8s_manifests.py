@@ -12,6 +12,8 @@ import re
 import pytest
 import yaml
 
+from exdd.serving.products import ProductModels
+
 kv = pytest.importorskip("kubernetes_validate")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -94,4 +96,25 @@ def test_probes_ports_volume_and_selectors_agree():
     assert metric["pods"]["metric"]["name"] in served
     q = rules[0]["metricsQuery"]
     assert "nv_inference_queue_duration_us" in q and "nv_inference_request_success" in q
-    assert re.search(r'model="exdd"', q), "the queue metric is the exdd ensemble's"
+    # the queue metric is every product ensemble's (each request once), in numerator and denominator alike
+    parts = q.split("/")
+    assert len(parts) == 2
+    ensembles = [ProductModels(p).ensemble for p in (None, "line3", "a-b", "press_2")]
+    steps = ["exdd_features", "exdd_preprocess"] + [ProductModels(p).scorer for p in (None, "line3", "a-b", "press_2")]
+    for part in parts:
+        assert selected(part, ensembles + steps) == ensembles, part
+
+
+def selected(promql: str, models):
+    """The model names the `model` label matchers of a PromQL selector keep (RE2 matchers are anchored)."""
+    matchers = re.findall(r'model(=~|!~|=|!=)"([^"]*)"', promql)
+    assert matchers, promql
+    keep = []
+    for m in models:
+        ok = True
+        for op, value in matchers:
+            hit = re.fullmatch(value, m) is not None if op in ("=~", "!~") else m == value
+            ok &= hit if op in ("=~", "=") else not hit
+        if ok:
+            keep.append(m)
+    return keep

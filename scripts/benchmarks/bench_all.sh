@@ -10,7 +10,8 @@
 #   the image decision (scripts/studies/study_evidence.py, study_image_score.py), projection dimension d
 #   (scripts/studies/sweep_d.py), Distributed (bench_ray.py, bench_ray_scale.py), side by side with anomalib
 #   (bench_anomalib.py, a venv with anomalib), bf16 / int8 extractors (bench_precision.py), ANN (bench_ann.py),
-#   end to end vs anomalib (bench_speed.py), the GPU check (scripts/gpu_check.sh), bank updates (bench_update.py).
+#   end to end vs anomalib (bench_speed.py), the GPU check (scripts/gpu_check.sh), bank updates (bench_update.py),
+#   many products on one server (bench_products.py).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 DATA=${DATA:-../shared/data/magnetic_tile}

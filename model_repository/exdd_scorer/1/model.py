@@ -1,4 +1,4 @@
-"""Triton Python-backend model ``exdd_scorer``: FEATURES (B, h, w, d) -> SCORE, IS_DEFECT, ANOMALY_MAP, SCORE_NEG, SCORE_POS.
+"""Triton Python-backend model ``exdd_scorer`` (or ``exdd_<product>_scorer``): FEATURES (B, h, w, d) -> SCORE, IS_DEFECT, ANOMALY_MAP, SCORE_NEG, SCORE_POS.
 
 The banks are loaded once per instance, from ``banks/`` beside this file, and verified against
 ``features.json`` (the fingerprint of the exported extractor): banks made with other features
@@ -38,9 +38,10 @@ def parse_threshold(value, where):
 
 
 # ---- decision metrics: Triton custom metrics through the Python backend's metrics API -----------------------
-# Served on the server's Prometheus endpoint (/metrics), labelled by model, version and mode, so a drift of the
-# score distribution (or a swap of banks) shows in a standard dashboard.
+# Served on the server's Prometheus endpoint (/metrics), labelled by model, product, version and mode, so a drift
+# of one product's score distribution (or a swap of its banks) shows in a standard dashboard.
 
+DEFAULT_PRODUCT = "default"   # the product label of a one-product repository (exdd.serving.products.DEFAULT_LABEL)
 SCORE_BUCKET_FACTORS = (0.25, 0.5, 0.75, 0.9, 1.0, 1.1, 1.25, 1.5, 2.0, 4.0)   # x the served threshold
 LOG_SCORE_BUCKETS = tuple(10.0 ** (e / 2.0) for e in range(-6, 7))               # without a threshold
 
@@ -55,9 +56,9 @@ def score_buckets(threshold):
 class DecisionMetrics:
     """exdd_images_scored_total, exdd_defects_flagged_total (counters), exdd_score (histogram), exdd_threshold (gauge)."""
 
-    def __init__(self, version, mode, threshold):
+    def __init__(self, version, mode, threshold, model="exdd_scorer", product=DEFAULT_PRODUCT):
         fam = pb_utils.MetricFamily
-        labels = {"model": "exdd_scorer", "version": str(version), "mode": str(mode)}
+        labels = {"model": str(model), "product": str(product), "version": str(version), "mode": str(mode)}
         self.families = [
             fam(name="exdd_images_scored_total", description="Images scored by exdd_scorer", kind=fam.COUNTER),
             fam(name="exdd_defects_flagged_total", description="Images answered IS_DEFECT=true", kind=fam.COUNTER),
@@ -89,13 +90,13 @@ def is_warmup(feats, xp):
     return not bool(xp.any(feats))
 
 
-def make_metrics(version, mode, threshold):
+def make_metrics(version, mode, threshold, model, product):
     """DecisionMetrics, or None (scoring goes on) when this backend has no metrics API."""
     try:
-        return DecisionMetrics(version, mode, threshold)
+        return DecisionMetrics(version, mode, threshold, model, product)
     except Exception as e:  # noqa: BLE001 - metrics must never stop the scorer
         try:
-            pb_utils.Logger.log_warn(f"exdd_scorer: custom metrics disabled ({e})")
+            pb_utils.Logger.log_warn(f"{model}: custom metrics disabled ({e})")
         except Exception:  # noqa: BLE001
             pass
         return None
@@ -107,6 +108,7 @@ class TritonPythonModel:
     def initialize(self, args):
         """Load and verify the banks on this instance's device."""
         config = json.loads(args["model_config"])
+        self.name = args.get("model_name", "exdd_scorer")     # exdd_scorer, or exdd_<product>_scorer
         version_dir = os.path.join(args["model_repository"], str(args["model_version"]))
         features_path = os.path.join(version_dir, "features.json")
         expected = None   # without features.json (banks copied into the committed template) exdd_features checks
@@ -115,11 +117,11 @@ class TritonPythonModel:
                 with open(features_path) as f:
                     expected = exdd_scoring.FeatureSpec.from_json(f.read(), features_path)
             except (OSError, ValueError) as e:
-                raise RuntimeError(f"exdd_scorer: cannot read {features_path}: {e}") from None
+                raise RuntimeError(f"{self.name}: cannot read {features_path}: {e}") from None
         try:
             banks = exdd_scoring.load_banks(os.path.join(version_dir, "banks"), expected_features=expected)
         except exdd_scoring.BankError as e:
-            raise RuntimeError(f"exdd_scorer: refusing to load: {e}") from None
+            raise RuntimeError(f"{self.name}: refusing to load: {e}") from None
         self.gpu = args.get("model_instance_kind") == "GPU"
         if self.gpu:
             import cupy
@@ -134,16 +136,18 @@ class TritonPythonModel:
         try:  # an hnsw index in the banks (CPU instances only; GPU instances search exactly)
             searchers = exdd_scoring.ann.searchers_from_manifest(os.path.join(version_dir, "banks"), banks.manifest, xp)
         except exdd_scoring.BankError as e:
-            raise RuntimeError(f"exdd_scorer: refusing to load: {e}") from None
+            raise RuntimeError(f"{self.name}: refusing to load: {e}") from None
         self.scorer = exdd_scoring.Scorer(banks, xp=xp, sigma=sigma, searchers=searchers)
         self.mode = config_parameter(config, "mode", self.scorer.default_mode)
         if self.mode not in exdd_scoring.MODES:
-            raise RuntimeError(f"exdd_scorer: config parameter mode {self.mode!r} is not one of {exdd_scoring.MODES}")
+            raise RuntimeError(f"{self.name}: config parameter mode {self.mode!r} is not one of {exdd_scoring.MODES}")
         thr = config_parameter(config, "threshold", "none")
         if thr == "none":
             thr = self.scorer.thresholds.get(self.mode)
         self.threshold = None if thr is None else parse_threshold(thr, "config parameter")
-        self.metrics = make_metrics(args["model_version"], self.mode, self.threshold)
+        self.product = config_parameter(config, "product", DEFAULT_PRODUCT)
+        self.metrics = make_metrics(args["model_version"], self.mode, self.threshold,
+                                    self.name, self.product)
 
     def _record_metrics(self, score, threshold, feats):
         """Decision metrics of one answered request; Triton's warm-up sample is answered but not counted."""
@@ -210,7 +214,7 @@ class TritonPythonModel:
             try:
                 good.append((i, self._features(request), self._threshold(request)))
             except Exception as e:  # noqa: BLE001 - any bad input is that request's error only
-                responses[i] = pb_utils.InferenceResponse(error=pb_utils.TritonError(f"exdd_scorer: {e}"))
+                responses[i] = pb_utils.InferenceResponse(error=pb_utils.TritonError(f"{self.name}: {e}"))
         if good:
             try:
                 feats = good[0][1] if len(good) == 1 else self.xp.concatenate([g[1] for g in good])
@@ -228,7 +232,7 @@ class TritonPythonModel:
                         responses[i] = self._response(*parts, thr)
                         self._record_metrics(parts[0], thr, f)
                     except Exception as e:  # noqa: BLE001
-                        responses[i] = pb_utils.InferenceResponse(error=pb_utils.TritonError(f"exdd_scorer: {e}"))
+                        responses[i] = pb_utils.InferenceResponse(error=pb_utils.TritonError(f"{self.name}: {e}"))
         return responses
 
     def finalize(self):
