@@ -3,7 +3,9 @@
 Layout written::
 
     REPO/README.md                      what is inside, built from which manifest
-    REPO/exdd/config.pbtxt, 1/          ensemble IMAGE -> exdd_features -> exdd_scorer
+    REPO/exdd/config.pbtxt, 1/          ensemble IMAGE | IMAGE_BYTES -> exdd_preprocess -> exdd_features -> exdd_scorer
+    REPO/exdd_preprocess/config.pbtxt   python backend (numpy + Pillow), KIND_CPU
+    REPO/exdd_preprocess/1/             model.py, exdd_scoring/ (decode + the one resize: exdd_scoring/picture.py)
     REPO/exdd_features/config.pbtxt     onnxruntime | tensorrt_plan | python backend
     REPO/exdd_features/1/               model.onnx (+ model.py, exdd_scoring/) or model.plan, features.json
     REPO/exdd_scorer/config.pbtxt       python backend
@@ -30,7 +32,7 @@ from exdd_scoring.manifest import BankManifest
 
 from exdd_scoring.spec import FeatureSpec, SpecError
 
-from .configs import KINDS, Serving, ensemble_config, features_config, scorer_config
+from .configs import KINDS, Serving, ensemble_config, features_config, preprocess_config, scorer_config
 from exdd_scoring.onnx_metadata import PRECISION_KEY, read_features, read_metadata
 
 from .model_files import copy_resource, model_files
@@ -85,7 +87,8 @@ Built by `exdd export repository` on {_dt.datetime.now(_dt.timezone.utc).strftim
 
 | model | backend | job |
 |---|---|---|
-| `exdd` | ensemble | `IMAGE` uint8 [B, {f['input_size'][0]}, {f['input_size'][1]}, 3] -> `exdd_features` -> `exdd_scorer` |
+| `exdd` | ensemble | `IMAGE` uint8 [B, H, W, 3] (any size) or `IMAGE_BYTES` (encoded files, BYTES [B, 1]) -> `exdd_preprocess` -> `exdd_features` -> `exdd_scorer` |
+| `exdd_preprocess` | python (numpy + Pillow) | decode, resize to `MODEL_IMAGE` uint8 [B, {f['input_size'][0]}, {f['input_size'][1]}, 3] (PIL bilinear, antialiased); `IMAGE_HW` each picture's own size |
 | `exdd_features` | {backend} ({precision}) | `IMAGE` -> `FEATURES` float32 [B, {f['grid'][0]}, {f['grid'][1]}, {f['d']}] |
 | `exdd_scorer` | python | `FEATURES` -> `SCORE`, `IS_DEFECT`, `ANOMALY_MAP` [{f['input_size'][0]}, {f['input_size'][1]}], `SCORE_NEG`, `SCORE_POS` |
 
@@ -107,8 +110,9 @@ Instances: {s.instances} x KIND_{s.kind.upper()} per model, max_batch_size {s.ma
 banks against when the server loads it; replacing the banks with ones made for other features makes
 `exdd_scorer` (and so `exdd`) fail to load, with the mismatch named in the server log.
 
-Serve it with `exdd serve {os.path.basename(a.path)}`; clients send `IMAGE` to `exdd` and may set the
-request parameter `threshold` (a number) to override the served threshold.
+Serve it with `exdd serve {os.path.basename(a.path)}`; clients send `IMAGE` (any size) or `IMAGE_BYTES` to `exdd`
+and may set the request parameter `threshold` (a number) to override the served threshold. `exdd_preprocess`
+needs Pillow in the server's Python (`pip install pillow`).
 """
 
 
@@ -164,6 +168,10 @@ def assemble(onnx_path: str, bank_dir: str, out_dir: str, features_backend: str 
         os.makedirs(scorer_v)
         os.makedirs(feats_v)
         os.makedirs(os.path.join(tmp, "exdd", "1"))
+        pre_v = os.path.join(tmp, "exdd_preprocess", "1")
+        os.makedirs(pre_v)
+        copy_resource(src / "exdd_preprocess" / "1" / "model.py", os.path.join(pre_v, "model.py"))
+        copy_resource(importlib.resources.files("exdd_scoring"), os.path.join(pre_v, "exdd_scoring"))
         copy_resource(src / "exdd_scorer" / "1" / "model.py", os.path.join(scorer_v, "model.py"))
         copy_resource(importlib.resources.files("exdd_scoring"), os.path.join(scorer_v, "exdd_scoring"))
         copy_banks(bank_dir, os.path.join(scorer_v, "banks"), manifest)
@@ -183,6 +191,7 @@ def assemble(onnx_path: str, bank_dir: str, out_dir: str, features_backend: str 
             copy_resource(importlib.resources.files("exdd_scoring"), os.path.join(feats_v, "exdd_scoring"))
         _write(os.path.join(tmp, "exdd_features", "config.pbtxt"), features_config(features, features_backend, s))
         _write(os.path.join(tmp, "exdd_scorer", "config.pbtxt"), scorer_config(features, mode, thr, s))
+        _write(os.path.join(tmp, "exdd_preprocess", "config.pbtxt"), preprocess_config(features, s))
         _write(os.path.join(tmp, "exdd", "config.pbtxt"), ensemble_config(features, s))
         result = Assembled(out_dir, features, mode, thr, sha256_file(os.path.join(bank_dir, MANIFEST)))
         _write(os.path.join(tmp, "README.md"), readme(result, manifest, bank_dir, onnx_path, features_backend, s, precision))
