@@ -307,3 +307,11 @@ def test_a_third_party_import_in_the_scoring_package_is_found(tmp_path):
                     "    import faiss\n")
     assert [b.split(": ", 1)[1] for b in foreign_imports(str(fake), SCORING_ALLOWED)] == \
         ["imports cupy at import time (only inside the function needing it)", "imports torch", "imports exdd.images"]
+
+
+def test_no_other_scoring_module_loads_the_picture_module(import_graph):
+    """Pillow stays out of the scorer and features models: within exdd_scoring nothing imports picture.py (only
+    exdd_preprocess's model.py, the base layer's exdd.images and the client do)."""
+    importers = sorted(m for m, edges in import_graph.items() if layer_of(m) == 0 and set(edges) & PILLOW_MODULES)
+    assert not importers, f"scoring modules importing {sorted(PILLOW_MODULES)}: {importers}"
+    assert "exdd_scoring.picture" in import_graph["exdd.images"]
