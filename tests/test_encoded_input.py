@@ -245,3 +245,27 @@ def test_client_score_send_bytes_keeps_going_past_a_bad_file(server, pictures, t
     for n in ("tall.png", "wide.jpg"):
         r = rows[str(d / n)]
         assert r["error"] is None and r["heatmap"] and open(r["heatmap"], "rb").read(4) == b"\x89PNG"
+
+
+def test_bench_sends_bytes_and_raw_arrays_and_writes_their_perf_analyzer_data(server, pictures, tmp_path):
+    import base64
+    d = tmp_path / "bench"
+    d.mkdir()
+    blob = open(pictures["tall.png"], "rb").read()
+    (d / "a.png").write_bytes(blob)
+    for send, per_image in (("bytes", len(blob)), ("raw", 700 * 250 * 3), ("array", tu.INPUT_HW[0] * tu.INPUT_HW[1] * 3)):
+        out, pa = tmp_path / f"{send}.json", tmp_path / f"{send}-pa.json"
+        p = subprocess.run(EXDD + ["client", "bench", "--url", server.grpc_url, "--images", str(d), "--send", send,
+                                   "--batch-sizes", "2", "--concurrency", "1", "--requests", "2", "--out", str(out),
+                                   "--perf-analyzer-data", str(pa)], capture_output=True, text=True)
+        assert p.returncode == 0, p.stderr
+        result = json.load(open(out))
+        assert result["send"] == send and [r["bytes_per_image"] for r in result["rows"]] == [per_image]
+        data = json.load(open(pa))["data"][0]
+        if send == "bytes":
+            assert base64.b64decode(data["IMAGE_BYTES"]["b64"]) == blob and data["IMAGE_BYTES"]["shape"] == [1]
+        else:
+            assert data["IMAGE"]["shape"] == ([700, 250, 3] if send == "raw" else [*tu.INPUT_HW, 3])
+    p = subprocess.run(EXDD + ["client", "bench", "--url", server.grpc_url, "--send", "bytes"], capture_output=True,
+                       text=True)
+    assert p.returncode != 0 and "--send bytes needs --images" in p.stderr
