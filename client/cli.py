@@ -63,9 +63,12 @@ def _bar(total: int, unit: str = "img"):
 @click.option("--restart", is_flag=True, help="Start the result file afresh instead of resuming it.")
 @click.option("--exclude", multiple=True, help="File-name pattern to leave out, e.g. '*_GT.png'; repeatable.")
 @click.option("--all-files", is_flag=True, help="In folders, take every file, not only image-named ones.")
+@click.option("--send", default="array", type=click.Choice(["array", "bytes"]), show_default=True,
+              help="array: decode and resize here, send the model-input array; bytes: send the files as they are "
+                   "(the server decodes and resizes them with the same functions; less bandwidth).")
 @ray_options
 def score(paths, out_path, urls, protocol, product, batch_size, concurrency, threshold, heatmaps, retries, backoff, restart,
-          exclude, all_files, ray_address, ray_cpus):
+          exclude, all_files, send, ray_address, ray_cpus):
     """Score image files, folders or globs; one row per image in --out.
 
     Exit codes: 0 all scored, 1 some files failed (error rows), 3 the servers went away (rerun to resume).
@@ -81,7 +84,10 @@ def score(paths, out_path, urls, protocol, product, batch_size, concurrency, thr
     model, scorer = _models(product)
     cfg = JobConfig(urls=list(urls), protocol=protocol, batch_size=batch_size, concurrency=concurrency,
                     retries=retries, backoff_s=backoff, threshold=threshold, heatmaps=heatmaps, model=model,
-                    scorer=scorer)
+                    scorer=scorer, send=send)
+    if ray_address is not None and send == "bytes":
+        fail("--send bytes sends the files as they are (the server decodes them): --ray, which decodes them ahead "
+             "on Ray, does not apply")
     if ray_address is not None:             # images read and decoded by Ray tasks (client/ray_source.py)
         from exdd.ray_cluster import connect_or_fail
         from .ray_source import RaySource
@@ -164,11 +170,14 @@ def stream(source, urls, protocol, product, max_in_flight, threshold, max_frames
               help="Real images to send (default: random noise images).")
 @click.option("--out", "out_json", type=click.Path(dir_okay=False), default=None)
 @click.option("--perf-analyzer-data", type=click.Path(dir_okay=False), default=None,
-              help="Also write a perf_analyzer --input-data JSON with one real image.")
-def bench(urls, protocol, product, batch_sizes, concurrencies, requests, image_dir, out_json, perf_analyzer_data):
-    """Throughput and p50/p95/p99 latency over a grid of batch size x concurrency."""
+              help="Also write a perf_analyzer --input-data JSON with one real image (as --send sends it).")
+@click.option("--send", default="array", type=click.Choice(["array", "bytes", "raw"]), show_default=True,
+              help="array: resized here to the model input (IMAGE); bytes: the files as they are (IMAGE_BYTES); "
+                   "raw: decoded here at their own size (IMAGE), resized by the server. bytes/raw need --images.")
+def bench(urls, protocol, product, batch_sizes, concurrencies, requests, image_dir, out_json, perf_analyzer_data, send):
+    """Throughput, p50/p95/p99 latency and bytes sent per image over a grid of batch size x concurrency."""
     import numpy as np
-    from exdd.images import read_image
+    from exdd.images import ImageReadError, read_image
     from .bench import bench_point, perf_analyzer_input, table
     from .connection import RequestRejected, ServerUnavailable
     from .sources import expand
@@ -176,10 +185,23 @@ def bench(urls, protocol, product, batch_sizes, concurrencies, requests, image_d
         info = _connect(urls[0], protocol, product).info()
     except (ServerUnavailable, RequestRejected) as e:
         fail(str(e), 3)
-    if image_dir:
-        imgs = np.stack([read_image(p, info.input_hw) for p in expand([image_dir])[:16]])
-    else:
-        imgs = np.random.default_rng(0).integers(0, 256, (4,) + tuple(info.input_hw) + (3,), dtype=np.uint8)
+    if send != "array" and not image_dir:
+        fail(f"--send {send} needs --images (real files to send)")
+    files = expand([image_dir])[:16] if image_dir else []
+    if image_dir and not files:
+        fail(f"no images in {image_dir}")
+    try:
+        if send == "bytes":
+            imgs = [open(p, "rb").read() for p in files]
+        elif send == "raw":          # one request holds one shape: the files of the first file's size
+            raw = [read_image(p) for p in files]
+            imgs = [a for a in raw if a.shape == raw[0].shape]
+        elif image_dir:
+            imgs = np.stack([read_image(p, info.input_hw) for p in files])
+        else:
+            imgs = np.random.default_rng(0).integers(0, 256, (4,) + tuple(info.input_hw) + (3,), dtype=np.uint8)
+    except (ImageReadError, OSError) as e:
+        fail(str(e))
     if perf_analyzer_data:
         perf_analyzer_input(perf_analyzer_data, imgs[0])
     k = {"i": 0}
@@ -197,7 +219,8 @@ def bench(urls, protocol, product, batch_sizes, concurrencies, requests, image_d
     click.echo(table(rows))
     if out_json:
         with open(out_json, "w") as f:
-            json.dump({"urls": list(urls), "protocol": protocol, "input_hw": list(info.input_hw), "rows": rows}, f, indent=1)
+            json.dump({"urls": list(urls), "protocol": protocol, "send": send, "input_hw": list(info.input_hw),
+                       "rows": rows}, f, indent=1)
 
 
 @client.command()

@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import Dict, Optional
+from typing import Dict, Optional, Sequence, Union
 
 import numpy as np
 
@@ -18,6 +18,10 @@ MODEL = "exdd"
 SCORER = "exdd_scorer"
 OUTPUTS = ("SCORE", "IS_DEFECT", "SCORE_NEG", "SCORE_POS")
 MAP = "ANOMALY_MAP"
+IMAGE_HW = "IMAGE_HW"       # each picture's own (H, W), answered for encoded inputs (repositories since issue 21)
+# A batch is a uint8 (B, H, W, 3) array (input IMAGE: the model-input size, or any size since issue 21, resized by
+# the server's exdd_preprocess) or a sequence of encoded files' bytes (input IMAGE_BYTES, decoded by the server).
+Batch = Union[np.ndarray, Sequence[bytes]]
 
 
 class ServerUnavailable(RuntimeError):
@@ -124,7 +128,7 @@ class Connection:
             raise RequestRejected(f"{self.url}: model {self.model!r} not available ({e}){self._served_hint()}") from None
         except Exception as e:  # noqa: BLE001 - socket-level failures of both clients
             raise ServerUnavailable(f"{self.url}: server not reachable ({e})") from None
-        dims = next(i for i in cfg["input"] if i["name"] == "IMAGE")["dims"]
+        dims = [int(v) for v in next(i for i in cfg["input"] if i["name"] == "IMAGE")["dims"]]
         params = {k: v.get("string_value") for k, v in (scorer.get("parameters") or {}).items()}
         features = None
         if params.get("features"):
@@ -132,20 +136,32 @@ class Connection:
                 features = FeatureSpec.from_json(params["features"], f"{self.url}: {self.scorer} parameter features")
             except SpecError as e:
                 raise RequestRejected(str(e)) from None
-        hw = (int(dims[0]), int(dims[1]))
-        if features is not None and features.input_size != hw:
-            raise RequestRejected(f"{self.url}: model {self.model!r} takes {hw[0]}x{hw[1]} images but its features "
-                                  f"say {features.input_size[0]}x{features.input_size[1]} (inconsistent repository)")
+        fixed = None if -1 in dims[:2] else (dims[0], dims[1])    # -1: any size (the server resizes)
+        if features is None and fixed is None:
+            raise RequestRejected(f"{self.url}: model {self.model!r} takes any image size but {self.scorer!r} has no "
+                                  "features parameter naming the model input (rebuild with `exdd export repository`)")
+        hw = features.input_size if features is not None else fixed
+        if fixed is not None and fixed != hw:
+            raise RequestRejected(f"{self.url}: model {self.model!r} takes {fixed[0]}x{fixed[1]} images but its "
+                                  f"features say {hw[0]}x{hw[1]} (inconsistent repository)")
         return ModelInfo(hw, int(cfg.get("max_batch_size", 1)), params.get("mode", "exdd"),
                          served_threshold(params.get("threshold"), self.url, self.scorer), features)
 
-    def infer(self, images: np.ndarray, threshold: Optional[float] = None, with_map: bool = False) -> Dict[str, np.ndarray]:
-        """Outputs for a uint8 (B, H, W, 3) batch; ServerUnavailable or RequestRejected on failure."""
+    def infer(self, images: Batch, threshold: Optional[float] = None, with_map: bool = False) -> Dict[str, np.ndarray]:
+        """Outputs for a batch (a uint8 (B, H, W, 3) array, or encoded files' bytes: then IMAGE_HW too);
+        ServerUnavailable or RequestRejected on failure."""
         from tritonclient.utils import InferenceServerException
         tc = self._tc
-        inp = tc.InferInput("IMAGE", list(images.shape), "UINT8")
-        inp.set_data_from_numpy(np.ascontiguousarray(images, dtype=np.uint8))
-        names = list(OUTPUTS) + ([MAP] if with_map else [])
+        encoded = not isinstance(images, np.ndarray)
+        if encoded:
+            blobs = np.empty((len(images), 1), dtype=object)
+            blobs[:, 0] = [bytes(b) for b in images]
+            inp = tc.InferInput("IMAGE_BYTES", list(blobs.shape), "BYTES")
+            inp.set_data_from_numpy(blobs)
+        else:
+            inp = tc.InferInput("IMAGE", list(images.shape), "UINT8")
+            inp.set_data_from_numpy(np.ascontiguousarray(images, dtype=np.uint8))
+        names = list(OUTPUTS) + ([MAP] if with_map else []) + ([IMAGE_HW] if encoded else [])
         outs = [tc.InferRequestedOutput(n) for n in names]
         params = {"threshold": float(threshold)} if threshold is not None else None
         try:

@@ -12,13 +12,14 @@ import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from exdd.images import ImageReadError, read_model_input
+from exdd.images import ImageReadError, input_warning, read_model_input
+from exdd_scoring.picture import decode_rgb, resize_rgb
 from exdd.log import get as _logger
-from .connection import MODEL, SCORER, Connection, ModelInfo, RequestRejected, ServerUnavailable, with_retries
+from .connection import IMAGE_HW, MODEL, SCORER, Connection, ModelInfo, RequestRejected, ServerUnavailable, with_retries
 
 log = _logger(__name__)
 from .heatmaps import write_heatmap
@@ -41,6 +42,12 @@ class JobConfig:
     source: Optional[Callable] = None
     model: str = MODEL            # the product's ensemble and scorer (exdd.serving.products.ProductModels)
     scorer: str = SCORER
+    # what is sent: "array", the files decoded and resized here (input IMAGE at the model-input size), or
+    # "bytes", the files as they are (input IMAGE_BYTES; the server decodes and resizes with the same functions)
+    send: str = "array"
+
+
+SENDS = ("array", "bytes")
 
 
 @dataclass
@@ -76,7 +83,7 @@ class _Pool:
         return c
 
 
-Read = Tuple[List[Optional[np.ndarray]], List[Optional[str]], List[Optional[str]]]
+Read = Tuple[List[Optional[Union[np.ndarray, bytes]]], List[Optional[str]], List[Optional[str]]]
 
 
 def read_batch(paths: Sequence[str], hw) -> Read:
@@ -96,38 +103,76 @@ def read_batch(paths: Sequence[str], hw) -> Read:
     return imgs, errs, warns
 
 
+def read_encoded(paths: Sequence[str], hw) -> Read:
+    """(the files' bytes, errors, no warnings yet), one each per path: the server decodes and resizes them, and the
+    warning comes from the picture size it answers (IMAGE_HW)."""
+    blobs, errs = [], []
+    for p in paths:
+        blob, err = None, None
+        try:
+            with open(p, "rb") as f:
+                blob = f.read()
+        except FileNotFoundError:
+            err = f"{p}: no such file"
+        except IsADirectoryError:
+            err = f"{p}: is a directory"
+        except OSError as e:
+            err = f"{p}: unreadable ({e})"
+        blobs.append(blob)
+        errs.append(err)
+    return blobs, errs, [None] * len(paths)
+
+
 def _run_batch(pool: _Pool, info: ModelInfo, cfg: JobConfig, paths: Sequence[str], read=read_batch) -> List[Dict]:
     """Rows for one batch of paths (in order); raises ServerUnavailable after the retries."""
+    encoded = cfg.send == "bytes"
     imgs, errs, warns = read(paths, info.input_hw)
     good = [i for i, im in enumerate(imgs) if im is not None]
     rows = [{"path": p, "error": e, "warning": w} for p, e, w in zip(paths, errs, warns)]
     if not good:
         return rows
-    batch = np.stack([imgs[i] for i in good])
     thr = cfg.threshold if cfg.threshold is not None else info.threshold
     used = {}
 
-    def attempt(i: int):
-        c = pool.conn(shift=1 if i else 0)
-        used["url"] = c.url
-        t = time.perf_counter()
-        out = c.infer(batch, cfg.threshold, with_map=cfg.heatmaps is not None)
-        return out, (time.perf_counter() - t) * 1000.0
+    def send(idx: List[int]):
+        batch = [imgs[i] for i in idx] if encoded else np.stack([imgs[i] for i in idx])
 
+        def attempt(i: int):
+            c = pool.conn(shift=1 if i else 0)
+            used["url"] = c.url
+            t = time.perf_counter()
+            out = c.infer(batch, cfg.threshold, with_map=cfg.heatmaps is not None)
+            return out, (time.perf_counter() - t) * 1000.0
+        return with_retries(attempt, cfg.retries, cfg.backoff_s,
+                            on_retry=lambda e, d: log.warning("%s; retrying in %.1fs", e, d))
+
+    answered = []
     try:
-        out, ms = with_retries(attempt, cfg.retries, cfg.backoff_s,
-                               on_retry=lambda e, d: log.warning("%s; retrying in %.1fs", e, d))
+        answered.append((good, *send(good)))
     except RequestRejected as e:
-        for i in good:
-            rows[i]["error"] = f"{paths[i]}: server rejected the request ({e})"
-        return rows
-    for j, i in enumerate(good):
-        r = rows[i]
-        r.update(score=float(out["SCORE"][j].reshape(-1)[0]), is_defect=bool(out["IS_DEFECT"][j].reshape(-1)[0]),
-                 score_neg=float(out["SCORE_NEG"][j].reshape(-1)[0]), score_pos=float(out["SCORE_POS"][j].reshape(-1)[0]),
-                 threshold=thr, mode=info.mode, latency_ms=round(ms, 2), server=used.get("url"))
-        if cfg.heatmaps is not None:
-            r["heatmap"] = write_heatmap(cfg.heatmaps, paths[i], imgs[i], out["ANOMALY_MAP"][j], thr)
+        if not (encoded and len(good) > 1):
+            for i in good:
+                rows[i]["error"] = f"{paths[i]}: server rejected the request ({e})"
+            return rows
+        for i in good:      # one undecodable file fails its whole request: resend one by one, so only it fails
+            try:
+                answered.append(([i], *send([i])))
+            except RequestRejected as e1:
+                rows[i]["error"] = f"{paths[i]}: server rejected the request ({e1})"
+    for idx, out, ms in answered:
+        for j, i in enumerate(idx):
+            r = rows[i]
+            r.update(score=float(out["SCORE"][j].reshape(-1)[0]), is_defect=bool(out["IS_DEFECT"][j].reshape(-1)[0]),
+                     score_neg=float(out["SCORE_NEG"][j].reshape(-1)[0]),
+                     score_pos=float(out["SCORE_POS"][j].reshape(-1)[0]),
+                     threshold=thr, mode=info.mode, latency_ms=round(ms, 2), server=used.get("url"))
+            if encoded:
+                warning = input_warning(tuple(int(v) for v in out[IMAGE_HW][j].reshape(-1)[:2]), info.input_hw)
+                r["warning"] = None if warning is None else f"{paths[i]}: {warning}"
+            if cfg.heatmaps is not None:
+                # an encoded file's overlay: decoded here exactly as the server decoded it (it did, so it can)
+                image = resize_rgb(decode_rgb(imgs[i], paths[i]), info.input_hw) if encoded else imgs[i]
+                r["heatmap"] = write_heatmap(cfg.heatmaps, paths[i], image, out["ANOMALY_MAP"][j], thr)
     return rows
 
 
@@ -151,7 +196,9 @@ def run_job(paths: Sequence[str], writer: ResultWriter, cfg: JobConfig,
     batches = [todo[i:i + bs] for i in range(0, len(todo), bs)]
     workers = max(1, cfg.concurrency * len(cfg.urls))
     pool = _Pool(cfg)
-    read = cfg.source(batches, info.input_hw) if cfg.source else read_batch
+    if cfg.send not in SENDS:
+        raise ValueError(f"send {cfg.send!r}: expected one of {SENDS}")
+    read = read_encoded if cfg.send == "bytes" else cfg.source(batches, info.input_hw) if cfg.source else read_batch
     done: Dict[int, List[Dict]] = {}
     next_write = 0
     pending: Dict[Future, int] = {}

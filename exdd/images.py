@@ -2,86 +2,31 @@
 from __future__ import annotations
 
 import os
-import warnings
 from typing import Iterator, Optional, Tuple
 
 import numpy as np
-from PIL import Image, ImageFile, UnidentifiedImageError
+from PIL import Image
 
-# A decoded image may hold at most this many pixels (a 30000x30000 PNG header is refused
-# before any pixel is decoded). 64 Mpx is ~200 MB as RGB.
-MAX_PIXELS = 64_000_000
-Image.MAX_IMAGE_PIXELS = MAX_PIXELS
-ImageFile.LOAD_TRUNCATED_IMAGES = False
+# The decode (decompression-bomb limit, first frame, any mode to RGB) and the one model-input resize live in the
+# scoring package (exdd_scoring/picture.py), so the client, the bank build, calibration and the server's
+# preprocess model call the very same functions; re-exported here for the base layer's users.
+from exdd_scoring.picture import MAX_PIXELS, PictureError, open_picture, resize_image, resize_rgb, to_rgb
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif")
 
+__all__ = ["MAX_PIXELS", "IMAGE_SUFFIXES", "ImageReadError", "to_rgb", "resize_image", "resize_rgb", "read_image",
+           "input_warning", "read_model_input", "image_size", "read_mask", "is_image_name", "walk_files"]
 
-class ImageReadError(ValueError):
+
+class ImageReadError(PictureError):
     """A file that is not a usable image; the message names the file."""
 
 
 def _open(path: str) -> Image.Image:
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(path)
-            w, h = img.size
-            if w * h > MAX_PIXELS:
-                raise ImageReadError(f"{path}: {w}x{h} pixels exceeds the limit of {MAX_PIXELS} (refused)")
-            if w < 1 or h < 1:
-                raise ImageReadError(f"{path}: empty image ({w}x{h})")
-            img.seek(0)  # first frame of an animation
-            img.load()
-            return img
-    except ImageReadError:
-        raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise ImageReadError(f"{path}: refused as a decompression bomb ({e})") from None
-    except FileNotFoundError:
-        raise ImageReadError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise ImageReadError(f"{path}: is a directory") from None
-    except UnidentifiedImageError:
-        raise ImageReadError(f"{path}: not a recognised image file") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as e:
-        raise ImageReadError(f"{path}: corrupt or truncated image ({e})") from None
-
-
-def to_rgb(img: Image.Image) -> Image.Image:
-    """Any PIL mode (L, I;16, RGBA, P, CMYK, ...) as 8-bit RGB."""
-    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-        arr = np.asarray(img, dtype=np.float64)
-        hi = arr.max() if arr.size else 0
-        arr = (arr / (65535.0 if hi > 255 else 255.0) * 255.0).clip(0, 255).astype(np.uint8)
-        img = Image.fromarray(arr, mode="L")
-    elif img.mode == "F":
-        arr = np.asarray(img, dtype=np.float64)
-        arr = np.nan_to_num(arr).clip(0, 255).astype(np.uint8)
-        img = Image.fromarray(arr, mode="L")
-    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-        img = img.convert("RGBA")
-        bg = Image.new("RGBA", img.size, (0, 0, 0, 255))
-        img = Image.alpha_composite(bg, img)
-    return img.convert("RGB")
-
-
-def resize_image(img: Image.Image, size_hw: Tuple[int, int]) -> Image.Image:
-    """The one model-input resize of every path (files, video/camera frames, bank building, calibration):
-    PIL bilinear, which antialiases when shrinking (its filter widens with the scale factor)."""
-    if img.size == (size_hw[1], size_hw[0]):
-        return img
-    return img.resize((int(size_hw[1]), int(size_hw[0])), Image.BILINEAR)
-
-
-def resize_rgb(rgb: np.ndarray, size_hw: Tuple[int, int]) -> np.ndarray:
-    """A uint8 (H, W, 3) RGB array resized to size_hw exactly as read_image resizes a file."""
-    arr = np.ascontiguousarray(rgb, dtype=np.uint8)
-    if arr.ndim != 3 or arr.shape[2] != 3:
-        raise ValueError(f"expected an RGB array (H, W, 3), got shape {arr.shape}")
-    if arr.shape[:2] == tuple(size_hw):
-        return arr
-    return np.asarray(resize_image(Image.fromarray(arr, mode="RGB"), size_hw), dtype=np.uint8)
+        return open_picture(path, path)
+    except PictureError as e:
+        raise ImageReadError(str(e)) from None
 
 
 def read_image(path: str, size_hw: Tuple[int, int] | None = None) -> np.ndarray:

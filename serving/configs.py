@@ -1,4 +1,4 @@
-"""config.pbtxt of the three models (features, scorer, ensemble): the committed templates in
+"""config.pbtxt of the four models (preprocess, features, scorer, ensemble): the committed templates in
 ``model_repository/`` (package data) with what varies filled in through Triton's protobuf
 (``ModelConfig`` of tritonclient, protobuf text format), never by string formatting."""
 from __future__ import annotations
@@ -48,13 +48,14 @@ def _set_dims(field: Any, dims) -> None:
     field.dims.extend(int(v) for v in dims)
 
 
-def _serving(config: Any, s: Serving) -> None:
+def _serving(config: Any, s: Serving, cpu_only: bool = False) -> None:
     mc, _ = protobuf()
     config.max_batch_size = int(s.max_batch)
     if config.platform != "ensemble":
+        gpu = s.kind == "gpu" and not cpu_only
         del config.instance_group[:]
         config.instance_group.add(count=int(s.instances),
-                                  kind=mc.ModelInstanceGroup.KIND_GPU if s.kind == "gpu" else mc.ModelInstanceGroup.KIND_CPU)
+                                  kind=mc.ModelInstanceGroup.KIND_GPU if gpu else mc.ModelInstanceGroup.KIND_CPU)
         config.dynamic_batching.max_queue_delay_microseconds = int(s.queue_delay_us)
 
 
@@ -126,6 +127,19 @@ def scorer_config(features: FeatureSpec, mode: str, threshold: Optional[float], 
     return to_text(c)
 
 
+def preprocess_config(features: FeatureSpec, s: Serving) -> str:
+    """config.pbtxt of exdd_preprocess (Python backend, always KIND_CPU): any picture -> the model-input array."""
+    spec = FeatureSpec.from_dict(features)
+    c = template("exdd_preprocess")
+    image = (*spec.input_size, 3)
+    _set_dims(_io(c, "output", "MODEL_IMAGE"), image)
+    for w in c.model_warmup:
+        if w.name == "warmup_zero_data":
+            _set_dims(w.inputs["IMAGE"], image)
+    _serving(c, s, cpu_only=True)
+    return to_text(c)
+
+
 def _step(config: Any, model_name: str) -> Any:
     """The ensemble step that runs model_name (found by name, not position)."""
     for st in config.ensemble_scheduling.step:
@@ -135,12 +149,12 @@ def _step(config: Any, model_name: str) -> Any:
 
 
 def ensemble_config(features: FeatureSpec, s: Serving, *, name: str = "exdd", scorer: str = "exdd_scorer") -> str:
-    """config.pbtxt of the ensemble name: IMAGE -> exdd_features -> scorer (the shared extractor, a product's scorer)."""
+    """config.pbtxt of the ensemble name: IMAGE (any size) or IMAGE_BYTES -> exdd_preprocess -> exdd_features ->
+    scorer (the shared preprocess and extractor, a product's scorer)."""
     spec = FeatureSpec.from_dict(features)
     c = template("exdd")
     c.name = name
     _step(c, "exdd_scorer").model_name = scorer
-    _set_dims(_io(c, "input", "IMAGE"), (*spec.input_size, 3))
     _set_dims(_io(c, "output", "ANOMALY_MAP"), spec.input_size)
     _serving(c, s)
     return to_text(c)

@@ -15,6 +15,7 @@ from typing import Iterable, List, Optional, Tuple
 PREFIX = "exdd"
 SCORER_SUFFIX = "_scorer"
 FEATURES_MODEL = "exdd_features"
+PREPROCESS_MODEL = "exdd_preprocess"     # shared: decodes and resizes any picture for every product
 DEFAULT_LABEL = "default"              # the `product` of the default product (metrics label, scorer parameter)
 NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 # names whose models would be the shared models' (exdd_features, exdd_preprocess), the default product's

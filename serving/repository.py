@@ -4,9 +4,11 @@ Layout written (one product, the default: ``exdd`` / ``exdd_scorer``; named prod
 ``exdd_<p>_scorer`` each, names from ``products.ProductModels``)::
 
     REPO/README.md                      what is inside: the products, built from which manifests
+    REPO/exdd_preprocess/config.pbtxt   shared, python backend (numpy + Pillow), KIND_CPU
+    REPO/exdd_preprocess/1/             model.py, exdd_scoring/ (decode + the one resize: exdd_scoring/picture.py)
     REPO/exdd_features/config.pbtxt     the shared extractor, once: onnxruntime | tensorrt_plan | python backend
     REPO/exdd_features/1/               model.onnx (+ model.py, exdd_scoring/) or model.plan, features.json
-    REPO/exdd[_<p>]/config.pbtxt, 1/    per product: the ensemble IMAGE -> exdd_features -> its scorer
+    REPO/exdd[_<p>]/config.pbtxt, 1/    per product: the ensemble IMAGE | IMAGE_BYTES -> exdd_preprocess -> exdd_features -> its scorer
     REPO/exdd[_<p>]_scorer/config.pbtxt per product: python backend (mode, threshold, features, product)
     REPO/exdd[_<p>]_scorer/1/           model.py, exdd_scoring/, banks/, features.json
 
@@ -32,11 +34,11 @@ from exdd_scoring.manifest import BankManifest
 
 from exdd_scoring.spec import FeatureSpec, SpecError
 
-from .configs import KINDS, Serving, ensemble_config, features_config, scorer_config
+from .configs import KINDS, Serving, ensemble_config, features_config, preprocess_config, scorer_config
 from exdd_scoring.onnx_metadata import PRECISION_KEY, read_features, read_metadata
 
 from .model_files import copy_resource, model_files
-from .products import FEATURES_MODEL, ProductError, ProductModels, check_unique
+from .products import FEATURES_MODEL, PREPROCESS_MODEL, ProductError, ProductModels, check_unique
 from .registry import FEATURES_BACKENDS
 
 
@@ -94,13 +96,15 @@ def readme(a: Assembled, manifests: Mapping[str, BankManifest], onnx_path: str, 
     """README.md of the repository (manifests: by scorer model name)."""
     f = a.features.to_dict()
     hw = f"{f['input_size'][0]}, {f['input_size'][1]}"
-    rows = [f"| `{FEATURES_MODEL}` | {backend} ({precision}) | shared by every product: `IMAGE` -> `FEATURES` float32 "
+    rows = [f"| `{PREPROCESS_MODEL}` | python (numpy + Pillow) | shared by every product: decode, resize to "
+            f"`MODEL_IMAGE` uint8 [B, {hw}, 3] (PIL bilinear, antialiased); `IMAGE_HW` each picture's own size |",
+            f"| `{FEATURES_MODEL}` | {backend} ({precision}) | shared by every product: `IMAGE` -> `FEATURES` float32 "
             f"[B, {f['grid'][0]}, {f['grid'][1]}, {f['d']}] |"]
     built = []
     for p in a.products:
         m = p.models
-        rows.append(f"| `{m.ensemble}` | ensemble | product {m.display}: `IMAGE` uint8 [B, {hw}, 3] -> `{FEATURES_MODEL}` "
-                    f"-> `{m.scorer}` |")
+        rows.append(f"| `{m.ensemble}` | ensemble | product {m.display}: `IMAGE` uint8 [B, H, W, 3] (any size) or `IMAGE_BYTES` "
+                    f"(encoded files, BYTES [B, 1]) -> `{PREPROCESS_MODEL}` -> `{FEATURES_MODEL}` -> `{m.scorer}` |")
         rows.append(f"| `{m.scorer}` | python | product {m.display}: `FEATURES` -> `SCORE`, `IS_DEFECT`, `ANOMALY_MAP` "
                     f"[{hw}], `SCORE_NEG`, `SCORE_POS` |")
         man = manifests[m.scorer]
@@ -136,9 +140,10 @@ Instances: {s.instances} x KIND_{s.kind.upper()} per model, max_batch_size {s.ma
 banks against when the server loads it; replacing a product's banks with ones made for other features makes its
 scorer (and so its ensemble) fail to load, with the mismatch named in the server log; the other products keep serving.
 
-Serve it with `exdd serve {os.path.basename(a.path)}`; clients send `IMAGE` to a product's ensemble and may set the
-request parameter `threshold` (a number) to override its served threshold. `exdd deploy BANKS --product NAME`
-swaps one product's banks (a new version of its scorer) without touching the others.
+Serve it with `exdd serve {os.path.basename(a.path)}`; clients send `IMAGE` (any size) or `IMAGE_BYTES` to a
+product's ensemble and may set the request parameter `threshold` (a number) to override its served threshold.
+`exdd deploy BANKS --product NAME` swaps one product's banks (a new version of its scorer) without touching the
+others. `{PREPROCESS_MODEL}` needs Pillow in the server's Python (`pip install pillow`).
 """
 
 
@@ -241,6 +246,10 @@ def assemble_products(onnx_path: str, products: Mapping[Optional[str], str], out
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".exdd-repo-", dir=parent)
     try:
+        pre_v = os.path.join(tmp, PREPROCESS_MODEL, "1")
+        os.makedirs(pre_v)
+        copy_resource(src / PREPROCESS_MODEL / "1" / "model.py", os.path.join(pre_v, "model.py"))
+        copy_resource(importlib.resources.files("exdd_scoring"), os.path.join(pre_v, "exdd_scoring"))
         fjson = json.dumps(features.to_dict(), indent=2, sort_keys=True)
         feats_v = os.path.join(tmp, FEATURES_MODEL, "1")
         os.makedirs(feats_v)
@@ -250,6 +259,7 @@ def assemble_products(onnx_path: str, products: Mapping[Optional[str], str], out
             copy_resource(src / "exdd_features" / "1" / "model.py", os.path.join(feats_v, "model.py"))
             copy_resource(importlib.resources.files("exdd_scoring"), os.path.join(feats_v, "exdd_scoring"))
         _write(os.path.join(tmp, FEATURES_MODEL, "config.pbtxt"), features_config(features, features_backend, s))
+        _write(os.path.join(tmp, PREPROCESS_MODEL, "config.pbtxt"), preprocess_config(features, s))
         for p in made:
             pm = p.models
             _write_scorer(tmp, pm, p.bank_dir, loaded[pm.scorer].manifest, fjson, index, index_min_size, log)

@@ -1,7 +1,9 @@
 """Where a ``tritonserver`` comes from: a Triton container's (on PATH) or the one in the nvidia-pytriton wheel.
 
 The bundled server lives in a serving venv of its own (default ``~/.cache/exdd/serve-venv``, or
-``$EXDD_SERVE_VENV``), created on first use with ``numpy<2``, onnxruntime, openvino and faiss-cpu, and nvidia-pytriton
+``$EXDD_SERVE_VENV``), created on first use with ``numpy<2``, onnxruntime, openvino, faiss-cpu and Pillow
+(the very version of this exdd's Python, so the server's exdd_preprocess decodes a JPEG exactly as the client
+does), and nvidia-pytriton
 installed with ``--no-deps``. The Python-backend stub runs model.py with the packages of the venv
 whose ``bin/`` is first on PATH when the server starts, so that venv goes first on PATH; it must
 have numpy<2 (the 2.51 stub corrupts tensors with numpy 2). The stub links the system
@@ -66,38 +68,57 @@ def venv_python(venv: str) -> str:
     return os.path.join(venv, "bin", "python")
 
 
-#: what model.py files import in the serving venv: module -> pip requirement (numpy<2 is pinned with them)
-SERVING_PACKAGES = {"onnxruntime": "onnxruntime", "openvino": "openvino", "faiss": "faiss-cpu"}
+#: what model.py files import in the serving venv: module -> pip requirement (numpy<2 is pinned with them);
+#: PIL (exdd_preprocess) is pinned to this Python's Pillow at install time (pillow_requirement)
+SERVING_PACKAGES = {"onnxruntime": "onnxruntime", "openvino": "openvino", "faiss": "faiss-cpu", "PIL": "pillow"}
+
+
+def pillow_requirement() -> str:
+    """pillow==<the Pillow of this Python>: the server decodes and resizes with the client's own Pillow."""
+    import PIL
+    return f"pillow=={PIL.__version__}"
+
+
+def requirement(module: str) -> str:
+    """The pip requirement installing a SERVING_PACKAGES module (Pillow pinned to this Python's version)."""
+    return pillow_requirement() if module == "PIL" else SERVING_PACKAGES[module]
 
 
 def add_missing_packages(venv: str, missing: List[str], log: Log) -> None:
     """Install into an existing serving venv the SERVING_PACKAGES modules it lacks (venvs from older exdd)."""
     if missing:
-        reqs = [SERVING_PACKAGES[m] for m in missing]
+        reqs = [requirement(m) for m in missing]
         log(f"adding {', '.join(reqs)} to the serving venv {venv}")
         _run([venv_python(venv), "-m", "pip", "install", "--disable-pip-version-check", "-q", "numpy<2", *reqs],
              f"installing {', '.join(reqs)} into the serving venv")
 
 
 def create_venv(venv: str, log: Log) -> None:
-    """python -m venv, then numpy<2 + onnxruntime + openvino + faiss-cpu, then nvidia-pytriton without its dependencies."""
+    """python -m venv, then numpy<2 + onnxruntime + openvino + faiss-cpu + Pillow, then nvidia-pytriton without its
+    dependencies."""
     log(f"creating the serving venv {venv} (first use; a few minutes)")
     os.makedirs(os.path.dirname(venv), exist_ok=True)
     _run([sys.executable, "-m", "venv", venv], "creating the serving venv")
     pip = [venv_python(venv), "-m", "pip", "install", "--disable-pip-version-check", "-q"]
     # openvino: the optional bf16 CPU extractor (--features-backend python-openvino);
-    # faiss-cpu: the CPU scorer's optional HNSW index (exdd export repository --index hnsw)
-    _run(pip + ["numpy<2", *SERVING_PACKAGES.values()],
-         f"installing numpy<2, {', '.join(SERVING_PACKAGES.values())} into the serving venv")
+    # faiss-cpu: the CPU scorer's optional HNSW index (exdd export repository --index hnsw);
+    # Pillow: exdd_preprocess (decode + resize on the server), the client's own version
+    reqs = [requirement(m) for m in SERVING_PACKAGES]
+    _run(pip + ["numpy<2", *reqs], f"installing numpy<2, {', '.join(reqs)} into the serving venv")
     _run(pip + ["--no-deps", PYTRITON], f"installing {PYTRITON} into the serving venv")
 
 
 def venv_info(venv: str) -> Dict[str, Any]:
-    """Python version, numpy version, site-packages of the venv and the SERVING_PACKAGES modules it lacks."""
-    code = ("import sys, sysconfig, numpy, importlib.util; print(f'{sys.version_info[0]}.{sys.version_info[1]}'); "
+    """Python version, numpy version, site-packages of the venv and the SERVING_PACKAGES modules it lacks (a Pillow
+    other than this Python's counts as missing: it is reinstalled at the client's version)."""
+    code = ("import sys, sysconfig, numpy, importlib.util, importlib.metadata as md; "
+            "print(f'{sys.version_info[0]}.{sys.version_info[1]}'); "
             "print(numpy.__version__); print(sysconfig.get_paths()['purelib']); "
-            "print(' '.join(m for m in sys.argv[1:] if importlib.util.find_spec(m) is None))")
-    out = _run([venv_python(venv), "-c", code, *SERVING_PACKAGES], f"inspecting the serving venv {venv}").split("\n")
+            "print(' '.join(m for m in sys.argv[2:] if importlib.util.find_spec(m) is None or "
+            "(m == 'PIL' and md.version('pillow') != sys.argv[1])))")
+    import PIL
+    out = _run([venv_python(venv), "-c", code, PIL.__version__, *SERVING_PACKAGES],
+               f"inspecting the serving venv {venv}").split("\n")
     return {"python": out[0], "numpy": out[1], "site": out[2], "missing": out[3].split()}
 
 

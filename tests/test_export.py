@@ -25,26 +25,35 @@ def model_config(path):
 
 
 def test_committed_templates_are_a_triton_repository_and_export_fills_only_what_varies():
-    """model_repository/ holds config.pbtxt of all three models; assembly changes sizes, batching, parameters."""
-    from exdd.serving.configs import Serving, ensemble_config, features_config, scorer_config
+    """model_repository/ holds config.pbtxt of all four models; assembly changes sizes, batching, parameters."""
+    from exdd.serving.configs import Serving, ensemble_config, features_config, preprocess_config, scorer_config
     from exdd_scoring import FeatureSpec
     src = os.path.join(tu.ROOT, "model_repository")
-    t = {n: model_config(os.path.join(src, n, "config.pbtxt")) for n in ("exdd", "exdd_features", "exdd_scorer")}
+    names = ("exdd", "exdd_preprocess", "exdd_features", "exdd_scorer")
+    t = {n: model_config(os.path.join(src, n, "config.pbtxt")) for n in names}
     assert t["exdd"].platform == "ensemble" and t["exdd_features"].backend == "python" == t["exdd_scorer"].backend
-    assert [s.model_name for s in t["exdd"].ensemble_scheduling.step] == ["exdd_features", "exdd_scorer"]
-    assert list(t["exdd_scorer"].input[0].dims) == [79, 28, 256] and list(t["exdd"].input[0].dims) == [632, 224, 3]
+    assert t["exdd_preprocess"].backend == "python"
+    assert [s.model_name for s in t["exdd"].ensemble_scheduling.step] == ["exdd_preprocess", "exdd_features",
+                                                                          "exdd_scorer"]
+    assert list(t["exdd_scorer"].input[0].dims) == [79, 28, 256] and list(t["exdd"].input[0].dims) == [-1, -1, 3]
+    assert [(i.name, i.optional) for i in t["exdd"].input] == [("IMAGE", True), ("IMAGE_BYTES", True)]
+    assert list(t["exdd_preprocess"].output[0].dims) == [632, 224, 3]
     assert "threshold" not in t["exdd_scorer"].parameters
     f = FeatureSpec.from_dict(tu.extractor()[1])
     got = {"exdd": ensemble_config(f, Serving()), "exdd_features": features_config(f, "python", Serving()),
-           "exdd_scorer": scorer_config(f, "exdd", None, Serving())}
+           "exdd_scorer": scorer_config(f, "exdd", None, Serving()), "exdd_preprocess": preprocess_config(f, Serving())}
     from google.protobuf import text_format
     from tritonclient.grpc import model_config_pb2
     for name, text in got.items():
         c = text_format.Parse(text, model_config_pb2.ModelConfig())
         assert [o.name for o in c.output] == [o.name for o in t[name].output]
         assert [i.name for i in c.input] == [i.name for i in t[name].input]
-        if name != "exdd":
+        if name not in ("exdd", "exdd_preprocess"):
             assert list(c.model_warmup[0].inputs[c.input[0].name].dims) == list(c.input[0].dims)
+    pre = text_format.Parse(got["exdd_preprocess"], model_config_pb2.ModelConfig())
+    assert list(pre.output[0].dims) == [*f.input_size, 3] == list(pre.model_warmup[0].inputs["IMAGE"].dims)
+    gpu = text_format.Parse(preprocess_config(f, Serving("gpu", 2)), model_config_pb2.ModelConfig())
+    assert [(g.kind, g.count) for g in gpu.instance_group] == [(gpu.instance_group[0].KIND_CPU, 2)]    # decoding: CPU
     sc = text_format.Parse(got["exdd_scorer"], model_config_pb2.ModelConfig())
     assert "threshold" not in sc.parameters and list(sc.input[0].dims) == [*f.grid, f.d]
     sc = text_format.Parse(scorer_config(f, "patchcore", 0.5, Serving()), model_config_pb2.ModelConfig())
@@ -152,12 +161,16 @@ def test_repository_layout_and_configs():
     for rel in ("README.md", "exdd/config.pbtxt", "exdd/1", "exdd_features/config.pbtxt", "exdd_features/1/model.py",
                 "exdd_features/1/model.onnx", "exdd_scorer/config.pbtxt", "exdd_scorer/1/model.py",
                 "exdd_scorer/1/exdd_scoring/scorer.py", "exdd_scorer/1/banks/manifest.json",
-                "exdd_scorer/1/features.json", "exdd_features/1/features.json"):
+                "exdd_scorer/1/features.json", "exdd_features/1/features.json", "exdd_preprocess/config.pbtxt",
+                "exdd_preprocess/1/model.py", "exdd_preprocess/1/exdd_scoring/picture.py"):
         assert os.path.exists(os.path.join(repo, rel)), rel
     with open(os.path.join(repo, "exdd_scorer/1/features.json")) as fh:
         assert json.load(fh) == f
     ens = model_config(os.path.join(repo, "exdd/config.pbtxt"))
-    assert ens.platform == "ensemble" and list(ens.input[0].dims) == [128, 64, 3]
+    assert ens.platform == "ensemble" and list(ens.input[0].dims) == [-1, -1, 3]
+    pre = model_config(os.path.join(repo, "exdd_preprocess/config.pbtxt"))
+    assert [list(o.dims) for o in pre.output if o.name == "MODEL_IMAGE"] == [[128, 64, 3]]
+    assert not os.path.islink(os.path.join(repo, "exdd_preprocess/1/exdd_scoring"))         # a real copy
     assert [list(o.dims) for o in ens.output if o.name == "ANOMALY_MAP"] == [[128, 64]]
     sc = model_config(os.path.join(repo, "exdd_scorer/config.pbtxt"))
     assert sc.max_batch_size == 8 and sc.HasField("dynamic_batching") and len(sc.model_warmup) == 1

@@ -38,6 +38,9 @@ ENTRY_POINTS = ("exdd.cli", "exdd.demo")
 SCORING_RUNTIME_IMPORTS = {"onnxruntime", "openvino", "faiss"}
 LAZY_ONLY = SCORING_RUNTIME_IMPORTS | {"cupy"}
 SCORING_ALLOWED = {"numpy", "cupy", "exdd_scoring"} | SCORING_RUNTIME_IMPORTS
+# The one scoring module that decodes and resizes pictures (client, bank build and the server's exdd_preprocess
+# model call it) may import Pillow too; no other scoring module may, and exdd_scoring/__init__ does not import it.
+PILLOW_MODULES = {"exdd_scoring.picture"}
 TRITON_MODEL_ALLOWED = {"numpy", "cupy", "exdd_scoring", "triton_python_backend_utils"}
 OUTSIDE = ("scripts", "tests")      # may import anything, never imported by the package
 
@@ -251,13 +254,14 @@ def test_no_import_cycle_between_files(import_graph):
 
 
 def test_the_scoring_package_imports_only_the_stdlib_numpy_cupy_and_its_runtimes(modules):
-    bad = [line for m, p in modules.items() if layer_of(m) == 0 for line in foreign_imports(p, SCORING_ALLOWED, m)]
+    bad = [line for m, p in modules.items() if layer_of(m) == 0
+           for line in foreign_imports(p, SCORING_ALLOWED | ({"PIL"} if m in PILLOW_MODULES else set()), m)]
     assert not bad, "exdd_scoring must run in a bare Triton Python backend:\n" + "\n".join(bad)
 
 
 def test_triton_models_import_only_their_own_exdd_scoring_numpy_cupy_and_the_backend():
     models = triton_models()
-    assert {os.path.basename(os.path.dirname(os.path.dirname(p))) for p in models} == {"exdd_features", "exdd_scorer"}
+    assert {os.path.basename(os.path.dirname(os.path.dirname(p))) for p in models} == {"exdd_features", "exdd_preprocess", "exdd_scorer"}
     for path in models:
         bad = foreign_imports(path, TRITON_MODEL_ALLOWED)
         assert not bad, "a Triton model imports what its folder does not hold:\n" + "\n".join(bad)
@@ -303,3 +307,11 @@ def test_a_third_party_import_in_the_scoring_package_is_found(tmp_path):
                     "    import faiss\n")
     assert [b.split(": ", 1)[1] for b in foreign_imports(str(fake), SCORING_ALLOWED)] == \
         ["imports cupy at import time (only inside the function needing it)", "imports torch", "imports exdd.images"]
+
+
+def test_no_other_scoring_module_loads_the_picture_module(import_graph):
+    """Pillow stays out of the scorer and features models: within exdd_scoring nothing imports picture.py (only
+    exdd_preprocess's model.py, the base layer's exdd.images and the client do)."""
+    importers = sorted(m for m, edges in import_graph.items() if layer_of(m) == 0 and set(edges) & PILLOW_MODULES)
+    assert not importers, f"scoring modules importing {sorted(PILLOW_MODULES)}: {importers}"
+    assert "exdd_scoring.picture" in import_graph["exdd.images"]

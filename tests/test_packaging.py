@@ -46,11 +46,12 @@ def test_wheel_in_a_fresh_venv_assembles_a_repository(tmp_path):
                          capture_output=True, text=True, cwd=str(tmp_path))
     assert run.returncode == 0, run.stdout + run.stderr
     assert run.stdout.splitlines()[0].startswith(site), "exdd must come from the installed wheel"
-    for rel in ("exdd_scorer/1/model.py", "exdd_features/1/model.py"):
+    for rel in ("exdd_scorer/1/model.py", "exdd_features/1/model.py", "exdd_preprocess/1/model.py"):
         assert filecmp.cmp(out / rel, ROOT / "model_repository" / rel, shallow=False), rel
     scoring = ROOT / "model_repository" / "exdd_scorer" / "1" / "exdd_scoring"
     want = sorted(f for f in os.listdir(scoring) if f.endswith(".py"))
     assert sorted(os.listdir(out / "exdd_scorer" / "1" / "exdd_scoring")) == want
-    for name in ("exdd", "exdd_features", "exdd_scorer"):
+    for name in ("exdd", "exdd_preprocess", "exdd_features", "exdd_scorer"):
         assert (out / name / "config.pbtxt").is_file()
+    assert sorted(os.listdir(out / "exdd_preprocess" / "1" / "exdd_scoring")) == want
     assert (out / "exdd_scorer" / "1" / "banks" / "manifest.json").is_file()

@@ -91,7 +91,9 @@ def test_model_config_tells_clients_input_size_mode_and_threshold(server, refere
     with th.InferenceServerClient(server.http_url) as c:
         ens = c.get_model_config("exdd")
         scorer = c.get_model_config("exdd_scorer")
-    assert [int(v) for v in ens["input"][0]["dims"]] == [tu.INPUT_HW[0], tu.INPUT_HW[1], 3]
+        pre = c.get_model_config("exdd_preprocess")
+    assert [int(v) for v in ens["input"][0]["dims"]] == [-1, -1, 3]          # any size: exdd_preprocess resizes
+    assert [int(v) for v in pre["output"][0]["dims"]] == [tu.INPUT_HW[0], tu.INPUT_HW[1], 3]
     assert ens["max_batch_size"] == 8
     params = scorer["parameters"]
     assert params["mode"]["string_value"] == ref["mode"]
@@ -122,7 +124,7 @@ def test_malformed_requests_get_errors_and_server_keeps_serving(server, referenc
     url = server.http_url
     h, w = tu.INPUT_HW
     _expect_error(lambda: http_infer(url, imgs[:1].astype(np.float32), dtype="FP32"), "expects 'UINT8'")
-    _expect_error(lambda: http_infer(url, np.zeros((1, h + 8, w, 3), np.uint8)), "unexpected shape")
+    _expect_error(lambda: http_infer(url, np.zeros((1, h, w, 4), np.uint8)), "unexpected shape")
     _expect_error(lambda: http_infer(url, np.zeros((0, h, w, 3), np.uint8)), "byte size mismatch", "B>=1")
     _expect_error(lambda: http_infer(url, np.zeros((9, h, w, 3), np.uint8)), "batch-size must be <=", "batch size")
     _expect_error(lambda: http_infer(url, imgs[:1], {"threshold": "__import__('os')"}), "'threshold' must be a number")
