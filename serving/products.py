@@ -53,7 +53,7 @@ class ProductModels:
 
     @property
     def ensemble(self) -> str:
-        """The model clients send IMAGE to."""
+        """The model clients send IMAGE or IMAGE_BYTES to."""
         return PREFIX if self.product is None else f"{PREFIX}_{self.product}"
 
     @property

@@ -231,7 +231,7 @@ def serve(repo, host, http_port, grpc_port, metrics_port, timeout, log_verbose):
     try:
         server.start().wait_ready(timeout)
         for pm in products:
-            click.echo(f"product {pm.display}: send IMAGE to {pm.ensemble} (scorer {pm.scorer})", err=True)
+            click.echo(f"product {pm.display}: send IMAGE or IMAGE_BYTES to {pm.ensemble} (scorer {pm.scorer})", err=True)
         click.echo(f"ready: http {server.http_url}  grpc {server.grpc_url}  metrics "
                    f"{server.metrics_url}/metrics  (Ctrl-C stops)", err=True)
         while server.poll() is None:

@@ -121,18 +121,18 @@ def test_repository_shares_the_extractor_and_routes_each_product_to_its_scorer(s
     repo, _, _, _, lines = served
     mc, text_format = protobuf()
     assert sorted(d for d in os.listdir(repo) if os.path.isdir(os.path.join(repo, d))) == \
-        ["exdd_alpha", "exdd_alpha_scorer", "exdd_beta", "exdd_beta_scorer", "exdd_features"]
+        ["exdd_alpha", "exdd_alpha_scorer", "exdd_beta", "exdd_beta_scorer", "exdd_features", "exdd_preprocess"]
     assert products_in(repo) == [ALPHA, BETA]
     for pm in (ALPHA, BETA):
         ens = text_format.Parse(open(os.path.join(repo, pm.ensemble, "config.pbtxt")).read(), mc.ModelConfig())
         assert ens.name == pm.ensemble
-        assert [s.model_name for s in ens.ensemble_scheduling.step] == ["exdd_features", pm.scorer]
+        assert [s.model_name for s in ens.ensemble_scheduling.step] == ["exdd_preprocess", "exdd_features", pm.scorer]
         sc = text_format.Parse(open(os.path.join(repo, pm.scorer, "config.pbtxt")).read(), mc.ModelConfig())
         assert sc.name == pm.scorer and sc.parameters["product"].string_value == pm.product
     readme = open(os.path.join(repo, "README.md")).read()
     assert "Products: alpha, beta" in readme and "`exdd_beta_scorer`" in readme
     text = "".join(lines)
-    assert "product alpha: send IMAGE to exdd_alpha" in text and "product beta: send IMAGE to exdd_beta" in text
+    assert "product alpha: send IMAGE or IMAGE_BYTES to exdd_alpha" in text and "product beta: send IMAGE or IMAGE_BYTES to exdd_beta" in text
 
 
 def test_each_product_answers_from_its_own_banks(served, tmp_path):
