@@ -87,3 +87,11 @@ def test_distributed_kcenter_equals_chunked_kcenter(ray_local, n, k, chunk_rows)
     assert (got.radius, got.radius_is_bound, got.method) == (ref.radius, ref.radius_is_bound, ref.method)
     idx = np.sort(ref.indices)
     assert np.array_equal(rb.gather(parts, idx), x[idx])
+
+
+def test_a_local_rays_workers_run_at_the_drivers_priority(ray_local):
+    """Not at Ray's default niceness 15, under which any other load on the machine starves a local build."""
+    @ray_local.remote
+    def niceness():
+        return os.nice(0)
+    assert ray_local.get(niceness.remote()) == os.nice(0)
