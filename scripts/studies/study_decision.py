@@ -15,6 +15,9 @@ Protocol (BENCHMARKS.md, "The image decision, decided with enough data"):
   seed (hold-out and coreset starts).
 
   .venv/bin/python -m scripts.studies.study_decision runs/decision --variant random-d256 --json runs/decision/decision.json
+  # two variants of the same splits, paired (e.g. positive-bank coverage):
+  .venv/bin/python -m scripts.studies.study_decision runs/decision --variant random-d256-cover0.1 \
+      --against random-d256 --images dual,patchcore --maps ratio_b,dual
 """
 from __future__ import annotations
 
@@ -23,7 +26,7 @@ import glob
 import json
 import os
 import sys
-from typing import Callable, Dict, List, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -162,8 +165,10 @@ def load_split(path: str) -> Tuple[Dict, "np.lib.npyio.NpzFile"]:
     return json.load(open(path[:-4] + ".json")), np.load(path)
 
 
-def study_set(folder: str, n_boot: int, seed: int, cache_root: str, pro_stride: int) -> Dict:
-    """Per split: scores of every candidate, bootstrap AUROCs (n_boot), pixel hist AUROCs and AUPRO per map."""
+def study_set(folder: str, n_boot: int, seed: int, cache_root: str, pro_stride: int,
+              images: Optional[Sequence[str]] = None, maps: Optional[Sequence[str]] = None) -> Dict:
+    """Per split: scores of every candidate, bootstrap AUROCs (n_boot), pixel hist AUROCs and AUPRO per map
+    (images / maps: only these candidates and map kinds)."""
     files = sorted(glob.glob(os.path.join(folder, "split*-build0.npz")))
     if not files:
         raise FileNotFoundError(f"{folder}: no split*-build0.npz")
@@ -179,16 +184,17 @@ def study_set(folder: str, n_boot: int, seed: int, cache_root: str, pro_stride: 
         meta, z = load_split(f)
         te = SplitEvidence(z, meta, "test", s_h, s_w)
         held = SplitEvidence(z, meta, "held", s_h, s_w)
-        scores = {k: fn() for k, fn in candidates(te).items()}
+        scores = {k: fn() for k, fn in candidates(te).items() if images is None or k in images}
         params = fit_fusion(fusion_x(held), held.labels)
-        scores["fusion"] = fusion_score(fusion_x(te), params, np)
+        if images is None or "fusion" in images:
+            scores["fusion"] = fusion_score(fusion_x(te), params, np)
         w = w_all[:, te.ids]
         ones = np.ones((1, te.ids.size))
         img = {k: {"point": float(weighted_auroc(s, te.labels, ones)[0]),
                    "boot": weighted_auroc(s, te.labels, w)} for k, s in scores.items()}
         masks = np.stack([np.asarray(caches[sp].masks[r]) for sp, r in (where[i] for i in te.ids)])
         pix = {}
-        for kind in MAPS:
+        for kind in (MAPS if maps is None else maps):
             m = te.smooth(kind)
             hp, hn = pixel_hists(m, masks)
             pix[kind] = {"point": float(hist_auroc(hp.sum(0)[None], hn.sum(0)[None])[0]),
@@ -201,8 +207,9 @@ def study_set(folder: str, n_boot: int, seed: int, cache_root: str, pro_stride: 
             meta1, z1 = load_split(f1)
             te1 = SplitEvidence(z1, meta1, "test", s_h, s_w)
             held1 = SplitEvidence(z1, meta1, "held", s_h, s_w)
-            s1 = {k: fn() for k, fn in candidates(te1).items()}
-            s1["fusion"] = fusion_score(fusion_x(te1), fit_fusion(fusion_x(held1), held1.labels), np)
+            s1 = {k: fn() for k, fn in candidates(te1).items() if k in scores}
+            if "fusion" in scores:
+                s1["fusion"] = fusion_score(fusion_x(te1), fit_fusion(fusion_x(held1), held1.labels), np)
             stab = {k: spearman(scores[k], s1[k]) for k in scores}
             stab_auroc = {k: float(weighted_auroc(s1[k], te1.labels, ones)[0]) for k in s1}
         else:
@@ -295,6 +302,50 @@ def table(res: Dict[str, Dict], sets: List[str], pixel: bool) -> str:
     return "\n".join(lines)
 
 
+def versus(var: List[Dict], base: List[Dict], level_key: str) -> Dict[str, Dict]:
+    """Paired difference variant - base of every candidate (level_key image | pixel) on the same splits, images
+    and bootstrap weights (study_set's weights are seeded by image): per set the mean over its splits, pooled the
+    mean over the sets."""
+    res: Dict[str, Dict] = {}
+    by_set = {b["set"]: b for b in base}
+    for n in var[0]["splits"][0][level_key]:
+        per, boots, pts = {}, [], []
+        for v in var:
+            b = by_set[v["set"]]
+            if [sp["file"] for sp in v["splits"]] != [sp["file"] for sp in b["splits"]]:
+                raise SystemExit(f"{v['set']}: the variants hold other splits")
+            db = np.mean([x[level_key][n]["boot"] - y[level_key][n]["boot"] for x, y in zip(v["splits"], b["splits"])], axis=0)
+            dp = float(np.mean([x[level_key][n]["point"] - y[level_key][n]["point"] for x, y in zip(v["splits"], b["splits"])]))
+            per[v["set"]] = {"auroc": float(np.mean([x[level_key][n]["point"] for x in v["splits"]])),
+                             "base": float(np.mean([y[level_key][n]["point"] for y in b["splits"]])),
+                             "diff": dp, "diff_ci90": ci(db)}
+            if level_key == "pixel":
+                per[v["set"]]["aupro"] = float(np.mean([x["pixel"][n]["aupro"] for x in v["splits"]]))
+                per[v["set"]]["base_aupro"] = float(np.mean([y["pixel"][n]["aupro"] for y in b["splits"]]))
+            else:
+                st = [x["stability"].get(n) for x in v["splits"] if x["stability"]]
+                per[v["set"]]["stability"] = float(np.mean(st)) if st else None
+            boots.append(db)
+            pts.append(dp)
+        res[n] = {"per_set": per, "pooled_diff": float(np.mean(pts)), "pooled_ci90": ci(np.mean(boots, axis=0))}
+    return res
+
+
+def versus_table(res: Dict[str, Dict], sets: List[str], label: str) -> str:
+    """Markdown: the variant's AUROC, the base's, and the paired difference with its 90 % interval, per set and pooled."""
+    head = f"| {label} | pooled diff [90% CI] | " + " | ".join(f"{s}: variant / base, diff [90% CI]" for s in sets) + " |"
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for n, r in res.items():
+        cells = [f"{r['pooled_diff']:+.3f} [{r['pooled_ci90'][0]:+.3f}, {r['pooled_ci90'][1]:+.3f}]"]
+        for s in sets:
+            v = r["per_set"][s]
+            extra = f", AUPRO {v['aupro']:.3f} / {v['base_aupro']:.3f}" if "aupro" in v else ""
+            cells.append(f"{v['auroc']:.3f} / {v['base']:.3f}, {v['diff']:+.3f} [{v['diff_ci90'][0]:+.3f}, "
+                         f"{v['diff_ci90'][1]:+.3f}]{extra}")
+        lines.append(f"| {n} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("root", help="the --out folder of study_splits.py")
@@ -304,8 +355,25 @@ def main() -> None:
     ap.add_argument("--cache", default="runs/cache")
     ap.add_argument("--pro-stride", type=int, default=2, help="AUPRO on every n-th pixel row and column")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--against", default=None, help="compare --variant with this variant (paired), not with patchcore")
+    ap.add_argument("--images", default=None, help="with --against: the image scores to compare (comma-separated)")
+    ap.add_argument("--maps", default=None, help="with --against: the maps to compare (comma-separated)")
     a = ap.parse_args()
     names = [s for s in a.sets.split(",") if os.path.isdir(os.path.join(a.root, s, a.variant))]
+    if a.against:
+        imgs = a.images.split(",") if a.images else None
+        mps = a.maps.split(",") if a.maps else None
+        run = lambda variant: [study_set(os.path.join(a.root, s, variant), a.boot, 0, a.cache, a.pro_stride,  # noqa: E731
+                                         imgs, mps) for s in names]
+        var, base = run(a.variant), run(a.against)
+        image, pixel = versus(var, base, "image"), versus(var, base, "pixel")
+        print(f"## {a.variant} vs {a.against}: " + ", ".join(
+            f"{s['set']} ({len(s['splits'])} splits, {sum(sp['n_test'] for sp in s['splits'])} test images)" for s in var))
+        print("\n" + versus_table(image, names, "image score") + "\n\n" + versus_table(pixel, names, "map"))
+        if a.json:
+            json.dump({"variant": a.variant, "against": a.against, "image": image, "pixel": pixel}, open(a.json, "w"),
+                      indent=1)
+        return
     sets = [study_set(os.path.join(a.root, s, a.variant), a.boot, 0, a.cache, a.pro_stride) for s in names]
     image = summarise(sets, "image", "patchcore")
     pixel = summarise(sets, "pixel", "ratio")

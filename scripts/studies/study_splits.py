@@ -13,6 +13,8 @@ give the seed-to-seed stability. Written to OUT/<set>/<variant>/split{S}-build{B
   nice -n 10 .venv/bin/python -m scripts.studies.study_splits --set ksdd1_dev:632x224 --splits 0,1,2,3,4 --build-seeds 0
   nice -n 10 .venv/bin/python -m scripts.studies.study_splits --set ksdd1_dev:632x224 --splits 0 --build-seeds 1
   # projection study: --proj pca|whiten|none --d 256|1536 (--max-normals N subsamples the normals)
+  # positive-bank coverage: --pos-ratio 1.0 (every defect patch) / --min-cover 0.1 (boundary patches too, a
+  # dilation by up to one patch), --reuse-neg random-d256 (the negative evidence of that variant's same split)
 """
 from __future__ import annotations
 
@@ -144,10 +146,12 @@ def fitted_projection(kind: str, d: int, x: np.ndarray) -> Tuple[np.ndarray, np.
 
 
 def make_bank(vectors: np.ndarray, ratio: float, seed: int) -> Tuple[np.ndarray, np.ndarray, Dict]:
-    """Coreset bank as `build` makes it (chunked k-center) with 9 within-bank neighbours per element."""
+    """Coreset bank as `build` makes it (chunked k-center; every row when it keeps them all) with 9 within-bank
+    neighbours per element."""
     keep = bank_size(vectors.shape[0], ratio, MIN_BANK)
-    cs = chunked_kcenter(vectors, keep, seed=seed)
-    bank = np.ascontiguousarray(vectors[np.sort(cs.indices)], np.float32)
+    picked = np.arange(vectors.shape[0]) if keep >= vectors.shape[0] else np.sort(
+        chunked_kcenter(vectors, keep, seed=seed).indices)
+    bank = np.ascontiguousarray(vectors[picked], np.float32)
     nbr = bank_neighbors(bank, K_STUDY, np).astype(np.int64)
     nn1 = np.sqrt(((bank - bank[nbr[:, 0]]) ** 2).sum(1))
     return bank, nbr, {"size": int(bank.shape[0]), "patches": int(vectors.shape[0]),
@@ -164,25 +168,26 @@ def peak_dists(f: np.ndarray, a: np.ndarray, idx: np.ndarray, bank: np.ndarray, 
     return np.sqrt(np.einsum("nkd,nkd->nk", diff, diff)).astype(np.float32)
 
 
-def evidence(feats: np.ndarray, rows: Sequence[int], neg, pos, bs: int = 8) -> Dict[str, np.ndarray]:
-    """Per-patch nearest distance / index to both banks and the peak neighbourhoods, for the given images."""
-    out = {k: [] for k in ("a_neg", "i_neg", "a_pos", "i_pos", "nb_neg", "nb_pos")}
-    nsq, psq = sq_norms(neg[0], np), sq_norms(pos[0], np)
+def bank_evidence(feats: np.ndarray, rows: Sequence[int], bank, tag: str, bs: int = 8) -> Dict[str, np.ndarray]:
+    """Per-patch nearest distance / index to one bank (bank, neighbours) and the peak neighbourhood, for the given
+    images, keyed a_TAG, i_TAG, nb_TAG."""
+    out = {k: [] for k in ("a", "i", "nb")}
+    sq = sq_norms(bank[0], np)
     rows = list(rows)
     for i in range(0, len(rows), bs):
         f = feats[rows[i:i + bs]].astype(np.float32)
         b, P, d = f.shape
-        flat = f.reshape(-1, d)
-        an, inn = nearest(flat, neg[0], np, nsq)
-        ap, ip = nearest(flat, pos[0], np, psq)
-        an, inn, ap, ip = an.reshape(b, P), inn.reshape(b, P), ap.reshape(b, P), ip.reshape(b, P)
-        out["a_neg"].append(an.astype(np.float32))
-        out["i_neg"].append(inn.astype(np.int32))
-        out["a_pos"].append(ap.astype(np.float32))
-        out["i_pos"].append(ip.astype(np.int32))
-        out["nb_neg"].append(peak_dists(f, an, inn, neg[0], neg[1]))
-        out["nb_pos"].append(peak_dists(f, ap, ip, pos[0], pos[1]))
-    return {k: np.concatenate(v) for k, v in out.items()}
+        a, idx = nearest(f.reshape(-1, d), bank[0], np, sq)
+        a, idx = a.reshape(b, P), idx.reshape(b, P)
+        out["a"].append(a.astype(np.float32))
+        out["i"].append(idx.astype(np.int32))
+        out["nb"].append(peak_dists(f, a, idx, bank[0], bank[1]))
+    return {f"{k}_{tag}": np.concatenate(v) for k, v in out.items()}
+
+
+def evidence(feats: np.ndarray, rows: Sequence[int], neg, pos) -> Dict[str, np.ndarray]:
+    """bank_evidence of both banks."""
+    return {**bank_evidence(feats, rows, neg, "neg"), **bank_evidence(feats, rows, pos, "pos")}
 
 
 def main() -> None:
@@ -193,6 +198,9 @@ def main() -> None:
     ap.add_argument("--proj", default="random", choices=("random", "pca", "whiten", "none"))
     ap.add_argument("--d", type=int, default=256)
     ap.add_argument("--neg-ratio", type=float, default=NEG_RATIO)
+    ap.add_argument("--pos-ratio", type=float, default=POS_RATIO)
+    ap.add_argument("--min-cover", type=float, default=MIN_COVER, help="mask cover that makes a patch a defect patch")
+    ap.add_argument("--reuse-neg", default=None, help="variant whose negative evidence of the same split is reused")
     ap.add_argument("--max-normals", type=int, default=None, help="seeded subset of the training normals")
     ap.add_argument("--cache", default="runs/cache")
     ap.add_argument("--out", default="runs/decision")
@@ -207,7 +215,9 @@ def main() -> None:
     groups = groups_of(root, samples)
     orig_test = [s for s in samples if s.split == "test"]
     F = Features(caches, samples)
-    variant = a.variant or f"{a.proj}-d{a.d if a.proj != 'none' else 1536}"
+    variant = a.variant or f"{a.proj}-d{a.d if a.proj != 'none' else 1536}" + (
+        f"-pos{a.pos_ratio:g}" if a.pos_ratio != POS_RATIO else "") + (
+        f"-cover{a.min_cover:g}" if a.min_cover != MIN_COVER else "")
     out_dir = os.path.join(a.out, name, variant)
     os.makedirs(out_dir, exist_ok=True)
     grid = list(caches["train"].raw.shape[1:3])
@@ -238,16 +248,31 @@ def main() -> None:
                 p, mu = fitted_projection(a.proj, a.d, F.raw_rows(normals, 200, split))
                 feats = F.project(p, mu)
             d = feats.shape[-1]
-            neg = make_bank(feats[normals].reshape(-1, d), a.neg_ratio, bseed)
+            reused = None
+            if a.reuse_neg:      # the same split's negative bank evidence (same seeds, normals and images)
+                ref = os.path.join(a.out, name, a.reuse_neg, f"split{split}-build{bseed}")
+                ref_meta = json.load(open(ref + ".json"))
+                if ref_meta["normals"] != len(normals) or ref_meta["paths"] != [s.path for s in samples]:
+                    raise SystemExit(f"{ref}: not the same split (normals or images differ)")
+                reused = np.load(ref + ".npz")
+                neg = (None, None, ref_meta["neg"])
+            else:
+                neg = make_bank(feats[normals].reshape(-1, d), a.neg_ratio, bseed)
             cov = np.stack([F.covers(i) for i in defects])
-            sel = defect_patches(cov, MIN_COVER).reshape(len(defects), -1)
-            pos = make_bank(feats[defects][sel], POS_RATIO, bseed + 1)
+            sel = defect_patches(cov, a.min_cover).reshape(len(defects), -1)
+            pos = make_bank(feats[defects][sel], a.pos_ratio, bseed + 1)
             t_build = time.time() - t0
             arrays = {}
             timing = {}
             for key, rows in (("held", held_i), ("test", te)):
                 t1 = time.time()
-                ev = evidence(feats, rows, neg[:2], pos[:2])
+                if reused is not None:
+                    if not np.array_equal(reused[f"{key}_ids"], np.asarray(rows, np.int32)):
+                        raise SystemExit(f"{a.reuse_neg} split {split}: other {key} images")
+                    ev = {k: reused[f"{key}_{k}"] for k in ("a_neg", "i_neg", "nb_neg")}
+                    ev.update(bank_evidence(feats, rows, pos[:2], "pos"))
+                else:
+                    ev = evidence(feats, rows, neg[:2], pos[:2])
                 timing[key] = round(1000 * (time.time() - t1) / max(len(rows), 1), 1)
                 for k, v in ev.items():
                     arrays[f"{key}_{k}"] = v
@@ -258,7 +283,8 @@ def main() -> None:
                     "build_seed": bseed, "neg": neg[2], "pos": pos[2], "normals": len(normals),
                     "defect_images": len(defects), "held": len(held_i), "test": len(te),
                     "test_defective": int(sum(samples[i].label for i in te)), "build_s": round(t_build, 1),
-                    "knn_ms_per_image": timing, "neg_ratio": a.neg_ratio, "copies_dropped": n_copies,
+                    "knn_ms_per_image": timing, "neg_ratio": a.neg_ratio, "pos_ratio": a.pos_ratio,
+                    "min_cover": a.min_cover, "reused_neg": a.reuse_neg, "copies_dropped": n_copies,
                     "paths": [s.path for s in samples], "splits_of": [s.split for s in samples]}
             json.dump(meta, open(stem + ".json", "w"))
             print(f"{name} {variant} split {split} build {bseed}: test {len(te)} ({meta['test_defective']} def), "
