@@ -74,3 +74,21 @@ def test_save_json_writes_the_record_whole_into_a_new_folder(tmp_path):
     assert common.save_json(str(path), {"a": [1, 2]}, indent=2) == str(path)
     assert json.loads(path.read_text()) == {"a": [1, 2]} and path.read_text().startswith("{\n  ")
     assert os.listdir(path.parent) == ["bench.json"]          # no temporary file left behind
+
+
+def test_study_banks_keep_every_row_within_budget_and_evidence_is_the_exact_nearest_per_bank():
+    import numpy as np
+    from scripts.studies import study_splits as ss
+    rng = np.random.default_rng(0)
+    neg_rows, pos_rows = rng.normal(size=(300, 8)).astype(np.float32), rng.normal(size=(40, 8)).astype(np.float32)
+    neg, pos = ss.make_bank(neg_rows, 1.0, 0), ss.make_bank(pos_rows, 0.1, 1)   # both within MIN_BANK: every row
+    assert np.array_equal(neg[0], neg_rows) and np.array_equal(pos[0], pos_rows) and pos[2]["size"] == 40
+    feats = rng.normal(size=(5, 4, 8)).astype(np.float32)                          # 5 images of 4 patches
+    ev = ss.evidence(feats, [4, 0, 2], neg[:2], pos[:2])
+    assert ev.keys() == {"a_neg", "i_neg", "nb_neg", "a_pos", "i_pos", "nb_pos"}
+    d = np.sqrt(((feats[[4, 0, 2]][:, :, None, :] - pos_rows[None, None]) ** 2).sum(-1))
+    np.testing.assert_allclose(ev["a_pos"], d.min(-1), rtol=1e-4, atol=1e-5)
+    assert np.array_equal(ev["i_pos"], d.argmin(-1))
+    half = ss.bank_evidence(feats, [4, 0, 2], pos[:2], "pos")
+    assert all(np.array_equal(half[k], ev[k]) for k in half)     # --reuse-neg recomputes only this half
+    assert ev["nb_neg"].shape == (3, ss.K_STUDY)
