@@ -17,11 +17,13 @@ Map kinds (per patch, then bilinearly upsampled to the image and Gaussian-smooth
                                                  bank's own scale (median distance of an element to its nearest
                                                  other element): the gain is bounded by a-/eps_r, never a-/1e-6
   ratio_b, dual_b  ratio and dual with eps_b = EPS_REL x that scale instead of 1e-6 (bounded scale)
+  dual_b01         dual with eps = DUAL_EPS_REL (0.1) x that scale: dual's ranking, a bounded scale
 Modes (MODE_REGISTRY; every mode is computed from the same evidence):
   patchcore  s-, map neg (negative bank only)
   exdd       the paper: s- / (s+ + eps), map ratio
   dual       the maximum of the smoothed dual map, map dual (the default of issue 10)
-  dual_ratio the served default (issue 19): dual's image score, map ratio_b (the bounded ratio map)
+  dual_ratio dual's image score (eps 1e-6: unbounded), map ratio_b (the bounded ratio map)
+  dual_bounded the served default (issue 19): the peak of the dual_b01 map (bounded), map ratio_b
   raise      raise-only: the maximum of the smoothed raise map, map raise
   fusion     a logistic model of (log s-, log max ratio map, log s+) fitted on held-out images (fusion.py)
 Without a positive bank every mode is patchcore. BENCHMARKS.md ("The image decision") has the study.
@@ -34,9 +36,10 @@ from typing import Any, Callable, Dict, Optional
 from .fusion import FALLBACK as FUSION_FALLBACK, fusion_features, fusion_score
 
 DEFAULT_GAMMA = 1.0
-DEFAULT_MODE = "dual_ratio"   # issue 19: decided on 5 group splits of 3 dev sets (BENCHMARKS.md)
+DEFAULT_MODE = "dual_bounded"   # issue 19: decided on 5 group splits of 3 dev sets (BENCHMARKS.md)
 EPS_REL = 1.0            # eps_b = EPS_REL x the positive bank's median nearest-neighbour spacing (ratio_b, dual_b)
 RAISE_EPS_REL = 0.1      # eps_r of the raise map: small, so a patch nearer a defect than any normal is raised
+DUAL_EPS_REL = 0.1       # eps of the dual_b01 map (the default's image score): bounded, ranking as dual's
 EPS_FLOOR = 1e-6
 
 
@@ -138,6 +141,8 @@ MAP_KINDS: Dict[str, Callable[[Evidence], Any]] = {
     "dual": lambda ev: ev.a_neg * (ev.a_neg / (ev.a_pos + ev.eps)) ** float(ev.params.get("gamma", DEFAULT_GAMMA)),
     "ratio_b": lambda ev: ev.a_neg / (ev.a_pos + eps_b(ev)),
     "dual_b": lambda ev: ev.a_neg * (ev.a_neg / (ev.a_pos + eps_b(ev))) ** float(ev.params.get("gamma", DEFAULT_GAMMA)),
+    "dual_b01": lambda ev: ev.a_neg * (ev.a_neg / (ev.a_pos + eps_b(ev, DUAL_EPS_REL))) ** float(
+        ev.params.get("gamma", DEFAULT_GAMMA)),
     "raise": raise_map,
 }
 
@@ -176,7 +181,10 @@ register_mode(Mode("exdd", "ratio", lambda ev: ev.s_neg / (ev.s_pos + ev.eps), "
 register_mode(Mode("dual", "dual", lambda ev: ev.map_max("dual"),
                    "ours: the peak of the smoothed map a- (a-/a+)^gamma, far from normal and near known defects"))
 register_mode(Mode("dual_ratio", "ratio_b", lambda ev: ev.map_max("dual"),
-                   "the default: dual's image score (peak of a- (a-/a+)^gamma) with the bounded ratio map a-/(a+ + eps_b)"))
+                   "dual's image score (peak of a- (a-/a+)^gamma, unbounded) with the bounded ratio map a-/(a+ + eps_b)"))
+register_mode(Mode("dual_bounded", "ratio_b", lambda ev: ev.map_max("dual_b01"),
+                   "the default: the peak of a- (a-/(a+ + 0.1 x the positive bank's spacing))^gamma, bounded, with "
+                   "the bounded ratio map a-/(a+ + eps_b)"))
 register_mode(Mode("raise", "raise", lambda ev: ev.map_max("raise"),
                    "raise-only: a- amplified by a-/(a+ + eps_r) only where a known defect is nearer than any normal"))
 register_mode(Mode("fusion", "dual", _fusion,

@@ -187,12 +187,17 @@ def test_an_image_equal_to_a_training_defect_scores_finitely_on_the_bounded_scal
     a_n = ev.a_neg[1].reshape(GRID)
     assert ev.a_pos[1].reshape(GRID)[2, 1] == pytest.approx(0.0, abs=1e-3)
     old = ev.patch_map("dual")[1, 2, 1]
-    for kind, e in (("raise", er), ("dual_b", eb)):
+    from exdd_scoring.scores import DUAL_EPS_REL
+    e01 = bounded_eps(sc.params["pos_scale"], DUAL_EPS_REL)
+    for kind, e in (("raise", er), ("dual_b", eb), ("dual_b01", e01)):
         m = ev.patch_map(kind)[1]
         assert np.isfinite(m).all()
         assert m[2, 1] == pytest.approx(a_n[2, 1] ** 2 / e, rel=1e-3)      # a- * a- / (0 + eps)
         assert old > 1e4 * m[2, 1]                                        # the unbounded scale it replaces
     assert ev.patch_map("ratio_b")[1, 2, 1] == pytest.approx(a_n[2, 1] / eb, rel=1e-3)
+    served = sc.score(feats, modes=("dual_bounded", "dual"), map_modes=())["scores"]     # the default's image score
+    assert served["dual_bounded"][1] <= (a_n.max() ** 2 / e01) * (1 + 1e-5)
+    assert served["dual"][1] > 100 * served["dual_bounded"][1]
 
 
 def test_raise_only_keeps_patchcore_evidence_far_from_every_defect():
@@ -215,22 +220,26 @@ def test_raise_only_keeps_patchcore_evidence_far_from_every_defect():
     assert up[2, 0, 0] > 1.2 * neg[2, 0, 0]                # amplified: nearer the defect than any normal
 
 
-def test_default_mode_serves_dual_score_with_the_bounded_ratio_map():
-    """dual_ratio (the default of issue 19): the image score of `dual`, the map a-/(a+ + eps_b) with eps_b the positive
-    bank's own spacing; raise scores the peak of its own map and is never below the patchcore map's peak."""
+def test_default_mode_serves_the_bounded_dual_score_with_the_bounded_ratio_map():
+    """dual_bounded (the default of issue 19): the peak of the smoothed map a-^2/(a+ + 0.1 x the positive bank's spacing)
+    and the map a-/(a+ + eps_b) with eps_b that spacing; raise scores the peak of its own map and is never below the
+    patchcore map's peak."""
     from exdd_scoring import DEFAULT_MODE
-    from exdd_scoring.scores import bounded_eps
+    from exdd_scoring.scores import DUAL_EPS_REL, bounded_eps
     rng = np.random.default_rng(14)
     pair = make_pair(rng)
     feats = rng.standard_normal((2,) + GRID + (D,)).astype(np.float32) * 1.3
     sc = Scorer(pair)
     r = sc.score(feats)
-    assert DEFAULT_MODE == "dual_ratio"
-    np.testing.assert_array_equal(r["scores"]["dual_ratio"], r["scores"]["dual"])
+    assert DEFAULT_MODE == "dual_bounded"
     sh, sw = upsample_smooth_matrices(GRID, OUT, 4.0)
     eb = bounded_eps(sc.params["pos_scale"])
+    e01 = bounded_eps(sc.params["pos_scale"], DUAL_EPS_REL)
     for b in range(2):
-        want = sh @ (r["patch_neg"][b] / (r["patch_pos"][b] + eb)) @ sw.T
-        np.testing.assert_allclose(r["maps"]["dual_ratio"][b], want, rtol=1e-3, atol=1e-5)
+        n, p = r["patch_neg"][b], r["patch_pos"][b]
+        np.testing.assert_allclose(r["maps"]["dual_bounded"][b], sh @ (n / (p + eb)) @ sw.T, rtol=1e-3, atol=1e-5)
+        assert r["scores"]["dual_bounded"][b] == pytest.approx((sh @ (n * n / (p + e01)) @ sw.T).max(), rel=1e-3)
+        np.testing.assert_array_equal(r["maps"]["dual_ratio"][b], r["maps"]["dual_bounded"][b])
         assert r["scores"]["raise"][b] == pytest.approx(r["maps"]["raise"][b].max(), rel=1e-6)
         assert r["scores"]["raise"][b] >= r["maps"]["patchcore"][b].max() * (1 - 1e-6)
+    np.testing.assert_array_equal(r["scores"]["dual_ratio"], r["scores"]["dual"])

@@ -358,8 +358,16 @@ def main() -> None:
     ap.add_argument("--against", default=None, help="compare --variant with this variant (paired), not with patchcore")
     ap.add_argument("--images", default=None, help="with --against: the image scores to compare (comma-separated)")
     ap.add_argument("--maps", default=None, help="with --against: the maps to compare (comma-separated)")
+    ap.add_argument("--image-base", default="patchcore", help="the image score the others are paired with")
     a = ap.parse_args()
     names = [s for s in a.sets.split(",") if os.path.isdir(os.path.join(a.root, s, a.variant))]
+    if a.image_base != "patchcore":     # one variant, image scores paired with another candidate than patchcore
+        imgs = sorted(set((a.images or a.image_base).split(",")) | {a.image_base, "patchcore"})
+        sets = [study_set(os.path.join(a.root, s, a.variant), a.boot, 0, a.cache, a.pro_stride, imgs, ("ratio",))
+                for s in names]
+        print(f"## {a.variant}: image scores paired with `{a.image_base}`\n")
+        print(table(summarise(sets, "image", a.image_base), names, False))
+        return
     if a.against:
         imgs = a.images.split(",") if a.images else None
         mps = a.maps.split(",") if a.maps else None
