@@ -135,14 +135,18 @@ def raise_map(ev: Evidence) -> Any:
     return ev.a_neg * ev.xp.maximum(1.0, ev.a_neg / (ev.a_pos + eps_b(ev, RAISE_EPS_REL)))
 
 
+def dual_map(ev: Evidence, eps: float) -> Any:
+    """a- (a-/(a+ + eps))^gamma: far from normal and near known defects (eps 1e-6, or a bounded one)."""
+    return ev.a_neg * (ev.a_neg / (ev.a_pos + eps)) ** float(ev.params.get("gamma", DEFAULT_GAMMA))
+
+
 MAP_KINDS: Dict[str, Callable[[Evidence], Any]] = {
     "neg": lambda ev: ev.a_neg,
     "ratio": lambda ev: ev.a_neg / (ev.a_pos + ev.eps),
-    "dual": lambda ev: ev.a_neg * (ev.a_neg / (ev.a_pos + ev.eps)) ** float(ev.params.get("gamma", DEFAULT_GAMMA)),
+    "dual": lambda ev: dual_map(ev, ev.eps),
     "ratio_b": lambda ev: ev.a_neg / (ev.a_pos + eps_b(ev)),
-    "dual_b": lambda ev: ev.a_neg * (ev.a_neg / (ev.a_pos + eps_b(ev))) ** float(ev.params.get("gamma", DEFAULT_GAMMA)),
-    "dual_b01": lambda ev: ev.a_neg * (ev.a_neg / (ev.a_pos + eps_b(ev, DUAL_EPS_REL))) ** float(
-        ev.params.get("gamma", DEFAULT_GAMMA)),
+    "dual_b": lambda ev: dual_map(ev, eps_b(ev)),
+    "dual_b01": lambda ev: dual_map(ev, eps_b(ev, DUAL_EPS_REL)),
     "raise": raise_map,
 }
 

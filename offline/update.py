@@ -77,18 +77,14 @@ def extend_neighbors(old: Bank, new_vectors: np.ndarray, k: int) -> np.ndarray:
     return np.concatenate([nbr_old, nbr_new]).astype(np.int32)
 
 
-# the build's defaults, for a bank whose statistics do not say (an empty positive bank records only its size)
-RATIO = {"negative": 0.01, "positive": 0.10}
-MIN_SIZE = 1000
-
-
 def extend_bank(bank: Optional[Bank], vectors: np.ndarray, stats: BankStats, k: int, seed: int,
-                default_ratio: float = RATIO["negative"]) -> Tuple[Bank, BankStats]:
+                default_ratio: float = defaults.NEG_RATIO) -> Tuple[Bank, BankStats]:
     """bank grown by the coreset of vectors (N, d) continued from its centres; updated stats.
 
-    The size rule is the bank's (stats.ratio, stats.min_size), default_ratio and MIN_SIZE where it records none."""
+    The size rule is the bank's (stats.ratio, stats.min_size), else the build's defaults (default_ratio,
+    defaults.MIN_BANK) where it records none (an empty positive bank records only its size)."""
     ratio = default_ratio if stats.ratio is None else stats.ratio
-    min_size = MIN_SIZE if stats.min_size is None else stats.min_size
+    min_size = defaults.MIN_BANK if stats.min_size is None else stats.min_size
     n_new = int(vectors.shape[0])
     if bank is None or bank.size == 0:
         new_bank, st = make_bank(vectors, ratio, min_size, k, seed, defaults.CHUNK_ROWS, defaults.OVERSAMPLE)
@@ -135,7 +131,7 @@ def update(parent_dir: str, out_dir: str, normals: Sequence[Sample], defects: Se
                         f"cannot update them; {REBUILD}")
     d, k, seed = pm.features.d, pm.k, pm.coreset.seed
     if min_cover is None:
-        min_cover = 0.3 if pm.defect_patch_rule is None else pm.defect_patch_rule.min_cover
+        min_cover = defaults.MIN_COVER if pm.defect_patch_rule is None else pm.defect_patch_rule.min_cover
     errors: List[Tuple[str, str]] = list(input_errors)
     seconds: Dict[str, float] = {"load": time.perf_counter() - t0}
 
@@ -167,7 +163,7 @@ def update(parent_dir: str, out_dir: str, normals: Sequence[Sample], defects: Se
         vec = ex_d.features[sel]
         if vec.shape[0]:
             positive, pos_stats = extend_bank(positive, vec, pos_stats if positive else BankStats(0, 0), k, seed + 1,
-                                              RATIO["positive"])
+                                              defaults.POS_RATIO)
     seconds["banks"] = time.perf_counter() - t2
     if not added["normal"] and not added["defect"]:
         raise ValueError("none of the new images could be read: " + "; ".join(e for _, e in errors[:5]))

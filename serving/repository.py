@@ -75,6 +75,14 @@ def copy_banks(bank_dir: str, dest: str, manifest: BankManifest) -> None:
         shutil.copy2(os.path.join(bank_dir, os.path.basename(name)), dest)
 
 
+def _python_model(version_dir: str, template: str) -> None:
+    """The committed model.py of model template and a copy of exdd_scoring/ into version_dir (made if absent):
+    what a self-contained Python-backend model directory holds besides its data."""
+    os.makedirs(version_dir, exist_ok=True)
+    copy_resource(model_files() / template / "1" / "model.py", os.path.join(version_dir, "model.py"))
+    copy_resource(importlib.resources.files("exdd_scoring"), os.path.join(version_dir, "exdd_scoring"))
+
+
 def _write(path: str, text: str) -> None:
     with open(path, "w") as f:
         f.write(text)
@@ -184,9 +192,7 @@ def _write_scorer(tmp: str, pm: ProductModels, bank_dir: str, manifest: BankMani
     """The product's scorer version 1: model.py, exdd_scoring/, banks/ (+ index), features.json."""
     from exdd_scoring import BankError
     scorer_v = os.path.join(tmp, pm.scorer, "1")
-    os.makedirs(scorer_v)
-    copy_resource(model_files() / "exdd_scorer" / "1" / "model.py", os.path.join(scorer_v, "model.py"))
-    copy_resource(importlib.resources.files("exdd_scoring"), os.path.join(scorer_v, "exdd_scoring"))
+    _python_model(scorer_v, "exdd_scorer")
     copy_banks(bank_dir, os.path.join(scorer_v, "banks"), manifest)
     if index != "exact":
         from .ann_index import DEFAULT_MIN_SIZE, add_index
@@ -241,23 +247,18 @@ def assemble_products(onnx_path: str, products: Mapping[Optional[str], str], out
     out_dir = os.path.abspath(out_dir)
     if os.path.exists(out_dir) and os.listdir(out_dir) and not force:
         raise RepositoryError(f"{out_dir}: exists and is not empty (use --force to replace it)")
-    src = model_files()
     parent = os.path.dirname(out_dir)
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".exdd-repo-", dir=parent)
     try:
-        pre_v = os.path.join(tmp, PREPROCESS_MODEL, "1")
-        os.makedirs(pre_v)
-        copy_resource(src / PREPROCESS_MODEL / "1" / "model.py", os.path.join(pre_v, "model.py"))
-        copy_resource(importlib.resources.files("exdd_scoring"), os.path.join(pre_v, "exdd_scoring"))
+        _python_model(os.path.join(tmp, PREPROCESS_MODEL, "1"), PREPROCESS_MODEL)
         fjson = json.dumps(features.to_dict(), indent=2, sort_keys=True)
         feats_v = os.path.join(tmp, FEATURES_MODEL, "1")
         os.makedirs(feats_v)
         _write(os.path.join(feats_v, "features.json"), fjson)
         shutil.copy2(engine_path if fb.needs_engine else onnx_path, os.path.join(feats_v, fb.model_file))
         if fb.python_model:
-            copy_resource(src / "exdd_features" / "1" / "model.py", os.path.join(feats_v, "model.py"))
-            copy_resource(importlib.resources.files("exdd_scoring"), os.path.join(feats_v, "exdd_scoring"))
+            _python_model(feats_v, FEATURES_MODEL)
         _write(os.path.join(tmp, FEATURES_MODEL, "config.pbtxt"), features_config(features, features_backend, s))
         _write(os.path.join(tmp, PREPROCESS_MODEL, "config.pbtxt"), preprocess_config(features, s))
         for p in made:
