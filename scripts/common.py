@@ -11,7 +11,7 @@ import resource
 import subprocess
 import sys
 import time
-from typing import Any, Callable, Dict, Iterable, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -99,6 +99,25 @@ def exdd(*args: str, log: Optional[Callable[[str], None]] = None, ok: Sequence[i
     if p.returncode not in ok:
         raise RuntimeError(f"exdd {' '.join(args)} failed ({p.returncode}):\n{p.stderr[-2000:]}")
     return secs
+
+
+def process_tree(pid: int) -> List[int]:
+    """pid and all its descendants, from the parent pid of every process in /proc (whichever thread spawned them)."""
+    children: Dict[int, List[int]] = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            children.setdefault(ppid, []).append(int(d))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo += children.get(p, [])
+    return out
 
 
 def start_server(repo: str, log_path: str, timeout: float = 300.0, **server_options):

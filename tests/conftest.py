@@ -43,6 +43,15 @@ def tiny_banks(tiny_dataset, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="module")
+def server():
+    """A Triton server on the tiny Python-backend repository (tests/triton_util.py), one per test module using it."""
+    import triton_util as tu
+    s = tu.start_server(tu.repository())
+    yield s
+    s.stop()
+
+
 def copy_dataset(src: Path, dst: Path) -> Path:
     """A writable copy of a dataset folder."""
     shutil.copytree(src, dst)

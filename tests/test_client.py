@@ -21,13 +21,6 @@ EXDD = [sys.executable, "-m", "exdd.cli"]
 
 
 @pytest.fixture(scope="module")
-def server():
-    s = tu.start_server(tu.repository())
-    yield s
-    s.stop()
-
-
-@pytest.fixture(scope="module")
 def folder(tmp_path_factory):
     """24 readable images (the tiny test images under several names, nested), one corrupt file, one text file named .png."""
     root = tmp_path_factory.mktemp("imgs")

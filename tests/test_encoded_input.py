@@ -29,13 +29,6 @@ RTOL = tu.SCORE_RTOL
 
 
 @pytest.fixture(scope="module")
-def server():
-    s = tu.start_server(tu.repository())
-    yield s
-    s.stop()
-
-
-@pytest.fixture(scope="module")
 def pictures(tmp_path_factory):
     """A PNG and a JPEG of a 700x250 (HxW) picture and a PNG and a JPEG of a wide 150x400 one, made from a test
     image of the tiny dataset (so they hold surface, not noise): name -> path."""

@@ -13,7 +13,7 @@ pytest.importorskip("ray")
 
 import triton_util as tu                                   # noqa: E402
 from exdd.result_rows import read_rows                  # noqa: E402
-from test_client import by_path, folder, score, server     # noqa: E402,F401  (module fixtures)
+from test_client import by_path, folder, score     # noqa: E402,F401  (module fixtures; server: conftest)
 
 pytestmark = pytest.mark.triton
 RAY = ["--ray", "local", "--ray-cpus", "2"]

@@ -23,13 +23,6 @@ OUTPUTS = ("SCORE", "IS_DEFECT", "SCORE_NEG", "SCORE_POS", "ANOMALY_MAP")
 
 
 @pytest.fixture(scope="module")
-def server():
-    srv = tu.start_server(tu.repository("python"))
-    yield srv
-    srv.stop()
-
-
-@pytest.fixture(scope="module")
 def reference():
     imgs = tu.sample_images(6)
     return imgs, tu.offline_reference(imgs, tu.banks())

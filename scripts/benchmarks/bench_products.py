@@ -33,28 +33,9 @@ from typing import Dict, List
 
 import numpy as np
 
-from scripts.common import exdd, save_json, start_server
+from scripts.common import exdd, process_tree, save_json, start_server
 
 TEXTURES = ("brushed", "commutator", "tile")
-
-
-def tree(pid: int) -> List[int]:
-    """pid and all its descendants (from /proc)."""
-    children: Dict[int, List[int]] = {}
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                with open(f"/proc/{d}/stat") as f:
-                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-            except (OSError, ValueError, IndexError):
-                continue
-            children.setdefault(ppid, []).append(int(d))
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        todo += children.get(p, [])
-    return out
 
 
 def memory_mb(pids: List[int]) -> Dict[str, float]:
@@ -75,7 +56,7 @@ def memory_mb(pids: List[int]) -> Dict[str, float]:
 
 def servers_memory(servers) -> Dict[str, float]:
     """memory_mb of every server's process tree together."""
-    pids = [p for s in servers for p in tree(s.proc.pid)]
+    pids = [p for s in servers for p in process_tree(s.proc.pid)]
     return memory_mb(pids)
 
 

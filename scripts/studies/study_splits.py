@@ -29,6 +29,7 @@ from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 
+from exdd import defaults
 from exdd.datasets import Sample, duplicates_across, holdout_split, load_split
 from exdd.offline.build import defect_patches
 from exdd.offline.coreset import bank_size, chunked_kcenter
@@ -38,7 +39,8 @@ from exdd_scoring.knn import bank_neighbors, nearest, sq_norms
 
 DATA = "/work/shared/data"
 K_STUDY = 10          # m* and its 9 nearest bank neighbours
-NEG_RATIO, POS_RATIO, MIN_BANK, HOLDOUT, MIN_COVER = 0.01, 0.10, 1000, 0.1, 0.3
+NEG_RATIO, POS_RATIO, MIN_BANK, HOLDOUT, MIN_COVER = (defaults.NEG_RATIO, defaults.POS_RATIO, defaults.MIN_BANK,
+                                                    defaults.HOLDOUT, defaults.MIN_COVER)   # as `exdd offline build`
 
 
 def groups_of(root: str, samples: Sequence[Sample]) -> List[str]:

@@ -20,20 +20,17 @@ import numpy as np
 
 from exdd.client.connection import Connection
 
-from scripts.common import save_json, start_server
+from scripts.common import process_tree, save_json, start_server
 
 
 def tree_rss(pid: int) -> Dict[str, int]:
     """RSS in kB of a process and its descendants, keyed 'tritonserver' or the stub's model name."""
     out: Dict[str, int] = {}
-    todo = [pid]
-    while todo:
-        p = todo.pop()
+    for p in process_tree(pid):
         try:
             with open(f"/proc/{p}/status") as f:
                 rss = next((int(ln.split()[1]) for ln in f if ln.startswith("VmRSS:")), 0)
             cmd = open(f"/proc/{p}/cmdline", "rb").read().split(b"\0")
-            kids = open(f"/proc/{p}/task/{p}/children").read().split()
         except OSError:
             continue
         name = "tritonserver"
@@ -41,7 +38,6 @@ def tree_rss(pid: int) -> Dict[str, int]:
             path = cmd[1].decode(errors="replace") if len(cmd) > 1 else "stub"
             name = next((m for m in ("exdd_scorer", "exdd_features") if f"/{m}/" in path), "stub")
         out[name] = out.get(name, 0) + rss
-        todo += [int(k) for k in kids]
     return out
 
 
