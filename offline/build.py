@@ -20,6 +20,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from exdd import __version__, defaults
+from exdd.fileio import staged_dir
 from exdd_scoring import DEFAULT_MODE, MODES, Bank, BankPair, Scorer, save_bank
 from exdd_scoring.manifest import (BankManifest, BankStats, CoresetInfo, DefectPatchRule, Fusion, Scoring, Sources,
                                    Thresholds)
@@ -271,5 +272,6 @@ def finish(dataset: str, out_dir: str, features: Dict[str, Any], cfg: BuildConfi
     else:
         print("warning: no held-out images (--holdout 0): no calibrated threshold", file=sys.stderr)
     manifest = replace(manifest, threshold=Thresholds(cfg.threshold_rule, float(cfg.target_fpr), values, detail))
-    manifest = save_bank(out_dir, negative, positive, manifest)
+    with staged_dir(out_dir) as tmp:          # written beside, fsync'd, swapped in whole: never half old, half new
+        manifest = save_bank(tmp, negative, positive, manifest)
     return BuildResult(manifest, errors)

@@ -20,6 +20,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from exdd import __version__, defaults
+from exdd.fileio import staged_dir
 from exdd.images import is_image_name
 from exdd_scoring import MODES, Bank, BankPair, Scorer, load_banks, save_bank
 from exdd_scoring.bank import MANIFEST, BankError, sha256_file
@@ -203,7 +204,8 @@ def update(parent_dir: str, out_dir: str, normals: Sequence[Sample], defects: Se
     manifest = replace(manifest, threshold=thr, parent=record.parent, updates=manifest.updates + (record,),
                        created=now, files={})
     t4 = time.perf_counter()
-    manifest = save_bank(out_dir, negative, positive, manifest)
+    with staged_dir(out_dir) as tmp:          # written beside, fsync'd, swapped in whole
+        manifest = save_bank(tmp, negative, positive, manifest)
     seconds["save"] = time.perf_counter() - t4
     seconds["total"] = time.perf_counter() - t0
     return UpdateResult(manifest, errors, {k_: round(v, 3) for k_, v in seconds.items()})

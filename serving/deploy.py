@@ -7,16 +7,19 @@ default product, ``exdd_<NAME>_scorer`` for product NAME: ``1/``, ``2/``, ...), 
 1. verifies the new banks (checksums) and refuses banks whose features differ from the shared
    extractor's fingerprint (``exdd_features``' ``features.json``, and the product scorer's latest
    ``features.json``) -- nothing is written then;
-2. writes ``<scorer>/N+1/`` atomically (built beside, then renamed into place), with the new
-   banks' calibrated threshold for the served mode in the scorer config unless told to keep it;
+2. writes ``<scorer>/N+1/`` atomically and durably (staged in ``<scorer>/.exdd-deploy-*``, a folder
+   Triton ignores, fsync'd, then renamed into place), with the new banks' calibrated threshold for the
+   served mode in the scorer config unless told to keep it;
 3. with ``--url``: asks the server (started with ``--model-control-mode=explicit``, as
-   ``exdd serve`` does) to load that scorer. Triton loads version N+1 while N keeps serving,
+   ``exdd serve`` does, its model-repository API restricted to the model-control key: admin_key.py,
+   which deploy sends) to load that scorer. Triton loads version N+1 while N keeps serving,
    and unloads N once N+1 is ready (version policy: latest 1); the ensemble's step has
    ``model_version: -1`` and so takes the new version from then on. Every request is answered by
    one version. If the server fails to load N+1, the version directory is removed again (the old
    version was never unloaded and keeps serving) and the error names the server's reason.
 
-Older versions beyond ``--keep`` are removed after a successful load.
+Older versions beyond ``--keep`` are removed after a successful load. One deploy at a time per repository:
+the whole deployment holds ``REPO/.exdd-deploy.lock`` (repo_lock.py); a second one is refused, naming the holder.
 """
 from __future__ import annotations
 
@@ -25,15 +28,18 @@ import json
 import os
 import shutil
 import tempfile
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
 
 import click
 
 from exdd.cli_common import fail
-from exdd.fileio import atomic_write
+from exdd.fileio import atomic_write, fsync_dir, fsync_tree
 
+from .admin_key import AdminKey, AdminKeyError, client_key
 from .products import FEATURES_MODEL, ProductError, ProductModels, find
+from .repo_lock import STAGE_PREFIX, RepositoryLocked, repository_lock
 
 SCORER = ProductModels(None).scorer      # the default product's scorer
 DEPLOY_RECORD = "deploy.json"
@@ -126,8 +132,10 @@ def served_features(repo: str, scorer_version_dir: str) -> List[Tuple[str, Dict[
     return out
 
 
-def prepare(bank_dir: str, repo: str, keep_threshold: bool = False, product: Optional[str] = None) -> Dict[str, Any]:
-    """Verify the banks against the served extractor and write the product's next scorer version (not loaded yet)."""
+def prepare(bank_dir: str, repo: str, keep_threshold: bool = False, product: Optional[str] = None,
+            lock=None) -> Dict[str, Any]:
+    """Verify the banks against the served extractor and write the product's next scorer version (not loaded yet).
+    The caller holds the repository's deploy lock (lock: its repo_lock.Lock, told what is being added)."""
     from exdd_scoring import BankError, load_banks
     from exdd_scoring.bank import check_features, sha256_file
     from .repository import copy_banks, choose_threshold
@@ -155,7 +163,11 @@ def prepare(bank_dir: str, repo: str, keep_threshold: bool = False, product: Opt
     if not keep_threshold:
         new_config = set_config_parameter(config, "threshold", None if new_thr is None else repr(new_thr), scorer)
     version = latest + 1
-    tmp = tempfile.mkdtemp(prefix=".exdd-deploy-", dir=repo)
+    if lock is not None:
+        lock.note(f"adding {scorer} version {version} from {os.path.abspath(bank_dir)}")
+    # staged inside the model folder under a name that is not a number: Triton never takes it for a model or a
+    # version, whatever moment a kill leaves it behind (exdd serve removes it at start)
+    tmp = tempfile.mkdtemp(prefix=STAGE_PREFIX, dir=model_dir)
     try:
         shutil.copy2(os.path.join(latest_dir, "model.py"), tmp)
         shutil.copy2(os.path.join(latest_dir, "features.json"), tmp)
@@ -170,12 +182,15 @@ def prepare(bank_dir: str, repo: str, keep_threshold: bool = False, product: Opt
                   "at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
         with open(os.path.join(tmp, DEPLOY_RECORD), "w") as f:
             json.dump(record, f, indent=2)
+        os.chmod(tmp, 0o755)                         # mkdtemp's 0700 -> a plain folder's mode
+        fsync_tree(tmp)
         os.rename(tmp, os.path.join(model_dir, str(version)))
+        fsync_dir(model_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     if new_config != config:
-        atomic_write(cfg_path, new_config)
+        atomic_write(cfg_path, new_config, fsync=True)
     return {"version": version, "previous": latest, "config_before": config, "config_path": cfg_path,
             "threshold": None if keep_threshold else new_thr, "model": scorer, "product": pm}
 
@@ -183,7 +198,7 @@ def prepare(bank_dir: str, repo: str, keep_threshold: bool = False, product: Opt
 def rollback_prepared(repo: str, prep: Dict[str, Any]) -> None:
     """Undo prepare(): remove the new version directory and restore the scorer config."""
     shutil.rmtree(os.path.join(repo, prep.get("model", SCORER), str(prep["version"])), ignore_errors=True)
-    atomic_write(prep["config_path"], prep["config_before"])
+    atomic_write(prep["config_path"], prep["config_before"], fsync=True)
 
 
 def _client(url: str, timeout_s: float):
@@ -192,16 +207,21 @@ def _client(url: str, timeout_s: float):
                                       connection_timeout=min(timeout_s, 30.0))
 
 
-def load(url: str, timeout_s: float = 600.0, model: str = SCORER) -> None:
-    """Ask the server to (re)load one scorer model (no other model); DeployError with the server's reason on failure."""
+def load(url: str, timeout_s: float = 600.0, model: str = SCORER, key: Optional[AdminKey] = None) -> None:
+    """Ask the server to (re)load one scorer model (no other model), sending the model-control key when given;
+    DeployError with the server's reason on failure."""
     from tritonclient.utils import InferenceServerException
     c = _client(url, timeout_s)
     try:
-        c.load_model(model)
+        c.load_model(model, headers=key.headers() if key else None)
     except InferenceServerException as e:
         msg = str(e)
         if "explicit" in msg.lower() and "not allowed" in msg.lower() or "polling" in msg.lower():
             msg += " (start the server with --model-control-mode=explicit, as `exdd serve` does)"
+        elif "restricted" in msg.lower():
+            msg += (" (the server requires the model-control key: give `exdd deploy` the server's key with "
+                    "--admin-key-file or $EXDD_ADMIN_KEY)" if key is None else
+                    f" (the key from {key.source} is not the server's)")
         raise DeployError(f"{url}: loading {model} failed: {msg}") from None
     except Exception as e:  # noqa: BLE001 - connection problems, named
         raise DeployError(f"{url}: cannot reach the server ({e})") from None
@@ -231,15 +251,32 @@ def prune(repo: str, keep: int, protect: int, model: str = SCORER) -> List[int]:
 
 
 def deploy(bank_dir: str, repo: str, url: Optional[str] = None, keep: int = 3, keep_threshold: bool = False,
-           timeout_s: float = 600.0, product: Optional[str] = None) -> Deployed:
-    """Add the banks as the next version of the product's scorer and, with url, load it on the running server."""
+           timeout_s: float = 600.0, product: Optional[str] = None, key: Optional[AdminKey] = None,
+           key_file: Optional[str] = None) -> Deployed:
+    """Add the banks as the next version of the product's scorer and, with url, load it on the running server
+    (sending the model-control key: key, else admin_key.client_key(key_file)). Holds the repository's deploy lock
+    throughout; DeployError when another deploy holds it."""
     repo = os.path.abspath(repo)
-    prep = prepare(bank_dir, repo, keep_threshold, product)
+    if url and key is None:
+        try:
+            key = client_key(key_file)
+        except AdminKeyError as e:
+            raise DeployError(str(e)) from None
+    try:
+        held = repository_lock(repo) if os.path.isdir(repo) else nullcontext()
+        with held as lock:
+            return _deploy_locked(bank_dir, repo, url, keep, keep_threshold, timeout_s, product, key, lock)
+    except RepositoryLocked as e:
+        raise DeployError(f"refused: {e}") from None
+
+
+def _deploy_locked(bank_dir, repo, url, keep, keep_threshold, timeout_s, product, key, lock) -> Deployed:
+    prep = prepare(bank_dir, repo, keep_threshold, product, lock)
     model = prep["model"]
     loaded = False
     if url:
         try:
-            load(url, timeout_s, model)
+            load(url, timeout_s, model, key)
             if not ready_version(url, prep["version"], model):
                 raise DeployError(f"{url}: {model} version {prep['version']} is not ready after the load")
         except DeployError:
@@ -261,10 +298,13 @@ def deploy(bank_dir: str, repo: str, url: Optional[str] = None, keep: int = 3, k
 @click.option("--keep", default=3, show_default=True, help="Scorer versions kept on disk after a successful load.")
 @click.option("--keep-threshold", is_flag=True, help="Keep the served threshold instead of the new banks' calibrated one.")
 @click.option("--timeout", default=600, show_default=True, help="Seconds to wait for the load.")
-def deploy_cmd(bank_dir, repo, product, url, keep, keep_threshold, timeout):
+@click.option("--admin-key-file", default=None, type=click.Path(dir_okay=False),
+              help="The server's model-control key (default: $EXDD_ADMIN_KEY, else $EXDD_ADMIN_KEY_FILE, else "
+                   "~/.config/exdd/admin-key, where `exdd serve` keeps it).")
+def deploy_cmd(bank_dir, repo, product, url, keep, keep_threshold, timeout, admin_key_file):
     """Add NEW_BANKS as the next version of a product's scorer in REPO and load it on a running server without downtime."""
     try:
-        d = deploy(bank_dir, repo, url, keep, keep_threshold, timeout, product)
+        d = deploy(bank_dir, repo, url, keep, keep_threshold, timeout, product, key_file=admin_key_file)
     except DeployError as e:
         fail(str(e))
     thr = "kept" if keep_threshold else ("none" if d.threshold is None else f"{d.threshold:.6g}")

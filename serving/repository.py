@@ -29,6 +29,7 @@ import tempfile
 from dataclasses import dataclass
 from typing import List, Mapping, Optional
 
+from exdd.fileio import fsync_tree, replace_dir
 from exdd_scoring.bank import MANIFEST, sha256_file
 from exdd_scoring.manifest import BankManifest
 
@@ -273,9 +274,9 @@ def assemble_products(onnx_path: str, products: Mapping[Optional[str], str], out
         result = Assembled(out_dir, features, first.mode, first.threshold, first.manifest_sha256, made)
         manifests = {scorer: b.manifest for scorer, b in loaded.items()}
         _write(os.path.join(tmp, "README.md"), readme(result, manifests, onnx_path, features_backend, s, precision))
-        if os.path.exists(out_dir):
-            shutil.rmtree(out_dir)
-        os.rename(tmp, out_dir)
+        os.chmod(tmp, 0o755)                         # mkdtemp's 0700 -> a plain folder's mode
+        fsync_tree(tmp)                              # durable before it is swapped in; the old one goes only then
+        replace_dir(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

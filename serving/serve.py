@@ -1,4 +1,18 @@
-"""``exdd serve REPO`` and the ``TritonServer`` class it (and the tests) use to run a local tritonserver."""
+"""``exdd serve REPO`` and the ``TritonServer`` class it (and the tests) use to run a local tritonserver.
+
+What ``exdd serve`` promises (RELIABILITY.md, SECURITY.md; tests/test_serve_safety.py):
+
+- model control is closed: the model-repository API (index, load, unload) answers only requests carrying the
+  model-control key (admin_key.py), which ``exdd deploy`` sends;
+- one product's files cannot stop the others: tritonserver runs with ``--exit-on-error=false``, so a scorer that
+  refuses its banks (or a half-written version) leaves only that product UNAVAILABLE; ``serve`` names each product
+  ready or not (with the server's reason) and ends only when no product or a shared model could load;
+- ``/v2/health/ready`` answers 200 while the server runs (``--strict-readiness=false``): a product that cannot
+  load must not take the healthy ones out of a load balancer. A product's readiness is
+  ``/v2/models/exdd_<product>/ready`` (``/v2/models/exdd/ready`` for the default product), the shared models'
+  ``/v2/models/exdd_features/ready`` (the k8s readiness probe);
+- leftovers of a deploy killed mid-way (``.exdd-deploy-*`` folders) are removed at start (repo_lock.py).
+"""
 from __future__ import annotations
 
 import os
@@ -8,7 +22,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from typing import List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import click
 
@@ -18,6 +32,8 @@ from .serving_env import ServingEnv, ServingEnvError, resolve
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
 EXPLICIT_MODEL_CONTROL = ("--model-control-mode=explicit", "--load-model=*")
+# a product that cannot load leaves the server up, serving the others, and /v2/health/ready answering
+KEEP_SERVING = ("--strict-readiness=false",)
 
 
 class TritonStartError(RuntimeError):
@@ -141,6 +157,21 @@ class TritonServer:
         keep = [ln.strip(" |") for ln in lines if "UNAVAILABLE" in ln or (ln[:1] == "E" and ln[1:2].isdigit())]
         return "\n".join(keep[-20:])
 
+    def model_states(self, headers: Optional[Dict[str, str]] = None) -> Dict[str, Dict[str, str]]:
+        """The repository index: model name -> {state, reason} (the newest version's entry); headers: the
+        model-control key when the API is restricted. urllib.error.HTTPError when the server refuses."""
+        import json
+        req = urllib.request.Request(f"http://{self.http_url}/v2/repository/index", data=b"{}", method="POST",
+                                     headers=dict(headers or {}))
+        with urllib.request.urlopen(req, timeout=30) as r:
+            rows = json.load(r)
+        out: Dict[str, Dict[str, str]] = {}
+        for e in rows:
+            prev = out.get(e["name"])
+            if prev is None or prev.get("state") != "READY":
+                out[e["name"]] = {"state": e.get("state", ""), "reason": e.get("reason", "")}
+        return out
+
     def _get(self, path: str) -> int:
         try:
             with urllib.request.urlopen(f"http://{self.http_url}{path}", timeout=2) as r:
@@ -208,30 +239,69 @@ def _raise_interrupt(signum, frame):
 @click.option("--metrics-port", default=8002, show_default=True)
 @click.option("--timeout", default=300, show_default=True, help="Seconds to wait for the server to be ready.")
 @click.option("--log-verbose", default=0, show_default=True, help="tritonserver --log-verbose level.")
-def serve(repo, host, http_port, grpc_port, metrics_port, timeout, log_verbose):
+@click.option("--admin-key-file", default=None, type=click.Path(dir_okay=False),
+              help="The model-control key (load/unload/index need it; `exdd deploy` sends it). Default: "
+                   "$EXDD_ADMIN_KEY, else $EXDD_ADMIN_KEY_FILE, else ~/.config/exdd/admin-key, generated (0600) "
+                   "when absent.")
+def serve(repo, host, http_port, grpc_port, metrics_port, timeout, log_verbose, admin_key_file):
     """Start a Triton server on the model repository REPO and wait until it is ready (Ctrl-C stops it)."""
-    from .products import products_in
+    from .admin_key import AdminKeyError, restricted_args, server_key
+    from .products import FEATURES_MODEL, PREPROCESS_MODEL, products_in
+    from .repo_lock import alive, clean_leftovers, holder, problem
     products = products_in(repo)
     if not products:
         fail(f"{repo}: not an exdd model repository (no exdd/config.pbtxt nor exdd_NAME/config.pbtxt with its scorer); "
              "build one with `exdd export repository`")
     if host not in LOOPBACK:
-        click.echo(f"WARNING: binding {host}: the server (inference, model control and metrics, no authentication) "
-                   "is exposed to every machine that can reach this address", err=True)
+        click.echo(f"WARNING: binding {host}: the server (inference and metrics, no authentication; model control "
+                   "only with the key) is exposed to every machine that can reach this address", err=True)
+    try:
+        key = server_key(admin_key_file, log=lambda s: click.echo(s, err=True))
+    except (AdminKeyError, OSError) as e:
+        fail(str(e))
+    rec = holder(repo)
+    if rec is not None and alive(rec) is not True:
+        click.echo(f"warning: {problem(repo, rec)}", err=True)
+    for p in clean_leftovers(repo):
+        click.echo(f"removed the leftover of an unfinished deploy: {p}", err=True)
     try:
         env = resolve(log=lambda s: click.echo(s, err=True))
     except ServingEnvError as e:
         fail(str(e))
     click.echo(f"tritonserver: {env.source}", err=True)
     # explicit model control: every model loaded at start, `exdd deploy` swaps scorer versions through the API
+    # (restricted to the key); a model that cannot load does not end the server (KEEP_SERVING)
     server = TritonServer(repo, host, http_port, grpc_port, metrics_port, env=env, log_verbose=log_verbose,
-                          extra_args=EXPLICIT_MODEL_CONTROL)
+                          exit_on_error=False,
+                          extra_args=(*EXPLICIT_MODEL_CONTROL, *KEEP_SERVING, *restricted_args(key)))
     old = {s: signal.signal(s, _raise_interrupt) for s in (signal.SIGINT, signal.SIGTERM)}
     code = 0
     try:
         server.start().wait_ready(timeout)
+        try:
+            states = server.model_states(key.headers())
+        except (urllib.error.URLError, OSError, ValueError) as e:
+            raise TritonStartError(f"cannot read the server's repository index ({e})") from None
+        ok = lambda m: states.get(m, {}).get("state") == "READY"  # noqa: E731
+        why = lambda m: states.get(m, {}).get("reason") or states.get(m, {}).get("state") or "not in the repository"  # noqa: E731
+        for m in (PREPROCESS_MODEL, FEATURES_MODEL):
+            if not ok(m):
+                raise TritonStartError(f"{m} (shared by every product) is not ready: {why(m)}\n{server.problems()}")
+        ready = [pm for pm in products if ok(pm.ensemble) and ok(pm.scorer)]
         for pm in products:
-            click.echo(f"product {pm.display}: send IMAGE or IMAGE_BYTES to {pm.ensemble} (scorer {pm.scorer})", err=True)
+            if pm in ready:
+                click.echo(f"product {pm.display}: send IMAGE or IMAGE_BYTES to {pm.ensemble} (scorer {pm.scorer})", err=True)
+            else:
+                bad = pm.scorer if not ok(pm.scorer) else pm.ensemble
+                others = "; the other products serve" if len(products) > 1 else ""
+                click.echo(f"product {pm.display}: NOT READY ({bad}: {why(bad)}){others}; fix its files and "
+                           "`exdd deploy` new banks to it, or restart", err=True)
+        known = {PREPROCESS_MODEL, FEATURES_MODEL} | {m for pm in products for m in (pm.ensemble, pm.scorer)}
+        for m in sorted(set(states) - known):
+            if not ok(m):
+                click.echo(f"warning: {os.path.join(repo, m)} is not an exdd model and did not load ({why(m)})", err=True)
+        if not ready:
+            raise TritonStartError("no product is ready (see above)")
         click.echo(f"ready: http {server.http_url}  grpc {server.grpc_url}  metrics "
                    f"{server.metrics_url}/metrics  (Ctrl-C stops)", err=True)
         while server.poll() is None:
