@@ -1,9 +1,12 @@
 """Shared fixtures: a tiny generated dataset and banks built from it with a random-init backbone."""
 from __future__ import annotations
 
+import atexit
+import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -13,6 +16,13 @@ SHARED = ROOT.parent / "shared"
 EXDD = [sys.executable, "-m", "exdd.cli"]
 TINY_HW = (128, 64)          # 16 x 8 patch grid: fast on CPU
 TINY_ARGS = ["--weights", "random:0", "--input-size", f"{TINY_HW[0]}x{TINY_HW[1]}", "--d", "32", "--min-bank", "40"]
+
+# `exdd serve` keeps its model-control key (serving/admin_key.py) in a temporary file during the tests, never in the
+# user's ~/.config; `exdd deploy` (in this process and in subprocesses) reads it there
+_KEY_DIR = tempfile.mkdtemp(prefix="exdd-admin-key-")
+atexit.register(shutil.rmtree, _KEY_DIR, True)
+os.environ["EXDD_ADMIN_KEY_FILE"] = os.path.join(_KEY_DIR, "admin-key")
+os.environ.pop("EXDD_ADMIN_KEY", None)
 
 
 def run_exdd(*args: str, check: bool = True, **kw) -> subprocess.CompletedProcess:
