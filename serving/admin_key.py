@@ -1,4 +1,5 @@
-"""The model-control key: Triton's model-repository API (index, load, unload) answers only requests carrying it.
+"""The model-control key: Triton's model-repository API (index, load, unload) and shared-memory API answer only
+requests carrying it.
 
 ``exdd serve`` starts tritonserver with the model-repository API restricted (HTTP and gRPC) to requests with the
 header ``exdd-admin-key: KEY``; ``exdd deploy`` sends it. Without it anyone reaching the port could unload a
@@ -21,7 +22,10 @@ HEADER = "exdd-admin-key"
 KEY_ENV = "EXDD_ADMIN_KEY"
 KEY_FILE_ENV = "EXDD_ADMIN_KEY_FILE"
 KEY_RE = re.compile(r"[A-Za-z0-9._~-]{16,256}")      # what goes into the tritonserver flag and an HTTP header as is
-RESTRICTED = "model-repository"
+# model-repository: index, load, unload (an unload is an outage; a load from uploaded files runs code);
+# shared-memory: registering shared-memory regions, which exdd's clients never use and which the chain behind
+# NVIDIA's August 2025 Python-backend fixes (CVE-2025-23319, -23320, -23334) starts from (SECURITY.md)
+RESTRICTED = "model-repository,shared-memory"
 
 
 class AdminKeyError(ValueError):
@@ -101,6 +105,7 @@ def server_key(key_file: Optional[str] = None, log: Callable[[str], None] = lamb
 
 
 def restricted_args(key: AdminKey) -> List[str]:
-    """tritonserver flags restricting the model-repository API (HTTP and gRPC) to requests carrying the key."""
+    """tritonserver flags restricting the model-repository and shared-memory APIs (HTTP and gRPC) to requests
+    carrying the key."""
     return [f"--http-restricted-api={RESTRICTED}:{HEADER}={key.value}",
             f"--grpc-restricted-protocol={RESTRICTED}:{HEADER}={key.value}"]

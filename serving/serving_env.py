@@ -1,7 +1,7 @@
 """Where a ``tritonserver`` comes from: a Triton container's (on PATH) or the one in the nvidia-pytriton wheel.
 
 The bundled server lives in a serving venv of its own (default ``~/.cache/exdd/serve-venv``, or
-``$EXDD_SERVE_VENV``), created on first use with ``numpy<2``, onnxruntime, openvino, faiss-cpu and Pillow
+``$EXDD_SERVE_VENV``), created on first use with ``numpy<2``, onnxruntime, openvino and faiss-cpu at pinned versions (SERVING_PACKAGES) and Pillow
 (the very version of this exdd's Python, so the server's exdd_preprocess decodes a JPEG exactly as the client
 does), and nvidia-pytriton
 installed with ``--no-deps``. The Python-backend stub runs model.py with the packages of the venv
@@ -68,24 +68,35 @@ def venv_python(venv: str) -> str:
     return os.path.join(venv, "bin", "python")
 
 
-#: what model.py files import in the serving venv: module -> pip requirement (numpy<2 is pinned with them);
-#: PIL (exdd_preprocess) is pinned to this Python's Pillow at install time (pillow_requirement)
-SERVING_PACKAGES = {"onnxruntime": "onnxruntime", "openvino": "openvino", "faiss": "faiss-cpu", "PIL": "pillow"}
+#: what model.py files import in the serving venv: module -> (distribution, pinned version); numpy<2 is installed
+#: with them. The pins are the versions the suite runs the server with (RELIABILITY.md); PIL (exdd_preprocess) is
+#: pinned to this Python's Pillow at install time (None here), so the server decodes as the client does.
+SERVING_PACKAGES = {"onnxruntime": ("onnxruntime", "1.32.0"), "openvino": ("openvino", "2026.4.1"),
+                    "faiss": ("faiss-cpu", "1.15.1"), "PIL": ("pillow", None)}
+
+
+def pinned_version(module: str) -> str:
+    """The version a SERVING_PACKAGES module must have in the serving venv (Pillow: this Python's)."""
+    dist, version = SERVING_PACKAGES[module]
+    if version is None:
+        import PIL
+        return PIL.__version__
+    return version
 
 
 def pillow_requirement() -> str:
     """pillow==<the Pillow of this Python>: the server decodes and resizes with the client's own Pillow."""
-    import PIL
-    return f"pillow=={PIL.__version__}"
+    return requirement("PIL")
 
 
 def requirement(module: str) -> str:
-    """The pip requirement installing a SERVING_PACKAGES module (Pillow pinned to this Python's version)."""
-    return pillow_requirement() if module == "PIL" else SERVING_PACKAGES[module]
+    """The pinned pip requirement installing a SERVING_PACKAGES module."""
+    return f"{SERVING_PACKAGES[module][0]}=={pinned_version(module)}"
 
 
 def add_missing_packages(venv: str, missing: List[str], log: Log) -> None:
-    """Install into an existing serving venv the SERVING_PACKAGES modules it lacks (venvs from older exdd)."""
+    """Install into an existing serving venv the SERVING_PACKAGES modules it lacks or has at another version than
+    the pinned one (venvs from older exdd)."""
     if missing:
         reqs = [requirement(m) for m in missing]
         log(f"adding {', '.join(reqs)} to the serving venv {venv}")
@@ -109,16 +120,15 @@ def create_venv(venv: str, log: Log) -> None:
 
 
 def venv_info(venv: str) -> Dict[str, Any]:
-    """Python version, numpy version, site-packages of the venv and the SERVING_PACKAGES modules it lacks (a Pillow
-    other than this Python's counts as missing: it is reinstalled at the client's version)."""
+    """Python version, numpy version, site-packages of the venv and the SERVING_PACKAGES modules it lacks (one at
+    another version than its pin counts as missing: it is reinstalled at the pinned version)."""
     code = ("import sys, sysconfig, numpy, importlib.util, importlib.metadata as md; "
             "print(f'{sys.version_info[0]}.{sys.version_info[1]}'); "
             "print(numpy.__version__); print(sysconfig.get_paths()['purelib']); "
-            "print(' '.join(m for m in sys.argv[2:] if importlib.util.find_spec(m) is None or "
-            "(m == 'PIL' and md.version('pillow') != sys.argv[1])))")
-    import PIL
-    out = _run([venv_python(venv), "-c", code, PIL.__version__, *SERVING_PACKAGES],
-               f"inspecting the serving venv {venv}").split("\n")
+            "want = [a.split('=') for a in sys.argv[1:]]; "
+            "print(' '.join(m for m, d, v in want if importlib.util.find_spec(m) is None or md.version(d) != v))")
+    pins = [f"{m}={SERVING_PACKAGES[m][0]}={pinned_version(m)}" for m in SERVING_PACKAGES]
+    out = _run([venv_python(venv), "-c", code, *pins], f"inspecting the serving venv {venv}").split("\n")
     return {"python": out[0], "numpy": out[1], "site": out[2], "missing": out[3].split()}
 
 

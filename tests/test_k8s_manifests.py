@@ -70,7 +70,8 @@ def test_probes_ports_volume_and_selectors_agree():
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}
     assert ports == {"http": 8000, "grpc": 8001, "metrics": 8002}
     # Triton's health endpoints, on its HTTP port
-    assert c["readinessProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": "http"}
+    # readiness: the shared extractor (one product that cannot load must not take the pod out of the Service)
+    assert c["readinessProbe"]["httpGet"] == {"path": "/v2/models/exdd_features/ready", "port": "http"}
     assert c["livenessProbe"]["httpGet"] == {"path": "/v2/health/live", "port": "http"}
     assert c["startupProbe"]["httpGet"]["path"] == "/v2/health/live"
     # the model repository comes from the PVC, mounted where --model-repository points
@@ -80,7 +81,13 @@ def test_probes_ports_volume_and_selectors_agree():
     [name] = [n for n, m in mounts.items() if m["mountPath"] == repo[0]]
     assert mounts[name]["readOnly"] is True
     assert vols[name]["persistentVolumeClaim"]["claimName"] == pvc["metadata"]["name"]
-    assert "--strict-readiness=true" in c["args"] and "--metrics-port=8002" in c["args"]
+    assert "--strict-readiness=false" in c["args"] and "--exit-on-error=false" in c["args"]
+    assert "--metrics-port=8002" in c["args"]
+    # model control closed: the model-repository API needs the key of a Secret, on HTTP and gRPC
+    assert "--http-restricted-api=model-repository,shared-memory:exdd-admin-key=$(EXDD_ADMIN_KEY)" in c["args"]
+    assert "--grpc-restricted-protocol=model-repository,shared-memory:exdd-admin-key=$(EXDD_ADMIN_KEY)" in c["args"]
+    env = {e["name"]: e for e in c["env"]}
+    assert env["EXDD_ADMIN_KEY"]["valueFrom"]["secretKeyRef"] == {"name": "exdd-admin-key", "key": "key"}
     # the Service selects the pods and exposes the named ports
     labels = pod["metadata"]["labels"]
     assert all(labels.get(k) == v for k, v in svc["spec"]["selector"].items())

@@ -153,6 +153,9 @@ def test_model_control_needs_the_key_and_deploy_sends_it(fleet, tmp_path):
         assert code == 403 and "restricted" in body
         assert _http(http, f"/v2/repository/models/{ALPHA.scorer}/load", post=True, headers=headers)[0] == 403
         assert _http(http, "/v2/repository/index", post=True, headers=headers)[0] == 403
+    # shared-memory registration (never used by exdd's clients) is closed the same way
+    code, body = _http(http, "/v2/systemsharedmemory/region/probe/register", post=True)
+    assert code == 403 and "restricted" in body
     with tg.InferenceServerClient(grpc) as c:
         with pytest.raises(InferenceServerException, match="restricted"):
             c.unload_model(ALPHA.scorer)
@@ -265,3 +268,12 @@ def test_build_and_export_force_swap_a_new_folder_in(tmp_path):
     assert p.returncode == 0, p.stderr
     assert os.stat(repo).st_ino != ino and versions(str(repo / "exdd_scorer")) == [1]
     assert not [n for n in os.listdir(tmp_path) if n.startswith(".")]
+
+
+def test_serving_venv_has_the_pinned_versions():
+    """The pins of serving_env.SERVING_PACKAGES are the versions the suite's server runs with (a venv at other
+    versions reports them missing, and `exdd serve` reinstalls them at the pins)."""
+    from exdd.serving.serving_env import SERVING_PACKAGES, requirement, venv_dir, venv_info
+    tu.serving_env()
+    assert all("==" in requirement(m) for m in SERVING_PACKAGES)
+    assert venv_info(venv_dir())["missing"] == []
