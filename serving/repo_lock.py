@@ -77,8 +77,10 @@ def problem(repo: str, rec: Dict[str, Any]) -> str:
     if state is False:
         return (f"{path}: left by a deploy that is no longer running ({who}: {what}), killed before it finished. "
                 "Its staged files are hidden (.exdd-deploy-*, ignored by Triton, removed by the next `exdd serve`); a "
-                "version it had already renamed into place is complete (its deploy.json says which banks). "
-                f"When you have checked, remove the lock: rm {path}")
+                "version it had already renamed into place is complete and will serve from the next load or restart "
+                "(its deploy.json names the banks and the threshold it was deployed with; the scorer's config.pbtxt "
+                "may still hold the previous threshold). Remove that version or redeploy, then remove the lock: "
+                f"rm {path}")
     return (f"{path}: held by a deploy on another host ({who}: {what}); if none runs there any more, "
             f"remove it: rm {path}")
 
