@@ -16,7 +16,7 @@ import os
 import shutil
 import tempfile
 import threading
-from typing import Any, Iterator, Union
+from typing import Any, Callable, Iterator, Optional, Union
 
 import numpy as np
 
@@ -112,12 +112,25 @@ def replace_dir(new: str, dest: str) -> None:
     shutil.rmtree(aside, ignore_errors=True)
 
 
+def check_replaceable(dest: str, allowed: Optional[Callable[[str], bool]], what: str) -> None:
+    """ValueError naming them when an existing folder dest holds entries that allowed(name) refuses: staged_dir
+    replaces dest whole, and must never take a user's other files with it (``--out .``)."""
+    if allowed is None or not os.path.isdir(dest):
+        return
+    other = sorted(n for n in os.listdir(dest) if not allowed(n))
+    if other:
+        shown = ", ".join(other[:5]) + (f" and {len(other) - 5} more" if len(other) > 5 else "")
+        raise ValueError(f"{dest}: holds other files than {what} ({shown}); it would be replaced whole: choose a new "
+                         "or empty folder")
+
+
 @contextlib.contextmanager
-def staged_dir(dest: str) -> Iterator[str]:
+def staged_dir(dest: str, allowed: Optional[Callable[[str], bool]] = None, what: str = "") -> Iterator[str]:
     """A new empty folder beside dest to write into; when the block ends without an exception it is fsync'd and
     put at dest (replace_dir: an existing dest is replaced whole, only then removed), otherwise removed. dest never
-    holds a half-written result."""
+    holds a half-written result. allowed: the names an existing dest may hold (check_replaceable), checked first."""
     dest = os.path.abspath(dest)
+    check_replaceable(dest, allowed, what)
     parent, base = os.path.split(dest)
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f".{base}.exdd-new-", dir=parent)

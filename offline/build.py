@@ -20,7 +20,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from exdd import __version__, defaults
-from exdd.fileio import staged_dir
+from exdd.fileio import check_replaceable, staged_dir
 from exdd_scoring import DEFAULT_MODE, MODES, Bank, BankPair, Scorer, save_bank
 from exdd_scoring.manifest import (BankManifest, BankStats, CoresetInfo, DefectPatchRule, Fusion, Scoring, Sources,
                                    Thresholds)
@@ -158,6 +158,11 @@ def calibration_scorer(pair: BankPair) -> Scorer:
 
 # held_scores(pair) -> (score_samples' dict, labels) of the held-out images, or None without any; called
 # again after the fusion is fitted (the held-out features are kept between the calls)
+def bank_file(name: str) -> bool:
+    """Whether a file name is one a bank folder holds (what `--out` may hold before it is replaced)."""
+    return name == "manifest.json" or name.endswith(".npy")
+
+
 HeldScores = Callable[[BankPair], Optional[Tuple[Dict[str, np.ndarray], np.ndarray]]]
 
 
@@ -174,6 +179,7 @@ def build(dataset: str, out_dir: str, model, features: Dict[str, Any], cfg: Buil
     def bar(desc: str, total: int):
         return progress_factory(desc, total) if progress_factory else None
 
+    check_replaceable(out_dir, bank_file, "banks")       # before the work: --out is replaced whole at the end
     d = int(features["d"])
     featurize = featurize or model_featurizer(model, features, cfg.batch_size)
     p = plan(dataset, cfg, synthetic_dirs, layout, synthetic_limit)
@@ -272,6 +278,6 @@ def finish(dataset: str, out_dir: str, features: Dict[str, Any], cfg: BuildConfi
     else:
         print("warning: no held-out images (--holdout 0): no calibrated threshold", file=sys.stderr)
     manifest = replace(manifest, threshold=Thresholds(cfg.threshold_rule, float(cfg.target_fpr), values, detail))
-    with staged_dir(out_dir) as tmp:          # written beside, fsync'd, swapped in whole: never half old, half new
+    with staged_dir(out_dir, bank_file, "banks") as tmp:   # written beside, fsync'd, swapped in whole
         manifest = save_bank(tmp, negative, positive, manifest)
     return BuildResult(manifest, errors)

@@ -20,13 +20,13 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from exdd import __version__, defaults
-from exdd.fileio import staged_dir
+from exdd.fileio import check_replaceable, staged_dir
 from exdd.images import is_image_name
 from exdd_scoring import MODES, Bank, BankPair, Scorer, load_banks, save_bank
 from exdd_scoring.bank import MANIFEST, BankError, sha256_file
 from exdd_scoring.manifest import REBUILD, BankManifest, BankStats, Parent, SizeChange, Thresholds, UpdateRecord
 from exdd_scoring.knn import bank_neighbors, topk_nearest
-from .build import Featurize, defect_patches, make_bank, score_samples
+from .build import Featurize, bank_file, defect_patches, make_bank, score_samples
 from .calibrate import threshold
 from .coreset import bank_size, extend_kcenter
 from exdd.datasets import DatasetError, Sample
@@ -122,6 +122,7 @@ def update(parent_dir: str, out_dir: str, normals: Sequence[Sample], defects: Se
         raise ValueError(f"{out_dir}: the updated banks must go to a new directory, not over their parent")
     if os.path.exists(os.path.join(out_dir, MANIFEST)):
         raise ValueError(f"{out_dir}: already holds banks; choose a new directory")
+    check_replaceable(out_dir, bank_file, "banks")       # a half-written earlier try is replaced, nothing else
     if not normals and not defects:
         raise ValueError("nothing to add: give --normal and/or --defect images (or --from-results verdicts)")
     t0 = time.perf_counter()
@@ -204,7 +205,7 @@ def update(parent_dir: str, out_dir: str, normals: Sequence[Sample], defects: Se
     manifest = replace(manifest, threshold=thr, parent=record.parent, updates=manifest.updates + (record,),
                        created=now, files={})
     t4 = time.perf_counter()
-    with staged_dir(out_dir) as tmp:          # written beside, fsync'd, swapped in whole
+    with staged_dir(out_dir, bank_file, "banks") as tmp:   # written beside, fsync'd, swapped in whole
         manifest = save_bank(tmp, negative, positive, manifest)
     seconds["save"] = time.perf_counter() - t4
     seconds["total"] = time.perf_counter() - t0

@@ -253,10 +253,15 @@ def test_build_and_export_force_swap_a_new_folder_in(tmp_path):
     # offline build --out over existing banks: a new folder swapped in (another inode), never written in place
     out = tmp_path / "banks"
     shutil.copytree(tu.banks(), out)
-    (out / "stale.txt").write_text("from before")
+    # a folder holding anything but banks is refused before any work (it would be replaced whole: `--out .`)
+    (out / "notes.txt").write_text("mine")
+    p = run_exdd("offline", "build", tu.dataset(), "--out", str(out), *TINY_ARGS, check=False)
+    assert p.returncode != 0 and "holds other files than banks (notes.txt)" in p.stderr and "Traceback" not in p.stderr
+    assert (out / "notes.txt").read_text() == "mine"
+    (out / "notes.txt").unlink()
     ino = os.stat(out).st_ino
     run_exdd("offline", "build", tu.dataset(), "--out", str(out), *TINY_ARGS)
-    assert os.stat(out).st_ino != ino and not (out / "stale.txt").exists()
+    assert os.stat(out).st_ino != ino
     assert load_banks(str(out)).manifest.features.d == 32
     assert not [n for n in os.listdir(tmp_path) if n.startswith(".")]
     # export repository --force over a repository: swapped in whole, the old one removed only after
