@@ -80,6 +80,13 @@ def fleet():
     # --exit-on-error, ended the server), this one inside the scorer folder
     shutil.copytree(os.path.join(repo, ALPHA.scorer, "1"), os.path.join(repo, ".exdd-deploy-killed"))
     shutil.copytree(os.path.join(repo, ALPHA.scorer, "1"), os.path.join(repo, ALPHA.scorer, ".exdd-deploy-killed"))
+    # ... and the lock it held (its pid is dead)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    import socket
+    with open(os.path.join(repo, LOCK_NAME), "w") as f:
+        json.dump({"pid": dead.pid, "host": socket.gethostname(), "started": "2026-01-01T00:00:00+00:00",
+                   "doing": "adding exdd_alpha_scorer version 2 from /banks-v2"}, f)
     if os.path.exists(os.environ["EXDD_ADMIN_KEY_FILE"]):
         os.remove(os.environ["EXDD_ADMIN_KEY_FILE"])           # serve generates it
     tu.serving_env()
@@ -100,6 +107,9 @@ def test_bad_products_and_leftovers_leave_the_healthy_product_serving(fleet):
     assert not os.path.exists(os.path.join(repo, ".exdd-deploy-killed"))
     assert not os.path.exists(os.path.join(repo, ALPHA.scorer, ".exdd-deploy-killed"))
     assert text.count("removed the leftover of an unfinished deploy") == 2
+    # the dead deploy's lock is reported at start (and kept: the operator clears it, see the next test)
+    assert "warning: " in text and "left by a deploy that is no longer running" in text
+    assert os.path.exists(os.path.join(repo, LOCK_NAME))
     # each product named ready or not, with the server's reason
     assert "product alpha: send IMAGE or IMAGE_BYTES to exdd_alpha" in text
     assert "product beta: NOT READY (exdd_beta_scorer:" in text and "negative.npy: checksum mismatch" in text
@@ -165,6 +175,10 @@ def test_model_control_needs_the_key_and_deploy_sends_it(fleet, tmp_path):
     code, body = _http(http, "/v2/repository/index", post=True, headers={HEADER: _key()})
     assert code == 200 and {"name": ALPHA.scorer, "version": "1", "state": "READY"} in json.loads(body)
 
+    # the dead deploy's lock refuses the next deploy until the operator removes it, as the message says
+    p = tu.exdd_cli("deploy", tu.banks(), "--repository", repo, "--product", "beta", "--url", http)
+    assert p.returncode != 0 and f"rm {os.path.join(repo, LOCK_NAME)}" in p.stderr
+    os.remove(os.path.join(repo, LOCK_NAME))
     # exdd deploy with a key that is not the server's: refused by the server, nothing left behind
     wrong = tmp_path / "wrong-key"
     wrong.write_text("y" * 43)
