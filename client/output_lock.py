@@ -67,7 +67,7 @@ class OutputLock:
         if self.stale_pid is None:
             return None
         return (f"{self.path}: left by pid {self.stale_pid}, which is no longer running (the kernel released its "
-                "lock when it ended: killed or crashed); taken over, its rows so far are resumed")
+                "lock when it ended: killed or crashed); taken over")
 
     def release(self) -> None:
         """Remove the lock file (while still holding it) and release the lock."""
