@@ -13,6 +13,7 @@ is ``output_lock``.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
@@ -55,7 +56,7 @@ def _json_line(row: Dict[str, Any]) -> str:
 
 
 def _csv_text(rows: List[Dict[str, Any]]) -> str:
-    import io
+    """A whole CSV result file of rows (the header, then one line per row)."""
     buf = io.StringIO(newline="")
     w = csv.writer(buf)
     w.writerow(COLUMNS)
@@ -117,7 +118,8 @@ class ResultWriter:
         self.done = {row_key(r["path"]) for r in rows if id(r) not in gone}
 
     def _rewrite(self, text: str, rows: List[Dict[str, Any]], drop: List[Dict[str, Any]]) -> None:
-        """The file without the rows of drop, replaced atomically (a kill leaves the old file or the new one)."""
+        """The file without the rows of drop (all retriable), replaced atomically (a kill leaves the old file or the
+        new one); a CSV is written with today's header."""
         gone = {id(r) for r in drop}
         if self.fmt == "csv":
             out = _csv_text([r for r in rows if id(r) not in gone])
