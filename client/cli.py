@@ -61,6 +61,10 @@ def _bar(total: int, unit: str = "img"):
 @click.option("--retries", default=5, show_default=True, help="Attempts per batch when a server is unreachable.")
 @click.option("--backoff", default=0.5, show_default=True, help="First retry delay in seconds (doubles).")
 @click.option("--restart", is_flag=True, help="Start the result file afresh instead of resuming it.")
+@click.option("--retry-errors", is_flag=True,
+              help="On resume, score again the images whose row records a server-side failure (error_kind server: "
+                   "a crashed backend, a model not ready); their old rows are replaced. Bad files (error_kind input) "
+                   "are not retried.")
 @click.option("--exclude", multiple=True, help="File-name pattern to leave out, e.g. '*_GT.png'; repeatable.")
 @click.option("--all-files", is_flag=True, help="In folders, take every file, not only image-named ones.")
 @click.option("--send", default="array", type=click.Choice(["array", "bytes"]), show_default=True,
@@ -68,19 +72,20 @@ def _bar(total: int, unit: str = "img"):
                    "(the server decodes and resizes them with the same functions; less bandwidth).")
 @ray_options
 def score(paths, out_path, urls, protocol, product, batch_size, concurrency, threshold, heatmaps, retries, backoff, restart,
-          exclude, all_files, send, ray_address, ray_cpus):
-    """Score image files, folders or globs; one row per image in --out.
+          retry_errors, exclude, all_files, send, ray_address, ray_cpus):
+    """Score image files, folders or globs; one row per image in --out (paths written absolute).
 
-    Exit codes: 0 all scored, 1 some files failed (error rows), 3 the servers went away (rerun to resume).
+    One job per --out at a time (OUT.lock). Exit codes: 0 all scored, 1 some files failed (error rows), 2 bad
+    usage or --out is being written by another job, 3 the servers went away (rerun to resume).
     """
-    from .results import ResultWriter
+    from .output_lock import OutputLocked
+    from .results import ResultWriter, row_key
     from .score import JobConfig, run_job
     from .sources import expand
     from .connection import RequestRejected, ServerUnavailable
     files = expand(paths, all_files=all_files, exclude=exclude)
     if not files:
         fail("no files match " + " ".join(paths))
-    writer = ResultWriter(out_path, resume=not restart)
     model, scorer = _models(product)
     cfg = JobConfig(urls=list(urls), protocol=protocol, batch_size=batch_size, concurrency=concurrency,
                     retries=retries, backoff_s=backoff, threshold=threshold, heatmaps=heatmaps, model=model,
@@ -92,8 +97,14 @@ def score(paths, out_path, urls, protocol, product, batch_size, concurrency, thr
         from exdd.ray_cluster import connect_or_fail
         from .ray_source import RaySource
         cfg.source = RaySource(connect_or_fail(ray_address, ray_cpus))
+    try:
+        writer = ResultWriter(out_path, resume=not restart, retry_errors=retry_errors)
+    except OutputLocked as e:
+        fail(str(e))
+    for note in writer.notes:
+        click.echo(f"warning: {note}", err=True)
     bar = _bar(len(files))
-    bar.update(len([p for p in files if p in writer.done]))
+    bar.update(len({row_key(p) for p in files} & writer.done))
     try:
         s = run_job(files, writer, cfg, bar.update)
     except (ServerUnavailable, RequestRejected) as e:
@@ -102,7 +113,7 @@ def score(paths, out_path, urls, protocol, product, batch_size, concurrency, thr
         fail(f"{e} (nothing more written; rerun the same command to resume)", 3)
     finally:
         bar.close()
-    writer.close()
+        writer.close()          # the rows synced, the lock released (also on any other exception)
     rate = s.scored / s.seconds if s.seconds > 0 else 0.0
     click.echo(f"images: {s.total}, already done: {s.skipped}, scored: {s.scored}, failed: {s.failed}, "
                f"warnings: {s.warned}, {rate:.2f} img/s, results: {out_path}")

@@ -29,7 +29,19 @@ class ServerUnavailable(RuntimeError):
 
 
 class RequestRejected(RuntimeError):
-    """The server answered the request with an error (bad input, model error)."""
+    """The server answered the request with an error: bad_input when it said the input is invalid (HTTP 400, gRPC
+    INVALID_ARGUMENT: the picture is bad, a rerun gets the same answer), else a server-side failure (a crashed
+    backend, a model not ready: transient, retried by ``client score --retry-errors``)."""
+
+    def __init__(self, message: str, bad_input: bool = False):
+        super().__init__(message)
+        self.bad_input = bad_input
+
+
+def _is_bad_input(e: Exception) -> bool:
+    """Whether a tritonclient error says the request's input is invalid (HTTP 400, gRPC INVALID_ARGUMENT)."""
+    status = str(getattr(e, "status", lambda: None)() or "")
+    return status in ("400", "StatusCode.INVALID_ARGUMENT")
 
 
 @dataclass(frozen=True)
@@ -170,7 +182,7 @@ class Connection:
         except InferenceServerException as e:
             if _is_unavailable(e):
                 raise ServerUnavailable(f"{self.url}: {e}") from None
-            raise RequestRejected(f"{self.url}: {e}") from None
+            raise RequestRejected(f"{self.url}: {e}", bad_input=_is_bad_input(e)) from None
         except Exception as e:  # noqa: BLE001 - socket-level failures
             raise ServerUnavailable(f"{self.url}: {type(e).__name__}: {e}") from None
         return {n: res.as_numpy(n) for n in names}

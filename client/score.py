@@ -23,7 +23,7 @@ from .connection import IMAGE_HW, MODEL, SCORER, Connection, ModelInfo, RequestR
 
 log = _logger(__name__)
 from .heatmaps import write_heatmap
-from .results import ResultWriter
+from .results import ResultWriter, row_key
 
 
 @dataclass
@@ -123,12 +123,19 @@ def read_encoded(paths: Sequence[str], hw) -> Read:
     return blobs, errs, [None] * len(paths)
 
 
+def _rejected(row: Dict, path: str, e: RequestRejected) -> None:
+    """A row the server answered with an error: a bad file (invalid input) or a server-side failure (transient)."""
+    row["error"] = f"{path}: server rejected the request ({e})"
+    row["error_kind"] = "input" if e.bad_input else "server"
+
+
 def _run_batch(pool: _Pool, info: ModelInfo, cfg: JobConfig, paths: Sequence[str], read=read_batch) -> List[Dict]:
     """Rows for one batch of paths (in order); raises ServerUnavailable after the retries."""
     encoded = cfg.send == "bytes"
     imgs, errs, warns = read(paths, info.input_hw)
     good = [i for i, im in enumerate(imgs) if im is not None]
-    rows = [{"path": p, "error": e, "warning": w} for p, e, w in zip(paths, errs, warns)]
+    rows = [{"path": p, "error": e, "warning": w, "error_kind": None if e is None else "input"}
+            for p, e, w in zip(paths, errs, warns)]
     if not good:
         return rows
     thr = cfg.threshold if cfg.threshold is not None else info.threshold
@@ -152,13 +159,13 @@ def _run_batch(pool: _Pool, info: ModelInfo, cfg: JobConfig, paths: Sequence[str
     except RequestRejected as e:
         if not (encoded and len(good) > 1):
             for i in good:
-                rows[i]["error"] = f"{paths[i]}: server rejected the request ({e})"
+                _rejected(rows[i], paths[i], e)
             return rows
         for i in good:      # one undecodable file fails its whole request: resend one by one, so only it fails
             try:
                 answered.append(([i], *send([i])))
             except RequestRejected as e1:
-                rows[i]["error"] = f"{paths[i]}: server rejected the request ({e1})"
+                _rejected(rows[i], paths[i], e1)
     for idx, out, ms in answered:
         for j, i in enumerate(idx):
             r = rows[i]
@@ -185,8 +192,10 @@ def model_info(cfg: JobConfig) -> ModelInfo:
 
 def run_job(paths: Sequence[str], writer: ResultWriter, cfg: JobConfig,
             progress: Optional[Callable[[int], None]] = None) -> JobSummary:
-    """Score every path not already in the writer; rows written in input order."""
+    """Score every path not already in the writer (matched and written by their resolved form, row_key); rows
+    written in input order."""
     t0 = time.time()
+    paths = list(dict.fromkeys(row_key(p) for p in paths))      # one row per image, however it was named
     todo = [p for p in paths if p not in writer.done]
     summary = JobSummary(total=len(paths), skipped=len(paths) - len(todo))
     if not todo:

@@ -163,7 +163,7 @@ def demo(out_dir, dataset, weights, input_size, d, surface, port_base, fresh, pr
     diffs = []
     images = []
     for img in results.images:
-        r = rows.get(os.path.normpath(img.path)) or {}
+        r = rows.get(os.path.abspath(img.path)) or {}       # client score writes absolute paths
         served = r.get("score")
         if served is not None:
             diffs.append(abs(served - img.scores[mode]) / max(abs(img.scores[mode]), 1e-6))

@@ -10,7 +10,7 @@ from PIL import Image
 # The decode (decompression-bomb limit, first frame, any mode to RGB) and the one model-input resize live in the
 # scoring package (exdd_scoring/picture.py), so the client, the bank build, calibration and the server's
 # preprocess model call the very same functions; re-exported here for the base layer's users.
-from exdd_scoring.picture import MAX_PIXELS, PictureError, open_picture, resize_image, resize_rgb, to_rgb
+from exdd_scoring.picture import FORMATS, MAX_PIXELS, PictureError, open_picture, resize_image, resize_rgb, to_rgb
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif")
 
@@ -68,7 +68,7 @@ def read_model_input(path: str, size_hw: Tuple[int, int]) -> Tuple[np.ndarray, O
 def image_size(path: str) -> Tuple[int, int]:
     """(H, W) of an image file without decoding its pixels."""
     try:
-        with Image.open(path) as img:
+        with Image.open(path, formats=FORMATS) as img:
             return img.size[1], img.size[0]
     except Exception as e:  # noqa: BLE001 - any failure is reported as this file's error
         raise ImageReadError(f"{path}: not a readable image ({e})") from None

@@ -3,16 +3,31 @@
 ``exdd.client.results`` writes them (resumably); ``exdd offline update --verdicts`` reads them back
 with an operator's verdict column added, to teach the banks the false alarms. Both import this
 module, so the offline layer never reaches up into the client.
+
+File names that are not valid UTF-8 (Linux allows any bytes) are kept losslessly, as Python's os functions give
+them (undecodable bytes as lone surrogates U+DC80..U+DCFF): a JSONL row holds them as JSON escapes (\\udcff), so the
+file stays valid UTF-8; a CSV row holds the name's raw bytes. Both read back (read_rows) as the very same name.
+A line that is not a row (corrupt, a stray write) is skipped and said by its line number; the other rows stand.
 """
 from __future__ import annotations
 
 import csv
 import io
 import json
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional, Tuple
 
+from exdd.log import get as _logger
+
+log = _logger(__name__)
+
+# error_kind: "input" (the file is bad: unreadable, not an accepted picture, refused by the server as invalid input;
+# a rerun gets the same answer) or "server" (the server failed: a crashed backend, a model not ready; transient,
+# scored again by `client score --retry-errors`); empty on a scored row
 COLUMNS = ["path", "score", "is_defect", "score_neg", "score_pos", "threshold", "mode", "latency_ms", "heatmap",
-           "error", "warning"]
+           "error", "warning", "error_kind"]
+ENCODING = {"encoding": "utf-8", "errors": "surrogateescape"}     # a CSV's raw non-UTF-8 name bytes read back the same
+
+Problems = List[Tuple[int, str]]      # (line number, why the line is not a row)
 
 
 def file_format(path: str) -> str:
@@ -20,14 +35,66 @@ def file_format(path: str) -> str:
     return "csv" if path.lower().endswith(".csv") else "jsonl"
 
 
-def parse_rows(text: str, fmt: str) -> List[Dict[str, Any]]:
-    """The rows of complete lines of a result file's text in format fmt (csv | jsonl)."""
+def _row_problem(row: Any) -> Optional[str]:
+    if not isinstance(row, dict):
+        return f"not a row object ({type(row).__name__})"
+    if not isinstance(row.get("path"), str) or not row["path"]:
+        return "no 'path'"
+    return None
+
+
+def parse_rows(text: str, fmt: str, problems: Optional[Problems] = None) -> List[Dict[str, Any]]:
+    """The rows of complete lines of a result file's text in format fmt (csv | jsonl). A line that is not a row is
+    skipped: (line number, why) goes to problems when given, else to the log as a warning."""
+    rows: List[Dict[str, Any]] = []
+    bad: Problems = []
     if fmt == "csv":
-        return list(csv.DictReader(io.StringIO(text)))
-    return [json.loads(line) for line in text.split("\n") if line.strip()]   # the writer ends rows with \n only
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        while True:
+            try:
+                row = next(reader)
+            except StopIteration:
+                break
+            except csv.Error as e:
+                bad.append((reader.line_num, f"not a CSV row ({e})"))
+                continue
+            why = _row_problem(row)
+            if why is None and None in row:
+                why = "more fields than the header"
+            if why:
+                bad.append((reader.line_num, why))
+            else:
+                rows.append(row)
+    else:
+        for n, line in enumerate(text.split("\n"), 1):       # the writer ends rows with \n only
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError as e:
+                bad.append((n, f"not a JSON row ({e})"))
+                continue
+            why = _row_problem(row)
+            if why:
+                bad.append((n, why))
+            else:
+                rows.append(row)
+    if problems is not None:
+        problems.extend(bad)
+    else:
+        for n, why in bad:
+            log.warning("line %d: %s: skipped", n, why)
+    return rows
 
 
-def read_rows(path: str) -> List[Dict[str, Any]]:
-    """All complete rows of a result file."""
-    with open(path, newline="") as f:
-        return parse_rows(f.read(), file_format(path))
+def read_rows(path: str, problems: Optional[Problems] = None) -> List[Dict[str, Any]]:
+    """All complete rows of a result file (lines that are not rows skipped: see parse_rows)."""
+    with open(path, newline="", **ENCODING) as f:
+        text = f.read()
+    if problems is None:
+        found: Problems = []
+        rows = parse_rows(text, file_format(path), found)
+        for n, why in found:
+            log.warning("%s line %d: %s: skipped", path, n, why)
+        return rows
+    return parse_rows(text, file_format(path), problems)

@@ -20,6 +20,16 @@ MAX_PIXELS = 64_000_000
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
+# The raster formats decoded on every path (Pillow's format names), and no others: a PostScript file never reaches
+# Ghostscript, nor any other format's plugin its parser (issue 26). The same list as exdd.images.IMAGE_SUFFIXES.
+FORMATS = ("PNG", "JPEG", "BMP", "TIFF", "WEBP", "GIF")
+
+# Pictures wider than 8 bits are scaled by their mode, never by their content (issue 26: scaled by 65535 only when
+# a pixel exceeded 255, a 12-bit camera's frames flipped between two scales frame to frame). A 16-bit mode is
+# 0..65535 -> 0..255 always (v / 257, rounded); mode I (32-bit integer) is read as 16-bit too (above 65535 clips);
+# float F is taken as 0..255 (clipped, NaN as 0).
+SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+
 
 class PictureError(ValueError):
     """Something that is not a usable picture; the message names it (a file, a request's input)."""
@@ -30,7 +40,7 @@ def open_picture(source: Union[str, BinaryIO], what: str) -> Image.Image:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(source)
+            img = Image.open(source, formats=FORMATS)
             w, h = img.size
             if w * h > MAX_PIXELS:
                 raise PictureError(f"{what}: {w}x{h} pixels exceeds the limit of {MAX_PIXELS} (refused)")
@@ -48,22 +58,47 @@ def open_picture(source: Union[str, BinaryIO], what: str) -> Image.Image:
     except IsADirectoryError:
         raise PictureError(f"{what}: is a directory") from None
     except UnidentifiedImageError:
-        raise PictureError(f"{what}: not a recognised image file") from None
+        raise PictureError(f"{what}: {_refused(source)}") from None
     except (OSError, SyntaxError, ValueError, EOFError) as e:
         raise PictureError(f"{what}: corrupt or truncated image ({e})") from None
 
 
+def _refused(source: Union[str, BinaryIO]) -> str:
+    """Why Image.open(formats=FORMATS) refused source: the format it is (by Pillow's own header checks, which
+    parse nothing), or that it is no picture at all."""
+    accepted = ", ".join(FORMATS)
+    try:
+        if isinstance(source, str):
+            with open(source, "rb") as f:
+                prefix = f.read(16)
+        else:
+            source.seek(0)
+            prefix = source.read(16)
+        Image.init()
+        for fmt in Image.ID:
+            accept = Image.OPEN[fmt][1]
+            if fmt not in FORMATS and accept is not None and accept(prefix):
+                return f"format {fmt} (by its header) is not accepted (accepted formats: {accepted})"
+    except Exception:  # noqa: BLE001 - only the message's detail
+        pass
+    return f"not a recognised image file (accepted formats: {accepted})"
+
+
+def to_8bit(img: Image.Image) -> Image.Image:
+    """A picture of a mode wider than 8 bits as mode L, scaled by its mode alone (SIXTEEN_BIT_MODES, F); others
+    unchanged."""
+    if img.mode in SIXTEEN_BIT_MODES:
+        arr = np.asarray(img).astype(np.int64).clip(0, 65535)
+        return Image.fromarray(((arr + 128) // 257).astype(np.uint8), mode="L")
+    if img.mode == "F":
+        arr = np.nan_to_num(np.asarray(img, dtype=np.float64))
+        return Image.fromarray(arr.clip(0, 255).astype(np.uint8), mode="L")
+    return img
+
+
 def to_rgb(img: Image.Image) -> Image.Image:
-    """Any PIL mode (L, I;16, RGBA, P, CMYK, ...) as 8-bit RGB."""
-    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-        arr = np.asarray(img, dtype=np.float64)
-        hi = arr.max() if arr.size else 0
-        arr = (arr / (65535.0 if hi > 255 else 255.0) * 255.0).clip(0, 255).astype(np.uint8)
-        img = Image.fromarray(arr, mode="L")
-    elif img.mode == "F":
-        arr = np.asarray(img, dtype=np.float64)
-        arr = np.nan_to_num(arr).clip(0, 255).astype(np.uint8)
-        img = Image.fromarray(arr, mode="L")
+    """Any PIL mode (L, I;16, RGBA, P, CMYK, ...) as 8-bit RGB (16-bit by its mode: to_8bit)."""
+    img = to_8bit(img)
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         img = img.convert("RGBA")
         bg = Image.new("RGBA", img.size, (0, 0, 0, 255))

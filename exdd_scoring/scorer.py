@@ -9,7 +9,7 @@ import numpy as np
 from .bank import BankPair
 from .knn import DEFAULT_MAX_BLOCK, nearest, sq_norms
 from .resample import upsample_smooth, upsample_smooth_matrices
-from .scores import MODE_REGISTRY, MODES, Evidence, bank_peak, bank_scale, image_scores, mode
+from .scores import MODE_REGISTRY, MODES, Evidence, bank_peak, bank_scale, image_scores, mode, positive_scale
 
 
 def map_of_mode(name: str) -> str:
@@ -49,7 +49,9 @@ class Scorer:
         self.default_mode = banks.manifest.default_mode             # a registered mode (the manifest checks it)
         self.params = banks.manifest.scoring.params()
         if self.has_positive:                                       # the bounded scale of ratio_b / dual_b / raise
-            self.params["pos_scale"] = bank_scale(self.pos, self.pos_nb, xp)
+            # the positive bank's spacing, floored by the negative bank's (a one-row or duplicated bank has none)
+            self.params["pos_scale"] = positive_scale(bank_scale(self.pos, self.pos_nb, xp),
+                                                      bank_scale(self.neg, self.neg_nb, xp))
 
     def nearest(self, bank: str, flat: Any) -> Tuple[Any, Any]:
         """Distance and index of the nearest vector of bank 'negative' or 'positive' for every row of flat."""

@@ -41,14 +41,43 @@ EPS_REL = 1.0            # eps_b = EPS_REL x the positive bank's median nearest-
 RAISE_EPS_REL = 0.1      # eps_r of the raise map: small, so a patch nearer a defect than any normal is raised
 DUAL_EPS_REL = 0.1       # eps of the dual_b01 map (the default's image score): bounded, ranking as dual's
 EPS_FLOOR = 1e-6
+# The positive bank's spacing is taken as at least POS_SCALE_FLOOR_REL x the negative bank's (issue 26): a positive
+# bank of one row, or of duplicated rows, has spacing 0, which made eps_b 1e-6 and silently removed the bounded
+# scale. The negative bank's spacing is the distance at which the features resolve "the same surface"; a tenth of it
+# never binds on a built bank (the tiny world's positive spacing is 0.42x its negative's) and keeps a patch equal to
+# a lone training defect within a-^2 / (0.1 x 0.1 x the negative spacing) (tests/test_scores.py).
+POS_SCALE_FLOOR_REL = 0.1
+_SCALE_BLOCK = 65536          # rows per block of bank_scale (bounds its memory on a large negative bank)
 
 
 def bank_scale(vectors: Any, neighbors: Any, xp: Any) -> float:
-    """Median distance of a bank element to its nearest other element: the bank's own distance scale."""
+    """Median distance of a bank element to its nearest other element: the bank's own distance scale (0 for a bank
+    of one row or of duplicated rows)."""
     if vectors.shape[0] < 2 or neighbors.shape[1] == 0:
         return 0.0
-    diff = vectors - vectors[neighbors[:, 0]]
-    return float(xp.median(xp.sqrt((diff * diff).sum(axis=1))))
+    dist = []
+    for i in range(0, vectors.shape[0], _SCALE_BLOCK):
+        diff = vectors[i:i + _SCALE_BLOCK] - vectors[neighbors[i:i + _SCALE_BLOCK, 0]]
+        dist.append(xp.sqrt((diff * diff).sum(axis=1)))
+    return float(xp.median(xp.concatenate(dist)))
+
+
+def positive_scale(pos_spacing: float, neg_spacing: float) -> float:
+    """The positive bank's scale of the bounded maps: its own spacing, floored at POS_SCALE_FLOOR_REL x the negative
+    bank's spacing."""
+    return max(float(pos_spacing), POS_SCALE_FLOOR_REL * float(neg_spacing))
+
+
+def positive_bank_problem(pos_spacing: float, neg_spacing: float, rows: int, distinct: int) -> Optional[str]:
+    """Why a positive bank of rows rows (distinct of them different) is too small or degenerate for its own spacing
+    to set the bounded scale (the floor of positive_scale then applies), or None."""
+    floor = POS_SCALE_FLOOR_REL * float(neg_spacing)
+    if distinct >= 2 and pos_spacing >= floor:
+        return None
+    what = f"{rows} row(s), {distinct} distinct" if distinct < rows else f"{rows} row(s)"
+    return (f"the positive bank is too small or degenerate ({what}): its spacing {pos_spacing:.4g} is below "
+            f"{POS_SCALE_FLOOR_REL} x the negative bank's ({neg_spacing:.4g}); the bounded scores use that floor "
+            f"({floor:.4g}) instead. Add defect images (or synthetic defects) for a positive bank of its own scale")
 
 
 def bounded_eps(pos_scale: float, rel: float = EPS_REL) -> float:

@@ -27,7 +27,7 @@ from exdd_scoring.manifest import (BankManifest, BankStats, CoresetInfo, DefectP
 from exdd_scoring.fusion import fit_fusion
 from exdd_scoring.spec import FeatureSpec
 from exdd_scoring.knn import bank_neighbors
-from exdd_scoring.scores import DEFAULT_GAMMA, fusion_inputs
+from exdd_scoring.scores import DEFAULT_GAMMA, bank_scale, fusion_inputs, positive_bank_problem
 from .calibrate import threshold
 from .coreset import Coreset, bank_size, chunked_kcenter
 from exdd.datasets import Sample, holdout_split, load_split, synthetic
@@ -240,6 +240,12 @@ def finish(dataset: str, out_dir: str, features: Dict[str, Any], cfg: BuildConfi
     (they go to the BuildResult, not to the manifest's sources).
     """
     (negative, neg_stats), (positive, pos_stats) = neg, pos
+    if positive is not None:       # issue 26: a one-row or duplicated positive bank has no spacing of its own
+        problem = positive_bank_problem(bank_scale(positive.vectors, positive.neighbors, np),
+                                        bank_scale(negative.vectors, negative.neighbors, np), positive.vectors.shape[0],
+                                        np.unique(positive.vectors, axis=0).shape[0])
+        if problem:
+            print(f"warning: {problem}", file=sys.stderr)
     where = f"{out_dir}: manifest"
     manifest = BankManifest(
         features=FeatureSpec.from_dict(features, f"{where} features"),

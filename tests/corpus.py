@@ -48,6 +48,10 @@ def make(root: Path) -> Dict[str, str]:
         "animated.gif": (_encode(rgb.convert("P"), "GIF", save_all=True, append_images=[gray.convert("P")] * 2), "ok"),
         "image.tiff": (_encode(rgb, "TIFF"), "ok"),
         "image.bmp": (_encode(rgb, "BMP"), "ok"),
+        "image.webp": (_encode(rgb, "WEBP"), "ok"),
+        "twelve_bit.tif": (_encode(Image.fromarray((rng.integers(0, 4096, (50, 30))).astype(np.uint16)), "TIFF"), "ok"),
+        "postscript.png": (_encode(rgb, "EPS"), "error"),       # a real EPS named .png: never reaches Ghostscript
+        "pixmap.tif": (_encode(rgb, "PPM"), "error"),           # a format Pillow knows but exdd does not accept
         "name with spaces.png": (png, "ok"),
         "ñame-ünïcode-画像.png": (png, "ok"),
         "nested/deeper/inner.png": (png, "ok"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import resource
 
+import numpy as np
 import pytest
 
 import corpus
@@ -64,3 +65,46 @@ def test_input_warning_names_far_smaller_and_distorted_images_only():
     assert "enlarged 4.05x" in input_warning((156, 56), (632, 224))
     assert "aspect ratio W/H 2.46" in input_warning((460, 1130), (632, 224))    # a wide part in a tall model
     assert input_warning((460, 1130), (320, 784)) is None
+
+
+def test_bit_depth_comes_from_the_mode_not_the_content(tmp_path):
+    """Issue 26: a 16-bit picture is scaled by 1/257 whatever its pixels: two frames of a 12-bit camera, one dark
+    (all pixels <= 255) and one bright, give the same 8-bit value for the same 16-bit value (was: 1/1 vs 1/257)."""
+    from PIL import Image
+    from exdd_scoring.picture import decode_rgb
+    dark = np.full((20, 10), 200, np.uint16)
+    bright = dark.copy()
+    bright[0, 0] = 4095
+    got = {}
+    for name, arr in (("dark", dark), ("bright", bright)):
+        for fmt in ("PNG", "TIFF"):
+            path = tmp_path / f"{name}.{fmt.lower()}"
+            Image.fromarray(arr).save(path, fmt)
+            assert Image.open(path).mode == "I;16"
+            got[name, fmt] = read_image(str(path))
+            np.testing.assert_array_equal(decode_rgb(path.read_bytes(), "x"), got[name, fmt])   # the server's decode
+    for k, img in got.items():
+        assert img[5, 5].tolist() == [1, 1, 1], k            # 200 / 257 rounds to 1, never 200
+    assert got["bright", "PNG"][0, 0].tolist() == [16, 16, 16]       # 4095 / 257 = 15.9
+    full = tmp_path / "full.png"
+    Image.fromarray(np.array([[0, 128, 129, 32896, 65535]], np.uint16)).save(full)
+    assert read_image(str(full))[0, :, 0].tolist() == [0, 0, 1, 128, 255]
+
+
+@pytest.mark.parametrize("fmt", ["EPS", "PPM", "PCX"])
+def test_only_the_listed_raster_formats_are_decoded(fmt, tmp_path):
+    """A picture in a format Pillow knows but exdd does not accept (a real EPS: Ghostscript would run on load) is
+    refused before any of its plugin's parsing, naming the file and the format; the six accepted ones decode."""
+    from PIL import Image
+    from exdd_scoring.picture import FORMATS, PictureError, decode_rgb
+    img = Image.new("RGB", (12, 8), (10, 20, 30))
+    path = tmp_path / "x.png"
+    img.save(path, fmt)
+    with pytest.raises(ImageReadError, match=f"{path}: format {fmt} \\(by its header\\) is not accepted"):
+        read_image(str(path))
+    with pytest.raises(PictureError, match=f"input IMAGE_BYTES\\[0\\]: format {fmt} .*PNG, JPEG, BMP, TIFF, WEBP, GIF"):
+        decode_rgb(path.read_bytes(), "input IMAGE_BYTES[0]")
+    for ok in FORMATS:
+        p = tmp_path / f"ok.{ok.lower()}"
+        img.save(p, ok)
+        assert read_image(str(p)).shape == (8, 12, 3), ok

@@ -222,3 +222,73 @@ def test_tiny_and_strip_images_are_scored_with_a_warning_that_the_summary_counts
     assert "3x5000 (HxW) is far below" in strip and "aspect ratio W/H 1.67e+03" in strip
     assert rows["c_ok.png"]["warning"] is None
     assert "scored: 3, failed: 0, warnings: 2," in p.stdout
+
+
+def test_one_job_per_out_file_and_a_killed_jobs_lock_is_taken_over(server, folder, uninterrupted, tmp_path):
+    """Issue 26: a second job on the same --out refuses (exit 2) naming the file and the running job's pid (was: two
+    writers doubled or cut rows); after that job is killed (SIGKILL leaves its lock file), a rerun takes the lock
+    over, says so, and finishes with each image once."""
+    out = tmp_path / "r.jsonl"
+    lock = tmp_path / "r.jsonl.lock"
+    first = subprocess.Popen(EXDD + ["client", "score", str(folder), "--out", str(out), "--url", server.grpc_url,
+                                     "--batch-size", "1", "--concurrency", "1"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while time.time() < deadline and not (out.exists() and out.read_text().count("\n") >= 2):
+        time.sleep(0.05)
+    second = score(str(folder), "--out", str(out), "--url", server.grpc_url, check=False)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    assert second.returncode == 2, second.stdout + second.stderr
+    assert f"error: {out}: another job is writing it (pid {first.pid}, lock file {lock})" in second.stderr
+    assert lock.exists(), "SIGKILL: the lock file stays"
+    p = score(str(folder), "--out", str(out), "--url", server.grpc_url, "--batch-size", "4")
+    assert f"warning: {lock}: left by pid {first.pid}, which is no longer running" in p.stderr, p.stderr
+    assert not lock.exists()
+    tu.assert_rows_agree(read_rows(str(out)), uninterrupted[1])
+
+
+def test_resume_matches_resolved_paths_and_non_utf8_names(server, folder, tmp_path):
+    """A job typed with relative paths resumes when rerun with absolute ones (was: everything scored again); a file
+    name that is not UTF-8 is scored, written losslessly and resumed (was: UnicodeEncodeError on every rerun)."""
+    d = tmp_path / "odd"
+    d.mkdir()
+    src = sorted((folder / "line 3").iterdir())[0]
+    raw = os.fsencode(str(d)) + b"/caf\xe9-\xff.png"
+    shutil.copy(src, os.fsdecode(raw))
+    shutil.copy(src, d / "plain.png")
+    out = tmp_path / "r.jsonl"
+    p = score("odd", "--out", str(out), "--url", server.grpc_url, cwd=str(tmp_path))
+    assert p.returncode == 0 and "scored: 2, failed: 0" in p.stdout, p.stdout + p.stderr
+    rows = read_rows(str(out))
+    assert sorted(os.fsencode(r["path"]) for r in rows) == sorted([raw, os.fsencode(str(d / "plain.png"))])
+    assert rows[0]["score"] == pytest.approx(rows[1]["score"], rel=tu.SCORE_RTOL)
+    p = score(str(d), os.fsdecode(raw), "--out", "r.jsonl", "--url", server.grpc_url, cwd=str(tmp_path))
+    assert p.returncode == 0 and "images: 2, already done: 2, scored: 0" in p.stdout, p.stdout + p.stderr
+
+
+def test_retry_errors_rescores_server_failures_not_bad_files(server, folder, uninterrupted, tmp_path):
+    """--retry-errors: a row of a server-side failure (as a crashed backend leaves: error_kind server) is scored again
+    and replaces its old row; the bad files' rows (error_kind input) stay; a corrupt line is reported by number and
+    skipped while the job goes on."""
+    out = tmp_path / "r.jsonl"
+    ref = uninterrupted[1]
+    lines = []
+    for r in ref[:8]:
+        if r["path"] == ref[2]["path"]:
+            r = dict(r, score=None, is_defect=None, error=f"{r['path']}: server rejected the request (stub process "
+                     "is not healthy)", error_kind="server")
+        lines.append(json.dumps(r))
+    lines.insert(5, "{this line is not JSON")
+    out.write_text("\n".join(lines) + "\n")
+    plain = score(str(folder), "--out", str(out), "--url", server.grpc_url)
+    assert f"warning: {out} line 6: not a JSON row" in plain.stderr, plain.stderr
+    assert "already done: 8," in plain.stdout                   # without the flag the failure's row stays
+    p = score(str(folder), "--out", str(out), "--url", server.grpc_url, "--retry-errors")
+    assert "1 row(s) of a server-side failure taken out" in p.stderr and "already done: 25, scored: 1," in p.stdout
+    rows = by_path(read_rows(str(out)))
+    again = rows[ref[2]["path"]]
+    assert again["error"] is None and again["score"] == pytest.approx(ref[2]["score"], rel=tu.SCORE_RTOL)
+    bad = [r for r in rows.values() if r["error"]]
+    assert len(rows) == 26 and len(bad) == 2 and all(r["error_kind"] == "input" for r in bad)
+    assert "{this line is not JSON\n" in out.read_text()         # left as it was, nothing lost

@@ -162,8 +162,10 @@ def test_bad_pictures_get_named_errors_while_good_requests_are_answered(server, 
     from tritonclient.utils import InferenceServerException
     good = open(pictures["tall.png"], "rb").read()
     buf = io.BytesIO()
-    Image.new("RGB", (40, 30)).save(buf, "PNG")
-    bad = {"garbage": (b"this is not an image at all" * 4, "input IMAGE_BYTES[0]: not a recognised image file"),
+    Image.new("RGB", (40, 30)).save(buf, "EPS")          # a real PostScript file: never handed to Ghostscript
+    eps = buf.getvalue()
+    bad = {"eps": (eps, "input IMAGE_BYTES[0]: format EPS (by its header) is not accepted (accepted formats: PNG, "
+                        "JPEG, BMP, TIFF, WEBP, GIF)"),"garbage": (b"this is not an image at all" * 4, "input IMAGE_BYTES[0]: not a recognised image file"),
            "truncated": (good[: len(good) // 2], "input IMAGE_BYTES[0]: corrupt or truncated image"),
            "bomb": (_bomb_png(30000, 30000), "input IMAGE_BYTES[0]: refused as a decompression bomb"),
            "bomb_9k": (_bomb_png(9000, 8000), "input IMAGE_BYTES[0]: refused as a decompression bomb"),
@@ -190,6 +192,8 @@ def test_bad_pictures_get_named_errors_while_good_requests_are_answered(server, 
         np.testing.assert_allclose(a, want, rtol=RTOL)
     status, answer = http_bytes(server.http_url, b"GIF89a-but-not-really")
     assert status == 400 and "input IMAGE_BYTES[0]: " in answer["error"], answer
+    status, answer = http_bytes(server.http_url, eps)
+    assert status == 400 and "input IMAGE_BYTES[0]: format EPS (by its header) is not accepted" in answer["error"]
 
 
 def test_bad_arrays_and_bad_requests_are_named(server):
@@ -227,14 +231,18 @@ def test_client_score_send_bytes_keeps_going_past_a_bad_file(server, pictures, t
     for n in ("tall.png", "wide.jpg"):
         (d / n).write_bytes(open(pictures[n], "rb").read())
     (d / "broken.png").write_bytes(open(pictures["tall.png"], "rb").read()[:300])
+    Image.open(pictures["wide.jpg"]).save(d / "postscript.png", "EPS")      # a real EPS named .png
     out = tmp_path / "m.jsonl"
     p = score_cli(str(d), "--out", str(out), "--url", server.grpc_url, "--send", "bytes", "--heatmaps",
                   str(tmp_path / "heat"))
-    assert p.returncode == 1 and "scored: 2, failed: 1, warnings: 1," in p.stdout, p.stdout + p.stderr
+    assert p.returncode == 1 and "scored: 2, failed: 2, warnings: 1," in p.stdout, p.stdout + p.stderr
     rows = {r["path"]: r for r in read_rows(str(out))}
     broken = rows[str(d / "broken.png")]
     assert broken["score"] is None and str(d / "broken.png") in broken["error"]
-    assert "input IMAGE_BYTES[0]: corrupt or truncated image" in broken["error"]
+    assert "input IMAGE_BYTES[0]: corrupt or truncated image" in broken["error"] and broken["error_kind"] == "input"
+    eps = rows[str(d / "postscript.png")]
+    assert "input IMAGE_BYTES[0]: format EPS (by its header) is not accepted" in eps["error"], eps
+    assert eps["error_kind"] == "input"         # the server said invalid input: a bad file, never retried
     for n in ("tall.png", "wide.jpg"):
         r = rows[str(d / n)]
         assert r["error"] is None and r["heatmap"] and open(r["heatmap"], "rb").read(4) == b"\x89PNG"
