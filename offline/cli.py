@@ -74,14 +74,19 @@ def offline() -> None:
 @click.option("--min-cover", default=defaults.MIN_COVER, show_default=True, help="Defect patch: cell covered by the mask at least this much.")
 @click.option("--synthetic", "synthetic_dirs", multiple=True, type=click.Path(exists=True, file_okay=False),
               help="Folder of synthetic defects (NNNNN.png + NNNNN_GT.png); repeatable.")
-@click.option("--holdout", default=defaults.HOLDOUT, show_default=True, help="Fraction of training images kept out for calibration.")
+@click.option("--holdout", default=defaults.HOLDOUT, show_default=True,
+              help="Fraction of training images kept out for calibration (per label, chosen by a hash of each "
+                   "image's content salted by --seed).")
 @click.option("--threshold-rule", default="f1", type=click.Choice(list(RULES)), show_default=True)
 @click.option("--target-fpr", default=defaults.TARGET_FPR, show_default=True, help="For --threshold-rule fpr.")
 @click.option("--mode", "default_mode", default=DEFAULT_MODE, type=click.Choice(list(MODES)),
               show_default=True, help="Mode whose score the served model returns as SCORE.")
 @click.option("--gamma", default=DEFAULT_GAMMA, show_default=True, type=click.FloatRange(0.0, 4.0),
               help="Exponent of the dual map a- (a-/a+)^gamma (modes dual, fusion).")
-@click.option("--seed", default=0, show_default=True)
+@click.option("--seed", default=0, show_default=True,
+              help="Salts which training images are held out (--holdout): the only thing it moves. The coreset has "
+                   "no seed and the images are stacked by content, so the same images and seed give the same banks "
+                   "whatever the file names.")
 @click.option("--batch-size", default=defaults.BATCH_SIZE, show_default=True)
 @click.option("--chunk-rows", default=defaults.CHUNK_ROWS, show_default=True, help="Coreset chunk (patch rows) of the chunked greedy.")
 @ray_options
