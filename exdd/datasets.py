@@ -169,7 +169,7 @@ def content_key(sample: Sample) -> str:
 def canonical_order(samples: Sequence[Sample]) -> List[Sample]:
     """The samples sorted by content key (then path, which only byte-identical copies need): the order a build
     extracts and stacks them in, so that the chunks of its coreset do not depend on file names or listing order."""
-    return [s for _, s in sorted((((content_key(s), s.path), s) for s in samples), key=lambda ks: ks[0])]
+    return sorted(samples, key=lambda s: (content_key(s), s.path))
 
 
 def holdout_split(samples: Sequence[Sample], fraction: float, seed: int) -> tuple[List[Sample], List[Sample]]:
@@ -179,17 +179,17 @@ def holdout_split(samples: Sequence[Sample], fraction: float, seed: int) -> tupl
     A function of the images' bytes and the seed only (rule ``HOLDOUT_RULE``): not of their names, their listing
     order or the machine. The seed salts which images calibrate: another seed holds out other images.
     """
-    held_keys = set()
-    keyed = [(content_key(s), s) for s in samples]
+    ordered = canonical_order(samples)
+    held = set()
     for label in (0, 1):
-        group = [(k, s) for k, s in keyed if s.label == label]
+        group = [s for s in ordered if s.label == label]
         n_hold = int(round(fraction * len(group)))
         if fraction > 0 and len(group) >= 2:
             n_hold = max(1, min(n_hold, len(group) - 1))
-        rank = sorted(group, key=lambda ks: (hashlib.sha256(f"{seed}:{ks[0]}".encode()).hexdigest(), ks[0], ks[1].path))
-        held_keys.update(id(s) for _, s in rank[:n_hold])
-    ordered = [s for _, s in sorted((((k, s.path), s) for k, s in keyed), key=lambda ks: ks[0])]
-    return [s for s in ordered if id(s) not in held_keys], [s for s in ordered if id(s) in held_keys]
+        salted = sorted(range(len(group)),
+                        key=lambda i: (hashlib.sha256(f"{seed}:{content_key(group[i])}".encode()).hexdigest(), i))
+        held.update(id(group[i]) for i in salted[:n_hold])
+    return [s for s in ordered if id(s) not in held], [s for s in ordered if id(s) in held]
 
 
 def legacy_holdout_split(samples: List[Sample], fraction: float, seed: int) -> tuple[List[Sample], List[Sample]]:

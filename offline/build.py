@@ -1,11 +1,13 @@
 """Building the two memory banks from a dataset, and calibrating the decision threshold.
 
 Negative bank: all patches of the normal training images (minus a held-out part), greedy
-k-center coreset at ``neg_ratio``. Deterministic in the images (issue 25): the images are stacked in a
-content-defined order, the coreset has no seed, and the seed only salts which images are held out
-(exdd.datasets.holdout_split), so the same image files give the same banks whatever their names. Positive bank: the defect patches of the defective training
+k-center coreset at ``neg_ratio``. Positive bank: the defect patches of the defective training
 images (minus the held-out part) and of any synthetic-defect folders, coreset at ``pos_ratio``.
 A bank keeps max(ratio x N, min_size) elements, capped at N.
+
+Deterministic in the images (issue 25): the training images are stacked in content order, the coreset has no
+seed, and the seed only salts which images are held out (exdd.datasets.holdout_split): the same image files give
+the same banks whatever their names or listing order.
 
 Defect-patch rule: a patch is a defect patch when at least ``min_cover`` of its cell (its
 stride-8 block of the resized input) is covered by the resized mask; a defective image whose

@@ -130,6 +130,7 @@ def update(parent_dir: str, out_dir: str, normals: Sequence[Sample], defects: Se
         raise BankError(f"{os.path.join(parent_dir, MANIFEST)}: no coreset section (the banks' size rule and seed): "
                         f"cannot update them; {REBUILD}")
     d, k = pm.features.d, pm.k
+    given = {s.path: i for i, s in enumerate(list(normals) + list(defects))}       # the records keep the given order
     normals, defects = canonical_order(normals), canonical_order(defects)   # as build stacks them: names do not matter
     if min_cover is None:
         min_cover = defaults.MIN_COVER if pm.defect_patch_rule is None else pm.defect_patch_rule.min_cover
@@ -151,10 +152,10 @@ def update(parent_dir: str, out_dir: str, normals: Sequence[Sample], defects: Se
     ex_n = ex_d = None
     if normals:
         ex_n = run(list(normals), "features: new normal", False)
-        added["normal"] = _add_record(ex_n.samples)
+        added["normal"] = _add_record(sorted(ex_n.samples, key=lambda s: given[s.path]))
     if defects:
         ex_d = run(list(defects), "features: new defects", True)
-        added["defect"] = _add_record(ex_d.samples)
+        added["defect"] = _add_record(sorted(ex_d.samples, key=lambda s: given[s.path]))
     seconds["extract"] = time.perf_counter() - t1
     t2 = time.perf_counter()
     if ex_n is not None and ex_n.features.shape[0]:
