@@ -174,7 +174,7 @@ def _warn_test_leak(dataset: str, layout: str) -> None:
               help="Keep test images that are byte-identical to training images (excluded by default: a leak).")
 @click.option("--stability", is_flag=True,
               help="Also rebuild the banks from DATASET's training images with the manifest's settings and seed + 1 "
-                   "(another 10 %% held out; costs one build) and print the Spearman correlation of the two builds' "
+                   "(other training images held out; costs one build) and print the Spearman correlation of the two builds' "
                    "image scores per mode (stability[MODE]: ...), with what differs between the builds.")
 def evaluate(dataset, bank_dir, weights, layout, split, out_json, batch_size, no_pixel, extractor_onnx,
              extractor_runtime, keep_duplicates, stability):
