@@ -8,6 +8,7 @@ Every dataset becomes a list of ``Sample`` (image path, mask path or None, label
 """
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
@@ -150,8 +151,50 @@ def synthetic(root: str) -> List[Sample]:
     return [Sample(s.path, s.mask, 1, "synthetic", "synthetic") for s in items if s.label == 1]
 
 
-def holdout_split(samples: List[Sample], fraction: float, seed: int) -> tuple[List[Sample], List[Sample]]:
-    """(kept, held_out): a seeded fraction of the normals and of the defectives held out."""
+HOLDOUT_RULE = "sha256(seed:content)"   # the manifest's sources.heldout_rule for holdout_split (issue 25)
+
+
+def content_key(sample: Sample) -> str:
+    """sha256 of the image's bytes (and of its mask's, after a colon): what the sample is, whatever it is named.
+
+    A file that cannot be read keys by its path (its extraction reports the error)."""
+    parts = []
+    for p in (sample.path, sample.mask):
+        if p is not None:
+            h = _content_hash(p)
+            parts.append(h if h is not None else "path:" + os.path.abspath(p))
+    return ":".join(parts)
+
+
+def canonical_order(samples: Sequence[Sample]) -> List[Sample]:
+    """The samples sorted by content key (then path, which only byte-identical copies need): the order a build
+    extracts and stacks them in, so that the chunks of its coreset do not depend on file names or listing order."""
+    return sorted(samples, key=lambda s: (content_key(s), s.path))
+
+
+def holdout_split(samples: Sequence[Sample], fraction: float, seed: int) -> tuple[List[Sample], List[Sample]]:
+    """(kept, held_out), both in ``canonical_order``: per label, the round(fraction x n) images (at least 1 and
+    at most n - 1 when fraction > 0 and n >= 2) with the smallest sha256 of "SEED:<content key>".
+
+    A function of the images' bytes and the seed only (rule ``HOLDOUT_RULE``): not of their names, their listing
+    order or the machine. The seed salts which images calibrate: another seed holds out other images.
+    """
+    ordered = canonical_order(samples)
+    held = set()
+    for label in (0, 1):
+        group = [s for s in ordered if s.label == label]
+        n_hold = int(round(fraction * len(group)))
+        if fraction > 0 and len(group) >= 2:
+            n_hold = max(1, min(n_hold, len(group) - 1))
+        salted = sorted(range(len(group)),
+                        key=lambda i: (hashlib.sha256(f"{seed}:{content_key(group[i])}".encode()).hexdigest(), i))
+        held.update(id(group[i]) for i in salted[:n_hold])
+    return [s for s in ordered if id(s) not in held], [s for s in ordered if id(s) in held]
+
+
+def legacy_holdout_split(samples: List[Sample], fraction: float, seed: int) -> tuple[List[Sample], List[Sample]]:
+    """The hold-out of banks built before issue 25 (manifest without sources.heldout_rule): a seeded permutation
+    of each label's images in listing order. Kept to recalibrate such banks on the images they held out."""
     rng = np.random.default_rng(seed)
     kept, held = [], []
     for label in (0, 1):
@@ -166,10 +209,17 @@ def holdout_split(samples: List[Sample], fraction: float, seed: int) -> tuple[Li
     return kept, held
 
 
+_HASHES: Dict[Tuple[str, int, int], str] = {}      # (abspath, size, mtime_ns) -> sha256: a build hashes each file once
+
+
 def _content_hash(path: str) -> Optional[str]:
     """sha256 of a file's bytes, or None when it cannot be read."""
     try:
-        return sha256_file(path)
+        st = os.stat(path)
+        key = (os.path.abspath(path), st.st_size, st.st_mtime_ns)
+        if key not in _HASHES:
+            _HASHES[key] = sha256_file(path)
+        return _HASHES[key]
     except OSError:
         return None
 

@@ -37,7 +37,9 @@ from typing import Any, Dict, Iterable, Mapping, Optional, Sequence, Tuple
 from .scores import DEFAULT_GAMMA, DEFAULT_MODE, MODE_REGISTRY
 from .spec import FeatureSpec, SpecError
 
-MANIFEST_VERSION = 1          # this schema; manifests without "version" are version 0 (untyped, before it)
+MANIFEST_VERSION = 2          # this schema; manifests without "version" are version 0 (untyped, before it)
+# 2: sources.heldout_rule and heldout_fraction (issue 25: the hold-out chosen by content hash; absent = the seeded
+#    listing-order rule, fraction unrecorded)
 BANK_FORMAT_VERSION = 1       # the bank directory: .npy arrays listed with their sha256 in "files"
 MANIFEST = "manifest.json"
 REBUILD = "rebuild the banks with `exdd offline build DATASET --out DIR`"
@@ -286,6 +288,8 @@ class Sources:
     heldout_normal: Optional[int] = None
     heldout_defect: Optional[int] = None
     unreadable: Tuple[Tuple[str, str], ...] = ()    # (path, error)
+    heldout_rule: Optional[str] = None              # how the held-out images were chosen; None: before issue 25
+    heldout_fraction: Optional[float] = None        # the build's --holdout; None: before issue 25
 
     @classmethod
     def from_dict(cls, d: Any, where: str, path: str = "sources") -> "Sources":
@@ -296,13 +300,16 @@ class Sources:
                    _strs(d.get("synthetic_dirs", []), n("synthetic_dirs")),
                    _opt(_int, d.get("heldout_normal"), n("heldout_normal")),
                    _opt(_int, d.get("heldout_defect"), n("heldout_defect")),
-                   _errors(d.get("unreadable", []), n("unreadable")))
+                   _errors(d.get("unreadable", []), n("unreadable")),
+                   _opt(_str, d.get("heldout_rule"), n("heldout_rule")),
+                   _opt(_num, d.get("heldout_fraction"), n("heldout_fraction")))
 
     def to_dict(self) -> Dict[str, Any]:
         return _drop_none({"dataset": self.dataset, "normal_images": self.normal_images,
                            "defect_images": self.defect_images, "synthetic_images": self.synthetic_images,
                            "synthetic_dirs": list(self.synthetic_dirs), "heldout_normal": self.heldout_normal,
-                           "heldout_defect": self.heldout_defect, "unreadable": _errors_json(self.unreadable)})
+                           "heldout_defect": self.heldout_defect, "unreadable": _errors_json(self.unreadable),
+                           "heldout_rule": self.heldout_rule, "heldout_fraction": self.heldout_fraction})
 
 
 @dataclass(frozen=True)

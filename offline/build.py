@@ -5,6 +5,10 @@ k-center coreset at ``neg_ratio``. Positive bank: the defect patches of the defe
 images (minus the held-out part) and of any synthetic-defect folders, coreset at ``pos_ratio``.
 A bank keeps max(ratio x N, min_size) elements, capped at N.
 
+Deterministic in the images (issue 25): the training images are stacked in content order, the coreset has no
+seed, and the seed only salts which images are held out (exdd.datasets.holdout_split): the same image files give
+the same banks whatever their names or listing order.
+
 Defect-patch rule: a patch is a defect patch when at least ``min_cover`` of its cell (its
 stride-8 block of the resized input) is covered by the resized mask; a defective image whose
 defect covers no cell that much gives its most covered cell, so thin defects still count.
@@ -30,7 +34,7 @@ from exdd_scoring.knn import bank_neighbors
 from exdd_scoring.scores import DEFAULT_GAMMA, bank_scale, fusion_inputs, positive_bank_problem
 from .calibrate import threshold
 from .coreset import Coreset, bank_size, chunked_kcenter
-from exdd.datasets import Sample, holdout_split, load_split, synthetic
+from exdd.datasets import HOLDOUT_RULE, Sample, holdout_split, load_split, synthetic
 from .extract import Extracted, extract
 from .weights import is_random
 
@@ -44,7 +48,7 @@ class BuildConfig:
     k: int = defaults.K
     min_cover: float = defaults.MIN_COVER
     holdout: float = defaults.HOLDOUT
-    seed: int = 0
+    seed: int = 0          # salts the hold-out (which images calibrate); the coreset has no seed (issue 25)
     threshold_rule: str = "f1"
     target_fpr: float = defaults.TARGET_FPR
     default_mode: str = DEFAULT_MODE
@@ -69,12 +73,12 @@ def defect_patches(covers: np.ndarray, min_cover: float) -> np.ndarray:
     return sel
 
 
-def make_bank(vectors: np.ndarray, ratio: float, min_size: int, k: int, seed: int, chunk_rows: int,
+def make_bank(vectors: np.ndarray, ratio: float, min_size: int, k: int, chunk_rows: int,
               oversample: float, progress: Optional[Callable[[int], None]] = None) -> Tuple[Bank, Dict[str, Any]]:
-    """Coreset of the (N, d) vectors, with within-bank neighbours; and its statistics."""
+    """Coreset of the (N, d) vectors, with within-bank neighbours; and its statistics (no seed: same rows, same bank)."""
     n = vectors.shape[0]
     keep = bank_size(n, ratio, min_size)
-    cs = chunked_kcenter(vectors, keep, seed=seed, chunk_rows=chunk_rows, oversample=oversample, progress=progress)
+    cs = chunked_kcenter(vectors, keep, chunk_rows=chunk_rows, oversample=oversample, progress=progress)
     return bank_of(vectors[np.sort(cs.indices)], n, cs, ratio, min_size, k)
 
 
@@ -114,7 +118,7 @@ def build_negative(ex: Extracted, dataset: str, d: int, cfg: BuildConfig, bar) -
     if ex.features.shape[0] == 0:
         raise ValueError(f"{dataset}: none of the normal training images could be read")
     b = bar("coreset: negative", ex.features.shape[0] * ex.features.shape[1] * ex.features.shape[2])
-    out = make_bank(ex.features.reshape(-1, d), cfg.neg_ratio, cfg.min_size, cfg.k, cfg.seed,
+    out = make_bank(ex.features.reshape(-1, d), cfg.neg_ratio, cfg.min_size, cfg.k,
                     cfg.chunk_rows, cfg.oversample, b.update if b else None)
     if b:
         b.close()
@@ -211,8 +215,7 @@ def build(dataset: str, out_dir: str, model, features: Dict[str, Any], cfg: Buil
     positive, pos_stats = None, {"patches": 0, "size": 0}
     if pos_vectors and sum(v.shape[0] for v in pos_vectors) > 0:
         allpos = np.concatenate(pos_vectors)
-        positive, pos_stats = make_bank(allpos, cfg.pos_ratio, cfg.min_size, cfg.k, cfg.seed + 1,
-                                        cfg.chunk_rows, cfg.oversample)
+        positive, pos_stats = make_bank(allpos, cfg.pos_ratio, cfg.min_size, cfg.k, cfg.chunk_rows, cfg.oversample)
     else:
         print("warning: no defect patches for the positive bank: exdd modes fall back to patchcore",
               file=sys.stderr)
@@ -259,7 +262,7 @@ def finish(dataset: str, out_dir: str, features: Dict[str, Any], cfg: BuildConfi
                                           "cell coverage by the resized mask >= min_cover; else the most covered cell"),
         sources=Sources(dataset, len(p.normals), pos_counts.get("real", 0), pos_counts.get("synthetic", 0),
                         tuple(synthetic_dirs), sum(1 for s in p.held if s.label == 0),
-                        sum(1 for s in p.held if s.label == 1), tuple(errors)),
+                        sum(1 for s in p.held if s.label == 1), tuple(errors), HOLDOUT_RULE, float(cfg.holdout)),
         default_mode=cfg.default_mode,
         modes=MODES,
         scoring=Scoring(float(cfg.gamma), None),

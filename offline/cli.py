@@ -74,14 +74,19 @@ def offline() -> None:
 @click.option("--min-cover", default=defaults.MIN_COVER, show_default=True, help="Defect patch: cell covered by the mask at least this much.")
 @click.option("--synthetic", "synthetic_dirs", multiple=True, type=click.Path(exists=True, file_okay=False),
               help="Folder of synthetic defects (NNNNN.png + NNNNN_GT.png); repeatable.")
-@click.option("--holdout", default=defaults.HOLDOUT, show_default=True, help="Fraction of training images kept out for calibration.")
+@click.option("--holdout", default=defaults.HOLDOUT, show_default=True,
+              help="Fraction of training images kept out for calibration (per label, chosen by a hash of each "
+                   "image's content salted by --seed).")
 @click.option("--threshold-rule", default="f1", type=click.Choice(list(RULES)), show_default=True)
 @click.option("--target-fpr", default=defaults.TARGET_FPR, show_default=True, help="For --threshold-rule fpr.")
 @click.option("--mode", "default_mode", default=DEFAULT_MODE, type=click.Choice(list(MODES)),
               show_default=True, help="Mode whose score the served model returns as SCORE.")
 @click.option("--gamma", default=DEFAULT_GAMMA, show_default=True, type=click.FloatRange(0.0, 4.0),
               help="Exponent of the dual map a- (a-/a+)^gamma (modes dual, fusion).")
-@click.option("--seed", default=0, show_default=True)
+@click.option("--seed", default=0, show_default=True,
+              help="Salts which training images are held out (--holdout): the only thing it moves. The coreset has "
+                   "no seed and the images are stacked by content, so the same images and seed give the same banks "
+                   "whatever the file names.")
 @click.option("--batch-size", default=defaults.BATCH_SIZE, show_default=True)
 @click.option("--chunk-rows", default=defaults.CHUNK_ROWS, show_default=True, help="Coreset chunk (patch rows) of the chunked greedy.")
 @ray_options
@@ -167,8 +172,12 @@ def _warn_test_leak(dataset: str, layout: str) -> None:
 @extractor_runtime_option
 @click.option("--keep-duplicates", is_flag=True,
               help="Keep test images that are byte-identical to training images (excluded by default: a leak).")
+@click.option("--stability", is_flag=True,
+              help="Also rebuild the banks from DATASET's training images with the manifest's settings and seed + 1 "
+                   "(other training images held out; costs one build) and print the Spearman correlation of the two builds' "
+                   "image scores per mode (stability[MODE]: ...), with what differs between the builds.")
 def evaluate(dataset, bank_dir, weights, layout, split, out_json, batch_size, no_pixel, extractor_onnx,
-             extractor_runtime, keep_duplicates):
+             extractor_runtime, keep_duplicates, stability):
     """Score DATASET's test split with the banks; metrics of every mode side by side.
 
     Test images whose files are byte-identical to a training image of DATASET are left out of the metrics
@@ -205,10 +214,25 @@ def evaluate(dataset, bank_dir, weights, layout, split, out_json, batch_size, no
         scorer = Scorer(banks)
     for w in caught:
         click.echo(f"warning: {w.message}", err=True)
+    second = _second_build(dataset, bank_dir, banks.manifest, model, info, layout, batch_size) if stability else None
+    second_scores = {m: [] for m in MODES}
+
+    def score_second(feats):
+        r = second[1].score(feats, map_modes=())
+        for m in MODES:
+            second_scores[m].append(r["scores"][m])
     b = bar("scoring", len(samples), "img")
     t0 = time.time()
-    scored = score_split(samples, model, scorer, tuple(info["input_size"]), batch_size, not no_pixel, b.update)
+    scored = score_split(samples, model, scorer, tuple(info["input_size"]), batch_size, not no_pixel, b.update,
+                         on_features=score_second if second else None)
     b.close()
+    extra = {}
+    if second:
+        from .stability import report_lines, stability_report
+        rb, _, held_second, manifest_second = second
+        cat = {m: np.concatenate(v) if v else np.zeros(0) for m, v in second_scores.items()}
+        extra["stability"] = stability_report(scored.scores, cat, (rb.cfg.seed - 1, rb.cfg.seed), rb.held_first,
+                                              held_second, dataset, banks.manifest, manifest_second)
     labels = np.array([s.label for s in scored.samples])
     metrics = metrics_of(scored)
     thresholds = scorer.thresholds
@@ -224,17 +248,55 @@ def evaluate(dataset, bank_dir, weights, layout, split, out_json, batch_size, no
                 for i, s in enumerate(scored.samples)],
         errors=[ErrorRow(p, e) for p, e in scored.errors],
         seconds=round(time.time() - t0, 2),
-        extra={"duplicates_of_training_images": {"pairs": [list(x) for x in leaked],
-                                                 "excluded": bool(leaked) and not keep_duplicates}} if leaked else {})
+        extra={**extra, **({"duplicates_of_training_images": {"pairs": [list(x) for x in leaked],
+                                                            "excluded": bool(leaked) and not keep_duplicates}}
+                            if leaked else {})})
     if out_json:
         result.save(out_json)
     click.echo(f"weights: {info['weights']}" + (f"  [{result.weights_note}]" if result.weights_note else ""))
     click.echo(f"images: {len(scored.samples)} ({int((labels == 1).sum())} defective, {int((labels < 0).sum())} "
                f"unlabelled), unreadable: {len(scored.errors)}")
     click.echo(table(metrics))
+    if "stability" in extra:
+        for line in report_lines(extra["stability"]):
+            click.echo(line)
     if scored.errors:
         for p, e in scored.errors:
             click.echo(f"error: {e}", err=True)
+
+
+def _second_build(dataset, bank_dir, manifest, model, info, layout, batch_size):
+    """--stability: BANKS rebuilt from DATASET with seed + 1 in a temporary folder (rebuild plan, scorer, its
+    held-out images, its manifest)."""
+    import tempfile
+    import warnings
+    from exdd.datasets import DatasetError
+    from exdd.progress import bar
+    from exdd_scoring import BankError, Scorer, load_banks
+    from .build import build as run_build, plan
+    from .stability import rebuild_plan
+    try:
+        rb = rebuild_plan(manifest, os.path.join(bank_dir, "manifest.json"), dataset, layout, batch_size)
+    except (BankError, DatasetError, ValueError) as e:
+        fail(f"--stability: {e}")
+    if manifest.updates:
+        click.echo(f"warning: --stability: {bank_dir} was updated {len(manifest.updates)} time(s); the rebuild holds "
+                   f"only DATASET's training images", err=True)
+    if manifest.sources.heldout_rule is None:
+        click.echo(f"warning: --stability: {bank_dir} was built before issue 25 (seeded coreset starts, listing-order "
+                   f"hold-out); the rebuild follows today's rules, so the figure also measures that change", err=True)
+    click.echo(f"stability: rebuilding with seed {rb.cfg.seed} (the banks' settings)", err=True)
+    with tempfile.TemporaryDirectory(prefix="exdd-stability-") as tmp:
+        try:
+            res = run_build(dataset, tmp, model, info, rb.cfg, rb.synthetic_dirs, layout, bar,
+                            synthetic_limit=rb.synthetic_limit)
+        except (DatasetError, ValueError) as e:
+            fail(f"--stability: {e}")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            scorer = Scorer(load_banks(tmp, expected_features=info))
+    held = plan(dataset, rb.cfg, rb.synthetic_dirs, layout, rb.synthetic_limit).held
+    return rb, scorer, held, res.manifest
 
 @offline.command()
 @click.argument("dataset", type=click.Path(exists=True, file_okay=False))

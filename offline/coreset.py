@@ -8,6 +8,13 @@ over all chunks keeps a prefix of every chunk's greedy order -- the merge gives 
 to chunks that are harder to cover, as global greedy would. Every patch is within the reported
 radius bound of a kept patch of its own chunk, so the bound is a true upper bound on coverage.
 ``extend_kcenter`` continues greedy from an existing bank's centres (bank updates), chunked the same way.
+
+No seed: greedy (and every chunk's greedy) starts at ``start_row``, the row farthest from the rows' mean, so the
+same rows give the same coreset on any machine and whatever the build seed (issue 25). Any start keeps greedy's
+2-approximation; an extreme row is one greedy would pick within its first few anyway, whereas a random start spends
+the first centre on an arbitrary (usually typical) row and made the banks -- and the served image ranking -- move
+with the seed. It does not depend on the order of the rows within a chunk (ties aside); the build puts the images
+in a content-defined order (exdd.datasets.canonical_order), which fixes the chunks.
 """
 from __future__ import annotations
 
@@ -34,30 +41,42 @@ def bank_size(n: int, ratio: float, min_size: int) -> int:
     return int(min(n, max(int(round(ratio * n)), min_size)))
 
 
-def greedy_picks(x: np.ndarray, m: int, start: int) -> tuple[np.ndarray, np.ndarray]:
-    """Greedy picks on float32 rows x: (indices (<=m,), values (len+1,)).
+def start_row(x: np.ndarray, sq: Optional[np.ndarray] = None) -> int:
+    """The deterministic first centre of greedy: the row of float32 x farthest from the rows' mean (first on ties).
+
+    ||x_i - mu||^2 = ||x_i||^2 - 2 x_i.mu (+ a constant): one pass, no seed. sq: the rows' squared norms when known.
+    """
+    if sq is None:
+        sq = np.einsum("ij,ij->i", x, x)
+    mu = x.mean(axis=0, dtype=np.float64).astype(np.float32)
+    return int(np.argmax(sq - 2.0 * (x @ mu)))
+
+
+def greedy_picks(x: np.ndarray, m: int, start: Optional[int] = None) -> tuple[np.ndarray, np.ndarray]:
+    """Greedy picks on float32 rows x from ``start`` (default ``start_row``): (indices (<=m,), values (len+1,)).
 
     values[i] is the distance at which pick i was made (inf for the start), and the last value
     is the coverage radius after all picks. Stops early once every row is covered exactly.
     """
     sq = np.einsum("ij,ij->i", x, x)
+    if start is None:
+        start = start_row(x, sq)
     mind = sq + (float(sq[start]) - 2.0 * (x @ x[start]))
     mind[start] = 0.0
     sel, vals = _extend_greedy(x, mind, min(m, x.shape[0]) - 1, math.inf, sq)
     return np.concatenate([[start], sel]).astype(np.int64), np.concatenate([[math.inf], vals])
 
 
-def greedy_kcenter(x: np.ndarray, k: int, seed: int = 0) -> Coreset:
-    """Exact greedy k-center on all rows of x, starting at a seeded random row."""
+def greedy_kcenter(x: np.ndarray, k: int) -> Coreset:
+    """Exact greedy k-center on all rows of x, starting at ``start_row``."""
     n = x.shape[0]
     if n == 0 or k <= 0:
         return Coreset(np.zeros(0, np.int64), 0.0, False, "exact")
-    start = int(np.random.default_rng(seed).integers(n))
-    sel, vals = greedy_picks(np.ascontiguousarray(x, dtype=np.float32), k, start)
+    sel, vals = greedy_picks(np.ascontiguousarray(x, dtype=np.float32), k)
     return Coreset(sel, float(vals[-1]), False, "exact")
 
 
-def chunked_kcenter(x: np.ndarray, k: int, seed: int = 0, chunk_rows: int = defaults.CHUNK_ROWS,
+def chunked_kcenter(x: np.ndarray, k: int, chunk_rows: int = defaults.CHUNK_ROWS,
                     oversample: float = defaults.OVERSAMPLE, progress: Optional[Callable[[int], None]] = None) -> Coreset:
     """Approximate greedy k-center for large N: per-chunk greedy, merged by pick distance.
 
@@ -67,16 +86,14 @@ def chunked_kcenter(x: np.ndarray, k: int, seed: int = 0, chunk_rows: int = defa
     if n <= chunk_rows or k >= n:
         if k >= n:
             return Coreset(np.arange(n, dtype=np.int64), 0.0, False, "all")
-        return greedy_kcenter(x, k, seed)
+        return greedy_kcenter(x, k)
     n_chunks = math.ceil(n / chunk_rows)
     bounds = np.linspace(0, n, n_chunks + 1).round().astype(np.int64)
-    rng = np.random.default_rng(seed)
     picks, radii = [], []
     for c in range(n_chunks):
         a, b = int(bounds[c]), int(bounds[c + 1])
         budget = max(1, math.ceil(oversample * k * (b - a) / n))
-        start = int(rng.integers(b - a))
-        sel, vals = greedy_picks(np.ascontiguousarray(x[a:b], dtype=np.float32), budget, start)
+        sel, vals = greedy_picks(np.ascontiguousarray(x[a:b], dtype=np.float32), budget)
         picks.append(sel + a)
         radii.append(vals)
         if progress:

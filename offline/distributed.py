@@ -4,9 +4,9 @@
   (one per CPU, or per GPU where the cluster has GPUs) turn into patch rows. The rows stay in
   the cluster's object store, on the node that made them; the driver holds references only.
 - Coreset: the chunked greedy k-center of ``offline/coreset.py`` with the same chunks, budgets
-  and seeded start rows, each chunk's greedy run as a task on a worker (which maps only the
-  shards its chunk overlaps); the driver merges the picks by pick distance exactly as
-  ``chunked_kcenter`` does and fetches only the picked rows. Same seed and chunking: same banks.
+  and start rows (each chunk's ``start_row``, found by the worker), each chunk's greedy run as a task on a
+  worker (which maps only the shards its chunk overlaps); the driver merges the picks by pick distance exactly
+  as ``chunked_kcenter`` does and fetches only the picked rows. Same images and chunking: same banks.
 - Positive bank: the workers keep only the defect patches of their shards; calibration: the
   workers score their held-out shards with the new banks and send back scores only.
 
@@ -112,14 +112,14 @@ def _rows(a: int, b: int, offsets: Sequence[int], *parts: np.ndarray) -> np.ndar
     return np.ascontiguousarray(np.concatenate(out))
 
 
-def _chunk_greedy(a: int, b: int, budget: int, start: int, offsets: Sequence[int], *parts: np.ndarray):
+def _chunk_greedy(a: int, b: int, budget: int, offsets: Sequence[int], *parts: np.ndarray):
     """One chunk's greedy picks (chunk-local indices) and pick values, as chunked_kcenter computes them."""
-    return greedy_picks(_rows(a, b, offsets, *parts), budget, start)
+    return greedy_picks(_rows(a, b, offsets, *parts), budget)
 
 
-def _exact(k: int, seed: int, n: int, offsets: Sequence[int], *parts: np.ndarray) -> Coreset:
+def _exact(k: int, n: int, offsets: Sequence[int], *parts: np.ndarray) -> Coreset:
     """Exact greedy over all rows (only used when they fit one chunk)."""
-    return greedy_kcenter(_rows(0, n, offsets, *parts), k, seed)
+    return greedy_kcenter(_rows(0, n, offsets, *parts), k)
 
 
 def _driver_threads() -> int:
@@ -192,7 +192,7 @@ class RayBuild:
         metas = self.ray.get([c[0] for c in calls])
         return [Part(m["rows"], c[1], m["kept"], m["errors"]) for c, m in zip(calls, metas)]
 
-    def kcenter(self, parts: Sequence[Part], k: int, seed: int, progress=None) -> Coreset:
+    def kcenter(self, parts: Sequence[Part], k: int, progress=None) -> Coreset:
         """chunked_kcenter over the parts' rows, chunk greedy on the workers, merged here identically."""
         cfg = self.cfg
         chunk_rows, oversample = cfg.chunk_rows, cfg.oversample
@@ -207,20 +207,18 @@ class RayBuild:
             if k >= n:
                 return Coreset(np.arange(n, dtype=np.int64), 0.0, False, "all")
             offs, refs = over(0, n)
-            cs = self.ray.get(self.task_exact.remote(k, seed, n, offs, *refs))
+            cs = self.ray.get(self.task_exact.remote(k, n, offs, *refs))
             if progress:
                 progress(n)
             return cs
         n_chunks = math.ceil(n / chunk_rows)
         bounds = np.linspace(0, n, n_chunks + 1).round().astype(np.int64)
-        rng = np.random.default_rng(seed)
         calls = []
         for c in range(n_chunks):
             a, b = int(bounds[c]), int(bounds[c + 1])
             budget = max(1, math.ceil(oversample * k * (b - a) / n))
-            start = int(rng.integers(b - a))
             offs, refs = over(a, b)
-            calls.append(self.task_chunk.remote(a, b, budget, start, offs, *refs))
+            calls.append(self.task_chunk.remote(a, b, budget, offs, *refs))
         left = {r: int(bounds[c + 1] - bounds[c]) for c, r in enumerate(calls)}
         while left:
             done, _ = self.ray.wait(list(left), num_returns=1)
@@ -243,10 +241,10 @@ class RayBuild:
                 refs.append(self.task_take.remote(p.ref, local))
         return np.concatenate(self.ray.get(refs))
 
-    def bank(self, parts: Sequence[Part], ratio: float, seed: int, progress=None):
+    def bank(self, parts: Sequence[Part], ratio: float, progress=None):
         """make_bank over distributed rows: (bank, stats)."""
         n = sum(p.rows for p in parts)
-        cs = self.kcenter(parts, bank_size(n, ratio, self.cfg.min_size), seed, progress)
+        cs = self.kcenter(parts, bank_size(n, ratio, self.cfg.min_size), progress)
         return bank_of(self.gather(parts, np.sort(cs.indices)), n, cs, ratio, self.cfg.min_size, self.cfg.k)
 
 
@@ -280,7 +278,7 @@ def build_ray(ray, dataset: str, out_dir: str, weights: str, features: Dict[str,
     if sum(x.kept for x in neg_parts) == 0:
         raise ValueError(f"{dataset}: none of the normal training images could be read")
     neg_rows = sum(x.rows for x in neg_parts)
-    negative, neg_stats = stage("coreset: negative", neg_rows, lambda u: rb.bank(neg_parts, cfg.neg_ratio, cfg.seed, u))
+    negative, neg_stats = stage("coreset: negative", neg_rows, lambda u: rb.bank(neg_parts, cfg.neg_ratio, u))
 
     pos_parts: List[Part] = []
     pos_counts: Dict[str, int] = {}
@@ -295,7 +293,7 @@ def build_ray(ray, dataset: str, out_dir: str, weights: str, features: Dict[str,
         pos_counts[name] = sum(x.kept for x in parts)
     positive, pos_stats = None, {"patches": 0, "size": 0}
     if sum(x.rows for x in pos_parts) > 0:
-        positive, pos_stats = rb.bank([x for x in pos_parts if x.rows], cfg.pos_ratio, cfg.seed + 1)
+        positive, pos_stats = rb.bank([x for x in pos_parts if x.rows], cfg.pos_ratio)
     else:
         print("warning: no defect patches for the positive bank: exdd modes fall back to patchcore",
               file=sys.stderr)

@@ -27,10 +27,18 @@ class Scored:
 
 def score_split(samples: Sequence[Sample], model, scorer: Scorer, size_hw: Tuple[int, int],
                 batch_size: int = defaults.BATCH_SIZE, with_maps: bool = True,
-                progress: Optional[Callable[[int], None]] = None) -> Scored:
-    """Extract and score every readable sample; maps kept per kind ('neg', 'ratio')."""
+                progress: Optional[Callable[[int], None]] = None,
+                on_features: Optional[Callable[[np.ndarray], None]] = None) -> Scored:
+    """Extract and score every readable sample; maps kept per kind ('neg', 'ratio'). on_features sees every batch
+    of features (b, h, w, d) as it is scored (a second scorer reuses the extraction)."""
     errors: List[Tuple[str, str]] = []
-    feats = ((bs, run_extractor(model, imgs), ms) for bs, imgs, ms in batches(samples, size_hw, batch_size, True, errors))
+
+    def extracted(imgs):
+        f = run_extractor(model, imgs)
+        if on_features is not None:
+            on_features(f)
+        return f
+    feats = ((bs, extracted(imgs), ms) for bs, imgs, ms in batches(samples, size_hw, batch_size, True, errors))
     scored = score_features(feats, len(samples), scorer, size_hw, with_maps, progress)
     scored.errors = errors
     return scored

@@ -29,7 +29,7 @@ from exdd_scoring.knn import bank_neighbors, topk_nearest
 from .build import Featurize, bank_file, defect_patches, make_bank, score_samples
 from .calibrate import threshold
 from .coreset import bank_size, extend_kcenter
-from exdd.datasets import DatasetError, Sample
+from exdd.datasets import DatasetError, Sample, canonical_order
 
 NORMAL_VERDICTS = ("ok", "good", "normal", "pass", "false_alarm", "false_positive", "fp", "0", "false")
 DEFECT_VERDICTS = ("defect", "ng", "bad", "fail", "true_defect", "missed_defect", "fn", "1", "true")
@@ -78,7 +78,7 @@ def extend_neighbors(old: Bank, new_vectors: np.ndarray, k: int) -> np.ndarray:
     return np.concatenate([nbr_old, nbr_new]).astype(np.int32)
 
 
-def extend_bank(bank: Optional[Bank], vectors: np.ndarray, stats: BankStats, k: int, seed: int,
+def extend_bank(bank: Optional[Bank], vectors: np.ndarray, stats: BankStats, k: int,
                 default_ratio: float = defaults.NEG_RATIO) -> Tuple[Bank, BankStats]:
     """bank grown by the coreset of vectors (N, d) continued from its centres; updated stats.
 
@@ -88,7 +88,7 @@ def extend_bank(bank: Optional[Bank], vectors: np.ndarray, stats: BankStats, k: 
     min_size = defaults.MIN_BANK if stats.min_size is None else stats.min_size
     n_new = int(vectors.shape[0])
     if bank is None or bank.size == 0:
-        new_bank, st = make_bank(vectors, ratio, min_size, k, seed, defaults.CHUNK_ROWS, defaults.OVERSAMPLE)
+        new_bank, st = make_bank(vectors, ratio, min_size, k, defaults.CHUNK_ROWS, defaults.OVERSAMPLE)
         st["added_patches"], st["picked"] = n_new, st["size"]
         return new_bank, BankStats.from_dict(st, "update", "coreset")
     patches = stats.patches + n_new
@@ -131,7 +131,9 @@ def update(parent_dir: str, out_dir: str, normals: Sequence[Sample], defects: Se
     if pm.coreset is None:
         raise BankError(f"{os.path.join(parent_dir, MANIFEST)}: no coreset section (the banks' size rule and seed): "
                         f"cannot update them; {REBUILD}")
-    d, k, seed = pm.features.d, pm.k, pm.coreset.seed
+    d, k = pm.features.d, pm.k
+    given = {s.path: i for i, s in enumerate(list(normals) + list(defects))}       # the records keep the given order
+    normals, defects = canonical_order(normals), canonical_order(defects)   # as build stacks them: names do not matter
     if min_cover is None:
         min_cover = defaults.MIN_COVER if pm.defect_patch_rule is None else pm.defect_patch_rule.min_cover
     errors: List[Tuple[str, str]] = list(input_errors)
@@ -152,19 +154,19 @@ def update(parent_dir: str, out_dir: str, normals: Sequence[Sample], defects: Se
     ex_n = ex_d = None
     if normals:
         ex_n = run(list(normals), "features: new normal", False)
-        added["normal"] = _add_record(ex_n.samples)
+        added["normal"] = _add_record(sorted(ex_n.samples, key=lambda s: given[s.path]))
     if defects:
         ex_d = run(list(defects), "features: new defects", True)
-        added["defect"] = _add_record(ex_d.samples)
+        added["defect"] = _add_record(sorted(ex_d.samples, key=lambda s: given[s.path]))
     seconds["extract"] = time.perf_counter() - t1
     t2 = time.perf_counter()
     if ex_n is not None and ex_n.features.shape[0]:
-        negative, neg_stats = extend_bank(negative, ex_n.features.reshape(-1, d), neg_stats, k, seed)
+        negative, neg_stats = extend_bank(negative, ex_n.features.reshape(-1, d), neg_stats, k)
     if ex_d is not None and ex_d.features.shape[0]:
         sel = defect_patches(ex_d.covers, min_cover)
         vec = ex_d.features[sel]
         if vec.shape[0]:
-            positive, pos_stats = extend_bank(positive, vec, pos_stats if positive else BankStats(0, 0), k, seed + 1,
+            positive, pos_stats = extend_bank(positive, vec, pos_stats if positive else BankStats(0, 0), k,
                                               defaults.POS_RATIO)
     seconds["banks"] = time.perf_counter() - t2
     if not added["normal"] and not added["defect"]:
@@ -305,10 +307,15 @@ def already_added(manifest: BankManifest) -> set:
 
 
 def heldout_samples(dataset: str, manifest: BankManifest, holdout: float, layout: str = "auto") -> List[Sample]:
-    """The held-out training images the parent build calibrated on (same seed), checked against its counts."""
-    from exdd.datasets import holdout_split, load_split
+    """The held-out training images the parent build calibrated on (same seed and hold-out rule), checked against its
+    counts. Banks built before issue 25 (no sources.heldout_rule) held out by the seeded listing-order rule."""
+    from exdd.datasets import HOLDOUT_RULE, holdout_split, legacy_holdout_split, load_split
     seed = 0 if manifest.coreset is None else manifest.coreset.seed
-    _, held = holdout_split(load_split(dataset, "train", layout), holdout, seed)
+    rule = None if manifest.sources is None else manifest.sources.heldout_rule
+    if rule not in (None, HOLDOUT_RULE):
+        raise DatasetError(f"{dataset}: the banks held out images by rule {rule!r}, which this exdd does not know")
+    split = holdout_split if rule == HOLDOUT_RULE else legacy_holdout_split
+    _, held = split(load_split(dataset, "train", layout), holdout, seed)
     src = manifest.sources
     want = (None, None) if src is None else (src.heldout_normal, src.heldout_defect)
     got = (sum(1 for s in held if s.label == 0), sum(1 for s in held if s.label == 1))

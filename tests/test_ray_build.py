@@ -81,8 +81,8 @@ def test_distributed_kcenter_equals_chunked_kcenter(ray_local, n, k, chunk_rows)
     parts = [Part(b - a, ray_local.put(x[a:b]), 0, []) for a, b in zip(cuts[:-1], cuts[1:])]
     rb = RayBuild(ray_local, "random:0", {"d": 8, "projection_seed": 0, "input_size": [64, 64]},
                   BuildConfig(chunk_rows=chunk_rows, oversample=2.0), workers=1)
-    got = rb.kcenter(parts, k, seed=5)
-    ref = chunked_kcenter(x, k, seed=5, chunk_rows=chunk_rows, oversample=2.0)
+    got = rb.kcenter(parts, k)
+    ref = chunked_kcenter(x, k, chunk_rows=chunk_rows, oversample=2.0)
     assert np.array_equal(got.indices, ref.indices)
     assert (got.radius, got.radius_is_bound, got.method) == (ref.radius, ref.radius_is_bound, ref.method)
     idx = np.sort(ref.indices)

@@ -18,7 +18,7 @@ from exdd_scoring import MODES
 def test_extend_kcenter_never_grows_the_radius():
     rng = np.random.default_rng(0)
     a = rng.standard_normal((2000, 8)).astype(np.float32)
-    cs = greedy_kcenter(a, 60, seed=1)
+    cs = greedy_kcenter(a, 60)
     r0 = coverage_radius(a, a[cs.indices])
     # new rows: the same distribution plus a far cluster the old centres do not cover
     b = np.concatenate([rng.standard_normal((500, 8)), rng.standard_normal((50, 8)) * 0.3 + 9.0]).astype(np.float32)
@@ -41,7 +41,7 @@ def test_chunked_extend_keeps_the_radius_and_the_minimum():
     """Past chunk_rows the continued greedy runs per chunk: still >= min_picks, radius never grows, bound holds."""
     rng = np.random.default_rng(5)
     a = rng.standard_normal((3000, 8)).astype(np.float32)
-    cs = greedy_kcenter(a, 80, seed=1)
+    cs = greedy_kcenter(a, 80)
     r0 = coverage_radius(a, a[cs.indices])
     # four chunks; only the last holds a far cluster the old centres miss
     # (the cluster needs more centres than the chunk's share of min_picks: the merge must keep them all)

@@ -398,7 +398,7 @@ def reproduce(split: Split, weights: str, input_hw: Tuple[int, int], coreset_rat
     rows["departure: exdd's reweighting (k = 3, m* dropped, t = sqrt d)"] = row(
         *equivalent_scores(test_emb, bank, grid, hw, k=3, keep_self=False, t=None))
     keep = bank_size(flat.shape[0], coreset_ratio, 0)
-    cs = chunked_kcenter(flat.numpy(), keep, seed=seed)
+    cs = chunked_kcenter(flat.numpy(), keep)
     rows["departure: exdd's coreset (chunked k-center, same ratio)"] = row(
         *equivalent_scores(test_emb, flat.numpy()[np.sort(cs.indices)], grid, hw))
     n_keep = len(split.normals) - int(round(0.1 * len(split.normals)))
@@ -422,12 +422,12 @@ def reproduce(split: Split, weights: str, input_hw: Tuple[int, int], coreset_rat
         on, ot = ours(split.normals), ours(split.test)
         rows["departure: exdd's reader + extractor (its resize, float16 cache), anomalib's coreset indices"] = row(
             *equivalent_scores(ot, on.reshape(-1, 1536)[idx], grid, hw))
-        cs2 = chunked_kcenter(on.reshape(-1, 1536), keep, seed=seed)
+        cs2 = chunked_kcenter(on.reshape(-1, 1536), keep)
         rows["all departures but hold-out: exdd `patchcore` on its own features, coreset, d = 1536"] = row(
             *equivalent_scores(ot, on.reshape(-1, 1536)[np.sort(cs2.indices)], grid, hw, k=3, keep_self=False,
                                t=None, anomalib_map=False))
         p_on, p_ot = on @ proj, ot @ proj
-        cs3 = chunked_kcenter(p_on.reshape(-1, 256), keep, seed=seed)
+        cs3 = chunked_kcenter(p_on.reshape(-1, 256), keep)
         rows["all departures but hold-out: exdd `patchcore`, d = 256"] = row(
             *equivalent_scores(p_ot, p_on.reshape(-1, 256)[np.sort(cs3.indices)], grid, hw, k=3, keep_self=False,
                                t=None, anomalib_map=False))

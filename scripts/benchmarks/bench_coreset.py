@@ -37,10 +37,10 @@ def subset(a) -> dict:
         src = "synthetic clustered features"
     k = bank_size(len(x), a.ratio, 1)
     t = time.perf_counter()
-    ex = greedy_kcenter(x, k, seed=0)
+    ex = greedy_kcenter(x, k)
     t_exact = time.perf_counter() - t
     t = time.perf_counter()
-    ch = chunked_kcenter(x, k, seed=0, chunk_rows=a.chunk_rows, oversample=a.oversample)
+    ch = chunked_kcenter(x, k, chunk_rows=a.chunk_rows, oversample=a.oversample)
     t_chunk = time.perf_counter() - t
     r_ch = coverage_radius(x, x[ch.indices])
     out = {"source": src, "n": len(x), "d": a.d, "k": k, "exact_s": round(t_exact, 1), "chunked_s": round(t_chunk, 1),
@@ -63,7 +63,7 @@ def scale(a) -> dict:
     del base
     k = bank_size(a.n, a.ratio, 1000)
     t = time.perf_counter()
-    cs = chunked_kcenter(x, k, seed=0, chunk_rows=a.chunk_rows, oversample=a.oversample)
+    cs = chunked_kcenter(x, k, chunk_rows=a.chunk_rows, oversample=a.oversample)
     secs = time.perf_counter() - t
     return {"n": a.n, "d": a.d, "k": k, "selected": len(cs.indices), "seconds": round(secs, 1),
             "radius_bound": round(cs.radius, 4), "feature_array_gb": round(x.nbytes / 2**30, 2),

@@ -98,8 +98,8 @@ def run_dataset(ds, fp32_path, features, args, log):
         fn, _, _ = featurize(extractor, normals, hw, grid, False)
         fd, cov, _ = featurize(extractor, defects, hw, grid, True)
         c = BuildConfig()
-        neg, _ = make_bank(fn.reshape(-1, d), c.neg_ratio, c.min_size, c.k, 0, c.chunk_rows, c.oversample)
-        pos, _ = make_bank(fd[defect_patches(cov, c.min_cover)], c.pos_ratio, c.min_size, c.k, 1, c.chunk_rows,
+        neg, _ = make_bank(fn.reshape(-1, d), c.neg_ratio, c.min_size, c.k, c.chunk_rows, c.oversample)
+        pos, _ = make_bank(fd[defect_patches(cov, c.min_cover)], c.pos_ratio, c.min_size, c.k, c.chunk_rows,
                            c.oversample)
         log(f"{name}: banks {neg.size} + {pos.size} from {len(normals)} normal + {len(defects)} defective {prec} images")
         return Scorer(BankPair(neg, pos, {"features": features, "k": c.k, "default_mode": "dual"})), [neg.size, pos.size]

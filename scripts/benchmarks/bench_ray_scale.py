@@ -129,7 +129,7 @@ def main() -> None:
                   BuildConfig(chunk_rows=a.chunk_rows), workers=1)
     phase["now"] = "coreset"
     t1 = time.time()
-    cs = rb.kcenter(parts, k, seed=0)
+    cs = rb.kcenter(parts, k)
     picked = rb.gather(parts, np.sort(cs.indices))
     t_cs = time.time() - t1
     stop.set()

@@ -7,8 +7,8 @@ that are byte copies of training images are dropped first). Per split: banks bui
 builds them (seeded 10 % hold-out, chunked k-center coreset 1 % / 10 %, defect-patch rule), then for every
 held-out and test image the per-patch nearest distance and index to each bank, and the distances from each
 bank's peak patch to m* and its 9 nearest bank neighbours (every reweighting variant needs them).
-A build seed (--build-seeds) moves only the hold-out and the coreset starts: two build seeds on one split
-give the seed-to-seed stability. Written to OUT/<set>/<variant>/split{S}-build{B}.npz + .json (no pickle).
+A build seed (--build-seeds) moves only the hold-out (the coreset starts moved with it before issue 25): two
+build seeds on one split give the seed-to-seed stability. Written to OUT/<set>/<variant>/split{S}-build{B}.npz + .json (no pickle).
 
   nice -n 10 .venv/bin/python -m scripts.studies.study_splits --set ksdd1_dev:632x224 --splits 0,1,2,3,4 --build-seeds 0
   nice -n 10 .venv/bin/python -m scripts.studies.study_splits --set ksdd1_dev:632x224 --splits 0 --build-seeds 1
@@ -149,10 +149,10 @@ def fitted_projection(kind: str, d: int, x: np.ndarray) -> Tuple[np.ndarray, np.
 
 def make_bank(vectors: np.ndarray, ratio: float, seed: int) -> Tuple[np.ndarray, np.ndarray, Dict]:
     """Coreset bank as `build` makes it (chunked k-center; every row when it keeps them all) with 9 within-bank
-    neighbours per element."""
+    neighbours per element. seed: unused since issue 25 (the coreset has no seed; kept for the callers)."""
     keep = bank_size(vectors.shape[0], ratio, MIN_BANK)
     picked = np.arange(vectors.shape[0]) if keep >= vectors.shape[0] else np.sort(
-        chunked_kcenter(vectors, keep, seed=seed).indices)
+        chunked_kcenter(vectors, keep).indices)
     bank = np.ascontiguousarray(vectors[picked], np.float32)
     nbr = bank_neighbors(bank, K_STUDY, np).astype(np.int64)
     nn1 = np.sqrt(((bank - bank[nbr[:, 0]]) ** 2).sum(1))
