@@ -20,15 +20,7 @@ from exdd_scoring.onnx_metadata import read_features
 
 @pytest.fixture(scope="module")
 def pca_banks():
-    """Banks of the tiny dataset built by the real CLI with --projection pca (and another --projection-seed,
-    which a fitted projection does not depend on)."""
-    out = os.path.join(tu.workdir(), "banks-pca")
-    p = tu.exdd_cli("offline", "build", tu.dataset(), "--out", out, "--weights", tu.WEIGHTS, "--input-size",
-                    f"{tu.INPUT_HW[0]}x{tu.INPUT_HW[1]}", "--d", str(tu.D), "--min-bank", "50", "--projection", "pca",
-                    "--projection-seed", "5")
-    assert p.returncode == 0, p.stderr
-    assert "projection: pca fitted on" in p.stderr
-    return out
+    return tu.pca_banks()
 
 
 @pytest.fixture(scope="module")
