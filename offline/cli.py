@@ -84,7 +84,7 @@ def offline() -> None:
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Bank directory to write.")
 @click.option("--weights", default="imagenet", show_default=True, help="imagenet | PATH (.safetensors/.pth) | random:SEED")
 @click.option("--d", "d", default=defaults.D, show_default=True, help="Projection dimension (1536 -> d).")
-@click.option("--projection-seed", default=0, show_default=True)
+@click.option("--projection-seed", default=0, show_default=True, help="Seed of the random projection.")
 @click.option("--projection", "projection", default=defaults.PROJECTION, show_default=True,
               type=click.Choice(projection_choices()),
               help="random: the seeded Gaussian matrix; pca: the top-d principal directions of the normal training "
