@@ -185,14 +185,14 @@ def _fitted_extractor(kind: str, limit: int, model, info, dataset: str, cfg, syn
     from .projection import fit_projection, fit_samples
     t0 = time.time()
     try:
-        normals = plan(dataset, cfg, synthetic_dirs, layout).normals
-        b = bar(f"projection: {kind}", len(fit_samples(normals, limit)), "img")
-        proj = fit_projection(kind, model, normals, int(info["d"]), cfg.batch_size, limit, b.update)
+        samples = fit_samples(plan(dataset, cfg, synthetic_dirs, layout).normals, limit)
+        b = bar(f"projection: {kind}", len(samples), "img")
+        proj = fit_projection(kind, model, samples, int(info["d"]), cfg.batch_size, 0, b.update)
         b.close()
         model, fitted_info = with_projection(model.backbone, info["weights"], model.input_hw, proj, kind)
     except (DatasetError, ValueError) as e:
         fail(str(e))
-    click.echo(f"projection: {kind} fitted on {len(fit_samples(normals, limit))} normal training images "
+    click.echo(f"projection: {kind} fitted on {len(samples)} normal training images "
                f"({time.time() - t0:.1f}s), sha256 {fitted_info['projection_sha256'][:16]}...", err=True)
     return model, fitted_info, proj
 
