@@ -4,6 +4,8 @@ from __future__ import annotations
 INPUT_HW = (632, 224)          # model input H x W: a 79 x 28 patch grid
 INPUT_SIZE = f"{INPUT_HW[0]}x{INPUT_HW[1]}"
 D = 256                        # projection dimension 1536 -> d
+PROJECTION = "random"          # the build's projection kind (offline/projection.py's registry: random | pca)
+PROJECTION_IMAGES = 200        # a fitted projection reads at most this many normal training images (evenly spaced)
 NEG_RATIO = 0.01               # coreset ratio of the negative (normal) bank
 POS_RATIO = 0.10               # coreset ratio of the positive (defect) bank
 MIN_BANK = 1000                # a bank keeps at least this many patches (capped at N)

@@ -4,8 +4,8 @@ This package lives inside the Triton scorer model so that a model repository dep
 copying it; the offline evaluator imports the same files as ``exdd_scoring``. It must only
 ever import numpy (and cupy when given), json, hashlib and the standard library.
 """
-from .bank import (BANK_FORMAT_VERSION, Bank, BankError, BankPair, FEATURE_KEYS, load_banks, read_manifest,
-                   read_manifest_features, read_manifest_spec, save_bank)
+from .bank import (BANK_FORMAT_VERSION, Bank, BankError, BankPair, FEATURE_KEYS, load_banks, load_projection,
+                   read_manifest, read_manifest_features, read_manifest_spec, save_bank)
 from .manifest import MANIFEST_VERSION, BankManifest, ManifestError
 from .spec import FeatureSpec, SpecError
 from .knn import nearest, topk_nearest
@@ -16,7 +16,8 @@ from .scorer import Scorer, map_of_mode
 from . import ann
 
 __all__ = [
-    "BANK_FORMAT_VERSION", "Bank", "BankError", "BankPair", "FEATURE_KEYS", "load_banks", "read_manifest",
+    "BANK_FORMAT_VERSION", "Bank", "BankError", "BankPair", "FEATURE_KEYS", "load_banks", "load_projection",
+    "read_manifest",
     "read_manifest_features", "read_manifest_spec", "save_bank", "MANIFEST_VERSION", "BankManifest", "ManifestError",
     "FeatureSpec", "SpecError",
     "nearest", "topk_nearest", "upsample_smooth_matrices", "upsample_smooth", "DEFAULT_MODE", "MAP_KINDS",

@@ -4,6 +4,11 @@ A bank directory holds ``negative.npy`` / ``negative_neighbors.npy`` (and the sa
 ``positive``) and ``manifest.json`` (a ``BankManifest``, manifest.py). The manifest names the features
 the banks were built with (FEATURE_KEYS) and the sha256 of every array file; loading verifies both and
 refuses anything that does not match, naming the mismatch.
+
+A bank built with a fitted projection (``features.projection`` other than 'random', issue 25) also holds
+``projection.npy``, the float32 (1536, d) matrix the extractor applies, listed in ``files`` like the banks and
+hashed as ``features.projection_sha256``: the exporter, evaluate and update read it from here (a fitted
+projection is never refitted after the build). A random projection is not stored: its seed makes it again.
 """
 from __future__ import annotations
 
@@ -16,9 +21,10 @@ import numpy as np
 
 from .manifest import (BANK_FORMAT_VERSION, MANIFEST, MIN_K, BankError, BankManifest, FileEntry,  # noqa: F401
                        ManifestError, check_k, safe_name)   # MIN_K, check_k: re-exported
-from .spec import IDENTITY, FeatureSpec
+from .spec import IDENTITY, RANDOM_PROJECTION, REQUIRED, FeatureSpec, SpecError
 
 FEATURE_KEYS = IDENTITY   # what makes two feature extractors interchangeable (FeatureSpec's identity)
+PROJECTION_FILE = "projection.npy"
 
 
 @dataclass
@@ -57,9 +63,17 @@ def sha256_file(path: str) -> str:
     return h.hexdigest()
 
 
+def projection_sha256(p: np.ndarray) -> str:
+    """sha256 of a projection matrix's float32 C-order bytes (the features' projection_sha256)."""
+    return hashlib.sha256(np.ascontiguousarray(p, dtype=np.float32).tobytes()).hexdigest()
+
+
 def save_bank(directory: str, negative: Bank, positive: Optional[Bank],
-              manifest: Union[BankManifest, Mapping[str, Any]]) -> BankManifest:
-    """Write the arrays and manifest.json (with their checksums) into directory; returns the manifest written."""
+              manifest: Union[BankManifest, Mapping[str, Any]], projection: Optional[np.ndarray] = None) -> BankManifest:
+    """Write the arrays and manifest.json (with their checksums) into directory; returns the manifest written.
+
+    projection: the extractor's matrix, required when the features' projection is fitted (written as
+    projection.npy), never stored for a random one."""
     if isinstance(manifest, BankManifest):      # what is written must read back: check it as a reader will
         manifest = manifest.to_dict()
     manifest = BankManifest.from_dict(manifest, f"{os.path.join(directory, MANIFEST)} (to write)")
@@ -72,9 +86,52 @@ def save_bank(directory: str, negative: Bank, positive: Optional[Bank],
             path = os.path.join(directory, fname)
             np.save(path, np.ascontiguousarray(arr), allow_pickle=False)
             files[fname] = FileEntry(sha256_file(path), tuple(int(v) for v in arr.shape), str(arr.dtype))
+    files.update(_save_projection(directory, manifest.features, projection))
     manifest = replace(manifest, format_version=BANK_FORMAT_VERSION, files=files)
     write_manifest(directory, manifest)
     return manifest
+
+
+def _save_projection(directory: str, features: FeatureSpec, projection: Optional[np.ndarray]) -> Dict[str, FileEntry]:
+    """{PROJECTION_FILE: entry} after writing a fitted projection; {} for a random one. BankError when the matrix
+    is missing or is not the one the features name."""
+    fitted = features.projection != RANDOM_PROJECTION
+    if not fitted:
+        return {}
+    path = os.path.join(directory, PROJECTION_FILE)
+    if projection is None:
+        raise BankError(f"{path}: the features use a fitted projection ({features.projection!r}): its matrix is "
+                        "needed to write the banks")
+    arr = np.ascontiguousarray(projection, dtype=np.float32)
+    if arr.ndim != 2 or arr.shape[1] != features.d or projection_sha256(arr) != features.projection_sha256:
+        raise BankError(f"{path}: the projection given ({arr.shape}, sha256 {projection_sha256(arr)[:12]}...) is not "
+                        f"the features' ({features.projection}, d {features.d}, sha256 "
+                        f"{features.projection_sha256[:12]}...)")
+    np.save(path, arr, allow_pickle=False)
+    return {PROJECTION_FILE: FileEntry(sha256_file(path), tuple(int(v) for v in arr.shape), str(arr.dtype))}
+
+
+def load_projection(directory: str, manifest: Optional[BankManifest] = None) -> Optional[np.ndarray]:
+    """The fitted projection (float32 (c, d)) stored in a bank directory, verified against the manifest's file
+    checksum and the features' projection_sha256; None for a random projection (made again from its seed)."""
+    manifest = manifest if manifest is not None else read_manifest(directory)
+    f = manifest.features
+    if f.projection == RANDOM_PROJECTION:
+        return None
+    entry = manifest.files.get(PROJECTION_FILE)
+    if entry is None:
+        raise BankError(f"{os.path.join(directory, MANIFEST)}: the features use a fitted projection "
+                        f"({f.projection!r}) but the bank lists no {PROJECTION_FILE}: rebuild the banks with "
+                        f"`exdd offline build DATASET --out DIR --projection {f.projection}`")
+    arr = _load_array(directory, PROJECTION_FILE, entry)
+    if arr.ndim != 2 or arr.shape[1] != f.d or arr.dtype != np.float32:
+        raise BankError(f"{os.path.join(directory, PROJECTION_FILE)}: shape/dtype {arr.shape}/{arr.dtype}, expected "
+                        f"(channels, {f.d}) float32")
+    digest = projection_sha256(arr)
+    if digest != f.projection_sha256:
+        raise BankError(f"{os.path.join(directory, PROJECTION_FILE)}: the matrix hashes to {digest[:12]}..., the "
+                        f"features name {f.projection_sha256[:12]}...: not the projection the banks were built with")
+    return arr
 
 
 def write_manifest(directory: str, manifest: BankManifest) -> None:
@@ -98,12 +155,10 @@ def read_manifest(directory: str) -> BankManifest:
 def check_features(manifest_features: Any, expected: Any, where: str) -> None:
     """Raise BankError naming every FEATURE_KEYS value that differs between bank and features.
 
-    Either side may be a FeatureSpec or its dict; a dict ``expected`` is compared on the keys it has.
+    Either side may be a FeatureSpec or its dict; a dict ``expected`` is compared on the keys it has (a whole
+    fingerprint that names no projection kind is a random one, as it was written before fitted projections).
     """
-    if isinstance(manifest_features, FeatureSpec):
-        manifest_features = manifest_features.to_dict()
-    if isinstance(expected, FeatureSpec):
-        expected = expected.to_dict()
+    manifest_features, expected = _identity_of(manifest_features), _identity_of(expected)
     diffs = []
     for key in FEATURE_KEYS:
         if key not in expected:
@@ -114,7 +169,24 @@ def check_features(manifest_features: Any, expected: Any, where: str) -> None:
         if a != b:
             diffs.append(f"{key}: bank has {a!r}, features have {b!r}")
     if diffs:
-        raise BankError(f"{where}: bank does not match the features it is used with -- " + "; ".join(diffs))
+        hint = ""
+        kinds = {manifest_features.get("projection", RANDOM_PROJECTION), expected.get("projection", RANDOM_PROJECTION)}
+        if any(d.startswith("projection") for d in diffs) and kinds != {RANDOM_PROJECTION}:
+            hint = (" (a fitted projection belongs to the banks it was fitted for: extract with these banks' own, "
+                    "`exdd export onnx --banks DIR` bakes in their projection.npy)")
+        raise BankError(f"{where}: bank does not match the features it is used with -- " + "; ".join(diffs) + hint)
+
+
+def _identity_of(features: Any) -> Dict[str, Any]:
+    """The fingerprint's JSON form, a whole one read as a FeatureSpec (so a missing projection kind is 'random')."""
+    if isinstance(features, FeatureSpec):
+        return features.to_dict()
+    if isinstance(features, Mapping) and all(k in features for k in REQUIRED):
+        try:
+            return FeatureSpec.from_dict(features).to_dict()
+        except SpecError:
+            pass
+    return dict(features)
 
 
 def _load_array(directory: str, fname: str, meta: FileEntry) -> np.ndarray:

@@ -19,6 +19,9 @@ Rules (each one names the file and the field when broken):
   came) -> gamma ``DEFAULT_GAMMA`` and the fusion's fixed fallback; ``coreset``, ``sources``,
   ``defect_patch_rule`` absent -> None (provenance; ``offline update`` refuses a parent without coreset).
   A ``default_mode`` no longer registered (``exdd_peak``, removed 2026-11-29) is refused, saying to rebuild.
+  ``features.projection`` absent -> 'random' (every bank before issue 25); a fitted projection's matrix is
+  the ``files`` entry ``projection.npy`` (bank.py), so no new key and no new ``version``: an older exdd reads
+  such a manifest but no random extractor matches its ``projection_sha256``.
 - ``version``: absent = 0 (written by exdd before this schema; loads by the rules above). Larger
   than ``MANIFEST_VERSION``: refused, saying to upgrade exdd or rebuild with ``exdd offline build``.
   ``to_dict`` always writes the current ``MANIFEST_VERSION`` (the ``version`` attribute says what

@@ -11,7 +11,13 @@ from dataclasses import dataclass, fields
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 # What makes two feature extractors interchangeable: a bank is only valid with the same values.
-IDENTITY = ("backbone", "weights", "input_size", "layers", "grid", "projection_seed", "projection_sha256", "d")
+IDENTITY = ("backbone", "weights", "input_size", "layers", "grid", "projection", "projection_seed",
+            "projection_sha256", "d")
+# The projection kind of a fingerprint that does not name one: every bank, ONNX file and features.json written
+# before fitted projections (issue 25) used the seeded random projection. Fixed for ever, whatever the build's
+# default (exdd.defaults.PROJECTION) becomes.
+RANDOM_PROJECTION = "random"
+REQUIRED = tuple(k for k in IDENTITY if k != "projection")
 
 
 class SpecError(ValueError):
@@ -27,7 +33,12 @@ def _pair(value: Any, name: str, where: str) -> Tuple[int, int]:
 
 @dataclass(frozen=True)
 class FeatureSpec:
-    """The features fingerprint: backbone, weights id, input size (H, W), layers, patch grid, projection, d."""
+    """The features fingerprint: backbone, weights id, input size (H, W), layers, patch grid, projection, d.
+
+    projection: its kind ('random': the Gaussian matrix of projection_seed; a fitted kind such as 'pca': a matrix
+    fitted on the normal training patches, stored as the bank's projection.npy, projection_seed 0). Either way
+    projection_sha256 is the matrix's own hash, so two fitted projections of other images differ there.
+    """
     backbone: str
     weights: str
     input_size: Tuple[int, int]
@@ -37,6 +48,7 @@ class FeatureSpec:
     projection_sha256: str
     d: int
     aggregation: str = ""
+    projection: str = RANDOM_PROJECTION
     weights_source: Optional[str] = None     # where the weights were read from (not part of the identity)
 
     def __post_init__(self) -> None:
@@ -44,7 +56,7 @@ class FeatureSpec:
 
     def validate(self, where: str) -> None:
         """Raise SpecError naming where and the field unless every field is well formed."""
-        for name in ("backbone", "weights", "projection_sha256"):
+        for name in ("backbone", "weights", "projection_sha256", "projection"):
             if not isinstance(getattr(self, name), str) or not getattr(self, name):
                 raise SpecError(f"{where}: {name} must be a non-empty string, got {getattr(self, name)!r}")
         object.__setattr__(self, "input_size", _pair(self.input_size, "input_size", where))
@@ -66,7 +78,7 @@ class FeatureSpec:
             return data
         if not isinstance(data, Mapping):
             raise SpecError(f"{where}: expected a JSON object of features, got {type(data).__name__}")
-        missing = [k for k in IDENTITY if k not in data]
+        missing = [k for k in REQUIRED if k not in data]
         if missing:
             raise SpecError(f"{where}: missing {', '.join(missing)}")
         known = {f.name for f in fields(cls)}
@@ -95,7 +107,8 @@ class FeatureSpec:
         """The JSON form (lists for tuples; weights_source only when known)."""
         out: Dict[str, Any] = {
             "backbone": self.backbone, "weights": self.weights, "input_size": list(self.input_size),
-            "layers": list(self.layers), "grid": list(self.grid), "projection_seed": self.projection_seed,
+            "layers": list(self.layers), "grid": list(self.grid), "projection": self.projection,
+            "projection_seed": self.projection_seed,
             "projection_sha256": self.projection_sha256, "d": self.d,
         }
         if self.aggregation:

@@ -16,21 +16,27 @@ def export() -> None:
 
 
 def _features_source(banks, weights, d, projection_seed, input_size):
-    """(weights, d, seed, input_hw) from a bank manifest when --banks is given, else from the options."""
+    """(weights, d, seed, input_hw, projection, kind) from a bank directory when --banks is given (a fitted
+    projection: the matrix of its projection.npy, checked against the manifest's hashes), else from the options
+    (the random projection: matrix None)."""
+    from exdd_scoring.spec import RANDOM_PROJECTION
     if not banks:
-        return weights or "imagenet", d, projection_seed, parse_hw(input_size)
-    from exdd_scoring import BankError, read_manifest_spec
+        return weights or "imagenet", d, projection_seed, parse_hw(input_size), None, RANDOM_PROJECTION
+    from exdd_scoring import BankError, load_projection, read_manifest
     try:
-        f = read_manifest_spec(banks)
+        m = read_manifest(banks)
+        proj = load_projection(banks, m)
     except BankError as e:
         fail(str(e))
-    return weights or f.weights_source or f.weights, f.d, f.projection_seed, f.input_size
+    f = m.features
+    return weights or f.weights_source or f.weights, f.d, f.projection_seed, f.input_size, proj, f.projection
 
 
 @export.command("onnx")
 @click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False), help="ONNX file to write.")
 @click.option("--banks", default=None, type=click.Path(exists=True, file_okay=False),
-              help="Take weights, d, projection seed and input size from this bank directory's manifest.")
+              help="Take weights, d, projection and input size from this bank directory (a fitted projection from "
+                   "its projection.npy, baked into the ONNX as the random one is).")
 @click.option("--weights", default=None, help="imagenet | PATH | random:SEED (default: the banks' or imagenet).")
 @click.option("--d", "d", default=defaults.D, show_default=True, help="Projection dimension (ignored with --banks).")
 @click.option("--projection-seed", default=0, show_default=True, help="(ignored with --banks)")
@@ -58,10 +64,10 @@ def onnx_cmd(out_path, banks, weights, d, projection_seed, input_size, precision
     from exdd.offline.weights import WeightsError, is_random
     from .onnx_export import ExportError, export_onnx, parity, parity_images as get_images
 
-    weights, d, seed, hw = _features_source(banks, weights, d, projection_seed, input_size)
+    weights, d, seed, hw, proj, kind = _features_source(banks, weights, d, projection_seed, input_size)
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     try:
-        model, info = build_extractor(weights, d, seed, hw)
+        model, info = build_extractor(weights, d, seed, hw, proj, kind)
     except WeightsError as e:
         fail(str(e))
     if banks:

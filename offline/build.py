@@ -174,11 +174,13 @@ def build(dataset: str, out_dir: str, model, features: Dict[str, Any], cfg: Buil
           synthetic_dirs: Sequence[str] = (), layout: str = "auto",
           progress_factory: Optional[Callable[[str, int], Any]] = None,
           featurize: Optional[Featurize] = None, synthetic_limit: Optional[int] = None,
-          negative_bank: Optional[Tuple[Bank, Union[BankStats, Dict[str, Any]]]] = None) -> BuildResult:
+          negative_bank: Optional[Tuple[Bank, Union[BankStats, Dict[str, Any]]]] = None,
+          projection: Optional[np.ndarray] = None) -> BuildResult:
     """Build and save the banks of a dataset; returns the manifest written and the per-file errors.
 
     featurize defaults to running ``model`` on the images (other featurizers serve cached features);
-    negative_bank (bank, stats) reuses a negative bank built from the same images and settings.
+    negative_bank (bank, stats) reuses a negative bank built from the same images and settings;
+    projection: the model's fitted projection matrix (saved with the banks; None for a random one).
     """
     def bar(desc: str, total: int):
         return progress_factory(desc, total) if progress_factory else None
@@ -231,12 +233,13 @@ def build(dataset: str, out_dir: str, model, features: Dict[str, Any], cfg: Buil
         return score_samples(calibration_scorer(pair), ex.features), np.array([s.label for s in ex.samples])
 
     return finish(dataset, out_dir, features, cfg, synthetic_dirs, p, (negative, neg_stats), (positive, pos_stats),
-                  pos_counts, errors, held_scores)
+                  pos_counts, errors, held_scores, projection)
 
 
 def finish(dataset: str, out_dir: str, features: Dict[str, Any], cfg: BuildConfig, synthetic_dirs: Sequence[str],
            p: Plan, neg: Tuple[Bank, Dict[str, Any]], pos: Tuple[Optional[Bank], Dict[str, Any]],
-           pos_counts: Dict[str, int], errors: List[Tuple[str, str]], held_scores: HeldScores) -> BuildResult:
+           pos_counts: Dict[str, int], errors: List[Tuple[str, str]], held_scores: HeldScores,
+           projection: Optional[np.ndarray] = None) -> BuildResult:
     """Manifest, fusion and threshold calibrated on the held-out images (scored by held_scores), banks saved.
 
     errors is the list of unreadable files so far; held_scores may append the held-out ones to it
@@ -288,5 +291,5 @@ def finish(dataset: str, out_dir: str, features: Dict[str, Any], cfg: BuildConfi
         print("warning: no held-out images (--holdout 0): no calibrated threshold", file=sys.stderr)
     manifest = replace(manifest, threshold=Thresholds(cfg.threshold_rule, float(cfg.target_fpr), values, detail))
     with staged_dir(out_dir, bank_file, "banks") as tmp:   # written beside, fsync'd, swapped in whole
-        manifest = save_bank(tmp, negative, positive, manifest)
+        manifest = save_bank(tmp, negative, positive, manifest, projection)
     return BuildResult(manifest, errors)

@@ -15,22 +15,44 @@ from exdd_scoring.bank import MIN_K
 from exdd_scoring.scores import DEFAULT_GAMMA, DEFAULT_MODE, MODES
 
 from .calibrate import RULES
+from .projection import PROJECTIONS, projection_choices
 
 
 def _extractor(weights: str, d: int, seed: int, input_hw):
     import torch
     from .features import build_extractor
-    from .weights import WeightsError, is_random
+    from .weights import WeightsError
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     try:
         model, info = build_extractor(weights, d, seed, input_hw)
     except WeightsError as e:
         fail(str(e))
+    _note_weights(info)
+    return model, info
+
+
+def _bank_extractor(bank_dir: str, manifest, weights=None):
+    """The extractor the banks were built with: their weights unless given, their projection (a fitted one read
+    from the bank folder's projection.npy, never refitted)."""
+    import torch
+    from exdd_scoring import BankError
+    from .features import bank_extractor
+    from .weights import WeightsError
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    try:
+        model, info = bank_extractor(bank_dir, manifest, weights)
+    except (WeightsError, BankError) as e:
+        fail(str(e))
+    _note_weights(info)
+    return model, info
+
+
+def _note_weights(info) -> None:
+    from .weights import is_random
     if is_random(info["weights"]):
         click.echo(f"note: weights {info['weights']} -- RANDOM-INIT backbone, results are not meaningful", err=True)
     else:
         click.echo(f"weights: {info['weights']}", err=True)
-    return model, info
 
 
 def _onnx_model(extractor_onnx: str, info, runtime: str = "onnxruntime"):
@@ -62,7 +84,15 @@ def offline() -> None:
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Bank directory to write.")
 @click.option("--weights", default="imagenet", show_default=True, help="imagenet | PATH (.safetensors/.pth) | random:SEED")
 @click.option("--d", "d", default=defaults.D, show_default=True, help="Projection dimension (1536 -> d).")
-@click.option("--projection-seed", default=0, show_default=True)
+@click.option("--projection-seed", default=0, show_default=True, help="Seed of the random projection.")
+@click.option("--projection", "projection", default=defaults.PROJECTION, show_default=True,
+              type=click.Choice(projection_choices()),
+              help="random: the seeded Gaussian matrix; pca: the top-d principal directions of the normal training "
+                   "patches, fitted here (one more extraction pass over them) and stored in --out as projection.npy; "
+                   "export, evaluate and update read it from there.")
+@click.option("--projection-images", default=defaults.PROJECTION_IMAGES, show_default=True,
+              type=click.IntRange(min=0), help="A fitted projection reads at most this many normal training images "
+                                               "(evenly spaced in sorted order; 0: all).")
 @input_size_option
 @click.option("--layout", default="auto", type=click.Choice(layout_choices(labelled_only=True)), show_default=True)
 @click.option("--neg-ratio", default=defaults.NEG_RATIO, show_default=True, help="Coreset ratio of the negative bank.")
@@ -101,21 +131,25 @@ def offline() -> None:
                    "--extractor-runtime, instead of torch fp32; its features fingerprint must match "
                    "--weights/--d/--input-size.")
 @extractor_runtime_option
-def build(dataset, out_dir, weights, d, projection_seed, input_size, layout, neg_ratio, pos_ratio, min_bank, k,
-          min_cover, synthetic_dirs, holdout, threshold_rule, target_fpr, default_mode, gamma, seed, batch_size,
-          chunk_rows, ray_address, ray_cpus, ray_workers, ray_shard_images, ray_threads, extractor_onnx,
-          extractor_runtime):
+def build(dataset, out_dir, weights, d, projection_seed, projection, projection_images, input_size, layout, neg_ratio,
+          pos_ratio, min_bank, k, min_cover, synthetic_dirs, holdout, threshold_rule, target_fpr, default_mode, gamma,
+          seed, batch_size, chunk_rows, ray_address, ray_cpus, ray_workers, ray_shard_images, ray_threads,
+          extractor_onnx, extractor_runtime):
     """Build the negative and positive banks of DATASET into --out."""
     from .build import BuildConfig, build as run_build
     from exdd.datasets import DatasetError
     from exdd.progress import bar
-    model, info = _extractor(weights, d, projection_seed, parse_hw(input_size))
-    if extractor_onnx:
-        model = _onnx_model(extractor_onnx, info, extractor_runtime)
-    info["weights_source"] = os.path.abspath(weights) if os.path.isfile(weights) else weights
     cfg = BuildConfig(neg_ratio=neg_ratio, pos_ratio=pos_ratio, min_size=min_bank, k=k, min_cover=min_cover,
                       holdout=holdout, seed=seed, threshold_rule=threshold_rule, target_fpr=target_fpr,
                       default_mode=default_mode, gamma=gamma, batch_size=batch_size, chunk_rows=chunk_rows)
+    model, info = _extractor(weights, d, projection_seed, parse_hw(input_size))
+    fitted = None
+    if PROJECTIONS[projection].fitted:
+        model, info, fitted = _fitted_extractor(projection, projection_images, model, info, dataset, cfg,
+                                                synthetic_dirs, layout)
+    if extractor_onnx:
+        model = _onnx_model(extractor_onnx, info, extractor_runtime)
+    info["weights_source"] = os.path.abspath(weights) if os.path.isfile(weights) else weights
     ray = None
     if ray_address is not None and extractor_onnx:
         fail("--extractor with --ray: the Ray actors extract with torch; build without --ray to use an ONNX extractor")
@@ -127,9 +161,9 @@ def build(dataset, out_dir, weights, d, projection_seed, input_size, layout, neg
         if ray is not None:
             from .distributed import build_ray
             res = build_ray(ray, dataset, out_dir, weights, info, cfg, synthetic_dirs, layout, bar, ray_workers,
-                            ray_shard_images, ray_threads)
+                            ray_shard_images, ray_threads, projection=fitted)
         else:
-            res = run_build(dataset, out_dir, model, info, cfg, synthetic_dirs, layout, bar)
+            res = run_build(dataset, out_dir, model, info, cfg, synthetic_dirs, layout, bar, projection=fitted)
     except (DatasetError, ValueError) as e:
         fail(str(e))
     m = res.manifest
@@ -144,6 +178,28 @@ def build(dataset, out_dir, weights, d, projection_seed, input_size, layout, neg
     if res.errors:
         click.echo(f"unreadable files: {len(res.errors)} (skipped, listed in the manifest)", err=True)
     _warn_test_leak(dataset, layout)
+
+
+def _fitted_extractor(kind: str, limit: int, model, info, dataset: str, cfg, synthetic_dirs, layout: str):
+    """(extractor, features, matrix) with a projection of kind fitted on the build's normal training images
+    (the plan's: the held-out ones are not read), on the backbone already loaded."""
+    from exdd.datasets import DatasetError
+    from exdd.progress import bar
+    from .build import plan
+    from .features import with_projection
+    from .projection import fit_projection, fit_samples
+    t0 = time.time()
+    try:
+        samples = fit_samples(plan(dataset, cfg, synthetic_dirs, layout).normals, limit)
+        b = bar(f"projection: {kind}", len(samples), "img")
+        proj = fit_projection(kind, model, samples, int(info["d"]), cfg.batch_size, 0, b.update)
+        b.close()
+        model, fitted_info = with_projection(model.backbone, info["weights"], model.input_hw, proj, kind)
+    except (DatasetError, ValueError) as e:
+        fail(str(e))
+    click.echo(f"projection: {kind} fitted on {len(samples)} normal training images "
+               f"({time.time() - t0:.1f}s), sha256 {fitted_info['projection_sha256'][:16]}...", err=True)
+    return model, fitted_info, proj
 
 
 def _warn_test_leak(dataset: str, layout: str) -> None:
@@ -182,18 +238,17 @@ def evaluate(dataset, bank_dir, weights, layout, split, out_json, batch_size, no
 
     Test images whose files are byte-identical to a training image of DATASET are left out of the metrics
     (said on stderr and recorded in the results) unless --keep-duplicates."""
-    from exdd_scoring import BankError, Scorer, load_banks, read_manifest_spec
+    from exdd_scoring import BankError, Scorer, load_banks, read_manifest
     from exdd.datasets import DatasetError, leak_message, load_split, training_copies
     from exdd.results import ErrorRow, EvaluationResults, ImageResult
     from exdd.metrics import confusion
     from .evaluate import metrics_of, score_split, table
     from exdd.progress import bar
     try:
-        feats = read_manifest_spec(bank_dir)
+        manifest = read_manifest(bank_dir)
     except BankError as e:
         fail(str(e))
-    model, info = _extractor(weights or feats.weights_source or feats.weights, feats.d, feats.projection_seed,
-                             feats.input_size)
+    model, info = _bank_extractor(bank_dir, manifest, weights)
     if extractor_onnx:
         model = _onnx_model(extractor_onnx, info, extractor_runtime)
     try:
@@ -272,7 +327,7 @@ def _second_build(dataset, bank_dir, manifest, model, info, layout, batch_size):
     import warnings
     from exdd.datasets import DatasetError
     from exdd.progress import bar
-    from exdd_scoring import BankError, Scorer, load_banks
+    from exdd_scoring import BankError, Scorer, load_banks, load_projection
     from .build import build as run_build, plan
     from .stability import rebuild_plan
     try:
@@ -285,11 +340,16 @@ def _second_build(dataset, bank_dir, manifest, model, info, layout, batch_size):
     if manifest.sources.heldout_rule is None:
         click.echo(f"warning: --stability: {bank_dir} was built before issue 25 (seeded coreset starts, listing-order "
                    f"hold-out); the rebuild follows today's rules, so the figure also measures that change", err=True)
-    click.echo(f"stability: rebuilding with seed {rb.cfg.seed} (the banks' settings)", err=True)
+    try:
+        projection = load_projection(bank_dir, manifest)
+    except BankError as e:
+        fail(f"--stability: {e}")
+    kept = f", the fitted {manifest.features.projection} projection kept, not refitted" if projection is not None else ""
+    click.echo(f"stability: rebuilding with seed {rb.cfg.seed} (the banks' settings{kept})", err=True)
     with tempfile.TemporaryDirectory(prefix="exdd-stability-") as tmp:
         try:
             res = run_build(dataset, tmp, model, info, rb.cfg, rb.synthetic_dirs, layout, bar,
-                            synthetic_limit=rb.synthetic_limit)
+                            synthetic_limit=rb.synthetic_limit, projection=projection)
         except (DatasetError, ValueError) as e:
             fail(f"--stability: {e}")
         with warnings.catch_warnings():
@@ -382,8 +442,7 @@ def update(bank_dir, out_dir, normal_paths, defect_paths, results, verdict_colum
     if not normals and not defects:
         fail("nothing to add: no readable new --normal / --defect image or verdict")
     feats = manifest.features
-    model, info = _extractor(weights or feats.weights_source or feats.weights, feats.d, feats.projection_seed,
-                             feats.input_size)
+    model, info = _bank_extractor(bank_dir, manifest, weights)
     try:
         check_features(feats, info, bank_dir)
     except BankError as e:

@@ -51,11 +51,13 @@ class Extractor:
     """A Ray actor holding the feature extractor (built from the same spec as the driver's)."""
 
     def __init__(self, weights: str, d: int, projection_seed: int, input_hw: Tuple[int, int], batch_size: int,
-                 threads: int, expected: Dict[str, Any]):
+                 threads: int, expected: Dict[str, Any], projection: Optional[np.ndarray] = None):
         import torch
+        from exdd_scoring.spec import RANDOM_PROJECTION
         from .features import build_extractor
         torch.set_num_threads(max(1, threads))
-        model, info = build_extractor(weights, d, projection_seed, tuple(input_hw))
+        model, info = build_extractor(weights, d, projection_seed, tuple(input_hw), projection,
+                                      expected.get("projection", RANDOM_PROJECTION))   # a fitted one: the driver's
         for key in ("weights", "projection_sha256", "input_size", "d"):
             if key in expected and info.get(key) != expected[key]:
                 raise RuntimeError(f"worker's extractor differs from the driver's in {key}: {info.get(key)!r} != "
@@ -143,7 +145,8 @@ class RayBuild:
     """The distributed stages of a build on a joined Ray cluster."""
 
     def __init__(self, ray, weights: str, features: Dict[str, Any], cfg: BuildConfig,
-                 workers: Optional[int] = None, shard_images: int = 64, threads: Optional[int] = None):
+                 workers: Optional[int] = None, shard_images: int = 64, threads: Optional[int] = None,
+                 projection: Optional[np.ndarray] = None):
         from exdd.ray_cluster import cluster_cpus
         self.ray, self.cfg = ray, cfg
         gpus = int(ray.cluster_resources().get("GPU", 0))
@@ -154,7 +157,7 @@ class RayBuild:
         # tasks get the CPUs (the rows they made stay in the object store)
         self.actor = ray.remote(num_cpus=0 if gpus else 1, num_gpus=1 if gpus else 0)(Extractor)
         self.spec = (weights, int(features["d"]), int(features["projection_seed"]), tuple(features["input_size"]),
-                     cfg.batch_size, threads or _driver_threads(), features)
+                     cfg.batch_size, threads or _driver_threads(), features, projection)
         self.task_chunk = ray.remote(num_cpus=1)(_chunk_greedy)
         self.task_exact = ray.remote(num_cpus=1)(_exact)
         self.task_take = ray.remote(num_cpus=1)(_take)
@@ -251,8 +254,12 @@ class RayBuild:
 def build_ray(ray, dataset: str, out_dir: str, weights: str, features: Dict[str, Any], cfg: BuildConfig,
               synthetic_dirs: Sequence[str] = (), layout: str = "auto",
               progress_factory: Optional[Callable[[str, int], Any]] = None,
-              workers: Optional[int] = None, shard_images: int = 64, threads: Optional[int] = None) -> BuildResult:
-    """build() on a Ray cluster: same plan, same banks, same manifest (but its timestamp)."""
+              workers: Optional[int] = None, shard_images: int = 64, threads: Optional[int] = None,
+              projection: Optional[np.ndarray] = None) -> BuildResult:
+    """build() on a Ray cluster: same plan, same banks, same manifest (but its timestamp).
+
+    projection: a fitted projection (fitted on the driver before, ``offline/projection.py``), sent to every
+    extractor actor and saved with the banks; None for the random one each actor makes from its seed."""
     def bar(desc: str, total: int):
         return progress_factory(desc, total) if progress_factory else None
 
@@ -264,7 +271,7 @@ def build_ray(ray, dataset: str, out_dir: str, weights: str, features: Dict[str,
         return out
 
     p = plan(dataset, cfg, synthetic_dirs, layout)
-    rb = RayBuild(ray, weights, features, cfg, workers, shard_images, threads)
+    rb = RayBuild(ray, weights, features, cfg, workers, shard_images, threads, projection)
     errors: List[Tuple[str, str]] = []
 
     def note(parts: Sequence[Part]) -> None:
@@ -322,4 +329,4 @@ def build_ray(ray, dataset: str, out_dir: str, weights: str, features: Dict[str,
         return scores, np.concatenate(held_labels) if held_labels else np.zeros(0, dtype=int)
 
     return finish(dataset, out_dir, features, cfg, synthetic_dirs, p, (negative, neg_stats), (positive, pos_stats),
-                  pos_counts, errors, held_scores)
+                  pos_counts, errors, held_scores, projection)

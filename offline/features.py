@@ -2,7 +2,9 @@
 
 uint8 (B, H, W, 3) RGB -> ImageNet normalisation -> WideResNet50-2 layer2 + layer3 ->
 3x3 local average (stride 1) -> layer3 bilinearly upsampled to layer2's grid -> concatenation
-(1536 channels) -> fixed random Gaussian projection to d -> float32 (B, H/8, W/8, d).
+(1536 channels) -> fixed projection to d -> float32 (B, H/8, W/8, d). The projection is a seeded random
+Gaussian matrix (kind 'random') or one fitted on the normal training patches at build time (kind 'pca',
+offline/projection.py, stored in the bank folder); the extractor applies either the same way.
 
 Pooling, upsampling and projection are all linear per pixel and channel, so the projection is
 applied to each layer first (P = [P2; P3] split by rows) and only d channels are pooled and
@@ -10,8 +12,7 @@ upsampled: identical features, much less work (tests check it against the litera
 """
 from __future__ import annotations
 
-import hashlib
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 import torch
@@ -19,7 +20,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from exdd import defaults
-from exdd_scoring.spec import FeatureSpec
+from exdd_scoring.bank import BankError, load_projection, projection_sha256  # noqa: F401 - projection_sha256 re-exported
+from exdd_scoring.manifest import BankManifest
+from exdd_scoring.spec import RANDOM_PROJECTION, FeatureSpec
 
 from .weights import BACKBONE, load_backbone
 
@@ -38,11 +41,6 @@ def make_projection(d: int, seed: int, c_in: int = sum(CHANNELS)) -> np.ndarray:
     p = np.random.default_rng(seed).standard_normal((c_in, d))
     p /= np.linalg.norm(p, axis=0, keepdims=True)
     return p.astype(np.float32)
-
-
-def projection_sha256(p: np.ndarray) -> str:
-    """sha256 of the projection's float32 C-order bytes."""
-    return hashlib.sha256(np.ascontiguousarray(p, dtype=np.float32).tobytes()).hexdigest()
 
 
 def grid_of(input_hw: Tuple[int, int]) -> Tuple[int, int]:
@@ -78,27 +76,70 @@ class FeatureExtractor(nn.Module):
         f3 = F.interpolate(f3, size=f2.shape[-2:], mode="bilinear", align_corners=False)
         return (f2 + f3).permute(0, 2, 3, 1).contiguous()
 
+    def raw(self, images: torch.Tensor) -> torch.Tensor:
+        """The unprojected aggregated features (B, h, w, 1536) in the literal order (pool, upsample, concat): what
+        the projection multiplies, so forward(x) == raw(x) @ P up to float rounding. Fitting a projection reads it."""
+        x = images.permute(0, 3, 1, 2).to(self.mean.dtype)
+        x = (x - self.mean) / self.std
+        l2, l3 = self.backbone(x)
+        l2 = F.avg_pool2d(l2, 3, stride=1, padding=1)
+        l3 = F.interpolate(F.avg_pool2d(l3, 3, stride=1, padding=1), size=l2.shape[-2:], mode="bilinear",
+                           align_corners=False)
+        return torch.cat([l2, l3], 1).permute(0, 2, 3, 1).contiguous()
+
 
 def build_extractor(weights: str, d: int = DEFAULT_D, projection_seed: int = 0,
-                    input_hw: Tuple[int, int] = DEFAULT_INPUT_HW) -> Tuple[FeatureExtractor, Dict[str, Any]]:
-    """The extractor in eval mode and its feature fingerprint (the manifest's 'features')."""
+                    input_hw: Tuple[int, int] = DEFAULT_INPUT_HW, projection: Optional[np.ndarray] = None,
+                    kind: str = RANDOM_PROJECTION) -> Tuple[FeatureExtractor, Dict[str, Any]]:
+    """The extractor in eval mode and its feature fingerprint (the manifest's 'features').
+
+    projection: a fitted matrix of that kind (d is its column count; projection_seed is recorded as 0);
+    default: the random projection of projection_seed."""
     backbone, weights_id = load_backbone(weights)
-    proj = make_projection(d, projection_seed)
-    model = FeatureExtractor(backbone, proj, input_hw).eval()
-    return model, fingerprint(weights_id, proj, projection_seed, input_hw)
+    return with_projection(backbone, weights_id, input_hw, projection, kind, d, projection_seed)
 
 
-def fingerprint(weights_id: str, proj: np.ndarray, projection_seed: int, input_hw: Tuple[int, int]) -> Dict[str, Any]:
+def with_projection(backbone: nn.Module, weights_id: str, input_hw: Tuple[int, int],
+                    projection: Optional[np.ndarray] = None, kind: str = RANDOM_PROJECTION, d: int = DEFAULT_D,
+                    projection_seed: int = 0) -> Tuple[FeatureExtractor, Dict[str, Any]]:
+    """build_extractor on a loaded backbone (a fitted projection reuses the backbone that fitted it)."""
+    if projection is None:
+        if kind != RANDOM_PROJECTION:
+            raise ValueError(f"projection {kind!r} is fitted: its matrix is needed")
+        projection = make_projection(d, projection_seed)
+    else:
+        projection_seed = 0
+    model = FeatureExtractor(backbone, projection, input_hw).eval()
+    return model, fingerprint(weights_id, projection, projection_seed, input_hw, kind)
+
+
+def bank_extractor(bank_dir: str, manifest: BankManifest, weights: Optional[str] = None
+                   ) -> Tuple[FeatureExtractor, Dict[str, Any]]:
+    """The extractor a bank directory was built with: its weights (unless given), input size and projection
+    (random: made again from its seed; fitted: read from the bank's projection.npy, never refitted)."""
+    f = manifest.features
+    model, info = build_extractor(weights or f.weights_source or f.weights, f.d, f.projection_seed, f.input_size,
+                                  load_projection(bank_dir, manifest), f.projection)
+    if info["projection_sha256"] != f.projection_sha256:
+        raise BankError(f"{bank_dir}: the {f.projection} projection made for it hashes to "
+                        f"{info['projection_sha256'][:12]}..., the manifest names {f.projection_sha256[:12]}...")
+    return model, info
+
+
+def fingerprint(weights_id: str, proj: np.ndarray, projection_seed: int, input_hw: Tuple[int, int],
+                kind: str = RANDOM_PROJECTION) -> Dict[str, Any]:
     """The features' identity (the manifest's 'features'): what a bank must match to be usable.
 
     Built and validated as a FeatureSpec; returned in its dict form (the manifest / ONNX metadata JSON).
     """
-    return spec_of(weights_id, proj, projection_seed, input_hw).to_dict()
+    return spec_of(weights_id, proj, projection_seed, input_hw, kind).to_dict()
 
 
-def spec_of(weights_id: str, proj: np.ndarray, projection_seed: int, input_hw: Tuple[int, int]) -> FeatureSpec:
-    """The FeatureSpec of an extractor with these weights, projection and input size."""
+def spec_of(weights_id: str, proj: np.ndarray, projection_seed: int, input_hw: Tuple[int, int],
+            kind: str = RANDOM_PROJECTION) -> FeatureSpec:
+    """The FeatureSpec of an extractor with these weights, projection (of kind) and input size."""
+    how = "gaussian projection" if kind == RANDOM_PROJECTION else f"{kind} projection fitted on normal patches"
     return FeatureSpec(backbone=BACKBONE, weights=weights_id, input_size=(int(input_hw[0]), int(input_hw[1])),
                        layers=tuple(LAYERS), grid=grid_of(input_hw), projection_seed=int(projection_seed),
                        projection_sha256=projection_sha256(proj), d=int(proj.shape[1]),
-                       aggregation="avg3x3-s1, layer3 bilinear to layer2 grid, concat, gaussian projection")
+                       aggregation=f"avg3x3-s1, layer3 bilinear to layer2 grid, concat, {how}", projection=kind)

@@ -5,7 +5,8 @@ from the existing centres (``extend_kcenter``: picks until the bank's ratio rule
 every new patch lies within the parent's coverage radius, so the radius never grows); the
 within-bank neighbours are extended (new rows against the whole bank, old rows only against
 the new rows) instead of recomputed; the thresholds are recalibrated when calibration images are
-given, else kept from the parent. The new bank directory's manifest records its parent (sha256
+given, else kept from the parent; the features, and a fitted projection (projection.npy), are the parent's,
+never refitted. The new bank directory's manifest records its parent (sha256
 of the parent manifest), the images added, the bank growth and when, appended to the parent's
 update history.
 """
@@ -22,7 +23,7 @@ import numpy as np
 from exdd import __version__, defaults
 from exdd.fileio import check_replaceable, staged_dir
 from exdd.images import is_image_name
-from exdd_scoring import MODES, Bank, BankPair, Scorer, load_banks, save_bank
+from exdd_scoring import MODES, Bank, BankPair, Scorer, load_banks, load_projection, save_bank
 from exdd_scoring.bank import MANIFEST, BankError, sha256_file
 from exdd_scoring.manifest import REBUILD, BankManifest, BankStats, Parent, SizeChange, Thresholds, UpdateRecord
 from exdd_scoring.knn import bank_neighbors, topk_nearest
@@ -207,8 +208,9 @@ def update(parent_dir: str, out_dir: str, normals: Sequence[Sample], defects: Se
     manifest = replace(manifest, threshold=thr, parent=record.parent, updates=manifest.updates + (record,),
                        created=now, files={})
     t4 = time.perf_counter()
+    projection = load_projection(parent_dir, pm)   # the parent's, read before the swap
     with staged_dir(out_dir, bank_file, "banks") as tmp:   # written beside, fsync'd, swapped in whole
-        manifest = save_bank(tmp, negative, positive, manifest)
+        manifest = save_bank(tmp, negative, positive, manifest, projection)
     seconds["save"] = time.perf_counter() - t4
     seconds["total"] = time.perf_counter() - t0
     return UpdateResult(manifest, errors, {k_: round(v, 3) for k_, v in seconds.items()})

@@ -141,8 +141,8 @@ Instances: {s.instances} x KIND_{s.kind.upper()} per model, max_batch_size {s.ma
 
 {sources}
 - features: backbone {f.get('backbone')}, weights `{f.get('weights')}`, input {f['input_size'][0]}x{f['input_size'][1]},
-  grid {f['grid'][0]}x{f['grid'][1]}, d {f['d']}, projection seed {f.get('projection_seed')}
-  (sha256 `{str(f.get('projection_sha256'))[:16]}...`)
+  grid {f['grid'][0]}x{f['grid'][1]}, d {f['d']}, projection {f.get('projection', 'random')}
+  (seed {f.get('projection_seed')}, sha256 `{str(f.get('projection_sha256'))[:16]}...`)
 - extractor: `{os.path.abspath(onnx_path)}` (sha256 `{sha256_file(onnx_path)}`)
 
 `features.json` (in every scorer's `1/` and in `{FEATURES_MODEL}/1/`) is the fingerprint each scorer checks its

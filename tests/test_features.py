@@ -48,6 +48,17 @@ def test_projection_first_equals_literal_order(extractor):
     torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4 * float(ref.abs().max()))
 
 
+def test_raw_features_times_the_projection_are_the_features(extractor):
+    """raw() is what a fitted projection is fitted on: the 1536-d features the projection multiplies."""
+    model, _ = extractor
+    x = torch.randint(0, 256, (1, 96, 64, 3), dtype=torch.uint8)
+    with torch.inference_mode():
+        raw, got = model.raw(x), model(x)
+    assert tuple(raw.shape) == (1, 12, 8, 1536)
+    ref = raw @ torch.cat([model.p2, model.p3], 0)
+    torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4 * float(ref.abs().max()))
+
+
 def test_weights_errors_are_clear(tmp_path):
     with pytest.raises(WeightsError, match="random:SEED"):
         load_backbone("random:abc")

@@ -55,6 +55,19 @@ def test_an_old_manifest_without_version_loads_with_the_documented_defaults(tmp_
     assert banks.manifest.to_dict()["version"] == MANIFEST_VERSION     # written again: the current schema
 
 
+def test_features_without_a_projection_kind_load_as_random_and_a_fitted_kind_needs_its_file(tmp_path):
+    """Manifests written before fitted projections (issue 25) name no projection kind: random, as they were."""
+    from exdd_scoring import load_projection
+    banks = load_banks(edited_banks(tmp_path / "old", lambda m: m["features"].pop("projection")),
+                       expected_features=tu.extractor()[1])
+    assert banks.manifest.features.projection == "random" and load_projection(str(tmp_path / "old")) is None
+
+    def claim_pca(m):
+        m["features"]["projection"] = "pca"
+    with pytest.raises(BankError, match="fitted projection .'pca'. but the bank lists no projection.npy"):
+        load_projection(edited_banks(tmp_path / "pca", claim_pca))
+
+
 def test_an_uncalibrated_manifest_has_no_thresholds(tmp_path):
     banks = load_banks(edited_banks(tmp_path / "u", lambda m: m.pop("threshold")))
     assert banks.manifest.threshold == Thresholds() and Scorer(banks).thresholds == {}

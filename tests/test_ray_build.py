@@ -62,6 +62,17 @@ def test_ray_build_gives_identical_banks(data, tmp_path):
     assert "corrupt or truncated" in pb.stderr and "Traceback" not in pb.stderr
 
 
+def test_ray_build_with_a_fitted_projection_gives_the_single_process_banks(tmp_path):
+    """--projection pca on Ray: fitted on the driver, the matrix sent to every extractor actor; the same
+    projection.npy, banks and manifest as the single-process build."""
+    out = str(tmp_path / "ray-pca")
+    p = tu.exdd_cli("offline", "build", tu.dataset(), "--out", out, *tu.PCA_BUILD, "--ray", "local", "--ray-cpus", "2")
+    assert p.returncode == 0, p.stderr
+    ma, mb = (json.load(open(os.path.join(x, "manifest.json"))) for x in (tu.pca_banks(), out))
+    ma.pop("created"), mb.pop("created")
+    assert ma == mb and mb["features"]["projection"] == "pca" and "projection.npy" in mb["files"]
+
+
 @pytest.fixture(scope="module")
 def ray_local():
     from exdd.ray_cluster import connect

@@ -13,7 +13,7 @@ BASE = {"backbone": "wide_resnet50_2", "weights": "random:0", "input_size": [632
 def test_round_trip_and_frozen():
     s = FeatureSpec.from_dict(BASE)
     assert s.input_size == (632, 224) and s.layers == ("layer2", "layer3") and s.features_shape == (79, 28, 256)
-    assert s.to_dict() == BASE and FeatureSpec.from_json(s.to_json()) == s
+    assert s.to_dict() == {**BASE, "projection": "random"} and FeatureSpec.from_json(s.to_json()) == s
     with pytest.raises(Exception):
         s.d = 3
     assert FeatureSpec.from_dict({**BASE, "future_key": 1}) == s        # unknown keys are ignored
@@ -37,6 +37,19 @@ def test_missing_keys_and_matching():
     assert a.matches(FeatureSpec.from_dict({**BASE, "weights_source": "elsewhere", "aggregation": ""}))
     with pytest.raises(BankError, match="projection_seed: bank has 0, features have 7"):
         check_features(a, b, "here")
+
+
+def test_a_fingerprint_without_projection_kind_is_random_and_the_kind_is_part_of_the_identity():
+    """Every fingerprint written before fitted projections (issue 25) names none: it reads as 'random'. A fitted one
+    differs in kind and matrix hash, and the refusal names both and says which extractor to use."""
+    old = FeatureSpec.from_dict(BASE)
+    assert old.projection == "random" and old.matches(FeatureSpec.from_dict({**BASE, "projection": "random"}))
+    pca = FeatureSpec.from_dict({**BASE, "projection": "pca", "projection_sha256": "cd" * 32})
+    assert pca.mismatches(old) == ["projection: 'pca' vs 'random'", f"projection_sha256: {'cd' * 32!r} vs {'ab' * 32!r}"]
+    with pytest.raises(BankError, match=r"projection: bank has 'pca', features have 'random'.*export onnx --banks"):
+        check_features(pca, BASE, "here")                     # an old whole dict: random
+    with pytest.raises(SpecError, match="projection must be a non-empty string"):
+        FeatureSpec.from_dict({**BASE, "projection": ""})
 
 
 def test_a_manifest_with_malformed_features_is_refused(tiny_banks, tmp_path):

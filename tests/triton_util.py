@@ -82,6 +82,22 @@ def banks() -> str:
     return _CACHE["banks"]
 
 
+def pca_banks() -> str:
+    """Banks of the tiny dataset built with --projection pca (fitted on its normal training images; built with
+    another --projection-seed, which a fitted projection does not depend on)."""
+    if "pca_banks" not in _CACHE:
+        out = os.path.join(workdir(), "banks-pca")
+        p = exdd_cli("offline", "build", dataset(), "--out", out, *PCA_BUILD)
+        assert p.returncode == 0, p.stderr
+        assert "projection: pca fitted on" in p.stderr
+        _CACHE["pca_banks"] = out
+    return _CACHE["pca_banks"]
+
+
+PCA_BUILD = ("--weights", WEIGHTS, "--input-size", f"{INPUT_HW[0]}x{INPUT_HW[1]}", "--d", str(D), "--min-bank", "50",
+             "--projection", "pca", "--projection-seed", "5")
+
+
 def onnx_fp32() -> str:
     """The fp32 ONNX of the tiny extractor (exported in-process, parity-checked by the export tests)."""
     if "onnx" not in _CACHE:
