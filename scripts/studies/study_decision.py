@@ -38,7 +38,7 @@ from scripts.common import smooth_maps
 from exdd import defaults
 from exdd.metrics import aupro
 from exdd.offline.feature_cache import RawCache
-from exdd.offline.head import fit_head
+from exdd.offline.head import HEAD_L2, fit_head
 from exdd_scoring import reweight_q, upsample_smooth_matrices
 from exdd_scoring.fusion import fit_fusion, fusion_features, fusion_score
 from exdd_scoring.scores import (DEFAULT_GAMMA, RAISE_EPS_REL, TOPK_FRACTION, Evidence, bounded_eps, head_inputs,
@@ -131,7 +131,8 @@ def fusion_x(e: SplitEvidence) -> np.ndarray:
 
 
 TOPK_STUDY = (0.002, 0.01, 0.05)     # the top-k fractions of the map's pixels studied (issue 25)
-POOLED = tuple(f"{m}@{f:g}" for m in ("dual_topk", "ratio_topk") for f in TOPK_STUDY) + ("head",)
+HEADS = {"head": HEAD_L2, "head_l2x10": 10 * HEAD_L2}   # the head as built, and one 10x more regularised
+POOLED = tuple(f"{m}@{f:g}" for m in ("dual_topk", "ratio_topk") for f in TOPK_STUDY) + tuple(HEADS)
 
 
 def served_evidence(e: SplitEvidence, pos_scale: float, params: Dict, rows: Optional[np.ndarray] = None) -> Evidence:
@@ -154,13 +155,16 @@ def pooled_scores(z, meta: Dict, te: SplitEvidence, held: SplitEvidence, s_h: np
     (exdd.offline.head.fit_head) on the held-out images and the cross-fitted defective training images (cf_*)."""
     scale = meta["pos"]["nn1_median"]
     out: Dict[str, np.ndarray] = {}
+    base = {"topk": TOPK_FRACTION}
+    ev = served_evidence(te, scale, dict(base))              # one evidence: its smoothed maps are computed once
     for name in names:
         if "@" in name:
             m, f = name.split("@")
-            out[name] = np.asarray(mode(m).score(served_evidence(te, scale, {"topk": float(f)})))
+            ev.params["topk"] = float(f)
+            out[name] = np.asarray(mode(m).score(ev))
+    ev.params["topk"] = TOPK_FRACTION
     head = None
-    if "head" in names:
-        base = {"topk": TOPK_FRACTION}
+    if any(h in names for h in HEADS):
         xs, ys = [np.asarray(head_inputs(served_evidence(held, scale, base)))], [held.labels]
         if meta.get("cf_pos"):
             cf = SplitEvidence(z, meta, "cf", s_h, s_w)
@@ -169,8 +173,13 @@ def pooled_scores(z, meta: Dict, te: SplitEvidence, held: SplitEvidence, s_h: np
                 xs.append(np.asarray(head_inputs(served_evidence(cf, st["nn1_median"], base, fold == f))))
                 ys.append(cf.labels[fold == f])
         n_cf = sum(len(y) for y in ys[1:])
-        head = fit_head(np.concatenate(xs), np.concatenate(ys), meta["build_seed"], crossfit=n_cf)
-        out["head"] = np.asarray(mode("head").score(served_evidence(te, scale, dict(base, head=head))))
+        for name, l2 in HEADS.items():
+            if name not in names:
+                continue
+            fitted = fit_head(np.concatenate(xs), np.concatenate(ys), meta["build_seed"], l2=l2, crossfit=n_cf)
+            ev.params["head"] = fitted
+            out[name] = np.asarray(mode("head").score(ev))
+            head = fitted if name == "head" else head
     return out, head
 
 
@@ -412,8 +421,8 @@ def main() -> None:
     ap.add_argument("--pro-stride", type=int, default=2, help="AUPRO on every n-th pixel row and column")
     ap.add_argument("--json", default=None)
     ap.add_argument("--against", default=None, help="compare --variant with this variant (paired), not with patchcore")
-    ap.add_argument("--images", default=None, help="with --against: the image scores to compare (comma-separated)")
-    ap.add_argument("--maps", default=None, help="with --against: the maps to compare (comma-separated)")
+    ap.add_argument("--images", default=None, help="only these image scores (comma-separated; patchcore always)")
+    ap.add_argument("--maps", default=None, help="only these maps (comma-separated; ratio always)")
     ap.add_argument("--image-base", default="patchcore", help="the image score the others are paired with")
     a = ap.parse_args()
     names = [s for s in a.sets.split(",") if os.path.isdir(os.path.join(a.root, s, a.variant))]
@@ -438,7 +447,9 @@ def main() -> None:
             json.dump({"variant": a.variant, "against": a.against, "image": image, "pixel": pixel}, open(a.json, "w"),
                       indent=1)
         return
-    sets = [study_set(os.path.join(a.root, s, a.variant), a.boot, 0, a.cache, a.pro_stride) for s in names]
+    imgs = sorted(set(a.images.split(",")) | {"patchcore"}) if a.images else None
+    mps = sorted(set(a.maps.split(",")) | {"ratio"}) if a.maps else None
+    sets = [study_set(os.path.join(a.root, s, a.variant), a.boot, 0, a.cache, a.pro_stride, imgs, mps) for s in names]
     image = summarise(sets, "image", "patchcore")
     pixel = summarise(sets, "pixel", "ratio")
     dec = decide(image, pixel)
