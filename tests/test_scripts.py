@@ -123,8 +123,10 @@ def test_study_scores_the_pooled_candidates_with_the_served_modes_and_crossfits_
     for m in names:
         np.testing.assert_allclose(np.asarray(mode(m).score(ev)), want[m], rtol=1e-4, err_msg=m)
     sel = np.zeros((6, 12), bool)
-    sel[:, 5] = True
+    sel[:, 4:] = True                                            # 8 defect patches per image: fold banks of >= 32
     defects = list(range(4, n))
     cf, stats = ss.crossfit_evidence(feats, defects, sel, neg[:2], 1.0, 0)
     assert sorted(cf["ids"].tolist()) == defects and len(stats) == 5
-    assert (cf["a_pos"][:, 5] > 1e-2).all()                      # its own defect patch is not in its fold's bank
+    assert (cf["a_pos"][:, 4:] > 0.3).all()                      # its own defect patches are not in its fold's bank
+    full = ss.bank_evidence(feats, cf["ids"], ss.make_bank(feats[defects][sel], 1.0, 1)[:2], "pos")
+    assert (full["a_pos"][:, 4:] < 0.05).all()                   # the full bank holds them (float32 kNN): the leak
