@@ -8,7 +8,7 @@ fallback ``log s- + log max(ratio map)`` is used, and the manifest says so.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Sequence
+from typing import Any, Dict, Optional, Sequence
 
 import numpy as np
 
@@ -32,12 +32,15 @@ def fusion_score(x: Any, params: Dict[str, Any], xp: Any) -> Any:
     return ((x - mean) / scale) @ coef + float(params["intercept"])
 
 
-def fit_fusion(x: np.ndarray, labels: Sequence[int], l2: float = 1.0, iters: int = 50) -> Dict[str, Any]:
+def fit_fusion(x: np.ndarray, labels: Sequence[int], l2: float = 1.0, iters: int = 50,
+               features: Sequence[str] = FEATURES, fallback: Optional[Dict[str, Any]] = None,
+               min_per_class: int = MIN_PER_CLASS) -> Dict[str, Any]:
     """Parameters of an L2-regularised logistic regression on standardised features (Newton steps);
-    FALLBACK when either class has fewer than MIN_PER_CLASS images."""
+    fallback (the fusion's FALLBACK) when either class has fewer than min_per_class images.
+    features names x's columns (the fusion's three by default; the image head's are scores.HEAD_FEATURES)."""
     y = np.asarray(labels, dtype=np.float64)
-    if min(int((y == 1).sum()), int((y == 0).sum())) < MIN_PER_CLASS:
-        return dict(FALLBACK)
+    if min(int((y == 1).sum()), int((y == 0).sum())) < max(min_per_class, 1):
+        return dict(FALLBACK if fallback is None else fallback)
     x = np.asarray(x, dtype=np.float64)
     mean, scale = x.mean(axis=0), x.std(axis=0)
     scale[scale < 1e-9] = 1.0
@@ -52,6 +55,6 @@ def fit_fusion(x: np.ndarray, labels: Sequence[int], l2: float = 1.0, iters: int
         w -= step
         if np.abs(step).max() < 1e-8:
             break
-    return {"features": list(FEATURES), "mean": mean.tolist(), "scale": scale.tolist(),
+    return {"features": list(features), "mean": mean.tolist(), "scale": scale.tolist(),
             "coef": w[:-1].tolist(), "intercept": float(w[-1]), "fitted": True, "l2": l2,
             "heldout": {"normal": int((y == 0).sum()), "defective": int((y == 1).sum())}}

@@ -16,7 +16,8 @@ Rules (each one names the file and the field when broken):
   Every other field has a documented meaning when absent, the one the readers gave it before:
   ``default_mode`` absent -> ``DEFAULT_MODE``; ``threshold`` absent -> uncalibrated (no values, as
   ``--holdout 0`` writes); ``scoring`` absent (manifests built before 2026-11-29, when dual/fusion
-  came) -> gamma ``DEFAULT_GAMMA`` and the fusion's fixed fallback; ``coreset``, ``sources``,
+  came) -> gamma ``DEFAULT_GAMMA`` and the fusion's fixed fallback; ``scoring.topk`` / ``scoring.head`` absent
+  (before version 2, issue 25) -> ``TOPK_FRACTION`` and the image head's fixed fallback; ``coreset``, ``sources``,
   ``defect_patch_rule`` absent -> None (provenance; ``offline update`` refuses a parent without coreset).
   A ``default_mode`` no longer registered (``exdd_peak``, removed 2026-11-29) is refused, saying to rebuild.
   ``features.projection`` absent -> 'random' (every bank before issue 25); a fitted projection's matrix is
@@ -37,12 +38,12 @@ import os
 from dataclasses import dataclass, field, fields
 from typing import Any, Dict, Iterable, Mapping, Optional, Sequence, Tuple
 
-from .scores import DEFAULT_GAMMA, DEFAULT_MODE, MODE_REGISTRY
+from .scores import DEFAULT_GAMMA, DEFAULT_MODE, MODE_REGISTRY, TOPK_FRACTION
 from .spec import FeatureSpec, SpecError
 
 MANIFEST_VERSION = 2          # this schema; manifests without "version" are version 0 (untyped, before it)
-# 2: sources.heldout_rule and heldout_fraction (issue 25: the hold-out chosen by content hash; absent = the seeded
-#    listing-order rule, fraction unrecorded)
+# 2 (issue 25): sources.heldout_rule and heldout_fraction (the hold-out chosen by content hash; absent = the seeded
+#    listing-order rule, fraction unrecorded); scoring.topk and scoring.head (absent -> TOPK_FRACTION, fallback)
 BANK_FORMAT_VERSION = 1       # the bank directory: .npy arrays listed with their sha256 in "files"
 MANIFEST = "manifest.json"
 REBUILD = "rebuild the banks with `exdd offline build DATASET --out DIR`"
@@ -361,6 +362,10 @@ class Fusion:
     note: Optional[str] = None
     l2: Optional[float] = None
     heldout: Optional[Mapping[str, int]] = None     # {'normal', 'defective'} images it was fitted on
+    cv_auroc: Optional[float] = None                # the image head: cross-validated AUROC of the model
+    fallback_cv_auroc: Optional[float] = None       # ... and of its fixed fallback on the same images
+    folds: Optional[int] = None                     # ... cross-validation folds (also the cross-fit folds)
+    crossfit: Optional[int] = None                  # ... defective training images scored by a fold's positive bank
 
     @classmethod
     def from_dict(cls, d: Any, where: str, path: str = "scoring.fusion") -> "Fusion":
@@ -380,31 +385,44 @@ class Fusion:
             heldout = {k: _int(v, n(f"heldout.{k}")) for k, v in h.items()}
         return cls(mean, scale, coef, _num(d["intercept"], n("intercept"), finite=True),
                    _strs(d.get("features", []), n("features")), _bool(d.get("fitted", True), n("fitted")),
-                   _opt(_str, d.get("note"), n("note")), _opt(_num, d.get("l2"), n("l2")), heldout)
+                   _opt(_str, d.get("note"), n("note")), _opt(_num, d.get("l2"), n("l2")), heldout,
+                   _opt(_num, d.get("cv_auroc"), n("cv_auroc")), _opt(_num, d.get("fallback_cv_auroc"),
+                                                                    n("fallback_cv_auroc")),
+                   _opt(_int, d.get("folds"), n("folds")), _opt(_int, d.get("crossfit"), n("crossfit")))
 
     def to_dict(self) -> Dict[str, Any]:
         """The JSON form, also the parameters fusion.fusion_score reads."""
         return _drop_none({"features": list(self.features), "mean": list(self.mean), "scale": list(self.scale),
                            "coef": list(self.coef), "intercept": self.intercept, "fitted": self.fitted,
                            "note": self.note, "l2": self.l2,
-                           "heldout": None if self.heldout is None else dict(self.heldout)})
+                           "heldout": None if self.heldout is None else dict(self.heldout),
+                           "cv_auroc": self.cv_auroc, "fallback_cv_auroc": self.fallback_cv_auroc,
+                           "folds": self.folds, "crossfit": self.crossfit})
 
 
 @dataclass(frozen=True)
 class Scoring:
-    """The scoring parameters the modes read: gamma of dual, the fitted fusion (None: its fixed fallback)."""
+    """The scoring parameters the modes read: gamma of dual, the fitted fusion (None: its fixed fallback), the top-k
+    fraction of the top-k modes, the image head (None: its fixed fallback; manifests before version 2 have neither)."""
     gamma: float = DEFAULT_GAMMA
     fusion: Optional[Fusion] = None
+    topk: float = TOPK_FRACTION
+    head: Optional[Fusion] = None
 
     @classmethod
     def from_dict(cls, d: Any, where: str, path: str = "scoring") -> "Scoring":
-        d = _obj(d, f"{where}: {path}", ("gamma", "fusion"))
+        d = _obj(d, f"{where}: {path}", ("gamma", "fusion", "topk", "head"))
         gamma = _num(d.get("gamma", DEFAULT_GAMMA), _at(where, path, "gamma"), finite=True)
-        return cls(gamma, None if d.get("fusion") is None else Fusion.from_dict(d["fusion"], where, f"{path}.fusion"))
+        topk = _num(d.get("topk", TOPK_FRACTION), _at(where, path, "topk"), finite=True)
+        if not 0.0 < topk <= 1.0:
+            _fail(_at(where, path, "topk"), "a fraction in (0, 1]", d["topk"])
+        sub = lambda k: None if d.get(k) is None else Fusion.from_dict(d[k], where, f"{path}.{k}")  # noqa: E731
+        return cls(gamma, sub("fusion"), topk, sub("head"))
 
     def params(self) -> Dict[str, Any]:
-        """The scorer's Evidence parameters {'gamma', 'fusion' (dict or None)}."""
-        return {"gamma": self.gamma, "fusion": None if self.fusion is None else self.fusion.to_dict()}
+        """The scorer's Evidence parameters {'gamma', 'fusion', 'topk', 'head' (dicts or None)}."""
+        return {"gamma": self.gamma, "fusion": None if self.fusion is None else self.fusion.to_dict(),
+                "topk": self.topk, "head": None if self.head is None else self.head.to_dict()}
 
     def to_dict(self) -> Dict[str, Any]:
         return self.params()

@@ -26,12 +26,19 @@ Modes (MODE_REGISTRY; every mode is computed from the same evidence):
   dual_bounded the served default (issue 19): the peak of the dual_b01 map (bounded), map ratio_b
   raise      raise-only: the maximum of the smoothed raise map, map raise
   fusion     a logistic model of (log s-, log max ratio map, log s+) fitted on held-out images (fusion.py)
+  dual_topk  the mean of the top-k pixels of the smoothed dual_b01 map (k = params['topk'] x the pixels), map ratio_b:
+             the default's evidence pooled over many patches instead of its one peak (issue 25)
+  ratio_topk the mean of the top-k pixels of the served map ratio_b, map ratio_b
+  head       the image head (issue 25): a logistic model over pooled statistics of the maps (HEAD_FEATURES) fitted
+             at build time on the hold-out and the cross-fitted defective training images (offline/head.py);
+             without a fitted head its fixed fallback, log of dual_topk's score; map ratio_b
 Without a positive bank every mode is patchcore. BENCHMARKS.md ("The image decision") has the study.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional, Tuple
 
 from .fusion import FALLBACK as FUSION_FALLBACK, fusion_features, fusion_score
 
@@ -48,6 +55,7 @@ EPS_FLOOR = 1e-6
 # a lone training defect within a-^2 / (0.1 x 0.1 x the negative spacing) (tests/test_scores.py).
 POS_SCALE_FLOOR_REL = 0.1
 _SCALE_BLOCK = 65536          # rows per block of bank_scale (bounds its memory on a large negative bank)
+TOPK_FRACTION = 0.01     # the top-k modes average the top 1 % of a map's pixels (params['topk'], in the manifest)
 
 
 def bank_scale(vectors: Any, neighbors: Any, xp: Any) -> float:
@@ -153,6 +161,26 @@ class Evidence:
         m = self.image_map(kind)
         return m.reshape(m.shape[0], -1).max(axis=1)
 
+    def map_topk(self, kind: str, fraction: Optional[float] = None) -> Any:
+        """(B,) mean of the top-k pixels of each image's smoothed map, k = fraction (params['topk']) x its pixels."""
+        frac = float(self.params.get("topk", TOPK_FRACTION) if fraction is None else fraction)
+        return topk_mean(self.image_map(kind), frac, self.xp)
+
+
+def topk_count(n: int, fraction: float) -> int:
+    """k of a top-k mean over n values: ceil(fraction x n), at least 1 and at most n."""
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"top-k fraction must be in (0, 1], got {fraction!r}")
+    return max(1, min(n, int(math.ceil(fraction * n))))
+
+
+def topk_mean(maps: Any, fraction: float, xp: Any) -> Any:
+    """(B,) mean of the ceil(fraction x n) largest of each image's n values (maps (B, ...))."""
+    flat = maps.reshape(maps.shape[0], -1)
+    n = flat.shape[1]
+    k = topk_count(n, fraction)
+    return xp.partition(flat, n - k, axis=1)[:, n - k:].mean(axis=1)
+
 
 def eps_b(ev: Evidence, rel: float = EPS_REL) -> float:
     """The bounded eps of an evidence: rel x the positive bank's scale (the scorer's params['pos_scale']), else eps."""
@@ -209,6 +237,45 @@ def _fusion(ev: Evidence) -> Any:
     return fusion_score(fusion_inputs(ev), ev.params.get("fusion") or FUSION_FALLBACK, ev.xp)
 
 
+# The image head's per-image statistics (issue 25), log where positive: the default's peak, the top-k means of the
+# dual_b01 map and of the served ratio_b map, the mean of the served map, the share of its pixels above 1 (nearer a
+# known defect than the normal bank, at the positive bank's spacing), and a-, a+ at the dual_b01 peak patch.
+HEAD_FEATURES: Tuple[str, ...] = ("log_dual_peak", "log_dual_topk", "log_ratio_topk", "log_ratio_mean", "ratio_area",
+                                  "log_neg_at_peak", "log_pos_at_peak")
+HEAD_FALLBACK = {"features": ["log_dual_topk"], "mean": [0.0], "scale": [1.0], "coef": [1.0], "intercept": 0.0,
+                 "fitted": False, "note": "fixed fallback: log of the top-k mean of the dual_b01 map (dual_topk's score)"}
+
+
+def head_inputs(ev: Evidence, names: Tuple[str, ...] = HEAD_FEATURES, tiny: float = 1e-12) -> Any:
+    """(B, len(names)) image statistics of the head (HEAD_FEATURES), each computed only when named."""
+    xp = ev.xp
+    log = lambda v: xp.log(xp.maximum(v, tiny))  # noqa: E731
+
+    def at_peak() -> Tuple[Any, Any]:
+        p = xp.argmax(MAP_KINDS["dual_b01"](ev), axis=1)
+        b = xp.arange(p.shape[0])
+        return ev.a_neg[b, p], ev.a_pos[b, p]
+
+    stats: Dict[str, Callable[[], Any]] = {
+        "log_dual_peak": lambda: log(ev.map_max("dual_b01")),
+        "log_dual_topk": lambda: log(ev.map_topk("dual_b01")),
+        "log_ratio_topk": lambda: log(ev.map_topk("ratio_b")),
+        "log_ratio_mean": lambda: log(ev.image_map("ratio_b").reshape(ev.a_neg.shape[0], -1).mean(axis=1)),
+        "ratio_area": lambda: (ev.image_map("ratio_b").reshape(ev.a_neg.shape[0], -1) > 1.0).mean(axis=1),
+        "log_neg_at_peak": lambda: log(at_peak()[0]),
+        "log_pos_at_peak": lambda: log(at_peak()[1]),
+    }
+    unknown = [n for n in names if n not in stats]
+    if unknown:
+        raise ValueError(f"unknown head feature(s) {unknown}: expected some of {', '.join(HEAD_FEATURES)}")
+    return xp.stack([xp.asarray(stats[n](), dtype=xp.float32) for n in names], axis=1)
+
+
+def _head(ev: Evidence) -> Any:
+    params = ev.params.get("head") or HEAD_FALLBACK
+    return fusion_score(head_inputs(ev, tuple(params["features"])), params, ev.xp)
+
+
 register_mode(Mode("patchcore", "neg", lambda ev: ev.s_neg, "negative bank only: PatchCore's reweighted score"))
 register_mode(Mode("exdd", "ratio", lambda ev: ev.s_neg / (ev.s_pos + ev.eps), "the paper: s- / (s+ + eps) and the ratio map"))
 register_mode(Mode("dual", "dual", lambda ev: ev.map_max("dual"),
@@ -222,6 +289,15 @@ register_mode(Mode("raise", "raise", lambda ev: ev.map_max("raise"),
                    "raise-only: a- amplified by a-/(a+ + eps_r) only where a known defect is nearer than any normal"))
 register_mode(Mode("fusion", "dual", _fusion,
                    "logistic model of log s-, log max ratio map, log s+ fitted on the held-out images"))
+
+register_mode(Mode("dual_topk", "ratio_b", lambda ev: ev.map_topk("dual_b01"),
+                   "the mean of the top-k pixels (params topk, a fraction) of the smoothed dual_b01 map, with the "
+                   "bounded ratio map"))
+register_mode(Mode("ratio_topk", "ratio_b", lambda ev: ev.map_topk("ratio_b"),
+                   "the mean of the top-k pixels (params topk, a fraction) of the bounded ratio map, which it serves"))
+register_mode(Mode("head", "ratio_b", _head,
+                   "image head: logistic model over pooled map statistics, fitted at build time on the hold-out and "
+                   "the cross-fitted defective training images (fallback: log of dual_topk's score)"))
 
 MODES = tuple(MODE_REGISTRY)
 

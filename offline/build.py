@@ -31,11 +31,13 @@ from exdd_scoring.manifest import (BankManifest, BankStats, CoresetInfo, DefectP
 from exdd_scoring.fusion import fit_fusion
 from exdd_scoring.spec import FeatureSpec
 from exdd_scoring.knn import bank_neighbors
-from exdd_scoring.scores import DEFAULT_GAMMA, bank_scale, fusion_inputs, positive_bank_problem
+from exdd_scoring.scores import (DEFAULT_GAMMA, HEAD_FEATURES, bank_scale, fusion_inputs, head_inputs,
+                                 positive_bank_problem)
 from .calibrate import threshold
 from .coreset import Coreset, bank_size, chunked_kcenter
 from exdd.datasets import HOLDOUT_RULE, Sample, holdout_split, load_split, synthetic
 from .extract import Extracted, extract
+from .head import crossfit_inputs, fit_head
 from .weights import is_random
 
 
@@ -92,14 +94,16 @@ def bank_of(picked: np.ndarray, n: int, cs: Coreset, ratio: float, min_size: int
 
 
 def score_samples(scorer: Scorer, extracted_feats: np.ndarray, batch: int = 16) -> Dict[str, np.ndarray]:
-    """Scores of every mode for stored features (n, h, w, d), and the fusion model's inputs ('fusion_x')."""
-    out: Dict[str, List[np.ndarray]] = {m: [] for m in MODES + ("fusion_x",)}
+    """Scores of every mode for stored features (n, h, w, d), and the inputs of the fusion ('fusion_x') and of the
+    image head ('head_x')."""
+    out: Dict[str, List[np.ndarray]] = {m: [] for m in MODES + ("fusion_x", "head_x")}
     for i in range(0, extracted_feats.shape[0], batch):
         r = scorer.score(extracted_feats[i:i + batch].astype(np.float32), map_modes=())
         for m in MODES:
             out[m].append(r["scores"][m])
         if scorer.has_positive:
             out["fusion_x"].append(fusion_inputs(r["evidence"]))
+            out["head_x"].append(head_inputs(r["evidence"]))
     return {m: np.concatenate(v) if v else np.zeros(0) for m, v in out.items()}
 
 
@@ -205,7 +209,7 @@ def build(dataset: str, out_dir: str, model, features: Dict[str, Any], cfg: Buil
         negative, neg_stats = build_negative(run(p.normals, "features: normal", False), dataset, d, cfg, bar)
 
     pos_sources = {"real": p.defects, "synthetic": p.synth}
-    pos_vectors, pos_counts = [], {}
+    pos_vectors, pos_counts, pos_ex = [], {}, {}
     for name, samples in pos_sources.items():
         pos_counts[name] = 0
         if not samples:
@@ -214,6 +218,7 @@ def build(dataset: str, out_dir: str, model, features: Dict[str, Any], cfg: Buil
         sel = defect_patches(ex.covers, cfg.min_cover)
         pos_vectors.append(ex.features[sel])
         pos_counts[name] = int(ex.features.shape[0])
+        pos_ex[name] = (ex.features, sel)
     positive, pos_stats = None, {"patches": 0, "size": 0}
     if pos_vectors and sum(v.shape[0] for v in pos_vectors) > 0:
         allpos = np.concatenate(pos_vectors)
@@ -232,14 +237,42 @@ def build(dataset: str, out_dir: str, model, features: Dict[str, Any], cfg: Buil
         ex = held_ex[0]
         return score_samples(calibration_scorer(pair), ex.features), np.array([s.label for s in ex.samples])
 
+    def head_crossfit(manifest: BankManifest) -> Optional[np.ndarray]:
+        if positive is None or "real" not in pos_ex:
+            return None
+        synth = pos_ex["synthetic"][0][pos_ex["synthetic"][1]] if "synthetic" in pos_ex else None
+        return crossfit_inputs(negative, manifest, *pos_ex["real"], synth, lambda v: make_bank(
+            v, cfg.pos_ratio, cfg.min_size, cfg.k, cfg.chunk_rows, cfg.oversample)[0], HEAD_SEED)
+
     return finish(dataset, out_dir, features, cfg, synthetic_dirs, p, (negative, neg_stats), (positive, pos_stats),
-                  pos_counts, errors, held_scores, projection)
+                  pos_counts, errors, held_scores, projection, head_crossfit)
+
+
+def image_head(held_x: np.ndarray, held_labels: np.ndarray, crossfit_x: Optional[np.ndarray], seed: int,
+               where: str) -> Fusion:
+    """The image head (offline/head.py) fitted on the held-out images and the cross-fitted defective training
+    images (crossfit_x: None without any), as the manifest stores it."""
+    x, y = np.asarray(held_x).reshape(-1, len(HEAD_FEATURES)), np.asarray(held_labels).astype(int)
+    cf = 0 if crossfit_x is None else int(crossfit_x.shape[0])
+    if cf:
+        x, y = np.concatenate([x, crossfit_x]), np.r_[y, np.ones(cf, int)]
+    return Fusion.from_dict(fit_head(x, y, seed, crossfit=cf), where, "scoring.head")
+
+
+# The image head's folds are fixed, not the build's --seed: the seed means only which images are held out, and
+# the same kept images give the same manifest (tests/test_build_determinism.py).
+HEAD_SEED = 0
+
+
+# head_crossfit(manifest) -> the head statistics of the cross-fitted defective training images, or None
+HeadCrossfit = Callable[[BankManifest], Optional[np.ndarray]]
 
 
 def finish(dataset: str, out_dir: str, features: Dict[str, Any], cfg: BuildConfig, synthetic_dirs: Sequence[str],
            p: Plan, neg: Tuple[Bank, Dict[str, Any]], pos: Tuple[Optional[Bank], Dict[str, Any]],
            pos_counts: Dict[str, int], errors: List[Tuple[str, str]], held_scores: HeldScores,
-           projection: Optional[np.ndarray] = None) -> BuildResult:
+           projection: Optional[np.ndarray] = None,
+           head_crossfit: Optional[HeadCrossfit] = None) -> BuildResult:
     """Manifest, fusion and threshold calibrated on the held-out images (scored by held_scores), banks saved.
 
     errors is the list of unreadable files so far; held_scores may append the held-out ones to it
@@ -279,9 +312,11 @@ def finish(dataset: str, out_dir: str, features: Dict[str, Any], cfg: BuildConfi
     held = held_scores(pair)
     if held is not None:
         scores, labels = held
-        if positive is not None:       # fit the fusion on the held-out images, then score it
+        if positive is not None:       # fit the fusion and the image head, then score them
             fusion = Fusion.from_dict(fit_fusion(scores["fusion_x"], labels), where)
-            pair.manifest = manifest = replace(manifest, scoring=replace(manifest.scoring, fusion=fusion))
+            head = image_head(scores["head_x"], labels, head_crossfit(manifest) if head_crossfit else None,
+                              HEAD_SEED, where)
+            pair.manifest = manifest = replace(manifest, scoring=replace(manifest.scoring, fusion=fusion, head=head))
             scores, labels = held_scores(pair)
         for m in MODES:
             t = threshold(scores[m], labels, cfg.threshold_rule, cfg.target_fpr)

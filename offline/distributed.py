@@ -27,8 +27,9 @@ import numpy as np
 
 from exdd.log import get as _logger
 from exdd_scoring import BankPair
-from .build import (BuildConfig, BuildResult, bank_of, calibration_scorer, defect_patches, finish, plan,
+from .build import (BuildConfig, BuildResult, bank_of, calibration_scorer, defect_patches, finish, make_bank, plan,
                     score_samples)
+from .head import crossfit_inputs
 from .coreset import Coreset, bank_size, greedy_kcenter, greedy_picks, merge_chunks
 from exdd.datasets import Sample
 
@@ -86,6 +87,13 @@ class Extractor:
         ex = self._extract(samples, True)
         rows = ex.features[defect_patches(ex.covers, min_cover)]
         return {"kept": len(ex.samples), "errors": ex.errors, "rows": int(rows.shape[0])}, rows
+
+    def defect_maps(self, samples: Sequence[Sample], min_cover: float):
+        """(meta, (features (n, h, w, d) float16, defect-patch mask (n, h, w))) of a shard of defective images: what
+        the image head's cross-fit scores (offline/head.py)."""
+        ex = self._extract(samples, True)
+        return ({"kept": len(ex.samples), "errors": ex.errors, "rows": int(ex.features.shape[0])},
+                (ex.features, defect_patches(ex.covers, min_cover)))
 
     def heldout_rows(self, samples: Sequence[Sample]):
         """(meta with labels and errors, (n, h, w, d) float16 features) of a shard of held-out images."""
@@ -289,6 +297,7 @@ def build_ray(ray, dataset: str, out_dir: str, weights: str, features: Dict[str,
 
     pos_parts: List[Part] = []
     pos_counts: Dict[str, int] = {}
+    n_synth_parts = 0
     for name, samples in {"real": p.defects, "synthetic": p.synth}.items():
         pos_counts[name] = 0
         if not samples:
@@ -298,6 +307,7 @@ def build_ray(ray, dataset: str, out_dir: str, weights: str, features: Dict[str,
         note(parts)
         pos_parts += parts
         pos_counts[name] = sum(x.kept for x in parts)
+        n_synth_parts = len(parts) if name == "synthetic" else 0
     positive, pos_stats = None, {"patches": 0, "size": 0}
     if sum(x.rows for x in pos_parts) > 0:
         positive, pos_stats = rb.bank([x for x in pos_parts if x.rows], cfg.pos_ratio)
@@ -328,5 +338,22 @@ def build_ray(ray, dataset: str, out_dir: str, weights: str, features: Dict[str,
             scores[key] = np.concatenate(parts) if parts else np.zeros(0)
         return scores, np.concatenate(held_labels) if held_labels else np.zeros(0, dtype=int)
 
+    def head_crossfit(manifest):
+        """The image head's cross-fitted inputs, as build() computes them (the real defects' full feature maps,
+        extracted again on the workers; the fold banks built here with build's make_bank)."""
+        if positive is None or not p.defects:
+            return None
+        got = [ray.get(part.ref) for part in rb._parts("defect_maps", p.defects, (cfg.min_cover,), None) if part.rows]
+        if not got:
+            return None
+        synth = None
+        if p.synth:
+            synth = np.concatenate([ray.get(x.ref) for x in pos_parts[len(pos_parts) - n_synth_parts:] if x.rows]
+                                   or [np.zeros((0, int(features["d"])), np.float16)])
+        return crossfit_inputs(negative, manifest, np.concatenate([g[0] for g in got]),
+                               np.concatenate([g[1] for g in got]), synth, lambda v: make_bank(
+                                   v, cfg.pos_ratio, cfg.min_size, cfg.k, cfg.chunk_rows,
+                                   cfg.oversample)[0], HEAD_SEED)
+
     return finish(dataset, out_dir, features, cfg, synthetic_dirs, p, (negative, neg_stats), (positive, pos_stats),
-                  pos_counts, errors, held_scores, projection)
+                  pos_counts, errors, held_scores, projection, head_crossfit)

@@ -68,6 +68,26 @@ def test_features_without_a_projection_kind_load_as_random_and_a_fitted_kind_nee
         load_projection(edited_banks(tmp_path / "pca", claim_pca))
 
 
+def test_a_version_1_manifest_without_topk_or_head_loads_with_their_defaults(tmp_path):
+    """Before issue 25 (version 1) scoring had no topk and no head: TOPK_FRACTION and the head's fixed fallback."""
+    import numpy as np
+    from exdd_scoring.scores import TOPK_FRACTION
+
+    def v1(m):
+        m["version"] = 1
+        m["scoring"].pop("topk", None)
+        m["scoring"].pop("head", None)
+    banks = load_banks(edited_banks(tmp_path / "v1", v1))
+    assert banks.manifest.version == 1
+    assert banks.manifest.scoring.topk == TOPK_FRACTION and banks.manifest.scoring.head is None
+    s = Scorer(banks)
+    assert s.params["topk"] == TOPK_FRACTION and s.params["head"] is None
+    rng = np.random.default_rng(0)
+    r = s.score(rng.standard_normal((2,) + tuple(s.grid) + (s.d,)).astype(np.float32), modes=("head", "dual_topk"))
+    np.testing.assert_allclose(r["scores"]["head"], np.log(r["scores"]["dual_topk"]), rtol=1e-5)   # the fallback
+    assert banks.manifest.to_dict()["scoring"]["topk"] == TOPK_FRACTION
+
+
 def test_an_uncalibrated_manifest_has_no_thresholds(tmp_path):
     banks = load_banks(edited_banks(tmp_path / "u", lambda m: m.pop("threshold")))
     assert banks.manifest.threshold == Thresholds() and Scorer(banks).thresholds == {}
@@ -83,6 +103,9 @@ def test_an_uncalibrated_manifest_has_no_thresholds(tmp_path):
     (lambda m: m["files"]["negative.npy"].__setitem__("shape", "50x16"), "files.negative.npy.shape must be a JSON list"),
     (lambda m: m.__setitem__("treshold", {}), "unknown key(s) 'treshold'"),
     (lambda m: m["threshold"].__setitem__("value", {}), "threshold: unknown key(s) 'value'"),
+    (lambda m: m["scoring"].__setitem__("topk", 1.5), "scoring.topk must be a fraction in (0, 1]"),
+    (lambda m: m["scoring"].__setitem__("head", {"mean": [0.0], "scale": [1.0], "coef": [1.0], "intercept": 0.0,
+                                                 "cv_auroc": "high"}), "scoring.head.cv_auroc must be a number"),
 ])
 def test_a_wrong_field_is_refused_naming_the_file_and_the_field(tmp_path, edit, field):
     bad = edited_banks(tmp_path / "bad", edit)

@@ -296,3 +296,106 @@ def test_a_degenerate_positive_bank_keeps_the_bounded_scale_and_the_build_warns(
     print(kind, "bounded max/median", bounded.max() / np.median(bounded), "dual", dual.max() / np.median(dual))
     assert bounded.max() / np.median(bounded) < 100
     assert dual.max() / np.median(dual) > 1e3          # what the floor bounds: the 1e-6 scale of the same banks
+
+
+def pooled_transcription(r, b, sc, frac):
+    """The issue-25 statistics of image b by hand: smoothed dual_b01 and ratio_b maps, top-k means by sorting."""
+    from exdd_scoring.scores import DUAL_EPS_REL, bounded_eps
+    sh, sw = upsample_smooth_matrices(GRID, OUT, 4.0)
+    n, p = r["patch_neg"][b].astype(np.float64), r["patch_pos"][b].astype(np.float64)
+    e01, eb = bounded_eps(sc.params["pos_scale"], DUAL_EPS_REL), bounded_eps(sc.params["pos_scale"])
+    dual, ratio = sh @ (n * n / (p + e01)) @ sw.T, sh @ (n / (p + eb)) @ sw.T
+    k = int(np.ceil(frac * dual.size))
+    top = lambda m: np.sort(m.ravel())[::-1][:k].mean()  # noqa: E731
+    peak = np.unravel_index(np.argmax(n * n / (p + e01)), GRID)
+    return {"log_dual_peak": np.log(dual.max()), "log_dual_topk": np.log(top(dual)), "log_ratio_topk": np.log(top(ratio)),
+            "log_ratio_mean": np.log(ratio.mean()), "ratio_area": (ratio > 1.0).mean(),
+            "log_neg_at_peak": np.log(n[peak]), "log_pos_at_peak": np.log(p[peak]),
+            "dual_topk": top(dual), "ratio_topk": top(ratio)}
+
+
+def test_topk_modes_average_the_top_fraction_of_the_smoothed_maps_with_the_manifests_fraction():
+    """dual_topk / ratio_topk: the mean of the ceil(topk x pixels) largest pixels of the smoothed dual_b01 / served
+    ratio_b map; topk comes from the manifest (default TOPK_FRACTION); both serve the bounded ratio map."""
+    from exdd_scoring.scores import TOPK_FRACTION, topk_count
+    rng = np.random.default_rng(21)
+    pair = make_pair(rng)
+    feats = rng.standard_normal((3,) + GRID + (D,)).astype(np.float32) * 1.3
+    for frac in (TOPK_FRACTION, 0.2):
+        pair.manifest = replace(pair.manifest, scoring=replace(pair.manifest.scoring, topk=frac))
+        sc = Scorer(pair)
+        r = sc.score(feats, modes=("dual_topk", "ratio_topk", "dual_bounded"))
+        for b in range(3):
+            want = pooled_transcription(r, b, sc, frac)
+            assert r["scores"]["dual_topk"][b] == pytest.approx(want["dual_topk"], rel=1e-4)
+            assert r["scores"]["ratio_topk"][b] == pytest.approx(want["ratio_topk"], rel=1e-4)
+            assert r["scores"]["dual_topk"][b] <= r["scores"]["dual_bounded"][b] * (1 + 1e-6)   # a mean under the peak
+            np.testing.assert_array_equal(r["maps"]["dual_topk"][b], r["maps"]["dual_bounded"][b])
+    assert topk_count(OUT[0] * OUT[1], TOPK_FRACTION) == 16 and topk_count(10, 1e-9) == 1
+    with pytest.raises(ValueError, match="top-k fraction"):
+        topk_count(10, 0.0)
+
+
+def test_head_scores_its_manifest_model_over_pooled_statistics_and_falls_back_to_log_topk():
+    """Without a fitted head (every manifest before issue 25) the head serves log(dual_topk); with one, the logistic
+    model's log-odds over the named statistics, each as transcribed by hand."""
+    from exdd_scoring.scores import HEAD_FEATURES
+    rng = np.random.default_rng(22)
+    pair = make_pair(rng)
+    feats = rng.standard_normal((3,) + GRID + (D,)).astype(np.float32) * 1.3
+    feats[2, 1, 1] = pair.positive.vectors[2] + 0.05                    # one image near a known defect
+    sc = Scorer(pair)
+    r = sc.score(feats, modes=("head", "dual_topk"))
+    np.testing.assert_allclose(r["scores"]["head"], np.log(r["scores"]["dual_topk"]), rtol=1e-5)
+    head = {"features": list(HEAD_FEATURES), "mean": [0.1 * i for i in range(7)], "scale": [1.0 + i for i in range(7)],
+            "coef": [0.5, -1.0, 2.0, 0.3, 4.0, -0.7, 1.1], "intercept": -0.25, "cv_auroc": 0.9, "folds": 5}
+    pair.manifest = replace(pair.manifest, scoring=Scoring.from_dict({"head": head}, "test"))
+    sc = Scorer(pair)
+    r = sc.score(feats, modes=("head",))
+    for b in range(3):
+        want = pooled_transcription(r, b, sc, sc.params["topk"])
+        x = np.array([want[f] for f in HEAD_FEATURES])
+        logit = (((x - np.array(head["mean"])) / np.array(head["scale"])) * np.array(head["coef"])).sum() - 0.25
+        assert r["scores"]["head"][b] == pytest.approx(logit, rel=1e-4, abs=1e-4)
+
+
+def test_fit_head_cross_validates_and_falls_back_with_too_few_defective_images():
+    """fit_head: an informative statistic gets the weight and a high cross-validated AUROC; fewer than
+    HEAD_MIN_DEFECTIVE defective images: the fixed fallback, its note saying how many there were."""
+    from exdd.offline.head import HEAD_MIN_DEFECTIVE, fit_head
+    from exdd_scoring.manifest import Fusion
+    from exdd_scoring.scores import HEAD_FALLBACK, HEAD_FEATURES
+    rng = np.random.default_rng(23)
+    y = np.r_[np.zeros(20), np.ones(15)].astype(int)
+    x = rng.standard_normal((35, len(HEAD_FEATURES)))
+    x[:, 1] += 3.0 * y                                           # only log_dual_topk tells
+    p = fit_head(x, y, seed=0, crossfit=9)
+    assert p["fitted"] and p["features"] == list(HEAD_FEATURES) and p["crossfit"] == 9 and p["folds"] == 5
+    assert p["cv_auroc"] > 0.9 and p["fallback_cv_auroc"] > 0.9
+    assert abs(p["coef"][1]) > 2 * max(abs(c) for i, c in enumerate(p["coef"]) if i != 1)
+    assert Fusion.from_dict(p, "test").to_dict() == {k: v for k, v in p.items() if v is not None}
+    few = fit_head(x[:20 + HEAD_MIN_DEFECTIVE - 1], y[:20 + HEAD_MIN_DEFECTIVE - 1])
+    assert not few["fitted"] and few["features"] == HEAD_FALLBACK["features"] and few["coef"] == [1.0]
+    assert f"{HEAD_MIN_DEFECTIVE - 1} defective / 20 normal" in few["note"]
+
+
+def test_crossfit_scores_each_defective_training_image_without_its_own_patches():
+    """The leak the cross-fit removes: scored against the full positive bank a defective training image's defect
+    patch has a+ = 0 (it IS a bank element); cross-fitted, its fold's bank lacks it, so a+ > 0 at its peak."""
+    from exdd.offline.head import crossfit_folds, crossfit_inputs, scored_inputs
+    from exdd_scoring.scores import HEAD_FEATURES
+    rng = np.random.default_rng(24)
+    pair = make_pair(rng)
+    n = 6
+    defects = rng.standard_normal((n,) + GRID + (D,)).astype(np.float32) * 0.3
+    sel = np.zeros((n,) + GRID, bool)
+    for i in range(n):                                            # one far defect patch per image, each its own
+        defects[i, 3, 2] = rng.standard_normal(D) * 0.5 + 6.0
+        sel[i, 3, 2] = True
+    bank_of = lambda v: Bank(v.astype(np.float32), bank_neighbors(v.astype(np.float32), 3, np))  # noqa: E731
+    full = scored_inputs(BankPair(pair.negative, bank_of(defects[sel]), pair.manifest), defects)
+    cf = crossfit_inputs(pair.negative, pair.manifest, defects, sel, None, bank_of, seed=0, folds=3)
+    pos = HEAD_FEATURES.index("log_pos_at_peak")
+    assert (full[:, pos] < np.log(0.05)).all()                    # a+ ~ 0 (float32 rounding): leaked
+    assert (cf[:, pos] > np.log(0.5)).all()                       # cross-fitted: the nearest is another image's
+    assert np.bincount(crossfit_folds(n, 0, 3)).tolist() == [2, 2, 2]

@@ -92,3 +92,41 @@ def test_study_banks_keep_every_row_within_budget_and_evidence_is_the_exact_near
     half = ss.bank_evidence(feats, [4, 0, 2], pos[:2], "pos")
     assert all(np.array_equal(half[k], ev[k]) for k in half)     # --reuse-neg recomputes only this half
     assert ev["nb_neg"].shape == (3, ss.K_STUDY)
+
+
+def test_study_scores_the_pooled_candidates_with_the_served_modes_and_crossfits_without_the_own_fold():
+    """study_decision's issue-25 candidates are the served modes on the study's evidence (same scores as the Scorer
+    on the same banks), and study_splits' cross-fitted evidence never finds an image's own defect patch."""
+    import numpy as np
+    from scripts.studies import study_decision as sd
+    from scripts.studies import study_splits as ss
+    from exdd_scoring import Bank, BankPair, Scorer, upsample_smooth_matrices
+    from exdd_scoring.scores import HEAD_FEATURES, mode
+    rng = np.random.default_rng(1)
+    grid, hw, d, n = (4, 3), (32, 24), 8, 10
+    neg = ss.make_bank(rng.normal(size=(200, d)).astype(np.float32), 1.0, 0)
+    pos = ss.make_bank((rng.normal(size=(40, d)) + 2.0).astype(np.float32), 1.0, 1)
+    feats = (rng.normal(size=(n, 12, d)) * 1.5).astype(np.float32)
+    z = {f"test_{k}": v for k, v in ss.evidence(feats, range(n), neg[:2], pos[:2]).items()}
+    z.update(test_labels=np.r_[np.zeros(5), np.ones(5)].astype(np.int8), test_ids=np.arange(n, dtype=np.int32))
+    meta = {"grid": list(grid), "d": d, "pos": pos[2]}
+    s_h, s_w = upsample_smooth_matrices(grid, hw, 4.0)
+    head = {"features": list(HEAD_FEATURES), "mean": [0.0] * 7, "scale": [1.0] * 7,
+            "coef": [0.3, 0.2, -0.1, 0.4, 1.0, 0.5, -0.6], "intercept": 3.0}
+    ev = sd.served_evidence(sd.SplitEvidence(z, meta, "test", s_h, s_w), pos[2]["nn1_median"], {"topk": 0.1, "head": head})
+    features = {"backbone": "test", "weights": "random:0", "input_size": list(hw), "layers": ["layer2"],
+                "grid": list(grid), "projection_seed": 0, "projection_sha256": "0" * 64, "d": d}
+    manifest = {"features": features, "k": 3, "scoring": {"topk": 0.1, "head": head}}
+    pair = BankPair(Bank(neg[0], neg[1][:, :2]), Bank(pos[0], pos[1][:, :2]), manifest)  # the served k = 3
+    names = ("patchcore", "dual_bounded", "dual_topk", "ratio_topk", "head")
+    want = Scorer(pair).score(feats.reshape((n,) + grid + (d,)), map_modes=(), modes=names)["scores"]
+    for m in names:
+        np.testing.assert_allclose(np.asarray(mode(m).score(ev)), want[m], rtol=1e-4, err_msg=m)
+    sel = np.zeros((6, 12), bool)
+    sel[:, 4:] = True                                            # 8 defect patches per image: fold banks of >= 32
+    defects = list(range(4, n))
+    cf, stats = ss.crossfit_evidence(feats, defects, sel, neg[:2], 1.0, 0)
+    assert sorted(cf["ids"].tolist()) == defects and len(stats) == 5
+    assert (cf["a_pos"][:, 4:] > 0.3).all()                      # its own defect patches are not in its fold's bank
+    full = ss.bank_evidence(feats, cf["ids"], ss.make_bank(feats[defects][sel], 1.0, 1)[:2], "pos")
+    assert (full["a_pos"][:, 4:] < 0.05).all()                   # the full bank holds them (float32 kNN): the leak

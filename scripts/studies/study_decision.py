@@ -13,6 +13,9 @@ Protocol (BENCHMARKS.md, "The image decision, decided with enough data"):
 - maps the same way against the ratio map (pixel AUROC, pixel-resampled by image; AUPRO point values);
 - stability: Spearman correlation of the test scores of two builds of split 0 that differ only in the build
   seed (hold-out and coreset starts).
+The pooled image scores of issue 25 (POOLED: top-k means of the dual_b01 and of the served ratio_b map at each
+fraction of TOPK_STUDY, the image head) are computed by the served modes themselves (exdd_scoring.scores on an
+Evidence rebuilt from the split's evidence) and the head fitted by exdd.offline.head, as the build fits it.
 
   .venv/bin/python -m scripts.studies.study_decision runs/decision --variant random-d256 --json runs/decision/decision.json
   # two variants of the same splits, paired (e.g. positive-bank coverage):
@@ -32,11 +35,14 @@ import numpy as np
 
 from scripts.common import smooth_maps
 
+from exdd import defaults
 from exdd.metrics import aupro
 from exdd.offline.feature_cache import RawCache
+from exdd.offline.head import HEAD_L2, fit_head
 from exdd_scoring import reweight_q, upsample_smooth_matrices
 from exdd_scoring.fusion import fit_fusion, fusion_features, fusion_score
-from exdd_scoring.scores import RAISE_EPS_REL, bounded_eps
+from exdd_scoring.scores import (DEFAULT_GAMMA, RAISE_EPS_REL, TOPK_FRACTION, Evidence, bounded_eps, head_inputs,
+                                 mode)
 
 EPS = 1e-6
 SETS = ("ksdd1_dev", "magnetic_tile", "bsdata_pitting")
@@ -124,6 +130,74 @@ def fusion_x(e: SplitEvidence) -> np.ndarray:
     return fusion_features(e.s_neg, e.map_max("ratio"), e.s_pos, np)
 
 
+TOPK_STUDY = (0.002, 0.01, 0.05)     # the top-k fractions of the map's pixels studied (issue 25)
+HEADS = {"head": HEAD_L2, "head_l2x10": 10 * HEAD_L2}   # the head as built, and one 10x more regularised
+POOLED = tuple(f"{m}@{f:g}" for m in ("dual_topk", "ratio_topk") for f in TOPK_STUDY) + tuple(HEADS)
+
+
+def served_evidence(e: SplitEvidence, pos_scale: float, params: Dict, rows: Optional[np.ndarray] = None) -> Evidence:
+    """The served scorer's Evidence (exdd_scoring.scores) of a split's evidence (its rows), so the served modes'
+    own formulas score it: the peaks' reweighting from the stored neighbour distances (k = defaults.K), the positive
+    bank's spacing pos_scale, the maps smoothed as the scorer smooths them."""
+    sub = (lambda v: v) if rows is None else (lambda v: v[rows])  # noqa: E731
+    an, ap, nbn, nbp = sub(e.a_neg), sub(e.a_pos), sub(e.nb_neg), sub(e.nb_pos)
+    t = e.d ** 0.5
+    peak = lambda a, nb: {"s_star": a.max(1), "q": reweight_q(a.max(1), nb[:, 1:defaults.K], t, np)}  # noqa: E731
+    return Evidence(an, ap, peak(an, nbn), peak(ap, nbp), e.grid, EPS, np,
+                    lambda m: smooth_maps(np.asarray(m), e.s_h, e.s_w),
+                    dict(params, gamma=DEFAULT_GAMMA, pos_scale=pos_scale))
+
+
+def pooled_scores(z, meta: Dict, te: SplitEvidence, held: SplitEvidence, s_h: np.ndarray, s_w: np.ndarray,
+                  names: Sequence[str]) -> Tuple[Dict[str, np.ndarray], Optional[Dict]]:
+    """The pooled image scores of issue 25 with the served modes' formulas (exdd_scoring.scores): top-k means at
+    each fraction of TOPK_STUDY ('dual_topk@0.01'), and the image head fitted as `exdd offline build` fits it
+    (exdd.offline.head.fit_head) on the held-out images and the cross-fitted defective training images (cf_*)."""
+    scale = meta["pos"]["nn1_median"]
+    out: Dict[str, np.ndarray] = {}
+    base = {"topk": TOPK_FRACTION}
+    ev = served_evidence(te, scale, dict(base))              # one evidence: its smoothed maps are computed once
+    for name in names:
+        if "@" in name:
+            m, f = name.split("@")
+            ev.params["topk"] = float(f)
+            out[name] = np.asarray(mode(m).score(ev))
+    ev.params["topk"] = TOPK_FRACTION
+    head = None
+    if any(h in names for h in HEADS):
+        xs, ys = [np.asarray(head_inputs(served_evidence(held, scale, base)))], [held.labels]
+        if meta.get("cf_pos"):
+            cf = SplitEvidence(z, meta, "cf", s_h, s_w)
+            fold = z["cf_fold"]
+            for f, st in enumerate(meta["cf_pos"]):
+                xs.append(np.asarray(head_inputs(served_evidence(cf, st["nn1_median"], base, fold == f))))
+                ys.append(cf.labels[fold == f])
+        n_cf = sum(len(y) for y in ys[1:])
+        for name, l2 in HEADS.items():
+            if name not in names:
+                continue
+            fitted = fit_head(np.concatenate(xs), np.concatenate(ys), meta["build_seed"], l2=l2, crossfit=n_cf)
+            ev.params["head"] = fitted
+            out[name] = np.asarray(mode("head").score(ev))
+            head = fitted if name == "head" else head
+    return out, head
+
+
+def split_scores(z, meta: Dict, s_h: np.ndarray, s_w: np.ndarray, images: Optional[Sequence[str]]
+                 ) -> Tuple[SplitEvidence, Dict[str, np.ndarray], Dict, Optional[Dict]]:
+    """One split's test evidence, the scores of every candidate asked for (all by default), the fusion's and the
+    head's parameters."""
+    te = SplitEvidence(z, meta, "test", s_h, s_w)
+    held = SplitEvidence(z, meta, "held", s_h, s_w)
+    scores = {k: fn() for k, fn in candidates(te).items() if images is None or k in images}
+    params = fit_fusion(fusion_x(held), held.labels)
+    if images is None or "fusion" in images:
+        scores["fusion"] = fusion_score(fusion_x(te), params, np)
+    pooled, head = pooled_scores(z, meta, te, held, s_h, s_w, [n for n in POOLED if images is None or n in images])
+    scores.update(pooled)
+    return te, scores, params, head
+
+
 def weighted_auroc(scores: np.ndarray, labels: np.ndarray, w: np.ndarray) -> np.ndarray:
     """(R,) AUROC of one scoring under R weight vectors w (R, n) over its n images (ties count half)."""
     lv, inv = np.unique(scores, return_inverse=True)
@@ -182,12 +256,7 @@ def study_set(folder: str, n_boot: int, seed: int, cache_root: str, pro_stride: 
     out = {"set": meta0["set"], "splits": [], "variant": os.path.basename(folder)}
     for f in files:
         meta, z = load_split(f)
-        te = SplitEvidence(z, meta, "test", s_h, s_w)
-        held = SplitEvidence(z, meta, "held", s_h, s_w)
-        scores = {k: fn() for k, fn in candidates(te).items() if images is None or k in images}
-        params = fit_fusion(fusion_x(held), held.labels)
-        if images is None or "fusion" in images:
-            scores["fusion"] = fusion_score(fusion_x(te), params, np)
+        te, scores, params, head = split_scores(z, meta, s_h, s_w, images)
         w = w_all[:, te.ids]
         ones = np.ones((1, te.ids.size))
         img = {k: {"point": float(weighted_auroc(s, te.labels, ones)[0]),
@@ -205,18 +274,14 @@ def study_set(folder: str, n_boot: int, seed: int, cache_root: str, pro_stride: 
         f1 = f.replace("-build0.npz", "-build1.npz")
         if os.path.isfile(f1):
             meta1, z1 = load_split(f1)
-            te1 = SplitEvidence(z1, meta1, "test", s_h, s_w)
-            held1 = SplitEvidence(z1, meta1, "held", s_h, s_w)
-            s1 = {k: fn() for k, fn in candidates(te1).items() if k in scores}
-            if "fusion" in scores:
-                s1["fusion"] = fusion_score(fusion_x(te1), fit_fusion(fusion_x(held1), held1.labels), np)
+            te1, s1, _, _ = split_scores(z1, meta1, s_h, s_w, list(scores))
             stab = {k: spearman(scores[k], s1[k]) for k in scores}
             stab_auroc = {k: float(weighted_auroc(s1[k], te1.labels, ones)[0]) for k in s1}
         else:
             stab_auroc = {}
         peak = {k: float(np.max(s)) for k, s in scores.items()}
         out["splits"].append({"file": os.path.basename(f), "n_test": int(te.ids.size), "defective": int(te.labels.sum()),
-                              "banks": [meta["neg"]["size"], meta["pos"]["size"]], "fusion": params,
+                              "banks": [meta["neg"]["size"], meta["pos"]["size"]], "fusion": params, "head": head,
                               "eps_b": te.eps_b, "image": img, "pixel": pix, "stability": stab,
                               "build1_auroc": stab_auroc, "max_score": peak,
                               "knn_ms_per_image": meta["knn_ms_per_image"]["test"]})
@@ -356,8 +421,8 @@ def main() -> None:
     ap.add_argument("--pro-stride", type=int, default=2, help="AUPRO on every n-th pixel row and column")
     ap.add_argument("--json", default=None)
     ap.add_argument("--against", default=None, help="compare --variant with this variant (paired), not with patchcore")
-    ap.add_argument("--images", default=None, help="with --against: the image scores to compare (comma-separated)")
-    ap.add_argument("--maps", default=None, help="with --against: the maps to compare (comma-separated)")
+    ap.add_argument("--images", default=None, help="only these image scores (comma-separated; patchcore always)")
+    ap.add_argument("--maps", default=None, help="only these maps (comma-separated; ratio always)")
     ap.add_argument("--image-base", default="patchcore", help="the image score the others are paired with")
     a = ap.parse_args()
     names = [s for s in a.sets.split(",") if os.path.isdir(os.path.join(a.root, s, a.variant))]
@@ -382,7 +447,9 @@ def main() -> None:
             json.dump({"variant": a.variant, "against": a.against, "image": image, "pixel": pixel}, open(a.json, "w"),
                       indent=1)
         return
-    sets = [study_set(os.path.join(a.root, s, a.variant), a.boot, 0, a.cache, a.pro_stride) for s in names]
+    imgs = sorted(set(a.images.split(",")) | {"patchcore"}) if a.images else None
+    mps = sorted(set(a.maps.split(",")) | {"ratio"}) if a.maps else None
+    sets = [study_set(os.path.join(a.root, s, a.variant), a.boot, 0, a.cache, a.pro_stride, imgs, mps) for s in names]
     image = summarise(sets, "image", "patchcore")
     pixel = summarise(sets, "pixel", "ratio")
     dec = decide(image, pixel)

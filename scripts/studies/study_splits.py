@@ -13,6 +13,8 @@ build seeds on one split give the seed-to-seed stability. Written to OUT/<set>/<
   nice -n 10 .venv/bin/python -m scripts.studies.study_splits --set ksdd1_dev:632x224 --splits 0,1,2,3,4 --build-seeds 0
   nice -n 10 .venv/bin/python -m scripts.studies.study_splits --set ksdd1_dev:632x224 --splits 0 --build-seeds 1
   # projection study: --proj pca|whiten|none --d 256|1536 (--max-normals N subsamples the normals)
+  # every split also holds the image head's training evidence (cf_*): the defective training images, each fold of
+  # exdd.offline.head.crossfit_folds scored against a positive bank built without it (not with --reuse-neg)
   # positive-bank coverage: --pos-ratio 1.0 (every defect patch) / --min-cover 0.1 (boundary patches too, a
   # dilation by up to one patch), --reuse-neg random-d256 (the negative evidence of that variant's same split)
 """
@@ -35,6 +37,7 @@ from exdd.offline.build import defect_patches
 from exdd.offline.coreset import bank_size, chunked_kcenter
 from exdd.offline.feature_cache import RawCache
 from exdd.offline.features import make_projection
+from exdd.offline.head import crossfit_folds
 from exdd_scoring.knn import bank_neighbors, nearest, sq_norms
 
 DATA = "/work/shared/data"
@@ -192,6 +195,27 @@ def evidence(feats: np.ndarray, rows: Sequence[int], neg, pos) -> Dict[str, np.n
     return {**bank_evidence(feats, rows, neg, "neg"), **bank_evidence(feats, rows, pos, "pos")}
 
 
+def crossfit_evidence(feats: np.ndarray, defects: Sequence[int], sel: np.ndarray, neg, pos_ratio: float,
+                      bseed: int) -> Tuple[Dict[str, np.ndarray], List[Dict]]:
+    """The defective training images' evidence as the image head is trained on it (exdd.offline.head): each fold of
+    head.crossfit_folds scored against a positive bank built without its patches (make_bank, seed bseed + 1).
+    Keyed a_neg ... nb_pos, ids, labels (all 1), fold; and each fold bank's statistics."""
+    fold = crossfit_folds(len(defects), bseed)
+    out: Dict[str, List[np.ndarray]] = {}
+    stats = []
+    d = feats.shape[-1]
+    for f in range(int(fold.max()) + 1 if len(defects) > 1 else 0):
+        rest, rows = fold != f, [defects[i] for i in np.flatnonzero(fold == f)]
+        bank = make_bank(feats[[defects[i] for i in np.flatnonzero(rest)]][sel[rest]].reshape(-1, d), pos_ratio,
+                         bseed + 1)
+        stats.append(bank[2])
+        ev = evidence(feats, rows, neg, bank[:2])
+        ev.update(ids=np.array(rows, np.int32), labels=np.ones(len(rows), np.int8), fold=np.full(len(rows), f, np.int16))
+        for k, v in ev.items():
+            out.setdefault(k, []).append(v)
+    return {k: np.concatenate(v) for k, v in out.items()}, stats
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--set", required=True, help="NAME:HxW (caches in --cache/NAME-HxW/{train,test})")
@@ -280,13 +304,19 @@ def main() -> None:
                     arrays[f"{key}_{k}"] = v
                 arrays[f"{key}_labels"] = np.array([samples[i].label for i in rows], np.int8)
                 arrays[f"{key}_ids"] = np.array(rows, np.int32)
+            if reused is None:    # the image head's training evidence: the defective training images cross-fitted
+                t1 = time.time()
+                cf, cf_pos = crossfit_evidence(feats, defects, sel, neg[:2], a.pos_ratio, bseed)
+                arrays.update({f"cf_{k}": v for k, v in cf.items()})
+                timing["crossfit_s"] = round(time.time() - t1, 1)
             np.savez(stem + ".npz", **arrays)
             meta = {"set": name, "input_size": list(hw), "grid": grid, "d": int(d), "proj": a.proj, "split": split,
                     "build_seed": bseed, "neg": neg[2], "pos": pos[2], "normals": len(normals),
                     "defect_images": len(defects), "held": len(held_i), "test": len(te),
                     "test_defective": int(sum(samples[i].label for i in te)), "build_s": round(t_build, 1),
                     "knn_ms_per_image": timing, "neg_ratio": a.neg_ratio, "pos_ratio": a.pos_ratio,
-                    "min_cover": a.min_cover, "reused_neg": a.reuse_neg, "copies_dropped": n_copies,
+                    "min_cover": a.min_cover, "reused_neg": a.reuse_neg,
+                    "cf_pos": cf_pos if reused is None else None, "copies_dropped": n_copies,
                     "paths": [s.path for s in samples], "splits_of": [s.split for s in samples]}
             json.dump(meta, open(stem + ".json", "w"))
             print(f"{name} {variant} split {split} build {bseed}: test {len(te)} ({meta['test_defective']} def), "
