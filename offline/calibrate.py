@@ -1,11 +1,12 @@
 """Decision thresholds from scores of held-out training images (kept out of the banks)."""
 from __future__ import annotations
 
-from typing import Dict
+from typing import Any, Dict, Optional
 
 import numpy as np
 
 from exdd.metrics import f1_max
+from exdd_scoring.fusion import fit_fusion
 
 RULES = ("f1", "fpr")
 
@@ -28,3 +29,55 @@ def threshold(scores: np.ndarray, labels: np.ndarray, rule: str, target_fpr: flo
     t = float(np.nextafter(normals[normals.size - 1 - allowed], np.inf)) if allowed < normals.size else float(normals[0])
     fpr = float((normals >= t).mean())
     return {"value": t, "rule": "fpr", "target_fpr": float(target_fpr), "heldout_fpr": fpr}
+
+
+# Issue 27: the review band's rates (documented in README, "Running a line").
+REVIEW_FALSE_ALARMS = 0.01      # T2 (defect_above): at most 1 % of the held-out normals reach it
+REVIEW_MISSES = 0.01            # T1 (ok_below): at most 1 % of the held-out defects fall below it
+
+
+def review_band(scores: np.ndarray, labels: np.ndarray, threshold_value: Optional[float],
+                false_alarms: float = REVIEW_FALSE_ALARMS, misses: float = REVIEW_MISSES) -> Dict[str, Any]:
+    """The review band (T1, T2) of held-out scores: score >= T2 is a defect with at most `false_alarms` of the
+    normals there, score < T1 passes with at most `misses` of the defects there, between is for a person.
+
+    T2 needs held-out normals and T1 held-out defects; a missing side is the decision threshold (so the band is
+    [T, T2] or [T1, T]). When the two classes are apart (T1 > T2) no image needs a person: both are the threshold
+    (the midpoint without one). The band always contains the threshold (exdd_scoring.verdict.band)."""
+    scores = np.asarray(scores, dtype=np.float64)
+    labels = np.asarray(labels).astype(int)
+    normals, defects = np.sort(scores[labels == 0]), np.sort(scores[labels == 1])
+    out: Dict[str, Any] = {"false_alarms": float(false_alarms), "misses": float(misses),
+                           "heldout": {"normal": int(normals.size), "defective": int(defects.size)}}
+    t2 = threshold(normals, np.zeros(normals.size, int), "fpr", false_alarms)["value"] if normals.size else None
+    t1 = None
+    if defects.size:
+        allowed = int(np.floor(misses * defects.size))        # defects allowed below T1
+        t1 = float(defects[allowed])
+    if t1 is not None and t2 is not None and t1 > t2:
+        mid = threshold_value if threshold_value is not None and t2 <= threshold_value <= t1 else (t1 + t2) / 2
+        t1 = t2 = float(mid)
+        out["apart"] = True
+    t1 = threshold_value if t1 is None else t1
+    t2 = threshold_value if t2 is None else t2
+    if t1 is None or t2 is None:
+        raise ValueError("cannot calibrate a review band: no held-out images and no threshold")
+    if threshold_value is not None:
+        t1, t2 = min(t1, threshold_value), max(t2, threshold_value)
+    out.update({"ok_below": float(t1), "defect_above": float(t2),
+                "heldout_false_alarms": float((normals >= t2).mean()) if normals.size else None,
+                "heldout_misses": float((defects < t1).mean()) if defects.size else None,
+                "heldout_review": float(((scores >= t1) & (scores < t2)).mean()) if scores.size else None})
+    return out
+
+
+def fit_confidence(scores: np.ndarray, labels: np.ndarray, l2: float = 1e-3) -> Optional[Dict[str, Any]]:
+    """Platt scaling: the logistic model of asinh(score) on the held-out images (exdd_scoring.verdict.confidence
+    applies it); None without both a held-out normal and a held-out defect."""
+    scores = np.asarray(scores, dtype=np.float64)
+    y = np.asarray(labels).astype(int)
+    if not ((y == 0).any() and (y == 1).any()):
+        return None
+    p = fit_fusion(np.arcsinh(scores)[:, None], y, l2=l2, iters=100, features=("asinh_score",), min_per_class=1)
+    return {"mean": p["mean"][0], "scale": p["scale"][0], "coef": p["coef"][0], "intercept": p["intercept"],
+            "transform": "asinh", "heldout": p["heldout"]}
