@@ -21,6 +21,8 @@ import numpy as np
 
 from .manifest import (BANK_FORMAT_VERSION, MANIFEST, MIN_K, BankError, BankManifest, FileEntry,  # noqa: F401
                        ManifestError, check_k, safe_name)   # MIN_K, check_k: re-exported
+from .nearest import FILES as SOURCE_FILES, DefectSources, SourcesError, check_sources
+from .roi import ROI_FILE, ROI_PNG, RoiError, check_roi
 from .spec import IDENTITY, RANDOM_PROJECTION, REQUIRED, FeatureSpec, SpecError
 
 FEATURE_KEYS = IDENTITY   # what makes two feature extractors interchangeable (FeatureSpec's identity)
@@ -40,10 +42,14 @@ class Bank:
 
 @dataclass
 class BankPair:
-    """The negative (normal) and positive (defect) banks with their manifest (a dict is read as one, validated)."""
+    """The negative (normal) and positive (defect) banks with their manifest (a dict is read as one, validated);
+    issue 27: the region of interest (bool (H, W) at the model input, roi.py; None: everywhere) and the positive
+    bank's defect sources (nearest.py; None: banks built before them)."""
     negative: Bank
     positive: Optional[Bank]
     manifest: BankManifest
+    roi: Optional[np.ndarray] = None
+    sources: Optional[DefectSources] = None
 
     def __post_init__(self) -> None:
         self.manifest = BankManifest.from_dict(self.manifest, "bank manifest")
@@ -69,11 +75,14 @@ def projection_sha256(p: np.ndarray) -> str:
 
 
 def save_bank(directory: str, negative: Bank, positive: Optional[Bank],
-              manifest: Union[BankManifest, Mapping[str, Any]], projection: Optional[np.ndarray] = None) -> BankManifest:
+              manifest: Union[BankManifest, Mapping[str, Any]], projection: Optional[np.ndarray] = None,
+              roi: Optional[np.ndarray] = None, roi_png: Optional[bytes] = None,
+              sources: Optional[DefectSources] = None) -> BankManifest:
     """Write the arrays and manifest.json (with their checksums) into directory; returns the manifest written.
 
     projection: the extractor's matrix, required when the features' projection is fitted (written as
-    projection.npy), never stored for a random one."""
+    projection.npy), never stored for a random one. roi: the input-sized ROI (roi.npy) and roi_png the mask file
+    as given (roi.png); sources: the positive bank's defect sources (issue 27), one row per positive row."""
     if isinstance(manifest, BankManifest):      # what is written must read back: check it as a reader will
         manifest = manifest.to_dict()
     manifest = BankManifest.from_dict(manifest, f"{os.path.join(directory, MANIFEST)} (to write)")
@@ -87,6 +96,22 @@ def save_bank(directory: str, negative: Bank, positive: Optional[Bank],
             np.save(path, np.ascontiguousarray(arr), allow_pickle=False)
             files[fname] = FileEntry(sha256_file(path), tuple(int(v) for v in arr.shape), str(arr.dtype))
     files.update(_save_projection(directory, manifest.features, projection))
+    extras = []
+    if roi is not None:
+        extras.append((ROI_FILE, check_roi(np.asarray(roi), manifest.features.input_size, directory).astype(np.uint8)))
+    if sources is not None:
+        check_sources(sources.rows, sources.images, sources.classes, 0 if positive is None else positive.size,
+                      directory)
+        extras += list(sources.arrays())
+    for fname, arr in extras:
+        path = os.path.join(directory, fname)
+        np.save(path, np.ascontiguousarray(arr), allow_pickle=False)
+        files[fname] = FileEntry(sha256_file(path), tuple(int(v) for v in arr.shape), str(arr.dtype))
+    if roi_png is not None:
+        path = os.path.join(directory, ROI_PNG)
+        with open(path, "wb") as f:
+            f.write(roi_png)
+        files[ROI_PNG] = FileEntry(sha256_file(path), (len(roi_png),), "png")
     manifest = replace(manifest, format_version=BANK_FORMAT_VERSION, files=files)
     write_manifest(directory, manifest)
     return manifest
@@ -227,7 +252,18 @@ def load_banks(directory: str, expected_features: Any = None) -> BankPair:
         banks[name] = Bank(vec, nbr) if vec.shape[0] > 0 else None
     if banks["negative"] is None:
         raise BankError(f"{directory}: the negative (normal) bank is missing or empty")
-    return BankPair(banks["negative"], banks["positive"], manifest)
+    roi, sources = None, None
+    try:
+        if ROI_FILE in files:
+            roi = check_roi(_load_array(directory, ROI_FILE, files[ROI_FILE]), manifest.features.input_size,
+                            os.path.join(directory, ROI_FILE))
+        if all(f in files for f in SOURCE_FILES) and banks["positive"] is not None:
+            rows, images, classes = (_load_array(directory, f, files[f]) for f in SOURCE_FILES)
+            check_sources(rows, images, classes, banks["positive"].size, directory)
+            sources = DefectSources(rows, images, classes)
+    except (RoiError, SourcesError) as e:
+        raise BankError(str(e)) from None
+    return BankPair(banks["negative"], banks["positive"], manifest, roi, sources)
 
 
 def read_manifest_features(directory: str) -> Dict[str, Any]:

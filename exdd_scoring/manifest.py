@@ -41,9 +41,10 @@ from typing import Any, Dict, Iterable, Mapping, Optional, Sequence, Tuple
 from .scores import DEFAULT_GAMMA, DEFAULT_MODE, MODE_REGISTRY, TOPK_FRACTION
 from .spec import FeatureSpec, SpecError
 
-MANIFEST_VERSION = 2          # this schema; manifests without "version" are version 0 (untyped, before it)
+MANIFEST_VERSION = 3          # this schema; manifests without "version" are version 0 (untyped, before it)
 # 2 (issue 25): sources.heldout_rule and heldout_fraction (the hold-out chosen by content hash; absent = the seeded
 #    listing-order rule, fraction unrecorded); scoring.topk and scoring.head (absent -> TOPK_FRACTION, fallback)
+# 3 (issue 27): line (review band, confidence, pixel threshold, min area, ROI; absent -> LineRules' meaning of None)
 BANK_FORMAT_VERSION = 1       # the bank directory: .npy arrays listed with their sha256 in "files"
 MANIFEST = "manifest.json"
 REBUILD = "rebuild the banks with `exdd offline build DATASET --out DIR`"
@@ -541,10 +542,123 @@ class IndexEntry:
                 "files": {k: v.to_dict() for k, v in self.files.items()}}
 
 
+@dataclass(frozen=True)
+class ReviewBand:
+    """One mode's review band (issue 27, offline/calibrate.review_band): ok below ok_below (T1), defect at or above
+    defect_above (T2), review between; detail is the calibration's record (rates, held-out counts)."""
+    ok_below: float
+    defect_above: float
+    detail: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, d: Any, where: str, path: str) -> "ReviewBand":
+        d = _obj(d, f"{where}: {path}", ("ok_below", "defect_above", "detail"), ("ok_below", "defect_above"))
+        t1 = _num(d["ok_below"], _at(where, path, "ok_below"), finite=True)
+        t2 = _num(d["defect_above"], _at(where, path, "defect_above"), finite=True)
+        if t1 > t2:
+            _fail(_at(where, path, "ok_below"), f"at most defect_above ({t2})", t1)
+        return cls(t1, t2, dict(_map(d.get("detail", {}), _at(where, path, "detail"))))
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"ok_below": self.ok_below, "defect_above": self.defect_above, "detail": dict(self.detail)}
+
+
+@dataclass(frozen=True)
+class Confidence:
+    """One mode's confidence model (verdict.confidence): P(defect) = sigmoid((asinh(score) - mean) / scale x coef
+    + intercept), fitted on the hold-out (offline/calibrate.fit_confidence)."""
+    mean: float
+    scale: float
+    coef: float
+    intercept: float
+    transform: str = "asinh"
+    heldout: Optional[Mapping[str, int]] = None
+
+    @classmethod
+    def from_dict(cls, d: Any, where: str, path: str) -> "Confidence":
+        keys = ("mean", "scale", "coef", "intercept", "transform", "heldout")
+        d = _obj(d, f"{where}: {path}", keys, keys[:4])
+        n = lambda k: _at(where, path, k)  # noqa: E731
+        mean, scale, coef, icpt = (_num(d[k], n(k), finite=True) for k in keys[:4])
+        if scale == 0:
+            _fail(n("scale"), "a non-zero number", d["scale"])
+        if d.get("transform", "asinh") != "asinh":
+            _fail(n("transform"), "'asinh'", d["transform"])
+        heldout = None
+        if d.get("heldout") is not None:
+            h = _obj(d["heldout"], n("heldout"), ("normal", "defective"))
+            heldout = {k: _int(v, n(f"heldout.{k}")) for k, v in h.items()}
+        return cls(mean, scale, coef, icpt, "asinh", heldout)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return _drop_none({"mean": self.mean, "scale": self.scale, "coef": self.coef, "intercept": self.intercept,
+                           "transform": self.transform, "heldout": None if self.heldout is None else dict(self.heldout)})
+
+
+@dataclass(frozen=True)
+class RoiInfo:
+    """The region of interest the banks were built with (issue 27): the mask file as given (roi.png in the bank,
+    its sha256 also in files), where it came from, and how many patches of the grid it keeps."""
+    sha256: str
+    source: str = ""
+    patches_inside: int = 0
+    patches: int = 0
+
+    @classmethod
+    def from_dict(cls, d: Any, where: str, path: str = "line.roi") -> "RoiInfo":
+        d = _obj(d, f"{where}: {path}", ("sha256", "source", "patches_inside", "patches"), ("sha256",))
+        return cls(_str(d["sha256"], _at(where, path, "sha256"), empty=False),
+                   _str(d.get("source", ""), _at(where, path, "source")),
+                   _int(d.get("patches_inside", 0), _at(where, path, "patches_inside")),
+                   _int(d.get("patches", 0), _at(where, path, "patches")))
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"sha256": self.sha256, "source": self.source, "patches_inside": self.patches_inside,
+                "patches": self.patches}
+
+
+@dataclass(frozen=True)
+class LineRules:
+    """What a line operator gets from each answer (issue 27), calibrated at build time per mode: the review band,
+    the confidence model, the pixel threshold of the served map (its regions give area and box), the minimum
+    defect area (pixels, 0 = off), the ROI. Absent (banks before version 3): no ROI, min area 0, the band
+    [T, T] (ok / defect as IS_DEFECT), confidence unknown (NaN), no regions (area 0)."""
+    review: Mapping[str, ReviewBand] = field(default_factory=dict)
+    confidence: Mapping[str, Confidence] = field(default_factory=dict)
+    pixel_threshold: Mapping[str, float] = field(default_factory=dict)
+    pixel_rule: str = ""
+    min_area: int = 0
+    roi: Optional[RoiInfo] = None
+    classes: str = ""                               # where the defect classes came from ('' : none)
+
+    @classmethod
+    def from_dict(cls, d: Any, where: str, path: str = "line") -> "LineRules":
+        keys = ("review", "confidence", "pixel_threshold", "pixel_rule", "min_area", "roi", "classes")
+        d = _obj(d, f"{where}: {path}", keys)
+        n = lambda k: _at(where, path, k)  # noqa: E731
+        review = {str(m): ReviewBand.from_dict(v, where, f"{path}.review.{m}")
+                  for m, v in _map(d.get("review", {}), n("review")).items()}
+        conf = {str(m): Confidence.from_dict(v, where, f"{path}.confidence.{m}")
+                for m, v in _map(d.get("confidence", {}), n("confidence")).items()}
+        pix = {str(m): _num(v, n(f"pixel_threshold.{m}"), finite=True)
+               for m, v in _map(d.get("pixel_threshold", {}), n("pixel_threshold")).items()}
+        roi = None if d.get("roi") is None else RoiInfo.from_dict(d["roi"], where, f"{path}.roi")
+        return cls(review, conf, pix, _str(d.get("pixel_rule", ""), n("pixel_rule")),
+                   _int(d.get("min_area", 0), n("min_area")), roi, _str(d.get("classes", ""), n("classes")))
+
+    def to_dict(self) -> Dict[str, Any]:
+        return _drop_none({"review": {m: v.to_dict() for m, v in self.review.items()},
+                           "confidence": {m: v.to_dict() for m, v in self.confidence.items()},
+                           "pixel_threshold": dict(self.pixel_threshold), "pixel_rule": self.pixel_rule,
+                           "min_area": self.min_area, "roi": None if self.roi is None else self.roi.to_dict(),
+                           "classes": self.classes})
+
+
 # ---- the manifest ----------------------------------------------------------------------------------------------
 
 KEYS = ("version", "format_version", "features", "k", "files", "default_mode", "modes", "threshold", "scoring",
-        "coreset", "defect_patch_rule", "sources", "weights_note", "created", "tool", "parent", "updates", "index")
+        "coreset", "defect_patch_rule", "sources", "weights_note", "created", "tool", "parent", "updates", "index",
+        "line")
 
 
 @dataclass(frozen=True)
@@ -565,6 +679,7 @@ class BankManifest:
     parent: Optional[Parent] = None                 # set by offline update
     updates: Tuple[UpdateRecord, ...] = ()          # the update history of this lineage, oldest first
     index: Optional[IndexEntry] = None              # set by `export repository --index` on the copied banks
+    line: Optional[LineRules] = None                # issue 27: review band, confidence, regions, ROI (None: before)
     files: Mapping[str, FileEntry] = field(default_factory=dict)   # set by save_bank
     format_version: int = BANK_FORMAT_VERSION
     version: int = MANIFEST_VERSION                 # what it was read as (0: no version key); to_dict writes the current
@@ -582,7 +697,7 @@ class BankManifest:
             if not isinstance(getattr(self, name), cls):
                 raise ManifestError(f"{where}: {name} must be a {cls.__name__}, got {type(getattr(self, name)).__name__}")
         for name, cls in (("coreset", CoresetInfo), ("defect_patch_rule", DefectPatchRule), ("sources", Sources),
-                          ("parent", Parent), ("index", IndexEntry)):
+                          ("parent", Parent), ("index", IndexEntry), ("line", LineRules)):
             if getattr(self, name) is not None and not isinstance(getattr(self, name), cls):
                 raise ManifestError(f"{where}: {name} must be a {cls.__name__} or None, got "
                                     f"{type(getattr(self, name)).__name__}")
@@ -629,6 +744,7 @@ class BankManifest:
             parent=sec("parent", Parent.from_dict),
             updates=tuple(UpdateRecord.from_dict(u, where, f"updates[{i}]") for i, u in enumerate(updates)),
             index=sec("index", IndexEntry.from_dict),
+            line=sec("line", LineRules.from_dict),
             files={str(k): FileEntry.from_dict(v, where, f"files.{k}") for k, v in files.items()},
             format_version=_int(d.get("format_version", BANK_FORMAT_VERSION), f"{where}: format_version"),
             version=version)
@@ -659,7 +775,7 @@ class BankManifest:
             "modes": list(self.modes), "threshold": self.threshold.to_dict(), "scoring": self.scoring.to_dict(),
             "weights_note": self.weights_note, "created": self.created, "tool": self.tool,
         }
-        for name in ("coreset", "defect_patch_rule", "sources", "parent", "index"):
+        for name in ("coreset", "defect_patch_rule", "sources", "parent", "index", "line"):
             if getattr(self, name) is not None:
                 out[name] = getattr(self, name).to_dict()
         if self.updates:

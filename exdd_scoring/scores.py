@@ -133,6 +133,7 @@ class Evidence:
     xp: Any
     smooth: Callable[[Any], Any]
     params: Dict[str, Any] = field(default_factory=dict)
+    i_pos: Optional[Any] = None        # (B, P) index of each patch's nearest positive-bank row (issue 27)
     _maps: Dict[str, Any] = field(default_factory=dict)
 
     @property

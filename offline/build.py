@@ -16,6 +16,8 @@ defect covers no cell that much gives its most covered cell, so thin defects sti
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
+import os
 import sys
 import warnings
 from dataclasses import dataclass, field, replace
@@ -26,18 +28,21 @@ import numpy as np
 from exdd import __version__, defaults
 from exdd.fileio import check_replaceable, staged_dir
 from exdd_scoring import DEFAULT_MODE, MODES, Bank, BankPair, Scorer, save_bank
-from exdd_scoring.manifest import (BankManifest, BankStats, CoresetInfo, DefectPatchRule, Fusion, Scoring, Sources,
-                                   Thresholds)
+from exdd_scoring.manifest import (BankManifest, BankStats, Confidence, CoresetInfo, DefectPatchRule, Fusion,
+                                   LineRules, ReviewBand, RoiInfo, Scoring, Sources, Thresholds)
+from exdd_scoring.nearest import DefectSources
+from exdd_scoring.roi import ROI_PNG, patch_roi
 from exdd_scoring.fusion import fit_fusion
 from exdd_scoring.spec import FeatureSpec
 from exdd_scoring.knn import bank_neighbors
 from exdd_scoring.scores import (DEFAULT_GAMMA, HEAD_FEATURES, bank_scale, fusion_inputs, head_inputs,
                                  positive_bank_problem)
-from .calibrate import threshold
+from .calibrate import fit_confidence, review_band, threshold
 from .coreset import Coreset, bank_size, chunked_kcenter
 from exdd.datasets import HOLDOUT_RULE, Sample, holdout_split, load_split, synthetic
 from .extract import Extracted, extract
 from .head import crossfit_inputs, fit_head
+from .line_inputs import LineInputs
 from .weights import is_random
 
 
@@ -78,10 +83,17 @@ def defect_patches(covers: np.ndarray, min_cover: float) -> np.ndarray:
 def make_bank(vectors: np.ndarray, ratio: float, min_size: int, k: int, chunk_rows: int,
               oversample: float, progress: Optional[Callable[[int], None]] = None) -> Tuple[Bank, Dict[str, Any]]:
     """Coreset of the (N, d) vectors, with within-bank neighbours; and its statistics (no seed: same rows, same bank)."""
+    return make_bank_rows(vectors, ratio, min_size, k, chunk_rows, oversample, progress)[:2]
+
+
+def make_bank_rows(vectors: np.ndarray, ratio: float, min_size: int, k: int, chunk_rows: int, oversample: float,
+                   progress: Optional[Callable[[int], None]] = None) -> Tuple[Bank, Dict[str, Any], np.ndarray]:
+    """make_bank, and the rows of vectors it kept (sorted: the bank's row order)."""
     n = vectors.shape[0]
     keep = bank_size(n, ratio, min_size)
     cs = chunked_kcenter(vectors, keep, chunk_rows=chunk_rows, oversample=oversample, progress=progress)
-    return bank_of(vectors[np.sort(cs.indices)], n, cs, ratio, min_size, k)
+    rows = np.sort(cs.indices)
+    return (*bank_of(vectors[rows], n, cs, ratio, min_size, k), rows)
 
 
 def bank_of(picked: np.ndarray, n: int, cs: Coreset, ratio: float, min_size: int, k: int) -> Tuple[Bank, Dict[str, Any]]:
@@ -93,18 +105,51 @@ def bank_of(picked: np.ndarray, n: int, cs: Coreset, ratio: float, min_size: int
     return Bank(vec, nbr), stats
 
 
-def score_samples(scorer: Scorer, extracted_feats: np.ndarray, batch: int = 16) -> Dict[str, np.ndarray]:
+PIXEL_QUANTILE = 0.999     # issue 27: the pixel threshold of a served map, over the held-out normals' pixels
+PIXEL_STRIDE = 4           # ... every 4th pixel of each map (bounds the memory; the quantile barely moves)
+
+
+def score_samples(scorer: Scorer, extracted_feats: np.ndarray, batch: int = 16,
+                  pixel_images: Optional[np.ndarray] = None) -> Dict[str, np.ndarray]:
     """Scores of every mode for stored features (n, h, w, d), and the inputs of the fusion ('fusion_x') and of the
-    image head ('head_x')."""
+    image head ('head_x'); with pixel_images ((n,) bool), 'pixels:MODE': every PIXEL_STRIDE-th pixel inside the ROI
+    of those images' served maps (what the pixel threshold is calibrated on)."""
     out: Dict[str, List[np.ndarray]] = {m: [] for m in MODES + ("fusion_x", "head_x")}
+    inside = None if scorer.roi_pixels is None else np.asarray(scorer.roi_pixels).reshape(-1)
     for i in range(0, extracted_feats.shape[0], batch):
-        r = scorer.score(extracted_feats[i:i + batch].astype(np.float32), map_modes=())
+        want = None if pixel_images is None else np.asarray(pixel_images[i:i + batch], dtype=bool)
+        map_modes = MODES if want is not None and want.any() else ()
+        r = scorer.score(extracted_feats[i:i + batch].astype(np.float32), map_modes=map_modes)
         for m in MODES:
             out[m].append(r["scores"][m])
+        for m in map_modes:
+            flat = np.asarray(r["maps"][m])[want].reshape(int(want.sum()), -1)
+            out.setdefault(f"pixels:{m}", []).append((flat if inside is None else flat[:, inside])[:, ::PIXEL_STRIDE]
+                                                     .reshape(-1))
         if scorer.has_positive:
             out["fusion_x"].append(fusion_inputs(r["evidence"]))
             out["head_x"].append(head_inputs(r["evidence"]))
     return {m: np.concatenate(v) if v else np.zeros(0) for m, v in out.items()}
+
+
+def line_rules(scores: Dict[str, np.ndarray], labels: np.ndarray, values: Dict[str, float],
+               roi: Optional[RoiInfo], classes: str, where: str) -> LineRules:
+    """Issue 27's calibration per mode on the held-out scores: the review band (calibrate.review_band, containing
+    the mode's threshold), the confidence model (calibrate.fit_confidence; none without both classes) and the pixel
+    threshold of the served map (PIXEL_QUANTILE of the held-out normals' pixels, when score_samples kept them)."""
+    review, conf, pixel = {}, {}, {}
+    for m in MODES:
+        rb = review_band(scores[m], labels, values.get(m))
+        review[m] = ReviewBand(rb.pop("ok_below"), rb.pop("defect_above"), rb)
+        c = fit_confidence(scores[m], labels)
+        if c is not None:
+            conf[m] = Confidence.from_dict(c, where, f"line.confidence.{m}")
+        px = scores.get(f"pixels:{m}")
+        if px is not None and px.size:
+            pixel[m] = float(np.quantile(px, PIXEL_QUANTILE))
+    rule = (f"quantile {PIXEL_QUANTILE} of the served map's pixels inside the ROI (every {PIXEL_STRIDE}th) over the "
+            "held-out normal images" if pixel else "")
+    return LineRules(review, conf, pixel, rule, 0, roi, classes)
 
 
 Featurize = Callable[[Sequence[Sample], bool, Optional[Callable[[int], None]]], Extracted]
@@ -117,12 +162,14 @@ def model_featurizer(model, features: Dict[str, Any], batch_size: int) -> Featur
                                                         with_mask=with_mask, progress=progress)
 
 
-def build_negative(ex: Extracted, dataset: str, d: int, cfg: BuildConfig, bar) -> Tuple[Bank, Dict[str, Any]]:
-    """The negative bank (coreset of every normal patch) and its statistics."""
+def build_negative(ex: Extracted, dataset: str, d: int, cfg: BuildConfig, bar,
+                   roi_patches: Optional[np.ndarray] = None) -> Tuple[Bank, Dict[str, Any]]:
+    """The negative bank (coreset of every normal patch inside the ROI) and its statistics."""
     if ex.features.shape[0] == 0:
         raise ValueError(f"{dataset}: none of the normal training images could be read")
-    b = bar("coreset: negative", ex.features.shape[0] * ex.features.shape[1] * ex.features.shape[2])
-    out = make_bank(ex.features.reshape(-1, d), cfg.neg_ratio, cfg.min_size, cfg.k,
+    rows = ex.features.reshape(-1, d) if roi_patches is None else ex.features[:, roi_patches].reshape(-1, d)
+    b = bar("coreset: negative", rows.shape[0])
+    out = make_bank(rows, cfg.neg_ratio, cfg.min_size, cfg.k,
                     cfg.chunk_rows, cfg.oversample, b.update if b else None)
     if b:
         b.close()
@@ -168,7 +215,7 @@ def calibration_scorer(pair: BankPair) -> Scorer:
 # again after the fusion is fitted (the held-out features are kept between the calls)
 def bank_file(name: str) -> bool:
     """Whether a file name is one a bank folder holds (what `--out` may hold before it is replaced)."""
-    return name == "manifest.json" or name.endswith(".npy")
+    return name in ("manifest.json", ROI_PNG) or name.endswith(".npy")
 
 
 HeldScores = Callable[[BankPair], Optional[Tuple[Dict[str, np.ndarray], np.ndarray]]]
@@ -179,12 +226,13 @@ def build(dataset: str, out_dir: str, model, features: Dict[str, Any], cfg: Buil
           progress_factory: Optional[Callable[[str, int], Any]] = None,
           featurize: Optional[Featurize] = None, synthetic_limit: Optional[int] = None,
           negative_bank: Optional[Tuple[Bank, Union[BankStats, Dict[str, Any]]]] = None,
-          projection: Optional[np.ndarray] = None) -> BuildResult:
+          projection: Optional[np.ndarray] = None, line: Optional[LineInputs] = None) -> BuildResult:
     """Build and save the banks of a dataset; returns the manifest written and the per-file errors.
 
     featurize defaults to running ``model`` on the images (other featurizers serve cached features);
     negative_bank (bank, stats) reuses a negative bank built from the same images and settings;
-    projection: the model's fitted projection matrix (saved with the banks; None for a random one).
+    projection: the model's fitted projection matrix (saved with the banks; None for a random one);
+    line: the ROI and defect classes (issue 27; patches outside the ROI enter neither bank).
     """
     def bar(desc: str, total: int):
         return progress_factory(desc, total) if progress_factory else None
@@ -203,26 +251,39 @@ def build(dataset: str, out_dir: str, model, features: Dict[str, Any], cfg: Buil
         errors.extend(ex.errors)
         return ex
 
+    line = line or LineInputs()
+    roi_patches = None if line.roi is None else patch_roi(line.roi, tuple(features["grid"]))
     if negative_bank is not None:
         negative, neg_stats = negative_bank
     else:
-        negative, neg_stats = build_negative(run(p.normals, "features: normal", False), dataset, d, cfg, bar)
+        negative, neg_stats = build_negative(run(p.normals, "features: normal", False), dataset, d, cfg, bar,
+                                             roi_patches)
 
     pos_sources = {"real": p.defects, "synthetic": p.synth}
     pos_vectors, pos_counts, pos_ex = [], {}, {}
+    row_images: List[np.ndarray] = []            # per defect patch, its image in `images` (issue 27)
+    images: List[str] = []
+    classes: List[str] = []
     for name, samples in pos_sources.items():
         pos_counts[name] = 0
         if not samples:
             continue
         ex = run(samples, f"features: {name} defects", True)
-        sel = defect_patches(ex.covers, cfg.min_cover)
+        covers = ex.covers if roi_patches is None else ex.covers * roi_patches[None]
+        sel = defect_patches(covers, cfg.min_cover)
         pos_vectors.append(ex.features[sel])
         pos_counts[name] = int(ex.features.shape[0])
         pos_ex[name] = (ex.features, sel)
-    positive, pos_stats = None, {"patches": 0, "size": 0}
+        row_images.append(len(images) + np.nonzero(sel)[0])
+        for smp in ex.samples:
+            images.append(defect_source_name(smp, dataset, name))
+            classes.append(line.classes.get(images[-1], smp.kind or "") if name == "real" else "synthetic")
+    positive, pos_stats, sources = None, {"patches": 0, "size": 0}, None
     if pos_vectors and sum(v.shape[0] for v in pos_vectors) > 0:
         allpos = np.concatenate(pos_vectors)
-        positive, pos_stats = make_bank(allpos, cfg.pos_ratio, cfg.min_size, cfg.k, cfg.chunk_rows, cfg.oversample)
+        positive, pos_stats, kept = make_bank_rows(allpos, cfg.pos_ratio, cfg.min_size, cfg.k, cfg.chunk_rows,
+                                                   cfg.oversample)
+        sources = DefectSources.of(np.concatenate(row_images), images, classes).subset(kept)
     else:
         print("warning: no defect patches for the positive bank: exdd modes fall back to patchcore",
               file=sys.stderr)
@@ -235,7 +296,8 @@ def build(dataset: str, out_dir: str, model, features: Dict[str, Any], cfg: Buil
         if not held_ex:
             held_ex.append(run(p.held, "features: held-out", True))
         ex = held_ex[0]
-        return score_samples(calibration_scorer(pair), ex.features), np.array([s.label for s in ex.samples])
+        labels = np.array([s.label for s in ex.samples])
+        return score_samples(calibration_scorer(pair), ex.features, pixel_images=labels == 0), labels
 
     def head_crossfit(manifest: BankManifest) -> Optional[np.ndarray]:
         if positive is None or "real" not in pos_ex:
@@ -245,7 +307,16 @@ def build(dataset: str, out_dir: str, model, features: Dict[str, Any], cfg: Buil
             v, cfg.pos_ratio, cfg.min_size, cfg.k, cfg.chunk_rows, cfg.oversample)[0], HEAD_SEED)
 
     return finish(dataset, out_dir, features, cfg, synthetic_dirs, p, (negative, neg_stats), (positive, pos_stats),
-                  pos_counts, errors, held_scores, projection, head_crossfit)
+                  pos_counts, errors, held_scores, projection, head_crossfit, line, sources)
+
+
+def defect_source_name(sample: Sample, dataset: str, kind: str) -> str:
+    """How the answer names a positive-bank patch's image: its path relative to the dataset root (real defects),
+    synthetic:<folder>/<file> for a synthetic one."""
+    if kind == "real":
+        return os.path.relpath(sample.path, dataset)
+    folder = os.path.dirname(sample.path)
+    return f"synthetic:{os.path.basename(folder)}/{os.path.basename(sample.path)}"
 
 
 def image_head(held_x: np.ndarray, held_labels: np.ndarray, crossfit_x: Optional[np.ndarray], seed: int,
@@ -272,7 +343,8 @@ def finish(dataset: str, out_dir: str, features: Dict[str, Any], cfg: BuildConfi
            p: Plan, neg: Tuple[Bank, Dict[str, Any]], pos: Tuple[Optional[Bank], Dict[str, Any]],
            pos_counts: Dict[str, int], errors: List[Tuple[str, str]], held_scores: HeldScores,
            projection: Optional[np.ndarray] = None,
-           head_crossfit: Optional[HeadCrossfit] = None) -> BuildResult:
+           head_crossfit: Optional[HeadCrossfit] = None, line: Optional[LineInputs] = None,
+           sources: Optional[DefectSources] = None) -> BuildResult:
     """Manifest, fusion and threshold calibrated on the held-out images (scored by held_scores), banks saved.
 
     errors is the list of unreadable files so far; held_scores may append the held-out ones to it
@@ -305,8 +377,14 @@ def finish(dataset: str, out_dir: str, features: Dict[str, Any], cfg: BuildConfi
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         tool=f"exdd {__version__}",
     )
+    line = line or LineInputs()
+    roi_info = None
+    if line.roi is not None:
+        inside = patch_roi(line.roi, manifest.features.grid)
+        roi_info = RoiInfo(hashlib.sha256(line.roi_png or b"").hexdigest(), line.roi_source, int(inside.sum()),
+                           int(inside.size))
     # calibrate on the held-out images with the banks just built (unreadable held-out files are not sources)
-    pair = BankPair(negative, positive, manifest)
+    pair = BankPair(negative, positive, manifest, line.roi, sources)
     values: Dict[str, float] = {}
     detail: Dict[str, Dict[str, Any]] = {}
     held = held_scores(pair)
@@ -322,9 +400,12 @@ def finish(dataset: str, out_dir: str, features: Dict[str, Any], cfg: BuildConfi
             t = threshold(scores[m], labels, cfg.threshold_rule, cfg.target_fpr)
             values[m] = t["value"]
             detail[m] = t
+        rules = line_rules(scores, labels, values, roi_info, line.classes_source, where)
     else:
         print("warning: no held-out images (--holdout 0): no calibrated threshold", file=sys.stderr)
-    manifest = replace(manifest, threshold=Thresholds(cfg.threshold_rule, float(cfg.target_fpr), values, detail))
+        rules = LineRules(roi=roi_info, classes=line.classes_source)
+    manifest = replace(manifest, threshold=Thresholds(cfg.threshold_rule, float(cfg.target_fpr), values, detail),
+                       line=rules)
     with staged_dir(out_dir, bank_file, "banks") as tmp:   # written beside, fsync'd, swapped in whole
-        manifest = save_bank(tmp, negative, positive, manifest, projection)
+        manifest = save_bank(tmp, negative, positive, manifest, projection, line.roi, line.roi_png, sources)
     return BuildResult(manifest, errors)

@@ -73,11 +73,15 @@ def review_band(scores: np.ndarray, labels: np.ndarray, threshold_value: Optiona
 
 def fit_confidence(scores: np.ndarray, labels: np.ndarray, l2: float = 1e-3) -> Optional[Dict[str, Any]]:
     """Platt scaling: the logistic model of asinh(score) on the held-out images (exdd_scoring.verdict.confidence
-    applies it); None without both a held-out normal and a held-out defect."""
+    applies it), never decreasing in the score (a negative slope becomes the hold-out's defect rate); None without
+    both a held-out normal and a held-out defect."""
     scores = np.asarray(scores, dtype=np.float64)
     y = np.asarray(labels).astype(int)
     if not ((y == 0).any() and (y == 1).any()):
         return None
     p = fit_fusion(np.arcsinh(scores)[:, None], y, l2=l2, iters=100, features=("asinh_score",), min_per_class=1)
-    return {"mean": p["mean"][0], "scale": p["scale"][0], "coef": p["coef"][0], "intercept": p["intercept"],
+    coef, intercept = p["coef"][0], p["intercept"]
+    if coef < 0:          # held-out defects scored below normals: no evidence that a higher score means a defect
+        coef, intercept = 0.0, float(np.log(y.mean() / (1 - y.mean())))     # the hold-out's defect rate
+    return {"mean": p["mean"][0], "scale": p["scale"][0], "coef": coef, "intercept": intercept,
             "transform": "asinh", "heldout": p["heldout"]}

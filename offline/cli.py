@@ -131,14 +131,28 @@ def offline() -> None:
                    "--extractor-runtime, instead of torch fp32; its features fingerprint must match "
                    "--weights/--d/--input-size.")
 @extractor_runtime_option
+@click.option("--roi", "roi_path", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="Region of interest: a mask picture over the image frame (white = inspect, black = never look: "
+                   "fixtures, edges, labels); stored in --out as roi.png with its hash; patches outside enter "
+                   "neither bank and raise no alarm on any path.")
+@click.option("--classes", "classes_path", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="CSV naming each training image's defect class (columns image or new_image, relative to DATASET, "
+                   "and class or defect_type): the answer's nearest_class. MVTec layouts need none (folder names).")
 def build(dataset, out_dir, weights, d, projection_seed, projection, projection_images, input_size, layout, neg_ratio,
           pos_ratio, min_bank, k, min_cover, synthetic_dirs, holdout, threshold_rule, target_fpr, default_mode, gamma,
           seed, batch_size, chunk_rows, ray_address, ray_cpus, ray_workers, ray_shard_images, ray_threads,
-          extractor_onnx, extractor_runtime):
+          extractor_onnx, extractor_runtime, roi_path, classes_path):
     """Build the negative and positive banks of DATASET into --out."""
     from .build import BuildConfig, build as run_build
+    from .line_inputs import line_inputs
     from exdd.datasets import DatasetError
     from exdd.progress import bar
+    if ray_address is not None and (roi_path or classes_path):
+        fail("--roi / --classes with --ray: the Ray build does not apply them yet; build without --ray")
+    try:
+        line = line_inputs(roi_path, classes_path, parse_hw(input_size))
+    except ValueError as e:
+        fail(str(e))
     cfg = BuildConfig(neg_ratio=neg_ratio, pos_ratio=pos_ratio, min_size=min_bank, k=k, min_cover=min_cover,
                       holdout=holdout, seed=seed, threshold_rule=threshold_rule, target_fpr=target_fpr,
                       default_mode=default_mode, gamma=gamma, batch_size=batch_size, chunk_rows=chunk_rows)
@@ -163,7 +177,8 @@ def build(dataset, out_dir, weights, d, projection_seed, projection, projection_
             res = build_ray(ray, dataset, out_dir, weights, info, cfg, synthetic_dirs, layout, bar, ray_workers,
                             ray_shard_images, ray_threads, projection=fitted)
         else:
-            res = run_build(dataset, out_dir, model, info, cfg, synthetic_dirs, layout, bar, projection=fitted)
+            res = run_build(dataset, out_dir, model, info, cfg, synthetic_dirs, layout, bar, projection=fitted,
+                            line=line)
     except (DatasetError, ValueError) as e:
         fail(str(e))
     m = res.manifest
