@@ -57,6 +57,9 @@ def _bar(total: int, unit: str = "img"):
 @click.option("--batch-size", default=8, show_default=True)
 @click.option("--concurrency", default=2, show_default=True, help="Requests in flight per server.")
 @click.option("--threshold", type=float, default=None, help="Override the calibrated threshold.")
+@click.option("--min-area", type=click.IntRange(min=0), default=None,
+              help="Override the served minimum defect area (pixels of the largest region above the pixel "
+                   "threshold; 0: off).")
 @click.option("--heatmaps", type=click.Path(file_okay=False), default=None, help="Write heatmap PNGs into this folder.")
 @click.option("--retries", default=5, show_default=True, help="Attempts per batch when a server is unreachable.")
 @click.option("--backoff", default=0.5, show_default=True, help="First retry delay in seconds (doubles).")
@@ -71,8 +74,8 @@ def _bar(total: int, unit: str = "img"):
               help="array: decode and resize here, send the model-input array; bytes: send the files as they are "
                    "(the server decodes and resizes them with the same functions; less bandwidth).")
 @ray_options
-def score(paths, out_path, urls, protocol, product, batch_size, concurrency, threshold, heatmaps, retries, backoff, restart,
-          retry_errors, exclude, all_files, send, ray_address, ray_cpus):
+def score(paths, out_path, urls, protocol, product, batch_size, concurrency, threshold, min_area, heatmaps, retries,
+          backoff, restart, retry_errors, exclude, all_files, send, ray_address, ray_cpus):
     """Score image files, folders or globs; one row per image in --out (paths written absolute).
 
     One job per --out at a time (OUT.lock). Exit codes: 0 all scored, 1 some files failed (error rows), 2 bad
@@ -89,7 +92,7 @@ def score(paths, out_path, urls, protocol, product, batch_size, concurrency, thr
     model, scorer = _models(product)
     cfg = JobConfig(urls=list(urls), protocol=protocol, batch_size=batch_size, concurrency=concurrency,
                     retries=retries, backoff_s=backoff, threshold=threshold, heatmaps=heatmaps, model=model,
-                    scorer=scorer, send=send)
+                    scorer=scorer, send=send, min_area=min_area)
     if ray_address is not None and send == "bytes":
         fail("--send bytes sends the files as they are (the server decodes them): --ray, which decodes them ahead "
              "on Ray, does not apply")
@@ -117,6 +120,8 @@ def score(paths, out_path, urls, protocol, product, batch_size, concurrency, thr
     rate = s.scored / s.seconds if s.seconds > 0 else 0.0
     click.echo(f"images: {s.total}, already done: {s.skipped}, scored: {s.scored}, failed: {s.failed}, "
                f"warnings: {s.warned}, {rate:.2f} img/s, results: {out_path}")
+    if s.verdicts:
+        click.echo("verdicts: " + ", ".join(f"{k} {v}" for k, v in s.verdicts.items()))
     if cfg.source is not None:
         click.echo(f"ray: {cfg.source.tasks} read tasks on {cfg.source.cpus} CPUs, {cfg.source.local} batches "
                    "read locally", err=True)

@@ -5,10 +5,11 @@ calibration (read from its config, never hard-coded) and inference with retries.
 """
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import dataclass
-from typing import Dict, Optional, Sequence, Union
+from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -18,6 +19,8 @@ MODEL = "exdd"
 SCORER = "exdd_scorer"
 OUTPUTS = ("SCORE", "IS_DEFECT", "SCORE_NEG", "SCORE_POS")
 MAP = "ANOMALY_MAP"
+# issue 27: what a line operator needs, asked for when the served model has them (repositories since issue 27)
+LINE_OUTPUTS = ("VERDICT", "CONFIDENCE", "AREA", "BOX", "NEAREST_SOURCE", "NEAREST_CLASS")
 IMAGE_HW = "IMAGE_HW"       # each picture's own (H, W), answered for encoded inputs (repositories since issue 21)
 # A batch is a uint8 (B, H, W, 3) array (input IMAGE: the model-input size, or any size since issue 21, resized by
 # the server's exdd_preprocess) or a sequence of encoded files' bytes (input IMAGE_BYTES, decoded by the server).
@@ -52,6 +55,32 @@ class ModelInfo:
     mode: str
     threshold: Optional[float]
     features: Optional[FeatureSpec] = None    # the served extractor's fingerprint (repositories since issue 12)
+    outputs: Tuple[str, ...] = ()             # the ensemble's outputs (the line fields only where it has them)
+    review_band: Optional[Dict[str, float]] = None   # {"ok_below": T1, "defect_above": T2} served (issue 27)
+    min_area: int = 0                         # the served minimum defect area (pixels, 0: off)
+
+
+def line_fields(out: Dict[str, np.ndarray], j: int) -> Dict[str, Any]:
+    """Image j's issue-27 fields of an answer as row values (those the answer has): verdict, confidence (None when
+    not calibrated), area, box ([] without a region), nearest_source, nearest_class."""
+    def text(name: str) -> str:
+        v = out[name][j].reshape(-1)[0]
+        return v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
+    row: Dict[str, Any] = {}
+    if "VERDICT" in out:
+        row["verdict"] = text("VERDICT")
+    if "CONFIDENCE" in out:
+        c = float(out["CONFIDENCE"][j].reshape(-1)[0])
+        row["confidence"] = c if math.isfinite(c) else None
+    if "AREA" in out:
+        row["area"] = int(out["AREA"][j].reshape(-1)[0])
+    if "BOX" in out:
+        box = [int(v) for v in out["BOX"][j].reshape(-1)]
+        row["box"] = box if row.get("area", 1) > 0 else []
+    for name, key in (("NEAREST_SOURCE", "nearest_source"), ("NEAREST_CLASS", "nearest_class")):
+        if name in out:
+            row[key] = text(name)
+    return row
 
 
 def served_threshold(text: Optional[str], where: str = "server", scorer: str = SCORER) -> Optional[float]:
@@ -156,12 +185,23 @@ class Connection:
         if fixed is not None and fixed != hw:
             raise RequestRejected(f"{self.url}: model {self.model!r} takes {fixed[0]}x{fixed[1]} images but its "
                                   f"features say {hw[0]}x{hw[1]} (inconsistent repository)")
+        band = None
+        if params.get("review_band"):
+            try:
+                band = {k: float(v) for k, v in json.loads(params["review_band"]).items()}
+            except (ValueError, TypeError, AttributeError):
+                raise RequestRejected(f"{self.url}: model {self.scorer!r} has config parameter review_band "
+                                      f"{params['review_band'][:60]!r}, not a JSON object of numbers") from None
         return ModelInfo(hw, int(cfg.get("max_batch_size", 1)), params.get("mode", "exdd"),
-                         served_threshold(params.get("threshold"), self.url, self.scorer), features)
+                         served_threshold(params.get("threshold"), self.url, self.scorer), features,
+                         tuple(o["name"] for o in cfg.get("output", [])), band,
+                         int(params.get("min_area") or 0))
 
-    def infer(self, images: Batch, threshold: Optional[float] = None, with_map: bool = False) -> Dict[str, np.ndarray]:
-        """Outputs for a batch (a uint8 (B, H, W, 3) array, or encoded files' bytes: then IMAGE_HW too);
-        ServerUnavailable or RequestRejected on failure."""
+    def infer(self, images: Batch, threshold: Optional[float] = None, with_map: bool = False,
+              line: Sequence[str] = (), min_area: Optional[int] = None) -> Dict[str, np.ndarray]:
+        """Outputs for a batch (a uint8 (B, H, W, 3) array, or encoded files' bytes: then IMAGE_HW too), and the line
+        outputs named (ModelInfo.outputs & LINE_OUTPUTS: those the model has); min_area overrides the served minimum
+        defect area; ServerUnavailable or RequestRejected on failure."""
         from tritonclient.utils import InferenceServerException
         tc = self._tc
         encoded = not isinstance(images, np.ndarray)
@@ -173,9 +213,12 @@ class Connection:
         else:
             inp = tc.InferInput("IMAGE", list(images.shape), "UINT8")
             inp.set_data_from_numpy(np.ascontiguousarray(images, dtype=np.uint8))
-        names = list(OUTPUTS) + ([MAP] if with_map else []) + ([IMAGE_HW] if encoded else [])
+        names = list(OUTPUTS) + ([MAP] if with_map else []) + ([IMAGE_HW] if encoded else []) + list(line)
         outs = [tc.InferRequestedOutput(n) for n in names]
-        params = {"threshold": float(threshold)} if threshold is not None else None
+        params = {"threshold": float(threshold)} if threshold is not None else {}
+        if min_area is not None:
+            params["min_area"] = int(min_area)
+        params = params or None
         try:
             kw = {"client_timeout": self.timeout_s} if self.protocol == "grpc" else {}
             res = self._client.infer(self.model, [inp], outputs=outs, parameters=params, **kw)

@@ -19,7 +19,8 @@ import numpy as np
 from exdd.images import ImageReadError, input_warning, read_model_input
 from exdd_scoring.picture import decode_rgb, resize_rgb
 from exdd.log import get as _logger
-from .connection import IMAGE_HW, MODEL, SCORER, Connection, ModelInfo, RequestRejected, ServerUnavailable, with_retries
+from .connection import (IMAGE_HW, LINE_OUTPUTS, MODEL, SCORER, Connection, ModelInfo, RequestRejected,
+                         ServerUnavailable, line_fields, with_retries)
 
 log = _logger(__name__)
 from .heatmaps import write_heatmap
@@ -45,6 +46,7 @@ class JobConfig:
     # what is sent: "array", the files decoded and resized here (input IMAGE at the model-input size), or
     # "bytes", the files as they are (input IMAGE_BYTES; the server decodes and resizes with the same functions)
     send: str = "array"
+    min_area: Optional[int] = None   # overrides the served minimum defect area (pixels; issue 27)
 
 
 SENDS = ("array", "bytes")
@@ -60,6 +62,7 @@ class JobSummary:
     seconds: float = 0.0
     stopped: Optional[str] = None
     per_server: Dict[str, int] = field(default_factory=dict)
+    verdicts: Dict[str, int] = field(default_factory=dict)     # rows scored this run per verdict (issue 27)
 
 
 class _Pool:
@@ -148,7 +151,8 @@ def _run_batch(pool: _Pool, info: ModelInfo, cfg: JobConfig, paths: Sequence[str
             c = pool.conn(shift=1 if i else 0)
             used["url"] = c.url
             t = time.perf_counter()
-            out = c.infer(batch, cfg.threshold, with_map=cfg.heatmaps is not None)
+            out = c.infer(batch, cfg.threshold, with_map=cfg.heatmaps is not None,
+                          line=[n for n in LINE_OUTPUTS if n in info.outputs], min_area=cfg.min_area)
             return out, (time.perf_counter() - t) * 1000.0
         return with_retries(attempt, cfg.retries, cfg.backoff_s,
                             on_retry=lambda e, d: log.warning("%s; retrying in %.1fs", e, d))
@@ -172,7 +176,8 @@ def _run_batch(pool: _Pool, info: ModelInfo, cfg: JobConfig, paths: Sequence[str
             r.update(score=float(out["SCORE"][j].reshape(-1)[0]), is_defect=bool(out["IS_DEFECT"][j].reshape(-1)[0]),
                      score_neg=float(out["SCORE_NEG"][j].reshape(-1)[0]),
                      score_pos=float(out["SCORE_POS"][j].reshape(-1)[0]),
-                     threshold=thr, mode=info.mode, latency_ms=round(ms, 2), server=used.get("url"))
+                     threshold=thr, mode=info.mode, latency_ms=round(ms, 2), server=used.get("url"),
+                     **line_fields(out, j))
             if encoded:
                 warning = input_warning(tuple(int(v) for v in out[IMAGE_HW][j].reshape(-1)[:2]), info.input_hw)
                 r["warning"] = None if warning is None else f"{paths[i]}: {warning}"
@@ -237,6 +242,8 @@ def run_job(paths: Sequence[str], writer: ResultWriter, cfg: JobConfig,
                         if server:
                             summary.per_server[server] = summary.per_server.get(server, 0) + 1
                         writer.write(row)
+                        if row.get("verdict"):
+                            summary.verdicts[row["verdict"]] = summary.verdicts.get(row["verdict"], 0) + 1
                         summary.scored += row.get("error") is None
                         summary.failed += row.get("error") is not None
                         summary.warned += row.get("error") is None and row.get("warning") is not None

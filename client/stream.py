@@ -10,7 +10,7 @@ from typing import Callable, Deque, Dict, Iterator, Optional, Tuple
 import numpy as np
 
 from exdd.images import ImageReadError, read_image, resize_rgb
-from .connection import Connection, ModelInfo
+from .connection import LINE_OUTPUTS, Connection, ModelInfo, line_fields
 from .sources import expand
 
 
@@ -51,7 +51,7 @@ def stream(source: str, conn_factory: Callable[[], Connection], info: ModelInfo,
         c = getattr(local, "c", None) or conn_factory()
         local.c = c
         t = time.perf_counter()
-        out = c.infer(frame[None], threshold)
+        out = c.infer(frame[None], threshold, line=[n for n in LINE_OUTPUTS if n in info.outputs])
         return out, (time.perf_counter() - t) * 1000
 
     lat = []
@@ -65,7 +65,8 @@ def stream(source: str, conn_factory: Callable[[], Connection], info: ModelInfo,
             out, ms = fut.result()
             lat.append(ms)
             on_result({"frame": fid, "score": float(out["SCORE"].reshape(-1)[0]),
-                       "is_defect": bool(out["IS_DEFECT"].reshape(-1)[0]), "latency_ms": round(ms, 2)})
+                       "is_defect": bool(out["IS_DEFECT"].reshape(-1)[0]), "latency_ms": round(ms, 2),
+                       **line_fields(out, 0)})
         except Exception as e:  # noqa: BLE001 - one failed frame is reported, the stream goes on
             on_result({"frame": fid, "error": str(e)})
 

@@ -3,9 +3,12 @@
 (``ModelConfig`` of tritonclient, protobuf text format), never by string formatting."""
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any, Dict, Optional
 
+from exdd_scoring.answer import review_band
+from exdd_scoring.manifest import BankManifest
 from exdd_scoring.spec import FeatureSpec
 
 from .registry import FEATURES_BACKENDS
@@ -100,8 +103,17 @@ def features_config(features: FeatureSpec, backend: str, s: Serving) -> str:
     return to_text(c)
 
 
+def line_parameters(manifest: BankManifest, mode: str, threshold: Optional[float]) -> Dict[str, Optional[str]]:
+    """The scorer's config parameters a client reads to describe its answers (issue 27): review_band, the JSON
+    {"ok_below": T1, "defect_above": T2} served with this threshold (None: removed, no band), and min_area."""
+    t1, t2 = review_band(manifest.line, mode, threshold)
+    return {"review_band": None if t1 is None else json.dumps({"ok_below": t1, "defect_above": t2}),
+            "min_area": str(0 if manifest.line is None else manifest.line.min_area)}
+
+
 def scorer_config(features: FeatureSpec, mode: str, threshold: Optional[float], s: Serving, sigma: float = 4.0, *,
-                  name: str = "exdd_scorer", product: Optional[str] = None) -> str:
+                  name: str = "exdd_scorer", product: Optional[str] = None,
+                  line: Optional[Dict[str, Optional[str]]] = None) -> str:
     """config.pbtxt of a scorer (Python backend) named name; mode, threshold, features and product are readable by clients.
 
     threshold None leaves the parameter out (the scorer then serves IS_DEFECT false unless a request sets one);
@@ -119,6 +131,7 @@ def scorer_config(features: FeatureSpec, mode: str, threshold: Optional[float], 
         params["threshold"] = repr(float(threshold))
     if product is not None:
         params["product"] = product
+    params.update({k: v for k, v in (line or {}).items() if v is not None})
     if s.kind == "gpu":
         params["FORCE_CPU_ONLY_INPUT_TENSORS"] = "no"  # take GPU tensors as they are (DLPack)
     c.parameters.pop("threshold", None)

@@ -138,6 +138,7 @@ def prepare(bank_dir: str, repo: str, keep_threshold: bool = False, product: Opt
     The caller holds the repository's deploy lock (lock: its repo_lock.Lock, told what is being added)."""
     from exdd_scoring import BankError, load_banks
     from exdd_scoring.bank import check_features, sha256_file
+    from .configs import line_parameters
     from .repository import copy_banks, choose_threshold
 
     pm = product_models(repo, product)
@@ -162,6 +163,8 @@ def prepare(bank_dir: str, repo: str, keep_threshold: bool = False, product: Opt
     new_config = config
     if not keep_threshold:
         new_config = set_config_parameter(config, "threshold", None if new_thr is None else repr(new_thr), scorer)
+        for key, value in line_parameters(banks.manifest, mode, new_thr).items():      # issue 27: the band served
+            new_config = set_config_parameter(new_config, key, value, scorer)
     version = latest + 1
     if lock is not None:
         lock.note(f"adding {scorer} version {version} from {os.path.abspath(bank_dir)}")

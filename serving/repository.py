@@ -35,7 +35,8 @@ from exdd_scoring.manifest import BankManifest
 
 from exdd_scoring.spec import FeatureSpec, SpecError
 
-from .configs import KINDS, Serving, ensemble_config, features_config, preprocess_config, scorer_config
+from .configs import (KINDS, Serving, ensemble_config, features_config, line_parameters, preprocess_config,
+                      scorer_config)
 from exdd_scoring.onnx_metadata import PRECISION_KEY, read_features, read_metadata
 
 from .model_files import copy_resource, model_files
@@ -266,7 +267,8 @@ def assemble_products(onnx_path: str, products: Mapping[Optional[str], str], out
             pm = p.models
             _write_scorer(tmp, pm, p.bank_dir, loaded[pm.scorer].manifest, fjson, index, index_min_size, log)
             _write(os.path.join(tmp, pm.scorer, "config.pbtxt"),
-                   scorer_config(features, p.mode, p.threshold, s, name=pm.scorer, product=pm.product))
+                   scorer_config(features, p.mode, p.threshold, s, name=pm.scorer, product=pm.product,
+                                 line=line_parameters(loaded[pm.scorer].manifest, p.mode, p.threshold)))
             os.makedirs(os.path.join(tmp, pm.ensemble, "1"))
             _write(os.path.join(tmp, pm.ensemble, "config.pbtxt"),
                    ensemble_config(features, s, name=pm.ensemble, scorer=pm.scorer))

@@ -1,4 +1,6 @@
-"""Triton Python-backend model ``exdd_scorer`` (or ``exdd_<product>_scorer``): FEATURES (B, h, w, d) -> SCORE, IS_DEFECT, ANOMALY_MAP, SCORE_NEG, SCORE_POS.
+"""Triton Python-backend model ``exdd_scorer`` (or ``exdd_<product>_scorer``): FEATURES (B, h, w, d) -> SCORE, IS_DEFECT, ANOMALY_MAP, SCORE_NEG, SCORE_POS,
+and what a line operator needs (issue 27, exdd_scoring/answer.py): VERDICT, CONFIDENCE, AREA, BOX, NEAREST_SOURCE,
+NEAREST_CLASS. Request parameters: ``threshold`` and ``min_area`` (pixels) override the configured ones.
 
 The banks are loaded once per instance, from ``banks/`` beside this file, and verified against
 ``features.json`` (the fingerprint of the exported extractor): banks made with other features
@@ -21,7 +23,9 @@ if HERE not in sys.path:
     sys.path.insert(0, HERE)
 
 import exdd_scoring  # noqa: E402  (the scoring package copied into this model directory)
+from exdd_scoring.answer import answer, check_min_area, parse_min_area  # noqa: E402
 from exdd_scoring.triton_config import config_parameter  # noqa: E402
+from exdd_scoring.verdict import VERDICTS  # noqa: E402
 
 
 def parse_threshold(value, where):
@@ -63,24 +67,31 @@ class DecisionMetrics:
             fam(name="exdd_images_scored_total", description="Images scored by exdd_scorer", kind=fam.COUNTER),
             fam(name="exdd_defects_flagged_total", description="Images answered IS_DEFECT=true", kind=fam.COUNTER),
             fam(name="exdd_score", description="Image scores of the served mode", kind=fam.HISTOGRAM),
-            fam(name="exdd_threshold", description="Served decision threshold (NaN: none)", kind=fam.GAUGE)]
+            fam(name="exdd_threshold", description="Served decision threshold (NaN: none)", kind=fam.GAUGE),
+            fam(name="exdd_verdicts_total", description="Images answered per VERDICT (ok, review, defect)",
+                kind=fam.COUNTER)]
         self.scored = self.families[0].Metric(labels=labels)
         self.flagged = self.families[1].Metric(labels=labels)
         self.score = self.families[2].Metric(labels=labels, buckets=score_buckets(threshold))
         self.threshold = self.families[3].Metric(labels=labels)
         self.threshold.set(float("nan") if threshold is None else float(threshold))
+        self.verdicts = {v: self.families[4].Metric(labels=dict(labels, verdict=v)) for v in VERDICTS}
 
-    def record(self, scores, flags):
+    def record(self, scores, flags, verdicts=()):
         """Count one answered request's images."""
         self.scored.increment(float(len(scores)))
         self.flagged.increment(float(np.count_nonzero(flags)))
+        for v in VERDICTS:
+            n = sum(1 for x in verdicts if x == v)
+            if n:
+                self.verdicts[v].increment(float(n))
         for v in np.asarray(scores, dtype=np.float64).reshape(-1):
             if math.isfinite(v):
                 self.score.observe(float(v))
 
     def close(self):
         """Metrics before their families (the backend requires that order)."""
-        self.scored = self.flagged = self.score = self.threshold = None
+        self.scored = self.flagged = self.score = self.threshold = self.verdicts = None
         self.families = None
 
 
@@ -146,15 +157,22 @@ class TritonPythonModel:
             thr = self.scorer.thresholds.get(self.mode)
         self.threshold = None if thr is None else parse_threshold(thr, "config parameter")
         self.product = config_parameter(config, "product", DEFAULT_PRODUCT)
+        self.line = banks.manifest.line                  # issue 27 (None: banks before it)
+        default_area = 0 if self.line is None else self.line.min_area
+        try:
+            self.min_area = parse_min_area(config_parameter(config, "min_area", str(default_area)),
+                                           "config parameter")
+            check_min_area(self.line, self.mode, self.min_area, "config parameter")
+        except ValueError as e:
+            raise RuntimeError(f"{self.name}: {e}") from None
         self.metrics = make_metrics(args["model_version"], self.mode, self.threshold,
                                     self.name, self.product)
 
-    def _record_metrics(self, score, threshold, feats):
+    def _record_metrics(self, score, ans, feats):
         """Decision metrics of one answered request; Triton's warm-up sample is answered but not counted."""
         if self.metrics is not None and not is_warmup(feats, self.xp):
-            flags = (score >= threshold) if threshold is not None else np.zeros(len(score), dtype=bool)
             try:
-                self.metrics.record(score, flags)
+                self.metrics.record(score, ans.is_defect, ans.verdict)
             except Exception:  # noqa: BLE001 - never fail a request over its metrics
                 pass
 
@@ -178,32 +196,47 @@ class TritonPythonModel:
         return arr
 
     def _threshold(self, request):
-        """The request parameter 'threshold' if given, else the configured one (may be None)."""
+        """(threshold, min_area): the request parameters 'threshold' and 'min_area' if given, else the configured
+        ones (the threshold may be None)."""
         raw = request.parameters() if hasattr(request, "parameters") else "{}"
         params = json.loads(raw) if raw else {}
-        if isinstance(params, dict) and "threshold" in params:
-            return parse_threshold(params["threshold"], "request parameter")
-        return self.threshold
+        params = params if isinstance(params, dict) else {}
+        thr = parse_threshold(params["threshold"], "request parameter") if "threshold" in params else self.threshold
+        area = self.min_area
+        if "min_area" in params:
+            area = parse_min_area(params["min_area"], "request parameter")
+            check_min_area(self.line, self.mode, area, "request parameter")
+        return thr, area
 
     def _host(self, arr):
         """A NumPy copy of an xp array."""
         return self.cupy.asnumpy(arr) if self.gpu else np.asarray(arr)
 
     def _score(self, feats):
-        """(score, s_neg, s_pos, map) as NumPy arrays for an xp batch."""
+        """(score, s_neg, s_pos, map, area, box, nearest positive row) as NumPy arrays for an xp batch."""
         out = self.scorer.score(feats, map_modes=(self.mode,), modes=(self.mode,))
+        area, box = out["regions"][self.mode]
         return (self._host(out["scores"][self.mode]), self._host(out["s_neg"]), self._host(out["s_pos"]),
-                self._host(out["maps"][self.mode]))
+                self._host(out["maps"][self.mode]), area, box, self._host(out["nearest_rows"][self.mode]))
 
-    def _response(self, score, s_neg, s_pos, amap, threshold):
-        """The inference response of one request."""
+    def _response(self, score, s_neg, s_pos, amap, area, box, rows, params, feats):
+        """The inference response of one request (params: its threshold and minimum area)."""
+        threshold, min_area = params
+        ans = answer(score, area, box, rows, self.mode, threshold, self.line, self.scorer.sources, min_area)
         col = lambda a: np.ascontiguousarray(a, dtype=np.float32).reshape(-1, 1)  # noqa: E731
-        defect = (score >= threshold) if threshold is not None else np.zeros_like(score, dtype=bool)
+        text = lambda v: np.array([[x.encode()] for x in v], dtype=np.object_).reshape(-1, 1)  # noqa: E731
         tensors = [pb_utils.Tensor("SCORE", col(score)),
-                   pb_utils.Tensor("IS_DEFECT", np.ascontiguousarray(defect, dtype=bool).reshape(-1, 1)),
+                   pb_utils.Tensor("IS_DEFECT", np.ascontiguousarray(ans.is_defect, dtype=bool).reshape(-1, 1)),
                    pb_utils.Tensor("ANOMALY_MAP", np.ascontiguousarray(amap, dtype=np.float32)),
                    pb_utils.Tensor("SCORE_NEG", col(s_neg)),
-                   pb_utils.Tensor("SCORE_POS", col(s_pos))]
+                   pb_utils.Tensor("SCORE_POS", col(s_pos)),
+                   pb_utils.Tensor("VERDICT", text(ans.verdict)),
+                   pb_utils.Tensor("CONFIDENCE", col(ans.confidence)),
+                   pb_utils.Tensor("AREA", np.ascontiguousarray(ans.area, dtype=np.int32).reshape(-1, 1)),
+                   pb_utils.Tensor("BOX", np.ascontiguousarray(ans.box, dtype=np.int32).reshape(-1, 4)),
+                   pb_utils.Tensor("NEAREST_SOURCE", text(ans.nearest_source)),
+                   pb_utils.Tensor("NEAREST_CLASS", text(ans.nearest_class))]
+        self._record_metrics(score, ans, feats)
         return pb_utils.InferenceResponse(output_tensors=tensors)
 
     def execute(self, requests):
@@ -222,15 +255,13 @@ class TritonPythonModel:
                 start = 0
                 for i, f, thr in good:
                     n = int(f.shape[0])
-                    responses[i] = self._response(*(p[start:start + n] for p in parts), thr)
-                    self._record_metrics(parts[0][start:start + n], thr, f)
+                    responses[i] = self._response(*(p[start:start + n] for p in parts), thr, f)
                     start += n
             except Exception:  # noqa: BLE001 - retry one by one so one failure cannot sink the batch
                 for i, f, thr in good:
                     try:
                         parts = self._score(f)
-                        responses[i] = self._response(*parts, thr)
-                        self._record_metrics(parts[0], thr, f)
+                        responses[i] = self._response(*parts, thr, f)
                     except Exception as e:  # noqa: BLE001
                         responses[i] = pb_utils.InferenceResponse(error=pb_utils.TritonError(f"{self.name}: {e}"))
         return responses
