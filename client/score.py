@@ -16,7 +16,8 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from exdd.images import ImageReadError, input_warning, read_model_input
+from exdd.images import ImageReadError, image_size, input_warning, read_model_input
+from exdd_scoring.regions import box_in_image
 from exdd_scoring.picture import decode_rgb, resize_rgb
 from exdd.log import get as _logger
 from .connection import (IMAGE_HW, LINE_OUTPUTS, MODEL, SCORER, Connection, ModelInfo, RequestRejected,
@@ -181,6 +182,10 @@ def _run_batch(pool: _Pool, info: ModelInfo, cfg: JobConfig, paths: Sequence[str
             if encoded:
                 warning = input_warning(tuple(int(v) for v in out[IMAGE_HW][j].reshape(-1)[:2]), info.input_hw)
                 r["warning"] = None if warning is None else f"{paths[i]}: {warning}"
+            if r.get("box"):           # the served box is in the model input's pixels: the row's in the image's own
+                hw = (tuple(int(v) for v in out[IMAGE_HW][j].reshape(-1)[:2]) if encoded
+                      else image_size(paths[i]))
+                r["box"] = list(box_in_image(r["box"], info.input_hw, hw))
             if cfg.heatmaps is not None:
                 # an encoded file's overlay: decoded here exactly as the server decoded it (it did, so it can)
                 image = resize_rgb(decode_rgb(imgs[i], paths[i]), info.input_hw) if encoded else imgs[i]

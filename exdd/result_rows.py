@@ -24,9 +24,10 @@ log = _logger(__name__)
 # a rerun gets the same answer) or "server" (the server failed: a crashed backend, a model not ready; transient,
 # scored again by `client score --retry-errors`); empty on a scored row
 # issue 27 (README, "Running a line"): verdict (ok | review | defect), confidence (calibrated P(defect), empty when
-# not calibrated), area and box (the largest region above the pixel threshold inside the ROI, model-input pixels;
-# box [x0, y0, x1, y1], ends exclusive, as JSON text in a CSV), nearest_source and nearest_class (the training image
-# and class of the known defect nearest to the image's peak patch); empty from servers before issue 27
+# not calibrated), area (pixels of the model input) and box (the image's own pixels) of the largest region above the
+# pixel threshold inside the ROI, box [x0, y0, x1, y1] with ends exclusive ([] without a region; JSON text in a
+# CSV), nearest_source and nearest_class (the training image and class of the known defect nearest to the image's
+# peak patch); empty from servers before issue 27
 LINE_COLUMNS = ["verdict", "confidence", "area", "box", "nearest_source", "nearest_class"]
 COLUMNS = ["path", "score", "is_defect", "score_neg", "score_pos", "threshold", "mode", "latency_ms", "heatmap",
            "error", "warning", "error_kind"] + LINE_COLUMNS

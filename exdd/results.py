@@ -16,6 +16,9 @@ from exdd.fileio import atomic_write, json_safe
 RESULTS_VERSION = 1
 _KNOWN = ("version", "source", "default_mode", "metrics", "thresholds", "images", "errors", "dataset", "split",
           "banks", "weights", "weights_note", "seconds")
+# issue 27: per image (ImageResult), absent in older files; results-level 'review_band' {"ok_below", "defect_above"}
+# and 'roi' (the bank's roi.png) travel in extra
+LINE_FIELDS = ("verdict", "confidence", "area", "box", "nearest_source", "nearest_class")
 
 
 class ResultsError(ValueError):
@@ -34,10 +37,22 @@ class ImageResult:
     heatmap: Optional[str] = None         # an overlay PNG of the anomaly map, when one was written
     error: Optional[str] = None           # a row that could not be scored (scores empty)
     served_score: Optional[float] = None  # the server's score of the default mode (the demo's comparison)
+    # issue 27, of the default mode (exdd_scoring/answer.py; None: not given): ok | review | defect, calibrated
+    # P(defect), the largest region's area (model-input pixels) and box (the image's pixels, [] without a region),
+    # the nearest known defect's training image (relative to the dataset root) and class
+    verdict: Optional[str] = None
+    confidence: Optional[float] = None
+    area: Optional[int] = None
+    box: Optional[List[int]] = None
+    nearest_source: Optional[str] = None
+    nearest_class: Optional[str] = None
 
     def to_dict(self) -> Dict[str, Any]:
         out = {"path": self.path, "label": self.label, "kind": self.kind, "scores": dict(self.scores),
                "s_neg": self.s_neg, "s_pos": self.s_pos}
+        for k in LINE_FIELDS:
+            if getattr(self, k) is not None:
+                out[k] = getattr(self, k)
         if self.heatmap is not None:
             out["heatmap"] = self.heatmap
         if self.error is not None:
@@ -122,10 +137,12 @@ class EvaluationResults:
                 label = int(im.get("label", -1))
                 s_neg, s_pos = _opt_float(im.get("s_neg")), _opt_float(im.get("s_pos"))
                 served = _opt_float(im.get("served_score"))
+                line = _line_fields(im)
             except (TypeError, ValueError):
-                raise ResultsError(f"{where}: images[{i}] ({im['path']}): scores and label must be numbers") from None
+                raise ResultsError(f"{where}: images[{i}] ({im['path']}): scores and label must be numbers, and "
+                                   "verdict, confidence, area, box, nearest_source, nearest_class of their kinds") from None
             images.append(ImageResult(im["path"], label, scores, str(im.get("kind") or ""), s_neg, s_pos,
-                                      im.get("heatmap"), im.get("error"), served))
+                                      im.get("heatmap"), im.get("error"), served, **line))
         errors = []
         for i, e in enumerate(data.get("errors") or []):
             if not isinstance(e, Mapping) or "path" not in e:
@@ -154,6 +171,25 @@ class EvaluationResults:
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
             raise ResultsError(f"{path}: not a readable results JSON ({e})") from None
         return cls.from_dict(data, path)
+
+
+def _line_fields(im: Mapping[str, Any]) -> Dict[str, Any]:
+    """The issue-27 fields of an image row (absent ones None); ValueError when one is of the wrong kind."""
+    out: Dict[str, Any] = {k: None for k in LINE_FIELDS}
+    if im.get("verdict") is not None:
+        out["verdict"] = str(im["verdict"])
+    out["confidence"] = _opt_float(im.get("confidence"))
+    if im.get("area") is not None:
+        out["area"] = int(im["area"])
+    if im.get("box") is not None:
+        box = [int(v) for v in im["box"]]
+        if len(box) not in (0, 4):
+            raise ValueError("box")
+        out["box"] = box
+    for k in ("nearest_source", "nearest_class"):
+        if im.get(k) is not None:
+            out[k] = str(im[k])
+    return out
 
 
 def _float(v: Any) -> float:

@@ -84,3 +84,14 @@ def largest_regions(maps: Any, pixel_threshold: float) -> Tuple[np.ndarray, np.n
     for i in range(above.shape[0]):
         areas[i], boxes[i] = largest_region(above[i])
     return areas, boxes
+
+
+def box_in_image(box, input_hw: Tuple[int, int], image_hw: Tuple[int, int]) -> Tuple[int, int, int, int]:
+    """A box of the model-input frame in the image's own pixels (the image is resized whole to the input):
+    starts rounded down, ends up, so the box still covers the region; NO_BOX stays NO_BOX."""
+    x0, y0, x1, y1 = (int(v) for v in box)
+    if (x0, y0, x1, y1) == NO_BOX:
+        return NO_BOX
+    sy, sx = image_hw[0] / input_hw[0], image_hw[1] / input_hw[1]
+    return (int(np.floor(x0 * sx)), int(np.floor(y0 * sy)),
+            min(int(np.ceil(x1 * sx)), int(image_hw[1])), min(int(np.ceil(y1 * sy)), int(image_hw[0])))

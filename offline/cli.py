@@ -195,6 +195,33 @@ def build(dataset, out_dir, weights, d, projection_seed, projection, projection_
     _warn_test_leak(dataset, layout)
 
 
+def _line_answers(scored, scorer, banks, bank_dir: str, input_hw):
+    """Issue 27: per image its answer's fields in the default mode (the box in the image's own pixels), and the
+    results-level review_band and roi (the bank's roi.png)."""
+    from exdd.images import ImageReadError, image_size
+    from exdd_scoring.answer import answer, review_band
+    from exdd_scoring.regions import box_in_image
+    from exdd_scoring.roi import ROI_PNG
+    mode = scorer.default_mode
+    thr = scorer.thresholds.get(mode)
+    ans = answer(scored.scores[mode], scored.areas, scored.boxes, scored.nearest_rows, mode, thr, banks.manifest.line,
+                 scorer.sources)
+    rows = []
+    for i, s in enumerate(scored.samples):
+        row = ans.row(i)
+        if row["box"]:
+            try:
+                row["box"] = list(box_in_image(row["box"], input_hw, image_size(s.path)))
+            except ImageReadError:
+                pass
+        rows.append(row)
+    t1, t2 = review_band(banks.manifest.line, mode, thr)
+    extra = {} if t1 is None else {"review_band": {"ok_below": t1, "defect_above": t2}}
+    if os.path.isfile(os.path.join(bank_dir, ROI_PNG)) and banks.roi is not None:
+        extra["roi"] = os.path.abspath(os.path.join(bank_dir, ROI_PNG))
+    return rows, extra
+
+
 def _fitted_extractor(kind: str, limit: int, model, info, dataset: str, cfg, synthetic_dirs, layout: str):
     """(extractor, features, matrix) with a projection of kind fitted on the build's normal training images
     (the plan's: the held-out ones are not read), on the backbone already loaded."""
@@ -306,6 +333,7 @@ def evaluate(dataset, bank_dir, weights, layout, split, out_json, batch_size, no
     labels = np.array([s.label for s in scored.samples])
     metrics = metrics_of(scored)
     thresholds = scorer.thresholds
+    line, line_extra = _line_answers(scored, scorer, banks, bank_dir, tuple(info["input_size"]))
     for m, v in metrics.items():
         if m in thresholds and (labels >= 0).all():
             v["at_threshold"] = confusion(scored.scores[m], labels, thresholds[m])
@@ -314,13 +342,13 @@ def evaluate(dataset, bank_dir, weights, layout, split, out_json, batch_size, no
         weights=info["weights"], weights_note=banks.manifest.weights_note,
         default_mode=scorer.default_mode, thresholds=thresholds, metrics=metrics,
         images=[ImageResult(s.path, int(s.label), {m: float(scored.scores[m][i]) for m in scored.scores}, s.kind,
-                            float(scored.s_neg[i]), float(scored.s_pos[i]))
+                            float(scored.s_neg[i]), float(scored.s_pos[i]), **line[i])
                 for i, s in enumerate(scored.samples)],
         errors=[ErrorRow(p, e) for p, e in scored.errors],
         seconds=round(time.time() - t0, 2),
-        extra={**extra, **({"duplicates_of_training_images": {"pairs": [list(x) for x in leaked],
-                                                            "excluded": bool(leaked) and not keep_duplicates}}
-                            if leaked else {})})
+        extra={**extra, **line_extra, **({"duplicates_of_training_images": {"pairs": [list(x) for x in leaked],
+                                                                          "excluded": bool(leaked) and not keep_duplicates}}
+                                         if leaked else {})})
     if out_json:
         result.save(out_json)
     click.echo(f"weights: {info['weights']}" + (f"  [{result.weights_note}]" if result.weights_note else ""))

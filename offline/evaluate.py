@@ -23,6 +23,11 @@ class Scored:
     maps: Dict[str, np.ndarray]
     masks: Optional[np.ndarray]
     errors: List[Tuple[str, str]]
+    # issue 27, of the scorer's default mode: each image's largest region (area, box in the model input's pixels)
+    # and the positive-bank row nearest to its peak patch
+    areas: Optional[np.ndarray] = None
+    boxes: Optional[np.ndarray] = None
+    nearest_rows: Optional[np.ndarray] = None
 
 
 def score_split(samples: Sequence[Sample], model, scorer: Scorer, size_hw: Tuple[int, int],
@@ -53,11 +58,16 @@ def score_features(feature_batches: Iterable[Tuple[List[Sample], np.ndarray, Lis
     s_neg, s_pos, masks = [], [], []
     kinds = sorted({map_of_mode(m) for m in MODES})
     maps = {k: np.zeros((n,) + tuple(size_hw), dtype=np.float32) for k in kinds} if with_maps else {}
+    served = scorer.default_mode
+    areas, boxes, rows = [], [], []
     for bs, feats, ms in feature_batches:
-        r = scorer.score(feats, map_modes=MODES if with_maps else ())
+        r = scorer.score(feats, map_modes=MODES if with_maps else (served,))
         n0 = len(kept)
         for m in MODES:
             sc[m].append(r["scores"][m])
+        areas.append(r["regions"][served][0])
+        boxes.append(r["regions"][served][1])
+        rows.append(np.asarray(r["nearest_rows"][served]))
         s_neg.append(r["s_neg"])
         s_pos.append(r["s_pos"])
         if with_maps:
@@ -70,7 +80,9 @@ def score_features(feature_batches: Iterable[Tuple[List[Sample], np.ndarray, Lis
     k = len(kept)
     cat = lambda v: np.concatenate(v) if v else np.zeros(0, np.float32)  # noqa: E731
     return Scored(kept, {m: cat(v) for m, v in sc.items()}, cat(s_neg), cat(s_pos),
-                  {kk: v[:k] for kk, v in maps.items()}, np.stack(masks) if masks else None, [])
+                  {kk: v[:k] for kk, v in maps.items()}, np.stack(masks) if masks else None, [],
+                  cat(areas).astype(np.int32), np.concatenate(boxes) if boxes else np.zeros((0, 4), np.int32),
+                  cat(rows).astype(np.int64))
 
 
 def metrics_of(scored: Scored) -> Dict[str, Dict[str, float]]:
