@@ -27,6 +27,8 @@ from exdd_scoring import MODES, Bank, BankPair, Scorer, load_banks, load_project
 from exdd_scoring.bank import MANIFEST, BankError, sha256_file
 from exdd_scoring.manifest import REBUILD, BankManifest, BankStats, Parent, SizeChange, Thresholds, UpdateRecord
 from exdd_scoring.knn import bank_neighbors, topk_nearest
+from exdd_scoring.nearest import DefectSources
+from exdd_scoring.roi import ROI_PNG, patch_roi
 from .build import Featurize, bank_file, defect_patches, make_bank, score_samples
 from .calibrate import threshold
 from .coreset import bank_size, extend_kcenter
@@ -106,6 +108,20 @@ def extend_bank(bank: Optional[Bank], vectors: np.ndarray, stats: BankStats, k: 
     return out, st
 
 
+def _grown_sources(sources: Optional[DefectSources], before: int, positive: Bank, vec: np.ndarray,
+                   images: np.ndarray, samples: Sequence[Sample]) -> Optional[DefectSources]:
+    """The parent's defect sources (issue 27) with the rows the update appended to the positive bank: each new row is
+    one of vec (the new defect patches, of images[i]'s sample), found by its bytes; their class is unknown ("").
+    None when the parent had none."""
+    if sources is None or positive.size == before:
+        return sources if sources is None or positive.size == sources.rows.shape[0] else None
+    at = {row.tobytes(): int(i) for i, row in enumerate(np.ascontiguousarray(vec, dtype=np.float32))}
+    names = [os.path.abspath(s.path) for s in samples]
+    new_rows = [len(sources.images) + int(images[at[r.tobytes()]]) for r in positive.vectors[before:]]
+    return DefectSources.of(np.r_[sources.rows, new_rows], list(sources.images) + names,
+                            list(sources.classes) + [""] * len(names))
+
+
 def _add_record(samples: Sequence[Sample]) -> List[str]:
     return [os.path.abspath(s.path) for s in samples]
 
@@ -161,14 +177,20 @@ def update(parent_dir: str, out_dir: str, normals: Sequence[Sample], defects: Se
         added["defect"] = _add_record(sorted(ex_d.samples, key=lambda s: given[s.path]))
     seconds["extract"] = time.perf_counter() - t1
     t2 = time.perf_counter()
+    roi_patches = None if parent.roi is None else patch_roi(parent.roi, pm.features.grid)   # the parent's ROI
+    sources = parent.sources
     if ex_n is not None and ex_n.features.shape[0]:
-        negative, neg_stats = extend_bank(negative, ex_n.features.reshape(-1, d), neg_stats, k)
+        rows = ex_n.features if roi_patches is None else ex_n.features[:, roi_patches]
+        negative, neg_stats = extend_bank(negative, rows.reshape(-1, d), neg_stats, k)
     if ex_d is not None and ex_d.features.shape[0]:
-        sel = defect_patches(ex_d.covers, min_cover)
+        covers = ex_d.covers if roi_patches is None else ex_d.covers * roi_patches[None]
+        sel = defect_patches(covers, min_cover)
         vec = ex_d.features[sel]
         if vec.shape[0]:
+            before = 0 if positive is None else positive.size
             positive, pos_stats = extend_bank(positive, vec, pos_stats if positive else BankStats(0, 0), k,
                                               defaults.POS_RATIO)
+            sources = _grown_sources(sources, before, positive, vec, np.nonzero(sel)[0], ex_d.samples)
     seconds["banks"] = time.perf_counter() - t2
     if not added["normal"] and not added["defect"]:
         raise ValueError("none of the new images could be read: " + "; ".join(e for _, e in errors[:5]))
@@ -187,7 +209,7 @@ def update(parent_dir: str, out_dir: str, normals: Sequence[Sample], defects: Se
         import warnings
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
-            scorer = Scorer(BankPair(negative, positive, manifest))
+            scorer = Scorer(BankPair(negative, positive, manifest, parent.roi, sources))
         scores = score_samples(scorer, ex.features)
         values: Dict[str, float] = {}
         detail: Dict[str, Dict[str, Any]] = {}
@@ -209,8 +231,12 @@ def update(parent_dir: str, out_dir: str, normals: Sequence[Sample], defects: Se
                        created=now, files={})
     t4 = time.perf_counter()
     projection = load_projection(parent_dir, pm)   # the parent's, read before the swap
+    roi_png = None
+    if parent.roi is not None and os.path.isfile(os.path.join(parent_dir, ROI_PNG)):
+        with open(os.path.join(parent_dir, ROI_PNG), "rb") as f:
+            roi_png = f.read()
     with staged_dir(out_dir, bank_file, "banks") as tmp:   # written beside, fsync'd, swapped in whole
-        manifest = save_bank(tmp, negative, positive, manifest, projection)
+        manifest = save_bank(tmp, negative, positive, manifest, projection, parent.roi, roi_png, sources)
     seconds["save"] = time.perf_counter() - t4
     seconds["total"] = time.perf_counter() - t0
     return UpdateResult(manifest, errors, {k_: round(v, 3) for k_, v in seconds.items()})

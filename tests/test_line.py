@@ -127,11 +127,11 @@ def test_every_answer_carries_the_line_fields_as_the_offline_path_gives_them(ser
     assert set(info.outputs) >= set(OUTPUTS)
 
 
-# The tiny world's calibrated thresholds (random-init backbone) mean nothing, so the artefact test sends its own:
-# a constant between the scores the block gets outside the ROI (5.5) and inside it (11.4); the clean image scores
-# 1.1 and, without the ROI, the block outside scores ARTEFACT_PLAIN_MIN or more (deterministic: random:0 weights,
-# generated images).
-ARTEFACT_THRESHOLD = 8.0
+# The tiny world's calibrated thresholds (random-init backbone) mean nothing, so the artefact test sends its own, a
+# constant: the clean image scores 1.10; the block outside the ROI 5.49 (it still reaches the patches inside through
+# the backbone's receptive field: README, "Running a line"), 7.04 without the ROI, 11.44 inside the ROI
+# (deterministic: random:0 weights, generated images; measured 2026-12-04).
+ARTEFACT_THRESHOLD = 6.25
 
 
 def test_an_artefact_outside_the_roi_does_not_flag_the_image_inside_it_does(served):
