@@ -11,7 +11,8 @@ from exdd.images import ImageReadError, image_size, read_image, read_mask
 from exdd.results import ErrorRow, EvaluationResults, ImageResult
 from exdd.datasets import Sample
 from exdd.metrics import summary
-from .connection import Connection, ModelInfo, with_retries
+from exdd_scoring.regions import box_in_image
+from .connection import LINE_OUTPUTS, Connection, ModelInfo, line_fields, with_retries
 
 
 def evaluate(samples: Sequence[Sample], conn_factory: Callable[[], Connection], info: ModelInfo, batch: int,
@@ -41,7 +42,8 @@ def evaluate(samples: Sequence[Sample], conn_factory: Callable[[], Connection], 
         def attempt(i: int):
             if i or getattr(local, "c", None) is None:
                 local.c = conn_factory()
-            return local.c.infer(np.stack(imgs), with_map=with_pixel)
+            return local.c.infer(np.stack(imgs), with_map=with_pixel,
+                                 line=[n for n in LINE_OUTPUTS if n in info.outputs])
         out = with_retries(attempt, retries, 0.5)
         if progress:
             progress(len(chunk))
@@ -49,7 +51,7 @@ def evaluate(samples: Sequence[Sample], conn_factory: Callable[[], Connection], 
 
     chunks = [samples[i:i + batch] for i in range(0, len(samples), batch)]
     kept: List[Sample] = []
-    scores, s_neg, s_pos, maps, masks, errors = [], [], [], [], [], []
+    scores, s_neg, s_pos, maps, masks, errors, line = [], [], [], [], [], [], []
     with ThreadPoolExecutor(concurrency) as ex:
         for k, out, m, errs in ex.map(run, chunks):
             errors += errs
@@ -59,6 +61,11 @@ def evaluate(samples: Sequence[Sample], conn_factory: Callable[[], Connection], 
             scores.append(out["SCORE"].reshape(-1))
             s_neg.append(out["SCORE_NEG"].reshape(-1))
             s_pos.append(out["SCORE_POS"].reshape(-1))
+            for j, smp in enumerate(k):              # issue 27: the answer's line fields, the box in image pixels
+                row = line_fields(out, j)
+                if row.get("box"):
+                    row["box"] = list(box_in_image(row["box"], hw, image_size(smp.path)))
+                line.append(row)
             if with_pixel:
                 maps.append(out["ANOMALY_MAP"].astype(np.float32))
                 masks += m
@@ -72,7 +79,8 @@ def evaluate(samples: Sequence[Sample], conn_factory: Callable[[], Connection], 
     return EvaluationResults(
         metrics={info.mode: met}, default_mode=info.mode,
         thresholds={info.mode: info.threshold} if info.threshold is not None else {},
-        images=[ImageResult(s.path, int(s.label), {info.mode: float(sc[i])}, s.kind, float(sn[i]), float(sp[i]))
-                for i, s in enumerate(kept)],
+        images=[ImageResult(s.path, int(s.label), {info.mode: float(sc[i])}, s.kind, float(sn[i]), float(sp[i]),
+                            **line[i]) for i, s in enumerate(kept)],
         errors=[ErrorRow(p, e) for p, e in errors],
-        weights=info.features.weights if info.features else None)
+        weights=info.features.weights if info.features else None,
+        extra={"review_band": dict(info.review_band)} if info.review_band else {})

@@ -178,7 +178,7 @@ def update(parent_dir: str, out_dir: str, normals: Sequence[Sample], defects: Se
     seconds["extract"] = time.perf_counter() - t1
     t2 = time.perf_counter()
     roi_patches = None if parent.roi is None else patch_roi(parent.roi, pm.features.grid)   # the parent's ROI
-    sources = parent.sources
+    defect_sources = parent.sources
     if ex_n is not None and ex_n.features.shape[0]:
         rows = ex_n.features if roi_patches is None else ex_n.features[:, roi_patches]
         negative, neg_stats = extend_bank(negative, rows.reshape(-1, d), neg_stats, k)
@@ -190,7 +190,7 @@ def update(parent_dir: str, out_dir: str, normals: Sequence[Sample], defects: Se
             before = 0 if positive is None else positive.size
             positive, pos_stats = extend_bank(positive, vec, pos_stats if positive else BankStats(0, 0), k,
                                               defaults.POS_RATIO)
-            sources = _grown_sources(sources, before, positive, vec, np.nonzero(sel)[0], ex_d.samples)
+            defect_sources = _grown_sources(defect_sources, before, positive, vec, np.nonzero(sel)[0], ex_d.samples)
     seconds["banks"] = time.perf_counter() - t2
     if not added["normal"] and not added["defect"]:
         raise ValueError("none of the new images could be read: " + "; ".join(e for _, e in errors[:5]))
@@ -209,7 +209,7 @@ def update(parent_dir: str, out_dir: str, normals: Sequence[Sample], defects: Se
         import warnings
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
-            scorer = Scorer(BankPair(negative, positive, manifest, parent.roi, sources))
+            scorer = Scorer(BankPair(negative, positive, manifest, parent.roi, defect_sources))
         scores = score_samples(scorer, ex.features)
         values: Dict[str, float] = {}
         detail: Dict[str, Dict[str, Any]] = {}
@@ -236,7 +236,7 @@ def update(parent_dir: str, out_dir: str, normals: Sequence[Sample], defects: Se
         with open(os.path.join(parent_dir, ROI_PNG), "rb") as f:
             roi_png = f.read()
     with staged_dir(out_dir, bank_file, "banks") as tmp:   # written beside, fsync'd, swapped in whole
-        manifest = save_bank(tmp, negative, positive, manifest, projection, parent.roi, roi_png, sources)
+        manifest = save_bank(tmp, negative, positive, manifest, projection, parent.roi, roi_png, defect_sources)
     seconds["save"] = time.perf_counter() - t4
     seconds["total"] = time.perf_counter() - t0
     return UpdateResult(manifest, errors, {k_: round(v, 3) for k_, v in seconds.items()})

@@ -159,3 +159,34 @@ def test_defect_sources_name_the_image_and_class_of_bank_rows():
         DefectSources.of([0, 3], ["a", "b"], ["x", "y"])
     with pytest.raises(SourcesError, match="2 images"):
         DefectSources(np.zeros(1, np.int32), np.array(["a", "b"]), np.array(["x"]))
+
+
+def test_banks_before_issue_27_answer_ok_or_defect_at_the_threshold_with_nothing_made_up():
+    from exdd_scoring.answer import answer, parse_min_area, check_min_area
+    ans = answer(np.array([0.5, 1.5, 2.5]), np.zeros(3), np.zeros((3, 4)), np.array([-1, -1, -1]), "dual_bounded",
+                 1.5, None, None)
+    assert ans.verdict == ("ok", "defect", "defect") and ans.is_defect.tolist() == [False, True, True]
+    assert np.isnan(ans.confidence).all() and ans.nearest_source == ("", "", "")
+    assert ans.row(0) == {"verdict": "ok", "confidence": None, "area": 0, "box": [], "nearest_source": "",
+                          "nearest_class": ""}
+    assert parse_min_area("12", "request parameter") == 12
+    for bad in (-1, 2.5, "x", True):
+        with pytest.raises(ValueError, match="min_area"):
+            parse_min_area(bad, "request parameter")
+    with pytest.raises(ValueError, match="pixel threshold"):
+        check_min_area(None, "dual_bounded", 5, "request parameter")
+    check_min_area(None, "dual_bounded", 0, "request parameter")       # 0 = off: nothing to measure
+
+
+def test_the_manifest_line_section_reads_back_and_is_absent_before_version_3():
+    from exdd_scoring.manifest import LineRules, ManifestError
+    d = {"review": {"dual": {"ok_below": 1.0, "defect_above": 2.0, "detail": {"misses": 0.01}}},
+         "confidence": {"dual": {"mean": 1.0, "scale": 0.5, "coef": 2.0, "intercept": -1.0}},
+         "pixel_threshold": {"dual": 3.5}, "min_area": 12,
+         "roi": {"sha256": "ab" * 32, "source": "/x/roi.png", "patches_inside": 10, "patches": 20}}
+    rules = LineRules.from_dict(d, "m.json")
+    assert LineRules.from_dict(rules.to_dict(), "m.json") == rules and rules.min_area == 12
+    with pytest.raises(ManifestError, match="line.review.dual.ok_below"):
+        LineRules.from_dict({"review": {"dual": {"ok_below": 3.0, "defect_above": 2.0}}}, "m.json")
+    with pytest.raises(ManifestError, match="min_area"):
+        LineRules.from_dict({"min_area": -1}, "m.json")
