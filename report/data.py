@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import html
+import json
 import math
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -121,25 +122,32 @@ def histogram(scores: np.ndarray, labels: np.ndarray, thr: Optional[float], bins
     return out
 
 
-def review_band(results: Dict[str, Any]) -> Optional[Tuple[float, float]]:
-    """(ok_below, defect_above) of the results' 'review_band' (scores between them go to a person), or None
-    when absent or not two finite numbers in order."""
+def review_band(results: Dict[str, Any]) -> Tuple[Optional[Tuple[float, float]], str]:
+    """((ok_below, defect_above), '') of the results' 'review_band' (scores between them go to a person);
+    (None, '') when absent; (None, why) when it is not two finite numbers in order."""
     band = results.get("review_band")
-    if not isinstance(band, dict):
-        return None
-    t1, t2 = finite_or_none(band.get("ok_below")), finite_or_none(band.get("defect_above"))
-    return (t1, t2) if t1 is not None and t2 is not None and t1 <= t2 else None
+    if band is None:
+        return None, ""
+    t1 = finite_or_none(band.get("ok_below")) if isinstance(band, dict) else None
+    t2 = finite_or_none(band.get("defect_above")) if isinstance(band, dict) else None
+    if t1 is None or t2 is None or t1 > t2:
+        return None, (f"review_band {json.dumps(band, default=str)[:200]} not drawn: it needs ok_below <= "
+                      f"defect_above, two finite numbers")
+    return (t1, t2), ""
 
 
-def confidence_labels(results: Dict[str, Any]) -> Tuple[np.ndarray, np.ndarray]:
-    """The 'confidence' (0..1) of the scored images labelled 0 or 1, and their labels."""
-    c, y = [], []
+def confidence_labels(results: Dict[str, Any]) -> Tuple[np.ndarray, np.ndarray, int]:
+    """The 'confidence' (0..1) of the scored images labelled 0 or 1, their labels, and how many confidences
+    (of any image) were left out for lying outside 0..1."""
+    c, y, bad = [], [], 0
     for im in ok_images(results):
         v, lab = finite_or_none(im.get("confidence")), int(im.get("label", -1))
-        if v is not None and 0.0 <= v <= 1.0 and lab in (0, 1):
+        if v is not None and not 0.0 <= v <= 1.0:
+            bad += 1
+        elif v is not None and lab in (0, 1):
             c.append(v)
             y.append(lab)
-    return np.asarray(c, dtype=np.float64), np.asarray(y, dtype=np.int64)
+    return np.asarray(c, dtype=np.float64), np.asarray(y, dtype=np.int64), bad
 
 
 def reliability(conf: np.ndarray, labels: np.ndarray, bins: int = 10) -> Dict[str, Any]:

@@ -141,9 +141,10 @@ def thumbnail_uri(path: str, box: Tuple[int, int] = THUMB_BOX, roi: Optional[np.
         sx, sy = size[0] / full[0], size[1] / full[1]
         x0, y0, x1, y1 = (float(v) for v in region)
         ImageDraw.Draw(img).rectangle([x0 * sx, y0 * sy, max(x1 * sx - 1, x0 * sx), max(y1 * sy - 1, y0 * sy)],
-                                      outline=BOX_COLOR, width=1)
+                                      outline=BOX_COLOR, width=2)
     buf = io.BytesIO()
-    img.save(buf, format="JPEG", quality=88)
+    # full-resolution colour (4:4:4) where lines are drawn: 4:2:0 would smear the box's thin colour away
+    img.save(buf, format="JPEG", quality=88, subsampling=0 if roi is not None or region is not None else -1)
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
@@ -307,15 +308,18 @@ def _calibration(results: Dict[str, Any], data: Dict[str, Any]) -> str:
     """The reliability diagram of the images' 'confidence' against their labels, or '' without confidence."""
     if not any(finite_or_none(im.get("confidence")) is not None for im in ok_images(results)):
         return ""
-    conf, y = confidence_labels(results)
+    conf, y, bad = confidence_labels(results)
     head = "<h2>Confidence calibration</h2>"
+    left = (f'<p class="note" id="confidence-problem">{bad} confidence{"s" if bad > 1 else ""} outside 0..1 left out.'
+            f'</p>' if bad else "")
     if conf.size == 0:
-        return head + '<p class="note" id="no-reliability">No labelled image has a confidence: calibration not checked.</p>'
+        return (head + '<p class="note" id="no-reliability">No labelled image has a confidence: calibration not '
+                'checked.</p>' + left)
     rel = data["reliability"] = reliability(conf, y)
     return (f'{head}<div class="charts"><figure id="reliability">{svg_reliability(rel)}<figcaption>Per confidence bin: '
             f'the bar is the share of defective images, the dot the mean confidence<br>(on the dashed diagonal when '
             f'calibrated); n images per bin under the axis. {rel["n"]} labelled images,<br>expected calibration error '
-            f'{fmt_metric(rel["ece"], 3)}, Brier score {fmt_metric(rel["brier"], 3)}.</figcaption></figure></div>')
+            f'{fmt_metric(rel["ece"], 3)}, Brier score {fmt_metric(rel["brier"], 3)}.</figcaption></figure></div>{left}')
 
 
 # ----------------------------------------------------------------------------- the report
@@ -330,8 +334,9 @@ def build_report(results: Dict[str, Any], title: str = "ExDD evaluation report",
     counts = image_counts(results)
     data: Dict[str, Any] = {"title": title, "generated": generated, "modes": modes, "counts": counts,
                             "roc": {}, "histograms": {}, "at_threshold": {}, "gallery": {}}
-    band = review_band(results)
-    band_mode = (results.get("review_band") or {}).get("mode") or results.get("default_mode")
+    band, band_problem = review_band(results)
+    rb = results.get("review_band")
+    band_mode = (rb.get("mode") if isinstance(rb, dict) else None) or results.get("default_mode")
     if band is not None:
         data["review_band"] = {"ok_below": band[0], "defect_above": band[1], "mode": band_mode}
     at: Dict[str, Dict[str, Any]] = {}
@@ -357,6 +362,9 @@ def build_report(results: Dict[str, Any], title: str = "ExDD evaluation report",
         if sa.size:
             data["histograms"][m] = histogram(sa, ya, thr, marks=band if band is not None and m == band_mode else ())
     data["at_threshold"] = at
+    if band is not None and band_mode not in data["histograms"]:
+        band, band_problem = None, f"review_band not drawn: no scores of its mode {band_mode!r}"
+        data.pop("review_band", None)
 
     if data["roc"]:
         roc = (f'<figure>{svg_roc(data["roc"], colors)}<figcaption>Image-level ROC per mode from the per-image '
@@ -368,15 +376,21 @@ def build_report(results: Dict[str, Any], title: str = "ExDD evaluation report",
              f'<section><h2>ROC curves</h2>{roc}</section></div>']
     parts.append("<h2>Score distributions</h2>")
     if data["histograms"]:
-        figs = "".join(f'<figure>{svg_histogram(h, thresholds.get(m), m + (" (default)" if m == results.get("default_mode") else ""), band=band if m == band_mode else None)}'
+        def hist_title(m: str) -> str:
+            return m + (" (default)" if m == results.get("default_mode") else "")
+        figs = "".join(f'<figure>{svg_histogram(h, thresholds.get(m), hist_title(m), band=band if m == band_mode else None)}'
                        f'</figure>' for m, h in data["histograms"].items())
         said = (f' The <span class="swatch" style="background:{BAND_COLOR}"></span>shaded band on {esc(band_mode)} is '
                 f'the review band: scores from {band[0]:.4g} to {band[1]:.4g} go to a person.' if band is not None else "")
+        if any(sum(h["over"].values()) + sum(h["under"].values()) for h in data["histograms"].values()):
+            said = (" A few scores far beyond the others are counted in a bar apart (&raquo; above, &laquo; below), "
+                    "as said under the chart." + said)
         parts.append(f'<div class="charts">{figs}</div><p class="note">Normal vs defective image scores per mode; '
-                     f'the dashed line is the calibrated threshold (score &ge; threshold is flagged). A few scores far '
-                     f'beyond the others are counted in a bar apart (&raquo; / &laquo;), as said under the chart.{said}</p>')
+                     f'the dashed line is the calibrated threshold (score &ge; threshold is flagged).{said}</p>')
     else:
         parts.append('<p class="note">No scored images.</p>')
+    if band_problem:
+        parts.append(f'<p class="note" id="band-problem">{esc(band_problem)}</p>')
     parts.append(_calibration(results, data))
     gm = results.get("default_mode") if results.get("default_mode") in modes else (modes[0] if modes else None)
     if gm is not None and ok_images(results):
@@ -391,10 +405,12 @@ def build_report(results: Dict[str, Any], title: str = "ExDD evaluation report",
                          f'<span class="swatch" style="background:{rgb(PRED_COLOR)};border:1px solid #8c959f"></span>'
                          f'predicted defect contour, <span class="swatch" style="background:{rgb(GT_COLOR)}"></span>'
                          f'ground-truth contour.</p>')
-        if roi is not None or any(_region(im) for im in ok_images(results)):
-            parts.append(f'<p class="note" id="roi-note">{"Black-and-white dashes: the region of interest (outside it " if roi is not None else ""}'
-                         f'{"nothing is inspected); " if roi is not None else ""}<span class="swatch" '
-                         f'style="background:rgb{BOX_COLOR}"></span>box of the largest defect region.</p>')
+        marks = (["black-and-white dashes: the region of interest (outside it nothing is inspected)"]
+                 if roi is not None else [])
+        if any(_region(im) for im in ok_images(results)):
+            marks.append(f'<span class="swatch" style="background:rgb{BOX_COLOR}"></span>box of the largest region')
+        if marks:
+            parts.append(f'<p class="note" id="roi-note">On the thumbnails: {"; ".join(marks)}.</p>')
         if roi_problem:
             parts.append(f'<p class="note" id="roi-problem">{esc(roi_problem)}</p>')
         groups = []

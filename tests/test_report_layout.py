@@ -172,3 +172,150 @@ def test_no_overflow_or_overlap_in_headless_chromium(page, width, tmp_path):
     keep = os.environ.get("EXDD_REPORT_SCREENSHOT_DIR")
     if keep:
         shutil.copy(shot, os.path.join(keep, shot.name))
+
+
+def _svg_of(text: str, title: str) -> str:
+    """The histogram svg titled title in the page."""
+    m = re.search(r'<svg[^>]*class="chart hist"[^>]*aria-label="' + re.escape(title) + r'".*?</svg>', text)
+    assert m, f"no histogram {title}"
+    return m.group(0)
+
+
+def test_histogram_keeps_the_bulk_readable_whatever_the_outliers():
+    rng = np.random.default_rng(3)
+    s = np.r_[rng.normal(1.0, 0.1, 14), rng.normal(1.5, 0.1, 8), 100.0, 150.0, -400.0]
+    y = np.r_[[0] * 14, [1] * 8, 0, 1, -1]
+    h = histogram(s, y, 1.3, marks=(1.2, 1.4))
+    assert h["edges"][-1] < 3 and h["edges"][0] > 0           # the bins span the bulk, not the outliers
+    assert sum(np.count_nonzero(h[k]) for k in ("normal", "defective")) >= 10, "the bulk still in a few bins"
+    assert h["over"] == {"normal": 1, "defective": 1, "unknown": 0}
+    assert h["under"] == {"normal": 0, "defective": 0, "unknown": 1}
+    for k, n in (("normal", 15), ("defective", 9), ("unknown", 1)):   # every score counted once
+        assert sum(h[k]) + h["over"][k] + h["under"][k] == n
+    assert (h["min"], h["max"]) == (-400.0, 150.0)
+    # a defect class well apart from the normal one is no outlier: nothing clipped
+    s2 = np.r_[rng.normal(1.0, 0.1, 40), rng.normal(10.0, 1.0, 6)]
+    h2 = histogram(s2, np.r_[[0] * 40, [1] * 6], 5.0)
+    assert sum(h2["over"].values()) == sum(h2["under"].values()) == 0
+    assert h2["edges"][0] < s2.min() and h2["edges"][-1] > s2.max()
+    # the threshold and the band stay inside the bins even far from every score
+    h3 = histogram(s, y, 40.0, marks=(-3.0, 41.0))
+    assert h3["edges"][0] < -3.0 and h3["edges"][-1] > 41.0 and h3["over"]["defective"] == 1
+
+
+def test_histogram_chart_says_what_it_leaves_out(page, layout_results):
+    _, text, _ = page
+    results, _ = layout_results
+    svg = _svg_of(text, "exdd")
+    top = max(im["scores"]["exdd"] for im in results["images"])
+    assert re.search(r"\u00bb bar: 2 scores above [0-9.]+ \(max " + f"{top:.3g}" + r"\)", svg), svg[-600:]
+    assert svg.count('class="bar-over') == 2                  # one normal, one defective, in the bar apart
+    assert text.count('class="chart hist"') == len(MODES) and text.count('class="chart-title"') == len(MODES)
+
+
+def test_review_band_is_shaded_on_its_mode_around_the_threshold(page, layout_results):
+    _, text, _ = page
+    results, _ = layout_results
+    assert text.count('class="review-band"') == 1
+    svg = _svg_of(text, "dual_bounded (default)")
+    band = re.search(r'class="review-band" x="([0-9.]+)" y="[0-9.]+" width="([0-9.]+)"', svg)
+    thr_x = float(re.search(r'class="threshold" x1="([0-9.]+)"', svg).group(1))
+    x0, bw = float(band.group(1)), float(band.group(2))
+    t1, t2 = results["review_band"]["ok_below"], results["review_band"]["defect_above"]
+    thr = results["thresholds"]["dual_bounded"]
+    assert t1 < thr < t2
+    # the threshold line sits inside the band where it sits between ok_below and defect_above
+    frac = (thr_x - x0) / bw
+    assert frac == pytest.approx((thr - t1) / (t2 - t1), abs=0.02)
+    assert "review 2.1\u20132.6" in svg
+
+
+def test_reliability_diagram_bins_confidence_against_the_labels(page, layout_results):
+    from exdd.report.data import reliability
+    rel = reliability(np.array([0.05, 0.1, 0.55, 0.95, 1.0, 0.5]), np.array([0, 0, 1, 1, 1, 0]), bins=10)
+    assert rel["count"] == [1, 1, 0, 0, 0, 2, 0, 0, 0, 2]
+    assert rel["rate"][5] == 0.5 and rel["confidence"][5] == pytest.approx(0.525, abs=1e-12)
+    assert rel["rate"][2] is None and rel["rate"][9] == 1.0
+    ece = (1 * 0.05 + 1 * 0.1 + 2 * abs(0.5 - 0.525) + 2 * abs(1 - 0.975)) / 6
+    assert rel["ece"] == pytest.approx(ece, abs=1e-12)
+    assert rel["brier"] == pytest.approx(np.mean(np.array([0.05, 0.1, 0.45, 0.05, 0.0, 0.5]) ** 2), abs=1e-12)
+    _, text, _ = page
+    results, _ = layout_results
+    fig = re.search(r'<figure id="reliability">.*?</figure>', text).group(0)
+    counts = [int(n) for n in re.findall(r'class="bin-count"[^>]*>(\d+)<', fig)]
+    labelled = [im for im in results["images"] if im["label"] in (0, 1)]
+    assert len(counts) == 10 and sum(counts) == len(labelled)
+    assert "expected calibration error" in fig
+
+
+def _thumb_rgb(uri: str) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1]))).convert("RGB")).astype(int)
+
+
+def test_gallery_draws_the_roi_and_the_box_and_shows_the_nearest_defect(page, layout_results):
+    from exdd.report.html import BOX_COLOR, thumbnail_uri
+    results, root = layout_results
+    hm = next(im for im in results["images"] if im["heatmap"])["heatmap"]
+    roi = np.asarray(Image.open(root / "roi.png")) > 127
+    plain = _thumb_rgb(thumbnail_uri(hm))
+    marked = _thumb_rgb(thumbnail_uri(hm, roi=roi, region=[10, 30, 40, 60]))
+    assert plain.shape == marked.shape == (240, 96, 3)        # 64 x 160 fitted into 160 x 240: scale 1.5
+    col = marked[ROI_BOX[1] * 3 // 2 + 4:ROI_BOX[3] * 3 // 2 - 4, ROI_BOX[0] * 3 // 2]   # the ROI's left edge
+    grey = np.abs(col - col.mean(axis=1, keepdims=True)).max(axis=1) < 40
+    assert grey.mean() > 0.9 and (col.mean(axis=1) < 80).any() and (col.mean(axis=1) > 180).any()
+    assert np.abs(plain[ROI_BOX[1] * 3 // 2 + 4:ROI_BOX[3] * 3 // 2 - 4, ROI_BOX[0] * 3 // 2] - col).mean() > 40
+    far = lambda px: np.abs(px[45:47, 18:57] - np.array(BOX_COLOR)).max(axis=2).mean()  # noqa: E731
+    assert far(marked) < 70 < far(plain)                       # the box's top edge, y = 30 * 1.5, x 15..60
+    _, text, _ = page
+    shown = set(re.findall(r'<div class="name">([^<]+)</div>', text))
+    with_near = [im for im in results["images"] if os.path.basename(im["path"]) in shown and im["nearest_source"]]
+    assert with_near and text.count('data-role="nearest"') == len(with_near) == text.count('class="card pair"')
+    assert "nearest known defect: <b>scratch</b>" in text and 'id="roi-note"' in text
+    assert re.search(r'class="verdict v-(ok|review|defect)"', text) and "confidence 0." in text and " px</div>" in text
+
+
+def test_results_without_the_new_fields_look_as_before(layout_results, tmp_path):
+    results, _ = layout_results
+    old = {k: v for k, v in results.items() if k not in ("review_band", "roi", "banks")}
+    keys = ("verdict", "confidence", "area", "box", "nearest_source", "nearest_class")
+    old["images"] = [{k: v for k, v in im.items() if k not in keys} for im in results["images"]]
+    page_old, data = build_report(old)
+    for absent in ('class="review-band"', "Confidence calibration", 'data-role="nearest"', 'id="roi-note"',
+                   'class="line"', "nearest known defect", "-problem"):
+        assert absent not in page_old, absent
+    assert "review_band" not in data and "reliability" not in data and "roi" not in data
+    # the ROI is found in the bank folder when the results only name the banks
+    _, data = build_report({**old, "banks": results["banks"]})
+    assert data["roi"] == results["roi"]
+
+
+def test_bad_optional_fields_are_said_not_drawn(layout_results, tmp_path):
+    results, _ = layout_results
+    bad_roi = tmp_path / "roi.png"
+    bad_roi.write_bytes(b"not a png")
+    imgs = [{**im, "confidence": 7.0} if i == 0 else im for i, im in enumerate(results["images"])]
+    page_bad, data = build_report({**results, "review_band": {"ok_below": 3, "defect_above": 1},
+                                   "roi": str(bad_roi), "images": imgs})
+    assert 'id="band-problem"' in page_bad and "ok_below &lt;= defect_above" in page_bad
+    assert 'class="review-band"' not in page_bad and "review_band" not in data
+    assert 'id="roi-problem"' in page_bad and "roi.png" in page_bad
+    assert 'id="confidence-problem"' in page_bad and data["reliability"]["n"] == 21
+    page_bad, _ = build_report({**results, "review_band": [1, 2]})
+    assert 'id="band-problem"' in page_bad
+    page_bad, _ = build_report({**results, "review_band": {**results["review_band"], "mode": "nope"}})
+    assert "no scores of its mode 'nope'" in html.unescape(page_bad)
+
+
+def test_report_cli_draws_the_results_level_fields(layout_results, tmp_path):
+    """Through `exdd report` (the results file validated by exdd.results): the review band and the ROI, which live at
+    the results' top level, reach the page."""
+    from click.testing import CliRunner
+    from exdd.report.cli import report as report_cmd
+    results, _ = layout_results
+    src = tmp_path / "results.json"
+    src.write_text(json.dumps(results))
+    out = tmp_path / "page.html"
+    r = CliRunner().invoke(report_cmd, [str(src), "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    text = out.read_text()
+    assert text.count('class="review-band"') == 1 and 'id="roi-note"' in text
