@@ -27,6 +27,7 @@ from exdd_scoring.scores import MODES            # every mode, as `offline evalu
 CHROMIUM = next((p for p in (shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome",
                                                        "google-chrome-stable")) if p), None)
 WIDTHS = (1000, 1200, 1400, 1600)
+SHOT_WIDTH = 1400                     # the width of the issue's report; one screenshot keeps the module fast
 ROI_BOX = (8, 20, 56, 140)            # the ROI rectangle (x0, y0, x1, y1) of the 64 x 160 images
 
 # The page measures itself once loaded: every element inside its parent, no two neighbours (sections side by side,
@@ -129,15 +130,32 @@ def layout_results(tmp_path_factory):
     return results, root
 
 
-@pytest.fixture(scope="module")
-def page(layout_results):
-    """The report of the generated results and the probe copy of it that measures itself in the browser."""
-    results, root = layout_results
-    out = write_report(results, str(root / "out" / "report.html"), title="Layout check")
+def _write_pages(results, folder):
+    """(report path, its text, the probe copy's path) of results written into folder."""
+    out = write_report(results, str(folder / "report.html"), title="Layout check")
     text = open(out, encoding="utf-8").read()
-    probe = root / "out" / "probe.html"
+    probe = folder / "probe.html"
     probe.write_text(text.replace("</body>", PROBE + "</body>"), encoding="utf-8")
     return out, text, str(probe)
+
+
+@pytest.fixture(scope="module")
+def page(layout_results):
+    """The report of the generated results (every mode) and the probe copy of it that measures itself."""
+    results, root = layout_results
+    return _write_pages(results, root / "out")
+
+
+@pytest.fixture(scope="module")
+def page_two_modes(layout_results):
+    """The same with two modes only: a narrow table, the ROC beside it where both fit."""
+    results, root = layout_results
+    two = ("patchcore", "exdd")
+    sub = {**results, "default_mode": "exdd", "metrics": {m: results["metrics"][m] for m in two},
+           "thresholds": {m: results["thresholds"][m] for m in two},
+           "review_band": {"ok_below": 1.4, "defect_above": 1.75},
+           "images": [{**im, "scores": {m: im["scores"][m] for m in two}} for im in results["images"]]}
+    return _write_pages(sub, root / "out-two")
 
 
 def _chromium(args, tmp_path, timeout=60):
@@ -147,11 +165,11 @@ def _chromium(args, tmp_path, timeout=60):
     return subprocess.run(base + args, capture_output=True, text=True, timeout=timeout)
 
 
-@pytest.mark.parametrize("width", WIDTHS)
-def test_no_overflow_or_overlap_in_headless_chromium(page, width, tmp_path):
+@pytest.mark.parametrize("which,width", [("all modes", w) for w in WIDTHS] + [("two modes", 1000), ("two modes", 1400)])
+def test_no_overflow_or_overlap_in_headless_chromium(which, width, request, tmp_path):
     if CHROMIUM is None:
         pytest.skip("no chromium binary (./run installs it with apt for the tests)")
-    _, _, probe = page
+    _, _, probe = request.getfixturevalue("page" if which == "all modes" else "page_two_modes")
     url = "file://" + os.path.abspath(probe)
     dom = _chromium([f"--window-size={width},1000", "--virtual-time-budget=5000", "--dump-dom", url], tmp_path)
     assert dom.returncode == 0, dom.stderr[-2000:]
@@ -163,6 +181,8 @@ def test_no_overflow_or_overlap_in_headless_chromium(page, width, tmp_path):
     assert found["scrollWidth"] <= found["clientWidth"], f"the page scrolls sideways at {width} px"
     assert found["outside"] == [], f"at {width} px:\n" + "\n".join(found["outside"][:20])
     assert found["overlaps"] == [], f"at {width} px:\n" + "\n".join(found["overlaps"][:20])
+    if width != SHOT_WIDTH or which != "all modes":
+        return
     shot = tmp_path / f"report-{width}.png"
     r = _chromium([f"--window-size={width},1800", f"--screenshot={shot}", url], tmp_path)
     assert r.returncode == 0 and shot.exists(), r.stderr[-2000:]
