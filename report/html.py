@@ -115,6 +115,34 @@ def _resolve(path: str, base_dir: Optional[str]) -> str:
     return path
 
 
+SYNTHETIC_PREFIX = "synthetic:"   # a positive-bank source that is a synthetic defect: synthetic:<folder>/<file>
+
+
+def source_roots(results: Dict[str, Any], base_dir: Optional[str]) -> List[str]:
+    """Where a relative nearest_source (relative to the training dataset's root) may lie: the results' folder, the
+    evaluated dataset, and the dataset the banks were built from (their manifest), in that order."""
+    roots = [r for r in (base_dir, results.get("dataset")) if isinstance(r, str) and r]
+    banks = results.get("banks")
+    if isinstance(banks, str) and banks:
+        try:
+            from exdd_scoring.bank import read_manifest
+            src = read_manifest(_resolve(banks, base_dir)).sources
+            if src is not None and src.dataset:
+                roots.append(src.dataset)
+        except Exception:  # noqa: BLE001 - no readable manifest: the other roots only
+            pass
+    return roots
+
+
+def _find_source(path: str, roots: Sequence[str]) -> str:
+    """A nearest_source as a file path: synthetic: prefix dropped, tried as given then under each root; as given
+    when none exists (the placeholder then says so)."""
+    p = path[len(SYNTHETIC_PREFIX):] if path.startswith(SYNTHETIC_PREFIX) else path
+    if os.path.isabs(p) or os.path.exists(p):
+        return p
+    return next((os.path.join(r, p) for r in roots if os.path.exists(os.path.join(r, p))), p)
+
+
 def thumbnail_uri(path: str, box: Tuple[int, int] = THUMB_BOX, roi: Optional[np.ndarray] = None,
                   region: Optional[Sequence[float]] = None) -> str:
     """A data: URI (JPEG) of the image at path, fitted into box = (max width, max height); the ROI mask's outline
@@ -175,7 +203,7 @@ def _thumb(path: str, kind: str, box: Tuple[int, int], **marks: Any) -> str:
 
 
 def _card(im: Dict[str, Any], mode: str, modes: Sequence[str], thr: Optional[float], base_dir: Optional[str],
-          roi: Optional[np.ndarray] = None) -> str:
+          roi: Optional[np.ndarray] = None, roots: Sequence[str] = ()) -> str:
     """One gallery card: thumbnail (heatmap when present; the ROI and the largest region's box drawn on it), the
     nearest known defect's source image beside it, name, verdicts and scores."""
     src = im.get("heatmap") or im.get("path", "")
@@ -199,10 +227,11 @@ def _card(im: Dict[str, Any], mode: str, modes: Sequence[str], thr: Optional[flo
     nsrc, ncls = im.get("nearest_source"), im.get("nearest_class")
     if isinstance(nsrc, str) and nsrc:
         thumbs += (f'<div class="thumb near" data-role="nearest">'
-                   f'{_thumb(_resolve(nsrc, base_dir), "nearest defect image", NEAR_BOX)}</div>')
+                   f'{_thumb(_find_source(nsrc, roots), "nearest defect image", NEAR_BOX)}</div>')
     if (isinstance(nsrc, str) and nsrc) or isinstance(ncls, str) and ncls:
+        synth = " (synthetic)" if isinstance(nsrc, str) and nsrc.startswith(SYNTHETIC_PREFIX) else ""
         near = (f'<div class="nearest">nearest known defect: <b>{esc(ncls) if ncls else "unnamed class"}</b>'
-                f'{" from " + esc(os.path.basename(nsrc)) if nsrc else ""}</div>')
+                f'{" from " + esc(os.path.basename(nsrc)) + synth if nsrc else ""}</div>')
     pair = " pair" if 'data-role="nearest"' in thumbs else ""
     return (f'<div class="card{pair}" data-kind="{kind}"><div class="thumbs">{thumbs}</div>'
             f'<div class="name">{esc(os.path.basename(im.get("path", "")))}</div>'
@@ -297,8 +326,10 @@ def _roi(results: Dict[str, Any], base_dir: Optional[str]) -> Tuple[Optional[str
     path = _resolve(path, base_dir)
     try:
         from PIL import Image
-        with Image.open(path) as im:
-            mask = np.asarray(im.convert("L")) > 127
+        with Image.open(path) as im:          # white (any colour channel lit) = inspect, as exdd_scoring.roi reads it
+            a = np.asarray(im.convert("RGB") if im.mode in ("P", "RGBA", "LA", "CMYK", "YCbCr") else im)
+        a = a.max(axis=2) if a.ndim == 3 else a
+        mask = a > (127 if a.dtype == np.uint8 else 0)
     except Exception as e:  # noqa: BLE001 - the gallery goes on without the outline and says why
         return path, None, f"ROI {path} not readable ({e}): not drawn"
     return path, mask, ""
@@ -414,10 +445,11 @@ def build_report(results: Dict[str, Any], title: str = "ExDD evaluation report",
         if roi_problem:
             parts.append(f'<p class="note" id="roi-problem">{esc(roi_problem)}</p>')
         groups = []
+        roots = source_roots(results, base_dir) if any(im.get("nearest_source") for im in ok_images(results)) else []
         for gtitle, imgs in gallery_groups(results, gm, gallery_n):
             data["gallery"][gtitle] = [im.get("path") for im in imgs]
             if imgs:
-                cards = "".join(_card(im, gm, modes, thresholds.get(gm), base_dir, roi) for im in imgs)
+                cards = "".join(_card(im, gm, modes, thresholds.get(gm), base_dir, roi, roots) for im in imgs)
                 groups.append(f'<section><h3>{esc(gtitle)}</h3><div class="gallery">{cards}</div></section>')
         parts.append(f'<div class="groups">{"".join(groups)}</div>')
     parts.append(_errors(results))

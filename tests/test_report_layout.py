@@ -339,3 +339,17 @@ def test_report_cli_draws_the_results_level_fields(layout_results, tmp_path):
     assert r.exit_code == 0, r.output
     text = out.read_text()
     assert text.count('class="review-band"') == 1 and 'id="roi-note"' in text
+
+
+def test_nearest_source_relative_to_the_dataset_root_and_synthetic(layout_results):
+    """nearest_source as the bank stores it: relative to the training dataset's root, or synthetic:<folder>/<file>."""
+    results, root = layout_results
+    imgs = [im for im in results["images"] if im["label"] == 1][:2]
+    rel = [{**imgs[0], "nearest_source": "train/defect_0.png"},
+           {**imgs[1], "nearest_source": "synthetic:train/defect_1.png", "nearest_class": ""}]
+    base = {**results, "images": rel, "dataset": str(root)}
+    page_rel, _ = build_report(base, gallery_n=2)
+    assert page_rel.count('data-role="nearest"><img ') == 2, "a nearest source was not found"
+    assert "from defect_1.png (synthetic)" in page_rel
+    page_gone, _ = build_report({**base, "dataset": "/nowhere"}, gallery_n=2)
+    assert page_gone.count('data-role="nearest"><div class="missing">nearest defect image not available') == 2
