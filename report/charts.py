@@ -60,7 +60,7 @@ CHAR_W = 6.4                    # width of one character of an 11 px label, gene
 
 
 def _legend(items: Sequence[Tuple[str, str, str]], x0: float, y0: float, width: float) -> Tuple[str, float]:
-    """Legend entries (label, colour, kind rect|band|line) placed left to right, a new row when the next would pass
+    """Legend entries (label, colour, kind: rect or band) placed left to right, a new row when the next would pass
     x0 + width: (svg, height used)."""
     out, x, y = [], x0, y0
     for label, col, kind in items:

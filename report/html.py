@@ -409,8 +409,9 @@ def build_report(results: Dict[str, Any], title: str = "ExDD evaluation report",
     if data["histograms"]:
         def hist_title(m: str) -> str:
             return m + (" (default)" if m == results.get("default_mode") else "")
-        figs = "".join(f'<figure>{svg_histogram(h, thresholds.get(m), hist_title(m), band=band if m == band_mode else None)}'
-                       f'</figure>' for m, h in data["histograms"].items())
+        figs = "".join(
+            f'<figure>{svg_histogram(h, thresholds.get(m), hist_title(m), band=band if m == band_mode else None)}</figure>'
+            for m, h in data["histograms"].items())
         said = (f' The <span class="swatch" style="background:{BAND_COLOR}"></span>shaded band on {esc(band_mode)} is '
                 f'the review band: scores from {band[0]:.4g} to {band[1]:.4g} go to a person.' if band is not None else "")
         if any(sum(h["over"].values()) + sum(h["under"].values()) for h in data["histograms"].values()):
