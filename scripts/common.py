@@ -1,4 +1,6 @@
-"""What several scripts do alike: dataset subsets, peak RSS, raw-feature caches, `exdd` in a subprocess, a local server.
+"""What several scripts do alike: dataset subsets, peak RSS, raw-feature caches, `exdd` in a subprocess.
+
+The bench harness (result record, latency statistics, serving chain, local server) is scripts/harness.py.
 
 Scripts run as modules from the repository root (``python -m scripts.benchmarks.bench_coreset ...``), so that
 they import this module as ``scripts.common``; it imports only exdd's public API, and that lazily.
@@ -118,21 +120,6 @@ def process_tree(pid: int) -> List[int]:
         out.append(p)
         todo += children.get(p, [])
     return out
-
-
-def start_server(repo: str, log_path: str, timeout: float = 300.0, **server_options):
-    """A started, ready tritonserver (serving venv) on free loopback ports; stopped again when it does not get ready."""
-    from exdd.serving.serve import TritonServer, free_port
-    from exdd.serving.serving_env import resolve
-    srv = TritonServer(repo, "127.0.0.1", free_port(), free_port(), free_port(), env=resolve(), log_path=log_path,
-                       **server_options)
-    srv.start()
-    try:
-        srv.wait_ready(timeout)
-    except BaseException:
-        srv.stop()
-        raise
-    return srv
 
 
 def smooth_maps(patches: np.ndarray, s_h: np.ndarray, s_w: np.ndarray, chunk: int = 32) -> np.ndarray:
