@@ -88,6 +88,11 @@ class BenchResult:
         return json.dumps(self.record(), indent=indent)
 
 
+def metrics_in(record: Dict[str, Any]) -> Dict[str, Any]:
+    """The metrics of a saved record (its provenance keys left out), e.g. to continue an earlier run."""
+    return {k: v for k, v in record.items() if k not in PROVENANCE}
+
+
 def params_of(args: Any) -> Dict[str, Any]:
     """An argparse namespace (or dict) as the record's params."""
     return dict(vars(args)) if not isinstance(args, dict) else dict(args)
