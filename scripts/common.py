@@ -122,6 +122,28 @@ def process_tree(pid: int) -> List[int]:
     return out
 
 
+STUDY_EPS = 1e-6   # the studies' eps, the Scorer's default
+
+
+def served_evidence(e: Any, pos_scale: Optional[float], params: Dict, rows: Optional[np.ndarray] = None):
+    """The served scorer's Evidence (exdd_scoring.scores) of a study's one-pass evidence e (a_neg, a_pos: (n, P)
+    nearest distances; nb_neg, nb_pos: (n, >= K) distances from each peak patch to its bank match and that match's
+    neighbours; d, grid, s_h, s_w), of its rows, so the served modes' own formulas score it: the peaks' reweighting
+    with k = defaults.K, the positive bank's spacing pos_scale (None: no bounded eps), the maps smoothed as the
+    scorer smooths them (smooth_maps)."""
+    from exdd import defaults
+    from exdd_scoring import reweight_q
+    from exdd_scoring.scores import DEFAULT_GAMMA, Evidence
+    sub = (lambda v: v) if rows is None else (lambda v: v[rows])  # noqa: E731
+    an, ap, nbn, nbp = sub(e.a_neg), sub(e.a_pos), sub(e.nb_neg), sub(e.nb_pos)
+    t = e.d ** 0.5
+    peak = lambda a, nb: {"s_star": a.max(1), "q": reweight_q(a.max(1), nb[:, 1:defaults.K], t, np)}  # noqa: E731
+    full = dict(params, gamma=DEFAULT_GAMMA) if pos_scale is None else dict(params, gamma=DEFAULT_GAMMA,
+                                                                           pos_scale=pos_scale)
+    return Evidence(an, ap, peak(an, nbn), peak(ap, nbp), tuple(e.grid), STUDY_EPS, np,
+                    lambda m: smooth_maps(np.asarray(m), e.s_h, e.s_w), full)
+
+
 def smooth_maps(patches: np.ndarray, s_h: np.ndarray, s_w: np.ndarray, chunk: int = 32) -> np.ndarray:
     """(n, h, w) patch maps upsampled and smoothed (exdd_scoring.upsample_smooth) chunk images at a time (bounded memory)."""
     from exdd_scoring import upsample_smooth
