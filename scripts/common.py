@@ -122,6 +122,17 @@ def process_tree(pid: int) -> List[int]:
     return out
 
 
+def peak_dists(feats: np.ndarray, idx: np.ndarray, bank: np.ndarray, nbr: np.ndarray, peak: np.ndarray) -> np.ndarray:
+    """(b, 1 + nbr.shape[1]) float32 distances from each image's peak patch (feats (b, P, d), peak (b,) its index) to
+    its bank match m* (idx (b, P)) and m*'s bank neighbours (nbr), m* first. The served bank_peak reads only k - 1
+    neighbours; the studies keep m* and 9 so that other k and anomalib's keep-self reweighting can be tried."""
+    b = np.arange(feats.shape[0])
+    m = idx[b, peak]
+    cand = np.concatenate([m[:, None], nbr[m]], axis=1)
+    diff = feats[b, peak][:, None, :] - bank[cand]
+    return np.sqrt(np.einsum("nkd,nkd->nk", diff, diff)).astype(np.float32)
+
+
 STUDY_EPS = 1e-6   # the studies' eps, the Scorer's default
 
 
