@@ -1,4 +1,5 @@
-"""What several scripts do alike: dataset subsets, peak RSS, raw-feature caches, `exdd` in a subprocess.
+"""What several scripts do alike: dataset subsets, peak RSS, raw-feature caches, `exdd` in a subprocess, and the
+studies' evidence helpers (served_evidence: the served formulas on a study's one-pass evidence; peak_dists).
 
 The bench harness (result record, latency statistics, serving chain, local server) is scripts/harness.py.
 
