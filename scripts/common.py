@@ -134,6 +134,14 @@ def peak_dists(feats: np.ndarray, idx: np.ndarray, bank: np.ndarray, nbr: np.nda
     return np.sqrt(np.einsum("nkd,nkd->nk", diff, diff)).astype(np.float32)
 
 
+def reweighted(s_star: np.ndarray, nb: np.ndarray, k: int, keep_self: bool, t: float) -> np.ndarray:
+    """PatchCore's reweighted score (1 - q) s* (exdd_scoring's reweight_q) over m* and its neighbours (keep_self,
+    anomalib) or the neighbours only (ours); nb: peak_dists, m* first. The served s- is k = defaults.K, the neighbours
+    only, t = sqrt(d) (served_evidence); the studies also try anomalib's k = 9 and t = 1."""
+    from exdd_scoring import reweight_q
+    return (1.0 - reweight_q(s_star, nb[:, :k] if keep_self else nb[:, 1:k], t, np)) * s_star
+
+
 STUDY_EPS = 1e-6   # the studies' eps, the Scorer's default
 
 

@@ -2,7 +2,7 @@
 
 Reads the evidence of scripts/studies/study_splits.py (OUT/<set>/<variant>/split{S}-build{B}.npz). For every split:
 each candidate image score (CANDIDATES) and each map kind (MAPS) from the one-pass evidence, with the
-math of exdd_scoring (reweight_q, upsample_smooth, the bank-relative scale of scores.py).
+served formulas themselves (exdd_scoring.scores on the split's evidence: scripts.common.served_evidence).
 
 Protocol (BENCHMARKS.md, "The image decision, decided with enough data"):
 - paired bootstrap against `patchcore`: one Poisson(1) weight per image of a dev set per resample (an image
@@ -33,12 +33,12 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from scripts.common import served_evidence, smooth_maps
+from scripts.common import reweighted, served_evidence, smooth_maps
 
 from exdd.metrics import aupro
 from exdd.offline.feature_cache import RawCache
 from exdd.offline.head import HEAD_L2, fit_head
-from exdd_scoring import reweight_q, upsample_smooth_matrices
+from exdd_scoring import upsample_smooth_matrices
 from exdd_scoring.fusion import fit_fusion, fusion_score
 from exdd_scoring.scores import (DUAL_EPS_REL, MAP_KINDS, RAISE_EPS_REL, TOPK_FRACTION, eps_b, fusion_inputs,
                                  head_inputs, mode)
@@ -61,11 +61,6 @@ class SplitEvidence:
         self.s_h, self.s_w = s_h, s_w
         self.ev = served_evidence(self, meta["pos"]["nn1_median"], {"topk": TOPK_FRACTION})
         self._maps: Dict[str, np.ndarray] = {}
-
-    def reweighted(self, nb: np.ndarray, s_star: np.ndarray, k: int, keep_self: bool, t: float) -> np.ndarray:
-        """PatchCore's (1 - q) s* over m* and its neighbours (keep_self, anomalib) or the neighbours only (ours): the
-        served s- is k = defaults.K, the neighbours only, t = sqrt(d); the study also tries anomalib's k = 9 and t."""
-        return (1.0 - reweight_q(s_star, nb[:, :k] if keep_self else nb[:, 1:k], t, np)) * s_star
 
     @property
     def s_neg(self) -> np.ndarray:
@@ -107,8 +102,8 @@ def candidates(e: SplitEvidence) -> Dict[str, Callable[[], np.ndarray]]:
     served = lambda name: (lambda: np.asarray(mode(name).score(e.ev)))  # noqa: E731
     return {
         "patchcore": served("patchcore"),
-        "pc_anomalib_k9": lambda: e.reweighted(e.nb_neg, s_star, 9, True, 1.0),
-        "pc_k9_drop_tsqrtd": lambda: e.reweighted(e.nb_neg, s_star, 9, False, td),
+        "pc_anomalib_k9": lambda: reweighted(s_star, e.nb_neg, 9, True, 1.0),
+        "pc_k9_drop_tsqrtd": lambda: reweighted(s_star, e.nb_neg, 9, False, td),
         "pc_raw_max": lambda: s_star,
         "neg_map_max": lambda: e.map_max("neg"),
         "exdd": served("exdd"),

@@ -19,29 +19,17 @@ from typing import Callable, Dict
 
 import numpy as np
 
-from scripts.common import STUDY_EPS, served_evidence, smooth_maps
+from scripts.common import STUDY_EPS, reweighted, served_evidence, smooth_maps
 
 from exdd.datasets import duplicates_across, load_split
 from exdd.offline.feature_cache import RawCache
 from exdd.metrics import aupro, auroc
-from exdd_scoring import reweight_q, upsample_smooth_matrices
+from exdd_scoring import upsample_smooth_matrices
 from exdd_scoring.fusion import fit_fusion, fusion_score
 from exdd_scoring.scores import MAP_KINDS, dual_map, fusion_inputs as served_fusion_inputs, mode
 
 EPS = STUDY_EPS
 N_BOOT = 2000
-
-
-def q_of(s_star: np.ndarray, nb: np.ndarray, k: int, keep_self: bool, t: float) -> np.ndarray:
-    """The reweighting's q (exdd_scoring's reweight_q) over m* and its neighbours (keep_self) or the neighbours only;
-    nb (n, 10) are distances from p* to m* and its 9 nearest bank neighbours. The served s- / s+ are k = defaults.K,
-    the neighbours only, t = sqrt(d) (self.ev); this is for the study's other k and t."""
-    return reweight_q(s_star, nb[:, :k] if keep_self else nb[:, 1:k], t, np)
-
-
-def reweighted(s_star: np.ndarray, nb: np.ndarray, k: int, keep_self: bool, t: float) -> np.ndarray:
-    """PatchCore's reweighted score (1 - q) s*."""
-    return (1.0 - q_of(s_star, nb, k, keep_self, t)) * s_star
 
 
 class Evidence:
