@@ -135,8 +135,8 @@ def test_study_banks_keep_every_row_within_budget_and_evidence_is_the_exact_near
 
 
 def test_study_scores_the_pooled_candidates_with_the_served_modes_and_crossfits_without_the_own_fold():
-    """study_decision's issue-25 candidates are the served modes on the study's evidence (same scores as the Scorer
-    on the same banks), and study_splits' cross-fitted evidence never finds an image's own defect patch."""
+    """study_decision's (and study_image_score's) candidates are the served modes on the study's evidence (same scores
+    as the Scorer on the same banks), and study_splits' cross-fitted evidence never finds an image's own defect patch."""
     import numpy as np
     from scripts.studies import study_decision as sd
     from scripts.studies import study_splits as ss
@@ -158,10 +158,14 @@ def test_study_scores_the_pooled_candidates_with_the_served_modes_and_crossfits_
                 "grid": list(grid), "projection_seed": 0, "projection_sha256": "0" * 64, "d": d}
     manifest = {"features": features, "k": 3, "scoring": {"topk": 0.1, "head": head}}
     pair = BankPair(Bank(neg[0], neg[1][:, :2]), Bank(pos[0], pos[1][:, :2]), manifest)  # the served k = 3
-    names = ("patchcore", "dual_bounded", "dual_topk", "ratio_topk", "head")
+    names = ("patchcore", "dual_bounded", "dual_topk", "ratio_topk", "head", "exdd", "dual")
     want = Scorer(pair).score(feats.reshape((n,) + grid + (d,)), map_modes=(), modes=names)["scores"]
     for m in names:
         np.testing.assert_allclose(np.asarray(mode(m).score(ev)), want[m], rtol=1e-4, err_msg=m)
+    from scripts.studies import study_image_score as sis       # the image-score study's served candidates too
+    cands = sis.candidates(sis.Evidence(dict(z, test_rows=np.arange(n)), "test", grid, s_h, s_w, d))
+    for study, served in (("patchcore", "patchcore"), ("exdd", "exdd"), ("dual_map_max", "dual")):
+        np.testing.assert_allclose(cands[study](), want[served], rtol=1e-4, err_msg=study)
     sel = np.zeros((6, 12), bool)
     sel[:, 4:] = True                                            # 8 defect patches per image: fold banks of >= 32
     defects = list(range(4, n))
