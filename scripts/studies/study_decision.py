@@ -34,6 +34,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from scripts.common import reweighted, served_evidence, smooth_maps
+from scripts.harness import BenchResult, params_of
 
 from exdd.metrics import aupro
 from exdd.offline.feature_cache import RawCache
@@ -424,8 +425,8 @@ def main() -> None:
             f"{s['set']} ({len(s['splits'])} splits, {sum(sp['n_test'] for sp in s['splits'])} test images)" for s in var))
         print("\n" + versus_table(image, names, "image score") + "\n\n" + versus_table(pixel, names, "map"))
         if a.json:
-            json.dump({"variant": a.variant, "against": a.against, "image": image, "pixel": pixel}, open(a.json, "w"),
-                      indent=1)
+            BenchResult("study_decision", params_of(a), {"variant": a.variant, "against": a.against, "image": image,
+                                                         "pixel": pixel}).save(a.json)
         return
     imgs = sorted(set(a.images.split(",")) | {"patchcore"}) if a.images else None
     mps = sorted(set(a.maps.split(",")) | {"ratio"}) if a.maps else None
@@ -447,8 +448,8 @@ def main() -> None:
             | {"image": {n: r["point"] for n, r in sp["image"].items()},
                "pixel": {n: {"auroc": r["point"], "aupro": r["aupro"]} for n, r in sp["pixel"].items()}}
             for sp in s["splits"]]} for s in sets]
-        json.dump({"variant": a.variant, "image": image, "pixel": pixel, "decision": dec, "sets": slim},
-                  open(a.json, "w"), indent=1)
+        BenchResult("study_decision", params_of(a), {"variant": a.variant, "image": image, "pixel": pixel,
+                                                     "decision": dec, "sets": slim}).save(a.json)
 
 
 if __name__ == "__main__":
