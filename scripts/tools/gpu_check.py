@@ -17,7 +17,6 @@ the exdd packages are mapped from the source folders when ``import exdd_scoring`
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import shutil
@@ -27,6 +26,8 @@ import time
 from typing import Any, Dict, List
 
 import numpy as np
+
+from scripts.harness import BenchResult, latency_stats, params_of
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # scripts/tools/ -> the repository
 
@@ -72,7 +73,7 @@ def timed(fn, seconds: float, min_reps: int = 2, sync=lambda: None) -> float:
         ts.append(time.perf_counter() - t)
         if len(ts) >= 200:
             break
-    return float(np.median(ts))
+    return latency_stats(ts)["p50_ms"] / 1000
 
 
 def load_images(data: str, split: str, n: int, hw, label=None) -> np.ndarray:
@@ -252,10 +253,9 @@ def main() -> int:
     else:
         rep["skipped"].append("Triton: no tritonserver on PATH")
     rep["wall_s"] = round(time.time() - t_start, 1)
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(rep, f, indent=2)
-    print(json.dumps(rep, indent=2))
+    record = BenchResult("gpu_check", params_of(args), rep)
+    record.save(args.out, indent=2)
+    print(record.dumps(indent=2))
     ok = all(c.get("ok", True) for c in rep["checks"].values())
     return 0 if ok else 3
 
