@@ -12,6 +12,7 @@ from .knn import nearest, topk_nearest
 from .resample import upsample_smooth_matrices, upsample_smooth
 from .scores import (DEFAULT_MODE, MAP_KINDS, MODE_REGISTRY, MODES, Evidence, Mode, image_scores, register_mode,
                      reweight_q)
+from .score_batch import ScoreBatch
 from .scorer import Scorer, map_of_mode
 from . import ann
 
@@ -21,5 +22,5 @@ __all__ = [
     "read_manifest_features", "read_manifest_spec", "save_bank", "MANIFEST_VERSION", "BankManifest", "ManifestError",
     "FeatureSpec", "SpecError",
     "nearest", "topk_nearest", "upsample_smooth_matrices", "upsample_smooth", "DEFAULT_MODE", "MAP_KINDS",
-    "MODE_REGISTRY", "MODES", "Evidence", "Mode", "image_scores", "register_mode", "reweight_q", "Scorer", "map_of_mode",
+    "MODE_REGISTRY", "MODES", "Evidence", "Mode", "image_scores", "register_mode", "reweight_q", "ScoreBatch", "Scorer", "map_of_mode",
 ]

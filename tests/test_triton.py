@@ -202,7 +202,7 @@ def test_gpu_scorer_with_cupy_equals_numpy(reference):
         feats = model(torch.from_numpy(imgs)).numpy()
     s = Scorer(load_banks(tu.banks(), expected_features=info), xp=cupy)
     out = s.score(cupy.asarray(feats), map_modes=(ref["mode"],))
-    np.testing.assert_allclose(cupy.asnumpy(out["scores"][ref["mode"]]), ref["SCORE"], rtol=1e-4)
+    np.testing.assert_allclose(cupy.asnumpy(out.scores[ref["mode"]]), ref["SCORE"], rtol=1e-4)
 
 
 @pytest.mark.gpu

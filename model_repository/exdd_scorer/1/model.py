@@ -192,8 +192,8 @@ class TritonPythonModel:
     def _score(self, feats):
         """(score, s_neg, s_pos, map) as NumPy arrays for an xp batch."""
         out = self.scorer.score(feats, map_modes=(self.mode,), modes=(self.mode,))
-        return (self._host(out["scores"][self.mode]), self._host(out["s_neg"]), self._host(out["s_pos"]),
-                self._host(out["maps"][self.mode]))
+        return (self._host(out.scores[self.mode]), self._host(out.s_neg), self._host(out.s_pos),
+                self._host(out.maps[self.mode]))
 
     def _response(self, score, s_neg, s_pos, amap, threshold):
         """The inference response of one request."""
