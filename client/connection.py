@@ -12,10 +12,11 @@ from typing import Dict, Optional, Sequence, Union
 
 import numpy as np
 
+from exdd_scoring.model_names import ENSEMBLE_MODEL, SCORER_MODEL
 from exdd_scoring.spec import FeatureSpec, SpecError
 
-MODEL = "exdd"
-SCORER = "exdd_scorer"
+MODEL = ENSEMBLE_MODEL      # the default product's models (a product's: exdd_scoring.model_names.ProductModels)
+SCORER = SCORER_MODEL
 OUTPUTS = ("SCORE", "IS_DEFECT", "SCORE_NEG", "SCORE_POS")
 MAP = "ANOMALY_MAP"
 IMAGE_HW = "IMAGE_HW"       # each picture's own (H, W), answered for encoded inputs (repositories since issue 21)
