@@ -19,6 +19,9 @@ PREPROCESS_MODEL = "exdd_preprocess"     # shared: decodes and resizes any pictu
 ENSEMBLE_MODEL = PREFIX                 # the default product's ensemble, the one clients send pictures to
 SCORER_MODEL = PREFIX + SCORER_SUFFIX   # the default product's scorer
 DEFAULT_LABEL = "default"              # the `product` of the default product (metrics label, scorer parameter)
+# request parameter of a scorer (and so of an ensemble, which passes parameters on): false answers without
+# ANOMALY_MAP, which is then not computed. Triton asks an ensemble's scorer for every output, so the client says it.
+MAP_PARAMETER = "anomaly_map"
 NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 # names whose models would be the shared models' (exdd_features, exdd_preprocess), the default product's
 # scorer (exdd_scorer) or ambiguous with it (the label `default`)

@@ -185,6 +185,16 @@ def test_a_request_for_the_score_alone_is_answered_without_the_map(server, refer
                                                    None if i % 2 else ["SCORE"]), range(6)))
     for i, g in enumerate(got):
         tu.assert_batch_independent(g, {n: full[n][i % 3:i % 3 + 1] for n in g})
+    # through the ensemble Triton asks the scorer for every output: the request parameter anomaly_map false (exdd
+    # client sends it unless it wants maps) is what skips the map there, and no map comes back
+    with th.InferenceServerClient(server.http_url) as c:
+        inp = th.InferInput("IMAGE", list(imgs[:3].shape), "UINT8")
+        inp.set_data_from_numpy(imgs[:3])
+        r = c.infer("exdd", [inp], parameters={"anomaly_map": False})
+        assert r.as_numpy("ANOMALY_MAP") is None
+        np.testing.assert_array_equal(r.as_numpy("SCORE"), full["SCORE"])
+    _expect_error(lambda: http_infer(server.http_url, imgs[:1], {"anomaly_map": "no"}),
+                  "request parameter 'anomaly_map' must be true or false")
 
 
 def test_swapped_banks_fail_to_load_with_a_clear_message():

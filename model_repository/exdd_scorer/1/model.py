@@ -26,7 +26,7 @@ if HERE not in sys.path:
 from exdd_scoring.ann import searchers_from_manifest  # noqa: E402
 from exdd_scoring.bank import BankError, load_banks  # noqa: E402
 from exdd_scoring.batching import Parsed, run_batched  # noqa: E402
-from exdd_scoring.model_names import DEFAULT_LABEL, SCORER_MODEL  # noqa: E402
+from exdd_scoring.model_names import DEFAULT_LABEL, MAP_PARAMETER, SCORER_MODEL  # noqa: E402
 from exdd_scoring.scorer import Scorer  # noqa: E402
 from exdd_scoring.scores import MODES  # noqa: E402
 from exdd_scoring.spec import FeatureSpec  # noqa: E402
@@ -187,11 +187,16 @@ class TritonPythonModel:
         self.scorer.check_features(arr)
         return arr
 
-    def _threshold(self, request):
-        """The request parameter 'threshold' if given, else the configured one (may be None)."""
+    @staticmethod
+    def _params(request):
+        """The request's parameters (a dict)."""
         raw = request.parameters() if hasattr(request, "parameters") else "{}"
         params = json.loads(raw) if raw else {}
-        if isinstance(params, dict) and "threshold" in params:
+        return params if isinstance(params, dict) else {}
+
+    def _threshold(self, params):
+        """The request parameter 'threshold' if given, else the configured one (may be None)."""
+        if "threshold" in params:
             return parse_threshold(params["threshold"], "request parameter")
         return self.threshold
 
@@ -200,14 +205,20 @@ class TritonPythonModel:
         return self.cupy.asnumpy(arr) if self.gpu else np.asarray(arr)
 
     @staticmethod
-    def _wants_map(request):
-        """Whether the request asks for ANOMALY_MAP (a request naming no output gets them all)."""
+    def _wants_map(request, params):
+        """Whether the request wants ANOMALY_MAP: it names it among its outputs (naming none asks for all) and does
+        not set the request parameter anomaly_map false. Through the ensemble every output is named (Triton asks a
+        step for all its mapped outputs), so there the client's parameter decides (exdd client sends it)."""
+        flag = params.get(MAP_PARAMETER, True)
+        if not isinstance(flag, bool):
+            raise ValueError(f"request parameter {MAP_PARAMETER!r} must be true or false, got {str(flag)[:40]!r}")
         names = request.requested_output_names() if hasattr(request, "requested_output_names") else None
-        return not names or MAP in names
+        return flag and (not names or MAP in names)
 
     def _parse(self, request):
         """The request's features, and (its threshold, whether it wants the map)."""
-        return Parsed(self._features(request), (self._threshold(request), self._wants_map(request)))
+        params = self._params(request)
+        return Parsed(self._features(request), (self._threshold(params), self._wants_map(request, params)))
 
     def _run(self, feats, parsed):
         """The served mode's ScoreBatch on the host; the map only when a request of the batch asks for it."""
