@@ -12,7 +12,8 @@ Layout written (one product, the default: ``exdd`` / ``exdd_scorer``; named prod
     REPO/exdd[_<p>]_scorer/config.pbtxt per product: python backend (mode, threshold, features, product)
     REPO/exdd[_<p>]_scorer/1/           model.py, exdd_scoring/, banks/, features.json
 
-Every model directory is self-contained (its own copy of exdd_scoring/ where its model.py needs one):
+Every model directory is self-contained (its own copy of the exdd_scoring modules its model.py imports, and
+only those: ``model_files.scoring_modules``):
 no model reads a file of another, so removing old scorer versions never breaks the features model.
 Banks whose manifest features differ from the ONNX metadata are refused here (naming the product
 and its bank directory), and again by the scorer at server load time (``features.json``), so
