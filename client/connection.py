@@ -12,10 +12,11 @@ from typing import Dict, Optional, Sequence, Union
 
 import numpy as np
 
+from exdd_scoring.model_names import ENSEMBLE_MODEL, MAP_PARAMETER, SCORER_MODEL
 from exdd_scoring.spec import FeatureSpec, SpecError
 
-MODEL = "exdd"
-SCORER = "exdd_scorer"
+MODEL = ENSEMBLE_MODEL      # the default product's models (a product's: exdd_scoring.model_names.ProductModels)
+SCORER = SCORER_MODEL
 OUTPUTS = ("SCORE", "IS_DEFECT", "SCORE_NEG", "SCORE_POS")
 MAP = "ANOMALY_MAP"
 IMAGE_HW = "IMAGE_HW"       # each picture's own (H, W), answered for encoded inputs (repositories since issue 21)
@@ -175,10 +176,12 @@ class Connection:
             inp.set_data_from_numpy(np.ascontiguousarray(images, dtype=np.uint8))
         names = list(OUTPUTS) + ([MAP] if with_map else []) + ([IMAGE_HW] if encoded else [])
         outs = [tc.InferRequestedOutput(n) for n in names]
-        params = {"threshold": float(threshold)} if threshold is not None else None
+        params = {} if with_map else {MAP_PARAMETER: False}      # the scorer then skips the map
+        if threshold is not None:
+            params["threshold"] = float(threshold)
         try:
             kw = {"client_timeout": self.timeout_s} if self.protocol == "grpc" else {}
-            res = self._client.infer(self.model, [inp], outputs=outs, parameters=params, **kw)
+            res = self._client.infer(self.model, [inp], outputs=outs, parameters=params or None, **kw)
         except InferenceServerException as e:
             if _is_unavailable(e):
                 raise ServerUnavailable(f"{self.url}: {e}") from None

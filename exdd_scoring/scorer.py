@@ -9,6 +9,7 @@ import numpy as np
 from .bank import BankPair
 from .knn import DEFAULT_MAX_BLOCK, nearest, sq_norms
 from .resample import upsample_smooth, upsample_smooth_matrices
+from .score_batch import ScoreBatch
 from .scores import MODE_REGISTRY, MODES, Evidence, bank_peak, bank_scale, image_scores, mode, positive_scale
 
 
@@ -87,17 +88,16 @@ class Scorer:
         return Evidence(a_neg, a_pos, neg, pos, self.grid, self.eps, xp,
                         lambda m: upsample_smooth(m, self.s_h, self.s_w, xp), self.params)
 
-    def score(self, feats: Any, map_modes: Iterable[str] = MODES, modes: Optional[Iterable[str]] = None) -> Dict[str, Any]:
-        """Scores of the modes (all by default), per-bank scores, patch maps and image-sized maps for map_modes."""
+    def score(self, feats: Any, map_modes: Iterable[str] = MODES, modes: Optional[Iterable[str]] = None) -> ScoreBatch:
+        """Scores of the modes (all by default), per-bank scores and patch maps, and image-sized maps of map_modes
+        only (map_modes=(): no served map is upsampled or smoothed; a mode's score still builds the maps it needs)."""
         ev = self.evidence(feats)
         b = feats.shape[0]
         wanted = tuple(MODE_REGISTRY if modes is None else modes)
         sc = image_scores(ev, wanted)
-        return {
-            "scores": {m: sc[m] for m in wanted},
-            "s_neg": sc["s_neg"], "s_pos": sc["s_pos"],
-            "patch_neg": ev.a_neg.reshape((b,) + self.grid),
-            "patch_pos": None if ev.a_pos is None else ev.a_pos.reshape((b,) + self.grid),
-            "maps": {m: ev.image_map(map_of_mode(m)) for m in map_modes},
-            "evidence": ev,
-        }
+        return ScoreBatch(
+            scores={m: sc[m] for m in wanted}, s_neg=sc["s_neg"], s_pos=sc["s_pos"],
+            patch_neg=ev.a_neg.reshape((b,) + self.grid),
+            patch_pos=None if ev.a_pos is None else ev.a_pos.reshape((b,) + self.grid),
+            maps={m: ev.image_map(map_of_mode(m)) for m in map_modes},
+            evidence=ev)

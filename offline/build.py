@@ -100,10 +100,10 @@ def score_samples(scorer: Scorer, extracted_feats: np.ndarray, batch: int = 16) 
     for i in range(0, extracted_feats.shape[0], batch):
         r = scorer.score(extracted_feats[i:i + batch].astype(np.float32), map_modes=())
         for m in MODES:
-            out[m].append(r["scores"][m])
+            out[m].append(r.scores[m])
         if scorer.has_positive:
-            out["fusion_x"].append(fusion_inputs(r["evidence"]))
-            out["head_x"].append(head_inputs(r["evidence"]))
+            out["fusion_x"].append(fusion_inputs(r.evidence))
+            out["head_x"].append(head_inputs(r.evidence))
     return {m: np.concatenate(v) if v else np.zeros(0) for m, v in out.items()}
 
 

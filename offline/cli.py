@@ -275,7 +275,7 @@ def evaluate(dataset, bank_dir, weights, layout, split, out_json, batch_size, no
     def score_second(feats):
         r = second[1].score(feats, map_modes=())
         for m in MODES:
-            second_scores[m].append(r["scores"][m])
+            second_scores[m].append(r.scores[m])
     b = bar("scoring", len(samples), "img")
     t0 = time.time()
     scored = score_split(samples, model, scorer, tuple(info["input_size"]), batch_size, not no_pixel, b.update,

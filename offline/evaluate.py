@@ -57,12 +57,12 @@ def score_features(feature_batches: Iterable[Tuple[List[Sample], np.ndarray, Lis
         r = scorer.score(feats, map_modes=MODES if with_maps else ())
         n0 = len(kept)
         for m in MODES:
-            sc[m].append(r["scores"][m])
-        s_neg.append(r["s_neg"])
-        s_pos.append(r["s_pos"])
+            sc[m].append(r.scores[m])
+        s_neg.append(r.s_neg)
+        s_pos.append(r.s_pos)
         if with_maps:
             for m in MODES:
-                maps[map_of_mode(m)][n0:n0 + len(bs)] = r["maps"][m]
+                maps[map_of_mode(m)][n0:n0 + len(bs)] = r.maps[m]
         masks += ms
         kept += bs
         if progress:

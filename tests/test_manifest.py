@@ -84,7 +84,7 @@ def test_a_version_1_manifest_without_topk_or_head_loads_with_their_defaults(tmp
     assert s.params["topk"] == TOPK_FRACTION and s.params["head"] is None
     rng = np.random.default_rng(0)
     r = s.score(rng.standard_normal((2,) + tuple(s.grid) + (s.d,)).astype(np.float32), modes=("head", "dual_topk"))
-    np.testing.assert_allclose(r["scores"]["head"], np.log(r["scores"]["dual_topk"]), rtol=1e-5)   # the fallback
+    np.testing.assert_allclose(r.scores["head"], np.log(r.scores["dual_topk"]), rtol=1e-5)   # the fallback
     assert banks.manifest.to_dict()["scoring"]["topk"] == TOPK_FRACTION
 
 

@@ -159,7 +159,7 @@ def test_study_scores_the_pooled_candidates_with_the_served_modes_and_crossfits_
     manifest = {"features": features, "k": 3, "scoring": {"topk": 0.1, "head": head}}
     pair = BankPair(Bank(neg[0], neg[1][:, :2]), Bank(pos[0], pos[1][:, :2]), manifest)  # the served k = 3
     names = ("patchcore", "dual_bounded", "dual_topk", "ratio_topk", "head", "exdd", "dual")
-    want = Scorer(pair).score(feats.reshape((n,) + grid + (d,)), map_modes=(), modes=names)["scores"]
+    want = Scorer(pair).score(feats.reshape((n,) + grid + (d,)), map_modes=(), modes=names).scores
     for m in names:
         np.testing.assert_allclose(np.asarray(mode(m).score(ev)), want[m], rtol=1e-4, err_msg=m)
     from scripts.studies import study_image_score as sis       # the image-score study's served candidates too

@@ -150,8 +150,8 @@ def offline_reference(images: np.ndarray, bank_dir: str) -> Dict[str, np.ndarray
     with torch.no_grad():
         feats = model(torch.from_numpy(images)).numpy()
     out = scorer.score(feats, map_modes=(mode,))
-    return {"SCORE": out["scores"][mode], "SCORE_NEG": out["s_neg"], "SCORE_POS": out["s_pos"],
-            "ANOMALY_MAP": out["maps"][mode], "threshold": scorer.thresholds.get(mode), "mode": mode}
+    return {"SCORE": out.scores[mode], "SCORE_NEG": out.s_neg, "SCORE_POS": out.s_pos,
+            "ANOMALY_MAP": out.maps[mode], "threshold": scorer.thresholds.get(mode), "mode": mode}
 
 
 def start_serve_cli(*args: str, timeout: float = 120.0):

@@ -126,7 +126,7 @@ def main() -> int:
                 if i < args.exact_images:
                     times.append(time.perf_counter() - t)
                 ref_d.append(dd)
-                ref_s.append(float(sc_exact.score(queries[i:i + 1], map_modes=())["scores"]["patchcore"][0]))
+                ref_s.append(float(sc_exact.score(queries[i:i + 1], map_modes=()).scores["patchcore"][0]))
             ent = {"bank": n, "hnsw_build_s": round(build_s, 1), "hnsw_file_mb": round(size_mb, 1),
                    "exact_ms_per_image": round(latency_stats(times)["p50_ms"], 1), "hnsw": []}
             for ef in (int(v) for v in args.ef_search.split(",")):
@@ -138,7 +138,7 @@ def main() -> int:
                     dd, _ = hn.nearest(flat[i])
                     ht.append(time.perf_counter() - t)
                     rec.append(np.abs(dd - ref_d[i]) <= 1e-4 * np.maximum(ref_d[i], 1e-6) + 1e-5)
-                    s_h.append(float(sc_h.score(queries[i:i + 1], map_modes=())["scores"]["patchcore"][0]))
+                    s_h.append(float(sc_h.score(queries[i:i + 1], map_modes=()).scores["patchcore"][0]))
                 rec = np.concatenate(rec)
                 hd = np.concatenate([hn.nearest(flat[i])[0] for i in range(min(nq, 4))])
                 rd = np.concatenate(ref_d[:min(nq, 4)])

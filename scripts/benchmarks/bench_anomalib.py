@@ -239,11 +239,11 @@ def exdd_modes(split: Split, weights: str, input_hw: Tuple[int, int], *, d: int 
         r = scorer.score(feats, map_modes=MODES)
         if not alias:
             for m in MODES:
-                alias[m] = next(k for k in MODES if r["maps"][k] is r["maps"][m])
+                alias[m] = next(k for k in MODES if r.maps[k] is r.maps[m])
         for m in MODES:
-            scores[m][i:i + len(bs)] = r["scores"][m]
+            scores[m][i:i + len(bs)] = r.scores[m]
             if alias[m] == m:
-                maps.setdefault(m, np.zeros((n,) + hw, np.float32))[i:i + len(bs)] = r["maps"][m]
+                maps.setdefault(m, np.zeros((n,) + hw, np.float32))[i:i + len(bs)] = r.maps[m]
         i += len(bs)
     if errors or i != n:
         raise RuntimeError(f"exdd could not read every test image: {errors[:3]}")
@@ -259,7 +259,7 @@ def exdd_modes(split: Split, weights: str, input_hw: Tuple[int, int], *, d: int 
     def infer(paths: Sequence[str]):
         imgs = np.stack([read_image(p, hw) for p in paths])
         r = scorer.score(run_extractor(model, imgs), map_modes=(default,))
-        return r["scores"][default], r["maps"][default]
+        return r.scores[default], r.maps[default]
     return out, infer
 
 

@@ -124,8 +124,8 @@ def run_dataset(ds, fp32_path, features, args, log):
         for i in range(0, len(f), 4):
             r = sc_used.score(f[i:i + 4], map_modes=MODES_MEASURED, modes=MODES_MEASURED)
             for m in sc:
-                sc[m].append(r["scores"][m])
-                maps[m].append(r["maps"][m].astype(np.float32))
+                sc[m].append(r.scores[m])
+                maps[m].append(r.maps[m].astype(np.float32))
         res[key] = {"features": f, "masks": masks, "scores": {m: np.concatenate(v) for m, v in sc.items()},
                     "maps": {m: np.concatenate(v) for m, v in maps.items()}}
     masks = res["fp32"]["masks"].astype(bool)

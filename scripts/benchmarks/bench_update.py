@@ -225,7 +225,7 @@ def main() -> None:
 
     def scores_of(scorer, feats):
         outs = [scorer.score(feats[i:i + 8], map_modes=()) for i in range(0, len(feats), 8)]
-        return {m: np.concatenate([o["scores"][m] for o in outs]) for m in MODES}
+        return {m: np.concatenate([o.scores[m] for o in outs]) for m in MODES}
 
     if a.teach_rule == "build":     # the threshold the build calibrated (its rule, on its held-out images)
         thr = sc_full.thresholds

@@ -134,7 +134,7 @@ def scores_of_test(bank_dir: str, te: Projected, batch: int = 16) -> Dict[str, n
     for i in range(0, te.feats.shape[0], batch):
         r = scorer.score(te.feats[i:i + batch].astype(np.float32), map_modes=(), modes=MODES)
         for m in MODES:
-            out[m].append(r["scores"][m])
+            out[m].append(r.scores[m])
     return {m: np.concatenate(v) for m, v in out.items()}
 
 
