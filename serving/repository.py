@@ -93,7 +93,7 @@ def choose_threshold(manifest: BankManifest, mode: str, override: Optional[float
     """The served threshold: override, else the calibrated one of mode, else None (the manifest checked it is a number)."""
     if override is not None:
         return float(override)
-    return manifest.threshold_of(mode)
+    return manifest.thresholds.get(mode)
 
 
 def _threshold_text(thr: Optional[float]) -> str:
