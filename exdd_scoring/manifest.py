@@ -1,38 +1,33 @@
 """``BankManifest``: the typed, validated, versioned ``manifest.json`` of a bank directory, defined once.
 
-Built by ``exdd offline build``, evolved by ``exdd offline update`` (``dataclasses.replace``), read as
-attributes by the scorer, repository assembly, deploy and the CLI. Each section is a frozen dataclass
-whose field types drive reading and writing (``_parse`` / ``Record.to_dict``); ``upgrade`` alone knows
-the older versions. Rules (each one names the file and the field when broken):
+Written by ``exdd offline build`` and ``update``, read as attributes by the scorer, repository assembly, deploy
+and the CLI. Each section is a frozen dataclass whose field types drive reading and writing (records.py);
+``upgrade`` alone knows the older versions. Rules (a broken one names the file and the field):
 
-- A present field of the wrong type or range is an error, never a silent default (a threshold
-  that is not a number refuses the banks instead of serving no threshold).
-- Unknown keys are refused at every typed level: exdd is the only writer, so an unknown key is a
-  typo or a hand edit (``treshold``); a later exdd that adds a key raises ``version``, which this
-  one refuses with how to proceed. The free-form parts (calibration ``detail``, ``threshold.calibrated``) stay mappings.
-- Required: ``features`` and ``k`` (and, in a bank directory, ``format_version`` and ``files``).
-  An absent field means its dataclass default: ``default_mode`` -> ``DEFAULT_MODE``; ``threshold``
-  -> uncalibrated (no values, as ``--holdout 0`` writes); ``scoring`` -> gamma ``DEFAULT_GAMMA``, the
-  fusion's and the image head's fixed fallbacks, ``TOPK_FRACTION``; ``features.projection`` ->
-  'random' (FeatureSpec). A ``default_mode`` no longer registered (``exdd_peak``) is refused, saying to rebuild.
-- The provenance (``coreset``, ``sources``, ``defect_patch_rule``, ``parent``, ``updates``) is read by
-  the offline side only: here it stays JSON objects (checked as objects); ``provenance.OfflineManifest``
-  types it field by field with the same rules. The served scorer never imports that module.
-- ``version``: absent = 0. Larger than ``MANIFEST_VERSION``: refused, saying to upgrade exdd or
-  rebuild. ``to_dict`` writes the current version (the ``version`` attribute says what was read).
+- A present field of the wrong type or range is an error, never a silent default (a threshold that is not a
+  number refuses the banks instead of serving none). Unknown keys are refused at every typed level: exdd is the
+  only writer, so one is a typo or a hand edit (``treshold``); a later exdd adding a key raises ``version``,
+  which this one refuses, saying how to proceed. Free-form: ``threshold.detail`` and ``threshold.calibrated``.
+- Required: ``features`` and ``k`` (and in a bank directory ``format_version`` and ``files``). An absent field
+  means its dataclass default: no ``threshold`` is uncalibrated (as ``--holdout 0`` writes), no ``scoring`` is
+  gamma ``DEFAULT_GAMMA``, ``TOPK_FRACTION`` and the fusion's and image head's fixed fallbacks. A
+  ``default_mode`` no longer registered (``exdd_peak``) is refused, saying to rebuild.
+- The provenance (``coreset``, ``sources``, ``defect_patch_rule``, ``parent``, ``updates``) is read offline
+  only: here JSON objects; ``provenance.OfflineManifest`` types it by the same rules. No Triton model imports it.
+- ``version`` absent = 0; larger than ``MANIFEST_VERSION``: refused, saying to upgrade exdd or rebuild.
+  ``to_dict`` writes the current version (the ``version`` attribute says what the manifest was read as).
 
 numpy-free and standard library only (the package is copied into Triton model repositories).
 """
 from __future__ import annotations
 
 import json
-import math
 import os
 import typing
-from collections.abc import Mapping as AbcMapping
-from dataclasses import MISSING, dataclass, field, fields
-from typing import Any, Dict, Iterable, Mapping, NewType, Optional, Tuple, Union
+from dataclasses import dataclass, field, fields
+from typing import Any, Dict, Mapping, NewType, Optional, Tuple
 
+from .records import SCALARS, Finite, Name, Positive, Record, RecordError, dump, fail, field_types, json_object, optional
 from .scores import DEFAULT_GAMMA, DEFAULT_MODE, MODE_REGISTRY, TOPK_FRACTION
 from .spec import FeatureSpec, SpecError
 
@@ -55,76 +50,20 @@ class ManifestError(BankError):
     """A bank manifest with a malformed, unknown or missing field; the message names the file and the field."""
 
 
-# ---- scalar checks: each takes the value and 'FILE: field.path', returns the typed value or raises ---------------
-
-def _fail(name: str, want: str, value: Any) -> None:
-    raise ManifestError(f"{name} must be {want}, got {value!r}")
-
-
-def _obj(value: Any, name: str, known: Iterable[str], required: Iterable[str] = ()) -> Mapping[str, Any]:
-    """value as a JSON object with only known keys and every required one."""
-    value, known = _map(value, name), tuple(known)
-    unknown = sorted(str(k) for k in value if k not in known)
-    if unknown:
-        raise ManifestError(f"{name}: unknown key(s) {', '.join(map(repr, unknown))} (known: {', '.join(known)}); "
-                            f"a typo or a hand edit? exdd writes only these")
-    missing = [k for k in required if k not in value]
-    if missing:
-        raise ManifestError(f"{name}: missing {', '.join(map(repr, missing))}")
-    return value
-
-
-def _map(value: Any, name: str) -> Mapping[str, Any]:
-    if not isinstance(value, Mapping):
-        raise ManifestError(f"{name} must be a JSON object, got {type(value).__name__} {value!r}")
-    return value
-
-
-def _int(value: Any, name: str, minimum: Optional[int] = 0) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or (minimum is not None and value < minimum):
-        _fail(name, "an integer" + (f" >= {minimum}" if minimum is not None else ""), value)
-    return int(value)
-
-
-def _num(value: Any, name: str, finite: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value) \
-            or (finite and math.isinf(value)):
-        _fail(name, "a finite number" if finite else "a number", value)
-    return float(value)
-
-
-def _str(value: Any, name: str, empty: bool = True) -> str:
-    if not isinstance(value, str) or (not empty and not value):
-        _fail(name, "a string" if empty else "a non-empty string", value)
-    return value
-
-
-def _bool(value: Any, name: str) -> bool:
-    if not isinstance(value, bool):
-        _fail(name, "true or false", value)
-    return value
-
-
-def _list(value: Any, name: str) -> Any:
-    if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, (list, tuple)):
-        _fail(name, "a JSON list", value)
-    return value
-
-
-def _mode(value: Any, name: str) -> str:
-    """A registered scoring mode (the registry names the choices)."""
-    if not isinstance(value, str) or value not in MODE_REGISTRY:
-        raise ManifestError(f"{name}: unknown scoring mode {value!r}: expected one of {', '.join(MODE_REGISTRY)} "
-                            f"(a mode since removed? {REBUILD} --mode ...)")
-    return value
-
-
 def check_k(k: Any, name: str) -> int:
     """k as an int >= MIN_K; ManifestError naming name ('FILE: k') otherwise."""
     if isinstance(k, bool) or not isinstance(k, int) or k < MIN_K:
         raise ManifestError(f"{name} = {k!r}: the neighbourhood size of the reweighting must be an integer "
                             f">= {MIN_K} (k = 1 leaves no neighbours and makes every exdd score s_neg / eps)")
     return k
+
+
+def check_mode(value: Any, name: str) -> str:
+    """A registered scoring mode (the registry names the choices)."""
+    if not isinstance(value, str) or value not in MODE_REGISTRY:
+        raise ManifestError(f"{name}: unknown scoring mode {value!r}: expected one of {', '.join(MODE_REGISTRY)} "
+                            f"(a mode since removed? {REBUILD} --mode ...)")
+    return value
 
 
 def safe_name(name: Any, where: str) -> str:
@@ -135,86 +74,8 @@ def safe_name(name: Any, where: str) -> str:
     return name
 
 
-# Field types beyond int (>= 0), float (a number, not NaN), str and bool: each names its check.
-Seed = NewType("Seed", int)            # any integer
-Positive = NewType("Positive", int)    # >= 1
-Finite = NewType("Finite", float)
-Name = NewType("Name", str)            # non-empty
-K = NewType("K", int)                  # >= MIN_K
-ModeName = NewType("ModeName", str)    # a registered scoring mode
-FileName = NewType("FileName", str)    # a plain file name inside the bank directory
-_SCALARS = {int: _int, Seed: lambda v, n: _int(v, n, None), Positive: lambda v, n: _int(v, n, 1), float: _num,
-            Finite: lambda v, n: _num(v, n, True), str: _str, Name: lambda v, n: _str(v, n, False), bool: _bool,
-            K: check_k, ModeName: _mode, FileName: safe_name}
-
-
-def _hints(cls: type) -> Dict[str, Any]:
-    """The field types of a dataclass (resolved once per class)."""
-    if "_field_types" not in cls.__dict__:
-        cls._field_types = typing.get_type_hints(cls)
-    return cls._field_types
-
-
-def _optional(tp: Any) -> Tuple[Any, bool]:
-    """(the type inside Optional[...], whether it was Optional)."""
-    args = typing.get_args(tp)
-    if typing.get_origin(tp) is Union and type(None) in args:
-        return next(a for a in args if a is not type(None)), True
-    return tp, False
-
-
-def _parse(tp: Any, value: Any, where: str, path: str) -> Any:
-    """value (JSON) as a value of field type tp; ManifestError naming 'where: path'."""
-    name = f"{where}: {path}" if path else where
-    tp, optional = _optional(tp)
-    if value is None and optional:
-        return None
-    if tp is Any:
-        return value
-    if tp in _SCALARS:
-        return _SCALARS[tp](value, name)
-    if tp is FeatureSpec:
-        try:
-            return FeatureSpec.from_dict(value, name)
-        except SpecError as e:
-            raise ManifestError(str(e)) from None
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if origin is tuple:
-        return tuple(_parse(args[0], v, where, f"{path}[{i}]") for i, v in enumerate(_list(value, name)))
-    if origin is AbcMapping:
-        return {_parse(args[0], k, where, path): _parse(args[1], v, where, f"{path}.{k}")
-                for k, v in _map(value, name).items()}
-    if isinstance(value, tp):
-        return value
-    fs = fields(tp)
-    d = _obj(value, name, [f.name for f in fs], [f.name for f in fs if f.default is MISSING
-                                                   and f.default_factory is MISSING])
-    hints = _hints(tp)
-    obj = tp(**{k: _parse(hints[k], v, where, f"{path}.{k}" if path else k) for k, v in d.items()})
-    obj.check(lambda k: f"{name}.{k}" if path else f"{where}: {k}")
-    return obj
-
-
-def _dump(value: Any) -> Any:
-    if hasattr(value, "to_dict"):
-        return value.to_dict()
-    if isinstance(value, Mapping):
-        return {k: _dump(v) for k, v in value.items()}
-    return [_dump(v) for v in value] if isinstance(value, (tuple, list)) else value
-
-
-class Record:
-    """A frozen dataclass read from and written to JSON by its field types (absent None fields are not written)."""
-
-    @classmethod
-    def from_dict(cls, d: Any, where: str, path: str = "") -> Any:
-        return _parse(cls, d, where, path)
-
-    def to_dict(self) -> Dict[str, Any]:
-        return {f.name: _dump(getattr(self, f.name)) for f in fields(self) if getattr(self, f.name) is not None}
-
-    def check(self, at) -> None:
-        """What the field types cannot say; at(key) is the field's name for the message."""
+K, ModeName, FileName = NewType("K", int), NewType("ModeName", str), NewType("FileName", str)
+SCALARS.update({K: check_k, ModeName: check_mode, FileName: safe_name})
 
 
 # ---- the sections ----------------------------------------------------------------------------------------------
@@ -240,7 +101,7 @@ class Thresholds(Record):
 @dataclass(frozen=True)
 class Fusion(Record):
     """The fusion mode's logistic model (fusion.fit_fusion): standardisation, coefficients, intercept; also the
-    image head's (with its cross-validation record)."""
+    image head's, with its cross-validation record."""
     mean: Tuple[Finite, ...]
     scale: Tuple[Finite, ...]
     coef: Tuple[Finite, ...]
@@ -257,12 +118,12 @@ class Fusion(Record):
 
     def check(self, at) -> None:
         if not len(self.mean) == len(self.scale) == len(self.coef) >= 1:
-            raise ManifestError(f"{at('mean')}, scale and coef must be lists of one length, got "
-                                f"{len(self.mean)}, {len(self.scale)}, {len(self.coef)}")
+            raise RecordError(f"{at('mean')}, scale and coef must be lists of one length, got "
+                              f"{len(self.mean)}, {len(self.scale)}, {len(self.coef)}")
         if any(s == 0 for s in self.scale):
-            _fail(at("scale"), "non-zero numbers", list(self.scale))
+            fail(at("scale"), "non-zero numbers", list(self.scale))
         if self.heldout is not None:
-            _obj(self.heldout, at("heldout"), ("normal", "defective"))
+            json_object(self.heldout, at("heldout"), ("normal", "defective"))
 
 
 @dataclass(frozen=True)
@@ -276,11 +137,11 @@ class Scoring(Record):
 
     def check(self, at) -> None:
         if not 0.0 < self.topk <= 1.0:
-            _fail(at("topk"), "a fraction in (0, 1]", self.topk)
+            fail(at("topk"), "a fraction in (0, 1]", self.topk)
 
     def params(self) -> Dict[str, Any]:
         """The scorer's Evidence parameters {'gamma', 'fusion', 'topk', 'head' (dicts or None)}; also the JSON form."""
-        return {f.name: _dump(getattr(self, f.name)) for f in fields(self)}
+        return {f.name: dump(getattr(self, f.name)) for f in fields(self)}
 
     to_dict = params
 
@@ -307,16 +168,19 @@ class IndexEntry(Record):
 # ---- the manifest ----------------------------------------------------------------------------------------------
 
 def upgrade(data: Any, where: str) -> Dict[str, Any]:
-    """A parsed manifest.json of any version up to MANIFEST_VERSION as a current-version dict (what each older version
-    left out filled with its documented meaning); ManifestError for a newer version or a non-object."""
+    """A parsed manifest.json of any version up to MANIFEST_VERSION as a current-version dict (what an older
+    version left out filled with its documented meaning); ManifestError for a newer version or a non-object."""
     if not isinstance(data, Mapping):
         raise ManifestError(f"{where}: expected a JSON object (a bank manifest), got {type(data).__name__}")
-    version = _int(data.get("version", 0), f"{where}: version")
+    try:
+        version = SCALARS[int](data.get("version", 0), f"{where}: version")
+    except RecordError as e:
+        raise ManifestError(str(e)) from None
     if version > MANIFEST_VERSION:
         raise ManifestError(f"{where}: manifest version {version} was written by a newer exdd (this one reads "
                             f"versions up to {MANIFEST_VERSION}): upgrade exdd, or {REBUILD}")
     d = dict(data, version=MANIFEST_VERSION)
-    if version < 1:      # untyped: null sections meant absent; before 2026-11-29 no scoring (dual's gamma, fallbacks)
+    if version < 1:      # untyped: a null section meant absent; before 2026-11-29 no scoring (dual's gamma 1)
         d = {k: v for k, v in d.items() if v is not None or k not in ("threshold", "scoring")}
         d.setdefault("scoring", {"gamma": DEFAULT_GAMMA})
     if version < 2 and isinstance(d.get("scoring"), Mapping):     # issue 25: the top-k fraction and the image head
@@ -324,7 +188,7 @@ def upgrade(data: Any, where: str) -> Dict[str, Any]:
     return d
 
 
-Provenance = Optional[Mapping[str, Any]]      # a JSON object the served side never reads (provenance.py types it)
+Provenance = Optional[Mapping[str, Any]]      # a JSON object no served scorer reads (provenance.py types it)
 
 
 @dataclass(frozen=True)
@@ -336,9 +200,9 @@ class BankManifest(Record):
     modes: Tuple[str, ...] = ()                     # the modes registered when the banks were built
     threshold: Thresholds = field(default_factory=Thresholds)
     scoring: Scoring = field(default_factory=Scoring)
-    coreset: Provenance = None                      # provenance (typed by provenance.OfflineManifest)
+    coreset: Provenance = None                      # the coreset settings and bank statistics
     defect_patch_rule: Provenance = None
-    sources: Provenance = None
+    sources: Provenance = None                      # what the banks were built from
     weights_note: str = ""                          # e.g. a random-init backbone: scores not meaningful
     created: str = ""                               # ISO time (UTC) of the build or update
     tool: str = ""                                  # 'exdd VERSION' that wrote it
@@ -350,29 +214,31 @@ class BankManifest(Record):
     version: int = MANIFEST_VERSION                 # what it was read as (0: no version key); to_dict writes the current
 
     def __post_init__(self) -> None:
-        """Fields built in code hold their declared types (parsed ones do by construction)."""
-        where = "bank manifest"
+        """Fields set in code must hold their declared types (parsed ones do by construction)."""
         for f in fields(self):
-            tp, optional = _optional(_hints(type(self))[f.name])
+            tp, opt = optional(field_types(type(self))[f.name])
             value, want = getattr(self, f.name), typing.get_origin(tp) or tp
             if want is tuple:
                 object.__setattr__(self, f.name, tuple(value))
-            elif isinstance(want, type) and not (value is None and optional) and not isinstance(value, want):
-                raise ManifestError(f"{where}: {f.name} must be a {want.__name__}{' or None' if optional else ''}, "
+            elif isinstance(want, type) and not (value is None and opt) and not isinstance(value, want):
+                raise ManifestError(f"bank manifest: {f.name} must be a {want.__name__}{' or None' if opt else ''}, "
                                     f"got {type(value).__name__}")
-        check_k(self.k, f"{where}: k")
-        _mode(self.default_mode, f"{where}: default_mode")
+        check_k(self.k, "bank manifest: k")
+        check_mode(self.default_mode, "bank manifest: default_mode")
         for name in self.files:
-            safe_name(name, where)
+            safe_name(name, "bank manifest")
 
     @classmethod
     def from_dict(cls, data: Any, where: str = "bank manifest", path: str = "") -> "BankManifest":
         """The manifest of a parsed manifest.json (or an in-memory dict of one); ManifestError naming where and the field."""
         if isinstance(data, cls):
             return data
-        if isinstance(data, BankManifest):        # read as another kind (OfflineManifest <-> BankManifest)
+        if isinstance(data, BankManifest):        # read as the other kind (OfflineManifest <-> BankManifest)
             data = {**data.to_dict(), "version": data.version}
-        return _parse(cls, {**upgrade(data, where), "version": data.get("version", 0)}, where, path)
+        try:
+            return super().from_dict({**upgrade(data, where), "version": data.get("version", 0)}, where, path)
+        except (RecordError, SpecError) as e:
+            raise ManifestError(str(e)) from None
 
     @classmethod
     def from_json(cls, text: str, where: str = "bank manifest") -> "BankManifest":
@@ -394,7 +260,7 @@ class BankManifest(Record):
 
     def to_dict(self) -> Dict[str, Any]:
         """The JSON form: the fields (None ones and an empty update history left out), version the current one."""
-        out = {**Record.to_dict(self), "version": MANIFEST_VERSION}
+        out = {**super().to_dict(), "version": MANIFEST_VERSION}
         if not self.updates:
             del out["updates"]
         return out

@@ -11,7 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
-from .manifest import BankManifest, Finite, Name, Positive, Record, Seed, _fail
+from .manifest import BankManifest
+from .records import Finite, Name, Positive, Record, Seed, fail
 
 
 @dataclass(frozen=True)
@@ -49,7 +50,7 @@ class DefectPatchRule(Record):
 
     def check(self, at) -> None:
         if not 0.0 <= self.min_cover <= 1.0:
-            _fail(at("min_cover"), "a fraction in [0, 1]", self.min_cover)
+            fail(at("min_cover"), "a fraction in [0, 1]", self.min_cover)
 
 
 @dataclass(frozen=True)

@@ -246,14 +246,14 @@ def evaluate(dataset, bank_dir, weights, layout, split, out_json, batch_size, no
     from .evaluate import metrics_of, score_split, table
     from exdd.progress import bar
     try:
-        manifest = read_manifest(bank_dir, OfflineManifest)     # --stability reads its provenance
+        manifest = read_manifest(bank_dir)
     except BankError as e:
         fail(str(e))
     model, info = _bank_extractor(bank_dir, manifest, weights)
     if extractor_onnx:
         model = _onnx_model(extractor_onnx, info, extractor_runtime)
     try:
-        banks = load_banks(bank_dir, expected_features=info)
+        banks = load_banks(bank_dir, expected_features=info, manifest_cls=OfflineManifest)   # --stability: provenance
         samples = load_split(dataset, split, layout)
     except (BankError, DatasetError) as e:
         fail(str(e))
