@@ -26,8 +26,7 @@ from exdd.images import is_image_name
 from exdd_scoring import MODES, Bank, BankPair, Scorer, load_banks, load_projection, save_bank
 from exdd_scoring.bank import MANIFEST, BankError, sha256_file
 from exdd_scoring.manifest import REBUILD, Thresholds
-from exdd_scoring.provenance import (Added, BankStats, FileError, OfflineManifest, Parent, SizeChange,
-                                     UpdateRecord)
+from exdd_scoring.provenance import Added, BankStats, FileError, OfflineManifest, Parent, SizeChange, UpdateRecord
 from exdd_scoring.knn import bank_neighbors, topk_nearest
 from .build import Featurize, bank_file, defect_patches, make_bank, score_samples
 from .calibrate import threshold

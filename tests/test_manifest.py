@@ -40,7 +40,8 @@ def test_a_built_manifest_reads_as_attributes_and_round_trips_to_the_same_json()
     assert m.to_dict() == raw                                         # same keys and values as on disk
     assert BankManifest.from_json(m.to_json(), "again") == m
     o = read_manifest(tu.banks(), OfflineManifest)                    # the offline side: provenance typed
-    assert o.coreset.negative.size == raw["coreset"]["negative"]["size"] and o.sources.dataset == raw["sources"]["dataset"]
+    assert o.coreset.negative.size == raw["coreset"]["negative"]["size"]
+    assert o.sources.dataset == raw["sources"]["dataset"] and o.updates == ()
     assert o.to_dict() == raw and o.to_json() == m.to_json() and OfflineManifest.from_dict(m) == o
     with pytest.raises(Exception):
         m.k = 5                                                       # frozen: evolve with dataclasses.replace
@@ -159,3 +160,13 @@ def test_export_repository_refuses_a_threshold_that_is_not_a_number(tmp_path):
     assert p.returncode != 0 and "Traceback" not in p.stderr
     assert "threshold.values.dual must be a finite number, got 'high'" in p.stderr
     assert not out.exists()
+
+
+def test_a_served_scorer_never_imports_the_provenance_module():
+    """What a Triton scorer runs (load_banks + Scorer) reads no provenance: exdd_scoring/provenance.py stays offline."""
+    import subprocess
+    import sys
+    code = ("import sys, exdd_scoring as s; s.Scorer(s.load_banks(sys.argv[1])); "
+            "assert 'exdd_scoring.provenance' not in sys.modules, 'provenance imported'")
+    p = subprocess.run([sys.executable, "-c", code, tu.banks()], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
