@@ -91,7 +91,7 @@ def choose_threshold(manifest: BankManifest, mode: str, override: Optional[float
     """The served threshold: override, else the calibrated one of mode, else None (the manifest checked it is a number)."""
     if override is not None:
         return float(override)
-    return manifest.threshold_of(mode)
+    return manifest.thresholds.get(mode)
 
 
 def _threshold_text(thr: Optional[float]) -> str:
@@ -174,10 +174,11 @@ def _load_product(pm: ProductModels, bank_dir: str, features: FeatureSpec, onnx_
     """The product's verified banks; RepositoryError naming the product and its bank directory otherwise."""
     from exdd_scoring import BankError, load_banks
     from exdd_scoring.bank import check_features
+    from exdd_scoring.provenance import OfflineManifest      # the repository's README gives the bank sizes
     where = f"{bank_dir} vs {onnx_path}" if pm.product is None else \
         f"product {pm.product!r}: banks {bank_dir} vs the shared extractor {onnx_path}"
     try:
-        banks = load_banks(bank_dir)
+        banks = load_banks(bank_dir, manifest_cls=OfflineManifest)
         check_features(banks.manifest.features, features, where)
     except BankError as e:
         msg = str(e)
