@@ -27,7 +27,7 @@ def client() -> None:
 
 def _models(product):
     """(ensemble, scorer) of --product; fails naming a bad product name."""
-    from exdd.serving.products import ProductError, ProductModels
+    from exdd_scoring.model_names import ProductError, ProductModels
     try:
         pm = ProductModels(product)
     except ProductError as e:

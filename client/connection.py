@@ -13,10 +13,11 @@ from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from exdd_scoring.model_names import ENSEMBLE_MODEL, MAP_PARAMETER, SCORER_MODEL
 from exdd_scoring.spec import FeatureSpec, SpecError
 
-MODEL = "exdd"
-SCORER = "exdd_scorer"
+MODEL = ENSEMBLE_MODEL      # the default product's models (a product's: exdd_scoring.model_names.ProductModels)
+SCORER = SCORER_MODEL
 OUTPUTS = ("SCORE", "IS_DEFECT", "SCORE_NEG", "SCORE_POS")
 MAP = "ANOMALY_MAP"
 # issue 27: what a line operator needs, asked for when the served model has them (repositories since issue 27)
@@ -215,13 +216,14 @@ class Connection:
             inp.set_data_from_numpy(np.ascontiguousarray(images, dtype=np.uint8))
         names = list(OUTPUTS) + ([MAP] if with_map else []) + ([IMAGE_HW] if encoded else []) + list(line)
         outs = [tc.InferRequestedOutput(n) for n in names]
-        params = {"threshold": float(threshold)} if threshold is not None else {}
+        params = {} if with_map else {MAP_PARAMETER: False}      # the scorer then skips the map
+        if threshold is not None:
+            params["threshold"] = float(threshold)
         if min_area is not None:
             params["min_area"] = int(min_area)
-        params = params or None
         try:
             kw = {"client_timeout": self.timeout_s} if self.protocol == "grpc" else {}
-            res = self._client.infer(self.model, [inp], outputs=outs, parameters=params, **kw)
+            res = self._client.infer(self.model, [inp], outputs=outs, parameters=params or None, **kw)
         except InferenceServerException as e:
             if _is_unavailable(e):
                 raise ServerUnavailable(f"{self.url}: {e}") from None

@@ -42,7 +42,7 @@ class JobConfig:
     # source(batches, input_hw) -> read(paths, input_hw): where images are read and decoded (None: here, by
     # the sending threads; client/ray_source.py: by Ray tasks ahead of the senders)
     source: Optional[Callable] = None
-    model: str = MODEL            # the product's ensemble and scorer (exdd.serving.products.ProductModels)
+    model: str = MODEL            # the product's ensemble and scorer (exdd_scoring.model_names.ProductModels)
     scorer: str = SCORER
     # what is sent: "array", the files decoded and resized here (input IMAGE at the model-input size), or
     # "bytes", the files as they are (input IMAGE_BYTES; the server decodes and resizes with the same functions)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import os
 from dataclasses import dataclass, replace
-from typing import Any, Dict, Mapping, Optional, Union
+from typing import Any, Dict, Mapping, Optional, Type, Union
 
 import numpy as np
 
@@ -83,9 +83,10 @@ def save_bank(directory: str, negative: Bank, positive: Optional[Bank],
     projection: the extractor's matrix, required when the features' projection is fitted (written as
     projection.npy), never stored for a random one. roi: the input-sized ROI (roi.npy) and roi_png the mask file
     as given (roi.png); sources: the positive bank's defect sources (issue 27), one row per positive row."""
+    kind = type(manifest) if isinstance(manifest, BankManifest) else BankManifest   # an OfflineManifest stays one
     if isinstance(manifest, BankManifest):      # what is written must read back: check it as a reader will
         manifest = manifest.to_dict()
-    manifest = BankManifest.from_dict(manifest, f"{os.path.join(directory, MANIFEST)} (to write)")
+    manifest = kind.from_dict(manifest, f"{os.path.join(directory, MANIFEST)} (to write)")
     os.makedirs(directory, exist_ok=True)
     files: Dict[str, FileEntry] = {}
     parts = [("negative", negative)] + ([("positive", positive)] if positive is not None else [])
@@ -164,12 +165,13 @@ def write_manifest(directory: str, manifest: BankManifest) -> None:
     manifest.write(os.path.join(directory, MANIFEST))
 
 
-def read_manifest(directory: str) -> BankManifest:
-    """The validated manifest of a bank directory; BankError naming the file (and the field) when absent or malformed."""
+def read_manifest(directory: str, cls: Type[BankManifest] = BankManifest) -> BankManifest:
+    """The validated manifest of a bank directory (read as cls: provenance.OfflineManifest types the provenance);
+    BankError naming the file (and the field) when absent or malformed."""
     path = os.path.join(directory, MANIFEST)
     if not os.path.isfile(path):
         raise BankError(f"{directory}: no {MANIFEST} (not a bank directory)")
-    manifest = BankManifest.read(path)
+    manifest = cls.read(path)
     if manifest.format_version != BANK_FORMAT_VERSION:
         raise ManifestError(f"{path}: format_version {manifest.format_version!r} is not {BANK_FORMAT_VERSION}")
     if not manifest.files:
@@ -231,9 +233,11 @@ def _load_array(directory: str, fname: str, meta: FileEntry) -> np.ndarray:
     return arr
 
 
-def load_banks(directory: str, expected_features: Any = None) -> BankPair:
-    """Load and verify a bank directory; expected_features (a FeatureSpec, or a FEATURE_KEYS subset) must match."""
-    manifest = read_manifest(directory)
+def load_banks(directory: str, expected_features: Any = None,
+               manifest_cls: Type[BankManifest] = BankManifest) -> BankPair:
+    """Load and verify a bank directory; expected_features (a FeatureSpec, or a FEATURE_KEYS subset) must match; the
+    manifest read as manifest_cls (see read_manifest)."""
+    manifest = read_manifest(directory, manifest_cls)
     if expected_features is not None:
         check_features(manifest.features, expected_features, directory)
     files = manifest.files

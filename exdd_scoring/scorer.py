@@ -12,6 +12,7 @@ from .nearest import peak_patches, rows_at
 from .regions import largest_regions
 from .resample import upsample_smooth, upsample_smooth_matrices
 from .roi import input_roi, mask_maps, mask_patches, patch_roi
+from .score_batch import ScoreBatch
 from .scores import MODE_REGISTRY, MODES, Evidence, bank_peak, bank_scale, image_scores, mode, positive_scale
 
 
@@ -127,20 +128,19 @@ class Scorer:
             return np.zeros(b, dtype=np.int32), np.zeros((b, 4), dtype=np.int32)
         return largest_regions(maps, t)
 
-    def score(self, feats: Any, map_modes: Iterable[str] = MODES, modes: Optional[Iterable[str]] = None) -> Dict[str, Any]:
-        """Scores of the modes (all by default), per-bank scores, patch maps and image-sized maps for map_modes."""
+    def score(self, feats: Any, map_modes: Iterable[str] = MODES, modes: Optional[Iterable[str]] = None) -> ScoreBatch:
+        """Scores of the modes (all by default), per-bank scores and patch maps, and image-sized maps of map_modes
+        only (map_modes=(): no served map is upsampled or smoothed; a mode's score still builds the maps it needs)."""
         ev = self.evidence(feats)
         b = feats.shape[0]
         wanted = tuple(MODE_REGISTRY if modes is None else modes)
         sc = image_scores(ev, wanted)
         maps = {m: ev.image_map(map_of_mode(m)) for m in map_modes}
-        return {
-            "scores": {m: sc[m] for m in wanted},
-            "s_neg": sc["s_neg"], "s_pos": sc["s_pos"],
-            "patch_neg": ev.a_neg.reshape((b,) + self.grid),
-            "patch_pos": None if ev.a_pos is None else ev.a_pos.reshape((b,) + self.grid),
-            "maps": maps,
-            "nearest_rows": {m: self.nearest_rows(ev, m) for m in wanted},   # issue 27, per mode
-            "regions": {m: self.regions(maps[m], m) for m in maps},           # issue 27, per map mode (host)
-            "evidence": ev,
-        }
+        regions = {m: self.regions(maps[m], m) for m in maps}                 # issue 27, per map mode (host)
+        return ScoreBatch(
+            scores={m: sc[m] for m in wanted}, s_neg=sc["s_neg"], s_pos=sc["s_pos"],
+            patch_neg=ev.a_neg.reshape((b,) + self.grid),
+            patch_pos=None if ev.a_pos is None else ev.a_pos.reshape((b,) + self.grid),
+            maps=maps, nearest_rows={m: self.nearest_rows(ev, m) for m in wanted},
+            areas={m: r[0] for m, r in regions.items()}, boxes={m: r[1] for m, r in regions.items()},
+            evidence=ev)

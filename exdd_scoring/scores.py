@@ -150,6 +150,11 @@ class Evidence:
         b = self.a_neg.shape[0]
         return MAP_KINDS[kind](self).reshape((b,) + tuple(self.grid))
 
+    @property
+    def built_maps(self) -> Tuple[str, ...]:
+        """The map kinds upsampled and smoothed so far (each is built once, when first needed)."""
+        return tuple(self._maps)
+
     def image_map(self, kind: str) -> Any:
         """(B, H, W) upsampled and smoothed map of a kind, computed once per batch."""
         kind = kind if self.pos is not None else "neg"

@@ -149,8 +149,8 @@ def reduced_parity(runner: Any, precision: str, model: Any, images: np.ndarray, 
         from exdd_scoring import Scorer
         scorer = Scorer(banks)
         mode = mode or scorer.default_mode
-        s_q = np.concatenate([scorer.score(got[i:i + 4], map_modes=())["scores"][mode] for i in range(0, len(got), 4)])
-        s_f = np.concatenate([scorer.score(ref[i:i + 4], map_modes=())["scores"][mode] for i in range(0, len(ref), 4)])
+        s_q = np.concatenate([scorer.score(got[i:i + 4], map_modes=()).scores[mode] for i in range(0, len(got), 4)])
+        s_f = np.concatenate([scorer.score(ref[i:i + 4], map_modes=()).scores[mode] for i in range(0, len(ref), 4)])
         res.rank_correlation = spearman(s_q, s_f)
         res.score_rel_max = float(np.max(np.abs(s_q - s_f) / np.maximum(np.abs(s_f), 1e-12)))
         res.mode = mode

@@ -28,9 +28,9 @@ import numpy as np
 from exdd import __version__, defaults
 from exdd.fileio import check_replaceable, staged_dir
 from exdd_scoring import DEFAULT_MODE, MODES, Bank, BankPair, Scorer, save_bank
-from exdd_scoring.manifest import (BankManifest, BankStats, Confidence, CoresetInfo, DefectPatchRule, Fusion,
-                                   LineRules, ReviewBand, RoiInfo, Scoring, Sources, Thresholds)
+from exdd_scoring.manifest import Confidence, Fusion, LineRules, ReviewBand, RoiInfo, Scoring, Thresholds
 from exdd_scoring.nearest import DefectSources
+from exdd_scoring.provenance import BankStats, CoresetInfo, DefectPatchRule, FileError, OfflineManifest, Sources
 from exdd_scoring.roi import ROI_PNG, patch_roi
 from exdd_scoring.fusion import fit_fusion
 from exdd_scoring.spec import FeatureSpec
@@ -67,7 +67,7 @@ class BuildConfig:
 
 @dataclass
 class BuildResult:
-    manifest: BankManifest
+    manifest: OfflineManifest
     errors: List[Tuple[str, str]] = field(default_factory=list)
 
 
@@ -121,14 +121,14 @@ def score_samples(scorer: Scorer, extracted_feats: np.ndarray, batch: int = 16,
         map_modes = MODES if want is not None and want.any() else ()
         r = scorer.score(extracted_feats[i:i + batch].astype(np.float32), map_modes=map_modes)
         for m in MODES:
-            out[m].append(r["scores"][m])
+            out[m].append(r.scores[m])
         for m in map_modes:
-            flat = np.asarray(r["maps"][m])[want].reshape(int(want.sum()), -1)
+            flat = np.asarray(r.maps[m])[want].reshape(int(want.sum()), -1)
             out.setdefault(f"pixels:{m}", []).append((flat if inside is None else flat[:, inside])[:, ::PIXEL_STRIDE]
                                                      .reshape(-1))
         if scorer.has_positive:
-            out["fusion_x"].append(fusion_inputs(r["evidence"]))
-            out["head_x"].append(head_inputs(r["evidence"]))
+            out["fusion_x"].append(fusion_inputs(r.evidence))
+            out["head_x"].append(head_inputs(r.evidence))
     return {m: np.concatenate(v) if v else np.zeros(0) for m, v in out.items()}
 
 
@@ -299,7 +299,7 @@ def build(dataset: str, out_dir: str, model, features: Dict[str, Any], cfg: Buil
         labels = np.array([s.label for s in ex.samples])
         return score_samples(calibration_scorer(pair), ex.features, pixel_images=labels == 0), labels
 
-    def head_crossfit(manifest: BankManifest) -> Optional[np.ndarray]:
+    def head_crossfit(manifest: OfflineManifest) -> Optional[np.ndarray]:
         if positive is None or "real" not in pos_ex:
             return None
         synth = pos_ex["synthetic"][0][pos_ex["synthetic"][1]] if "synthetic" in pos_ex else None
@@ -336,7 +336,7 @@ HEAD_SEED = 0
 
 
 # head_crossfit(manifest) -> the head statistics of the cross-fitted defective training images, or None
-HeadCrossfit = Callable[[BankManifest], Optional[np.ndarray]]
+HeadCrossfit = Callable[[OfflineManifest], Optional[np.ndarray]]
 
 
 def finish(dataset: str, out_dir: str, features: Dict[str, Any], cfg: BuildConfig, synthetic_dirs: Sequence[str],
@@ -358,7 +358,7 @@ def finish(dataset: str, out_dir: str, features: Dict[str, Any], cfg: BuildConfi
         if problem:
             print(f"warning: {problem}", file=sys.stderr)
     where = f"{out_dir}: manifest"
-    manifest = BankManifest(
+    manifest = OfflineManifest(
         features=FeatureSpec.from_dict(features, f"{where} features"),
         weights_note=("RANDOM-INIT BACKBONE: detection quality is not meaningful" if is_random(features["weights"])
                       else ""),
@@ -370,7 +370,8 @@ def finish(dataset: str, out_dir: str, features: Dict[str, Any], cfg: BuildConfi
                                           "cell coverage by the resized mask >= min_cover; else the most covered cell"),
         sources=Sources(dataset, len(p.normals), pos_counts.get("real", 0), pos_counts.get("synthetic", 0),
                         tuple(synthetic_dirs), sum(1 for s in p.held if s.label == 0),
-                        sum(1 for s in p.held if s.label == 1), tuple(errors), HOLDOUT_RULE, float(cfg.holdout)),
+                        sum(1 for s in p.held if s.label == 1), tuple(FileError(*e) for e in errors), HOLDOUT_RULE,
+                        float(cfg.holdout)),
         default_mode=cfg.default_mode,
         modes=MODES,
         scoring=Scoring(float(cfg.gamma), None),

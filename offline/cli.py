@@ -187,7 +187,7 @@ def build(dataset, out_dir, weights, d, projection_seed, projection, projection_
     click.echo(f"negative: {cs.negative.size} of {cs.negative.patches} patches ({src.normal_images} normal images)")
     click.echo(f"positive: {cs.positive.size} of {cs.positive.patches} patches "
                f"({src.defect_images} defective + {src.synthetic_images} synthetic images)")
-    for mode, v in m.threshold.values.items():
+    for mode, v in m.thresholds.items():
         click.echo(f"threshold[{mode}]: {v:.6g} ({m.threshold.detail[mode]['rule']})")
     click.echo(f"time: {time.time() - t0:.1f}s")
     if res.errors:
@@ -281,6 +281,7 @@ def evaluate(dataset, bank_dir, weights, layout, split, out_json, batch_size, no
     Test images whose files are byte-identical to a training image of DATASET are left out of the metrics
     (said on stderr and recorded in the results) unless --keep-duplicates."""
     from exdd_scoring import BankError, Scorer, load_banks, read_manifest
+    from exdd_scoring.provenance import OfflineManifest
     from exdd.datasets import DatasetError, leak_message, load_split, training_copies
     from exdd.results import ErrorRow, EvaluationResults, ImageResult
     from exdd.metrics import confusion
@@ -294,7 +295,7 @@ def evaluate(dataset, bank_dir, weights, layout, split, out_json, batch_size, no
     if extractor_onnx:
         model = _onnx_model(extractor_onnx, info, extractor_runtime)
     try:
-        banks = load_banks(bank_dir, expected_features=info)
+        banks = load_banks(bank_dir, expected_features=info, manifest_cls=OfflineManifest)   # --stability: provenance
         samples = load_split(dataset, split, layout)
     except (BankError, DatasetError) as e:
         fail(str(e))
@@ -317,7 +318,7 @@ def evaluate(dataset, bank_dir, weights, layout, split, out_json, batch_size, no
     def score_second(feats):
         r = second[1].score(feats, map_modes=())
         for m in MODES:
-            second_scores[m].append(r["scores"][m])
+            second_scores[m].append(r.scores[m])
     b = bar("scoring", len(samples), "img")
     t0 = time.time()
     scored = score_split(samples, model, scorer, tuple(info["input_size"]), batch_size, not no_pixel, b.update,
@@ -459,13 +460,14 @@ def update(bank_dir, out_dir, normal_paths, defect_paths, results, verdict_colum
     """Teach BANKS new normal / defect images incrementally; writes a new bank directory recording its parent."""
     from exdd_scoring import BankError, read_manifest
     from exdd_scoring.bank import check_features
+    from exdd_scoring.provenance import OfflineManifest
     from .build import model_featurizer
     from exdd.datasets import DatasetError
     from exdd.progress import bar
     from .update import (already_added, defect_samples, heldout_samples, normal_samples, update as run_update,
                          verdict_samples)
     try:
-        manifest = read_manifest(bank_dir)
+        manifest = read_manifest(bank_dir, OfflineManifest)
         normals = normal_samples(normal_paths)
         defects, errors = defect_samples(defect_paths)
         if results:
@@ -499,9 +501,9 @@ def update(bank_dir, out_dir, normal_paths, defect_paths, results, verdict_colum
     click.echo(f"banks: {out_dir}  (parent {bank_dir}, manifest sha256 {rec.parent.manifest_sha256[:12]}...)")
     for name in ("negative", "positive"):
         click.echo(f"{name}: {getattr(rec, name).size_before} -> {getattr(rec, name).size_after}")
-    click.echo(f"added: {len(rec.added_normal)} normal, {len(rec.added_defect)} defect image(s); "
+    click.echo(f"added: {len(rec.added.normal)} normal, {len(rec.added.defect)} defect image(s); "
                f"threshold {rec.threshold}")
-    for mode, v in m.threshold.values.items():
+    for mode, v in m.thresholds.items():
         click.echo(f"threshold[{mode}]: {v:.6g}")
     click.echo("time: " + ", ".join(f"{k} {v:.2f}s" for k, v in res.seconds.items()))
     if res.errors:

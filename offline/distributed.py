@@ -27,7 +27,7 @@ import numpy as np
 
 from exdd.log import get as _logger
 from exdd_scoring import BankPair
-from .build import (BuildConfig, BuildResult, bank_of, calibration_scorer, defect_patches, finish, make_bank, plan,
+from .build import (HEAD_SEED, BuildConfig, BuildResult, bank_of, calibration_scorer, defect_patches, finish, make_bank, plan,
                     score_samples)
 from .head import crossfit_inputs
 from .coreset import Coreset, bank_size, greedy_kcenter, greedy_picks, merge_chunks

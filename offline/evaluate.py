@@ -64,15 +64,15 @@ def score_features(feature_batches: Iterable[Tuple[List[Sample], np.ndarray, Lis
         r = scorer.score(feats, map_modes=MODES if with_maps else (served,))
         n0 = len(kept)
         for m in MODES:
-            sc[m].append(r["scores"][m])
-        areas.append(r["regions"][served][0])
-        boxes.append(r["regions"][served][1])
-        rows.append(np.asarray(r["nearest_rows"][served]))
-        s_neg.append(r["s_neg"])
-        s_pos.append(r["s_pos"])
+            sc[m].append(r.scores[m])
+        areas.append(r.areas[served])
+        boxes.append(r.boxes[served])
+        rows.append(np.asarray(r.nearest_rows[served]))
+        s_neg.append(r.s_neg)
+        s_pos.append(r.s_pos)
         if with_maps:
             for m in MODES:
-                maps[map_of_mode(m)][n0:n0 + len(bs)] = r["maps"][m]
+                maps[map_of_mode(m)][n0:n0 + len(bs)] = r.maps[m]
         masks += ms
         kept += bs
         if progress:

@@ -17,7 +17,7 @@ from exdd import defaults
 from exdd.datasets import DatasetError, HOLDOUT_RULE, Sample, holdout_split, legacy_holdout_split, load_split, synthetic
 from exdd.metrics import spearman
 from exdd_scoring import BankError
-from exdd_scoring.manifest import BankManifest
+from exdd_scoring.provenance import OfflineManifest
 from .build import BuildConfig
 
 
@@ -30,7 +30,7 @@ class Rebuild:
     held_first: List[Sample]
 
 
-def rebuild_plan(manifest: BankManifest, where: str, dataset: str, layout: str, batch_size: int) -> Rebuild:
+def rebuild_plan(manifest: OfflineManifest, where: str, dataset: str, layout: str, batch_size: int) -> Rebuild:
     """The BuildConfig that built the manifest's banks, with the next seed; refused when the manifest lacks what a
     rebuild needs or DATASET is not the data the banks were built from (image counts)."""
     cs, src = manifest.coreset, manifest.sources
@@ -47,8 +47,8 @@ def rebuild_plan(manifest: BankManifest, where: str, dataset: str, layout: str, 
                                  sum(s.label == 0 for s in held), sum(s.label == 1 for s in held))
     want = (src.normal_images, src.defect_images, src.heldout_normal, src.heldout_defect)
     if manifest.updates:
-        want = (want[0] - sum(len(u.added_normal) for u in manifest.updates),
-                want[1] - sum(len(u.added_defect) for u in manifest.updates)) + want[2:]
+        want = (want[0] - sum(len(u.added.normal) for u in manifest.updates),
+                want[1] - sum(len(u.added.defect) for u in manifest.updates)) + want[2:]
     got = counts(kept, held)
     if got != want:
         raise DatasetError(f"{dataset}: its training split gives {got[0]} normal + {got[1]} defective bank images and "
@@ -74,7 +74,7 @@ def rebuild_plan(manifest: BankManifest, where: str, dataset: str, layout: str, 
 
 def stability_report(scores_a: Dict[str, np.ndarray], scores_b: Dict[str, np.ndarray], seeds: Sequence[int],
                      held_a: Sequence[Sample], held_b: Sequence[Sample], dataset: str,
-                     banks_a: BankManifest, banks_b: BankManifest) -> Dict[str, Any]:
+                     banks_a: OfflineManifest, banks_b: OfflineManifest) -> Dict[str, Any]:
     """Spearman of the two builds' image scores per mode, and what differs between the builds."""
     rel = lambda ss: sorted(os.path.relpath(s.path, dataset) for s in ss)  # noqa: E731
     ha, hb = rel(held_a), rel(held_b)

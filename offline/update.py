@@ -25,7 +25,8 @@ from exdd.fileio import check_replaceable, staged_dir
 from exdd.images import is_image_name
 from exdd_scoring import MODES, Bank, BankPair, Scorer, load_banks, load_projection, save_bank
 from exdd_scoring.bank import MANIFEST, BankError, sha256_file
-from exdd_scoring.manifest import REBUILD, BankManifest, BankStats, Parent, SizeChange, Thresholds, UpdateRecord
+from exdd_scoring.manifest import REBUILD, Thresholds
+from exdd_scoring.provenance import Added, BankStats, FileError, OfflineManifest, Parent, SizeChange, UpdateRecord
 from exdd_scoring.knn import bank_neighbors, topk_nearest
 from exdd_scoring.nearest import DefectSources
 from exdd_scoring.roi import ROI_PNG, patch_roi
@@ -41,7 +42,7 @@ DEFECT_VERDICTS = ("defect", "ng", "bad", "fail", "true_defect", "missed_defect"
 @dataclass
 class UpdateResult:
     """The manifest written, the per-file errors and the seconds each stage took."""
-    manifest: BankManifest
+    manifest: OfflineManifest
     errors: List[Tuple[str, str]] = field(default_factory=list)
     seconds: Dict[str, float] = field(default_factory=dict)
 
@@ -143,7 +144,7 @@ def update(parent_dir: str, out_dir: str, normals: Sequence[Sample], defects: Se
     if not normals and not defects:
         raise ValueError("nothing to add: give --normal and/or --defect images (or --from-results verdicts)")
     t0 = time.perf_counter()
-    parent = load_banks(parent_dir)
+    parent = load_banks(parent_dir, manifest_cls=OfflineManifest)
     pm = parent.manifest
     if pm.coreset is None:
         raise BankError(f"{os.path.join(parent_dir, MANIFEST)}: no coreset section (the banks' size rule and seed): "
@@ -223,10 +224,10 @@ def update(parent_dir: str, out_dir: str, normals: Sequence[Sample], defects: Se
     seconds["calibrate"] = time.perf_counter() - t3
     record = UpdateRecord(
         at=now, parent=Parent(os.path.abspath(parent_dir), sha256_file(os.path.join(parent_dir, MANIFEST))),
-        added_normal=tuple(added["normal"]), added_defect=tuple(added["defect"]),
+        added=Added(tuple(added["normal"]), tuple(added["defect"])),
         negative=SizeChange(parent.negative.size, negative.size),
         positive=SizeChange(parent.positive.size if parent.positive else 0, positive.size if positive else 0),
-        threshold=threshold_note, errors=tuple(errors), note=note, tool=f"exdd {__version__}")
+        threshold=threshold_note, errors=tuple(FileError(*e) for e in errors), note=note, tool=f"exdd {__version__}")
     manifest = replace(manifest, threshold=thr, parent=record.parent, updates=manifest.updates + (record,),
                        created=now, files={})
     t4 = time.perf_counter()
@@ -329,12 +330,12 @@ def verdict_samples(results_path: str, column: str = "verdict") -> Tuple[List[Sa
     return normals, defects, errors
 
 
-def already_added(manifest: BankManifest) -> set:
+def already_added(manifest: OfflineManifest) -> set:
     """Absolute paths of images added by earlier updates in this lineage."""
     return manifest.already_added()
 
 
-def heldout_samples(dataset: str, manifest: BankManifest, holdout: float, layout: str = "auto") -> List[Sample]:
+def heldout_samples(dataset: str, manifest: OfflineManifest, holdout: float, layout: str = "auto") -> List[Sample]:
     """The held-out training images the parent build calibrated on (same seed and hold-out rule), checked against its
     counts. Banks built before issue 25 (no sources.heldout_rule) held out by the seeded listing-order rule."""
     from exdd.datasets import HOLDOUT_RULE, holdout_split, legacy_holdout_split, load_split

@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import html
+import json
 import math
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -75,16 +76,98 @@ def roc_of(scores: np.ndarray, labels: np.ndarray) -> Optional[Tuple[np.ndarray,
     return fpr, tpr
 
 
-def histogram(scores: np.ndarray, labels: np.ndarray, thr: Optional[float], bins: int = 24) -> Dict[str, Any]:
-    """Counts of normal / defective / unknown scores over common bins whose range includes thr."""
-    vals = list(scores) + ([thr] if thr is not None else [])
-    lo, hi = (min(vals), max(vals)) if vals else (0.0, 1.0)
+def _inlier_range(scores: np.ndarray, labels: np.ndarray) -> Tuple[float, float]:
+    """The range of the scores that are not far outliers: beyond Tukey's far fences (3 IQR past the quartiles)
+    of their own class (of all the scores for a class of fewer than 5), so a well separated defect class is
+    never taken for outliers of the normal one."""
+    def fences(v: np.ndarray) -> Tuple[float, float]:
+        q1, q3 = np.percentile(v, [25, 75])
+        iqr = q3 - q1 or (np.percentile(v, 90) - np.percentile(v, 10)) / 2
+        return (q1 - 3 * iqr, q3 + 3 * iqr) if iqr > 0 else (-math.inf, math.inf)
+    pooled = fences(scores)
+    keep = np.zeros(scores.shape, dtype=bool)
+    for c in np.unique(labels):
+        sel = labels == c
+        f = fences(scores[sel]) if sel.sum() >= 5 else pooled
+        keep |= sel & (scores >= f[0]) & (scores <= f[1])
+    inl = scores[keep] if keep.any() else scores
+    return float(inl.min()), float(inl.max())
+
+
+def histogram(scores: np.ndarray, labels: np.ndarray, thr: Optional[float], bins: int = 24,
+              marks: Sequence[float] = ()) -> Dict[str, Any]:
+    """Counts of normal / defective / unknown scores over common bins whose range includes thr and marks.
+
+    A few huge scores would squeeze every other bar into the first bin: when the scores beyond the far fences
+    (see _inlier_range) stretch the range to more than twice that of the others, the bins stop there and the
+    scores beyond are counted apart, per class, in 'over' (above edges[-1]) and 'under' (below edges[0])."""
+    fixed = [v for v in [thr, *marks] if v is not None]
+    if scores.size:
+        lo, hi = float(scores.min()), float(scores.max())
+        ilo, ihi = _inlier_range(scores, labels)
+        if (ihi - ilo) * 2 < hi - lo:
+            lo, hi = ilo, ihi
+        lo, hi = min([lo, *fixed]), max([hi, *fixed])
+    else:
+        lo, hi = (min(fixed), max(fixed)) if fixed else (0.0, 1.0)
     pad = (hi - lo) * 0.04 or max(abs(hi) * 0.05, 1e-3)
     edges = np.linspace(lo - pad, hi + pad, bins + 1)
-    count = lambda sel: np.histogram(scores[sel], edges)[0].astype(int).tolist()  # noqa: E731
-    return {"edges": edges.tolist(), "normal": count(labels == 0), "defective": count(labels == 1),
-            "unknown": count((labels != 0) & (labels != 1))}
+    groups = {"normal": labels == 0, "defective": labels == 1, "unknown": (labels != 0) & (labels != 1)}
+    out: Dict[str, Any] = {"edges": edges.tolist()}
+    for k, sel in groups.items():
+        out[k] = np.histogram(scores[sel], edges)[0].astype(int).tolist()
+    out["over"] = {k: int((scores[sel] > edges[-1]).sum()) for k, sel in groups.items()}
+    out["under"] = {k: int((scores[sel] < edges[0]).sum()) for k, sel in groups.items()}
+    out["min"], out["max"] = (float(scores.min()), float(scores.max())) if scores.size else (None, None)
+    return out
 
+
+def review_band(results: Dict[str, Any]) -> Tuple[Optional[Tuple[float, float]], str]:
+    """((ok_below, defect_above), '') of the results' 'review_band' (scores between them go to a person);
+    (None, '') when absent; (None, why) when it is not two finite numbers in order."""
+    band = results.get("review_band")
+    if band is None:
+        return None, ""
+    t1 = finite_or_none(band.get("ok_below")) if isinstance(band, dict) else None
+    t2 = finite_or_none(band.get("defect_above")) if isinstance(band, dict) else None
+    if t1 is None or t2 is None or t1 > t2:
+        return None, (f"review_band {json.dumps(band, default=str)[:200]} not drawn: it needs ok_below <= "
+                      f"defect_above, two finite numbers")
+    return (t1, t2), ""
+
+
+def confidence_labels(results: Dict[str, Any]) -> Tuple[np.ndarray, np.ndarray, int]:
+    """The 'confidence' (0..1) of the scored images labelled 0 or 1, their labels, and how many confidences
+    (of any image) were left out for lying outside 0..1."""
+    c, y, bad = [], [], 0
+    for im in ok_images(results):
+        v, lab = finite_or_none(im.get("confidence")), int(im.get("label", -1))
+        if v is not None and not 0.0 <= v <= 1.0:
+            bad += 1
+        elif v is not None and lab in (0, 1):
+            c.append(v)
+            y.append(lab)
+    return np.asarray(c, dtype=np.float64), np.asarray(y, dtype=np.int64), bad
+
+
+def reliability(conf: np.ndarray, labels: np.ndarray, bins: int = 10) -> Dict[str, Any]:
+    """Confidence against the observed defect rate over equal-width bins of [0, 1]: per bin the count, the mean
+    confidence and the defect rate (None in an empty bin); the expected calibration error (count-weighted mean
+    of |rate - confidence|) and the Brier score."""
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    idx = np.clip(np.searchsorted(edges, conf, side="right") - 1, 0, bins - 1)
+    count, mean_conf, rate = [], [], []
+    for b in range(bins):
+        sel = idx == b
+        n = int(sel.sum())
+        count.append(n)
+        mean_conf.append(float(conf[sel].mean()) if n else None)
+        rate.append(float(labels[sel].mean()) if n else None)
+    n = int(conf.size)
+    ece = sum(c / n * abs(r - m) for c, m, r in zip(count, mean_conf, rate) if c) if n else None
+    brier = float(np.mean((conf - labels) ** 2)) if n else None
+    return {"edges": edges.tolist(), "count": count, "confidence": mean_conf, "rate": rate, "n": n,
+            "ece": ece, "brier": brier}
 
 
 def gallery_groups(results: Dict[str, Any], mode: str, n: int = 6) -> List[Tuple[str, List[Dict[str, Any]]]]:

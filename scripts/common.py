@@ -1,4 +1,7 @@
-"""What several scripts do alike: dataset subsets, peak RSS, raw-feature caches, `exdd` in a subprocess, a local server.
+"""What several scripts do alike: dataset subsets, peak RSS, raw-feature caches, `exdd` in a subprocess, and the
+studies' evidence helpers (served_evidence: the served formulas on a study's one-pass evidence; peak_dists).
+
+The bench harness (result record, latency statistics, serving chain, local server) is scripts/harness.py.
 
 Scripts run as modules from the repository root (``python -m scripts.benchmarks.bench_coreset ...``), so that
 they import this module as ``scripts.common``; it imports only exdd's public API, and that lazily.
@@ -120,19 +123,45 @@ def process_tree(pid: int) -> List[int]:
     return out
 
 
-def start_server(repo: str, log_path: str, timeout: float = 300.0, **server_options):
-    """A started, ready tritonserver (serving venv) on free loopback ports; stopped again when it does not get ready."""
-    from exdd.serving.serve import TritonServer, free_port
-    from exdd.serving.serving_env import resolve
-    srv = TritonServer(repo, "127.0.0.1", free_port(), free_port(), free_port(), env=resolve(), log_path=log_path,
-                       **server_options)
-    srv.start()
-    try:
-        srv.wait_ready(timeout)
-    except BaseException:
-        srv.stop()
-        raise
-    return srv
+def peak_dists(feats: np.ndarray, idx: np.ndarray, bank: np.ndarray, nbr: np.ndarray, peak: np.ndarray) -> np.ndarray:
+    """(b, 1 + nbr.shape[1]) float32 distances from each image's peak patch (feats (b, P, d), peak (b,) its index) to
+    its bank match m* (idx (b, P)) and m*'s bank neighbours (nbr), m* first. The served bank_peak reads only k - 1
+    neighbours; the studies keep m* and 9 so that other k and anomalib's keep-self reweighting can be tried."""
+    b = np.arange(feats.shape[0])
+    m = idx[b, peak]
+    cand = np.concatenate([m[:, None], nbr[m]], axis=1)
+    diff = feats[b, peak][:, None, :] - bank[cand]
+    return np.sqrt(np.einsum("nkd,nkd->nk", diff, diff)).astype(np.float32)
+
+
+def reweighted(s_star: np.ndarray, nb: np.ndarray, k: int, keep_self: bool, t: float) -> np.ndarray:
+    """PatchCore's reweighted score (1 - q) s* (exdd_scoring's reweight_q) over m* and its neighbours (keep_self,
+    anomalib) or the neighbours only (ours); nb: peak_dists, m* first. The served s- is k = defaults.K, the neighbours
+    only, t = sqrt(d) (served_evidence); the studies also try anomalib's k = 9 and t = 1."""
+    from exdd_scoring import reweight_q
+    return (1.0 - reweight_q(s_star, nb[:, :k] if keep_self else nb[:, 1:k], t, np)) * s_star
+
+
+STUDY_EPS = 1e-6   # the studies' eps, the Scorer's default
+
+
+def served_evidence(e: Any, pos_scale: Optional[float], params: Dict, rows: Optional[np.ndarray] = None):
+    """The served scorer's Evidence (exdd_scoring.scores) of a study's one-pass evidence e (a_neg, a_pos: (n, P)
+    nearest distances; nb_neg, nb_pos: (n, >= K) distances from each peak patch to its bank match and that match's
+    neighbours; d, grid, s_h, s_w), of its rows, so the served modes' own formulas score it: the peaks' reweighting
+    with k = defaults.K, the positive bank's spacing pos_scale (None: no bounded eps), the maps smoothed as the
+    scorer smooths them (smooth_maps)."""
+    from exdd import defaults
+    from exdd_scoring import reweight_q
+    from exdd_scoring.scores import DEFAULT_GAMMA, Evidence
+    sub = (lambda v: v) if rows is None else (lambda v: v[rows])  # noqa: E731
+    an, ap, nbn, nbp = sub(e.a_neg), sub(e.a_pos), sub(e.nb_neg), sub(e.nb_pos)
+    t = e.d ** 0.5
+    peak = lambda a, nb: {"s_star": a.max(1), "q": reweight_q(a.max(1), nb[:, 1:defaults.K], t, np)}  # noqa: E731
+    full = dict(params, gamma=DEFAULT_GAMMA) if pos_scale is None else dict(params, gamma=DEFAULT_GAMMA,
+                                                                           pos_scale=pos_scale)
+    return Evidence(an, ap, peak(an, nbn), peak(ap, nbp), tuple(e.grid), STUDY_EPS, np,
+                    lambda m: smooth_maps(np.asarray(m), e.s_h, e.s_w), full)
 
 
 def smooth_maps(patches: np.ndarray, s_h: np.ndarray, s_w: np.ndarray, chunk: int = 32) -> np.ndarray:

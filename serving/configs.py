@@ -9,6 +9,7 @@ from typing import Any, Dict, Optional
 
 from exdd_scoring.answer import review_band
 from exdd_scoring.manifest import BankManifest
+from exdd_scoring.model_names import ENSEMBLE_MODEL, FEATURES_MODEL, PREPROCESS_MODEL, SCORER_MODEL
 from exdd_scoring.spec import FeatureSpec
 
 from .registry import FEATURES_BACKENDS
@@ -80,7 +81,7 @@ def features_config(features: FeatureSpec, backend: str, s: Serving) -> str:
     if backend not in FEATURES_BACKENDS:
         raise ValueError(f"features backend {backend!r}: expected one of {tuple(FEATURES_BACKENDS)}")
     spec = FeatureSpec.from_dict(features)
-    c = template("exdd_features")
+    c = template(FEATURES_MODEL)
     b = FEATURES_BACKENDS[backend]
     c.ClearField("backend")
     c.ClearField("platform")
@@ -112,7 +113,7 @@ def line_parameters(manifest: BankManifest, mode: str, threshold: Optional[float
 
 
 def scorer_config(features: FeatureSpec, mode: str, threshold: Optional[float], s: Serving, sigma: float = 4.0, *,
-                  name: str = "exdd_scorer", product: Optional[str] = None,
+                  name: str = SCORER_MODEL, product: Optional[str] = None,
                   line: Optional[Dict[str, Optional[str]]] = None) -> str:
     """config.pbtxt of a scorer (Python backend) named name; mode, threshold, features and product are readable by clients.
 
@@ -120,7 +121,7 @@ def scorer_config(features: FeatureSpec, mode: str, threshold: Optional[float], 
     product None leaves the `product` parameter out (the default product of a one-product repository).
     """
     spec = FeatureSpec.from_dict(features)
-    c = template("exdd_scorer")
+    c = template(SCORER_MODEL)
     c.name = name
     _set_dims(_io(c, "input", "FEATURES"), spec.features_shape)
     _set_dims(_io(c, "output", "ANOMALY_MAP"), spec.input_size)
@@ -143,7 +144,7 @@ def scorer_config(features: FeatureSpec, mode: str, threshold: Optional[float], 
 def preprocess_config(features: FeatureSpec, s: Serving) -> str:
     """config.pbtxt of exdd_preprocess (Python backend, always KIND_CPU): any picture -> the model-input array."""
     spec = FeatureSpec.from_dict(features)
-    c = template("exdd_preprocess")
+    c = template(PREPROCESS_MODEL)
     image = (*spec.input_size, 3)
     _set_dims(_io(c, "output", "MODEL_IMAGE"), image)
     for w in c.model_warmup:
@@ -161,13 +162,13 @@ def _step(config: Any, model_name: str) -> Any:
     raise KeyError(f"template {config.name}: no ensemble step running {model_name!r}")
 
 
-def ensemble_config(features: FeatureSpec, s: Serving, *, name: str = "exdd", scorer: str = "exdd_scorer") -> str:
+def ensemble_config(features: FeatureSpec, s: Serving, *, name: str = ENSEMBLE_MODEL, scorer: str = SCORER_MODEL) -> str:
     """config.pbtxt of the ensemble name: IMAGE (any size) or IMAGE_BYTES -> exdd_preprocess -> exdd_features ->
     scorer (the shared preprocess and extractor, a product's scorer)."""
     spec = FeatureSpec.from_dict(features)
-    c = template("exdd")
+    c = template(ENSEMBLE_MODEL)
     c.name = name
-    _step(c, "exdd_scorer").model_name = scorer
+    _step(c, SCORER_MODEL).model_name = scorer
     _set_dims(_io(c, "output", "ANOMALY_MAP"), spec.input_size)
     _serving(c, s)
     return to_text(c)

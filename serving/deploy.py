@@ -180,7 +180,7 @@ def prepare(bank_dir: str, repo: str, keep_threshold: bool = False, product: Opt
         record = {"version": version, "previous": latest, "model": scorer, "product": pm.label,
                   "banks": os.path.abspath(bank_dir),
                   "banks_manifest_sha256": sha256_file(os.path.join(bank_dir, "manifest.json")),
-                  "parent": None if banks.manifest.parent is None else banks.manifest.parent.to_dict(), "mode": mode,
+                  "parent": None if banks.manifest.parent is None else dict(banks.manifest.parent), "mode": mode,
                   "threshold": None if keep_threshold else new_thr,
                   "at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
         with open(os.path.join(tmp, DEPLOY_RECORD), "w") as f:

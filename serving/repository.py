@@ -12,7 +12,8 @@ Layout written (one product, the default: ``exdd`` / ``exdd_scorer``; named prod
     REPO/exdd[_<p>]_scorer/config.pbtxt per product: python backend (mode, threshold, features, product)
     REPO/exdd[_<p>]_scorer/1/           model.py, exdd_scoring/, banks/, features.json
 
-Every model directory is self-contained (its own copy of exdd_scoring/ where its model.py needs one):
+Every model directory is self-contained (its own copy of the exdd_scoring modules its model.py imports, and
+only those: ``model_files.scoring_modules``):
 no model reads a file of another, so removing old scorer versions never breaks the features model.
 Banks whose manifest features differ from the ONNX metadata are refused here (naming the product
 and its bank directory), and again by the scorer at server load time (``features.json``), so
@@ -21,7 +22,6 @@ swapped banks never serve.
 from __future__ import annotations
 
 import datetime as _dt
-import importlib.resources
 import json
 import os
 import shutil
@@ -39,8 +39,8 @@ from .configs import (KINDS, Serving, ensemble_config, features_config, line_par
                       scorer_config)
 from exdd_scoring.onnx_metadata import PRECISION_KEY, read_features, read_metadata
 
-from .model_files import copy_resource, model_files
-from .products import FEATURES_MODEL, PREPROCESS_MODEL, ProductError, ProductModels, check_unique
+from .model_files import copy_python_model
+from .products import FEATURES_MODEL, PREPROCESS_MODEL, SCORER_MODEL, ProductError, ProductModels, check_unique
 from .registry import FEATURES_BACKENDS
 
 
@@ -78,11 +78,9 @@ def copy_banks(bank_dir: str, dest: str, manifest: BankManifest) -> None:
 
 
 def _python_model(version_dir: str, template: str) -> None:
-    """The committed model.py of model template and a copy of exdd_scoring/ into version_dir (made if absent):
-    what a self-contained Python-backend model directory holds besides its data."""
-    os.makedirs(version_dir, exist_ok=True)
-    copy_resource(model_files() / template / "1" / "model.py", os.path.join(version_dir, "model.py"))
-    copy_resource(importlib.resources.files("exdd_scoring"), os.path.join(version_dir, "exdd_scoring"))
+    """The committed model.py of model template and the exdd_scoring modules it imports into version_dir (made if
+    absent): what a self-contained Python-backend model directory holds besides its data."""
+    copy_python_model(template, version_dir)
 
 
 def _write(path: str, text: str) -> None:
@@ -94,7 +92,7 @@ def choose_threshold(manifest: BankManifest, mode: str, override: Optional[float
     """The served threshold: override, else the calibrated one of mode, else None (the manifest checked it is a number)."""
     if override is not None:
         return float(override)
-    return manifest.threshold_of(mode)
+    return manifest.thresholds.get(mode)
 
 
 def _threshold_text(thr: Optional[float]) -> str:
@@ -177,10 +175,11 @@ def _load_product(pm: ProductModels, bank_dir: str, features: FeatureSpec, onnx_
     """The product's verified banks; RepositoryError naming the product and its bank directory otherwise."""
     from exdd_scoring import BankError, load_banks
     from exdd_scoring.bank import check_features
+    from exdd_scoring.provenance import OfflineManifest      # the repository's README gives the bank sizes
     where = f"{bank_dir} vs {onnx_path}" if pm.product is None else \
         f"product {pm.product!r}: banks {bank_dir} vs the shared extractor {onnx_path}"
     try:
-        banks = load_banks(bank_dir)
+        banks = load_banks(bank_dir, manifest_cls=OfflineManifest)
         check_features(banks.manifest.features, features, where)
     except BankError as e:
         msg = str(e)
@@ -194,7 +193,7 @@ def _write_scorer(tmp: str, pm: ProductModels, bank_dir: str, manifest: BankMani
     """The product's scorer version 1: model.py, exdd_scoring/, banks/ (+ index), features.json."""
     from exdd_scoring import BankError
     scorer_v = os.path.join(tmp, pm.scorer, "1")
-    _python_model(scorer_v, "exdd_scorer")
+    _python_model(scorer_v, SCORER_MODEL)
     copy_banks(bank_dir, os.path.join(scorer_v, "banks"), manifest)
     if index != "exact":
         from .ann_index import DEFAULT_MIN_SIZE, add_index

@@ -80,9 +80,9 @@ def test_index_is_checksummed_in_the_manifest_and_scores_equal_exact(indexed_ban
         feats = tu.extractor()[0](torch.from_numpy(tu.sample_images(3))).numpy()
     exact = Scorer(banks).score(feats)
     approx = Scorer(banks, searchers=searchers).score(feats)
-    for m in exact["scores"]:
-        np.testing.assert_allclose(approx["scores"][m], exact["scores"][m], rtol=1e-4)
-    np.testing.assert_allclose(approx["patch_neg"], exact["patch_neg"], rtol=1e-4, atol=1e-5)
+    for m in exact.scores:
+        np.testing.assert_allclose(approx.scores[m], exact.scores[m], rtol=1e-4)
+    np.testing.assert_allclose(approx.patch_neg, exact.patch_neg, rtol=1e-4, atol=1e-5)
 
 
 def test_ef_search_grows_with_the_bank_and_is_recorded_and_used_per_file(indexed_banks):

@@ -10,6 +10,7 @@ import pytest
 from conftest import TINY_ARGS, run_exdd
 from exdd.datasets import HOLDOUT_RULE, holdout_split, legacy_holdout_split, load_split
 from exdd_scoring import MODES, read_manifest
+from exdd_scoring.provenance import OfflineManifest
 
 
 def renamed_copy(src, dst):
@@ -86,7 +87,7 @@ def test_the_manifest_records_the_hold_out_rule_and_update_recalibrates_older_ba
                                                                                              tiny_banks):
     from dataclasses import replace
     from exdd.offline.update import heldout_samples
-    m = read_manifest(str(tiny_banks))
+    m = read_manifest(str(tiny_banks), OfflineManifest)
     assert m.sources.heldout_rule == HOLDOUT_RULE and m.sources.heldout_fraction == pytest.approx(0.1)
     train = load_split(str(tiny_dataset), "train")
     assert heldout_samples(str(tiny_dataset), m, 0.1) == holdout_split(train, 0.1, 0)[1]
@@ -109,7 +110,7 @@ def test_evaluate_stability_rebuilds_with_the_next_seed_and_reports_spearman(tin
     assert st["held_out"]["first"] == rel(holdout_split(train, 0.1, 0)[1])
     assert st["held_out"]["second"] == rel(holdout_split(train, 0.1, 1)[1])
     assert st["held_out"]["common"] == len(set(st["held_out"]["first"]) & set(st["held_out"]["second"]))
-    assert st["banks"]["negative"][0] == read_manifest(str(tiny_banks)).coreset.negative.size
+    assert st["banks"]["negative"][0] == read_manifest(str(tiny_banks), OfflineManifest).coreset.negative.size
     assert "in common" in p.stdout and "bank sizes negative" in p.stdout
 
 

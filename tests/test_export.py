@@ -186,6 +186,33 @@ def test_repository_layout_and_configs():
     assert imports <= {"json", "math", "os", "sys", "numpy", "triton_python_backend_utils", "exdd_scoring"}
 
 
+def test_each_python_model_folder_holds_exactly_the_scoring_modules_its_model_imports():
+    """Read from the imports (transitively within exdd_scoring): the preprocessor carries no bank or scorer code,
+    the scorer no ONNX runtime or Pillow code; test_triton loads every one of these folders on a real server."""
+    from exdd.serving.model_files import scoring_modules
+    repo = tu.repository("python")
+    held = {}
+    for model in ("exdd_preprocess", "exdd_features", "exdd_scorer"):
+        v = os.path.join(repo, model, "1")
+        files = {n[:-3] for n in os.listdir(os.path.join(v, "exdd_scoring")) if n.endswith(".py")}
+        assert files == scoring_modules(open(os.path.join(v, "model.py")).read()), model
+        held[model] = files
+    assert held["exdd_preprocess"] == {"__init__", "picture"}
+    assert {"runtimes", "onnx_metadata", "batching"} <= held["exdd_features"]
+    assert not {"scorer", "bank", "picture"} & held["exdd_features"]
+    assert {"scorer", "scores", "bank", "batching", "model_names"} <= held["exdd_scorer"]
+    assert not {"picture", "runtimes", "onnx_metadata"} & held["exdd_scorer"]
+
+
+def test_a_model_importing_the_bare_scoring_package_is_refused_by_name():
+    from exdd.serving.model_files import ModelFilesError, scoring_modules
+    with pytest.raises(ModelFilesError, match="`import exdd_scoring` alone"):
+        scoring_modules("import numpy\nimport exdd_scoring\n", "bad/model.py")
+    with pytest.raises(ModelFilesError, match="exdd_scoring.nowhere, which is not a module"):
+        scoring_modules("from exdd_scoring.nowhere import x\n", "bad/model.py")
+    assert scoring_modules("def f():\n    from exdd_scoring import Scorer\n") >= {"__init__", "scorer", "bank"}
+
+
 def test_repository_backends_and_kinds(tmp_path):
     onnx, banks = tu.onnx_fp32(), tu.banks()
     r = assemble(onnx, banks, str(tmp_path / "ort"), "onnxruntime", Serving("gpu", 2, 4, 100))

@@ -33,6 +33,9 @@ LAYERS: Tuple[Tuple[str, Tuple[str, ...]], ...] = (
     ("entry", ("exdd.cli", "exdd.demo")),
 )
 ENTRY_POINTS = ("exdd.cli", "exdd.demo")
+# Imports forbidden although they point down: the thin client reaches the server only over the network (the model
+# names it shares with the server are exdd_scoring.model_names).
+FORBIDDEN: Tuple[Tuple[str, str], ...] = (("client", "serving"),)
 # Runtime libraries the scoring package imports lazily, inside the function that needs them (never at import
 # time: the scorer's Python has numpy only, a GPU instance's cupy too).
 SCORING_RUNTIME_IMPORTS = {"onnxruntime", "openvino", "faiss"}
@@ -167,6 +170,18 @@ def layer_violations(g: Dict[str, Dict[str, Import]], modules: Dict[str, str]) -
     return bad
 
 
+def forbidden_imports(g: Dict[str, Dict[str, Import]], modules: Dict[str, str]) -> List[str]:
+    """Imports between the layer pairs of FORBIDDEN, one line each."""
+    bad = []
+    for module, edges in sorted(g.items()):
+        for target, imp in sorted(edges.items()):
+            pair = (LAYERS[layer_of(module)][0], LAYERS[layer_of(target)][0])
+            if pair in FORBIDDEN:
+                bad.append(f"{os.path.relpath(modules[module], ROOT)}:{imp.line}: {module} ({pair[0]}) imports "
+                           f"{target} ({pair[1]}){' inside a function' if imp.lazy else ''}")
+    return bad
+
+
 def cycles(g: Dict[str, Dict[str, Import]]) -> List[List[str]]:
     """The strongly connected components of more than one module (Tarjan), each sorted."""
     index: Dict[str, int] = {}
@@ -246,6 +261,17 @@ def test_the_module_walk_finds_every_layer_and_only_project_files(modules):
 def test_every_import_points_to_the_same_or_a_lower_layer(import_graph, modules):
     bad = layer_violations(import_graph, modules)
     assert not bad, "imports against the data flow:\n" + "\n".join(bad)
+
+
+def test_the_client_never_imports_the_server_package(import_graph, modules):
+    bad = forbidden_imports(import_graph, modules)
+    assert not bad, "forbidden imports:\n" + "\n".join(bad)
+
+
+def test_a_client_import_of_serving_is_found(tmp_path, modules):
+    bad = forbidden_imports(graph(m := _with_import(tmp_path, modules, "exdd.client.cli",
+                                                    "from exdd.serving.products import ProductModels")), m)
+    assert any("exdd.client.cli (client) imports exdd.serving.products (serving) inside a function" in b for b in bad)
 
 
 def test_no_import_cycle_between_files(import_graph):

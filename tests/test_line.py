@@ -77,9 +77,8 @@ def _reference(bank_dir, images):
     with torch.no_grad():
         feats = model(torch.from_numpy(images)).numpy()
     r = scorer.score(feats, map_modes=(mode,), modes=(mode,))
-    area, box = r["regions"][mode]
     thr = scorer.thresholds.get(mode)
-    return r, answer(r["scores"][mode], area, box, r["nearest_rows"][mode], mode, thr, banks.manifest.line,
+    return r, answer(r.scores[mode], r.areas[mode], r.boxes[mode], r.nearest_rows[mode], mode, thr, banks.manifest.line,
                      scorer.sources), banks, mode, thr
 
 
@@ -97,11 +96,11 @@ def test_every_answer_carries_the_line_fields_as_the_offline_path_gives_them(ser
     images = tu.sample_images(6)
     got = _infer(served, "roi", images)
     r, ref, banks, mode, thr = _reference(_roi_banks(), images)
-    np.testing.assert_allclose(got["SCORE"].reshape(-1), r["scores"][mode], rtol=SCORE_RTOL)
+    np.testing.assert_allclose(got["SCORE"].reshape(-1), r.scores[mode], rtol=SCORE_RTOL)
     verdicts = [v.decode() for v in got["VERDICT"].reshape(-1)]
     assert set(verdicts) <= set(VERDICTS)
     t1, t2 = review_band(banks.manifest.line, mode, thr)
-    for s, v in zip(r["scores"][mode], verdicts):          # the band's rule, away from its edges
+    for s, v in zip(r.scores[mode], verdicts):          # the band's rule, away from its edges
         if min(abs(s - t1), abs(s - t2)) > SCORE_RTOL * abs(s):
             assert v == ("ok" if s < t1 else "defect" if s >= t2 else "review")
     assert verdicts == list(ref.verdict)
@@ -219,8 +218,9 @@ def test_client_score_rows_carry_the_line_fields(served, tmp_path):
 def test_the_roi_is_stored_with_its_hash_and_keeps_outside_patches_out_of_both_banks():
     import hashlib
     from exdd_scoring.roi import patch_roi
+    from exdd_scoring.provenance import OfflineManifest
     bank_dir = _roi_banks()
-    m = load_banks(bank_dir).manifest
+    m = load_banks(bank_dir, manifest_cls=OfflineManifest).manifest
     png = open(os.path.join(bank_dir, "roi.png"), "rb").read()
     assert m.line.roi.sha256 == hashlib.sha256(png).hexdigest() == m.files["roi.png"].sha256
     inside = int(patch_roi(load_banks(bank_dir).roi, m.features.grid).sum())

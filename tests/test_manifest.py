@@ -11,6 +11,7 @@ import pytest
 import triton_util as tu
 from exdd_scoring import MANIFEST_VERSION, BankError, BankManifest, ManifestError, Scorer, load_banks, read_manifest
 from exdd_scoring.manifest import Thresholds
+from exdd_scoring.provenance import OfflineManifest
 
 
 def manifest_json() -> dict:
@@ -33,11 +34,15 @@ def test_a_built_manifest_reads_as_attributes_and_round_trips_to_the_same_json()
     assert raw["version"] == MANIFEST_VERSION
     m = read_manifest(tu.banks())
     assert m.version == MANIFEST_VERSION and m.k == raw["k"] and m.default_mode == raw["default_mode"]
-    assert m.features.d == raw["features"]["d"] and m.coreset.negative.size == raw["coreset"]["negative"]["size"]
-    assert m.thresholds == raw["threshold"]["values"] and m.threshold_of("nope") is None
+    assert m.features.d == raw["features"]["d"] and m.coreset == raw["coreset"]   # provenance: a JSON object here
+    assert m.thresholds == raw["threshold"]["values"] and m.thresholds.get("nope") is None
     assert m.files["negative.npy"].sha256 == raw["files"]["negative.npy"]["sha256"]
     assert m.to_dict() == raw                                         # same keys and values as on disk
     assert BankManifest.from_json(m.to_json(), "again") == m
+    o = read_manifest(tu.banks(), OfflineManifest)                    # the offline side: provenance typed
+    assert o.coreset.negative.size == raw["coreset"]["negative"]["size"]
+    assert o.sources.dataset == raw["sources"]["dataset"] and o.updates == ()
+    assert o.to_dict() == raw and o.to_json() == m.to_json() and OfflineManifest.from_dict(m) == o
     with pytest.raises(Exception):
         m.k = 5                                                       # frozen: evolve with dataclasses.replace
     assert replace(m, k=5).k == 5 and m.k == raw["k"]
@@ -84,7 +89,7 @@ def test_a_version_1_manifest_without_topk_or_head_loads_with_their_defaults(tmp
     assert s.params["topk"] == TOPK_FRACTION and s.params["head"] is None
     rng = np.random.default_rng(0)
     r = s.score(rng.standard_normal((2,) + tuple(s.grid) + (s.d,)).astype(np.float32), modes=("head", "dual_topk"))
-    np.testing.assert_allclose(r["scores"]["head"], np.log(r["scores"]["dual_topk"]), rtol=1e-5)   # the fallback
+    np.testing.assert_allclose(r.scores["head"], np.log(r.scores["dual_topk"]), rtol=1e-5)   # the fallback
     assert banks.manifest.to_dict()["scoring"]["topk"] == TOPK_FRACTION
 
 
@@ -108,11 +113,22 @@ def test_an_uncalibrated_manifest_has_no_thresholds(tmp_path):
                                                  "cv_auroc": "high"}), "scoring.head.cv_auroc must be a number"),
 ])
 def test_a_wrong_field_is_refused_naming_the_file_and_the_field(tmp_path, edit, field):
+    """By the served reader, and by the offline one (which also types the provenance: coreset, sources)."""
     bad = edited_banks(tmp_path / "bad", edit)
-    with pytest.raises(ManifestError) as e:
-        load_banks(bad)
-    assert field in str(e.value) and os.path.join(bad, "manifest.json") in str(e.value)
-    assert isinstance(e.value, BankError)
+    for kind in (OfflineManifest,) + (() if field.startswith(("coreset", "sources")) else (BankManifest,)):
+        with pytest.raises(ManifestError) as e:
+            load_banks(bad, manifest_cls=kind)
+        assert field in str(e.value) and os.path.join(bad, "manifest.json") in str(e.value)
+        assert isinstance(e.value, BankError)
+
+
+def test_the_served_reader_keeps_provenance_as_json_objects_and_refuses_anything_else(tmp_path):
+    banks = load_banks(edited_banks(tmp_path / "p", lambda m: m["sources"].__setitem__("normal_images", "4")))
+    assert banks.manifest.sources["normal_images"] == "4"             # never read by a served scorer
+    with pytest.raises(ManifestError, match="coreset must be a JSON object"):
+        load_banks(edited_banks(tmp_path / "q", lambda m: m.__setitem__("coreset", [1])))
+    with pytest.raises(ManifestError, match=r"updates\[0\] must be a JSON object"):
+        load_banks(edited_banks(tmp_path / "r", lambda m: m.__setitem__("updates", ["x"])))
 
 
 def test_a_newer_version_is_refused_saying_what_to_do(tmp_path):
@@ -144,3 +160,13 @@ def test_export_repository_refuses_a_threshold_that_is_not_a_number(tmp_path):
     assert p.returncode != 0 and "Traceback" not in p.stderr
     assert "threshold.values.dual must be a finite number, got 'high'" in p.stderr
     assert not out.exists()
+
+
+def test_a_served_scorer_never_imports_the_provenance_module():
+    """What a Triton scorer runs (load_banks + Scorer) reads no provenance: exdd_scoring/provenance.py stays offline."""
+    import subprocess
+    import sys
+    code = ("import sys, exdd_scoring as s; s.Scorer(s.load_banks(sys.argv[1])); "
+            "assert 'exdd_scoring.provenance' not in sys.modules, 'provenance imported'")
+    p = subprocess.run([sys.executable, "-c", code, tu.banks()], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr

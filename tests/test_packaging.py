@@ -48,10 +48,10 @@ def test_wheel_in_a_fresh_venv_assembles_a_repository(tmp_path):
     assert run.stdout.splitlines()[0].startswith(site), "exdd must come from the installed wheel"
     for rel in ("exdd_scorer/1/model.py", "exdd_features/1/model.py", "exdd_preprocess/1/model.py"):
         assert filecmp.cmp(out / rel, ROOT / "model_repository" / rel, shallow=False), rel
-    scoring = ROOT / "model_repository" / "exdd_scorer" / "1" / "exdd_scoring"
-    want = sorted(f for f in os.listdir(scoring) if f.endswith(".py"))
-    assert sorted(os.listdir(out / "exdd_scorer" / "1" / "exdd_scoring")) == want
+    from exdd.serving.model_files import scoring_modules
+    for name in ("exdd_preprocess", "exdd_features", "exdd_scorer"):    # the scoring modules each model imports
+        want = sorted(f"{m}.py" for m in scoring_modules((ROOT / "model_repository" / name / "1" / "model.py").read_text()))
+        assert sorted(os.listdir(out / name / "1" / "exdd_scoring")) == want, name
     for name in ("exdd", "exdd_preprocess", "exdd_features", "exdd_scorer"):
         assert (out / name / "config.pbtxt").is_file()
-    assert sorted(os.listdir(out / "exdd_preprocess" / "1" / "exdd_scoring")) == want
     assert (out / "exdd_scorer" / "1" / "banks" / "manifest.json").is_file()

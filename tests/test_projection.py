@@ -152,7 +152,7 @@ def test_a_repository_of_pca_banks_serves_the_offline_scores(fit, pca_banks):
     model, info = with_projection(fit[0].backbone, tu.WEIGHTS, tu.INPUT_HW, load_projection(pca_banks), "pca")
     scorer = Scorer(load_banks(pca_banks, expected_features=info))
     with torch.no_grad():
-        want = scorer.score(model(torch.from_numpy(images)).numpy(), map_modes=())["scores"][scorer.default_mode]
+        want = scorer.score(model(torch.from_numpy(images)).numpy(), map_modes=()).scores[scorer.default_mode]
     srv = tu.start_server(repo)
     try:
         with th.InferenceServerClient(srv.http_url) as c:

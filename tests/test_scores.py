@@ -45,21 +45,21 @@ def test_scores_match_transcription():
         a_n, p_n, s_n, q_n = transcription(P, pair.negative.vectors, pair.negative.neighbors)
         a_p, p_p, s_p, q_p = transcription(P, pair.positive.vectors, pair.positive.neighbors)
         s_neg, s_pos = (1 - q_n) * s_n, q_p * s_p
-        assert r["s_neg"][b] == pytest.approx(s_neg, rel=1e-4)
-        assert r["s_pos"][b] == pytest.approx(s_pos, rel=1e-4)
-        assert r["scores"]["patchcore"][b] == pytest.approx(s_neg, rel=1e-4)
-        assert r["scores"]["exdd"][b] == pytest.approx(s_neg / (s_pos + 1e-6), rel=1e-4)
+        assert r.s_neg[b] == pytest.approx(s_neg, rel=1e-4)
+        assert r.s_pos[b] == pytest.approx(s_pos, rel=1e-4)
+        assert r.scores["patchcore"][b] == pytest.approx(s_neg, rel=1e-4)
+        assert r.scores["exdd"][b] == pytest.approx(s_neg / (s_pos + 1e-6), rel=1e-4)
         ratio = (a_n / (a_p + 1e-6)).reshape(GRID)
         dual = a_n.reshape(GRID) * ratio                              # gamma = 1, the default: a-^2 / a+
-        np.testing.assert_allclose(r["patch_neg"][b], a_n.reshape(GRID), rtol=1e-4)
+        np.testing.assert_allclose(r.patch_neg[b], a_n.reshape(GRID), rtol=1e-4)
         sh, sw = upsample_smooth_matrices(GRID, OUT, 4.0)
-        np.testing.assert_allclose(r["maps"]["exdd"][b], sh @ ratio @ sw.T, rtol=1e-3, atol=1e-5)
-        np.testing.assert_allclose(r["maps"]["dual"][b], sh @ dual @ sw.T, rtol=1e-3, atol=1e-5)
-        np.testing.assert_allclose(r["maps"]["fusion"][b], r["maps"]["dual"][b])
-        np.testing.assert_allclose(r["maps"]["patchcore"][b], sh @ a_n.reshape(GRID) @ sw.T, rtol=1e-3, atol=1e-5)
-        assert r["scores"]["dual"][b] == pytest.approx((sh @ dual @ sw.T).max(), rel=1e-4)
+        np.testing.assert_allclose(r.maps["exdd"][b], sh @ ratio @ sw.T, rtol=1e-3, atol=1e-5)
+        np.testing.assert_allclose(r.maps["dual"][b], sh @ dual @ sw.T, rtol=1e-3, atol=1e-5)
+        np.testing.assert_allclose(r.maps["fusion"][b], r.maps["dual"][b])
+        np.testing.assert_allclose(r.maps["patchcore"][b], sh @ a_n.reshape(GRID) @ sw.T, rtol=1e-3, atol=1e-5)
+        assert r.scores["dual"][b] == pytest.approx((sh @ dual @ sw.T).max(), rel=1e-4)
         # no held-out fit in the manifest: the fusion's fixed fallback log s- + log max(ratio map)
-        assert r["scores"]["fusion"][b] == pytest.approx(np.log(s_neg) + np.log((sh @ ratio @ sw.T).max()), rel=1e-4)
+        assert r.scores["fusion"][b] == pytest.approx(np.log(s_neg) + np.log((sh @ ratio @ sw.T).max()), rel=1e-4)
 
 
 def test_gamma_and_fitted_fusion_come_from_the_manifest():
@@ -72,12 +72,12 @@ def test_gamma_and_fitted_fusion_come_from_the_manifest():
     r = Scorer(pair).score(feats)
     sh, sw = upsample_smooth_matrices(GRID, OUT, 4.0)
     for b in range(2):
-        a_n, a_p = r["patch_neg"][b], r["patch_pos"][b]
-        assert r["scores"]["dual"][b] == pytest.approx((sh @ (a_n * np.sqrt(a_n / (a_p + 1e-6))) @ sw.T).max(), rel=1e-4)
-        x = np.log([r["s_neg"][b], r["maps"]["exdd"][b].max(), r["s_pos"][b]])
+        a_n, a_p = r.patch_neg[b], r.patch_pos[b]
+        assert r.scores["dual"][b] == pytest.approx((sh @ (a_n * np.sqrt(a_n / (a_p + 1e-6))) @ sw.T).max(), rel=1e-4)
+        x = np.log([r.s_neg[b], r.maps["exdd"][b].max(), r.s_pos[b]])
         want = (((x - np.array(fusion["mean"])) / np.array(fusion["scale"])) * np.array(fusion["coef"])).sum() + 0.25
-        assert r["scores"]["fusion"][b] == pytest.approx(want, rel=1e-4)
-    np.testing.assert_allclose(r["scores"]["patchcore"], base["scores"]["patchcore"])
+        assert r.scores["fusion"][b] == pytest.approx(want, rel=1e-4)
+    np.testing.assert_allclose(r.scores["patchcore"], base.scores["patchcore"])
 
 
 def test_fit_fusion_separates_and_falls_back():
@@ -105,10 +105,42 @@ def test_no_positive_bank_falls_back_to_patchcore():
         sc = Scorer(pair)
     feats = rng.standard_normal((2,) + GRID + (D,)).astype(np.float32)
     r = sc.score(feats)
-    np.testing.assert_array_equal(r["scores"]["exdd"], r["scores"]["patchcore"])
-    for m in r["scores"]:
-        np.testing.assert_array_equal(r["scores"][m], r["scores"]["patchcore"])
-        np.testing.assert_array_equal(r["maps"][m], r["maps"]["patchcore"])
+    np.testing.assert_array_equal(r.scores["exdd"], r.scores["patchcore"])
+    for m in r.scores:
+        np.testing.assert_array_equal(r.scores[m], r.scores["patchcore"])
+        np.testing.assert_array_equal(r.maps[m], r.maps["patchcore"])
+
+
+def test_score_returns_a_typed_batch_that_splits_per_request():
+    from exdd_scoring import ScoreBatch
+    rng = np.random.default_rng(5)
+    sc = Scorer(make_pair(rng))
+    feats = rng.standard_normal((5,) + GRID + (D,)).astype(np.float32)
+    r = sc.score(feats, modes=("exdd", "dual"), map_modes=("dual",))
+    assert isinstance(r, ScoreBatch) and len(r) == 5
+    assert set(r.scores) == {"exdd", "dual"} and set(r.maps) == {"dual"}
+    assert r.patch_neg.shape == (5,) + GRID and r.maps["dual"].shape == (5,) + OUT
+    part = r.images(1, 3)                         # a request's share of a batched run: every array sliced
+    alone = sc.score(feats[1:3], modes=("exdd", "dual"), map_modes=("dual",))
+    assert len(part) == 2 and part.evidence is None
+    for m in ("exdd", "dual"):
+        np.testing.assert_allclose(part.scores[m], alone.scores[m], rtol=1e-5)
+    np.testing.assert_allclose(part.maps["dual"], alone.maps["dual"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(part.patch_pos, alone.patch_pos, rtol=1e-5)
+    with pytest.raises(AttributeError):
+        r.s_neg = None                            # frozen
+
+
+def test_without_map_modes_the_served_map_is_not_built():
+    """The default mode's score needs the dual_b01 map; its served map ratio_b is built only when asked for."""
+    rng = np.random.default_rng(6)
+    sc = Scorer(make_pair(rng))
+    feats = rng.standard_normal((3,) + GRID + (D,)).astype(np.float32)
+    lean = sc.score(feats, modes=("dual_bounded",), map_modes=())
+    full = sc.score(feats, modes=("dual_bounded",), map_modes=("dual_bounded",))
+    assert lean.maps == {} and lean.evidence.built_maps == ("dual_b01",)
+    assert set(full.evidence.built_maps) == {"dual_b01", "ratio_b"}
+    np.testing.assert_array_equal(lean.scores["dual_bounded"], full.scores["dual_bounded"])
 
 
 def test_bad_features_are_refused():
@@ -195,7 +227,7 @@ def test_an_image_equal_to_a_training_defect_scores_finitely_on_the_bounded_scal
         assert m[2, 1] == pytest.approx(a_n[2, 1] ** 2 / e, rel=1e-3)      # a- * a- / (0 + eps)
         assert old > 1e4 * m[2, 1]                                        # the unbounded scale it replaces
     assert ev.patch_map("ratio_b")[1, 2, 1] == pytest.approx(a_n[2, 1] / eb, rel=1e-3)
-    served = sc.score(feats, modes=("dual_bounded", "dual"), map_modes=())["scores"]     # the default's image score
+    served = sc.score(feats, modes=("dual_bounded", "dual"), map_modes=()).scores     # the default's image score
     assert served["dual_bounded"][1] <= (a_n.max() ** 2 / e01) * (1 + 1e-5)
     assert served["dual"][1] > 100 * served["dual_bounded"][1]
 
@@ -236,13 +268,13 @@ def test_default_mode_serves_the_bounded_dual_score_with_the_bounded_ratio_map()
     eb = bounded_eps(sc.params["pos_scale"])
     e01 = bounded_eps(sc.params["pos_scale"], DUAL_EPS_REL)
     for b in range(2):
-        n, p = r["patch_neg"][b], r["patch_pos"][b]
-        np.testing.assert_allclose(r["maps"]["dual_bounded"][b], sh @ (n / (p + eb)) @ sw.T, rtol=1e-3, atol=1e-5)
-        assert r["scores"]["dual_bounded"][b] == pytest.approx((sh @ (n * n / (p + e01)) @ sw.T).max(), rel=1e-3)
-        np.testing.assert_array_equal(r["maps"]["dual_ratio"][b], r["maps"]["dual_bounded"][b])
-        assert r["scores"]["raise"][b] == pytest.approx(r["maps"]["raise"][b].max(), rel=1e-6)
-        assert r["scores"]["raise"][b] >= r["maps"]["patchcore"][b].max() * (1 - 1e-6)
-    np.testing.assert_array_equal(r["scores"]["dual_ratio"], r["scores"]["dual"])
+        n, p = r.patch_neg[b], r.patch_pos[b]
+        np.testing.assert_allclose(r.maps["dual_bounded"][b], sh @ (n / (p + eb)) @ sw.T, rtol=1e-3, atol=1e-5)
+        assert r.scores["dual_bounded"][b] == pytest.approx((sh @ (n * n / (p + e01)) @ sw.T).max(), rel=1e-3)
+        np.testing.assert_array_equal(r.maps["dual_ratio"][b], r.maps["dual_bounded"][b])
+        assert r.scores["raise"][b] == pytest.approx(r.maps["raise"][b].max(), rel=1e-6)
+        assert r.scores["raise"][b] >= r.maps["patchcore"][b].max() * (1 - 1e-6)
+    np.testing.assert_array_equal(r.scores["dual_ratio"], r.scores["dual"])
 
 
 def _degenerate_defects(src, dst, kind):
@@ -302,7 +334,7 @@ def pooled_transcription(r, b, sc, frac):
     """The issue-25 statistics of image b by hand: smoothed dual_b01 and ratio_b maps, top-k means by sorting."""
     from exdd_scoring.scores import DUAL_EPS_REL, bounded_eps
     sh, sw = upsample_smooth_matrices(GRID, OUT, 4.0)
-    n, p = r["patch_neg"][b].astype(np.float64), r["patch_pos"][b].astype(np.float64)
+    n, p = r.patch_neg[b].astype(np.float64), r.patch_pos[b].astype(np.float64)
     e01, eb = bounded_eps(sc.params["pos_scale"], DUAL_EPS_REL), bounded_eps(sc.params["pos_scale"])
     dual, ratio = sh @ (n * n / (p + e01)) @ sw.T, sh @ (n / (p + eb)) @ sw.T
     k = int(np.ceil(frac * dual.size))
@@ -327,10 +359,10 @@ def test_topk_modes_average_the_top_fraction_of_the_smoothed_maps_with_the_manif
         r = sc.score(feats, modes=("dual_topk", "ratio_topk", "dual_bounded"))
         for b in range(3):
             want = pooled_transcription(r, b, sc, frac)
-            assert r["scores"]["dual_topk"][b] == pytest.approx(want["dual_topk"], rel=1e-4)
-            assert r["scores"]["ratio_topk"][b] == pytest.approx(want["ratio_topk"], rel=1e-4)
-            assert r["scores"]["dual_topk"][b] <= r["scores"]["dual_bounded"][b] * (1 + 1e-6)   # a mean under the peak
-            np.testing.assert_array_equal(r["maps"]["dual_topk"][b], r["maps"]["dual_bounded"][b])
+            assert r.scores["dual_topk"][b] == pytest.approx(want["dual_topk"], rel=1e-4)
+            assert r.scores["ratio_topk"][b] == pytest.approx(want["ratio_topk"], rel=1e-4)
+            assert r.scores["dual_topk"][b] <= r.scores["dual_bounded"][b] * (1 + 1e-6)   # a mean under the peak
+            np.testing.assert_array_equal(r.maps["dual_topk"][b], r.maps["dual_bounded"][b])
     assert topk_count(OUT[0] * OUT[1], TOPK_FRACTION) == 16 and topk_count(10, 1e-9) == 1
     with pytest.raises(ValueError, match="top-k fraction"):
         topk_count(10, 0.0)
@@ -346,7 +378,7 @@ def test_head_scores_its_manifest_model_over_pooled_statistics_and_falls_back_to
     feats[2, 1, 1] = pair.positive.vectors[2] + 0.05                    # one image near a known defect
     sc = Scorer(pair)
     r = sc.score(feats, modes=("head", "dual_topk"))
-    np.testing.assert_allclose(r["scores"]["head"], np.log(r["scores"]["dual_topk"]), rtol=1e-5)
+    np.testing.assert_allclose(r.scores["head"], np.log(r.scores["dual_topk"]), rtol=1e-5)
     head = {"features": list(HEAD_FEATURES), "mean": [0.1 * i for i in range(7)], "scale": [1.0 + i for i in range(7)],
             "coef": [0.5, -1.0, 2.0, 0.3, 4.0, -0.7, 1.1], "intercept": -0.25, "cv_auroc": 0.9, "folds": 5}
     pair.manifest = replace(pair.manifest, scoring=Scoring.from_dict({"head": head}, "test"))
@@ -356,7 +388,7 @@ def test_head_scores_its_manifest_model_over_pooled_statistics_and_falls_back_to
         want = pooled_transcription(r, b, sc, sc.params["topk"])
         x = np.array([want[f] for f in HEAD_FEATURES])
         logit = (((x - np.array(head["mean"])) / np.array(head["scale"])) * np.array(head["coef"])).sum() - 0.25
-        assert r["scores"]["head"][b] == pytest.approx(logit, rel=1e-4, abs=1e-4)
+        assert r.scores["head"][b] == pytest.approx(logit, rel=1e-4, abs=1e-4)
 
 
 def test_fit_head_cross_validates_and_falls_back_with_too_few_defective_images():

@@ -8,8 +8,8 @@ import pkgutil
 import pytest
 
 import scripts
-from scripts import common
-from conftest import TINY_HW
+from scripts import common, harness
+from conftest import TINY_ARGS, TINY_HW
 
 
 def test_every_script_imports_as_a_module_of_its_kind():
@@ -76,6 +76,46 @@ def test_save_json_writes_the_record_whole_into_a_new_folder(tmp_path):
     assert os.listdir(path.parent) == ["bench.json"]          # no temporary file left behind
 
 
+def test_bench_result_saves_its_provenance_and_the_metrics_where_the_scripts_always_wrote_them(tmp_path):
+    import datetime
+    import json
+    rec = harness.BenchResult("bench_x", {"n": 4}, {"rows": [1, 2], "ips": 1.5})
+    path = tmp_path / "new" / "x.json"
+    assert rec.save(str(path)) == str(path) and os.listdir(path.parent) == ["x.json"]
+    got = json.loads(path.read_text())
+    assert list(got)[:5] == ["name", "params", "machine", "commit", "date"]
+    assert got["name"] == "bench_x" and got["params"] == {"n": 4} and got["rows"] == [1, 2] and got["ips"] == 1.5
+    assert {"cpu", "cores", "memory_gib", "gpu"} <= set(got["machine"]) and got["machine"]["cores"] == os.cpu_count()
+    assert got["commit"] == "unknown" or len(got["commit"].split("-")[0]) == 40
+    assert datetime.datetime.fromisoformat(got["date"]).tzinfo is not None
+    assert harness.metrics_in(got) == {"rows": [1, 2], "ips": 1.5}      # what a continued run (bench_update) reads back
+    with pytest.raises(ValueError, match="machine"):
+        harness.BenchResult("bench_x", {}, {"machine": "2 vCPU"}).record()
+
+
+def test_latency_stats_are_the_percentiles_in_ms_of_seconds_and_none_when_empty():
+    s = harness.latency_stats([i / 1000 for i in range(1, 101)])             # 1 .. 100 ms
+    assert s["n"] == 100 and s["mean_ms"] == pytest.approx(50.5)
+    assert (s["p50_ms"], s["p90_ms"], s["p95_ms"], s["p99_ms"]) == pytest.approx((50.5, 90.1, 95.05, 99.01))
+    assert harness.latency_stats([]) == {"n": 0, "mean_ms": None, "p50_ms": None, "p90_ms": None, "p95_ms": None,
+                                         "p99_ms": None}
+
+
+def test_serve_chain_builds_banks_exports_the_extractor_and_assembles_a_repository(tiny_dataset, tmp_path):
+    import json
+    chain = harness.serve_chain(str(tmp_path), dataset=str(tiny_dataset), build=TINY_ARGS,
+                                export=("--parity-count", "1"), repository=("--features-backend", "python"))
+    assert set(chain.seconds) == {"build", "onnx", "repository"} and all(v > 0 for v in chain.seconds.values())
+    assert chain.banks == str(tmp_path / "banks") and os.path.isfile(os.path.join(chain.banks, "manifest.json"))
+    assert os.path.isfile(chain.onnx) and chain.onnx == str(tmp_path / "f32.onnx")
+    assert {"exdd", "exdd_features", "exdd_scorer"} <= set(os.listdir(chain.repo))
+    with open(os.path.join(chain.repo, "exdd_scorer", "1", "features.json")) as f:
+        assert json.load(f)["d"] == 32
+    again = harness.serve_chain(str(tmp_path), banks=chain.banks, onnx=str(tmp_path / "b.onnx"),
+                                repo=str(tmp_path / "repo-b"))          # banks given: no build
+    assert set(again.seconds) == {"onnx", "repository"} and os.path.isdir(again.repo)
+
+
 def test_study_banks_keep_every_row_within_budget_and_evidence_is_the_exact_nearest_per_bank():
     import numpy as np
     from scripts.studies import study_splits as ss
@@ -95,8 +135,8 @@ def test_study_banks_keep_every_row_within_budget_and_evidence_is_the_exact_near
 
 
 def test_study_scores_the_pooled_candidates_with_the_served_modes_and_crossfits_without_the_own_fold():
-    """study_decision's issue-25 candidates are the served modes on the study's evidence (same scores as the Scorer
-    on the same banks), and study_splits' cross-fitted evidence never finds an image's own defect patch."""
+    """study_decision's (and study_image_score's) candidates are the served modes on the study's evidence (same scores
+    as the Scorer on the same banks), and study_splits' cross-fitted evidence never finds an image's own defect patch."""
     import numpy as np
     from scripts.studies import study_decision as sd
     from scripts.studies import study_splits as ss
@@ -118,10 +158,14 @@ def test_study_scores_the_pooled_candidates_with_the_served_modes_and_crossfits_
                 "grid": list(grid), "projection_seed": 0, "projection_sha256": "0" * 64, "d": d}
     manifest = {"features": features, "k": 3, "scoring": {"topk": 0.1, "head": head}}
     pair = BankPair(Bank(neg[0], neg[1][:, :2]), Bank(pos[0], pos[1][:, :2]), manifest)  # the served k = 3
-    names = ("patchcore", "dual_bounded", "dual_topk", "ratio_topk", "head")
-    want = Scorer(pair).score(feats.reshape((n,) + grid + (d,)), map_modes=(), modes=names)["scores"]
+    names = ("patchcore", "dual_bounded", "dual_topk", "ratio_topk", "head", "exdd", "dual")
+    want = Scorer(pair).score(feats.reshape((n,) + grid + (d,)), map_modes=(), modes=names).scores
     for m in names:
         np.testing.assert_allclose(np.asarray(mode(m).score(ev)), want[m], rtol=1e-4, err_msg=m)
+    from scripts.studies import study_image_score as sis       # the image-score study's served candidates too
+    cands = sis.candidates(sis.Evidence(dict(z, test_rows=np.arange(n)), "test", grid, s_h, s_w, d))
+    for study, served in (("patchcore", "patchcore"), ("exdd", "exdd"), ("dual_map_max", "dual")):
+        np.testing.assert_allclose(cands[study](), want[served], rtol=1e-4, err_msg=study)
     sel = np.zeros((6, 12), bool)
     sel[:, 4:] = True                                            # 8 defect patches per image: fold banks of >= 32
     defects = list(range(4, n))

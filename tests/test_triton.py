@@ -154,6 +154,49 @@ def test_bad_request_in_a_batch_does_not_sink_the_others(server, reference):
         assert_matches(r, ref, slice(i, i + 1))
 
 
+def scorer_infer(url, feats, outputs=None):
+    """exdd_scorer on FEATURES, asking for outputs (None: every output), answered outputs by name."""
+    import tritonclient.http as th
+    with th.InferenceServerClient(url) as c:
+        inp = th.InferInput("FEATURES", list(feats.shape), "FP32")
+        inp.set_data_from_numpy(feats)
+        asked = None if outputs is None else [th.InferRequestedOutput(n) for n in outputs]
+        r = c.infer("exdd_scorer", [inp], outputs=asked)
+        return {n: r.as_numpy(n) for n in (outputs or OUTPUTS)}
+
+
+def test_a_request_for_the_score_alone_is_answered_without_the_map(server, reference):
+    """The scorer skips the map when no request of its batch asks for ANOMALY_MAP (Scorer.score(map_modes=())
+    builds none: test_scores); the scores are those of a full request, alone or batched with one asking for it."""
+    import tritonclient.http as th
+    imgs, ref = reference
+    with th.InferenceServerClient(server.http_url) as c:
+        inp = th.InferInput("IMAGE", list(imgs[:3].shape), "UINT8")
+        inp.set_data_from_numpy(imgs[:3])
+        feats = c.infer("exdd_features", [inp]).as_numpy("FEATURES")
+    full = scorer_infer(server.http_url, feats)
+    lean = scorer_infer(server.http_url, feats, ["SCORE", "SCORE_NEG"])
+    assert set(lean) == {"SCORE", "SCORE_NEG"}
+    np.testing.assert_array_equal(lean["SCORE"], full["SCORE"])
+    np.testing.assert_array_equal(lean["SCORE_NEG"], full["SCORE_NEG"])
+    assert_matches(full, ref, slice(0, 3))
+    with ThreadPoolExecutor(6) as pool:            # mixed batches: the map goes to those asking for it only
+        got = list(pool.map(lambda i: scorer_infer(server.http_url, feats[i % 3:i % 3 + 1],
+                                                   None if i % 2 else ["SCORE"]), range(6)))
+    for i, g in enumerate(got):
+        tu.assert_batch_independent(g, {n: full[n][i % 3:i % 3 + 1] for n in g})
+    # through the ensemble Triton asks the scorer for every output: the request parameter anomaly_map false (exdd
+    # client sends it unless it wants maps) is what skips the map there, and no map comes back
+    with th.InferenceServerClient(server.http_url) as c:
+        inp = th.InferInput("IMAGE", list(imgs[:3].shape), "UINT8")
+        inp.set_data_from_numpy(imgs[:3])
+        r = c.infer("exdd", [inp], parameters={"anomaly_map": False})
+        assert r.as_numpy("ANOMALY_MAP") is None
+        np.testing.assert_array_equal(r.as_numpy("SCORE"), full["SCORE"])
+    _expect_error(lambda: http_infer(server.http_url, imgs[:1], {"anomaly_map": "no"}),
+                  "request parameter 'anomaly_map' must be true or false")
+
+
 def test_swapped_banks_fail_to_load_with_a_clear_message():
     src = tu.repository("python")
     repo = os.path.join(tu.workdir(), "swapped")
@@ -202,7 +245,7 @@ def test_gpu_scorer_with_cupy_equals_numpy(reference):
         feats = model(torch.from_numpy(imgs)).numpy()
     s = Scorer(load_banks(tu.banks(), expected_features=info), xp=cupy)
     out = s.score(cupy.asarray(feats), map_modes=(ref["mode"],))
-    np.testing.assert_allclose(cupy.asnumpy(out["scores"][ref["mode"]]), ref["SCORE"], rtol=1e-4)
+    np.testing.assert_allclose(cupy.asnumpy(out.scores[ref["mode"]]), ref["SCORE"], rtol=1e-4)
 
 
 @pytest.mark.gpu

@@ -123,7 +123,7 @@ def test_update_teaches_new_normals_and_records_lineage(tiny_dataset, tiny_banks
     after = _scores(str(out), taught + unseen)
     # nearest distances only shrink; the farthest taught patch was picked first, so the worst
     # taught image's peak distance fell, and every taught patch is within the radius now
-    peak = lambda r: r["patch_neg"].reshape(len(r["s_neg"]), -1).max(axis=1)  # noqa: E731
+    peak = lambda r: r.patch_neg.reshape(len(r.s_neg), -1).max(axis=1)  # noqa: E731
     assert (peak(after) <= peak(before) + 1e-5).all()
     assert peak(after)[:3].max() < peak(before)[:3].max()
     assert (peak(after)[:3] <= neg["radius"] + 1e-4).all()

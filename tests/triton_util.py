@@ -18,7 +18,7 @@ from typing import Any, Dict, Optional
 import numpy as np
 
 from exdd.defaults import SCORE_RTOL
-from exdd.serving.serve import TritonServer, free_port
+from exdd.serving.serve import TritonServer
 from exdd.serving.serving_env import VENV_ENV, resolve
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -133,18 +133,10 @@ def serving_env():
 
 
 def start_server(repo: str, exit_on_error: bool = True, wait: str = "ready", timeout: float = 120.0) -> TritonServer:
-    """A started tritonserver on free loopback ports, logging to REPO/../<repo>.log; wait 'ready', 'live' or ''."""
-    log = os.path.join(os.path.dirname(repo), os.path.basename(repo) + ".log")
-    server = TritonServer(repo, "127.0.0.1", free_port(), free_port(), free_port(), env=serving_env(), log_path=log,
-                          exit_on_error=exit_on_error, exit_timeout=3)
-    server.start()
-    try:
-        if wait:
-            server.wait_ready(timeout, live_only=(wait == "live"))
-    except BaseException:
-        server.stop()
-        raise
-    return server
+    """scripts/harness.py's start_server with the tests' settings: the checkout's serving venv (serving_env), a
+    3 s exit timeout; logs to REPO/../<repo>.log; wait 'ready', 'live' or ''."""
+    from scripts.harness import start_server as start
+    return start(repo, timeout=timeout, wait=wait, env=serving_env(), exit_on_error=exit_on_error, exit_timeout=3)
 
 
 def offline_reference(images: np.ndarray, bank_dir: str) -> Dict[str, np.ndarray]:
@@ -158,8 +150,8 @@ def offline_reference(images: np.ndarray, bank_dir: str) -> Dict[str, np.ndarray
     with torch.no_grad():
         feats = model(torch.from_numpy(images)).numpy()
     out = scorer.score(feats, map_modes=(mode,))
-    return {"SCORE": out["scores"][mode], "SCORE_NEG": out["s_neg"], "SCORE_POS": out["s_pos"],
-            "ANOMALY_MAP": out["maps"][mode], "threshold": scorer.thresholds.get(mode), "mode": mode}
+    return {"SCORE": out.scores[mode], "SCORE_NEG": out.s_neg, "SCORE_POS": out.s_pos,
+            "ANOMALY_MAP": out.maps[mode], "threshold": scorer.thresholds.get(mode), "mode": mode}
 
 
 def start_serve_cli(*args: str, timeout: float = 120.0):

@@ -25,7 +25,7 @@ import time
 
 import numpy as np
 
-from scripts.common import save_json
+from scripts.harness import BenchResult, latency_stats, params_of
 
 
 def features(onnx_path, samples, threads):
@@ -94,10 +94,11 @@ def main() -> int:
     nq, h, w, d = queries.shape
     flat = queries.reshape(nq, h * w, d)
     rng = np.random.default_rng(0)
-    report = {"machine": "2 vCPU AMD EPYC (AVX-512), other benchmarks running at the same time", "threads": args.threads,
-              "dataset": args.dataset, "source_patches": int(len(src)), "query_images": int(nq),
-              "patches_per_image": int(h * w), "m": args.m, "ef_construction": args.ef_construction,
-              "jitter": args.jitter, "faiss": faiss.__version__, "sizes": []}
+    record = BenchResult("bench_ann", params_of(args), {
+        "note": "other benchmarks running at the same time", "threads": args.threads, "dataset": args.dataset,
+        "source_patches": int(len(src)), "query_images": int(nq), "patches_per_image": int(h * w), "m": args.m,
+        "ef_construction": args.ef_construction, "jitter": args.jitter, "faiss": faiss.__version__, "sizes": []})
+    report = record.metrics
     for n in (int(v) for v in args.sizes.split(",")):
         bank = make_bank(src, n, args.jitter, rng)
         t = time.perf_counter()
@@ -125,9 +126,9 @@ def main() -> int:
                 if i < args.exact_images:
                     times.append(time.perf_counter() - t)
                 ref_d.append(dd)
-                ref_s.append(float(sc_exact.score(queries[i:i + 1], map_modes=())["scores"]["patchcore"][0]))
+                ref_s.append(float(sc_exact.score(queries[i:i + 1], map_modes=()).scores["patchcore"][0]))
             ent = {"bank": n, "hnsw_build_s": round(build_s, 1), "hnsw_file_mb": round(size_mb, 1),
-                   "exact_ms_per_image": round(1000 * float(np.median(times)), 1), "hnsw": []}
+                   "exact_ms_per_image": round(latency_stats(times)["p50_ms"], 1), "hnsw": []}
             for ef in (int(v) for v in args.ef_search.split(",")):
                 hn.index.hnsw.efSearch = ef
                 sc_h = Scorer(pair, searchers={"negative": hn})
@@ -137,11 +138,11 @@ def main() -> int:
                     dd, _ = hn.nearest(flat[i])
                     ht.append(time.perf_counter() - t)
                     rec.append(np.abs(dd - ref_d[i]) <= 1e-4 * np.maximum(ref_d[i], 1e-6) + 1e-5)
-                    s_h.append(float(sc_h.score(queries[i:i + 1], map_modes=())["scores"]["patchcore"][0]))
+                    s_h.append(float(sc_h.score(queries[i:i + 1], map_modes=()).scores["patchcore"][0]))
                 rec = np.concatenate(rec)
                 hd = np.concatenate([hn.nearest(flat[i])[0] for i in range(min(nq, 4))])
                 rd = np.concatenate(ref_d[:min(nq, 4)])
-                ent["hnsw"].append({"ef_search": ef, "ms_per_image": round(1000 * float(np.median(ht)), 1),
+                ent["hnsw"].append({"ef_search": ef, "ms_per_image": round(latency_stats(ht)["p50_ms"], 1),
                                     "recall_exact_nearest": round(float(rec.mean()), 4),
                                     "mean_distance_excess": float(np.mean(hd / np.maximum(rd, 1e-6) - 1)),
                                     "image_score_rank_correlation": round(spearman(np.array(s_h), np.array(ref_s)), 4),
@@ -149,8 +150,8 @@ def main() -> int:
                                                                              np.maximum(np.abs(ref_s), 1e-9)))})
         log(json.dumps(ent))
         report["sizes"].append(ent)
-        save_json(args.out, report, indent=2)
-    print(json.dumps(report, indent=2))
+        record.save(args.out, indent=2)
+    print(record.dumps(indent=2))
     return 0
 
 

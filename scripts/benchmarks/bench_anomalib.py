@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 import warnings
@@ -46,6 +45,7 @@ from exdd.metrics import auroc, bootstrap_auroc
 from exdd.offline.weights import load_backbone
 from exdd_scoring import MODES, Scorer, load_banks
 from scripts.common import cache_folder, peak_rss_gb
+from scripts.harness import BenchResult, params_of
 
 
 # ----------------------------------------------------------------------------- data
@@ -239,11 +239,11 @@ def exdd_modes(split: Split, weights: str, input_hw: Tuple[int, int], *, d: int 
         r = scorer.score(feats, map_modes=MODES)
         if not alias:
             for m in MODES:
-                alias[m] = next(k for k in MODES if r["maps"][k] is r["maps"][m])
+                alias[m] = next(k for k in MODES if r.maps[k] is r.maps[m])
         for m in MODES:
-            scores[m][i:i + len(bs)] = r["scores"][m]
+            scores[m][i:i + len(bs)] = r.scores[m]
             if alias[m] == m:
-                maps.setdefault(m, np.zeros((n,) + hw, np.float32))[i:i + len(bs)] = r["maps"][m]
+                maps.setdefault(m, np.zeros((n,) + hw, np.float32))[i:i + len(bs)] = r.maps[m]
         i += len(bs)
     if errors or i != n:
         raise RuntimeError(f"exdd could not read every test image: {errors[:3]}")
@@ -259,7 +259,7 @@ def exdd_modes(split: Split, weights: str, input_hw: Tuple[int, int], *, d: int 
     def infer(paths: Sequence[str]):
         imgs = np.stack([read_image(p, hw) for p in paths])
         r = scorer.score(run_extractor(model, imgs), map_modes=(default,))
-        return r["scores"][default], r["maps"][default]
+        return r.scores[default], r.maps[default]
     return out, infer
 
 
@@ -500,16 +500,18 @@ def main() -> None:
         import timm
         versions.update(anomalib=anomalib.__version__, timm=timm.__version__)
     dims = [int(v) for v in str(a.d).split(",")]
-    report: Dict[str, Any] = {"versions": versions, "input_size": list(hw), "weights": a.weights, "d": dims,
-                              "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-                                         f"torch threads {a.threads}", "datasets": {}}
+    record = BenchResult("bench_anomalib", params_of(a), {"versions": versions, "input_size": list(hw),
+                                                          "weights": a.weights, "d": dims, "torch_threads": a.threads,
+                                                          "datasets": {}})
+    report = record.metrics
+    machine = f"{record.machine['cpu']}, {record.machine['cores']} CPUs, torch threads {a.threads}"
     if a.reproduce:
         for ds in datasets:
             name = os.path.basename(os.path.normpath(ds))
             split = make_split(ds, hw, BuildConfig(holdout=0.0), a.normals, a.limit, a.seed, a.keep_leaked)
             rep = reproduce(split, a.weights, hw, ratio, a.cache, a.seed, a.resamples)
             report["datasets"][name] = rep
-            json.dump(report, open(os.path.join(a.out, "reproduce.json"), "w"), indent=1)
+            record.save(os.path.join(a.out, "reproduce.json"))
             print(f"\n### {name}: {rep['note']}; {rep['test']} test images ({rep['defective']} defective); "
                   f"anomalib's coreset {rep['bank'][0]} of {rep['patches']} patches (ratio {ratio:g})\n")
             print("| configuration | Spearman vs anomalib | max rel. score diff | map Pearson | map max abs diff | "
@@ -520,7 +522,7 @@ def main() -> None:
                       f"{v['map_pearson_vs_anomalib']:.4f} | {v['map_max_abs_diff']:.2e} | "
                       f"{v['image_auroc']:.3f} [{v['image_ci90'][0]:.3f}, {v['image_ci90'][1]:.3f}] | "
                       f"{v['pixel_auroc']:.3f} |", flush=True)
-        print(f"\n{json.dumps(versions)}; {report['machine']}")
+        print(f"\n{json.dumps(versions)}; {machine}")
         return
     for ds in datasets:
         name = os.path.basename(os.path.normpath(ds))
@@ -555,7 +557,7 @@ def main() -> None:
                                     "n_defective": int(split.labels.sum()), "rows": rows, "images_per_s": sp,
                                     "speed_images": min(a.speed_images, len(split.test)), "speed_reps": a.speed_reps}
         report["peak_rss_gb"] = peak_rss_gb()
-        json.dump(report, open(os.path.join(a.out, "bench.json"), "w"), indent=1)
+        record.save(os.path.join(a.out, "bench.json"))
         print(f"\n### {name}: {split.note}; {len(split.test)} test images ({int(split.labels.sum())} defective)\n")
         print("| method / mode | image AUROC [90% CI] | pixel AUROC [90% CI] | fit s (negative bank only) | bank | img/s b1 | img/s b8 |")
         print("|---|---|---|---|---|---|---|")
@@ -568,7 +570,7 @@ def main() -> None:
             fit = f"{v['fit_s']:.0f}" + (f" ({v['fit_negative_s']:.0f})" if "fit_negative_s" in v else "")
             print(f"| {k} | {fmt(v, 'image_auroc')} | {fmt(v, 'pixel_auroc')} | {fit} | {bank} | "
                   f"{s.get(1, float('nan')):.2f} | {s.get(8, float('nan')):.2f} |", flush=True)
-    print(f"\n{json.dumps(versions)}; peak RSS {report['peak_rss_gb']:.1f} GB; {report['machine']}")
+    print(f"\n{json.dumps(versions)}; peak RSS {report['peak_rss_gb']:.1f} GB; {machine}")
 
 
 if __name__ == "__main__":

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import time
 import warnings
 
@@ -18,15 +17,18 @@ from exdd.offline.features import build_extractor, grid_of
 from exdd_scoring import Bank, BankPair, Scorer
 from exdd_scoring.knn import bank_neighbors
 
+from scripts.harness import latency_stats
+
 
 def median_time(fn, repeats: int) -> float:
+    """Median seconds of fn() over repeats calls after one warm-up call."""
     fn()
     ts = []
     for _ in range(repeats):
         t = time.perf_counter()
         fn()
         ts.append(time.perf_counter() - t)
-    return statistics.median(ts)
+    return latency_stats(ts)["p50_ms"] / 1000
 
 
 def main() -> None:

@@ -12,14 +12,13 @@ subset with fp32 and with each variant's features against the SAME banks.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
 
 import numpy as np
 
-from scripts.common import save_json
+from scripts.harness import BenchResult, latency_stats, params_of
 
 
 def runner(variant: str, fp32_path: str, int8_path: str, threads: int):
@@ -52,7 +51,7 @@ def speed(sess, hw, batch, reps):
         t = time.perf_counter()
         sess.run(x)
         ts.append(time.perf_counter() - t)
-    return 1000 * float(np.median(ts)) / batch
+    return latency_stats(ts)["p50_ms"] / batch
 
 
 def pick(samples, n, seed=0):
@@ -125,8 +124,8 @@ def run_dataset(ds, fp32_path, features, args, log):
         for i in range(0, len(f), 4):
             r = sc_used.score(f[i:i + 4], map_modes=MODES_MEASURED, modes=MODES_MEASURED)
             for m in sc:
-                sc[m].append(r["scores"][m])
-                maps[m].append(r["maps"][m].astype(np.float32))
+                sc[m].append(r.scores[m])
+                maps[m].append(r.maps[m].astype(np.float32))
         res[key] = {"features": f, "masks": masks, "scores": {m: np.concatenate(v) for m, v in sc.items()},
                     "maps": {m: np.concatenate(v) for m, v in maps.items()}}
     masks = res["fp32"]["masks"].astype(bool)
@@ -173,8 +172,9 @@ def main() -> int:
     model, info = build_extractor(args.weights, 256, 0, (632, 224))
     fp32_path = args.fp32_onnx or export_onnx(model, info, os.path.join(args.workdir, "bench-fp32.onnx"), "fp32")
     del model
-    report = {"machine": "2 vCPU AMD EPYC (AVX-512 VNNI/BF16)", "threads": args.threads,
-              "weights": args.weights, "datasets": []}
+    record = BenchResult("bench_precision", params_of(args),
+                         {"threads": args.threads, "weights": args.weights, "datasets": []})
+    report = record.metrics
     for ds in args.datasets.split(","):
         report["datasets"].append(run_dataset(ds, fp32_path, info, args, log))
     int8_path = os.path.join(args.workdir, f"{os.path.basename(os.path.normpath(args.datasets.split(',')[0]))}-int8.onnx")
@@ -189,8 +189,8 @@ def main() -> int:
             sp[f"{v}_speedup_batch{b}"] = round(sp[f"fp32_batch{b}_ms_per_image"] / sp[f"{v}_batch{b}_ms_per_image"], 2)
     report["speed"] = sp
     log(f"speed: {sp}")
-    save_json(args.out, report, indent=2)
-    print(json.dumps(report, indent=2))
+    record.save(args.out, indent=2)
+    print(record.dumps(indent=2))
     return 0
 
 

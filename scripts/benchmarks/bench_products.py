@@ -22,9 +22,7 @@ from /proc after warm-up and after the throughput runs. Throughput: closed loop,
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import os
-import platform
 import statistics
 import tempfile
 import threading
@@ -33,7 +31,9 @@ from typing import Dict, List
 
 import numpy as np
 
-from scripts.common import exdd, process_tree, save_json, start_server
+from scripts.common import process_tree
+from scripts.harness import (BenchResult, build_banks, export_onnx, export_repository, latency_stats, params_of,
+                             start_server)
 
 TEXTURES = ("brushed", "commutator", "tile")
 
@@ -98,8 +98,8 @@ def throughput(targets, image: np.ndarray, requests: int, concurrency: int) -> D
     for t in threads:
         t.join()
     wall = time.perf_counter() - t0
-    return {"ips": len(lat) / wall, "p50_ms": float(np.percentile(np.asarray(lat) * 1000, 50)) if lat else float("nan"),
-            "errors": len(errors)}
+    p50 = latency_stats(lat)["p50_ms"]
+    return {"ips": len(lat) / wall, "p50_ms": float("nan") if p50 is None else p50, "errors": len(errors)}
 
 
 def measure(name: str, servers, targets, image, a) -> Dict:
@@ -129,19 +129,18 @@ def build(work: str, a) -> Dict:
     for k in range(a.products):
         ds = generate(os.path.join(work, f"ds{k}"), a.train_images, 4, 2, 2, (h, w), TEXTURES[k % len(TEXTURES)], k)
         banks[f"p{k}"] = os.path.join(work, f"banks{k}")
-        exdd("offline", "build", ds, "--out", banks[f"p{k}"], "--weights", a.weights, "--input-size", a.input_size,
-             "--d", str(a.d), log=print)
+        build_banks(ds, banks[f"p{k}"], "--weights", a.weights, "--input-size", a.input_size, "--d", str(a.d),
+                    log=print)
     onnx = os.path.join(work, "features.onnx")
-    exdd("export", "onnx", "--banks", banks["p0"], "--weights", a.weights, "--out", onnx, "--parity-images",
-         os.path.join(work, "ds0", "test"), "--parity-count", "2", log=print)
+    export_onnx(banks["p0"], onnx, "--weights", a.weights, "--parity-images", os.path.join(work, "ds0", "test"),
+                "--parity-count", "2", log=print)
     return {"banks": banks, "onnx": onnx, "test": os.path.join(work, "ds0", "test")}
 
 
 def repository(work: str, name: str, onnx: str, banks: Dict[str, str]) -> str:
     """exdd export repository --product NAME=BANKS for each product given."""
     out = os.path.join(work, name)
-    args = [v for p, b in banks.items() for v in ("--product", f"{p}={b}")]
-    exdd("export", "repository", "--onnx", onnx, *args, "--out", out, "--features-backend", "python", "--force", log=print)
+    export_repository(onnx, out, "--features-backend", "python", "--force", products=banks, log=print)
     return out
 
 
@@ -167,9 +166,8 @@ def main() -> None:
     h, w = (int(v) for v in a.input_size.split("x"))
     image = load_images(image_files(made["test"], 1), (h, w))
     names = list(made["banks"])
-    rec = {"date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "machine": platform.node(),
-           "cpus": os.cpu_count(), "args": vars(a), "onnx_mb": round(os.path.getsize(made["onnx"]) / 2 ** 20, 1),
-           "rows": []}
+    rec = BenchResult("bench_products", params_of(a),
+                      {"cpus": os.cpu_count(), "onnx_mb": round(os.path.getsize(made["onnx"]) / 2 ** 20, 1), "rows": []})
     setups = [("1 product", [repository(work, "repo-1", made["onnx"], {names[0]: made["banks"][names[0]]})]),
               (f"{a.products} products, 1 server", [repository(work, f"repo-{a.products}", made["onnx"], made["banks"])])]
     if not a.skip_separate:
@@ -181,18 +179,18 @@ def main() -> None:
             for r in repos:
                 servers.append(start_server(r, r + ".log", 600.0, exit_timeout=5))
             targets = [(s.http_url, pm.ensemble) for s in servers for pm in products_in(s.repo)]
-            rec["rows"].append(measure(label, servers, targets, image, a))
+            rec.metrics["rows"].append(measure(label, servers, targets, image, a))
         finally:
             for s in servers:
                 s.stop()
     print("\n| set-up | servers | products | memory PSS (MiB) | memory RSS (MiB) | processes | images/s (median) |")
     print("|---|---|---|---|---|---|---|")
-    for r in rec["rows"]:
+    for r in rec.metrics["rows"]:
         m = r["memory_after"]
         print(f"| {r['setup']} | {r['servers']} | {r['products']} | {m['pss_mb']:.0f} | {m['rss_mb']:.0f} | "
               f"{m['processes']} | {r['ips_median']:.2f} |")
     if a.out:
-        save_json(a.out, rec)
+        rec.save(a.out)
         print(f"record: {a.out}")
 
 

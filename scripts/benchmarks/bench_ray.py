@@ -21,7 +21,8 @@ import time
 
 import psutil
 
-from scripts.common import EXDD, link_subset, mask_of, save_json
+from scripts.common import EXDD, link_subset, mask_of
+from scripts.harness import BenchResult, params_of
 
 
 def subset(data: str, images: int, root: str) -> str:
@@ -104,7 +105,7 @@ def main() -> None:
             rows.append(r)
     res = {"data": a.data, "images": a.images, "input_size": a.input_size, "weights": a.weights,
            "chunk_rows": a.chunk_rows, "cpus": os.cpu_count(), "load_avg_at_end": os.getloadavg(), "rows": rows}
-    save_json(a.out, res)
+    BenchResult("bench_ray", params_of(a), res).save(a.out)
 
 
 if __name__ == "__main__":

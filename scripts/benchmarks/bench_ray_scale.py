@@ -30,7 +30,8 @@ import psutil
 
 from exdd import defaults
 
-from scripts.common import normal_rows, save_json
+from scripts.common import normal_rows
+from scripts.harness import BenchResult, params_of
 
 
 def make_part(base: np.ndarray, lo: int, hi: int, seed: int) -> np.ndarray:
@@ -147,7 +148,7 @@ def main() -> None:
                         for ph in ("generate", "coreset")},
            "load_avg_at_end": os.getloadavg()}
     print(json.dumps(res, indent=1))
-    save_json(a.out, res)
+    BenchResult("bench_ray_scale", params_of(a), res).save(a.out)
     ray.shutdown()
 
 

@@ -30,7 +30,8 @@ import time
 
 import numpy as np
 
-from scripts.common import ROOT, exdd, link_subset, save_json, start_server
+from scripts.common import ROOT, exdd, link_subset
+from scripts.harness import BenchResult, build_banks, export_onnx, export_repository, params_of, start_server
 
 
 def subset(dataset: str, dst: str, normals: int, defects: int, test: int, seed: int = 0) -> str:
@@ -97,18 +98,18 @@ def main() -> int:
     w = lambda *p: os.path.join(os.path.abspath(a.out), *p)  # noqa: E731
     points = [tuple(int(v) for v in p.split("x")) for p in a.points.split(",")]
     data = subset(a.dataset, w("data"), a.normals, a.defects, a.test)
-    rep = {"machine": "2 vCPU AMD EPYC (AVX-512 VNNI / BF16)", "dataset": a.dataset,
-           "subset": {"normals": a.normals, "defects": a.defects, "test": a.test}, "weights": a.weights,
-           "exdd": {}, "anomalib": None}
+    record = BenchResult("bench_speed", params_of(a), {
+        "dataset": a.dataset, "subset": {"normals": a.normals, "defects": a.defects, "test": a.test},
+        "weights": a.weights, "exdd": {}, "anomalib": None})
+    rep = record.metrics
 
     def save():
-        save_json(w("speed.json"), rep, indent=2)
+        record.save(w("speed.json"), indent=2)
 
     # exdd: bank build, exports, repositories, serving
     if os.path.isdir(w("banks")):
         shutil.rmtree(w("banks"))
-    rep["exdd"]["bank_build_s"] = round(exdd("offline", "build", data, "--out", w("banks"), "--weights", a.weights,
-                                             log=log), 1)
+    rep["exdd"]["bank_build_s"] = round(build_banks(data, w("banks"), "--weights", a.weights, log=log), 1)
     save()
     from exdd.serving.registry import EXTRACTOR_PRECISIONS
     precisions = a.precisions.split(",")
@@ -117,17 +118,17 @@ def main() -> int:
         onnx = w(f"{prec}.onnx")
         extra = ["--calibration-images", data] if prec == "int8" else []
         # exit 3: a bf16 / int8 parity check failed (printed in the log); the file is still written and served
-        rep["exdd"][f"export_{prec}_s"] = round(exdd("export", "onnx", "--banks", w("banks"), "--out", onnx,
-                                                     "--precision", ep.export_precision, "--parity-images",
-                                                     os.path.join(data, "test"), *extra, log=log, ok=(0, 3)), 1)
+        rep["exdd"][f"export_{prec}_s"] = round(export_onnx(w("banks"), onnx, "--precision", ep.export_precision,
+                                                            "--parity-images", os.path.join(data, "test"), *extra,
+                                                            log=log, ok=(0, 3)), 1)
         if ep.offline_runtime:  # the bank build again, extracting as this precision serves (offline build --extractor)
             if os.path.isdir(w(f"banks-{prec}")):
                 shutil.rmtree(w(f"banks-{prec}"))
-            rep["exdd"][f"bank_build_{prec}_s"] = round(exdd(
-                "offline", "build", data, "--out", w(f"banks-{prec}"), "--weights", a.weights, "--extractor", onnx,
+            rep["exdd"][f"bank_build_{prec}_s"] = round(build_banks(
+                data, w(f"banks-{prec}"), "--weights", a.weights, "--extractor", onnx,
                 "--extractor-runtime", ep.offline_runtime, log=log), 1)
-        exdd("export", "repository", "--onnx", onnx, "--banks", w("banks"), "--out", w(f"repo-{prec}"),
-             "--features-backend", ep.features_backend, "--force", log=log)
+        export_repository(onnx, w(f"repo-{prec}"), "--features-backend", ep.features_backend, "--force",
+                          banks=w("banks"), log=log)
         rep["exdd"][f"serve_{prec}"] = serve_and_score(w(f"repo-{prec}"), os.path.join(data, "test"), w(), points, log)
         log(f"exdd {prec}: {rep['exdd'][f'serve_{prec}']}")
         save()
@@ -170,7 +171,7 @@ def main() -> int:
             if f"bank_build_{prec}_s" in rep["exdd"]:
                 rep["exdd"][f"bank_build_{prec}_vs_fit"] = round(an["fit_s"] / rep["exdd"][f"bank_build_{prec}_s"], 2)
     save()
-    print(json.dumps(rep, indent=2))
+    print(record.dumps(indent=2))
     return 0
 
 

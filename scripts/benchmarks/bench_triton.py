@@ -20,7 +20,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from scripts.common import exdd, link_subset, mask_of, start_server
+from scripts.common import link_subset, mask_of
+from scripts.harness import latency_stats, serve_chain, start_server
 
 
 def split(ds: str, build_n: int, n: int):
@@ -36,20 +37,16 @@ def prepare(build_paths, ds: str, build_n: int, weights: str, input_size: str, d
             instances: int) -> str:
     """Banks from the first build_n images, ONNX, repository; returns the repository path."""
     train = link_subset(os.path.join(work, "ds", "train"), [(p, mask_of(p)) for p in build_paths], numbered=True)
-    banks, onnx, repo = (os.path.join(work, n) for n in ("banks", "f32.onnx", "repo"))
-    exdd("offline", "build", os.path.join(work, "ds"), "--out", banks, "--weights", weights, "--input-size", input_size,
-         "--d", str(d), "--min-bank", "1000", "--holdout", "0.2")
-    exdd("export", "onnx", "--banks", banks, "--weights", weights, "--out", onnx, "--parity-images", train,
-         "--parity-count", "2")
-    exdd("export", "repository", "--onnx", onnx, "--banks", banks, "--out", repo, "--features-backend", backend,
-         "--kind", kind, "--instances", str(instances))
-    return repo
+    return serve_chain(work, dataset=os.path.join(work, "ds"),
+                       build=("--weights", weights, "--input-size", input_size, "--d", str(d), "--min-bank", "1000",
+                              "--holdout", "0.2"),
+                       export=("--weights", weights, "--parity-images", train, "--parity-count", "2"),
+                       repository=("--features-backend", backend, "--kind", kind, "--instances", str(instances))).repo
 
 
 def stats(lat_s, n_images: int, wall: float) -> dict:
-    """images/s and p50/p95 latency (ms)."""
-    lat = np.asarray(lat_s) * 1000
-    return {"ips": n_images / wall, "p50": float(np.percentile(lat, 50)), "p95": float(np.percentile(lat, 95))}
+    """images/s and the latency statistics (ms) of per-request seconds."""
+    return {"ips": n_images / wall, **latency_stats(lat_s)}
 
 
 def bench_offline(repo: str, images: np.ndarray, weights: str, batch: int) -> dict:
@@ -109,7 +106,7 @@ def bench_triton(url: str, images: np.ndarray, concurrency: int) -> dict:
         lat_c = [t for part in pool.map(sender, range(concurrency)) for t in part]
     wall = time.perf_counter() - t0
     conc = stats(lat_c, len(images), wall)
-    single["ips_batched"], single["p50_conc"], single["p95_conc"] = conc["ips"], conc["p50"], conc["p95"]
+    single["ips_batched"], single["p50_ms_conc"], single["p95_ms_conc"] = conc["ips"], conc["p50_ms"], conc["p95_ms"]
     return single
 
 
@@ -138,8 +135,7 @@ def main() -> None:
         h, w = (int(v) for v in a.input_size.split("x"))
         images = load_images(paths, (h, w))
         off = bench_offline(repo, images, a.weights, a.batch)
-        srv = start_server(repo, os.path.join(os.path.dirname(repo), os.path.basename(repo) + ".log"), 300,
-                           exit_on_error=True, exit_timeout=3)
+        srv = start_server(repo, timeout=300, exit_on_error=True, exit_timeout=3)
         try:
             tri = bench_triton(srv.http_url, images, a.concurrency)
         finally:
@@ -150,10 +146,10 @@ def main() -> None:
     print(f"\n{len(images)} images {h}x{w}, {os.cpu_count()} CPU cores, d={a.d}, features backend {a.features_backend}\n")
     print("| path | batch-1 images/s | p50 ms | p95 ms | throughput images/s | p50 / p95 ms under load |")
     print("|---|---|---|---|---|---|")
-    print(f"| offline (torch + NumPy scorer, in-process) | {off['ips']:.2f} | {off['p50']:.0f} | {off['p95']:.0f} | "
+    print(f"| offline (torch + NumPy scorer, in-process) | {off['ips']:.2f} | {off['p50_ms']:.0f} | {off['p95_ms']:.0f} | "
           f"{off['ips_batched']:.2f} (batch {a.batch}) | - |")
-    print(f"| Triton HTTP (ensemble exdd) | {tri['ips']:.2f} | {tri['p50']:.0f} | {tri['p95']:.0f} | "
-          f"{tri['ips_batched']:.2f} ({a.concurrency} concurrent) | {tri['p50_conc']:.0f} / {tri['p95_conc']:.0f} |")
+    print(f"| Triton HTTP (ensemble exdd) | {tri['ips']:.2f} | {tri['p50_ms']:.0f} | {tri['p95_ms']:.0f} | "
+          f"{tri['ips_batched']:.2f} ({a.concurrency} concurrent) | {tri['p50_ms_conc']:.0f} / {tri['p95_ms_conc']:.0f} |")
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ from exdd.offline.update import update
 from exdd_scoring import MODES, Scorer, load_banks
 
 from scripts.common import cache_folder, peak_rss_gb, raw_caches, save_json
+from scripts.harness import BenchResult, metrics_in, params_of
 
 
 def log(msg: str) -> None:
@@ -173,7 +174,7 @@ def main() -> None:
     image_scores = {}
 
     if a.teach_only:   # reuse the builds of an earlier run (its bench.json and full/ banks)
-        res = json.load(open(os.path.join(out, "bench.json")))
+        res = metrics_in(json.load(open(os.path.join(out, "bench.json"))))
         s_img = res["extract_s_per_image"]
     else:
         res = {"dataset": a.dataset, "split_seed": a.split_seed, "weights": caches["train"].weights_id,
@@ -214,7 +215,7 @@ def main() -> None:
             res["update_minus_full_image_auroc"][m] = {"diff": round(diff, 4), "ci90": [round(lo, 4), round(hi, 4)],
                                                        "score_rank_correlation": round(spearman(upd_s, full_s), 4)}
         log(f"update - full, image AUROC (90% paired bootstrap): {res['update_minus_full_image_auroc']}")
-        save_json(os.path.join(out, "bench.json"), res)
+        BenchResult("bench_update", params_of(a), res).save(os.path.join(out, "bench.json"))
 
     if a.teach == 0:
         print(markdown(res))
@@ -224,7 +225,7 @@ def main() -> None:
 
     def scores_of(scorer, feats):
         outs = [scorer.score(feats[i:i + 8], map_modes=()) for i in range(0, len(feats), 8)]
-        return {m: np.concatenate([o["scores"][m] for o in outs]) for m in MODES}
+        return {m: np.concatenate([o.scores[m] for o in outs]) for m in MODES}
 
     if a.teach_rule == "build":     # the threshold the build calibrated (its rule, on its held-out images)
         thr = sc_full.thresholds
@@ -263,7 +264,7 @@ def main() -> None:
         res["teach"][m] = row
         log(f"teach {m}: {row}")
     res["peak_rss_gb"] = round(peak_rss_gb(), 2)
-    save_json(os.path.join(out, "bench.json"), res)
+    BenchResult("bench_update", params_of(a), res).save(os.path.join(out, "bench.json"))
     print(markdown(res))
 
 

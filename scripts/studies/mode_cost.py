@@ -19,6 +19,8 @@ from exdd_scoring import Bank, BankPair, Scorer
 from exdd_scoring.knn import bank_neighbors
 from exdd_scoring.scores import DEFAULT_MODE, HEAD_FEATURES, mode as get_mode
 
+from scripts.harness import latency_stats
+
 MODES = ("dual_bounded", "patchcore", "dual_topk", "ratio_topk", "head")
 
 
@@ -46,7 +48,7 @@ def main() -> None:
     hw = tuple(int(v) for v in a.hw.split("x"))
     sc = Scorer(pair_of(hw, a.d, a.neg, a.pos))
     feats = np.random.default_rng(1).standard_normal((a.batch,) + tuple(sc.grid) + (a.d,)).astype(np.float32)
-    ev_ms, mode_ms = [], {m: [] for m in MODES}
+    ev_s, mode_s = [], {m: [] for m in MODES}           # seconds per image
     for r in range(a.reps + 1):                            # the first round warms up
         t0 = time.perf_counter()
         ev = sc.evidence(feats)
@@ -57,11 +59,11 @@ def main() -> None:
             get_mode(m).score(ev)
             ev.image_map(get_mode(m).map_kind)
             if r:
-                mode_ms[m].append(1000 * (time.perf_counter() - t1) / a.batch)
+                mode_s[m].append((time.perf_counter() - t1) / a.batch)
         if r:
-            ev_ms.append(1000 * t_ev / a.batch)
-    knn = float(np.median(ev_ms))
-    cost: Dict[str, float] = {m: float(np.median(v)) for m, v in mode_ms.items()}
+            ev_s.append(t_ev / a.batch)
+    knn = latency_stats(ev_s)["p50_ms"]                # per image
+    cost: Dict[str, float] = {m: latency_stats(v)["p50_ms"] for m, v in mode_s.items()}
     base = knn + cost[DEFAULT_MODE]
     print(f"scorer cost per image, {a.hw} (grid {sc.grid[0]}x{sc.grid[1]}), d = {a.d}, banks {a.neg} + {a.pos}, "
           f"batch {a.batch}, median of {a.reps}\n")

@@ -2,7 +2,7 @@
 
 Reads the evidence of scripts/studies/study_splits.py (OUT/<set>/<variant>/split{S}-build{B}.npz). For every split:
 each candidate image score (CANDIDATES) and each map kind (MAPS) from the one-pass evidence, with the
-math of exdd_scoring (reweight_q, upsample_smooth, the bank-relative scale of scores.py).
+served formulas themselves (exdd_scoring.scores on the split's evidence: scripts.common.served_evidence).
 
 Protocol (BENCHMARKS.md, "The image decision, decided with enough data"):
 - paired bootstrap against `patchcore`: one Poisson(1) weight per image of a dev set per resample (an image
@@ -33,23 +33,23 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from scripts.common import smooth_maps
+from scripts.common import reweighted, served_evidence, smooth_maps
+from scripts.harness import BenchResult, params_of
 
-from exdd import defaults
 from exdd.metrics import aupro
 from exdd.offline.feature_cache import RawCache
 from exdd.offline.head import HEAD_L2, fit_head
-from exdd_scoring import reweight_q, upsample_smooth_matrices
-from exdd_scoring.fusion import fit_fusion, fusion_features, fusion_score
-from exdd_scoring.scores import (DEFAULT_GAMMA, RAISE_EPS_REL, TOPK_FRACTION, Evidence, bounded_eps, head_inputs,
-                                 mode)
+from exdd_scoring import upsample_smooth_matrices
+from exdd_scoring.fusion import fit_fusion, fusion_score
+from exdd_scoring.scores import (DUAL_EPS_REL, MAP_KINDS, RAISE_EPS_REL, TOPK_FRACTION, eps_b, fusion_inputs,
+                                 head_inputs, mode)
 
-EPS = 1e-6
 SETS = ("ksdd1_dev", "magnetic_tile", "bsdata_pitting")
 
 
 class SplitEvidence:
-    """One split's evidence (test or held images) and its smoothed maps, computed on demand."""
+    """One split's evidence (test or held images) and its smoothed maps, computed on demand: the served scorer's
+    Evidence (self.ev, served_evidence) computes every served score and map; the study adds its variants."""
 
     def __init__(self, z, meta: Dict, key: str, s_h: np.ndarray, s_w: np.ndarray):
         self.a_neg = z[f"{key}_a_neg"].astype(np.float64)
@@ -59,39 +59,31 @@ class SplitEvidence:
         self.labels = z[f"{key}_labels"].astype(int)
         self.ids = z[f"{key}_ids"].astype(int)
         self.grid, self.d = tuple(meta["grid"]), int(meta["d"])
-        self.eps_b = bounded_eps(meta["pos"]["nn1_median"])
-        self.eps_b01 = bounded_eps(meta["pos"]["nn1_median"], 0.1)
-        self.eps_r = bounded_eps(meta["pos"]["nn1_median"], RAISE_EPS_REL)
         self.s_h, self.s_w = s_h, s_w
+        self.ev = served_evidence(self, meta["pos"]["nn1_median"], {"topk": TOPK_FRACTION})
         self._maps: Dict[str, np.ndarray] = {}
-
-    def reweighted(self, nb: np.ndarray, s_star: np.ndarray, k: int, keep_self: bool, t: float) -> np.ndarray:
-        """PatchCore's (1 - q) s* over m* and its neighbours (keep_self, anomalib) or the neighbours only (ours)."""
-        return (1.0 - reweight_q(s_star, nb[:, :k] if keep_self else nb[:, 1:k], t, np)) * s_star
 
     @property
     def s_neg(self) -> np.ndarray:
-        return self.reweighted(self.nb_neg, self.a_neg.max(1), 3, False, self.d ** 0.5)
+        return self.ev.s_neg
 
     @property
     def s_pos(self) -> np.ndarray:
-        s = self.a_pos.max(1)
-        return reweight_q(s, self.nb_pos[:, 1:3], self.d ** 0.5, np) * s
+        return self.ev.s_pos
 
     def patch(self, kind: str) -> np.ndarray:
+        """(n, P) patch map: the served kinds (exdd_scoring.scores.MAP_KINDS) and the study's two that are not served
+        (ratio_b01: the bounded ratio at dual_b01's eps; raise_g2: the raise map squared)."""
+        if kind in MAP_KINDS:
+            return MAP_KINDS[kind](self.ev)
         an, ap = self.a_neg, self.a_pos
-        return {"neg": lambda: an,
-                "ratio": lambda: an / (ap + EPS),
-                "ratio_b": lambda: an / (ap + self.eps_b),
-                "dual": lambda: an * an / (ap + EPS),
-                "dual_b": lambda: an * an / (ap + self.eps_b),
-                "ratio_b01": lambda: an / (ap + self.eps_b01),
-                "dual_b01": lambda: an * an / (ap + self.eps_b01),
-                "raise": lambda: an * np.maximum(1.0, an / (ap + self.eps_r)),
-                "raise_g2": lambda: an * np.maximum(1.0, an / (ap + self.eps_r)) ** 2,
+        return {"ratio_b01": lambda: an / (ap + eps_b(self.ev, DUAL_EPS_REL)),
+                "raise_g2": lambda: an * np.maximum(1.0, an / (ap + eps_b(self.ev, RAISE_EPS_REL))) ** 2,
                 }[kind]()
 
     def smooth(self, kind: str) -> np.ndarray:
+        if kind in MAP_KINDS:
+            return self.ev.image_map(kind)
         if kind not in self._maps:
             self._maps[kind] = smooth_maps(self.patch(kind).reshape(-1, *self.grid), self.s_h, self.s_w)
         return self._maps[kind]
@@ -105,47 +97,36 @@ MAPS = ("neg", "ratio", "ratio_b", "ratio_b01", "dual", "dual_b", "dual_b01", "r
 
 
 def candidates(e: SplitEvidence) -> Dict[str, Callable[[], np.ndarray]]:
-    """Every image score studied, by name (the served modes' formulas and their variants)."""
+    """Every image score studied, by name: the served modes (mode(NAME).score) and the study's variants of them."""
     td = e.d ** 0.5
     s_star = e.a_neg.max(1)
+    served = lambda name: (lambda: np.asarray(mode(name).score(e.ev)))  # noqa: E731
     return {
-        "patchcore": lambda: e.s_neg,
-        "pc_anomalib_k9": lambda: e.reweighted(e.nb_neg, s_star, 9, True, 1.0),
-        "pc_k9_drop_tsqrtd": lambda: e.reweighted(e.nb_neg, s_star, 9, False, td),
+        "patchcore": served("patchcore"),
+        "pc_anomalib_k9": lambda: reweighted(s_star, e.nb_neg, 9, True, 1.0),
+        "pc_k9_drop_tsqrtd": lambda: reweighted(s_star, e.nb_neg, 9, False, td),
         "pc_raw_max": lambda: s_star,
         "neg_map_max": lambda: e.map_max("neg"),
-        "exdd": lambda: e.s_neg / (e.s_pos + EPS),
-        "exdd_b": lambda: e.s_neg / (e.s_pos + e.eps_b),
+        "exdd": served("exdd"),
+        "exdd_b": lambda: e.s_neg / (e.s_pos + eps_b(e.ev)),
         "ratio_map_max": lambda: e.map_max("ratio"),
-        "dual": lambda: e.map_max("dual"),
+        "dual": served("dual"),
         "dual_b": lambda: e.map_max("dual_b"),
-        "dual_b01": lambda: e.map_max("dual_b01"),
-        "raise_map_max": lambda: e.map_max("raise"),
+        "dual_b01": served("dual_bounded"),
+        "raise_map_max": served("raise"),
         "raise_g2_map_max": lambda: e.map_max("raise_g2"),
         "pc_raise": lambda: e.s_neg * e.map_max("raise") / e.map_max("neg"),
     }
 
 
 def fusion_x(e: SplitEvidence) -> np.ndarray:
-    return fusion_features(e.s_neg, e.map_max("ratio"), e.s_pos, np)
+    """The served fusion's inputs (exdd_scoring.scores.fusion_inputs)."""
+    return np.asarray(fusion_inputs(e.ev))
 
 
 TOPK_STUDY = (0.002, 0.01, 0.05)     # the top-k fractions of the map's pixels studied (issue 25)
 HEADS = {"head": HEAD_L2, "head_l2x10": 10 * HEAD_L2}   # the head as built, and one 10x more regularised
 POOLED = tuple(f"{m}@{f:g}" for m in ("dual_topk", "ratio_topk") for f in TOPK_STUDY) + tuple(HEADS)
-
-
-def served_evidence(e: SplitEvidence, pos_scale: float, params: Dict, rows: Optional[np.ndarray] = None) -> Evidence:
-    """The served scorer's Evidence (exdd_scoring.scores) of a split's evidence (its rows), so the served modes'
-    own formulas score it: the peaks' reweighting from the stored neighbour distances (k = defaults.K), the positive
-    bank's spacing pos_scale, the maps smoothed as the scorer smooths them."""
-    sub = (lambda v: v) if rows is None else (lambda v: v[rows])  # noqa: E731
-    an, ap, nbn, nbp = sub(e.a_neg), sub(e.a_pos), sub(e.nb_neg), sub(e.nb_pos)
-    t = e.d ** 0.5
-    peak = lambda a, nb: {"s_star": a.max(1), "q": reweight_q(a.max(1), nb[:, 1:defaults.K], t, np)}  # noqa: E731
-    return Evidence(an, ap, peak(an, nbn), peak(ap, nbp), e.grid, EPS, np,
-                    lambda m: smooth_maps(np.asarray(m), e.s_h, e.s_w),
-                    dict(params, gamma=DEFAULT_GAMMA, pos_scale=pos_scale))
 
 
 def pooled_scores(z, meta: Dict, te: SplitEvidence, held: SplitEvidence, s_h: np.ndarray, s_w: np.ndarray,
@@ -156,7 +137,7 @@ def pooled_scores(z, meta: Dict, te: SplitEvidence, held: SplitEvidence, s_h: np
     scale = meta["pos"]["nn1_median"]
     out: Dict[str, np.ndarray] = {}
     base = {"topk": TOPK_FRACTION}
-    ev = served_evidence(te, scale, dict(base))              # one evidence: its smoothed maps are computed once
+    ev = te.ev                                               # one evidence: its smoothed maps are computed once
     for name in names:
         if "@" in name:
             m, f = name.split("@")
@@ -165,7 +146,7 @@ def pooled_scores(z, meta: Dict, te: SplitEvidence, held: SplitEvidence, s_h: np
     ev.params["topk"] = TOPK_FRACTION
     head = None
     if any(h in names for h in HEADS):
-        xs, ys = [np.asarray(head_inputs(served_evidence(held, scale, base)))], [held.labels]
+        xs, ys = [np.asarray(head_inputs(held.ev))], [held.labels]
         if meta.get("cf_pos"):
             cf = SplitEvidence(z, meta, "cf", s_h, s_w)
             fold = z["cf_fold"]
@@ -444,8 +425,8 @@ def main() -> None:
             f"{s['set']} ({len(s['splits'])} splits, {sum(sp['n_test'] for sp in s['splits'])} test images)" for s in var))
         print("\n" + versus_table(image, names, "image score") + "\n\n" + versus_table(pixel, names, "map"))
         if a.json:
-            json.dump({"variant": a.variant, "against": a.against, "image": image, "pixel": pixel}, open(a.json, "w"),
-                      indent=1)
+            BenchResult("study_decision", params_of(a), {"variant": a.variant, "against": a.against, "image": image,
+                                                         "pixel": pixel}).save(a.json)
         return
     imgs = sorted(set(a.images.split(",")) | {"patchcore"}) if a.images else None
     mps = sorted(set(a.maps.split(",")) | {"ratio"}) if a.maps else None
@@ -467,8 +448,8 @@ def main() -> None:
             | {"image": {n: r["point"] for n, r in sp["image"].items()},
                "pixel": {n: {"auroc": r["point"], "aupro": r["aupro"]} for n, r in sp["pixel"].items()}}
             for sp in s["splits"]]} for s in sets]
-        json.dump({"variant": a.variant, "image": image, "pixel": pixel, "decision": dec, "sets": slim},
-                  open(a.json, "w"), indent=1)
+        BenchResult("study_decision", params_of(a), {"variant": a.variant, "image": image, "pixel": pixel,
+                                                     "decision": dec, "sets": slim}).save(a.json)
 
 
 if __name__ == "__main__":

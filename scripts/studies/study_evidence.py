@@ -23,22 +23,11 @@ from exdd.offline.build import BuildConfig, build
 from exdd.datasets import holdout_split, load_split
 from exdd.offline.features import fingerprint, make_projection
 from exdd_scoring import load_banks
-from scripts.common import raw_caches
+from scripts.common import peak_dists, raw_caches
 from exdd_scoring.knn import nearest, sq_norms, topk_nearest
 
 WEIGHTS = "../shared/weights/wrn50-random0-bncal.safetensors"
 K_STUDY = 10   # m* and its 9 nearest bank neighbours
-
-
-def peak_neighbour_dists(feats: np.ndarray, a: np.ndarray, idx: np.ndarray, bank: np.ndarray,
-                         nbr: np.ndarray) -> np.ndarray:
-    """(n, K) distances from each image's peak patch to m* and its K-1 bank neighbours (m* first)."""
-    b = np.arange(a.shape[0])
-    p = np.argmax(a, axis=1)
-    m = idx[b, p]
-    cand = np.concatenate([m[:, None], nbr[m]], axis=1)             # (n, K)
-    diff = feats[b, p][:, None, :] - bank[cand]
-    return np.sqrt(np.einsum("nkd,nkd->nk", diff, diff)).astype(np.float32)
 
 
 def evidence(feats_iter, neg: np.ndarray, pos: np.ndarray, neg_nbr: np.ndarray, pos_nbr: np.ndarray):
@@ -55,15 +44,10 @@ def evidence(feats_iter, neg: np.ndarray, pos: np.ndarray, neg_nbr: np.ndarray, 
         out["i_neg"].append(inn.astype(np.int32))
         out["a_pos"].append(ap)
         out["i_pos"].append(ip.astype(np.int32))
-        out["nb_neg"].append(peak_neighbour_dists(f, an, inn, neg, neg_nbr))
-        out["nb_pos"].append(peak_neighbour_dists(f, ap, ip, pos, pos_nbr))
+        out["nb_neg"].append(peak_dists(f, inn, neg, neg_nbr, np.argmax(an, axis=1)))
+        out["nb_pos"].append(peak_dists(f, ip, pos, pos_nbr, np.argmax(ap, axis=1)))
         # positive-bank neighbourhood read at the NEGATIVE bank's peak patch
-        bb = np.arange(b)
-        pk = np.argmax(an, axis=1)
-        m = ip[bb, pk]
-        cand = np.concatenate([m[:, None], pos_nbr[m]], axis=1)
-        diff = f[bb, pk][:, None, :] - pos[cand]
-        out["nb_pos_at_negpeak"].append(np.sqrt(np.einsum("nkd,nkd->nk", diff, diff)).astype(np.float32))
+        out["nb_pos_at_negpeak"].append(peak_dists(f, ip, pos, pos_nbr, np.argmax(an, axis=1)))
     return {k: np.concatenate(v) for k, v in out.items()}
 
 

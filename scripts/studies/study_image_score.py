@@ -11,6 +11,7 @@ definition, reports image AUROC with a bootstrap 90% interval and the paired boo
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -18,27 +19,17 @@ from typing import Callable, Dict
 
 import numpy as np
 
-from scripts.common import smooth_maps
+from scripts.common import STUDY_EPS, reweighted, served_evidence, smooth_maps
 
 from exdd.datasets import duplicates_across, load_split
 from exdd.offline.feature_cache import RawCache
 from exdd.metrics import aupro, auroc
-from exdd_scoring import reweight_q, upsample_smooth_matrices
-from exdd_scoring.fusion import fit_fusion, fusion_features, fusion_score
+from exdd_scoring import upsample_smooth_matrices
+from exdd_scoring.fusion import fit_fusion, fusion_score
+from exdd_scoring.scores import MAP_KINDS, dual_map, fusion_inputs as served_fusion_inputs, mode
 
-EPS = 1e-6
+EPS = STUDY_EPS
 N_BOOT = 2000
-
-
-def q_of(s_star: np.ndarray, nb: np.ndarray, k: int, keep_self: bool, t: float) -> np.ndarray:
-    """The reweighting's q (exdd_scoring's reweight_q) over m* and its neighbours (keep_self) or the neighbours only;
-    nb (n, 10) are distances from p* to m* and its 9 nearest bank neighbours."""
-    return reweight_q(s_star, nb[:, :k] if keep_self else nb[:, 1:k], t, np)
-
-
-def reweighted(s_star: np.ndarray, nb: np.ndarray, k: int, keep_self: bool, t: float) -> np.ndarray:
-    """PatchCore's reweighted score (1 - q) s*."""
-    return (1.0 - q_of(s_star, nb, k, keep_self, t)) * s_star
 
 
 class Evidence:
@@ -53,20 +44,25 @@ class Evidence:
         self.rows = z[f"{key}_rows"]
         self.grid, self.s_h, self.s_w, self.d = tuple(grid), s_h, s_w, d
         self._maps: Dict[str, np.ndarray] = {}
+        self._ev = None
+
+    @property
+    def ev(self):
+        """The served scorer's Evidence of these images (scripts.common.served_evidence): s-, s+, maps and modes."""
+        if self._ev is None:
+            self._ev = served_evidence(self, None, {})
+        return self._ev
 
     def patch(self, kind: str) -> np.ndarray:
-        if kind == "neg":
-            return self.a_neg
-        if kind == "ratio":
-            return self.a_neg / (self.a_pos + EPS)
-        if kind == "dual":
-            return self.a_neg * self.a_neg / (self.a_pos + EPS)
+        """(n, P) patch map of a served kind (neg, ratio, dual) or the served dual map at another gamma (dual_gG)."""
         if kind.startswith("dual_g"):          # a-^(1+g) / a+^g
             g = float(kind[len("dual_g"):])
-            return self.a_neg * (self.a_neg / (self.a_pos + EPS)) ** g
-        raise KeyError(kind)
+            return dual_map(dataclasses.replace(self.ev, params={"gamma": g}, _maps={}), EPS)
+        return MAP_KINDS[kind](self.ev)
 
     def smooth(self, kind: str) -> np.ndarray:
+        if kind in MAP_KINDS:
+            return self.ev.image_map(kind)
         if kind not in self._maps:
             self._maps[kind] = smooth_maps(self.patch(kind).reshape(-1, *self.grid), self.s_h, self.s_w)
         return self._maps[kind]
@@ -76,28 +72,27 @@ class Evidence:
         for k in ("a_neg", "a_pos", "nb_neg", "nb_pos", "labels", "rows"):
             setattr(self, k, getattr(self, k)[mask])
         self._maps.clear()
+        self._ev = None
 
 
 def candidates(e: Evidence) -> Dict[str, Callable[[], np.ndarray]]:
     """Every image-score definition studied, by name."""
     td = float(e.d) ** 0.5
     s_neg_star = e.a_neg.max(axis=1)
-    s_pos_star = e.a_pos.max(axis=1)
     b = np.arange(e.a_neg.shape[0])
     pk = np.argmax(e.a_neg, axis=1)
-    pc = lambda: reweighted(s_neg_star, e.nb_neg, 3, False, td)          # noqa: E731 (current `patchcore`)
-    s_pos = lambda: q_of(s_pos_star, e.nb_pos, 3, False, td) * s_pos_star  # noqa: E731
+    pc = lambda: np.asarray(mode("patchcore").score(e.ev))          # noqa: E731 (the served `patchcore`)
     c: Dict[str, Callable[[], np.ndarray]] = {
         "patchcore": pc,
         "pc_raw_max": lambda: s_neg_star,
-        "exdd": lambda: pc() / (s_pos() + EPS),
+        "exdd": lambda: np.asarray(mode("exdd").score(e.ev)),
         "exdd_peak": lambda: pc() / (e.a_pos[b, pk] + EPS),
         "ratio_patch_max": lambda: e.patch("ratio").max(axis=1),
         "ratio_map_max": lambda: e.smooth("ratio").reshape(len(b), -1).max(axis=1),
         "ratio_map_top1pct": lambda: top_mean(e.smooth("ratio"), 0.01),
         "neg_map_max": lambda: e.smooth("neg").reshape(len(b), -1).max(axis=1),
         "dual_patch_max": lambda: e.patch("dual").max(axis=1),
-        "dual_map_max": lambda: e.smooth("dual").reshape(len(b), -1).max(axis=1),
+        "dual_map_max": lambda: np.asarray(mode("dual").score(e.ev)),
         "pc_x_ratio_map_max": lambda: pc() * e.smooth("ratio").reshape(len(b), -1).max(axis=1),
         "pc_x_peak_ratio": lambda: pc() * s_neg_star / (e.a_pos[b, pk] + EPS),
         "pc_x_sqrt_ratio_map_max": lambda: pc() * np.sqrt(e.smooth("ratio").reshape(len(b), -1).max(axis=1)),
@@ -116,16 +111,13 @@ def candidates(e: Evidence) -> Dict[str, Callable[[], np.ndarray]]:
 
 
 def fusion_inputs(e: Evidence) -> np.ndarray:
-    """The fusion's (n, 3) log features of a set."""
-    td = float(e.d) ** 0.5
-    s_neg = reweighted(e.a_neg.max(axis=1), e.nb_neg, 3, False, td)
-    s_pos_star = e.a_pos.max(axis=1)
-    s_pos = q_of(s_pos_star, e.nb_pos, 3, False, td) * s_pos_star
-    return fusion_features(s_neg, e.smooth("ratio").reshape(len(s_neg), -1).max(axis=1), s_pos, np)
+    """The fusion's (n, 3) log features of a set (the served fusion's inputs)."""
+    return np.asarray(served_fusion_inputs(e.ev))
 
 
 def top_mean(maps: np.ndarray, frac: float) -> np.ndarray:
-    """Mean of the top frac of each map's pixels."""
+    """Mean of the top frac of each map's pixels. Not the served topk_mean: k = round(frac x n), not ceil, as when
+    the study's figures were made (the served top-k modes came later, issue 25)."""
     flat = maps.reshape(maps.shape[0], -1)
     n = max(1, int(round(frac * flat.shape[1])))
     return np.partition(flat, flat.shape[1] - n, axis=1)[:, -n:].mean(axis=1)

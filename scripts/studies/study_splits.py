@@ -40,6 +40,8 @@ from exdd.offline.features import make_projection
 from exdd.offline.head import crossfit_folds
 from exdd_scoring.knn import bank_neighbors, nearest, sq_norms
 
+from scripts.common import peak_dists
+
 DATA = "/work/shared/data"
 K_STUDY = 10          # m* and its 9 nearest bank neighbours
 NEG_RATIO, POS_RATIO, MIN_BANK, HOLDOUT, MIN_COVER = (defaults.NEG_RATIO, defaults.POS_RATIO, defaults.MIN_BANK,
@@ -163,16 +165,6 @@ def make_bank(vectors: np.ndarray, ratio: float, seed: int) -> Tuple[np.ndarray,
                        "nn1_median": float(np.median(nn1)), "nn1_mean": float(nn1.mean())}
 
 
-def peak_dists(f: np.ndarray, a: np.ndarray, idx: np.ndarray, bank: np.ndarray, nbr: np.ndarray) -> np.ndarray:
-    """(b, K) distances from each image's peak patch (argmax of a) to m* and its 9 bank neighbours (m* first)."""
-    b = np.arange(a.shape[0])
-    p = np.argmax(a, axis=1)
-    m = idx[b, p]
-    cand = np.concatenate([m[:, None], nbr[m]], axis=1)
-    diff = f[b, p][:, None, :] - bank[cand]
-    return np.sqrt(np.einsum("nkd,nkd->nk", diff, diff)).astype(np.float32)
-
-
 def bank_evidence(feats: np.ndarray, rows: Sequence[int], bank, tag: str, bs: int = 8) -> Dict[str, np.ndarray]:
     """Per-patch nearest distance / index to one bank (bank, neighbours) and the peak neighbourhood, for the given
     images, keyed a_TAG, i_TAG, nb_TAG."""
@@ -186,7 +178,7 @@ def bank_evidence(feats: np.ndarray, rows: Sequence[int], bank, tag: str, bs: in
         a, idx = a.reshape(b, P), idx.reshape(b, P)
         out["a"].append(a.astype(np.float32))
         out["i"].append(idx.astype(np.int32))
-        out["nb"].append(peak_dists(f, a, idx, bank[0], bank[1]))
+        out["nb"].append(peak_dists(f, idx, bank[0], bank[1], np.argmax(a, axis=1)))
     return {f"{k}_{tag}": np.concatenate(v) for k, v in out.items()}
 
 

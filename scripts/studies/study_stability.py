@@ -43,7 +43,8 @@ from exdd.offline.extract import Extracted
 from exdd.offline.feature_cache import RawCache
 from exdd.offline.features import fingerprint, make_projection
 from exdd_scoring import Scorer, load_banks
-from scripts.common import cache_folder, save_json
+from scripts.common import cache_folder
+from scripts.harness import BenchResult, params_of
 
 DATA = "/work/shared/data"
 MODES = ("dual_bounded", "dual", "patchcore")
@@ -133,7 +134,7 @@ def scores_of_test(bank_dir: str, te: Projected, batch: int = 16) -> Dict[str, n
     for i in range(0, te.feats.shape[0], batch):
         r = scorer.score(te.feats[i:i + batch].astype(np.float32), map_modes=(), modes=MODES)
         for m in MODES:
-            out[m].append(r["scores"][m])
+            out[m].append(r.scores[m])
     return {m: np.concatenate(v) for m, v in out.items()}
 
 
@@ -201,7 +202,7 @@ def main() -> None:
     for f, v in res["factors"].items():
         print(f"| {f} | " + " | ".join(f"{v[m]['mean']:.3f} (min {v[m]['min']:.3f})" for m in MODES) + " |")
     if a.json:
-        save_json(a.json, res)
+        BenchResult("study_stability", params_of(a), res).save(a.json)
 
 
 if __name__ == "__main__":

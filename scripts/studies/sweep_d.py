@@ -23,7 +23,8 @@ from exdd.offline.evaluate import metrics_of, score_features
 from exdd.offline.features import fingerprint, make_projection
 from exdd_scoring import MODES, Scorer, load_banks
 
-from scripts.common import peak_rss_gb, raw_caches, save_json
+from scripts.common import peak_rss_gb, raw_caches
+from scripts.harness import BenchResult, params_of
 
 
 def main() -> None:
@@ -72,9 +73,9 @@ def main() -> None:
                      "thresholds": res.manifest.thresholds})
         print(f"d={d}: " + ", ".join(f"{m} {met[m]['image_auroc']:.4f}/{met[m].get('pixel_auroc', float('nan')):.4f}"
                                      for m in MODES), file=sys.stderr, flush=True)
-        save_json(os.path.join(a.out, "sweep.json"), {"dataset": a.dataset, "weights": caches["train"].weights_id,
-                                                      "rows": rows, "extract_s": round(t_extract, 1),
-                                                      "peak_rss_gb": peak_rss_gb()})
+        BenchResult("sweep_d", params_of(a), {"dataset": a.dataset, "weights": caches["train"].weights_id, "rows": rows,
+                                              "extract_s": round(t_extract, 1), "peak_rss_gb": peak_rss_gb()}
+                    ).save(os.path.join(a.out, "sweep.json"))
     print("| d | mode | image AUROC | image AP | image F1-max | pixel AUROC | pixel AUPRO | bank -/+ | build s | score ms/img |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:

@@ -17,7 +17,6 @@ the exdd packages are mapped from the source folders when ``import exdd_scoring`
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import shutil
@@ -27,6 +26,8 @@ import time
 from typing import Any, Dict, List
 
 import numpy as np
+
+from scripts.harness import BenchResult, latency_stats, params_of
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # scripts/tools/ -> the repository
 
@@ -72,7 +73,7 @@ def timed(fn, seconds: float, min_reps: int = 2, sync=lambda: None) -> float:
         ts.append(time.perf_counter() - t)
         if len(ts) >= 200:
             break
-    return float(np.median(ts))
+    return latency_stats(ts)["p50_ms"] / 1000
 
 
 def load_images(data: str, split: str, n: int, hw, label=None) -> np.ndarray:
@@ -199,18 +200,18 @@ def main() -> int:
         sc_cp = Scorer(pair, xp=cp)
         got = sc_cp.score(cp.asarray(feats[:8]))
         worst = 0.0
-        for m in ref["scores"]:
-            a, b = ref["scores"][m], cp.asnumpy(got["scores"][m])
+        for m in ref.scores:
+            a, b = ref.scores[m], cp.asnumpy(got.scores[m])
             worst = max(worst, float(np.max(np.abs(a - b) / np.maximum(np.abs(a), 1e-12))))
         map_worst = 0.0
-        for m in ref["maps"]:
-            a, b = ref["maps"][m], cp.asnumpy(got["maps"][m])
+        for m in ref.maps:
+            a, b = ref.maps[m], cp.asnumpy(got.maps[m])
             map_worst = max(map_worst, float(np.max(np.abs(a - b)) / max(float(np.abs(a).max()), 1e-12)))
         rep["checks"]["cupy_vs_numpy"] = {"images": int(min(8, len(feats))), "score_max_rel_diff": worst,
                                           "map_max_rel_diff": map_worst, "ok": bool(worst <= 1e-4 and map_worst <= 1e-4)}
     else:
         again = Scorer(pair, xp=np).score(feats[:8])
-        same = all(np.allclose(again["scores"][m], ref["scores"][m], rtol=1e-6) for m in ref["scores"])
+        same = all(np.allclose(again.scores[m], ref.scores[m], rtol=1e-6) for m in ref.scores)
         rep["checks"]["numpy_repeatable"] = {"images": int(min(8, len(feats))), "ok": bool(same)}
         rep["skipped"].append("cupy_vs_numpy parity: no CuPy/GPU")
     log(f"checks: {rep['checks']}")
@@ -237,7 +238,7 @@ def main() -> int:
             fx = cp.from_dlpack(f) if cp is not None else f.numpy()
             out = sc_dev.score(fx, map_modes=(mode,))
             if cp is not None:
-                cp.asnumpy(out["scores"][mode]), cp.asnumpy(out["maps"][mode])
+                cp.asnumpy(out.scores[mode]), cp.asnumpy(out.maps[mode])
         s_e2e = timed(e2e, window)
         rep["figures"][f"end_to_end_fps_batch{b}"] = sig(b / s_e2e)
         log(f"batch {b}: extract {b / s_ext:.1f} / score {b / s_sc:.1f} / end to end {b / s_e2e:.1f} frames/s")
@@ -252,10 +253,9 @@ def main() -> int:
     else:
         rep["skipped"].append("Triton: no tritonserver on PATH")
     rep["wall_s"] = round(time.time() - t_start, 1)
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(rep, f, indent=2)
-    print(json.dumps(rep, indent=2))
+    record = BenchResult("gpu_check", params_of(args), rep)
+    record.save(args.out, indent=2)
+    print(record.dumps(indent=2))
     ok = all(c.get("ok", True) for c in rep["checks"].values())
     return 0 if ok else 3
 

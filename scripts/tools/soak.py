@@ -20,7 +20,8 @@ import numpy as np
 
 from exdd.client.connection import Connection
 
-from scripts.common import process_tree, save_json, start_server
+from scripts.common import process_tree
+from scripts.harness import BenchResult, latency_stats, params_of, start_server
 
 
 def tree_rss(pid: int) -> Dict[str, int]:
@@ -70,7 +71,7 @@ def main() -> None:
                 out = c.infer(imgs[i % len(imgs)])
                 ok = np.isfinite(out["SCORE"]).all()
                 with lock:
-                    (lat.append((time.perf_counter() - t) * 1000) if ok else errors.append("non-finite score"))
+                    (lat.append(time.perf_counter() - t) if ok else errors.append("non-finite score"))
             except Exception as e:  # noqa: BLE001 - every failure is counted
                 with lock:
                     errors.append(str(e)[:200])
@@ -89,13 +90,12 @@ def main() -> None:
     secs = time.monotonic() - t0
     srv.stop()
     names = sorted(samples[0][1])
+    ms = latency_stats(lat)
     res = {
         "repo": os.path.abspath(a.repo), "duration_s": round(secs, 1), "concurrency": a.concurrency, "batch": a.batch,
         "requests": len(lat) + len(errors), "ok": len(lat), "errors": len(errors), "error_examples": errors[:5],
         "images_per_s": round(len(lat) * a.batch / secs, 3),
-        "p50_ms": round(float(np.percentile(lat, 50)), 1) if lat else None,
-        "p95_ms": round(float(np.percentile(lat, 95)), 1) if lat else None,
-        "p99_ms": round(float(np.percentile(lat, 99)), 1) if lat else None,
+        **{k: round(ms[k], 1) if lat else None for k in ("p50_ms", "p95_ms", "p99_ms")},
         "rss_mb": {n: {"start": round(samples[0][1].get(n, 0) / 1024, 1),
                        "after_first_minute": round(next((s[1].get(n, 0) for s in samples if s[0] >= 60), samples[-1][1].get(n, 0)) / 1024, 1),
                        "end": round(samples[-1][1].get(n, 0) / 1024, 1),
@@ -104,7 +104,7 @@ def main() -> None:
     }
     print(json.dumps({k: v for k, v in res.items() if k != "samples"}, indent=1))
     if a.out:
-        save_json(a.out, res)
+        BenchResult("soak", params_of(a), res).save(a.out)
 
 
 if __name__ == "__main__":

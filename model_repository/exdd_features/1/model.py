@@ -18,10 +18,10 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 
-def scoring_package(version_dir):
+def scoring_package(version_dir, name):
     """Put this version's own exdd_scoring package (numpy + stdlib) first on the path."""
     if not os.path.isdir(os.path.join(version_dir, "exdd_scoring")):
-        raise RuntimeError(f"exdd_features: needs exdd_scoring/ beside model.py in {version_dir} "
+        raise RuntimeError(f"{name}: needs exdd_scoring/ beside model.py in {version_dir} "
                            "(rebuild the repository with exdd export repository)")
     if version_dir not in sys.path:
         sys.path.insert(0, version_dir)
@@ -33,9 +33,10 @@ class TritonPythonModel:
     def initialize(self, args):
         """Open the runtime on this instance's device and check the ONNX file's fingerprint."""
         config = json.loads(args["model_config"])
+        self.name = args["model_name"]      # exdd_features (exdd_scoring.model_names)
         version_dir = os.path.join(args["model_repository"], str(args["model_version"]))
         onnx_path = os.path.join(version_dir, "model.onnx")
-        scoring_package(version_dir)
+        scoring_package(version_dir, self.name)
         from exdd_scoring.onnx_metadata import FEATURES_KEY
         from exdd_scoring.runtimes import open_runtime
         from exdd_scoring.spec import FeatureSpec
@@ -48,12 +49,12 @@ class TritonPythonModel:
             self.runner = open_runtime(runtime, onnx_path, precision, threads,
                                        int(args.get("model_instance_device_id", 0)) if gpu else None)
         except ImportError as e:
-            raise RuntimeError(f"exdd_features: runtime {runtime!r} is not installed in the serving Python ({e})") from None
+            raise RuntimeError(f"{self.name}: runtime {runtime!r} is not installed in the serving Python ({e})") from None
         if self.runner.note:
-            pb_utils.Logger.log_warn(f"exdd_features: {self.runner.note}")
+            pb_utils.Logger.log_warn(f"{self.name}: {self.runner.note}")
         stored = self.runner.metadata(FEATURES_KEY)
         if stored is None:
-            raise RuntimeError(f"exdd_features: {onnx_path} has no {FEATURES_KEY} metadata (not made by "
+            raise RuntimeError(f"{self.name}: {onnx_path} has no {FEATURES_KEY} metadata (not made by "
                                "exdd export onnx): rebuild the repository with exdd export repository")
         exported = FeatureSpec.from_json(stored, f"{onnx_path} metadata")
         features_path = os.path.join(version_dir, "features.json")
@@ -61,10 +62,10 @@ class TritonPythonModel:
             with open(features_path) as f:
                 expected = FeatureSpec.from_json(f.read(), features_path)
             if not exported.matches(expected):
-                raise RuntimeError(f"exdd_features: {onnx_path} was not exported with the features in features.json "
+                raise RuntimeError(f"{self.name}: {onnx_path} was not exported with the features in features.json "
                                    "(model.onnx replaced?): rebuild the repository with exdd export repository")
         else:   # the committed template: no fingerprint to check here; the scorer checks the feature shape
-            pb_utils.Logger.log_warn(f"exdd_features: no features.json in {version_dir}; serving {onnx_path} "
+            pb_utils.Logger.log_warn(f"{self.name}: no features.json in {version_dir}; serving {onnx_path} "
                                      "without a fingerprint check (exdd export repository writes one)")
         self.hw = exported.input_size
 
@@ -81,28 +82,16 @@ class TritonPythonModel:
         return arr
 
     def execute(self, requests):
-        """One run over all valid requests, split back per request."""
-        responses = [None] * len(requests)
-        good = []
-        for i, request in enumerate(requests):
-            try:
-                good.append((i, self._images(request)))
-            except Exception as e:  # noqa: BLE001
-                responses[i] = pb_utils.InferenceResponse(error=pb_utils.TritonError(f"exdd_features: {e}"))
-        if good:
-            try:
-                batch = good[0][1] if len(good) == 1 else np.concatenate([g[1] for g in good])
-                feats = self.runner.run(batch)
-                start = 0
-                for i, imgs in good:
-                    n = imgs.shape[0]
-                    out = pb_utils.Tensor("FEATURES", np.ascontiguousarray(feats[start:start + n], dtype=np.float32))
-                    responses[i] = pb_utils.InferenceResponse(output_tensors=[out])
-                    start += n
-            except Exception as e:  # noqa: BLE001
-                for i, _ in good:
-                    responses[i] = pb_utils.InferenceResponse(error=pb_utils.TritonError(f"exdd_features: {e}"))
-        return responses
+        """One run over all valid requests, split back per request; errors stay with their own request."""
+        from exdd_scoring.batching import Parsed, run_batched
+
+        def respond(feats, parsed):
+            out = pb_utils.Tensor("FEATURES", np.ascontiguousarray(feats, dtype=np.float32))
+            return pb_utils.InferenceResponse(output_tensors=[out])
+
+        return run_batched(
+            requests, lambda r: Parsed(self._images(r)), lambda batch, parsed: self.runner.run(batch), respond,
+            lambda e: pb_utils.InferenceResponse(error=pb_utils.TritonError(f"{self.name}: {e}")), np.concatenate)
 
     def finalize(self):
         """Close the runtime."""

@@ -14,13 +14,10 @@ import sys
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-NAME = "exdd_preprocess"
-
-
-def scoring_package(version_dir):
+def scoring_package(version_dir, name):
     """Put this version's own exdd_scoring package first on the path."""
     if not os.path.isdir(os.path.join(version_dir, "exdd_scoring")):
-        raise RuntimeError(f"{NAME}: needs exdd_scoring/ beside model.py in {version_dir} "
+        raise RuntimeError(f"{name}: needs exdd_scoring/ beside model.py in {version_dir} "
                            "(rebuild the repository with exdd export repository)")
     if version_dir not in sys.path:
         sys.path.insert(0, version_dir)
@@ -32,11 +29,12 @@ class TritonPythonModel:
     def initialize(self, args):
         """Read the model-input size from this model's config; load the picture module (and so Pillow)."""
         config = json.loads(args["model_config"])
-        scoring_package(os.path.join(args["model_repository"], str(args["model_version"])))
+        self.name = args["model_name"]      # exdd_preprocess (exdd_scoring.model_names)
+        scoring_package(os.path.join(args["model_repository"], str(args["model_version"])), self.name)
         try:
             from exdd_scoring import picture
         except ImportError as e:
-            raise RuntimeError(f"{NAME}: needs Pillow in the serving Python (pip install pillow): {e}") from None
+            raise RuntimeError(f"{self.name}: needs Pillow in the serving Python (pip install pillow): {e}") from None
         self.picture = picture
         dims = next(o["dims"] for o in config["output"] if o["name"] == "MODEL_IMAGE")
         self.hw = (int(dims[0]), int(dims[1]))
@@ -74,9 +72,9 @@ class TritonPythonModel:
                     pb_utils.Tensor("MODEL_IMAGE", images), pb_utils.Tensor("IMAGE_HW", hw)]))
             except self.picture.PictureError as e:
                 responses.append(pb_utils.InferenceResponse(
-                    error=pb_utils.TritonError(f"{NAME}: {e}", pb_utils.TritonError.INVALID_ARG)))
+                    error=pb_utils.TritonError(f"{self.name}: {e}", pb_utils.TritonError.INVALID_ARG)))
             except Exception as e:  # noqa: BLE001 - any other failure is this request's (internal) error
-                responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(f"{NAME}: {e}")))
+                responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(f"{self.name}: {e}")))
         return responses
 
     def finalize(self):

@@ -6,8 +6,12 @@ The banks are loaded once per instance, from ``banks/`` beside this file, and ve
 ``features.json`` (the fingerprint of the exported extractor): banks made with other features
 fail the load with a message naming the mismatch. KIND_GPU instances hold the banks on their
 GPU with CuPy and take GPU inputs zero-copy via DLPack; KIND_CPU instances use NumPy.
-Dynamic batching: all requests of one ``execute`` are scored in one pass and split again; a
-malformed request gets its own error response and the others are answered normally.
+Dynamic batching: all requests of one ``execute`` are scored in one pass and split again
+(``exdd_scoring.batching``); a malformed request gets its own error response and the others are
+answered normally. The anomaly map is upsampled and smoothed only when a request of the batch asks
+for ANOMALY_MAP, or for the answer's region (AREA, BOX, VERDICT, IS_DEFECT with a minimum area) of banks with a
+pixel threshold (a request for SCORE alone is answered without it; through the ensemble, which names every output,
+banks with a pixel threshold always measure the region, and ANOMALY_MAP is returned unless anomaly_map is false).
 Only numpy, cupy (GPU instances) and files of this model directory are imported.
 """
 import json
@@ -22,10 +26,20 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 if HERE not in sys.path:
     sys.path.insert(0, HERE)
 
-import exdd_scoring  # noqa: E402  (the scoring package copied into this model directory)
+# the scoring package copied into this model directory: only the modules imported here (and theirs)
+from exdd_scoring.ann import searchers_from_manifest  # noqa: E402
+from exdd_scoring.bank import BankError, load_banks  # noqa: E402
+from exdd_scoring.batching import Parsed, run_batched  # noqa: E402
+from exdd_scoring.model_names import DEFAULT_LABEL, MAP_PARAMETER, SCORER_MODEL  # noqa: E402
+from exdd_scoring.scorer import Scorer  # noqa: E402
+from exdd_scoring.scores import MODES  # noqa: E402
+from exdd_scoring.spec import FeatureSpec  # noqa: E402
 from exdd_scoring.answer import answer, check_min_area, parse_min_area  # noqa: E402
 from exdd_scoring.triton_config import config_parameter  # noqa: E402
 from exdd_scoring.verdict import VERDICTS  # noqa: E402
+
+MAP = "ANOMALY_MAP"
+REGION_OUTPUTS = ("AREA", "BOX", "VERDICT", "IS_DEFECT")    # what the largest region of the map decides (issue 27)
 
 
 def parse_threshold(value, where):
@@ -45,7 +59,6 @@ def parse_threshold(value, where):
 # Served on the server's Prometheus endpoint (/metrics), labelled by model, product, version and mode, so a drift
 # of one product's score distribution (or a swap of its banks) shows in a standard dashboard.
 
-DEFAULT_PRODUCT = "default"   # the product label of a one-product repository (exdd.serving.products.DEFAULT_LABEL)
 SCORE_BUCKET_FACTORS = (0.25, 0.5, 0.75, 0.9, 1.0, 1.1, 1.25, 1.5, 2.0, 4.0)   # x the served threshold
 LOG_SCORE_BUCKETS = tuple(10.0 ** (e / 2.0) for e in range(-6, 7))               # without a threshold
 
@@ -60,7 +73,7 @@ def score_buckets(threshold):
 class DecisionMetrics:
     """exdd_images_scored_total, exdd_defects_flagged_total (counters), exdd_score (histogram), exdd_threshold (gauge)."""
 
-    def __init__(self, version, mode, threshold, model="exdd_scorer", product=DEFAULT_PRODUCT):
+    def __init__(self, version, mode, threshold, model=SCORER_MODEL, product=DEFAULT_LABEL):
         fam = pb_utils.MetricFamily
         labels = {"model": str(model), "product": str(product), "version": str(version), "mode": str(mode)}
         self.families = [
@@ -119,19 +132,19 @@ class TritonPythonModel:
     def initialize(self, args):
         """Load and verify the banks on this instance's device."""
         config = json.loads(args["model_config"])
-        self.name = args.get("model_name", "exdd_scorer")     # exdd_scorer, or exdd_<product>_scorer
+        self.name = args.get("model_name", SCORER_MODEL)     # exdd_scorer, or exdd_<product>_scorer
         version_dir = os.path.join(args["model_repository"], str(args["model_version"]))
         features_path = os.path.join(version_dir, "features.json")
         expected = None   # without features.json (banks copied into the committed template) exdd_features checks
         if os.path.exists(features_path):
             try:
                 with open(features_path) as f:
-                    expected = exdd_scoring.FeatureSpec.from_json(f.read(), features_path)
+                    expected = FeatureSpec.from_json(f.read(), features_path)
             except (OSError, ValueError) as e:
                 raise RuntimeError(f"{self.name}: cannot read {features_path}: {e}") from None
         try:
-            banks = exdd_scoring.load_banks(os.path.join(version_dir, "banks"), expected_features=expected)
-        except exdd_scoring.BankError as e:
+            banks = load_banks(os.path.join(version_dir, "banks"), expected_features=expected)
+        except BankError as e:
             raise RuntimeError(f"{self.name}: refusing to load: {e}") from None
         self.gpu = args.get("model_instance_kind") == "GPU"
         if self.gpu:
@@ -145,18 +158,18 @@ class TritonPythonModel:
         self.xp = xp
         sigma = float(config_parameter(config, "sigma", "4.0"))
         try:  # an hnsw index in the banks (CPU instances only; GPU instances search exactly)
-            searchers = exdd_scoring.ann.searchers_from_manifest(os.path.join(version_dir, "banks"), banks.manifest, xp)
-        except exdd_scoring.BankError as e:
+            searchers = searchers_from_manifest(os.path.join(version_dir, "banks"), banks.manifest, xp)
+        except BankError as e:
             raise RuntimeError(f"{self.name}: refusing to load: {e}") from None
-        self.scorer = exdd_scoring.Scorer(banks, xp=xp, sigma=sigma, searchers=searchers)
+        self.scorer = Scorer(banks, xp=xp, sigma=sigma, searchers=searchers)
         self.mode = config_parameter(config, "mode", self.scorer.default_mode)
-        if self.mode not in exdd_scoring.MODES:
-            raise RuntimeError(f"{self.name}: config parameter mode {self.mode!r} is not one of {exdd_scoring.MODES}")
+        if self.mode not in MODES:
+            raise RuntimeError(f"{self.name}: config parameter mode {self.mode!r} is not one of {MODES}")
         thr = config_parameter(config, "threshold", "none")
         if thr == "none":
             thr = self.scorer.thresholds.get(self.mode)
         self.threshold = None if thr is None else parse_threshold(thr, "config parameter")
-        self.product = config_parameter(config, "product", DEFAULT_PRODUCT)
+        self.product = config_parameter(config, "product", DEFAULT_LABEL)
         self.line = banks.manifest.line                  # issue 27 (None: banks before it)
         default_area = 0 if self.line is None else self.line.min_area
         try:
@@ -165,6 +178,7 @@ class TritonPythonModel:
             check_min_area(self.line, self.mode, self.min_area, "config parameter")
         except ValueError as e:
             raise RuntimeError(f"{self.name}: {e}") from None
+        self.has_regions = self.line is not None and self.mode in self.line.pixel_threshold
         self.metrics = make_metrics(args["model_version"], self.mode, self.threshold,
                                     self.name, self.product)
 
@@ -195,76 +209,97 @@ class TritonPythonModel:
         self.scorer.check_features(arr)
         return arr
 
-    def _threshold(self, request):
-        """(threshold, min_area): the request parameters 'threshold' and 'min_area' if given, else the configured
-        ones (the threshold may be None)."""
+    @staticmethod
+    def _params(request):
+        """The request's parameters (a dict)."""
         raw = request.parameters() if hasattr(request, "parameters") else "{}"
         params = json.loads(raw) if raw else {}
-        params = params if isinstance(params, dict) else {}
-        thr = parse_threshold(params["threshold"], "request parameter") if "threshold" in params else self.threshold
-        area = self.min_area
-        if "min_area" in params:
-            area = parse_min_area(params["min_area"], "request parameter")
-            check_min_area(self.line, self.mode, area, "request parameter")
-        return thr, area
+        return params if isinstance(params, dict) else {}
+
+    def _threshold(self, params):
+        """The request parameter 'threshold' if given, else the configured one (may be None)."""
+        if "threshold" in params:
+            return parse_threshold(params["threshold"], "request parameter")
+        return self.threshold
+
+    def _min_area(self, params):
+        """The request parameter 'min_area' if given (checked against the banks), else the configured one."""
+        if "min_area" not in params:
+            return self.min_area
+        area = parse_min_area(params["min_area"], "request parameter")
+        check_min_area(self.line, self.mode, area, "request parameter")
+        return area
+
+    def _wants_region(self, request, min_area):
+        """Whether the answer needs the map's largest region: banks with a pixel threshold and a request naming
+        AREA, BOX, VERDICT or IS_DEFECT (naming none asks for all; through the ensemble every output is named), or
+        a minimum area to apply."""
+        if min_area > 0:
+            return True
+        names = request.requested_output_names() if hasattr(request, "requested_output_names") else None
+        return self.has_regions and (not names or any(n in names for n in REGION_OUTPUTS))
 
     def _host(self, arr):
         """A NumPy copy of an xp array."""
         return self.cupy.asnumpy(arr) if self.gpu else np.asarray(arr)
 
-    def _score(self, feats):
-        """(score, s_neg, s_pos, map, area, box, nearest positive row) as NumPy arrays for an xp batch."""
-        out = self.scorer.score(feats, map_modes=(self.mode,), modes=(self.mode,))
-        area, box = out["regions"][self.mode]
-        return (self._host(out["scores"][self.mode]), self._host(out["s_neg"]), self._host(out["s_pos"]),
-                self._host(out["maps"][self.mode]), area, box, self._host(out["nearest_rows"][self.mode]))
+    @staticmethod
+    def _wants_map(request, params):
+        """Whether the request wants ANOMALY_MAP: it names it among its outputs (naming none asks for all) and does
+        not set the request parameter anomaly_map false. Through the ensemble every output is named (Triton asks a
+        step for all its mapped outputs), so there the client's parameter decides (exdd client sends it)."""
+        flag = params.get(MAP_PARAMETER, True)
+        if not isinstance(flag, bool):
+            raise ValueError(f"request parameter {MAP_PARAMETER!r} must be true or false, got {str(flag)[:40]!r}")
+        names = request.requested_output_names() if hasattr(request, "requested_output_names") else None
+        return flag and (not names or MAP in names)
 
-    def _response(self, score, s_neg, s_pos, amap, area, box, rows, params, feats):
-        """The inference response of one request (params: its threshold and minimum area)."""
-        threshold, min_area = params
-        ans = answer(score, area, box, rows, self.mode, threshold, self.line, self.scorer.sources, min_area)
+    def _parse(self, request):
+        """The request's features, and (its threshold, whether it wants the map, its minimum area, whether its
+        answer needs the map's region)."""
+        params = self._params(request)
+        area = self._min_area(params)
+        return Parsed(self._features(request), (self._threshold(params), self._wants_map(request, params), area,
+                                                self._wants_region(request, area)))
+
+    def _run(self, feats, parsed):
+        """The served mode's ScoreBatch on the host; the map only when a request of the batch asks for it or for
+        its region."""
+        map_modes = (self.mode,) if any(p.context[1] or p.context[3] for p in parsed) else ()
+        return self.scorer.score(feats, map_modes=map_modes, modes=(self.mode,)).to_host(self._host)
+
+    def _response(self, sb, parsed):
+        """The inference response of one request from its share of the batch."""
+        threshold, wants_map, min_area, _ = parsed.context
         col = lambda a: np.ascontiguousarray(a, dtype=np.float32).reshape(-1, 1)  # noqa: E731
         text = lambda v: np.array([[x.encode()] for x in v], dtype=np.object_).reshape(-1, 1)  # noqa: E731
+        score = sb.scores[self.mode]
+        n = score.shape[0]
+        area = sb.areas.get(self.mode, np.zeros(n, dtype=np.int32))          # no region measured: area 0
+        box = sb.boxes.get(self.mode, np.zeros((n, 4), dtype=np.int32))
+        ans = answer(score, area, box, sb.nearest_rows[self.mode], self.mode, threshold, self.line,
+                     self.scorer.sources, min_area)
         tensors = [pb_utils.Tensor("SCORE", col(score)),
                    pb_utils.Tensor("IS_DEFECT", np.ascontiguousarray(ans.is_defect, dtype=bool).reshape(-1, 1)),
-                   pb_utils.Tensor("ANOMALY_MAP", np.ascontiguousarray(amap, dtype=np.float32)),
-                   pb_utils.Tensor("SCORE_NEG", col(s_neg)),
-                   pb_utils.Tensor("SCORE_POS", col(s_pos)),
+                   pb_utils.Tensor("SCORE_NEG", col(sb.s_neg)),
+                   pb_utils.Tensor("SCORE_POS", col(sb.s_pos)),
                    pb_utils.Tensor("VERDICT", text(ans.verdict)),
                    pb_utils.Tensor("CONFIDENCE", col(ans.confidence)),
                    pb_utils.Tensor("AREA", np.ascontiguousarray(ans.area, dtype=np.int32).reshape(-1, 1)),
                    pb_utils.Tensor("BOX", np.ascontiguousarray(ans.box, dtype=np.int32).reshape(-1, 4)),
                    pb_utils.Tensor("NEAREST_SOURCE", text(ans.nearest_source)),
                    pb_utils.Tensor("NEAREST_CLASS", text(ans.nearest_class))]
-        self._record_metrics(score, ans, feats)
+        if wants_map:
+            tensors.append(pb_utils.Tensor(MAP, np.ascontiguousarray(sb.maps[self.mode], dtype=np.float32)))
+        self._record_metrics(score, ans, parsed.array)
         return pb_utils.InferenceResponse(output_tensors=tensors)
 
     def execute(self, requests):
         """Score every valid request in one pass; errors stay with their own request."""
-        responses = [None] * len(requests)
-        good = []  # (index, features, threshold)
-        for i, request in enumerate(requests):
-            try:
-                good.append((i, self._features(request), self._threshold(request)))
-            except Exception as e:  # noqa: BLE001 - any bad input is that request's error only
-                responses[i] = pb_utils.InferenceResponse(error=pb_utils.TritonError(f"{self.name}: {e}"))
-        if good:
-            try:
-                feats = good[0][1] if len(good) == 1 else self.xp.concatenate([g[1] for g in good])
-                parts = self._score(feats)
-                start = 0
-                for i, f, thr in good:
-                    n = int(f.shape[0])
-                    responses[i] = self._response(*(p[start:start + n] for p in parts), thr, f)
-                    start += n
-            except Exception:  # noqa: BLE001 - retry one by one so one failure cannot sink the batch
-                for i, f, thr in good:
-                    try:
-                        parts = self._score(f)
-                        responses[i] = self._response(*parts, thr, f)
-                    except Exception as e:  # noqa: BLE001
-                        responses[i] = pb_utils.InferenceResponse(error=pb_utils.TritonError(f"{self.name}: {e}"))
-        return responses
+        return run_batched(
+            requests, self._parse, self._run, self._response,
+            lambda e: pb_utils.InferenceResponse(error=pb_utils.TritonError(f"{self.name}: {e}")),
+            self.xp.concatenate)
 
     def finalize(self):
         """Release the banks and this version's metrics."""
