@@ -22,6 +22,12 @@ class ScoreBatch:
     patch_neg: Any                        # (B, h, w) each patch's distance a- to the negative bank
     patch_pos: Optional[Any] = None       # (B, h, w) each patch's distance a+ to the positive bank (None without one)
     maps: Mapping[str, Any] = field(default_factory=dict)   # (B, H, W) smoothed map of each mode of map_modes
+    # issue 27 (answer.py): per mode asked for, the positive-bank row nearest to each image's peak patch (B,) (-1
+    # without a positive bank); per mode of map_modes, the largest region above its pixel threshold: area (B,) and
+    # box (B, 4) (host arrays, 0 without a pixel threshold)
+    nearest_rows: Mapping[str, Any] = field(default_factory=dict)
+    areas: Mapping[str, Any] = field(default_factory=dict)
+    boxes: Mapping[str, Any] = field(default_factory=dict)
     evidence: Optional[Evidence] = field(default=None, compare=False, repr=False)  # the whole batch's (not split)
 
     def __len__(self) -> int:
