@@ -288,6 +288,11 @@ def defect_samples(paths: Sequence[str]) -> Tuple[List[Sample], List[Tuple[str, 
     return out, errors
 
 
+# Rows written since issue 27 carry the model's verdict in column 'verdict' (and 'nearest_source', which rows of
+# earlier exdd never have): those rows' 'verdict' is never read as the operator's.
+MODEL_VERDICT, MODEL_ROW_MARK = "verdict", "nearest_source"
+
+
 def verdict_samples(results_path: str, column: str = "verdict") -> Tuple[List[Sample], List[Sample], List[Tuple[str, str]]]:
     """(normals, defects, errors) from a result file (JSONL/CSV) with an operator-verdict column.
 
@@ -301,6 +306,10 @@ def verdict_samples(results_path: str, column: str = "verdict") -> Tuple[List[Sa
         raise DatasetError(f"{results_path}: unreadable result file ({e})") from None
     if rows and not any(column in r for r in rows):
         raise DatasetError(f"{results_path}: no column {column!r} (operator verdicts); columns: {sorted(rows[0])}")
+    if column == MODEL_VERDICT and any(MODEL_ROW_MARK in r for r in rows):
+        raise DatasetError(f"{results_path}: column {column!r} holds the model's own verdict (ok / review / defect, "
+                           "issue 27), not the operator's: write the operator's decision in a column of its own, "
+                           "e.g. operator_verdict, and pass --verdict-column operator_verdict")
     normals, defects, errors = [], [], []
     base = os.path.dirname(os.path.abspath(results_path))
     for i, r in enumerate(rows, 1):

@@ -190,3 +190,20 @@ def test_the_manifest_line_section_reads_back_and_is_absent_before_version_3():
         LineRules.from_dict({"review": {"dual": {"ok_below": 3.0, "defect_above": 2.0}}}, "m.json")
     with pytest.raises(ValueError, match="min_area"):
         LineRules.from_dict({"min_area": -1}, "m.json")
+
+
+def test_update_never_reads_the_models_own_verdict_as_the_operators(tmp_path):
+    """Rows written since issue 27 carry the model's verdict in 'verdict': `offline update --from-results` refuses
+    that column and takes the operator's from another."""
+    import json
+    from exdd.datasets import DatasetError
+    from exdd.offline.update import verdict_samples
+    img = tmp_path / "a.png"
+    img.write_bytes(b"not read here")
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text(json.dumps({"path": str(img), "score": 2.0, "verdict": "ok", "nearest_source": "train/1.png",
+                                "operator_verdict": "false_alarm"}) + "\n")
+    with pytest.raises(DatasetError, match="model's own verdict"):
+        verdict_samples(str(rows))
+    normals, defects, errors = verdict_samples(str(rows), "operator_verdict")
+    assert [s.path for s in normals] == [str(img)] and not defects and not errors
