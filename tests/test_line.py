@@ -226,6 +226,18 @@ def test_the_roi_is_stored_with_its_hash_and_keeps_outside_patches_out_of_both_b
     inside = int(patch_roi(load_banks(bank_dir).roi, m.features.grid).sum())
     assert m.line.roi.patches_inside == inside == m.features.grid[0] * m.features.grid[1] // 2
     assert m.coreset.negative.patches == m.sources.normal_images * inside     # only the patches inside
+    # an update keeps the ROI (file and hash), lets only the patches inside into the banks, grows the sources
+    test = os.path.join(tu.dataset(), "test")
+    normal, defect = os.path.join(test, "00000.png"), os.path.join(test, "00005.png")
+    out = os.path.join(tu.workdir(), "banks-roi-v2")
+    p = tu.exdd_cli("offline", "update", bank_dir, "--out", out, "--normal", normal, "--defect", defect)
+    assert p.returncode == 0, p.stderr
+    v2 = load_banks(out, manifest_cls=OfflineManifest)
+    assert v2.manifest.files["roi.png"].sha256 == m.files["roi.png"].sha256 and (v2.roi == load_banks(bank_dir).roi).all()
+    assert v2.manifest.coreset.negative.patches == m.coreset.negative.patches + inside
+    grown = v2.positive.size - load_banks(bank_dir).positive.size
+    assert v2.sources.rows.shape[0] == v2.positive.size
+    assert (os.path.abspath(defect) in set(v2.sources.images)) == (grown > 0)
     empty = os.path.join(tu.workdir(), "roi-empty.png")
     Image.fromarray(np.zeros(tu.INPUT_HW, np.uint8)).save(empty)
     p = tu.exdd_cli("offline", "build", tu.dataset(), "--out", os.path.join(tu.workdir(), "banks-empty-roi"),
