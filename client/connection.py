@@ -14,6 +14,7 @@ from typing import Any, Dict, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from exdd_scoring.model_names import ENSEMBLE_MODEL, MAP_PARAMETER, SCORER_MODEL
+from exdd_scoring.answer import OUTPUTS as LINE_OUTPUT_OF
 from exdd_scoring.spec import FeatureSpec, SpecError
 
 MODEL = ENSEMBLE_MODEL      # the default product's models (a product's: exdd_scoring.model_names.ProductModels)
@@ -21,7 +22,7 @@ SCORER = SCORER_MODEL
 OUTPUTS = ("SCORE", "IS_DEFECT", "SCORE_NEG", "SCORE_POS")
 MAP = "ANOMALY_MAP"
 # issue 27: what a line operator needs, asked for when the served model has them (repositories since issue 27)
-LINE_OUTPUTS = ("VERDICT", "CONFIDENCE", "AREA", "BOX", "NEAREST_SOURCE", "NEAREST_CLASS")
+LINE_OUTPUTS = tuple(LINE_OUTPUT_OF.values())
 IMAGE_HW = "IMAGE_HW"       # each picture's own (H, W), answered for encoded inputs (repositories since issue 21)
 # A batch is a uint8 (B, H, W, 3) array (input IMAGE: the model-input size, or any size since issue 21, resized by
 # the server's exdd_preprocess) or a sequence of encoded files' bytes (input IMAGE_BYTES, decoded by the server).
@@ -67,20 +68,21 @@ def line_fields(out: Dict[str, np.ndarray], j: int) -> Dict[str, Any]:
     def text(name: str) -> str:
         v = out[name][j].reshape(-1)[0]
         return v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
+    o = LINE_OUTPUT_OF
     row: Dict[str, Any] = {}
-    if "VERDICT" in out:
-        row["verdict"] = text("VERDICT")
-    if "CONFIDENCE" in out:
-        c = float(out["CONFIDENCE"][j].reshape(-1)[0])
+    if o["verdict"] in out:
+        row["verdict"] = text(o["verdict"])
+    if o["confidence"] in out:
+        c = float(out[o["confidence"]][j].reshape(-1)[0])
         row["confidence"] = c if math.isfinite(c) else None
-    if "AREA" in out:
-        row["area"] = int(out["AREA"][j].reshape(-1)[0])
-    if "BOX" in out:
-        box = [int(v) for v in out["BOX"][j].reshape(-1)]
+    if o["area"] in out:
+        row["area"] = int(out[o["area"]][j].reshape(-1)[0])
+    if o["box"] in out:
+        box = [int(v) for v in out[o["box"]][j].reshape(-1)]
         row["box"] = box if row.get("area", 1) > 0 else []
-    for name, key in (("NEAREST_SOURCE", "nearest_source"), ("NEAREST_CLASS", "nearest_class")):
-        if name in out:
-            row[key] = text(name)
+    for key in ("nearest_source", "nearest_class"):
+        if o[key] in out:
+            row[key] = text(o[key])
     return row
 
 

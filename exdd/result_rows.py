@@ -17,6 +17,7 @@ import json
 from typing import Any, Dict, List, Optional, Tuple
 
 from exdd.log import get as _logger
+from exdd_scoring.answer import FIELDS as LINE_FIELDS
 
 log = _logger(__name__)
 
@@ -28,7 +29,7 @@ log = _logger(__name__)
 # pixel threshold inside the ROI, box [x0, y0, x1, y1] with ends exclusive ([] without a region; JSON text in a
 # CSV), nearest_source and nearest_class (the training image and class of the known defect nearest to the image's
 # peak patch); empty from servers before issue 27
-LINE_COLUMNS = ["verdict", "confidence", "area", "box", "nearest_source", "nearest_class"]
+LINE_COLUMNS = list(LINE_FIELDS)
 COLUMNS = ["path", "score", "is_defect", "score_neg", "score_pos", "threshold", "mode", "latency_ms", "heatmap",
            "error", "warning", "error_kind"] + LINE_COLUMNS
 ENCODING = {"encoding": "utf-8", "errors": "surrogateescape"}     # a CSV's raw non-UTF-8 name bytes read back the same

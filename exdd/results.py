@@ -12,13 +12,14 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List, Mapping, Optional
 
 from exdd.fileio import atomic_write, json_safe
+from exdd_scoring.answer import FIELDS
 
 RESULTS_VERSION = 1
 _KNOWN = ("version", "source", "default_mode", "metrics", "thresholds", "images", "errors", "dataset", "split",
           "banks", "weights", "weights_note", "seconds")
 # issue 27: per image (ImageResult), absent in older files; results-level 'review_band' {"ok_below", "defect_above"}
 # and 'roi' (the bank's roi.png) travel in extra
-LINE_FIELDS = ("verdict", "confidence", "area", "box", "nearest_source", "nearest_class")
+LINE_FIELDS = FIELDS
 
 
 class ResultsError(ValueError):

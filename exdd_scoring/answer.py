@@ -20,8 +20,11 @@ from .manifest import LineRules
 from .nearest import DefectSources
 from .verdict import area_ok, band, confidence, verdict_codes, verdict_names
 
-# The per-image fields beyond the score, in the order the result rows and the report list them.
+# The per-image fields beyond the score, in the order the result rows and the report list them, and the Triton
+# output of each (the scorer's and the ensemble's config.pbtxt declare them; clients ask for them by these names).
 FIELDS = ("verdict", "confidence", "area", "box", "nearest_source", "nearest_class")
+OUTPUTS = {"verdict": "VERDICT", "confidence": "CONFIDENCE", "area": "AREA", "box": "BOX",
+           "nearest_source": "NEAREST_SOURCE", "nearest_class": "NEAREST_CLASS"}
 
 
 def parse_min_area(value: Any, where: str) -> int:
@@ -91,8 +94,3 @@ def answer(scores: Any, areas: Any, boxes: Any, nearest_rows: Any, mode: str, th
     return Answer(defect, verdict_names(codes), np.asarray(conf, dtype=np.float32), areas,
                   np.asarray(boxes, dtype=np.int32).reshape(-1, 4), tuple(src), tuple(cls))
 
-
-def verdict_counts(verdicts: Sequence[str]) -> Dict[str, int]:
-    """{verdict: count} over every verdict name (0 for those absent)."""
-    from .verdict import VERDICTS
-    return {v: sum(1 for x in verdicts if x == v) for v in VERDICTS}

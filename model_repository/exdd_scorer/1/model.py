@@ -34,12 +34,13 @@ from exdd_scoring.model_names import DEFAULT_LABEL, MAP_PARAMETER, SCORER_MODEL 
 from exdd_scoring.scorer import Scorer  # noqa: E402
 from exdd_scoring.scores import MODES  # noqa: E402
 from exdd_scoring.spec import FeatureSpec  # noqa: E402
-from exdd_scoring.answer import answer, check_min_area, parse_min_area  # noqa: E402
+from exdd_scoring.answer import OUTPUTS as LINE_OUTPUTS, answer, check_min_area, parse_min_area  # noqa: E402
 from exdd_scoring.triton_config import config_parameter  # noqa: E402
 from exdd_scoring.verdict import VERDICTS  # noqa: E402
 
 MAP = "ANOMALY_MAP"
-REGION_OUTPUTS = ("AREA", "BOX", "VERDICT", "IS_DEFECT")    # what the largest region of the map decides (issue 27)
+# the outputs the largest region of the map decides (issue 27)
+REGION_OUTPUTS = (LINE_OUTPUTS["area"], LINE_OUTPUTS["box"], LINE_OUTPUTS["verdict"], "IS_DEFECT")
 
 
 def parse_threshold(value, where):
@@ -279,16 +280,17 @@ class TritonPythonModel:
         box = sb.boxes.get(self.mode, np.zeros((n, 4), dtype=np.int32))
         ans = answer(score, area, box, sb.nearest_rows[self.mode], self.mode, threshold, self.line,
                      self.scorer.sources, min_area)
+        o = LINE_OUTPUTS
         tensors = [pb_utils.Tensor("SCORE", col(score)),
                    pb_utils.Tensor("IS_DEFECT", np.ascontiguousarray(ans.is_defect, dtype=bool).reshape(-1, 1)),
                    pb_utils.Tensor("SCORE_NEG", col(sb.s_neg)),
                    pb_utils.Tensor("SCORE_POS", col(sb.s_pos)),
-                   pb_utils.Tensor("VERDICT", text(ans.verdict)),
-                   pb_utils.Tensor("CONFIDENCE", col(ans.confidence)),
-                   pb_utils.Tensor("AREA", np.ascontiguousarray(ans.area, dtype=np.int32).reshape(-1, 1)),
-                   pb_utils.Tensor("BOX", np.ascontiguousarray(ans.box, dtype=np.int32).reshape(-1, 4)),
-                   pb_utils.Tensor("NEAREST_SOURCE", text(ans.nearest_source)),
-                   pb_utils.Tensor("NEAREST_CLASS", text(ans.nearest_class))]
+                   pb_utils.Tensor(o["verdict"], text(ans.verdict)),
+                   pb_utils.Tensor(o["confidence"], col(ans.confidence)),
+                   pb_utils.Tensor(o["area"], np.ascontiguousarray(ans.area, dtype=np.int32).reshape(-1, 1)),
+                   pb_utils.Tensor(o["box"], np.ascontiguousarray(ans.box, dtype=np.int32).reshape(-1, 4)),
+                   pb_utils.Tensor(o["nearest_source"], text(ans.nearest_source)),
+                   pb_utils.Tensor(o["nearest_class"], text(ans.nearest_class))]
         if wants_map:
             tensors.append(pb_utils.Tensor(MAP, np.ascontiguousarray(sb.maps[self.mode], dtype=np.float32)))
         self._record_metrics(score, ans, parsed.array)
