@@ -33,6 +33,10 @@ from .registry import FEATURES_BACKENDS
               help="Served mode (default: the banks' default_mode).")
 @click.option("--threshold", default=None, type=float,
               help="Served threshold (default: the calibrated one; one product only).")
+@click.option("--min-area", default=None, type=click.IntRange(min=0),
+              help="Served minimum defect area in pixels of the model input (default: the banks' own, 0 = off): an "
+                   "image is a defect only when its largest region above the pixel threshold is at least this big; "
+                   "a request's parameter min_area overrides it.")
 @click.option("--force", is_flag=True, help="Replace --out if it exists.")
 @click.option("--index", default="exact", type=click.Choice(list(INDEX_KINDS)), show_default=True,
               help="CPU scorer search: exact, or hnsw (faiss HNSW, built now, stored in faiss's format and "
@@ -40,7 +44,7 @@ from .registry import FEATURES_BACKENDS
 @click.option("--index-min-size", default=None, type=click.IntRange(1),
               help="hnsw only for banks of at least this many vectors; smaller ones stay exact [default: 8000].")
 def repository_cmd(onnx_path, bank_dir, product_values, out_dir, features_backend, engine_path, kind, instances, max_batch,
-                   queue_delay_us, mode, threshold, force, index, index_min_size):
+                   queue_delay_us, mode, threshold, min_area, force, index, index_min_size):
     """Assemble a Triton model repository from ONNX + banks: exdd_features and, per product, its ensemble and scorer."""
     from exdd.export.tensorrt import TensorRTBuildError, TensorRTUnavailable, build_engine
     from exdd_scoring.onnx_metadata import OnnxMetadataError, read_features
@@ -74,7 +78,7 @@ def repository_cmd(onnx_path, bank_dir, product_values, out_dir, features_backen
             build_engine(onnx_path, engine_path, tuple(read_features(onnx_path)["input_size"]), max_batch)
         res = assemble_products(onnx_path, products, out_dir, features_backend,
                                 Serving(kind, instances, max_batch, queue_delay_us), engine_path, mode, threshold,
-                                force, index, index_min_size, log=lambda m: click.echo(m, err=True))
+                                force, index, index_min_size, log=lambda m: click.echo(m, err=True), min_area=min_area)
     except (OnnxMetadataError, RepositoryError, TensorRTUnavailable, TensorRTBuildError) as e:
         fail(str(e))
     thr = lambda t: "none" if t is None else f"{t:.6g}"  # noqa: E731

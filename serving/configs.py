@@ -7,7 +7,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Dict, Optional
 
-from exdd_scoring.answer import review_band
+from exdd_scoring.answer import check_min_area, review_band
 from exdd_scoring.manifest import BankManifest
 from exdd_scoring.model_names import ENSEMBLE_MODEL, FEATURES_MODEL, PREPROCESS_MODEL, SCORER_MODEL
 from exdd_scoring.spec import FeatureSpec
@@ -104,12 +104,16 @@ def features_config(features: FeatureSpec, backend: str, s: Serving) -> str:
     return to_text(c)
 
 
-def line_parameters(manifest: BankManifest, mode: str, threshold: Optional[float]) -> Dict[str, Optional[str]]:
+def line_parameters(manifest: BankManifest, mode: str, threshold: Optional[float],
+                    min_area: Optional[int] = None) -> Dict[str, Optional[str]]:
     """The scorer's config parameters a client reads to describe its answers (issue 27): review_band, the JSON
-    {"ok_below": T1, "defect_above": T2} served with this threshold (None: removed, no band), and min_area."""
+    {"ok_below": T1, "defect_above": T2} served with this threshold (None: removed, no band), and min_area (the
+    served minimum defect area: min_area, else the banks' own; ValueError when the banks cannot measure one)."""
     t1, t2 = review_band(manifest.line, mode, threshold)
+    area = (0 if manifest.line is None else manifest.line.min_area) if min_area is None else int(min_area)
+    check_min_area(manifest.line, mode, area, "--min-area")
     return {"review_band": None if t1 is None else json.dumps({"ok_below": t1, "defect_above": t2}),
-            "min_area": str(0 if manifest.line is None else manifest.line.min_area)}
+            "min_area": str(area)}
 
 
 def scorer_config(features: FeatureSpec, mode: str, threshold: Optional[float], s: Serving, sigma: float = 4.0, *,

@@ -163,8 +163,8 @@ def prepare(bank_dir: str, repo: str, keep_threshold: bool = False, product: Opt
     new_config = config
     if not keep_threshold:
         new_config = set_config_parameter(config, "threshold", None if new_thr is None else repr(new_thr), scorer)
-        for key, value in line_parameters(banks.manifest, mode, new_thr).items():      # issue 27: the band served
-            new_config = set_config_parameter(new_config, key, value, scorer)
+        band = line_parameters(banks.manifest, mode, new_thr, 0)["review_band"]   # issue 27: the band served
+        new_config = set_config_parameter(new_config, "review_band", band, scorer)
     version = latest + 1
     if lock is not None:
         lock.note(f"adding {scorer} version {version} from {os.path.abspath(bank_dir)}")

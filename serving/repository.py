@@ -210,13 +210,14 @@ def assemble_products(onnx_path: str, products: Mapping[Optional[str], str], out
                       features_backend: str = "python", serving: Optional[Serving] = None,
                       engine_path: Optional[str] = None, mode: Optional[str] = None, threshold: Optional[float] = None,
                       force: bool = False, index: str = "exact", index_min_size: Optional[int] = None,
-                      log=None) -> Assembled:
+                      log=None, min_area: Optional[int] = None) -> Assembled:
     """Write a repository serving products {name: bank dir} (name None: the default product) into out_dir, atomically.
 
     One shared exdd_features; per product a scorer and an ensemble (products.ProductModels). mode applies to every
     product (default: each banks' default_mode); threshold overrides the calibrated one and needs a single product.
     index 'hnsw' adds an approximate nearest-neighbour index for banks of at least index_min_size vectors (CPU
-    instances use it; GPU instances search exactly)."""
+    instances use it; GPU instances search exactly). min_area: the served minimum defect area (issue 27; default
+    the banks' own, 0 = off)."""
     from exdd_scoring import MODES
 
     s = serving or Serving()
@@ -245,6 +246,10 @@ def assemble_products(onnx_path: str, products: Mapping[Optional[str], str], out
             raise RepositoryError(f"mode {m!r} of {products[pm.product]}: expected one of {MODES}")
         made.append(AssembledProduct(pm, products[pm.product], m, choose_threshold(manifest, m, threshold),
                                      sha256_file(os.path.join(products[pm.product], MANIFEST))))
+        try:                                   # a minimum area needs banks that measure regions (issue 27)
+            line_parameters(manifest, m, made[-1].threshold, min_area)
+        except ValueError as e:
+            raise RepositoryError(f"{products[pm.product]}: {e}") from None
     out_dir = os.path.abspath(out_dir)
     if os.path.exists(out_dir) and os.listdir(out_dir) and not force:
         raise RepositoryError(f"{out_dir}: exists and is not empty (use --force to replace it)")
@@ -267,7 +272,7 @@ def assemble_products(onnx_path: str, products: Mapping[Optional[str], str], out
             _write_scorer(tmp, pm, p.bank_dir, loaded[pm.scorer].manifest, fjson, index, index_min_size, log)
             _write(os.path.join(tmp, pm.scorer, "config.pbtxt"),
                    scorer_config(features, p.mode, p.threshold, s, name=pm.scorer, product=pm.product,
-                                 line=line_parameters(loaded[pm.scorer].manifest, p.mode, p.threshold)))
+                                 line=line_parameters(loaded[pm.scorer].manifest, p.mode, p.threshold, min_area)))
             os.makedirs(os.path.join(tmp, pm.ensemble, "1"))
             _write(os.path.join(tmp, pm.ensemble, "config.pbtxt"),
                    ensemble_config(features, s, name=pm.ensemble, scorer=pm.scorer))

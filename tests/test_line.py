@@ -167,6 +167,9 @@ def test_min_area_is_a_served_parameter_with_a_per_request_override(served):
     flag, verdict = got["IS_DEFECT"].reshape(-1), [v.decode() for v in got["VERDICT"].reshape(-1)]
     np.testing.assert_array_equal(flag, area >= cut)
     assert all(v == "ok" for v, a in zip(verdict, area) if a < cut)
+    # the served default (config parameter min_area, `export repository --min-area`) is 0 here
+    from exdd.client.connection import Connection
+    assert Connection(served.grpc_url, "grpc", "exdd_roi", scorer="exdd_roi_scorer").info().min_area == 0
     huge = _infer(served, "roi", images, {"threshold": thr, "min_area": 10 ** 6})
     assert not huge["IS_DEFECT"].any() and all(v == b"ok" for v in huge["VERDICT"].reshape(-1))
     from tritonclient.utils import InferenceServerException
@@ -244,4 +247,25 @@ def test_the_roi_is_stored_with_its_hash_and_keeps_outside_patches_out_of_both_b
                     "--weights", tu.WEIGHTS, "--input-size", f"{tu.INPUT_HW[0]}x{tu.INPUT_HW[1]}", "--d", str(tu.D),
                     "--roi", empty)
     assert p.returncode != 0 and "roi-empty.png" in p.stderr and "empty" in p.stderr
+    assert "Traceback" not in p.stderr
+
+
+def test_export_repository_serves_a_minimum_area_only_where_the_banks_measure_regions():
+    from exdd.serving.deploy import config_parameter
+    out = os.path.join(tu.workdir(), "repo-min-area")
+    p = tu.exdd_cli("export", "repository", "--onnx", tu.onnx_fp32(), "--banks", _roi_banks(), "--out", out,
+                    "--features-backend", "python", "--force", "--min-area", "7")
+    assert p.returncode == 0, p.stderr
+    config = open(os.path.join(out, "exdd_scorer", "config.pbtxt")).read()
+    assert config_parameter(config, "min_area", "exdd_scorer") == "7"
+    band = json.loads(config_parameter(config, "review_band", "exdd_scorer"))
+    assert band["ok_below"] <= band["defect_above"]
+    # banks without a hold-out have no pixel threshold: no region to measure, so no minimum area
+    bare = os.path.join(tu.workdir(), "banks-no-holdout")
+    p = tu.exdd_cli("offline", "build", tu.dataset(), "--out", bare, "--weights", tu.WEIGHTS, "--input-size",
+                    f"{tu.INPUT_HW[0]}x{tu.INPUT_HW[1]}", "--d", str(tu.D), "--min-bank", "50", "--holdout", "0")
+    assert p.returncode == 0, p.stderr
+    p = tu.exdd_cli("export", "repository", "--onnx", tu.onnx_fp32(), "--banks", bare, "--out", out + "-bare",
+                    "--features-backend", "python", "--force", "--min-area", "7")
+    assert p.returncode != 0 and "min_area" in p.stderr and "pixel threshold" in p.stderr
     assert "Traceback" not in p.stderr
