@@ -80,7 +80,7 @@ def measure_step(a) -> None:
     from exdd import defaults
     from exdd.offline.build import bank_of, defect_patches, make_bank
     from exdd.offline.coreset import bank_size, chunked_kcenter
-    from exdd_scoring import Bank, BankPair, Scorer
+    from exdd_scoring import BankPair, Scorer
     from exdd_scoring.nearest import DefectSources, majority_class, peak_patches, rows_at
     out = folder(a.cache, a.size)
     t0 = time.time()
@@ -122,8 +122,7 @@ def measure_step(a) -> None:
             feats = te_f[i:i + 16].astype(np.float32)
             ev = scorer.evidence(feats)
             b = feats.shape[0]
-            flat = feats.reshape(b, -1, d)
-            i_pos = scorer.nearest("positive", flat.reshape(-1, d))[1].reshape(b, -1)
+            i_pos = ev.i_pos                                               # each patch's nearest positive row
             pm = ev.patch_map("ratio_b")                                   # the served map of the default mode
             pred += bank_sources.lookup(rows_at(i_pos, peak_patches(pm, np), np))[1]
             gt = te_c[i:i + 16].reshape(b, -1) > 0                           # oracle: the peak inside the true defect
