@@ -18,7 +18,7 @@ from typing import Any, Dict, Optional
 import numpy as np
 
 from exdd.defaults import SCORE_RTOL
-from exdd.serving.serve import TritonServer
+from exdd.serving.serve import TritonServer, free_port  # noqa: F401  (tests call tu.free_port)
 from exdd.serving.serving_env import VENV_ENV, resolve
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
