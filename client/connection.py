@@ -111,7 +111,7 @@ class Connection:
     def close(self) -> None:
         try:
             self._client.close()
-        except Exception:  # noqa: BLE001 - closing a dead connection
+        except Exception:  # closing a dead connection
             pass
 
     def _config(self, model: str) -> Dict:
@@ -125,7 +125,7 @@ class Connection:
             index = self._client.get_model_repository_index(**({"as_json": True} if self.protocol == "grpc" else {}))
             rows = index.get("models", []) if isinstance(index, dict) else index
             ready = sorted(r["name"] for r in rows if str(r.get("state", "")).upper() == "READY")
-        except Exception:  # noqa: BLE001 - only a hint
+        except Exception:  # only a hint
             return ""
         return f"; ready models here: {', '.join(ready) or 'none'}"
 
@@ -139,7 +139,7 @@ class Connection:
             if _is_unavailable(e):
                 raise ServerUnavailable(f"{self.url}: server not reachable ({e})") from None
             raise RequestRejected(f"{self.url}: model {self.model!r} not available ({e}){self._served_hint()}") from None
-        except Exception as e:  # noqa: BLE001 - socket-level failures of both clients
+        except Exception as e:  # socket-level failures of both clients
             raise ServerUnavailable(f"{self.url}: server not reachable ({e})") from None
         dims = [int(v) for v in next(i for i in cfg["input"] if i["name"] == "IMAGE")["dims"]]
         params = {k: v.get("string_value") for k, v in (scorer.get("parameters") or {}).items()}
@@ -186,7 +186,7 @@ class Connection:
             if _is_unavailable(e):
                 raise ServerUnavailable(f"{self.url}: {e}") from None
             raise RequestRejected(f"{self.url}: {e}", bad_input=_is_bad_input(e)) from None
-        except Exception as e:  # noqa: BLE001 - socket-level failures
+        except Exception as e:  # socket-level failures
             raise ServerUnavailable(f"{self.url}: {type(e).__name__}: {e}") from None
         return {n: res.as_numpy(n) for n in names}
 

@@ -83,5 +83,5 @@ class OutputLock:
     def __del__(self):
         try:
             self.release()
-        except Exception:  # noqa: BLE001 - at interpreter exit
+        except Exception:  # at interpreter exit
             pass

@@ -66,7 +66,7 @@ def stream(source: str, conn_factory: Callable[[], Connection], info: ModelInfo,
             lat.append(ms)
             on_result({"frame": fid, "score": float(out["SCORE"].reshape(-1)[0]),
                        "is_defect": bool(out["IS_DEFECT"].reshape(-1)[0]), "latency_ms": round(ms, 2)})
-        except Exception as e:  # noqa: BLE001 - one failed frame is reported, the stream goes on
+        except Exception as e:  # one failed frame is reported, the stream goes on
             on_result({"frame": fid, "error": str(e)})
 
     with ThreadPoolExecutor(max_in_flight) as ex:

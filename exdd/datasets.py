@@ -44,7 +44,7 @@ def _mask_has_defect(path: str) -> int:
     try:
         with Image.open(path) as m:
             return int(np.asarray(m.convert("L")).max() > 0)
-    except Exception as e:  # noqa: BLE001 - reported as this file's error
+    except Exception as e:  # reported as this file's error
         raise ImageReadError(f"{path}: unreadable mask ({e})") from None
 
 

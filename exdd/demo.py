@@ -79,7 +79,7 @@ def _ready(url: str) -> bool:
     try:
         with urllib.request.urlopen(f"http://{url}/v2/health/ready", timeout=2) as r:
             return r.status == 200
-    except Exception:  # noqa: BLE001 - not up yet
+    except Exception:  # not up yet
         return False
 
 

@@ -70,7 +70,7 @@ def image_size(path: str) -> Tuple[int, int]:
     try:
         with Image.open(path, formats=FORMATS) as img:
             return img.size[1], img.size[0]
-    except Exception as e:  # noqa: BLE001 - any failure is reported as this file's error
+    except Exception as e:  # any failure is reported as this file's error
         raise ImageReadError(f"{path}: not a readable image ({e})") from None
 
 

@@ -54,7 +54,7 @@ def connect(address: Optional[str] = LOCAL, num_cpus: Optional[int] = None):
             else:
                 ray.init(address=address, **kw)
             return ray
-        except Exception as e:  # noqa: BLE001 - Ray raises ConnectionError, RuntimeError, ValueError ...
+        except Exception as e:  # Ray raises ConnectionError, RuntimeError, ValueError ...
             # a local Ray gives its raylet 30 s to register: on an overloaded machine, start it again
             if local and "timed out during startup" in str(e) and attempt < 2:
                 ray.shutdown()

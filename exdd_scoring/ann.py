@@ -91,7 +91,7 @@ SEARCHERS: Dict[str, type] = {"exact": ExactSearcher, "hnsw": HnswSearcher}
 
 def _faiss() -> Any:
     try:
-        import faiss  # noqa: PLC0415 - optional, only for hnsw
+        import faiss  # optional, only for hnsw
     except ImportError:
         raise IndexFileError(NO_FAISS) from None
     return faiss

@@ -47,7 +47,7 @@ def read_metadata(onnx_path: str) -> Dict[str, str]:
         raise OnnxMetadataError(f"{onnx_path}: no such ONNX file")
     try:
         sess = ort.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])
-    except Exception as e:  # noqa: BLE001 - ORT raises several unrelated types for bad files
+    except Exception as e:  # ORT raises several unrelated types for bad files
         raise OnnxMetadataError(f"{onnx_path}: not a loadable ONNX model ({type(e).__name__}: {e})") from None
     return dict(sess.get_modelmeta().custom_metadata_map)
 

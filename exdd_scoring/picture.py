@@ -79,7 +79,7 @@ def _refused(source: Union[str, BinaryIO]) -> str:
             accept = Image.OPEN[fmt][1]
             if fmt not in FORMATS and accept is not None and accept(prefix):
                 return f"format {fmt} (by its header) is not accepted (accepted formats: {accepted})"
-    except Exception:  # noqa: BLE001 - only the message's detail
+    except Exception:  # only the message's detail
         pass
     return f"not a recognised image file (accepted formats: {accepted})"
 

@@ -90,7 +90,7 @@ class FeatureSpec:
             spec.validate(where)
         except SpecError:
             raise
-        except Exception as e:  # noqa: BLE001 - any malformed value is this input's error
+        except Exception as e:  # any malformed value is this input's error
             raise SpecError(f"{where}: malformed features ({e})") from None
         return spec
 

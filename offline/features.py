@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from exdd import defaults
-from exdd_scoring.bank import BankError, load_projection, projection_sha256  # noqa: F401 - projection_sha256 re-exported
+from exdd_scoring.bank import BankError, load_projection, projection_sha256  # projection_sha256 re-exported
 from exdd_scoring.manifest import BankManifest
 from exdd_scoring.spec import RANDOM_PROJECTION, FeatureSpec
 

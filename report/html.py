@@ -129,7 +129,7 @@ def source_roots(results: Dict[str, Any], base_dir: Optional[str]) -> List[str]:
             src = read_manifest(_resolve(banks, base_dir)).sources
             if src is not None and src.dataset:
                 roots.append(src.dataset)
-        except Exception:  # noqa: BLE001 - no readable manifest: the other roots only
+        except Exception:  # no readable manifest: the other roots only
             pass
     return roots
 
@@ -198,7 +198,7 @@ def _thumb(path: str, kind: str, box: Tuple[int, int], **marks: Any) -> str:
     try:
         return (f'<img src="{thumbnail_uri(path, box, **marks)}" alt="{esc(os.path.basename(path))}" '
                 f'title="{esc(path)}">')
-    except Exception as e:  # noqa: BLE001 - an unreadable file becomes a placeholder, not a failed report
+    except Exception as e:  # an unreadable file becomes a placeholder, not a failed report
         return f'<div class="missing">{kind} not available<br>{esc(e)}</div>'
 
 
@@ -330,7 +330,7 @@ def _roi(results: Dict[str, Any], base_dir: Optional[str]) -> Tuple[Optional[str
             a = np.asarray(im.convert("RGB") if im.mode in ("P", "RGBA", "LA", "CMYK", "YCbCr") else im)
         a = a.max(axis=2) if a.ndim == 3 else a
         mask = a > (127 if a.dtype == np.uint8 else 0)
-    except Exception as e:  # noqa: BLE001 - the gallery goes on without the outline and says why
+    except Exception as e:  # the gallery goes on without the outline and says why
         return path, None, f"ROI {path} not readable ({e}): not drawn"
     return path, mask, ""
 

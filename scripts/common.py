@@ -154,7 +154,7 @@ def served_evidence(e: Any, pos_scale: Optional[float], params: Dict, rows: Opti
     from exdd import defaults
     from exdd_scoring import reweight_q
     from exdd_scoring.scores import DEFAULT_GAMMA, Evidence
-    sub = (lambda v: v) if rows is None else (lambda v: v[rows])  # noqa: E731
+    sub = (lambda v: v) if rows is None else (lambda v: v[rows])
     an, ap, nbn, nbp = sub(e.a_neg), sub(e.a_pos), sub(e.nb_neg), sub(e.nb_pos)
     t = e.d ** 0.5
     peak = lambda a, nb: {"s_star": a.max(1), "q": reweight_q(a.max(1), nb[:, 1:defaults.K], t, np)}  # noqa: E731

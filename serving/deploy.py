@@ -223,7 +223,7 @@ def load(url: str, timeout_s: float = 600.0, model: str = SCORER, key: Optional[
                     "--admin-key-file or $EXDD_ADMIN_KEY)" if key is None else
                     f" (the key from {key.source} is not the server's)")
         raise DeployError(f"{url}: loading {model} failed: {msg}") from None
-    except Exception as e:  # noqa: BLE001 - connection problems, named
+    except Exception as e:  # connection problems, named
         raise DeployError(f"{url}: cannot reach the server ({e})") from None
     finally:
         c.close()
@@ -234,7 +234,7 @@ def ready_version(url: str, version: int, model: str = SCORER) -> bool:
     c = _client(url, 30.0)
     try:
         return bool(c.is_model_ready(model, str(version)))
-    except Exception:  # noqa: BLE001
+    except Exception:
         return False
     finally:
         c.close()

@@ -80,14 +80,14 @@ def load_pipeline(model: str, device: str, dtype: str):
                 warnings.simplefilter("ignore", FutureWarning)
                 pipe = StableDiffusionXLInpaintPipeline.from_pretrained(model, **kw, **extra)
             break
-        except Exception as e:  # noqa: BLE001 - any loading failure is reported with the model's name
+        except Exception as e:  # any loading failure is reported with the model's name
             err = e
     else:
         where = "local folder" if os.path.isdir(model) else "model id or path"
         raise SynthError(f"cannot load the SDXL inpainting model {model!r} ({where}): {_short(err)}")
     try:
         pipe = pipe.to(device)
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         raise SynthError(f"cannot move the SDXL inpainting model {model!r} to {device}: {_short(e)}") from None
     pipe.set_progress_bar_config(disable=True)
     return pipe

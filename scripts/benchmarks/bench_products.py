@@ -85,7 +85,7 @@ def throughput(targets, image: np.ndarray, requests: int, concurrency: int) -> D
                 try:
                     c.infer(model, [inp])
                     lat.append(time.perf_counter() - t)
-                except Exception as e:  # noqa: BLE001 - counted
+                except Exception as e:  # counted
                     errors.append(repr(e))
         finally:
             for c in clients.values():

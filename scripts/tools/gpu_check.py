@@ -125,7 +125,7 @@ def main() -> int:
             cp.cuda.runtime.getDeviceCount()
             rep["cupy"] = cp.__version__
             rep["device"] = torch.cuda.get_device_name(0)
-        except Exception as e:  # noqa: BLE001 - reported
+        except Exception as e:  # reported
             rep["skipped"].append(f"cupy unusable ({type(e).__name__}: {e}): CuPy steps skipped")
             cp = None
     else:

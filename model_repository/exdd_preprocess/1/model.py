@@ -73,7 +73,7 @@ class TritonPythonModel:
             except self.picture.PictureError as e:
                 responses.append(pb_utils.InferenceResponse(
                     error=pb_utils.TritonError(f"{self.name}: {e}", pb_utils.TritonError.INVALID_ARG)))
-            except Exception as e:  # noqa: BLE001 - any other failure is this request's (internal) error
+            except Exception as e:  # any other failure is this request's (internal) error
                 responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(f"{self.name}: {e}")))
         return responses
 

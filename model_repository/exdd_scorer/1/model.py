@@ -104,10 +104,10 @@ def make_metrics(version, mode, threshold, model, product):
     """DecisionMetrics, or None (scoring goes on) when this backend has no metrics API."""
     try:
         return DecisionMetrics(version, mode, threshold, model, product)
-    except Exception as e:  # noqa: BLE001 - metrics must never stop the scorer
+    except Exception as e:  # metrics must never stop the scorer
         try:
             pb_utils.Logger.log_warn(f"{model}: custom metrics disabled ({e})")
-        except Exception:  # noqa: BLE001
+        except Exception:
             pass
         return None
 
@@ -165,7 +165,7 @@ class TritonPythonModel:
             flags = (score >= threshold) if threshold is not None else np.zeros(len(score), dtype=bool)
             try:
                 self.metrics.record(score, flags)
-            except Exception:  # noqa: BLE001 - never fail a request over its metrics
+            except Exception:  # never fail a request over its metrics
                 pass
 
     def _features(self, request):
