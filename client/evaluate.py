@@ -7,10 +7,11 @@ from typing import Callable, List, Optional, Sequence
 
 import numpy as np
 
-from exdd.images import ImageReadError, image_size, read_image, read_mask
-from exdd.results import ErrorRow, EvaluationResults, ImageResult
 from exdd.datasets import Sample
+from exdd.images import ImageReadError, image_size, read_image, read_mask
 from exdd.metrics import summary
+from exdd.results import ErrorRow, EvaluationResults, ImageResult
+
 from .connection import Connection, ModelInfo, with_retries
 
 

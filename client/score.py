@@ -17,13 +17,14 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from exdd.images import ImageReadError, input_warning, read_model_input
-from exdd_scoring.picture import decode_rgb, resize_rgb
 from exdd.log import get as _logger
-from .connection import IMAGE_HW, MODEL, SCORER, Connection, ModelInfo, RequestRejected, ServerUnavailable, with_retries
+from exdd_scoring.picture import decode_rgb, resize_rgb
 
-log = _logger(__name__)
+from .connection import IMAGE_HW, MODEL, SCORER, Connection, ModelInfo, RequestRejected, ServerUnavailable, with_retries
 from .heatmaps import write_heatmap
 from .results import ResultWriter, row_key
+
+log = _logger(__name__)
 
 
 @dataclass

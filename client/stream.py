@@ -10,6 +10,7 @@ from typing import Callable, Deque, Dict, Iterator, Optional, Tuple
 import numpy as np
 
 from exdd.images import ImageReadError, read_image, resize_rgb
+
 from .connection import Connection, ModelInfo
 from .sources import expand
 

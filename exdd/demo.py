@@ -21,8 +21,8 @@ from typing import List, Optional
 import click
 
 from exdd import defaults
-from exdd.serving.registry import EXTRACTOR_PRECISIONS
 from exdd.results import EvaluationResults
+from exdd.serving.registry import EXTRACTOR_PRECISIONS
 from exdd_scoring.scores import MODES
 
 STANDIN = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "weights",

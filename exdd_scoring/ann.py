@@ -20,8 +20,8 @@ from typing import Any, Callable, Dict, Optional, Tuple
 import numpy as np
 
 from .bank import BankError, sha256_file
-from .manifest import BankManifest, IndexEntry, IndexFile
 from .knn import DEFAULT_MAX_BLOCK, nearest, sq_norms
+from .manifest import BankManifest, IndexEntry, IndexFile
 
 INDEX_KEY = "index"
 HNSW_DEFAULTS = {"m": 32, "ef_construction": 128, "ef_search": 64}  # measured: BENCHMARKS.md, Speed

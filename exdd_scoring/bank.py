@@ -19,8 +19,17 @@ from typing import Any, Dict, Mapping, Optional, Type, Union
 
 import numpy as np
 
-from .manifest import (BANK_FORMAT_VERSION, MANIFEST, MIN_K, BankError, BankManifest, FileEntry,  # noqa: F401
-                       ManifestError, check_k, safe_name)   # MIN_K, check_k: re-exported
+from .manifest import (  # noqa: F401 - MIN_K, check_k ...: re-exported
+    BANK_FORMAT_VERSION,
+    MANIFEST,
+    MIN_K,
+    BankError,
+    BankManifest,
+    FileEntry,
+    ManifestError,
+    check_k,
+    safe_name,
+)
 from .spec import IDENTITY, RANDOM_PROJECTION, REQUIRED, FeatureSpec, SpecError
 
 FEATURE_KEYS = IDENTITY   # what makes two feature extractors interchangeable (FeatureSpec's identity)

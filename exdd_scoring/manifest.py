@@ -27,8 +27,19 @@ import typing
 from dataclasses import dataclass, field, fields
 from typing import Any, Dict, Mapping, NewType, Optional, Tuple
 
-from .records import (SCALARS, Finite, Name, Positive, Record, RecordError, dump, fail, field_types, json_object,
-                      optional)
+from .records import (
+    SCALARS,
+    Finite,
+    Name,
+    Positive,
+    Record,
+    RecordError,
+    dump,
+    fail,
+    field_types,
+    json_object,
+    optional,
+)
 from .scores import DEFAULT_GAMMA, DEFAULT_MODE, MODE_REGISTRY, TOPK_FRACTION
 from .spec import FeatureSpec, SpecError
 

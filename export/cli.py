@@ -62,7 +62,9 @@ def onnx_cmd(out_path, banks, weights, d, projection_seed, input_size, precision
 
     from exdd.offline.features import build_extractor
     from exdd.offline.weights import WeightsError, is_random
-    from .onnx_export import ExportError, export_onnx, parity, parity_images as get_images
+
+    from .onnx_export import ExportError, export_onnx, parity
+    from .onnx_export import parity_images as get_images
 
     weights, d, seed, hw, proj, kind = _features_source(banks, weights, d, projection_seed, input_size)
     torch.set_num_threads(max(1, os.cpu_count() or 1))
@@ -111,6 +113,7 @@ def _banks_or_none(banks):
 def _check_bf16(out_path, model, images, where, banks):
     """The exported fp32 file through OpenVINO at bf16 against torch fp32 (and image scores with banks)."""
     from exdd_scoring.runtimes import open_runtime
+
     from .quantize import reduced_parity
     try:
         runner = open_runtime("openvino", out_path, "bf16")
@@ -127,8 +130,10 @@ def _export_int8(model, info, out_path, banks, hw, parity_images, parity_count, 
     """fp32 export -> static int8 quantization -> parity against torch fp32 (and image scores with banks)."""
     import tempfile
 
-    from .onnx_export import ExportError, export_onnx, parity_images as get_images
-    from .quantize import calibration_images as get_calibration, quant_parity, quantize_int8
+    from .onnx_export import ExportError, export_onnx
+    from .onnx_export import parity_images as get_images
+    from .quantize import calibration_images as get_calibration
+    from .quantize import quant_parity, quantize_int8
 
     t0 = time.time()
     try:

@@ -46,8 +46,13 @@ def calibration_files(source: str, n: int) -> List[str]:
 def quantize_int8(fp32_path: str, out_path: str, calibration: np.ndarray) -> str:
     """Static int8 QDQ quantization (per-channel Conv weights) of an exported fp32 extractor; returns out_path."""
     import onnx
-    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
-                                          quantize_static)
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     if len(calibration) == 0:

@@ -24,18 +24,25 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from exdd import __version__, defaults
+from exdd.datasets import HOLDOUT_RULE, Sample, holdout_split, load_split, synthetic
 from exdd.fileio import check_replaceable, staged_dir
 from exdd_scoring import DEFAULT_MODE, MODES, Bank, BankPair, Scorer, save_bank
+from exdd_scoring.fusion import fit_fusion
+from exdd_scoring.knn import bank_neighbors
 from exdd_scoring.manifest import Fusion, Scoring, Thresholds
 from exdd_scoring.provenance import BankStats, CoresetInfo, DefectPatchRule, FileError, OfflineManifest, Sources
-from exdd_scoring.fusion import fit_fusion
+from exdd_scoring.scores import (
+    DEFAULT_GAMMA,
+    HEAD_FEATURES,
+    bank_scale,
+    fusion_inputs,
+    head_inputs,
+    positive_bank_problem,
+)
 from exdd_scoring.spec import FeatureSpec
-from exdd_scoring.knn import bank_neighbors
-from exdd_scoring.scores import (DEFAULT_GAMMA, HEAD_FEATURES, bank_scale, fusion_inputs, head_inputs,
-                                 positive_bank_problem)
+
 from .calibrate import threshold
 from .coreset import Coreset, bank_size, chunked_kcenter
-from exdd.datasets import HOLDOUT_RULE, Sample, holdout_split, load_split, synthetic
 from .extract import Extracted, extract
 from .head import crossfit_inputs, fit_head
 from .weights import is_random

@@ -20,6 +20,7 @@ from .projection import PROJECTIONS, projection_choices
 
 def _extractor(weights: str, d: int, seed: int, input_hw):
     import torch
+
     from .features import build_extractor
     from .weights import WeightsError
     torch.set_num_threads(max(1, os.cpu_count() or 1))
@@ -35,7 +36,9 @@ def _bank_extractor(bank_dir: str, manifest, weights=None):
     """The extractor the banks were built with: their weights unless given, their projection (a fitted one read
     from the bank folder's projection.npy, never refitted)."""
     import torch
+
     from exdd_scoring import BankError
+
     from .features import bank_extractor
     from .weights import WeightsError
     torch.set_num_threads(max(1, os.cpu_count() or 1))
@@ -61,6 +64,7 @@ def _onnx_model(extractor_onnx: str, info, runtime: str = "onnxruntime"):
     from exdd_scoring import BankError
     from exdd_scoring.bank import check_features
     from exdd_scoring.onnx_metadata import OnnxMetadataError
+
     from .onnx_features import OnnxExtractor
     try:
         name, _, precision = runtime.partition("-")
@@ -136,9 +140,11 @@ def build(dataset, out_dir, weights, d, projection_seed, projection, projection_
           seed, batch_size, chunk_rows, ray_address, ray_cpus, ray_workers, ray_shard_images, ray_threads,
           extractor_onnx, extractor_runtime):
     """Build the negative and positive banks of DATASET into --out."""
-    from .build import BuildConfig, build as run_build
     from exdd.datasets import DatasetError
     from exdd.progress import bar
+
+    from .build import BuildConfig
+    from .build import build as run_build
     cfg = BuildConfig(neg_ratio=neg_ratio, pos_ratio=pos_ratio, min_size=min_bank, k=k, min_cover=min_cover,
                       holdout=holdout, seed=seed, threshold_rule=threshold_rule, target_fpr=target_fpr,
                       default_mode=default_mode, gamma=gamma, batch_size=batch_size, chunk_rows=chunk_rows)
@@ -185,6 +191,7 @@ def _fitted_extractor(kind: str, limit: int, model, info, dataset: str, cfg, syn
     (the plan's: the held-out ones are not read), on the backbone already loaded."""
     from exdd.datasets import DatasetError
     from exdd.progress import bar
+
     from .build import plan
     from .features import with_projection
     from .projection import fit_projection, fit_samples
@@ -238,13 +245,14 @@ def evaluate(dataset, bank_dir, weights, layout, split, out_json, batch_size, no
 
     Test images whose files are byte-identical to a training image of DATASET are left out of the metrics
     (said on stderr and recorded in the results) unless --keep-duplicates."""
+    from exdd.datasets import DatasetError, leak_message, load_split, training_copies
+    from exdd.metrics import confusion
+    from exdd.progress import bar
+    from exdd.results import ErrorRow, EvaluationResults, ImageResult
     from exdd_scoring import BankError, Scorer, load_banks, read_manifest
     from exdd_scoring.provenance import OfflineManifest
-    from exdd.datasets import DatasetError, leak_message, load_split, training_copies
-    from exdd.results import ErrorRow, EvaluationResults, ImageResult
-    from exdd.metrics import confusion
+
     from .evaluate import metrics_of, score_split, table
-    from exdd.progress import bar
     try:
         manifest = read_manifest(bank_dir)
     except BankError as e:
@@ -326,10 +334,13 @@ def _second_build(dataset, bank_dir, manifest, model, info, layout, batch_size):
     held-out images, its manifest)."""
     import tempfile
     import warnings
+
     from exdd.datasets import DatasetError
     from exdd.progress import bar
     from exdd_scoring import BankError, Scorer, load_banks, load_projection
-    from .build import build as run_build, plan
+
+    from .build import build as run_build
+    from .build import plan
     from .stability import rebuild_plan
     try:
         rb = rebuild_plan(manifest, os.path.join(bank_dir, "manifest.json"), dataset, layout, batch_size)
@@ -377,7 +388,8 @@ def sweep(dataset, synthetic_dirs, counts, out_dir, weights, d, projection_seed,
           raw_cache):
     """Banks and metrics for 0, 50, 100, 150 synthetic samples (the paper's Table 2 protocol)."""
     from .build import BuildConfig
-    from .sweep import markdown, save, sweep as run_sweep
+    from .sweep import markdown, save
+    from .sweep import sweep as run_sweep
     model, info = _extractor(weights, d, projection_seed, parse_hw(input_size))
     try:
         cs = [int(v) for v in counts.split(",")]
@@ -415,14 +427,15 @@ def sweep(dataset, synthetic_dirs, counts, out_dir, weights, d, projection_seed,
 def update(bank_dir, out_dir, normal_paths, defect_paths, results, verdict_column, calibrate_ds, holdout, weights,
            note, batch_size):
     """Teach BANKS new normal / defect images incrementally; writes a new bank directory recording its parent."""
+    from exdd.datasets import DatasetError
+    from exdd.progress import bar
     from exdd_scoring import BankError, read_manifest
     from exdd_scoring.bank import check_features
     from exdd_scoring.provenance import OfflineManifest
+
     from .build import model_featurizer
-    from exdd.datasets import DatasetError
-    from exdd.progress import bar
-    from .update import (already_added, defect_samples, heldout_samples, normal_samples, update as run_update,
-                         verdict_samples)
+    from .update import already_added, defect_samples, heldout_samples, normal_samples, verdict_samples
+    from .update import update as run_update
     try:
         manifest = read_manifest(bank_dir, OfflineManifest)
         normals = normal_samples(normal_paths)
@@ -467,4 +480,6 @@ def update(bank_dir, out_dir, normal_paths, defect_paths, results, verdict_colum
         click.echo(f"skipped files: {len(res.errors)} (listed in the manifest)", err=True)
 
 
-from .synth_cli import synth as _synth; offline.add_command(_synth)  # noqa: E402
+from .synth_cli import synth as _synth  # noqa: E402 - registered once `offline` exists
+
+offline.add_command(_synth)

@@ -7,10 +7,11 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 import numpy as np
 
 from exdd import defaults
-from exdd_scoring import MODES, Scorer, map_of_mode
 from exdd.datasets import Sample
-from .extract import batches, run_extractor
 from exdd.metrics import summary
+from exdd_scoring import MODES, Scorer, map_of_mode
+
+from .extract import batches, run_extractor
 
 
 @dataclass

@@ -8,9 +8,9 @@ import numpy as np
 import torch
 
 from exdd import defaults
-from exdd.images import ImageReadError, read_image, read_mask, image_size
-from exdd.log import get as _logger
 from exdd.datasets import Sample
+from exdd.images import ImageReadError, image_size, read_image, read_mask
+from exdd.log import get as _logger
 
 log = _logger(__name__)
 

@@ -13,8 +13,9 @@ import numpy as np
 import torch
 
 from exdd import defaults
-from exdd.images import ImageReadError
 from exdd.datasets import Sample
+from exdd.images import ImageReadError
+
 from .extract import Extracted, cell_cover, read_sample, run_extractor
 from .features import CHANNELS, FeatureExtractor
 from .weights import load_backbone

@@ -109,7 +109,8 @@ def normal_covariance(model: Any, samples: Sequence[Sample], batch_size: int = d
                       progress: Optional[Callable[[int], None]] = None) -> Tuple[np.ndarray, int, list]:
     """(covariance of the raw 1536-d patch features, images read, unreadable (path, error)) of the samples;
     model: a FeatureExtractor (its ``raw`` features, whatever its projection)."""
-    import torch                                  # here, not at import: the CLI reads the registry's names
+    import torch  # here, not at import: the CLI reads the registry's names
+
     from .extract import batches
     errors: list = []
     cov, seen = None, 0

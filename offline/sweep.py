@@ -13,9 +13,10 @@ from typing import Any, Callable, Dict, List, Sequence
 
 import numpy as np
 
-from exdd_scoring import MODES, Scorer, load_banks
-from .build import BuildConfig, build, model_featurizer
 from exdd.datasets import Sample, load_split
+from exdd_scoring import MODES, Scorer, load_banks
+
+from .build import BuildConfig, build, model_featurizer
 from .evaluate import metrics_of, score_features
 from .extract import Extracted
 

@@ -21,17 +21,18 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from exdd import __version__, defaults
+from exdd.datasets import DatasetError, Sample, canonical_order
 from exdd.fileio import check_replaceable, staged_dir
 from exdd.images import is_image_name
 from exdd_scoring import MODES, Bank, BankPair, Scorer, load_banks, load_projection, save_bank
 from exdd_scoring.bank import MANIFEST, BankError, sha256_file
+from exdd_scoring.knn import bank_neighbors, topk_nearest
 from exdd_scoring.manifest import REBUILD, Thresholds
 from exdd_scoring.provenance import Added, BankStats, FileError, OfflineManifest, Parent, SizeChange, UpdateRecord
-from exdd_scoring.knn import bank_neighbors, topk_nearest
+
 from .build import Featurize, bank_file, defect_patches, make_bank, score_samples
 from .calibrate import threshold
 from .coreset import bank_size, extend_kcenter
-from exdd.datasets import DatasetError, Sample, canonical_order
 
 NORMAL_VERDICTS = ("ok", "good", "normal", "pass", "false_alarm", "false_positive", "fp", "0", "false")
 DEFECT_VERDICTS = ("defect", "ng", "bad", "fail", "true_defect", "missed_defect", "fn", "1", "true")

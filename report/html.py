@@ -18,11 +18,27 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .charts import BAND_COLOR, svg_histogram, svg_reliability, svg_roc
 from exdd.fileio import atomic_write, json_safe
 from exdd.metrics import confusion
-from .data import (DASH, confidence_labels, esc, finite_or_none, fmt_metric, fmt_score, gallery_groups, histogram,
-                   image_counts, modes_of, ok_images, reliability, review_band, roc_of, scores_labels)
+
+from .charts import BAND_COLOR, svg_histogram, svg_reliability, svg_roc
+from .data import (
+    DASH,
+    confidence_labels,
+    esc,
+    finite_or_none,
+    fmt_metric,
+    fmt_score,
+    gallery_groups,
+    histogram,
+    image_counts,
+    modes_of,
+    ok_images,
+    reliability,
+    review_band,
+    roc_of,
+    scores_labels,
+)
 
 PALETTE = ("#4e79a7", "#e15759", "#59a14f", "#f28e2b", "#b07aa1", "#76b7b2")
 THUMB_BOX = (160, 240)  # (max width, max height) of a gallery thumbnail
@@ -149,6 +165,7 @@ def thumbnail_uri(path: str, box: Tuple[int, int] = THUMB_BOX, roi: Optional[np.
     (a bool mask of any size, stretched over the image) in black and white dashes and region = [x0, y0, x1, y1]
     (the image's pixels) as a box, when given."""
     from PIL import Image, ImageDraw
+
     from exdd.images import read_image
     from exdd.overlay import boundary
     img = Image.fromarray(read_image(path))

@@ -138,7 +138,8 @@ def prepare(bank_dir: str, repo: str, keep_threshold: bool = False, product: Opt
     The caller holds the repository's deploy lock (lock: its repo_lock.Lock, told what is being added)."""
     from exdd_scoring import BankError, load_banks
     from exdd_scoring.bank import check_features, sha256_file
-    from .repository import copy_banks, choose_threshold
+
+    from .repository import choose_threshold, copy_banks
 
     pm = product_models(repo, product)
     scorer = pm.scorer

@@ -32,12 +32,10 @@ from typing import List, Mapping, Optional
 from exdd.fileio import fsync_tree, replace_dir
 from exdd_scoring.bank import MANIFEST, sha256_file
 from exdd_scoring.manifest import BankManifest
-
+from exdd_scoring.onnx_metadata import PRECISION_KEY, read_features, read_metadata
 from exdd_scoring.spec import FeatureSpec, SpecError
 
 from .configs import KINDS, Serving, ensemble_config, features_config, preprocess_config, scorer_config
-from exdd_scoring.onnx_metadata import PRECISION_KEY, read_features, read_metadata
-
 from .model_files import copy_python_model
 from .products import FEATURES_MODEL, PREPROCESS_MODEL, SCORER_MODEL, ProductError, ProductModels, check_unique
 from .registry import FEATURES_BACKENDS
@@ -174,7 +172,7 @@ def _load_product(pm: ProductModels, bank_dir: str, features: FeatureSpec, onnx_
     """The product's verified banks; RepositoryError naming the product and its bank directory otherwise."""
     from exdd_scoring import BankError, load_banks
     from exdd_scoring.bank import check_features
-    from exdd_scoring.provenance import OfflineManifest      # the repository's README gives the bank sizes
+    from exdd_scoring.provenance import OfflineManifest  # the repository's README gives the bank sizes
     where = f"{bank_dir} vs {onnx_path}" if pm.product is None else \
         f"product {pm.product!r}: banks {bank_dir} vs the shared extractor {onnx_path}"
     try:

@@ -47,6 +47,7 @@ def _sdxl(cfg, spec, pipe, normal, mask, mask_own):
 
 def _paste(cfg, spec, pipe, normal, mask, mask_own):
     from exdd.images import read_image
+
     from .paste import paste_defect
     from .plan import sample_seed
     defect = read_image(spec.source.image)

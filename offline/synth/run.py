@@ -14,10 +14,10 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from exdd import __version__
+from exdd.datasets import load_split
 from exdd.images import ImageReadError, image_size, read_image, read_mask
 from exdd.progress import Progress
 
-from exdd.datasets import load_split
 from . import writer
 from .diffmask import DiffMaskRule
 from .methods import SYNTH_METHODS, SynthMethod

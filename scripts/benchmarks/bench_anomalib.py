@@ -36,17 +36,16 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from exdd.images import read_image, read_mask, image_size
-from exdd.offline.build import BuildConfig, build, build_negative
 from exdd.datasets import Sample, duplicates_across, holdout_split, load_split
+from exdd.images import image_size, read_image, read_mask
+from exdd.metrics import auroc, bootstrap_auroc
+from exdd.offline.build import BuildConfig, build, build_negative
 from exdd.offline.extract import batches, run_extractor
 from exdd.offline.features import build_extractor, make_projection
-from exdd.metrics import auroc, bootstrap_auroc
 from exdd.offline.weights import load_backbone
 from exdd_scoring import MODES, Scorer, load_banks
 from scripts.common import cache_folder, peak_rss_gb
 from scripts.harness import BenchResult, params_of
-
 
 # ----------------------------------------------------------------------------- data
 
@@ -327,8 +326,8 @@ def equivalent_scores(emb: np.ndarray, bank: np.ndarray, grid: Tuple[int, int], 
     keep_self=False, k=3, t=None (sqrt d), anomalib_map=False = exdd's `patchcore` (m* dropped, t = sqrt d, bilinear
     upsampling + scipy-reflect Gaussian, exdd_scoring.resample).
     """
-    from exdd_scoring.knn import nearest, sq_norms, topk_nearest
     from exdd_scoring import reweight_q, upsample_smooth, upsample_smooth_matrices
+    from exdd_scoring.knn import nearest, sq_norms, topk_nearest
     bank = np.ascontiguousarray(bank, np.float32)
     b, P, d = emb.shape
     a, idx = nearest(np.ascontiguousarray(emb.reshape(-1, d), np.float32), bank, np, sq_norms(bank, np))
@@ -355,8 +354,9 @@ def reproduce(split: Split, weights: str, input_hw: Tuple[int, int], coreset_rat
               seed: int = 0, resamples: int = 500) -> Dict[str, Any]:
     """Deliverable 0 of issue 19: anomalib's PatchCore reproduced by exdd's scoring math on anomalib's own memory bank
     and embeddings, then each of exdd's departures alone (features, projection, coreset, hold-out, reweighting, map)."""
-    from scipy.stats import pearsonr, spearmanr
     from anomalib.models.components import KCenterGreedy
+    from scipy.stats import pearsonr, spearmanr
+
     from exdd.offline.coreset import bank_size, chunked_kcenter
     model, transform = anomalib_model(weights, input_hw, coreset_ratio)
     net = model.model.eval()

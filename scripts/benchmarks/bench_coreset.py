@@ -18,7 +18,6 @@ import numpy as np
 
 from exdd import defaults
 from exdd.offline.coreset import bank_size, chunked_kcenter, coverage_radius, greedy_kcenter
-
 from scripts.common import normal_rows, peak_rss_gb
 
 

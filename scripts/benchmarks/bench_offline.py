@@ -16,7 +16,6 @@ import torch
 from exdd.offline.features import build_extractor, grid_of
 from exdd_scoring import Bank, BankPair, Scorer
 from exdd_scoring.knn import bank_neighbors
-
 from scripts.harness import latency_stats
 
 

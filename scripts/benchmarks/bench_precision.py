@@ -69,11 +69,10 @@ MODES_MEASURED = ("patchcore", "exdd", "dual")
 
 
 def run_dataset(ds, fp32_path, features, args, log):
-    from exdd.export.quantize import calibration_images, quantize_int8, cosine_rows
-    from exdd.metrics import spearman
-    from exdd.offline.build import BuildConfig, defect_patches, make_bank
     from exdd.datasets import load_split
-    from exdd.metrics import auroc
+    from exdd.export.quantize import calibration_images, cosine_rows, quantize_int8
+    from exdd.metrics import auroc, spearman
+    from exdd.offline.build import BuildConfig, defect_patches, make_bank
     from exdd_scoring import BankPair, Scorer
 
     hw, grid, d = tuple(features["input_size"]), tuple(features["grid"]), int(features["d"])
@@ -166,6 +165,7 @@ def main() -> int:
     log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
     os.makedirs(args.workdir, exist_ok=True)
     import torch
+
     from exdd.export.onnx_export import export_onnx
     from exdd.offline.features import build_extractor
     torch.set_num_threads(args.threads)

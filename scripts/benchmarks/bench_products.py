@@ -32,8 +32,15 @@ from typing import Dict, List
 import numpy as np
 
 from scripts.common import process_tree
-from scripts.harness import (BenchResult, build_banks, export_onnx, export_repository, latency_stats, params_of,
-                             start_server)
+from scripts.harness import (
+    BenchResult,
+    build_banks,
+    export_onnx,
+    export_repository,
+    latency_stats,
+    params_of,
+    start_server,
+)
 
 TEXTURES = ("brushed", "commutator", "tile")
 

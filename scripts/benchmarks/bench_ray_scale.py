@@ -29,7 +29,6 @@ import numpy as np
 import psutil
 
 from exdd import defaults
-
 from scripts.common import normal_rows
 from scripts.harness import BenchResult, params_of
 
@@ -84,6 +83,7 @@ def main() -> None:
     print(f"single process, RLIMIT_AS {a.cap_gb} GB: {single_out[0]}", flush=True)
 
     import ray
+
     from exdd.offline.distributed import Part, RayBuild
     store = int(a.n * a.d * 2 * 1.3) + (512 << 20)
     ray.init(num_cpus=a.cpus, object_store_memory=store, include_dashboard=False, log_to_driver=False,

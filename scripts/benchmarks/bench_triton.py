@@ -52,7 +52,9 @@ def stats(lat_s, n_images: int, wall: float) -> dict:
 def bench_offline(repo: str, images: np.ndarray, weights: str, batch: int) -> dict:
     """Torch extractor + NumPy Scorer in this process: batch-1 latency, then throughput at batch."""
     import json
+
     import torch
+
     from exdd.offline.features import build_extractor
     from exdd_scoring import Scorer, load_banks
     with open(os.path.join(repo, "exdd_scorer", "1", "features.json")) as f:

@@ -24,15 +24,14 @@ import warnings
 
 import numpy as np
 
+from exdd.datasets import duplicates_across, holdout_split, load_split
+from exdd.metrics import paired_bootstrap_diff, spearman
 from exdd.offline.build import BuildConfig, build
 from exdd.offline.calibrate import threshold
-from exdd.datasets import duplicates_across, holdout_split, load_split
 from exdd.offline.evaluate import metrics_of, score_features
 from exdd.offline.features import fingerprint, make_projection
-from exdd.metrics import paired_bootstrap_diff, spearman
 from exdd.offline.update import update
 from exdd_scoring import MODES, Scorer, load_banks
-
 from scripts.common import cache_folder, peak_rss_gb, raw_caches, save_json
 from scripts.harness import BenchResult, metrics_in, params_of
 

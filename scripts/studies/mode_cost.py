@@ -17,8 +17,8 @@ import numpy as np
 
 from exdd_scoring import Bank, BankPair, Scorer
 from exdd_scoring.knn import bank_neighbors
-from exdd_scoring.scores import DEFAULT_MODE, HEAD_FEATURES, mode as get_mode
-
+from exdd_scoring.scores import DEFAULT_MODE, HEAD_FEATURES
+from exdd_scoring.scores import mode as get_mode
 from scripts.harness import latency_stats
 
 MODES = ("dual_bounded", "patchcore", "dual_topk", "ratio_topk", "head")

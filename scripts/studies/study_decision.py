@@ -33,16 +33,23 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from scripts.common import reweighted, served_evidence, smooth_maps
-from scripts.harness import BenchResult, params_of
-
 from exdd.metrics import aupro
 from exdd.offline.feature_cache import RawCache
 from exdd.offline.head import HEAD_L2, fit_head
 from exdd_scoring import upsample_smooth_matrices
 from exdd_scoring.fusion import fit_fusion, fusion_score
-from exdd_scoring.scores import (DUAL_EPS_REL, MAP_KINDS, RAISE_EPS_REL, TOPK_FRACTION, eps_b, fusion_inputs,
-                                 head_inputs, mode)
+from exdd_scoring.scores import (
+    DUAL_EPS_REL,
+    MAP_KINDS,
+    RAISE_EPS_REL,
+    TOPK_FRACTION,
+    eps_b,
+    fusion_inputs,
+    head_inputs,
+    mode,
+)
+from scripts.common import reweighted, served_evidence, smooth_maps
+from scripts.harness import BenchResult, params_of
 
 SETS = ("ksdd1_dev", "magnetic_tile", "bsdata_pitting")
 

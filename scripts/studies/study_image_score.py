@@ -19,14 +19,14 @@ from typing import Callable, Dict
 
 import numpy as np
 
-from scripts.common import STUDY_EPS, reweighted, served_evidence, smooth_maps
-
 from exdd.datasets import duplicates_across, load_split
-from exdd.offline.feature_cache import RawCache
 from exdd.metrics import aupro, auroc
+from exdd.offline.feature_cache import RawCache
 from exdd_scoring import upsample_smooth_matrices
 from exdd_scoring.fusion import fit_fusion, fusion_score
-from exdd_scoring.scores import MAP_KINDS, dual_map, fusion_inputs as served_fusion_inputs, mode
+from exdd_scoring.scores import MAP_KINDS, dual_map, mode
+from exdd_scoring.scores import fusion_inputs as served_fusion_inputs
+from scripts.common import STUDY_EPS, reweighted, served_evidence, smooth_maps
 
 EPS = STUDY_EPS
 N_BOOT = 2000

@@ -39,7 +39,6 @@ from exdd.offline.feature_cache import RawCache
 from exdd.offline.features import make_projection
 from exdd.offline.head import crossfit_folds
 from exdd_scoring.knn import bank_neighbors, nearest, sq_norms
-
 from scripts.common import peak_dists
 
 DATA = "/work/shared/data"

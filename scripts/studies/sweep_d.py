@@ -17,12 +17,11 @@ import warnings
 
 import numpy as np
 
-from exdd.offline.build import BuildConfig, build
 from exdd.datasets import load_split
+from exdd.offline.build import BuildConfig, build
 from exdd.offline.evaluate import metrics_of, score_features
 from exdd.offline.features import fingerprint, make_projection
 from exdd_scoring import MODES, Scorer, load_banks
-
 from scripts.common import peak_rss_gb, raw_caches
 from scripts.harness import BenchResult, params_of
 

@@ -36,8 +36,8 @@ def import_exdd() -> None:
     """Make ``exdd`` (with its sub-packages) and ``exdd_scoring`` importable from the source tree."""
     if not os.environ.get("EXDD_GPU_CHECK_SHIM"):  # set by the test to exercise the device's path
         try:
-            import exdd_scoring  # noqa: F401
             import exdd.offline.features  # noqa: F401
+            import exdd_scoring  # noqa: F401
             return
         except ImportError:
             pass
@@ -78,7 +78,8 @@ def timed(fn, seconds: float, min_reps: int = 2, sync=lambda: None) -> float:
 
 def load_images(data: str, split: str, n: int, hw, label=None) -> np.ndarray:
     """Up to n images of a KSDD2/MVTec dataset split (label 0/1 or any), else generated surfaces."""
-    from exdd.export.onnx_export import generated_images, load_images as load
+    from exdd.export.onnx_export import generated_images
+    from exdd.export.onnx_export import load_images as load
     if data and os.path.isdir(data):
         from exdd.datasets import load_split
         s = [x for x in load_split(data, split) if label is None or x.label == label]
@@ -111,6 +112,7 @@ def main() -> int:
     import exdd
     rep_exdd_from = os.path.dirname(os.path.abspath(exdd.__file__))
     import torch
+
     from exdd.offline.features import build_extractor
     from exdd_scoring import Bank, BankPair, Scorer, load_banks
     from exdd_scoring.knn import bank_neighbors

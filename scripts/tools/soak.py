@@ -19,7 +19,6 @@ from typing import Dict, List
 import numpy as np
 
 from exdd.client.connection import Connection
-
 from scripts.common import process_tree
 from scripts.harness import BenchResult, latency_stats, params_of, start_server
 

@@ -14,6 +14,7 @@ import sys
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
+
 def scoring_package(version_dir, name):
     """Put this version's own exdd_scoring package first on the path."""
     if not os.path.isdir(os.path.join(version_dir, "exdd_scoring")):
