@@ -141,7 +141,6 @@ def pooled_scores(z, meta: Dict, te: SplitEvidence, held: SplitEvidence, s_h: np
     """The pooled image scores of issue 25 with the served modes' formulas (exdd_scoring.scores): top-k means at
     each fraction of TOPK_STUDY ('dual_topk@0.01'), and the image head fitted as `exdd offline build` fits it
     (exdd.offline.head.fit_head) on the held-out images and the cross-fitted defective training images (cf_*)."""
-    scale = meta["pos"]["nn1_median"]
     out: Dict[str, np.ndarray] = {}
     base = {"topk": TOPK_FRACTION}
     ev = te.ev                                               # one evidence: its smoothed maps are computed once

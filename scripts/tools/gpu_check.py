@@ -145,7 +145,6 @@ def main() -> int:
     model = model.to(dev).eval()
     if gpu:
         model = model.half().to(memory_format=torch.channels_last)
-    grid = tuple(info["grid"])
     sync = torch.cuda.synchronize if gpu else (lambda: None)
 
     @torch.inference_mode()
