@@ -83,7 +83,7 @@ def read_mask(path: str, expect_hw: Tuple[int, int] | None, size_hw: Tuple[int, 
     arr = np.asarray(img.convert("L"))
     m = Image.fromarray(((arr > 0) * 255).astype(np.uint8))
     if size_hw is not None and m.size != (size_hw[1], size_hw[0]):
-        m = m.resize((size_hw[1], size_hw[0]), Image.NEAREST)
+        m = m.resize((size_hw[1], size_hw[0]), Image.Resampling.NEAREST)
     return np.asarray(m) > 127
 
 

@@ -86,7 +86,12 @@ def safe_name(name: Any, where: str) -> str:
     return name
 
 
-K, ModeName, FileName = NewType("K", int), NewType("ModeName", str), NewType("FileName", str)
+if typing.TYPE_CHECKING:   # to a type checker the checked scalars are their base types (checked when parsed)
+    K = int
+    ModeName = str
+    FileName = str
+else:
+    K, ModeName, FileName = NewType("K", int), NewType("ModeName", str), NewType("FileName", str)
 SCALARS.update({K: check_k, ModeName: check_mode, FileName: safe_name})
 
 

@@ -111,7 +111,7 @@ def resize_image(img: Image.Image, size_hw: Tuple[int, int]) -> Image.Image:
     server's preprocess model): PIL bilinear, which antialiases when shrinking (its filter widens with the scale)."""
     if img.size == (size_hw[1], size_hw[0]):
         return img
-    return img.resize((int(size_hw[1]), int(size_hw[0])), Image.BILINEAR)
+    return img.resize((int(size_hw[1]), int(size_hw[0])), Image.Resampling.BILINEAR)
 
 
 def check_rgb(arr: np.ndarray, what: str) -> np.ndarray:

@@ -193,21 +193,28 @@ def eps_b(ev: Evidence, rel: float = EPS_REL) -> float:
     return bounded_eps(ev.params["pos_scale"], rel) if "pos_scale" in ev.params else ev.eps
 
 
+def a_pos_of(ev: Evidence) -> Any:
+    """a+ of an evidence with a positive bank (without one, patch_map reads only 'neg')."""
+    if ev.a_pos is None:
+        raise ValueError("this map needs the positive bank's distances (a_pos): the banks have no positive bank")
+    return ev.a_pos
+
+
 def raise_map(ev: Evidence) -> Any:
     """a- max(1, a-/(a+ + eps_r)): never below PatchCore's a-, amplified only where a known defect is nearer."""
-    return ev.a_neg * ev.xp.maximum(1.0, ev.a_neg / (ev.a_pos + eps_b(ev, RAISE_EPS_REL)))
+    return ev.a_neg * ev.xp.maximum(1.0, ev.a_neg / (a_pos_of(ev) + eps_b(ev, RAISE_EPS_REL)))
 
 
 def dual_map(ev: Evidence, eps: float) -> Any:
     """a- (a-/(a+ + eps))^gamma: far from normal and near known defects (eps 1e-6, or a bounded one)."""
-    return ev.a_neg * (ev.a_neg / (ev.a_pos + eps)) ** float(ev.params.get("gamma", DEFAULT_GAMMA))
+    return ev.a_neg * (ev.a_neg / (a_pos_of(ev) + eps)) ** float(ev.params.get("gamma", DEFAULT_GAMMA))
 
 
 MAP_KINDS: Dict[str, Callable[[Evidence], Any]] = {
     "neg": lambda ev: ev.a_neg,
-    "ratio": lambda ev: ev.a_neg / (ev.a_pos + ev.eps),
+    "ratio": lambda ev: ev.a_neg / (a_pos_of(ev) + ev.eps),
     "dual": lambda ev: dual_map(ev, ev.eps),
-    "ratio_b": lambda ev: ev.a_neg / (ev.a_pos + eps_b(ev)),
+    "ratio_b": lambda ev: ev.a_neg / (a_pos_of(ev) + eps_b(ev)),
     "dual_b": lambda ev: dual_map(ev, eps_b(ev)),
     "dual_b01": lambda ev: dual_map(ev, eps_b(ev, DUAL_EPS_REL)),
     "raise": raise_map,
@@ -248,7 +255,7 @@ def _fusion(ev: Evidence) -> Any:
 # known defect than the normal bank, at the positive bank's spacing), and a-, a+ at the dual_b01 peak patch.
 HEAD_FEATURES: Tuple[str, ...] = ("log_dual_peak", "log_dual_topk", "log_ratio_topk", "log_ratio_mean", "ratio_area",
                                   "log_neg_at_peak", "log_pos_at_peak")
-HEAD_FALLBACK = {"features": ["log_dual_topk"], "mean": [0.0], "scale": [1.0], "coef": [1.0], "intercept": 0.0,
+HEAD_FALLBACK: Dict[str, Any] = {"features": ["log_dual_topk"], "mean": [0.0], "scale": [1.0], "coef": [1.0], "intercept": 0.0,
                  "fitted": False, "note": "fixed fallback: log of the top-k mean of the dual_b01 map (dual_topk's score)"}
 
 
@@ -260,7 +267,7 @@ def head_inputs(ev: Evidence, names: Tuple[str, ...] = HEAD_FEATURES, tiny: floa
     def at_peak() -> Tuple[Any, Any]:
         p = xp.argmax(MAP_KINDS["dual_b01"](ev), axis=1)
         b = xp.arange(p.shape[0])
-        return ev.a_neg[b, p], ev.a_pos[b, p]
+        return ev.a_neg[b, p], a_pos_of(ev)[b, p]
 
     stats: Dict[str, Callable[[], Any]] = {
         "log_dual_peak": lambda: log(ev.map_max("dual_b01")),

@@ -173,9 +173,9 @@ def thumbnail_uri(path: str, box: Tuple[int, int] = THUMB_BOX, roi: Optional[np.
     scale = min(box[0] / img.width, box[1] / img.height, 4.0)
     size = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
     if size != img.size:
-        img = img.resize(size, Image.LANCZOS if scale < 1 else Image.BICUBIC)
+        img = img.resize(size, Image.Resampling.LANCZOS if scale < 1 else Image.Resampling.BICUBIC)
     if roi is not None:
-        m = np.asarray(Image.fromarray(roi.astype(np.uint8) * 255).resize(size, Image.NEAREST)) > 127
+        m = np.asarray(Image.fromarray(roi.astype(np.uint8) * 255).resize(size, Image.Resampling.NEAREST)) > 127
         px = np.array(img.convert("RGB"))
         yy, xx = np.nonzero(boundary(m))
         dash = ((xx + yy) // 3) % 2

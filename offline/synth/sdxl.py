@@ -99,8 +99,8 @@ def inpaint(pipe, image: np.ndarray, mask: np.ndarray, prompt: str, negative_pro
     import torch
     h, w = image.shape[:2]
     ws = settings.work_size
-    init = Image.fromarray(image).resize((ws, ws), Image.BICUBIC)
-    m = Image.fromarray((mask.astype(bool) * 255).astype(np.uint8)).resize((ws, ws), Image.NEAREST)
+    init = Image.fromarray(image).resize((ws, ws), Image.Resampling.BICUBIC)
+    m = Image.fromarray((mask.astype(bool) * 255).astype(np.uint8)).resize((ws, ws), Image.Resampling.NEAREST)
     gen = torch.Generator(device="cpu").manual_seed(int(seed))
     with torch.inference_mode():
         out = pipe(prompt=prompt, negative_prompt=negative_prompt, image=init, mask_image=m,
@@ -109,5 +109,5 @@ def inpaint(pipe, image: np.ndarray, mask: np.ndarray, prompt: str, negative_pro
                    generator=gen, output_type="pil").images[0]
     out = out.convert("RGB")
     if out.size != (w, h):
-        out = out.resize((w, h), Image.BICUBIC)
+        out = out.resize((w, h), Image.Resampling.BICUBIC)
     return np.asarray(out, dtype=np.uint8)
