@@ -14,7 +14,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple, TypedDict
 
 from exdd.log import get as _logger
 
@@ -25,7 +25,15 @@ log = _logger(__name__)
 # scored again by `client score --retry-errors`); empty on a scored row
 COLUMNS = ["path", "score", "is_defect", "score_neg", "score_pos", "threshold", "mode", "latency_ms", "heatmap",
            "error", "warning", "error_kind"]
-ENCODING = {"encoding": "utf-8", "errors": "surrogateescape"}     # a CSV's raw non-UTF-8 name bytes read back the same
+
+
+class Encoding(TypedDict):
+    """How result files are encoded: open(..., **ENCODING), bytes.decode(**ENCODING)."""
+    encoding: str
+    errors: str
+
+
+ENCODING: Encoding = {"encoding": "utf-8", "errors": "surrogateescape"}     # a CSV's raw non-UTF-8 name bytes read back the same
 
 Problems = List[Tuple[int, str]]      # (line number, why the line is not a row)
 
