@@ -288,5 +288,5 @@ def evaluate(dataset, urls, protocol, product, split, batch_size, concurrency, n
         res.extra["offline_difference"] = diffs
     if out_json:
         res.save(out_json)
-    for e in res.errors:
-        click.echo(f"error: {e.error}", err=True)
+    for row in res.errors:
+        click.echo(f"error: {row.error}", err=True)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import Dict, Optional, Sequence, Union
+from typing import Any, Dict, Optional, Sequence, Union
 
 import numpy as np
 
@@ -150,10 +150,13 @@ class Connection:
             except SpecError as e:
                 raise RequestRejected(str(e)) from None
         fixed = None if -1 in dims[:2] else (dims[0], dims[1])    # -1: any size (the server resizes)
-        if features is None and fixed is None:
+        if features is not None:
+            hw = features.input_size
+        elif fixed is not None:
+            hw = fixed
+        else:
             raise RequestRejected(f"{self.url}: model {self.model!r} takes any image size but {self.scorer!r} has no "
                                   "features parameter naming the model input (rebuild with `exdd export repository`)")
-        hw = features.input_size if features is not None else fixed
         if fixed is not None and fixed != hw:
             raise RequestRejected(f"{self.url}: model {self.model!r} takes {fixed[0]}x{fixed[1]} images but its "
                                   f"features say {hw[0]}x{hw[1]} (inconsistent repository)")
@@ -166,7 +169,7 @@ class Connection:
         from tritonclient.utils import InferenceServerException
         tc = self._tc
         encoded = not isinstance(images, np.ndarray)
-        if encoded:
+        if not isinstance(images, np.ndarray):
             blobs = np.empty((len(images), 1), dtype=object)
             blobs[:, 0] = [bytes(b) for b in images]
             inp = tc.InferInput("IMAGE_BYTES", list(blobs.shape), "BYTES")
@@ -176,7 +179,7 @@ class Connection:
             inp.set_data_from_numpy(np.ascontiguousarray(images, dtype=np.uint8))
         names = list(OUTPUTS) + ([MAP] if with_map else []) + ([IMAGE_HW] if encoded else [])
         outs = [tc.InferRequestedOutput(n) for n in names]
-        params = {} if with_map else {MAP_PARAMETER: False}      # the scorer then skips the map
+        params: Dict[str, Any] = {} if with_map else {MAP_PARAMETER: False}      # the scorer then skips the map
         if threshold is not None:
             params["threshold"] = float(threshold)
         try:

@@ -89,7 +89,9 @@ Read = Tuple[List[Optional[Union[np.ndarray, bytes]]], List[Optional[str]], List
 
 def read_batch(paths: Sequence[str], hw) -> Read:
     """(images resized to hw, errors, input warnings), one each per path; an unreadable file is an error."""
-    imgs, errs, warns = [], [], []
+    imgs: List[Optional[Union[np.ndarray, bytes]]] = []
+    errs: List[Optional[str]] = []
+    warns: List[Optional[str]] = []
     for p in paths:
         img, err, warning = None, None, None
         try:
@@ -107,7 +109,8 @@ def read_batch(paths: Sequence[str], hw) -> Read:
 def read_encoded(paths: Sequence[str], hw) -> Read:
     """(the files' bytes, errors, no warnings yet), one each per path: the server decodes and resizes them, and the
     warning comes from the picture size it answers (IMAGE_HW)."""
-    blobs, errs = [], []
+    blobs: List[Optional[Union[np.ndarray, bytes]]] = []
+    errs: List[Optional[str]] = []
     for p in paths:
         blob, err = None, None
         try:
@@ -175,7 +178,8 @@ def _run_batch(pool: _Pool, info: ModelInfo, cfg: JobConfig, paths: Sequence[str
                      score_pos=float(out["SCORE_POS"][j].reshape(-1)[0]),
                      threshold=thr, mode=info.mode, latency_ms=round(ms, 2), server=used.get("url"))
             if encoded:
-                warning = input_warning(tuple(int(v) for v in out[IMAGE_HW][j].reshape(-1)[:2]), info.input_hw)
+                got_h, got_w = (int(v) for v in out[IMAGE_HW][j].reshape(-1)[:2])
+                warning = input_warning((got_h, got_w), info.input_hw)
                 r["warning"] = None if warning is None else f"{paths[i]}: {warning}"
             if cfg.heatmaps is not None:
                 # an encoded file's overlay: decoded here exactly as the server decoded it (it did, so it can)

@@ -142,7 +142,9 @@ def source_roots(results: Dict[str, Any], base_dir: Optional[str]) -> List[str]:
     if isinstance(banks, str) and banks:
         try:
             from exdd_scoring.bank import read_manifest
-            src = read_manifest(_resolve(banks, base_dir)).sources
+            from exdd_scoring.provenance import OfflineManifest
+            man = read_manifest(_resolve(banks, base_dir), OfflineManifest)     # typed sources (a dict otherwise)
+            src = man.sources if isinstance(man, OfflineManifest) else None
             if src is not None and src.dataset:
                 roots.append(src.dataset)
         except Exception:  # no readable manifest: the other roots only

@@ -121,7 +121,8 @@ def served_features(repo: str, scorer_version_dir: str) -> List[Tuple[str, Dict[
              if os.path.isfile(os.path.join(repo, FEATURES_MODEL, str(v), "features.json"))]
     if feats:
         shared = _features_of(os.path.join(repo, FEATURES_MODEL, str(feats[-1]), "features.json"))
-        out.append((f"the shared extractor ({FEATURES_MODEL}/{feats[-1]})", shared))
+        if shared is not None:      # present: listed above
+            out.append((f"the shared extractor ({FEATURES_MODEL}/{feats[-1]})", shared))
     own = _features_of(os.path.join(scorer_version_dir, "features.json"))
     if own is not None:
         out.append((f"the served scorer ({os.path.basename(os.path.dirname(scorer_version_dir))}/"

@@ -33,6 +33,7 @@ from exdd.fileio import fsync_tree, replace_dir
 from exdd_scoring.bank import MANIFEST, sha256_file
 from exdd_scoring.manifest import BankManifest
 from exdd_scoring.onnx_metadata import PRECISION_KEY, read_features, read_metadata
+from exdd_scoring.provenance import OfflineManifest  # the repository's README gives the bank sizes
 from exdd_scoring.spec import FeatureSpec, SpecError
 
 from .configs import KINDS, Serving, ensemble_config, features_config, preprocess_config, scorer_config
@@ -96,7 +97,7 @@ def _threshold_text(thr: Optional[float]) -> str:
     return "none (IS_DEFECT is false unless a request sends parameter `threshold`)" if thr is None else f"{thr:.6g}"
 
 
-def readme(a: Assembled, manifests: Mapping[str, BankManifest], onnx_path: str, backend: str, s: Serving,
+def readme(a: Assembled, manifests: Mapping[str, OfflineManifest], onnx_path: str, backend: str, s: Serving,
            precision: str) -> str:
     """README.md of the repository (manifests: by scorer model name)."""
     f = a.features.to_dict()
@@ -172,7 +173,6 @@ def _load_product(pm: ProductModels, bank_dir: str, features: FeatureSpec, onnx_
     """The product's verified banks; RepositoryError naming the product and its bank directory otherwise."""
     from exdd_scoring import BankError, load_banks
     from exdd_scoring.bank import check_features
-    from exdd_scoring.provenance import OfflineManifest  # the repository's README gives the bank sizes
     where = f"{bank_dir} vs {onnx_path}" if pm.product is None else \
         f"product {pm.product!r}: banks {bank_dir} vs the shared extractor {onnx_path}"
     try:
@@ -254,7 +254,10 @@ def assemble_products(onnx_path: str, products: Mapping[Optional[str], str], out
         feats_v = os.path.join(tmp, FEATURES_MODEL, "1")
         os.makedirs(feats_v)
         _write(os.path.join(feats_v, "features.json"), fjson)
-        shutil.copy2(engine_path if fb.needs_engine else onnx_path, os.path.join(feats_v, fb.model_file))
+        src = engine_path if fb.needs_engine else onnx_path
+        if src is None:     # refused by _check_serving already
+            raise RepositoryError(f"--features-backend {fb.name} needs --engine PATH (a built engine)")
+        shutil.copy2(src, os.path.join(feats_v, fb.model_file))
         if fb.python_model:
             _python_model(feats_v, FEATURES_MODEL)
         _write(os.path.join(tmp, FEATURES_MODEL, "config.pbtxt"), features_config(features, features_backend, s))

@@ -22,7 +22,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from typing import Dict, List, Optional, Sequence
+from typing import BinaryIO, Dict, List, Optional, Sequence
 
 import click
 
@@ -93,7 +93,7 @@ class TritonServer:
         self.extra_args = list(extra_args)
         self.exit_timeout = int(exit_timeout)
         self.proc: Optional[subprocess.Popen] = None
-        self._log_file = None
+        self._log_file: Optional[BinaryIO] = None
 
     @property
     def local_host(self) -> str:
@@ -133,7 +133,7 @@ class TritonServer:
         for name, port in (("http", self.http_port), ("grpc", self.grpc_port), ("metrics", self.metrics_port)):
             if port_in_use(self.host, port):
                 raise TritonStartError(f"{url_host(self.host)}:{port} is already in use (--{name}-port)")
-        out = None
+        out: Optional[BinaryIO] = None
         if self.log_path:
             self._log_file = open(self.log_path, "ab")
             out = self._log_file
