@@ -222,6 +222,7 @@ def build(dataset: str, out_dir: str, model, features: Dict[str, Any], cfg: Buil
         if not samples:
             continue
         ex = run(samples, f"features: {name} defects", True)
+        assert ex.covers is not None        # extracted with the masks
         sel = defect_patches(ex.covers, cfg.min_cover)
         pos_vectors.append(ex.features[sel])
         pos_counts[name] = int(ex.features.shape[0])
@@ -276,7 +277,7 @@ HeadCrossfit = Callable[[OfflineManifest], Optional[np.ndarray]]
 
 
 def finish(dataset: str, out_dir: str, features: Dict[str, Any], cfg: BuildConfig, synthetic_dirs: Sequence[str],
-           p: Plan, neg: Tuple[Bank, Dict[str, Any]], pos: Tuple[Optional[Bank], Dict[str, Any]],
+           p: Plan, neg: Tuple[Bank, Union[BankStats, Dict[str, Any]]], pos: Tuple[Optional[Bank], Dict[str, Any]],
            pos_counts: Dict[str, int], errors: List[Tuple[str, str]], held_scores: HeldScores,
            projection: Optional[np.ndarray] = None,
            head_crossfit: Optional[HeadCrossfit] = None) -> BuildResult:
@@ -325,7 +326,9 @@ def finish(dataset: str, out_dir: str, features: Dict[str, Any], cfg: BuildConfi
             head = image_head(scores["head_x"], labels, head_crossfit(manifest) if head_crossfit else None,
                               HEAD_SEED, where)
             pair.manifest = manifest = replace(manifest, scoring=replace(manifest.scoring, fusion=fusion, head=head))
-            scores, labels = held_scores(pair)
+            rescored = held_scores(pair)
+            assert rescored is not None     # p.held: as above
+            scores, labels = rescored
         for m in MODES:
             t = threshold(scores[m], labels, cfg.threshold_rule, cfg.target_fpr)
             values[m] = t["value"]

@@ -1,7 +1,7 @@
 """Decision thresholds from scores of held-out training images (kept out of the banks)."""
 from __future__ import annotations
 
-from typing import Dict
+from typing import Any, Dict
 
 import numpy as np
 
@@ -10,7 +10,7 @@ from exdd.metrics import f1_max
 RULES = ("f1", "fpr")
 
 
-def threshold(scores: np.ndarray, labels: np.ndarray, rule: str, target_fpr: float) -> Dict[str, object]:
+def threshold(scores: np.ndarray, labels: np.ndarray, rule: str, target_fpr: float) -> Dict[str, Any]:
     """The threshold (score >= t is a defect) by rule, and the rule actually applied.
 
     f1: best F1 on the held-out images (needs both classes, else falls back to fpr);

@@ -325,8 +325,8 @@ def evaluate(dataset, bank_dir, weights, layout, split, out_json, batch_size, no
         for line in report_lines(extra["stability"]):
             click.echo(line)
     if scored.errors:
-        for p, e in scored.errors:
-            click.echo(f"error: {e}", err=True)
+        for p, why in scored.errors:
+            click.echo(f"error: {why}", err=True)
 
 
 def _second_build(dataset, bank_dir, manifest, model, info, layout, batch_size):
@@ -446,8 +446,8 @@ def update(bank_dir, out_dir, normal_paths, defect_paths, results, verdict_colum
         calibration = heldout_samples(calibrate_ds, manifest, holdout) if calibrate_ds else None
     except (BankError, DatasetError) as e:
         fail(str(e))
-    for p, e in errors:
-        click.echo(f"error: {e}", err=True)
+    for p, why in errors:
+        click.echo(f"error: {why}", err=True)
     seen = already_added(manifest)
     dup = [s.path for s in normals + defects if os.path.abspath(s.path) in seen]
     if dup:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, List, Optional
 
 import numpy as np
 
@@ -142,7 +142,8 @@ def _extend_greedy(xf: np.ndarray, mind: np.ndarray, min_picks: int, r2: float,
     if sq is None:
         sq = np.einsum("ij,ij->i", xf, xf)
     buf = np.empty(n, dtype=np.float32)
-    sel, vals = [], []
+    sel: List[int] = []
+    vals: List[float] = []
     while len(sel) < n:
         j = int(np.argmax(mind))
         v = float(mind[j])

@@ -70,7 +70,7 @@ class Extractor:
 
         from .features import build_extractor
         torch.set_num_threads(max(1, threads))
-        model, info = build_extractor(weights, d, projection_seed, tuple(input_hw), projection,
+        model, info = build_extractor(weights, d, projection_seed, (input_hw[0], input_hw[1]), projection,
                                       expected.get("projection", RANDOM_PROJECTION))   # a fitted one: the driver's
         for key in ("weights", "projection_sha256", "input_size", "d"):
             if key in expected and info.get(key) != expected[key]:
@@ -78,10 +78,11 @@ class Extractor:
                                    f"{expected[key]!r} (are the weights at the same path on every node?)")
         self.device = "cpu"
         import ray
+        self.model: Any = model
         if ray.get_gpu_ids():
             self.device = "cuda"
-            model = _OnDevice(model.to("cuda"), "cuda")
-        self.model, self.info = model, info
+            self.model = _OnDevice(model.to("cuda"), "cuda")
+        self.info = info
         self.size_hw, self.grid, self.d = tuple(info["input_size"]), tuple(info["grid"]), int(info["d"])
         self.batch_size = batch_size
 

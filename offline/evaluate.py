@@ -39,7 +39,8 @@ def score_split(samples: Sequence[Sample], model, scorer: Scorer, size_hw: Tuple
         if on_features is not None:
             on_features(f)
         return f
-    feats = ((bs, extracted(imgs), ms) for bs, imgs, ms in batches(samples, size_hw, batch_size, True, errors))
+    feats = ((bs, extracted(imgs), [m for m in ms if m is not None])     # with_mask: every mask read
+             for bs, imgs, ms in batches(samples, size_hw, batch_size, True, errors))
     scored = score_features(feats, len(samples), scorer, size_hw, with_maps, progress)
     scored.errors = errors
     return scored

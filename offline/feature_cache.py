@@ -81,6 +81,7 @@ def extract_raw(samples: Sequence[Sample], weights: str, input_hw: Tuple[int, in
         pairs = [read_sample(s, input_hw, True) for s in readable[i:i + batch_size]]
         raw[i:i + len(pairs)] = run_extractor(model, np.stack([p[0] for p in pairs]))
         for j, (_, m) in enumerate(pairs):
+            assert m is not None        # read with its mask
             masks[i + j] = m
             covers[i + j] = cell_cover(m, grid)
         if progress:

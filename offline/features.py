@@ -55,6 +55,11 @@ def grid_of(input_hw: Tuple[int, int]) -> Tuple[int, int]:
 class FeatureExtractor(nn.Module):
     """uint8 NHWC images -> projected, locally aggregated patch features (B, h, w, d)."""
 
+    p2: torch.Tensor        # buffers (registered in __init__)
+    p3: torch.Tensor
+    mean: torch.Tensor
+    std: torch.Tensor
+
     def __init__(self, backbone: nn.Module, projection: np.ndarray, input_hw: Tuple[int, int]):
         super().__init__()
         self.backbone = backbone

@@ -91,9 +91,9 @@ def extend_bank(bank: Optional[Bank], vectors: np.ndarray, stats: BankStats, k: 
     min_size = defaults.MIN_BANK if stats.min_size is None else stats.min_size
     n_new = int(vectors.shape[0])
     if bank is None or bank.size == 0:
-        new_bank, st = make_bank(vectors, ratio, min_size, k, defaults.CHUNK_ROWS, defaults.OVERSAMPLE)
-        st["added_patches"], st["picked"] = n_new, st["size"]
-        return new_bank, BankStats.from_dict(st, "update", "coreset")
+        new_bank, made = make_bank(vectors, ratio, min_size, k, defaults.CHUNK_ROWS, defaults.OVERSAMPLE)
+        made["added_patches"], made["picked"] = n_new, made["size"]
+        return new_bank, BankStats.from_dict(made, "update", "coreset")
     patches = stats.patches + n_new
     # the bank's size rule on all patches, and at least ratio x the new patches: taught images always count
     min_picks = max(0, bank_size(patches, ratio, min_size) - bank.size, int(np.ceil(ratio * n_new)))

@@ -23,6 +23,14 @@ class WeightsError(RuntimeError):
 class TruncatedWideResNet(nn.Module):
     """WideResNet50-2 up to layer3: the forward stops after the last layer the features need."""
 
+    conv1: nn.Module        # the STEM modules, taken from torchvision's model
+    bn1: nn.Module
+    relu: nn.Module
+    maxpool: nn.Module
+    layer1: nn.Module
+    layer2: nn.Module
+    layer3: nn.Module
+
     def __init__(self) -> None:
         super().__init__()
         from torchvision.models import wide_resnet50_2

@@ -117,8 +117,8 @@ def check_existing(cfg: SynthConfig, plan: List[SampleSpec], settings: Dict[str,
     return done
 
 
-def _load(spec: SampleSpec) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(normal RGB, mask resized to the normal's size, defect RGB, defect mask at its own size)."""
+def _load(spec: SampleSpec) -> Tuple[np.ndarray, np.ndarray, np.ndarray, Tuple[int, int]]:
+    """(normal RGB, mask resized to the normal's size, the mask at its own size, the defect image's (h, w))."""
     normal = read_image(spec.normal)
     hw = image_size(spec.source.image)
     mask_own = read_mask(spec.source.mask, expect_hw=hw)

@@ -83,6 +83,7 @@ def load_pipeline(model: str, device: str, dtype: str):
         except Exception as e:  # any loading failure is reported with the model's name
             err = e
     else:
+        assert err is not None          # every attempt failed (there is at least one)
         where = "local folder" if os.path.isdir(model) else "model id or path"
         raise SynthError(f"cannot load the SDXL inpainting model {model!r} ({where}): {_short(err)}")
     try:
