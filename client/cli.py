@@ -71,8 +71,8 @@ def _bar(total: int, unit: str = "img"):
               help="array: decode and resize here, send the model-input array; bytes: send the files as they are "
                    "(the server decodes and resizes them with the same functions; less bandwidth).")
 @ray_options
-def score(paths, out_path, urls, protocol, product, batch_size, concurrency, threshold, heatmaps, retries, backoff, restart,
-          retry_errors, exclude, all_files, send, ray_address, ray_cpus):
+def score(paths, out_path, urls, protocol, product, batch_size, concurrency, threshold, heatmaps, retries, backoff,
+          restart, retry_errors, exclude, all_files, send, ray_address, ray_cpus):
     """Score image files, folders or globs; one row per image in --out (paths written absolute).
 
     One job per --out at a time (OUT.lock). Exit codes: 0 all scored, 1 some files failed (error rows), 2 bad

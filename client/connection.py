@@ -105,8 +105,8 @@ class Connection:
         else:
             raise ValueError(f"protocol {protocol!r}: grpc or http")
         self._tc = tc
-        self._client = tc.InferenceServerClient(self.url, **({"connection_timeout": timeout_s, "network_timeout": timeout_s}
-                                                             if protocol == "http" else {}))
+        timeouts = {"connection_timeout": timeout_s, "network_timeout": timeout_s} if protocol == "http" else {}
+        self._client = tc.InferenceServerClient(self.url, **timeouts)
 
     def close(self) -> None:
         try:

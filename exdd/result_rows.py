@@ -33,7 +33,8 @@ class Encoding(TypedDict):
     errors: str
 
 
-ENCODING: Encoding = {"encoding": "utf-8", "errors": "surrogateescape"}     # a CSV's raw non-UTF-8 name bytes read back the same
+# a CSV's raw non-UTF-8 name bytes read back the same
+ENCODING: Encoding = {"encoding": "utf-8", "errors": "surrogateescape"}
 
 Problems = List[Tuple[int, str]]      # (line number, why the line is not a row)
 

@@ -139,7 +139,8 @@ class EvaluationResults:
                    images=images, errors=errors,
                    thresholds={str(k): float(v) for k, v in thresholds.items() if v is not None},
                    source=str(data.get("source", "offline")), dataset=data.get("dataset"), split=data.get("split"),
-                   banks=data.get("banks"), weights=data.get("weights"), weights_note=str(data.get("weights_note") or ""),
+                   banks=data.get("banks"), weights=data.get("weights"),
+                   weights_note=str(data.get("weights_note") or ""),
                    seconds=data.get("seconds"), extra={k: v for k, v in data.items() if k not in _KNOWN},
                    version=RESULTS_VERSION)
 

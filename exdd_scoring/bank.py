@@ -78,7 +78,8 @@ def projection_sha256(p: np.ndarray) -> str:
 
 
 def save_bank(directory: str, negative: Bank, positive: Optional[Bank],
-              manifest: Union[BankManifest, Mapping[str, Any]], projection: Optional[np.ndarray] = None) -> BankManifest:
+              manifest: Union[BankManifest, Mapping[str, Any]],
+              projection: Optional[np.ndarray] = None) -> BankManifest:
     """Write the arrays and manifest.json (with their checksums) into directory; returns the manifest written.
 
     projection: the extractor's matrix, required when the features' projection is fitted (written as
@@ -234,7 +235,8 @@ def load_banks(directory: str, expected_features: Any = None,
         vec = _load_array(directory, f"{name}.npy", files[f"{name}.npy"])
         nbr = _load_array(directory, f"{name}_neighbors.npy", files[f"{name}_neighbors.npy"])
         if vec.ndim != 2 or vec.shape[1] != d or nbr.shape[0] != vec.shape[0]:
-            raise BankError(f"{directory}: {name} bank has shape {vec.shape} / neighbours {nbr.shape}, expected (n, {d})")
+            raise BankError(f"{directory}: {name} bank has shape {vec.shape} / neighbours {nbr.shape}, "
+                            f"expected (n, {d})")
         if nbr.size and (nbr.min() < 0 or nbr.max() >= vec.shape[0]):
             raise BankError(f"{directory}: {name}_neighbors.npy holds indices outside the bank")
         banks[name] = Bank(vec, nbr) if vec.shape[0] > 0 else None

@@ -16,7 +16,8 @@ FEATURES = ("log_s_neg", "log_ratio_map_max", "log_s_pos")
 MIN_PER_CLASS = 5
 FALLBACK = {"features": list(FEATURES), "mean": [0.0, 0.0, 0.0], "scale": [1.0, 1.0, 1.0],
             "coef": [1.0, 1.0, 0.0], "intercept": 0.0, "fitted": False,
-            "note": f"fixed fallback log s- + log max(ratio map): fewer than {MIN_PER_CLASS} held-out images of a class"}
+            "note": f"fixed fallback log s- + log max(ratio map): fewer than {MIN_PER_CLASS} held-out images of "
+                    "a class"}
 
 
 def fusion_features(s_neg: Any, ratio_map_max: Any, s_pos: Any, xp: Any, tiny: float = 1e-12) -> Any:

@@ -228,7 +228,7 @@ class BankManifest(Record):
     index: Optional[IndexEntry] = None              # set by `export repository --index` on the copied banks
     files: Mapping[FileName, FileEntry] = field(default_factory=dict)   # set by save_bank
     format_version: int = BANK_FORMAT_VERSION
-    version: int = MANIFEST_VERSION                 # what it was read as (0: no version key); to_dict writes the current
+    version: int = MANIFEST_VERSION                 # as read (0: no version key); to_dict writes the current one
 
     def __post_init__(self) -> None:
         """Fields set in code must hold their declared types (parsed ones do by construction)."""
@@ -247,7 +247,8 @@ class BankManifest(Record):
 
     @classmethod
     def from_dict(cls, data: Any, where: str = "bank manifest", path: str = "") -> "BankManifest":
-        """The manifest of a parsed manifest.json (or an in-memory dict of one); ManifestError naming where and the field."""
+        """The manifest of a parsed manifest.json (or an in-memory dict of one); ManifestError naming where and the
+        field."""
         if isinstance(data, cls):
             return data
         if isinstance(data, BankManifest):        # read as the other kind (OfflineManifest <-> BankManifest)

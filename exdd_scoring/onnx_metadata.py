@@ -29,7 +29,8 @@ def metadata_entries(features: Mapping[str, Any], precision: str) -> Dict[str, s
 def features_of(meta: Mapping[str, str], where: str) -> Dict[str, Any]:
     """The features fingerprint (a dict) in metadata entries; OnnxMetadataError naming where when absent or bad."""
     if FEATURES_KEY not in meta:
-        raise OnnxMetadataError(f"{where}: no '{FEATURES_KEY}' in the ONNX metadata (not exported by exdd export onnx?)")
+        raise OnnxMetadataError(f"{where}: no '{FEATURES_KEY}' in the ONNX metadata "
+                                "(not exported by exdd export onnx?)")
     try:
         feats = json.loads(meta[FEATURES_KEY])
     except ValueError as e:

@@ -129,7 +129,8 @@ def check_rgb(arr: np.ndarray, what: str) -> np.ndarray:
 
 
 def resize_rgb(rgb: np.ndarray, size_hw: Tuple[int, int], what: str = "image") -> np.ndarray:
-    """A uint8 (H, W, 3) RGB array resized to size_hw exactly as a decoded file is (unchanged when already that size)."""
+    """A uint8 (H, W, 3) RGB array resized to size_hw exactly as a decoded file is (unchanged when already that
+    size)."""
     arr = check_rgb(np.asarray(rgb), what)
     if arr.shape[:2] == tuple(size_hw):
         return arr

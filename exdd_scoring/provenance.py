@@ -62,7 +62,8 @@ class FileError(Record):
 
 @dataclass(frozen=True)
 class Sources(Record):
-    """What the banks were built from: the dataset, image counts, synthetic folders, held-out split, unreadable files."""
+    """What the banks were built from: the dataset, image counts, synthetic folders, held-out split, unreadable
+    files."""
     dataset: str
     normal_images: int = 0
     defect_images: int = 0

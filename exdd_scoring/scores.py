@@ -90,7 +90,8 @@ def positive_bank_problem(pos_spacing: float, neg_spacing: float, rows: int, dis
 
 
 def bounded_eps(pos_scale: float, rel: float = EPS_REL) -> float:
-    """eps relative to the positive bank's spacing, so a patch equal to a training defect scores a-/eps_b, not a-/1e-6."""
+    """eps relative to the positive bank's spacing, so a patch equal to a training defect scores a-/eps_b, not
+    a-/1e-6."""
     return max(rel * float(pos_scale), EPS_FLOOR)
 
 
@@ -255,8 +256,10 @@ def _fusion(ev: Evidence) -> Any:
 # known defect than the normal bank, at the positive bank's spacing), and a-, a+ at the dual_b01 peak patch.
 HEAD_FEATURES: Tuple[str, ...] = ("log_dual_peak", "log_dual_topk", "log_ratio_topk", "log_ratio_mean", "ratio_area",
                                   "log_neg_at_peak", "log_pos_at_peak")
-HEAD_FALLBACK: Dict[str, Any] = {"features": ["log_dual_topk"], "mean": [0.0], "scale": [1.0], "coef": [1.0], "intercept": 0.0,
-                 "fitted": False, "note": "fixed fallback: log of the top-k mean of the dual_b01 map (dual_topk's score)"}
+HEAD_FALLBACK: Dict[str, Any] = {"features": ["log_dual_topk"], "mean": [0.0], "scale": [1.0], "coef": [1.0],
+                                 "intercept": 0.0,
+                                 "fitted": False,
+                                 "note": "fixed fallback: log of the top-k mean of the dual_b01 map (dual_topk's score)"}
 
 
 def head_inputs(ev: Evidence, names: Tuple[str, ...] = HEAD_FEATURES, tiny: float = 1e-12) -> Any:
@@ -290,11 +293,13 @@ def _head(ev: Evidence) -> Any:
 
 
 register_mode(Mode("patchcore", "neg", lambda ev: ev.s_neg, "negative bank only: PatchCore's reweighted score"))
-register_mode(Mode("exdd", "ratio", lambda ev: ev.s_neg / (ev.s_pos + ev.eps), "the paper: s- / (s+ + eps) and the ratio map"))
+register_mode(Mode("exdd", "ratio", lambda ev: ev.s_neg / (ev.s_pos + ev.eps),
+                   "the paper: s- / (s+ + eps) and the ratio map"))
 register_mode(Mode("dual", "dual", lambda ev: ev.map_max("dual"),
                    "ours: the peak of the smoothed map a- (a-/a+)^gamma, far from normal and near known defects"))
 register_mode(Mode("dual_ratio", "ratio_b", lambda ev: ev.map_max("dual"),
-                   "dual's image score (peak of a- (a-/a+)^gamma, unbounded) with the bounded ratio map a-/(a+ + eps_b)"))
+                   "dual's image score (peak of a- (a-/a+)^gamma, unbounded) with the bounded ratio map "
+                   "a-/(a+ + eps_b)"))
 register_mode(Mode("dual_bounded", "ratio_b", lambda ev: ev.map_max("dual_b01"),
                    "the default: the peak of a- (a-/(a+ + 0.1 x the positive bank's spacing))^gamma, bounded, with "
                    "the bounded ratio map a-/(a+ + eps_b)"))

@@ -44,7 +44,8 @@ def _features_source(banks, weights, d, projection_seed, input_size):
 @click.option("--precision", default="fp32", type=click.Choice(["fp32", "fp16", "bf16", "int8"]), show_default=True,
               help="bf16: the fp32 file, checked as OpenVINO runs it at bf16 (what --features-backend python-openvino "
                    "serves). int8: ONNX Runtime static quantization (QDQ, per-channel Conv weights) calibrated on "
-                   "--calibration-images. Both are faster on CPUs but missed score parity on a dev set (BENCHMARKS.md).")
+                   "--calibration-images. Both are faster on CPUs but missed score parity on a dev set "
+                   "(BENCHMARKS.md).")
 @click.option("--parity-images", default=None, type=click.Path(exists=True, file_okay=False),
               help="Folder or dataset whose first images the parity check uses (default: generated surfaces).")
 @click.option("--parity-count", default=None, type=click.IntRange(1, 256),
@@ -94,10 +95,12 @@ def onnx_cmd(out_path, banks, weights, d, projection_seed, input_size, precision
         result = parity(out_path, model, images, file_precision)
     except ExportError as e:
         fail(str(e))
-    click.echo(f"onnx: {out_path} ({file_precision}, {os.path.getsize(out_path) / 1e6:.1f} MB, {time.time() - t0:.1f}s)")
+    click.echo(f"onnx: {out_path} ({file_precision}, {os.path.getsize(out_path) / 1e6:.1f} MB, "
+               f"{time.time() - t0:.1f}s)")
     click.echo(f"{result.describe()} [{where}]")
     if not result.ok:
-        fail(f"{out_path}: ONNX Runtime differs from torch beyond the tolerance ({result.rel:.2e} > {result.tolerance:.0e})", 3)
+        fail(f"{out_path}: ONNX Runtime differs from torch beyond the tolerance "
+             f"({result.rel:.2e} > {result.tolerance:.0e})", 3)
     if precision == "bf16":
         _check_bf16(out_path, model, images, where, banks)
 

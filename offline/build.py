@@ -91,7 +91,8 @@ def make_bank(vectors: np.ndarray, ratio: float, min_size: int, k: int, chunk_ro
     return bank_of(vectors[np.sort(cs.indices)], n, cs, ratio, min_size, k)
 
 
-def bank_of(picked: np.ndarray, n: int, cs: Coreset, ratio: float, min_size: int, k: int) -> Tuple[Bank, Dict[str, Any]]:
+def bank_of(picked: np.ndarray, n: int, cs: Coreset, ratio: float, min_size: int,
+            k: int) -> Tuple[Bank, Dict[str, Any]]:
     """The bank of the coreset's rows (picked = rows at sorted cs.indices, of n) and its statistics."""
     vec = np.ascontiguousarray(picked, dtype=np.float32)
     nbr = bank_neighbors(vec, k, np)

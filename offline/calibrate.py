@@ -25,6 +25,7 @@ def threshold(scores: np.ndarray, labels: np.ndarray, rule: str, target_fpr: flo
     if normals.size == 0:
         raise ValueError("cannot calibrate a threshold: the held-out set has no normal image")
     allowed = int(np.floor(target_fpr * normals.size))   # normals allowed at or above t
-    t = float(np.nextafter(normals[normals.size - 1 - allowed], np.inf)) if allowed < normals.size else float(normals[0])
+    t = (float(np.nextafter(normals[normals.size - 1 - allowed], np.inf)) if allowed < normals.size
+         else float(normals[0]))
     fpr = float((normals >= t).mean())
     return {"value": t, "rule": "fpr", "target_fpr": float(target_fpr), "heldout_fpr": fpr}

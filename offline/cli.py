@@ -237,7 +237,8 @@ def _warn_test_leak(dataset: str, layout: str) -> None:
               help="Keep test images that are byte-identical to training images (excluded by default: a leak).")
 @click.option("--stability", is_flag=True,
               help="Also rebuild the banks from DATASET's training images with the manifest's settings and seed + 1 "
-                   "(other training images held out; costs one build) and print the Spearman correlation of the two builds' "
+                   "(other training images held out; costs one build) and print the Spearman correlation of the "
+                   "two builds' "
                    "image scores per mode (stability[MODE]: ...), with what differs between the builds.")
 def evaluate(dataset, bank_dir, weights, layout, split, out_json, batch_size, no_pixel, extractor_onnx,
              extractor_runtime, keep_duplicates, stability):
@@ -356,7 +357,8 @@ def _second_build(dataset, bank_dir, manifest, model, info, layout, batch_size):
         projection = load_projection(bank_dir, manifest)
     except BankError as e:
         fail(f"--stability: {e}")
-    kept = f", the fitted {manifest.features.projection} projection kept, not refitted" if projection is not None else ""
+    kept = (f", the fitted {manifest.features.projection} projection kept, not refitted"
+            if projection is not None else "")
     click.echo(f"stability: rebuilding with seed {rb.cfg.seed} (the banks' settings{kept})", err=True)
     with tempfile.TemporaryDirectory(prefix="exdd-stability-") as tmp:
         try:
@@ -372,7 +374,8 @@ def _second_build(dataset, bank_dir, manifest, model, info, layout, batch_size):
 
 @offline.command()
 @click.argument("dataset", type=click.Path(exists=True, file_okay=False))
-@click.option("--synthetic", "synthetic_dirs", multiple=True, required=True, type=click.Path(exists=True, file_okay=False),
+@click.option("--synthetic", "synthetic_dirs", multiple=True, required=True,
+              type=click.Path(exists=True, file_okay=False),
               help="Folder(s) of synthetic defects from `exdd offline synth`.")
 @click.option("--counts", default="0,50,100,150", show_default=True, help="Synthetic samples per point.")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False))

@@ -43,7 +43,8 @@ class RawCache:
             out[i:i + len(r)] = np.asarray(self.raw[r], dtype=np.float32) @ proj
         return out
 
-    def featurizer(self, proj: np.ndarray) -> Callable[[Sequence[Sample], bool, Optional[Callable[[int], None]]], Extracted]:
+    def featurizer(self, proj: np.ndarray
+                   ) -> Callable[[Sequence[Sample], bool, Optional[Callable[[int], None]]], Extracted]:
         """A build() featurizer serving cached features projected by proj."""
         def featurize(samples, with_mask, progress):
             kept = [s for s in samples if s.path in self.index]

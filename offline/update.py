@@ -256,14 +256,16 @@ def defect_samples(paths: Sequence[str]) -> Tuple[List[Sample], List[Tuple[str, 
         for p in _expand(src):
             m = _mask_beside(p)
             if m is None:
-                errors.append((p, f"{p}: defect image without a mask ({os.path.basename(os.path.splitext(p)[0])}_GT.png "
+                stem = os.path.basename(os.path.splitext(p)[0])
+                errors.append((p, f"{p}: defect image without a mask ({stem}_GT.png "
                                   "beside it): skipped"))
             else:
                 out.append(Sample(p, m, 1, "update", "defect"))
     return out, errors
 
 
-def verdict_samples(results_path: str, column: str = "verdict") -> Tuple[List[Sample], List[Sample], List[Tuple[str, str]]]:
+def verdict_samples(results_path: str,
+                    column: str = "verdict") -> Tuple[List[Sample], List[Sample], List[Tuple[str, str]]]:
     """(normals, defects, errors) from a result file (JSONL/CSV) with an operator-verdict column.
 
     Rows without a verdict are not reviewed and skipped; a defect verdict needs a mask: column
@@ -324,6 +326,7 @@ def heldout_samples(dataset: str, manifest: OfflineManifest, holdout: float, lay
     want = (None, None) if src is None else (src.heldout_normal, src.heldout_defect)
     got = (sum(1 for s in held if s.label == 0), sum(1 for s in held if s.label == 1))
     if None not in want and tuple(want) != got:
-        raise DatasetError(f"{dataset}: --holdout {holdout} gives {got[0]} normal + {got[1]} defective held-out images, "
+        raise DatasetError(f"{dataset}: --holdout {holdout} gives {got[0]} normal + {got[1]} defective held-out "
+                           f"images, "
                            f"the banks were calibrated on {want[0]} + {want[1]}: not the same split")
     return held

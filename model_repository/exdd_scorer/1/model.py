@@ -1,4 +1,5 @@
-"""Triton Python-backend model ``exdd_scorer`` (or ``exdd_<product>_scorer``): FEATURES (B, h, w, d) -> SCORE, IS_DEFECT, ANOMALY_MAP, SCORE_NEG, SCORE_POS.
+"""Triton Python-backend model ``exdd_scorer`` (or ``exdd_<product>_scorer``): FEATURES (B, h, w, d) -> SCORE,
+IS_DEFECT, ANOMALY_MAP, SCORE_NEG, SCORE_POS.
 
 The banks are loaded once per instance, from ``banks/`` beside this file, and verified against
 ``features.json`` (the fingerprint of the exported extractor): banks made with other features
