@@ -138,7 +138,8 @@ class Connection:
         except InferenceServerException as e:
             if _is_unavailable(e):
                 raise ServerUnavailable(f"{self.url}: server not reachable ({e})") from None
-            raise RequestRejected(f"{self.url}: model {self.model!r} not available ({e}){self._served_hint()}") from None
+            raise RequestRejected(f"{self.url}: model {self.model!r} not available ({e})"
+                                  f"{self._served_hint()}") from None
         except Exception as e:  # socket-level failures of both clients
             raise ServerUnavailable(f"{self.url}: server not reachable ({e})") from None
         dims = [int(v) for v in next(i for i in cfg["input"] if i["name"] == "IMAGE")["dims"]]

@@ -80,7 +80,8 @@ class _Pool:
                 c.close()
             with self.lock:
                 url = next(self.urls)
-            c = self.local.conn = Connection(url, self.cfg.protocol, self.cfg.model, self.cfg.timeout_s, self.cfg.scorer)
+            cfg = self.cfg
+            c = self.local.conn = Connection(url, cfg.protocol, cfg.model, cfg.timeout_s, cfg.scorer)
         return c
 
 

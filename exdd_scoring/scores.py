@@ -259,7 +259,8 @@ HEAD_FEATURES: Tuple[str, ...] = ("log_dual_peak", "log_dual_topk", "log_ratio_t
 HEAD_FALLBACK: Dict[str, Any] = {"features": ["log_dual_topk"], "mean": [0.0], "scale": [1.0], "coef": [1.0],
                                  "intercept": 0.0,
                                  "fitted": False,
-                                 "note": "fixed fallback: log of the top-k mean of the dual_b01 map (dual_topk's score)"}
+                                 "note": "fixed fallback: log of the top-k mean of the dual_b01 map "
+                                         "(dual_topk's score)"}
 
 
 def head_inputs(ev: Evidence, names: Tuple[str, ...] = HEAD_FEATURES, tiny: float = 1e-12) -> Any:

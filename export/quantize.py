@@ -128,7 +128,8 @@ def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def quant_parity(int8_path: str, model: Any, images: np.ndarray, banks: Any = None,
                  mode: Optional[str] = None) -> QuantParity:
-    """Compare the int8 ONNX (ONNX Runtime) with the torch fp32 extractor on images; score both with banks when given."""
+    """Compare the int8 ONNX (ONNX Runtime) with the torch fp32 extractor on images; score both with banks when
+    given."""
     from exdd_scoring.runtimes import open_runtime
     return reduced_parity(open_runtime("onnxruntime", int8_path), "int8", model, images, banks, mode)
 

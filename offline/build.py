@@ -84,7 +84,8 @@ def defect_patches(covers: np.ndarray, min_cover: float) -> np.ndarray:
 
 def make_bank(vectors: np.ndarray, ratio: float, min_size: int, k: int, chunk_rows: int,
               oversample: float, progress: Optional[Callable[[int], None]] = None) -> Tuple[Bank, Dict[str, Any]]:
-    """Coreset of the (N, d) vectors, with within-bank neighbours; and its statistics (no seed: same rows, same bank)."""
+    """Coreset of the (N, d) vectors, with within-bank neighbours; and its statistics (no seed: same rows, same
+    bank)."""
     n = vectors.shape[0]
     keep = bank_size(n, ratio, min_size)
     cs = chunked_kcenter(vectors, keep, chunk_rows=chunk_rows, oversample=oversample, progress=progress)

@@ -86,7 +86,8 @@ def offline() -> None:
 @offline.command()
 @click.argument("dataset", type=click.Path(exists=True, file_okay=False))
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Bank directory to write.")
-@click.option("--weights", default="imagenet", show_default=True, help="imagenet | PATH (.safetensors/.pth) | random:SEED")
+@click.option("--weights", default="imagenet", show_default=True,
+              help="imagenet | PATH (.safetensors/.pth) | random:SEED")
 @click.option("--d", "d", default=defaults.D, show_default=True, help="Projection dimension (1536 -> d).")
 @click.option("--projection-seed", default=0, show_default=True, help="Seed of the random projection.")
 @click.option("--projection", "projection", default=defaults.PROJECTION, show_default=True,
@@ -105,7 +106,8 @@ def offline() -> None:
               help="A bank keeps at least this many (capped at N).")
 @click.option("--k", default=defaults.K, show_default=True, type=click.IntRange(min=MIN_K),
               help=f"Neighbourhood size of the reweighting (at least {MIN_K}: k-1 neighbours besides the nearest).")
-@click.option("--min-cover", default=defaults.MIN_COVER, show_default=True, help="Defect patch: cell covered by the mask at least this much.")
+@click.option("--min-cover", default=defaults.MIN_COVER, show_default=True,
+              help="Defect patch: cell covered by the mask at least this much.")
 @click.option("--synthetic", "synthetic_dirs", multiple=True, type=click.Path(exists=True, file_okay=False),
               help="Folder of synthetic defects (NNNNN.png + NNNNN_GT.png); repeatable.")
 @click.option("--holdout", default=defaults.HOLDOUT, show_default=True,
@@ -122,7 +124,8 @@ def offline() -> None:
                    "no seed and the images are stacked by content, so the same images and seed give the same banks "
                    "whatever the file names.")
 @click.option("--batch-size", default=defaults.BATCH_SIZE, show_default=True)
-@click.option("--chunk-rows", default=defaults.CHUNK_ROWS, show_default=True, help="Coreset chunk (patch rows) of the chunked greedy.")
+@click.option("--chunk-rows", default=defaults.CHUNK_ROWS, show_default=True,
+              help="Coreset chunk (patch rows) of the chunked greedy.")
 @ray_options
 @click.option("--ray-workers", type=int, default=None, help="With --ray: extractor actors (default: one per CPU/GPU).")
 @click.option("--ray-shard-images", default=64, show_default=True,
@@ -386,7 +389,8 @@ def _second_build(dataset, bank_dir, manifest, model, info, layout, batch_size):
 @click.option("--no-pixel", is_flag=True)
 @click.option("--batch-size", default=defaults.BATCH_SIZE, show_default=True)
 @click.option("--raw-cache", "raw_cache", multiple=True, type=click.Path(exists=True, file_okay=False),
-              help="Raw-feature cache folder(s) from scripts/studies/sweep_d.py (same weights and input size) to reuse.")
+              help="Raw-feature cache folder(s) from scripts/studies/sweep_d.py (same weights and input size) "
+                   "to reuse.")
 def sweep(dataset, synthetic_dirs, counts, out_dir, weights, d, projection_seed, input_size, no_pixel, batch_size,
           raw_cache):
     """Banks and metrics for 0, 50, 100, 150 synthetic samples (the paper's Table 2 protocol)."""
@@ -415,15 +419,18 @@ def sweep(dataset, synthetic_dirs, counts, out_dir, weights, d, projection_seed,
 @click.option("--normal", "normal_paths", multiple=True, type=click.Path(exists=True),
               help="Normal image or folder to teach (repeatable): its patches join the negative bank.")
 @click.option("--defect", "defect_paths", multiple=True, type=click.Path(exists=True),
-              help="Defect image or folder (mask NNNNN_GT.png beside each; repeatable): defect patches join the positive bank.")
+              help="Defect image or folder (mask NNNNN_GT.png beside each; repeatable): defect patches join the "
+                   "positive bank.")
 @click.option("--from-results", "results", default=None, type=click.Path(exists=True, dir_okay=False),
               help="Result file (JSONL/CSV of `exdd client score`) with an operator-verdict column.")
 @click.option("--verdict-column", default="verdict", show_default=True,
-              help="Column of --from-results: ok/good/normal/false_alarm -> normal, defect/ng/bad -> defect, empty -> skip.")
+              help="Column of --from-results: ok/good/normal/false_alarm -> normal, defect/ng/bad -> defect, "
+                   "empty -> skip.")
 @click.option("--calibrate", "calibrate_ds", default=None, type=click.Path(exists=True, file_okay=False),
               help="Recalibrate the thresholds on this dataset's held-out training images (the parent's split); "
                    "default: keep the parent's thresholds.")
-@click.option("--holdout", default=defaults.HOLDOUT, show_default=True, help="Held-out fraction the parent was built with (--calibrate).")
+@click.option("--holdout", default=defaults.HOLDOUT, show_default=True,
+              help="Held-out fraction the parent was built with (--calibrate).")
 @click.option("--weights", default=None, help="Defaults to the weights the banks were built with.")
 @click.option("--note", default="", help="Free text recorded in the manifest's update history.")
 @click.option("--batch-size", default=defaults.BATCH_SIZE, show_default=True)

@@ -250,7 +250,8 @@ def normal_samples(paths: Sequence[str]) -> List[Sample]:
 
 
 def defect_samples(paths: Sequence[str]) -> Tuple[List[Sample], List[Tuple[str, str]]]:
-    """Defect samples of image files / folders (mask NNNNN_GT.png or NNNNN_mask.png beside each); errors for the rest."""
+    """Defect samples of image files / folders (mask NNNNN_GT.png or NNNNN_mask.png beside each); errors for the
+    rest."""
     out, errors = [], []
     for src in paths:
         for p in _expand(src):

@@ -95,7 +95,8 @@ def set_config_parameter(text: str, key: str, value: Optional[str], model: str =
 
 
 def product_models(repo: str, product: Optional[str]) -> ProductModels:
-    """The models of the product --product names in repo (None: the only product); DeployError listing the known ones."""
+    """The models of the product --product names in repo (None: the only product); DeployError listing the known
+    ones."""
     try:
         return find(repo, product)
     except ProductError as e:
@@ -298,13 +299,15 @@ def _deploy_locked(bank_dir, repo, url, keep, keep_threshold, timeout_s, product
 @click.option("--product", default=None, metavar="NAME",
               help="The product whose scorer gets the banks (exdd_NAME_scorer); needed when REPO serves several.")
 @click.option("--keep", default=3, show_default=True, help="Scorer versions kept on disk after a successful load.")
-@click.option("--keep-threshold", is_flag=True, help="Keep the served threshold instead of the new banks' calibrated one.")
+@click.option("--keep-threshold", is_flag=True,
+              help="Keep the served threshold instead of the new banks' calibrated one.")
 @click.option("--timeout", default=600, show_default=True, help="Seconds to wait for the load.")
 @click.option("--admin-key-file", default=None, type=click.Path(dir_okay=False),
               help="The server's model-control key (default: $EXDD_ADMIN_KEY, else $EXDD_ADMIN_KEY_FILE, else "
                    "~/.config/exdd/admin-key, where `exdd serve` keeps it).")
 def deploy_cmd(bank_dir, repo, product, url, keep, keep_threshold, timeout, admin_key_file):
-    """Add NEW_BANKS as the next version of a product's scorer in REPO and load it on a running server without downtime."""
+    """Add NEW_BANKS as the next version of a product's scorer in REPO and load it on a running server without
+    downtime."""
     try:
         d = deploy(bank_dir, repo, url, keep, keep_threshold, timeout, product, key_file=admin_key_file)
     except DeployError as e:

@@ -8,7 +8,8 @@ Layout written (one product, the default: ``exdd`` / ``exdd_scorer``; named prod
     REPO/exdd_preprocess/1/             model.py, exdd_scoring/ (decode + the one resize: exdd_scoring/picture.py)
     REPO/exdd_features/config.pbtxt     the shared extractor, once: onnxruntime | tensorrt_plan | python backend
     REPO/exdd_features/1/               model.onnx (+ model.py, exdd_scoring/) or model.plan, features.json
-    REPO/exdd[_<p>]/config.pbtxt, 1/    per product: the ensemble IMAGE | IMAGE_BYTES -> exdd_preprocess -> exdd_features -> its scorer
+    REPO/exdd[_<p>]/config.pbtxt, 1/    per product: the ensemble IMAGE | IMAGE_BYTES -> exdd_preprocess ->
+                                        exdd_features -> its scorer
     REPO/exdd[_<p>]_scorer/config.pbtxt per product: python backend (mode, threshold, features, product)
     REPO/exdd[_<p>]_scorer/1/           model.py, exdd_scoring/, banks/, features.json
 
@@ -68,7 +69,8 @@ class Assembled:
 
 
 def copy_banks(bank_dir: str, dest: str, manifest: BankManifest) -> None:
-    """Copy manifest.json (byte for byte: its sha256 is recorded) and the array files it lists (nothing else) into dest."""
+    """Copy manifest.json (byte for byte: its sha256 is recorded) and the array files it lists (nothing else) into
+    dest."""
     os.makedirs(dest)
     shutil.copy2(os.path.join(bank_dir, MANIFEST), dest)
     for name in manifest.files:
@@ -87,7 +89,8 @@ def _write(path: str, text: str) -> None:
 
 
 def choose_threshold(manifest: BankManifest, mode: str, override: Optional[float]) -> Optional[float]:
-    """The served threshold: override, else the calibrated one of mode, else None (the manifest checked it is a number)."""
+    """The served threshold: override, else the calibrated one of mode, else None (the manifest checked it is a
+    number)."""
     if override is not None:
         return float(override)
     return manifest.thresholds.get(mode)
@@ -109,15 +112,18 @@ def readme(a: Assembled, manifests: Mapping[str, OfflineManifest], onnx_path: st
     built = []
     for p in a.products:
         m = p.models
-        rows.append(f"| `{m.ensemble}` | ensemble | product {m.display}: `IMAGE` uint8 [B, H, W, 3] (any size) or `IMAGE_BYTES` "
+        rows.append(f"| `{m.ensemble}` | ensemble | product {m.display}: `IMAGE` uint8 [B, H, W, 3] (any size) "
+                    f"or `IMAGE_BYTES` "
                     f"(encoded files, BYTES [B, 1]) -> `{PREPROCESS_MODEL}` -> `{FEATURES_MODEL}` -> `{m.scorer}` |")
         rows.append(f"| `{m.scorer}` | python | product {m.display}: `FEATURES` -> `SCORE`, `IS_DEFECT`, `ANOMALY_MAP` "
                     f"[{hw}], `SCORE_NEG`, `SCORE_POS` |")
         man = manifests[m.scorer]
         cs = man.coreset
         sizes = "see manifest" if cs is None else f"negative {cs.negative.size}, positive {cs.positive.size}"
-        built.append(f"- product {m.display} (`{m.ensemble}`): bank manifest `{os.path.abspath(p.bank_dir)}/manifest.json`, "
-                     f"sha256 `{p.manifest_sha256}` (copied to `{m.scorer}/1/banks/manifest.json`); bank sizes: {sizes}; "
+        built.append(f"- product {m.display} (`{m.ensemble}`): bank manifest "
+                     f"`{os.path.abspath(p.bank_dir)}/manifest.json`, "
+                     f"sha256 `{p.manifest_sha256}` (copied to `{m.scorer}/1/banks/manifest.json`); "
+                     f"bank sizes: {sizes}; "
                      f"k = {man.k}; served mode `{p.mode}`; threshold {_threshold_text(p.threshold)}")
     products = ", ".join(f"`{p.models.ensemble}`" for p in a.products)
     table = "\n".join(rows)

@@ -65,7 +65,8 @@ def score_buckets(threshold):
 
 
 class DecisionMetrics:
-    """exdd_images_scored_total, exdd_defects_flagged_total (counters), exdd_score (histogram), exdd_threshold (gauge)."""
+    """exdd_images_scored_total, exdd_defects_flagged_total (counters), exdd_score (histogram), exdd_threshold
+    (gauge)."""
 
     def __init__(self, version, mode, threshold, model=SCORER_MODEL, product=DEFAULT_LABEL):
         fam = pb_utils.MetricFamily
