@@ -29,12 +29,15 @@ def svg_roc(curves: Dict[str, Dict[str, Any]], colors: Dict[str, str], size: Tup
     X = lambda v: left + v * pw  # noqa: E731
     Y = lambda v: t + (1 - v) * ph  # noqa: E731
     out = [f'<svg xmlns="{SVG_NS}" class="chart roc" width="{w}" height="{h}" viewBox="0 0 {w} {h}" role="img" '
-           f'aria-label="ROC curves">', f'<rect x="{left}" y="{t}" width="{pw}" height="{ph}" fill="#fff" stroke="#8c959f"/>']
+           f'aria-label="ROC curves">',
+           f'<rect x="{left}" y="{t}" width="{pw}" height="{ph}" fill="#fff" stroke="#8c959f"/>']
     for v in np.linspace(0, 1, 6):
         out.append(f'<line x1="{X(v):.1f}" y1="{t}" x2="{X(v):.1f}" y2="{t + ph}" stroke="#eaeef2"/>'
                    f'<line x1="{left}" y1="{Y(v):.1f}" x2="{left + pw}" y2="{Y(v):.1f}" stroke="#eaeef2"/>'
-                   f'<text x="{X(v):.1f}" y="{t + ph + 16}" font-size="11" text-anchor="middle" fill="#59636e">{v:.1f}</text>'
-                   f'<text x="{left - 6}" y="{Y(v) + 4:.1f}" font-size="11" text-anchor="end" fill="#59636e">{v:.1f}</text>')
+                   f'<text x="{X(v):.1f}" y="{t + ph + 16}" font-size="11" text-anchor="middle" '
+                   f'fill="#59636e">{v:.1f}</text>'
+                   f'<text x="{left - 6}" y="{Y(v) + 4:.1f}" font-size="11" text-anchor="end" '
+                   f'fill="#59636e">{v:.1f}</text>')
     out.append(f'<line x1="{X(0)}" y1="{Y(0)}" x2="{X(1)}" y2="{Y(1)}" stroke="#afb8c1" stroke-dasharray="4 4"/>')
     out.append(f'<text x="{left + pw / 2}" y="{h - 8}" font-size="12" text-anchor="middle">False positive rate</text>'
                f'<text x="14" y="{t + ph / 2}" font-size="12" text-anchor="middle" '
@@ -42,7 +45,8 @@ def svg_roc(curves: Dict[str, Dict[str, Any]], colors: Dict[str, str], size: Tup
     for i, (mode, c) in enumerate(curves.items()):
         col = colors[mode]
         sw = 2.0 + 1.6 * (len(curves) - 1 - i)
-        out.append(f'<polyline class="roc-curve" data-mode="{esc(mode)}" fill="none" stroke="{col}" stroke-width="{sw:.1f}" '
+        out.append(f'<polyline class="roc-curve" data-mode="{esc(mode)}" fill="none" stroke="{col}" '
+                   f'stroke-width="{sw:.1f}" '
                    f'stroke-linejoin="round" points="{_poly([X(v) for v in c["fpr"]], [Y(v) for v in c["tpr"]])}"/>')
         op = c.get("operating_point")
         if op and op[0] is not None and op[1] is not None:
@@ -50,7 +54,8 @@ def svg_roc(curves: Dict[str, Dict[str, Any]], colors: Dict[str, str], size: Tup
                        f'stroke-width="1.5"><title>{esc(mode)} at its threshold</title></circle>')
         ly = t + ph - 12 - 18 * (len(curves) - 1 - i)
         out.append(f'<rect x="{left + pw - 190}" y="{ly - 9}" width="12" height="3" fill="{col}"/>'
-                   f'<text x="{left + pw - 172}" y="{ly - 3}" font-size="12">{esc(mode)}  AUROC {fmt_metric(c.get("auroc"), 3)}</text>')
+                   f'<text x="{left + pw - 172}" y="{ly - 3}" font-size="12">{esc(mode)}  '
+                   f'AUROC {fmt_metric(c.get("auroc"), 3)}</text>')
     out.append("</svg>")
     return "".join(out)
 
@@ -67,7 +72,8 @@ def _legend(items: Sequence[Tuple[str, str, str]], x0: float, y0: float, width: 
         w = 16 + CHAR_W * len(label)
         if x > x0 and x + w > x0 + width:
             x, y = x0, y + 17
-        sw = (f'<rect x="{x:.0f}" y="{y:.0f}" width="10" height="10" fill="{col}" fill-opacity="0.7"/>' if kind == "rect"
+        sw = (f'<rect x="{x:.0f}" y="{y:.0f}" width="10" height="10" fill="{col}" fill-opacity="0.7"/>'
+              if kind == "rect"
               else f'<rect x="{x:.0f}" y="{y:.0f}" width="10" height="10" fill="{col}" fill-opacity="0.35" '
                    f'stroke="{col}"/>')
         out.append(f'<g class="legend-item">{sw}<text x="{x + 14:.0f}" y="{y + 9:.0f}" font-size="11">{esc(label)}'
@@ -133,7 +139,8 @@ def svg_histogram(hist: Dict[str, Any], thr: Optional[float], title: str, size: 
         for i, n in enumerate(hist[k]):
             if n:
                 x0, x1 = X(edges[i]), X(edges[i + 1])
-                out.append(f'<rect class="bar-{k}" x="{x0 + 0.5:.1f}" y="{Y(n):.1f}" width="{max(x1 - x0 - 1, 0.5):.1f}" '
+                out.append(f'<rect class="bar-{k}" x="{x0 + 0.5:.1f}" y="{Y(n):.1f}" '
+                           f'width="{max(x1 - x0 - 1, 0.5):.1f}" '
                            f'height="{t + ph - Y(n):.1f}" fill="{col}" fill-opacity="0.55"/>')
     for cls, counts, x0, glyph in (("over", over, px1 + 8, "\u00bb"), ("under", under, left, "\u00ab")):
         if not sum(counts.values()):
@@ -142,13 +149,15 @@ def svg_histogram(hist: Dict[str, Any], thr: Optional[float], title: str, size: 
             if counts[k]:
                 out.append(f'<rect class="bar-{cls} bar-{k}" x="{x0 + 1:.1f}" y="{Y(counts[k]):.1f}" '
                            f'width="{side - 2}" height="{t + ph - Y(counts[k]):.1f}" fill="{col}" fill-opacity="0.55" '
-                           f'stroke="{col}" stroke-dasharray="3 2"><title>{counts[k]} {k} {cls} the bins</title></rect>')
+                           f'stroke="{col}" stroke-dasharray="3 2"><title>{counts[k]} {k} {cls} the bins</title>'
+                           f'</rect>')
         out.append(f'<text x="{x0 + side / 2:.1f}" y="{t + ph + 15}" font-size="11" text-anchor="middle" '
                    f'fill="#59636e">{glyph}</text>')
     if thr is not None:
         tx = X(thr)
         out.append(f'<line class="threshold" x1="{tx:.1f}" y1="{t - 4}" x2="{tx:.1f}" y2="{t + ph}" stroke="#1f2328" '
-                   f'stroke-width="1.5" stroke-dasharray="5 3"/><text x="{tx + (4 if tx < px0 + pw * 0.7 else -4):.1f}" '
+                   f'stroke-width="1.5" stroke-dasharray="5 3"/>'
+                   f'<text x="{tx + (4 if tx < px0 + pw * 0.7 else -4):.1f}" '
                    f'y="{t + 8}" font-size="10" text-anchor="{"start" if tx < px0 + pw * 0.7 else "end"}" '
                    f'paint-order="stroke" stroke="#fff" stroke-width="3">thr {thr:.4g}</text>')
     for j, note in enumerate(notes):
@@ -172,8 +181,10 @@ def svg_reliability(rel: Dict[str, Any], size: Tuple[int, int] = (420, 360)) -> 
            f'<rect x="{left}" y="{t}" width="{pw}" height="{ph}" fill="#fff" stroke="#8c959f"/>']
     for v in np.linspace(0, 1, 6):
         out.append(f'<line x1="{left}" y1="{Y(v):.1f}" x2="{left + pw}" y2="{Y(v):.1f}" stroke="#eaeef2"/>'
-                   f'<text x="{X(v):.1f}" y="{t + ph + 17}" font-size="10" text-anchor="middle" fill="#59636e">{v:.1f}</text>'
-                   f'<text x="{left - 6}" y="{Y(v) + 4:.1f}" font-size="10" text-anchor="end" fill="#59636e">{v:.1f}</text>')
+                   f'<text x="{X(v):.1f}" y="{t + ph + 17}" font-size="10" text-anchor="middle" '
+                   f'fill="#59636e">{v:.1f}</text>'
+                   f'<text x="{left - 6}" y="{Y(v) + 4:.1f}" font-size="10" text-anchor="end" '
+                   f'fill="#59636e">{v:.1f}</text>')
     out.append(f'<line x1="{X(0)}" y1="{Y(0)}" x2="{X(1)}" y2="{Y(1)}" stroke="#afb8c1" stroke-dasharray="4 4"/>')
     out.append(f'<text x="{left - 6}" y="{t + ph + 33}" font-size="10" text-anchor="end" fill="#59636e">n</text>')
     for i, n in enumerate(rel["count"]):

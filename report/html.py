@@ -68,9 +68,11 @@ AT_ROWS: Tuple[Tuple[str, str, Optional[bool]], ...] = (
 CSS = """
 :root{--fg:#1f2328;--muted:#59636e;--line:#d1d9e0;--bg:#f6f8fa;--accent:#0969da}
 *{box-sizing:border-box}
-body{margin:0;font:14px/1.5 -apple-system,"Segoe UI",Roboto,"Helvetica Neue",Arial,sans-serif;color:var(--fg);background:#fff}
+body{margin:0;font:14px/1.5 -apple-system,"Segoe UI",Roboto,"Helvetica Neue",Arial,sans-serif;
+color:var(--fg);background:#fff}
 main{max-width:1240px;margin:0 auto;padding:24px 28px 48px}
-h1{font-size:24px;margin:0 0 2px}h2{font-size:18px;margin:32px 0 10px;padding-bottom:6px;border-bottom:1px solid var(--line)}
+h1{font-size:24px;margin:0 0 2px}
+h2{font-size:18px;margin:32px 0 10px;padding-bottom:6px;border-bottom:1px solid var(--line)}
 h3{font-size:14px;margin:18px 0 8px;color:var(--muted);font-weight:600}
 .sub{color:var(--muted);margin:0 0 16px}
 .banner{border-radius:6px;padding:12px 16px;margin:14px 0;font-weight:600}
@@ -80,7 +82,8 @@ h3{font-size:14px;margin:18px 0 8px;color:var(--muted);font-weight:600}
 .meta{display:grid;grid-template-columns:repeat(auto-fill,minmax(260px,1fr));gap:8px 20px;background:var(--bg);
  border:1px solid var(--line);border-radius:6px;padding:14px 16px}
 .meta div{min-width:0}.meta dt{color:var(--muted);font-size:12px;text-transform:uppercase;letter-spacing:.04em}
-.meta dd{margin:0;overflow-wrap:anywhere;font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;font-size:13px}
+.meta dd{margin:0;overflow-wrap:anywhere;font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;
+font-size:13px}
 table.metrics{border-collapse:collapse}
 .table-wrap{overflow-x:auto;max-width:100%}
 table.metrics th,table.metrics td{padding:6px 10px;border-bottom:1px solid var(--line);text-align:right}
@@ -88,11 +91,13 @@ table.metrics th:first-child,table.metrics td:first-child{text-align:left}
 table.metrics thead th{background:var(--bg);border-bottom:2px solid var(--line)}
 table.metrics tr.sep td{border-top:2px solid var(--line)}
 td.best{font-weight:700;color:#116329}
-.tag{display:inline-block;font-size:11px;font-weight:600;padding:0 6px;border-radius:10px;background:#ddf4ff;color:var(--accent);margin-left:6px;vertical-align:1px}
+.tag{display:inline-block;font-size:11px;font-weight:600;padding:0 6px;border-radius:10px;background:#ddf4ff;
+color:var(--accent);margin-left:6px;vertical-align:1px}
 .swatch{display:inline-block;width:10px;height:10px;border-radius:2px;margin-right:6px}
 .charts{display:flex;flex-wrap:wrap;gap:16px}
 /* side by side when both fit, else the ROC under the table; the note wraps to the table's width */
-.two{display:flex;flex-wrap:wrap;gap:0 28px;align-items:flex-start}.two>section{min-width:0;max-width:100%;flex:0 1 auto}
+.two{display:flex;flex-wrap:wrap;gap:0 28px;align-items:flex-start}
+.two>section{min-width:0;max-width:100%;flex:0 1 auto}
 .two>section>.note{contain:inline-size}
 .groups{display:grid;grid-template-columns:repeat(auto-fit,minmax(560px,1fr));gap:4px 24px}
 figure{margin:0;border:1px solid var(--line);border-radius:6px;padding:10px;background:#fff}
@@ -102,7 +107,8 @@ svg text{font-family:-apple-system,"Segoe UI",Roboto,Arial,sans-serif}
 .gallery{display:flex;flex-wrap:wrap;gap:12px}
 .card{width:178px;border:1px solid var(--line);border-radius:6px;padding:8px;background:var(--bg);font-size:12px}
 .card.pair{width:310px}.thumbs{display:flex;gap:6px}.card .thumb.near{flex:0 0 124px}.card .near img{max-width:120px}
-.card .thumb{flex:0 0 160px;height:244px;display:flex;align-items:center;justify-content:center;background:#24292f;border-radius:4px;overflow:hidden}
+.card .thumb{flex:0 0 160px;height:244px;display:flex;align-items:center;justify-content:center;background:#24292f;
+border-radius:4px;overflow:hidden}
 .card img{max-width:160px;max-height:240px;display:block}
 .card .missing{color:#ffb3b3;padding:8px;text-align:center;font-size:11px;overflow-wrap:anywhere}
 .card .name{font-family:ui-monospace,Menlo,Consolas,monospace;margin-top:6px;overflow-wrap:anywhere}
@@ -111,7 +117,8 @@ svg text{font-family:-apple-system,"Segoe UI",Roboto,Arial,sans-serif}
 .line{margin-top:2px}.v-ok{background:#1a7f37}.v-review{background:#9a6700}.v-defect{background:#cf222e}
 .card .nearest{margin-top:2px;overflow-wrap:anywhere}
 .TP{background:#1a7f37}.TN{background:#57606a}.FP{background:#bc4c00}.FN{background:#cf222e}
-table.errors{border-collapse:collapse;font-size:12px}table.errors td{padding:4px 10px;border-bottom:1px solid var(--line);overflow-wrap:anywhere}
+table.errors{border-collapse:collapse;font-size:12px}
+table.errors td{padding:4px 10px;border-bottom:1px solid var(--line);overflow-wrap:anywhere}
 footer{margin-top:40px;color:var(--muted);font-size:12px;border-top:1px solid var(--line);padding-top:10px}
 """
 
@@ -281,7 +288,8 @@ def _header(results: Dict[str, Any], title: str, generated: str, counts: Dict[st
     facts = [("Dataset", results.get("dataset")), ("Split", results.get("split")), ("Banks", results.get("banks")),
              ("Weights", weights or None), ("Default mode", dm), ("Thresholds", None), ("Images", None),
              ("Evaluated", results.get("date") or results.get("evaluated_at")),
-             ("Scoring time", f"{results['seconds']} s" if finite_or_none(results.get("seconds")) is not None else None),
+             ("Scoring time",
+              f"{results['seconds']} s" if finite_or_none(results.get("seconds")) is not None else None),
              ("Report generated", generated)]
     cells = []
     for k, v in facts:
@@ -311,10 +319,11 @@ def _metrics_table(results: Dict[str, Any], modes: Sequence[str], at: Dict[str, 
             if group is AT_ROWS and all(v is None for v in vals):
                 continue
             finite = [v for v in vals if v is not None]
-            best = (max(finite) if higher else min(finite)) if finite and higher is not None and len(modes) > 1 else None
+            best = ((max(finite) if higher else min(finite)) if finite and higher is not None and len(modes) > 1
+                    else None)
             fmt = fmt_score if key in ("threshold", "image_f1_threshold") else fmt_metric
-            tds = "".join(f'<td class="{"best" if v is not None and best is not None and abs(v - best) < 1e-12 else ""}">'
-                          f'{fmt(v)}</td>' for v in vals)
+            is_best = [v is not None and best is not None and abs(v - best) < 1e-12 for v in vals]
+            tds = "".join(f'<td class="{"best" if b else ""}">{fmt(v)}</td>' for v, b in zip(vals, is_best))
             sep = ' class="sep"' if group is AT_ROWS and j == 0 else ""
             rows.append(f'<tr{sep} data-metric="{key}"><td>{label}</td>{tds}</tr>')
     return (f'<div class="table-wrap"><table class="metrics" id="metrics"><thead><tr><th>Metric</th>{head}</tr>'
@@ -369,7 +378,8 @@ def _calibration(results: Dict[str, Any], data: Dict[str, Any]) -> str:
     return (f'{head}<div class="charts"><figure id="reliability">{svg_reliability(rel)}<figcaption>Per confidence bin: '
             f'the bar is the share of defective images, the dot the mean confidence<br>(on the dashed diagonal when '
             f'calibrated); n images per bin under the axis. {rel["n"]} labelled images,<br>expected calibration error '
-            f'{fmt_metric(rel["ece"], 3)}, Brier score {fmt_metric(rel["brier"], 3)}.</figcaption></figure></div>{left}')
+            f'{fmt_metric(rel["ece"], 3)}, Brier score {fmt_metric(rel["brier"], 3)}.</figcaption></figure></div>'
+            f'{left}')
 
 
 # ----------------------------------------------------------------------------- the report
@@ -429,10 +439,12 @@ def build_report(results: Dict[str, Any], title: str = "ExDD evaluation report",
         def hist_title(m: str) -> str:
             return m + (" (default)" if m == results.get("default_mode") else "")
         figs = "".join(
-            f'<figure>{svg_histogram(h, thresholds.get(m), hist_title(m), band=band if m == band_mode else None)}</figure>'
+            f'<figure>{svg_histogram(h, thresholds.get(m), hist_title(m), band=band if m == band_mode else None)}'
+            f'</figure>'
             for m, h in data["histograms"].items())
         said = (f' The <span class="swatch" style="background:{BAND_COLOR}"></span>shaded band on {esc(band_mode)} is '
-                f'the review band: scores from {band[0]:.4g} to {band[1]:.4g} go to a person.' if band is not None else "")
+                f'the review band: scores from {band[0]:.4g} to {band[1]:.4g} go to a person.'
+                if band is not None else "")
         if any(sum(h["over"].values()) + sum(h["under"].values()) for h in data["histograms"].values()):
             said = (" A few scores far beyond the others are counted in a bar apart (&raquo; above, &laquo; below), "
                     "as said under the chart." + said)
