@@ -392,7 +392,8 @@ def reproduce(split: Split, weights: str, input_hw: Tuple[int, int], coreset_rat
                 "pixel_auroc": auroc(maps.ravel(), masks.ravel()) if masks.any() else float("nan")}
 
     rows = {"anomalib PatchCore (its own scores and map)": row(a_scores, a_maps)}
-    rows["exdd math, anomalib configuration (same bank, same embeddings)"] = row(*equivalent_scores(test_emb, bank, grid, hw))
+    rows["exdd math, anomalib configuration (same bank, same embeddings)"] = row(
+        *equivalent_scores(test_emb, bank, grid, hw))
     rows["departure: exdd's map (bilinear + Gaussian, scipy reflect)"] = row(
         *equivalent_scores(test_emb, bank, grid, hw, anomalib_map=False))
     rows["departure: exdd's reweighting (k = 3, m* dropped, t = sqrt d)"] = row(
@@ -438,7 +439,8 @@ def reproduce(split: Split, weights: str, input_hw: Tuple[int, int], coreset_rat
 
 # ----------------------------------------------------------------------------- speed
 
-def speed(infers: Dict[str, Callable], paths: Sequence[str], batch_sizes: Sequence[int], reps: int) -> Dict[str, Dict[int, float]]:
+def speed(infers: Dict[str, Callable], paths: Sequence[str], batch_sizes: Sequence[int],
+          reps: int) -> Dict[str, Dict[int, float]]:
     """Images/s per method and batch size: median over reps passes, the methods alternating."""
     out: Dict[str, Dict[int, List[float]]] = {k: {b: [] for b in batch_sizes} for k in infers}
     for k, f in infers.items():                      # warm-up
@@ -546,7 +548,8 @@ def main() -> None:
                                           work=os.path.join(a.out, f"banks-d{d}"))
                 tag = "" if len(dims) == 1 else f" (d={d})"
                 for m, res in modes.items():
-                    rows[f"exdd {m}{tag}"] = {**metrics(res, split, a.resamples, a.seed), "fit_s": res.fit_s, **res.info}
+                    rows[f"exdd {m}{tag}"] = {**metrics(res, split, a.resamples, a.seed), "fit_s": res.fit_s,
+                                              **res.info}
                     print(f"exdd {m}{tag}: {rows[f'exdd {m}{tag}']}", file=sys.stderr, flush=True)
                 infers.setdefault("exdd", infer)
                 del modes
@@ -559,7 +562,8 @@ def main() -> None:
         report["peak_rss_gb"] = peak_rss_gb()
         record.save(os.path.join(a.out, "bench.json"))
         print(f"\n### {name}: {split.note}; {len(split.test)} test images ({int(split.labels.sum())} defective)\n")
-        print("| method / mode | image AUROC [90% CI] | pixel AUROC [90% CI] | fit s (negative bank only) | bank | img/s b1 | img/s b8 |")
+        print("| method / mode | image AUROC [90% CI] | pixel AUROC [90% CI] | fit s (negative bank only) | bank "
+              "| img/s b1 | img/s b8 |")
         print("|---|---|---|---|---|---|---|")
         for k, v in rows.items():
             side = "anomalib" if k.startswith("anomalib") else "exdd"

@@ -50,7 +50,8 @@ def main() -> None:
     grid = grid_of(hw)
     rng = np.random.default_rng(0)
     feats = rng.standard_normal((8,) + grid + (a.d,)).astype(np.float32)
-    print(f"\n| scoring (numpy, d={a.d}, batch 8, maps included) | negative bank | positive bank | ms/image |\n|---|---|---|---|")
+    print(f"\n| scoring (numpy, d={a.d}, batch 8, maps included) | negative bank | positive bank | ms/image |"
+          "\n|---|---|---|---|")
     for n in (int(v) for v in a.bank_sizes.split(",")):
         neg = rng.standard_normal((n, a.d)).astype(np.float32)
         pos = rng.standard_normal((max(n // 10, 1000), a.d)).astype(np.float32)

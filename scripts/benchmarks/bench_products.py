@@ -174,9 +174,11 @@ def main() -> None:
     image = load_images(image_files(made["test"], 1), (h, w))
     names = list(made["banks"])
     rec = BenchResult("bench_products", params_of(a),
-                      {"cpus": os.cpu_count(), "onnx_mb": round(os.path.getsize(made["onnx"]) / 2 ** 20, 1), "rows": []})
+                      {"cpus": os.cpu_count(), "onnx_mb": round(os.path.getsize(made["onnx"]) / 2 ** 20, 1),
+                       "rows": []})
     setups = [("1 product", [repository(work, "repo-1", made["onnx"], {names[0]: made["banks"][names[0]]})]),
-              (f"{a.products} products, 1 server", [repository(work, f"repo-{a.products}", made["onnx"], made["banks"])])]
+              (f"{a.products} products, 1 server",
+               [repository(work, f"repo-{a.products}", made["onnx"], made["banks"])])]
     if not a.skip_separate:
         setups.append((f"{a.products} products, {a.products} servers",
                        [repository(work, f"repo-only-{p}", made["onnx"], {p: made["banks"][p]}) for p in names]))

@@ -166,7 +166,8 @@ def study_one(folder: str, d: int, cache_root: str, drop_leaked: bool = False) -
     for name, s in scores.items():
         boots = np.array([fast_auroc(s[i], y[i]) for i in idx])
         diffs = boots - np.array([fast_auroc(base[i], y[i]) for i in idx]) if name != "patchcore" else np.zeros(1)
-        rows[name] = {"auroc": fast_auroc(s, y), "ci90": [float(np.quantile(boots, 0.05)), float(np.quantile(boots, 0.95))],
+        rows[name] = {"auroc": fast_auroc(s, y),
+                      "ci90": [float(np.quantile(boots, 0.05)), float(np.quantile(boots, 0.95))],
                       "diff_vs_patchcore": float(np.mean(diffs)),
                       "diff_ci90": [float(np.quantile(diffs, 0.05)), float(np.quantile(diffs, 0.95))],
                       "p_better": float(np.mean(diffs > 0))}

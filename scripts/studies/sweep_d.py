@@ -75,7 +75,8 @@ def main() -> None:
         BenchResult("sweep_d", params_of(a), {"dataset": a.dataset, "weights": caches["train"].weights_id, "rows": rows,
                                               "extract_s": round(t_extract, 1), "peak_rss_gb": peak_rss_gb()}
                     ).save(os.path.join(a.out, "sweep.json"))
-    print("| d | mode | image AUROC | image AP | image F1-max | pixel AUROC | pixel AUPRO | bank -/+ | build s | score ms/img |")
+    print("| d | mode | image AUROC | image AP | image F1-max | pixel AUROC | pixel AUPRO | bank -/+ | build s "
+          "| score ms/img |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         for m in MODES:

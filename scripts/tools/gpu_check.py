@@ -93,7 +93,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True, help="JSON file of figures to write")
     ap.add_argument("--data", default=os.path.join(ROOT, "..", "shared", "data", "magnetic_tile"))
-    ap.add_argument("--weights", default=os.path.join(ROOT, "..", "shared", "weights", "wrn50-random0-bncal.safetensors"))
+    ap.add_argument("--weights",
+                    default=os.path.join(ROOT, "..", "shared", "weights", "wrn50-random0-bncal.safetensors"))
     ap.add_argument("--banks", default=None, help="a bank directory (default: built from --data features)")
     ap.add_argument("--input-size", default="632x224")
     ap.add_argument("--d", type=int, default=256)
@@ -118,7 +119,8 @@ def main() -> int:
     from exdd_scoring.knn import bank_neighbors
 
     rep: Dict[str, Any] = {"host": platform.node(), "python": platform.python_version(), "torch": torch.__version__,
-                           "numpy": np.__version__, "exdd_from": rep_exdd_from, "skipped": [], "figures": {}, "checks": {}}
+                           "numpy": np.__version__, "exdd_from": rep_exdd_from, "skipped": [], "figures": {},
+                           "checks": {}}
     gpu = torch.cuda.is_available() and not args.cpu
     cp = None
     if gpu:
@@ -184,7 +186,8 @@ def main() -> int:
             nb_neg, nb_pos = cp.asnumpy(nb_neg), cp.asnumpy(nb_pos)
         manifest = {"features": info, "k": 3, "default_mode": "exdd"}
         pair = BankPair(Bank(neg, nb_neg), Bank(pos, nb_pos), manifest)
-        rep["banks"] = {"source": f"random real patches of {args.data if os.path.isdir(args.data) else 'generated surfaces'}"
+        src = args.data if os.path.isdir(args.data) else 'generated surfaces'
+        rep["banks"] = {"source": f"random real patches of {src}"
                                   f" ({len(normal)} normal / {len(defect)} defect patches, jitter-tiled when short)",
                         "negative": int(neg.shape[0]), "positive": int(pos.shape[0]),
                         "neighbours_s": round(time.time() - t, 2)}
@@ -209,7 +212,8 @@ def main() -> int:
             a, b = ref.maps[m], cp.asnumpy(got.maps[m])
             map_worst = max(map_worst, float(np.max(np.abs(a - b)) / max(float(np.abs(a).max()), 1e-12)))
         rep["checks"]["cupy_vs_numpy"] = {"images": int(min(8, len(feats))), "score_max_rel_diff": worst,
-                                          "map_max_rel_diff": map_worst, "ok": bool(worst <= 1e-4 and map_worst <= 1e-4)}
+                                          "map_max_rel_diff": map_worst,
+                                          "ok": bool(worst <= 1e-4 and map_worst <= 1e-4)}
     else:
         again = Scorer(pair, xp=np).score(feats[:8])
         same = all(np.allclose(again.scores[m], ref.scores[m], rtol=1e-6) for m in ref.scores)
