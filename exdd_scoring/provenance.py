@@ -114,11 +114,11 @@ class UpdateRecord(Record):
 @dataclass(frozen=True)
 class OfflineManifest(BankManifest):
     """The bank manifest with its provenance typed (None: absent, as in banks built before exdd recorded it)."""
-    coreset: Optional[CoresetInfo] = None  # type: ignore[assignment]  # typed here, a JSON object in BankManifest
-    defect_patch_rule: Optional[DefectPatchRule] = None  # type: ignore[assignment]  # typed here, a JSON object in BankManifest
-    sources: Optional[Sources] = None  # type: ignore[assignment]  # typed here, a JSON object in BankManifest
-    parent: Optional[Parent] = None  # type: ignore[assignment]  # typed here, a JSON object in BankManifest
-    updates: Tuple[UpdateRecord, ...] = ()  # type: ignore[assignment]  # typed here, a JSON object in BankManifest
+    coreset: Optional[CoresetInfo] = None  # type: ignore[assignment]  # a JSON object in BankManifest
+    defect_patch_rule: Optional[DefectPatchRule] = None  # type: ignore[assignment]  # a JSON object in BankManifest
+    sources: Optional[Sources] = None  # type: ignore[assignment]  # a JSON object in BankManifest
+    parent: Optional[Parent] = None  # type: ignore[assignment]  # a JSON object in BankManifest
+    updates: Tuple[UpdateRecord, ...] = ()  # type: ignore[assignment]  # a JSON object in BankManifest
 
     def already_added(self) -> set:
         """Absolute paths of the images added by the updates of this lineage."""
