@@ -13,7 +13,7 @@ from typing import Callable, Dict, List, Sequence, Union
 
 import numpy as np
 
-from .connection import Connection, ModelInfo
+from .connection import Batch, Connection, ModelInfo
 
 SENDS = ("array", "bytes", "raw")
 Item = Union[np.ndarray, bytes]
@@ -30,7 +30,7 @@ def bench_point(conn_factory: Callable[[], Connection], info: ModelInfo, batch: 
     the tensor bytes sent per image. images: uint8 arrays of one shape, or encoded files' bytes."""
     local = threading.local()
     items = [images[i % len(images)] for i in range(batch)]
-    data = np.stack(items) if isinstance(items[0], np.ndarray) else items
+    data: Batch = np.stack(items) if isinstance(items[0], np.ndarray) else [b for b in items if isinstance(b, bytes)]
 
     def one(_: int) -> float:
         c = getattr(local, "c", None) or conn_factory()

@@ -81,11 +81,11 @@ def score(paths, out_path, urls, protocol, product, batch_size, concurrency, thr
     One job per --out at a time (OUT.lock). Exit codes: 0 all scored, 1 some files failed (error rows), 2 bad
     usage or --out is being written by another job, 3 the servers went away (rerun to resume).
     """
+    from .connection import RequestRejected, ServerUnavailable
     from .output_lock import OutputLocked
     from .results import ResultWriter, row_key
     from .score import JobConfig, run_job
     from .sources import expand
-    from .connection import RequestRejected, ServerUnavailable
     files = expand(paths, all_files=all_files, exclude=exclude)
     if not files:
         fail("no files match " + " ".join(paths))
@@ -98,6 +98,7 @@ def score(paths, out_path, urls, protocol, product, batch_size, concurrency, thr
              "on Ray, does not apply")
     if ray_address is not None:             # images read and decoded by Ray tasks (client/ray_source.py)
         from exdd.ray_cluster import connect_or_fail
+
         from .ray_source import RaySource
         cfg.source = RaySource(connect_or_fail(ray_address, ray_cpus))
     try:
@@ -193,7 +194,9 @@ def stream(source, urls, protocol, product, max_in_flight, threshold, max_frames
 def bench(urls, protocol, product, batch_sizes, concurrencies, requests, image_dir, out_json, perf_analyzer_data, send):
     """Throughput, p50/p95/p99 latency and bytes sent per image over a grid of batch size x concurrency."""
     import numpy as np
+
     from exdd.images import ImageReadError, read_image
+
     from .bench import bench_point, perf_analyzer_input, table
     from .connection import RequestRejected, ServerUnavailable
     from .sources import expand
@@ -254,6 +257,7 @@ def bench(urls, protocol, product, batch_sizes, concurrencies, requests, image_d
 def evaluate(dataset, urls, protocol, product, split, batch_size, concurrency, no_pixel, out_json, offline_json):
     """Metrics (image/pixel AUROC, ...) of the served model on a labelled dataset."""
     from exdd.datasets import DatasetError, load_split
+
     from .connection import RequestRejected, ServerUnavailable
     from .evaluate import evaluate as run_eval
     try:
@@ -289,5 +293,5 @@ def evaluate(dataset, urls, protocol, product, split, batch_size, concurrency, n
         res.extra["offline_difference"] = diffs
     if out_json:
         res.save(out_json)
-    for e in res.errors:
-        click.echo(f"error: {e.error}", err=True)
+    for row in res.errors:
+        click.echo(f"error: {row.error}", err=True)

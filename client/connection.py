@@ -13,8 +13,8 @@ from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from exdd_scoring.model_names import ENSEMBLE_MODEL, MAP_PARAMETER, SCORER_MODEL
 from exdd_scoring.answer import OUTPUTS as LINE_OUTPUT_OF
+from exdd_scoring.model_names import ENSEMBLE_MODEL, MAP_PARAMETER, SCORER_MODEL
 from exdd_scoring.spec import FeatureSpec, SpecError
 
 MODEL = ENSEMBLE_MODEL      # the default product's models (a product's: exdd_scoring.model_names.ProductModels)
@@ -136,13 +136,13 @@ class Connection:
         else:
             raise ValueError(f"protocol {protocol!r}: grpc or http")
         self._tc = tc
-        self._client = tc.InferenceServerClient(self.url, **({"connection_timeout": timeout_s, "network_timeout": timeout_s}
-                                                             if protocol == "http" else {}))
+        timeouts = {"connection_timeout": timeout_s, "network_timeout": timeout_s} if protocol == "http" else {}
+        self._client = tc.InferenceServerClient(self.url, **timeouts)
 
     def close(self) -> None:
         try:
             self._client.close()
-        except Exception:  # noqa: BLE001 - closing a dead connection
+        except Exception:  # closing a dead connection
             pass
 
     def _config(self, model: str) -> Dict:
@@ -156,7 +156,7 @@ class Connection:
             index = self._client.get_model_repository_index(**({"as_json": True} if self.protocol == "grpc" else {}))
             rows = index.get("models", []) if isinstance(index, dict) else index
             ready = sorted(r["name"] for r in rows if str(r.get("state", "")).upper() == "READY")
-        except Exception:  # noqa: BLE001 - only a hint
+        except Exception:  # only a hint
             return ""
         return f"; ready models here: {', '.join(ready) or 'none'}"
 
@@ -169,8 +169,9 @@ class Connection:
         except InferenceServerException as e:
             if _is_unavailable(e):
                 raise ServerUnavailable(f"{self.url}: server not reachable ({e})") from None
-            raise RequestRejected(f"{self.url}: model {self.model!r} not available ({e}){self._served_hint()}") from None
-        except Exception as e:  # noqa: BLE001 - socket-level failures of both clients
+            raise RequestRejected(f"{self.url}: model {self.model!r} not available ({e})"
+                                  f"{self._served_hint()}") from None
+        except Exception as e:  # socket-level failures of both clients
             raise ServerUnavailable(f"{self.url}: server not reachable ({e})") from None
         dims = [int(v) for v in next(i for i in cfg["input"] if i["name"] == "IMAGE")["dims"]]
         params = {k: v.get("string_value") for k, v in (scorer.get("parameters") or {}).items()}
@@ -181,10 +182,13 @@ class Connection:
             except SpecError as e:
                 raise RequestRejected(str(e)) from None
         fixed = None if -1 in dims[:2] else (dims[0], dims[1])    # -1: any size (the server resizes)
-        if features is None and fixed is None:
+        if features is not None:
+            hw = features.input_size
+        elif fixed is not None:
+            hw = fixed
+        else:
             raise RequestRejected(f"{self.url}: model {self.model!r} takes any image size but {self.scorer!r} has no "
                                   "features parameter naming the model input (rebuild with `exdd export repository`)")
-        hw = features.input_size if features is not None else fixed
         if fixed is not None and fixed != hw:
             raise RequestRejected(f"{self.url}: model {self.model!r} takes {fixed[0]}x{fixed[1]} images but its "
                                   f"features say {hw[0]}x{hw[1]} (inconsistent repository)")
@@ -208,7 +212,7 @@ class Connection:
         from tritonclient.utils import InferenceServerException
         tc = self._tc
         encoded = not isinstance(images, np.ndarray)
-        if encoded:
+        if not isinstance(images, np.ndarray):
             blobs = np.empty((len(images), 1), dtype=object)
             blobs[:, 0] = [bytes(b) for b in images]
             inp = tc.InferInput("IMAGE_BYTES", list(blobs.shape), "BYTES")
@@ -218,7 +222,7 @@ class Connection:
             inp.set_data_from_numpy(np.ascontiguousarray(images, dtype=np.uint8))
         names = list(OUTPUTS) + ([MAP] if with_map else []) + ([IMAGE_HW] if encoded else []) + list(line)
         outs = [tc.InferRequestedOutput(n) for n in names]
-        params = {} if with_map else {MAP_PARAMETER: False}      # the scorer then skips the map
+        params: Dict[str, Any] = {} if with_map else {MAP_PARAMETER: False}      # the scorer then skips the map
         if threshold is not None:
             params["threshold"] = float(threshold)
         if min_area is not None:
@@ -230,7 +234,7 @@ class Connection:
             if _is_unavailable(e):
                 raise ServerUnavailable(f"{self.url}: {e}") from None
             raise RequestRejected(f"{self.url}: {e}", bad_input=_is_bad_input(e)) from None
-        except Exception as e:  # noqa: BLE001 - socket-level failures
+        except Exception as e:  # socket-level failures
             raise ServerUnavailable(f"{self.url}: {type(e).__name__}: {e}") from None
         return {n: res.as_numpy(n) for n in names}
 

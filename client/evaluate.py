@@ -7,11 +7,12 @@ from typing import Callable, List, Optional, Sequence
 
 import numpy as np
 
-from exdd.images import ImageReadError, image_size, read_image, read_mask
-from exdd.results import ErrorRow, EvaluationResults, ImageResult
 from exdd.datasets import Sample
+from exdd.images import ImageReadError, image_size, read_image, read_mask
 from exdd.metrics import summary
+from exdd.results import ErrorRow, EvaluationResults, ImageResult
 from exdd_scoring.regions import box_in_image
+
 from .connection import LINE_OUTPUTS, Connection, ModelInfo, line_fields, with_retries
 
 

@@ -45,7 +45,8 @@ class OutputLock:
                 if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                     raise OutputLocked(
                         f"{out_path}: another job is writing it (pid {pid if pid else 'unknown'}, lock file "
-                        f"{self.path}); wait for it to end or stop it, then rerun (one writer per result file)") from None
+                        f"{self.path}); wait for it to end or stop it, then rerun "
+                        f"(one writer per result file)") from None
                 raise OutputLocked(f"{out_path}: cannot lock {self.path} ({e.strerror}); this filesystem's locks do "
                                    "not work: write the results on a local disk") from None
             try:    # a holder releasing between our open and flock unlinks the file: lock the file at the path
@@ -83,5 +84,5 @@ class OutputLock:
     def __del__(self):
         try:
             self.release()
-        except Exception:  # noqa: BLE001 - at interpreter exit
+        except Exception:  # at interpreter exit
             pass

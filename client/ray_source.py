@@ -65,7 +65,7 @@ class RayReader:
             ref = self.refs.pop(k)
         try:
             return self.src.ray.get(ref)
-        except Exception as e:  # noqa: BLE001 - a lost worker or node: the batch is read here instead
+        except Exception as e:  # a lost worker or node: the batch is read here instead
             print(f"warning: Ray task reading batch {k} failed ({type(e).__name__}); reading it locally",
                   file=sys.stderr)
             self.src.local += 1

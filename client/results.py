@@ -21,6 +21,7 @@ from typing import Any, Dict, List, Set
 
 from exdd.fileio import atomic_write
 from exdd.result_rows import COLUMNS, ENCODING, file_format, parse_rows
+
 from .output_lock import OutputLock
 
 _LEGACY_SERVER_ERROR = "server rejected the request"     # rows written before error_kind existed

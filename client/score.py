@@ -17,15 +17,26 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from exdd.images import ImageReadError, image_size, input_warning, read_model_input
-from exdd_scoring.regions import box_in_image
-from exdd_scoring.picture import decode_rgb, resize_rgb
 from exdd.log import get as _logger
-from .connection import (IMAGE_HW, LINE_OUTPUTS, MODEL, SCORER, Connection, ModelInfo, RequestRejected,
-                         ServerUnavailable, line_fields, with_retries)
+from exdd_scoring.picture import decode_rgb, resize_rgb
+from exdd_scoring.regions import box_in_image
 
-log = _logger(__name__)
+from .connection import (
+    IMAGE_HW,
+    LINE_OUTPUTS,
+    MODEL,
+    SCORER,
+    Connection,
+    ModelInfo,
+    RequestRejected,
+    ServerUnavailable,
+    line_fields,
+    with_retries,
+)
 from .heatmaps import write_heatmap
 from .results import ResultWriter, row_key
+
+log = _logger(__name__)
 
 
 @dataclass
@@ -83,7 +94,8 @@ class _Pool:
                 c.close()
             with self.lock:
                 url = next(self.urls)
-            c = self.local.conn = Connection(url, self.cfg.protocol, self.cfg.model, self.cfg.timeout_s, self.cfg.scorer)
+            cfg = self.cfg
+            c = self.local.conn = Connection(url, cfg.protocol, cfg.model, cfg.timeout_s, cfg.scorer)
         return c
 
 
@@ -92,7 +104,9 @@ Read = Tuple[List[Optional[Union[np.ndarray, bytes]]], List[Optional[str]], List
 
 def read_batch(paths: Sequence[str], hw) -> Read:
     """(images resized to hw, errors, input warnings), one each per path; an unreadable file is an error."""
-    imgs, errs, warns = [], [], []
+    imgs: List[Optional[Union[np.ndarray, bytes]]] = []
+    errs: List[Optional[str]] = []
+    warns: List[Optional[str]] = []
     for p in paths:
         img, err, warning = None, None, None
         try:
@@ -110,7 +124,8 @@ def read_batch(paths: Sequence[str], hw) -> Read:
 def read_encoded(paths: Sequence[str], hw) -> Read:
     """(the files' bytes, errors, no warnings yet), one each per path: the server decodes and resizes them, and the
     warning comes from the picture size it answers (IMAGE_HW)."""
-    blobs, errs = [], []
+    blobs: List[Optional[Union[np.ndarray, bytes]]] = []
+    errs: List[Optional[str]] = []
     for p in paths:
         blob, err = None, None
         try:
@@ -180,11 +195,12 @@ def _run_batch(pool: _Pool, info: ModelInfo, cfg: JobConfig, paths: Sequence[str
                      threshold=thr, mode=info.mode, latency_ms=round(ms, 2), server=used.get("url"),
                      **line_fields(out, j))
             if encoded:
-                warning = input_warning(tuple(int(v) for v in out[IMAGE_HW][j].reshape(-1)[:2]), info.input_hw)
+                got_h, got_w = (int(v) for v in out[IMAGE_HW][j].reshape(-1)[:2])
+                warning = input_warning((got_h, got_w), info.input_hw)
                 r["warning"] = None if warning is None else f"{paths[i]}: {warning}"
             if r.get("box"):           # the served box is in the model input's pixels: the row's in the image's own
-                hw = (tuple(int(v) for v in out[IMAGE_HW][j].reshape(-1)[:2]) if encoded
-                      else image_size(paths[i]))
+                sent = out[IMAGE_HW][j].reshape(-1) if encoded else None
+                hw = (int(sent[0]), int(sent[1])) if sent is not None else image_size(paths[i])
                 r["box"] = list(box_in_image(r["box"], info.input_hw, hw))
             if cfg.heatmaps is not None:
                 # an encoded file's overlay: decoded here exactly as the server decoded it (it did, so it can)

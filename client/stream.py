@@ -10,6 +10,7 @@ from typing import Callable, Deque, Dict, Iterator, Optional, Tuple
 import numpy as np
 
 from exdd.images import ImageReadError, read_image, resize_rgb
+
 from .connection import LINE_OUTPUTS, Connection, ModelInfo, line_fields
 from .sources import expand
 
@@ -67,7 +68,7 @@ def stream(source: str, conn_factory: Callable[[], Connection], info: ModelInfo,
             on_result({"frame": fid, "score": float(out["SCORE"].reshape(-1)[0]),
                        "is_defect": bool(out["IS_DEFECT"].reshape(-1)[0]), "latency_ms": round(ms, 2),
                        **line_fields(out, 0)})
-        except Exception as e:  # noqa: BLE001 - one failed frame is reported, the stream goes on
+        except Exception as e:
             on_result({"frame": fid, "error": str(e)})
 
     with ThreadPoolExecutor(max_in_flight) as ex:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 import numpy as np
 from PIL import Image
@@ -44,7 +44,7 @@ def _mask_has_defect(path: str) -> int:
     try:
         with Image.open(path) as m:
             return int(np.asarray(m.convert("L")).max() > 0)
-    except Exception as e:  # noqa: BLE001 - reported as this file's error
+    except Exception as e:  # reported as this file's error
         raise ImageReadError(f"{path}: unreadable mask ({e})") from None
 
 
@@ -180,7 +180,7 @@ def holdout_split(samples: Sequence[Sample], fraction: float, seed: int) -> tupl
     order or the machine. The seed salts which images calibrate: another seed holds out other images.
     """
     ordered = canonical_order(samples)
-    held = set()
+    held: Set[int] = set()
     for label in (0, 1):
         group = [s for s in ordered if s.label == label]
         n_hold = int(round(fraction * len(group)))
@@ -196,7 +196,8 @@ def legacy_holdout_split(samples: List[Sample], fraction: float, seed: int) -> t
     """The hold-out of banks built before issue 25 (manifest without sources.heldout_rule): a seeded permutation
     of each label's images in listing order. Kept to recalibrate such banks on the images they held out."""
     rng = np.random.default_rng(seed)
-    kept, held = [], []
+    kept: List[Sample] = []
+    held: List[Sample] = []
     for label in (0, 1):
         group = [s for s in samples if s.label == label]
         n_hold = int(round(fraction * len(group)))

@@ -21,8 +21,8 @@ from typing import List, Optional
 import click
 
 from exdd import defaults
-from exdd.serving.registry import EXTRACTOR_PRECISIONS
 from exdd.results import EvaluationResults
+from exdd.serving.registry import EXTRACTOR_PRECISIONS
 from exdd_scoring.scores import MODES
 
 STANDIN = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "weights",
@@ -34,10 +34,12 @@ def _exdd(args: List[str], log, ok=(0, 1)) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "exdd.cli"] + args
     log("$ exdd " + " ".join(args))
     p = subprocess.run(cmd, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    for line in (p.stdout.strip().splitlines() + [ln for ln in p.stderr.strip().splitlines() if ln.startswith(("note", "warning", "weights"))]):
+    notes = [ln for ln in p.stderr.strip().splitlines() if ln.startswith(("note", "warning", "weights"))]
+    for line in p.stdout.strip().splitlines() + notes:
         log("    " + line)
     if p.returncode not in ok:
-        raise click.ClickException(f"step failed (exit {p.returncode}): exdd {' '.join(args)}\n{p.stderr.strip()[-3000:]}")
+        raise click.ClickException(f"step failed (exit {p.returncode}): exdd {' '.join(args)}\n"
+                                   f"{p.stderr.strip()[-3000:]}")
     return p
 
 
@@ -79,7 +81,7 @@ def _ready(url: str) -> bool:
     try:
         with urllib.request.urlopen(f"http://{url}/v2/health/ready", timeout=2) as r:
             return r.status == 200
-    except Exception:  # noqa: BLE001 - not up yet
+    except Exception:  # not up yet
         return False
 
 
@@ -169,7 +171,8 @@ def demo(out_dir, dataset, weights, input_size, d, surface, port_base, fresh, pr
             diffs.append(abs(served - img.scores[mode]) / max(abs(img.scores[mode]), 1e-6))
         images.append(dataclasses.replace(img, heatmap=r.get("heatmap") or img.heatmap, served_score=served))
     results.images = images
-    served_summary = {"mode": mode, "images": len(diffs), "max_relative_difference_to_offline": max(diffs or [float("nan")]),
+    served_summary = {"mode": mode, "images": len(diffs),
+                      "max_relative_difference_to_offline": max(diffs or [float("nan")]),
                       "extractor_precision": served_precision}
     results.extra["served"] = served_summary
     results.source = "demo"
@@ -183,8 +186,10 @@ def demo(out_dir, dataset, weights, input_size, d, surface, port_base, fresh, pr
         return float("nan") if v is None else float(v)
     for mode_name in MODES:
         v = m.get(mode_name, {})
-        click.echo(f"{mode_name:<10} image AUROC {num(v.get('image_auroc')):.3f}  pixel AUROC {num(v.get('pixel_auroc')):.3f}"
+        click.echo(f"{mode_name:<10} image AUROC {num(v.get('image_auroc')):.3f}  "
+                   f"pixel AUROC {num(v.get('pixel_auroc')):.3f}"
                    f"  pixel AUPRO {num(v.get('pixel_aupro')):.3f}")
-    click.echo(f"served ({mode}, {served_precision} extractor) vs offline: {served_summary['images']} images, max relative difference "
+    click.echo(f"served ({mode}, {served_precision} extractor) vs offline: {served_summary['images']} images, "
+               f"max relative difference "
                f"{served_summary['max_relative_difference_to_offline']:.2e}")
     click.echo(f"time: {time.time() - t0:.0f}s")

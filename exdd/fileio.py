@@ -52,7 +52,7 @@ def atomic_write(path: str, data: Union[str, bytes], fsync: bool = False) -> str
     tmp = os.path.join(folder, f".{base}.{os.getpid()}.{threading.get_ident()}.tmp")   # open(): the umask's mode
     binary = isinstance(data, bytes)
     try:
-        with open(tmp, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as f:
+        with open(tmp, "wb" if binary else "w", encoding=None if binary else "utf-8") as f:
             f.write(data)
             if fsync:
                 f.flush()

@@ -70,7 +70,7 @@ def image_size(path: str) -> Tuple[int, int]:
     try:
         with Image.open(path, formats=FORMATS) as img:
             return img.size[1], img.size[0]
-    except Exception as e:  # noqa: BLE001 - any failure is reported as this file's error
+    except Exception as e:  # any failure is reported as this file's error
         raise ImageReadError(f"{path}: not a readable image ({e})") from None
 
 
@@ -83,7 +83,7 @@ def read_mask(path: str, expect_hw: Tuple[int, int] | None, size_hw: Tuple[int, 
     arr = np.asarray(img.convert("L"))
     m = Image.fromarray(((arr > 0) * 255).astype(np.uint8))
     if size_hw is not None and m.size != (size_hw[1], size_hw[0]):
-        m = m.resize((size_hw[1], size_hw[0]), Image.NEAREST)
+        m = m.resize((size_hw[1], size_hw[0]), Image.Resampling.NEAREST)
     return np.asarray(m) > 127
 
 

@@ -41,7 +41,7 @@ def resize_map(amap: np.ndarray, hw: Tuple[int, int]) -> np.ndarray:
         raise ValueError(f"anomaly map must be 2-D, got shape {a.shape}")
     if a.shape == tuple(hw):
         return a
-    return np.asarray(Image.fromarray(a, mode="F").resize((hw[1], hw[0]), Image.BILINEAR), dtype=np.float32)
+    return np.asarray(Image.fromarray(a, mode="F").resize((hw[1], hw[0]), Image.Resampling.BILINEAR), dtype=np.float32)
 
 
 def colorize(amap: np.ndarray, vmin: float, vmax: float) -> np.ndarray:
@@ -70,7 +70,7 @@ def _mask_to(mask: np.ndarray, hw: Tuple[int, int]) -> np.ndarray:
     m = np.asarray(mask).astype(bool)
     if m.shape == tuple(hw):
         return m
-    img = Image.fromarray(m.astype(np.uint8) * 255).resize((hw[1], hw[0]), Image.NEAREST)
+    img = Image.fromarray(m.astype(np.uint8) * 255).resize((hw[1], hw[0]), Image.Resampling.NEAREST)
     return np.asarray(img) > 127
 
 

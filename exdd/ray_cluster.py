@@ -8,7 +8,7 @@ weights at the same paths (shared storage), as a Ray batch job usually does.
 from __future__ import annotations
 
 import os
-from typing import Optional
+from typing import Any, Dict, Optional
 
 LOCAL = "local"
 
@@ -34,7 +34,7 @@ def connect(address: Optional[str] = LOCAL, num_cpus: Optional[int] = None):
     ray = ray_module()
     if ray.is_initialized():
         return ray
-    kw = dict(include_dashboard=False, log_to_driver=False, configure_logging=False)
+    kw: Dict[str, Any] = dict(include_dashboard=False, log_to_driver=False, configure_logging=False)
     # the workers import exdd from the driver's environment; keep them quiet and single-threaded per CPU
     kw["runtime_env"] = {"env_vars": {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}}
     local = address in (None, "", LOCAL)
@@ -54,7 +54,7 @@ def connect(address: Optional[str] = LOCAL, num_cpus: Optional[int] = None):
             else:
                 ray.init(address=address, **kw)
             return ray
-        except Exception as e:  # noqa: BLE001 - Ray raises ConnectionError, RuntimeError, ValueError ...
+        except Exception as e:  # Ray raises ConnectionError, RuntimeError, ValueError ...
             # a local Ray gives its raylet 30 s to register: on an overloaded machine, start it again
             if local and "timed out during startup" in str(e) and attempt < 2:
                 ray.shutdown()

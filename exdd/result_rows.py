@@ -14,7 +14,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple, TypedDict
 
 from exdd.log import get as _logger
 from exdd_scoring.answer import FIELDS as LINE_FIELDS
@@ -32,7 +32,14 @@ log = _logger(__name__)
 LINE_COLUMNS = list(LINE_FIELDS)
 COLUMNS = ["path", "score", "is_defect", "score_neg", "score_pos", "threshold", "mode", "latency_ms", "heatmap",
            "error", "warning", "error_kind"] + LINE_COLUMNS
-ENCODING = {"encoding": "utf-8", "errors": "surrogateescape"}     # a CSV's raw non-UTF-8 name bytes read back the same
+class Encoding(TypedDict):
+    """How result files are encoded: open(..., **ENCODING), bytes.decode(**ENCODING)."""
+    encoding: str
+    errors: str
+
+
+# a CSV's raw non-UTF-8 name bytes read back the same
+ENCODING: Encoding = {"encoding": "utf-8", "errors": "surrogateescape"}
 
 Problems = List[Tuple[int, str]]      # (line number, why the line is not a row)
 

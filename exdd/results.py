@@ -141,7 +141,8 @@ class EvaluationResults:
                 line = _line_fields(im)
             except (TypeError, ValueError):
                 raise ResultsError(f"{where}: images[{i}] ({im['path']}): scores and label must be numbers, and "
-                                   "verdict, confidence, area, box, nearest_source, nearest_class of their kinds") from None
+                                   "verdict, confidence, area, box, nearest_source, nearest_class of their "
+                                   "kinds") from None
             images.append(ImageResult(im["path"], label, scores, str(im.get("kind") or ""), s_neg, s_pos,
                                       im.get("heatmap"), im.get("error"), served, **line))
         errors = []
@@ -157,7 +158,8 @@ class EvaluationResults:
                    images=images, errors=errors,
                    thresholds={str(k): float(v) for k, v in thresholds.items() if v is not None},
                    source=str(data.get("source", "offline")), dataset=data.get("dataset"), split=data.get("split"),
-                   banks=data.get("banks"), weights=data.get("weights"), weights_note=str(data.get("weights_note") or ""),
+                   banks=data.get("banks"), weights=data.get("weights"),
+                   weights_note=str(data.get("weights_note") or ""),
                    seconds=data.get("seconds"), extra={k: v for k, v in data.items() if k not in _KNOWN},
                    version=RESULTS_VERSION)
 

@@ -20,8 +20,8 @@ from typing import Any, Callable, Dict, Optional, Tuple
 import numpy as np
 
 from .bank import BankError, sha256_file
-from .manifest import BankManifest, IndexEntry, IndexFile
 from .knn import DEFAULT_MAX_BLOCK, nearest, sq_norms
+from .manifest import BankManifest, IndexEntry, IndexFile
 
 INDEX_KEY = "index"
 HNSW_DEFAULTS = {"m": 32, "ef_construction": 128, "ef_search": 64}  # measured: BENCHMARKS.md, Speed
@@ -91,7 +91,7 @@ SEARCHERS: Dict[str, type] = {"exact": ExactSearcher, "hnsw": HnswSearcher}
 
 def _faiss() -> Any:
     try:
-        import faiss  # noqa: PLC0415 - optional, only for hnsw
+        import faiss  # optional, only for hnsw
     except ImportError:
         raise IndexFileError(NO_FAISS) from None
     return faiss

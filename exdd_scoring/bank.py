@@ -19,9 +19,19 @@ from typing import Any, Dict, Mapping, Optional, Type, Union
 
 import numpy as np
 
-from .manifest import (BANK_FORMAT_VERSION, MANIFEST, MIN_K, BankError, BankManifest, FileEntry,  # noqa: F401
-                       ManifestError, check_k, safe_name)   # MIN_K, check_k: re-exported
-from .nearest import FILES as SOURCE_FILES, DefectSources, SourcesError, check_sources
+from .manifest import (  # noqa: F401
+    BANK_FORMAT_VERSION,
+    MANIFEST,
+    MIN_K,
+    BankError,
+    BankManifest,
+    FileEntry,
+    ManifestError,  # MIN_K, check_k: re-exported
+    check_k,
+    safe_name,
+)
+from .nearest import FILES as SOURCE_FILES
+from .nearest import DefectSources, SourcesError, check_sources
 from .roi import ROI_FILE, ROI_PNG, RoiError, check_roi
 from .spec import IDENTITY, RANDOM_PROJECTION, REQUIRED, FeatureSpec, SpecError
 
@@ -97,7 +107,7 @@ def save_bank(directory: str, negative: Bank, positive: Optional[Bank],
             np.save(path, np.ascontiguousarray(arr), allow_pickle=False)
             files[fname] = FileEntry(sha256_file(path), tuple(int(v) for v in arr.shape), str(arr.dtype))
     files.update(_save_projection(directory, manifest.features, projection))
-    extras = []
+    extras: list = []     # (file name, array) of the optional files
     if roi is not None:
         extras.append((ROI_FILE, check_roi(np.asarray(roi), manifest.features.input_size, directory).astype(np.uint8)))
     if sources is not None:
@@ -250,7 +260,8 @@ def load_banks(directory: str, expected_features: Any = None,
         vec = _load_array(directory, f"{name}.npy", files[f"{name}.npy"])
         nbr = _load_array(directory, f"{name}_neighbors.npy", files[f"{name}_neighbors.npy"])
         if vec.ndim != 2 or vec.shape[1] != d or nbr.shape[0] != vec.shape[0]:
-            raise BankError(f"{directory}: {name} bank has shape {vec.shape} / neighbours {nbr.shape}, expected (n, {d})")
+            raise BankError(f"{directory}: {name} bank has shape {vec.shape} / neighbours {nbr.shape}, "
+                            f"expected (n, {d})")
         if nbr.size and (nbr.min() < 0 or nbr.max() >= vec.shape[0]):
             raise BankError(f"{directory}: {name}_neighbors.npy holds indices outside the bank")
         banks[name] = Bank(vec, nbr) if vec.shape[0] > 0 else None

@@ -41,7 +41,7 @@ def run_batched(requests: Sequence[Any], parse: Callable[[Any], Parsed], run: Ca
     for i, request in enumerate(requests):
         try:
             good.append((i, parse(request)))
-        except Exception as e:  # noqa: BLE001 - any bad input is that request's error only
+        except Exception as e:  # any bad input is that request's error only
             responses[i] = error(e)
     if not good:
         return responses
@@ -55,10 +55,10 @@ def run_batched(requests: Sequence[Any], parse: Callable[[Any], Parsed], run: Ca
             start += p.n
         for (i, _), answer in zip(good, answers):
             responses[i] = answer
-    except Exception:  # noqa: BLE001 - run each request alone so one failure cannot sink the batch
+    except Exception:  # run each request alone so one failure cannot sink the batch
         for i, p in good:
             try:
                 responses[i] = respond(run(p.array, [p]), p)
-            except Exception as e:  # noqa: BLE001
+            except Exception as e:
                 responses[i] = error(e)
     return responses

@@ -8,7 +8,7 @@ fallback ``log s- + log max(ratio map)`` is used, and the manifest says so.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence, Union
 
 import numpy as np
 
@@ -16,7 +16,8 @@ FEATURES = ("log_s_neg", "log_ratio_map_max", "log_s_pos")
 MIN_PER_CLASS = 5
 FALLBACK = {"features": list(FEATURES), "mean": [0.0, 0.0, 0.0], "scale": [1.0, 1.0, 1.0],
             "coef": [1.0, 1.0, 0.0], "intercept": 0.0, "fitted": False,
-            "note": f"fixed fallback log s- + log max(ratio map): fewer than {MIN_PER_CLASS} held-out images of a class"}
+            "note": f"fixed fallback log s- + log max(ratio map): fewer than {MIN_PER_CLASS} held-out images of "
+                    "a class"}
 
 
 def fusion_features(s_neg: Any, ratio_map_max: Any, s_pos: Any, xp: Any, tiny: float = 1e-12) -> Any:
@@ -32,7 +33,7 @@ def fusion_score(x: Any, params: Dict[str, Any], xp: Any) -> Any:
     return ((x - mean) / scale) @ coef + float(params["intercept"])
 
 
-def fit_fusion(x: np.ndarray, labels: Sequence[int], l2: float = 1.0, iters: int = 50,
+def fit_fusion(x: np.ndarray, labels: Union[Sequence[int], np.ndarray], l2: float = 1.0, iters: int = 50,
                features: Sequence[str] = FEATURES, fallback: Optional[Dict[str, Any]] = None,
                min_per_class: int = MIN_PER_CLASS) -> Dict[str, Any]:
     """Parameters of an L2-regularised logistic regression on standardised features (Newton steps);

@@ -27,8 +27,19 @@ import typing
 from dataclasses import dataclass, field, fields
 from typing import Any, Dict, Mapping, NewType, Optional, Tuple
 
-from .records import (SCALARS, Finite, Name, Positive, Record, RecordError, dump, fail, field_types, json_object,
-                      optional)
+from .records import (
+    SCALARS,
+    Finite,
+    Name,
+    Positive,
+    Record,
+    RecordError,
+    dump,
+    fail,
+    field_types,
+    json_object,
+    optional,
+)
 from .scores import DEFAULT_GAMMA, DEFAULT_MODE, MODE_REGISTRY, TOPK_FRACTION
 from .spec import FeatureSpec, SpecError
 
@@ -76,7 +87,12 @@ def safe_name(name: Any, where: str) -> str:
     return name
 
 
-K, ModeName, FileName = NewType("K", int), NewType("ModeName", str), NewType("FileName", str)
+if typing.TYPE_CHECKING:   # to a type checker the checked scalars are their base types (checked when parsed)
+    K = int
+    ModeName = str
+    FileName = str
+else:
+    K, ModeName, FileName = NewType("K", int), NewType("ModeName", str), NewType("FileName", str)
 SCALARS.update({K: check_k, ModeName: check_mode, FileName: safe_name})
 
 
@@ -272,7 +288,7 @@ class BankManifest(Record):
     line: Optional[LineRules] = None                # issue 27: review band, confidence, regions, ROI (None: before)
     files: Mapping[FileName, FileEntry] = field(default_factory=dict)   # set by save_bank
     format_version: int = BANK_FORMAT_VERSION
-    version: int = MANIFEST_VERSION                 # what it was read as (0: no version key); to_dict writes the current
+    version: int = MANIFEST_VERSION                 # as read (0: no version key); to_dict writes the current one
 
     def __post_init__(self) -> None:
         """Fields set in code must hold their declared types (parsed ones do by construction)."""
@@ -291,7 +307,8 @@ class BankManifest(Record):
 
     @classmethod
     def from_dict(cls, data: Any, where: str = "bank manifest", path: str = "") -> "BankManifest":
-        """The manifest of a parsed manifest.json (or an in-memory dict of one); ManifestError naming where and the field."""
+        """The manifest of a parsed manifest.json (or an in-memory dict of one); ManifestError naming where and the
+        field."""
         if isinstance(data, cls):
             return data
         if isinstance(data, BankManifest):        # read as the other kind (OfflineManifest <-> BankManifest)

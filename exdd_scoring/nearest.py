@@ -12,7 +12,7 @@ and its class.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, List, Sequence, Tuple
+from typing import Any, List, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -20,6 +20,7 @@ SOURCES_FILE = "positive_sources.npy"
 IMAGES_FILE = "defect_images.npy"
 CLASSES_FILE = "defect_classes.npy"
 FILES = (SOURCES_FILE, IMAGES_FILE, CLASSES_FILE)
+Indices = Union[Sequence[int], np.ndarray]   # a list or an integer array of row / image indices
 
 
 class SourcesError(ValueError):
@@ -37,11 +38,11 @@ class DefectSources:
         check_sources(self.rows, self.images, self.classes, None, "positive-bank sources")
 
     @classmethod
-    def of(cls, row_images: Sequence[int], images: Sequence[str], classes: Sequence[str]) -> "DefectSources":
+    def of(cls, row_images: Indices, images: Sequence[str], classes: Sequence[str]) -> "DefectSources":
         """From the row -> image index list and the image / class tables."""
         return cls(np.asarray(row_images, dtype=np.int32).reshape(-1), _strings(images), _strings(classes))
 
-    def subset(self, rows: Sequence[int]) -> "DefectSources":
+    def subset(self, rows: Indices) -> "DefectSources":
         """The sources of the bank's kept rows (a coreset's sorted indices), tables unchanged."""
         return DefectSources(self.rows[np.asarray(rows, dtype=np.int64)], self.images, self.classes)
 

@@ -29,7 +29,8 @@ def metadata_entries(features: Mapping[str, Any], precision: str) -> Dict[str, s
 def features_of(meta: Mapping[str, str], where: str) -> Dict[str, Any]:
     """The features fingerprint (a dict) in metadata entries; OnnxMetadataError naming where when absent or bad."""
     if FEATURES_KEY not in meta:
-        raise OnnxMetadataError(f"{where}: no '{FEATURES_KEY}' in the ONNX metadata (not exported by exdd export onnx?)")
+        raise OnnxMetadataError(f"{where}: no '{FEATURES_KEY}' in the ONNX metadata "
+                                "(not exported by exdd export onnx?)")
     try:
         feats = json.loads(meta[FEATURES_KEY])
     except ValueError as e:
@@ -47,7 +48,7 @@ def read_metadata(onnx_path: str) -> Dict[str, str]:
         raise OnnxMetadataError(f"{onnx_path}: no such ONNX file")
     try:
         sess = ort.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])
-    except Exception as e:  # noqa: BLE001 - ORT raises several unrelated types for bad files
+    except Exception as e:  # ORT raises several unrelated types for bad files
         raise OnnxMetadataError(f"{onnx_path}: not a loadable ONNX model ({type(e).__name__}: {e})") from None
     return dict(sess.get_modelmeta().custom_metadata_map)
 

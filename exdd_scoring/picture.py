@@ -79,7 +79,7 @@ def _refused(source: Union[str, BinaryIO]) -> str:
             accept = Image.OPEN[fmt][1]
             if fmt not in FORMATS and accept is not None and accept(prefix):
                 return f"format {fmt} (by its header) is not accepted (accepted formats: {accepted})"
-    except Exception:  # noqa: BLE001 - only the message's detail
+    except Exception:  # only the message's detail
         pass
     return f"not a recognised image file (accepted formats: {accepted})"
 
@@ -111,7 +111,7 @@ def resize_image(img: Image.Image, size_hw: Tuple[int, int]) -> Image.Image:
     server's preprocess model): PIL bilinear, which antialiases when shrinking (its filter widens with the scale)."""
     if img.size == (size_hw[1], size_hw[0]):
         return img
-    return img.resize((int(size_hw[1]), int(size_hw[0])), Image.BILINEAR)
+    return img.resize((int(size_hw[1]), int(size_hw[0])), Image.Resampling.BILINEAR)
 
 
 def check_rgb(arr: np.ndarray, what: str) -> np.ndarray:
@@ -129,7 +129,8 @@ def check_rgb(arr: np.ndarray, what: str) -> np.ndarray:
 
 
 def resize_rgb(rgb: np.ndarray, size_hw: Tuple[int, int], what: str = "image") -> np.ndarray:
-    """A uint8 (H, W, 3) RGB array resized to size_hw exactly as a decoded file is (unchanged when already that size)."""
+    """A uint8 (H, W, 3) RGB array resized to size_hw exactly as a decoded file is (unchanged when already that
+    size)."""
     arr = check_rgb(np.asarray(rgb), what)
     if arr.shape[:2] == tuple(size_hw):
         return arr

@@ -62,7 +62,8 @@ class FileError(Record):
 
 @dataclass(frozen=True)
 class Sources(Record):
-    """What the banks were built from: the dataset, image counts, synthetic folders, held-out split, unreadable files."""
+    """What the banks were built from: the dataset, image counts, synthetic folders, held-out split, unreadable
+    files."""
     dataset: str
     normal_images: int = 0
     defect_images: int = 0
@@ -113,11 +114,11 @@ class UpdateRecord(Record):
 @dataclass(frozen=True)
 class OfflineManifest(BankManifest):
     """The bank manifest with its provenance typed (None: absent, as in banks built before exdd recorded it)."""
-    coreset: Optional[CoresetInfo] = None
-    defect_patch_rule: Optional[DefectPatchRule] = None
-    sources: Optional[Sources] = None
-    parent: Optional[Parent] = None
-    updates: Tuple[UpdateRecord, ...] = ()
+    coreset: Optional[CoresetInfo] = None  # type: ignore[assignment]  # a JSON object in BankManifest
+    defect_patch_rule: Optional[DefectPatchRule] = None  # type: ignore[assignment]  # a JSON object in BankManifest
+    sources: Optional[Sources] = None  # type: ignore[assignment]  # a JSON object in BankManifest
+    parent: Optional[Parent] = None  # type: ignore[assignment]  # a JSON object in BankManifest
+    updates: Tuple[UpdateRecord, ...] = ()  # type: ignore[assignment]  # a JSON object in BankManifest
 
     def already_added(self) -> set:
         """Absolute paths of the images added by the updates of this lineage."""

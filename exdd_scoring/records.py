@@ -13,7 +13,7 @@ import math
 import typing
 from collections.abc import Mapping as AbcMapping
 from dataclasses import MISSING, fields
-from typing import Any, Callable, Dict, Iterable, Mapping, NewType, Tuple, Union
+from typing import Any, Callable, ClassVar, Dict, Iterable, Mapping, NewType, Optional, Tuple, Union
 
 
 class RecordError(ValueError):
@@ -35,8 +35,16 @@ def check(ok: Callable[[Any], bool], want: str, conv: Callable[[Any], Any] = lam
 
 _isint = lambda v: isinstance(v, int) and not isinstance(v, bool)  # noqa: E731
 _isnum = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and not math.isnan(v)  # noqa: E731
-Seed, Positive = NewType("Seed", int), NewType("Positive", int)          # any integer; an integer >= 1
-Finite, Name = NewType("Finite", float), NewType("Name", str)            # not infinite; a non-empty string
+if typing.TYPE_CHECKING:   # to a type checker the checked scalars are their base types (checked when parsed)
+    Seed = int
+    Positive = int
+    Finite = float
+    Name = str
+else:
+    Seed = NewType("Seed", int)              # any integer
+    Positive = NewType("Positive", int)      # an integer >= 1
+    Finite = NewType("Finite", float)        # not infinite
+    Name = NewType("Name", str)              # a non-empty string
 SCALARS: Dict[Any, Callable[[Any, str], Any]] = {
     int: check(lambda v: _isint(v) and v >= 0, "an integer >= 0", int), Seed: check(_isint, "an integer", int),
     Positive: check(lambda v: _isint(v) and v >= 1, "an integer >= 1", int), float: check(_isnum, "a number", float),
@@ -47,7 +55,8 @@ SCALARS: Dict[Any, Callable[[Any, str], Any]] = {
 json_list = check(lambda v: isinstance(v, (list, tuple)), "a JSON list")
 
 
-def json_object(value: Any, name: str, known: Iterable[str] = None, required: Iterable[str] = ()) -> Mapping[str, Any]:
+def json_object(value: Any, name: str, known: Optional[Iterable[str]] = None,
+                required: Iterable[str] = ()) -> Mapping[str, Any]:
     """value as a JSON object (with only the known keys, when given, and every required one)."""
     if not isinstance(value, Mapping):
         raise RecordError(f"{name} must be a JSON object, got {type(value).__name__} {value!r}")
@@ -64,9 +73,11 @@ def json_object(value: Any, name: str, known: Iterable[str] = None, required: It
 
 def field_types(cls: type) -> Dict[str, Any]:
     """The field types of a dataclass (resolved once per class)."""
-    if "_field_types" not in cls.__dict__:
-        cls._field_types = typing.get_type_hints(cls)
-    return cls._field_types
+    hints: Optional[Dict[str, Any]] = cls.__dict__.get("_field_types")
+    if hints is None:
+        hints = typing.get_type_hints(cls)
+        setattr(cls, "_field_types", hints)
+    return hints
 
 
 def optional(tp: Any) -> Tuple[Any, bool]:
@@ -117,6 +128,8 @@ def dump(value: Any) -> Any:
 
 class Record:
     """Base of a frozen dataclass read from and written to JSON by its field types."""
+
+    __dataclass_fields__: ClassVar[Dict[str, Any]]   # set by @dataclass on each subclass
 
     @classmethod
     def from_dict(cls, d: Any, where: str, path: str = "") -> Any:

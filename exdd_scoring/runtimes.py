@@ -10,7 +10,7 @@ library only when opened (numpy + that library):
 """
 from __future__ import annotations
 
-from typing import Callable, Dict, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 
@@ -30,7 +30,7 @@ class OnnxRuntimeRunner:
         opts = ort.SessionOptions()
         if threads and threads > 0:          # else ONNX Runtime's default (one thread per physical core)
             opts.intra_op_num_threads = int(threads)
-        providers = ["CPUExecutionProvider"]
+        providers: List[Any] = ["CPUExecutionProvider"]   # names, or (name, options)
         self.note = ""
         if device is not None:
             if "CUDAExecutionProvider" in ort.get_available_providers():
@@ -63,7 +63,7 @@ class OpenVinoRunner:
         self.note = "OpenVINO runs on the CPU; the GPU instance kind is ignored" if device is not None else ""
         if precision == "bf16" and "BF16" not in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
             self.note = "this CPU has no bf16 units: OpenVINO runs f32"
-        config = {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY"}
+        config: Dict[str, Any] = {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY"}
         if threads and threads > 0:          # else OpenVINO's default (its CPU plugin picks the cores)
             config["INFERENCE_NUM_THREADS"] = int(threads)
         self.compiled = core.compile_model(self.model, "CPU", config)

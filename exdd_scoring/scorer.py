@@ -33,17 +33,19 @@ class Scorer:
         feats = banks.manifest.features
         self.xp, self.eps, self.max_block = xp, float(eps), int(max_block)
         self.grid = feats.grid
-        self.out_hw = tuple(int(v) for v in (out_hw or feats.input_size))
+        hw = out_hw or feats.input_size
+        self.out_hw = (int(hw[0]), int(hw[1]))
         self.d = feats.d
         self.manifest = banks.manifest
         self.neg = xp.asarray(banks.negative.vectors, dtype=xp.float32)
         self.neg_sq = sq_norms(self.neg, xp)
         self.neg_nb = xp.asarray(banks.negative.neighbors, dtype=xp.int64)
-        self.has_positive = banks.positive is not None
-        if self.has_positive:
-            self.pos = xp.asarray(banks.positive.vectors, dtype=xp.float32)
+        positive = banks.positive
+        self.has_positive = positive is not None
+        if positive is not None:
+            self.pos = xp.asarray(positive.vectors, dtype=xp.float32)
             self.pos_sq = sq_norms(self.pos, xp)
-            self.pos_nb = xp.asarray(banks.positive.neighbors, dtype=xp.int64)
+            self.pos_nb = xp.asarray(positive.neighbors, dtype=xp.int64)
         else:
             warnings.warn("the positive (defect) bank is empty: all modes fall back to "
                           "patchcore (negative bank only)", RuntimeWarning, stacklevel=2)

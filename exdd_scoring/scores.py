@@ -40,7 +40,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Optional, Tuple
 
-from .fusion import FALLBACK as FUSION_FALLBACK, fusion_features, fusion_score
+from .fusion import FALLBACK as FUSION_FALLBACK
+from .fusion import fusion_features, fusion_score
 
 DEFAULT_GAMMA = 1.0
 DEFAULT_MODE = "dual_bounded"   # issue 19: decided on 5 group splits of 3 dev sets (BENCHMARKS.md)
@@ -89,7 +90,8 @@ def positive_bank_problem(pos_spacing: float, neg_spacing: float, rows: int, dis
 
 
 def bounded_eps(pos_scale: float, rel: float = EPS_REL) -> float:
-    """eps relative to the positive bank's spacing, so a patch equal to a training defect scores a-/eps_b, not a-/1e-6."""
+    """eps relative to the positive bank's spacing, so a patch equal to a training defect scores a-/eps_b, not
+    a-/1e-6."""
     return max(rel * float(pos_scale), EPS_FLOOR)
 
 
@@ -193,21 +195,28 @@ def eps_b(ev: Evidence, rel: float = EPS_REL) -> float:
     return bounded_eps(ev.params["pos_scale"], rel) if "pos_scale" in ev.params else ev.eps
 
 
+def a_pos_of(ev: Evidence) -> Any:
+    """a+ of an evidence with a positive bank (without one, patch_map reads only 'neg')."""
+    if ev.a_pos is None:
+        raise ValueError("this map needs the positive bank's distances (a_pos): the banks have no positive bank")
+    return ev.a_pos
+
+
 def raise_map(ev: Evidence) -> Any:
     """a- max(1, a-/(a+ + eps_r)): never below PatchCore's a-, amplified only where a known defect is nearer."""
-    return ev.a_neg * ev.xp.maximum(1.0, ev.a_neg / (ev.a_pos + eps_b(ev, RAISE_EPS_REL)))
+    return ev.a_neg * ev.xp.maximum(1.0, ev.a_neg / (a_pos_of(ev) + eps_b(ev, RAISE_EPS_REL)))
 
 
 def dual_map(ev: Evidence, eps: float) -> Any:
     """a- (a-/(a+ + eps))^gamma: far from normal and near known defects (eps 1e-6, or a bounded one)."""
-    return ev.a_neg * (ev.a_neg / (ev.a_pos + eps)) ** float(ev.params.get("gamma", DEFAULT_GAMMA))
+    return ev.a_neg * (ev.a_neg / (a_pos_of(ev) + eps)) ** float(ev.params.get("gamma", DEFAULT_GAMMA))
 
 
 MAP_KINDS: Dict[str, Callable[[Evidence], Any]] = {
     "neg": lambda ev: ev.a_neg,
-    "ratio": lambda ev: ev.a_neg / (ev.a_pos + ev.eps),
+    "ratio": lambda ev: ev.a_neg / (a_pos_of(ev) + ev.eps),
     "dual": lambda ev: dual_map(ev, ev.eps),
-    "ratio_b": lambda ev: ev.a_neg / (ev.a_pos + eps_b(ev)),
+    "ratio_b": lambda ev: ev.a_neg / (a_pos_of(ev) + eps_b(ev)),
     "dual_b": lambda ev: dual_map(ev, eps_b(ev)),
     "dual_b01": lambda ev: dual_map(ev, eps_b(ev, DUAL_EPS_REL)),
     "raise": raise_map,
@@ -248,8 +257,11 @@ def _fusion(ev: Evidence) -> Any:
 # known defect than the normal bank, at the positive bank's spacing), and a-, a+ at the dual_b01 peak patch.
 HEAD_FEATURES: Tuple[str, ...] = ("log_dual_peak", "log_dual_topk", "log_ratio_topk", "log_ratio_mean", "ratio_area",
                                   "log_neg_at_peak", "log_pos_at_peak")
-HEAD_FALLBACK = {"features": ["log_dual_topk"], "mean": [0.0], "scale": [1.0], "coef": [1.0], "intercept": 0.0,
-                 "fitted": False, "note": "fixed fallback: log of the top-k mean of the dual_b01 map (dual_topk's score)"}
+HEAD_FALLBACK: Dict[str, Any] = {"features": ["log_dual_topk"], "mean": [0.0], "scale": [1.0], "coef": [1.0],
+                                 "intercept": 0.0,
+                                 "fitted": False,
+                                 "note": "fixed fallback: log of the top-k mean of the dual_b01 map "
+                                         "(dual_topk's score)"}
 
 
 def head_inputs(ev: Evidence, names: Tuple[str, ...] = HEAD_FEATURES, tiny: float = 1e-12) -> Any:
@@ -260,7 +272,7 @@ def head_inputs(ev: Evidence, names: Tuple[str, ...] = HEAD_FEATURES, tiny: floa
     def at_peak() -> Tuple[Any, Any]:
         p = xp.argmax(MAP_KINDS["dual_b01"](ev), axis=1)
         b = xp.arange(p.shape[0])
-        return ev.a_neg[b, p], ev.a_pos[b, p]
+        return ev.a_neg[b, p], a_pos_of(ev)[b, p]
 
     stats: Dict[str, Callable[[], Any]] = {
         "log_dual_peak": lambda: log(ev.map_max("dual_b01")),
@@ -283,11 +295,13 @@ def _head(ev: Evidence) -> Any:
 
 
 register_mode(Mode("patchcore", "neg", lambda ev: ev.s_neg, "negative bank only: PatchCore's reweighted score"))
-register_mode(Mode("exdd", "ratio", lambda ev: ev.s_neg / (ev.s_pos + ev.eps), "the paper: s- / (s+ + eps) and the ratio map"))
+register_mode(Mode("exdd", "ratio", lambda ev: ev.s_neg / (ev.s_pos + ev.eps),
+                   "the paper: s- / (s+ + eps) and the ratio map"))
 register_mode(Mode("dual", "dual", lambda ev: ev.map_max("dual"),
                    "ours: the peak of the smoothed map a- (a-/a+)^gamma, far from normal and near known defects"))
 register_mode(Mode("dual_ratio", "ratio_b", lambda ev: ev.map_max("dual"),
-                   "dual's image score (peak of a- (a-/a+)^gamma, unbounded) with the bounded ratio map a-/(a+ + eps_b)"))
+                   "dual's image score (peak of a- (a-/a+)^gamma, unbounded) with the bounded ratio map "
+                   "a-/(a+ + eps_b)"))
 register_mode(Mode("dual_bounded", "ratio_b", lambda ev: ev.map_max("dual_b01"),
                    "the default: the peak of a- (a-/(a+ + 0.1 x the positive bank's spacing))^gamma, bounded, with "
                    "the bounded ratio map a-/(a+ + eps_b)"))

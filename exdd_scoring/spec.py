@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, fields
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 # What makes two feature extractors interchangeable: a bank is only valid with the same values.
 IDENTITY = ("backbone", "weights", "input_size", "layers", "grid", "projection", "projection_seed",
@@ -72,7 +72,7 @@ class FeatureSpec:
             raise SpecError(f"{where}: grid {self.grid} is larger than the input size {self.input_size}")
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any], where: str = "features") -> "FeatureSpec":
+    def from_dict(cls, data: Union[Mapping[str, Any], "FeatureSpec"], where: str = "features") -> "FeatureSpec":
         """The spec of a JSON object (a manifest's 'features', features.json, ONNX metadata); unknown keys ignored."""
         if isinstance(data, FeatureSpec):
             return data
@@ -90,7 +90,7 @@ class FeatureSpec:
             spec.validate(where)
         except SpecError:
             raise
-        except Exception as e:  # noqa: BLE001 - any malformed value is this input's error
+        except Exception as e:  # any malformed value is this input's error
             raise SpecError(f"{where}: malformed features ({e})") from None
         return spec
 

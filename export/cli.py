@@ -44,7 +44,8 @@ def _features_source(banks, weights, d, projection_seed, input_size):
 @click.option("--precision", default="fp32", type=click.Choice(["fp32", "fp16", "bf16", "int8"]), show_default=True,
               help="bf16: the fp32 file, checked as OpenVINO runs it at bf16 (what --features-backend python-openvino "
                    "serves). int8: ONNX Runtime static quantization (QDQ, per-channel Conv weights) calibrated on "
-                   "--calibration-images. Both are faster on CPUs but missed score parity on a dev set (BENCHMARKS.md).")
+                   "--calibration-images. Both are faster on CPUs but missed score parity on a dev set "
+                   "(BENCHMARKS.md).")
 @click.option("--parity-images", default=None, type=click.Path(exists=True, file_okay=False),
               help="Folder or dataset whose first images the parity check uses (default: generated surfaces).")
 @click.option("--parity-count", default=None, type=click.IntRange(1, 256),
@@ -62,7 +63,9 @@ def onnx_cmd(out_path, banks, weights, d, projection_seed, input_size, precision
 
     from exdd.offline.features import build_extractor
     from exdd.offline.weights import WeightsError, is_random
-    from .onnx_export import ExportError, export_onnx, parity, parity_images as get_images
+
+    from .onnx_export import ExportError, export_onnx, parity
+    from .onnx_export import parity_images as get_images
 
     weights, d, seed, hw, proj, kind = _features_source(banks, weights, d, projection_seed, input_size)
     torch.set_num_threads(max(1, os.cpu_count() or 1))
@@ -92,10 +95,12 @@ def onnx_cmd(out_path, banks, weights, d, projection_seed, input_size, precision
         result = parity(out_path, model, images, file_precision)
     except ExportError as e:
         fail(str(e))
-    click.echo(f"onnx: {out_path} ({file_precision}, {os.path.getsize(out_path) / 1e6:.1f} MB, {time.time() - t0:.1f}s)")
+    click.echo(f"onnx: {out_path} ({file_precision}, {os.path.getsize(out_path) / 1e6:.1f} MB, "
+               f"{time.time() - t0:.1f}s)")
     click.echo(f"{result.describe()} [{where}]")
     if not result.ok:
-        fail(f"{out_path}: ONNX Runtime differs from torch beyond the tolerance ({result.rel:.2e} > {result.tolerance:.0e})", 3)
+        fail(f"{out_path}: ONNX Runtime differs from torch beyond the tolerance "
+             f"({result.rel:.2e} > {result.tolerance:.0e})", 3)
     if precision == "bf16":
         _check_bf16(out_path, model, images, where, banks)
 
@@ -111,6 +116,7 @@ def _banks_or_none(banks):
 def _check_bf16(out_path, model, images, where, banks):
     """The exported fp32 file through OpenVINO at bf16 against torch fp32 (and image scores with banks)."""
     from exdd_scoring.runtimes import open_runtime
+
     from .quantize import reduced_parity
     try:
         runner = open_runtime("openvino", out_path, "bf16")
@@ -127,8 +133,10 @@ def _export_int8(model, info, out_path, banks, hw, parity_images, parity_count, 
     """fp32 export -> static int8 quantization -> parity against torch fp32 (and image scores with banks)."""
     import tempfile
 
-    from .onnx_export import ExportError, export_onnx, parity_images as get_images
-    from .quantize import calibration_images as get_calibration, quant_parity, quantize_int8
+    from .onnx_export import ExportError, export_onnx
+    from .onnx_export import parity_images as get_images
+    from .quantize import calibration_images as get_calibration
+    from .quantize import quant_parity, quantize_int8
 
     t0 = time.time()
     try:

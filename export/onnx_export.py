@@ -48,7 +48,8 @@ class Parity:
         """One line for humans."""
         verdict = "ok" if self.ok else "FAILED"
         return (f"parity {self.precision}: {verdict} on {self.images} images: max |onnx-torch| = {self.max_abs:.3g}, "
-                f"feature scale max |torch| = {self.scale:.3g}, relative {self.rel:.2e} (tolerance {self.tolerance:.0e})")
+                f"feature scale max |torch| = {self.scale:.3g}, relative {self.rel:.2e} "
+                f"(tolerance {self.tolerance:.0e})")
 
 
 def _wrapped(model: Any, precision: str) -> Any:

@@ -46,8 +46,13 @@ def calibration_files(source: str, n: int) -> List[str]:
 def quantize_int8(fp32_path: str, out_path: str, calibration: np.ndarray) -> str:
     """Static int8 QDQ quantization (per-channel Conv weights) of an exported fp32 extractor; returns out_path."""
     import onnx
-    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
-                                          quantize_static)
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     if len(calibration) == 0:
@@ -123,7 +128,8 @@ def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def quant_parity(int8_path: str, model: Any, images: np.ndarray, banks: Any = None,
                  mode: Optional[str] = None) -> QuantParity:
-    """Compare the int8 ONNX (ONNX Runtime) with the torch fp32 extractor on images; score both with banks when given."""
+    """Compare the int8 ONNX (ONNX Runtime) with the torch fp32 extractor on images; score both with banks when
+    given."""
     from exdd_scoring.runtimes import open_runtime
     return reduced_parity(open_runtime("onnxruntime", int8_path), "int8", model, images, banks, mode)
 

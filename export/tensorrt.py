@@ -11,7 +11,8 @@ from .onnx_export import INPUT_NAME
 
 NO_TENSORRT = ("TensorRT is not available here: neither the 'tensorrt' Python package nor 'trtexec' on PATH. "
                "Build the engine on the GPU machine that will serve it (an engine is specific to its GPU and "
-               "TensorRT version), e.g. inside nvcr.io/nvidia/tritonserver:<yy.mm>-py3, or `pip install tensorrt` there.")
+               "TensorRT version), e.g. inside nvcr.io/nvidia/tritonserver:<yy.mm>-py3, or `pip install tensorrt` "
+               "there.")
 
 
 class TensorRTUnavailable(RuntimeError):
@@ -67,7 +68,8 @@ def build_python(onnx_path: str, engine_path: str, input_hw: Tuple[int, int], ma
     return engine_path
 
 
-def build_trtexec(onnx_path: str, engine_path: str, input_hw: Tuple[int, int], max_batch: int, fp16: bool = True) -> str:
+def build_trtexec(onnx_path: str, engine_path: str, input_hw: Tuple[int, int], max_batch: int,
+                  fp16: bool = True) -> str:
     """Build with trtexec; returns engine_path."""
     mn, op, mx = (("x".join(str(v) for v in s)) for s in _shapes(input_hw, max_batch))
     cmd = [shutil.which("trtexec") or "trtexec", f"--onnx={onnx_path}", f"--saveEngine={engine_path}",

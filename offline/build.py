@@ -26,20 +26,27 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from exdd import __version__, defaults
+from exdd.datasets import HOLDOUT_RULE, Sample, holdout_split, load_split, synthetic
 from exdd.fileio import check_replaceable, staged_dir
 from exdd_scoring import DEFAULT_MODE, MODES, Bank, BankPair, Scorer, save_bank
+from exdd_scoring.fusion import fit_fusion
+from exdd_scoring.knn import bank_neighbors
 from exdd_scoring.manifest import Confidence, Fusion, LineRules, ReviewBand, RoiInfo, Scoring, Thresholds
 from exdd_scoring.nearest import DefectSources
 from exdd_scoring.provenance import BankStats, CoresetInfo, DefectPatchRule, FileError, OfflineManifest, Sources
 from exdd_scoring.roi import ROI_PNG, patch_roi
-from exdd_scoring.fusion import fit_fusion
+from exdd_scoring.scores import (
+    DEFAULT_GAMMA,
+    HEAD_FEATURES,
+    bank_scale,
+    fusion_inputs,
+    head_inputs,
+    positive_bank_problem,
+)
 from exdd_scoring.spec import FeatureSpec
-from exdd_scoring.knn import bank_neighbors
-from exdd_scoring.scores import (DEFAULT_GAMMA, HEAD_FEATURES, bank_scale, fusion_inputs, head_inputs,
-                                 positive_bank_problem)
+
 from .calibrate import fit_confidence, review_band, threshold
 from .coreset import Coreset, bank_size, chunked_kcenter
-from exdd.datasets import HOLDOUT_RULE, Sample, holdout_split, load_split, synthetic
 from .extract import Extracted, extract
 from .head import crossfit_inputs, fit_head
 from .line_inputs import LineInputs
@@ -82,7 +89,8 @@ def defect_patches(covers: np.ndarray, min_cover: float) -> np.ndarray:
 
 def make_bank(vectors: np.ndarray, ratio: float, min_size: int, k: int, chunk_rows: int,
               oversample: float, progress: Optional[Callable[[int], None]] = None) -> Tuple[Bank, Dict[str, Any]]:
-    """Coreset of the (N, d) vectors, with within-bank neighbours; and its statistics (no seed: same rows, same bank)."""
+    """Coreset of the (N, d) vectors, with within-bank neighbours; and its statistics (no seed: same rows, same
+    bank)."""
     return make_bank_rows(vectors, ratio, min_size, k, chunk_rows, oversample, progress)[:2]
 
 
@@ -96,7 +104,8 @@ def make_bank_rows(vectors: np.ndarray, ratio: float, min_size: int, k: int, chu
     return (*bank_of(vectors[rows], n, cs, ratio, min_size, k), rows)
 
 
-def bank_of(picked: np.ndarray, n: int, cs: Coreset, ratio: float, min_size: int, k: int) -> Tuple[Bank, Dict[str, Any]]:
+def bank_of(picked: np.ndarray, n: int, cs: Coreset, ratio: float, min_size: int,
+            k: int) -> Tuple[Bank, Dict[str, Any]]:
     """The bank of the coreset's rows (picked = rows at sorted cs.indices, of n) and its statistics."""
     vec = np.ascontiguousarray(picked, dtype=np.float32)
     nbr = bank_neighbors(vec, k, np)
@@ -123,6 +132,7 @@ def score_samples(scorer: Scorer, extracted_feats: np.ndarray, batch: int = 16,
         for m in MODES:
             out[m].append(r.scores[m])
         for m in map_modes:
+            assert want is not None                  # map_modes is empty without a mask to compare with
             flat = np.asarray(r.maps[m])[want].reshape(int(want.sum()), -1)
             out.setdefault(f"pixels:{m}", []).append((flat if inside is None else flat[:, inside])[:, ::PIXEL_STRIDE]
                                                      .reshape(-1))
@@ -269,6 +279,7 @@ def build(dataset: str, out_dir: str, model, features: Dict[str, Any], cfg: Buil
         if not samples:
             continue
         ex = run(samples, f"features: {name} defects", True)
+        assert ex.covers is not None                 # extracted with their masks
         covers = ex.covers if roi_patches is None else ex.covers * roi_patches[None]
         sel = defect_patches(covers, cfg.min_cover)
         pos_vectors.append(ex.features[sel])
@@ -340,7 +351,7 @@ HeadCrossfit = Callable[[OfflineManifest], Optional[np.ndarray]]
 
 
 def finish(dataset: str, out_dir: str, features: Dict[str, Any], cfg: BuildConfig, synthetic_dirs: Sequence[str],
-           p: Plan, neg: Tuple[Bank, Dict[str, Any]], pos: Tuple[Optional[Bank], Dict[str, Any]],
+           p: Plan, neg: Tuple[Bank, Union[BankStats, Dict[str, Any]]], pos: Tuple[Optional[Bank], Dict[str, Any]],
            pos_counts: Dict[str, int], errors: List[Tuple[str, str]], held_scores: HeldScores,
            projection: Optional[np.ndarray] = None,
            head_crossfit: Optional[HeadCrossfit] = None, line: Optional[LineInputs] = None,
@@ -396,7 +407,9 @@ def finish(dataset: str, out_dir: str, features: Dict[str, Any], cfg: BuildConfi
             head = image_head(scores["head_x"], labels, head_crossfit(manifest) if head_crossfit else None,
                               HEAD_SEED, where)
             pair.manifest = manifest = replace(manifest, scoring=replace(manifest.scoring, fusion=fusion, head=head))
-            scores, labels = held_scores(pair)
+            rescored = held_scores(pair)
+            assert rescored is not None     # p.held: as above
+            scores, labels = rescored
         for m in MODES:
             t = threshold(scores[m], labels, cfg.threshold_rule, cfg.target_fpr)
             values[m] = t["value"]

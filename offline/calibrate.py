@@ -11,7 +11,7 @@ from exdd_scoring.fusion import fit_fusion
 RULES = ("f1", "fpr")
 
 
-def threshold(scores: np.ndarray, labels: np.ndarray, rule: str, target_fpr: float) -> Dict[str, object]:
+def threshold(scores: np.ndarray, labels: np.ndarray, rule: str, target_fpr: float) -> Dict[str, Any]:
     """The threshold (score >= t is a defect) by rule, and the rule actually applied.
 
     f1: best F1 on the held-out images (needs both classes, else falls back to fpr);
@@ -26,7 +26,8 @@ def threshold(scores: np.ndarray, labels: np.ndarray, rule: str, target_fpr: flo
     if normals.size == 0:
         raise ValueError("cannot calibrate a threshold: the held-out set has no normal image")
     allowed = int(np.floor(target_fpr * normals.size))   # normals allowed at or above t
-    t = float(np.nextafter(normals[normals.size - 1 - allowed], np.inf)) if allowed < normals.size else float(normals[0])
+    t = (float(np.nextafter(normals[normals.size - 1 - allowed], np.inf)) if allowed < normals.size
+         else float(normals[0]))
     fpr = float((normals >= t).mean())
     return {"value": t, "rule": "fpr", "target_fpr": float(target_fpr), "heldout_fpr": fpr}
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import time
+from typing import Any, Dict
 
 import click
 import numpy as np
@@ -20,6 +21,7 @@ from .projection import PROJECTIONS, projection_choices
 
 def _extractor(weights: str, d: int, seed: int, input_hw):
     import torch
+
     from .features import build_extractor
     from .weights import WeightsError
     torch.set_num_threads(max(1, os.cpu_count() or 1))
@@ -35,7 +37,9 @@ def _bank_extractor(bank_dir: str, manifest, weights=None):
     """The extractor the banks were built with: their weights unless given, their projection (a fitted one read
     from the bank folder's projection.npy, never refitted)."""
     import torch
+
     from exdd_scoring import BankError
+
     from .features import bank_extractor
     from .weights import WeightsError
     torch.set_num_threads(max(1, os.cpu_count() or 1))
@@ -61,6 +65,7 @@ def _onnx_model(extractor_onnx: str, info, runtime: str = "onnxruntime"):
     from exdd_scoring import BankError
     from exdd_scoring.bank import check_features
     from exdd_scoring.onnx_metadata import OnnxMetadataError
+
     from .onnx_features import OnnxExtractor
     try:
         name, _, precision = runtime.partition("-")
@@ -82,7 +87,8 @@ def offline() -> None:
 @offline.command()
 @click.argument("dataset", type=click.Path(exists=True, file_okay=False))
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Bank directory to write.")
-@click.option("--weights", default="imagenet", show_default=True, help="imagenet | PATH (.safetensors/.pth) | random:SEED")
+@click.option("--weights", default="imagenet", show_default=True,
+              help="imagenet | PATH (.safetensors/.pth) | random:SEED")
 @click.option("--d", "d", default=defaults.D, show_default=True, help="Projection dimension (1536 -> d).")
 @click.option("--projection-seed", default=0, show_default=True, help="Seed of the random projection.")
 @click.option("--projection", "projection", default=defaults.PROJECTION, show_default=True,
@@ -101,7 +107,8 @@ def offline() -> None:
               help="A bank keeps at least this many (capped at N).")
 @click.option("--k", default=defaults.K, show_default=True, type=click.IntRange(min=MIN_K),
               help=f"Neighbourhood size of the reweighting (at least {MIN_K}: k-1 neighbours besides the nearest).")
-@click.option("--min-cover", default=defaults.MIN_COVER, show_default=True, help="Defect patch: cell covered by the mask at least this much.")
+@click.option("--min-cover", default=defaults.MIN_COVER, show_default=True,
+              help="Defect patch: cell covered by the mask at least this much.")
 @click.option("--synthetic", "synthetic_dirs", multiple=True, type=click.Path(exists=True, file_okay=False),
               help="Folder of synthetic defects (NNNNN.png + NNNNN_GT.png); repeatable.")
 @click.option("--holdout", default=defaults.HOLDOUT, show_default=True,
@@ -118,7 +125,8 @@ def offline() -> None:
                    "no seed and the images are stacked by content, so the same images and seed give the same banks "
                    "whatever the file names.")
 @click.option("--batch-size", default=defaults.BATCH_SIZE, show_default=True)
-@click.option("--chunk-rows", default=defaults.CHUNK_ROWS, show_default=True, help="Coreset chunk (patch rows) of the chunked greedy.")
+@click.option("--chunk-rows", default=defaults.CHUNK_ROWS, show_default=True,
+              help="Coreset chunk (patch rows) of the chunked greedy.")
 @ray_options
 @click.option("--ray-workers", type=int, default=None, help="With --ray: extractor actors (default: one per CPU/GPU).")
 @click.option("--ray-shard-images", default=64, show_default=True,
@@ -143,10 +151,12 @@ def build(dataset, out_dir, weights, d, projection_seed, projection, projection_
           seed, batch_size, chunk_rows, ray_address, ray_cpus, ray_workers, ray_shard_images, ray_threads,
           extractor_onnx, extractor_runtime, roi_path, classes_path):
     """Build the negative and positive banks of DATASET into --out."""
-    from .build import BuildConfig, build as run_build
-    from .line_inputs import line_inputs
     from exdd.datasets import DatasetError
     from exdd.progress import bar
+
+    from .build import BuildConfig
+    from .build import build as run_build
+    from .line_inputs import line_inputs
     if ray_address is not None and (roi_path or classes_path):
         fail("--roi / --classes with --ray: the Ray build does not apply them yet; build without --ray")
     try:
@@ -216,7 +226,7 @@ def _line_answers(scored, scorer, banks, bank_dir: str, input_hw):
                 pass
         rows.append(row)
     t1, t2 = review_band(banks.manifest.line, mode, thr)
-    extra = {} if t1 is None else {"review_band": {"ok_below": t1, "defect_above": t2}}
+    extra: Dict[str, Any] = {} if t1 is None else {"review_band": {"ok_below": t1, "defect_above": t2}}
     if os.path.isfile(os.path.join(bank_dir, ROI_PNG)) and banks.roi is not None:
         extra["roi"] = os.path.abspath(os.path.join(bank_dir, ROI_PNG))
     return rows, extra
@@ -227,6 +237,7 @@ def _fitted_extractor(kind: str, limit: int, model, info, dataset: str, cfg, syn
     (the plan's: the held-out ones are not read), on the backbone already loaded."""
     from exdd.datasets import DatasetError
     from exdd.progress import bar
+
     from .build import plan
     from .features import with_projection
     from .projection import fit_projection, fit_samples
@@ -272,7 +283,8 @@ def _warn_test_leak(dataset: str, layout: str) -> None:
               help="Keep test images that are byte-identical to training images (excluded by default: a leak).")
 @click.option("--stability", is_flag=True,
               help="Also rebuild the banks from DATASET's training images with the manifest's settings and seed + 1 "
-                   "(other training images held out; costs one build) and print the Spearman correlation of the two builds' "
+                   "(other training images held out; costs one build) and print the Spearman correlation of the "
+                   "two builds' "
                    "image scores per mode (stability[MODE]: ...), with what differs between the builds.")
 def evaluate(dataset, bank_dir, weights, layout, split, out_json, batch_size, no_pixel, extractor_onnx,
              extractor_runtime, keep_duplicates, stability):
@@ -280,13 +292,14 @@ def evaluate(dataset, bank_dir, weights, layout, split, out_json, batch_size, no
 
     Test images whose files are byte-identical to a training image of DATASET are left out of the metrics
     (said on stderr and recorded in the results) unless --keep-duplicates."""
+    from exdd.datasets import DatasetError, leak_message, load_split, training_copies
+    from exdd.metrics import confusion
+    from exdd.progress import bar
+    from exdd.results import ErrorRow, EvaluationResults, ImageResult
     from exdd_scoring import BankError, Scorer, load_banks, read_manifest
     from exdd_scoring.provenance import OfflineManifest
-    from exdd.datasets import DatasetError, leak_message, load_split, training_copies
-    from exdd.results import ErrorRow, EvaluationResults, ImageResult
-    from exdd.metrics import confusion
+
     from .evaluate import metrics_of, score_split, table
-    from exdd.progress import bar
     try:
         manifest = read_manifest(bank_dir)
     except BankError as e:
@@ -360,8 +373,8 @@ def evaluate(dataset, bank_dir, weights, layout, split, out_json, batch_size, no
         for line in report_lines(extra["stability"]):
             click.echo(line)
     if scored.errors:
-        for p, e in scored.errors:
-            click.echo(f"error: {e}", err=True)
+        for p, why in scored.errors:
+            click.echo(f"error: {why}", err=True)
 
 
 def _second_build(dataset, bank_dir, manifest, model, info, layout, batch_size):
@@ -369,10 +382,13 @@ def _second_build(dataset, bank_dir, manifest, model, info, layout, batch_size):
     held-out images, its manifest)."""
     import tempfile
     import warnings
+
     from exdd.datasets import DatasetError
     from exdd.progress import bar
     from exdd_scoring import BankError, Scorer, load_banks, load_projection
-    from .build import build as run_build, plan
+
+    from .build import build as run_build
+    from .build import plan
     from .stability import rebuild_plan
     try:
         rb = rebuild_plan(manifest, os.path.join(bank_dir, "manifest.json"), dataset, layout, batch_size)
@@ -388,7 +404,8 @@ def _second_build(dataset, bank_dir, manifest, model, info, layout, batch_size):
         projection = load_projection(bank_dir, manifest)
     except BankError as e:
         fail(f"--stability: {e}")
-    kept = f", the fitted {manifest.features.projection} projection kept, not refitted" if projection is not None else ""
+    kept = (f", the fitted {manifest.features.projection} projection kept, not refitted"
+            if projection is not None else "")
     click.echo(f"stability: rebuilding with seed {rb.cfg.seed} (the banks' settings{kept})", err=True)
     with tempfile.TemporaryDirectory(prefix="exdd-stability-") as tmp:
         try:
@@ -404,7 +421,8 @@ def _second_build(dataset, bank_dir, manifest, model, info, layout, batch_size):
 
 @offline.command()
 @click.argument("dataset", type=click.Path(exists=True, file_okay=False))
-@click.option("--synthetic", "synthetic_dirs", multiple=True, required=True, type=click.Path(exists=True, file_okay=False),
+@click.option("--synthetic", "synthetic_dirs", multiple=True, required=True,
+              type=click.Path(exists=True, file_okay=False),
               help="Folder(s) of synthetic defects from `exdd offline synth`.")
 @click.option("--counts", default="0,50,100,150", show_default=True, help="Synthetic samples per point.")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False))
@@ -415,12 +433,14 @@ def _second_build(dataset, bank_dir, manifest, model, info, layout, batch_size):
 @click.option("--no-pixel", is_flag=True)
 @click.option("--batch-size", default=defaults.BATCH_SIZE, show_default=True)
 @click.option("--raw-cache", "raw_cache", multiple=True, type=click.Path(exists=True, file_okay=False),
-              help="Raw-feature cache folder(s) from scripts/studies/sweep_d.py (same weights and input size) to reuse.")
+              help="Raw-feature cache folder(s) from scripts/studies/sweep_d.py (same weights and input size) "
+                   "to reuse.")
 def sweep(dataset, synthetic_dirs, counts, out_dir, weights, d, projection_seed, input_size, no_pixel, batch_size,
           raw_cache):
     """Banks and metrics for 0, 50, 100, 150 synthetic samples (the paper's Table 2 protocol)."""
     from .build import BuildConfig
-    from .sweep import markdown, save, sweep as run_sweep
+    from .sweep import markdown, save
+    from .sweep import sweep as run_sweep
     model, info = _extractor(weights, d, projection_seed, parse_hw(input_size))
     try:
         cs = [int(v) for v in counts.split(",")]
@@ -443,29 +463,33 @@ def sweep(dataset, synthetic_dirs, counts, out_dir, weights, d, projection_seed,
 @click.option("--normal", "normal_paths", multiple=True, type=click.Path(exists=True),
               help="Normal image or folder to teach (repeatable): its patches join the negative bank.")
 @click.option("--defect", "defect_paths", multiple=True, type=click.Path(exists=True),
-              help="Defect image or folder (mask NNNNN_GT.png beside each; repeatable): defect patches join the positive bank.")
+              help="Defect image or folder (mask NNNNN_GT.png beside each; repeatable): defect patches join the "
+                   "positive bank.")
 @click.option("--from-results", "results", default=None, type=click.Path(exists=True, dir_okay=False),
               help="Result file (JSONL/CSV of `exdd client score`) with an operator-verdict column.")
 @click.option("--verdict-column", default="verdict", show_default=True,
-              help="Column of --from-results: ok/good/normal/false_alarm -> normal, defect/ng/bad -> defect, empty -> skip.")
+              help="Column of --from-results: ok/good/normal/false_alarm -> normal, defect/ng/bad -> defect, "
+                   "empty -> skip.")
 @click.option("--calibrate", "calibrate_ds", default=None, type=click.Path(exists=True, file_okay=False),
               help="Recalibrate the thresholds on this dataset's held-out training images (the parent's split); "
                    "default: keep the parent's thresholds.")
-@click.option("--holdout", default=defaults.HOLDOUT, show_default=True, help="Held-out fraction the parent was built with (--calibrate).")
+@click.option("--holdout", default=defaults.HOLDOUT, show_default=True,
+              help="Held-out fraction the parent was built with (--calibrate).")
 @click.option("--weights", default=None, help="Defaults to the weights the banks were built with.")
 @click.option("--note", default="", help="Free text recorded in the manifest's update history.")
 @click.option("--batch-size", default=defaults.BATCH_SIZE, show_default=True)
 def update(bank_dir, out_dir, normal_paths, defect_paths, results, verdict_column, calibrate_ds, holdout, weights,
            note, batch_size):
     """Teach BANKS new normal / defect images incrementally; writes a new bank directory recording its parent."""
+    from exdd.datasets import DatasetError
+    from exdd.progress import bar
     from exdd_scoring import BankError, read_manifest
     from exdd_scoring.bank import check_features
     from exdd_scoring.provenance import OfflineManifest
+
     from .build import model_featurizer
-    from exdd.datasets import DatasetError
-    from exdd.progress import bar
-    from .update import (already_added, defect_samples, heldout_samples, normal_samples, update as run_update,
-                         verdict_samples)
+    from .update import already_added, defect_samples, heldout_samples, normal_samples, verdict_samples
+    from .update import update as run_update
     try:
         manifest = read_manifest(bank_dir, OfflineManifest)
         normals = normal_samples(normal_paths)
@@ -476,8 +500,8 @@ def update(bank_dir, out_dir, normal_paths, defect_paths, results, verdict_colum
         calibration = heldout_samples(calibrate_ds, manifest, holdout) if calibrate_ds else None
     except (BankError, DatasetError) as e:
         fail(str(e))
-    for p, e in errors:
-        click.echo(f"error: {e}", err=True)
+    for p, why in errors:
+        click.echo(f"error: {why}", err=True)
     seen = already_added(manifest)
     dup = [s.path for s in normals + defects if os.path.abspath(s.path) in seen]
     if dup:
@@ -510,4 +534,6 @@ def update(bank_dir, out_dir, normal_paths, defect_paths, results, verdict_colum
         click.echo(f"skipped files: {len(res.errors)} (listed in the manifest)", err=True)
 
 
-from .synth_cli import synth as _synth; offline.add_command(_synth)  # noqa: E402
+from .synth_cli import synth as _synth  # noqa: E402 - registered once `offline` exists
+
+offline.add_command(_synth)

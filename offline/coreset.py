@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, List, Optional
 
 import numpy as np
 
@@ -77,7 +77,8 @@ def greedy_kcenter(x: np.ndarray, k: int) -> Coreset:
 
 
 def chunked_kcenter(x: np.ndarray, k: int, chunk_rows: int = defaults.CHUNK_ROWS,
-                    oversample: float = defaults.OVERSAMPLE, progress: Optional[Callable[[int], None]] = None) -> Coreset:
+                    oversample: float = defaults.OVERSAMPLE,
+                    progress: Optional[Callable[[int], None]] = None) -> Coreset:
     """Approximate greedy k-center for large N: per-chunk greedy, merged by pick distance.
 
     x may be float16 (converted chunk by chunk). Exact greedy when N <= chunk_rows.
@@ -142,7 +143,8 @@ def _extend_greedy(xf: np.ndarray, mind: np.ndarray, min_picks: int, r2: float,
     if sq is None:
         sq = np.einsum("ij,ij->i", xf, xf)
     buf = np.empty(n, dtype=np.float32)
-    sel, vals = [], []
+    sel: List[int] = []
+    vals: List[float] = []
     while len(sel) < n:
         j = int(np.argmax(mind))
         v = float(mind[j])
@@ -161,7 +163,8 @@ def _extend_greedy(xf: np.ndarray, mind: np.ndarray, min_picks: int, r2: float,
 
 
 def extend_kcenter(centers: np.ndarray, x: np.ndarray, min_picks: int, radius: float,
-                   chunk_rows: int = defaults.CHUNK_ROWS, oversample: float = defaults.OVERSAMPLE, max_block: int = 1 << 22,
+                   chunk_rows: int = defaults.CHUNK_ROWS, oversample: float = defaults.OVERSAMPLE,
+                   max_block: int = 1 << 22,
                    progress: Optional[Callable[[int], None]] = None) -> Coreset:
     """Greedy k-center continued from existing centres over new rows x (incremental update).
 

@@ -25,13 +25,24 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from exdd.datasets import Sample
 from exdd.log import get as _logger
 from exdd_scoring import BankPair
-from .build import (HEAD_SEED, BuildConfig, BuildResult, bank_of, calibration_scorer, defect_patches, finish, make_bank, plan,
-                    score_samples)
-from .head import crossfit_inputs
+
+from .build import (
+    HEAD_SEED,
+    BuildConfig,
+    BuildResult,
+    bank_of,
+    calibration_scorer,
+    defect_patches,
+    finish,
+    make_bank,
+    plan,
+    score_samples,
+)
 from .coreset import Coreset, bank_size, greedy_kcenter, greedy_picks, merge_chunks
-from exdd.datasets import Sample
+from .head import crossfit_inputs
 
 SCORE_BATCH = 16          # score_samples' batch: shards are multiples of it
 log = _logger(__name__)
@@ -54,10 +65,12 @@ class Extractor:
     def __init__(self, weights: str, d: int, projection_seed: int, input_hw: Tuple[int, int], batch_size: int,
                  threads: int, expected: Dict[str, Any], projection: Optional[np.ndarray] = None):
         import torch
+
         from exdd_scoring.spec import RANDOM_PROJECTION
+
         from .features import build_extractor
         torch.set_num_threads(max(1, threads))
-        model, info = build_extractor(weights, d, projection_seed, tuple(input_hw), projection,
+        model, info = build_extractor(weights, d, projection_seed, (input_hw[0], input_hw[1]), projection,
                                       expected.get("projection", RANDOM_PROJECTION))   # a fitted one: the driver's
         for key in ("weights", "projection_sha256", "input_size", "d"):
             if key in expected and info.get(key) != expected[key]:
@@ -65,10 +78,11 @@ class Extractor:
                                    f"{expected[key]!r} (are the weights at the same path on every node?)")
         self.device = "cpu"
         import ray
+        self.model: Any = model
         if ray.get_gpu_ids():
             self.device = "cuda"
-            model = _OnDevice(model.to("cuda"), "cuda")
-        self.model, self.info = model, info
+            self.model = _OnDevice(model.to("cuda"), "cuda")
+        self.info = info
         self.size_hw, self.grid, self.d = tuple(info["input_size"]), tuple(info["grid"]), int(info["d"])
         self.batch_size = batch_size
 

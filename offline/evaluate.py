@@ -7,10 +7,11 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 import numpy as np
 
 from exdd import defaults
-from exdd_scoring import MODES, Scorer, map_of_mode
 from exdd.datasets import Sample
-from .extract import batches, run_extractor
 from exdd.metrics import summary
+from exdd_scoring import MODES, Scorer, map_of_mode
+
+from .extract import batches, run_extractor
 
 
 @dataclass
@@ -43,7 +44,8 @@ def score_split(samples: Sequence[Sample], model, scorer: Scorer, size_hw: Tuple
         if on_features is not None:
             on_features(f)
         return f
-    feats = ((bs, extracted(imgs), ms) for bs, imgs, ms in batches(samples, size_hw, batch_size, True, errors))
+    feats = ((bs, extracted(imgs), [m for m in ms if m is not None])     # with_mask: every mask read
+             for bs, imgs, ms in batches(samples, size_hw, batch_size, True, errors))
     scored = score_features(feats, len(samples), scorer, size_hw, with_maps, progress)
     scored.errors = errors
     return scored

@@ -8,9 +8,9 @@ import numpy as np
 import torch
 
 from exdd import defaults
-from exdd.images import ImageReadError, read_image, read_mask, image_size
-from exdd.log import get as _logger
 from exdd.datasets import Sample
+from exdd.images import ImageReadError, image_size, read_image, read_mask
+from exdd.log import get as _logger
 
 log = _logger(__name__)
 
@@ -86,8 +86,9 @@ def extract(samples: Sequence[Sample], model: torch.nn.Module, size_hw: Tuple[in
         f = run_extractor(model, imgs)
         n0 = len(kept)
         feats[n0:n0 + len(bs)] = f
-        if with_mask:
+        if covers is not None:          # with_mask: every mask read
             for i, m in enumerate(masks):
+                assert m is not None
                 covers[n0 + i] = cell_cover(m, grid)
         kept += bs
         if progress:

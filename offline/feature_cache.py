@@ -13,8 +13,9 @@ import numpy as np
 import torch
 
 from exdd import defaults
-from exdd.images import ImageReadError
 from exdd.datasets import Sample
+from exdd.images import ImageReadError
+
 from .extract import Extracted, cell_cover, read_sample, run_extractor
 from .features import CHANNELS, FeatureExtractor
 from .weights import load_backbone
@@ -42,7 +43,8 @@ class RawCache:
             out[i:i + len(r)] = np.asarray(self.raw[r], dtype=np.float32) @ proj
         return out
 
-    def featurizer(self, proj: np.ndarray) -> Callable[[Sequence[Sample], bool, Optional[Callable[[int], None]]], Extracted]:
+    def featurizer(self, proj: np.ndarray
+                   ) -> Callable[[Sequence[Sample], bool, Optional[Callable[[int], None]]], Extracted]:
         """A build() featurizer serving cached features projected by proj."""
         def featurize(samples, with_mask, progress):
             kept = [s for s in samples if s.path in self.index]
@@ -80,6 +82,7 @@ def extract_raw(samples: Sequence[Sample], weights: str, input_hw: Tuple[int, in
         pairs = [read_sample(s, input_hw, True) for s in readable[i:i + batch_size]]
         raw[i:i + len(pairs)] = run_extractor(model, np.stack([p[0] for p in pairs]))
         for j, (_, m) in enumerate(pairs):
+            assert m is not None        # read with its mask
             masks[i + j] = m
             covers[i + j] = cell_cover(m, grid)
         if progress:

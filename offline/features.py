@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from exdd import defaults
-from exdd_scoring.bank import BankError, load_projection, projection_sha256  # noqa: F401 - projection_sha256 re-exported
+from exdd_scoring.bank import BankError, load_projection, projection_sha256  # projection_sha256 re-exported
 from exdd_scoring.manifest import BankManifest
 from exdd_scoring.spec import RANDOM_PROJECTION, FeatureSpec
 
@@ -54,6 +54,11 @@ def grid_of(input_hw: Tuple[int, int]) -> Tuple[int, int]:
 
 class FeatureExtractor(nn.Module):
     """uint8 NHWC images -> projected, locally aggregated patch features (B, h, w, d)."""
+
+    p2: torch.Tensor        # buffers (registered in __init__)
+    p3: torch.Tensor
+    mean: torch.Tensor
+    std: torch.Tensor
 
     def __init__(self, backbone: nn.Module, projection: np.ndarray, input_hw: Tuple[int, int]):
         super().__init__()

@@ -14,7 +14,7 @@ AUROC over so few cannot tell it from the fallback.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Optional, Sequence
+from typing import Any, Callable, Dict, Optional, Sequence, Union
 
 import numpy as np
 
@@ -70,7 +70,8 @@ def crossfit_inputs(negative: Bank, manifest: BankManifest, defect_feats: np.nda
     return out
 
 
-def fit_head(x: np.ndarray, labels: Sequence[int], seed: int = 0, folds: int = HEAD_FOLDS, l2: float = HEAD_L2,
+def fit_head(x: np.ndarray, labels: Union[Sequence[int], np.ndarray], seed: int = 0, folds: int = HEAD_FOLDS,
+             l2: float = HEAD_L2,
              crossfit: int = 0) -> Dict[str, Any]:
     """The head's parameters (for manifest.Fusion): a logistic model of x (n, len(HEAD_FEATURES)) fitted on every
     image, with the AUROC of its out-of-fold predictions (stratified, seeded folds) and of the fallback's feature;

@@ -49,8 +49,9 @@ def read_classes(path: str) -> Dict[str, str]:
             img = next((c for c in IMAGE_COLUMNS if c in cols), None)
             cls = next((c for c in CLASS_COLUMNS if c in cols), None)
             if img is None or cls is None:
-                raise ValueError(f"--classes {path}: the header must name an image column ({' or '.join(IMAGE_COLUMNS)})"
-                                 f" and a class column ({' or '.join(CLASS_COLUMNS)}), got {cols}")
+                raise ValueError(f"--classes {path}: the header must name an image column "
+                                 f"({' or '.join(IMAGE_COLUMNS)}) and a class column "
+                                 f"({' or '.join(CLASS_COLUMNS)}), got {cols}")
             return {os.path.normpath(r[img]): r[cls] or "" for r in reader if r.get(img)}
     except OSError as e:
         raise ValueError(f"--classes {path}: unreadable ({e})") from None

@@ -76,7 +76,8 @@ class Covariance:
     """The exact covariance of rows added batch by batch (float64 sums around the first batch's mean)."""
 
     def __init__(self, c: int):
-        self.n, self.shift = 0, None
+        self.n = 0
+        self.shift: Optional[np.ndarray] = None
         self.s = np.zeros(c)
         self.ss = np.zeros((c, c))
 
@@ -109,7 +110,8 @@ def normal_covariance(model: Any, samples: Sequence[Sample], batch_size: int = d
                       progress: Optional[Callable[[int], None]] = None) -> Tuple[np.ndarray, int, list]:
     """(covariance of the raw 1536-d patch features, images read, unreadable (path, error)) of the samples;
     model: a FeatureExtractor (its ``raw`` features, whatever its projection)."""
-    import torch                                  # here, not at import: the CLI reads the registry's names
+    import torch  # here, not at import: the CLI reads the registry's names
+
     from .extract import batches
     errors: list = []
     cov, seen = None, 0
@@ -132,8 +134,9 @@ def fit_projection(kind: str, model: Any, samples: Sequence[Sample], d: int,
                    progress: Optional[Callable[[int], None]] = None) -> np.ndarray:
     """The (1536, d) matrix of a fitted kind on the normal training samples (model: any extractor on the backbone)."""
     p = PROJECTIONS.get(kind)
-    if p is None or not p.fitted:
+    fit = None if p is None else p.fit
+    if fit is None:
         raise ValueError(f"projection {kind!r}: expected a fitted kind, one of "
                          f"{', '.join(k for k, v in PROJECTIONS.items() if v.fitted)}")
     cov, _, _ = normal_covariance(model, fit_samples(samples, limit), batch_size, progress)
-    return p.fit(cov, d)
+    return fit(cov, d)

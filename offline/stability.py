@@ -14,10 +14,11 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 
 from exdd import defaults
-from exdd.datasets import DatasetError, HOLDOUT_RULE, Sample, holdout_split, legacy_holdout_split, load_split, synthetic
+from exdd.datasets import HOLDOUT_RULE, DatasetError, Sample, holdout_split, legacy_holdout_split, load_split, synthetic
 from exdd.metrics import spearman
 from exdd_scoring import BankError
 from exdd_scoring.provenance import OfflineManifest
+
 from .build import BuildConfig
 
 

@@ -72,7 +72,8 @@ def add_defect(rng: np.random.Generator, img: np.ndarray, kind: str) -> Tuple[np
     elif kind == "crack":
         pts = [(cx, cy)]
         for _ in range(int(rng.integers(25, 45))):
-            pts.append((pts[-1][0] + rng.normal(0, 3), pts[-1][1] + rng.uniform(2, 5) * rng.choice([-1, 1], p=[0.2, 0.8])))
+            pts.append((pts[-1][0] + rng.normal(0, 3),
+                        pts[-1][1] + rng.uniform(2, 5) * rng.choice([-1, 1], p=[0.2, 0.8])))
         draw.line(pts, fill=255, width=3)
         delta = -rng.uniform(70, 110)
     elif kind == "stain":

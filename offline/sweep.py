@@ -13,9 +13,10 @@ from typing import Any, Callable, Dict, List, Sequence
 
 import numpy as np
 
-from exdd_scoring import MODES, Scorer, load_banks
-from .build import BuildConfig, build, model_featurizer
 from exdd.datasets import Sample, load_split
+from exdd_scoring import MODES, Scorer, load_banks
+
+from .build import BuildConfig, build, model_featurizer
 from .evaluate import metrics_of, score_features
 from .extract import Extracted
 
@@ -98,9 +99,11 @@ def sweep(dataset: str, synthetic_dirs: Sequence[str], counts: Sequence[int], ou
         bank_dir = os.path.join(out_dir, f"banks-synth{c}")
         res = build(dataset, bank_dir, model, features, cfg, synthetic_dirs if c > 0 else (),
                     featurize=memo, synthetic_limit=c, negative_bank=negative)
+        man = res.manifest
+        assert man.coreset is not None and man.sources is not None     # a build records both
         if negative is None:
             pair = load_banks(bank_dir, features)
-            negative = (pair.negative, res.manifest.coreset.negative)
+            negative = (pair.negative, man.coreset.negative)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
             scorer = Scorer(load_banks(bank_dir, features))
@@ -111,7 +114,6 @@ def sweep(dataset: str, synthetic_dirs: Sequence[str], counts: Sequence[int], ou
                 yield ss, test_ex.features[i:i + bs].astype(np.float32), [masks[s.path] for s in ss]
         scored = score_features(feature_batches(), len(test_ex.samples), scorer, size_hw, with_pixel)
         met = metrics_of(scored)
-        man = res.manifest
         rows.append({"synthetic": c, "synthetic_used": man.sources.synthetic_images,
                      "positive_patches": man.coreset.positive.patches,
                      "positive_size": man.coreset.positive.size, "metrics": met})

@@ -57,6 +57,7 @@ def synth(dataset, out_dir, method, model, per_prompt, prompts_file, negative_pr
     where a run stopped.
     """
     from exdd.datasets import DatasetError
+
     from .synth.diffmask import DiffMaskRule
     from .synth.run import SynthConfig, synthesize
     from .synth.sdxl import DEFAULT_MODEL, DEFAULT_NEGATIVE, SDXLSettings, SynthError, load_pipeline, resolve_device

@@ -21,19 +21,20 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from exdd import __version__, defaults
+from exdd.datasets import DatasetError, Sample, canonical_order
 from exdd.fileio import check_replaceable, staged_dir
 from exdd.images import is_image_name
 from exdd_scoring import MODES, Bank, BankPair, Scorer, load_banks, load_projection, save_bank
 from exdd_scoring.bank import MANIFEST, BankError, sha256_file
-from exdd_scoring.manifest import REBUILD, Thresholds
-from exdd_scoring.provenance import Added, BankStats, FileError, OfflineManifest, Parent, SizeChange, UpdateRecord
 from exdd_scoring.knn import bank_neighbors, topk_nearest
+from exdd_scoring.manifest import REBUILD, Thresholds
 from exdd_scoring.nearest import DefectSources
+from exdd_scoring.provenance import Added, BankStats, FileError, OfflineManifest, Parent, SizeChange, UpdateRecord
 from exdd_scoring.roi import ROI_PNG, patch_roi
+
 from .build import Featurize, bank_file, defect_patches, make_bank, score_samples
 from .calibrate import threshold
 from .coreset import bank_size, extend_kcenter
-from exdd.datasets import DatasetError, Sample, canonical_order
 
 NORMAL_VERDICTS = ("ok", "good", "normal", "pass", "false_alarm", "false_positive", "fp", "0", "false")
 DEFECT_VERDICTS = ("defect", "ng", "bad", "fail", "true_defect", "missed_defect", "fn", "1", "true")
@@ -92,9 +93,9 @@ def extend_bank(bank: Optional[Bank], vectors: np.ndarray, stats: BankStats, k: 
     min_size = defaults.MIN_BANK if stats.min_size is None else stats.min_size
     n_new = int(vectors.shape[0])
     if bank is None or bank.size == 0:
-        new_bank, st = make_bank(vectors, ratio, min_size, k, defaults.CHUNK_ROWS, defaults.OVERSAMPLE)
-        st["added_patches"], st["picked"] = n_new, st["size"]
-        return new_bank, BankStats.from_dict(st, "update", "coreset")
+        new_bank, made = make_bank(vectors, ratio, min_size, k, defaults.CHUNK_ROWS, defaults.OVERSAMPLE)
+        made["added_patches"], made["picked"] = n_new, made["size"]
+        return new_bank, BankStats.from_dict(made, "update", "coreset")
     patches = stats.patches + n_new
     # the bank's size rule on all patches, and at least ratio x the new patches: taught images always count
     min_picks = max(0, bank_size(patches, ratio, min_size) - bank.size, int(np.ceil(ratio * n_new)))
@@ -275,13 +276,15 @@ def normal_samples(paths: Sequence[str]) -> List[Sample]:
 
 
 def defect_samples(paths: Sequence[str]) -> Tuple[List[Sample], List[Tuple[str, str]]]:
-    """Defect samples of image files / folders (mask NNNNN_GT.png or NNNNN_mask.png beside each); errors for the rest."""
+    """Defect samples of image files / folders (mask NNNNN_GT.png or NNNNN_mask.png beside each); errors for the
+    rest."""
     out, errors = [], []
     for src in paths:
         for p in _expand(src):
             m = _mask_beside(p)
             if m is None:
-                errors.append((p, f"{p}: defect image without a mask ({os.path.basename(os.path.splitext(p)[0])}_GT.png "
+                stem = os.path.basename(os.path.splitext(p)[0])
+                errors.append((p, f"{p}: defect image without a mask ({stem}_GT.png "
                                   "beside it): skipped"))
             else:
                 out.append(Sample(p, m, 1, "update", "defect"))
@@ -358,6 +361,7 @@ def heldout_samples(dataset: str, manifest: OfflineManifest, holdout: float, lay
     want = (None, None) if src is None else (src.heldout_normal, src.heldout_defect)
     got = (sum(1 for s in held if s.label == 0), sum(1 for s in held if s.label == 1))
     if None not in want and tuple(want) != got:
-        raise DatasetError(f"{dataset}: --holdout {holdout} gives {got[0]} normal + {got[1]} defective held-out images, "
+        raise DatasetError(f"{dataset}: --holdout {holdout} gives {got[0]} normal + {got[1]} defective held-out "
+                           f"images, "
                            f"the banks were calibrated on {want[0]} + {want[1]}: not the same split")
     return held

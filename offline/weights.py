@@ -23,6 +23,14 @@ class WeightsError(RuntimeError):
 class TruncatedWideResNet(nn.Module):
     """WideResNet50-2 up to layer3: the forward stops after the last layer the features need."""
 
+    conv1: nn.Module        # the STEM modules, taken from torchvision's model
+    bn1: nn.Module
+    relu: nn.Module
+    maxpool: nn.Module
+    layer1: nn.Module
+    layer2: nn.Module
+    layer3: nn.Module
+
     def __init__(self) -> None:
         super().__init__()
         from torchvision.models import wide_resnet50_2
@@ -67,7 +75,7 @@ def load_backbone(weights: str) -> Tuple[TruncatedWideResNet, str]:
         try:
             from torchvision.models import Wide_ResNet50_2_Weights
             sd = Wide_ResNet50_2_Weights.IMAGENET1K_V1.get_state_dict(progress=False)
-        except Exception as e:  # noqa: BLE001 - network / cache failures of every kind
+        except Exception as e:  # network / cache failures of every kind
             raise WeightsError(
                 "ImageNet weights for wide_resnet50_2 could not be had (no cached copy under "
                 f"TORCH_HOME and no download: {type(e).__name__}: {e}). Give a local checkpoint with "
@@ -80,7 +88,7 @@ def load_backbone(weights: str) -> Tuple[TruncatedWideResNet, str]:
             sd = _read_state_dict(weights)
         except WeightsError:
             raise
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             raise WeightsError(f"{weights}: unreadable checkpoint ({type(e).__name__}: {e})") from None
         wid = _file_id(weights)
     sd = {k[7:] if k.startswith("module.") else k: v for k, v in sd.items()}

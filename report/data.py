@@ -164,7 +164,8 @@ def reliability(conf: np.ndarray, labels: np.ndarray, bins: int = 10) -> Dict[st
         mean_conf.append(float(conf[sel].mean()) if n else None)
         rate.append(float(labels[sel].mean()) if n else None)
     n = int(conf.size)
-    ece = sum(c / n * abs(r - m) for c, m, r in zip(count, mean_conf, rate) if c) if n else None
+    ece = sum(c / n * abs(r - m) for c, m, r in zip(count, mean_conf, rate)
+              if c and r is not None and m is not None) if n else None
     brier = float(np.mean((conf - labels) ** 2)) if n else None
     return {"edges": edges.tolist(), "count": count, "confidence": mean_conf, "rate": rate, "n": n,
             "ece": ece, "brier": brier}

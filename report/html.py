@@ -18,11 +18,27 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .charts import BAND_COLOR, svg_histogram, svg_reliability, svg_roc
 from exdd.fileio import atomic_write, json_safe
 from exdd.metrics import confusion
-from .data import (DASH, confidence_labels, esc, finite_or_none, fmt_metric, fmt_score, gallery_groups, histogram,
-                   image_counts, modes_of, ok_images, reliability, review_band, roc_of, scores_labels)
+
+from .charts import BAND_COLOR, svg_histogram, svg_reliability, svg_roc
+from .data import (
+    DASH,
+    confidence_labels,
+    esc,
+    finite_or_none,
+    fmt_metric,
+    fmt_score,
+    gallery_groups,
+    histogram,
+    image_counts,
+    modes_of,
+    ok_images,
+    reliability,
+    review_band,
+    roc_of,
+    scores_labels,
+)
 
 PALETTE = ("#4e79a7", "#e15759", "#59a14f", "#f28e2b", "#b07aa1", "#76b7b2")
 THUMB_BOX = (160, 240)  # (max width, max height) of a gallery thumbnail
@@ -52,9 +68,11 @@ AT_ROWS: Tuple[Tuple[str, str, Optional[bool]], ...] = (
 CSS = """
 :root{--fg:#1f2328;--muted:#59636e;--line:#d1d9e0;--bg:#f6f8fa;--accent:#0969da}
 *{box-sizing:border-box}
-body{margin:0;font:14px/1.5 -apple-system,"Segoe UI",Roboto,"Helvetica Neue",Arial,sans-serif;color:var(--fg);background:#fff}
+body{margin:0;font:14px/1.5 -apple-system,"Segoe UI",Roboto,"Helvetica Neue",Arial,sans-serif;
+color:var(--fg);background:#fff}
 main{max-width:1240px;margin:0 auto;padding:24px 28px 48px}
-h1{font-size:24px;margin:0 0 2px}h2{font-size:18px;margin:32px 0 10px;padding-bottom:6px;border-bottom:1px solid var(--line)}
+h1{font-size:24px;margin:0 0 2px}
+h2{font-size:18px;margin:32px 0 10px;padding-bottom:6px;border-bottom:1px solid var(--line)}
 h3{font-size:14px;margin:18px 0 8px;color:var(--muted);font-weight:600}
 .sub{color:var(--muted);margin:0 0 16px}
 .banner{border-radius:6px;padding:12px 16px;margin:14px 0;font-weight:600}
@@ -64,7 +82,8 @@ h3{font-size:14px;margin:18px 0 8px;color:var(--muted);font-weight:600}
 .meta{display:grid;grid-template-columns:repeat(auto-fill,minmax(260px,1fr));gap:8px 20px;background:var(--bg);
  border:1px solid var(--line);border-radius:6px;padding:14px 16px}
 .meta div{min-width:0}.meta dt{color:var(--muted);font-size:12px;text-transform:uppercase;letter-spacing:.04em}
-.meta dd{margin:0;overflow-wrap:anywhere;font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;font-size:13px}
+.meta dd{margin:0;overflow-wrap:anywhere;font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;
+font-size:13px}
 table.metrics{border-collapse:collapse}
 .table-wrap{overflow-x:auto;max-width:100%}
 table.metrics th,table.metrics td{padding:6px 10px;border-bottom:1px solid var(--line);text-align:right}
@@ -72,11 +91,13 @@ table.metrics th:first-child,table.metrics td:first-child{text-align:left}
 table.metrics thead th{background:var(--bg);border-bottom:2px solid var(--line)}
 table.metrics tr.sep td{border-top:2px solid var(--line)}
 td.best{font-weight:700;color:#116329}
-.tag{display:inline-block;font-size:11px;font-weight:600;padding:0 6px;border-radius:10px;background:#ddf4ff;color:var(--accent);margin-left:6px;vertical-align:1px}
+.tag{display:inline-block;font-size:11px;font-weight:600;padding:0 6px;border-radius:10px;background:#ddf4ff;
+color:var(--accent);margin-left:6px;vertical-align:1px}
 .swatch{display:inline-block;width:10px;height:10px;border-radius:2px;margin-right:6px}
 .charts{display:flex;flex-wrap:wrap;gap:16px}
 /* side by side when both fit, else the ROC under the table; the note wraps to the table's width */
-.two{display:flex;flex-wrap:wrap;gap:0 28px;align-items:flex-start}.two>section{min-width:0;max-width:100%;flex:0 1 auto}
+.two{display:flex;flex-wrap:wrap;gap:0 28px;align-items:flex-start}
+.two>section{min-width:0;max-width:100%;flex:0 1 auto}
 .two>section>.note{contain:inline-size}
 .groups{display:grid;grid-template-columns:repeat(auto-fit,minmax(560px,1fr));gap:4px 24px}
 figure{margin:0;border:1px solid var(--line);border-radius:6px;padding:10px;background:#fff}
@@ -86,7 +107,8 @@ svg text{font-family:-apple-system,"Segoe UI",Roboto,Arial,sans-serif}
 .gallery{display:flex;flex-wrap:wrap;gap:12px}
 .card{width:178px;border:1px solid var(--line);border-radius:6px;padding:8px;background:var(--bg);font-size:12px}
 .card.pair{width:310px}.thumbs{display:flex;gap:6px}.card .thumb.near{flex:0 0 124px}.card .near img{max-width:120px}
-.card .thumb{flex:0 0 160px;height:244px;display:flex;align-items:center;justify-content:center;background:#24292f;border-radius:4px;overflow:hidden}
+.card .thumb{flex:0 0 160px;height:244px;display:flex;align-items:center;justify-content:center;background:#24292f;
+border-radius:4px;overflow:hidden}
 .card img{max-width:160px;max-height:240px;display:block}
 .card .missing{color:#ffb3b3;padding:8px;text-align:center;font-size:11px;overflow-wrap:anywhere}
 .card .name{font-family:ui-monospace,Menlo,Consolas,monospace;margin-top:6px;overflow-wrap:anywhere}
@@ -95,7 +117,8 @@ svg text{font-family:-apple-system,"Segoe UI",Roboto,Arial,sans-serif}
 .line{margin-top:2px}.v-ok{background:#1a7f37}.v-review{background:#9a6700}.v-defect{background:#cf222e}
 .card .nearest{margin-top:2px;overflow-wrap:anywhere}
 .TP{background:#1a7f37}.TN{background:#57606a}.FP{background:#bc4c00}.FN{background:#cf222e}
-table.errors{border-collapse:collapse;font-size:12px}table.errors td{padding:4px 10px;border-bottom:1px solid var(--line);overflow-wrap:anywhere}
+table.errors{border-collapse:collapse;font-size:12px}
+table.errors td{padding:4px 10px;border-bottom:1px solid var(--line);overflow-wrap:anywhere}
 footer{margin-top:40px;color:var(--muted);font-size:12px;border-top:1px solid var(--line);padding-top:10px}
 """
 
@@ -126,10 +149,12 @@ def source_roots(results: Dict[str, Any], base_dir: Optional[str]) -> List[str]:
     if isinstance(banks, str) and banks:
         try:
             from exdd_scoring.bank import read_manifest
-            src = read_manifest(_resolve(banks, base_dir)).sources
+            from exdd_scoring.provenance import OfflineManifest
+            man = read_manifest(_resolve(banks, base_dir), OfflineManifest)     # typed sources (a dict otherwise)
+            src = man.sources if isinstance(man, OfflineManifest) else None
             if src is not None and src.dataset:
                 roots.append(src.dataset)
-        except Exception:  # noqa: BLE001 - no readable manifest: the other roots only
+        except Exception:  # no readable manifest: the other roots only
             pass
     return roots
 
@@ -149,6 +174,7 @@ def thumbnail_uri(path: str, box: Tuple[int, int] = THUMB_BOX, roi: Optional[np.
     (a bool mask of any size, stretched over the image) in black and white dashes and region = [x0, y0, x1, y1]
     (the image's pixels) as a box, when given."""
     from PIL import Image, ImageDraw
+
     from exdd.images import read_image
     from exdd.overlay import boundary
     img = Image.fromarray(read_image(path))
@@ -156,9 +182,9 @@ def thumbnail_uri(path: str, box: Tuple[int, int] = THUMB_BOX, roi: Optional[np.
     scale = min(box[0] / img.width, box[1] / img.height, 4.0)
     size = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
     if size != img.size:
-        img = img.resize(size, Image.LANCZOS if scale < 1 else Image.BICUBIC)
+        img = img.resize(size, Image.Resampling.LANCZOS if scale < 1 else Image.Resampling.BICUBIC)
     if roi is not None:
-        m = np.asarray(Image.fromarray(roi.astype(np.uint8) * 255).resize(size, Image.NEAREST)) > 127
+        m = np.asarray(Image.fromarray(roi.astype(np.uint8) * 255).resize(size, Image.Resampling.NEAREST)) > 127
         px = np.array(img.convert("RGB"))
         yy, xx = np.nonzero(boundary(m))
         dash = ((xx + yy) // 3) % 2
@@ -198,7 +224,7 @@ def _thumb(path: str, kind: str, box: Tuple[int, int], **marks: Any) -> str:
     try:
         return (f'<img src="{thumbnail_uri(path, box, **marks)}" alt="{esc(os.path.basename(path))}" '
                 f'title="{esc(path)}">')
-    except Exception as e:  # noqa: BLE001 - an unreadable file becomes a placeholder, not a failed report
+    except Exception as e:  # an unreadable file becomes a placeholder, not a failed report
         return f'<div class="missing">{kind} not available<br>{esc(e)}</div>'
 
 
@@ -262,7 +288,8 @@ def _header(results: Dict[str, Any], title: str, generated: str, counts: Dict[st
     facts = [("Dataset", results.get("dataset")), ("Split", results.get("split")), ("Banks", results.get("banks")),
              ("Weights", weights or None), ("Default mode", dm), ("Thresholds", None), ("Images", None),
              ("Evaluated", results.get("date") or results.get("evaluated_at")),
-             ("Scoring time", f"{results['seconds']} s" if finite_or_none(results.get("seconds")) is not None else None),
+             ("Scoring time",
+              f"{results['seconds']} s" if finite_or_none(results.get("seconds")) is not None else None),
              ("Report generated", generated)]
     cells = []
     for k, v in facts:
@@ -292,10 +319,11 @@ def _metrics_table(results: Dict[str, Any], modes: Sequence[str], at: Dict[str, 
             if group is AT_ROWS and all(v is None for v in vals):
                 continue
             finite = [v for v in vals if v is not None]
-            best = (max(finite) if higher else min(finite)) if finite and higher is not None and len(modes) > 1 else None
+            best = ((max(finite) if higher else min(finite)) if finite and higher is not None and len(modes) > 1
+                    else None)
             fmt = fmt_score if key in ("threshold", "image_f1_threshold") else fmt_metric
-            tds = "".join(f'<td class="{"best" if v is not None and best is not None and abs(v - best) < 1e-12 else ""}">'
-                          f'{fmt(v)}</td>' for v in vals)
+            is_best = [v is not None and best is not None and abs(v - best) < 1e-12 for v in vals]
+            tds = "".join(f'<td class="{"best" if b else ""}">{fmt(v)}</td>' for v, b in zip(vals, is_best))
             sep = ' class="sep"' if group is AT_ROWS and j == 0 else ""
             rows.append(f'<tr{sep} data-metric="{key}"><td>{label}</td>{tds}</tr>')
     return (f'<div class="table-wrap"><table class="metrics" id="metrics"><thead><tr><th>Metric</th>{head}</tr>'
@@ -330,7 +358,7 @@ def _roi(results: Dict[str, Any], base_dir: Optional[str]) -> Tuple[Optional[str
             a = np.asarray(im.convert("RGB") if im.mode in ("P", "RGBA", "LA", "CMYK", "YCbCr") else im)
         a = a.max(axis=2) if a.ndim == 3 else a
         mask = a > (127 if a.dtype == np.uint8 else 0)
-    except Exception as e:  # noqa: BLE001 - the gallery goes on without the outline and says why
+    except Exception as e:  # the gallery goes on without the outline and says why
         return path, None, f"ROI {path} not readable ({e}): not drawn"
     return path, mask, ""
 
@@ -350,7 +378,8 @@ def _calibration(results: Dict[str, Any], data: Dict[str, Any]) -> str:
     return (f'{head}<div class="charts"><figure id="reliability">{svg_reliability(rel)}<figcaption>Per confidence bin: '
             f'the bar is the share of defective images, the dot the mean confidence<br>(on the dashed diagonal when '
             f'calibrated); n images per bin under the axis. {rel["n"]} labelled images,<br>expected calibration error '
-            f'{fmt_metric(rel["ece"], 3)}, Brier score {fmt_metric(rel["brier"], 3)}.</figcaption></figure></div>{left}')
+            f'{fmt_metric(rel["ece"], 3)}, Brier score {fmt_metric(rel["brier"], 3)}.</figcaption></figure></div>'
+            f'{left}')
 
 
 # ----------------------------------------------------------------------------- the report
@@ -410,10 +439,12 @@ def build_report(results: Dict[str, Any], title: str = "ExDD evaluation report",
         def hist_title(m: str) -> str:
             return m + (" (default)" if m == results.get("default_mode") else "")
         figs = "".join(
-            f'<figure>{svg_histogram(h, thresholds.get(m), hist_title(m), band=band if m == band_mode else None)}</figure>'
+            f'<figure>{svg_histogram(h, thresholds.get(m), hist_title(m), band=band if m == band_mode else None)}'
+            f'</figure>'
             for m, h in data["histograms"].items())
         said = (f' The <span class="swatch" style="background:{BAND_COLOR}"></span>shaded band on {esc(band_mode)} is '
-                f'the review band: scores from {band[0]:.4g} to {band[1]:.4g} go to a person.' if band is not None else "")
+                f'the review band: scores from {band[0]:.4g} to {band[1]:.4g} go to a person.'
+                if band is not None else "")
         if any(sum(h["over"].values()) + sum(h["under"].values()) for h in data["histograms"].values()):
             said = (" A few scores far beyond the others are counted in a bar apart (&raquo; above, &laquo; below), "
                     "as said under the chart." + said)

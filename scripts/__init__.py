@@ -1,1 +1,2 @@
-"""Scripts beside the package, run as modules from the repository root: benchmarks/, studies/, tools/, and common (their shared helpers)."""
+"""Scripts beside the package, run as modules from the repository root: benchmarks/, studies/, tools/, and common
+(their shared helpers)."""

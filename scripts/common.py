@@ -80,7 +80,8 @@ def raw_caches(dataset: str, weights: str, input_hw: Tuple[int, int], cache_root
 
 
 def normal_rows(folder: str, d: int, images: int) -> np.ndarray:
-    """Projected (seed 0) patch features of the first `images` defect-free images of a raw-feature cache, one row each."""
+    """Projected (seed 0) patch features of the first `images` defect-free images of a raw-feature cache, one row
+    each."""
     from exdd.offline.feature_cache import RawCache
     from exdd.offline.features import make_projection
     c = RawCache(folder)
@@ -154,7 +155,7 @@ def served_evidence(e: Any, pos_scale: Optional[float], params: Dict, rows: Opti
     from exdd import defaults
     from exdd_scoring import reweight_q
     from exdd_scoring.scores import DEFAULT_GAMMA, Evidence
-    sub = (lambda v: v) if rows is None else (lambda v: v[rows])  # noqa: E731
+    sub = (lambda v: v) if rows is None else (lambda v: v[rows])
     an, ap, nbn, nbp = sub(e.a_neg), sub(e.a_pos), sub(e.nb_neg), sub(e.nb_pos)
     t = e.d ** 0.5
     peak = lambda a, nb: {"s_star": a.max(1), "q": reweight_q(a.max(1), nb[:, 1:defaults.K], t, np)}  # noqa: E731
@@ -165,7 +166,8 @@ def served_evidence(e: Any, pos_scale: Optional[float], params: Dict, rows: Opti
 
 
 def smooth_maps(patches: np.ndarray, s_h: np.ndarray, s_w: np.ndarray, chunk: int = 32) -> np.ndarray:
-    """(n, h, w) patch maps upsampled and smoothed (exdd_scoring.upsample_smooth) chunk images at a time (bounded memory)."""
+    """(n, h, w) patch maps upsampled and smoothed (exdd_scoring.upsample_smooth) chunk images at a time (bounded
+    memory)."""
     from exdd_scoring import upsample_smooth
     p = patches.astype(np.float32)
     out = np.empty((p.shape[0], s_h.shape[0], s_w.shape[0]), np.float32)

@@ -14,7 +14,8 @@ from exdd_scoring.bank import read_manifest, write_manifest
 from exdd_scoring.manifest import IndexEntry
 
 INDEX_KINDS = tuple(SEARCHERS)
-# Below this many vectors a bank stays exact: exact was as fast as HNSW at 3k and 3x slower at 8k (BENCHMARKS.md, Speed).
+# Below this many vectors a bank stays exact: exact was as fast as HNSW at 3k and 3x slower at 8k
+# (BENCHMARKS.md, Speed).
 DEFAULT_MIN_SIZE = 8_000
 
 

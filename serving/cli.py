@@ -19,8 +19,10 @@ from .registry import FEATURES_BACKENDS
 @click.option("--product", "product_values", multiple=True, metavar="NAME=BANKS",
               help="A product and its bank directory; repeat for several products on one server (models exdd_NAME, "
                    "exdd_NAME_scorer, one shared exdd_features). NAME: lowercase letters, digits, '_' or '-'.")
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Repository directory to write.")
-@click.option("--features-backend", default="onnxruntime", show_default=True, type=click.Choice(list(FEATURES_BACKENDS)),
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="Repository directory to write.")
+@click.option("--features-backend", default="onnxruntime", show_default=True,
+              type=click.Choice(list(FEATURES_BACKENDS)),
               help="; ".join(f"{b.name}: {b.help}" for b in FEATURES_BACKENDS.values()) + ".")
 @click.option("--engine", "engine_path", default=None, type=click.Path(dir_okay=False),
               help="TensorRT engine for --features-backend tensorrt_plan (built from --onnx when absent).")
@@ -40,7 +42,8 @@ from .registry import FEATURES_BACKENDS
 @click.option("--force", is_flag=True, help="Replace --out if it exists.")
 @click.option("--index", default="exact", type=click.Choice(list(INDEX_KINDS)), show_default=True,
               help="CPU scorer search: exact, or hnsw (faiss HNSW, built now, stored in faiss's format and "
-                   "checksummed in the manifest; the server's Python then needs faiss-cpu). GPU instances search exactly.")
+                   "checksummed in the manifest; the server's Python then needs faiss-cpu). GPU instances "
+                   "search exactly.")
 @click.option("--index-min-size", default=None, type=click.IntRange(1),
               help="hnsw only for banks of at least this many vectors; smaller ones stay exact [default: 8000].")
 def repository_cmd(onnx_path, bank_dir, product_values, out_dir, features_backend, engine_path, kind, instances, max_batch,

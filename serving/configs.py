@@ -119,7 +119,8 @@ def line_parameters(manifest: BankManifest, mode: str, threshold: Optional[float
 def scorer_config(features: FeatureSpec, mode: str, threshold: Optional[float], s: Serving, sigma: float = 4.0, *,
                   name: str = SCORER_MODEL, product: Optional[str] = None,
                   line: Optional[Dict[str, Optional[str]]] = None) -> str:
-    """config.pbtxt of a scorer (Python backend) named name; mode, threshold, features and product are readable by clients.
+    """config.pbtxt of a scorer (Python backend) named name; mode, threshold, features and product are readable by
+    clients.
 
     threshold None leaves the parameter out (the scorer then serves IS_DEFECT false unless a request sets one);
     product None leaves the `product` parameter out (the default product of a one-product repository).
@@ -166,7 +167,8 @@ def _step(config: Any, model_name: str) -> Any:
     raise KeyError(f"template {config.name}: no ensemble step running {model_name!r}")
 
 
-def ensemble_config(features: FeatureSpec, s: Serving, *, name: str = ENSEMBLE_MODEL, scorer: str = SCORER_MODEL) -> str:
+def ensemble_config(features: FeatureSpec, s: Serving, *, name: str = ENSEMBLE_MODEL,
+                    scorer: str = SCORER_MODEL) -> str:
     """config.pbtxt of the ensemble name: IMAGE (any size) or IMAGE_BYTES -> exdd_preprocess -> exdd_features ->
     scorer (the shared preprocess and extractor, a product's scorer)."""
     spec = FeatureSpec.from_dict(features)

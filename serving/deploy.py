@@ -95,7 +95,8 @@ def set_config_parameter(text: str, key: str, value: Optional[str], model: str =
 
 
 def product_models(repo: str, product: Optional[str]) -> ProductModels:
-    """The models of the product --product names in repo (None: the only product); DeployError listing the known ones."""
+    """The models of the product --product names in repo (None: the only product); DeployError listing the known
+    ones."""
     try:
         return find(repo, product)
     except ProductError as e:
@@ -121,7 +122,8 @@ def served_features(repo: str, scorer_version_dir: str) -> List[Tuple[str, Dict[
              if os.path.isfile(os.path.join(repo, FEATURES_MODEL, str(v), "features.json"))]
     if feats:
         shared = _features_of(os.path.join(repo, FEATURES_MODEL, str(feats[-1]), "features.json"))
-        out.append((f"the shared extractor ({FEATURES_MODEL}/{feats[-1]})", shared))
+        if shared is not None:      # present: listed above
+            out.append((f"the shared extractor ({FEATURES_MODEL}/{feats[-1]})", shared))
     own = _features_of(os.path.join(scorer_version_dir, "features.json"))
     if own is not None:
         out.append((f"the served scorer ({os.path.basename(os.path.dirname(scorer_version_dir))}/"
@@ -138,8 +140,9 @@ def prepare(bank_dir: str, repo: str, keep_threshold: bool = False, product: Opt
     The caller holds the repository's deploy lock (lock: its repo_lock.Lock, told what is being added)."""
     from exdd_scoring import BankError, load_banks
     from exdd_scoring.bank import check_features, sha256_file
+
     from .configs import line_parameters
-    from .repository import copy_banks, choose_threshold
+    from .repository import choose_threshold, copy_banks
 
     pm = product_models(repo, product)
     scorer = pm.scorer
@@ -226,7 +229,7 @@ def load(url: str, timeout_s: float = 600.0, model: str = SCORER, key: Optional[
                     "--admin-key-file or $EXDD_ADMIN_KEY)" if key is None else
                     f" (the key from {key.source} is not the server's)")
         raise DeployError(f"{url}: loading {model} failed: {msg}") from None
-    except Exception as e:  # noqa: BLE001 - connection problems, named
+    except Exception as e:  # connection problems, named
         raise DeployError(f"{url}: cannot reach the server ({e})") from None
     finally:
         c.close()
@@ -237,7 +240,7 @@ def ready_version(url: str, version: int, model: str = SCORER) -> bool:
     c = _client(url, 30.0)
     try:
         return bool(c.is_model_ready(model, str(version)))
-    except Exception:  # noqa: BLE001
+    except Exception:
         return False
     finally:
         c.close()
@@ -299,13 +302,15 @@ def _deploy_locked(bank_dir, repo, url, keep, keep_threshold, timeout_s, product
 @click.option("--product", default=None, metavar="NAME",
               help="The product whose scorer gets the banks (exdd_NAME_scorer); needed when REPO serves several.")
 @click.option("--keep", default=3, show_default=True, help="Scorer versions kept on disk after a successful load.")
-@click.option("--keep-threshold", is_flag=True, help="Keep the served threshold instead of the new banks' calibrated one.")
+@click.option("--keep-threshold", is_flag=True,
+              help="Keep the served threshold instead of the new banks' calibrated one.")
 @click.option("--timeout", default=600, show_default=True, help="Seconds to wait for the load.")
 @click.option("--admin-key-file", default=None, type=click.Path(dir_okay=False),
               help="The server's model-control key (default: $EXDD_ADMIN_KEY, else $EXDD_ADMIN_KEY_FILE, else "
                    "~/.config/exdd/admin-key, where `exdd serve` keeps it).")
 def deploy_cmd(bank_dir, repo, product, url, keep, keep_threshold, timeout, admin_key_file):
-    """Add NEW_BANKS as the next version of a product's scorer in REPO and load it on a running server without downtime."""
+    """Add NEW_BANKS as the next version of a product's scorer in REPO and load it on a running server without
+    downtime."""
     try:
         d = deploy(bank_dir, repo, url, keep, keep_threshold, timeout, product, key_file=admin_key_file)
     except DeployError as e:

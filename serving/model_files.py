@@ -28,7 +28,8 @@ def model_files() -> Traversable:
     except ModuleNotFoundError:
         root = Path(str(importlib.resources.files("exdd_scoring"))).parent / "model_repository"
         if not (root / "exdd_scorer" / "1" / "model.py").is_file():
-            raise ModelFilesError(f"the Triton model files are not installed with exdd ({root}): reinstall exdd") from None
+            raise ModelFilesError(f"the Triton model files are not installed with exdd ({root}): "
+                                  "reinstall exdd") from None
         return root
 
 

@@ -8,9 +8,21 @@ from __future__ import annotations
 import os
 from typing import Iterable, List, Optional, Tuple
 
-from exdd_scoring.model_names import (DEFAULT_LABEL, ENSEMBLE_MODEL, FEATURES_MODEL, NAME_RE, PREFIX,  # noqa: F401
-                                      PREPROCESS_MODEL, RESERVED, SCORER_MODEL, SCORER_SUFFIX, ProductError,
-                                      ProductModels, check_name, of_scorer)
+from exdd_scoring.model_names import (  # noqa: F401
+    DEFAULT_LABEL,
+    ENSEMBLE_MODEL,
+    FEATURES_MODEL,
+    NAME_RE,
+    PREFIX,
+    PREPROCESS_MODEL,
+    RESERVED,
+    SCORER_MODEL,
+    SCORER_SUFFIX,
+    ProductError,
+    ProductModels,
+    check_name,
+    of_scorer,
+)
 
 
 def check_unique(products: Iterable[Optional[str]]) -> List[ProductModels]:

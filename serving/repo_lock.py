@@ -73,7 +73,8 @@ def problem(repo: str, rec: Dict[str, Any]) -> str:
     if state is True:
         return f"{repo}: another deploy is running ({who}: {what}); wait for it to end and run again"
     if "unreadable" in rec:
-        return f"{path}: an unreadable deploy lock ({rec['unreadable']!r}); if no deploy is running, remove it: rm {path}"
+        return (f"{path}: an unreadable deploy lock ({rec['unreadable']!r}); if no deploy is running, remove it: "
+                f"rm {path}")
     if state is False:
         return (f"{path}: left by a deploy that is no longer running ({who}: {what}), killed before it finished. "
                 "Its staged files are hidden (.exdd-deploy-*, ignored by Triton, removed by the next `exdd serve`); a "

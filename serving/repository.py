@@ -8,7 +8,8 @@ Layout written (one product, the default: ``exdd`` / ``exdd_scorer``; named prod
     REPO/exdd_preprocess/1/             model.py, exdd_scoring/ (decode + the one resize: exdd_scoring/picture.py)
     REPO/exdd_features/config.pbtxt     the shared extractor, once: onnxruntime | tensorrt_plan | python backend
     REPO/exdd_features/1/               model.onnx (+ model.py, exdd_scoring/) or model.plan, features.json
-    REPO/exdd[_<p>]/config.pbtxt, 1/    per product: the ensemble IMAGE | IMAGE_BYTES -> exdd_preprocess -> exdd_features -> its scorer
+    REPO/exdd[_<p>]/config.pbtxt, 1/    per product: the ensemble IMAGE | IMAGE_BYTES -> exdd_preprocess ->
+                                        exdd_features -> its scorer
     REPO/exdd[_<p>]_scorer/config.pbtxt per product: python backend (mode, threshold, features, product)
     REPO/exdd[_<p>]_scorer/1/           model.py, exdd_scoring/, banks/, features.json
 
@@ -32,13 +33,11 @@ from typing import List, Mapping, Optional
 from exdd.fileio import fsync_tree, replace_dir
 from exdd_scoring.bank import MANIFEST, sha256_file
 from exdd_scoring.manifest import BankManifest
-
+from exdd_scoring.onnx_metadata import PRECISION_KEY, read_features, read_metadata
+from exdd_scoring.provenance import OfflineManifest  # the repository's README gives the bank sizes
 from exdd_scoring.spec import FeatureSpec, SpecError
 
-from .configs import (KINDS, Serving, ensemble_config, features_config, line_parameters, preprocess_config,
-                      scorer_config)
-from exdd_scoring.onnx_metadata import PRECISION_KEY, read_features, read_metadata
-
+from .configs import KINDS, Serving, ensemble_config, features_config, line_parameters, preprocess_config, scorer_config
 from .model_files import copy_python_model
 from .products import FEATURES_MODEL, PREPROCESS_MODEL, SCORER_MODEL, ProductError, ProductModels, check_unique
 from .registry import FEATURES_BACKENDS
@@ -70,7 +69,8 @@ class Assembled:
 
 
 def copy_banks(bank_dir: str, dest: str, manifest: BankManifest) -> None:
-    """Copy manifest.json (byte for byte: its sha256 is recorded) and the array files it lists (nothing else) into dest."""
+    """Copy manifest.json (byte for byte: its sha256 is recorded) and the array files it lists (nothing else) into
+    dest."""
     os.makedirs(dest)
     shutil.copy2(os.path.join(bank_dir, MANIFEST), dest)
     for name in manifest.files:
@@ -89,7 +89,8 @@ def _write(path: str, text: str) -> None:
 
 
 def choose_threshold(manifest: BankManifest, mode: str, override: Optional[float]) -> Optional[float]:
-    """The served threshold: override, else the calibrated one of mode, else None (the manifest checked it is a number)."""
+    """The served threshold: override, else the calibrated one of mode, else None (the manifest checked it is a
+    number)."""
     if override is not None:
         return float(override)
     return manifest.thresholds.get(mode)
@@ -99,7 +100,7 @@ def _threshold_text(thr: Optional[float]) -> str:
     return "none (IS_DEFECT is false unless a request sends parameter `threshold`)" if thr is None else f"{thr:.6g}"
 
 
-def readme(a: Assembled, manifests: Mapping[str, BankManifest], onnx_path: str, backend: str, s: Serving,
+def readme(a: Assembled, manifests: Mapping[str, OfflineManifest], onnx_path: str, backend: str, s: Serving,
            precision: str) -> str:
     """README.md of the repository (manifests: by scorer model name)."""
     f = a.features.to_dict()
@@ -111,15 +112,18 @@ def readme(a: Assembled, manifests: Mapping[str, BankManifest], onnx_path: str, 
     built = []
     for p in a.products:
         m = p.models
-        rows.append(f"| `{m.ensemble}` | ensemble | product {m.display}: `IMAGE` uint8 [B, H, W, 3] (any size) or `IMAGE_BYTES` "
+        rows.append(f"| `{m.ensemble}` | ensemble | product {m.display}: `IMAGE` uint8 [B, H, W, 3] (any size) "
+                    f"or `IMAGE_BYTES` "
                     f"(encoded files, BYTES [B, 1]) -> `{PREPROCESS_MODEL}` -> `{FEATURES_MODEL}` -> `{m.scorer}` |")
         rows.append(f"| `{m.scorer}` | python | product {m.display}: `FEATURES` -> `SCORE`, `IS_DEFECT`, `ANOMALY_MAP` "
                     f"[{hw}], `SCORE_NEG`, `SCORE_POS` |")
         man = manifests[m.scorer]
         cs = man.coreset
         sizes = "see manifest" if cs is None else f"negative {cs.negative.size}, positive {cs.positive.size}"
-        built.append(f"- product {m.display} (`{m.ensemble}`): bank manifest `{os.path.abspath(p.bank_dir)}/manifest.json`, "
-                     f"sha256 `{p.manifest_sha256}` (copied to `{m.scorer}/1/banks/manifest.json`); bank sizes: {sizes}; "
+        built.append(f"- product {m.display} (`{m.ensemble}`): bank manifest "
+                     f"`{os.path.abspath(p.bank_dir)}/manifest.json`, "
+                     f"sha256 `{p.manifest_sha256}` (copied to `{m.scorer}/1/banks/manifest.json`); "
+                     f"bank sizes: {sizes}; "
                      f"k = {man.k}; served mode `{p.mode}`; threshold {_threshold_text(p.threshold)}")
     products = ", ".join(f"`{p.models.ensemble}`" for p in a.products)
     table = "\n".join(rows)
@@ -175,7 +179,6 @@ def _load_product(pm: ProductModels, bank_dir: str, features: FeatureSpec, onnx_
     """The product's verified banks; RepositoryError naming the product and its bank directory otherwise."""
     from exdd_scoring import BankError, load_banks
     from exdd_scoring.bank import check_features
-    from exdd_scoring.provenance import OfflineManifest      # the repository's README gives the bank sizes
     where = f"{bank_dir} vs {onnx_path}" if pm.product is None else \
         f"product {pm.product!r}: banks {bank_dir} vs the shared extractor {onnx_path}"
     try:
@@ -262,7 +265,10 @@ def assemble_products(onnx_path: str, products: Mapping[Optional[str], str], out
         feats_v = os.path.join(tmp, FEATURES_MODEL, "1")
         os.makedirs(feats_v)
         _write(os.path.join(feats_v, "features.json"), fjson)
-        shutil.copy2(engine_path if fb.needs_engine else onnx_path, os.path.join(feats_v, fb.model_file))
+        src = engine_path if fb.needs_engine else onnx_path
+        if src is None:     # refused by _check_serving already
+            raise RepositoryError(f"--features-backend {fb.name} needs --engine PATH (a built engine)")
+        shutil.copy2(src, os.path.join(feats_v, fb.model_file))
         if fb.python_model:
             _python_model(feats_v, FEATURES_MODEL)
         _write(os.path.join(tmp, FEATURES_MODEL, "config.pbtxt"), features_config(features, features_backend, s))

@@ -22,7 +22,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from typing import Dict, List, Optional, Sequence
+from typing import BinaryIO, Dict, List, Optional, Sequence
 
 import click
 
@@ -93,7 +93,7 @@ class TritonServer:
         self.extra_args = list(extra_args)
         self.exit_timeout = int(exit_timeout)
         self.proc: Optional[subprocess.Popen] = None
-        self._log_file = None
+        self._log_file: Optional[BinaryIO] = None
 
     @property
     def local_host(self) -> str:
@@ -133,7 +133,7 @@ class TritonServer:
         for name, port in (("http", self.http_port), ("grpc", self.grpc_port), ("metrics", self.metrics_port)):
             if port_in_use(self.host, port):
                 raise TritonStartError(f"{url_host(self.host)}:{port} is already in use (--{name}-port)")
-        out = None
+        out: Optional[BinaryIO] = None
         if self.log_path:
             self._log_file = open(self.log_path, "ab")
             out = self._log_file
@@ -193,7 +193,8 @@ class TritonServer:
             if self._get(path) == 200:
                 return self
             time.sleep(0.25)
-        raise TritonStartError(f"tritonserver not {'live' if live_only else 'ready'} after {timeout:.0f}s\n{self.log_tail()}")
+        raise TritonStartError(f"tritonserver not {'live' if live_only else 'ready'} after {timeout:.0f}s\n"
+                               f"{self.log_tail()}")
 
     def poll(self) -> Optional[int]:
         """The exit code, or None while running."""
@@ -290,7 +291,8 @@ def serve(repo, host, http_port, grpc_port, metrics_port, timeout, log_verbose, 
         ready = [pm for pm in products if ok(pm.ensemble) and ok(pm.scorer)]
         for pm in products:
             if pm in ready:
-                click.echo(f"product {pm.display}: send IMAGE or IMAGE_BYTES to {pm.ensemble} (scorer {pm.scorer})", err=True)
+                click.echo(f"product {pm.display}: send IMAGE or IMAGE_BYTES to {pm.ensemble} "
+                           f"(scorer {pm.scorer})", err=True)
             else:
                 bad = pm.scorer if not ok(pm.scorer) else pm.ensemble
                 others = "; the other products serve" if len(products) > 1 else ""
@@ -299,7 +301,8 @@ def serve(repo, host, http_port, grpc_port, metrics_port, timeout, log_verbose, 
         known = {PREPROCESS_MODEL, FEATURES_MODEL} | {m for pm in products for m in (pm.ensemble, pm.scorer)}
         for m in sorted(set(states) - known):
             if not ok(m):
-                click.echo(f"warning: {os.path.join(repo, m)} is not an exdd model and did not load ({why(m)})", err=True)
+                click.echo(f"warning: {os.path.join(repo, m)} is not an exdd model and did not load "
+                           f"({why(m)})", err=True)
         if not ready:
             raise TritonStartError("no product is ready (see above)")
         click.echo(f"ready: http {server.http_url}  grpc {server.grpc_url}  metrics "

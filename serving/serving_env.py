@@ -1,7 +1,8 @@
 """Where a ``tritonserver`` comes from: a Triton container's (on PATH) or the one in the nvidia-pytriton wheel.
 
 The bundled server lives in a serving venv of its own (default ``~/.cache/exdd/serve-venv``, or
-``$EXDD_SERVE_VENV``), created on first use with ``numpy<2``, onnxruntime, openvino and faiss-cpu at pinned versions (SERVING_PACKAGES) and Pillow
+``$EXDD_SERVE_VENV``), created on first use with ``numpy<2``, onnxruntime, openvino and faiss-cpu at pinned
+versions (SERVING_PACKAGES) and Pillow
 (the very version of this exdd's Python, so the server's exdd_preprocess decodes a JPEG exactly as the client
 does), and nvidia-pytriton
 installed with ``--no-deps``. The Python-backend stub runs model.py with the packages of the venv

@@ -62,7 +62,7 @@ def diff_mask(original: np.ndarray, generated: np.ndarray, inpaint_mask: np.ndar
     if original.shape[:2] != generated.shape[:2] or original.shape[:2] != inpaint_mask.shape:
         raise ValueError(f"shape mismatch: original {original.shape}, generated {generated.shape}, "
                          f"mask {inpaint_mask.shape}")
-    d = cv2.absdiff(gray(original), gray(generated)).astype(np.float32)
+    d: np.ndarray = cv2.absdiff(gray(original), gray(generated)).astype(np.float32)
     if rule.blur_sigma > 0:
         d = cv2.GaussianBlur(d, (0, 0), rule.blur_sigma)
     region = dilate(inpaint_mask, rule.dilate_px)

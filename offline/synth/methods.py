@@ -38,7 +38,7 @@ def _sdxl(cfg, spec, pipe, normal, mask, mask_own):
     from .sdxl import SynthError, inpaint
     try:
         generated = inpaint(pipe, normal, mask, spec.prompt, cfg.negative_prompt, cfg.sdxl, spec.seed)
-    except Exception as e:  # noqa: BLE001 - e.g. out of GPU memory: reported with the sample, no traceback
+    except Exception as e:  # e.g. out of GPU memory: reported with the sample, no traceback
         raise SynthError(f"sample {spec.index}: SDXL inpainting failed ({cfg.model}): "
                          f"{type(e).__name__}: {' '.join(str(e).split())[:400]}") from None
     positive = diff_mask(normal, generated, mask, cfg.rule)
@@ -47,6 +47,7 @@ def _sdxl(cfg, spec, pipe, normal, mask, mask_own):
 
 def _paste(cfg, spec, pipe, normal, mask, mask_own):
     from exdd.images import read_image
+
     from .paste import paste_defect
     from .plan import sample_seed
     defect = read_image(spec.source.image)

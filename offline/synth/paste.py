@@ -19,7 +19,6 @@ import cv2
 import numpy as np
 
 
-
 def _transform(a: np.ndarray, flip: bool, k: int) -> np.ndarray:
     if flip:
         a = a[:, ::-1]

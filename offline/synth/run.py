@@ -14,10 +14,10 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from exdd import __version__
+from exdd.datasets import load_split
 from exdd.images import ImageReadError, image_size, read_image, read_mask
 from exdd.progress import Progress
 
-from exdd.datasets import load_split
 from . import writer
 from .diffmask import DiffMaskRule
 from .methods import SYNTH_METHODS, SynthMethod
@@ -117,8 +117,8 @@ def check_existing(cfg: SynthConfig, plan: List[SampleSpec], settings: Dict[str,
     return done
 
 
-def _load(spec: SampleSpec) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(normal RGB, mask resized to the normal's size, defect RGB, defect mask at its own size)."""
+def _load(spec: SampleSpec) -> Tuple[np.ndarray, np.ndarray, np.ndarray, Tuple[int, int]]:
+    """(normal RGB, mask resized to the normal's size, the mask at its own size, the defect image's (h, w))."""
     normal = read_image(spec.normal)
     hw = image_size(spec.source.image)
     mask_own = read_mask(spec.source.mask, expect_hw=hw)

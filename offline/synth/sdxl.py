@@ -80,14 +80,15 @@ def load_pipeline(model: str, device: str, dtype: str):
                 warnings.simplefilter("ignore", FutureWarning)
                 pipe = StableDiffusionXLInpaintPipeline.from_pretrained(model, **kw, **extra)
             break
-        except Exception as e:  # noqa: BLE001 - any loading failure is reported with the model's name
+        except Exception as e:  # any loading failure is reported with the model's name
             err = e
     else:
+        assert err is not None          # every attempt failed (there is at least one)
         where = "local folder" if os.path.isdir(model) else "model id or path"
         raise SynthError(f"cannot load the SDXL inpainting model {model!r} ({where}): {_short(err)}")
     try:
         pipe = pipe.to(device)
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         raise SynthError(f"cannot move the SDXL inpainting model {model!r} to {device}: {_short(e)}") from None
     pipe.set_progress_bar_config(disable=True)
     return pipe
@@ -99,8 +100,8 @@ def inpaint(pipe, image: np.ndarray, mask: np.ndarray, prompt: str, negative_pro
     import torch
     h, w = image.shape[:2]
     ws = settings.work_size
-    init = Image.fromarray(image).resize((ws, ws), Image.BICUBIC)
-    m = Image.fromarray((mask.astype(bool) * 255).astype(np.uint8)).resize((ws, ws), Image.NEAREST)
+    init = Image.fromarray(image).resize((ws, ws), Image.Resampling.BICUBIC)
+    m = Image.fromarray((mask.astype(bool) * 255).astype(np.uint8)).resize((ws, ws), Image.Resampling.NEAREST)
     gen = torch.Generator(device="cpu").manual_seed(int(seed))
     with torch.inference_mode():
         out = pipe(prompt=prompt, negative_prompt=negative_prompt, image=init, mask_image=m,
@@ -109,5 +110,5 @@ def inpaint(pipe, image: np.ndarray, mask: np.ndarray, prompt: str, negative_pro
                    generator=gen, output_type="pil").images[0]
     out = out.convert("RGB")
     if out.size != (w, h):
-        out = out.resize((w, h), Image.BICUBIC)
+        out = out.resize((w, h), Image.Resampling.BICUBIC)
     return np.asarray(out, dtype=np.uint8)

@@ -69,8 +69,9 @@ def main() -> int:
     log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
 
     import faiss
-    from exdd.metrics import spearman
+
     from exdd.datasets import load_split
+    from exdd.metrics import spearman
     from exdd_scoring import Bank, BankPair, Scorer
     from exdd_scoring.ann import ExactSearcher, HnswSearcher
 
@@ -78,6 +79,7 @@ def main() -> int:
     onnx_path = args.onnx
     if not onnx_path:
         import torch
+
         from exdd.export.onnx_export import export_onnx
         from exdd.offline.features import build_extractor
         torch.set_num_threads(args.threads)

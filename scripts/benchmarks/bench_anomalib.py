@@ -36,17 +36,16 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from exdd.images import read_image, read_mask, image_size
-from exdd.offline.build import BuildConfig, build, build_negative
 from exdd.datasets import Sample, duplicates_across, holdout_split, load_split
+from exdd.images import image_size, read_image, read_mask
+from exdd.metrics import auroc, bootstrap_auroc
+from exdd.offline.build import BuildConfig, build, build_negative
 from exdd.offline.extract import batches, run_extractor
 from exdd.offline.features import build_extractor, make_projection
-from exdd.metrics import auroc, bootstrap_auroc
 from exdd.offline.weights import load_backbone
 from exdd_scoring import MODES, Scorer, load_banks
 from scripts.common import cache_folder, peak_rss_gb
 from scripts.harness import BenchResult, params_of
-
 
 # ----------------------------------------------------------------------------- data
 
@@ -327,8 +326,8 @@ def equivalent_scores(emb: np.ndarray, bank: np.ndarray, grid: Tuple[int, int], 
     keep_self=False, k=3, t=None (sqrt d), anomalib_map=False = exdd's `patchcore` (m* dropped, t = sqrt d, bilinear
     upsampling + scipy-reflect Gaussian, exdd_scoring.resample).
     """
-    from exdd_scoring.knn import nearest, sq_norms, topk_nearest
     from exdd_scoring import reweight_q, upsample_smooth, upsample_smooth_matrices
+    from exdd_scoring.knn import nearest, sq_norms, topk_nearest
     bank = np.ascontiguousarray(bank, np.float32)
     b, P, d = emb.shape
     a, idx = nearest(np.ascontiguousarray(emb.reshape(-1, d), np.float32), bank, np, sq_norms(bank, np))
@@ -355,8 +354,9 @@ def reproduce(split: Split, weights: str, input_hw: Tuple[int, int], coreset_rat
               seed: int = 0, resamples: int = 500) -> Dict[str, Any]:
     """Deliverable 0 of issue 19: anomalib's PatchCore reproduced by exdd's scoring math on anomalib's own memory bank
     and embeddings, then each of exdd's departures alone (features, projection, coreset, hold-out, reweighting, map)."""
-    from scipy.stats import pearsonr, spearmanr
     from anomalib.models.components import KCenterGreedy
+    from scipy.stats import pearsonr, spearmanr
+
     from exdd.offline.coreset import bank_size, chunked_kcenter
     model, transform = anomalib_model(weights, input_hw, coreset_ratio)
     net = model.model.eval()
@@ -392,7 +392,8 @@ def reproduce(split: Split, weights: str, input_hw: Tuple[int, int], coreset_rat
                 "pixel_auroc": auroc(maps.ravel(), masks.ravel()) if masks.any() else float("nan")}
 
     rows = {"anomalib PatchCore (its own scores and map)": row(a_scores, a_maps)}
-    rows["exdd math, anomalib configuration (same bank, same embeddings)"] = row(*equivalent_scores(test_emb, bank, grid, hw))
+    rows["exdd math, anomalib configuration (same bank, same embeddings)"] = row(
+        *equivalent_scores(test_emb, bank, grid, hw))
     rows["departure: exdd's map (bilinear + Gaussian, scipy reflect)"] = row(
         *equivalent_scores(test_emb, bank, grid, hw, anomalib_map=False))
     rows["departure: exdd's reweighting (k = 3, m* dropped, t = sqrt d)"] = row(
@@ -438,7 +439,8 @@ def reproduce(split: Split, weights: str, input_hw: Tuple[int, int], coreset_rat
 
 # ----------------------------------------------------------------------------- speed
 
-def speed(infers: Dict[str, Callable], paths: Sequence[str], batch_sizes: Sequence[int], reps: int) -> Dict[str, Dict[int, float]]:
+def speed(infers: Dict[str, Callable], paths: Sequence[str], batch_sizes: Sequence[int],
+          reps: int) -> Dict[str, Dict[int, float]]:
     """Images/s per method and batch size: median over reps passes, the methods alternating."""
     out: Dict[str, Dict[int, List[float]]] = {k: {b: [] for b in batch_sizes} for k in infers}
     for k, f in infers.items():                      # warm-up
@@ -546,7 +548,8 @@ def main() -> None:
                                           work=os.path.join(a.out, f"banks-d{d}"))
                 tag = "" if len(dims) == 1 else f" (d={d})"
                 for m, res in modes.items():
-                    rows[f"exdd {m}{tag}"] = {**metrics(res, split, a.resamples, a.seed), "fit_s": res.fit_s, **res.info}
+                    rows[f"exdd {m}{tag}"] = {**metrics(res, split, a.resamples, a.seed), "fit_s": res.fit_s,
+                                              **res.info}
                     print(f"exdd {m}{tag}: {rows[f'exdd {m}{tag}']}", file=sys.stderr, flush=True)
                 infers.setdefault("exdd", infer)
                 del modes
@@ -559,7 +562,8 @@ def main() -> None:
         report["peak_rss_gb"] = peak_rss_gb()
         record.save(os.path.join(a.out, "bench.json"))
         print(f"\n### {name}: {split.note}; {len(split.test)} test images ({int(split.labels.sum())} defective)\n")
-        print("| method / mode | image AUROC [90% CI] | pixel AUROC [90% CI] | fit s (negative bank only) | bank | img/s b1 | img/s b8 |")
+        print("| method / mode | image AUROC [90% CI] | pixel AUROC [90% CI] | fit s (negative bank only) | bank "
+              "| img/s b1 | img/s b8 |")
         print("|---|---|---|---|---|---|---|")
         for k, v in rows.items():
             side = "anomalib" if k.startswith("anomalib") else "exdd"

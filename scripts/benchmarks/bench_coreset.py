@@ -18,7 +18,6 @@ import numpy as np
 
 from exdd import defaults
 from exdd.offline.coreset import bank_size, chunked_kcenter, coverage_radius, greedy_kcenter
-
 from scripts.common import normal_rows, peak_rss_gb
 
 
@@ -33,7 +32,8 @@ def subset(a) -> dict:
     src = "magnetic_tile normal train patches (stand-in weights)"
     if x is None:
         rng = np.random.default_rng(0)
-        x = (rng.standard_normal((a.images * 2212, a.d)) + rng.standard_normal((64, a.d))[rng.integers(64, size=a.images * 2212)] * 3).astype(np.float16)
+        x = (rng.standard_normal((a.images * 2212, a.d))
+             + rng.standard_normal((64, a.d))[rng.integers(64, size=a.images * 2212)] * 3).astype(np.float16)
         src = "synthetic clustered features"
     k = bank_size(len(x), a.ratio, 1)
     t = time.perf_counter()

@@ -16,7 +16,6 @@ import torch
 from exdd.offline.features import build_extractor, grid_of
 from exdd_scoring import Bank, BankPair, Scorer
 from exdd_scoring.knn import bank_neighbors
-
 from scripts.harness import latency_stats
 
 
@@ -51,7 +50,8 @@ def main() -> None:
     grid = grid_of(hw)
     rng = np.random.default_rng(0)
     feats = rng.standard_normal((8,) + grid + (a.d,)).astype(np.float32)
-    print(f"\n| scoring (numpy, d={a.d}, batch 8, maps included) | negative bank | positive bank | ms/image |\n|---|---|---|---|")
+    print(f"\n| scoring (numpy, d={a.d}, batch 8, maps included) | negative bank | positive bank | ms/image |"
+          "\n|---|---|---|---|")
     for n in (int(v) for v in a.bank_sizes.split(",")):
         neg = rng.standard_normal((n, a.d)).astype(np.float32)
         pos = rng.standard_normal((max(n // 10, 1000), a.d)).astype(np.float32)

@@ -5,7 +5,8 @@ and ``bf16`` (the fp32 ONNX run by OpenVINO with inference precision bf16). For 
 fp32 (ONNX Runtime) features of a subset of the training images (what `offline build` does), then score a test
 subset with fp32 and with each variant's features against the SAME banks.
 
-    .venv/bin/python -m scripts.benchmarks.bench_precision --datasets ../shared/data/magnetic_tile,../shared/data/ksdd1_dev \
+    .venv/bin/python -m scripts.benchmarks.bench_precision \
+        --datasets ../shared/data/magnetic_tile,../shared/data/ksdd1_dev \
         --weights ../shared/weights/wrn50-random0-bncal.safetensors --variants bf16,int8 --train 40 --test 80 \
         --out runs/i11/precision.json
 """
@@ -69,11 +70,10 @@ MODES_MEASURED = ("patchcore", "exdd", "dual")
 
 
 def run_dataset(ds, fp32_path, features, args, log):
-    from exdd.export.quantize import calibration_images, quantize_int8, cosine_rows
-    from exdd.metrics import spearman
-    from exdd.offline.build import BuildConfig, defect_patches, make_bank
     from exdd.datasets import load_split
-    from exdd.metrics import auroc
+    from exdd.export.quantize import calibration_images, cosine_rows, quantize_int8
+    from exdd.metrics import auroc, spearman
+    from exdd.offline.build import BuildConfig, defect_patches, make_bank
     from exdd_scoring import BankPair, Scorer
 
     hw, grid, d = tuple(features["input_size"]), tuple(features["grid"]), int(features["d"])
@@ -100,8 +100,10 @@ def run_dataset(ds, fp32_path, features, args, log):
         neg, _ = make_bank(fn.reshape(-1, d), c.neg_ratio, c.min_size, c.k, c.chunk_rows, c.oversample)
         pos, _ = make_bank(fd[defect_patches(cov, c.min_cover)], c.pos_ratio, c.min_size, c.k, c.chunk_rows,
                            c.oversample)
-        log(f"{name}: banks {neg.size} + {pos.size} from {len(normals)} normal + {len(defects)} defective {prec} images")
-        return Scorer(BankPair(neg, pos, {"features": features, "k": c.k, "default_mode": "dual"})), [neg.size, pos.size]
+        log(f"{name}: banks {neg.size} + {pos.size} from {len(normals)} normal + {len(defects)} defective "
+            f"{prec} images")
+        manifest = {"features": features, "k": c.k, "default_mode": "dual"}
+        return Scorer(BankPair(neg, pos, manifest)), [neg.size, pos.size]
 
     scorer, sizes = scorer_from(s32, "fp32")
     test = pick(load_split(ds, "test"), args.test)
@@ -166,6 +168,7 @@ def main() -> int:
     log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
     os.makedirs(args.workdir, exist_ok=True)
     import torch
+
     from exdd.export.onnx_export import export_onnx
     from exdd.offline.features import build_extractor
     torch.set_num_threads(args.threads)
@@ -177,7 +180,8 @@ def main() -> int:
     report = record.metrics
     for ds in args.datasets.split(","):
         report["datasets"].append(run_dataset(ds, fp32_path, info, args, log))
-    int8_path = os.path.join(args.workdir, f"{os.path.basename(os.path.normpath(args.datasets.split(',')[0]))}-int8.onnx")
+    first = os.path.basename(os.path.normpath(args.datasets.split(',')[0]))
+    int8_path = os.path.join(args.workdir, f"{first}-int8.onnx")
     sp = {}
     variants = [] if args.skip_speed else args.variants.split(",")
     for prec in (["fp32"] if variants else []) + variants:   # speed: all variants one after the other, this process

@@ -32,8 +32,15 @@ from typing import Dict, List
 import numpy as np
 
 from scripts.common import process_tree
-from scripts.harness import (BenchResult, build_banks, export_onnx, export_repository, latency_stats, params_of,
-                             start_server)
+from scripts.harness import (
+    BenchResult,
+    build_banks,
+    export_onnx,
+    export_repository,
+    latency_stats,
+    params_of,
+    start_server,
+)
 
 TEXTURES = ("brushed", "commutator", "tile")
 
@@ -85,7 +92,7 @@ def throughput(targets, image: np.ndarray, requests: int, concurrency: int) -> D
                 try:
                     c.infer(model, [inp])
                     lat.append(time.perf_counter() - t)
-                except Exception as e:  # noqa: BLE001 - counted
+                except Exception as e:  # counted
                     errors.append(repr(e))
         finally:
             for c in clients.values():
@@ -167,9 +174,11 @@ def main() -> None:
     image = load_images(image_files(made["test"], 1), (h, w))
     names = list(made["banks"])
     rec = BenchResult("bench_products", params_of(a),
-                      {"cpus": os.cpu_count(), "onnx_mb": round(os.path.getsize(made["onnx"]) / 2 ** 20, 1), "rows": []})
+                      {"cpus": os.cpu_count(), "onnx_mb": round(os.path.getsize(made["onnx"]) / 2 ** 20, 1),
+                       "rows": []})
     setups = [("1 product", [repository(work, "repo-1", made["onnx"], {names[0]: made["banks"][names[0]]})]),
-              (f"{a.products} products, 1 server", [repository(work, f"repo-{a.products}", made["onnx"], made["banks"])])]
+              (f"{a.products} products, 1 server",
+               [repository(work, f"repo-{a.products}", made["onnx"], made["banks"])])]
     if not a.skip_separate:
         setups.append((f"{a.products} products, {a.products} servers",
                        [repository(work, f"repo-only-{p}", made["onnx"], {p: made["banks"][p]}) for p in names]))

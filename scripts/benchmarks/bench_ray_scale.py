@@ -12,7 +12,8 @@ out the object store's shared-memory pages it maps) and RSS are polled every 0.2
 On one machine the object store (shared memory) still holds all rows: what Ray bounds here is
 each process's memory, and on a cluster the parts live in the object stores of the nodes that made them.
 
-  nice -n 10 .venv/bin/python -m scripts.benchmarks.bench_ray_scale --cache /work/main/runs/cache/ksdd1_dev-632x224/train \
+  nice -n 10 .venv/bin/python -m scripts.benchmarks.bench_ray_scale \
+      --cache /work/main/runs/cache/ksdd1_dev-632x224/train \
       --n 3000000 --cap-gb 1.5 --out runs/bench_ray_scale.json
 """
 from __future__ import annotations
@@ -29,7 +30,6 @@ import numpy as np
 import psutil
 
 from exdd import defaults
-
 from scripts.common import normal_rows
 from scripts.harness import BenchResult, params_of
 
@@ -84,6 +84,7 @@ def main() -> None:
     print(f"single process, RLIMIT_AS {a.cap_gb} GB: {single_out[0]}", flush=True)
 
     import ray
+
     from exdd.offline.distributed import Part, RayBuild
     store = int(a.n * a.d * 2 * 1.3) + (512 << 20)
     ray.init(num_cpus=a.cpus, object_store_memory=store, include_dashboard=False, log_to_driver=False,

@@ -46,8 +46,10 @@ def subset(dataset: str, dst: str, normals: int, defects: int, test: int, seed: 
     tst = load_split(dataset, "test")
     tp = [s for s in tst if s.label == 1]
     tn = [s for s in tst if s.label == 0]
-    chosen = {"train": [n[i] for i in rng.permutation(len(n))[:normals]] + [d[i] for i in rng.permutation(len(d))[:defects]],
-              "test": [tp[i] for i in rng.permutation(len(tp))[:test // 2]] + [tn[i] for i in rng.permutation(len(tn))[:test - test // 2]]}
+    chosen = {"train": [n[i] for i in rng.permutation(len(n))[:normals]]
+              + [d[i] for i in rng.permutation(len(d))[:defects]],
+              "test": [tp[i] for i in rng.permutation(len(tp))[:test // 2]]
+              + [tn[i] for i in rng.permutation(len(tn))[:test - test // 2]]}
     for split, samples in chosen.items():
         link_subset(os.path.join(dst, split), [(s.path, s.mask) for s in samples])
     return dst
@@ -81,7 +83,8 @@ def main() -> int:
     ap.add_argument("--test", type=int, default=24)
     ap.add_argument("--points", default="1x1,8x2", help="batch x concurrency of `client score`")
     ap.add_argument("--anomalib-script", default=None,
-                    help="bench_anomalib.py (default: scripts/benchmarks/bench_anomalib.py here, else /work/wt-anomalib's)")
+                    help="bench_anomalib.py (default: scripts/benchmarks/bench_anomalib.py here, "
+                         "else /work/wt-anomalib's)")
     ap.add_argument("--anomalib-python", default=None, help="python with anomalib (default: this one)")
     ap.add_argument("--skip-anomalib", action="store_true")
     ap.add_argument("--precisions", default="fp32,bf16,int8", help="extractors served, one after the other")

@@ -33,8 +33,8 @@ def split(ds: str, build_n: int, n: int):
     return build, rest[::max(1, len(rest) // n)][:n]
 
 
-def prepare(build_paths, ds: str, build_n: int, weights: str, input_size: str, d: int, work: str, backend: str, kind: str,
-            instances: int) -> str:
+def prepare(build_paths, ds: str, build_n: int, weights: str, input_size: str, d: int, work: str, backend: str,
+            kind: str, instances: int) -> str:
     """Banks from the first build_n images, ONNX, repository; returns the repository path."""
     train = link_subset(os.path.join(work, "ds", "train"), [(p, mask_of(p)) for p in build_paths], numbered=True)
     return serve_chain(work, dataset=os.path.join(work, "ds"),
@@ -52,7 +52,9 @@ def stats(lat_s, n_images: int, wall: float) -> dict:
 def bench_offline(repo: str, images: np.ndarray, weights: str, batch: int) -> dict:
     """Torch extractor + NumPy Scorer in this process: batch-1 latency, then throughput at batch."""
     import json
+
     import torch
+
     from exdd.offline.features import build_extractor
     from exdd_scoring import Scorer, load_banks
     with open(os.path.join(repo, "exdd_scorer", "1", "features.json")) as f:
@@ -130,8 +132,8 @@ def main() -> None:
     work = a.keep or tempfile.mkdtemp(prefix="exdd-bench-")
     try:
         build_paths, paths = split(a.dataset, a.build_n, a.n)
-        repo = a.repo or prepare(build_paths, a.dataset, a.build_n, a.weights, a.input_size, a.d, work, a.features_backend,
-                                 a.kind, a.instances)
+        repo = a.repo or prepare(build_paths, a.dataset, a.build_n, a.weights, a.input_size, a.d, work,
+                                 a.features_backend, a.kind, a.instances)
         h, w = (int(v) for v in a.input_size.split("x"))
         images = load_images(paths, (h, w))
         off = bench_offline(repo, images, a.weights, a.batch)
@@ -143,13 +145,16 @@ def main() -> None:
     finally:
         if not a.keep:
             shutil.rmtree(work, ignore_errors=True)
-    print(f"\n{len(images)} images {h}x{w}, {os.cpu_count()} CPU cores, d={a.d}, features backend {a.features_backend}\n")
+    print(f"\n{len(images)} images {h}x{w}, {os.cpu_count()} CPU cores, d={a.d}, "
+          f"features backend {a.features_backend}\n")
     print("| path | batch-1 images/s | p50 ms | p95 ms | throughput images/s | p50 / p95 ms under load |")
     print("|---|---|---|---|---|---|")
-    print(f"| offline (torch + NumPy scorer, in-process) | {off['ips']:.2f} | {off['p50_ms']:.0f} | {off['p95_ms']:.0f} | "
+    print(f"| offline (torch + NumPy scorer, in-process) | {off['ips']:.2f} | {off['p50_ms']:.0f} | "
+          f"{off['p95_ms']:.0f} | "
           f"{off['ips_batched']:.2f} (batch {a.batch}) | - |")
     print(f"| Triton HTTP (ensemble exdd) | {tri['ips']:.2f} | {tri['p50_ms']:.0f} | {tri['p95_ms']:.0f} | "
-          f"{tri['ips_batched']:.2f} ({a.concurrency} concurrent) | {tri['p50_ms_conc']:.0f} / {tri['p95_ms_conc']:.0f} |")
+          f"{tri['ips_batched']:.2f} ({a.concurrency} concurrent) | "
+          f"{tri['p50_ms_conc']:.0f} / {tri['p95_ms_conc']:.0f} |")
 
 
 if __name__ == "__main__":

@@ -24,15 +24,14 @@ import warnings
 
 import numpy as np
 
+from exdd.datasets import duplicates_across, holdout_split, load_split
+from exdd.metrics import paired_bootstrap_diff, spearman
 from exdd.offline.build import BuildConfig, build
 from exdd.offline.calibrate import threshold
-from exdd.datasets import duplicates_across, holdout_split, load_split
 from exdd.offline.evaluate import metrics_of, score_features
 from exdd.offline.features import fingerprint, make_projection
-from exdd.metrics import paired_bootstrap_diff, spearman
 from exdd.offline.update import update
 from exdd_scoring import MODES, Scorer, load_banks
-
 from scripts.common import cache_folder, peak_rss_gb, raw_caches, save_json
 from scripts.harness import BenchResult, metrics_in, params_of
 
@@ -69,7 +68,8 @@ def markdown(res) -> str:
     for k, label in (("full", "full build"), ("half", "half build"), ("update", "half + update")):
         r = res[k]
         mets = " | ".join(f"{r['metrics'][m]['image_auroc']:.4f} / {r['metrics'][m]['pixel_auroc']:.4f}" for m in MODES)
-        out.append(f"| {label} | {r['negative']} | {r['bank_s']} | {r['images_extracted']} | {r['total_s_est']} | {mets} |")
+        out.append(f"| {label} | {r['negative']} | {r['bank_s']} | {r['images_extracted']} | "
+                   f"{r['total_s_est']} | {mets} |")
     if "update_minus_full_image_auroc" in res:
         out += ["", "Image AUROC, half + update minus full build (90% paired bootstrap interval over the test images): "
                 + "; ".join(f"{m} {v['diff']:+.3f} [{v['ci90'][0]:+.3f}, {v['ci90'][1]:+.3f}]"
@@ -109,7 +109,8 @@ def main() -> None:
                          "or the build's own calibrated threshold")
     ap.add_argument("--teach-fpr", type=float, default=0.01)
     ap.add_argument("--teach-only", action="store_true", help="only the teaching part, on the banks of an earlier run")
-    ap.add_argument("--rate-images", type=int, default=16, help="images timed for the extraction rate when the cache has none")
+    ap.add_argument("--rate-images", type=int, default=16,
+                    help="images timed for the extraction rate when the cache has none")
     if "--report" in sys.argv:
         print(markdown(json.load(open(sys.argv[sys.argv.index("--report") + 1]))))
         return
@@ -185,17 +186,20 @@ def main() -> None:
         # every build extracts its normals + the defective and held-out images; the update only half_b
         t, c = time.time(), time.process_time()
         full = build(a.dataset, os.path.join(out, "full"), None, info, cfg, featurize=train_feat)
-        res["full"] = {"bank_s": round(time.time() - t, 2), "bank_cpu_s": round(time.process_time() - c, 2), "images_extracted": len(normals) + len(other),
+        res["full"] = {"bank_s": round(time.time() - t, 2), "bank_cpu_s": round(time.process_time() - c, 2),
+                       "images_extracted": len(normals) + len(other),
                        "negative": full.manifest.coreset.negative.size}
         log(f"full build: {res['full']}")
         t, c = time.time(), time.process_time()
         half = build(a.dataset, os.path.join(out, "half"), None, info, cfg, featurize=without_b)
-        res["half"] = {"bank_s": round(time.time() - t, 2), "bank_cpu_s": round(time.process_time() - c, 2), "images_extracted": len(half_a) + len(other),
+        res["half"] = {"bank_s": round(time.time() - t, 2), "bank_cpu_s": round(time.process_time() - c, 2),
+                       "images_extracted": len(half_a) + len(other),
                        "negative": half.manifest.coreset.negative.size}
         log(f"half build: {res['half']}")
         t, c = time.time(), time.process_time()
         upd = update(os.path.join(out, "half"), os.path.join(out, "half+update"), half_b, [], train_feat)
-        res["update"] = {"bank_s": round(time.time() - t, 2), "bank_cpu_s": round(time.process_time() - c, 2), "images_extracted": len(half_b),
+        res["update"] = {"bank_s": round(time.time() - t, 2), "bank_cpu_s": round(time.process_time() - c, 2),
+                         "images_extracted": len(half_b),
                          "negative": upd.manifest.coreset.negative.size, "stages_s": upd.seconds,
                          "radius_parent": half.manifest.coreset.negative.radius,
                          "radius_added": upd.manifest.coreset.negative.added_radius}

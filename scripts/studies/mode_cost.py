@@ -17,8 +17,8 @@ import numpy as np
 
 from exdd_scoring import Bank, BankPair, Scorer
 from exdd_scoring.knn import bank_neighbors
-from exdd_scoring.scores import DEFAULT_MODE, HEAD_FEATURES, mode as get_mode
-
+from exdd_scoring.scores import DEFAULT_MODE, HEAD_FEATURES
+from exdd_scoring.scores import mode as get_mode
 from scripts.harness import latency_stats
 
 MODES = ("dual_bounded", "patchcore", "dual_topk", "ratio_topk", "head")
@@ -29,7 +29,8 @@ def pair_of(hw, d: int, n_neg: int, n_pos: int, seed: int = 0) -> BankPair:
     rng = np.random.default_rng(seed)
     neg, pos = (rng.standard_normal((n, d)).astype(np.float32) for n in (n_neg, n_pos))
     grid = [hw[0] // 8, hw[1] // 8]
-    features = {"backbone": "wide_resnet50_2", "weights": "random:0", "input_size": list(hw), "layers": ["layer2", "layer3"],
+    features = {"backbone": "wide_resnet50_2", "weights": "random:0", "input_size": list(hw),
+                "layers": ["layer2", "layer3"],
                 "grid": grid, "projection_seed": 0, "projection_sha256": "0" * 64, "d": d}
     head = {"features": list(HEAD_FEATURES), "mean": [0.0] * 7, "scale": [1.0] * 7, "coef": [0.1] * 7, "intercept": 0.0}
     manifest = {"features": features, "k": 3, "scoring": {"head": head}}

@@ -36,10 +36,11 @@ def folder(cache: str, size: str) -> str:
 
 
 def extract_step(a) -> None:
+    import torch
+
     from exdd.datasets import load_split
     from exdd.offline.extract import extract
     from exdd.offline.features import build_extractor
-    import torch
     torch.set_num_threads(2)
     hw = tuple(int(v) for v in a.size.split("x"))
     out = folder(a.cache, a.size)

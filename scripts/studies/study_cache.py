@@ -37,7 +37,8 @@ def main() -> None:
     ap.add_argument("sets", nargs="+", help="NAME:HxW")
     ap.add_argument("--cache", default="runs/cache")
     ap.add_argument("--weights", default=WEIGHTS)
-    ap.add_argument("--max-normals", default=None, help="NAME=N,M: a seeded subset of N train / M test normals of a set")
+    ap.add_argument("--max-normals", default=None,
+                    help="NAME=N,M: a seeded subset of N train / M test normals of a set")
     a = ap.parse_args()
     limits = {}
     for item in (a.max_normals or "").split(";"):
@@ -57,7 +58,8 @@ def main() -> None:
             def progress(n: int) -> None:
                 done[0] += n
                 if done[0] % 80 < n:
-                    print(f"{name} {split}: {done[0]}/{len(samples)} {time.time() - t0:.0f}s", file=sys.stderr, flush=True)
+                    print(f"{name} {split}: {done[0]}/{len(samples)} {time.time() - t0:.0f}s", file=sys.stderr,
+                          flush=True)
             extract_raw(samples, a.weights, hw, cache_folder(a.cache, name, hw, split), progress=progress)
             print(f"{name} {split}: {len(samples)} images in {time.time() - t0:.0f}s", file=sys.stderr, flush=True)
 

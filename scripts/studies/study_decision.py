@@ -17,7 +17,8 @@ The pooled image scores of issue 25 (POOLED: top-k means of the dual_b01 and of 
 fraction of TOPK_STUDY, the image head) are computed by the served modes themselves (exdd_scoring.scores on an
 Evidence rebuilt from the split's evidence) and the head fitted by exdd.offline.head, as the build fits it.
 
-  .venv/bin/python -m scripts.studies.study_decision runs/decision --variant random-d256 --json runs/decision/decision.json
+  .venv/bin/python -m scripts.studies.study_decision runs/decision --variant random-d256 \
+      --json runs/decision/decision.json
   # two variants of the same splits, paired (e.g. positive-bank coverage):
   .venv/bin/python -m scripts.studies.study_decision runs/decision --variant random-d256-cover0.1 \
       --against random-d256 --images dual,patchcore --maps ratio_b,dual
@@ -33,16 +34,23 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from scripts.common import reweighted, served_evidence, smooth_maps
-from scripts.harness import BenchResult, params_of
-
 from exdd.metrics import aupro
 from exdd.offline.feature_cache import RawCache
 from exdd.offline.head import HEAD_L2, fit_head
 from exdd_scoring import upsample_smooth_matrices
 from exdd_scoring.fusion import fit_fusion, fusion_score
-from exdd_scoring.scores import (DUAL_EPS_REL, MAP_KINDS, RAISE_EPS_REL, TOPK_FRACTION, eps_b, fusion_inputs,
-                                 head_inputs, mode)
+from exdd_scoring.scores import (
+    DUAL_EPS_REL,
+    MAP_KINDS,
+    RAISE_EPS_REL,
+    TOPK_FRACTION,
+    eps_b,
+    fusion_inputs,
+    head_inputs,
+    mode,
+)
+from scripts.common import reweighted, served_evidence, smooth_maps
+from scripts.harness import BenchResult, params_of
 
 SETS = ("ksdd1_dev", "magnetic_tile", "bsdata_pitting")
 
@@ -134,7 +142,6 @@ def pooled_scores(z, meta: Dict, te: SplitEvidence, held: SplitEvidence, s_h: np
     """The pooled image scores of issue 25 with the served modes' formulas (exdd_scoring.scores): top-k means at
     each fraction of TOPK_STUDY ('dual_topk@0.01'), and the image head fitted as `exdd offline build` fits it
     (exdd.offline.head.fit_head) on the held-out images and the cross-fitted defective training images (cf_*)."""
-    scale = meta["pos"]["nn1_median"]
     out: Dict[str, np.ndarray] = {}
     base = {"topk": TOPK_FRACTION}
     ev = te.ev                                               # one evidence: its smoothed maps are computed once
@@ -261,7 +268,8 @@ def study_set(folder: str, n_boot: int, seed: int, cache_root: str, pro_stride: 
         else:
             stab_auroc = {}
         peak = {k: float(np.max(s)) for k, s in scores.items()}
-        out["splits"].append({"file": os.path.basename(f), "n_test": int(te.ids.size), "defective": int(te.labels.sum()),
+        out["splits"].append({"file": os.path.basename(f), "n_test": int(te.ids.size),
+                              "defective": int(te.labels.sum()),
                               "banks": [meta["neg"]["size"], meta["pos"]["size"]], "fusion": params, "head": head,
                               "eps_b": te.eps_b, "image": img, "pixel": pix, "stability": stab,
                               "build1_auroc": stab_auroc, "max_score": peak,
@@ -343,7 +351,8 @@ def table(res: Dict[str, Dict], sets: List[str], pixel: bool) -> str:
             cells.append(f"{v['auroc']:.3f}, {v['diff']:+.3f} [{v['diff_ci90'][0]:+.3f}, {v['diff_ci90'][1]:+.3f}]"
                          + (f", AUPRO {v['aupro']:.3f}" if pixel else ""))
         tail = (f"{r['pooled_aupro']:.3f}" if pixel else
-                (f"{r['stability_min']:.2f}" if r["stability_min"] is not None else "-") + f" | {'yes' if r['passes'] else 'no'}")
+                (f"{r['stability_min']:.2f}" if r["stability_min"] is not None else "-")
+                + f" | {'yes' if r['passes'] else 'no'}")
         lines.append(f"| {n} | " + " | ".join(cells) + f" | {tail} |")
     return "\n".join(lines)
 
@@ -360,8 +369,9 @@ def versus(var: List[Dict], base: List[Dict], level_key: str) -> Dict[str, Dict]
             b = by_set[v["set"]]
             if [sp["file"] for sp in v["splits"]] != [sp["file"] for sp in b["splits"]]:
                 raise SystemExit(f"{v['set']}: the variants hold other splits")
-            db = np.mean([x[level_key][n]["boot"] - y[level_key][n]["boot"] for x, y in zip(v["splits"], b["splits"])], axis=0)
-            dp = float(np.mean([x[level_key][n]["point"] - y[level_key][n]["point"] for x, y in zip(v["splits"], b["splits"])]))
+            pairs = list(zip(v["splits"], b["splits"]))
+            db = np.mean([x[level_key][n]["boot"] - y[level_key][n]["boot"] for x, y in pairs], axis=0)
+            dp = float(np.mean([x[level_key][n]["point"] - y[level_key][n]["point"] for x, y in pairs]))
             per[v["set"]] = {"auroc": float(np.mean([x[level_key][n]["point"] for x in v["splits"]])),
                              "base": float(np.mean([y[level_key][n]["point"] for y in b["splits"]])),
                              "diff": dp, "diff_ci90": ci(db)}
@@ -378,8 +388,10 @@ def versus(var: List[Dict], base: List[Dict], level_key: str) -> Dict[str, Dict]
 
 
 def versus_table(res: Dict[str, Dict], sets: List[str], label: str) -> str:
-    """Markdown: the variant's AUROC, the base's, and the paired difference with its 90 % interval, per set and pooled."""
-    head = f"| {label} | pooled diff [90% CI] | " + " | ".join(f"{s}: variant / base, diff [90% CI]" for s in sets) + " |"
+    """Markdown: the variant's AUROC, the base's, and the paired difference with its 90 % interval, per set and
+    pooled."""
+    head = (f"| {label} | pooled diff [90% CI] | "
+            + " | ".join(f"{s}: variant / base, diff [90% CI]" for s in sets) + " |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for n, r in res.items():
         cells = [f"{r['pooled_diff']:+.3f} [{r['pooled_ci90'][0]:+.3f}, {r['pooled_ci90'][1]:+.3f}]"]
@@ -422,7 +434,8 @@ def main() -> None:
         var, base = run(a.variant), run(a.against)
         image, pixel = versus(var, base, "image"), versus(var, base, "pixel")
         print(f"## {a.variant} vs {a.against}: " + ", ".join(
-            f"{s['set']} ({len(s['splits'])} splits, {sum(sp['n_test'] for sp in s['splits'])} test images)" for s in var))
+            f"{s['set']} ({len(s['splits'])} splits, {sum(sp['n_test'] for sp in s['splits'])} test images)"
+            for s in var))
         print("\n" + versus_table(image, names, "image score") + "\n\n" + versus_table(pixel, names, "map"))
         if a.json:
             BenchResult("study_decision", params_of(a), {"variant": a.variant, "against": a.against, "image": image,

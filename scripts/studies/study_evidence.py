@@ -19,12 +19,12 @@ import warnings
 
 import numpy as np
 
-from exdd.offline.build import BuildConfig, build
 from exdd.datasets import holdout_split, load_split
+from exdd.offline.build import BuildConfig, build
 from exdd.offline.features import fingerprint, make_projection
 from exdd_scoring import load_banks
-from scripts.common import peak_dists, raw_caches
 from exdd_scoring.knn import nearest, sq_norms, topk_nearest
+from scripts.common import peak_dists, raw_caches
 
 WEIGHTS = "../shared/weights/wrn50-random0-bncal.safetensors"
 K_STUDY = 10   # m* and its 9 nearest bank neighbours

@@ -19,14 +19,14 @@ from typing import Callable, Dict
 
 import numpy as np
 
-from scripts.common import STUDY_EPS, reweighted, served_evidence, smooth_maps
-
 from exdd.datasets import duplicates_across, load_split
-from exdd.offline.feature_cache import RawCache
 from exdd.metrics import aupro, auroc
+from exdd.offline.feature_cache import RawCache
 from exdd_scoring import upsample_smooth_matrices
 from exdd_scoring.fusion import fit_fusion, fusion_score
-from exdd_scoring.scores import MAP_KINDS, dual_map, fusion_inputs as served_fusion_inputs, mode
+from exdd_scoring.scores import MAP_KINDS, dual_map, mode
+from exdd_scoring.scores import fusion_inputs as served_fusion_inputs
+from scripts.common import STUDY_EPS, reweighted, served_evidence, smooth_maps
 
 EPS = STUDY_EPS
 N_BOOT = 2000
@@ -166,7 +166,8 @@ def study_one(folder: str, d: int, cache_root: str, drop_leaked: bool = False) -
     for name, s in scores.items():
         boots = np.array([fast_auroc(s[i], y[i]) for i in idx])
         diffs = boots - np.array([fast_auroc(base[i], y[i]) for i in idx]) if name != "patchcore" else np.zeros(1)
-        rows[name] = {"auroc": fast_auroc(s, y), "ci90": [float(np.quantile(boots, 0.05)), float(np.quantile(boots, 0.95))],
+        rows[name] = {"auroc": fast_auroc(s, y),
+                      "ci90": [float(np.quantile(boots, 0.05)), float(np.quantile(boots, 0.95))],
                       "diff_vs_patchcore": float(np.mean(diffs)),
                       "diff_ci90": [float(np.quantile(diffs, 0.05)), float(np.quantile(diffs, 0.95))],
                       "p_better": float(np.mean(diffs > 0))}

@@ -8,7 +8,8 @@ builds them (seeded 10 % hold-out, chunked k-center coreset 1 % / 10 %, defect-p
 held-out and test image the per-patch nearest distance and index to each bank, and the distances from each
 bank's peak patch to m* and its 9 nearest bank neighbours (every reweighting variant needs them).
 A build seed (--build-seeds) moves only the hold-out (the coreset starts moved with it before issue 25): two
-build seeds on one split give the seed-to-seed stability. Written to OUT/<set>/<variant>/split{S}-build{B}.npz + .json (no pickle).
+build seeds on one split give the seed-to-seed stability. Written to OUT/<set>/<variant>/split{S}-build{B}.npz
++ .json (no pickle).
 
   nice -n 10 .venv/bin/python -m scripts.studies.study_splits --set ksdd1_dev:632x224 --splits 0,1,2,3,4 --build-seeds 0
   nice -n 10 .venv/bin/python -m scripts.studies.study_splits --set ksdd1_dev:632x224 --splits 0 --build-seeds 1
@@ -39,7 +40,6 @@ from exdd.offline.feature_cache import RawCache
 from exdd.offline.features import make_projection
 from exdd.offline.head import crossfit_folds
 from exdd_scoring.knn import bank_neighbors, nearest, sq_norms
-
 from scripts.common import peak_dists
 
 DATA = "/work/shared/data"
@@ -202,7 +202,8 @@ def crossfit_evidence(feats: np.ndarray, defects: Sequence[int], sel: np.ndarray
                          bseed + 1)
         stats.append(bank[2])
         ev = evidence(feats, rows, neg, bank[:2])
-        ev.update(ids=np.array(rows, np.int32), labels=np.ones(len(rows), np.int8), fold=np.full(len(rows), f, np.int16))
+        ev.update(ids=np.array(rows, np.int32), labels=np.ones(len(rows), np.int8),
+                  fold=np.full(len(rows), f, np.int16))
         for k, v in ev.items():
             out.setdefault(k, []).append(v)
     return {k: np.concatenate(v) for k, v in out.items()}, stats

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import math
 import os
 import sys
@@ -33,11 +32,19 @@ from typing import Dict, List, Sequence, Tuple
 import numpy as np
 
 from exdd import defaults
-from exdd.datasets import (Sample, canonical_order, duplicates_across, holdout_split, legacy_holdout_split,
-                           load_split)
+from exdd.datasets import Sample, canonical_order, duplicates_across, holdout_split, legacy_holdout_split, load_split
 from exdd.metrics import auroc, spearman
-from exdd.offline.build import (BuildConfig, Plan, bank_of, build, calibration_scorer, defect_patches, finish,
-                                make_bank, score_samples)
+from exdd.offline.build import (
+    BuildConfig,
+    Plan,
+    bank_of,
+    build,
+    calibration_scorer,
+    defect_patches,
+    finish,
+    make_bank,
+    score_samples,
+)
 from exdd.offline.coreset import Coreset, bank_size, greedy_picks, merge_chunks
 from exdd.offline.extract import Extracted
 from exdd.offline.feature_cache import RawCache

@@ -17,12 +17,11 @@ import warnings
 
 import numpy as np
 
-from exdd.offline.build import BuildConfig, build
 from exdd.datasets import load_split
+from exdd.offline.build import BuildConfig, build
 from exdd.offline.evaluate import metrics_of, score_features
 from exdd.offline.features import fingerprint, make_projection
 from exdd_scoring import MODES, Scorer, load_banks
-
 from scripts.common import peak_rss_gb, raw_caches
 from scripts.harness import BenchResult, params_of
 
@@ -76,7 +75,8 @@ def main() -> None:
         BenchResult("sweep_d", params_of(a), {"dataset": a.dataset, "weights": caches["train"].weights_id, "rows": rows,
                                               "extract_s": round(t_extract, 1), "peak_rss_gb": peak_rss_gb()}
                     ).save(os.path.join(a.out, "sweep.json"))
-    print("| d | mode | image AUROC | image AP | image F1-max | pixel AUROC | pixel AUPRO | bank -/+ | build s | score ms/img |")
+    print("| d | mode | image AUROC | image AP | image F1-max | pixel AUROC | pixel AUPRO | bank -/+ | build s "
+          "| score ms/img |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         for m in MODES:

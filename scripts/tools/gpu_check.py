@@ -36,8 +36,8 @@ def import_exdd() -> None:
     """Make ``exdd`` (with its sub-packages) and ``exdd_scoring`` importable from the source tree."""
     if not os.environ.get("EXDD_GPU_CHECK_SHIM"):  # set by the test to exercise the device's path
         try:
-            import exdd_scoring  # noqa: F401
             import exdd.offline.features  # noqa: F401
+            import exdd_scoring  # noqa: F401
             return
         except ImportError:
             pass
@@ -78,7 +78,8 @@ def timed(fn, seconds: float, min_reps: int = 2, sync=lambda: None) -> float:
 
 def load_images(data: str, split: str, n: int, hw, label=None) -> np.ndarray:
     """Up to n images of a KSDD2/MVTec dataset split (label 0/1 or any), else generated surfaces."""
-    from exdd.export.onnx_export import generated_images, load_images as load
+    from exdd.export.onnx_export import generated_images
+    from exdd.export.onnx_export import load_images as load
     if data and os.path.isdir(data):
         from exdd.datasets import load_split
         s = [x for x in load_split(data, split) if label is None or x.label == label]
@@ -92,7 +93,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True, help="JSON file of figures to write")
     ap.add_argument("--data", default=os.path.join(ROOT, "..", "shared", "data", "magnetic_tile"))
-    ap.add_argument("--weights", default=os.path.join(ROOT, "..", "shared", "weights", "wrn50-random0-bncal.safetensors"))
+    ap.add_argument("--weights",
+                    default=os.path.join(ROOT, "..", "shared", "weights", "wrn50-random0-bncal.safetensors"))
     ap.add_argument("--banks", default=None, help="a bank directory (default: built from --data features)")
     ap.add_argument("--input-size", default="632x224")
     ap.add_argument("--d", type=int, default=256)
@@ -111,12 +113,14 @@ def main() -> int:
     import exdd
     rep_exdd_from = os.path.dirname(os.path.abspath(exdd.__file__))
     import torch
+
     from exdd.offline.features import build_extractor
     from exdd_scoring import Bank, BankPair, Scorer, load_banks
     from exdd_scoring.knn import bank_neighbors
 
     rep: Dict[str, Any] = {"host": platform.node(), "python": platform.python_version(), "torch": torch.__version__,
-                           "numpy": np.__version__, "exdd_from": rep_exdd_from, "skipped": [], "figures": {}, "checks": {}}
+                           "numpy": np.__version__, "exdd_from": rep_exdd_from, "skipped": [], "figures": {},
+                           "checks": {}}
     gpu = torch.cuda.is_available() and not args.cpu
     cp = None
     if gpu:
@@ -125,7 +129,7 @@ def main() -> int:
             cp.cuda.runtime.getDeviceCount()
             rep["cupy"] = cp.__version__
             rep["device"] = torch.cuda.get_device_name(0)
-        except Exception as e:  # noqa: BLE001 - reported
+        except Exception as e:  # reported
             rep["skipped"].append(f"cupy unusable ({type(e).__name__}: {e}): CuPy steps skipped")
             cp = None
     else:
@@ -143,7 +147,6 @@ def main() -> int:
     model = model.to(dev).eval()
     if gpu:
         model = model.half().to(memory_format=torch.channels_last)
-    grid = tuple(info["grid"])
     sync = torch.cuda.synchronize if gpu else (lambda: None)
 
     @torch.inference_mode()
@@ -183,7 +186,8 @@ def main() -> int:
             nb_neg, nb_pos = cp.asnumpy(nb_neg), cp.asnumpy(nb_pos)
         manifest = {"features": info, "k": 3, "default_mode": "exdd"}
         pair = BankPair(Bank(neg, nb_neg), Bank(pos, nb_pos), manifest)
-        rep["banks"] = {"source": f"random real patches of {args.data if os.path.isdir(args.data) else 'generated surfaces'}"
+        src = args.data if os.path.isdir(args.data) else 'generated surfaces'
+        rep["banks"] = {"source": f"random real patches of {src}"
                                   f" ({len(normal)} normal / {len(defect)} defect patches, jitter-tiled when short)",
                         "negative": int(neg.shape[0]), "positive": int(pos.shape[0]),
                         "neighbours_s": round(time.time() - t, 2)}
@@ -208,7 +212,8 @@ def main() -> int:
             a, b = ref.maps[m], cp.asnumpy(got.maps[m])
             map_worst = max(map_worst, float(np.max(np.abs(a - b)) / max(float(np.abs(a).max()), 1e-12)))
         rep["checks"]["cupy_vs_numpy"] = {"images": int(min(8, len(feats))), "score_max_rel_diff": worst,
-                                          "map_max_rel_diff": map_worst, "ok": bool(worst <= 1e-4 and map_worst <= 1e-4)}
+                                          "map_max_rel_diff": map_worst,
+                                          "ok": bool(worst <= 1e-4 and map_worst <= 1e-4)}
     else:
         again = Scorer(pair, xp=np).score(feats[:8])
         same = all(np.allclose(again.scores[m], ref.scores[m], rtol=1e-6) for m in ref.scores)

@@ -19,7 +19,6 @@ from typing import Dict, List
 import numpy as np
 
 from exdd.client.connection import Connection
-
 from scripts.common import process_tree
 from scripts.harness import BenchResult, latency_stats, params_of, start_server
 
@@ -72,7 +71,7 @@ def main() -> None:
                 ok = np.isfinite(out["SCORE"]).all()
                 with lock:
                     (lat.append(time.perf_counter() - t) if ok else errors.append("non-finite score"))
-            except Exception as e:  # noqa: BLE001 - every failure is counted
+            except Exception as e:  # every failure is counted
                 with lock:
                     errors.append(str(e)[:200])
             i += 1
@@ -97,7 +96,8 @@ def main() -> None:
         "images_per_s": round(len(lat) * a.batch / secs, 3),
         **{k: round(ms[k], 1) if lat else None for k in ("p50_ms", "p95_ms", "p99_ms")},
         "rss_mb": {n: {"start": round(samples[0][1].get(n, 0) / 1024, 1),
-                       "after_first_minute": round(next((s[1].get(n, 0) for s in samples if s[0] >= 60), samples[-1][1].get(n, 0)) / 1024, 1),
+                       "after_first_minute": round(next((s[1].get(n, 0) for s in samples if s[0] >= 60),
+                                                        samples[-1][1].get(n, 0)) / 1024, 1),
                        "end": round(samples[-1][1].get(n, 0) / 1024, 1),
                        "max": round(max(s[1].get(n, 0) for s in samples) / 1024, 1)} for n in names},
         "samples": [(t, {k: round(v / 1024, 1) for k, v in s.items()}) for t, s in samples],

@@ -49,7 +49,8 @@ class TritonPythonModel:
             self.runner = open_runtime(runtime, onnx_path, precision, threads,
                                        int(args.get("model_instance_device_id", 0)) if gpu else None)
         except ImportError as e:
-            raise RuntimeError(f"{self.name}: runtime {runtime!r} is not installed in the serving Python ({e})") from None
+            raise RuntimeError(f"{self.name}: runtime {runtime!r} is not installed in the serving Python "
+                               f"({e})") from None
         if self.runner.note:
             pb_utils.Logger.log_warn(f"{self.name}: {self.runner.note}")
         stored = self.runner.metadata(FEATURES_KEY)

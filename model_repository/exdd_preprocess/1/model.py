@@ -14,6 +14,7 @@ import sys
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
+
 def scoring_package(version_dir, name):
     """Put this version's own exdd_scoring package first on the path."""
     if not os.path.isdir(os.path.join(version_dir, "exdd_scoring")):
@@ -73,7 +74,7 @@ class TritonPythonModel:
             except self.picture.PictureError as e:
                 responses.append(pb_utils.InferenceResponse(
                     error=pb_utils.TritonError(f"{self.name}: {e}", pb_utils.TritonError.INVALID_ARG)))
-            except Exception as e:  # noqa: BLE001 - any other failure is this request's (internal) error
+            except Exception as e:  # any other failure is this request's (internal) error
                 responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(f"{self.name}: {e}")))
         return responses
 

@@ -1,6 +1,6 @@
-"""Triton Python-backend model ``exdd_scorer`` (or ``exdd_<product>_scorer``): FEATURES (B, h, w, d) -> SCORE, IS_DEFECT, ANOMALY_MAP, SCORE_NEG, SCORE_POS,
-and what a line operator needs (issue 27, exdd_scoring/answer.py): VERDICT, CONFIDENCE, AREA, BOX, NEAREST_SOURCE,
-NEAREST_CLASS. Request parameters: ``threshold`` and ``min_area`` (pixels) override the configured ones.
+"""Triton Python-backend model ``exdd_scorer`` (or ``exdd_<product>_scorer``): FEATURES (B, h, w, d) -> SCORE,
+IS_DEFECT, ANOMALY_MAP, SCORE_NEG, SCORE_POS, and what a line operator needs (issue 27, exdd_scoring/answer.py):
+VERDICT, CONFIDENCE, AREA, BOX, NEAREST_SOURCE, NEAREST_CLASS. Request parameters: ``threshold`` and ``min_area`` (pixels) override the configured ones.
 
 The banks are loaded once per instance, from ``banks/`` beside this file, and verified against
 ``features.json`` (the fingerprint of the exported extractor): banks made with other features
@@ -28,13 +28,14 @@ if HERE not in sys.path:
 
 # the scoring package copied into this model directory: only the modules imported here (and theirs)
 from exdd_scoring.ann import searchers_from_manifest  # noqa: E402
+from exdd_scoring.answer import OUTPUTS as LINE_OUTPUTS  # noqa: E402
+from exdd_scoring.answer import answer, check_min_area, parse_min_area  # noqa: E402
 from exdd_scoring.bank import BankError, load_banks  # noqa: E402
 from exdd_scoring.batching import Parsed, run_batched  # noqa: E402
 from exdd_scoring.model_names import DEFAULT_LABEL, MAP_PARAMETER, SCORER_MODEL  # noqa: E402
 from exdd_scoring.scorer import Scorer  # noqa: E402
 from exdd_scoring.scores import MODES  # noqa: E402
 from exdd_scoring.spec import FeatureSpec  # noqa: E402
-from exdd_scoring.answer import OUTPUTS as LINE_OUTPUTS, answer, check_min_area, parse_min_area  # noqa: E402
 from exdd_scoring.triton_config import config_parameter  # noqa: E402
 from exdd_scoring.verdict import VERDICTS  # noqa: E402
 
@@ -72,7 +73,8 @@ def score_buckets(threshold):
 
 
 class DecisionMetrics:
-    """exdd_images_scored_total, exdd_defects_flagged_total (counters), exdd_score (histogram), exdd_threshold (gauge)."""
+    """exdd_images_scored_total, exdd_defects_flagged_total (counters), exdd_score (histogram), exdd_threshold
+    (gauge)."""
 
     def __init__(self, version, mode, threshold, model=SCORER_MODEL, product=DEFAULT_LABEL):
         fam = pb_utils.MetricFamily
@@ -119,10 +121,10 @@ def make_metrics(version, mode, threshold, model, product):
     """DecisionMetrics, or None (scoring goes on) when this backend has no metrics API."""
     try:
         return DecisionMetrics(version, mode, threshold, model, product)
-    except Exception as e:  # noqa: BLE001 - metrics must never stop the scorer
+    except Exception as e:  # metrics must never stop the scorer
         try:
             pb_utils.Logger.log_warn(f"{model}: custom metrics disabled ({e})")
-        except Exception:  # noqa: BLE001
+        except Exception:
             pass
         return None
 
@@ -188,7 +190,7 @@ class TritonPythonModel:
         if self.metrics is not None and not is_warmup(feats, self.xp):
             try:
                 self.metrics.record(score, ans.is_defect, ans.verdict)
-            except Exception:  # noqa: BLE001 - never fail a request over its metrics
+            except Exception:
                 pass
 
     def _features(self, request):
