@@ -1,6 +1,7 @@
 """`exdd client bench`: throughput and latency over a grid of batch size x concurrency, for what a client sends:
 ``array`` (decoded and resized here: input IMAGE at the model-input size), ``bytes`` (the encoded files: input
 IMAGE_BYTES) or ``raw`` (decoded here at their own size: input IMAGE, resized by the server)."""
+
 from __future__ import annotations
 
 import base64
@@ -24,8 +25,14 @@ def payload_bytes(item: Item) -> int:
     return item.nbytes if isinstance(item, np.ndarray) else len(item)
 
 
-def bench_point(conn_factory: Callable[[], Connection], info: ModelInfo, batch: int, concurrency: int,
-                requests: int, images: Sequence[Item]) -> Dict[str, float]:
+def bench_point(
+    conn_factory: Callable[[], Connection],
+    info: ModelInfo,
+    batch: int,
+    concurrency: int,
+    requests: int,
+    images: Sequence[Item],
+) -> Dict[str, float]:
     """Send `requests` requests of `batch` images with `concurrency` in flight; images/s, latency percentiles and
     the tensor bytes sent per image. images: uint8 arrays of one shape, or encoded files' bytes."""
     local = threading.local()
@@ -40,22 +47,33 @@ def bench_point(conn_factory: Callable[[], Connection], info: ModelInfo, batch: 
         return (time.perf_counter() - t) * 1000
 
     with ThreadPoolExecutor(concurrency) as ex:
-        list(ex.map(one, range(concurrency)))            # warm-up, one per worker
+        list(ex.map(one, range(concurrency)))  # warm-up, one per worker
         t0 = time.perf_counter()
         lat = list(ex.map(one, range(requests)))
         secs = time.perf_counter() - t0
-    return {"batch": batch, "concurrency": concurrency, "requests": requests,
-            "images_per_s": requests * batch / secs, "p50_ms": float(np.percentile(lat, 50)),
-            "p95_ms": float(np.percentile(lat, 95)), "p99_ms": float(np.percentile(lat, 99)),
-            "bytes_per_image": sum(payload_bytes(x) for x in items) / batch}
+    return {
+        "batch": batch,
+        "concurrency": concurrency,
+        "requests": requests,
+        "images_per_s": requests * batch / secs,
+        "p50_ms": float(np.percentile(lat, 50)),
+        "p95_ms": float(np.percentile(lat, 95)),
+        "p99_ms": float(np.percentile(lat, 99)),
+        "bytes_per_image": sum(payload_bytes(x) for x in items) / batch,
+    }
 
 
 def table(rows: List[Dict[str, float]]) -> str:
     """A markdown table of bench points."""
-    out = ["| batch | concurrency | images/s | p50 ms | p95 ms | p99 ms | bytes/image |",
-           "|---|---|---|---|---|---|---|"]
-    out += [f"| {r['batch']} | {r['concurrency']} | {r['images_per_s']:.2f} | {r['p50_ms']:.1f} | {r['p95_ms']:.1f} | "
-            f"{r['p99_ms']:.1f} | {r['bytes_per_image']:.0f} |" for r in rows]
+    out = [
+        "| batch | concurrency | images/s | p50 ms | p95 ms | p99 ms | bytes/image |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    out += [
+        f"| {r['batch']} | {r['concurrency']} | {r['images_per_s']:.2f} | {r['p50_ms']:.1f} | {r['p95_ms']:.1f} | "
+        f"{r['p99_ms']:.1f} | {r['bytes_per_image']:.0f} |"
+        for r in rows
+    ]
     return "\n".join(out)
 
 

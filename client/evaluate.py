@@ -1,4 +1,5 @@
 """`exdd client evaluate`: the offline metrics computed from a server's answers on a labelled dataset."""
+
 from __future__ import annotations
 
 import threading
@@ -16,9 +17,16 @@ from exdd_scoring.regions import box_in_image
 from .connection import LINE_OUTPUTS, Connection, ModelInfo, line_fields, with_retries
 
 
-def evaluate(samples: Sequence[Sample], conn_factory: Callable[[], Connection], info: ModelInfo, batch: int,
-             concurrency: int, retries: int = 5, with_pixel: bool = True,
-             progress: Optional[Callable[[int], None]] = None) -> EvaluationResults:
+def evaluate(
+    samples: Sequence[Sample],
+    conn_factory: Callable[[], Connection],
+    info: ModelInfo,
+    batch: int,
+    concurrency: int,
+    retries: int = 5,
+    with_pixel: bool = True,
+    progress: Optional[Callable[[int], None]] = None,
+) -> EvaluationResults:
     """Scores (and maps) of every readable sample from the server; metrics of the served mode."""
     local = threading.local()
     hw = info.input_hw
@@ -26,7 +34,7 @@ def evaluate(samples: Sequence[Sample], conn_factory: Callable[[], Connection], 
     def run(chunk: Sequence[Sample]):
         imgs, masks, kept, errs = [], [], [], []
         for s in chunk:
-            try:   # read both first: a sample is kept (image, mask and label together) or is an error row
+            try:  # read both first: a sample is kept (image, mask and label together) or is an error row
                 img = read_image(s.path, hw)
                 mask = read_mask(s.mask, image_size(s.path), hw) if s.mask else np.zeros(hw, bool)
             except ImageReadError as e:
@@ -43,14 +51,16 @@ def evaluate(samples: Sequence[Sample], conn_factory: Callable[[], Connection], 
         def attempt(i: int):
             if i or getattr(local, "c", None) is None:
                 local.c = conn_factory()
-            return local.c.infer(np.stack(imgs), with_map=with_pixel,
-                                 line=[n for n in LINE_OUTPUTS if n in info.outputs])
+            return local.c.infer(
+                np.stack(imgs), with_map=with_pixel, line=[n for n in LINE_OUTPUTS if n in info.outputs]
+            )
+
         out = with_retries(attempt, retries, 0.5)
         if progress:
             progress(len(chunk))
         return kept, out, masks, errs
 
-    chunks = [samples[i:i + batch] for i in range(0, len(samples), batch)]
+    chunks = [samples[i : i + batch] for i in range(0, len(samples), batch)]
     kept: List[Sample] = []
     scores, s_neg, s_pos, maps, masks, errors, line = [], [], [], [], [], [], []
     with ThreadPoolExecutor(concurrency) as ex:
@@ -62,7 +72,7 @@ def evaluate(samples: Sequence[Sample], conn_factory: Callable[[], Connection], 
             scores.append(out["SCORE"].reshape(-1))
             s_neg.append(out["SCORE_NEG"].reshape(-1))
             s_pos.append(out["SCORE_POS"].reshape(-1))
-            for j, smp in enumerate(k):              # issue 27: the answer's line fields, the box in image pixels
+            for j, smp in enumerate(k):  # issue 27: the answer's line fields, the box in image pixels
                 row = line_fields(out, j)
                 if row.get("box"):
                     row["box"] = list(box_in_image(row["box"], hw, image_size(smp.path)))
@@ -78,10 +88,14 @@ def evaluate(samples: Sequence[Sample], conn_factory: Callable[[], Connection], 
     mk = np.stack(masks) if masks else None
     met = summary(sc, labels, mp if with_pixel and mk is not None and mk.any() else None, mk)
     return EvaluationResults(
-        metrics={info.mode: met}, default_mode=info.mode,
+        metrics={info.mode: met},
+        default_mode=info.mode,
         thresholds={info.mode: info.threshold} if info.threshold is not None else {},
-        images=[ImageResult(s.path, int(s.label), {info.mode: float(sc[i])}, s.kind, float(sn[i]), float(sp[i]),
-                            **line[i]) for i, s in enumerate(kept)],
+        images=[
+            ImageResult(s.path, int(s.label), {info.mode: float(sc[i])}, s.kind, float(sn[i]), float(sp[i]), **line[i])
+            for i, s in enumerate(kept)
+        ],
         errors=[ErrorRow(p, e) for p, e in errors],
         weights=info.features.weights if info.features else None,
-        extra={"review_band": dict(info.review_band)} if info.review_band else {})
+        extra={"review_band": dict(info.review_band)} if info.review_band else {},
+    )

@@ -1,4 +1,5 @@
 """Heatmap PNGs for scored images: the anomaly map over the image with the defect contour."""
+
 from __future__ import annotations
 
 import hashlib

@@ -8,6 +8,7 @@ proves its previous holder is gone. It is then taken over and reported (with the
 whose locks work (local disks; NFS since Linux 2.6.12); where flock fails for any other reason the job refuses with
 the lock file and the reason.
 """
+
 from __future__ import annotations
 
 import errno
@@ -46,10 +47,13 @@ class OutputLock:
                     raise OutputLocked(
                         f"{out_path}: another job is writing it (pid {pid if pid else 'unknown'}, lock file "
                         f"{self.path}); wait for it to end or stop it, then rerun "
-                        f"(one writer per result file)") from None
-                raise OutputLocked(f"{out_path}: cannot lock {self.path} ({e.strerror}); this filesystem's locks do "
-                                   "not work: write the results on a local disk") from None
-            try:    # a holder releasing between our open and flock unlinks the file: lock the file at the path
+                        f"(one writer per result file)"
+                    ) from None
+                raise OutputLocked(
+                    f"{out_path}: cannot lock {self.path} ({e.strerror}); this filesystem's locks do "
+                    "not work: write the results on a local disk"
+                ) from None
+            try:  # a holder releasing between our open and flock unlinks the file: lock the file at the path
                 same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
             except FileNotFoundError:
                 same = False
@@ -67,8 +71,10 @@ class OutputLock:
         """What to tell the user when a dead job's lock file was taken over, else None."""
         if self.stale_pid is None:
             return None
-        return (f"{self.path}: left by pid {self.stale_pid}, which is no longer running (the kernel released its "
-                "lock when it ended: killed or crashed); taken over")
+        return (
+            f"{self.path}: left by pid {self.stale_pid}, which is no longer running (the kernel released its "
+            "lock when it ended: killed or crashed); taken over"
+        )
 
     def release(self) -> None:
         """Remove the lock file (while still holding it) and release the lock."""

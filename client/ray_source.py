@@ -6,6 +6,7 @@ the object store and talk to the Triton servers exactly as without Ray (same row
 same error rows: the tasks run the very same reader). A task that fails (a lost node) is read
 again locally, with a warning.
 """
+
 from __future__ import annotations
 
 import sys
@@ -24,11 +25,12 @@ class RaySource:
 
     def __init__(self, ray, window: Optional[int] = None):
         from exdd.ray_cluster import cluster_cpus
+
         self.ray = ray
         self.cpus = cluster_cpus(ray)
         self.window = window or 2 * self.cpus
         self.remote = ray.remote(num_cpus=1, max_retries=2)(_read_task)
-        self.tasks = 0          # batches read by Ray tasks (the rest, if any, were read locally)
+        self.tasks = 0  # batches read by Ray tasks (the rest, if any, were read locally)
         self.local = 0
 
     def __call__(self, batches: Sequence[Sequence[str]], hw) -> "RayReader":
@@ -57,7 +59,7 @@ class RayReader:
 
     def __call__(self, paths: Sequence[str], hw) -> Read:
         k = self.index.get(tuple(paths))
-        if k is None or tuple(hw) != tuple(self.hw):          # not one of the job's batches: read here
+        if k is None or tuple(hw) != tuple(self.hw):  # not one of the job's batches: read here
             self.src.local += 1
             return read_batch(paths, hw)
         self._submit_upto(k + 1 + self.src.window)
@@ -66,7 +68,8 @@ class RayReader:
         try:
             return self.src.ray.get(ref)
         except Exception as e:  # a lost worker or node: the batch is read here instead
-            print(f"warning: Ray task reading batch {k} failed ({type(e).__name__}); reading it locally",
-                  file=sys.stderr)
+            print(
+                f"warning: Ray task reading batch {k} failed ({type(e).__name__}); reading it locally", file=sys.stderr
+            )
             self.src.local += 1
             return read_batch(paths, hw)

@@ -10,6 +10,7 @@ out of the file (an atomic rewrite) so that their images are scored again; rows 
 stay. The columns and the reader are ``exdd.result_rows`` (offline update reads the rows too); the one-writer lock
 is ``output_lock``.
 """
+
 from __future__ import annotations
 
 import csv
@@ -24,7 +25,7 @@ from exdd.result_rows import COLUMNS, ENCODING, file_format, parse_rows
 
 from .output_lock import OutputLock
 
-_LEGACY_SERVER_ERROR = "server rejected the request"     # rows written before error_kind existed
+_LEGACY_SERVER_ERROR = "server rejected the request"  # rows written before error_kind existed
 
 
 def row_key(path: str) -> str:
@@ -77,7 +78,7 @@ class ResultWriter:
         self.notes: List[str] = []
         self.retried = 0
         os.makedirs(os.path.dirname(os.path.abspath(path)) or ".", exist_ok=True)
-        self.lock = OutputLock(path)          # before anything is read or truncated: one writer per file
+        self.lock = OutputLock(path)  # before anything is read or truncated: one writer per file
         stale = self.lock.stale_note()
         if stale:
             self.notes.append(stale)
@@ -96,7 +97,7 @@ class ResultWriter:
     def _recover(self, retry_errors: bool) -> None:
         with open(self.path, "rb") as f:
             data = f.read()
-        keep = data.rfind(b"\n") + 1          # a torn last line has no newline: cut it
+        keep = data.rfind(b"\n") + 1  # a torn last line has no newline: cut it
         if keep != len(data):
             with open(self.path, "r+b") as f:
                 f.truncate(keep)
@@ -108,13 +109,15 @@ class ResultWriter:
         retry = [r for r in rows if retriable(r)] if retry_errors else []
         header = text.split("\n", 1)[0].rstrip("\r") if self.fmt == "csv" else None
         if self.fmt == "csv" and header != ",".join(COLUMNS):
-            self._rewrite(text, rows, retry)           # empty, or written before a column was added: same rows
+            self._rewrite(text, rows, retry)  # empty, or written before a column was added: same rows
         elif retry:
             self._rewrite(text, rows, retry)
         if retry:
             self.retried = len(retry)
-            self.notes.append(f"{self.path}: {len(retry)} row(s) of a server-side failure taken out, their images "
-                              "are scored again (--retry-errors)")
+            self.notes.append(
+                f"{self.path}: {len(retry)} row(s) of a server-side failure taken out, their images "
+                "are scored again (--retry-errors)"
+            )
         gone = {id(r) for r in retry}
         self.done = {row_key(r["path"]) for r in rows if id(r) not in gone}
 
@@ -124,7 +127,7 @@ class ResultWriter:
         gone = {id(r) for r in drop}
         if self.fmt == "csv":
             out = _csv_text([r for r in rows if id(r) not in gone])
-        else:        # every line as it was (lines that are not rows too), but the dropped rows' (all retriable)
+        else:  # every line as it was (lines that are not rows too), but the dropped rows' (all retriable)
             out = "".join(ln + "\n" for ln in text.split("\n")[:-1] if not (drop and _retriable_line(ln)))
         atomic_write(self.path, out.encode(**ENCODING), fsync=True)
 
@@ -153,5 +156,5 @@ def _retriable_line(line: str) -> bool:
     try:
         row = json.loads(line)
     except ValueError:
-        return False                # a line that is not a row stays as it is
+        return False  # a line that is not a row stays as it is
     return isinstance(row, dict) and retriable(row)

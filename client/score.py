@@ -5,6 +5,7 @@ server); rows are written in input order as soon as their turn comes. Unreadable
 error rows; an unreachable server is retried with backoff (on every server given), then the job
 stops with a clear error and the rows written so far stay valid, so a rerun resumes it.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -53,12 +54,12 @@ class JobConfig:
     # source(batches, input_hw) -> read(paths, input_hw): where images are read and decoded (None: here, by
     # the sending threads; client/ray_source.py: by Ray tasks ahead of the senders)
     source: Optional[Callable] = None
-    model: str = MODEL            # the product's ensemble and scorer (exdd_scoring.model_names.ProductModels)
+    model: str = MODEL  # the product's ensemble and scorer (exdd_scoring.model_names.ProductModels)
     scorer: str = SCORER
     # what is sent: "array", the files decoded and resized here (input IMAGE at the model-input size), or
     # "bytes", the files as they are (input IMAGE_BYTES; the server decodes and resizes with the same functions)
     send: str = "array"
-    min_area: Optional[int] = None   # overrides the served minimum defect area (pixels; issue 27)
+    min_area: Optional[int] = None  # overrides the served minimum defect area (pixels; issue 27)
 
 
 SENDS = ("array", "bytes")
@@ -70,11 +71,11 @@ class JobSummary:
     skipped: int = 0
     scored: int = 0
     failed: int = 0
-    warned: int = 0          # scored rows whose warning says the score is not to be trusted
+    warned: int = 0  # scored rows whose warning says the score is not to be trusted
     seconds: float = 0.0
     stopped: Optional[str] = None
     per_server: Dict[str, int] = field(default_factory=dict)
-    verdicts: Dict[str, int] = field(default_factory=dict)     # rows scored this run per verdict (issue 27)
+    verdicts: Dict[str, int] = field(default_factory=dict)  # rows scored this run per verdict (issue 27)
 
 
 class _Pool:
@@ -153,8 +154,10 @@ def _run_batch(pool: _Pool, info: ModelInfo, cfg: JobConfig, paths: Sequence[str
     encoded = cfg.send == "bytes"
     imgs, errs, warns = read(paths, info.input_hw)
     good = [i for i, im in enumerate(imgs) if im is not None]
-    rows = [{"path": p, "error": e, "warning": w, "error_kind": None if e is None else "input"}
-            for p, e, w in zip(paths, errs, warns)]
+    rows = [
+        {"path": p, "error": e, "warning": w, "error_kind": None if e is None else "input"}
+        for p, e, w in zip(paths, errs, warns)
+    ]
     if not good:
         return rows
     thr = cfg.threshold if cfg.threshold is not None else info.threshold
@@ -167,11 +170,18 @@ def _run_batch(pool: _Pool, info: ModelInfo, cfg: JobConfig, paths: Sequence[str
             c = pool.conn(shift=1 if i else 0)
             used["url"] = c.url
             t = time.perf_counter()
-            out = c.infer(batch, cfg.threshold, with_map=cfg.heatmaps is not None,
-                          line=[n for n in LINE_OUTPUTS if n in info.outputs], min_area=cfg.min_area)
+            out = c.infer(
+                batch,
+                cfg.threshold,
+                with_map=cfg.heatmaps is not None,
+                line=[n for n in LINE_OUTPUTS if n in info.outputs],
+                min_area=cfg.min_area,
+            )
             return out, (time.perf_counter() - t) * 1000.0
-        return with_retries(attempt, cfg.retries, cfg.backoff_s,
-                            on_retry=lambda e, d: log.warning("%s; retrying in %.1fs", e, d))
+
+        return with_retries(
+            attempt, cfg.retries, cfg.backoff_s, on_retry=lambda e, d: log.warning("%s; retrying in %.1fs", e, d)
+        )
 
     answered = []
     try:
@@ -181,7 +191,7 @@ def _run_batch(pool: _Pool, info: ModelInfo, cfg: JobConfig, paths: Sequence[str
             for i in good:
                 _rejected(rows[i], paths[i], e)
             return rows
-        for i in good:      # one undecodable file fails its whole request: resend one by one, so only it fails
+        for i in good:  # one undecodable file fails its whole request: resend one by one, so only it fails
             try:
                 answered.append(([i], *send([i])))
             except RequestRejected as e1:
@@ -189,16 +199,22 @@ def _run_batch(pool: _Pool, info: ModelInfo, cfg: JobConfig, paths: Sequence[str
     for idx, out, ms in answered:
         for j, i in enumerate(idx):
             r = rows[i]
-            r.update(score=float(out["SCORE"][j].reshape(-1)[0]), is_defect=bool(out["IS_DEFECT"][j].reshape(-1)[0]),
-                     score_neg=float(out["SCORE_NEG"][j].reshape(-1)[0]),
-                     score_pos=float(out["SCORE_POS"][j].reshape(-1)[0]),
-                     threshold=thr, mode=info.mode, latency_ms=round(ms, 2), server=used.get("url"),
-                     **line_fields(out, j))
+            r.update(
+                score=float(out["SCORE"][j].reshape(-1)[0]),
+                is_defect=bool(out["IS_DEFECT"][j].reshape(-1)[0]),
+                score_neg=float(out["SCORE_NEG"][j].reshape(-1)[0]),
+                score_pos=float(out["SCORE_POS"][j].reshape(-1)[0]),
+                threshold=thr,
+                mode=info.mode,
+                latency_ms=round(ms, 2),
+                server=used.get("url"),
+                **line_fields(out, j),
+            )
             if encoded:
                 got_h, got_w = (int(v) for v in out[IMAGE_HW][j].reshape(-1)[:2])
                 warning = input_warning((got_h, got_w), info.input_hw)
                 r["warning"] = None if warning is None else f"{paths[i]}: {warning}"
-            if r.get("box"):           # the served box is in the model input's pixels: the row's in the image's own
+            if r.get("box"):  # the served box is in the model input's pixels: the row's in the image's own
                 sent = out[IMAGE_HW][j].reshape(-1) if encoded else None
                 hw = (int(sent[0]), int(sent[1])) if sent is not None else image_size(paths[i])
                 r["box"] = list(box_in_image(r["box"], info.input_hw, hw))
@@ -211,24 +227,27 @@ def _run_batch(pool: _Pool, info: ModelInfo, cfg: JobConfig, paths: Sequence[str
 
 def model_info(cfg: JobConfig) -> ModelInfo:
     """The served model's info from the first reachable server (with retries)."""
+
     def attempt(i: int):
         return Connection(cfg.urls[i % len(cfg.urls)], cfg.protocol, cfg.model, cfg.timeout_s, cfg.scorer).info()
+
     return with_retries(attempt, max(cfg.retries, len(cfg.urls)), cfg.backoff_s)
 
 
-def run_job(paths: Sequence[str], writer: ResultWriter, cfg: JobConfig,
-            progress: Optional[Callable[[int], None]] = None) -> JobSummary:
+def run_job(
+    paths: Sequence[str], writer: ResultWriter, cfg: JobConfig, progress: Optional[Callable[[int], None]] = None
+) -> JobSummary:
     """Score every path not already in the writer (matched and written by their resolved form, row_key); rows
     written in input order."""
     t0 = time.time()
-    paths = list(dict.fromkeys(row_key(p) for p in paths))      # one row per image, however it was named
+    paths = list(dict.fromkeys(row_key(p) for p in paths))  # one row per image, however it was named
     todo = [p for p in paths if p not in writer.done]
     summary = JobSummary(total=len(paths), skipped=len(paths) - len(todo))
     if not todo:
         return summary
     info = model_info(cfg)
     bs = max(1, min(cfg.batch_size, info.max_batch or cfg.batch_size))
-    batches = [todo[i:i + bs] for i in range(0, len(todo), bs)]
+    batches = [todo[i : i + bs] for i in range(0, len(todo), bs)]
     workers = max(1, cfg.concurrency * len(cfg.urls))
     pool = _Pool(cfg)
     if cfg.send not in SENDS:
@@ -240,6 +259,7 @@ def run_job(paths: Sequence[str], writer: ResultWriter, cfg: JobConfig,
     it = iter(enumerate(batches))
     stop: Optional[BaseException] = None
     with ThreadPoolExecutor(workers) as ex:
+
         def fill():
             while stop is None and len(pending) < 2 * workers:
                 try:
@@ -247,6 +267,7 @@ def run_job(paths: Sequence[str], writer: ResultWriter, cfg: JobConfig,
                 except StopIteration:
                     return
                 pending[ex.submit(_run_batch, pool, info, cfg, b, read)] = k
+
         fill()
         try:
             while pending:

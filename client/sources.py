@@ -1,4 +1,5 @@
 """Expanding command-line PATH arguments (files, folders, globs) into a stable list of files."""
+
 from __future__ import annotations
 
 import fnmatch
@@ -36,5 +37,5 @@ def expand(args: Iterable[str], all_files: bool = False, exclude: Sequence[str] 
                 if os.path.isfile(p):
                     add(p)
         else:
-            add(a)     # missing files become error rows
+            add(a)  # missing files become error rows
     return out

@@ -1,4 +1,5 @@
 """`exdd client stream`: frames from a folder, a video file or a camera, a bounded number in flight."""
+
 from __future__ import annotations
 
 import os
@@ -25,6 +26,7 @@ def frames(source: str, hw: Tuple[int, int]) -> Iterator[Tuple[str, Optional[np.
                 yield p, None, str(e)
         return
     import cv2
+
     cap = cv2.VideoCapture(int(source) if source.isdigit() else source)
     if not cap.isOpened():
         raise ValueError(f"{source}: cannot open as a video file or camera index")
@@ -35,17 +37,24 @@ def frames(source: str, hw: Tuple[int, int]) -> Iterator[Tuple[str, Optional[np.
             if not ok:
                 return
             rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-            yield f"{source}#{i}", resize_rgb(rgb, hw), None   # the same resize as files (exdd.images)
+            yield f"{source}#{i}", resize_rgb(rgb, hw), None  # the same resize as files (exdd.images)
             i += 1
     finally:
         cap.release()
 
 
-def stream(source: str, conn_factory: Callable[[], Connection], info: ModelInfo, max_in_flight: int,
-           on_result: Callable[[Dict], None], threshold: Optional[float] = None,
-           max_frames: Optional[int] = None) -> Dict[str, float]:
+def stream(
+    source: str,
+    conn_factory: Callable[[], Connection],
+    info: ModelInfo,
+    max_in_flight: int,
+    on_result: Callable[[Dict], None],
+    threshold: Optional[float] = None,
+    max_frames: Optional[int] = None,
+) -> Dict[str, float]:
     """Send frames one per request with at most max_in_flight outstanding; on_result gets each answer in order."""
     import threading
+
     local = threading.local()
 
     def infer(frame: np.ndarray) -> Tuple[Dict, float]:
@@ -65,9 +74,15 @@ def stream(source: str, conn_factory: Callable[[], Connection], info: ModelInfo,
         try:
             out, ms = fut.result()
             lat.append(ms)
-            on_result({"frame": fid, "score": float(out["SCORE"].reshape(-1)[0]),
-                       "is_defect": bool(out["IS_DEFECT"].reshape(-1)[0]), "latency_ms": round(ms, 2),
-                       **line_fields(out, 0)})
+            on_result(
+                {
+                    "frame": fid,
+                    "score": float(out["SCORE"].reshape(-1)[0]),
+                    "is_defect": bool(out["IS_DEFECT"].reshape(-1)[0]),
+                    "latency_ms": round(ms, 2),
+                    **line_fields(out, 0),
+                }
+            )
         except Exception as e:
             on_result({"frame": fid, "error": str(e)})
 
@@ -89,6 +104,10 @@ def stream(source: str, conn_factory: Callable[[], Connection], info: ModelInfo,
             while q:
                 drain_one()
     secs = time.perf_counter() - t0
-    return {"frames": n, "seconds": secs, "fps": n / secs if secs > 0 else 0.0,
-            "p50_ms": float(np.percentile(lat, 50)) if lat else float("nan"),
-            "p95_ms": float(np.percentile(lat, 95)) if lat else float("nan")}
+    return {
+        "frames": n,
+        "seconds": secs,
+        "fps": n / secs if secs > 0 else 0.0,
+        "p50_ms": float(np.percentile(lat, 50)) if lat else float("nan"),
+        "p95_ms": float(np.percentile(lat, 95)) if lat else float("nan"),
+    }

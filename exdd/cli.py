@@ -1,4 +1,5 @@
 """The one ``exdd`` command. Sub-command groups are imported lazily so ``--help`` stays fast."""
+
 from __future__ import annotations
 
 import importlib
@@ -12,11 +13,17 @@ SUBCOMMANDS = {
     "offline": ("exdd.offline.cli", "offline", "Build banks from images, synthesize defects, evaluate."),
     "export": ("exdd.export.cli", "export", "ONNX / TensorRT export and Triton model-repository assembly."),
     "serve": ("exdd.serving.serve", "serve", "Start a local Triton server on a model repository."),
-    "deploy": ("exdd.serving.deploy", "deploy_cmd",
-               "Add new banks as a scorer version and load it on a running server (no downtime)."),
+    "deploy": (
+        "exdd.serving.deploy",
+        "deploy_cmd",
+        "Add new banks as a scorer version and load it on a running server (no downtime).",
+    ),
     "client": ("exdd.client.cli", "client", "Score, stream, benchmark and evaluate through a Triton server."),
-    "report": ("exdd.report.cli", "report",
-               "Self-contained HTML report (metrics, ROC, histograms, heatmaps) of a results JSON."),
+    "report": (
+        "exdd.report.cli",
+        "report",
+        "Self-contained HTML report (metrics, ROC, histograms, heatmaps) of a results JSON.",
+    ),
     "demo": ("exdd.demo", "demo", "The whole pipeline on bundled data: build, export, serve, score, report."),
 }
 # Commands of a lower package's group that live higher up the data flow: `exdd export repository` is
@@ -50,6 +57,7 @@ class LazyGroup(click.Group):
 def main() -> None:
     """exdd: ExDD surface-defect detection, built offline and served on NVIDIA Triton."""
     from .log import configure
+
     configure()
 
 

@@ -6,6 +6,7 @@ Every dataset becomes a list of ``Sample`` (image path, mask path or None, label
 - MVTec AD: ``train/good``, ``test/<type>``, ``ground_truth/<type>/<name>_mask.png``.
 - folder: every image below a folder (recursively), for scoring only (no labels).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -28,6 +29,7 @@ class DatasetError(ValueError):
 @dataclass(frozen=True)
 class Sample:
     """One image of a dataset; label 1 = defective, 0 = normal, -1 = unknown."""
+
     path: str
     mask: Optional[str]
     label: int
@@ -36,8 +38,7 @@ class Sample:
 
 
 def _images(folder: str) -> List[str]:
-    return sorted(os.path.join(folder, f) for f in os.listdir(folder)
-                  if is_image_name(f) and not f.startswith("."))
+    return sorted(os.path.join(folder, f) for f in os.listdir(folder) if is_image_name(f) and not f.startswith("."))
 
 
 def _mask_has_defect(path: str) -> int:
@@ -99,10 +100,11 @@ def folder_images(root: str) -> List[Sample]:
 @dataclass(frozen=True)
 class Layout:
     """A dataset layout: how to list a split, and how to recognise a folder in this layout."""
+
     name: str
-    load: Callable[[str, str], List[Sample]]     # (root, split) -> samples
-    detect: Callable[[str], bool]                # whether root looks like this layout
-    labelled: bool = True                        # has normal/defect labels (usable for building banks)
+    load: Callable[[str, str], List[Sample]]  # (root, split) -> samples
+    detect: Callable[[str], bool]  # whether root looks like this layout
+    labelled: bool = True  # has normal/defect labels (usable for building banks)
     help: str = ""
 
 
@@ -120,12 +122,31 @@ def layout_choices(labelled_only: bool = False) -> List[str]:
     return ["auto"] + [n for n, lay in LAYOUTS.items() if lay.labelled or not labelled_only]
 
 
-register_layout(Layout("mvtec", mvtec, lambda r: os.path.isdir(os.path.join(r, "train", "good")),
-                       help="train/good, test/<type>, ground_truth/<type>/<name>_mask.png"))
-register_layout(Layout("ksdd2", ksdd2, lambda r: os.path.isdir(os.path.join(r, "train"))
-                       or os.path.isdir(os.path.join(r, "test")), help="train|test/NNNNN.png + NNNNN_GT.png"))
-register_layout(Layout("folder", lambda r, split: folder_images(r), lambda r: True, labelled=False,
-                       help="every image below the folder, unlabelled (scores only)"))
+register_layout(
+    Layout(
+        "mvtec",
+        mvtec,
+        lambda r: os.path.isdir(os.path.join(r, "train", "good")),
+        help="train/good, test/<type>, ground_truth/<type>/<name>_mask.png",
+    )
+)
+register_layout(
+    Layout(
+        "ksdd2",
+        ksdd2,
+        lambda r: os.path.isdir(os.path.join(r, "train")) or os.path.isdir(os.path.join(r, "test")),
+        help="train|test/NNNNN.png + NNNNN_GT.png",
+    )
+)
+register_layout(
+    Layout(
+        "folder",
+        lambda r, split: folder_images(r),
+        lambda r: True,
+        labelled=False,
+        help="every image below the folder, unlabelled (scores only)",
+    )
+)
 
 
 def detect_layout(root: str) -> str:
@@ -151,7 +172,7 @@ def synthetic(root: str) -> List[Sample]:
     return [Sample(s.path, s.mask, 1, "synthetic", "synthetic") for s in items if s.label == 1]
 
 
-HOLDOUT_RULE = "sha256(seed:content)"   # the manifest's sources.heldout_rule for holdout_split (issue 25)
+HOLDOUT_RULE = "sha256(seed:content)"  # the manifest's sources.heldout_rule for holdout_split (issue 25)
 
 
 def content_key(sample: Sample) -> str:
@@ -186,8 +207,9 @@ def holdout_split(samples: Sequence[Sample], fraction: float, seed: int) -> tupl
         n_hold = int(round(fraction * len(group)))
         if fraction > 0 and len(group) >= 2:
             n_hold = max(1, min(n_hold, len(group) - 1))
-        salted = sorted(range(len(group)),
-                        key=lambda i: (hashlib.sha256(f"{seed}:{content_key(group[i])}".encode()).hexdigest(), i))
+        salted = sorted(
+            range(len(group)), key=lambda i: (hashlib.sha256(f"{seed}:{content_key(group[i])}".encode()).hexdigest(), i)
+        )
         held.update(id(group[i]) for i in salted[:n_hold])
     return [s for s in ordered if id(s) not in held], [s for s in ordered if id(s) in held]
 
@@ -210,7 +232,7 @@ def legacy_holdout_split(samples: List[Sample], fraction: float, seed: int) -> t
     return kept, held
 
 
-_HASHES: Dict[Tuple[str, int, int], str] = {}      # (abspath, size, mtime_ns) -> sha256: a build hashes each file once
+_HASHES: Dict[Tuple[str, int, int], str] = {}  # (abspath, size, mtime_ns) -> sha256: a build hashes each file once
 
 
 def _content_hash(path: str) -> Optional[str]:
@@ -260,5 +282,7 @@ def training_copies(root: str, samples: Sequence[Sample], split: str, layout: st
 def leak_message(pairs: Sequence[Tuple[str, str]], what: str) -> str:
     """One line naming how many images are copies of training images, with an example."""
     a, b = pairs[0]
-    return (f"{len(pairs)} {what} byte-identical to training images (e.g. {a} = {b}): "
-            f"they may be in the banks, so their scores are not a test")
+    return (
+        f"{len(pairs)} {what} byte-identical to training images (e.g. {a} = {b}): "
+        f"they may be in the banks, so their scores are not a test"
+    )

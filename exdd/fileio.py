@@ -6,6 +6,7 @@ build it beside its destination, fsync it, rename it into place, fsync the folde
 old version or the new one, never a mix; what a kill can leave is a hidden temporary sibling
 (``.NAME.*.tmp`` / ``.NAME.exdd-new-*`` / ``.NAME.exdd-old-*``) that no reader opens.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -49,7 +50,7 @@ def atomic_write(path: str, data: Union[str, bytes], fsync: bool = False) -> str
     intact (bank manifests, model configs, deploy records)."""
     folder, base = os.path.split(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f".{base}.{os.getpid()}.{threading.get_ident()}.tmp")   # open(): the umask's mode
+    tmp = os.path.join(folder, f".{base}.{os.getpid()}.{threading.get_ident()}.tmp")  # open(): the umask's mode
     binary = isinstance(data, bytes)
     try:
         with open(tmp, "wb" if binary else "w", encoding=None if binary else "utf-8") as f:
@@ -66,7 +67,7 @@ def atomic_write(path: str, data: Union[str, bytes], fsync: bool = False) -> str
     return path
 
 
-_RENAME_EXCHANGE = 2          # linux/fs.h
+_RENAME_EXCHANGE = 2  # linux/fs.h
 _AT_FDCWD = -100
 
 
@@ -82,7 +83,7 @@ def _exchange(a: str, b: str) -> bool:
     if fn(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
         return True
     err = ctypes.get_errno()
-    if err in (22, 38, 95):    # EINVAL, ENOSYS, EOPNOTSUPP: no exchange here, fall back
+    if err in (22, 38, 95):  # EINVAL, ENOSYS, EOPNOTSUPP: no exchange here, fall back
         return False
     raise OSError(err, os.strerror(err), a)
 
@@ -100,9 +101,9 @@ def replace_dir(new: str, dest: str) -> None:
         fsync_dir(parent)
         return
     if _exchange(new, dest):
-        old = new                                    # the exchange left the old folder at new's name
+        old = new  # the exchange left the old folder at new's name
         aside = tempfile.mkdtemp(prefix=f".{base}.exdd-old-", dir=parent)
-        os.rename(old, aside)                        # under a name that says what it is, before removing it
+        os.rename(old, aside)  # under a name that says what it is, before removing it
     else:
         aside = tempfile.mkdtemp(prefix=f".{base}.exdd-old-", dir=parent)
         os.rmdir(aside)
@@ -120,8 +121,9 @@ def check_replaceable(dest: str, allowed: Optional[Callable[[str], bool]], what:
     other = sorted(n for n in os.listdir(dest) if not allowed(n))
     if other:
         shown = ", ".join(other[:5]) + (f" and {len(other) - 5} more" if len(other) > 5 else "")
-        raise ValueError(f"{dest}: holds other files than {what} ({shown}); it would be replaced whole: choose a new "
-                         "or empty folder")
+        raise ValueError(
+            f"{dest}: holds other files than {what} ({shown}); it would be replaced whole: choose a new or empty folder"
+        )
 
 
 @contextlib.contextmanager
@@ -136,7 +138,7 @@ def staged_dir(dest: str, allowed: Optional[Callable[[str], bool]] = None, what:
     tmp = tempfile.mkdtemp(prefix=f".{base}.exdd-new-", dir=parent)
     try:
         yield tmp
-        os.chmod(tmp, 0o777 & ~_umask())              # mkdtemp's 0700 -> the mode a plain mkdir would give
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp's 0700 -> the mode a plain mkdir would give
         fsync_tree(tmp)
         replace_dir(tmp, dest)
     except BaseException:

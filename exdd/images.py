@@ -1,4 +1,5 @@
 """Decoding image and mask files with bounded memory and clear, per-file errors."""
+
 from __future__ import annotations
 
 import os
@@ -14,8 +15,21 @@ from exdd_scoring.picture import FORMATS, MAX_PIXELS, PictureError, open_picture
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif")
 
-__all__ = ["MAX_PIXELS", "IMAGE_SUFFIXES", "ImageReadError", "to_rgb", "resize_image", "resize_rgb", "read_image",
-           "input_warning", "read_model_input", "image_size", "read_mask", "is_image_name", "walk_files"]
+__all__ = [
+    "MAX_PIXELS",
+    "IMAGE_SUFFIXES",
+    "ImageReadError",
+    "to_rgb",
+    "resize_image",
+    "resize_rgb",
+    "read_image",
+    "input_warning",
+    "read_model_input",
+    "image_size",
+    "read_mask",
+    "is_image_name",
+    "walk_files",
+]
 
 
 class ImageReadError(PictureError):
@@ -78,8 +92,9 @@ def read_mask(path: str, expect_hw: Tuple[int, int] | None, size_hw: Tuple[int, 
     """A mask file as bool (H, W) (nonzero = defect), resized with nearest; it must match expect_hw."""
     img = _open(path)
     if expect_hw is not None and (img.size[1], img.size[0]) != tuple(expect_hw):
-        raise ImageReadError(f"{path}: mask is {img.size[1]}x{img.size[0]} (HxW) but its image is "
-                             f"{expect_hw[0]}x{expect_hw[1]}")
+        raise ImageReadError(
+            f"{path}: mask is {img.size[1]}x{img.size[0]} (HxW) but its image is {expect_hw[0]}x{expect_hw[1]}"
+        )
     arr = np.asarray(img.convert("L"))
     m = Image.fromarray(((arr > 0) * 255).astype(np.uint8))
     if size_hw is not None and m.size != (size_hw[1], size_hw[0]):

@@ -1,5 +1,6 @@
 """Library messages go through Python ``logging`` (logger ``exdd.*``); the ``exdd`` command shows them on
 stderr as ``warning: ...`` / ``error: ...`` lines, the same plain form as its own messages."""
+
 from __future__ import annotations
 
 import logging

@@ -3,6 +3,7 @@
 All from one descending sort of the scores; ties are grouped so equal scores share a
 threshold (the same conventions as scikit-learn's roc_auc_score and average_precision_score).
 """
+
 from __future__ import annotations
 
 from typing import Dict, Tuple
@@ -74,9 +75,14 @@ def confusion(scores: np.ndarray, labels: np.ndarray, thr: float) -> Dict[str, f
     fn = int((~pred & y).sum())
     prec = tp / max(tp + fp, 1)
     rec = tp / max(tp + fn, 1)
-    return {"threshold": float(thr), "accuracy": float((pred == y).mean()) if y.size else float("nan"),
-            "tpr": rec, "fpr": fp / max(int((~y).sum()), 1), "precision": prec,
-            "f1": 2 * prec * rec / max(prec + rec, 1e-12)}
+    return {
+        "threshold": float(thr),
+        "accuracy": float((pred == y).mean()) if y.size else float("nan"),
+        "tpr": rec,
+        "fpr": fp / max(int((~y).sum()), 1),
+        "precision": prec,
+        "f1": 2 * prec * rec / max(prec + rec, 1e-12),
+    }
 
 
 def aupro(maps: np.ndarray, masks: np.ndarray, max_fpr: float = 0.3) -> float:
@@ -86,6 +92,7 @@ def aupro(maps: np.ndarray, masks: np.ndarray, max_fpr: float = 0.3) -> float:
     the mean over regions of the fraction of the region above it, FPR is over normal pixels.
     """
     from scipy import ndimage
+
     maps = np.asarray(maps, dtype=np.float32)
     masks = np.asarray(masks).astype(bool)
     weight = np.zeros(masks.shape, dtype=np.float64)
@@ -118,13 +125,17 @@ def aupro(maps: np.ndarray, masks: np.ndarray, max_fpr: float = 0.3) -> float:
     return trapezoid(pro, fpr) / max_fpr
 
 
-def summary(image_scores: np.ndarray, image_labels: np.ndarray, maps: np.ndarray | None,
-            masks: np.ndarray | None) -> Dict[str, float]:
+def summary(
+    image_scores: np.ndarray, image_labels: np.ndarray, maps: np.ndarray | None, masks: np.ndarray | None
+) -> Dict[str, float]:
     """The evaluation's metrics for one mode (pixel metrics when maps and masks are given)."""
     f1, thr = f1_max(image_scores, image_labels)
-    out = {"image_auroc": auroc(image_scores, image_labels),
-           "image_ap": average_precision(image_scores, image_labels),
-           "image_f1_max": f1, "image_f1_threshold": thr}
+    out = {
+        "image_auroc": auroc(image_scores, image_labels),
+        "image_ap": average_precision(image_scores, image_labels),
+        "image_f1_max": f1,
+        "image_f1_threshold": thr,
+    }
     if maps is not None and masks is not None:
         out["pixel_auroc"] = auroc(maps.ravel(), masks.ravel())
         out["pixel_aupro"] = aupro(maps, masks)
@@ -132,8 +143,9 @@ def summary(image_scores: np.ndarray, image_labels: np.ndarray, maps: np.ndarray
     return out
 
 
-def bootstrap_auroc(scores: np.ndarray, labels: np.ndarray, n: int = 1000, seed: int = 0, level: float = 0.9,
-                    max_bins: int = 4096) -> Tuple[float, float, float]:
+def bootstrap_auroc(
+    scores: np.ndarray, labels: np.ndarray, n: int = 1000, seed: int = 0, level: float = 0.9, max_bins: int = 4096
+) -> Tuple[float, float, float]:
     """(AUROC, low, high): the AUROC and its percentile bootstrap interval at ``level``, resampling items.
 
     An item is a row of axis 0: one image's score (scores, labels (N,)) or one image's whole map
@@ -148,14 +160,14 @@ def bootstrap_auroc(scores: np.ndarray, labels: np.ndarray, n: int = 1000, seed:
         raise ValueError(f"scores {s.shape} and labels {y.shape} must have the same non-empty shape")
     N = s.shape[0]
     s, y = s.reshape(N, -1), y.reshape(N, -1)
-    rows = max(1, 2_000_000 // s.shape[1])                  # rows per chunk: bounded memory on big maps
+    rows = max(1, 2_000_000 // s.shape[1])  # rows per chunk: bounded memory on big maps
     chunks = [slice(i, i + rows) for i in range(0, N, rows)]
     levels = np.zeros(0)
-    for c in chunks:                                        # distinct values, while there are few
+    for c in chunks:  # distinct values, while there are few
         levels = np.union1d(levels, np.unique(s[c].astype(np.float64)))
         if levels.size > max_bins:
             break
-    if levels.size > max_bins:                              # bin (levels[b-1], levels[b]] by quantiles
+    if levels.size > max_bins:  # bin (levels[b-1], levels[b]] by quantiles
         sub = s.ravel()[:: max(1, s.size // 1_000_000)].astype(np.float64)
         levels = np.unique(np.quantile(sub, np.linspace(0, 1, max_bins + 1)[1:-1]))
     B = levels.size + 1
@@ -178,7 +190,7 @@ def bootstrap_auroc(scores: np.ndarray, labels: np.ndarray, n: int = 1000, seed:
     draws = np.random.default_rng(seed).integers(0, N, (n, N))
     vals = []
     for i in range(0, n, 128):
-        w = np.stack([np.bincount(r, minlength=N) for r in draws[i:i + 128]]).astype(np.float64)
+        w = np.stack([np.bincount(r, minlength=N) for r in draws[i : i + 128]]).astype(np.float64)
         vals.append(area(w @ hp, w @ hn))
     v = np.concatenate(vals) if vals else np.zeros(0)
     v = v[np.isfinite(v)]
@@ -188,8 +200,9 @@ def bootstrap_auroc(scores: np.ndarray, labels: np.ndarray, n: int = 1000, seed:
     return point, float(lo), float(hi)
 
 
-def paired_bootstrap_diff(a: np.ndarray, b: np.ndarray, labels: np.ndarray, n: int = 2000, seed: int = 0,
-                          level: float = 0.9) -> Tuple[float, float, float]:
+def paired_bootstrap_diff(
+    a: np.ndarray, b: np.ndarray, labels: np.ndarray, n: int = 2000, seed: int = 0, level: float = 0.9
+) -> Tuple[float, float, float]:
     """(AUROC(b) - AUROC(a), low, high): the difference of two scorings of the same images and its percentile
     bootstrap interval, resampling images stratified by label (both classes in every resample)."""
     a, b, y = np.asarray(a, np.float64), np.asarray(b, np.float64), np.asarray(labels).astype(bool)
@@ -206,6 +219,7 @@ def paired_bootstrap_diff(a: np.ndarray, b: np.ndarray, labels: np.ndarray, n: i
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
     """Spearman rank correlation (average ranks for ties); nan below 3 items."""
     from scipy.stats import spearmanr
+
     if len(a) < 3:
         return float("nan")
     return float(spearmanr(a, b).correlation)

@@ -3,6 +3,7 @@
 Dependency-light on purpose (numpy and pillow only): the report and the client's
 ``--heatmaps`` option both use it, neither needs matplotlib or OpenCV at run time.
 """
+
 from __future__ import annotations
 
 import os
@@ -17,10 +18,28 @@ GT_COLOR: Tuple[int, int, int] = (255, 0, 255)
 
 # Google's Turbo colormap (Mikhailov 2019) at 17 evenly spaced stops, interpolated linearly
 # (within 7/255 of the full 256-entry table everywhere).
-_TURBO_STOPS = np.array([
-    [48, 18, 59], [64, 64, 162], [70, 107, 227], [66, 148, 255], [40, 188, 235], [24, 221, 194],
-    [50, 242, 152], [109, 254, 98], [164, 252, 60], [205, 236, 52], [238, 207, 58], [253, 172, 52],
-    [251, 126, 33], [235, 80, 14], [208, 47, 5], [169, 22, 1], [122, 4, 3]], dtype=np.float64)
+_TURBO_STOPS = np.array(
+    [
+        [48, 18, 59],
+        [64, 64, 162],
+        [70, 107, 227],
+        [66, 148, 255],
+        [40, 188, 235],
+        [24, 221, 194],
+        [50, 242, 152],
+        [109, 254, 98],
+        [164, 252, 60],
+        [205, 236, 52],
+        [238, 207, 58],
+        [253, 172, 52],
+        [251, 126, 33],
+        [235, 80, 14],
+        [208, 47, 5],
+        [169, 22, 1],
+        [122, 4, 3],
+    ],
+    dtype=np.float64,
+)
 
 
 def turbo_lut(n: int = 256) -> np.ndarray:
@@ -74,8 +93,16 @@ def _mask_to(mask: np.ndarray, hw: Tuple[int, int]) -> np.ndarray:
     return np.asarray(img) > 127
 
 
-def overlay(image: np.ndarray, amap: np.ndarray, vmin: float, vmax: float, threshold: Optional[float] = None,
-            gt_mask: Optional[np.ndarray] = None, alpha: float = 0.5, thickness: int = 1) -> np.ndarray:
+def overlay(
+    image: np.ndarray,
+    amap: np.ndarray,
+    vmin: float,
+    vmax: float,
+    threshold: Optional[float] = None,
+    gt_mask: Optional[np.ndarray] = None,
+    alpha: float = 0.5,
+    thickness: int = 1,
+) -> np.ndarray:
     """The map (bilinear to the image) in Turbo blended over image, with predicted and GT contours."""
     img = np.asarray(image)
     if img.ndim == 2:

@@ -1,5 +1,6 @@
 """The one progress helper of the CLI: a tqdm bar on a terminal; when output is piped, nothing or (every=N)
 a plain line at most every N seconds, so output stays scriptable."""
+
 from __future__ import annotations
 
 import sys
@@ -18,15 +19,20 @@ class Progress:
         self.bar = None
         if sys.stderr.isatty():
             from tqdm import tqdm
-            self.bar = tqdm(total=total, initial=initial, desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True,
-                            smoothing=0.1)
+
+            self.bar = tqdm(
+                total=total, initial=initial, desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True, smoothing=0.1
+            )
 
     def _line(self) -> None:
         now = time.time()
         rate = self.made / max(now - self.t0, 1e-9)
         eta = (self.total - self.n) / rate if rate > 0 else float("inf")
-        print(f"{self.desc}: {self.n}/{self.total} {self.unit}s, {rate:.3g} {self.unit}s/s, eta {eta:.0f}s",
-              file=sys.stderr, flush=True)
+        print(
+            f"{self.desc}: {self.n}/{self.total} {self.unit}s, {rate:.3g} {self.unit}s/s, eta {eta:.0f}s",
+            file=sys.stderr,
+            flush=True,
+        )
         self.last, self.printed = now, self.n
 
     def update(self, n: int = 1) -> None:

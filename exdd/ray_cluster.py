@@ -5,6 +5,7 @@ cluster named by $RAY_ADDRESS when it is set; ``--ray ADDRESS`` joins that clust
 (``auto``, ``HOST:6379`` or ``ray://HOST:10001``). Every node must see the image files and the
 weights at the same paths (shared storage), as a Ray batch job usually does.
 """
+
 from __future__ import annotations
 
 import os
@@ -17,7 +18,7 @@ class RayUnavailable(RuntimeError):
     """Ray is not installed, or the cluster could not be joined."""
 
 
-WORKER_NICENESS = "RAY_worker_niceness"   # read by the raylet when it starts workers
+WORKER_NICENESS = "RAY_worker_niceness"  # read by the raylet when it starts workers
 
 
 def ray_module():
@@ -71,20 +72,36 @@ def cluster_cpus(ray) -> int:
 def ray_options(f):
     """The ``--ray [ADDRESS]`` and ``--ray-cpus N`` options of the commands that can run on Ray."""
     import click
-    f = click.option("--ray-cpus", "ray_cpus", type=int, default=None,
-                     help="With --ray (local): CPUs of the local Ray (default: all).")(f)
-    f = click.option("--ray", "ray_address", is_flag=False, flag_value=LOCAL, default=None, metavar="[ADDRESS]",
-                     help="Run on Ray: alone, a local Ray (or $RAY_ADDRESS's cluster); with ADDRESS "
-                          "(auto, HOST:6379, ray://HOST:10001), that cluster. Needs the `ray` extra.")(f)
+
+    f = click.option(
+        "--ray-cpus",
+        "ray_cpus",
+        type=int,
+        default=None,
+        help="With --ray (local): CPUs of the local Ray (default: all).",
+    )(f)
+    f = click.option(
+        "--ray",
+        "ray_address",
+        is_flag=False,
+        flag_value=LOCAL,
+        default=None,
+        metavar="[ADDRESS]",
+        help="Run on Ray: alone, a local Ray (or $RAY_ADDRESS's cluster); with ADDRESS "
+        "(auto, HOST:6379, ray://HOST:10001), that cluster. Needs the `ray` extra.",
+    )(f)
     return f
 
 
 def connect_or_fail(address: Optional[str], num_cpus: Optional[int]):
     """connect() for a command line: a clear one-line error (exit 2) instead of a traceback."""
     from exdd.cli_common import fail
+
     if address not in (None, LOCAL, "auto") and os.path.exists(address) and "://" not in address:
-        fail(f"--ray took {address!r} as the cluster address, but it is a path: write `--ray local` "
-             "(or --ray ADDRESS) before paths, or put --ray last")
+        fail(
+            f"--ray took {address!r} as the cluster address, but it is a path: write `--ray local` "
+            "(or --ray ADDRESS) before paths, or put --ray last"
+        )
     try:
         return connect(address, num_cpus)
     except RayUnavailable as e:

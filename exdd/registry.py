@@ -1,4 +1,5 @@
 """Adding to a registry (layouts, synthesis methods, features backends): names are unique, a clash is a clear error."""
+
 from __future__ import annotations
 
 from typing import Collection, Dict, TypeVar

@@ -9,6 +9,7 @@ them (undecodable bytes as lone surrogates U+DC80..U+DCFF): a JSONL row holds th
 file stays valid UTF-8; a CSV row holds the name's raw bytes. Both read back (read_rows) as the very same name.
 A line that is not a row (corrupt, a stray write) is skipped and said by its line number; the other rows stand.
 """
+
 from __future__ import annotations
 
 import csv
@@ -30,10 +31,25 @@ log = _logger(__name__)
 # CSV), nearest_source and nearest_class (the training image and class of the known defect nearest to the image's
 # peak patch); empty from servers before issue 27
 LINE_COLUMNS = list(LINE_FIELDS)
-COLUMNS = ["path", "score", "is_defect", "score_neg", "score_pos", "threshold", "mode", "latency_ms", "heatmap",
-           "error", "warning", "error_kind"] + LINE_COLUMNS
+COLUMNS = [
+    "path",
+    "score",
+    "is_defect",
+    "score_neg",
+    "score_pos",
+    "threshold",
+    "mode",
+    "latency_ms",
+    "heatmap",
+    "error",
+    "warning",
+    "error_kind",
+] + LINE_COLUMNS
+
+
 class Encoding(TypedDict):
     """How result files are encoded: open(..., **ENCODING), bytes.decode(**ENCODING)."""
+
     encoding: str
     errors: str
 
@@ -41,7 +57,7 @@ class Encoding(TypedDict):
 # a CSV's raw non-UTF-8 name bytes read back the same
 ENCODING: Encoding = {"encoding": "utf-8", "errors": "surrogateescape"}
 
-Problems = List[Tuple[int, str]]      # (line number, why the line is not a row)
+Problems = List[Tuple[int, str]]  # (line number, why the line is not a row)
 
 
 def file_format(path: str) -> str:
@@ -80,7 +96,7 @@ def parse_rows(text: str, fmt: str, problems: Optional[Problems] = None) -> List
             else:
                 rows.append(row)
     else:
-        for n, line in enumerate(text.split("\n"), 1):       # the writer ends rows with \n only
+        for n, line in enumerate(text.split("\n"), 1):  # the writer ends rows with \n only
             if not line.strip():
                 continue
             try:

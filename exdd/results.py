@@ -5,6 +5,7 @@ A results JSON is an object with ``version`` (RESULTS_VERSION), the metrics of e
 the served/default mode, the thresholds, one row per scored image and one per unreadable file.
 Files written before the version field existed (version absent) are read as version 1.
 """
+
 from __future__ import annotations
 
 import json
@@ -15,8 +16,21 @@ from exdd.fileio import atomic_write, json_safe
 from exdd_scoring.answer import FIELDS
 
 RESULTS_VERSION = 1
-_KNOWN = ("version", "source", "default_mode", "metrics", "thresholds", "images", "errors", "dataset", "split",
-          "banks", "weights", "weights_note", "seconds")
+_KNOWN = (
+    "version",
+    "source",
+    "default_mode",
+    "metrics",
+    "thresholds",
+    "images",
+    "errors",
+    "dataset",
+    "split",
+    "banks",
+    "weights",
+    "weights_note",
+    "seconds",
+)
 # issue 27: per image (ImageResult), absent in older files; results-level 'review_band' {"ok_below", "defect_above"}
 # and 'roi' (the bank's roi.png) travel in extra
 LINE_FIELDS = FIELDS
@@ -29,14 +43,15 @@ class ResultsError(ValueError):
 @dataclass(frozen=True)
 class ImageResult:
     """One scored image: its label (1 defect, 0 normal, -1 unknown), scores per mode, per-bank scores."""
+
     path: str
     label: int
     scores: Dict[str, float]
     kind: str = ""
     s_neg: Optional[float] = None
     s_pos: Optional[float] = None
-    heatmap: Optional[str] = None         # an overlay PNG of the anomaly map, when one was written
-    error: Optional[str] = None           # a row that could not be scored (scores empty)
+    heatmap: Optional[str] = None  # an overlay PNG of the anomaly map, when one was written
+    error: Optional[str] = None  # a row that could not be scored (scores empty)
     served_score: Optional[float] = None  # the server's score of the default mode (the demo's comparison)
     # issue 27, of the default mode (exdd_scoring/answer.py; None: not given): ok | review | defect, calibrated
     # P(defect), the largest region's area (model-input pixels) and box (the image's pixels, [] without a region),
@@ -49,8 +64,14 @@ class ImageResult:
     nearest_class: Optional[str] = None
 
     def to_dict(self) -> Dict[str, Any]:
-        out = {"path": self.path, "label": self.label, "kind": self.kind, "scores": dict(self.scores),
-               "s_neg": self.s_neg, "s_pos": self.s_pos}
+        out = {
+            "path": self.path,
+            "label": self.label,
+            "kind": self.kind,
+            "scores": dict(self.scores),
+            "s_neg": self.s_neg,
+            "s_pos": self.s_pos,
+        }
         for k in LINE_FIELDS:
             if getattr(self, k) is not None:
                 out[k] = getattr(self, k)
@@ -66,6 +87,7 @@ class ImageResult:
 @dataclass(frozen=True)
 class ErrorRow:
     """A file that could not be scored, and why."""
+
     path: str
     error: str
 
@@ -73,19 +95,20 @@ class ErrorRow:
 @dataclass
 class EvaluationResults:
     """Metrics per mode, the scored images and the unreadable files of one evaluation."""
+
     metrics: Dict[str, Dict[str, Any]]
     default_mode: str
     images: List[ImageResult]
     errors: List[ErrorRow] = field(default_factory=list)
     thresholds: Dict[str, float] = field(default_factory=dict)
-    source: str = "offline"              # "offline", "server URL[,URL]" or "demo"
+    source: str = "offline"  # "offline", "server URL[,URL]" or "demo"
     dataset: Optional[str] = None
     split: Optional[str] = None
     banks: Optional[str] = None
     weights: Optional[str] = None
     weights_note: str = ""
     seconds: Optional[float] = None
-    extra: Dict[str, Any] = field(default_factory=dict)   # further sections (served, offline_difference, ...)
+    extra: Dict[str, Any] = field(default_factory=dict)  # further sections (served, offline_difference, ...)
     version: int = RESULTS_VERSION
 
     @property
@@ -94,10 +117,15 @@ class EvaluationResults:
 
     def to_dict(self) -> Dict[str, Any]:
         """The JSON form (NaN/inf metrics become null)."""
-        out: Dict[str, Any] = {"version": self.version, "source": self.source, "default_mode": self.default_mode,
-                               "metrics": self.metrics, "thresholds": self.thresholds,
-                               "images": [im.to_dict() for im in self.images],
-                               "errors": [asdict(e) for e in self.errors]}
+        out: Dict[str, Any] = {
+            "version": self.version,
+            "source": self.source,
+            "default_mode": self.default_mode,
+            "metrics": self.metrics,
+            "thresholds": self.thresholds,
+            "images": [im.to_dict() for im in self.images],
+            "errors": [asdict(e) for e in self.errors],
+        }
         for k in ("dataset", "split", "banks", "weights", "seconds"):
             if getattr(self, k) is not None:
                 out[k] = getattr(self, k)
@@ -120,8 +148,10 @@ class EvaluationResults:
         if not isinstance(version, int) or isinstance(version, bool) or version < 1:
             raise ResultsError(f"{where}: version {version!r} is not a results schema version")
         if version > RESULTS_VERSION:
-            raise ResultsError(f"{where}: results schema version {version} is newer than this exdd reads "
-                               f"({RESULTS_VERSION}); upgrade exdd")
+            raise ResultsError(
+                f"{where}: results schema version {version} is newer than this exdd reads "
+                f"({RESULTS_VERSION}); upgrade exdd"
+            )
         metrics = data.get("metrics")
         if not isinstance(metrics, Mapping) or not all(isinstance(v, Mapping) for v in metrics.values()):
             raise ResultsError(f"{where}: 'metrics' must be an object of mode -> metrics")
@@ -130,8 +160,11 @@ class EvaluationResults:
             raise ResultsError(f"{where}: 'images' must be a list")
         images = []
         for i, im in enumerate(images_raw):
-            if not isinstance(im, Mapping) or not isinstance(im.get("path"), str) \
-                    or not isinstance(im.get("scores", {} if im.get("error") else None), Mapping):
+            if (
+                not isinstance(im, Mapping)
+                or not isinstance(im.get("path"), str)
+                or not isinstance(im.get("scores", {} if im.get("error") else None), Mapping)
+            ):
                 raise ResultsError(f"{where}: images[{i}] needs 'path' (text) and 'scores' (an object)")
             try:
                 scores = {str(m): _float(v) for m, v in (im.get("scores") or {}).items()}
@@ -140,11 +173,25 @@ class EvaluationResults:
                 served = _opt_float(im.get("served_score"))
                 line = _line_fields(im)
             except (TypeError, ValueError):
-                raise ResultsError(f"{where}: images[{i}] ({im['path']}): scores and label must be numbers, and "
-                                   "verdict, confidence, area, box, nearest_source, nearest_class of their "
-                                   "kinds") from None
-            images.append(ImageResult(im["path"], label, scores, str(im.get("kind") or ""), s_neg, s_pos,
-                                      im.get("heatmap"), im.get("error"), served, **line))
+                raise ResultsError(
+                    f"{where}: images[{i}] ({im['path']}): scores and label must be numbers, and "
+                    "verdict, confidence, area, box, nearest_source, nearest_class of their "
+                    "kinds"
+                ) from None
+            images.append(
+                ImageResult(
+                    im["path"],
+                    label,
+                    scores,
+                    str(im.get("kind") or ""),
+                    s_neg,
+                    s_pos,
+                    im.get("heatmap"),
+                    im.get("error"),
+                    served,
+                    **line,
+                )
+            )
         errors = []
         for i, e in enumerate(data.get("errors") or []):
             if not isinstance(e, Mapping) or "path" not in e:
@@ -154,14 +201,22 @@ class EvaluationResults:
         if not isinstance(thresholds, Mapping):
             raise ResultsError(f"{where}: 'thresholds' must be an object of mode -> number")
         default_mode = data.get("default_mode") or (next(iter(metrics), "") if metrics else "")
-        return cls(metrics={str(k): dict(v) for k, v in metrics.items()}, default_mode=str(default_mode),
-                   images=images, errors=errors,
-                   thresholds={str(k): float(v) for k, v in thresholds.items() if v is not None},
-                   source=str(data.get("source", "offline")), dataset=data.get("dataset"), split=data.get("split"),
-                   banks=data.get("banks"), weights=data.get("weights"),
-                   weights_note=str(data.get("weights_note") or ""),
-                   seconds=data.get("seconds"), extra={k: v for k, v in data.items() if k not in _KNOWN},
-                   version=RESULTS_VERSION)
+        return cls(
+            metrics={str(k): dict(v) for k, v in metrics.items()},
+            default_mode=str(default_mode),
+            images=images,
+            errors=errors,
+            thresholds={str(k): float(v) for k, v in thresholds.items() if v is not None},
+            source=str(data.get("source", "offline")),
+            dataset=data.get("dataset"),
+            split=data.get("split"),
+            banks=data.get("banks"),
+            weights=data.get("weights"),
+            weights_note=str(data.get("weights_note") or ""),
+            seconds=data.get("seconds"),
+            extra={k: v for k, v in data.items() if k not in _KNOWN},
+            version=RESULTS_VERSION,
+        )
 
     @classmethod
     def load(cls, path: str) -> "EvaluationResults":
@@ -201,4 +256,3 @@ def _float(v: Any) -> float:
 
 def _opt_float(v: Any) -> Optional[float]:
     return None if v is None else float(v)
-

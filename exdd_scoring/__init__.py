@@ -8,6 +8,7 @@ Names are loaded lazily (``from exdd_scoring import Scorer`` imports ``scorer`` 
 for): importing one module loads only what it imports, so each model folder holds only the modules
 its model.py needs (``exdd.serving.model_files.scoring_modules``).
 """
+
 from __future__ import annotations
 
 import importlib
@@ -15,14 +16,34 @@ from typing import Any
 
 # name -> the module defining it
 _EXPORTS = {
-    "bank": ("BANK_FORMAT_VERSION", "Bank", "BankError", "BankPair", "FEATURE_KEYS", "load_banks", "load_projection",
-             "read_manifest", "read_manifest_features", "read_manifest_spec", "save_bank"),
+    "bank": (
+        "BANK_FORMAT_VERSION",
+        "Bank",
+        "BankError",
+        "BankPair",
+        "FEATURE_KEYS",
+        "load_banks",
+        "load_projection",
+        "read_manifest",
+        "read_manifest_features",
+        "read_manifest_spec",
+        "save_bank",
+    ),
     "manifest": ("MANIFEST_VERSION", "BankManifest", "ManifestError"),
     "spec": ("FeatureSpec", "SpecError"),
     "knn": ("nearest", "topk_nearest"),
     "resample": ("upsample_smooth_matrices", "upsample_smooth"),
-    "scores": ("DEFAULT_MODE", "MAP_KINDS", "MODE_REGISTRY", "MODES", "Evidence", "Mode", "image_scores",
-               "register_mode", "reweight_q"),
+    "scores": (
+        "DEFAULT_MODE",
+        "MAP_KINDS",
+        "MODE_REGISTRY",
+        "MODES",
+        "Evidence",
+        "Mode",
+        "image_scores",
+        "register_mode",
+        "reweight_q",
+    ),
     "score_batch": ("ScoreBatch",),
     "scorer": ("Scorer", "map_of_mode"),
 }

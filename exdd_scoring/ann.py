@@ -12,6 +12,7 @@ The bank manifest's ``index`` entry names the kind, its parameters and, per bank
 with its sha256 and the sha256 of the vectors it indexes; loading verifies both. faiss is imported
 only when an hnsw index is used.
 """
+
 from __future__ import annotations
 
 import os
@@ -25,7 +26,7 @@ from .manifest import BankManifest, IndexEntry, IndexFile
 
 INDEX_KEY = "index"
 HNSW_DEFAULTS = {"m": 32, "ef_construction": 128, "ef_search": 64}  # measured: BENCHMARKS.md, Speed
-LARGE_BANK, LARGE_EF_SEARCH = 50_000, 128   # from 50k vectors efSearch 64 missed rank correlation 0.99 (at 100k)
+LARGE_BANK, LARGE_EF_SEARCH = 50_000, 128  # from 50k vectors efSearch 64 missed rank correlation 0.99 (at 100k)
 
 
 def ef_search_for(size: int, params: Optional[Dict[str, int]] = None) -> int:
@@ -33,8 +34,12 @@ def ef_search_for(size: int, params: Optional[Dict[str, int]] = None) -> int:
     if params and "ef_search" in params:
         return int(params["ef_search"])
     return LARGE_EF_SEARCH if size >= LARGE_BANK else HNSW_DEFAULTS["ef_search"]
-NO_FAISS = ("the banks carry an hnsw index but faiss is not importable in this Python: "
-            "pip install faiss-cpu (or export the repository with --index exact)")
+
+
+NO_FAISS = (
+    "the banks carry an hnsw index but faiss is not importable in this Python: "
+    "pip install faiss-cpu (or export the repository with --index exact)"
+)
 
 
 class IndexFileError(BankError):
@@ -43,6 +48,7 @@ class IndexFileError(BankError):
 
 class ExactSearcher:
     """Exact chunked search (numpy or cupy)."""
+
     kind = "exact"
 
     def __init__(self, vectors: Any, xp: Any = np, max_block: int = DEFAULT_MAX_BLOCK):
@@ -56,6 +62,7 @@ class ExactSearcher:
 
 class HnswSearcher:
     """faiss HNSW (CPU, numpy in and out)."""
+
     kind = "hnsw"
 
     def __init__(self, index: Any, ef_search: int = HNSW_DEFAULTS["ef_search"]):
@@ -63,9 +70,13 @@ class HnswSearcher:
         self.index.hnsw.efSearch = int(ef_search)
 
     @classmethod
-    def build(cls, vectors: np.ndarray, m: int = HNSW_DEFAULTS["m"],
-              ef_construction: int = HNSW_DEFAULTS["ef_construction"],
-              ef_search: int = HNSW_DEFAULTS["ef_search"]) -> "HnswSearcher":
+    def build(
+        cls,
+        vectors: np.ndarray,
+        m: int = HNSW_DEFAULTS["m"],
+        ef_construction: int = HNSW_DEFAULTS["ef_construction"],
+        ef_search: int = HNSW_DEFAULTS["ef_search"],
+    ) -> "HnswSearcher":
         faiss = _faiss()
         vec = np.ascontiguousarray(vectors, dtype=np.float32)
         index = faiss.IndexHNSWFlat(vec.shape[1], int(m))
@@ -97,9 +108,14 @@ def _faiss() -> Any:
     return faiss
 
 
-def write_index(bank_dir: str, manifest: BankManifest, kind: str, min_size: int,
-                params: Optional[Dict[str, int]] = None,
-                log: Callable[[str], None] = lambda s: None) -> IndexEntry:
+def write_index(
+    bank_dir: str,
+    manifest: BankManifest,
+    kind: str,
+    min_size: int,
+    params: Optional[Dict[str, int]] = None,
+    log: Callable[[str], None] = lambda s: None,
+) -> IndexEntry:
     """Build the index of every bank of at least min_size vectors in bank_dir; returns the manifest entry.
 
     Smaller banks stay exact (no file). The caller stores the entry as the manifest's ``index``.
@@ -108,7 +124,7 @@ def write_index(bank_dir: str, manifest: BankManifest, kind: str, min_size: int,
         raise IndexFileError(f"index {kind!r}: expected one of {sorted(SEARCHERS)}")
     if kind == "exact":
         return IndexEntry(kind, int(min_size))
-    p = dict(HNSW_DEFAULTS, **(params or {}))   # ef_search here is the default; each file records its own
+    p = dict(HNSW_DEFAULTS, **(params or {}))  # ef_search here is the default; each file records its own
     files: Dict[str, IndexFile] = {}
     for name in ("negative", "positive"):
         vec_file = f"{name}.npy"
@@ -151,7 +167,8 @@ def searchers_from_manifest(bank_dir: str, manifest: BankManifest, xp: Any = np)
         ef = f.ef_search if f.ef_search is not None else entry.params.get("ef_search", HNSW_DEFAULTS["ef_search"])
         s = HnswSearcher.load(path, int(ef))
         if s.index.ntotal != f.size or s.index.d != manifest.features.d:
-            raise IndexFileError(f"{path}: index holds {s.index.ntotal} x {s.index.d}, the bank {f.size} x "
-                                 f"{manifest.features.d}")
+            raise IndexFileError(
+                f"{path}: index holds {s.index.ntotal} x {s.index.d}, the bank {f.size} x {manifest.features.d}"
+            )
         out[name] = s
     return out

@@ -10,6 +10,7 @@ A bank built with a fitted projection (``features.projection`` other than 'rando
 hashed as ``features.projection_sha256``: the exporter, evaluate and update read it from here (a fitted
 projection is never refitted after the build). A random projection is not stored: its seed makes it again.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -35,13 +36,14 @@ from .nearest import DefectSources, SourcesError, check_sources
 from .roi import ROI_FILE, ROI_PNG, RoiError, check_roi
 from .spec import IDENTITY, RANDOM_PROJECTION, REQUIRED, FeatureSpec, SpecError
 
-FEATURE_KEYS = IDENTITY   # what makes two feature extractors interchangeable (FeatureSpec's identity)
+FEATURE_KEYS = IDENTITY  # what makes two feature extractors interchangeable (FeatureSpec's identity)
 PROJECTION_FILE = "projection.npy"
 
 
 @dataclass
 class Bank:
     """One memory bank: (n, d) float32 vectors and the (n, k-1) within-bank neighbour indices."""
+
     vectors: np.ndarray
     neighbors: np.ndarray
 
@@ -55,6 +57,7 @@ class BankPair:
     """The negative (normal) and positive (defect) banks with their manifest (a dict is read as one, validated);
     issue 27: the region of interest (bool (H, W) at the model input, roi.py; None: everywhere) and the positive
     bank's defect sources (nearest.py; None: banks built before them)."""
+
     negative: Bank
     positive: Optional[Bank]
     manifest: BankManifest
@@ -84,17 +87,23 @@ def projection_sha256(p: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(p, dtype=np.float32).tobytes()).hexdigest()
 
 
-def save_bank(directory: str, negative: Bank, positive: Optional[Bank],
-              manifest: Union[BankManifest, Mapping[str, Any]], projection: Optional[np.ndarray] = None,
-              roi: Optional[np.ndarray] = None, roi_png: Optional[bytes] = None,
-              sources: Optional[DefectSources] = None) -> BankManifest:
+def save_bank(
+    directory: str,
+    negative: Bank,
+    positive: Optional[Bank],
+    manifest: Union[BankManifest, Mapping[str, Any]],
+    projection: Optional[np.ndarray] = None,
+    roi: Optional[np.ndarray] = None,
+    roi_png: Optional[bytes] = None,
+    sources: Optional[DefectSources] = None,
+) -> BankManifest:
     """Write the arrays and manifest.json (with their checksums) into directory; returns the manifest written.
 
     projection: the extractor's matrix, required when the features' projection is fitted (written as
     projection.npy), never stored for a random one. roi: the input-sized ROI (roi.npy) and roi_png the mask file
     as given (roi.png); sources: the positive bank's defect sources (issue 27), one row per positive row."""
-    kind = type(manifest) if isinstance(manifest, BankManifest) else BankManifest   # an OfflineManifest stays one
-    if isinstance(manifest, BankManifest):      # what is written must read back: check it as a reader will
+    kind = type(manifest) if isinstance(manifest, BankManifest) else BankManifest  # an OfflineManifest stays one
+    if isinstance(manifest, BankManifest):  # what is written must read back: check it as a reader will
         manifest = manifest.to_dict()
     manifest = kind.from_dict(manifest, f"{os.path.join(directory, MANIFEST)} (to write)")
     os.makedirs(directory, exist_ok=True)
@@ -107,12 +116,13 @@ def save_bank(directory: str, negative: Bank, positive: Optional[Bank],
             np.save(path, np.ascontiguousarray(arr), allow_pickle=False)
             files[fname] = FileEntry(sha256_file(path), tuple(int(v) for v in arr.shape), str(arr.dtype))
     files.update(_save_projection(directory, manifest.features, projection))
-    extras: list = []     # (file name, array) of the optional files
+    extras: list = []  # (file name, array) of the optional files
     if roi is not None:
         extras.append((ROI_FILE, check_roi(np.asarray(roi), manifest.features.input_size, directory).astype(np.uint8)))
     if sources is not None:
-        check_sources(sources.rows, sources.images, sources.classes, 0 if positive is None else positive.size,
-                      directory)
+        check_sources(
+            sources.rows, sources.images, sources.classes, 0 if positive is None else positive.size, directory
+        )
         extras += list(sources.arrays())
     for fname, arr in extras:
         path = os.path.join(directory, fname)
@@ -136,13 +146,17 @@ def _save_projection(directory: str, features: FeatureSpec, projection: Optional
         return {}
     path = os.path.join(directory, PROJECTION_FILE)
     if projection is None:
-        raise BankError(f"{path}: the features use a fitted projection ({features.projection!r}): its matrix is "
-                        "needed to write the banks")
+        raise BankError(
+            f"{path}: the features use a fitted projection ({features.projection!r}): its matrix is "
+            "needed to write the banks"
+        )
     arr = np.ascontiguousarray(projection, dtype=np.float32)
     if arr.ndim != 2 or arr.shape[1] != features.d or projection_sha256(arr) != features.projection_sha256:
-        raise BankError(f"{path}: the projection given ({arr.shape}, sha256 {projection_sha256(arr)[:12]}...) is not "
-                        f"the features' ({features.projection}, d {features.d}, sha256 "
-                        f"{features.projection_sha256[:12]}...)")
+        raise BankError(
+            f"{path}: the projection given ({arr.shape}, sha256 {projection_sha256(arr)[:12]}...) is not "
+            f"the features' ({features.projection}, d {features.d}, sha256 "
+            f"{features.projection_sha256[:12]}...)"
+        )
     np.save(path, arr, allow_pickle=False)
     return {PROJECTION_FILE: FileEntry(sha256_file(path), tuple(int(v) for v in arr.shape), str(arr.dtype))}
 
@@ -156,17 +170,23 @@ def load_projection(directory: str, manifest: Optional[BankManifest] = None) -> 
         return None
     entry = manifest.files.get(PROJECTION_FILE)
     if entry is None:
-        raise BankError(f"{os.path.join(directory, MANIFEST)}: the features use a fitted projection "
-                        f"({f.projection!r}) but the bank lists no {PROJECTION_FILE}: rebuild the banks with "
-                        f"`exdd offline build DATASET --out DIR --projection {f.projection}`")
+        raise BankError(
+            f"{os.path.join(directory, MANIFEST)}: the features use a fitted projection "
+            f"({f.projection!r}) but the bank lists no {PROJECTION_FILE}: rebuild the banks with "
+            f"`exdd offline build DATASET --out DIR --projection {f.projection}`"
+        )
     arr = _load_array(directory, PROJECTION_FILE, entry)
     if arr.ndim != 2 or arr.shape[1] != f.d or arr.dtype != np.float32:
-        raise BankError(f"{os.path.join(directory, PROJECTION_FILE)}: shape/dtype {arr.shape}/{arr.dtype}, expected "
-                        f"(channels, {f.d}) float32")
+        raise BankError(
+            f"{os.path.join(directory, PROJECTION_FILE)}: shape/dtype {arr.shape}/{arr.dtype}, expected "
+            f"(channels, {f.d}) float32"
+        )
     digest = projection_sha256(arr)
     if digest != f.projection_sha256:
-        raise BankError(f"{os.path.join(directory, PROJECTION_FILE)}: the matrix hashes to {digest[:12]}..., the "
-                        f"features name {f.projection_sha256[:12]}...: not the projection the banks were built with")
+        raise BankError(
+            f"{os.path.join(directory, PROJECTION_FILE)}: the matrix hashes to {digest[:12]}..., the "
+            f"features name {f.projection_sha256[:12]}...: not the projection the banks were built with"
+        )
     return arr
 
 
@@ -209,8 +229,10 @@ def check_features(manifest_features: Any, expected: Any, where: str) -> None:
         hint = ""
         kinds = {manifest_features.get("projection", RANDOM_PROJECTION), expected.get("projection", RANDOM_PROJECTION)}
         if any(d.startswith("projection") for d in diffs) and kinds != {RANDOM_PROJECTION}:
-            hint = (" (a fitted projection belongs to the banks it was fitted for: extract with these banks' own, "
-                    "`exdd export onnx --banks DIR` bakes in their projection.npy)")
+            hint = (
+                " (a fitted projection belongs to the banks it was fitted for: extract with these banks' own, "
+                "`exdd export onnx --banks DIR` bakes in their projection.npy)"
+            )
         raise BankError(f"{where}: bank does not match the features it is used with -- " + "; ".join(diffs) + hint)
 
 
@@ -232,8 +254,10 @@ def _load_array(directory: str, fname: str, meta: FileEntry) -> np.ndarray:
         raise BankError(f"{path}: missing bank file")
     digest = sha256_file(path)
     if digest != meta.sha256:
-        raise BankError(f"{path}: checksum mismatch (file is {digest[:12]}..., manifest says "
-                        f"{meta.sha256[:12]}...): truncated or altered on disk")
+        raise BankError(
+            f"{path}: checksum mismatch (file is {digest[:12]}..., manifest says "
+            f"{meta.sha256[:12]}...): truncated or altered on disk"
+        )
     try:
         arr = np.load(path, allow_pickle=False)
     except (ValueError, OSError) as e:
@@ -243,8 +267,9 @@ def _load_array(directory: str, fname: str, meta: FileEntry) -> np.ndarray:
     return arr
 
 
-def load_banks(directory: str, expected_features: Any = None,
-               manifest_cls: Type[BankManifest] = BankManifest) -> BankPair:
+def load_banks(
+    directory: str, expected_features: Any = None, manifest_cls: Type[BankManifest] = BankManifest
+) -> BankPair:
     """Load and verify a bank directory; expected_features (a FeatureSpec, or a FEATURE_KEYS subset) must match; the
     manifest read as manifest_cls (see read_manifest)."""
     manifest = read_manifest(directory, manifest_cls)
@@ -260,8 +285,9 @@ def load_banks(directory: str, expected_features: Any = None,
         vec = _load_array(directory, f"{name}.npy", files[f"{name}.npy"])
         nbr = _load_array(directory, f"{name}_neighbors.npy", files[f"{name}_neighbors.npy"])
         if vec.ndim != 2 or vec.shape[1] != d or nbr.shape[0] != vec.shape[0]:
-            raise BankError(f"{directory}: {name} bank has shape {vec.shape} / neighbours {nbr.shape}, "
-                            f"expected (n, {d})")
+            raise BankError(
+                f"{directory}: {name} bank has shape {vec.shape} / neighbours {nbr.shape}, expected (n, {d})"
+            )
         if nbr.size and (nbr.min() < 0 or nbr.max() >= vec.shape[0]):
             raise BankError(f"{directory}: {name}_neighbors.npy holds indices outside the bank")
         banks[name] = Bank(vec, nbr) if vec.shape[0] > 0 else None
@@ -270,8 +296,11 @@ def load_banks(directory: str, expected_features: Any = None,
     roi, sources = None, None
     try:
         if ROI_FILE in files:
-            roi = check_roi(_load_array(directory, ROI_FILE, files[ROI_FILE]), manifest.features.input_size,
-                            os.path.join(directory, ROI_FILE))
+            roi = check_roi(
+                _load_array(directory, ROI_FILE, files[ROI_FILE]),
+                manifest.features.input_size,
+                os.path.join(directory, ROI_FILE),
+            )
         if all(f in files for f in SOURCE_FILES) and banks["positive"] is not None:
             rows, images, classes = (_load_array(directory, f, files[f]) for f in SOURCE_FILES)
             check_sources(rows, images, classes, banks["positive"].size, directory)

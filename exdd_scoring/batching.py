@@ -5,6 +5,7 @@ whose inputs are bad gets its own error response; when the batched run fails, ev
 alone, so one request's failure never sinks the others. Independent of Triton: the model passes its own
 functions (the backend's response and error types stay in model.py).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -14,8 +15,9 @@ from typing import Any, Callable, List, Optional, Sequence
 @dataclass(frozen=True)
 class Parsed:
     """One request's validated input: an array of n >= 1 images on its first axis, and what else it asked for."""
+
     array: Any
-    context: Any = None     # per-request options (a threshold, the outputs it asked for), handed back to run/respond
+    context: Any = None  # per-request options (a threshold, the outputs it asked for), handed back to run/respond
 
     @property
     def n(self) -> int:
@@ -27,9 +29,14 @@ def part(result: Any, start: int, stop: int) -> Any:
     return result.images(start, stop) if hasattr(result, "images") else result[start:stop]
 
 
-def run_batched(requests: Sequence[Any], parse: Callable[[Any], Parsed], run: Callable[[Any, List[Parsed]], Any],
-                respond: Callable[[Any, Parsed], Any], error: Callable[[Exception], Any],
-                concatenate: Callable[[List[Any]], Any]) -> List[Any]:
+def run_batched(
+    requests: Sequence[Any],
+    parse: Callable[[Any], Parsed],
+    run: Callable[[Any, List[Parsed]], Any],
+    respond: Callable[[Any, Parsed], Any],
+    error: Callable[[Exception], Any],
+    concatenate: Callable[[List[Any]], Any],
+) -> List[Any]:
     """The response of every request, in order.
 
     parse(request) -> Parsed (raises on bad input: that request's error(e)); run(batch, parsed) -> a result of

@@ -6,6 +6,7 @@ images at build time; its parameters are plain numbers stored in the bank manife
 hold-out has fewer than ``MIN_PER_CLASS`` images of either class the fit is not attempted and the fixed
 fallback ``log s- + log max(ratio map)`` is used, and the manifest says so.
 """
+
 from __future__ import annotations
 
 from typing import Any, Dict, Optional, Sequence, Union
@@ -14,10 +15,15 @@ import numpy as np
 
 FEATURES = ("log_s_neg", "log_ratio_map_max", "log_s_pos")
 MIN_PER_CLASS = 5
-FALLBACK = {"features": list(FEATURES), "mean": [0.0, 0.0, 0.0], "scale": [1.0, 1.0, 1.0],
-            "coef": [1.0, 1.0, 0.0], "intercept": 0.0, "fitted": False,
-            "note": f"fixed fallback log s- + log max(ratio map): fewer than {MIN_PER_CLASS} held-out images of "
-                    "a class"}
+FALLBACK = {
+    "features": list(FEATURES),
+    "mean": [0.0, 0.0, 0.0],
+    "scale": [1.0, 1.0, 1.0],
+    "coef": [1.0, 1.0, 0.0],
+    "intercept": 0.0,
+    "fitted": False,
+    "note": f"fixed fallback log s- + log max(ratio map): fewer than {MIN_PER_CLASS} held-out images of a class",
+}
 
 
 def fusion_features(s_neg: Any, ratio_map_max: Any, s_pos: Any, xp: Any, tiny: float = 1e-12) -> Any:
@@ -33,9 +39,15 @@ def fusion_score(x: Any, params: Dict[str, Any], xp: Any) -> Any:
     return ((x - mean) / scale) @ coef + float(params["intercept"])
 
 
-def fit_fusion(x: np.ndarray, labels: Union[Sequence[int], np.ndarray], l2: float = 1.0, iters: int = 50,
-               features: Sequence[str] = FEATURES, fallback: Optional[Dict[str, Any]] = None,
-               min_per_class: int = MIN_PER_CLASS) -> Dict[str, Any]:
+def fit_fusion(
+    x: np.ndarray,
+    labels: Union[Sequence[int], np.ndarray],
+    l2: float = 1.0,
+    iters: int = 50,
+    features: Sequence[str] = FEATURES,
+    fallback: Optional[Dict[str, Any]] = None,
+    min_per_class: int = MIN_PER_CLASS,
+) -> Dict[str, Any]:
     """Parameters of an L2-regularised logistic regression on standardised features (Newton steps);
     fallback (the fusion's FALLBACK) when either class has fewer than min_per_class images.
     features names x's columns (the fusion's three by default; the image head's are scores.HEAD_FEATURES)."""
@@ -47,7 +59,7 @@ def fit_fusion(x: np.ndarray, labels: Union[Sequence[int], np.ndarray], l2: floa
     scale[scale < 1e-9] = 1.0
     z = np.c_[(x - mean) / scale, np.ones(len(y))]
     w = np.zeros(z.shape[1])
-    reg = np.r_[np.full(z.shape[1] - 1, l2), 0.0]          # the intercept is not penalised
+    reg = np.r_[np.full(z.shape[1] - 1, l2), 0.0]  # the intercept is not penalised
     for _ in range(iters):
         p = 1.0 / (1.0 + np.exp(-(z @ w)))
         grad = z.T @ (p - y) + reg * w
@@ -56,6 +68,13 @@ def fit_fusion(x: np.ndarray, labels: Union[Sequence[int], np.ndarray], l2: floa
         w -= step
         if np.abs(step).max() < 1e-8:
             break
-    return {"features": list(features), "mean": mean.tolist(), "scale": scale.tolist(),
-            "coef": w[:-1].tolist(), "intercept": float(w[-1]), "fitted": True, "l2": l2,
-            "heldout": {"normal": int((y == 0).sum()), "defective": int((y == 1).sum())}}
+    return {
+        "features": list(features),
+        "mean": mean.tolist(),
+        "scale": scale.tolist(),
+        "coef": w[:-1].tolist(),
+        "intercept": float(w[-1]),
+        "fitted": True,
+        "l2": l2,
+        "heldout": {"normal": int((y == 0).sum()), "defective": int((y == 1).sum())},
+    }

@@ -3,6 +3,7 @@
 No distance block larger than ``max_block`` elements is ever materialised, whatever the
 number of queries and bank elements.
 """
+
 from __future__ import annotations
 
 from typing import Any, Tuple
@@ -22,8 +23,9 @@ def sq_norms(x: Any, xp: Any) -> Any:
     return xp.einsum("ij,ij->i", x, x).astype(xp.float32)
 
 
-def nearest(queries: Any, bank: Any, xp: Any, bank_sq: Any = None,
-            max_block: int = DEFAULT_MAX_BLOCK) -> Tuple[Any, Any]:
+def nearest(
+    queries: Any, bank: Any, xp: Any, bank_sq: Any = None, max_block: int = DEFAULT_MAX_BLOCK
+) -> Tuple[Any, Any]:
     """Distance to, and index of, the nearest bank row for every query row (exact, chunked)."""
     nq, nb = queries.shape[0], bank.shape[0]
     if nb == 0:
@@ -35,22 +37,21 @@ def nearest(queries: Any, bank: Any, xp: Any, bank_sq: Any = None,
     arg = xp.zeros((nq,), dtype=xp.int64)
     cq, cb = _chunks(nq, nb, max_block)
     for q0 in range(0, nq, cq):
-        q = queries[q0:q0 + cq]
+        q = queries[q0 : q0 + cq]
         for b0 in range(0, nb, cb):
-            block = q @ bank[b0:b0 + cb].T
+            block = q @ bank[b0 : b0 + cb].T
             block *= -2.0
-            block += bank_sq[None, b0:b0 + cb]
+            block += bank_sq[None, b0 : b0 + cb]
             i = xp.argmin(block, axis=1)
             v = xp.take_along_axis(block, i[:, None], axis=1)[:, 0]
-            better = v < best[q0:q0 + cq]
-            best[q0:q0 + cq] = xp.where(better, v, best[q0:q0 + cq])
-            arg[q0:q0 + cq] = xp.where(better, i + b0, arg[q0:q0 + cq])
+            better = v < best[q0 : q0 + cq]
+            best[q0 : q0 + cq] = xp.where(better, v, best[q0 : q0 + cq])
+            arg[q0 : q0 + cq] = xp.where(better, i + b0, arg[q0 : q0 + cq])
     d2 = xp.maximum(best + q_sq, 0.0)
     return xp.sqrt(d2).astype(xp.float32), arg
 
 
-def topk_nearest(queries: Any, bank: Any, k: int, xp: Any,
-                 max_block: int = DEFAULT_MAX_BLOCK) -> Tuple[Any, Any]:
+def topk_nearest(queries: Any, bank: Any, k: int, xp: Any, max_block: int = DEFAULT_MAX_BLOCK) -> Tuple[Any, Any]:
     """The k nearest bank rows of every query row, sorted by distance (exact, chunked)."""
     nq, nb = queries.shape[0], bank.shape[0]
     k = min(k, nb)
@@ -61,15 +62,15 @@ def topk_nearest(queries: Any, bank: Any, k: int, xp: Any,
     dist = xp.empty((nq, k), dtype=xp.float32)
     idx = xp.empty((nq, k), dtype=xp.int64)
     for q0 in range(0, nq, cq):
-        block = queries[q0:q0 + cq] @ bank.T
+        block = queries[q0 : q0 + cq] @ bank.T
         block *= -2.0
         block += bank_sq[None, :]
-        block += q_sq[q0:q0 + cq, None]
+        block += q_sq[q0 : q0 + cq, None]
         part = xp.argpartition(block, k - 1, axis=1)[:, :k] if k < nb else xp.tile(xp.arange(nb), (block.shape[0], 1))
         vals = xp.take_along_axis(block, part, axis=1)
         order = xp.argsort(vals, axis=1, kind="stable")
-        idx[q0:q0 + cq] = xp.take_along_axis(part, order, axis=1)
-        dist[q0:q0 + cq] = xp.sqrt(xp.maximum(xp.take_along_axis(vals, order, axis=1), 0.0))
+        idx[q0 : q0 + cq] = xp.take_along_axis(part, order, axis=1)
+        dist[q0 : q0 + cq] = xp.sqrt(xp.maximum(xp.take_along_axis(vals, order, axis=1), 0.0))
     return dist, idx
 
 

@@ -19,6 +19,7 @@ and the CLI. Each section is a frozen dataclass whose field types drive reading 
 
 numpy-free and standard library only (the package is copied into Triton model repositories).
 """
+
 from __future__ import annotations
 
 import json
@@ -43,11 +44,11 @@ from .records import (
 from .scores import DEFAULT_GAMMA, DEFAULT_MODE, MODE_REGISTRY, TOPK_FRACTION
 from .spec import FeatureSpec, SpecError
 
-MANIFEST_VERSION = 3          # this schema; manifests without "version" are version 0 (untyped, before it)
+MANIFEST_VERSION = 3  # this schema; manifests without "version" are version 0 (untyped, before it)
 # 1: the typed manifest. 2 (issue 25): sources.heldout_rule and heldout_fraction (absent: the seeded listing-order
 #    hold-out, fraction unrecorded); scoring.topk and scoring.head (absent: TOPK_FRACTION, the head's fallback)
 # 3 (issue 27): line (review band, confidence, pixel threshold, min area, ROI; absent: LineRules' meaning of None)
-BANK_FORMAT_VERSION = 1       # the bank directory: .npy arrays listed with their sha256 in "files"
+BANK_FORMAT_VERSION = 1  # the bank directory: .npy arrays listed with their sha256 in "files"
 MANIFEST = "manifest.json"
 REBUILD = "rebuild the banks with `exdd offline build DATASET --out DIR`"
 
@@ -66,28 +67,38 @@ class ManifestError(BankError):
 def check_k(k: Any, name: str) -> int:
     """k as an int >= MIN_K; ManifestError naming name ('FILE: k') otherwise."""
     if isinstance(k, bool) or not isinstance(k, int) or k < MIN_K:
-        raise ManifestError(f"{name} = {k!r}: the neighbourhood size of the reweighting must be an integer "
-                            f">= {MIN_K} (k = 1 leaves no neighbours and makes every exdd score s_neg / eps)")
+        raise ManifestError(
+            f"{name} = {k!r}: the neighbourhood size of the reweighting must be an integer "
+            f">= {MIN_K} (k = 1 leaves no neighbours and makes every exdd score s_neg / eps)"
+        )
     return k
 
 
 def check_mode(value: Any, name: str) -> str:
     """A registered scoring mode (the registry names the choices)."""
     if not isinstance(value, str) or value not in MODE_REGISTRY:
-        raise ManifestError(f"{name}: unknown scoring mode {value!r}: expected one of {', '.join(MODE_REGISTRY)} "
-                            f"(a mode since removed? {REBUILD} --mode ...)")
+        raise ManifestError(
+            f"{name}: unknown scoring mode {value!r}: expected one of {', '.join(MODE_REGISTRY)} "
+            f"(a mode since removed? {REBUILD} --mode ...)"
+        )
     return value
 
 
 def safe_name(name: Any, where: str) -> str:
     """A manifest file entry must be a plain file name inside the bank directory."""
-    if not isinstance(name, str) or not name or name != os.path.basename(name) or name in (".", "..") \
-            or "\\" in name or "\x00" in name:
+    if (
+        not isinstance(name, str)
+        or not name
+        or name != os.path.basename(name)
+        or name in (".", "..")
+        or "\\" in name
+        or "\x00" in name
+    ):
         raise BankError(f"{where}: file entry {name!r} is not a plain file name inside the bank directory")
     return name
 
 
-if typing.TYPE_CHECKING:   # to a type checker the checked scalars are their base types (checked when parsed)
+if typing.TYPE_CHECKING:  # to a type checker the checked scalars are their base types (checked when parsed)
     K = int
     ModeName = str
     FileName = str
@@ -98,9 +109,11 @@ SCALARS.update({K: check_k, ModeName: check_mode, FileName: safe_name})
 
 # ---- the sections ----------------------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class FileEntry(Record):
     """One array file of the bank directory: its sha256, shape and dtype (verified on load)."""
+
     sha256: Name
     shape: Tuple[int, ...]
     dtype: Name
@@ -109,17 +122,19 @@ class FileEntry(Record):
 @dataclass(frozen=True)
 class Thresholds(Record):
     """The calibrated decision thresholds per mode (score >= value is a defect); no values: uncalibrated."""
+
     rule: Name = "f1"
     target_fpr: Finite = 0.01
     values: Mapping[str, Finite] = field(default_factory=dict)
-    detail: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)   # calibrate.threshold's record per mode
-    calibrated: Optional[Mapping[str, Any]] = None                          # set by update's recalibration
+    detail: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # calibrate.threshold's record per mode
+    calibrated: Optional[Mapping[str, Any]] = None  # set by update's recalibration
 
 
 @dataclass(frozen=True)
 class Fusion(Record):
     """The fusion mode's logistic model (fusion.fit_fusion): standardisation, coefficients, intercept; also the
     image head's, with its cross-validation record."""
+
     mean: Tuple[Finite, ...]
     scale: Tuple[Finite, ...]
     coef: Tuple[Finite, ...]
@@ -128,16 +143,18 @@ class Fusion(Record):
     fitted: bool = True
     note: Optional[str] = None
     l2: Optional[float] = None
-    heldout: Optional[Mapping[str, int]] = None     # {'normal', 'defective'} images it was fitted on
-    cv_auroc: Optional[float] = None                # the image head: cross-validated AUROC of the model
-    fallback_cv_auroc: Optional[float] = None       # ... and of its fixed fallback on the same images
-    folds: Optional[int] = None                     # ... cross-validation folds (also the cross-fit folds)
-    crossfit: Optional[int] = None                  # ... defective training images scored by a fold's positive bank
+    heldout: Optional[Mapping[str, int]] = None  # {'normal', 'defective'} images it was fitted on
+    cv_auroc: Optional[float] = None  # the image head: cross-validated AUROC of the model
+    fallback_cv_auroc: Optional[float] = None  # ... and of its fixed fallback on the same images
+    folds: Optional[int] = None  # ... cross-validation folds (also the cross-fit folds)
+    crossfit: Optional[int] = None  # ... defective training images scored by a fold's positive bank
 
     def check(self, at) -> None:
         if not len(self.mean) == len(self.scale) == len(self.coef) >= 1:
-            raise RecordError(f"{at('mean')}, scale and coef must be lists of one length, got "
-                              f"{len(self.mean)}, {len(self.scale)}, {len(self.coef)}")
+            raise RecordError(
+                f"{at('mean')}, scale and coef must be lists of one length, got "
+                f"{len(self.mean)}, {len(self.scale)}, {len(self.coef)}"
+            )
         if any(s == 0 for s in self.scale):
             fail(at("scale"), "non-zero numbers", list(self.scale))
         if self.heldout is not None:
@@ -148,6 +165,7 @@ class Fusion(Record):
 class Scoring(Record):
     """The scoring parameters the modes read: gamma of dual, the fitted fusion (None: its fixed fallback), the top-k
     fraction of the top-k modes, the image head (None: its fixed fallback)."""
+
     gamma: Finite = DEFAULT_GAMMA
     fusion: Optional[Fusion] = None
     topk: Finite = TOPK_FRACTION
@@ -167,6 +185,7 @@ class Scoring(Record):
 @dataclass(frozen=True)
 class IndexFile(Record):
     """One bank's approximate-search index file: its sha256, efSearch, and the vectors it indexes (sha256, count)."""
+
     file: str
     sha256: str
     vectors_sha256: str
@@ -177,6 +196,7 @@ class IndexFile(Record):
 @dataclass(frozen=True)
 class IndexEntry(Record):
     """The repository's nearest-neighbour index (exdd_scoring.ann): kind, min bank size, parameters, files per bank."""
+
     kind: Name
     min_size: int = 0
     params: Mapping[str, int] = field(default_factory=dict)
@@ -187,6 +207,7 @@ class IndexEntry(Record):
 class ReviewBand(Record):
     """One mode's review band (issue 27, offline/calibrate.review_band): ok below ok_below (T1), defect at or above
     defect_above (T2), review between; detail is the calibration's record (rates, held-out counts)."""
+
     ok_below: Finite
     defect_above: Finite
     detail: Mapping[str, Any] = field(default_factory=dict)
@@ -200,12 +221,13 @@ class ReviewBand(Record):
 class Confidence(Record):
     """One mode's confidence model (verdict.confidence): P(defect) = sigmoid((asinh(score) - mean) / scale x coef
     + intercept), fitted on the hold-out (offline/calibrate.fit_confidence)."""
+
     mean: Finite
     scale: Finite
     coef: Finite
     intercept: Finite
     transform: Name = "asinh"
-    heldout: Optional[Mapping[str, int]] = None     # {'normal', 'defective'} images it was fitted on
+    heldout: Optional[Mapping[str, int]] = None  # {'normal', 'defective'} images it was fitted on
 
     def check(self, at) -> None:
         if self.scale == 0:
@@ -220,6 +242,7 @@ class Confidence(Record):
 class RoiInfo(Record):
     """The region of interest the banks were built with (issue 27): the sha256 of the mask file as given (roi.png
     in the bank, also in files), where it came from, and how many patches of the grid it keeps."""
+
     sha256: Name
     source: str = ""
     patches_inside: int = 0
@@ -232,6 +255,7 @@ class LineRules(Record):
     the confidence model, the pixel threshold of the served map (its regions give area and box), the minimum
     defect area (pixels, 0 = off), the ROI, where the defect classes came from. Absent (banks before version 3):
     no ROI, min area 0, the band [T, T] (ok / defect as IS_DEFECT), confidence unknown (NaN), no regions."""
+
     review: Mapping[str, ReviewBand] = field(default_factory=dict)
     confidence: Mapping[str, Confidence] = field(default_factory=dict)
     pixel_threshold: Mapping[str, Finite] = field(default_factory=dict)
@@ -243,6 +267,7 @@ class LineRules(Record):
 
 # ---- the manifest ----------------------------------------------------------------------------------------------
 
+
 def upgrade(data: Any, where: str) -> Dict[str, Any]:
     """A parsed manifest.json of any version up to MANIFEST_VERSION as a current-version dict (what an older
     version left out filled with its documented meaning); ManifestError for a newer version or a non-object."""
@@ -253,42 +278,45 @@ def upgrade(data: Any, where: str) -> Dict[str, Any]:
     except RecordError as e:
         raise ManifestError(str(e)) from None
     if version > MANIFEST_VERSION:
-        raise ManifestError(f"{where}: manifest version {version} was written by a newer exdd (this one reads "
-                            f"versions up to {MANIFEST_VERSION}): upgrade exdd, or {REBUILD}")
+        raise ManifestError(
+            f"{where}: manifest version {version} was written by a newer exdd (this one reads "
+            f"versions up to {MANIFEST_VERSION}): upgrade exdd, or {REBUILD}"
+        )
     d = dict(data, version=MANIFEST_VERSION)
-    if version < 1:      # untyped: a null section meant absent; before 2026-11-29 no scoring (dual's gamma 1)
+    if version < 1:  # untyped: a null section meant absent; before 2026-11-29 no scoring (dual's gamma 1)
         d = {k: v for k, v in d.items() if v is not None or k not in ("threshold", "scoring")}
         d.setdefault("scoring", {"gamma": DEFAULT_GAMMA})
-    if version < 2 and isinstance(d.get("scoring"), Mapping):     # issue 25: the top-k fraction and the image head
+    if version < 2 and isinstance(d.get("scoring"), Mapping):  # issue 25: the top-k fraction and the image head
         d["scoring"] = {"topk": TOPK_FRACTION, "head": None, **d["scoring"]}
     return d
 
 
-Provenance = Optional[Mapping[str, Any]]      # a JSON object no served scorer reads (provenance.py types it)
+Provenance = Optional[Mapping[str, Any]]  # a JSON object no served scorer reads (provenance.py types it)
 
 
 @dataclass(frozen=True)
 class BankManifest(Record):
     """manifest.json of a bank directory: features, k, the served defaults, calibration, provenance, file checksums."""
+
     features: FeatureSpec
     k: K
     default_mode: ModeName = DEFAULT_MODE
-    modes: Tuple[str, ...] = ()                     # the modes registered when the banks were built
+    modes: Tuple[str, ...] = ()  # the modes registered when the banks were built
     threshold: Thresholds = field(default_factory=Thresholds)
     scoring: Scoring = field(default_factory=Scoring)
-    coreset: Provenance = None                      # the coreset settings and bank statistics
+    coreset: Provenance = None  # the coreset settings and bank statistics
     defect_patch_rule: Provenance = None
-    sources: Provenance = None                      # what the banks were built from
-    weights_note: str = ""                          # e.g. a random-init backbone: scores not meaningful
-    created: str = ""                               # ISO time (UTC) of the build or update
-    tool: str = ""                                  # 'exdd VERSION' that wrote it
-    parent: Provenance = None                       # set by offline update
-    updates: Tuple[Mapping[str, Any], ...] = ()     # the update history of this lineage, oldest first
-    index: Optional[IndexEntry] = None              # set by `export repository --index` on the copied banks
-    line: Optional[LineRules] = None                # issue 27: review band, confidence, regions, ROI (None: before)
-    files: Mapping[FileName, FileEntry] = field(default_factory=dict)   # set by save_bank
+    sources: Provenance = None  # what the banks were built from
+    weights_note: str = ""  # e.g. a random-init backbone: scores not meaningful
+    created: str = ""  # ISO time (UTC) of the build or update
+    tool: str = ""  # 'exdd VERSION' that wrote it
+    parent: Provenance = None  # set by offline update
+    updates: Tuple[Mapping[str, Any], ...] = ()  # the update history of this lineage, oldest first
+    index: Optional[IndexEntry] = None  # set by `export repository --index` on the copied banks
+    line: Optional[LineRules] = None  # issue 27: review band, confidence, regions, ROI (None: before)
+    files: Mapping[FileName, FileEntry] = field(default_factory=dict)  # set by save_bank
     format_version: int = BANK_FORMAT_VERSION
-    version: int = MANIFEST_VERSION                 # as read (0: no version key); to_dict writes the current one
+    version: int = MANIFEST_VERSION  # as read (0: no version key); to_dict writes the current one
 
     def __post_init__(self) -> None:
         """Fields set in code must hold their declared types (parsed ones do by construction)."""
@@ -298,8 +326,10 @@ class BankManifest(Record):
             if want is tuple:
                 object.__setattr__(self, f.name, tuple(value))
             elif isinstance(want, type) and not (value is None and opt) and not isinstance(value, want):
-                raise ManifestError(f"bank manifest: {f.name} must be a {want.__name__}{' or None' if opt else ''}, "
-                                    f"got {type(value).__name__}")
+                raise ManifestError(
+                    f"bank manifest: {f.name} must be a {want.__name__}{' or None' if opt else ''}, "
+                    f"got {type(value).__name__}"
+                )
         check_k(self.k, "bank manifest: k")
         check_mode(self.default_mode, "bank manifest: default_mode")
         for name in self.files:
@@ -311,7 +341,7 @@ class BankManifest(Record):
         field."""
         if isinstance(data, cls):
             return data
-        if isinstance(data, BankManifest):        # read as the other kind (OfflineManifest <-> BankManifest)
+        if isinstance(data, BankManifest):  # read as the other kind (OfflineManifest <-> BankManifest)
             data = {**data.to_dict(), "version": data.version}
         try:
             return super().from_dict({**upgrade(data, where), "version": data.get("version", 0)}, where, path)

@@ -6,6 +6,7 @@ with the scorer ``exdd_line3_scorer``; the default product (a repository built w
 ``--product``) keeps the names of a one-product repository, ``exdd`` and ``exdd_scorer``.
 Standard library only: the scorer model imports it from its own copy of this package.
 """
+
 from __future__ import annotations
 
 import re
@@ -15,10 +16,10 @@ from typing import Optional
 PREFIX = "exdd"
 SCORER_SUFFIX = "_scorer"
 FEATURES_MODEL = "exdd_features"
-PREPROCESS_MODEL = "exdd_preprocess"     # shared: decodes and resizes any picture for every product
-ENSEMBLE_MODEL = PREFIX                 # the default product's ensemble, the one clients send pictures to
-SCORER_MODEL = PREFIX + SCORER_SUFFIX   # the default product's scorer
-DEFAULT_LABEL = "default"              # the `product` of the default product (metrics label, scorer parameter)
+PREPROCESS_MODEL = "exdd_preprocess"  # shared: decodes and resizes any picture for every product
+ENSEMBLE_MODEL = PREFIX  # the default product's ensemble, the one clients send pictures to
+SCORER_MODEL = PREFIX + SCORER_SUFFIX  # the default product's scorer
+DEFAULT_LABEL = "default"  # the `product` of the default product (metrics label, scorer parameter)
 # request parameter of a scorer (and so of an ensemble, which passes parameters on): false answers without
 # ANOMALY_MAP, which is then not computed. Triton asks an ensemble's scorer for every output, so the client says it.
 MAP_PARAMETER = "anomaly_map"
@@ -35,21 +36,28 @@ class ProductError(ValueError):
 def check_name(name: str) -> str:
     """name if it is a valid product name, else ProductError naming it and the rule."""
     if not isinstance(name, str) or not NAME_RE.fullmatch(name):
-        raise ProductError(f"product name {name!r}: expected 1-63 lowercase letters, digits, '_' or '-', "
-                           "starting with a letter or digit")
+        raise ProductError(
+            f"product name {name!r}: expected 1-63 lowercase letters, digits, '_' or '-', "
+            "starting with a letter or digit"
+        )
     if name in RESERVED:
-        raise ProductError(f"product name {name!r} is reserved (the shared models exdd_features, exdd_preprocess, "
-                           "the default product's scorer exdd_scorer and label default); "
-                           f"reserved: {', '.join(RESERVED)}")
+        raise ProductError(
+            f"product name {name!r} is reserved (the shared models exdd_features, exdd_preprocess, "
+            "the default product's scorer exdd_scorer and label default); "
+            f"reserved: {', '.join(RESERVED)}"
+        )
     if name.endswith(SCORER_SUFFIX):
-        raise ProductError(f"product name {name!r} ends with {SCORER_SUFFIX!r}: its ensemble would be named like "
-                           "another product's scorer")
+        raise ProductError(
+            f"product name {name!r} ends with {SCORER_SUFFIX!r}: its ensemble would be named like "
+            "another product's scorer"
+        )
     return name
 
 
 @dataclass(frozen=True)
 class ProductModels:
     """The Triton models of one product (product None: the default product of a one-product repository)."""
+
     product: Optional[str] = None
 
     def __post_init__(self) -> None:
@@ -83,7 +91,7 @@ def of_scorer(model: str) -> Optional[ProductModels]:
         return ProductModels(None)
     if model.startswith(PREFIX + "_") and model.endswith(SCORER_SUFFIX):
         try:
-            return ProductModels(model[len(PREFIX) + 1:-len(SCORER_SUFFIX)])
+            return ProductModels(model[len(PREFIX) + 1 : -len(SCORER_SUFFIX)])
         except ProductError:
             return None
     return None

@@ -9,6 +9,7 @@ The rule: the image's peak defect patch is the argmax of its served patch map (i
 outside), and its nearest positive-bank row (already found by the scorer's one kNN pass) names the source image
 and its class.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ SOURCES_FILE = "positive_sources.npy"
 IMAGES_FILE = "defect_images.npy"
 CLASSES_FILE = "defect_classes.npy"
 FILES = (SOURCES_FILE, IMAGES_FILE, CLASSES_FILE)
-Indices = Union[Sequence[int], np.ndarray]   # a list or an integer array of row / image indices
+Indices = Union[Sequence[int], np.ndarray]  # a list or an integer array of row / image indices
 
 
 class SourcesError(ValueError):
@@ -30,9 +31,10 @@ class SourcesError(ValueError):
 @dataclass(frozen=True)
 class DefectSources:
     """Per positive-bank row, its source image (index into images) and each image's class."""
-    rows: np.ndarray        # (n,) int32 index into images
-    images: np.ndarray      # (m,) unicode paths
-    classes: np.ndarray     # (m,) unicode class names ("" = none)
+
+    rows: np.ndarray  # (n,) int32 index into images
+    images: np.ndarray  # (m,) unicode paths
+    classes: np.ndarray  # (m,) unicode class names ("" = none)
 
     def __post_init__(self) -> None:
         check_sources(self.rows, self.images, self.classes, None, "positive-bank sources")
@@ -54,8 +56,10 @@ class DefectSources:
         """(source images, classes) of positive-bank row indices (any array module; -1 = none: "", "")."""
         idx = np.asarray(bank_rows.get() if hasattr(bank_rows, "get") else bank_rows, dtype=np.int64).reshape(-1)
         src = [int(self.rows[i]) if i >= 0 else -1 for i in idx]
-        return ([str(self.images[s]) if s >= 0 else "" for s in src],
-                [str(self.classes[s]) if s >= 0 else "" for s in src])
+        return (
+            [str(self.images[s]) if s >= 0 else "" for s in src],
+            [str(self.classes[s]) if s >= 0 else "" for s in src],
+        )
 
 
 def _strings(values: Sequence[str]) -> np.ndarray:

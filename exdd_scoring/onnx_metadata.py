@@ -7,6 +7,7 @@ model may import nothing else. Standard library at import time; ``read_metadata`
 when called (the library ``runtimes`` already opens the same file with, and a declared dependency of
 every Python that reads an exported file), so the package stays numpy + stdlib for the scorer.
 """
+
 from __future__ import annotations
 
 import json
@@ -29,8 +30,9 @@ def metadata_entries(features: Mapping[str, Any], precision: str) -> Dict[str, s
 def features_of(meta: Mapping[str, str], where: str) -> Dict[str, Any]:
     """The features fingerprint (a dict) in metadata entries; OnnxMetadataError naming where when absent or bad."""
     if FEATURES_KEY not in meta:
-        raise OnnxMetadataError(f"{where}: no '{FEATURES_KEY}' in the ONNX metadata "
-                                "(not exported by exdd export onnx?)")
+        raise OnnxMetadataError(
+            f"{where}: no '{FEATURES_KEY}' in the ONNX metadata (not exported by exdd export onnx?)"
+        )
     try:
         feats = json.loads(meta[FEATURES_KEY])
     except ValueError as e:

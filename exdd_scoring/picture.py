@@ -5,6 +5,7 @@ numpy + Pillow (the one module of the scoring package that needs Pillow; nothing
 ``exdd_scoring/__init__``, so the scorer and features models never load it). Errors name what was read
 (a file's path, a request's input) through ``what``.
 """
+
 from __future__ import annotations
 
 import io

@@ -8,6 +8,7 @@ mask is brought to the host.
 A box is [x0, y0, x1, y1] in the map's pixels (the model input frame, as ANOMALY_MAP and the ROI), x1 and y1
 exclusive (width x1 - x0); [0, 0, 0, 0] with area 0 when no pixel is above the threshold.
 """
+
 from __future__ import annotations
 
 from typing import Any, Tuple
@@ -35,7 +36,7 @@ def run_labels(row: np.ndarray, start: np.ndarray, end: np.ndarray, width: int) 
     if n < 2:
         return labels
     stride = width + 2
-    key_s, key_e = row * stride + start, row * stride + end   # both sorted (runs of a row are disjoint, in order)
+    key_s, key_e = row * stride + start, row * stride + end  # both sorted (runs of a row are disjoint, in order)
     below = row > 0
     b = np.nonzero(below)[0]
     # runs a of the row above touching run b: a.end >= b.start and a.start <= b.end (8-connected, end exclusive)
@@ -51,7 +52,7 @@ def run_labels(row: np.ndarray, start: np.ndarray, end: np.ndarray, width: int) 
         new = labels.copy()
         np.minimum.at(new, u, m)
         np.minimum.at(new, v, m)
-        new = new[new]                     # pointer jumping: a label points at a run whose label may be smaller
+        new = new[new]  # pointer jumping: a label points at a run whose label may be smaller
         if np.array_equal(new, labels):
             return labels
         labels = new
@@ -93,5 +94,9 @@ def box_in_image(box, input_hw: Tuple[int, int], image_hw: Tuple[int, int]) -> T
     if (x0, y0, x1, y1) == NO_BOX:
         return NO_BOX
     sy, sx = image_hw[0] / input_hw[0], image_hw[1] / input_hw[1]
-    return (int(np.floor(x0 * sx)), int(np.floor(y0 * sy)),
-            min(int(np.ceil(x1 * sx)), int(image_hw[1])), min(int(np.ceil(y1 * sy)), int(image_hw[0])))
+    return (
+        int(np.floor(x0 * sx)),
+        int(np.floor(y0 * sy)),
+        min(int(np.ceil(x1 * sx)), int(image_hw[1])),
+        min(int(np.ceil(y1 * sy)), int(image_hw[0])),
+    )

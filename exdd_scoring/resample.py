@@ -5,6 +5,7 @@ Bilinear upsampling (torch ``align_corners=False`` semantics) followed by a Gaus
 ``map_full = S_h @ map @ S_w.T`` with ``S = G @ U`` for each axis. The same code runs on numpy
 and cupy and costs a few MFLOP per image.
 """
+
 from __future__ import annotations
 
 from typing import Any, Tuple
@@ -48,8 +49,9 @@ def gaussian_matrix(n: int, sigma: float, truncate: float = 4.0) -> np.ndarray:
     return m
 
 
-def upsample_smooth_matrices(grid_hw: Tuple[int, int], out_hw: Tuple[int, int],
-                             sigma: float) -> Tuple[np.ndarray, np.ndarray]:
+def upsample_smooth_matrices(
+    grid_hw: Tuple[int, int], out_hw: Tuple[int, int], sigma: float
+) -> Tuple[np.ndarray, np.ndarray]:
     """Row and column operators (S_h, S_w) taking a grid map to a smoothed image-sized map."""
     sh = gaussian_matrix(out_hw[0], sigma) @ bilinear_matrix(out_hw[0], grid_hw[0])
     sw = gaussian_matrix(out_hw[1], sigma) @ bilinear_matrix(out_hw[1], grid_hw[1])

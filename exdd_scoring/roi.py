@@ -10,6 +10,7 @@ no image decoder. Two rules, written once here:
   to 0 (their distance to the normal bank) before the image score, so nothing outside can raise an alarm; the
   image-sized maps are 0 outside the pixel ROI.
 """
+
 from __future__ import annotations
 
 from typing import Any, Tuple
@@ -18,7 +19,7 @@ import numpy as np
 
 ROI_PNG = "roi.png"
 ROI_FILE = "roi.npy"
-PATCH_COVER = 0.5       # a patch is inside the ROI when at least this share of its cell is
+PATCH_COVER = 0.5  # a patch is inside the ROI when at least this share of its cell is
 
 
 class RoiError(ValueError):
@@ -28,7 +29,7 @@ class RoiError(ValueError):
 def input_roi(mask: np.ndarray, input_hw: Tuple[int, int], what: str = "ROI") -> np.ndarray:
     """(H, W) bool ROI at the model input size from a mask of any size (nonzero / True = inspect)."""
     m = np.asarray(mask)
-    if m.ndim == 3:                          # a colour mask: any channel lit counts
+    if m.ndim == 3:  # a colour mask: any channel lit counts
         m = m.max(axis=2)
     if m.ndim != 2 or m.shape[0] < 1 or m.shape[1] < 1:
         raise RoiError(f"{what}: expected a 2-D mask, got shape {tuple(np.asarray(mask).shape)}")

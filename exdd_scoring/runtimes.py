@@ -8,6 +8,7 @@ library only when opened (numpy + that library):
 - ``openvino``: the fp32 file compiled by OpenVINO for the CPU at an inference precision: ``bf16`` uses the
   AVX-512 BF16 / AMX units where the CPU has them (OpenVINO runs f32 where it has not), ``f32`` is exact.
 """
+
 from __future__ import annotations
 
 from typing import Any, Callable, Dict, List, Optional
@@ -27,10 +28,11 @@ class OnnxRuntimeRunner:
 
     def __init__(self, path: str, precision: str = "", threads: int = 0, device: Optional[int] = None):
         import onnxruntime as ort
+
         opts = ort.SessionOptions()
-        if threads and threads > 0:          # else ONNX Runtime's default (one thread per physical core)
+        if threads and threads > 0:  # else ONNX Runtime's default (one thread per physical core)
             opts.intra_op_num_threads = int(threads)
-        providers: List[Any] = ["CPUExecutionProvider"]   # names, or (name, options)
+        providers: List[Any] = ["CPUExecutionProvider"]  # names, or (name, options)
         self.note = ""
         if device is not None:
             if "CUDAExecutionProvider" in ort.get_available_providers():
@@ -56,6 +58,7 @@ class OpenVinoRunner:
 
     def __init__(self, path: str, precision: str = "bf16", threads: int = 0, device: Optional[int] = None):
         import openvino as ov
+
         if precision not in OPENVINO_PRECISIONS:
             raise ValueError(f"OpenVINO inference precision {precision!r}: expected one of {OPENVINO_PRECISIONS}")
         core = ov.Core()
@@ -64,7 +67,7 @@ class OpenVinoRunner:
         if precision == "bf16" and "BF16" not in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
             self.note = "this CPU has no bf16 units: OpenVINO runs f32"
         config: Dict[str, Any] = {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY"}
-        if threads and threads > 0:          # else OpenVINO's default (its CPU plugin picks the cores)
+        if threads and threads > 0:  # else OpenVINO's default (its CPU plugin picks the cores)
             config["INFERENCE_NUM_THREADS"] = int(threads)
         self.compiled = core.compile_model(self.model, "CPU", config)
         self.request = self.compiled.create_infer_request()

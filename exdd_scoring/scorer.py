@@ -1,4 +1,5 @@
 """The scorer: banks held on one device (numpy or cupy) and every mode computed in one pass."""
+
 from __future__ import annotations
 
 import warnings
@@ -24,9 +25,16 @@ def map_of_mode(name: str) -> str:
 class Scorer:
     """Scores (B, h, w, d) patch features against a BankPair with the math of ``scores``."""
 
-    def __init__(self, banks: BankPair, xp: Any = np, sigma: float = 4.0, eps: float = 1e-6,
-                 out_hw: Optional[Tuple[int, int]] = None, max_block: int = DEFAULT_MAX_BLOCK,
-                 searchers: Optional[Dict[str, Any]] = None):
+    def __init__(
+        self,
+        banks: BankPair,
+        xp: Any = np,
+        sigma: float = 4.0,
+        eps: float = 1e-6,
+        out_hw: Optional[Tuple[int, int]] = None,
+        max_block: int = DEFAULT_MAX_BLOCK,
+        searchers: Optional[Dict[str, Any]] = None,
+    ):
         # searchers: optional {'negative'|'positive': object with nearest(queries) -> (dist, idx)} (see ann.py);
         # banks without one use the exact chunked search
         self.searchers = dict(searchers or {})
@@ -47,17 +55,21 @@ class Scorer:
             self.pos_sq = sq_norms(self.pos, xp)
             self.pos_nb = xp.asarray(positive.neighbors, dtype=xp.int64)
         else:
-            warnings.warn("the positive (defect) bank is empty: all modes fall back to "
-                          "patchcore (negative bank only)", RuntimeWarning, stacklevel=2)
+            warnings.warn(
+                "the positive (defect) bank is empty: all modes fall back to patchcore (negative bank only)",
+                RuntimeWarning,
+                stacklevel=2,
+            )
         s_h, s_w = upsample_smooth_matrices(self.grid, self.out_hw, sigma)
         self.s_h, self.s_w = xp.asarray(s_h), xp.asarray(s_w)
         self.thresholds: Dict[str, float] = banks.manifest.thresholds
-        self.default_mode = banks.manifest.default_mode             # a registered mode (the manifest checks it)
+        self.default_mode = banks.manifest.default_mode  # a registered mode (the manifest checks it)
         self.params = banks.manifest.scoring.params()
-        if self.has_positive:                                       # the bounded scale of ratio_b / dual_b / raise
+        if self.has_positive:  # the bounded scale of ratio_b / dual_b / raise
             # the positive bank's spacing, floored by the negative bank's (a one-row or duplicated bank has none)
-            self.params["pos_scale"] = positive_scale(bank_scale(self.pos, self.pos_nb, xp),
-                                                      bank_scale(self.neg, self.neg_nb, xp))
+            self.params["pos_scale"] = positive_scale(
+                bank_scale(self.pos, self.pos_nb, xp), bank_scale(self.neg, self.neg_nb, xp)
+            )
         # issue 27: the region of interest (patch and pixel masks; None: everywhere), the positive bank's defect
         # sources (None: banks built before them), the pixel thresholds of the served maps per mode
         self.roi_patches = self.roi_pixels = None
@@ -82,8 +94,10 @@ class Scorer:
         """Raise ValueError unless feats is a finite (B>=1, h, w, d) array of this bank's grid and d."""
         xp = self.xp
         if feats.ndim != 4 or tuple(feats.shape[1:3]) != self.grid or feats.shape[3] != self.d or feats.shape[0] < 1:
-            raise ValueError(f"features of shape {tuple(feats.shape)} do not match the banks: expected "
-                             f"(B>=1, {self.grid[0]}, {self.grid[1]}, {self.d})")
+            raise ValueError(
+                f"features of shape {tuple(feats.shape)} do not match the banks: expected "
+                f"(B>=1, {self.grid[0]}, {self.grid[1]}, {self.d})"
+            )
         if not bool(xp.isfinite(feats).all()):
             raise ValueError("features contain NaN or inf")
 
@@ -96,7 +110,7 @@ class Scorer:
         per_img = flat.reshape(b, h * w, d)
         a_neg, i_neg = self.nearest("negative", flat)
         a_neg, i_neg = a_neg.reshape(b, h * w), i_neg.reshape(b, h * w)
-        if self.roi_patches is not None:          # outside the ROI: distance 0 to the normal bank, no evidence
+        if self.roi_patches is not None:  # outside the ROI: distance 0 to the normal bank, no evidence
             a_neg = mask_patches(a_neg, self.roi_patches)
         neg = bank_peak(a_neg, i_neg, per_img, self.neg, self.neg_nb, xp)
         pos, a_pos, i_pos = None, None, None
@@ -138,11 +152,16 @@ class Scorer:
         wanted = tuple(MODE_REGISTRY if modes is None else modes)
         sc = image_scores(ev, wanted)
         maps = {m: ev.image_map(map_of_mode(m)) for m in map_modes}
-        regions = {m: self.regions(maps[m], m) for m in maps}                 # issue 27, per map mode (host)
+        regions = {m: self.regions(maps[m], m) for m in maps}  # issue 27, per map mode (host)
         return ScoreBatch(
-            scores={m: sc[m] for m in wanted}, s_neg=sc["s_neg"], s_pos=sc["s_pos"],
+            scores={m: sc[m] for m in wanted},
+            s_neg=sc["s_neg"],
+            s_pos=sc["s_pos"],
             patch_neg=ev.a_neg.reshape((b,) + self.grid),
             patch_pos=None if ev.a_pos is None else ev.a_pos.reshape((b,) + self.grid),
-            maps=maps, nearest_rows={m: self.nearest_rows(ev, m) for m in wanted},
-            areas={m: r[0] for m, r in regions.items()}, boxes={m: r[1] for m, r in regions.items()},
-            evidence=ev)
+            maps=maps,
+            nearest_rows={m: self.nearest_rows(ev, m) for m in wanted},
+            areas={m: r[0] for m, r in regions.items()},
+            boxes={m: r[1] for m, r in regions.items()},
+            evidence=ev,
+        )

@@ -34,6 +34,7 @@ Modes (MODE_REGISTRY; every mode is computed from the same evidence):
              without a fitted head its fixed fallback, log of dual_topk's score; map ratio_b
 Without a positive bank every mode is patchcore. BENCHMARKS.md ("The image decision") has the study.
 """
+
 from __future__ import annotations
 
 import math
@@ -44,10 +45,10 @@ from .fusion import FALLBACK as FUSION_FALLBACK
 from .fusion import fusion_features, fusion_score
 
 DEFAULT_GAMMA = 1.0
-DEFAULT_MODE = "dual_bounded"   # issue 19: decided on 5 group splits of 3 dev sets (BENCHMARKS.md)
-EPS_REL = 1.0            # eps_b = EPS_REL x the positive bank's median nearest-neighbour spacing (ratio_b, dual_b)
-RAISE_EPS_REL = 0.1      # eps_r of the raise map: small, so a patch nearer a defect than any normal is raised
-DUAL_EPS_REL = 0.1       # eps of the dual_b01 map (the default's image score): bounded, ranking as dual's
+DEFAULT_MODE = "dual_bounded"  # issue 19: decided on 5 group splits of 3 dev sets (BENCHMARKS.md)
+EPS_REL = 1.0  # eps_b = EPS_REL x the positive bank's median nearest-neighbour spacing (ratio_b, dual_b)
+RAISE_EPS_REL = 0.1  # eps_r of the raise map: small, so a patch nearer a defect than any normal is raised
+DUAL_EPS_REL = 0.1  # eps of the dual_b01 map (the default's image score): bounded, ranking as dual's
 EPS_FLOOR = 1e-6
 # The positive bank's spacing is taken as at least POS_SCALE_FLOOR_REL x the negative bank's (issue 26): a positive
 # bank of one row, or of duplicated rows, has spacing 0, which made eps_b 1e-6 and silently removed the bounded
@@ -55,8 +56,8 @@ EPS_FLOOR = 1e-6
 # never binds on a built bank (the tiny world's positive spacing is 0.42x its negative's) and keeps a patch equal to
 # a lone training defect within a-^2 / (0.1 x 0.1 x the negative spacing) (tests/test_scores.py).
 POS_SCALE_FLOOR_REL = 0.1
-_SCALE_BLOCK = 65536          # rows per block of bank_scale (bounds its memory on a large negative bank)
-TOPK_FRACTION = 0.01     # the top-k modes average the top 1 % of a map's pixels (params['topk'], in the manifest)
+_SCALE_BLOCK = 65536  # rows per block of bank_scale (bounds its memory on a large negative bank)
+TOPK_FRACTION = 0.01  # the top-k modes average the top 1 % of a map's pixels (params['topk'], in the manifest)
 
 
 def bank_scale(vectors: Any, neighbors: Any, xp: Any) -> float:
@@ -66,7 +67,7 @@ def bank_scale(vectors: Any, neighbors: Any, xp: Any) -> float:
         return 0.0
     dist = []
     for i in range(0, vectors.shape[0], _SCALE_BLOCK):
-        diff = vectors[i:i + _SCALE_BLOCK] - vectors[neighbors[i:i + _SCALE_BLOCK, 0]]
+        diff = vectors[i : i + _SCALE_BLOCK] - vectors[neighbors[i : i + _SCALE_BLOCK, 0]]
         dist.append(xp.sqrt((diff * diff).sum(axis=1)))
     return float(xp.median(xp.concatenate(dist)))
 
@@ -84,9 +85,11 @@ def positive_bank_problem(pos_spacing: float, neg_spacing: float, rows: int, dis
     if distinct >= 2 and pos_spacing >= floor:
         return None
     what = f"{rows} row(s), {distinct} distinct" if distinct < rows else f"{rows} row(s)"
-    return (f"the positive bank is too small or degenerate ({what}): its spacing {pos_spacing:.4g} is below "
-            f"{POS_SCALE_FLOOR_REL} x the negative bank's ({neg_spacing:.4g}); the bounded scores use that floor "
-            f"({floor:.4g}) instead. Add defect images (or synthetic defects) for a positive bank of its own scale")
+    return (
+        f"the positive bank is too small or degenerate ({what}): its spacing {pos_spacing:.4g} is below "
+        f"{POS_SCALE_FLOOR_REL} x the negative bank's ({neg_spacing:.4g}); the bounded scores use that floor "
+        f"({floor:.4g}) instead. Add defect images (or synthetic defects) for a positive bank of its own scale"
+    )
 
 
 def bounded_eps(pos_scale: float, rel: float = EPS_REL) -> float:
@@ -111,8 +114,8 @@ def bank_peak(patch_dist: Any, patch_idx: Any, feats: Any, bank: Any, neighbors:
     p_star = xp.argmax(patch_dist, axis=1)
     s_star = patch_dist[b, p_star]
     m_star = patch_idx[b, p_star]
-    nb = neighbors[m_star]                                   # (B, k-1) bank indices
-    diff = feats[b, p_star][:, None, :] - bank[nb]            # (B, k-1, d)
+    nb = neighbors[m_star]  # (B, k-1) bank indices
+    diff = feats[b, p_star][:, None, :] - bank[nb]  # (B, k-1, d)
     dn = xp.sqrt(xp.einsum("bkd,bkd->bk", diff, diff))
     t = float(feats.shape[-1]) ** 0.5
     q = reweight_q(s_star, dn, t, xp)
@@ -126,6 +129,7 @@ class Evidence:
     a_neg/a_pos: (B, P); neg/pos: bank_peak() of each bank (pos and a_pos None without a positive bank);
     smooth: (B, h, w) patch map -> (B, H, W) image map; params: gamma and the fusion parameters.
     """
+
     a_neg: Any
     a_pos: Optional[Any]
     neg: Dict[str, Any]
@@ -135,7 +139,7 @@ class Evidence:
     xp: Any
     smooth: Callable[[Any], Any]
     params: Dict[str, Any] = field(default_factory=dict)
-    i_pos: Optional[Any] = None        # (B, P) index of each patch's nearest positive-bank row (issue 27)
+    i_pos: Optional[Any] = None  # (B, P) index of each patch's nearest positive-bank row (issue 27)
     _maps: Dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -187,7 +191,7 @@ def topk_mean(maps: Any, fraction: float, xp: Any) -> Any:
     flat = maps.reshape(maps.shape[0], -1)
     n = flat.shape[1]
     k = topk_count(n, fraction)
-    return xp.partition(flat, n - k, axis=1)[:, n - k:].mean(axis=1)
+    return xp.partition(flat, n - k, axis=1)[:, n - k :].mean(axis=1)
 
 
 def eps_b(ev: Evidence, rel: float = EPS_REL) -> float:
@@ -226,6 +230,7 @@ MAP_KINDS: Dict[str, Callable[[Evidence], Any]] = {
 @dataclass(frozen=True)
 class Mode:
     """A scoring mode: its image score from the evidence and the map kind it serves."""
+
     name: str
     map_kind: str
     score: Callable[[Evidence], Any]
@@ -255,13 +260,24 @@ def _fusion(ev: Evidence) -> Any:
 # The image head's per-image statistics (issue 25), log where positive: the default's peak, the top-k means of the
 # dual_b01 map and of the served ratio_b map, the mean of the served map, the share of its pixels above 1 (nearer a
 # known defect than the normal bank, at the positive bank's spacing), and a-, a+ at the dual_b01 peak patch.
-HEAD_FEATURES: Tuple[str, ...] = ("log_dual_peak", "log_dual_topk", "log_ratio_topk", "log_ratio_mean", "ratio_area",
-                                  "log_neg_at_peak", "log_pos_at_peak")
-HEAD_FALLBACK: Dict[str, Any] = {"features": ["log_dual_topk"], "mean": [0.0], "scale": [1.0], "coef": [1.0],
-                                 "intercept": 0.0,
-                                 "fitted": False,
-                                 "note": "fixed fallback: log of the top-k mean of the dual_b01 map "
-                                         "(dual_topk's score)"}
+HEAD_FEATURES: Tuple[str, ...] = (
+    "log_dual_peak",
+    "log_dual_topk",
+    "log_ratio_topk",
+    "log_ratio_mean",
+    "ratio_area",
+    "log_neg_at_peak",
+    "log_pos_at_peak",
+)
+HEAD_FALLBACK: Dict[str, Any] = {
+    "features": ["log_dual_topk"],
+    "mean": [0.0],
+    "scale": [1.0],
+    "coef": [1.0],
+    "intercept": 0.0,
+    "fitted": False,
+    "note": "fixed fallback: log of the top-k mean of the dual_b01 map (dual_topk's score)",
+}
 
 
 def head_inputs(ev: Evidence, names: Tuple[str, ...] = HEAD_FEATURES, tiny: float = 1e-12) -> Any:
@@ -295,29 +311,72 @@ def _head(ev: Evidence) -> Any:
 
 
 register_mode(Mode("patchcore", "neg", lambda ev: ev.s_neg, "negative bank only: PatchCore's reweighted score"))
-register_mode(Mode("exdd", "ratio", lambda ev: ev.s_neg / (ev.s_pos + ev.eps),
-                   "the paper: s- / (s+ + eps) and the ratio map"))
-register_mode(Mode("dual", "dual", lambda ev: ev.map_max("dual"),
-                   "ours: the peak of the smoothed map a- (a-/a+)^gamma, far from normal and near known defects"))
-register_mode(Mode("dual_ratio", "ratio_b", lambda ev: ev.map_max("dual"),
-                   "dual's image score (peak of a- (a-/a+)^gamma, unbounded) with the bounded ratio map "
-                   "a-/(a+ + eps_b)"))
-register_mode(Mode("dual_bounded", "ratio_b", lambda ev: ev.map_max("dual_b01"),
-                   "the default: the peak of a- (a-/(a+ + 0.1 x the positive bank's spacing))^gamma, bounded, with "
-                   "the bounded ratio map a-/(a+ + eps_b)"))
-register_mode(Mode("raise", "raise", lambda ev: ev.map_max("raise"),
-                   "raise-only: a- amplified by a-/(a+ + eps_r) only where a known defect is nearer than any normal"))
-register_mode(Mode("fusion", "dual", _fusion,
-                   "logistic model of log s-, log max ratio map, log s+ fitted on the held-out images"))
+register_mode(
+    Mode("exdd", "ratio", lambda ev: ev.s_neg / (ev.s_pos + ev.eps), "the paper: s- / (s+ + eps) and the ratio map")
+)
+register_mode(
+    Mode(
+        "dual",
+        "dual",
+        lambda ev: ev.map_max("dual"),
+        "ours: the peak of the smoothed map a- (a-/a+)^gamma, far from normal and near known defects",
+    )
+)
+register_mode(
+    Mode(
+        "dual_ratio",
+        "ratio_b",
+        lambda ev: ev.map_max("dual"),
+        "dual's image score (peak of a- (a-/a+)^gamma, unbounded) with the bounded ratio map a-/(a+ + eps_b)",
+    )
+)
+register_mode(
+    Mode(
+        "dual_bounded",
+        "ratio_b",
+        lambda ev: ev.map_max("dual_b01"),
+        "the default: the peak of a- (a-/(a+ + 0.1 x the positive bank's spacing))^gamma, bounded, with "
+        "the bounded ratio map a-/(a+ + eps_b)",
+    )
+)
+register_mode(
+    Mode(
+        "raise",
+        "raise",
+        lambda ev: ev.map_max("raise"),
+        "raise-only: a- amplified by a-/(a+ + eps_r) only where a known defect is nearer than any normal",
+    )
+)
+register_mode(
+    Mode("fusion", "dual", _fusion, "logistic model of log s-, log max ratio map, log s+ fitted on the held-out images")
+)
 
-register_mode(Mode("dual_topk", "ratio_b", lambda ev: ev.map_topk("dual_b01"),
-                   "the mean of the top-k pixels (params topk, a fraction) of the smoothed dual_b01 map, with the "
-                   "bounded ratio map"))
-register_mode(Mode("ratio_topk", "ratio_b", lambda ev: ev.map_topk("ratio_b"),
-                   "the mean of the top-k pixels (params topk, a fraction) of the bounded ratio map, which it serves"))
-register_mode(Mode("head", "ratio_b", _head,
-                   "image head: logistic model over pooled map statistics, fitted at build time on the hold-out and "
-                   "the cross-fitted defective training images (fallback: log of dual_topk's score)"))
+register_mode(
+    Mode(
+        "dual_topk",
+        "ratio_b",
+        lambda ev: ev.map_topk("dual_b01"),
+        "the mean of the top-k pixels (params topk, a fraction) of the smoothed dual_b01 map, with the "
+        "bounded ratio map",
+    )
+)
+register_mode(
+    Mode(
+        "ratio_topk",
+        "ratio_b",
+        lambda ev: ev.map_topk("ratio_b"),
+        "the mean of the top-k pixels (params topk, a fraction) of the bounded ratio map, which it serves",
+    )
+)
+register_mode(
+    Mode(
+        "head",
+        "ratio_b",
+        _head,
+        "image head: logistic model over pooled map statistics, fitted at build time on the hold-out and "
+        "the cross-fitted defective training images (fallback: log of dual_topk's score)",
+    )
+)
 
 MODES = tuple(MODE_REGISTRY)
 
@@ -333,6 +392,6 @@ def image_scores(ev: Evidence, modes=None) -> Dict[str, Any]:
     """(B,) image score of each mode (all registered modes by default), plus s_neg and s_pos.
     Without a positive bank every mode scores as patchcore."""
     out = {"s_neg": ev.s_neg, "s_pos": ev.s_pos}
-    for name in (MODE_REGISTRY if modes is None else modes):
+    for name in MODE_REGISTRY if modes is None else modes:
         out[name] = mode(name).score(ev) if ev.pos is not None else ev.s_neg
     return out

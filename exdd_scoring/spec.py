@@ -4,6 +4,7 @@ Banks, the exported ONNX (its metadata), ``features.json`` in both Triton models
 config all carry it; two extractors are interchangeable iff their IDENTITY fields are equal.
 Standard library only (the file is copied into Triton model repositories).
 """
+
 from __future__ import annotations
 
 import json
@@ -11,8 +12,17 @@ from dataclasses import dataclass, fields
 from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 # What makes two feature extractors interchangeable: a bank is only valid with the same values.
-IDENTITY = ("backbone", "weights", "input_size", "layers", "grid", "projection", "projection_seed",
-            "projection_sha256", "d")
+IDENTITY = (
+    "backbone",
+    "weights",
+    "input_size",
+    "layers",
+    "grid",
+    "projection",
+    "projection_seed",
+    "projection_sha256",
+    "d",
+)
 # The projection kind of a fingerprint that does not name one: every bank, ONNX file and features.json written
 # before fitted projections (issue 25) used the seeded random projection. Fixed for ever, whatever the build's
 # default (exdd.defaults.PROJECTION) becomes.
@@ -25,8 +35,12 @@ class SpecError(ValueError):
 
 
 def _pair(value: Any, name: str, where: str) -> Tuple[int, int]:
-    if isinstance(value, (str, bytes)) or not hasattr(value, "__len__") or len(value) != 2 \
-            or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value):
+    if (
+        isinstance(value, (str, bytes))
+        or not hasattr(value, "__len__")
+        or len(value) != 2
+        or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value)
+    ):
         raise SpecError(f"{where}: {name} must be two positive integers, got {value!r}")
     return int(value[0]), int(value[1])
 
@@ -39,6 +53,7 @@ class FeatureSpec:
     fitted on the normal training patches, stored as the bank's projection.npy, projection_seed 0). Either way
     projection_sha256 is the matrix's own hash, so two fitted projections of other images differ there.
     """
+
     backbone: str
     weights: str
     input_size: Tuple[int, int]
@@ -49,7 +64,7 @@ class FeatureSpec:
     d: int
     aggregation: str = ""
     projection: str = RANDOM_PROJECTION
-    weights_source: Optional[str] = None     # where the weights were read from (not part of the identity)
+    weights_source: Optional[str] = None  # where the weights were read from (not part of the identity)
 
     def __post_init__(self) -> None:
         self.validate("features")
@@ -106,10 +121,15 @@ class FeatureSpec:
     def to_dict(self) -> Dict[str, Any]:
         """The JSON form (lists for tuples; weights_source only when known)."""
         out: Dict[str, Any] = {
-            "backbone": self.backbone, "weights": self.weights, "input_size": list(self.input_size),
-            "layers": list(self.layers), "grid": list(self.grid), "projection": self.projection,
+            "backbone": self.backbone,
+            "weights": self.weights,
+            "input_size": list(self.input_size),
+            "layers": list(self.layers),
+            "grid": list(self.grid),
+            "projection": self.projection,
             "projection_seed": self.projection_seed,
-            "projection_sha256": self.projection_sha256, "d": self.d,
+            "projection_sha256": self.projection_sha256,
+            "d": self.d,
         }
         if self.aggregation:
             out["aggregation"] = self.aggregation

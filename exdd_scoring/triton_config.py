@@ -1,4 +1,5 @@
 """The parameters of a Triton model config (the JSON dict a Python-backend model gets): read alike by both models."""
+
 from __future__ import annotations
 
 from typing import Any, Dict, Optional

@@ -12,16 +12,18 @@
   scaling; asinh keeps every mode's scale, log-like for the unbounded ones, signed for the head's log-odds).
   Without a fit (no held-out defect, or a bank built before issue 27) it is NaN: unknown, never a made-up number.
 """
+
 from __future__ import annotations
 
 import math
 from typing import Any, Dict, Optional, Sequence, Tuple
 
-VERDICTS: Tuple[str, ...] = ("ok", "review", "defect")     # the codes 0, 1, 2 index this
+VERDICTS: Tuple[str, ...] = ("ok", "review", "defect")  # the codes 0, 1, 2 index this
 
 
-def band(ok_below: Optional[float], defect_above: Optional[float], threshold: Optional[float]
-         ) -> Tuple[Optional[float], Optional[float]]:
+def band(
+    ok_below: Optional[float], defect_above: Optional[float], threshold: Optional[float]
+) -> Tuple[Optional[float], Optional[float]]:
     """The review band (T1, T2) in use with threshold T: it always contains T; without a calibrated band, [T, T]
     (two verdicts, ok / defect, as IS_DEFECT). (None, None) without any threshold."""
     if threshold is None:
@@ -58,6 +60,7 @@ def confidence(scores: Any, params: Optional[Dict[str, Any]], xp: Any) -> Any:
     scores = xp.asarray(scores, dtype=xp.float64)
     if not params:
         return xp.full(scores.shape, math.nan, dtype=xp.float32)
-    z = (xp.arcsinh(scores) - float(params["mean"])) / float(params["scale"]) * float(params["coef"]) \
-        + float(params["intercept"])
+    z = (xp.arcsinh(scores) - float(params["mean"])) / float(params["scale"]) * float(params["coef"]) + float(
+        params["intercept"]
+    )
     return (1.0 / (1.0 + xp.exp(-xp.clip(z, -60.0, 60.0)))).astype(xp.float32)

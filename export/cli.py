@@ -1,4 +1,5 @@
 """``exdd export``: onnx, tensorrt (the repository command is serving/cli.py's, added to this group by exdd/cli.py)."""
+
 from __future__ import annotations
 
 import os
@@ -20,9 +21,11 @@ def _features_source(banks, weights, d, projection_seed, input_size):
     projection: the matrix of its projection.npy, checked against the manifest's hashes), else from the options
     (the random projection: matrix None)."""
     from exdd_scoring.spec import RANDOM_PROJECTION
+
     if not banks:
         return weights or "imagenet", d, projection_seed, parse_hw(input_size), None, RANDOM_PROJECTION
     from exdd_scoring import BankError, load_projection, read_manifest
+
     try:
         m = read_manifest(banks)
         proj = load_projection(banks, m)
@@ -34,27 +37,59 @@ def _features_source(banks, weights, d, projection_seed, input_size):
 
 @export.command("onnx")
 @click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False), help="ONNX file to write.")
-@click.option("--banks", default=None, type=click.Path(exists=True, file_okay=False),
-              help="Take weights, d, projection and input size from this bank directory (a fitted projection from "
-                   "its projection.npy, baked into the ONNX as the random one is).")
+@click.option(
+    "--banks",
+    default=None,
+    type=click.Path(exists=True, file_okay=False),
+    help="Take weights, d, projection and input size from this bank directory (a fitted projection from "
+    "its projection.npy, baked into the ONNX as the random one is).",
+)
 @click.option("--weights", default=None, help="imagenet | PATH | random:SEED (default: the banks' or imagenet).")
 @click.option("--d", "d", default=defaults.D, show_default=True, help="Projection dimension (ignored with --banks).")
 @click.option("--projection-seed", default=0, show_default=True, help="(ignored with --banks)")
 @input_size_option
-@click.option("--precision", default="fp32", type=click.Choice(["fp32", "fp16", "bf16", "int8"]), show_default=True,
-              help="bf16: the fp32 file, checked as OpenVINO runs it at bf16 (what --features-backend python-openvino "
-                   "serves). int8: ONNX Runtime static quantization (QDQ, per-channel Conv weights) calibrated on "
-                   "--calibration-images. Both are faster on CPUs but missed score parity on a dev set "
-                   "(BENCHMARKS.md).")
-@click.option("--parity-images", default=None, type=click.Path(exists=True, file_okay=False),
-              help="Folder or dataset whose first images the parity check uses (default: generated surfaces).")
-@click.option("--parity-count", default=None, type=click.IntRange(1, 256),
-              help="Parity images [default: 4; 16 for int8 and bf16, whose check ranks image scores].")
-@click.option("--calibration-images", default=None, type=click.Path(exists=True, file_okay=False),
-              help="int8: dataset (its normal training images) or folder calibrating the activation ranges.")
+@click.option(
+    "--precision",
+    default="fp32",
+    type=click.Choice(["fp32", "fp16", "bf16", "int8"]),
+    show_default=True,
+    help="bf16: the fp32 file, checked as OpenVINO runs it at bf16 (what --features-backend python-openvino "
+    "serves). int8: ONNX Runtime static quantization (QDQ, per-channel Conv weights) calibrated on "
+    "--calibration-images. Both are faster on CPUs but missed score parity on a dev set "
+    "(BENCHMARKS.md).",
+)
+@click.option(
+    "--parity-images",
+    default=None,
+    type=click.Path(exists=True, file_okay=False),
+    help="Folder or dataset whose first images the parity check uses (default: generated surfaces).",
+)
+@click.option(
+    "--parity-count",
+    default=None,
+    type=click.IntRange(1, 256),
+    help="Parity images [default: 4; 16 for int8 and bf16, whose check ranks image scores].",
+)
+@click.option(
+    "--calibration-images",
+    default=None,
+    type=click.Path(exists=True, file_okay=False),
+    help="int8: dataset (its normal training images) or folder calibrating the activation ranges.",
+)
 @click.option("--calibration-count", default=32, show_default=True, type=click.IntRange(1, 1024))
-def onnx_cmd(out_path, banks, weights, d, projection_seed, input_size, precision, parity_images, parity_count,
-             calibration_images, calibration_count):
+def onnx_cmd(
+    out_path,
+    banks,
+    weights,
+    d,
+    projection_seed,
+    input_size,
+    precision,
+    parity_images,
+    parity_count,
+    calibration_images,
+    calibration_count,
+):
     """Export the feature extractor to ONNX and check it against torch (fails above the tolerance).
 
     int8 and bf16 are checked against torch fp32 on the parity images: patch cosine similarity, and with
@@ -76,6 +111,7 @@ def onnx_cmd(out_path, banks, weights, d, projection_seed, input_size, precision
     if banks:
         from exdd_scoring import BankError, read_manifest_features
         from exdd_scoring.bank import check_features
+
         try:
             check_features(read_manifest_features(banks), info, banks)
         except BankError as e:
@@ -85,8 +121,9 @@ def onnx_cmd(out_path, banks, weights, d, projection_seed, input_size, precision
     if precision == "int8":
         if not calibration_images:
             fail("--precision int8 needs --calibration-images DATASET_OR_FOLDER (normal training images)")
-        return _export_int8(model, info, out_path, banks, hw, parity_images, parity_count or 16,
-                            calibration_images, calibration_count)
+        return _export_int8(
+            model, info, out_path, banks, hw, parity_images, parity_count or 16, calibration_images, calibration_count
+        )
     t0 = time.time()
     file_precision = "fp32" if precision == "bf16" else precision
     try:
@@ -95,12 +132,16 @@ def onnx_cmd(out_path, banks, weights, d, projection_seed, input_size, precision
         result = parity(out_path, model, images, file_precision)
     except ExportError as e:
         fail(str(e))
-    click.echo(f"onnx: {out_path} ({file_precision}, {os.path.getsize(out_path) / 1e6:.1f} MB, "
-               f"{time.time() - t0:.1f}s)")
+    click.echo(
+        f"onnx: {out_path} ({file_precision}, {os.path.getsize(out_path) / 1e6:.1f} MB, {time.time() - t0:.1f}s)"
+    )
     click.echo(f"{result.describe()} [{where}]")
     if not result.ok:
-        fail(f"{out_path}: ONNX Runtime differs from torch beyond the tolerance "
-             f"({result.rel:.2e} > {result.tolerance:.0e})", 3)
+        fail(
+            f"{out_path}: ONNX Runtime differs from torch beyond the tolerance "
+            f"({result.rel:.2e} > {result.tolerance:.0e})",
+            3,
+        )
     if precision == "bf16":
         _check_bf16(out_path, model, images, where, banks)
 
@@ -110,6 +151,7 @@ def _banks_or_none(banks):
     if not banks:
         return None
     from exdd_scoring import load_banks
+
     return load_banks(banks)
 
 
@@ -118,6 +160,7 @@ def _check_bf16(out_path, model, images, where, banks):
     from exdd_scoring.runtimes import open_runtime
 
     from .quantize import reduced_parity
+
     try:
         runner = open_runtime("openvino", out_path, "bf16")
     except ImportError as e:
@@ -125,8 +168,11 @@ def _check_bf16(out_path, model, images, where, banks):
     result = reduced_parity(runner, "bf16", model, images, _banks_or_none(banks))
     click.echo(f"{result.describe()} [{where}; OpenVINO{', ' + runner.note if runner.note else ''}]")
     if not result.ok:
-        fail(f"{out_path}: OpenVINO bf16 differs from fp32 beyond the tolerance: serve it with "
-             "--features-backend python (ONNX Runtime fp32)", 3)
+        fail(
+            f"{out_path}: OpenVINO bf16 differs from fp32 beyond the tolerance: serve it with "
+            "--features-backend python (ONNX Runtime fp32)",
+            3,
+        )
 
 
 def _export_int8(model, info, out_path, banks, hw, parity_images, parity_count, calibration_images, calibration_count):
@@ -158,8 +204,9 @@ def _export_int8(model, info, out_path, banks, hw, parity_images, parity_count, 
 @export.command("tensorrt")
 @click.argument("onnx_path", type=click.Path(exists=True, dir_okay=False))
 @click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False), help="Engine (.plan) to write.")
-@click.option("--max-batch", default=8, show_default=True, type=click.IntRange(1, 1024),
-              help="Optimisation profile: batch 1..N.")
+@click.option(
+    "--max-batch", default=8, show_default=True, type=click.IntRange(1, 1024), help="Optimisation profile: batch 1..N."
+)
 @click.option("--fp32", "fp32", is_flag=True, help="Build without FP16 kernels.")
 def tensorrt_cmd(onnx_path, out_path, max_batch, fp32):
     """Build a TensorRT engine (fp16, batch 1..N) from an exported ONNX."""
@@ -175,5 +222,7 @@ def tensorrt_cmd(onnx_path, out_path, max_batch, fp32):
         build_engine(onnx_path, out_path, tuple(feats["input_size"]), max_batch, fp16=not fp32)
     except (OnnxMetadataError, TensorRTUnavailable, TensorRTBuildError) as e:
         fail(str(e))
-    click.echo(f"engine: {out_path} ({os.path.getsize(out_path) / 1e6:.1f} MB, {time.time() - t0:.1f}s, "
-               f"batch 1..{max_batch}, {'fp32' if fp32 else 'fp16'})")
+    click.echo(
+        f"engine: {out_path} ({os.path.getsize(out_path) / 1e6:.1f} MB, {time.time() - t0:.1f}s, "
+        f"batch 1..{max_batch}, {'fp32' if fp32 else 'fp16'})"
+    )

@@ -7,6 +7,7 @@ The features fingerprint (``build_extractor``'s dict) is stored in the model's m
 under ``exdd.features`` so that banks made with other features can be refused (the keys, their
 encoding and the reader are ``exdd_scoring.onnx_metadata``, shared with every reader).
 """
+
 from __future__ import annotations
 
 import copy
@@ -33,6 +34,7 @@ class ExportError(RuntimeError):
 @dataclass
 class Parity:
     """Outcome of comparing ONNX Runtime with torch on the same images."""
+
     precision: str
     images: int
     max_abs: float
@@ -47,9 +49,11 @@ class Parity:
     def describe(self) -> str:
         """One line for humans."""
         verdict = "ok" if self.ok else "FAILED"
-        return (f"parity {self.precision}: {verdict} on {self.images} images: max |onnx-torch| = {self.max_abs:.3g}, "
-                f"feature scale max |torch| = {self.scale:.3g}, relative {self.rel:.2e} "
-                f"(tolerance {self.tolerance:.0e})")
+        return (
+            f"parity {self.precision}: {verdict} on {self.images} images: max |onnx-torch| = {self.max_abs:.3g}, "
+            f"feature scale max |torch| = {self.scale:.3g}, relative {self.rel:.2e} "
+            f"(tolerance {self.tolerance:.0e})"
+        )
 
 
 def _wrapped(model: Any, precision: str) -> Any:
@@ -88,9 +92,17 @@ def export_onnx(model: Any, info: Dict[str, Any], out_path: str, precision: str 
         raw = os.path.join(tmp, "raw.onnx")
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
-            torch.onnx.export(module, (example,), raw, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                              dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
-                              opset_version=opset, do_constant_folding=True, dynamo=False)
+            torch.onnx.export(
+                module,
+                (example,),
+                raw,
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
+                dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+                opset_version=opset,
+                do_constant_folding=True,
+                dynamo=False,
+            )
         proto = onnx.load(raw)
     set_metadata(proto, metadata_entries(info, precision))
     onnx.checker.check_model(proto)
@@ -169,7 +181,7 @@ def parity(onnx_path: str, model: Any, images: np.ndarray, precision: str, batch
     sess = onnx_session(onnx_path)
     max_abs, scale = 0.0, 0.0
     for i in range(0, len(images), batch):
-        x = np.ascontiguousarray(images[i:i + batch])
+        x = np.ascontiguousarray(images[i : i + batch])
         got = sess.run([OUTPUT_NAME], {INPUT_NAME: x})[0]
         with torch.no_grad():
             ref = model(torch.from_numpy(x)).numpy()

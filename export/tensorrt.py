@@ -1,4 +1,5 @@
 """ONNX -> TensorRT engine (fp16, one optimisation profile for batch 1..N), via the Python API or trtexec."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -9,10 +10,12 @@ from typing import Optional, Tuple
 
 from .onnx_export import INPUT_NAME
 
-NO_TENSORRT = ("TensorRT is not available here: neither the 'tensorrt' Python package nor 'trtexec' on PATH. "
-               "Build the engine on the GPU machine that will serve it (an engine is specific to its GPU and "
-               "TensorRT version), e.g. inside nvcr.io/nvidia/tritonserver:<yy.mm>-py3, or `pip install tensorrt` "
-               "there.")
+NO_TENSORRT = (
+    "TensorRT is not available here: neither the 'tensorrt' Python package nor 'trtexec' on PATH. "
+    "Build the engine on the GPU machine that will serve it (an engine is specific to its GPU and "
+    "TensorRT version), e.g. inside nvcr.io/nvidia/tritonserver:<yy.mm>-py3, or `pip install tensorrt` "
+    "there."
+)
 
 
 class TensorRTUnavailable(RuntimeError):
@@ -38,8 +41,14 @@ def _shapes(input_hw: Tuple[int, int], max_batch: int) -> Tuple[Tuple[int, ...],
     return (1, h, w, 3), (max(1, max_batch // 2), h, w, 3), (max_batch, h, w, 3)
 
 
-def build_python(onnx_path: str, engine_path: str, input_hw: Tuple[int, int], max_batch: int, fp16: bool = True,
-                 workspace_gib: float = 4.0) -> str:
+def build_python(
+    onnx_path: str,
+    engine_path: str,
+    input_hw: Tuple[int, int],
+    max_batch: int,
+    fp16: bool = True,
+    workspace_gib: float = 4.0,
+) -> str:
     """Build with the TensorRT Python API; returns engine_path."""
     import tensorrt as trt
 
@@ -68,12 +77,19 @@ def build_python(onnx_path: str, engine_path: str, input_hw: Tuple[int, int], ma
     return engine_path
 
 
-def build_trtexec(onnx_path: str, engine_path: str, input_hw: Tuple[int, int], max_batch: int,
-                  fp16: bool = True) -> str:
+def build_trtexec(
+    onnx_path: str, engine_path: str, input_hw: Tuple[int, int], max_batch: int, fp16: bool = True
+) -> str:
     """Build with trtexec; returns engine_path."""
     mn, op, mx = (("x".join(str(v) for v in s)) for s in _shapes(input_hw, max_batch))
-    cmd = [shutil.which("trtexec") or "trtexec", f"--onnx={onnx_path}", f"--saveEngine={engine_path}",
-           f"--minShapes={INPUT_NAME}:{mn}", f"--optShapes={INPUT_NAME}:{op}", f"--maxShapes={INPUT_NAME}:{mx}"]
+    cmd = [
+        shutil.which("trtexec") or "trtexec",
+        f"--onnx={onnx_path}",
+        f"--saveEngine={engine_path}",
+        f"--minShapes={INPUT_NAME}:{mn}",
+        f"--optShapes={INPUT_NAME}:{op}",
+        f"--maxShapes={INPUT_NAME}:{mx}",
+    ]
     if fp16:
         cmd.append("--fp16")
     proc = subprocess.run(cmd, capture_output=True, text=True)

@@ -13,6 +13,7 @@ Defect-patch rule: a patch is a defect patch when at least ``min_cover`` of its 
 stride-8 block of the resized input) is covered by the resized mask; a defective image whose
 defect covers no cell that much gives its most covered cell, so thin defects still count.
 """
+
 from __future__ import annotations
 
 import datetime as _dt
@@ -56,13 +57,14 @@ from .weights import is_random
 @dataclass
 class BuildConfig:
     """Everything that decides what the banks hold."""
+
     neg_ratio: float = defaults.NEG_RATIO
     pos_ratio: float = defaults.POS_RATIO
     min_size: int = defaults.MIN_BANK
     k: int = defaults.K
     min_cover: float = defaults.MIN_COVER
     holdout: float = defaults.HOLDOUT
-    seed: int = 0          # salts the hold-out (which images calibrate); the coreset has no seed (issue 25)
+    seed: int = 0  # salts the hold-out (which images calibrate); the coreset has no seed (issue 25)
     threshold_rule: str = "f1"
     target_fpr: float = defaults.TARGET_FPR
     default_mode: str = DEFAULT_MODE
@@ -87,15 +89,29 @@ def defect_patches(covers: np.ndarray, min_cover: float) -> np.ndarray:
     return sel
 
 
-def make_bank(vectors: np.ndarray, ratio: float, min_size: int, k: int, chunk_rows: int,
-              oversample: float, progress: Optional[Callable[[int], None]] = None) -> Tuple[Bank, Dict[str, Any]]:
+def make_bank(
+    vectors: np.ndarray,
+    ratio: float,
+    min_size: int,
+    k: int,
+    chunk_rows: int,
+    oversample: float,
+    progress: Optional[Callable[[int], None]] = None,
+) -> Tuple[Bank, Dict[str, Any]]:
     """Coreset of the (N, d) vectors, with within-bank neighbours; and its statistics (no seed: same rows, same
     bank)."""
     return make_bank_rows(vectors, ratio, min_size, k, chunk_rows, oversample, progress)[:2]
 
 
-def make_bank_rows(vectors: np.ndarray, ratio: float, min_size: int, k: int, chunk_rows: int, oversample: float,
-                   progress: Optional[Callable[[int], None]] = None) -> Tuple[Bank, Dict[str, Any], np.ndarray]:
+def make_bank_rows(
+    vectors: np.ndarray,
+    ratio: float,
+    min_size: int,
+    k: int,
+    chunk_rows: int,
+    oversample: float,
+    progress: Optional[Callable[[int], None]] = None,
+) -> Tuple[Bank, Dict[str, Any], np.ndarray]:
     """make_bank, and the rows of vectors it kept (sorted: the bank's row order)."""
     n = vectors.shape[0]
     keep = bank_size(n, ratio, min_size)
@@ -104,46 +120,62 @@ def make_bank_rows(vectors: np.ndarray, ratio: float, min_size: int, k: int, chu
     return (*bank_of(vectors[rows], n, cs, ratio, min_size, k), rows)
 
 
-def bank_of(picked: np.ndarray, n: int, cs: Coreset, ratio: float, min_size: int,
-            k: int) -> Tuple[Bank, Dict[str, Any]]:
+def bank_of(
+    picked: np.ndarray, n: int, cs: Coreset, ratio: float, min_size: int, k: int
+) -> Tuple[Bank, Dict[str, Any]]:
     """The bank of the coreset's rows (picked = rows at sorted cs.indices, of n) and its statistics."""
     vec = np.ascontiguousarray(picked, dtype=np.float32)
     nbr = bank_neighbors(vec, k, np)
-    stats = {"patches": int(n), "size": int(vec.shape[0]), "ratio": ratio, "min_size": min_size,
-             "coreset": cs.method, "radius": cs.radius, "radius_is_upper_bound": cs.radius_is_bound}
+    stats = {
+        "patches": int(n),
+        "size": int(vec.shape[0]),
+        "ratio": ratio,
+        "min_size": min_size,
+        "coreset": cs.method,
+        "radius": cs.radius,
+        "radius_is_upper_bound": cs.radius_is_bound,
+    }
     return Bank(vec, nbr), stats
 
 
-PIXEL_QUANTILE = 0.999     # issue 27: the pixel threshold of a served map, over the held-out normals' pixels
-PIXEL_STRIDE = 4           # ... every 4th pixel of each map (bounds the memory; the quantile barely moves)
+PIXEL_QUANTILE = 0.999  # issue 27: the pixel threshold of a served map, over the held-out normals' pixels
+PIXEL_STRIDE = 4  # ... every 4th pixel of each map (bounds the memory; the quantile barely moves)
 
 
-def score_samples(scorer: Scorer, extracted_feats: np.ndarray, batch: int = 16,
-                  pixel_images: Optional[np.ndarray] = None) -> Dict[str, np.ndarray]:
+def score_samples(
+    scorer: Scorer, extracted_feats: np.ndarray, batch: int = 16, pixel_images: Optional[np.ndarray] = None
+) -> Dict[str, np.ndarray]:
     """Scores of every mode for stored features (n, h, w, d), and the inputs of the fusion ('fusion_x') and of the
     image head ('head_x'); with pixel_images ((n,) bool), 'pixels:MODE': every PIXEL_STRIDE-th pixel inside the ROI
     of those images' served maps (what the pixel threshold is calibrated on)."""
     out: Dict[str, List[np.ndarray]] = {m: [] for m in MODES + ("fusion_x", "head_x")}
     inside = None if scorer.roi_pixels is None else np.asarray(scorer.roi_pixels).reshape(-1)
     for i in range(0, extracted_feats.shape[0], batch):
-        want = None if pixel_images is None else np.asarray(pixel_images[i:i + batch], dtype=bool)
+        want = None if pixel_images is None else np.asarray(pixel_images[i : i + batch], dtype=bool)
         map_modes = MODES if want is not None and want.any() else ()
-        r = scorer.score(extracted_feats[i:i + batch].astype(np.float32), map_modes=map_modes)
+        r = scorer.score(extracted_feats[i : i + batch].astype(np.float32), map_modes=map_modes)
         for m in MODES:
             out[m].append(r.scores[m])
         for m in map_modes:
-            assert want is not None                  # map_modes is empty without a mask to compare with
+            assert want is not None  # map_modes is empty without a mask to compare with
             flat = np.asarray(r.maps[m])[want].reshape(int(want.sum()), -1)
-            out.setdefault(f"pixels:{m}", []).append((flat if inside is None else flat[:, inside])[:, ::PIXEL_STRIDE]
-                                                     .reshape(-1))
+            out.setdefault(f"pixels:{m}", []).append(
+                (flat if inside is None else flat[:, inside])[:, ::PIXEL_STRIDE].reshape(-1)
+            )
         if scorer.has_positive:
             out["fusion_x"].append(fusion_inputs(r.evidence))
             out["head_x"].append(head_inputs(r.evidence))
     return {m: np.concatenate(v) if v else np.zeros(0) for m, v in out.items()}
 
 
-def line_rules(scores: Dict[str, np.ndarray], labels: np.ndarray, values: Dict[str, float],
-               roi: Optional[RoiInfo], classes: str, where: str) -> LineRules:
+def line_rules(
+    scores: Dict[str, np.ndarray],
+    labels: np.ndarray,
+    values: Dict[str, float],
+    roi: Optional[RoiInfo],
+    classes: str,
+    where: str,
+) -> LineRules:
     """Issue 27's calibration per mode on the held-out scores: the review band (calibrate.review_band, containing
     the mode's threshold), the confidence model (calibrate.fit_confidence; none without both classes) and the pixel
     threshold of the served map (PIXEL_QUANTILE of the held-out normals' pixels, when score_samples kept them)."""
@@ -157,8 +189,12 @@ def line_rules(scores: Dict[str, np.ndarray], labels: np.ndarray, values: Dict[s
         px = scores.get(f"pixels:{m}")
         if px is not None and px.size:
             pixel[m] = float(np.quantile(px, PIXEL_QUANTILE))
-    rule = (f"quantile {PIXEL_QUANTILE} of the served map's pixels inside the ROI (every {PIXEL_STRIDE}th) over the "
-            "held-out normal images" if pixel else "")
+    rule = (
+        f"quantile {PIXEL_QUANTILE} of the served map's pixels inside the ROI (every {PIXEL_STRIDE}th) over the "
+        "held-out normal images"
+        if pixel
+        else ""
+    )
     return LineRules(review, conf, pixel, rule, 0, roi, classes)
 
 
@@ -168,19 +204,20 @@ Featurize = Callable[[Sequence[Sample], bool, Optional[Callable[[int], None]]], 
 def model_featurizer(model, features: Dict[str, Any], batch_size: int) -> Featurize:
     """featurize(samples, with_mask, progress) running the extractor on the image files."""
     size_hw, grid, d = tuple(features["input_size"]), tuple(features["grid"]), int(features["d"])
-    return lambda samples, with_mask, progress: extract(samples, model, size_hw, grid, d, batch_size,
-                                                        with_mask=with_mask, progress=progress)
+    return lambda samples, with_mask, progress: extract(
+        samples, model, size_hw, grid, d, batch_size, with_mask=with_mask, progress=progress
+    )
 
 
-def build_negative(ex: Extracted, dataset: str, d: int, cfg: BuildConfig, bar,
-                   roi_patches: Optional[np.ndarray] = None) -> Tuple[Bank, Dict[str, Any]]:
+def build_negative(
+    ex: Extracted, dataset: str, d: int, cfg: BuildConfig, bar, roi_patches: Optional[np.ndarray] = None
+) -> Tuple[Bank, Dict[str, Any]]:
     """The negative bank (coreset of every normal patch inside the ROI) and its statistics."""
     if ex.features.shape[0] == 0:
         raise ValueError(f"{dataset}: none of the normal training images could be read")
     rows = ex.features.reshape(-1, d) if roi_patches is None else ex.features[:, roi_patches].reshape(-1, d)
     b = bar("coreset: negative", rows.shape[0])
-    out = make_bank(rows, cfg.neg_ratio, cfg.min_size, cfg.k,
-                    cfg.chunk_rows, cfg.oversample, b.update if b else None)
+    out = make_bank(rows, cfg.neg_ratio, cfg.min_size, cfg.k, cfg.chunk_rows, cfg.oversample, b.update if b else None)
     if b:
         b.close()
     return out
@@ -189,14 +226,20 @@ def build_negative(ex: Extracted, dataset: str, d: int, cfg: BuildConfig, bar,
 @dataclass
 class Plan:
     """The samples a build uses: kept normals and defects, synthetic defects, held-out images."""
+
     normals: List[Sample]
     defects: List[Sample]
     synth: List[Sample]
     held: List[Sample]
 
 
-def plan(dataset: str, cfg: BuildConfig, synthetic_dirs: Sequence[str] = (), layout: str = "auto",
-         synthetic_limit: Optional[int] = None) -> Plan:
+def plan(
+    dataset: str,
+    cfg: BuildConfig,
+    synthetic_dirs: Sequence[str] = (),
+    layout: str = "auto",
+    synthetic_limit: Optional[int] = None,
+) -> Plan:
     """Split the dataset's training images (and the synthetic folders) into the build's sample sets."""
     train = load_split(dataset, "train", layout)
     if not train:
@@ -231,12 +274,21 @@ def bank_file(name: str) -> bool:
 HeldScores = Callable[[BankPair], Optional[Tuple[Dict[str, np.ndarray], np.ndarray]]]
 
 
-def build(dataset: str, out_dir: str, model, features: Dict[str, Any], cfg: BuildConfig,
-          synthetic_dirs: Sequence[str] = (), layout: str = "auto",
-          progress_factory: Optional[Callable[[str, int], Any]] = None,
-          featurize: Optional[Featurize] = None, synthetic_limit: Optional[int] = None,
-          negative_bank: Optional[Tuple[Bank, Union[BankStats, Dict[str, Any]]]] = None,
-          projection: Optional[np.ndarray] = None, line: Optional[LineInputs] = None) -> BuildResult:
+def build(
+    dataset: str,
+    out_dir: str,
+    model,
+    features: Dict[str, Any],
+    cfg: BuildConfig,
+    synthetic_dirs: Sequence[str] = (),
+    layout: str = "auto",
+    progress_factory: Optional[Callable[[str, int], Any]] = None,
+    featurize: Optional[Featurize] = None,
+    synthetic_limit: Optional[int] = None,
+    negative_bank: Optional[Tuple[Bank, Union[BankStats, Dict[str, Any]]]] = None,
+    projection: Optional[np.ndarray] = None,
+    line: Optional[LineInputs] = None,
+) -> BuildResult:
     """Build and save the banks of a dataset; returns the manifest written and the per-file errors.
 
     featurize defaults to running ``model`` on the images (other featurizers serve cached features);
@@ -244,10 +296,11 @@ def build(dataset: str, out_dir: str, model, features: Dict[str, Any], cfg: Buil
     projection: the model's fitted projection matrix (saved with the banks; None for a random one);
     line: the ROI and defect classes (issue 27; patches outside the ROI enter neither bank).
     """
+
     def bar(desc: str, total: int):
         return progress_factory(desc, total) if progress_factory else None
 
-    check_replaceable(out_dir, bank_file, "banks")       # before the work: --out is replaced whole at the end
+    check_replaceable(out_dir, bank_file, "banks")  # before the work: --out is replaced whole at the end
     d = int(features["d"])
     featurize = featurize or model_featurizer(model, features, cfg.batch_size)
     p = plan(dataset, cfg, synthetic_dirs, layout, synthetic_limit)
@@ -266,12 +319,13 @@ def build(dataset: str, out_dir: str, model, features: Dict[str, Any], cfg: Buil
     if negative_bank is not None:
         negative, neg_stats = negative_bank
     else:
-        negative, neg_stats = build_negative(run(p.normals, "features: normal", False), dataset, d, cfg, bar,
-                                             roi_patches)
+        negative, neg_stats = build_negative(
+            run(p.normals, "features: normal", False), dataset, d, cfg, bar, roi_patches
+        )
 
     pos_sources = {"real": p.defects, "synthetic": p.synth}
     pos_vectors, pos_counts, pos_ex = [], {}, {}
-    row_images: List[np.ndarray] = []            # per defect patch, its image in `images` (issue 27)
+    row_images: List[np.ndarray] = []  # per defect patch, its image in `images` (issue 27)
     images: List[str] = []
     classes: List[str] = []
     for name, samples in pos_sources.items():
@@ -279,7 +333,7 @@ def build(dataset: str, out_dir: str, model, features: Dict[str, Any], cfg: Buil
         if not samples:
             continue
         ex = run(samples, f"features: {name} defects", True)
-        assert ex.covers is not None                 # extracted with their masks
+        assert ex.covers is not None  # extracted with their masks
         covers = ex.covers if roi_patches is None else ex.covers * roi_patches[None]
         sel = defect_patches(covers, cfg.min_cover)
         pos_vectors.append(ex.features[sel])
@@ -292,12 +346,12 @@ def build(dataset: str, out_dir: str, model, features: Dict[str, Any], cfg: Buil
     positive, pos_stats, sources = None, {"patches": 0, "size": 0}, None
     if pos_vectors and sum(v.shape[0] for v in pos_vectors) > 0:
         allpos = np.concatenate(pos_vectors)
-        positive, pos_stats, kept = make_bank_rows(allpos, cfg.pos_ratio, cfg.min_size, cfg.k, cfg.chunk_rows,
-                                                   cfg.oversample)
+        positive, pos_stats, kept = make_bank_rows(
+            allpos, cfg.pos_ratio, cfg.min_size, cfg.k, cfg.chunk_rows, cfg.oversample
+        )
         sources = DefectSources.of(np.concatenate(row_images), images, classes).subset(kept)
     else:
-        print("warning: no defect patches for the positive bank: exdd modes fall back to patchcore",
-              file=sys.stderr)
+        print("warning: no defect patches for the positive bank: exdd modes fall back to patchcore", file=sys.stderr)
 
     held_ex: List[Extracted] = []
 
@@ -314,11 +368,32 @@ def build(dataset: str, out_dir: str, model, features: Dict[str, Any], cfg: Buil
         if positive is None or "real" not in pos_ex:
             return None
         synth = pos_ex["synthetic"][0][pos_ex["synthetic"][1]] if "synthetic" in pos_ex else None
-        return crossfit_inputs(negative, manifest, *pos_ex["real"], synth, lambda v: make_bank(
-            v, cfg.pos_ratio, cfg.min_size, cfg.k, cfg.chunk_rows, cfg.oversample)[0], HEAD_SEED)
+        return crossfit_inputs(
+            negative,
+            manifest,
+            *pos_ex["real"],
+            synth,
+            lambda v: make_bank(v, cfg.pos_ratio, cfg.min_size, cfg.k, cfg.chunk_rows, cfg.oversample)[0],
+            HEAD_SEED,
+        )
 
-    return finish(dataset, out_dir, features, cfg, synthetic_dirs, p, (negative, neg_stats), (positive, pos_stats),
-                  pos_counts, errors, held_scores, projection, head_crossfit, line, sources)
+    return finish(
+        dataset,
+        out_dir,
+        features,
+        cfg,
+        synthetic_dirs,
+        p,
+        (negative, neg_stats),
+        (positive, pos_stats),
+        pos_counts,
+        errors,
+        held_scores,
+        projection,
+        head_crossfit,
+        line,
+        sources,
+    )
 
 
 def defect_source_name(sample: Sample, dataset: str, kind: str) -> str:
@@ -330,8 +405,9 @@ def defect_source_name(sample: Sample, dataset: str, kind: str) -> str:
     return f"synthetic:{os.path.basename(folder)}/{os.path.basename(sample.path)}"
 
 
-def image_head(held_x: np.ndarray, held_labels: np.ndarray, crossfit_x: Optional[np.ndarray], seed: int,
-               where: str) -> Fusion:
+def image_head(
+    held_x: np.ndarray, held_labels: np.ndarray, crossfit_x: Optional[np.ndarray], seed: int, where: str
+) -> Fusion:
     """The image head (offline/head.py) fitted on the held-out images and the cross-fitted defective training
     images (crossfit_x: None without any), as the manifest stores it."""
     x, y = np.asarray(held_x).reshape(-1, len(HEAD_FEATURES)), np.asarray(held_labels).astype(int)
@@ -350,39 +426,67 @@ HEAD_SEED = 0
 HeadCrossfit = Callable[[OfflineManifest], Optional[np.ndarray]]
 
 
-def finish(dataset: str, out_dir: str, features: Dict[str, Any], cfg: BuildConfig, synthetic_dirs: Sequence[str],
-           p: Plan, neg: Tuple[Bank, Union[BankStats, Dict[str, Any]]], pos: Tuple[Optional[Bank], Dict[str, Any]],
-           pos_counts: Dict[str, int], errors: List[Tuple[str, str]], held_scores: HeldScores,
-           projection: Optional[np.ndarray] = None,
-           head_crossfit: Optional[HeadCrossfit] = None, line: Optional[LineInputs] = None,
-           sources: Optional[DefectSources] = None) -> BuildResult:
+def finish(
+    dataset: str,
+    out_dir: str,
+    features: Dict[str, Any],
+    cfg: BuildConfig,
+    synthetic_dirs: Sequence[str],
+    p: Plan,
+    neg: Tuple[Bank, Union[BankStats, Dict[str, Any]]],
+    pos: Tuple[Optional[Bank], Dict[str, Any]],
+    pos_counts: Dict[str, int],
+    errors: List[Tuple[str, str]],
+    held_scores: HeldScores,
+    projection: Optional[np.ndarray] = None,
+    head_crossfit: Optional[HeadCrossfit] = None,
+    line: Optional[LineInputs] = None,
+    sources: Optional[DefectSources] = None,
+) -> BuildResult:
     """Manifest, fusion and threshold calibrated on the held-out images (scored by held_scores), banks saved.
 
     errors is the list of unreadable files so far; held_scores may append the held-out ones to it
     (they go to the BuildResult, not to the manifest's sources).
     """
     (negative, neg_stats), (positive, pos_stats) = neg, pos
-    if positive is not None:       # issue 26: a one-row or duplicated positive bank has no spacing of its own
-        problem = positive_bank_problem(bank_scale(positive.vectors, positive.neighbors, np),
-                                        bank_scale(negative.vectors, negative.neighbors, np), positive.vectors.shape[0],
-                                        np.unique(positive.vectors, axis=0).shape[0])
+    if positive is not None:  # issue 26: a one-row or duplicated positive bank has no spacing of its own
+        problem = positive_bank_problem(
+            bank_scale(positive.vectors, positive.neighbors, np),
+            bank_scale(negative.vectors, negative.neighbors, np),
+            positive.vectors.shape[0],
+            np.unique(positive.vectors, axis=0).shape[0],
+        )
         if problem:
             print(f"warning: {problem}", file=sys.stderr)
     where = f"{out_dir}: manifest"
     manifest = OfflineManifest(
         features=FeatureSpec.from_dict(features, f"{where} features"),
-        weights_note=("RANDOM-INIT BACKBONE: detection quality is not meaningful" if is_random(features["weights"])
-                      else ""),
+        weights_note=(
+            "RANDOM-INIT BACKBONE: detection quality is not meaningful" if is_random(features["weights"]) else ""
+        ),
         k=cfg.k,
-        coreset=CoresetInfo(BankStats.from_dict(neg_stats, where, "coreset.negative"),
-                            BankStats.from_dict(pos_stats, where, "coreset.positive"),
-                            cfg.seed, cfg.chunk_rows, cfg.oversample),
-        defect_patch_rule=DefectPatchRule(cfg.min_cover,
-                                          "cell coverage by the resized mask >= min_cover; else the most covered cell"),
-        sources=Sources(dataset, len(p.normals), pos_counts.get("real", 0), pos_counts.get("synthetic", 0),
-                        tuple(synthetic_dirs), sum(1 for s in p.held if s.label == 0),
-                        sum(1 for s in p.held if s.label == 1), tuple(FileError(*e) for e in errors), HOLDOUT_RULE,
-                        float(cfg.holdout)),
+        coreset=CoresetInfo(
+            BankStats.from_dict(neg_stats, where, "coreset.negative"),
+            BankStats.from_dict(pos_stats, where, "coreset.positive"),
+            cfg.seed,
+            cfg.chunk_rows,
+            cfg.oversample,
+        ),
+        defect_patch_rule=DefectPatchRule(
+            cfg.min_cover, "cell coverage by the resized mask >= min_cover; else the most covered cell"
+        ),
+        sources=Sources(
+            dataset,
+            len(p.normals),
+            pos_counts.get("real", 0),
+            pos_counts.get("synthetic", 0),
+            tuple(synthetic_dirs),
+            sum(1 for s in p.held if s.label == 0),
+            sum(1 for s in p.held if s.label == 1),
+            tuple(FileError(*e) for e in errors),
+            HOLDOUT_RULE,
+            float(cfg.holdout),
+        ),
         default_mode=cfg.default_mode,
         modes=MODES,
         scoring=Scoring(float(cfg.gamma), None),
@@ -393,8 +497,9 @@ def finish(dataset: str, out_dir: str, features: Dict[str, Any], cfg: BuildConfi
     roi_info = None
     if line.roi is not None:
         inside = patch_roi(line.roi, manifest.features.grid)
-        roi_info = RoiInfo(hashlib.sha256(line.roi_png or b"").hexdigest(), line.roi_source, int(inside.sum()),
-                           int(inside.size))
+        roi_info = RoiInfo(
+            hashlib.sha256(line.roi_png or b"").hexdigest(), line.roi_source, int(inside.sum()), int(inside.size)
+        )
     # calibrate on the held-out images with the banks just built (unreadable held-out files are not sources)
     pair = BankPair(negative, positive, manifest, line.roi, sources)
     values: Dict[str, float] = {}
@@ -402,13 +507,14 @@ def finish(dataset: str, out_dir: str, features: Dict[str, Any], cfg: BuildConfi
     held = held_scores(pair)
     if held is not None:
         scores, labels = held
-        if positive is not None:       # fit the fusion and the image head, then score them
+        if positive is not None:  # fit the fusion and the image head, then score them
             fusion = Fusion.from_dict(fit_fusion(scores["fusion_x"], labels), where)
-            head = image_head(scores["head_x"], labels, head_crossfit(manifest) if head_crossfit else None,
-                              HEAD_SEED, where)
+            head = image_head(
+                scores["head_x"], labels, head_crossfit(manifest) if head_crossfit else None, HEAD_SEED, where
+            )
             pair.manifest = manifest = replace(manifest, scoring=replace(manifest.scoring, fusion=fusion, head=head))
             rescored = held_scores(pair)
-            assert rescored is not None     # p.held: as above
+            assert rescored is not None  # p.held: as above
             scores, labels = rescored
         for m in MODES:
             t = threshold(scores[m], labels, cfg.threshold_rule, cfg.target_fpr)
@@ -418,8 +524,9 @@ def finish(dataset: str, out_dir: str, features: Dict[str, Any], cfg: BuildConfi
     else:
         print("warning: no held-out images (--holdout 0): no calibrated threshold", file=sys.stderr)
         rules = LineRules(roi=roi_info, classes=line.classes_source)
-    manifest = replace(manifest, threshold=Thresholds(cfg.threshold_rule, float(cfg.target_fpr), values, detail),
-                       line=rules)
-    with staged_dir(out_dir, bank_file, "banks") as tmp:   # written beside, fsync'd, swapped in whole
+    manifest = replace(
+        manifest, threshold=Thresholds(cfg.threshold_rule, float(cfg.target_fpr), values, detail), line=rules
+    )
+    with staged_dir(out_dir, bank_file, "banks") as tmp:  # written beside, fsync'd, swapped in whole
         manifest = save_bank(tmp, negative, positive, manifest, projection, line.roi, line.roi_png, sources)
     return BuildResult(manifest, errors)

@@ -1,4 +1,5 @@
 """Decision thresholds from scores of held-out training images (kept out of the banks)."""
+
 from __future__ import annotations
 
 from typing import Any, Dict, Optional
@@ -25,20 +26,28 @@ def threshold(scores: np.ndarray, labels: np.ndarray, rule: str, target_fpr: flo
         return {"value": float(t), "rule": "f1", "heldout_f1": float(f1)}
     if normals.size == 0:
         raise ValueError("cannot calibrate a threshold: the held-out set has no normal image")
-    allowed = int(np.floor(target_fpr * normals.size))   # normals allowed at or above t
-    t = (float(np.nextafter(normals[normals.size - 1 - allowed], np.inf)) if allowed < normals.size
-         else float(normals[0]))
+    allowed = int(np.floor(target_fpr * normals.size))  # normals allowed at or above t
+    t = (
+        float(np.nextafter(normals[normals.size - 1 - allowed], np.inf))
+        if allowed < normals.size
+        else float(normals[0])
+    )
     fpr = float((normals >= t).mean())
     return {"value": t, "rule": "fpr", "target_fpr": float(target_fpr), "heldout_fpr": fpr}
 
 
 # Issue 27: the review band's rates (documented in README, "Running a line").
-REVIEW_FALSE_ALARMS = 0.01      # T2 (defect_above): at most 1 % of the held-out normals reach it
-REVIEW_MISSES = 0.01            # T1 (ok_below): at most 1 % of the held-out defects fall below it
+REVIEW_FALSE_ALARMS = 0.01  # T2 (defect_above): at most 1 % of the held-out normals reach it
+REVIEW_MISSES = 0.01  # T1 (ok_below): at most 1 % of the held-out defects fall below it
 
 
-def review_band(scores: np.ndarray, labels: np.ndarray, threshold_value: Optional[float],
-                false_alarms: float = REVIEW_FALSE_ALARMS, misses: float = REVIEW_MISSES) -> Dict[str, Any]:
+def review_band(
+    scores: np.ndarray,
+    labels: np.ndarray,
+    threshold_value: Optional[float],
+    false_alarms: float = REVIEW_FALSE_ALARMS,
+    misses: float = REVIEW_MISSES,
+) -> Dict[str, Any]:
     """The review band (T1, T2) of held-out scores: score >= T2 is a defect with at most `false_alarms` of the
     normals there, score < T1 passes with at most `misses` of the defects there, between is for a person.
 
@@ -48,12 +57,15 @@ def review_band(scores: np.ndarray, labels: np.ndarray, threshold_value: Optiona
     scores = np.asarray(scores, dtype=np.float64)
     labels = np.asarray(labels).astype(int)
     normals, defects = np.sort(scores[labels == 0]), np.sort(scores[labels == 1])
-    out: Dict[str, Any] = {"false_alarms": float(false_alarms), "misses": float(misses),
-                           "heldout": {"normal": int(normals.size), "defective": int(defects.size)}}
+    out: Dict[str, Any] = {
+        "false_alarms": float(false_alarms),
+        "misses": float(misses),
+        "heldout": {"normal": int(normals.size), "defective": int(defects.size)},
+    }
     t2 = threshold(normals, np.zeros(normals.size, int), "fpr", false_alarms)["value"] if normals.size else None
     t1 = None
     if defects.size:
-        allowed = int(np.floor(misses * defects.size))        # defects allowed below T1
+        allowed = int(np.floor(misses * defects.size))  # defects allowed below T1
         t1 = float(defects[allowed])
     if t1 is not None and t2 is not None and t1 > t2:
         mid = threshold_value if threshold_value is not None and t2 <= threshold_value <= t1 else (t1 + t2) / 2
@@ -65,10 +77,15 @@ def review_band(scores: np.ndarray, labels: np.ndarray, threshold_value: Optiona
         raise ValueError("cannot calibrate a review band: no held-out images and no threshold")
     if threshold_value is not None:
         t1, t2 = min(t1, threshold_value), max(t2, threshold_value)
-    out.update({"ok_below": float(t1), "defect_above": float(t2),
-                "heldout_false_alarms": float((normals >= t2).mean()) if normals.size else None,
-                "heldout_misses": float((defects < t1).mean()) if defects.size else None,
-                "heldout_review": float(((scores >= t1) & (scores < t2)).mean()) if scores.size else None})
+    out.update(
+        {
+            "ok_below": float(t1),
+            "defect_above": float(t2),
+            "heldout_false_alarms": float((normals >= t2).mean()) if normals.size else None,
+            "heldout_misses": float((defects < t1).mean()) if defects.size else None,
+            "heldout_review": float(((scores >= t1) & (scores < t2)).mean()) if scores.size else None,
+        }
+    )
     return out
 
 
@@ -82,7 +99,13 @@ def fit_confidence(scores: np.ndarray, labels: np.ndarray, l2: float = 1e-3) -> 
         return None
     p = fit_fusion(np.arcsinh(scores)[:, None], y, l2=l2, iters=100, features=("asinh_score",), min_per_class=1)
     coef, intercept = p["coef"][0], p["intercept"]
-    if coef < 0:          # held-out defects scored below normals: no evidence that a higher score means a defect
-        coef, intercept = 0.0, float(np.log(y.mean() / (1 - y.mean())))     # the hold-out's defect rate
-    return {"mean": p["mean"][0], "scale": p["scale"][0], "coef": coef, "intercept": intercept,
-            "transform": "asinh", "heldout": p["heldout"]}
+    if coef < 0:  # held-out defects scored below normals: no evidence that a higher score means a defect
+        coef, intercept = 0.0, float(np.log(y.mean() / (1 - y.mean())))  # the hold-out's defect rate
+    return {
+        "mean": p["mean"][0],
+        "scale": p["scale"][0],
+        "coef": coef,
+        "intercept": intercept,
+        "transform": "asinh",
+        "heldout": p["heldout"],
+    }

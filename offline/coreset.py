@@ -16,6 +16,7 @@ the first centre on an arbitrary (usually typical) row and made the banks -- and
 with the seed. It does not depend on the order of the rows within a chunk (ties aside); the build puts the images
 in a content-defined order (exdd.datasets.canonical_order), which fixes the chunks.
 """
+
 from __future__ import annotations
 
 import math
@@ -30,6 +31,7 @@ from exdd import defaults
 @dataclass
 class Coreset:
     """Selected row indices (selection order), the coverage radius and how it was obtained."""
+
     indices: np.ndarray
     radius: float
     radius_is_bound: bool
@@ -76,9 +78,13 @@ def greedy_kcenter(x: np.ndarray, k: int) -> Coreset:
     return Coreset(sel, float(vals[-1]), False, "exact")
 
 
-def chunked_kcenter(x: np.ndarray, k: int, chunk_rows: int = defaults.CHUNK_ROWS,
-                    oversample: float = defaults.OVERSAMPLE,
-                    progress: Optional[Callable[[int], None]] = None) -> Coreset:
+def chunked_kcenter(
+    x: np.ndarray,
+    k: int,
+    chunk_rows: int = defaults.CHUNK_ROWS,
+    oversample: float = defaults.OVERSAMPLE,
+    progress: Optional[Callable[[int], None]] = None,
+) -> Coreset:
     """Approximate greedy k-center for large N: per-chunk greedy, merged by pick distance.
 
     x may be float16 (converted chunk by chunk). Exact greedy when N <= chunk_rows.
@@ -117,22 +123,27 @@ def merge_chunks(picks: list, radii: list, k: int, method: str, min_take: Option
     np.maximum.at(take, owner[order], pos[order] + 1)
     if min_take is not None:
         take = np.maximum(take, np.minimum(np.asarray(min_take, dtype=np.int64), [len(v) for v in values]))
-    sel = np.concatenate([picks[c][:take[c]] for c in range(n_chunks)])
-    bound = max(float(radii[c][take[c]]) if take[c] < len(radii[c]) else float(radii[c][-1])
-                for c in range(n_chunks))
+    sel = np.concatenate([picks[c][: take[c]] for c in range(n_chunks)])
+    bound = max(float(radii[c][take[c]]) if take[c] < len(radii[c]) else float(radii[c][-1]) for c in range(n_chunks))
     return Coreset(sel, bound, True, method)
 
 
 def coverage_radius(x: np.ndarray, centers: np.ndarray, max_block: int = 1 << 22) -> float:
     """Exact max over rows of the distance to the nearest centre row (chunked)."""
     from exdd_scoring.knn import nearest
-    dist, _ = nearest(np.ascontiguousarray(x, dtype=np.float32),
-                      np.ascontiguousarray(centers, dtype=np.float32), np, max_block=max_block)
+
+    dist, _ = nearest(
+        np.ascontiguousarray(x, dtype=np.float32),
+        np.ascontiguousarray(centers, dtype=np.float32),
+        np,
+        max_block=max_block,
+    )
     return float(dist.max())
 
 
-def _extend_greedy(xf: np.ndarray, mind: np.ndarray, min_picks: int, r2: float,
-                   sq: Optional[np.ndarray] = None) -> tuple[np.ndarray, np.ndarray]:
+def _extend_greedy(
+    xf: np.ndarray, mind: np.ndarray, min_picks: int, r2: float, sq: Optional[np.ndarray] = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Greedy picks over float32 rows xf continued from squared distances mind (updated in place).
 
     Picks the farthest row until ``min_picks`` are picked and every row is within sqrt(r2); returns
@@ -162,10 +173,16 @@ def _extend_greedy(xf: np.ndarray, mind: np.ndarray, min_picks: int, r2: float,
     return np.asarray(sel, dtype=np.int64), np.asarray(vals, dtype=np.float64)
 
 
-def extend_kcenter(centers: np.ndarray, x: np.ndarray, min_picks: int, radius: float,
-                   chunk_rows: int = defaults.CHUNK_ROWS, oversample: float = defaults.OVERSAMPLE,
-                   max_block: int = 1 << 22,
-                   progress: Optional[Callable[[int], None]] = None) -> Coreset:
+def extend_kcenter(
+    centers: np.ndarray,
+    x: np.ndarray,
+    min_picks: int,
+    radius: float,
+    chunk_rows: int = defaults.CHUNK_ROWS,
+    oversample: float = defaults.OVERSAMPLE,
+    max_block: int = 1 << 22,
+    progress: Optional[Callable[[int], None]] = None,
+) -> Coreset:
     """Greedy k-center continued from existing centres over new rows x (incremental update).
 
     Every new row starts at its distance to the nearest existing centre; greedy then picks the
@@ -177,6 +194,7 @@ def extend_kcenter(centers: np.ndarray, x: np.ndarray, min_picks: int, radius: f
     (radius reported as a bound). Returns the picked rows of x; memory O(len(x)).
     """
     from exdd_scoring.knn import nearest
+
     n = x.shape[0]
     if n == 0:
         return Coreset(np.zeros(0, np.int64), 0.0, False, "extend")
@@ -208,5 +226,6 @@ def extend_kcenter(centers: np.ndarray, x: np.ndarray, min_picks: int, radius: f
         above.append(int((vals[:-1] > radius).sum()))
         if progress:
             progress(b - a)
-    return merge_chunks(picks, radii, min_picks, f"extend-chunked(rows={chunk_rows},oversample={oversample})",
-                        min_take=above)
+    return merge_chunks(
+        picks, radii, min_picks, f"extend-chunked(rows={chunk_rows},oversample={oversample})", min_take=above
+    )

@@ -16,6 +16,7 @@ thread count (torch's CPU kernels round the last bit differently with it): the e
 use the thread count a single-process build on the driver's machine uses (``threads`` to change),
 and shards are whole scoring batches (multiples of 16 images and of the extraction batch).
 """
+
 from __future__ import annotations
 
 import math
@@ -44,13 +45,14 @@ from .build import (
 from .coreset import Coreset, bank_size, greedy_kcenter, greedy_picks, merge_chunks
 from .head import crossfit_inputs
 
-SCORE_BATCH = 16          # score_samples' batch: shards are multiples of it
+SCORE_BATCH = 16  # score_samples' batch: shards are multiples of it
 log = _logger(__name__)
 
 
 @dataclass
 class Part:
     """One shard's rows in the object store: (rows, d) float16, and what the shard held."""
+
     rows: int
     ref: Any
     kept: int
@@ -59,25 +61,45 @@ class Part:
 
 # ---------------------------------------------------------------- workers
 
+
 class Extractor:
     """A Ray actor holding the feature extractor (built from the same spec as the driver's)."""
 
-    def __init__(self, weights: str, d: int, projection_seed: int, input_hw: Tuple[int, int], batch_size: int,
-                 threads: int, expected: Dict[str, Any], projection: Optional[np.ndarray] = None):
+    def __init__(
+        self,
+        weights: str,
+        d: int,
+        projection_seed: int,
+        input_hw: Tuple[int, int],
+        batch_size: int,
+        threads: int,
+        expected: Dict[str, Any],
+        projection: Optional[np.ndarray] = None,
+    ):
         import torch
 
         from exdd_scoring.spec import RANDOM_PROJECTION
 
         from .features import build_extractor
+
         torch.set_num_threads(max(1, threads))
-        model, info = build_extractor(weights, d, projection_seed, (input_hw[0], input_hw[1]), projection,
-                                      expected.get("projection", RANDOM_PROJECTION))   # a fitted one: the driver's
+        model, info = build_extractor(
+            weights,
+            d,
+            projection_seed,
+            (input_hw[0], input_hw[1]),
+            projection,
+            expected.get("projection", RANDOM_PROJECTION),
+        )  # a fitted one: the driver's
         for key in ("weights", "projection_sha256", "input_size", "d"):
             if key in expected and info.get(key) != expected[key]:
-                raise RuntimeError(f"worker's extractor differs from the driver's in {key}: {info.get(key)!r} != "
-                                   f"{expected[key]!r} (are the weights at the same path on every node?)")
+                raise RuntimeError(
+                    f"worker's extractor differs from the driver's in {key}: {info.get(key)!r} != "
+                    f"{expected[key]!r} (are the weights at the same path on every node?)"
+                )
         self.device = "cpu"
         import ray
+
         self.model: Any = model
         if ray.get_gpu_ids():
             self.device = "cuda"
@@ -88,6 +110,7 @@ class Extractor:
 
     def _extract(self, samples: Sequence[Sample], with_mask: bool):
         from .extract import extract
+
         return extract(samples, self.model, self.size_hw, self.grid, self.d, self.batch_size, with_mask=with_mask)
 
     def normal_rows(self, samples: Sequence[Sample]):
@@ -106,14 +129,20 @@ class Extractor:
         """(meta, (features (n, h, w, d) float16, defect-patch mask (n, h, w))) of a shard of defective images: what
         the image head's cross-fit scores (offline/head.py)."""
         ex = self._extract(samples, True)
-        return ({"kept": len(ex.samples), "errors": ex.errors, "rows": int(ex.features.shape[0])},
-                (ex.features, defect_patches(ex.covers, min_cover)))
+        return (
+            {"kept": len(ex.samples), "errors": ex.errors, "rows": int(ex.features.shape[0])},
+            (ex.features, defect_patches(ex.covers, min_cover)),
+        )
 
     def heldout_rows(self, samples: Sequence[Sample]):
         """(meta with labels and errors, (n, h, w, d) float16 features) of a shard of held-out images."""
         ex = self._extract(samples, True)
-        return {"kept": len(ex.samples), "errors": ex.errors, "rows": int(ex.features.shape[0]),
-                "labels": np.array([s.label for s in ex.samples])}, ex.features
+        return {
+            "kept": len(ex.samples),
+            "errors": ex.errors,
+            "rows": int(ex.features.shape[0]),
+            "labels": np.array([s.label for s in ex.samples]),
+        }, ex.features
 
 
 class _OnDevice:
@@ -149,6 +178,7 @@ def _exact(k: int, n: int, offsets: Sequence[int], *parts: np.ndarray) -> Corese
 def _driver_threads() -> int:
     """The torch thread count of a single-process build here (CPU kernels round differently with it)."""
     import os
+
     return max(1, os.cpu_count() or 1)
 
 
@@ -163,13 +193,23 @@ def _take(part: np.ndarray, idx: np.ndarray) -> np.ndarray:
 
 # ---------------------------------------------------------------- driver
 
+
 class RayBuild:
     """The distributed stages of a build on a joined Ray cluster."""
 
-    def __init__(self, ray, weights: str, features: Dict[str, Any], cfg: BuildConfig,
-                 workers: Optional[int] = None, shard_images: int = 64, threads: Optional[int] = None,
-                 projection: Optional[np.ndarray] = None):
+    def __init__(
+        self,
+        ray,
+        weights: str,
+        features: Dict[str, Any],
+        cfg: BuildConfig,
+        workers: Optional[int] = None,
+        shard_images: int = 64,
+        threads: Optional[int] = None,
+        projection: Optional[np.ndarray] = None,
+    ):
         from exdd.ray_cluster import cluster_cpus
+
         self.ray, self.cfg = ray, cfg
         gpus = int(ray.cluster_resources().get("GPU", 0))
         n = workers or (gpus or cluster_cpus(ray))
@@ -178,8 +218,16 @@ class RayBuild:
         # one actor per CPU (or GPU) while a feature stage runs; stopped after it, so that the coreset
         # tasks get the CPUs (the rows they made stay in the object store)
         self.actor = ray.remote(num_cpus=0 if gpus else 1, num_gpus=1 if gpus else 0)(Extractor)
-        self.spec = (weights, int(features["d"]), int(features["projection_seed"]), tuple(features["input_size"]),
-                     cfg.batch_size, threads or _driver_threads(), features, projection)
+        self.spec = (
+            weights,
+            int(features["d"]),
+            int(features["projection_seed"]),
+            tuple(features["input_size"]),
+            cfg.batch_size,
+            threads or _driver_threads(),
+            features,
+            projection,
+        )
         self.task_chunk = ray.remote(num_cpus=1)(_chunk_greedy)
         self.task_exact = ray.remote(num_cpus=1)(_exact)
         self.task_take = ray.remote(num_cpus=1)(_take)
@@ -187,7 +235,7 @@ class RayBuild:
         self.workers = n
 
     def _shards(self, samples: Sequence[Sample]) -> List[List[Sample]]:
-        return [list(samples[i:i + self.shard]) for i in range(0, len(samples), self.shard)]
+        return [list(samples[i : i + self.shard]) for i in range(0, len(samples), self.shard)]
 
     def _map(self, method: str, samples: Sequence[Sample], args: tuple, num_returns: int, progress) -> List[Any]:
         """Call an extractor method on every shard (actors round-robin); result refs in shard order."""
@@ -203,7 +251,7 @@ class RayBuild:
             while pending:
                 done, _ = self.ray.wait(list(pending), num_returns=1)
                 for h in done:
-                    self.ray.get(h)                # a failed shard raises here, naming the worker's error
+                    self.ray.get(h)  # a failed shard raises here, naming the worker's error
                     if progress:
                         progress(pending[h])
                     pending.pop(h)
@@ -273,15 +321,26 @@ class RayBuild:
         return bank_of(self.gather(parts, np.sort(cs.indices)), n, cs, ratio, self.cfg.min_size, self.cfg.k)
 
 
-def build_ray(ray, dataset: str, out_dir: str, weights: str, features: Dict[str, Any], cfg: BuildConfig,
-              synthetic_dirs: Sequence[str] = (), layout: str = "auto",
-              progress_factory: Optional[Callable[[str, int], Any]] = None,
-              workers: Optional[int] = None, shard_images: int = 64, threads: Optional[int] = None,
-              projection: Optional[np.ndarray] = None) -> BuildResult:
+def build_ray(
+    ray,
+    dataset: str,
+    out_dir: str,
+    weights: str,
+    features: Dict[str, Any],
+    cfg: BuildConfig,
+    synthetic_dirs: Sequence[str] = (),
+    layout: str = "auto",
+    progress_factory: Optional[Callable[[str, int], Any]] = None,
+    workers: Optional[int] = None,
+    shard_images: int = 64,
+    threads: Optional[int] = None,
+    projection: Optional[np.ndarray] = None,
+) -> BuildResult:
     """build() on a Ray cluster: same plan, same banks, same manifest (but its timestamp).
 
     projection: a fitted projection (fitted on the driver before, ``offline/projection.py``), sent to every
     extractor actor and saved with the banks; None for the random one each actor makes from its seed."""
+
     def bar(desc: str, total: int):
         return progress_factory(desc, total) if progress_factory else None
 
@@ -316,8 +375,9 @@ def build_ray(ray, dataset: str, out_dir: str, weights: str, features: Dict[str,
         pos_counts[name] = 0
         if not samples:
             continue
-        parts = stage(f"features: {name} defects", len(samples),
-                      lambda u: rb._parts("defect_rows", samples, (cfg.min_cover,), u))
+        parts = stage(
+            f"features: {name} defects", len(samples), lambda u: rb._parts("defect_rows", samples, (cfg.min_cover,), u)
+        )
         note(parts)
         pos_parts += parts
         pos_counts[name] = sum(x.kept for x in parts)
@@ -326,8 +386,7 @@ def build_ray(ray, dataset: str, out_dir: str, weights: str, features: Dict[str,
     if sum(x.rows for x in pos_parts) > 0:
         positive, pos_stats = rb.bank([x for x in pos_parts if x.rows], cfg.pos_ratio)
     else:
-        print("warning: no defect patches for the positive bank: exdd modes fall back to patchcore",
-              file=sys.stderr)
+        print("warning: no defect patches for the positive bank: exdd modes fall back to patchcore", file=sys.stderr)
 
     held: List[Part] = []
     held_labels: List[np.ndarray] = []
@@ -344,7 +403,7 @@ def build_ray(ray, dataset: str, out_dir: str, weights: str, features: Dict[str,
             note(held)
         pref = ray.put(pair)
         res = ray.get([rb.task_score.remote(pref, h.ref) for h in held if h.rows])
-        if not res:                       # no readable held-out image: what score_samples gives for none
+        if not res:  # no readable held-out image: what score_samples gives for none
             return score_samples(calibration_scorer(pair), np.zeros((0, 1, 1, 1), np.float16)), np.zeros(0, int)
         scores = {}
         for key in res[0]:
@@ -362,12 +421,32 @@ def build_ray(ray, dataset: str, out_dir: str, weights: str, features: Dict[str,
             return None
         synth = None
         if p.synth:
-            synth = np.concatenate([ray.get(x.ref) for x in pos_parts[len(pos_parts) - n_synth_parts:] if x.rows]
-                                   or [np.zeros((0, int(features["d"])), np.float16)])
-        return crossfit_inputs(negative, manifest, np.concatenate([g[0] for g in got]),
-                               np.concatenate([g[1] for g in got]), synth, lambda v: make_bank(
-                                   v, cfg.pos_ratio, cfg.min_size, cfg.k, cfg.chunk_rows,
-                                   cfg.oversample)[0], HEAD_SEED)
+            synth = np.concatenate(
+                [ray.get(x.ref) for x in pos_parts[len(pos_parts) - n_synth_parts :] if x.rows]
+                or [np.zeros((0, int(features["d"])), np.float16)]
+            )
+        return crossfit_inputs(
+            negative,
+            manifest,
+            np.concatenate([g[0] for g in got]),
+            np.concatenate([g[1] for g in got]),
+            synth,
+            lambda v: make_bank(v, cfg.pos_ratio, cfg.min_size, cfg.k, cfg.chunk_rows, cfg.oversample)[0],
+            HEAD_SEED,
+        )
 
-    return finish(dataset, out_dir, features, cfg, synthetic_dirs, p, (negative, neg_stats), (positive, pos_stats),
-                  pos_counts, errors, held_scores, projection, head_crossfit)
+    return finish(
+        dataset,
+        out_dir,
+        features,
+        cfg,
+        synthetic_dirs,
+        p,
+        (negative, neg_stats),
+        (positive, pos_stats),
+        pos_counts,
+        errors,
+        held_scores,
+        projection,
+        head_crossfit,
+    )

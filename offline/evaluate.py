@@ -1,4 +1,5 @@
 """Scoring a labelled test split with the banks and measuring every mode side by side."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from .extract import batches, run_extractor
 @dataclass
 class Scored:
     """Per-image results of a split and the image-sized maps (float32: a ratio map overflows float16) per map kind."""
+
     samples: List[Sample]
     scores: Dict[str, np.ndarray]
     s_neg: np.ndarray
@@ -31,10 +33,16 @@ class Scored:
     nearest_rows: Optional[np.ndarray] = None
 
 
-def score_split(samples: Sequence[Sample], model, scorer: Scorer, size_hw: Tuple[int, int],
-                batch_size: int = defaults.BATCH_SIZE, with_maps: bool = True,
-                progress: Optional[Callable[[int], None]] = None,
-                on_features: Optional[Callable[[np.ndarray], None]] = None) -> Scored:
+def score_split(
+    samples: Sequence[Sample],
+    model,
+    scorer: Scorer,
+    size_hw: Tuple[int, int],
+    batch_size: int = defaults.BATCH_SIZE,
+    with_maps: bool = True,
+    progress: Optional[Callable[[int], None]] = None,
+    on_features: Optional[Callable[[np.ndarray], None]] = None,
+) -> Scored:
     """Extract and score every readable sample; maps kept per kind ('neg', 'ratio'). on_features sees every batch
     of features (b, h, w, d) as it is scored (a second scorer reuses the extraction)."""
     errors: List[Tuple[str, str]] = []
@@ -44,16 +52,24 @@ def score_split(samples: Sequence[Sample], model, scorer: Scorer, size_hw: Tuple
         if on_features is not None:
             on_features(f)
         return f
-    feats = ((bs, extracted(imgs), [m for m in ms if m is not None])     # with_mask: every mask read
-             for bs, imgs, ms in batches(samples, size_hw, batch_size, True, errors))
+
+    feats = (
+        (bs, extracted(imgs), [m for m in ms if m is not None])  # with_mask: every mask read
+        for bs, imgs, ms in batches(samples, size_hw, batch_size, True, errors)
+    )
     scored = score_features(feats, len(samples), scorer, size_hw, with_maps, progress)
     scored.errors = errors
     return scored
 
 
-def score_features(feature_batches: Iterable[Tuple[List[Sample], np.ndarray, List[np.ndarray]]], n: int,
-                   scorer: Scorer, size_hw: Tuple[int, int], with_maps: bool = True,
-                   progress: Optional[Callable[[int], None]] = None) -> Scored:
+def score_features(
+    feature_batches: Iterable[Tuple[List[Sample], np.ndarray, List[np.ndarray]]],
+    n: int,
+    scorer: Scorer,
+    size_hw: Tuple[int, int],
+    with_maps: bool = True,
+    progress: Optional[Callable[[int], None]] = None,
+) -> Scored:
     """Score batches of (samples, features (b, h, w, d), masks) of at most n samples."""
     kept: List[Sample] = []
     sc: Dict[str, list] = {m: [] for m in MODES}
@@ -74,24 +90,32 @@ def score_features(feature_batches: Iterable[Tuple[List[Sample], np.ndarray, Lis
         s_pos.append(r.s_pos)
         if with_maps:
             for m in MODES:
-                maps[map_of_mode(m)][n0:n0 + len(bs)] = r.maps[m]
+                maps[map_of_mode(m)][n0 : n0 + len(bs)] = r.maps[m]
         masks += ms
         kept += bs
         if progress:
             progress(len(bs))
     k = len(kept)
     cat = lambda v: np.concatenate(v) if v else np.zeros(0, np.float32)  # noqa: E731
-    return Scored(kept, {m: cat(v) for m, v in sc.items()}, cat(s_neg), cat(s_pos),
-                  {kk: v[:k] for kk, v in maps.items()}, np.stack(masks) if masks else None, [],
-                  cat(areas).astype(np.int32), np.concatenate(boxes) if boxes else np.zeros((0, 4), np.int32),
-                  cat(rows).astype(np.int64))
+    return Scored(
+        kept,
+        {m: cat(v) for m, v in sc.items()},
+        cat(s_neg),
+        cat(s_pos),
+        {kk: v[:k] for kk, v in maps.items()},
+        np.stack(masks) if masks else None,
+        [],
+        cat(areas).astype(np.int32),
+        np.concatenate(boxes) if boxes else np.zeros((0, 4), np.int32),
+        cat(rows).astype(np.int64),
+    )
 
 
 def metrics_of(scored: Scored) -> Dict[str, Dict[str, float]]:
     """Metrics per mode; pixel metrics computed once per map kind and shared by modes using it."""
     labels = np.array([s.label for s in scored.samples])
     if not (labels >= 0).any():
-        return {m: {} for m in MODES}          # an unlabelled folder: scores only
+        return {m: {} for m in MODES}  # an unlabelled folder: scores only
     per_kind: Dict[str, Dict[str, float]] = {}
     out = {}
     for m in MODES:

@@ -1,4 +1,5 @@
 """Running the feature extractor over dataset samples, in batches, with per-file errors."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ log = _logger(__name__)
 @dataclass
 class Extracted:
     """Features (n, h, w, d) of the samples that could be read, their coverage maps and the errors."""
+
     features: np.ndarray
     covers: Optional[np.ndarray]
     samples: List[Sample]
@@ -49,8 +51,9 @@ def read_sample(s: Sample, size_hw: Tuple[int, int], with_mask: bool) -> Tuple[n
     return img, read_mask(s.mask, image_size(s.path), size_hw)
 
 
-def batches(samples: Sequence[Sample], size_hw: Tuple[int, int], batch_size: int, with_mask: bool,
-            errors: List[Tuple[str, str]]) -> Iterator[Tuple[List[Sample], np.ndarray, List[Optional[np.ndarray]]]]:
+def batches(
+    samples: Sequence[Sample], size_hw: Tuple[int, int], batch_size: int, with_mask: bool, errors: List[Tuple[str, str]]
+) -> Iterator[Tuple[List[Sample], np.ndarray, List[Optional[np.ndarray]]]]:
     """Readable samples in batches of (samples, images (b, H, W, 3), masks); bad files go to errors."""
     buf: List[Tuple[Sample, np.ndarray, Optional[np.ndarray]]] = []
     for s in samples:
@@ -74,9 +77,17 @@ def run_extractor(model: torch.nn.Module, images: np.ndarray) -> np.ndarray:
     return model(torch.from_numpy(images)).numpy()
 
 
-def extract(samples: Sequence[Sample], model: torch.nn.Module, size_hw: Tuple[int, int], grid: Tuple[int, int],
-            d: int, batch_size: int = defaults.BATCH_SIZE, with_mask: bool = False, dtype=np.float16,
-            progress: Optional[Callable[[int], None]] = None) -> Extracted:
+def extract(
+    samples: Sequence[Sample],
+    model: torch.nn.Module,
+    size_hw: Tuple[int, int],
+    grid: Tuple[int, int],
+    d: int,
+    batch_size: int = defaults.BATCH_SIZE,
+    with_mask: bool = False,
+    dtype=np.float16,
+    progress: Optional[Callable[[int], None]] = None,
+) -> Extracted:
     """Features of all readable samples, stored as dtype; masks become per-patch coverage."""
     errors: List[Tuple[str, str]] = []
     feats = np.empty((len(samples), grid[0], grid[1], d), dtype=dtype)
@@ -85,8 +96,8 @@ def extract(samples: Sequence[Sample], model: torch.nn.Module, size_hw: Tuple[in
     for bs, imgs, masks in batches(samples, size_hw, batch_size, with_mask, errors):
         f = run_extractor(model, imgs)
         n0 = len(kept)
-        feats[n0:n0 + len(bs)] = f
-        if covers is not None:          # with_mask: every mask read
+        feats[n0 : n0 + len(bs)] = f
+        if covers is not None:  # with_mask: every mask read
             for i, m in enumerate(masks):
                 assert m is not None
                 covers[n0 + i] = cell_cover(m, grid)

@@ -3,6 +3,7 @@
 Projection is linear and applied per patch, so features for any d are ``raw @ P_d``: one
 extraction serves a whole sweep of projection dimensions or bank settings.
 """
+
 from __future__ import annotations
 
 import json
@@ -39,24 +40,33 @@ class RawCache:
         h, w = self.raw.shape[1:3]
         out = np.empty((len(rows), h, w, proj.shape[1]), dtype=dtype)
         for i in range(0, len(rows), chunk):
-            r = list(rows[i:i + chunk])
-            out[i:i + len(r)] = np.asarray(self.raw[r], dtype=np.float32) @ proj
+            r = list(rows[i : i + chunk])
+            out[i : i + len(r)] = np.asarray(self.raw[r], dtype=np.float32) @ proj
         return out
 
-    def featurizer(self, proj: np.ndarray
-                   ) -> Callable[[Sequence[Sample], bool, Optional[Callable[[int], None]]], Extracted]:
+    def featurizer(
+        self, proj: np.ndarray
+    ) -> Callable[[Sequence[Sample], bool, Optional[Callable[[int], None]]], Extracted]:
         """A build() featurizer serving cached features projected by proj."""
+
         def featurize(samples, with_mask, progress):
             kept = [s for s in samples if s.path in self.index]
             rows = [self.index[s.path] for s in kept]
             if progress:
                 progress(len(samples))
             return Extracted(self.project(rows, proj), self.covers[rows] if with_mask else None, kept, [])
+
         return featurize
 
 
-def extract_raw(samples: Sequence[Sample], weights: str, input_hw: Tuple[int, int], folder: str,
-                batch_size: int = defaults.BATCH_SIZE, progress: Optional[Callable[[int], None]] = None) -> RawCache:
+def extract_raw(
+    samples: Sequence[Sample],
+    weights: str,
+    input_hw: Tuple[int, int],
+    folder: str,
+    batch_size: int = defaults.BATCH_SIZE,
+    progress: Optional[Callable[[int], None]] = None,
+) -> RawCache:
     """Extract and store raw features of the readable samples (resumes a finished cache as is)."""
     if os.path.isfile(os.path.join(folder, "meta.json")):
         return RawCache(folder)
@@ -71,18 +81,24 @@ def extract_raw(samples: Sequence[Sample], weights: str, input_hw: Tuple[int, in
         except ImageReadError:
             continue
     from .features import grid_of
+
     grid = grid_of(input_hw)
-    raw = np.lib.format.open_memmap(os.path.join(folder, "raw.npy"), mode="w+", dtype=np.float16,
-                                    shape=(len(readable), grid[0], grid[1], sum(CHANNELS)))
-    masks = np.lib.format.open_memmap(os.path.join(folder, "masks.npy"), mode="w+", dtype=bool,
-                                      shape=(len(readable),) + tuple(input_hw))
+    raw = np.lib.format.open_memmap(
+        os.path.join(folder, "raw.npy"),
+        mode="w+",
+        dtype=np.float16,
+        shape=(len(readable), grid[0], grid[1], sum(CHANNELS)),
+    )
+    masks = np.lib.format.open_memmap(
+        os.path.join(folder, "masks.npy"), mode="w+", dtype=bool, shape=(len(readable),) + tuple(input_hw)
+    )
     covers = np.zeros((len(readable),) + grid, dtype=np.float32)
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     for i in range(0, len(readable), batch_size):
-        pairs = [read_sample(s, input_hw, True) for s in readable[i:i + batch_size]]
-        raw[i:i + len(pairs)] = run_extractor(model, np.stack([p[0] for p in pairs]))
+        pairs = [read_sample(s, input_hw, True) for s in readable[i : i + batch_size]]
+        raw[i : i + len(pairs)] = run_extractor(model, np.stack([p[0] for p in pairs]))
         for j, (_, m) in enumerate(pairs):
-            assert m is not None        # read with its mask
+            assert m is not None  # read with its mask
             masks[i + j] = m
             covers[i + j] = cell_cover(m, grid)
         if progress:
@@ -90,6 +106,8 @@ def extract_raw(samples: Sequence[Sample], weights: str, input_hw: Tuple[int, in
     raw.flush()
     masks.flush()
     np.save(os.path.join(folder, "covers.npy"), covers)
-    json.dump({"paths": [s.path for s in readable], "weights_id": wid, "input_size": list(input_hw)},
-              open(os.path.join(folder, "meta.json"), "w"))
+    json.dump(
+        {"paths": [s.path for s in readable], "weights_id": wid, "input_size": list(input_hw)},
+        open(os.path.join(folder, "meta.json"), "w"),
+    )
     return RawCache(folder)

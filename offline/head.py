@@ -12,6 +12,7 @@ the head is not fitted and serves its fixed fallback (scores.HEAD_FALLBACK: log 
 manifest says so: a 7-weight model fitted on fewer than 10 defects follows their noise, and its cross-validated
 AUROC over so few cannot tell it from the fallback.
 """
+
 from __future__ import annotations
 
 from typing import Any, Callable, Dict, Optional, Sequence, Union
@@ -25,9 +26,9 @@ from exdd_scoring.fusion import fit_fusion, fusion_score
 from exdd_scoring.manifest import BankManifest
 from exdd_scoring.scores import HEAD_FALLBACK, HEAD_FEATURES, head_inputs
 
-HEAD_FOLDS = 5            # cross-fit folds of the defective training images, and cross-validation folds of the fit
-HEAD_MIN_DEFECTIVE = 10   # defective images (held-out + cross-fitted) below which the fixed fallback serves
-HEAD_MIN_NORMAL = 5       # held-out normal images below which the fixed fallback serves
+HEAD_FOLDS = 5  # cross-fit folds of the defective training images, and cross-validation folds of the fit
+HEAD_MIN_DEFECTIVE = 10  # defective images (held-out + cross-fitted) below which the fixed fallback serves
+HEAD_MIN_NORMAL = 5  # held-out normal images below which the fixed fallback serves
 HEAD_L2 = 1.0
 
 
@@ -42,19 +43,28 @@ def crossfit_folds(n: int, seed: int, folds: int = HEAD_FOLDS) -> np.ndarray:
 def scored_inputs(pair: BankPair, feats: np.ndarray, batch: int = 16) -> np.ndarray:
     """(n, len(HEAD_FEATURES)) head statistics of stored features (n, h, w, d) against a bank pair."""
     scorer = Scorer(pair)
-    rows = [np.asarray(head_inputs(scorer.evidence(feats[i:i + batch].astype(np.float32))))
-            for i in range(0, feats.shape[0], batch)]
+    rows = [
+        np.asarray(head_inputs(scorer.evidence(feats[i : i + batch].astype(np.float32))))
+        for i in range(0, feats.shape[0], batch)
+    ]
     return np.concatenate(rows) if rows else np.zeros((0, len(HEAD_FEATURES)), np.float32)
 
 
-def crossfit_inputs(negative: Bank, manifest: BankManifest, defect_feats: np.ndarray, defect_sel: np.ndarray,
-                    other_pos: Optional[np.ndarray], positive_of: Callable[[np.ndarray], Bank], seed: int,
-                    folds: int = HEAD_FOLDS) -> np.ndarray:
+def crossfit_inputs(
+    negative: Bank,
+    manifest: BankManifest,
+    defect_feats: np.ndarray,
+    defect_sel: np.ndarray,
+    other_pos: Optional[np.ndarray],
+    positive_of: Callable[[np.ndarray], Bank],
+    seed: int,
+    folds: int = HEAD_FOLDS,
+) -> np.ndarray:
     """Head statistics of each real defective training image (n, h, w, d) scored against a positive bank built by
     positive_of((N, d) rows) from the other folds' defect patches (defect_sel (n, h, w)) and other_pos (synthetic)."""
     n = defect_feats.shape[0]
     out = np.zeros((n, len(HEAD_FEATURES)), np.float32)
-    if n < 2:                        # one image cannot be scored without itself: no cross-fitted evidence
+    if n < 2:  # one image cannot be scored without itself: no cross-fitted evidence
         return out[:0]
     fold = crossfit_folds(n, seed, folds)
     d = defect_feats.shape[-1]
@@ -70,9 +80,14 @@ def crossfit_inputs(negative: Bank, manifest: BankManifest, defect_feats: np.nda
     return out
 
 
-def fit_head(x: np.ndarray, labels: Union[Sequence[int], np.ndarray], seed: int = 0, folds: int = HEAD_FOLDS,
-             l2: float = HEAD_L2,
-             crossfit: int = 0) -> Dict[str, Any]:
+def fit_head(
+    x: np.ndarray,
+    labels: Union[Sequence[int], np.ndarray],
+    seed: int = 0,
+    folds: int = HEAD_FOLDS,
+    l2: float = HEAD_L2,
+    crossfit: int = 0,
+) -> Dict[str, Any]:
     """The head's parameters (for manifest.Fusion): a logistic model of x (n, len(HEAD_FEATURES)) fitted on every
     image, with the AUROC of its out-of-fold predictions (stratified, seeded folds) and of the fallback's feature;
     HEAD_FALLBACK (with a note saying why) when there are too few images of a class."""
@@ -81,13 +96,17 @@ def fit_head(x: np.ndarray, labels: Union[Sequence[int], np.ndarray], seed: int 
     n_def, n_norm = int((y == 1).sum()), int((y == 0).sum())
     counts = {"normal": n_norm, "defective": n_def}
     if n_def < HEAD_MIN_DEFECTIVE or n_norm < HEAD_MIN_NORMAL:
-        return dict(HEAD_FALLBACK, heldout=counts, crossfit=int(crossfit),
-                    note=f"{HEAD_FALLBACK['note']}: {n_def} defective / {n_norm} normal images to fit on, fewer than "
-                         f"{HEAD_MIN_DEFECTIVE} / {HEAD_MIN_NORMAL}")
+        return dict(
+            HEAD_FALLBACK,
+            heldout=counts,
+            crossfit=int(crossfit),
+            note=f"{HEAD_FALLBACK['note']}: {n_def} defective / {n_norm} normal images to fit on, fewer than "
+            f"{HEAD_MIN_DEFECTIVE} / {HEAD_MIN_NORMAL}",
+        )
     params = fit_fusion(x, y, l2, features=HEAD_FEATURES, min_per_class=1)
     rng = np.random.default_rng(seed)
     fold = np.empty(y.size, np.int64)
-    for lab in (0, 1):                                  # stratified: each fold holds both classes when it can
+    for lab in (0, 1):  # stratified: each fold holds both classes when it can
         idx = np.flatnonzero(y == lab)
         fold[idx[rng.permutation(idx.size)]] = np.arange(idx.size) % folds
     oof = np.zeros(y.size)
@@ -98,7 +117,12 @@ def fit_head(x: np.ndarray, labels: Union[Sequence[int], np.ndarray], seed: int 
         p = fit_fusion(x[~test], y[~test], l2, features=HEAD_FEATURES, min_per_class=1)
         oof[test] = np.asarray(fusion_score(x[test], p, np))
     fb = x[:, HEAD_FEATURES.index(HEAD_FALLBACK["features"][0])]
-    params.update(heldout=counts, cv_auroc=float(auroc(oof, y)), fallback_cv_auroc=float(auroc(fb, y)),
-                  folds=int(folds), crossfit=int(crossfit))
+    params.update(
+        heldout=counts,
+        cv_auroc=float(auroc(oof, y)),
+        fallback_cv_auroc=float(auroc(fb, y)),
+        folds=int(folds),
+        crossfit=int(crossfit),
+    )
     params.pop("note", None)
     return params

@@ -5,6 +5,7 @@ out), so ``extract`` and ``offline build`` use it unchanged; the fingerprint sto
 match the torch extractor's, so banks built with it serve with that ONNX (and the served model runs
 the file through the same runtime code).
 """
+
 from __future__ import annotations
 
 from typing import Any, Dict
@@ -26,5 +27,6 @@ class OnnxExtractor:
 
     def __call__(self, images: Any) -> Any:
         import torch
+
         x = np.ascontiguousarray(images.numpy() if hasattr(images, "numpy") else images, dtype=np.uint8)
         return torch.from_numpy(self.runner.run(x))

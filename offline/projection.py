@@ -20,6 +20,7 @@ CPU kernels may round the last bit differently elsewhere, as for every feature; 
 banks say so). At most ``defaults.PROJECTION_IMAGES`` normal images are read (evenly spaced in sorted order):
 the fit costs one extra extraction pass over them, bounded on big sets; 1536 x 1536 needs far fewer patches.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ from exdd_scoring.spec import RANDOM_PROJECTION
 @dataclass(frozen=True)
 class Projection:
     """A projection kind: fit(covariance (c, c) float64, d) -> (c, d) float32, None for the seeded random one."""
+
     name: str
     description: str
     fit: Optional[Callable[[np.ndarray, int], np.ndarray]] = None
@@ -62,7 +64,7 @@ def pca_projection(cov: np.ndarray, d: int) -> np.ndarray:
     if not 1 <= d <= c:
         raise ValueError(f"projection dimension d must be in 1..{c} for a pca projection, got {d}")
     val, vec = np.linalg.eigh(cov)
-    top = vec[:, ::-1][:, :d]                               # eigh: ascending eigenvalues
+    top = vec[:, ::-1][:, :d]  # eigh: ascending eigenvalues
     big = np.argmax(np.abs(top), axis=0)
     top = top * np.where(top[big, np.arange(d)] < 0, -1.0, 1.0)[None, :]
     return np.ascontiguousarray(top, dtype=np.float32)
@@ -83,7 +85,7 @@ class Covariance:
 
     def add(self, rows: np.ndarray) -> None:
         x = np.asarray(rows, dtype=np.float64)
-        if self.shift is None:                  # shifted sums: no cancellation when the mean is large
+        if self.shift is None:  # shifted sums: no cancellation when the mean is large
             self.shift = x.mean(axis=0)
         x = x - self.shift
         self.n += x.shape[0]
@@ -106,13 +108,18 @@ def fit_samples(samples: Sequence[Sample], limit: int = defaults.PROJECTION_IMAG
     return ordered
 
 
-def normal_covariance(model: Any, samples: Sequence[Sample], batch_size: int = defaults.BATCH_SIZE,
-                      progress: Optional[Callable[[int], None]] = None) -> Tuple[np.ndarray, int, list]:
+def normal_covariance(
+    model: Any,
+    samples: Sequence[Sample],
+    batch_size: int = defaults.BATCH_SIZE,
+    progress: Optional[Callable[[int], None]] = None,
+) -> Tuple[np.ndarray, int, list]:
     """(covariance of the raw 1536-d patch features, images read, unreadable (path, error)) of the samples;
     model: a FeatureExtractor (its ``raw`` features, whatever its projection)."""
     import torch  # here, not at import: the CLI reads the registry's names
 
     from .extract import batches
+
     errors: list = []
     cov, seen = None, 0
     for bs, imgs, _ in batches(samples, model.input_hw, batch_size, False, errors):
@@ -129,14 +136,22 @@ def normal_covariance(model: Any, samples: Sequence[Sample], batch_size: int = d
     return cov.value(), seen, errors
 
 
-def fit_projection(kind: str, model: Any, samples: Sequence[Sample], d: int,
-                   batch_size: int = defaults.BATCH_SIZE, limit: int = defaults.PROJECTION_IMAGES,
-                   progress: Optional[Callable[[int], None]] = None) -> np.ndarray:
+def fit_projection(
+    kind: str,
+    model: Any,
+    samples: Sequence[Sample],
+    d: int,
+    batch_size: int = defaults.BATCH_SIZE,
+    limit: int = defaults.PROJECTION_IMAGES,
+    progress: Optional[Callable[[int], None]] = None,
+) -> np.ndarray:
     """The (1536, d) matrix of a fitted kind on the normal training samples (model: any extractor on the backbone)."""
     p = PROJECTIONS.get(kind)
     fit = None if p is None else p.fit
     if fit is None:
-        raise ValueError(f"projection {kind!r}: expected a fitted kind, one of "
-                         f"{', '.join(k for k, v in PROJECTIONS.items() if v.fitted)}")
+        raise ValueError(
+            f"projection {kind!r}: expected a fitted kind, one of "
+            f"{', '.join(k for k, v in PROJECTIONS.items() if v.fitted)}"
+        )
     cov, _, _ = normal_covariance(model, fit_samples(samples, limit), batch_size, progress)
     return fit(cov, d)

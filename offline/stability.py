@@ -5,6 +5,7 @@ training images are held out to calibrate (``exdd.datasets.holdout_split``), a r
 banks hold. ``exdd offline evaluate --stability`` rebuilds BANKS with seed + 1 from the manifest's settings and
 reports the Spearman correlation of the test images' scores of the two builds, per mode.
 """
+
 from __future__ import annotations
 
 import os
@@ -25,6 +26,7 @@ from .build import BuildConfig
 @dataclass
 class Rebuild:
     """What the second build needs beside the model: its settings, data and the first build's held-out images."""
+
     cfg: BuildConfig
     synthetic_dirs: Sequence[str]
     synthetic_limit: Optional[int]
@@ -36,25 +38,38 @@ def rebuild_plan(manifest: OfflineManifest, where: str, dataset: str, layout: st
     rebuild needs or DATASET is not the data the banks were built from (image counts)."""
     cs, src = manifest.coreset, manifest.sources
     if cs is None or src is None:
-        raise BankError(f"{where}: no coreset or sources section (banks built before exdd recorded them): "
-                        f"cannot rebuild them for --stability")
+        raise BankError(
+            f"{where}: no coreset or sources section (banks built before exdd recorded them): "
+            f"cannot rebuild them for --stability"
+        )
     fraction = defaults.HOLDOUT if src.heldout_fraction is None else src.heldout_fraction
     rule = src.heldout_rule
     if rule not in (None, HOLDOUT_RULE):
         raise BankError(f"{where}: hold-out rule {rule!r} unknown to this exdd")
     train = load_split(dataset, "train", layout)
     kept, held = (holdout_split if rule == HOLDOUT_RULE else legacy_holdout_split)(train, fraction, cs.seed)
-    counts = lambda kept, held: (sum(s.label == 0 for s in kept), sum(s.label == 1 for s in kept),  # noqa: E731
-                                 sum(s.label == 0 for s in held), sum(s.label == 1 for s in held))
+
+    def counts(kept, held):
+        return (
+            sum(s.label == 0 for s in kept),
+            sum(s.label == 1 for s in kept),
+            sum(s.label == 0 for s in held),
+            sum(s.label == 1 for s in held),
+        )
+
     want = (src.normal_images, src.defect_images, src.heldout_normal, src.heldout_defect)
     if manifest.updates:
-        want = (want[0] - sum(len(u.added.normal) for u in manifest.updates),
-                want[1] - sum(len(u.added.defect) for u in manifest.updates)) + want[2:]
+        want = (
+            want[0] - sum(len(u.added.normal) for u in manifest.updates),
+            want[1] - sum(len(u.added.defect) for u in manifest.updates),
+        ) + want[2:]
     got = counts(kept, held)
     if got != want:
-        raise DatasetError(f"{dataset}: its training split gives {got[0]} normal + {got[1]} defective bank images and "
-                           f"{got[2]} + {got[3]} held out with seed {cs.seed}; the banks were built from {want[0]} + "
-                           f"{want[1]} and {want[2]} + {want[3]}: not the data the banks were built from")
+        raise DatasetError(
+            f"{dataset}: its training split gives {got[0]} normal + {got[1]} defective bank images and "
+            f"{got[2]} + {got[3]} held out with seed {cs.seed}; the banks were built from {want[0]} + "
+            f"{want[1]} and {want[2]} + {want[3]}: not the data the banks were built from"
+        )
     synth_total = sum(len(synthetic(d)) for d in src.synthetic_dirs)
     thr, neg, pos = manifest.threshold, cs.negative, cs.positive
     cfg = BuildConfig(
@@ -63,19 +78,29 @@ def rebuild_plan(manifest: OfflineManifest, where: str, dataset: str, layout: st
         min_size=defaults.MIN_BANK if neg.min_size is None else neg.min_size,
         k=manifest.k,
         min_cover=defaults.MIN_COVER if manifest.defect_patch_rule is None else manifest.defect_patch_rule.min_cover,
-        holdout=fraction, seed=cs.seed + 1,
+        holdout=fraction,
+        seed=cs.seed + 1,
         threshold_rule=thr.rule if thr is not None and thr.rule else "f1",
         target_fpr=thr.target_fpr if thr is not None and thr.target_fpr is not None else defaults.TARGET_FPR,
-        default_mode=manifest.default_mode, gamma=manifest.scoring.gamma,
-        chunk_rows=cs.chunk_rows or defaults.CHUNK_ROWS, oversample=cs.oversample or defaults.OVERSAMPLE,
-        batch_size=batch_size)
-    return Rebuild(cfg, src.synthetic_dirs, src.synthetic_images if src.synthetic_images < synth_total else None,
-                   held)
+        default_mode=manifest.default_mode,
+        gamma=manifest.scoring.gamma,
+        chunk_rows=cs.chunk_rows or defaults.CHUNK_ROWS,
+        oversample=cs.oversample or defaults.OVERSAMPLE,
+        batch_size=batch_size,
+    )
+    return Rebuild(cfg, src.synthetic_dirs, src.synthetic_images if src.synthetic_images < synth_total else None, held)
 
 
-def stability_report(scores_a: Dict[str, np.ndarray], scores_b: Dict[str, np.ndarray], seeds: Sequence[int],
-                     held_a: Sequence[Sample], held_b: Sequence[Sample], dataset: str,
-                     banks_a: OfflineManifest, banks_b: OfflineManifest) -> Dict[str, Any]:
+def stability_report(
+    scores_a: Dict[str, np.ndarray],
+    scores_b: Dict[str, np.ndarray],
+    seeds: Sequence[int],
+    held_a: Sequence[Sample],
+    held_b: Sequence[Sample],
+    dataset: str,
+    banks_a: OfflineManifest,
+    banks_b: OfflineManifest,
+) -> Dict[str, Any]:
     """Spearman of the two builds' image scores per mode, and what differs between the builds."""
     rel = lambda ss: sorted(os.path.relpath(s.path, dataset) for s in ss)  # noqa: E731
     ha, hb = rel(held_a), rel(held_b)
@@ -95,7 +120,9 @@ def report_lines(rep: Dict[str, Any]) -> List[str]:
     h = rep["held_out"]
     lines = [f"stability: Spearman of the {rep['images']} images' scores, banks (seed {a}) vs a rebuild with seed {b}"]
     lines += [f"stability[{m}]: {v:.4f}" for m, v in rep["spearman"].items()]
-    lines.append(f"stability: held out {len(h['first'])} (seed {a}) and {len(h['second'])} (seed {b}) training "
-                 f"images, {h['common']} in common")
+    lines.append(
+        f"stability: held out {len(h['first'])} (seed {a}) and {len(h['second'])} (seed {b}) training "
+        f"images, {h['common']} in common"
+    )
     lines.append("stability: bank sizes " + ", ".join(f"{k} {v[0]} vs {v[1]}" for k, v in rep["banks"].items()))
     return lines

@@ -6,6 +6,7 @@ grain with a shading gradient). Defects: scratches (thin bright or dark polyline
 (blobs), cracks (random-walk dark lines) and stains (low-contrast patches). Everything is
 seeded, so a dataset is a pure function of its arguments. Used by the demo and the tests.
 """
+
 from __future__ import annotations
 
 import os
@@ -23,6 +24,7 @@ def _smooth_noise(rng: np.random.Generator, hw: Tuple[int, int], scale: float) -
     """Low-frequency noise in [-1, 1] by upsampling a coarse random grid."""
     h, w = hw
     from scipy.ndimage import zoom
+
     coarse = rng.standard_normal((max(2, int(h / scale)), max(2, int(w / scale))))
     a = zoom(coarse, (h / coarse.shape[0], w / coarse.shape[1]), order=3)[:h, :w]
     return a / (np.abs(a).max() + 1e-6)
@@ -72,8 +74,9 @@ def add_defect(rng: np.random.Generator, img: np.ndarray, kind: str) -> Tuple[np
     elif kind == "crack":
         pts = [(cx, cy)]
         for _ in range(int(rng.integers(25, 45))):
-            pts.append((pts[-1][0] + rng.normal(0, 3),
-                        pts[-1][1] + rng.uniform(2, 5) * rng.choice([-1, 1], p=[0.2, 0.8])))
+            pts.append(
+                (pts[-1][0] + rng.normal(0, 3), pts[-1][1] + rng.uniform(2, 5) * rng.choice([-1, 1], p=[0.2, 0.8]))
+            )
         draw.line(pts, fill=255, width=3)
         delta = -rng.uniform(70, 110)
     elif kind == "stain":
@@ -88,9 +91,16 @@ def add_defect(rng: np.random.Generator, img: np.ndarray, kind: str) -> Tuple[np
     return out, soft > 0.5
 
 
-def generate(root: str, n_train_normal: int = 40, n_train_defect: int = 8, n_test_normal: int = 16,
-             n_test_defect: int = 16, size_hw: Tuple[int, int] = (320, 128), surface_kind: str = "brushed",
-             seed: int = 0) -> str:
+def generate(
+    root: str,
+    n_train_normal: int = 40,
+    n_train_defect: int = 8,
+    n_test_normal: int = 16,
+    n_test_defect: int = 16,
+    size_hw: Tuple[int, int] = (320, 128),
+    surface_kind: str = "brushed",
+    seed: int = 0,
+) -> str:
     """Write a KSDD2-layout dataset (train/, test/, NNNNN.png + NNNNN_GT.png) under root."""
     rng = np.random.default_rng(seed)
     for split, n_norm, n_def in (("train", n_train_normal, n_train_defect), ("test", n_test_normal, n_test_defect)):

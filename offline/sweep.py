@@ -4,6 +4,7 @@ For each count c, the positive bank takes the first c synthetic samples (in file
 the real defects; the negative bank and the test split stay the same. Features are extracted
 once per image and memoised, so a sweep costs one extraction plus a build per count.
 """
+
 from __future__ import annotations
 
 import json
@@ -50,6 +51,7 @@ class MemoFeaturizer:
 
 def cached_first(caches: Sequence[Any], proj: np.ndarray, fallback: Callable) -> Callable:
     """A featurizer serving images found in raw-feature caches (projected by proj), extracting the rest."""
+
     def featurize(samples, with_mask, progress):
         parts = []
         rest = list(samples)
@@ -64,15 +66,28 @@ def cached_first(caches: Sequence[Any], proj: np.ndarray, fallback: Callable) ->
             progress(len(samples))
         if len(parts) == 1:
             return parts[0]
-        return Extracted(np.concatenate([p.features for p in parts]),
-                         np.concatenate([p.covers for p in parts]) if with_mask else None,
-                         [s for p in parts for s in p.samples], [e for p in parts for e in p.errors])
+        return Extracted(
+            np.concatenate([p.features for p in parts]),
+            np.concatenate([p.covers for p in parts]) if with_mask else None,
+            [s for p in parts for s in p.samples],
+            [e for p in parts for e in p.errors],
+        )
+
     return featurize
 
 
-def sweep(dataset: str, synthetic_dirs: Sequence[str], counts: Sequence[int], out_dir: str, model,
-          features: Dict[str, Any], cfg: BuildConfig, with_pixel: bool = True,
-          log: Callable[[str], None] = print, raw_caches: Sequence[Any] = ()) -> Dict[str, Any]:
+def sweep(
+    dataset: str,
+    synthetic_dirs: Sequence[str],
+    counts: Sequence[int],
+    out_dir: str,
+    model,
+    features: Dict[str, Any],
+    cfg: BuildConfig,
+    with_pixel: bool = True,
+    log: Callable[[str], None] = print,
+    raw_caches: Sequence[Any] = (),
+) -> Dict[str, Any]:
     """Build and evaluate banks for each count of synthetic samples; returns the rows.
 
     raw_caches: RawCache objects (offline/feature_cache.py) of the same weights and input size;
@@ -80,6 +95,7 @@ def sweep(dataset: str, synthetic_dirs: Sequence[str], counts: Sequence[int], ou
     """
     from .extract import read_sample
     from .features import make_projection
+
     inner = model_featurizer(model, features, cfg.batch_size)
     if raw_caches:
         proj = make_projection(int(features["d"]), int(features["projection_seed"]))
@@ -91,16 +107,26 @@ def sweep(dataset: str, synthetic_dirs: Sequence[str], counts: Sequence[int], ou
     masks = {}
     for s in test_ex.samples:
         cached = next((c for c in raw_caches if s.path in c.index), None)
-        masks[s.path] = (np.asarray(cached.masks[cached.index[s.path]]) if cached is not None
-                         else read_sample(s, size_hw, True)[1])
+        masks[s.path] = (
+            np.asarray(cached.masks[cached.index[s.path]]) if cached is not None else read_sample(s, size_hw, True)[1]
+        )
     rows: List[Dict[str, Any]] = []
-    negative = None                      # the negative bank does not depend on the synthetic count
+    negative = None  # the negative bank does not depend on the synthetic count
     for c in counts:
         bank_dir = os.path.join(out_dir, f"banks-synth{c}")
-        res = build(dataset, bank_dir, model, features, cfg, synthetic_dirs if c > 0 else (),
-                    featurize=memo, synthetic_limit=c, negative_bank=negative)
+        res = build(
+            dataset,
+            bank_dir,
+            model,
+            features,
+            cfg,
+            synthetic_dirs if c > 0 else (),
+            featurize=memo,
+            synthetic_limit=c,
+            negative_bank=negative,
+        )
         man = res.manifest
-        assert man.coreset is not None and man.sources is not None     # a build records both
+        assert man.coreset is not None and man.sources is not None  # a build records both
         if negative is None:
             pair = load_banks(bank_dir, features)
             negative = (pair.negative, man.coreset.negative)
@@ -110,37 +136,54 @@ def sweep(dataset: str, synthetic_dirs: Sequence[str], counts: Sequence[int], ou
 
         def feature_batches(bs: int = 8):
             for i in range(0, len(test_ex.samples), bs):
-                ss = test_ex.samples[i:i + bs]
-                yield ss, test_ex.features[i:i + bs].astype(np.float32), [masks[s.path] for s in ss]
+                ss = test_ex.samples[i : i + bs]
+                yield ss, test_ex.features[i : i + bs].astype(np.float32), [masks[s.path] for s in ss]
+
         scored = score_features(feature_batches(), len(test_ex.samples), scorer, size_hw, with_pixel)
         met = metrics_of(scored)
-        rows.append({"synthetic": c, "synthetic_used": man.sources.synthetic_images,
-                     "positive_patches": man.coreset.positive.patches,
-                     "positive_size": man.coreset.positive.size, "metrics": met})
-        log(f"synthetic {c}: " + ", ".join(f"{m} image {met[m]['image_auroc']:.4f} pixel "
-                                          f"{met[m].get('pixel_auroc', float('nan')):.4f}" for m in MODES))
-    return {"dataset": dataset, "synthetic_dirs": list(synthetic_dirs), "weights": features["weights"],
-            "rows": rows}
+        rows.append(
+            {
+                "synthetic": c,
+                "synthetic_used": man.sources.synthetic_images,
+                "positive_patches": man.coreset.positive.patches,
+                "positive_size": man.coreset.positive.size,
+                "metrics": met,
+            }
+        )
+        log(
+            f"synthetic {c}: "
+            + ", ".join(
+                f"{m} image {met[m]['image_auroc']:.4f} pixel {met[m].get('pixel_auroc', float('nan')):.4f}"
+                for m in MODES
+            )
+        )
+    return {"dataset": dataset, "synthetic_dirs": list(synthetic_dirs), "weights": features["weights"], "rows": rows}
 
 
 def markdown(result: Dict[str, Any]) -> str:
     """The sweep as a markdown table."""
-    out = ["| synthetic samples | positive bank | mode | image AUROC | image AP | pixel AUROC | pixel AUPRO |",
-           "|---|---|---|---|---|---|---|"]
+    out = [
+        "| synthetic samples | positive bank | mode | image AUROC | image AP | pixel AUROC | pixel AUPRO |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in result["rows"]:
         for m in MODES:
             v = r["metrics"][m]
-            out.append(f"| {r['synthetic_used']} | {r['positive_size']} | {m} | {v['image_auroc']:.4f} | "
-                       f"{v['image_ap']:.4f} | {v.get('pixel_auroc', float('nan')):.4f} | "
-                       f"{v.get('pixel_aupro', float('nan')):.4f} |")
+            out.append(
+                f"| {r['synthetic_used']} | {r['positive_size']} | {m} | {v['image_auroc']:.4f} | "
+                f"{v['image_ap']:.4f} | {v.get('pixel_auroc', float('nan')):.4f} | "
+                f"{v.get('pixel_aupro', float('nan')):.4f} |"
+            )
     return "\n".join(out)
 
 
 def plot(result: Dict[str, Any], path: str) -> str:
     """PNG of image and pixel AUROC against the number of synthetic samples, one line per mode."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     xs = [r["synthetic_used"] for r in result["rows"]]
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
     for ax, key, title in zip(axes, ("image_auroc", "pixel_auroc"), ("image AUROC", "pixel AUROC")):
@@ -160,8 +203,11 @@ def plot(result: Dict[str, Any], path: str) -> str:
 def save(result: Dict[str, Any], out_dir: str) -> Dict[str, str]:
     """Write sweep.json, sweep.md and sweep.png into out_dir."""
     os.makedirs(out_dir, exist_ok=True)
-    paths = {"json": os.path.join(out_dir, "sweep.json"), "md": os.path.join(out_dir, "sweep.md"),
-             "png": os.path.join(out_dir, "sweep.png")}
+    paths = {
+        "json": os.path.join(out_dir, "sweep.json"),
+        "md": os.path.join(out_dir, "sweep.md"),
+        "png": os.path.join(out_dir, "sweep.png"),
+    }
     json.dump(result, open(paths["json"], "w"), indent=1)
     open(paths["md"], "w").write(markdown(result) + "\n")
     plot(result, paths["png"])

@@ -10,6 +10,7 @@ never refitted. The new bank directory's manifest records its parent (sha256
 of the parent manifest), the images added, the bank growth and when, appended to the parent's
 update history.
 """
+
 from __future__ import annotations
 
 import datetime as _dt
@@ -43,6 +44,7 @@ DEFECT_VERDICTS = ("defect", "ng", "bad", "fail", "true_defect", "missed_defect"
 @dataclass
 class UpdateResult:
     """The manifest written, the per-file errors and the seconds each stage took."""
+
     manifest: OfflineManifest
     errors: List[Tuple[str, str]] = field(default_factory=list)
     seconds: Dict[str, float] = field(default_factory=dict)
@@ -78,13 +80,14 @@ def extend_neighbors(old: Bank, new_vectors: np.ndarray, k: int) -> np.ndarray:
     cand = np.concatenate([old.neighbors.astype(np.int64), near_new + n_old], axis=1)
     diff = allv[cand] - allv[:n_old, None, :]
     dist = np.einsum("ijk,ijk->ij", diff, diff)
-    order = np.argsort(dist, axis=1, kind="stable")[:, :kk - 1]
+    order = np.argsort(dist, axis=1, kind="stable")[:, : kk - 1]
     nbr_old = np.take_along_axis(cand, order, axis=1)
     return np.concatenate([nbr_old, nbr_new]).astype(np.int32)
 
 
-def extend_bank(bank: Optional[Bank], vectors: np.ndarray, stats: BankStats, k: int,
-                default_ratio: float = defaults.NEG_RATIO) -> Tuple[Bank, BankStats]:
+def extend_bank(
+    bank: Optional[Bank], vectors: np.ndarray, stats: BankStats, k: int, default_ratio: float = defaults.NEG_RATIO
+) -> Tuple[Bank, BankStats]:
     """bank grown by the coreset of vectors (N, d) continued from its centres; updated stats.
 
     The size rule is the bank's (stats.ratio, stats.min_size), else the build's defaults (default_ratio,
@@ -104,14 +107,28 @@ def extend_bank(bank: Optional[Bank], vectors: np.ndarray, stats: BankStats, k: 
     picked = np.ascontiguousarray(vectors[np.sort(cs.indices)], dtype=np.float32)
     nbr = extend_neighbors(bank, picked, k)
     out = Bank(np.ascontiguousarray(np.concatenate([bank.vectors, picked]), dtype=np.float32), nbr)
-    st = replace(stats, patches=patches, size=out.size, added_patches=n_new, picked=int(picked.shape[0]),
-                 radius=max(old_radius, float(cs.radius)), added_radius=float(cs.radius),
-                 added_radius_is_bound=bool(cs.radius_is_bound), added_method=cs.method)
+    st = replace(
+        stats,
+        patches=patches,
+        size=out.size,
+        added_patches=n_new,
+        picked=int(picked.shape[0]),
+        radius=max(old_radius, float(cs.radius)),
+        added_radius=float(cs.radius),
+        added_radius_is_bound=bool(cs.radius_is_bound),
+        added_method=cs.method,
+    )
     return out, st
 
 
-def _grown_sources(sources: Optional[DefectSources], before: int, positive: Bank, vec: np.ndarray,
-                   images: np.ndarray, samples: Sequence[Sample]) -> Optional[DefectSources]:
+def _grown_sources(
+    sources: Optional[DefectSources],
+    before: int,
+    positive: Bank,
+    vec: np.ndarray,
+    images: np.ndarray,
+    samples: Sequence[Sample],
+) -> Optional[DefectSources]:
     """The parent's defect sources (issue 27) with the rows the update appended to the positive bank: each new row is
     one of vec (the new defect patches, of images[i]'s sample), found by its bytes; their class is unknown ("").
     None when the parent had none."""
@@ -120,18 +137,27 @@ def _grown_sources(sources: Optional[DefectSources], before: int, positive: Bank
     at = {row.tobytes(): int(i) for i, row in enumerate(np.ascontiguousarray(vec, dtype=np.float32))}
     names = [os.path.abspath(s.path) for s in samples]
     new_rows = [len(sources.images) + int(images[at[r.tobytes()]]) for r in positive.vectors[before:]]
-    return DefectSources.of(np.r_[sources.rows, new_rows], list(sources.images) + names,
-                            list(sources.classes) + [""] * len(names))
+    return DefectSources.of(
+        np.r_[sources.rows, new_rows], list(sources.images) + names, list(sources.classes) + [""] * len(names)
+    )
 
 
 def _add_record(samples: Sequence[Sample]) -> List[str]:
     return [os.path.abspath(s.path) for s in samples]
 
 
-def update(parent_dir: str, out_dir: str, normals: Sequence[Sample], defects: Sequence[Sample], featurize: Featurize,
-           calibration: Optional[Sequence[Sample]] = None, min_cover: Optional[float] = None,
-           note: str = "", progress_factory: Optional[Callable[[str, int], Any]] = None,
-           input_errors: Sequence[Tuple[str, str]] = ()) -> UpdateResult:
+def update(
+    parent_dir: str,
+    out_dir: str,
+    normals: Sequence[Sample],
+    defects: Sequence[Sample],
+    featurize: Featurize,
+    calibration: Optional[Sequence[Sample]] = None,
+    min_cover: Optional[float] = None,
+    note: str = "",
+    progress_factory: Optional[Callable[[str, int], Any]] = None,
+    input_errors: Sequence[Tuple[str, str]] = (),
+) -> UpdateResult:
     """Write parent's banks grown by the normals (negative bank) and defects (positive bank) into out_dir.
 
     calibration: labelled images (e.g. the parent's held-out split) to recalibrate the thresholds
@@ -141,18 +167,20 @@ def update(parent_dir: str, out_dir: str, normals: Sequence[Sample], defects: Se
         raise ValueError(f"{out_dir}: the updated banks must go to a new directory, not over their parent")
     if os.path.exists(os.path.join(out_dir, MANIFEST)):
         raise ValueError(f"{out_dir}: already holds banks; choose a new directory")
-    check_replaceable(out_dir, bank_file, "banks")       # a half-written earlier try is replaced, nothing else
+    check_replaceable(out_dir, bank_file, "banks")  # a half-written earlier try is replaced, nothing else
     if not normals and not defects:
         raise ValueError("nothing to add: give --normal and/or --defect images (or --from-results verdicts)")
     t0 = time.perf_counter()
     parent = load_banks(parent_dir, manifest_cls=OfflineManifest)
     pm = parent.manifest
     if pm.coreset is None:
-        raise BankError(f"{os.path.join(parent_dir, MANIFEST)}: no coreset section (the banks' size rule and seed): "
-                        f"cannot update them; {REBUILD}")
+        raise BankError(
+            f"{os.path.join(parent_dir, MANIFEST)}: no coreset section (the banks' size rule and seed): "
+            f"cannot update them; {REBUILD}"
+        )
     d, k = pm.features.d, pm.k
-    given = {s.path: i for i, s in enumerate(list(normals) + list(defects))}       # the records keep the given order
-    normals, defects = canonical_order(normals), canonical_order(defects)   # as build stacks them: names do not matter
+    given = {s.path: i for i, s in enumerate(list(normals) + list(defects))}  # the records keep the given order
+    normals, defects = canonical_order(normals), canonical_order(defects)  # as build stacks them: names do not matter
     if min_cover is None:
         min_cover = defaults.MIN_COVER if pm.defect_patch_rule is None else pm.defect_patch_rule.min_cover
     errors: List[Tuple[str, str]] = list(input_errors)
@@ -179,7 +207,7 @@ def update(parent_dir: str, out_dir: str, normals: Sequence[Sample], defects: Se
         added["defect"] = _add_record(sorted(ex_d.samples, key=lambda s: given[s.path]))
     seconds["extract"] = time.perf_counter() - t1
     t2 = time.perf_counter()
-    roi_patches = None if parent.roi is None else patch_roi(parent.roi, pm.features.grid)   # the parent's ROI
+    roi_patches = None if parent.roi is None else patch_roi(parent.roi, pm.features.grid)  # the parent's ROI
     defect_sources = parent.sources
     if ex_n is not None and ex_n.features.shape[0]:
         rows = ex_n.features if roi_patches is None else ex_n.features[:, roi_patches]
@@ -190,18 +218,26 @@ def update(parent_dir: str, out_dir: str, normals: Sequence[Sample], defects: Se
         vec = ex_d.features[sel]
         if vec.shape[0]:
             before = 0 if positive is None else positive.size
-            positive, pos_stats = extend_bank(positive, vec, pos_stats if positive else BankStats(0, 0), k,
-                                              defaults.POS_RATIO)
+            positive, pos_stats = extend_bank(
+                positive, vec, pos_stats if positive else BankStats(0, 0), k, defaults.POS_RATIO
+            )
             defect_sources = _grown_sources(defect_sources, before, positive, vec, np.nonzero(sel)[0], ex_d.samples)
     seconds["banks"] = time.perf_counter() - t2
     if not added["normal"] and not added["defect"]:
         raise ValueError("none of the new images could be read: " + "; ".join(e for _, e in errors[:5]))
 
-    sources = pm.sources if pm.sources is None else replace(
-        pm.sources, normal_images=pm.sources.normal_images + len(added["normal"]),
-        defect_images=pm.sources.defect_images + len(added["defect"]))
-    manifest = replace(pm, coreset=replace(pm.coreset, negative=neg_stats, positive=pos_stats), sources=sources,
-                       index=None)          # an index belongs to the parent's vectors
+    sources = (
+        pm.sources
+        if pm.sources is None
+        else replace(
+            pm.sources,
+            normal_images=pm.sources.normal_images + len(added["normal"]),
+            defect_images=pm.sources.defect_images + len(added["defect"]),
+        )
+    )
+    manifest = replace(
+        pm, coreset=replace(pm.coreset, negative=neg_stats, positive=pos_stats), sources=sources, index=None
+    )  # an index belongs to the parent's vectors
     now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     thr = pm.threshold
     t3 = time.perf_counter()
@@ -209,6 +245,7 @@ def update(parent_dir: str, out_dir: str, normals: Sequence[Sample], defects: Se
         ex = run(list(calibration), "features: calibration", True)
         labels = np.array([s.label for s in ex.samples])
         import warnings
+
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
             scorer = Scorer(BankPair(negative, positive, manifest, parent.roi, defect_sources))
@@ -224,20 +261,26 @@ def update(parent_dir: str, out_dir: str, normals: Sequence[Sample], defects: Se
         threshold_note = "kept from the parent"
     seconds["calibrate"] = time.perf_counter() - t3
     record = UpdateRecord(
-        at=now, parent=Parent(os.path.abspath(parent_dir), sha256_file(os.path.join(parent_dir, MANIFEST))),
+        at=now,
+        parent=Parent(os.path.abspath(parent_dir), sha256_file(os.path.join(parent_dir, MANIFEST))),
         added=Added(tuple(added["normal"]), tuple(added["defect"])),
         negative=SizeChange(parent.negative.size, negative.size),
         positive=SizeChange(parent.positive.size if parent.positive else 0, positive.size if positive else 0),
-        threshold=threshold_note, errors=tuple(FileError(*e) for e in errors), note=note, tool=f"exdd {__version__}")
-    manifest = replace(manifest, threshold=thr, parent=record.parent, updates=manifest.updates + (record,),
-                       created=now, files={})
+        threshold=threshold_note,
+        errors=tuple(FileError(*e) for e in errors),
+        note=note,
+        tool=f"exdd {__version__}",
+    )
+    manifest = replace(
+        manifest, threshold=thr, parent=record.parent, updates=manifest.updates + (record,), created=now, files={}
+    )
     t4 = time.perf_counter()
-    projection = load_projection(parent_dir, pm)   # the parent's, read before the swap
+    projection = load_projection(parent_dir, pm)  # the parent's, read before the swap
     roi_png = None
     if parent.roi is not None and os.path.isfile(os.path.join(parent_dir, ROI_PNG)):
         with open(os.path.join(parent_dir, ROI_PNG), "rb") as f:
             roi_png = f.read()
-    with staged_dir(out_dir, bank_file, "banks") as tmp:   # written beside, fsync'd, swapped in whole
+    with staged_dir(out_dir, bank_file, "banks") as tmp:  # written beside, fsync'd, swapped in whole
         manifest = save_bank(tmp, negative, positive, manifest, projection, parent.roi, roi_png, defect_sources)
     seconds["save"] = time.perf_counter() - t4
     seconds["total"] = time.perf_counter() - t0
@@ -245,6 +288,7 @@ def update(parent_dir: str, out_dir: str, normals: Sequence[Sample], defects: Se
 
 
 # ---- inputs: image paths, folders and operator verdicts ------------------------------------------------------
+
 
 def _mask_beside(path: str) -> Optional[str]:
     stem, ext = os.path.splitext(path)
@@ -284,8 +328,7 @@ def defect_samples(paths: Sequence[str]) -> Tuple[List[Sample], List[Tuple[str, 
             m = _mask_beside(p)
             if m is None:
                 stem = os.path.basename(os.path.splitext(p)[0])
-                errors.append((p, f"{p}: defect image without a mask ({stem}_GT.png "
-                                  "beside it): skipped"))
+                errors.append((p, f"{p}: defect image without a mask ({stem}_GT.png beside it): skipped"))
             else:
                 out.append(Sample(p, m, 1, "update", "defect"))
     return out, errors
@@ -296,13 +339,16 @@ def defect_samples(paths: Sequence[str]) -> Tuple[List[Sample], List[Tuple[str, 
 MODEL_VERDICT, MODEL_ROW_MARK = "verdict", "nearest_source"
 
 
-def verdict_samples(results_path: str, column: str = "verdict") -> Tuple[List[Sample], List[Sample], List[Tuple[str, str]]]:
+def verdict_samples(
+    results_path: str, column: str = "verdict"
+) -> Tuple[List[Sample], List[Sample], List[Tuple[str, str]]]:
     """(normals, defects, errors) from a result file (JSONL/CSV) with an operator-verdict column.
 
     Rows without a verdict are not reviewed and skipped; a defect verdict needs a mask: column
     ``mask`` or NNNNN_GT.png beside the image. Unknown verdicts and missing files are errors.
     """
     from exdd.result_rows import read_rows
+
     try:
         rows = read_rows(results_path)
     except (OSError, ValueError) as e:
@@ -310,9 +356,11 @@ def verdict_samples(results_path: str, column: str = "verdict") -> Tuple[List[Sa
     if rows and not any(column in r for r in rows):
         raise DatasetError(f"{results_path}: no column {column!r} (operator verdicts); columns: {sorted(rows[0])}")
     if column == MODEL_VERDICT and any(MODEL_ROW_MARK in r for r in rows):
-        raise DatasetError(f"{results_path}: column {column!r} holds the model's own verdict (ok / review / defect, "
-                           "issue 27), not the operator's: write the operator's decision in a column of its own, "
-                           "e.g. operator_verdict, and pass --verdict-column operator_verdict")
+        raise DatasetError(
+            f"{results_path}: column {column!r} holds the model's own verdict (ok / review / defect, "
+            "issue 27), not the operator's: write the operator's decision in a column of its own, "
+            "e.g. operator_verdict, and pass --verdict-column operator_verdict"
+        )
     normals, defects, errors = [], [], []
     base = os.path.dirname(os.path.abspath(results_path))
     for i, r in enumerate(rows, 1):
@@ -332,13 +380,23 @@ def verdict_samples(results_path: str, column: str = "verdict") -> Tuple[List[Sa
             if mask and not os.path.isabs(mask):
                 mask = os.path.join(base, mask)
             if not mask or not os.path.isfile(mask):
-                errors.append((path, f"{where}: defect verdict for {path} without a mask (column 'mask' or "
-                                     "NNNNN_GT.png beside it): skipped"))
+                errors.append(
+                    (
+                        path,
+                        f"{where}: defect verdict for {path} without a mask (column 'mask' or "
+                        "NNNNN_GT.png beside it): skipped",
+                    )
+                )
             else:
                 defects.append(Sample(path, mask, 1, "update", "defect"))
         else:
-            errors.append((path, f"{where}: verdict {v!r} is neither normal ({', '.join(NORMAL_VERDICTS[:5])}, ...) "
-                                 f"nor defect ({', '.join(DEFECT_VERDICTS[:4])}, ...)"))
+            errors.append(
+                (
+                    path,
+                    f"{where}: verdict {v!r} is neither normal ({', '.join(NORMAL_VERDICTS[:5])}, ...) "
+                    f"nor defect ({', '.join(DEFECT_VERDICTS[:4])}, ...)",
+                )
+            )
     return normals, defects, errors
 
 
@@ -351,6 +409,7 @@ def heldout_samples(dataset: str, manifest: OfflineManifest, holdout: float, lay
     """The held-out training images the parent build calibrated on (same seed and hold-out rule), checked against its
     counts. Banks built before issue 25 (no sources.heldout_rule) held out by the seeded listing-order rule."""
     from exdd.datasets import HOLDOUT_RULE, holdout_split, legacy_holdout_split, load_split
+
     seed = 0 if manifest.coreset is None else manifest.coreset.seed
     rule = None if manifest.sources is None else manifest.sources.heldout_rule
     if rule not in (None, HOLDOUT_RULE):
@@ -361,7 +420,9 @@ def heldout_samples(dataset: str, manifest: OfflineManifest, holdout: float, lay
     want = (None, None) if src is None else (src.heldout_normal, src.heldout_defect)
     got = (sum(1 for s in held if s.label == 0), sum(1 for s in held if s.label == 1))
     if None not in want and tuple(want) != got:
-        raise DatasetError(f"{dataset}: --holdout {holdout} gives {got[0]} normal + {got[1]} defective held-out "
-                           f"images, "
-                           f"the banks were calibrated on {want[0]} + {want[1]}: not the same split")
+        raise DatasetError(
+            f"{dataset}: --holdout {holdout} gives {got[0]} normal + {got[1]} defective held-out "
+            f"images, "
+            f"the banks were calibrated on {want[0]} + {want[1]}: not the same split"
+        )
     return held

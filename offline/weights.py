@@ -4,6 +4,7 @@ Weight ids: ``imagenet`` (torchvision's IMAGENET1K_V1, loaded the normal way, ca
 TORCH_HOME), a path to a ``.safetensors`` / ``.pth`` state dict (partial ones holding only
 conv1, bn1 and layer1..layer3 are fine), or ``random:SEED``. No checkpoint is ever unpickled.
 """
+
 from __future__ import annotations
 
 import os
@@ -23,7 +24,7 @@ class WeightsError(RuntimeError):
 class TruncatedWideResNet(nn.Module):
     """WideResNet50-2 up to layer3: the forward stops after the last layer the features need."""
 
-    conv1: nn.Module        # the STEM modules, taken from torchvision's model
+    conv1: nn.Module  # the STEM modules, taken from torchvision's model
     bn1: nn.Module
     relu: nn.Module
     maxpool: nn.Module
@@ -34,6 +35,7 @@ class TruncatedWideResNet(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         from torchvision.models import wide_resnet50_2
+
         full = wide_resnet50_2(weights=None)
         for name in STEM:
             setattr(self, name, getattr(full, name))
@@ -46,12 +48,14 @@ class TruncatedWideResNet(nn.Module):
 
 def _file_id(path: str) -> str:
     from exdd_scoring.bank import sha256_file
+
     return f"file:{os.path.basename(path)}@sha256:{sha256_file(path)[:16]}"
 
 
 def _read_state_dict(path: str) -> Dict[str, torch.Tensor]:
     if path.endswith(".safetensors"):
         from safetensors.torch import load_file
+
         return load_file(path)
     obj = torch.load(path, map_location="cpu", weights_only=True)
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
@@ -74,12 +78,14 @@ def load_backbone(weights: str) -> Tuple[TruncatedWideResNet, str]:
     if weights == "imagenet":
         try:
             from torchvision.models import Wide_ResNet50_2_Weights
+
             sd = Wide_ResNet50_2_Weights.IMAGENET1K_V1.get_state_dict(progress=False)
         except Exception as e:  # network / cache failures of every kind
             raise WeightsError(
                 "ImageNet weights for wide_resnet50_2 could not be had (no cached copy under "
                 f"TORCH_HOME and no download: {type(e).__name__}: {e}). Give a local checkpoint with "
-                "--weights PATH, or random:SEED for an untrained backbone.") from None
+                "--weights PATH, or random:SEED for an untrained backbone."
+            ) from None
         wid = "imagenet:IMAGENET1K_V1"
     else:
         if not os.path.isfile(weights):

@@ -1,4 +1,5 @@
 """The report's data: numbers and groupings computed from a results dict (no HTML, no drawing)."""
+
 from __future__ import annotations
 
 import html
@@ -70,6 +71,7 @@ def scores_labels(results: Dict[str, Any], mode: str, labelled_only: bool = True
 def roc_of(scores: np.ndarray, labels: np.ndarray) -> Optional[Tuple[np.ndarray, np.ndarray]]:
     """(fpr, tpr) of scores against 0/1 labels, or None unless both classes are present."""
     from exdd.metrics import roc_curve
+
     if scores.size == 0 or labels.min() == labels.max():
         return None
     fpr, tpr, _ = roc_curve(scores, labels)
@@ -80,10 +82,12 @@ def _inlier_range(scores: np.ndarray, labels: np.ndarray) -> Tuple[float, float]
     """The range of the scores that are not far outliers: beyond Tukey's far fences (3 IQR past the quartiles)
     of their own class (of all the scores for a class of fewer than 5), so a well separated defect class is
     never taken for outliers of the normal one."""
+
     def fences(v: np.ndarray) -> Tuple[float, float]:
         q1, q3 = np.percentile(v, [25, 75])
         iqr = q3 - q1 or (np.percentile(v, 90) - np.percentile(v, 10)) / 2
         return (q1 - 3 * iqr, q3 + 3 * iqr) if iqr > 0 else (-math.inf, math.inf)
+
     pooled = fences(scores)
     keep = np.zeros(scores.shape, dtype=bool)
     for c in np.unique(labels):
@@ -94,8 +98,9 @@ def _inlier_range(scores: np.ndarray, labels: np.ndarray) -> Tuple[float, float]
     return float(inl.min()), float(inl.max())
 
 
-def histogram(scores: np.ndarray, labels: np.ndarray, thr: Optional[float], bins: int = 24,
-              marks: Sequence[float] = ()) -> Dict[str, Any]:
+def histogram(
+    scores: np.ndarray, labels: np.ndarray, thr: Optional[float], bins: int = 24, marks: Sequence[float] = ()
+) -> Dict[str, Any]:
     """Counts of normal / defective / unknown scores over common bins whose range includes thr and marks.
 
     A few huge scores would squeeze every other bar into the first bin: when the scores beyond the far fences
@@ -131,8 +136,10 @@ def review_band(results: Dict[str, Any]) -> Tuple[Optional[Tuple[float, float]],
     t1 = finite_or_none(band.get("ok_below")) if isinstance(band, dict) else None
     t2 = finite_or_none(band.get("defect_above")) if isinstance(band, dict) else None
     if t1 is None or t2 is None or t1 > t2:
-        return None, (f"review_band {json.dumps(band, default=str)[:200]} not drawn: it needs ok_below <= "
-                      f"defect_above, two finite numbers")
+        return None, (
+            f"review_band {json.dumps(band, default=str)[:200]} not drawn: it needs ok_below <= "
+            f"defect_above, two finite numbers"
+        )
     return (t1, t2), ""
 
 
@@ -164,11 +171,21 @@ def reliability(conf: np.ndarray, labels: np.ndarray, bins: int = 10) -> Dict[st
         mean_conf.append(float(conf[sel].mean()) if n else None)
         rate.append(float(labels[sel].mean()) if n else None)
     n = int(conf.size)
-    ece = sum(c / n * abs(r - m) for c, m, r in zip(count, mean_conf, rate)
-              if c and r is not None and m is not None) if n else None
+    ece = (
+        sum(c / n * abs(r - m) for c, m, r in zip(count, mean_conf, rate) if c and r is not None and m is not None)
+        if n
+        else None
+    )
     brier = float(np.mean((conf - labels) ** 2)) if n else None
-    return {"edges": edges.tolist(), "count": count, "confidence": mean_conf, "rate": rate, "n": n,
-            "ece": ece, "brier": brier}
+    return {
+        "edges": edges.tolist(),
+        "count": count,
+        "confidence": mean_conf,
+        "rate": rate,
+        "n": n,
+        "ece": ece,
+        "brier": brier,
+    }
 
 
 def gallery_groups(results: Dict[str, Any], mode: str, n: int = 6) -> List[Tuple[str, List[Dict[str, Any]]]]:
@@ -182,11 +199,12 @@ def gallery_groups(results: Dict[str, Any], mode: str, n: int = 6) -> List[Tuple
         k = min(n, (len(ranked) + 1) // 2)
         return [("Highest scores (unlabelled)", ranked[:k]), ("Lowest scores (unlabelled)", ranked[k:][-n:][::-1])]
     kp, kn = min(n, (len(pos) + 1) // 2), min(n, (len(neg) + 1) // 2)
-    return [("Defective, lowest scores (worst misses)", pos[:kp]),
-            ("Normal, highest scores (worst false alarms)", neg[:kn]),
-            ("Defective, highest scores (best hits)", pos[kp:][::-1][:n]),
-            ("Normal, lowest scores (best hits)", neg[kn:][::-1][:n])]
-
+    return [
+        ("Defective, lowest scores (worst misses)", pos[:kp]),
+        ("Normal, highest scores (worst false alarms)", neg[:kn]),
+        ("Defective, highest scores (best hits)", pos[kp:][::-1][:n]),
+        ("Normal, lowest scores (best hits)", neg[kn:][::-1][:n]),
+    ]
 
 
 def image_counts(results: Dict[str, Any]) -> Dict[str, int]:
@@ -194,7 +212,11 @@ def image_counts(results: Dict[str, Any]) -> Dict[str, int]:
     imgs = results.get("images") or []
     ok = ok_images(results)
     errs = len(results.get("errors") or []) + sum(1 for im in imgs if im.get("error"))
-    return {"images": len(imgs), "scored": len(ok), "defective": sum(1 for im in ok if im.get("label") == 1),
-            "normal": sum(1 for im in ok if im.get("label") == 0),
-            "unlabelled": sum(1 for im in ok if im.get("label") not in (0, 1)), "errors": errs}
-
+    return {
+        "images": len(imgs),
+        "scored": len(ok),
+        "defective": sum(1 for im in ok if im.get("label") == 1),
+        "normal": sum(1 for im in ok if im.get("label") == 0),
+        "unlabelled": sum(1 for im in ok if im.get("label") not in (0, 1)),
+        "errors": errs,
+    }

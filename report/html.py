@@ -7,6 +7,7 @@ Input is the results dict of ``exdd offline evaluate --out`` (the client's evalu
 same keys). The page fetches nothing: a Content-Security-Policy forbids any non-data source.
 The data behind the page is written next to it as JSON (same stem, ``.json``).
 """
+
 from __future__ import annotations
 
 import base64
@@ -42,9 +43,9 @@ from .data import (
 
 PALETTE = ("#4e79a7", "#e15759", "#59a14f", "#f28e2b", "#b07aa1", "#76b7b2")
 THUMB_BOX = (160, 240)  # (max width, max height) of a gallery thumbnail
-NEAR_BOX = (120, 240)   # the nearest known defect's source image beside it
-ROI_DASH = ((0, 0, 0), (255, 255, 255))   # the ROI outline on a thumbnail: black and white dashes
-BOX_COLOR = (255, 214, 0)                 # the largest region's box
+NEAR_BOX = (120, 240)  # the nearest known defect's source image beside it
+ROI_DASH = ((0, 0, 0), (255, 255, 255))  # the ROI outline on a thumbnail: black and white dashes
+BOX_COLOR = (255, 214, 0)  # the largest region's box
 
 # (key, label, higher is better: True / False / None = not ranked)
 METRIC_ROWS: Tuple[Tuple[str, str, Optional[bool]], ...] = (
@@ -131,6 +132,7 @@ CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 
 
 # ----------------------------------------------------------------------------- gallery
 
+
 def _resolve(path: str, base_dir: Optional[str]) -> str:
     """path as given when it exists, else relative to base_dir."""
     if path and not os.path.isabs(path) and base_dir and not os.path.exists(path):
@@ -138,7 +140,7 @@ def _resolve(path: str, base_dir: Optional[str]) -> str:
     return path
 
 
-SYNTHETIC_PREFIX = "synthetic:"   # a positive-bank source that is a synthetic defect: synthetic:<folder>/<file>
+SYNTHETIC_PREFIX = "synthetic:"  # a positive-bank source that is a synthetic defect: synthetic:<folder>/<file>
 
 
 def source_roots(results: Dict[str, Any], base_dir: Optional[str]) -> List[str]:
@@ -150,7 +152,8 @@ def source_roots(results: Dict[str, Any], base_dir: Optional[str]) -> List[str]:
         try:
             from exdd_scoring.bank import read_manifest
             from exdd_scoring.provenance import OfflineManifest
-            man = read_manifest(_resolve(banks, base_dir), OfflineManifest)     # typed sources (a dict otherwise)
+
+            man = read_manifest(_resolve(banks, base_dir), OfflineManifest)  # typed sources (a dict otherwise)
             src = man.sources if isinstance(man, OfflineManifest) else None
             if src is not None and src.dataset:
                 roots.append(src.dataset)
@@ -162,14 +165,18 @@ def source_roots(results: Dict[str, Any], base_dir: Optional[str]) -> List[str]:
 def _find_source(path: str, roots: Sequence[str]) -> str:
     """A nearest_source as a file path: synthetic: prefix dropped, tried as given then under each root; as given
     when none exists (the placeholder then says so)."""
-    p = path[len(SYNTHETIC_PREFIX):] if path.startswith(SYNTHETIC_PREFIX) else path
+    p = path[len(SYNTHETIC_PREFIX) :] if path.startswith(SYNTHETIC_PREFIX) else path
     if os.path.isabs(p) or os.path.exists(p):
         return p
     return next((os.path.join(r, p) for r in roots if os.path.exists(os.path.join(r, p))), p)
 
 
-def thumbnail_uri(path: str, box: Tuple[int, int] = THUMB_BOX, roi: Optional[np.ndarray] = None,
-                  region: Optional[Sequence[float]] = None) -> str:
+def thumbnail_uri(
+    path: str,
+    box: Tuple[int, int] = THUMB_BOX,
+    roi: Optional[np.ndarray] = None,
+    region: Optional[Sequence[float]] = None,
+) -> str:
     """A data: URI (JPEG) of the image at path, fitted into box = (max width, max height); the ROI mask's outline
     (a bool mask of any size, stretched over the image) in black and white dashes and region = [x0, y0, x1, y1]
     (the image's pixels) as a box, when given."""
@@ -177,6 +184,7 @@ def thumbnail_uri(path: str, box: Tuple[int, int] = THUMB_BOX, roi: Optional[np.
 
     from exdd.images import read_image
     from exdd.overlay import boundary
+
     img = Image.fromarray(read_image(path))
     full = img.size
     scale = min(box[0] / img.width, box[1] / img.height, 4.0)
@@ -194,13 +202,13 @@ def thumbnail_uri(path: str, box: Tuple[int, int] = THUMB_BOX, roi: Optional[np.
     if region is not None:
         sx, sy = size[0] / full[0], size[1] / full[1]
         x0, y0, x1, y1 = (float(v) for v in region)
-        ImageDraw.Draw(img).rectangle([x0 * sx, y0 * sy, max(x1 * sx - 1, x0 * sx), max(y1 * sy - 1, y0 * sy)],
-                                      outline=BOX_COLOR, width=2)
+        ImageDraw.Draw(img).rectangle(
+            [x0 * sx, y0 * sy, max(x1 * sx - 1, x0 * sx), max(y1 * sy - 1, y0 * sy)], outline=BOX_COLOR, width=2
+        )
     buf = io.BytesIO()
     # full-resolution colour (4:4:4) where lines are drawn: 4:2:0 would smear the box's thin colour away
     img.save(buf, format="JPEG", quality=88, subsampling=0 if roi is not None or region is not None else -1)
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
-
 
 
 def _verdict(label: int, score: float, thr: Optional[float]) -> str:
@@ -222,14 +230,22 @@ def _region(im: Dict[str, Any]) -> Optional[List[float]]:
 def _thumb(path: str, kind: str, box: Tuple[int, int], **marks: Any) -> str:
     """An <img> of a thumbnail, or a placeholder saying why the file could not be shown."""
     try:
-        return (f'<img src="{thumbnail_uri(path, box, **marks)}" alt="{esc(os.path.basename(path))}" '
-                f'title="{esc(path)}">')
+        return (
+            f'<img src="{thumbnail_uri(path, box, **marks)}" alt="{esc(os.path.basename(path))}" title="{esc(path)}">'
+        )
     except Exception as e:  # an unreadable file becomes a placeholder, not a failed report
         return f'<div class="missing">{kind} not available<br>{esc(e)}</div>'
 
 
-def _card(im: Dict[str, Any], mode: str, modes: Sequence[str], thr: Optional[float], base_dir: Optional[str],
-          roi: Optional[np.ndarray] = None, roots: Sequence[str] = ()) -> str:
+def _card(
+    im: Dict[str, Any],
+    mode: str,
+    modes: Sequence[str],
+    thr: Optional[float],
+    base_dir: Optional[str],
+    roi: Optional[np.ndarray] = None,
+    roots: Sequence[str] = (),
+) -> str:
     """One gallery card: thumbnail (heatmap when present; the ROI and the largest region's box drawn on it), the
     nearest known defect's source image beside it, name, verdicts and scores."""
     src = im.get("heatmap") or im.get("path", "")
@@ -239,7 +255,7 @@ def _card(im: Dict[str, Any], mode: str, modes: Sequence[str], thr: Optional[flo
     v = _verdict(int(im.get("label", -1)), score, thr)
     badge = f'<span class="verdict {v}">{v}</span> ' if v else ""
     others = ", ".join(f"{esc(m)} {fmt_score(im['scores'].get(m))}" for m in modes if m != mode and m in im["scores"])
-    extra = f' &middot; {esc(im["kind"])}' if im.get("kind") else ""
+    extra = f" &middot; {esc(im['kind'])}" if im.get("kind") else ""
     line = []
     if im.get("verdict") in ("ok", "review", "defect"):
         line.append(f'<span class="verdict v-{im["verdict"]}">{im["verdict"]}</span>')
@@ -252,18 +268,25 @@ def _card(im: Dict[str, Any], mode: str, modes: Sequence[str], thr: Optional[flo
     near = ""
     nsrc, ncls = im.get("nearest_source"), im.get("nearest_class")
     if isinstance(nsrc, str) and nsrc:
-        thumbs += (f'<div class="thumb near" data-role="nearest">'
-                   f'{_thumb(_find_source(nsrc, roots), "nearest defect image", NEAR_BOX)}</div>')
+        thumbs += (
+            f'<div class="thumb near" data-role="nearest">'
+            f"{_thumb(_find_source(nsrc, roots), 'nearest defect image', NEAR_BOX)}</div>"
+        )
     if (isinstance(nsrc, str) and nsrc) or isinstance(ncls, str) and ncls:
         synth = " (synthetic)" if isinstance(nsrc, str) and nsrc.startswith(SYNTHETIC_PREFIX) else ""
-        near = (f'<div class="nearest">nearest known defect: <b>{esc(ncls) if ncls else "unnamed class"}</b>'
-                f'{" from " + esc(os.path.basename(nsrc)) + synth if nsrc else ""}</div>')
+        near = (
+            f'<div class="nearest">nearest known defect: <b>{esc(ncls) if ncls else "unnamed class"}</b>'
+            f"{' from ' + esc(os.path.basename(nsrc)) + synth if nsrc else ''}</div>"
+        )
     pair = " pair" if 'data-role="nearest"' in thumbs else ""
-    return (f'<div class="card{pair}" data-kind="{kind}"><div class="thumbs">{thumbs}</div>'
-            f'<div class="name">{esc(os.path.basename(im.get("path", "")))}</div>'
-            f'<div>{badge}<b>{esc(mode)} {fmt_score(score)}</b>{extra}</div>'
-            f'<div class="scores">{others}</div>'
-            + (f'<div class="line">{" &middot; ".join(line)}</div>' if line else "") + f'{near}</div>')
+    return (
+        f'<div class="card{pair}" data-kind="{kind}"><div class="thumbs">{thumbs}</div>'
+        f'<div class="name">{esc(os.path.basename(im.get("path", "")))}</div>'
+        f"<div>{badge}<b>{esc(mode)} {fmt_score(score)}</b>{extra}</div>"
+        f'<div class="scores">{others}</div>'
+        + (f'<div class="line">{" &middot; ".join(line)}</div>' if line else "")
+        + f"{near}</div>"
+    )
 
 
 # ----------------------------------------------------------------------------- page sections
@@ -274,23 +297,33 @@ def _header(results: Dict[str, Any], title: str, generated: str, counts: Dict[st
     weights, note = str(results.get("weights") or ""), str(results.get("weights_note") or "")
     banner = ""
     if "random" in (weights + " " + note).lower():
-        banner = (f'<div class="banner danger" id="weights-warning">&#9888; RANDOM-INIT BACKBONE: scores, metrics '
-                  f'and heatmaps in this report do not reflect real detection quality.<div class="detail">weights '
-                  f'<code>{esc(weights)}</code>{" &middot; note: " + esc(note) if note else ""}</div></div>')
+        banner = (
+            f'<div class="banner danger" id="weights-warning">&#9888; RANDOM-INIT BACKBONE: scores, metrics '
+            f'and heatmaps in this report do not reflect real detection quality.<div class="detail">weights '
+            f"<code>{esc(weights)}</code>{' &middot; note: ' + esc(note) if note else ''}</div></div>"
+        )
     elif note:
         banner = f'<div class="banner info" id="weights-note">Weights note: {esc(note)}</div>'
     thr = results.get("thresholds") or {}
     dm = results.get("default_mode")
     thr_txt = ", ".join(f"{esc(m)} {fmt_score(thr[m])}" for m in modes if m in thr) or DASH
-    img_txt = (f"{counts['scored']} scored: {counts['defective']} defective, {counts['normal']} normal"
-               + (f", {counts['unlabelled']} unlabelled" if counts["unlabelled"] else "")
-               + f"; {counts['errors']} unreadable")
-    facts = [("Dataset", results.get("dataset")), ("Split", results.get("split")), ("Banks", results.get("banks")),
-             ("Weights", weights or None), ("Default mode", dm), ("Thresholds", None), ("Images", None),
-             ("Evaluated", results.get("date") or results.get("evaluated_at")),
-             ("Scoring time",
-              f"{results['seconds']} s" if finite_or_none(results.get("seconds")) is not None else None),
-             ("Report generated", generated)]
+    img_txt = (
+        f"{counts['scored']} scored: {counts['defective']} defective, {counts['normal']} normal"
+        + (f", {counts['unlabelled']} unlabelled" if counts["unlabelled"] else "")
+        + f"; {counts['errors']} unreadable"
+    )
+    facts = [
+        ("Dataset", results.get("dataset")),
+        ("Split", results.get("split")),
+        ("Banks", results.get("banks")),
+        ("Weights", weights or None),
+        ("Default mode", dm),
+        ("Thresholds", None),
+        ("Images", None),
+        ("Evaluated", results.get("date") or results.get("evaluated_at")),
+        ("Scoring time", f"{results['seconds']} s" if finite_or_none(results.get("seconds")) is not None else None),
+        ("Report generated", generated),
+    ]
     cells = []
     for k, v in facts:
         if k == "Thresholds":
@@ -299,8 +332,10 @@ def _header(results: Dict[str, Any], title: str, generated: str, counts: Dict[st
             cells.append(f"<div><dt>{k}</dt><dd>{esc(img_txt)}</dd></div>")
         elif v not in (None, ""):
             cells.append(f"<div><dt>{k}</dt><dd>{esc(v)}</dd></div>")
-    return (f"<header><h1>{esc(title)}</h1><p class=\"sub\">ExDD surface-defect detection &middot; modes side by side"
-            f"</p>{banner}<dl class=\"meta\">{''.join(cells)}</dl></header>")
+    return (
+        f'<header><h1>{esc(title)}</h1><p class="sub">ExDD surface-defect detection &middot; modes side by side'
+        f'</p>{banner}<dl class="meta">{"".join(cells)}</dl></header>'
+    )
 
 
 def _metrics_table(results: Dict[str, Any], modes: Sequence[str], at: Dict[str, Dict[str, Any]]) -> str:
@@ -309,9 +344,12 @@ def _metrics_table(results: Dict[str, Any], modes: Sequence[str], at: Dict[str, 
     dm = results.get("default_mode")
     if not modes:
         return '<p class="note">No metrics in the results.</p>'
-    head = "".join(f'<th><span class="swatch" style="background:{PALETTE[i % len(PALETTE)]}"></span>'
-                   f'{esc(m).replace("_", "_<wbr>")}'
-                   f'{"<span class=tag>default</span>" if m == dm else ""}</th>' for i, m in enumerate(modes))
+    head = "".join(
+        f'<th><span class="swatch" style="background:{PALETTE[i % len(PALETTE)]}"></span>'
+        f"{esc(m).replace('_', '_<wbr>')}"
+        f"{'<span class=tag>default</span>' if m == dm else ''}</th>"
+        for i, m in enumerate(modes)
+    )
     rows = []
     for group, table in ((METRIC_ROWS, {m: metrics.get(m) or {} for m in modes}), (AT_ROWS, at)):
         for j, (key, label, higher) in enumerate(group):
@@ -319,17 +357,20 @@ def _metrics_table(results: Dict[str, Any], modes: Sequence[str], at: Dict[str, 
             if group is AT_ROWS and all(v is None for v in vals):
                 continue
             finite = [v for v in vals if v is not None]
-            best = ((max(finite) if higher else min(finite)) if finite and higher is not None and len(modes) > 1
-                    else None)
+            best = (
+                (max(finite) if higher else min(finite)) if finite and higher is not None and len(modes) > 1 else None
+            )
             fmt = fmt_score if key in ("threshold", "image_f1_threshold") else fmt_metric
             is_best = [v is not None and best is not None and abs(v - best) < 1e-12 for v in vals]
             tds = "".join(f'<td class="{"best" if b else ""}">{fmt(v)}</td>' for v, b in zip(vals, is_best))
             sep = ' class="sep"' if group is AT_ROWS and j == 0 else ""
             rows.append(f'<tr{sep} data-metric="{key}"><td>{label}</td>{tds}</tr>')
-    return (f'<div class="table-wrap"><table class="metrics" id="metrics"><thead><tr><th>Metric</th>{head}</tr>'
-            f'</thead><tbody>{"".join(rows)}</tbody></table></div><p class="note">Bold: best mode per row. '
-            f'Pixel AUPRO integrates the per-region overlap up to 30% FPR. A dash means not measured '
-            f'(no masks, no labels or a single class).</p>')
+    return (
+        f'<div class="table-wrap"><table class="metrics" id="metrics"><thead><tr><th>Metric</th>{head}</tr>'
+        f'</thead><tbody>{"".join(rows)}</tbody></table></div><p class="note">Bold: best mode per row. '
+        f"Pixel AUPRO integrates the per-region overlap up to 30% FPR. A dash means not measured "
+        f"(no masks, no labels or a single class).</p>"
+    )
 
 
 def _errors(results: Dict[str, Any]) -> str:
@@ -354,7 +395,8 @@ def _roi(results: Dict[str, Any], base_dir: Optional[str]) -> Tuple[Optional[str
     path = _resolve(path, base_dir)
     try:
         from PIL import Image
-        with Image.open(path) as im:          # white (any colour channel lit) = inspect, as exdd_scoring.roi reads it
+
+        with Image.open(path) as im:  # white (any colour channel lit) = inspect, as exdd_scoring.roi reads it
             a = np.asarray(im.convert("RGB") if im.mode in ("P", "RGBA", "LA", "CMYK", "YCbCr") else im)
         a = a.max(axis=2) if a.ndim == 3 else a
         mask = a > (127 if a.dtype == np.uint8 else 0)
@@ -369,31 +411,52 @@ def _calibration(results: Dict[str, Any], data: Dict[str, Any]) -> str:
         return ""
     conf, y, bad = confidence_labels(results)
     head = "<h2>Confidence calibration</h2>"
-    left = (f'<p class="note" id="confidence-problem">{bad} confidence{"s" if bad > 1 else ""} outside 0..1 left out.'
-            f'</p>' if bad else "")
+    left = (
+        f'<p class="note" id="confidence-problem">{bad} confidence{"s" if bad > 1 else ""} outside 0..1 left out.</p>'
+        if bad
+        else ""
+    )
     if conf.size == 0:
-        return (head + '<p class="note" id="no-reliability">No labelled image has a confidence: calibration not '
-                'checked.</p>' + left)
+        return (
+            head + '<p class="note" id="no-reliability">No labelled image has a confidence: calibration not '
+            "checked.</p>" + left
+        )
     rel = data["reliability"] = reliability(conf, y)
-    return (f'{head}<div class="charts"><figure id="reliability">{svg_reliability(rel)}<figcaption>Per confidence bin: '
-            f'the bar is the share of defective images, the dot the mean confidence<br>(on the dashed diagonal when '
-            f'calibrated); n images per bin under the axis. {rel["n"]} labelled images,<br>expected calibration error '
-            f'{fmt_metric(rel["ece"], 3)}, Brier score {fmt_metric(rel["brier"], 3)}.</figcaption></figure></div>'
-            f'{left}')
+    return (
+        f'{head}<div class="charts"><figure id="reliability">{svg_reliability(rel)}<figcaption>Per confidence bin: '
+        f"the bar is the share of defective images, the dot the mean confidence<br>(on the dashed diagonal when "
+        f"calibrated); n images per bin under the axis. {rel['n']} labelled images,<br>expected calibration error "
+        f"{fmt_metric(rel['ece'], 3)}, Brier score {fmt_metric(rel['brier'], 3)}.</figcaption></figure></div>"
+        f"{left}"
+    )
 
 
 # ----------------------------------------------------------------------------- the report
 
-def build_report(results: Dict[str, Any], title: str = "ExDD evaluation report", base_dir: Optional[str] = None,
-                 generated: Optional[str] = None, gallery_n: int = 6) -> Tuple[str, Dict[str, Any]]:
+
+def build_report(
+    results: Dict[str, Any],
+    title: str = "ExDD evaluation report",
+    base_dir: Optional[str] = None,
+    generated: Optional[str] = None,
+    gallery_n: int = 6,
+) -> Tuple[str, Dict[str, Any]]:
     """The report page as an HTML string and the data behind it (JSON-safe)."""
     generated = generated or _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     modes = modes_of(results)
     colors = {m: PALETTE[i % len(PALETTE)] for i, m in enumerate(modes)}
     thresholds = {m: finite_or_none(v) for m, v in (results.get("thresholds") or {}).items()}
     counts = image_counts(results)
-    data: Dict[str, Any] = {"title": title, "generated": generated, "modes": modes, "counts": counts,
-                            "roc": {}, "histograms": {}, "at_threshold": {}, "gallery": {}}
+    data: Dict[str, Any] = {
+        "title": title,
+        "generated": generated,
+        "modes": modes,
+        "counts": counts,
+        "roc": {},
+        "histograms": {},
+        "at_threshold": {},
+        "gallery": {},
+    }
     band, band_problem = review_band(results)
     rb = results.get("review_band")
     band_mode = (rb.get("mode") if isinstance(rb, dict) else None) or results.get("default_mode")
@@ -415,9 +478,14 @@ def build_report(results: Dict[str, Any], title: str = "ExDD evaluation report",
         curve = roc_of(s, y)
         if curve is not None:
             from exdd.metrics import auroc
+
             op = (finite_or_none(given.get("fpr")), finite_or_none(given.get("tpr")))
-            data["roc"][m] = {"fpr": curve[0].tolist(), "tpr": curve[1].tolist(), "auroc": auroc(s, y),
-                              "operating_point": op if thr is not None else None}
+            data["roc"][m] = {
+                "fpr": curve[0].tolist(),
+                "tpr": curve[1].tolist(),
+                "auroc": auroc(s, y),
+                "operating_point": op if thr is not None else None,
+            }
         sa, ya = scores_labels(results, m, labelled_only=False)
         if sa.size:
             data["histograms"][m] = histogram(sa, ya, thr, marks=band if band is not None and m == band_mode else ())
@@ -427,29 +495,43 @@ def build_report(results: Dict[str, Any], title: str = "ExDD evaluation report",
         data.pop("review_band", None)
 
     if data["roc"]:
-        roc = (f'<figure>{svg_roc(data["roc"], colors)}<figcaption>Image-level ROC per mode from the per-image '
-               f'scores;<br>dots mark each mode\'s calibrated threshold.</figcaption></figure>')
+        roc = (
+            f"<figure>{svg_roc(data['roc'], colors)}<figcaption>Image-level ROC per mode from the per-image "
+            f"scores;<br>dots mark each mode's calibrated threshold.</figcaption></figure>"
+        )
     else:
         roc = '<p class="note" id="no-roc">No ROC: it needs images labelled both normal and defective.</p>'
-    parts = [_header(results, title, generated, counts, modes),
-             f'<div class="two"><section><h2>Metrics</h2>{_metrics_table(results, modes, at)}</section>'
-             f'<section><h2>ROC curves</h2>{roc}</section></div>']
+    parts = [
+        _header(results, title, generated, counts, modes),
+        f'<div class="two"><section><h2>Metrics</h2>{_metrics_table(results, modes, at)}</section>'
+        f"<section><h2>ROC curves</h2>{roc}</section></div>",
+    ]
     parts.append("<h2>Score distributions</h2>")
     if data["histograms"]:
+
         def hist_title(m: str) -> str:
             return m + (" (default)" if m == results.get("default_mode") else "")
+
         figs = "".join(
-            f'<figure>{svg_histogram(h, thresholds.get(m), hist_title(m), band=band if m == band_mode else None)}'
-            f'</figure>'
-            for m, h in data["histograms"].items())
-        said = (f' The <span class="swatch" style="background:{BAND_COLOR}"></span>shaded band on {esc(band_mode)} is '
-                f'the review band: scores from {band[0]:.4g} to {band[1]:.4g} go to a person.'
-                if band is not None else "")
+            f"<figure>{svg_histogram(h, thresholds.get(m), hist_title(m), band=band if m == band_mode else None)}"
+            f"</figure>"
+            for m, h in data["histograms"].items()
+        )
+        said = (
+            f' The <span class="swatch" style="background:{BAND_COLOR}"></span>shaded band on {esc(band_mode)} is '
+            f"the review band: scores from {band[0]:.4g} to {band[1]:.4g} go to a person."
+            if band is not None
+            else ""
+        )
         if any(sum(h["over"].values()) + sum(h["under"].values()) for h in data["histograms"].values()):
-            said = (" A few scores far beyond the others are counted in a bar apart (&raquo; above, &laquo; below), "
-                    "as said under the chart." + said)
-        parts.append(f'<div class="charts">{figs}</div><p class="note">Normal vs defective image scores per mode; '
-                     f'the dashed line is the calibrated threshold (score &ge; threshold is flagged).{said}</p>')
+            said = (
+                " A few scores far beyond the others are counted in a bar apart (&raquo; above, &laquo; below), "
+                "as said under the chart." + said
+            )
+        parts.append(
+            f'<div class="charts">{figs}</div><p class="note">Normal vs defective image scores per mode; '
+            f"the dashed line is the calibrated threshold (score &ge; threshold is flagged).{said}</p>"
+        )
     else:
         parts.append('<p class="note">No scored images.</p>')
     if band_problem:
@@ -457,19 +539,25 @@ def build_report(results: Dict[str, Any], title: str = "ExDD evaluation report",
     parts.append(_calibration(results, data))
     gm = results.get("default_mode") if results.get("default_mode") in modes else (modes[0] if modes else None)
     if gm is not None and ok_images(results):
-        parts.append(f"<h2>Gallery <span class=\"tag\">by {esc(gm)} score</span></h2>")
+        parts.append(f'<h2>Gallery <span class="tag">by {esc(gm)} score</span></h2>')
         roi_path, roi, roi_problem = _roi(results, base_dir)
         if roi_path is not None:
             data["roi"] = roi_path
         if any(im.get("heatmap") for im in ok_images(results)):
             from exdd.overlay import GT_COLOR, PRED_COLOR
+
             rgb = lambda c: "rgb(%d,%d,%d)" % c  # noqa: E731
-            parts.append(f'<p class="note">Heatmaps: anomaly map in a blue-to-red colour scale over the image; '
-                         f'<span class="swatch" style="background:{rgb(PRED_COLOR)};border:1px solid #8c959f"></span>'
-                         f'predicted defect contour, <span class="swatch" style="background:{rgb(GT_COLOR)}"></span>'
-                         f'ground-truth contour.</p>')
-        marks = (["black-and-white dashes: the region of interest (outside it nothing is inspected)"]
-                 if roi is not None else [])
+            parts.append(
+                f'<p class="note">Heatmaps: anomaly map in a blue-to-red colour scale over the image; '
+                f'<span class="swatch" style="background:{rgb(PRED_COLOR)};border:1px solid #8c959f"></span>'
+                f'predicted defect contour, <span class="swatch" style="background:{rgb(GT_COLOR)}"></span>'
+                f"ground-truth contour.</p>"
+            )
+        marks = (
+            ["black-and-white dashes: the region of interest (outside it nothing is inspected)"]
+            if roi is not None
+            else []
+        )
         if any(_region(im) for im in ok_images(results)):
             marks.append(f'<span class="swatch" style="background:rgb{BOX_COLOR}"></span>box of the largest region')
         if marks:
@@ -485,13 +573,17 @@ def build_report(results: Dict[str, Any], title: str = "ExDD evaluation report",
                 groups.append(f'<section><h3>{esc(gtitle)}</h3><div class="gallery">{cards}</div></section>')
         parts.append(f'<div class="groups">{"".join(groups)}</div>')
     parts.append(_errors(results))
-    parts.append(f'<footer>Generated by exdd on {esc(generated)}. Self-contained: every image is embedded, '
-                 f'nothing is fetched.</footer>')
-    page = (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
-            f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
-            f'<meta name="viewport" content="width=device-width,initial-scale=1">'
-            f'<title>{esc(title)}</title><style>{CSS}</style></head><body><main>{"".join(parts)}</main>'
-            f'<script>{LOAD_SCRIPT}</script></body></html>')
+    parts.append(
+        f"<footer>Generated by exdd on {esc(generated)}. Self-contained: every image is embedded, "
+        f"nothing is fetched.</footer>"
+    )
+    page = (
+        f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
+        f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
+        f'<meta name="viewport" content="width=device-width,initial-scale=1">'
+        f"<title>{esc(title)}</title><style>{CSS}</style></head><body><main>{''.join(parts)}</main>"
+        f"<script>{LOAD_SCRIPT}</script></body></html>"
+    )
     return page, json_safe(data)
 
 
@@ -500,8 +592,13 @@ def json_path_of(out_html: str) -> str:
     return os.path.splitext(out_html)[0] + ".json"
 
 
-def write_report(results: Dict[str, Any], out_html: str, title: str = "ExDD evaluation report",
-                 base_dir: Optional[str] = None, gallery_n: int = 6) -> str:
+def write_report(
+    results: Dict[str, Any],
+    out_html: str,
+    title: str = "ExDD evaluation report",
+    base_dir: Optional[str] = None,
+    gallery_n: int = 6,
+) -> str:
     """Write the self-contained HTML report and its JSON (results + chart data) and return the HTML path."""
     folder = os.path.dirname(os.path.abspath(out_html))
     os.makedirs(folder, exist_ok=True)

@@ -6,6 +6,7 @@ The bench harness (result record, latency statistics, serving chain, local serve
 Scripts run as modules from the repository root (``python -m scripts.benchmarks.bench_coreset ...``), so that
 they import this module as ``scripts.common``; it imports only exdd's public API, and that lazily.
 """
+
 from __future__ import annotations
 
 import json
@@ -24,22 +25,25 @@ EXDD = [sys.executable, "-m", "exdd.cli"]
 
 # ----------------------------------------------------------------------------- memory
 
+
 def peak_rss_gb() -> float:
     """Peak resident memory of this process in GiB (ru_maxrss is kB on Linux): the figure the benchmarks report."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
 def save_json(path: str, obj: Any, indent: Optional[int] = 1) -> str:
     """Write a script's JSON record atomically (folders made), so a run read mid-way never shows half a file."""
     from exdd.fileio import atomic_write
+
     return atomic_write(path, json.dumps(obj, indent=indent))
 
 
 # ----------------------------------------------------------------------------- dataset subsets
 
+
 def mask_of(image: str) -> Optional[str]:
     """The KSDD2-layout mask next to an image (NAME_GT.png), or None when there is none."""
-    gt = image[:-len(".png")] + "_GT.png"
+    gt = image[: -len(".png")] + "_GT.png"
     return gt if os.path.exists(gt) else None
 
 
@@ -47,7 +51,7 @@ def link_subset(split_dir: str, images: Iterable[Tuple[str, Optional[str]]], num
     """Symlink (image, mask or None) pairs into a fresh split folder; numbered names keep files of two folders apart."""
     os.makedirs(split_dir)
     for i, (image, mask) in enumerate(images):
-        stem = f"{i:05d}" if numbered else os.path.basename(image)[:-len(".png")]
+        stem = f"{i:05d}" if numbered else os.path.basename(image)[: -len(".png")]
         os.symlink(os.path.abspath(image), os.path.join(split_dir, stem + ".png"))
         if mask:
             os.symlink(os.path.abspath(mask), os.path.join(split_dir, stem + "_GT.png"))
@@ -56,24 +60,37 @@ def link_subset(split_dir: str, images: Iterable[Tuple[str, Optional[str]]], num
 
 # ----------------------------------------------------------------------------- raw-feature caches
 
+
 def cache_folder(cache_root: str, dataset: str, input_hw: Sequence[int], split: str) -> str:
     """<cache_root>/<dataset name>-HxW/<split>: where every script keeps (and looks for) a dataset's raw features."""
     name = os.path.basename(os.path.normpath(dataset))
     return os.path.join(cache_root, f"{name}-{input_hw[0]}x{input_hw[1]}", split)
 
 
-def raw_caches(dataset: str, weights: str, input_hw: Tuple[int, int], cache_root: str,
-               splits: Sequence[str] = ("train", "test"), progress: bool = True) -> Dict[str, object]:
+def raw_caches(
+    dataset: str,
+    weights: str,
+    input_hw: Tuple[int, int],
+    cache_root: str,
+    splits: Sequence[str] = ("train", "test"),
+    progress: bool = True,
+) -> Dict[str, object]:
     """The raw-feature cache of each split (extracted once, then reused), so every d is one projection away."""
     from exdd.datasets import load_split
     from exdd.offline.feature_cache import extract_raw
     from exdd.progress import bar
+
     out = {}
     for split in splits:
         samples = load_split(dataset, split)
         b = bar(f"raw features: {split}", len(samples), "img") if progress else None
-        out[split] = extract_raw(samples, weights, input_hw, cache_folder(cache_root, dataset, input_hw, split),
-                                 progress=b.update if b else None)
+        out[split] = extract_raw(
+            samples,
+            weights,
+            input_hw,
+            cache_folder(cache_root, dataset, input_hw, split),
+            progress=b.update if b else None,
+        )
         if b:
             b.close()
     return out
@@ -84,12 +101,14 @@ def normal_rows(folder: str, d: int, images: int) -> np.ndarray:
     each."""
     from exdd.offline.feature_cache import RawCache
     from exdd.offline.features import make_projection
+
     c = RawCache(folder)
     normal = [i for i in range(len(c.paths)) if c.covers[i].max() == 0][:images]
     return c.project(normal, make_projection(d, 0)).reshape(-1, d)
 
 
 # ----------------------------------------------------------------------------- processes
+
 
 def exdd(*args: str, log: Optional[Callable[[str], None]] = None, ok: Sequence[int] = (0,)) -> float:
     """Run the real `exdd` command line; wall seconds. Raises with its stderr when its exit code is not in ok."""
@@ -140,10 +159,11 @@ def reweighted(s_star: np.ndarray, nb: np.ndarray, k: int, keep_self: bool, t: f
     anomalib) or the neighbours only (ours); nb: peak_dists, m* first. The served s- is k = defaults.K, the neighbours
     only, t = sqrt(d) (served_evidence); the studies also try anomalib's k = 9 and t = 1."""
     from exdd_scoring import reweight_q
+
     return (1.0 - reweight_q(s_star, nb[:, :k] if keep_self else nb[:, 1:k], t, np)) * s_star
 
 
-STUDY_EPS = 1e-6   # the studies' eps, the Scorer's default
+STUDY_EPS = 1e-6  # the studies' eps, the Scorer's default
 
 
 def served_evidence(e: Any, pos_scale: Optional[float], params: Dict, rows: Optional[np.ndarray] = None):
@@ -155,22 +175,36 @@ def served_evidence(e: Any, pos_scale: Optional[float], params: Dict, rows: Opti
     from exdd import defaults
     from exdd_scoring import reweight_q
     from exdd_scoring.scores import DEFAULT_GAMMA, Evidence
+
     sub = (lambda v: v) if rows is None else (lambda v: v[rows])
     an, ap, nbn, nbp = sub(e.a_neg), sub(e.a_pos), sub(e.nb_neg), sub(e.nb_pos)
-    t = e.d ** 0.5
-    peak = lambda a, nb: {"s_star": a.max(1), "q": reweight_q(a.max(1), nb[:, 1:defaults.K], t, np)}  # noqa: E731
-    full = dict(params, gamma=DEFAULT_GAMMA) if pos_scale is None else dict(params, gamma=DEFAULT_GAMMA,
-                                                                           pos_scale=pos_scale)
-    return Evidence(an, ap, peak(an, nbn), peak(ap, nbp), tuple(e.grid), STUDY_EPS, np,
-                    lambda m: smooth_maps(np.asarray(m), e.s_h, e.s_w), full)
+    t = e.d**0.5
+    peak = lambda a, nb: {"s_star": a.max(1), "q": reweight_q(a.max(1), nb[:, 1 : defaults.K], t, np)}  # noqa: E731
+    full = (
+        dict(params, gamma=DEFAULT_GAMMA)
+        if pos_scale is None
+        else dict(params, gamma=DEFAULT_GAMMA, pos_scale=pos_scale)
+    )
+    return Evidence(
+        an,
+        ap,
+        peak(an, nbn),
+        peak(ap, nbp),
+        tuple(e.grid),
+        STUDY_EPS,
+        np,
+        lambda m: smooth_maps(np.asarray(m), e.s_h, e.s_w),
+        full,
+    )
 
 
 def smooth_maps(patches: np.ndarray, s_h: np.ndarray, s_w: np.ndarray, chunk: int = 32) -> np.ndarray:
     """(n, h, w) patch maps upsampled and smoothed (exdd_scoring.upsample_smooth) chunk images at a time (bounded
     memory)."""
     from exdd_scoring import upsample_smooth
+
     p = patches.astype(np.float32)
     out = np.empty((p.shape[0], s_h.shape[0], s_w.shape[0]), np.float32)
     for i in range(0, p.shape[0], chunk):
-        out[i:i + chunk] = upsample_smooth(p[i:i + chunk], s_h, s_w, np)
+        out[i : i + chunk] = upsample_smooth(p[i : i + chunk], s_h, s_w, np)
     return out

@@ -7,6 +7,7 @@
 
 Imports only exdd's public API, lazily, and scripts.common; the package never imports this module.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -36,7 +37,7 @@ def machine() -> Dict[str, Any]:
             cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
         with open("/proc/meminfo") as f:
             kb = next(int(ln.split()[1]) for ln in f if ln.startswith("MemTotal:"))
-        mem_gib = round(kb / 2 ** 20, 1)
+        mem_gib = round(kb / 2**20, 1)
     except (OSError, StopIteration, ValueError):
         pass
     gpu = None
@@ -66,6 +67,7 @@ def now() -> str:
 class BenchResult:
     """One run of a benchmark or study. Its JSON is the metrics at the top level (where each script always wrote
     them, so earlier readers keep working) after the provenance: name, params, machine, commit, date."""
+
     name: str
     params: Dict[str, Any]
     metrics: Dict[str, Any] = dataclasses.field(default_factory=dict)
@@ -77,8 +79,14 @@ class BenchResult:
         clash = sorted(set(PROVENANCE) & set(self.metrics))
         if clash:
             raise ValueError(f"{self.name}: metrics may not use the record's own keys {clash}")
-        return {"name": self.name, "params": self.params, "machine": self.machine, "commit": self.commit,
-                "date": self.date, **self.metrics}
+        return {
+            "name": self.name,
+            "params": self.params,
+            "machine": self.machine,
+            "commit": self.commit,
+            "date": self.date,
+            **self.metrics,
+        }
 
     def save(self, path: str, indent: Optional[int] = 1) -> str:
         """Write the record atomically (folders made): a run read mid-way never shows half a file."""
@@ -100,6 +108,7 @@ def params_of(args: Any) -> Dict[str, Any]:
 
 # ----------------------------------------------------------------------------- latency
 
+
 def latency_stats(seconds: Sequence[float]) -> Dict[str, Any]:
     """n and mean, p50 (the median), p90, p95, p99 latency in ms of per-request wall seconds; None when empty."""
     ms = np.asarray(seconds, dtype=np.float64) * 1000
@@ -112,9 +121,11 @@ def latency_stats(seconds: Sequence[float]) -> Dict[str, Any]:
 
 # ----------------------------------------------------------------------------- banks -> ONNX -> repository
 
+
 @dataclasses.dataclass
 class Chain:
     """What serve_chain made and the wall seconds of each step it ran ('build', 'onnx', 'repository')."""
+
     banks: str
     onnx: str
     repo: str
@@ -126,25 +137,41 @@ def build_banks(dataset: str, banks: str, *args: str, log: Optional[Callable[[st
     return exdd("offline", "build", dataset, "--out", banks, *args, log=log)
 
 
-def export_onnx(banks: str, onnx: str, *args: str, log: Optional[Callable[[str], None]] = None,
-                ok: Sequence[int] = (0,)) -> float:
+def export_onnx(
+    banks: str, onnx: str, *args: str, log: Optional[Callable[[str], None]] = None, ok: Sequence[int] = (0,)
+) -> float:
     """`exdd export onnx --banks BANKS --out ONNX *args`; wall seconds. ok: the accepted exit codes (3: a reduced
     precision's parity check failed, the file still written)."""
     return exdd("export", "onnx", "--banks", banks, "--out", onnx, *args, log=log, ok=ok)
 
 
-def export_repository(onnx: str, repo: str, *args: str, banks: Optional[str] = None,
-                      products: Optional[Dict[str, str]] = None, log: Optional[Callable[[str], None]] = None) -> float:
+def export_repository(
+    onnx: str,
+    repo: str,
+    *args: str,
+    banks: Optional[str] = None,
+    products: Optional[Dict[str, str]] = None,
+    log: Optional[Callable[[str], None]] = None,
+) -> float:
     """`exdd export repository --onnx ONNX --banks BANKS` (or `--product NAME=BANKS` for each product)
     `--out REPO *args`; wall seconds."""
     which = ["--banks", banks] if banks else [v for p, b in (products or {}).items() for v in ("--product", f"{p}={b}")]
     return exdd("export", "repository", "--onnx", onnx, *which, "--out", repo, *args, log=log)
 
 
-def serve_chain(work: str, *, dataset: Optional[str] = None, banks: Optional[str] = None, onnx: Optional[str] = None,
-                repo: Optional[str] = None, build: Sequence[str] = (), export: Sequence[str] = (),
-                repository: Sequence[str] = (), log: Optional[Callable[[str], None]] = None,
-                export_ok: Sequence[int] = (0,)) -> Chain:
+def serve_chain(
+    work: str,
+    *,
+    dataset: Optional[str] = None,
+    banks: Optional[str] = None,
+    onnx: Optional[str] = None,
+    repo: Optional[str] = None,
+    build: Sequence[str] = (),
+    export: Sequence[str] = (),
+    repository: Sequence[str] = (),
+    log: Optional[Callable[[str], None]] = None,
+    export_ok: Sequence[int] = (0,),
+) -> Chain:
     """Banks -> ONNX -> repository: build_banks of dataset (skipped without one: the banks exist), export_onnx,
     export_repository, each with its extra arguments; by default WORK/{banks,f32.onnx,repo}."""
     banks = banks or os.path.join(work, "banks")
@@ -160,16 +187,32 @@ def serve_chain(work: str, *, dataset: Optional[str] = None, banks: Optional[str
 
 # ----------------------------------------------------------------------------- a local server
 
-def start_server(repo: str, log_path: Optional[str] = None, timeout: float = 300.0, wait: str = "ready",
-                 env: Any = None, **server_options: Any):
+
+def start_server(
+    repo: str,
+    log_path: Optional[str] = None,
+    timeout: float = 300.0,
+    wait: str = "ready",
+    env: Any = None,
+    **server_options: Any,
+):
     """A started tritonserver on free loopback ports, logging to log_path (default REPO/../<repo>.log), in env (default:
     the configured serving venv); waited for 'ready', 'live' or not at all (''), stopped again when that fails."""
     from exdd.serving.serve import TritonServer, free_port
     from exdd.serving.serving_env import resolve
+
     repo_dir = os.path.normpath(repo)
     log_path = log_path or os.path.join(os.path.dirname(repo_dir), os.path.basename(repo_dir) + ".log")
-    srv = TritonServer(repo, "127.0.0.1", free_port(), free_port(), free_port(), env=env or resolve(),
-                       log_path=log_path, **server_options)
+    srv = TritonServer(
+        repo,
+        "127.0.0.1",
+        free_port(),
+        free_port(),
+        free_port(),
+        env=env or resolve(),
+        log_path=log_path,
+        **server_options,
+    )
     srv.start()
     try:
         if wait:

@@ -10,6 +10,7 @@ file ``--admin-key-file``, ``$EXDD_ADMIN_KEY_FILE``, else ``$XDG_CONFIG_HOME/exd
 (``~/.config/exdd/admin-key``). ``exdd serve`` generates that file (32 random bytes, mode 0600, in a 0700 folder)
 when no key is given and the file is absent; a key file that others can read is refused.
 """
+
 from __future__ import annotations
 
 import os
@@ -21,7 +22,7 @@ from typing import Callable, List, Optional
 HEADER = "exdd-admin-key"
 KEY_ENV = "EXDD_ADMIN_KEY"
 KEY_FILE_ENV = "EXDD_ADMIN_KEY_FILE"
-KEY_RE = re.compile(r"[A-Za-z0-9._~-]{16,256}")      # what goes into the tritonserver flag and an HTTP header as is
+KEY_RE = re.compile(r"[A-Za-z0-9._~-]{16,256}")  # what goes into the tritonserver flag and an HTTP header as is
 # model-repository: index, load, unload (an unload is an outage; a load from uploaded files runs code);
 # shared-memory: registering shared-memory regions, which exdd's clients never use and which the chain behind
 # NVIDIA's August 2025 Python-backend fixes (CVE-2025-23319, -23320, -23334) starts from (SECURITY.md)
@@ -35,7 +36,7 @@ class AdminKeyError(ValueError):
 @dataclass(frozen=True)
 class AdminKey:
     value: str
-    source: str          # where it came from, for messages (never the key itself)
+    source: str  # where it came from, for messages (never the key itself)
 
     def headers(self) -> dict:
         return {HEADER: self.value}
@@ -64,8 +65,10 @@ def read_key_file(path: str) -> AdminKey:
     except OSError as e:
         raise AdminKeyError(f"{path}: cannot read the model-control key ({e.strerror})") from None
     if st.st_mode & 0o077:
-        raise AdminKeyError(f"{path}: the model-control key file is readable by others (mode "
-                            f"{st.st_mode & 0o777:04o}): `chmod 600 {path}`")
+        raise AdminKeyError(
+            f"{path}: the model-control key file is readable by others (mode "
+            f"{st.st_mode & 0o777:04o}): `chmod 600 {path}`"
+        )
     return AdminKey(check_key(value, path), path)
 
 
@@ -107,5 +110,7 @@ def server_key(key_file: Optional[str] = None, log: Callable[[str], None] = lamb
 def restricted_args(key: AdminKey) -> List[str]:
     """tritonserver flags restricting the model-repository and shared-memory APIs (HTTP and gRPC) to requests
     carrying the key."""
-    return [f"--http-restricted-api={RESTRICTED}:{HEADER}={key.value}",
-            f"--grpc-restricted-protocol={RESTRICTED}:{HEADER}={key.value}"]
+    return [
+        f"--http-restricted-api={RESTRICTED}:{HEADER}={key.value}",
+        f"--grpc-restricted-protocol={RESTRICTED}:{HEADER}={key.value}",
+    ]

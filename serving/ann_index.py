@@ -4,6 +4,7 @@ The index files are written beside the bank arrays in ``exdd_scorer/1/banks/`` i
 binary format (faiss ``write_index``; no pickle) and the copied ``manifest.json`` gains an ``index``
 entry with each file's sha256 and the sha256 of the vectors it indexes (see ``exdd_scoring.ann``).
 """
+
 from __future__ import annotations
 
 from dataclasses import replace
@@ -19,8 +20,13 @@ INDEX_KINDS = tuple(SEARCHERS)
 DEFAULT_MIN_SIZE = 8_000
 
 
-def add_index(bank_dir: str, kind: str, min_size: int = DEFAULT_MIN_SIZE, params: Optional[Dict[str, int]] = None,
-              log: Callable[[str], None] = lambda s: None) -> IndexEntry:
+def add_index(
+    bank_dir: str,
+    kind: str,
+    min_size: int = DEFAULT_MIN_SIZE,
+    params: Optional[Dict[str, int]] = None,
+    log: Callable[[str], None] = lambda s: None,
+) -> IndexEntry:
     """Build the index files of the banks in bank_dir and record them in its manifest.json; returns the entry."""
     manifest = read_manifest(bank_dir)
     entry = write_index(bank_dir, manifest, kind, min_size, params, log)

@@ -1,6 +1,7 @@
 """config.pbtxt of the four models (preprocess, features, scorer, ensemble): the committed templates in
 ``model_repository/`` (package data) with what varies filled in through Triton's protobuf
 (``ModelConfig`` of tritonclient, protobuf text format), never by string formatting."""
+
 from __future__ import annotations
 
 import json
@@ -20,6 +21,7 @@ KINDS = ("cpu", "gpu")
 @dataclass
 class Serving:
     """How the models are instantiated and batched."""
+
     kind: str = "cpu"
     instances: int = 1
     max_batch: int = 8
@@ -30,12 +32,14 @@ def protobuf():
     """(model_config_pb2, text_format): Triton's ModelConfig message and protobuf's text format."""
     from google.protobuf import text_format
     from tritonclient.grpc import model_config_pb2
+
     return model_config_pb2, text_format
 
 
 def template(name: str) -> Any:
     """The committed config.pbtxt of model `name` parsed into a ModelConfig message."""
     from .model_files import model_files
+
     mc, text_format = protobuf()
     text = (model_files() / name / "config.pbtxt").read_text()
     return text_format.Parse(text, mc.ModelConfig())
@@ -58,8 +62,9 @@ def _serving(config: Any, s: Serving, cpu_only: bool = False) -> None:
     if config.platform != "ensemble":
         gpu = s.kind == "gpu" and not cpu_only
         del config.instance_group[:]
-        config.instance_group.add(count=int(s.instances),
-                                  kind=mc.ModelInstanceGroup.KIND_GPU if gpu else mc.ModelInstanceGroup.KIND_CPU)
+        config.instance_group.add(
+            count=int(s.instances), kind=mc.ModelInstanceGroup.KIND_GPU if gpu else mc.ModelInstanceGroup.KIND_CPU
+        )
         config.dynamic_batching.max_queue_delay_microseconds = int(s.queue_delay_us)
 
 
@@ -104,21 +109,32 @@ def features_config(features: FeatureSpec, backend: str, s: Serving) -> str:
     return to_text(c)
 
 
-def line_parameters(manifest: BankManifest, mode: str, threshold: Optional[float],
-                    min_area: Optional[int] = None) -> Dict[str, Optional[str]]:
+def line_parameters(
+    manifest: BankManifest, mode: str, threshold: Optional[float], min_area: Optional[int] = None
+) -> Dict[str, Optional[str]]:
     """The scorer's config parameters a client reads to describe its answers (issue 27): review_band, the JSON
     {"ok_below": T1, "defect_above": T2} served with this threshold (None: removed, no band), and min_area (the
     served minimum defect area: min_area, else the banks' own; ValueError when the banks cannot measure one)."""
     t1, t2 = review_band(manifest.line, mode, threshold)
     area = (0 if manifest.line is None else manifest.line.min_area) if min_area is None else int(min_area)
     check_min_area(manifest.line, mode, area, "--min-area")
-    return {"review_band": None if t1 is None else json.dumps({"ok_below": t1, "defect_above": t2}),
-            "min_area": str(area)}
+    return {
+        "review_band": None if t1 is None else json.dumps({"ok_below": t1, "defect_above": t2}),
+        "min_area": str(area),
+    }
 
 
-def scorer_config(features: FeatureSpec, mode: str, threshold: Optional[float], s: Serving, sigma: float = 4.0, *,
-                  name: str = SCORER_MODEL, product: Optional[str] = None,
-                  line: Optional[Dict[str, Optional[str]]] = None) -> str:
+def scorer_config(
+    features: FeatureSpec,
+    mode: str,
+    threshold: Optional[float],
+    s: Serving,
+    sigma: float = 4.0,
+    *,
+    name: str = SCORER_MODEL,
+    product: Optional[str] = None,
+    line: Optional[Dict[str, Optional[str]]] = None,
+) -> str:
     """config.pbtxt of a scorer (Python backend) named name; mode, threshold, features and product are readable by
     clients.
 
@@ -167,8 +183,9 @@ def _step(config: Any, model_name: str) -> Any:
     raise KeyError(f"template {config.name}: no ensemble step running {model_name!r}")
 
 
-def ensemble_config(features: FeatureSpec, s: Serving, *, name: str = ENSEMBLE_MODEL,
-                    scorer: str = SCORER_MODEL) -> str:
+def ensemble_config(
+    features: FeatureSpec, s: Serving, *, name: str = ENSEMBLE_MODEL, scorer: str = SCORER_MODEL
+) -> str:
     """config.pbtxt of the ensemble name: IMAGE (any size) or IMAGE_BYTES -> exdd_preprocess -> exdd_features ->
     scorer (the shared preprocess and extractor, a product's scorer)."""
     spec = FeatureSpec.from_dict(features)

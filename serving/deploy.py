@@ -21,6 +21,7 @@ default product, ``exdd_<NAME>_scorer`` for product NAME: ``1/``, ``2/``, ...), 
 Older versions beyond ``--keep`` are removed after a successful load. One deploy at a time per repository:
 the whole deployment holds ``REPO/.exdd-deploy.lock`` (repo_lock.py); a second one is refused, naming the holder.
 """
+
 from __future__ import annotations
 
 import datetime as _dt
@@ -41,7 +42,7 @@ from .admin_key import AdminKey, AdminKeyError, client_key
 from .products import FEATURES_MODEL, ProductError, ProductModels, find
 from .repo_lock import STAGE_PREFIX, RepositoryLocked, repository_lock
 
-SCORER = ProductModels(None).scorer      # the default product's scorer
+SCORER = ProductModels(None).scorer  # the default product's scorer
 DEPLOY_RECORD = "deploy.json"
 
 
@@ -52,12 +53,13 @@ class DeployError(ValueError):
 @dataclass
 class Deployed:
     """What a deployment did."""
+
     version: int
     previous: int
     loaded: bool
     threshold: Optional[float]
     removed: List[int]
-    model: str = SCORER          # the scorer model the version belongs to
+    model: str = SCORER  # the scorer model the version belongs to
 
 
 def versions(model_dir: str) -> List[int]:
@@ -70,6 +72,7 @@ def versions(model_dir: str) -> List[int]:
 def _parse_config(text: str, model: str = SCORER):
     """A config.pbtxt text as Triton's ModelConfig message (protobuf text format)."""
     from .configs import protobuf
+
     mc, text_format = protobuf()
     try:
         return text_format.Parse(text, mc.ModelConfig())
@@ -86,6 +89,7 @@ def config_parameter(text: str, key: str, model: str = SCORER) -> Optional[str]:
 def set_config_parameter(text: str, key: str, value: Optional[str], model: str = SCORER) -> str:
     """config.pbtxt text with parameter key set to value (added if absent), or removed when value is None."""
     from .configs import to_text
+
     c = _parse_config(text, model)
     if value is None:
         c.parameters.pop(key, None)
@@ -118,24 +122,35 @@ def served_features(repo: str, scorer_version_dir: str) -> List[Tuple[str, Dict[
     """(where, fingerprint) the new banks must match: the shared extractor's (latest exdd_features version with a
     features.json) and the product scorer's latest; DeployError when there is neither."""
     out = []
-    feats = [v for v in versions(os.path.join(repo, FEATURES_MODEL))
-             if os.path.isfile(os.path.join(repo, FEATURES_MODEL, str(v), "features.json"))]
+    feats = [
+        v
+        for v in versions(os.path.join(repo, FEATURES_MODEL))
+        if os.path.isfile(os.path.join(repo, FEATURES_MODEL, str(v), "features.json"))
+    ]
     if feats:
         shared = _features_of(os.path.join(repo, FEATURES_MODEL, str(feats[-1]), "features.json"))
-        if shared is not None:      # present: listed above
+        if shared is not None:  # present: listed above
             out.append((f"the shared extractor ({FEATURES_MODEL}/{feats[-1]})", shared))
     own = _features_of(os.path.join(scorer_version_dir, "features.json"))
     if own is not None:
-        out.append((f"the served scorer ({os.path.basename(os.path.dirname(scorer_version_dir))}/"
-                    f"{os.path.basename(scorer_version_dir)})", own))
+        out.append(
+            (
+                f"the served scorer ({os.path.basename(os.path.dirname(scorer_version_dir))}/"
+                f"{os.path.basename(scorer_version_dir)})",
+                own,
+            )
+        )
     if not out:
-        raise DeployError(f"{scorer_version_dir}/features.json: missing (and no {FEATURES_MODEL}/N/features.json): "
-                          "rebuild the repository with `exdd export repository`")
+        raise DeployError(
+            f"{scorer_version_dir}/features.json: missing (and no {FEATURES_MODEL}/N/features.json): "
+            "rebuild the repository with `exdd export repository`"
+        )
     return out
 
 
-def prepare(bank_dir: str, repo: str, keep_threshold: bool = False, product: Optional[str] = None,
-            lock=None) -> Dict[str, Any]:
+def prepare(
+    bank_dir: str, repo: str, keep_threshold: bool = False, product: Optional[str] = None, lock=None
+) -> Dict[str, Any]:
     """Verify the banks against the served extractor and write the product's next scorer version (not loaded yet).
     The caller holds the repository's deploy lock (lock: its repo_lock.Lock, told what is being added)."""
     from exdd_scoring import BankError, load_banks
@@ -166,7 +181,7 @@ def prepare(bank_dir: str, repo: str, keep_threshold: bool = False, product: Opt
     new_config = config
     if not keep_threshold:
         new_config = set_config_parameter(config, "threshold", None if new_thr is None else repr(new_thr), scorer)
-        band = line_parameters(banks.manifest, mode, new_thr, 0)["review_band"]   # issue 27: the band served
+        band = line_parameters(banks.manifest, mode, new_thr, 0)["review_band"]  # issue 27: the band served
         new_config = set_config_parameter(new_config, "review_band", band, scorer)
     version = latest + 1
     if lock is not None:
@@ -177,18 +192,27 @@ def prepare(bank_dir: str, repo: str, keep_threshold: bool = False, product: Opt
     try:
         shutil.copy2(os.path.join(latest_dir, "model.py"), tmp)
         shutil.copy2(os.path.join(latest_dir, "features.json"), tmp)
-        shutil.copytree(os.path.join(latest_dir, "exdd_scoring"), os.path.join(tmp, "exdd_scoring"),
-                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        shutil.copytree(
+            os.path.join(latest_dir, "exdd_scoring"),
+            os.path.join(tmp, "exdd_scoring"),
+            ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
+        )
         copy_banks(bank_dir, os.path.join(tmp, "banks"), banks.manifest)
-        record = {"version": version, "previous": latest, "model": scorer, "product": pm.label,
-                  "banks": os.path.abspath(bank_dir),
-                  "banks_manifest_sha256": sha256_file(os.path.join(bank_dir, "manifest.json")),
-                  "parent": None if banks.manifest.parent is None else dict(banks.manifest.parent), "mode": mode,
-                  "threshold": None if keep_threshold else new_thr,
-                  "at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+        record = {
+            "version": version,
+            "previous": latest,
+            "model": scorer,
+            "product": pm.label,
+            "banks": os.path.abspath(bank_dir),
+            "banks_manifest_sha256": sha256_file(os.path.join(bank_dir, "manifest.json")),
+            "parent": None if banks.manifest.parent is None else dict(banks.manifest.parent),
+            "mode": mode,
+            "threshold": None if keep_threshold else new_thr,
+            "at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        }
         with open(os.path.join(tmp, DEPLOY_RECORD), "w") as f:
             json.dump(record, f, indent=2)
-        os.chmod(tmp, 0o755)                         # mkdtemp's 0700 -> a plain folder's mode
+        os.chmod(tmp, 0o755)  # mkdtemp's 0700 -> a plain folder's mode
         fsync_tree(tmp)
         os.rename(tmp, os.path.join(model_dir, str(version)))
         fsync_dir(model_dir)
@@ -197,8 +221,15 @@ def prepare(bank_dir: str, repo: str, keep_threshold: bool = False, product: Opt
         raise
     if new_config != config:
         atomic_write(cfg_path, new_config, fsync=True)
-    return {"version": version, "previous": latest, "config_before": config, "config_path": cfg_path,
-            "threshold": None if keep_threshold else new_thr, "model": scorer, "product": pm}
+    return {
+        "version": version,
+        "previous": latest,
+        "config_before": config,
+        "config_path": cfg_path,
+        "threshold": None if keep_threshold else new_thr,
+        "model": scorer,
+        "product": pm,
+    }
 
 
 def rollback_prepared(repo: str, prep: Dict[str, Any]) -> None:
@@ -209,14 +240,17 @@ def rollback_prepared(repo: str, prep: Dict[str, Any]) -> None:
 
 def _client(url: str, timeout_s: float):
     import tritonclient.http as http
-    return http.InferenceServerClient(url.split("://", 1)[-1], network_timeout=timeout_s,
-                                      connection_timeout=min(timeout_s, 30.0))
+
+    return http.InferenceServerClient(
+        url.split("://", 1)[-1], network_timeout=timeout_s, connection_timeout=min(timeout_s, 30.0)
+    )
 
 
 def load(url: str, timeout_s: float = 600.0, model: str = SCORER, key: Optional[AdminKey] = None) -> None:
     """Ask the server to (re)load one scorer model (no other model), sending the model-control key when given;
     DeployError with the server's reason on failure."""
     from tritonclient.utils import InferenceServerException
+
     c = _client(url, timeout_s)
     try:
         c.load_model(model, headers=key.headers() if key else None)
@@ -225,9 +259,12 @@ def load(url: str, timeout_s: float = 600.0, model: str = SCORER, key: Optional[
         if "explicit" in msg.lower() and "not allowed" in msg.lower() or "polling" in msg.lower():
             msg += " (start the server with --model-control-mode=explicit, as `exdd serve` does)"
         elif "restricted" in msg.lower():
-            msg += (" (the server requires the model-control key: give `exdd deploy` the server's key with "
-                    "--admin-key-file or $EXDD_ADMIN_KEY)" if key is None else
-                    f" (the key from {key.source} is not the server's)")
+            msg += (
+                " (the server requires the model-control key: give `exdd deploy` the server's key with "
+                "--admin-key-file or $EXDD_ADMIN_KEY)"
+                if key is None
+                else f" (the key from {key.source} is not the server's)"
+            )
         raise DeployError(f"{url}: loading {model} failed: {msg}") from None
     except Exception as e:  # connection problems, named
         raise DeployError(f"{url}: cannot reach the server ({e})") from None
@@ -256,9 +293,17 @@ def prune(repo: str, keep: int, protect: int, model: str = SCORER) -> List[int]:
     return drop
 
 
-def deploy(bank_dir: str, repo: str, url: Optional[str] = None, keep: int = 3, keep_threshold: bool = False,
-           timeout_s: float = 600.0, product: Optional[str] = None, key: Optional[AdminKey] = None,
-           key_file: Optional[str] = None) -> Deployed:
+def deploy(
+    bank_dir: str,
+    repo: str,
+    url: Optional[str] = None,
+    keep: int = 3,
+    keep_threshold: bool = False,
+    timeout_s: float = 600.0,
+    product: Optional[str] = None,
+    key: Optional[AdminKey] = None,
+    key_file: Optional[str] = None,
+) -> Deployed:
     """Add the banks as the next version of the product's scorer and, with url, load it on the running server
     (sending the model-control key: key, else admin_key.client_key(key_file)). Holds the repository's deploy lock
     throughout; DeployError when another deploy holds it."""
@@ -295,19 +340,37 @@ def _deploy_locked(bank_dir, repo, url, keep, keep_threshold, timeout_s, product
 
 @click.command()
 @click.argument("bank_dir", metavar="NEW_BANKS", type=click.Path(exists=True, file_okay=False))
-@click.option("--repository", "repo", required=True, type=click.Path(exists=True, file_okay=False),
-              help="The served model repository (made by `exdd export repository`).")
-@click.option("--url", default=None, help="HTTP HOST:PORT of the server to load the new version on (explicit model "
-                                          "control, as `exdd serve`); without it the version is only added.")
-@click.option("--product", default=None, metavar="NAME",
-              help="The product whose scorer gets the banks (exdd_NAME_scorer); needed when REPO serves several.")
+@click.option(
+    "--repository",
+    "repo",
+    required=True,
+    type=click.Path(exists=True, file_okay=False),
+    help="The served model repository (made by `exdd export repository`).",
+)
+@click.option(
+    "--url",
+    default=None,
+    help="HTTP HOST:PORT of the server to load the new version on (explicit model "
+    "control, as `exdd serve`); without it the version is only added.",
+)
+@click.option(
+    "--product",
+    default=None,
+    metavar="NAME",
+    help="The product whose scorer gets the banks (exdd_NAME_scorer); needed when REPO serves several.",
+)
 @click.option("--keep", default=3, show_default=True, help="Scorer versions kept on disk after a successful load.")
-@click.option("--keep-threshold", is_flag=True,
-              help="Keep the served threshold instead of the new banks' calibrated one.")
+@click.option(
+    "--keep-threshold", is_flag=True, help="Keep the served threshold instead of the new banks' calibrated one."
+)
 @click.option("--timeout", default=600, show_default=True, help="Seconds to wait for the load.")
-@click.option("--admin-key-file", default=None, type=click.Path(dir_okay=False),
-              help="The server's model-control key (default: $EXDD_ADMIN_KEY, else $EXDD_ADMIN_KEY_FILE, else "
-                   "~/.config/exdd/admin-key, where `exdd serve` keeps it).")
+@click.option(
+    "--admin-key-file",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="The server's model-control key (default: $EXDD_ADMIN_KEY, else $EXDD_ADMIN_KEY_FILE, else "
+    "~/.config/exdd/admin-key, where `exdd serve` keeps it).",
+)
 def deploy_cmd(bank_dir, repo, product, url, keep, keep_threshold, timeout, admin_key_file):
     """Add NEW_BANKS as the next version of a product's scorer in REPO and load it on a running server without
     downtime."""
@@ -322,8 +385,10 @@ def deploy_cmd(bank_dir, repo, product, url, keep, keep_threshold, timeout, admi
         if d.removed:
             click.echo(f"removed old versions: {', '.join(map(str, d.removed))}")
     else:
-        click.echo("not loaded (no --url): a server started on REPO now serves it; a running one after "
-                   f"`exdd deploy` with --url or a load of {d.model}")
+        click.echo(
+            "not loaded (no --url): a server started on REPO now serves it; a running one after "
+            f"`exdd deploy` with --url or a load of {d.model}"
+        )
 
 
 deploy_cmd.name = "deploy"

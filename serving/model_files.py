@@ -1,5 +1,6 @@
 """The committed Triton model files (model.py, config.pbtxt templates) as package data, and copying them out
 (each Python model with the modules of exdd_scoring its model.py imports, and only those)."""
+
 from __future__ import annotations
 
 import ast
@@ -28,8 +29,9 @@ def model_files() -> Traversable:
     except ModuleNotFoundError:
         root = Path(str(importlib.resources.files("exdd_scoring"))).parent / "model_repository"
         if not (root / "exdd_scorer" / "1" / "model.py").is_file():
-            raise ModelFilesError(f"the Triton model files are not installed with exdd ({root}): "
-                                  "reinstall exdd") from None
+            raise ModelFilesError(
+                f"the Triton model files are not installed with exdd ({root}): reinstall exdd"
+            ) from None
         return root
 
 
@@ -50,6 +52,7 @@ def _scoring_imports(source: str, where: str, in_package: bool) -> Set[str]:
     """The exdd_scoring modules a file imports (statements at any depth; in_package: its relative imports too).
     ModelFilesError for ``import exdd_scoring`` alone: which modules it uses cannot be read from the file."""
     from exdd_scoring import _MODULE_OF
+
     out: Set[str] = set()
     for node in ast.walk(ast.parse(source, where)):
         if isinstance(node, ast.Import):
@@ -57,8 +60,10 @@ def _scoring_imports(source: str, where: str, in_package: bool) -> Set[str]:
                 parts = alias.name.split(".")
                 if parts[0] == SCORING:
                     if len(parts) == 1:
-                        raise ModelFilesError(f"{where}:{node.lineno}: `import {SCORING}` alone: import the modules "
-                                              f"it uses (from {SCORING}.MODULE import ...)")
+                        raise ModelFilesError(
+                            f"{where}:{node.lineno}: `import {SCORING}` alone: import the modules "
+                            f"it uses (from {SCORING}.MODULE import ...)"
+                        )
                     out.add(parts[1])
         elif isinstance(node, ast.ImportFrom):
             if node.level:
@@ -70,7 +75,7 @@ def _scoring_imports(source: str, where: str, in_package: bool) -> Set[str]:
             if len(base) > 1:
                 out.add(base[1])
                 continue
-            for alias in node.names:              # from exdd_scoring import picture / Scorer
+            for alias in node.names:  # from exdd_scoring import picture / Scorer
                 out.add(_MODULE_OF.get(alias.name, alias.name))
     return out
 

@@ -3,6 +3,7 @@
 Their Triton model names are defined once in ``exdd_scoring.model_names`` (shared with the client and the
 scorer model) and re-exported here.
 """
+
 from __future__ import annotations
 
 import os
@@ -56,8 +57,11 @@ def products_in(repo: str) -> List[ProductModels]:
     names = os.listdir(repo) if os.path.isdir(repo) else []
     for d in sorted(names):
         pm = of_scorer(d)
-        if pm is not None and os.path.isfile(os.path.join(repo, d, "config.pbtxt")) and \
-                os.path.isfile(os.path.join(repo, pm.ensemble, "config.pbtxt")):
+        if (
+            pm is not None
+            and os.path.isfile(os.path.join(repo, d, "config.pbtxt"))
+            and os.path.isfile(os.path.join(repo, pm.ensemble, "config.pbtxt"))
+        ):
             found.append(pm)
     return sorted(found, key=lambda pm: (pm.product is not None, pm.product or ""))
 

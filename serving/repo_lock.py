@@ -10,6 +10,7 @@ A deploy stages its new version in ``REPO/<scorer>/.exdd-deploy-*``: Triton igno
 numbers, so a leftover there is harmless; older exdd staged in ``REPO/.exdd-deploy-*``, which Triton takes for a
 model. ``exdd serve`` removes both kinds at start unless a live deploy holds the lock.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -73,25 +74,33 @@ def problem(repo: str, rec: Dict[str, Any]) -> str:
     if state is True:
         return f"{repo}: another deploy is running ({who}: {what}); wait for it to end and run again"
     if "unreadable" in rec:
-        return (f"{path}: an unreadable deploy lock ({rec['unreadable']!r}); if no deploy is running, remove it: "
-                f"rm {path}")
+        return (
+            f"{path}: an unreadable deploy lock ({rec['unreadable']!r}); if no deploy is running, remove it: rm {path}"
+        )
     if state is False:
-        return (f"{path}: left by a deploy that is no longer running ({who}: {what}), killed before it finished. "
-                "Its staged files are hidden (.exdd-deploy-*, ignored by Triton, removed by the next `exdd serve`); a "
-                "version it had already renamed into place is complete and will serve from the next load or restart "
-                "(its deploy.json names the banks and the threshold it was deployed with; the scorer's config.pbtxt "
-                "may still hold the previous threshold). Remove that version or redeploy, then remove the lock: "
-                f"rm {path}")
-    return (f"{path}: held by a deploy on another host ({who}: {what}); if none runs there any more, "
-            f"remove it: rm {path}")
+        return (
+            f"{path}: left by a deploy that is no longer running ({who}: {what}), killed before it finished. "
+            "Its staged files are hidden (.exdd-deploy-*, ignored by Triton, removed by the next `exdd serve`); a "
+            "version it had already renamed into place is complete and will serve from the next load or restart "
+            "(its deploy.json names the banks and the threshold it was deployed with; the scorer's config.pbtxt "
+            "may still hold the previous threshold). Remove that version or redeploy, then remove the lock: "
+            f"rm {path}"
+        )
+    return (
+        f"{path}: held by a deploy on another host ({who}: {what}); if none runs there any more, remove it: rm {path}"
+    )
 
 
 @contextlib.contextmanager
 def repository_lock(repo: str, command: str = "exdd deploy") -> Iterator["Lock"]:
     """Hold the repository's deploy lock for the block; RepositoryLocked (naming the holder) when it is taken."""
     path = lock_path(repo)
-    rec = {"pid": os.getpid(), "host": socket.gethostname(), "command": command,
-           "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+    rec = {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "command": command,
+        "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     except FileExistsError:
@@ -126,8 +135,9 @@ class Lock:
 def leftovers(repo: str) -> List[str]:
     """Staging folders of deploys that did not finish: REPO/.exdd-deploy-* and REPO/<model>/.exdd-deploy-*."""
     repo = os.path.abspath(repo)
-    found = glob.glob(os.path.join(glob.escape(repo), STAGE_PREFIX + "*")) + \
-        glob.glob(os.path.join(glob.escape(repo), "*", STAGE_PREFIX + "*"))
+    found = glob.glob(os.path.join(glob.escape(repo), STAGE_PREFIX + "*")) + glob.glob(
+        os.path.join(glob.escape(repo), "*", STAGE_PREFIX + "*")
+    )
     return sorted(p for p in found if os.path.isdir(p) and not os.path.islink(p))
 
 

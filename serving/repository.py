@@ -20,6 +20,7 @@ Banks whose manifest features differ from the ONNX metadata are refused here (na
 and its bank directory), and again by the scorer at server load time (``features.json``), so
 swapped banks never serve.
 """
+
 from __future__ import annotations
 
 import datetime as _dt
@@ -50,6 +51,7 @@ class RepositoryError(ValueError):
 @dataclass
 class AssembledProduct:
     """What was written for one product."""
+
     models: ProductModels
     bank_dir: str
     mode: str
@@ -60,6 +62,7 @@ class AssembledProduct:
 @dataclass
 class Assembled:
     """What was written (mode, threshold and manifest_sha256: those of the first product)."""
+
     path: str
     features: FeatureSpec
     mode: str
@@ -100,37 +103,46 @@ def _threshold_text(thr: Optional[float]) -> str:
     return "none (IS_DEFECT is false unless a request sends parameter `threshold`)" if thr is None else f"{thr:.6g}"
 
 
-def readme(a: Assembled, manifests: Mapping[str, OfflineManifest], onnx_path: str, backend: str, s: Serving,
-           precision: str) -> str:
+def readme(
+    a: Assembled, manifests: Mapping[str, OfflineManifest], onnx_path: str, backend: str, s: Serving, precision: str
+) -> str:
     """README.md of the repository (manifests: by scorer model name)."""
     f = a.features.to_dict()
     hw = f"{f['input_size'][0]}, {f['input_size'][1]}"
-    rows = [f"| `{PREPROCESS_MODEL}` | python (numpy + Pillow) | shared by every product: decode, resize to "
-            f"`MODEL_IMAGE` uint8 [B, {hw}, 3] (PIL bilinear, antialiased); `IMAGE_HW` each picture's own size |",
-            f"| `{FEATURES_MODEL}` | {backend} ({precision}) | shared by every product: `IMAGE` -> `FEATURES` float32 "
-            f"[B, {f['grid'][0]}, {f['grid'][1]}, {f['d']}] |"]
+    rows = [
+        f"| `{PREPROCESS_MODEL}` | python (numpy + Pillow) | shared by every product: decode, resize to "
+        f"`MODEL_IMAGE` uint8 [B, {hw}, 3] (PIL bilinear, antialiased); `IMAGE_HW` each picture's own size |",
+        f"| `{FEATURES_MODEL}` | {backend} ({precision}) | shared by every product: `IMAGE` -> `FEATURES` float32 "
+        f"[B, {f['grid'][0]}, {f['grid'][1]}, {f['d']}] |",
+    ]
     built = []
     for p in a.products:
         m = p.models
-        rows.append(f"| `{m.ensemble}` | ensemble | product {m.display}: `IMAGE` uint8 [B, H, W, 3] (any size) "
-                    f"or `IMAGE_BYTES` "
-                    f"(encoded files, BYTES [B, 1]) -> `{PREPROCESS_MODEL}` -> `{FEATURES_MODEL}` -> `{m.scorer}` |")
-        rows.append(f"| `{m.scorer}` | python | product {m.display}: `FEATURES` -> `SCORE`, `IS_DEFECT`, `ANOMALY_MAP` "
-                    f"[{hw}], `SCORE_NEG`, `SCORE_POS` |")
+        rows.append(
+            f"| `{m.ensemble}` | ensemble | product {m.display}: `IMAGE` uint8 [B, H, W, 3] (any size) "
+            f"or `IMAGE_BYTES` "
+            f"(encoded files, BYTES [B, 1]) -> `{PREPROCESS_MODEL}` -> `{FEATURES_MODEL}` -> `{m.scorer}` |"
+        )
+        rows.append(
+            f"| `{m.scorer}` | python | product {m.display}: `FEATURES` -> `SCORE`, `IS_DEFECT`, `ANOMALY_MAP` "
+            f"[{hw}], `SCORE_NEG`, `SCORE_POS` |"
+        )
         man = manifests[m.scorer]
         cs = man.coreset
         sizes = "see manifest" if cs is None else f"negative {cs.negative.size}, positive {cs.positive.size}"
-        built.append(f"- product {m.display} (`{m.ensemble}`): bank manifest "
-                     f"`{os.path.abspath(p.bank_dir)}/manifest.json`, "
-                     f"sha256 `{p.manifest_sha256}` (copied to `{m.scorer}/1/banks/manifest.json`); "
-                     f"bank sizes: {sizes}; "
-                     f"k = {man.k}; served mode `{p.mode}`; threshold {_threshold_text(p.threshold)}")
+        built.append(
+            f"- product {m.display} (`{m.ensemble}`): bank manifest "
+            f"`{os.path.abspath(p.bank_dir)}/manifest.json`, "
+            f"sha256 `{p.manifest_sha256}` (copied to `{m.scorer}/1/banks/manifest.json`); "
+            f"bank sizes: {sizes}; "
+            f"k = {man.k}; served mode `{p.mode}`; threshold {_threshold_text(p.threshold)}"
+        )
     products = ", ".join(f"`{p.models.ensemble}`" for p in a.products)
     table = "\n".join(rows)
     sources = "\n".join(built)
     return f"""# ExDD Triton model repository
 
-Built by `exdd export repository` on {_dt.datetime.now(_dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}.
+Built by `exdd export repository` on {_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}.
 Products: {", ".join(p.models.display for p in a.products)} (clients send `IMAGE` to {products}).
 
 | model | backend | job |
@@ -143,9 +155,9 @@ Instances: {s.instances} x KIND_{s.kind.upper()} per model, max_batch_size {s.ma
 ## Built from
 
 {sources}
-- features: backbone {f.get('backbone')}, weights `{f.get('weights')}`, input {f['input_size'][0]}x{f['input_size'][1]},
-  grid {f['grid'][0]}x{f['grid'][1]}, d {f['d']}, projection {f.get('projection', 'random')}
-  (seed {f.get('projection_seed')}, sha256 `{str(f.get('projection_sha256'))[:16]}...`)
+- features: backbone {f.get("backbone")}, weights `{f.get("weights")}`, input {f["input_size"][0]}x{f["input_size"][1]},
+  grid {f["grid"][0]}x{f["grid"][1]}, d {f["d"]}, projection {f.get("projection", "random")}
+  (seed {f.get("projection_seed")}, sha256 `{str(f.get("projection_sha256"))[:16]}...`)
 - extractor: `{os.path.abspath(onnx_path)}` (sha256 `{sha256_file(onnx_path)}`)
 
 `features.json` (in every scorer's `1/` and in `{FEATURES_MODEL}/1/`) is the fingerprint each scorer checks its
@@ -169,8 +181,10 @@ def _check_serving(features_backend: str, s: Serving, engine_path: Optional[str]
     if s.instances < 1 or s.max_batch < 1:
         raise RepositoryError("--instances and --max-batch must be at least 1")
     if fb.cpu_only and s.kind != "cpu":
-        raise RepositoryError(f"--features-backend {fb.name} runs on the CPU: use --kind cpu (or onnxruntime / "
-                              "tensorrt_plan for GPU instances)")
+        raise RepositoryError(
+            f"--features-backend {fb.name} runs on the CPU: use --kind cpu (or onnxruntime / "
+            "tensorrt_plan for GPU instances)"
+        )
     if fb.needs_engine and not (engine_path and os.path.isfile(engine_path)):
         raise RepositoryError(f"--features-backend {fb.name} needs --engine PATH (a built engine), got {engine_path!r}")
 
@@ -179,41 +193,72 @@ def _load_product(pm: ProductModels, bank_dir: str, features: FeatureSpec, onnx_
     """The product's verified banks; RepositoryError naming the product and its bank directory otherwise."""
     from exdd_scoring import BankError, load_banks
     from exdd_scoring.bank import check_features
-    where = f"{bank_dir} vs {onnx_path}" if pm.product is None else \
-        f"product {pm.product!r}: banks {bank_dir} vs the shared extractor {onnx_path}"
+
+    where = (
+        f"{bank_dir} vs {onnx_path}"
+        if pm.product is None
+        else f"product {pm.product!r}: banks {bank_dir} vs the shared extractor {onnx_path}"
+    )
     try:
         banks = load_banks(bank_dir, manifest_cls=OfflineManifest)
         check_features(banks.manifest.features, features, where)
     except BankError as e:
         msg = str(e)
-        raise RepositoryError(msg if pm.product is None or msg.startswith("product ") else
-                              f"product {pm.product!r}: banks {bank_dir}: {msg}") from None
+        raise RepositoryError(
+            msg
+            if pm.product is None or msg.startswith("product ")
+            else f"product {pm.product!r}: banks {bank_dir}: {msg}"
+        ) from None
     return banks
 
 
-def _write_scorer(tmp: str, pm: ProductModels, bank_dir: str, manifest: BankManifest, fjson: str, index: str,
-                  index_min_size: Optional[int], log) -> None:
+def _write_scorer(
+    tmp: str,
+    pm: ProductModels,
+    bank_dir: str,
+    manifest: BankManifest,
+    fjson: str,
+    index: str,
+    index_min_size: Optional[int],
+    log,
+) -> None:
     """The product's scorer version 1: model.py, exdd_scoring/, banks/ (+ index), features.json."""
     from exdd_scoring import BankError
+
     scorer_v = os.path.join(tmp, pm.scorer, "1")
     _python_model(scorer_v, SCORER_MODEL)
     copy_banks(bank_dir, os.path.join(scorer_v, "banks"), manifest)
     if index != "exact":
         from .ann_index import DEFAULT_MIN_SIZE, add_index
+
         try:
-            add_index(os.path.join(scorer_v, "banks"), index,
-                      DEFAULT_MIN_SIZE if index_min_size is None else index_min_size, log=log or (lambda s: None))
+            add_index(
+                os.path.join(scorer_v, "banks"),
+                index,
+                DEFAULT_MIN_SIZE if index_min_size is None else index_min_size,
+                log=log or (lambda s: None),
+            )
         except BankError as e:
             where = "" if pm.product is None else f"product {pm.product!r}: "
             raise RepositoryError(where + str(e)) from None
     _write(os.path.join(scorer_v, "features.json"), fjson)
 
 
-def assemble_products(onnx_path: str, products: Mapping[Optional[str], str], out_dir: str,
-                      features_backend: str = "python", serving: Optional[Serving] = None,
-                      engine_path: Optional[str] = None, mode: Optional[str] = None, threshold: Optional[float] = None,
-                      force: bool = False, index: str = "exact", index_min_size: Optional[int] = None,
-                      log=None, min_area: Optional[int] = None) -> Assembled:
+def assemble_products(
+    onnx_path: str,
+    products: Mapping[Optional[str], str],
+    out_dir: str,
+    features_backend: str = "python",
+    serving: Optional[Serving] = None,
+    engine_path: Optional[str] = None,
+    mode: Optional[str] = None,
+    threshold: Optional[float] = None,
+    force: bool = False,
+    index: str = "exact",
+    index_min_size: Optional[int] = None,
+    log=None,
+    min_area: Optional[int] = None,
+) -> Assembled:
     """Write a repository serving products {name: bank dir} (name None: the default product) into out_dir, atomically.
 
     One shared exdd_features; per product a scorer and an ensemble (products.ProductModels). mode applies to every
@@ -231,8 +276,10 @@ def assemble_products(onnx_path: str, products: Mapping[Optional[str], str], out
     except ProductError as e:
         raise RepositoryError(str(e)) from None
     if threshold is not None and len(models) > 1:
-        raise RepositoryError("--threshold sets one threshold for every product: with several products each serves "
-                              "its banks' calibrated threshold (leave --threshold out)")
+        raise RepositoryError(
+            "--threshold sets one threshold for every product: with several products each serves "
+            "its banks' calibrated threshold (leave --threshold out)"
+        )
     if mode is not None and mode not in MODES:
         raise RepositoryError(f"mode {mode!r}: expected one of {MODES}")
     try:
@@ -247,9 +294,16 @@ def assemble_products(onnx_path: str, products: Mapping[Optional[str], str], out
         m = mode or manifest.default_mode
         if m not in MODES:
             raise RepositoryError(f"mode {m!r} of {products[pm.product]}: expected one of {MODES}")
-        made.append(AssembledProduct(pm, products[pm.product], m, choose_threshold(manifest, m, threshold),
-                                     sha256_file(os.path.join(products[pm.product], MANIFEST))))
-        try:                                   # a minimum area needs banks that measure regions (issue 27)
+        made.append(
+            AssembledProduct(
+                pm,
+                products[pm.product],
+                m,
+                choose_threshold(manifest, m, threshold),
+                sha256_file(os.path.join(products[pm.product], MANIFEST)),
+            )
+        )
+        try:  # a minimum area needs banks that measure regions (issue 27)
             line_parameters(manifest, m, made[-1].threshold, min_area)
         except ValueError as e:
             raise RepositoryError(f"{products[pm.product]}: {e}") from None
@@ -266,7 +320,7 @@ def assemble_products(onnx_path: str, products: Mapping[Optional[str], str], out
         os.makedirs(feats_v)
         _write(os.path.join(feats_v, "features.json"), fjson)
         src = engine_path if fb.needs_engine else onnx_path
-        if src is None:     # refused by _check_serving already
+        if src is None:  # refused by _check_serving already
             raise RepositoryError(f"--features-backend {fb.name} needs --engine PATH (a built engine)")
         shutil.copy2(src, os.path.join(feats_v, fb.model_file))
         if fb.python_model:
@@ -276,18 +330,29 @@ def assemble_products(onnx_path: str, products: Mapping[Optional[str], str], out
         for p in made:
             pm = p.models
             _write_scorer(tmp, pm, p.bank_dir, loaded[pm.scorer].manifest, fjson, index, index_min_size, log)
-            _write(os.path.join(tmp, pm.scorer, "config.pbtxt"),
-                   scorer_config(features, p.mode, p.threshold, s, name=pm.scorer, product=pm.product,
-                                 line=line_parameters(loaded[pm.scorer].manifest, p.mode, p.threshold, min_area)))
+            _write(
+                os.path.join(tmp, pm.scorer, "config.pbtxt"),
+                scorer_config(
+                    features,
+                    p.mode,
+                    p.threshold,
+                    s,
+                    name=pm.scorer,
+                    product=pm.product,
+                    line=line_parameters(loaded[pm.scorer].manifest, p.mode, p.threshold, min_area),
+                ),
+            )
             os.makedirs(os.path.join(tmp, pm.ensemble, "1"))
-            _write(os.path.join(tmp, pm.ensemble, "config.pbtxt"),
-                   ensemble_config(features, s, name=pm.ensemble, scorer=pm.scorer))
+            _write(
+                os.path.join(tmp, pm.ensemble, "config.pbtxt"),
+                ensemble_config(features, s, name=pm.ensemble, scorer=pm.scorer),
+            )
         first = made[0]
         result = Assembled(out_dir, features, first.mode, first.threshold, first.manifest_sha256, made)
         manifests = {scorer: b.manifest for scorer, b in loaded.items()}
         _write(os.path.join(tmp, "README.md"), readme(result, manifests, onnx_path, features_backend, s, precision))
-        os.chmod(tmp, 0o755)                         # mkdtemp's 0700 -> a plain folder's mode
-        fsync_tree(tmp)                              # durable before it is swapped in; the old one goes only then
+        os.chmod(tmp, 0o755)  # mkdtemp's 0700 -> a plain folder's mode
+        fsync_tree(tmp)  # durable before it is swapped in; the old one goes only then
         replace_dir(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -295,10 +360,32 @@ def assemble_products(onnx_path: str, products: Mapping[Optional[str], str], out
     return result
 
 
-def assemble(onnx_path: str, bank_dir: str, out_dir: str, features_backend: str = "python",
-             serving: Optional[Serving] = None, engine_path: Optional[str] = None, mode: Optional[str] = None,
-             threshold: Optional[float] = None, force: bool = False, index: str = "exact",
-             index_min_size: Optional[int] = None, log=None) -> Assembled:
+def assemble(
+    onnx_path: str,
+    bank_dir: str,
+    out_dir: str,
+    features_backend: str = "python",
+    serving: Optional[Serving] = None,
+    engine_path: Optional[str] = None,
+    mode: Optional[str] = None,
+    threshold: Optional[float] = None,
+    force: bool = False,
+    index: str = "exact",
+    index_min_size: Optional[int] = None,
+    log=None,
+) -> Assembled:
     """The one-product repository (``exdd`` / ``exdd_scorer``) of bank_dir; see assemble_products."""
-    return assemble_products(onnx_path, {None: bank_dir}, out_dir, features_backend, serving, engine_path, mode,
-                             threshold, force, index, index_min_size, log)
+    return assemble_products(
+        onnx_path,
+        {None: bank_dir},
+        out_dir,
+        features_backend,
+        serving,
+        engine_path,
+        mode,
+        threshold,
+        force,
+        index,
+        index_min_size,
+        log,
+    )

@@ -13,6 +13,7 @@ What ``exdd serve`` promises (RELIABILITY.md, SECURITY.md; tests/test_serve_safe
   ``/v2/models/exdd_features/ready`` (the k8s readiness probe);
 - leftovers of a deploy killed mid-way (``.exdd-deploy-*`` folders) are removed at start (repo_lock.py).
 """
+
 from __future__ import annotations
 
 import os
@@ -79,10 +80,20 @@ def port_in_use(host: str, port: int) -> bool:
 class TritonServer:
     """One tritonserver process on a model repository: start, wait_ready, stop (also a context manager)."""
 
-    def __init__(self, repo: str, host: str = "127.0.0.1", http_port: int = 8000, grpc_port: int = 8001,
-                 metrics_port: int = 8002, env: Optional[ServingEnv] = None, log_path: Optional[str] = None,
-                 exit_on_error: bool = True, log_verbose: int = 0, extra_args: Sequence[str] = (),
-                 exit_timeout: int = 30):
+    def __init__(
+        self,
+        repo: str,
+        host: str = "127.0.0.1",
+        http_port: int = 8000,
+        grpc_port: int = 8001,
+        metrics_port: int = 8002,
+        env: Optional[ServingEnv] = None,
+        log_path: Optional[str] = None,
+        exit_on_error: bool = True,
+        log_verbose: int = 0,
+        extra_args: Sequence[str] = (),
+        exit_timeout: int = 30,
+    ):
         self.repo = os.path.abspath(repo)
         self.host = bare_host(host)
         self.http_port, self.grpc_port, self.metrics_port = int(http_port), int(grpc_port), int(metrics_port)
@@ -119,12 +130,22 @@ class TritonServer:
         assert self.env is not None
         # IPv6: Triton's HTTP and metrics servers (libevhtp) take "ipv6:ADDR", its gRPC server "[ADDR]"
         evhtp = f"ipv6:{self.host}" if family(self.host) == socket.AF_INET6 else self.host
-        return [self.env.tritonserver, f"--model-repository={self.repo}", f"--backend-directory={self.env.backend_dir}",
-                f"--http-address={evhtp}", f"--http-port={self.http_port}",
-                f"--grpc-address={url_host(self.host)}", f"--grpc-port={self.grpc_port}",
-                f"--metrics-address={evhtp}", f"--metrics-port={self.metrics_port}",
-                "--allow-gpu-metrics=false", f"--exit-on-error={'true' if self.exit_on_error else 'false'}",
-                f"--exit-timeout-secs={self.exit_timeout}", f"--log-verbose={self.log_verbose}", *self.extra_args]
+        return [
+            self.env.tritonserver,
+            f"--model-repository={self.repo}",
+            f"--backend-directory={self.env.backend_dir}",
+            f"--http-address={evhtp}",
+            f"--http-port={self.http_port}",
+            f"--grpc-address={url_host(self.host)}",
+            f"--grpc-port={self.grpc_port}",
+            f"--metrics-address={evhtp}",
+            f"--metrics-port={self.metrics_port}",
+            "--allow-gpu-metrics=false",
+            f"--exit-on-error={'true' if self.exit_on_error else 'false'}",
+            f"--exit-timeout-secs={self.exit_timeout}",
+            f"--log-verbose={self.log_verbose}",
+            *self.extra_args,
+        ]
 
     def start(self) -> "TritonServer":
         """Launch the process (in its own session, so a terminal's Ctrl-C reaches only us)."""
@@ -137,8 +158,13 @@ class TritonServer:
         if self.log_path:
             self._log_file = open(self.log_path, "ab")
             out = self._log_file
-        self.proc = subprocess.Popen(self.command(), stdout=out, stderr=subprocess.STDOUT if out else None,
-                                     env=self.env.environ(), start_new_session=True)
+        self.proc = subprocess.Popen(
+            self.command(),
+            stdout=out,
+            stderr=subprocess.STDOUT if out else None,
+            env=self.env.environ(),
+            start_new_session=True,
+        )
         return self
 
     def log_tail(self, lines: int = 40) -> str:
@@ -161,8 +187,10 @@ class TritonServer:
         """The repository index: model name -> {state, reason} (the newest version's entry); headers: the
         model-control key when the API is restricted. urllib.error.HTTPError when the server refuses."""
         import json
-        req = urllib.request.Request(f"http://{self.http_url}/v2/repository/index", data=b"{}", method="POST",
-                                     headers=dict(headers or {}))
+
+        req = urllib.request.Request(
+            f"http://{self.http_url}/v2/repository/index", data=b"{}", method="POST", headers=dict(headers or {})
+        )
         with urllib.request.urlopen(req, timeout=30) as r:
             rows = json.load(r)
         out: Dict[str, Dict[str, str]] = {}
@@ -188,13 +216,16 @@ class TritonServer:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise TritonStartError(f"tritonserver exited with code {self.proc.returncode} before it was ready"
-                                       f"\n{self.problems() or self.log_tail()}")
+                raise TritonStartError(
+                    f"tritonserver exited with code {self.proc.returncode} before it was ready"
+                    f"\n{self.problems() or self.log_tail()}"
+                )
             if self._get(path) == 200:
                 return self
             time.sleep(0.25)
-        raise TritonStartError(f"tritonserver not {'live' if live_only else 'ready'} after {timeout:.0f}s\n"
-                               f"{self.log_tail()}")
+        raise TritonStartError(
+            f"tritonserver not {'live' if live_only else 'ready'} after {timeout:.0f}s\n{self.log_tail()}"
+        )
 
     def poll(self) -> Optional[int]:
         """The exit code, or None while running."""
@@ -212,7 +243,7 @@ class TritonServer:
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
-        try:                      # Python-backend stubs left behind by a server that died (e.g. SIGKILL)
+        try:  # Python-backend stubs left behind by a server that died (e.g. SIGKILL)
             os.killpg(self.proc.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
@@ -240,22 +271,32 @@ def _raise_interrupt(signum, frame):
 @click.option("--metrics-port", default=8002, show_default=True)
 @click.option("--timeout", default=300, show_default=True, help="Seconds to wait for the server to be ready.")
 @click.option("--log-verbose", default=0, show_default=True, help="tritonserver --log-verbose level.")
-@click.option("--admin-key-file", default=None, type=click.Path(dir_okay=False),
-              help="The model-control key (load/unload/index need it; `exdd deploy` sends it). Default: "
-                   "$EXDD_ADMIN_KEY, else $EXDD_ADMIN_KEY_FILE, else ~/.config/exdd/admin-key, generated (0600) "
-                   "when absent.")
+@click.option(
+    "--admin-key-file",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="The model-control key (load/unload/index need it; `exdd deploy` sends it). Default: "
+    "$EXDD_ADMIN_KEY, else $EXDD_ADMIN_KEY_FILE, else ~/.config/exdd/admin-key, generated (0600) "
+    "when absent.",
+)
 def serve(repo, host, http_port, grpc_port, metrics_port, timeout, log_verbose, admin_key_file):
     """Start a Triton server on the model repository REPO and wait until it is ready (Ctrl-C stops it)."""
     from .admin_key import AdminKeyError, restricted_args, server_key
     from .products import FEATURES_MODEL, PREPROCESS_MODEL, products_in
     from .repo_lock import alive, clean_leftovers, holder, problem
+
     products = products_in(repo)
     if not products:
-        fail(f"{repo}: not an exdd model repository (no exdd/config.pbtxt nor exdd_NAME/config.pbtxt with its scorer); "
-             "build one with `exdd export repository`")
+        fail(
+            f"{repo}: not an exdd model repository (no exdd/config.pbtxt nor exdd_NAME/config.pbtxt with its scorer); "
+            "build one with `exdd export repository`"
+        )
     if host not in LOOPBACK:
-        click.echo(f"WARNING: binding {host}: the server (inference and metrics, no authentication; model control "
-                   "only with the key) is exposed to every machine that can reach this address", err=True)
+        click.echo(
+            f"WARNING: binding {host}: the server (inference and metrics, no authentication; model control "
+            "only with the key) is exposed to every machine that can reach this address",
+            err=True,
+        )
     try:
         key = server_key(admin_key_file, log=lambda s: click.echo(s, err=True))
     except (AdminKeyError, OSError) as e:
@@ -272,9 +313,17 @@ def serve(repo, host, http_port, grpc_port, metrics_port, timeout, log_verbose, 
     click.echo(f"tritonserver: {env.source}", err=True)
     # explicit model control: every model loaded at start, `exdd deploy` swaps scorer versions through the API
     # (restricted to the key); a model that cannot load does not end the server (KEEP_SERVING)
-    server = TritonServer(repo, host, http_port, grpc_port, metrics_port, env=env, log_verbose=log_verbose,
-                          exit_on_error=False,
-                          extra_args=(*EXPLICIT_MODEL_CONTROL, *KEEP_SERVING, *restricted_args(key)))
+    server = TritonServer(
+        repo,
+        host,
+        http_port,
+        grpc_port,
+        metrics_port,
+        env=env,
+        log_verbose=log_verbose,
+        exit_on_error=False,
+        extra_args=(*EXPLICIT_MODEL_CONTROL, *KEEP_SERVING, *restricted_args(key)),
+    )
     old = {s: signal.signal(s, _raise_interrupt) for s in (signal.SIGINT, signal.SIGTERM)}
     code = 0
     try:
@@ -291,22 +340,30 @@ def serve(repo, host, http_port, grpc_port, metrics_port, timeout, log_verbose, 
         ready = [pm for pm in products if ok(pm.ensemble) and ok(pm.scorer)]
         for pm in products:
             if pm in ready:
-                click.echo(f"product {pm.display}: send IMAGE or IMAGE_BYTES to {pm.ensemble} "
-                           f"(scorer {pm.scorer})", err=True)
+                click.echo(
+                    f"product {pm.display}: send IMAGE or IMAGE_BYTES to {pm.ensemble} (scorer {pm.scorer})", err=True
+                )
             else:
                 bad = pm.scorer if not ok(pm.scorer) else pm.ensemble
                 others = "; the other products serve" if len(products) > 1 else ""
-                click.echo(f"product {pm.display}: NOT READY ({bad}: {why(bad)}){others}; fix its files and "
-                           "`exdd deploy` new banks to it, or restart", err=True)
+                click.echo(
+                    f"product {pm.display}: NOT READY ({bad}: {why(bad)}){others}; fix its files and "
+                    "`exdd deploy` new banks to it, or restart",
+                    err=True,
+                )
         known = {PREPROCESS_MODEL, FEATURES_MODEL} | {m for pm in products for m in (pm.ensemble, pm.scorer)}
         for m in sorted(set(states) - known):
             if not ok(m):
-                click.echo(f"warning: {os.path.join(repo, m)} is not an exdd model and did not load "
-                           f"({why(m)})", err=True)
+                click.echo(
+                    f"warning: {os.path.join(repo, m)} is not an exdd model and did not load ({why(m)})", err=True
+                )
         if not ready:
             raise TritonStartError("no product is ready (see above)")
-        click.echo(f"ready: http {server.http_url}  grpc {server.grpc_url}  metrics "
-                   f"{server.metrics_url}/metrics  (Ctrl-C stops)", err=True)
+        click.echo(
+            f"ready: http {server.http_url}  grpc {server.grpc_url}  metrics "
+            f"{server.metrics_url}/metrics  (Ctrl-C stops)",
+            err=True,
+        )
         while server.poll() is None:
             time.sleep(0.5)
         code = server.poll() or 0

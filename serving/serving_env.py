@@ -11,6 +11,7 @@ have numpy<2 (the 2.51 stub corrupts tensors with numpy 2). The stub links the s
 ``libpythonX.Y`` (Debian/Ubuntu package ``libpythonX.Y``). The server's own libraries resolve
 through the wheel's RPATH (``nvidia_pytriton.libs``), so no LD_LIBRARY_PATH is needed.
 """
+
 from __future__ import annotations
 
 import glob
@@ -36,6 +37,7 @@ class ServingEnvError(RuntimeError):
 @dataclass
 class ServingEnv:
     """A tritonserver binary, its backend directory and the environment to start it in."""
+
     tritonserver: str
     backend_dir: str
     source: str
@@ -72,8 +74,12 @@ def venv_python(venv: str) -> str:
 #: what model.py files import in the serving venv: module -> (distribution, pinned version); numpy<2 is installed
 #: with them. The pins are the versions the suite runs the server with (RELIABILITY.md); PIL (exdd_preprocess) is
 #: pinned to this Python's Pillow at install time (None here), so the server decodes as the client does.
-SERVING_PACKAGES = {"onnxruntime": ("onnxruntime", "1.32.0"), "openvino": ("openvino", "2026.4.1"),
-                    "faiss": ("faiss-cpu", "1.15.1"), "PIL": ("pillow", None)}
+SERVING_PACKAGES = {
+    "onnxruntime": ("onnxruntime", "1.32.0"),
+    "openvino": ("openvino", "2026.4.1"),
+    "faiss": ("faiss-cpu", "1.15.1"),
+    "PIL": ("pillow", None),
+}
 
 
 def pinned_version(module: str) -> str:
@@ -81,6 +87,7 @@ def pinned_version(module: str) -> str:
     dist, version = SERVING_PACKAGES[module]
     if version is None:
         import PIL
+
         return PIL.__version__
     return version
 
@@ -101,8 +108,10 @@ def add_missing_packages(venv: str, missing: List[str], log: Log) -> None:
     if missing:
         reqs = [requirement(m) for m in missing]
         log(f"adding {', '.join(reqs)} to the serving venv {venv}")
-        _run([venv_python(venv), "-m", "pip", "install", "--disable-pip-version-check", "-q", "numpy<2", *reqs],
-             f"installing {', '.join(reqs)} into the serving venv")
+        _run(
+            [venv_python(venv), "-m", "pip", "install", "--disable-pip-version-check", "-q", "numpy<2", *reqs],
+            f"installing {', '.join(reqs)} into the serving venv",
+        )
 
 
 def create_venv(venv: str, log: Log) -> None:
@@ -123,11 +132,13 @@ def create_venv(venv: str, log: Log) -> None:
 def venv_info(venv: str) -> Dict[str, Any]:
     """Python version, numpy version, site-packages of the venv and the SERVING_PACKAGES modules it lacks (one at
     another version than its pin counts as missing: it is reinstalled at the pinned version)."""
-    code = ("import sys, sysconfig, numpy, importlib.util, importlib.metadata as md; "
-            "print(f'{sys.version_info[0]}.{sys.version_info[1]}'); "
-            "print(numpy.__version__); print(sysconfig.get_paths()['purelib']); "
-            "want = [a.split('=') for a in sys.argv[1:]]; "
-            "print(' '.join(m for m, d, v in want if importlib.util.find_spec(m) is None or md.version(d) != v))")
+    code = (
+        "import sys, sysconfig, numpy, importlib.util, importlib.metadata as md; "
+        "print(f'{sys.version_info[0]}.{sys.version_info[1]}'); "
+        "print(numpy.__version__); print(sysconfig.get_paths()['purelib']); "
+        "want = [a.split('=') for a in sys.argv[1:]]; "
+        "print(' '.join(m for m, d, v in want if importlib.util.find_spec(m) is None or md.version(d) != v))"
+    )
     pins = [f"{m}={SERVING_PACKAGES[m][0]}={pinned_version(m)}" for m in SERVING_PACKAGES]
     out = _run([venv_python(venv), "-c", code, *pins], f"inspecting the serving venv {venv}").split("\n")
     return {"python": out[0], "numpy": out[1], "site": out[2], "missing": out[3].split()}
@@ -135,9 +146,11 @@ def venv_info(venv: str) -> Dict[str, Any]:
 
 def check_libpython(stub: str, pyver: str, log: Log) -> None:
     """Make sure the stub's libpython resolves; apt-get install it when root, else say how."""
+
     def missing() -> List[str]:
         out = subprocess.run(["ldd", stub], capture_output=True, text=True).stdout
         return [ln.split()[0] for ln in out.splitlines() if "not found" in ln]
+
     gone = missing()
     if not gone:
         return
@@ -147,16 +160,20 @@ def check_libpython(stub: str, pyver: str, log: Log) -> None:
         subprocess.run(["apt-get", "install", "-y", "-q", pkg], capture_output=True, text=True)
         gone = missing()
     if gone:
-        raise ServingEnvError(f"the Python-backend stub {stub} cannot find {', '.join(gone)}: install the system "
-                              f"package {pkg} (e.g. `sudo apt-get install {pkg}`) and run again")
+        raise ServingEnvError(
+            f"the Python-backend stub {stub} cannot find {', '.join(gone)}: install the system "
+            f"package {pkg} (e.g. `sudo apt-get install {pkg}`) and run again"
+        )
 
 
 def prepare_bundled(venv: str, log: Log) -> ServingEnv:
     """The wheel's tritonserver with the stub of the venv's Python copied beside libtriton_python.so."""
     info = venv_info(venv)
     if int(info["numpy"].split(".")[0]) >= 2:
-        raise ServingEnvError(f"the serving venv {venv} has numpy {info['numpy']}; the bundled Triton 2.51 Python "
-                              f"backend needs numpy<2: run `{venv_python(venv)} -m pip install 'numpy<2'`")
+        raise ServingEnvError(
+            f"the serving venv {venv} has numpy {info['numpy']}; the bundled Triton 2.51 Python "
+            f"backend needs numpy<2: run `{venv_python(venv)} -m pip install 'numpy<2'`"
+        )
     add_missing_packages(venv, info["missing"], log)
     root = os.path.join(info["site"], "pytriton", "tritonserver")
     binary = os.path.join(root, "bin", "tritonserver")
@@ -168,8 +185,10 @@ def prepare_bundled(venv: str, log: Log) -> ServingEnv:
     if not os.path.isfile(stub_dst):
         if not os.path.isfile(stub_src):
             have = sorted(os.path.basename(p) for p in glob.glob(os.path.join(root, "python_backend_stubs", "*")))
-            raise ServingEnvError(f"no Python-backend stub for Python {info['python']} in {root} (has {have}): "
-                                  f"create the serving venv with one of those Python versions")
+            raise ServingEnvError(
+                f"no Python-backend stub for Python {info['python']} in {root} (has {have}): "
+                f"create the serving venv with one of those Python versions"
+            )
         shutil.copy2(stub_src, stub_dst)
         os.chmod(stub_dst, 0o755)
     check_libpython(stub_dst, info["python"], log)
@@ -180,8 +199,11 @@ def resolve(log: Log = lambda s: None, create: bool = True) -> ServingEnv:
     """A container's tritonserver if on PATH, else the bundled one (creating its venv on first use)."""
     found = shutil.which("tritonserver")
     if found:
-        backends = CONTAINER_BACKENDS if os.path.isdir(CONTAINER_BACKENDS) else \
-            os.path.join(os.path.dirname(os.path.dirname(os.path.realpath(found))), "backends")
+        backends = (
+            CONTAINER_BACKENDS
+            if os.path.isdir(CONTAINER_BACKENDS)
+            else os.path.join(os.path.dirname(os.path.dirname(os.path.realpath(found))), "backends")
+        )
         return ServingEnv(found, backends, f"tritonserver on PATH ({found})")
     venv = venv_dir()
     if not os.path.isfile(venv_python(venv)):

@@ -18,6 +18,7 @@ A sample whose positive mask is empty (the model changed nothing visible) is sti
 with an all-zero ``_GT.png``; ``datasets.synthetic`` skips such a sample (it has no defect
 patch), and its sidecar records ``positive_pixels: 0``.
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -30,6 +31,7 @@ import numpy as np
 @dataclass(frozen=True)
 class DiffMaskRule:
     """The parameters of the difference-mask rule (see the module docstring)."""
+
     blur_sigma: float = 1.0
     dilate_px: int = 4
     min_diff: int = 12
@@ -37,8 +39,11 @@ class DiffMaskRule:
 
     def describe(self) -> Dict[str, object]:
         """The rule and its parameters, for the sidecar."""
-        return {"rule": "positive = (blur(|gray(generated) - gray(original)|, sigma) > max(otsu_in_R, min_diff)) "
-                        "& R, R = inpaint mask dilated by dilate_px (square)", **asdict(self)}
+        return {
+            "rule": "positive = (blur(|gray(generated) - gray(original)|, sigma) > max(otsu_in_R, min_diff)) "
+            "& R, R = inpaint mask dilated by dilate_px (square)",
+            **asdict(self),
+        }
 
 
 def gray(rgb: np.ndarray) -> np.ndarray:
@@ -56,12 +61,14 @@ def dilate(mask: np.ndarray, px: int) -> np.ndarray:
     return cv2.dilate(mask.astype(np.uint8), k) > 0
 
 
-def diff_mask(original: np.ndarray, generated: np.ndarray, inpaint_mask: np.ndarray,
-              rule: DiffMaskRule = DiffMaskRule()) -> np.ndarray:
+def diff_mask(
+    original: np.ndarray, generated: np.ndarray, inpaint_mask: np.ndarray, rule: DiffMaskRule = DiffMaskRule()
+) -> np.ndarray:
     """bool (H, W) positive-patch mask of generated vs original under rule."""
     if original.shape[:2] != generated.shape[:2] or original.shape[:2] != inpaint_mask.shape:
-        raise ValueError(f"shape mismatch: original {original.shape}, generated {generated.shape}, "
-                         f"mask {inpaint_mask.shape}")
+        raise ValueError(
+            f"shape mismatch: original {original.shape}, generated {generated.shape}, mask {inpaint_mask.shape}"
+        )
     d: np.ndarray = cv2.absdiff(gray(original), gray(generated)).astype(np.float32)
     if rule.blur_sigma > 0:
         d = cv2.GaussianBlur(d, (0, 0), rule.blur_sigma)

@@ -3,6 +3,7 @@
 A method turns (normal image, inpainting mask, the real defect's own mask) into a generated image
 and its positive (defect) mask. Adding one is a ``register(SynthMethod(...))`` here plus its test.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -19,9 +20,10 @@ MakeFn = Callable[[Any, Any, Any, np.ndarray, np.ndarray, np.ndarray], Tuple[np.
 @dataclass(frozen=True)
 class SynthMethod:
     """One way of making a synthetic defect."""
+
     name: str
     make: MakeFn
-    uses_pipeline: bool = False      # a diffusion pipeline (model, prompts, SDXL settings shape the pixels)
+    uses_pipeline: bool = False  # a diffusion pipeline (model, prompts, SDXL settings shape the pixels)
     help: str = ""
 
 
@@ -36,11 +38,14 @@ def register(m: SynthMethod) -> SynthMethod:
 def _sdxl(cfg, spec, pipe, normal, mask, mask_own):
     from .diffmask import diff_mask
     from .sdxl import SynthError, inpaint
+
     try:
         generated = inpaint(pipe, normal, mask, spec.prompt, cfg.negative_prompt, cfg.sdxl, spec.seed)
     except Exception as e:  # e.g. out of GPU memory: reported with the sample, no traceback
-        raise SynthError(f"sample {spec.index}: SDXL inpainting failed ({cfg.model}): "
-                         f"{type(e).__name__}: {' '.join(str(e).split())[:400]}") from None
+        raise SynthError(
+            f"sample {spec.index}: SDXL inpainting failed ({cfg.model}): "
+            f"{type(e).__name__}: {' '.join(str(e).split())[:400]}"
+        ) from None
     positive = diff_mask(normal, generated, mask, cfg.rule)
     return generated, positive, {"positive_mask": cfg.rule.describe(), "inpaint_mask_pixels": int(mask.sum())}
 
@@ -50,10 +55,19 @@ def _paste(cfg, spec, pipe, normal, mask, mask_own):
 
     from .paste import paste_defect
     from .plan import sample_seed
+
     defect = read_image(spec.source.image)
     generated, positive, info = paste_defect(normal, defect, mask_own, sample_seed(spec.seed, 0))
-    return generated, positive, {"positive_mask": {"rule": "the pasted defect mask (the real mask, transformed and "
-                                                           "placed as the defect was)"}, "paste": info}
+    return (
+        generated,
+        positive,
+        {
+            "positive_mask": {
+                "rule": "the pasted defect mask (the real mask, transformed and placed as the defect was)"
+            },
+            "paste": info,
+        },
+    )
 
 
 register(SynthMethod("sdxl", _sdxl, uses_pipeline=True, help="SDXL inpainting (the paper)"))

@@ -11,6 +11,7 @@ halo across the rectangle, whereas blending the rectangle carries the source's o
 matched to the target's brightness at the rectangle's border. Only the target's pixels inside
 that rectangle change. The positive-patch mask is the pasted defect mask itself.
 """
+
 from __future__ import annotations
 
 from typing import Any, Dict, Tuple
@@ -36,8 +37,9 @@ def cut_defect(defect: np.ndarray, defect_mask: np.ndarray, pad: int) -> Tuple[n
     return img[y0:y1, x0:x1], msk[y0:y1, x0:x1]
 
 
-def paste_defect(normal: np.ndarray, defect: np.ndarray, defect_mask: np.ndarray, rng: np.random.Generator,
-                 margin: int = 4) -> Tuple[np.ndarray, np.ndarray, Dict[str, Any]]:
+def paste_defect(
+    normal: np.ndarray, defect: np.ndarray, defect_mask: np.ndarray, rng: np.random.Generator, margin: int = 4
+) -> Tuple[np.ndarray, np.ndarray, Dict[str, Any]]:
     """(image, bool mask, placement info): defect (RGB uint8 + bool mask) blended onto normal (RGB uint8)."""
     H, W = normal.shape[:2]
     if H < 8 or W < 8:
@@ -62,10 +64,21 @@ def paste_defect(normal: np.ndarray, defect: np.ndarray, defect_mask: np.ndarray
     ty = int(rng.integers(1, H - bh)) if H - bh > 1 else 0  # blend box at (ty, tx), inside the target
     tx = int(rng.integers(1, W - bw)) if W - bw > 1 else 0
     center = (tx + bw // 2, ty + bh // 2)  # OpenCV puts the mask's box at center - size // 2
-    out = cv2.seamlessClone(np.ascontiguousarray(src), np.ascontiguousarray(normal),
-                            (blend * 255).astype(np.uint8), center, cv2.NORMAL_CLONE)
+    out = cv2.seamlessClone(
+        np.ascontiguousarray(src),
+        np.ascontiguousarray(normal),
+        (blend * 255).astype(np.uint8),
+        center,
+        cv2.NORMAL_CLONE,
+    )
     mask = np.zeros((H, W), bool)
-    mask[ty:ty + bh, tx:tx + bw] = msk[by:by + bh, bx:bx + bw]
-    info = {"flip_lr": flip, "rot90": k, "scale": round(float(scale), 6), "box_yxhw": [ty, tx, int(bh), int(bw)],
-            "blend": "cv2.seamlessClone NORMAL_CLONE of the cut-out rectangle", "margin_px": margin}
+    mask[ty : ty + bh, tx : tx + bw] = msk[by : by + bh, bx : bx + bw]
+    info = {
+        "flip_lr": flip,
+        "rot90": k,
+        "scale": round(float(scale), 6),
+        "box_yxhw": [ty, tx, int(bh), int(bw)],
+        "blend": "cv2.seamlessClone NORMAL_CLONE of the cut-out rectangle",
+        "margin_px": margin,
+    }
     return out, mask, info

@@ -5,6 +5,7 @@ prompt ``i // per_prompt`` and draws its normal image, its mask and its own seed
 generator seeded with ``(seed, i)`` alone, so a resumed job makes exactly the samples an
 uninterrupted one would, whatever was done before.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ import numpy as np
 @dataclass(frozen=True)
 class Source:
     """A defective training image and its (non-empty) mask."""
+
     image: str
     mask: str
 
@@ -23,6 +25,7 @@ class Source:
 @dataclass(frozen=True)
 class SampleSpec:
     """What sample ``index`` is made of."""
+
     index: int
     normal: str
     source: Source
@@ -36,8 +39,9 @@ def sample_seed(plan_seed: int, index: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([int(plan_seed), int(index)]))
 
 
-def make_plan(normals: Sequence[str], sources: Sequence[Source], prompts: Sequence[str],
-              per_prompt: int, seed: int) -> List[SampleSpec]:
+def make_plan(
+    normals: Sequence[str], sources: Sequence[Source], prompts: Sequence[str], per_prompt: int, seed: int
+) -> List[SampleSpec]:
     """The len(prompts) * per_prompt samples, prompt-major (NNNNN = prompt_index * per_prompt + k)."""
     if not normals:
         raise ValueError("no normal training images to inpaint onto")

@@ -4,6 +4,7 @@ A sample is done when its sidecar exists (written last, atomically). Before anyt
 every existing sidecar of the plan is checked against the plan: a folder made with other
 arguments is refused rather than silently mixed.
 """
+
 from __future__ import annotations
 
 import os
@@ -31,6 +32,7 @@ PLAN_KEYS = ("method", "model", "prompt", "negative_prompt", "seed", "source_nor
 @dataclass
 class SynthConfig:
     """Everything that defines a synthesis job."""
+
     dataset: str
     out_dir: str
     method: str = "sdxl"
@@ -47,6 +49,7 @@ class SynthConfig:
 @dataclass
 class SynthResult:
     """What a run did."""
+
     planned: int
     made: int
     skipped: int
@@ -62,8 +65,10 @@ def dataset_sources(dataset: str) -> Tuple[List[str], List[Source]]:
     if not normals:
         raise SynthError(f"{dataset}: no normal training image to inpaint onto")
     if not sources:
-        raise SynthError(f"{dataset}: no defective training image with a non-empty mask (synthesis "
-                         f"reuses the real defect masks of the training set)")
+        raise SynthError(
+            f"{dataset}: no defective training image with a non-empty mask (synthesis "
+            f"reuses the real defect masks of the training set)"
+        )
     return normals, sources
 
 
@@ -81,8 +86,13 @@ def _rel(path: str, root: str) -> str:
 def settings_of(cfg: SynthConfig, device: str, dtype: str) -> Dict[str, Any]:
     """The settings block of the sidecar (everything that shapes a sample's pixels)."""
     if method_of(cfg).uses_pipeline:
-        return {**cfg.sdxl.describe(), "dtype": dtype, "plan_seed": cfg.seed, "per_prompt": cfg.per_prompt,
-                "prompts": list(cfg.prompts)}
+        return {
+            **cfg.sdxl.describe(),
+            "dtype": dtype,
+            "plan_seed": cfg.seed,
+            "per_prompt": cfg.per_prompt,
+            "prompts": list(cfg.prompts),
+        }
     return {"plan_seed": cfg.seed, "per_prompt": cfg.per_prompt, "prompts": list(cfg.prompts)}
 
 
@@ -110,9 +120,11 @@ def check_existing(cfg: SynthConfig, plan: List[SampleSpec], settings: Dict[str,
             want = planned_sidecar(cfg, spec, settings)
             for k in PLAN_KEYS:
                 if side.get(k) != want[k]:
-                    raise SynthError(f"{writer.paths(cfg.out_dir, spec.index)['sidecar']}: made with other "
-                                     f"arguments ({k}: {side.get(k)!r}, now {want[k]!r}); rerun with the same "
-                                     f"arguments to resume, or write to another --out folder")
+                    raise SynthError(
+                        f"{writer.paths(cfg.out_dir, spec.index)['sidecar']}: made with other "
+                        f"arguments ({k}: {side.get(k)!r}, now {want[k]!r}); rerun with the same "
+                        f"arguments to resume, or write to another --out folder"
+                    )
         done.append(side is not None)
     return done
 
@@ -145,22 +157,33 @@ def make_sample(cfg: SynthConfig, spec: SampleSpec, pipe, settings: Dict[str, An
     image = generated.mean(axis=2).round().astype(np.uint8) if gray else generated
     p = writer.paths(cfg.out_dir, spec.index)
     sidecar = {
-        "index": spec.index, "image": os.path.basename(p["image"]), "mask": os.path.basename(p["mask"]),
+        "index": spec.index,
+        "image": os.path.basename(p["image"]),
+        "mask": os.path.basename(p["mask"]),
         **planned_sidecar(cfg, spec, settings),
         "prompt_index": spec.prompt_index if method_of(cfg).uses_pipeline else None,
         "source_defect_image": _rel(spec.source.image, cfg.dataset),
         "dataset": os.path.abspath(cfg.dataset),
-        "size_hw": list(normal.shape[:2]), "grayscale": gray, "device": device,
-        "positive_pixels": int(positive.sum()), "empty": not bool(positive.any()),
+        "size_hw": list(normal.shape[:2]),
+        "grayscale": gray,
+        "device": device,
+        "positive_pixels": int(positive.sum()),
+        "empty": not bool(positive.any()),
         **extra,
-        "exdd_version": __version__, "seconds": round(time.time() - t0, 3),
+        "exdd_version": __version__,
+        "seconds": round(time.time() - t0, 3),
     }
     writer.write_sample(cfg.out_dir, spec.index, image, positive, sidecar)
     return sidecar
 
 
-def synthesize(cfg: SynthConfig, device: str = "cpu", dtype: str = "float32",
-               load_pipe: Optional[Callable[[], Any]] = None, note: Callable[[str], None] = print) -> SynthResult:
+def synthesize(
+    cfg: SynthConfig,
+    device: str = "cpu",
+    dtype: str = "float32",
+    load_pipe: Optional[Callable[[], Any]] = None,
+    note: Callable[[str], None] = print,
+) -> SynthResult:
     """Run (or resume) a synthesis job; load_pipe is called only if an SDXL sample is left to make."""
     t0 = time.time()
     normals, sources = dataset_sources(cfg.dataset)
@@ -173,12 +196,15 @@ def synthesize(cfg: SynthConfig, device: str = "cpu", dtype: str = "float32",
     done = check_existing(cfg, plan, settings)
     todo = [s for s, d in zip(plan, done) if not d]
     if cfg.limit is not None:
-        todo = todo[:max(0, cfg.limit)]
-    beyond = sum(1 for f in os.listdir(cfg.out_dir) if f.endswith(".json") and f[:-5].isdigit()
-                 and int(f[:-5]) >= len(plan))
-    note(f"plan: {len(plan)} samples ({len(normals)} normal images, {len(sources)} defect masks); "
-         f"done: {sum(done)}, to make now: {len(todo)}" + (f"; {beyond} samples beyond the plan left in place"
-                                                          if beyond else ""))
+        todo = todo[: max(0, cfg.limit)]
+    beyond = sum(
+        1 for f in os.listdir(cfg.out_dir) if f.endswith(".json") and f[:-5].isdigit() and int(f[:-5]) >= len(plan)
+    )
+    note(
+        f"plan: {len(plan)} samples ({len(normals)} normal images, {len(sources)} defect masks); "
+        f"done: {sum(done)}, to make now: {len(todo)}"
+        + (f"; {beyond} samples beyond the plan left in place" if beyond else "")
+    )
     pipe = load_pipe() if (todo and method_of(cfg).uses_pipeline and load_pipe is not None) else None
     prog = Progress("synth", len(plan), "sample", initial=sum(done), every=10.0)
     empty = 0

@@ -5,6 +5,7 @@ The normal image and the inpainting mask are resized to ``work_size`` x ``work_s
 mask, inpaints the crop at full resolution and pastes only the masked pixels back), and the
 result is resized (bicubic) back to the normal image's size.
 """
+
 from __future__ import annotations
 
 import os
@@ -27,6 +28,7 @@ class SynthError(RuntimeError):
 @dataclass(frozen=True)
 class SDXLSettings:
     """The inpainting settings (defaults: the paper's)."""
+
     steps: int = 30
     guidance: float = 20.0
     strength: float = 0.99
@@ -41,6 +43,7 @@ class SDXLSettings:
 def resolve_device(device: str) -> Tuple[str, str]:
     """(device, dtype name) for 'auto' | 'cpu' | 'cuda': fp16 on a GPU, fp32 on the CPU."""
     import torch
+
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
@@ -61,10 +64,13 @@ def load_pipeline(model: str, device: str, dtype: str):
         import torch
         from diffusers import StableDiffusionXLInpaintPipeline
     except ImportError as e:
-        raise SynthError(f"SDXL synthesis needs diffusers and transformers ({_short(e)}); "
-                         f"install them with: pip install 'exdd[synth]'") from None
+        raise SynthError(
+            f"SDXL synthesis needs diffusers and transformers ({_short(e)}); "
+            f"install them with: pip install 'exdd[synth]'"
+        ) from None
     from diffusers.utils import logging as dlog
     from transformers.utils import logging as tlog
+
     dlog.set_verbosity_error()  # per-call dtype notes and loading bars would drown the progress output
     tlog.set_verbosity_error()
     dlog.disable_progress_bar()
@@ -83,7 +89,7 @@ def load_pipeline(model: str, device: str, dtype: str):
         except Exception as e:  # any loading failure is reported with the model's name
             err = e
     else:
-        assert err is not None          # every attempt failed (there is at least one)
+        assert err is not None  # every attempt failed (there is at least one)
         where = "local folder" if os.path.isdir(model) else "model id or path"
         raise SynthError(f"cannot load the SDXL inpainting model {model!r} ({where}): {_short(err)}")
     try:
@@ -94,20 +100,32 @@ def load_pipeline(model: str, device: str, dtype: str):
     return pipe
 
 
-def inpaint(pipe, image: np.ndarray, mask: np.ndarray, prompt: str, negative_prompt: str,
-            settings: SDXLSettings, seed: int) -> np.ndarray:
+def inpaint(
+    pipe, image: np.ndarray, mask: np.ndarray, prompt: str, negative_prompt: str, settings: SDXLSettings, seed: int
+) -> np.ndarray:
     """uint8 RGB (H, W, 3): image with the bool mask region inpainted from prompt, at image's size."""
     import torch
+
     h, w = image.shape[:2]
     ws = settings.work_size
     init = Image.fromarray(image).resize((ws, ws), Image.Resampling.BICUBIC)
     m = Image.fromarray((mask.astype(bool) * 255).astype(np.uint8)).resize((ws, ws), Image.Resampling.NEAREST)
     gen = torch.Generator(device="cpu").manual_seed(int(seed))
     with torch.inference_mode():
-        out = pipe(prompt=prompt, negative_prompt=negative_prompt, image=init, mask_image=m,
-                   height=ws, width=ws, num_inference_steps=settings.steps, guidance_scale=settings.guidance,
-                   strength=settings.strength, padding_mask_crop=settings.padding_mask_crop,
-                   generator=gen, output_type="pil").images[0]
+        out = pipe(
+            prompt=prompt,
+            negative_prompt=negative_prompt,
+            image=init,
+            mask_image=m,
+            height=ws,
+            width=ws,
+            num_inference_steps=settings.steps,
+            guidance_scale=settings.guidance,
+            strength=settings.strength,
+            padding_mask_crop=settings.padding_mask_crop,
+            generator=gen,
+            output_type="pil",
+        ).images[0]
     out = out.convert("RGB")
     if out.size != (w, h):
         out = out.resize((w, h), Image.Resampling.BICUBIC)

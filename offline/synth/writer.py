@@ -4,6 +4,7 @@ Every file is written to a hidden temporary name in the same folder and renamed 
 so a crash never leaves a half-written file under a final name; the sidecar is written last,
 so a sample counts as done exactly when its sidecar exists.
 """
+
 from __future__ import annotations
 
 import io

@@ -14,6 +14,7 @@ the search alone (exact matmul vs HNSW) and HNSW build time and file size.
     nice -n 10 .venv/bin/python -m scripts.benchmarks.bench_ann --dataset ../shared/data/magnetic_tile \
         --weights ../shared/weights/wrn50-random0-bncal.safetensors --out runs/i11/ann.json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,6 +32,7 @@ from scripts.harness import BenchResult, latency_stats, params_of
 def features(onnx_path, samples, threads):
     from exdd.offline.extract import batches
     from exdd_scoring.runtimes import open_runtime
+
     runner = open_runtime("onnxruntime", onnx_path, "", threads)
     out, errors = [], []
     for _, imgs, _ in batches(samples, (632, 224), 4, False, errors):
@@ -44,8 +46,9 @@ def make_bank(source, n, jitter, rng):
         return np.ascontiguousarray(source[rng.choice(len(source), n, replace=False)])
     reps = int(np.ceil(n / len(source)))
     std = source.std(axis=0, keepdims=True)
-    parts = [source] + [source + rng.normal(0, 1, source.shape).astype(np.float32) * (jitter * std)
-                        for _ in range(reps - 1)]
+    parts = [source] + [
+        source + rng.normal(0, 1, source.shape).astype(np.float32) * (jitter * std) for _ in range(reps - 1)
+    ]
     allp = np.concatenate(parts)
     return np.ascontiguousarray(allp[rng.choice(len(allp), n, replace=False)].astype(np.float32))
 
@@ -82,6 +85,7 @@ def main() -> int:
 
         from exdd.export.onnx_export import export_onnx
         from exdd.offline.features import build_extractor
+
         torch.set_num_threads(args.threads)
         model, info = build_extractor(args.weights, 256, 0, (632, 224))
         onnx_path = export_onnx(model, info, os.path.join(tempfile.mkdtemp(), "fp32.onnx"), "fp32")
@@ -89,17 +93,30 @@ def main() -> int:
     test = load_split(args.dataset, "test")
     step = max(1, len(train) // args.bank_images)
     t0 = time.time()
-    src = features(onnx_path, train[::step][:args.bank_images], args.threads).reshape(-1, 256).astype(np.float32)
+    src = features(onnx_path, train[::step][: args.bank_images], args.threads).reshape(-1, 256).astype(np.float32)
     qstep = max(1, len(test) // args.query_images)
-    queries = features(onnx_path, test[::qstep][:args.query_images], args.threads)
+    queries = features(onnx_path, test[::qstep][: args.query_images], args.threads)
     log(f"features: {len(src)} source patches, {queries.shape[0]} query images ({time.time() - t0:.0f}s)")
     nq, h, w, d = queries.shape
     flat = queries.reshape(nq, h * w, d)
     rng = np.random.default_rng(0)
-    record = BenchResult("bench_ann", params_of(args), {
-        "note": "other benchmarks running at the same time", "threads": args.threads, "dataset": args.dataset,
-        "source_patches": int(len(src)), "query_images": int(nq), "patches_per_image": int(h * w), "m": args.m,
-        "ef_construction": args.ef_construction, "jitter": args.jitter, "faiss": faiss.__version__, "sizes": []})
+    record = BenchResult(
+        "bench_ann",
+        params_of(args),
+        {
+            "note": "other benchmarks running at the same time",
+            "threads": args.threads,
+            "dataset": args.dataset,
+            "source_patches": int(len(src)),
+            "query_images": int(nq),
+            "patches_per_image": int(h * w),
+            "m": args.m,
+            "ef_construction": args.ef_construction,
+            "jitter": args.jitter,
+            "faiss": faiss.__version__,
+            "sizes": [],
+        },
+    )
     report = record.metrics
     for n in (int(v) for v in args.sizes.split(",")):
         bank = make_bank(src, n, args.jitter, rng)
@@ -113,12 +130,14 @@ def main() -> int:
         _, nb = hn.index.search(bank, 3)
         nb = np.where(nb[:, 1:] >= 0, nb[:, 1:], 0).astype(np.int32)  # self first (approximately)
         from exdd_scoring.onnx_metadata import read_features
-        manifest = {"features": read_features(onnx_path), "k": 3, "default_mode": "exdd"}   # the extractor's (h, w, d)
+
+        manifest = {"features": read_features(onnx_path), "k": 3, "default_mode": "exdd"}  # the extractor's (h, w, d)
         pair = BankPair(Bank(bank, nb), None, manifest)
         ex = ExactSearcher(bank)
         # exact: reference distances on every query image; timing on the first exact_images
         ref_d, ref_s, times = [], [], []
         import warnings
+
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
             sc_exact = Scorer(pair, searchers={"negative": ex})
@@ -128,9 +147,14 @@ def main() -> int:
                 if i < args.exact_images:
                     times.append(time.perf_counter() - t)
                 ref_d.append(dd)
-                ref_s.append(float(sc_exact.score(queries[i:i + 1], map_modes=()).scores["patchcore"][0]))
-            ent = {"bank": n, "hnsw_build_s": round(build_s, 1), "hnsw_file_mb": round(size_mb, 1),
-                   "exact_ms_per_image": round(latency_stats(times)["p50_ms"], 1), "hnsw": []}
+                ref_s.append(float(sc_exact.score(queries[i : i + 1], map_modes=()).scores["patchcore"][0]))
+            ent = {
+                "bank": n,
+                "hnsw_build_s": round(build_s, 1),
+                "hnsw_file_mb": round(size_mb, 1),
+                "exact_ms_per_image": round(latency_stats(times)["p50_ms"], 1),
+                "hnsw": [],
+            }
             for ef in (int(v) for v in args.ef_search.split(",")):
                 hn.index.hnsw.efSearch = ef
                 sc_h = Scorer(pair, searchers={"negative": hn})
@@ -140,16 +164,22 @@ def main() -> int:
                     dd, _ = hn.nearest(flat[i])
                     ht.append(time.perf_counter() - t)
                     rec.append(np.abs(dd - ref_d[i]) <= 1e-4 * np.maximum(ref_d[i], 1e-6) + 1e-5)
-                    s_h.append(float(sc_h.score(queries[i:i + 1], map_modes=()).scores["patchcore"][0]))
+                    s_h.append(float(sc_h.score(queries[i : i + 1], map_modes=()).scores["patchcore"][0]))
                 rec = np.concatenate(rec)
                 hd = np.concatenate([hn.nearest(flat[i])[0] for i in range(min(nq, 4))])
-                rd = np.concatenate(ref_d[:min(nq, 4)])
-                ent["hnsw"].append({"ef_search": ef, "ms_per_image": round(latency_stats(ht)["p50_ms"], 1),
-                                    "recall_exact_nearest": round(float(rec.mean()), 4),
-                                    "mean_distance_excess": float(np.mean(hd / np.maximum(rd, 1e-6) - 1)),
-                                    "image_score_rank_correlation": round(spearman(np.array(s_h), np.array(ref_s)), 4),
-                                    "image_score_max_rel_diff": float(np.max(np.abs(np.array(s_h) - ref_s) /
-                                                                             np.maximum(np.abs(ref_s), 1e-9)))})
+                rd = np.concatenate(ref_d[: min(nq, 4)])
+                ent["hnsw"].append(
+                    {
+                        "ef_search": ef,
+                        "ms_per_image": round(latency_stats(ht)["p50_ms"], 1),
+                        "recall_exact_nearest": round(float(rec.mean()), 4),
+                        "mean_distance_excess": float(np.mean(hd / np.maximum(rd, 1e-6) - 1)),
+                        "image_score_rank_correlation": round(spearman(np.array(s_h), np.array(ref_s)), 4),
+                        "image_score_max_rel_diff": float(
+                            np.max(np.abs(np.array(s_h) - ref_s) / np.maximum(np.abs(ref_s), 1e-9))
+                        ),
+                    }
+                )
         log(json.dumps(ent))
         report["sizes"].append(ent)
         record.save(args.out, indent=2)

@@ -22,6 +22,7 @@ and batch 8, on the same test images, both methods alternating, torch on the sam
   nice -n 10 .venv/bin/python -m scripts.benchmarks.bench_anomalib --dataset ../shared/data/ksdd1_dev \
       --weights ../shared/weights/wrn50-random0-bncal.safetensors
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,19 +50,28 @@ from scripts.harness import BenchResult, params_of
 
 # ----------------------------------------------------------------------------- data
 
+
 @dataclass
 class Split:
     """The images both methods see for one dataset."""
+
     dataset: str
-    normals: List[Sample]            # the negative bank's / anomalib's training images
+    normals: List[Sample]  # the negative bank's / anomalib's training images
     test: List[Sample]
-    masks: np.ndarray                # (n_test, H, W) bool at the input size
-    labels: np.ndarray               # (n_test,) 0/1
+    masks: np.ndarray  # (n_test, H, W) bool at the input size
+    labels: np.ndarray  # (n_test,) 0/1
     note: str = ""
 
 
-def make_split(dataset: str, input_hw: Tuple[int, int], cfg: BuildConfig, n_normals: Optional[int],
-               limit: Optional[int], seed: int = 0, keep_leaked: bool = False) -> Split:
+def make_split(
+    dataset: str,
+    input_hw: Tuple[int, int],
+    cfg: BuildConfig,
+    n_normals: Optional[int],
+    limit: Optional[int],
+    seed: int = 0,
+    keep_leaked: bool = False,
+) -> Split:
     """Training normals exactly as exdd's negative bank takes them; the (limited) test split with masks, without
     test images byte-identical to training images (as `offline evaluate`) unless keep_leaked."""
     train = load_split(dataset, "train")
@@ -81,8 +91,9 @@ def make_split(dataset: str, input_hw: Tuple[int, int], cfg: BuildConfig, n_norm
         rng = np.random.default_rng(seed)
         lab = np.array([s.label for s in test])
         n_def = max(1, int(round(limit * lab.mean())))
-        idx = np.r_[rng.permutation(np.nonzero(lab == 1)[0])[:n_def],
-                    rng.permutation(np.nonzero(lab == 0)[0])[:limit - n_def]]
+        idx = np.r_[
+            rng.permutation(np.nonzero(lab == 1)[0])[:n_def], rng.permutation(np.nonzero(lab == 0)[0])[: limit - n_def]
+        ]
         test = [test[i] for i in np.sort(idx)]
         note += f"; test limited to a seeded stratified {len(test)}"
     masks = np.stack([read_mask(s.mask, image_size(s.path), input_hw) for s in test])
@@ -91,11 +102,13 @@ def make_split(dataset: str, input_hw: Tuple[int, int], cfg: BuildConfig, n_norm
 
 # ----------------------------------------------------------------------------- results
 
+
 @dataclass
 class MethodResult:
     """Per-image scores and maps of one method / mode on a Split's test images, and its costs."""
-    scores: np.ndarray                           # (n,)
-    maps: Optional[np.ndarray]                   # (n, H, W) float32 (may be shared between modes)
+
+    scores: np.ndarray  # (n,)
+    maps: Optional[np.ndarray]  # (n, H, W) float32 (may be shared between modes)
     fit_s: float
     info: Dict[str, Any] = field(default_factory=dict)
 
@@ -116,20 +129,30 @@ def metrics(r: MethodResult, split: Split, resamples: int, seed: int) -> Dict[st
 
 # ----------------------------------------------------------------------------- anomalib
 
+
 def anomalib_model(weights: str, input_hw: Tuple[int, int], coreset_ratio: float, num_neighbors: int = 9):
     """anomalib's Patchcore with the weights file in its timm backbone (no download), and its pre-processor."""
     from anomalib.models import Patchcore
+
     pre = Patchcore.configure_pre_processor(image_size=tuple(input_hw))
-    model = Patchcore(backbone="wide_resnet50_2", layers=("layer2", "layer3"), pre_trained=False,
-                      coreset_sampling_ratio=coreset_ratio, num_neighbors=num_neighbors, pre_processor=pre,
-                      post_processor=False, evaluator=False, visualizer=False)
+    model = Patchcore(
+        backbone="wide_resnet50_2",
+        layers=("layer2", "layer3"),
+        pre_trained=False,
+        coreset_sampling_ratio=coreset_ratio,
+        num_neighbors=num_neighbors,
+        pre_processor=pre,
+        post_processor=False,
+        evaluator=False,
+        visualizer=False,
+    )
     load_into_timm(model.model.feature_extractor.feature_extractor, weights)
     return model, pre.transform
 
 
 def load_into_timm(net: torch.nn.Module, weights: str) -> None:
     """Load exdd's weights file into anomalib's timm feature extractor; raise unless it is complete and equal."""
-    ours, _ = load_backbone(weights)                 # torchvision names, checked shapes
+    ours, _ = load_backbone(weights)  # torchvision names, checked shapes
     sd = ours.state_dict()
     own = net.state_dict()
     missing = [k for k in own if k not in sd]
@@ -158,22 +181,24 @@ def check_same_backbone(net: torch.nn.Module, ours: torch.nn.Module) -> None:
 def anomalib_read(paths: Sequence[str], transform) -> torch.Tensor:
     """anomalib's image reader + its pre-processor transform per image (sizes vary), stacked."""
     from anomalib.data.utils import read_image as a_read
+
     return torch.stack([transform(a_read(p, as_tensor=True)) for p in paths]).as_subclass(torch.Tensor)
 
 
-def anomalib_side(split: Split, weights: str, input_hw: Tuple[int, int], coreset_ratio: float,
-                  batch_size: int = 8, seed: int = 0) -> Tuple[MethodResult, Callable]:
+def anomalib_side(
+    split: Split, weights: str, input_hw: Tuple[int, int], coreset_ratio: float, batch_size: int = 8, seed: int = 0
+) -> Tuple[MethodResult, Callable]:
     """Fit anomalib PatchCore on the split's normals and score its test images; also its infer function."""
     model, transform = anomalib_model(weights, input_hw, coreset_ratio)
     net = model.model
-    torch.manual_seed(seed)                       # k-center start point and sparse projection
+    torch.manual_seed(seed)  # k-center start point and sparse projection
     t0, c0 = time.perf_counter(), time.process_time()
     net.train()
     with torch.no_grad():
         for i in range(0, len(split.normals), batch_size):
-            net(anomalib_read([s.path for s in split.normals[i:i + batch_size]], transform))
+            net(anomalib_read([s.path for s in split.normals[i : i + batch_size]], transform))
     n_patches = sum(e.shape[0] for e in net.embedding_store)
-    model.fit()                                   # KCenterGreedy coreset of every patch embedding
+    model.fit()  # KCenterGreedy coreset of every patch embedding
     fit_s, fit_cpu_s = time.perf_counter() - t0, time.process_time() - c0
     net.eval()
 
@@ -185,19 +210,31 @@ def anomalib_side(split: Split, weights: str, input_hw: Tuple[int, int], coreset
     scores = np.zeros(len(split.test), np.float32)
     maps = np.zeros((len(split.test),) + tuple(input_hw), np.float32)
     for i in range(0, len(split.test), batch_size):
-        sc, mp = infer([s.path for s in split.test[i:i + batch_size]])
-        scores[i:i + len(sc)], maps[i:i + len(sc)] = sc, mp
-    info = {"memory_bank": list(net.memory_bank.shape), "patches": int(n_patches),
-            "coreset_sampling_ratio": coreset_ratio, "num_neighbors": net.num_neighbors,
-            "fit_cpu_s": fit_cpu_s}
+        sc, mp = infer([s.path for s in split.test[i : i + batch_size]])
+        scores[i : i + len(sc)], maps[i : i + len(sc)] = sc, mp
+    info = {
+        "memory_bank": list(net.memory_bank.shape),
+        "patches": int(n_patches),
+        "coreset_sampling_ratio": coreset_ratio,
+        "num_neighbors": net.num_neighbors,
+        "fit_cpu_s": fit_cpu_s,
+    }
     return MethodResult(scores, maps, fit_s, info), infer
 
 
 # ----------------------------------------------------------------------------- exdd
 
-def exdd_modes(split: Split, weights: str, input_hw: Tuple[int, int], *, d: int = 256,
-               cfg: Optional[BuildConfig] = None, cache: Optional[str] = None,
-               work: str = "runs/bench_anomalib") -> Tuple[Dict[str, MethodResult], Callable]:
+
+def exdd_modes(
+    split: Split,
+    weights: str,
+    input_hw: Tuple[int, int],
+    *,
+    d: int = 256,
+    cfg: Optional[BuildConfig] = None,
+    cache: Optional[str] = None,
+    work: str = "runs/bench_anomalib",
+) -> Tuple[Dict[str, MethodResult], Callable]:
     """Banks with exdd's `build()` (negative bank from split.normals) and every mode of MODES on the test images.
 
     Returns {mode: MethodResult} (modes sharing a map share the array) and an infer(paths) -> (scores of
@@ -214,9 +251,10 @@ def exdd_modes(split: Split, weights: str, input_hw: Tuple[int, int], *, d: int 
     t0, c0 = time.perf_counter(), time.process_time()
     if featurize is None:
         from exdd.offline.build import model_featurizer
+
         featurize = model_featurizer(model, info, cfg.batch_size)
     neg = build_negative(featurize(split.normals, False, None), split.dataset, d, cfg, lambda *_: None)
-    fit_neg_s = time.perf_counter() - t0           # like anomalib's fit: the normals' features + coreset
+    fit_neg_s = time.perf_counter() - t0  # like anomalib's fit: the normals' features + coreset
     res = build(split.dataset, bank_dir, model, info, cfg, featurize=featurize, negative_bank=neg)
     fit_s, fit_cpu_s = time.perf_counter() - t0, time.process_time() - c0
     with warnings.catch_warnings():
@@ -229,10 +267,10 @@ def exdd_modes(split: Split, weights: str, input_hw: Tuple[int, int], *, d: int 
     if caches:
         test = caches["test"]
         rows = [test.index[s.path] for s in split.test]
-        feed = ((split.test[i:i + 8], test.project(rows[i:i + 8], proj, np.float32), None) for i in range(0, n, 8))
+        feed = ((split.test[i : i + 8], test.project(rows[i : i + 8], proj, np.float32), None) for i in range(0, n, 8))
     else:
         feed = ((bs, run_extractor(model, imgs), None) for bs, imgs, _ in batches(split.test, hw, 8, False, errors))
-    alias: Dict[str, str] = {}                       # modes sharing one map array (same object) share storage
+    alias: Dict[str, str] = {}  # modes sharing one map array (same object) share storage
     i = 0
     for bs, feats, _ in feed:
         r = scorer.score(feats, map_modes=MODES)
@@ -240,31 +278,45 @@ def exdd_modes(split: Split, weights: str, input_hw: Tuple[int, int], *, d: int 
             for m in MODES:
                 alias[m] = next(k for k in MODES if r.maps[k] is r.maps[m])
         for m in MODES:
-            scores[m][i:i + len(bs)] = r.scores[m]
+            scores[m][i : i + len(bs)] = r.scores[m]
             if alias[m] == m:
-                maps.setdefault(m, np.zeros((n,) + hw, np.float32))[i:i + len(bs)] = r.maps[m]
+                maps.setdefault(m, np.zeros((n,) + hw, np.float32))[i : i + len(bs)] = r.maps[m]
         i += len(bs)
     if errors or i != n:
         raise RuntimeError(f"exdd could not read every test image: {errors[:3]}")
     shared = {m: maps[alias[m]] for m in MODES}
     cs = res.manifest.coreset
-    out = {m: MethodResult(scores[m], shared[m], fit_s,
-                           {"negative_bank": cs.negative.size, "positive_bank": cs.positive.size, "d": d,
-                            "default_mode": scorer.default_mode, "features_from_cache": bool(caches),
-                            "fit_negative_s": fit_neg_s, "fit_cpu_s": fit_cpu_s})
-           for m in MODES}
+    out = {
+        m: MethodResult(
+            scores[m],
+            shared[m],
+            fit_s,
+            {
+                "negative_bank": cs.negative.size,
+                "positive_bank": cs.positive.size,
+                "d": d,
+                "default_mode": scorer.default_mode,
+                "features_from_cache": bool(caches),
+                "fit_negative_s": fit_neg_s,
+                "fit_cpu_s": fit_cpu_s,
+            },
+        )
+        for m in MODES
+    }
     default = scorer.default_mode
 
     def infer(paths: Sequence[str]):
         imgs = np.stack([read_image(p, hw) for p in paths])
         r = scorer.score(run_extractor(model, imgs), map_modes=(default,))
         return r.scores[default], r.maps[default]
+
     return out, infer
 
 
 def _caches(cache: str, name: str, input_hw: Tuple[int, int], weights_id: str):
     """Existing raw-feature caches of the dataset when they match the weights and input size, else None."""
     from exdd.offline.feature_cache import RawCache
+
     out = {}
     for split in ("train", "test"):
         folder = cache_folder(cache, name, input_hw, split)
@@ -281,6 +333,7 @@ def _caches(cache: str, name: str, input_hw: Tuple[int, int], weights_id: str):
 
 
 # ----------------------------------------------------------------------------- reproduction
+
 
 def torch_reflect(j: int, n: int) -> int:
     """Index j folded into [0, n) by whole-sample reflection (torch / kornia 'reflect' padding)."""
@@ -317,9 +370,17 @@ def anomalib_embed(net, images: torch.Tensor) -> Tuple[np.ndarray, Tuple[int, in
     return net.reshape_embedding(emb).reshape(b, h * w, -1).numpy(), (h, w)
 
 
-def equivalent_scores(emb: np.ndarray, bank: np.ndarray, grid: Tuple[int, int], out_hw: Tuple[int, int], *,
-                      k: int = 9, keep_self: bool = True, t: Optional[float] = 1.0, anomalib_map: bool = True
-                      ) -> Tuple[np.ndarray, np.ndarray]:
+def equivalent_scores(
+    emb: np.ndarray,
+    bank: np.ndarray,
+    grid: Tuple[int, int],
+    out_hw: Tuple[int, int],
+    *,
+    k: int = 9,
+    keep_self: bool = True,
+    t: Optional[float] = 1.0,
+    anomalib_map: bool = True,
+) -> Tuple[np.ndarray, np.ndarray]:
     """exdd's scoring math (knn.nearest, topk_nearest, reweight_q, the map operators) on given embeddings and bank.
 
     Defaults = anomalib's configuration: the k = 9 nearest of m* including m* itself, t = 1, nearest upsampling.
@@ -328,6 +389,7 @@ def equivalent_scores(emb: np.ndarray, bank: np.ndarray, grid: Tuple[int, int], 
     """
     from exdd_scoring import reweight_q, upsample_smooth, upsample_smooth_matrices
     from exdd_scoring.knn import nearest, sq_norms, topk_nearest
+
     bank = np.ascontiguousarray(bank, np.float32)
     b, P, d = emb.shape
     a, idx = nearest(np.ascontiguousarray(emb.reshape(-1, d), np.float32), bank, np, sq_norms(bank, np))
@@ -336,10 +398,10 @@ def equivalent_scores(emb: np.ndarray, bank: np.ndarray, grid: Tuple[int, int], 
     p_star = a.argmax(1)
     s_star = a[r, p_star]
     m_star = idx[r, p_star]
-    _, nb = topk_nearest(bank[m_star], bank, k if keep_self else k, np)   # m* first (distance 0), then its neighbours
+    _, nb = topk_nearest(bank[m_star], bank, k if keep_self else k, np)  # m* first (distance 0), then its neighbours
     nb = nb if keep_self else nb[:, 1:k]
     diff = emb[r, p_star][:, None, :].astype(np.float64) - bank[nb]
-    dn = np.sqrt((diff ** 2).sum(-1))
+    dn = np.sqrt((diff**2).sum(-1))
     q = reweight_q(s_star, dn, float(d) ** 0.5 if t is None else t, np)
     scores = (1.0 - q) * s_star
     patch = a.reshape(b, *grid).astype(np.float32)
@@ -350,22 +412,30 @@ def equivalent_scores(emb: np.ndarray, bank: np.ndarray, grid: Tuple[int, int], 
     return scores, upsample_smooth(patch, sh, sw, np)
 
 
-def reproduce(split: Split, weights: str, input_hw: Tuple[int, int], coreset_ratio: float, cache: Optional[str],
-              seed: int = 0, resamples: int = 500) -> Dict[str, Any]:
+def reproduce(
+    split: Split,
+    weights: str,
+    input_hw: Tuple[int, int],
+    coreset_ratio: float,
+    cache: Optional[str],
+    seed: int = 0,
+    resamples: int = 500,
+) -> Dict[str, Any]:
     """Deliverable 0 of issue 19: anomalib's PatchCore reproduced by exdd's scoring math on anomalib's own memory bank
     and embeddings, then each of exdd's departures alone (features, projection, coreset, hold-out, reweighting, map)."""
     from anomalib.models.components import KCenterGreedy
     from scipy.stats import pearsonr, spearmanr
 
     from exdd.offline.coreset import bank_size, chunked_kcenter
+
     model, transform = anomalib_model(weights, input_hw, coreset_ratio)
     net = model.model.eval()
     hw = tuple(input_hw)
     norm_emb, grid = [], None
     for i in range(0, len(split.normals), 8):
-        e, grid = anomalib_embed(net, anomalib_read([s.path for s in split.normals[i:i + 8]], transform))
+        e, grid = anomalib_embed(net, anomalib_read([s.path for s in split.normals[i : i + 8]], transform))
         norm_emb.append(e)
-    norm_emb = np.concatenate(norm_emb)                                   # (n_normals, P, 1536)
+    norm_emb = np.concatenate(norm_emb)  # (n_normals, P, 1536)
     flat = torch.from_numpy(norm_emb.reshape(-1, norm_emb.shape[-1]))
     torch.manual_seed(seed)
     idx = np.asarray(KCenterGreedy(embedding=flat, sampling_ratio=coreset_ratio).select_coreset_idxs())
@@ -373,7 +443,7 @@ def reproduce(split: Split, weights: str, input_hw: Tuple[int, int], coreset_rat
     net.memory_bank = torch.from_numpy(bank)
     a_scores, a_maps, test_emb = [], [], []
     for i in range(0, len(split.test), 8):
-        x = anomalib_read([s.path for s in split.test[i:i + 8]], transform)
+        x = anomalib_read([s.path for s in split.test[i : i + 8]], transform)
         with torch.no_grad():
             out = net(x)
         a_scores.append(out.pred_score.reshape(-1).numpy())
@@ -384,78 +454,119 @@ def reproduce(split: Split, weights: str, input_hw: Tuple[int, int], coreset_rat
 
     def row(scores: np.ndarray, maps: np.ndarray) -> Dict[str, Any]:
         p, lo, hi = bootstrap_auroc(scores, y, n=resamples, seed=seed)
-        return {"spearman_vs_anomalib": float(spearmanr(scores, a_scores).correlation),
-                "max_rel_diff_vs_anomalib": float(np.max(np.abs(scores - a_scores) / np.abs(a_scores))),
-                "map_pearson_vs_anomalib": float(pearsonr(maps.ravel(), a_maps.ravel())[0]),
-                "map_max_abs_diff": float(np.max(np.abs(maps - a_maps))),
-                "image_auroc": p, "image_ci90": [lo, hi],
-                "pixel_auroc": auroc(maps.ravel(), masks.ravel()) if masks.any() else float("nan")}
+        return {
+            "spearman_vs_anomalib": float(spearmanr(scores, a_scores).correlation),
+            "max_rel_diff_vs_anomalib": float(np.max(np.abs(scores - a_scores) / np.abs(a_scores))),
+            "map_pearson_vs_anomalib": float(pearsonr(maps.ravel(), a_maps.ravel())[0]),
+            "map_max_abs_diff": float(np.max(np.abs(maps - a_maps))),
+            "image_auroc": p,
+            "image_ci90": [lo, hi],
+            "pixel_auroc": auroc(maps.ravel(), masks.ravel()) if masks.any() else float("nan"),
+        }
 
     rows = {"anomalib PatchCore (its own scores and map)": row(a_scores, a_maps)}
     rows["exdd math, anomalib configuration (same bank, same embeddings)"] = row(
-        *equivalent_scores(test_emb, bank, grid, hw))
+        *equivalent_scores(test_emb, bank, grid, hw)
+    )
     rows["departure: exdd's map (bilinear + Gaussian, scipy reflect)"] = row(
-        *equivalent_scores(test_emb, bank, grid, hw, anomalib_map=False))
+        *equivalent_scores(test_emb, bank, grid, hw, anomalib_map=False)
+    )
     rows["departure: exdd's reweighting (k = 3, m* dropped, t = sqrt d)"] = row(
-        *equivalent_scores(test_emb, bank, grid, hw, k=3, keep_self=False, t=None))
+        *equivalent_scores(test_emb, bank, grid, hw, k=3, keep_self=False, t=None)
+    )
     keep = bank_size(flat.shape[0], coreset_ratio, 0)
     cs = chunked_kcenter(flat.numpy(), keep)
     rows["departure: exdd's coreset (chunked k-center, same ratio)"] = row(
-        *equivalent_scores(test_emb, flat.numpy()[np.sort(cs.indices)], grid, hw))
+        *equivalent_scores(test_emb, flat.numpy()[np.sort(cs.indices)], grid, hw)
+    )
     n_keep = len(split.normals) - int(round(0.1 * len(split.normals)))
     sub = np.sort(np.random.default_rng(seed).permutation(len(split.normals))[:n_keep])
     sub_flat = torch.from_numpy(norm_emb[sub].reshape(-1, norm_emb.shape[-1]))
     torch.manual_seed(seed)
     sub_idx = np.asarray(KCenterGreedy(embedding=sub_flat, sampling_ratio=coreset_ratio).select_coreset_idxs())
     rows["departure: exdd's 10 % hold-out (90 % of the normals, anomalib's coreset)"] = row(
-        *equivalent_scores(test_emb, sub_flat.numpy()[sub_idx], grid, hw))
+        *equivalent_scores(test_emb, sub_flat.numpy()[sub_idx], grid, hw)
+    )
     proj = make_projection(256, 0)
     rows["departure: projection to d = 256 (exdd's Gaussian, seed 0)"] = row(
-        *equivalent_scores(test_emb @ proj, bank @ proj, grid, hw))
+        *equivalent_scores(test_emb @ proj, bank @ proj, grid, hw)
+    )
     if cache:
         from exdd.offline.feature_cache import RawCache
+
         name = os.path.basename(os.path.normpath(split.dataset))
         caches = {sp: RawCache(cache_folder(cache, name, hw, sp)) for sp in ("train", "test")}
 
         def ours(samples):
-            return np.stack([np.asarray(caches[s.split].raw[caches[s.split].index[s.path]], np.float32)
-                             for s in samples]).reshape(len(samples), -1, 1536)
+            return np.stack(
+                [np.asarray(caches[s.split].raw[caches[s.split].index[s.path]], np.float32) for s in samples]
+            ).reshape(len(samples), -1, 1536)
+
         on, ot = ours(split.normals), ours(split.test)
         rows["departure: exdd's reader + extractor (its resize, float16 cache), anomalib's coreset indices"] = row(
-            *equivalent_scores(ot, on.reshape(-1, 1536)[idx], grid, hw))
+            *equivalent_scores(ot, on.reshape(-1, 1536)[idx], grid, hw)
+        )
         cs2 = chunked_kcenter(on.reshape(-1, 1536), keep)
         rows["all departures but hold-out: exdd `patchcore` on its own features, coreset, d = 1536"] = row(
-            *equivalent_scores(ot, on.reshape(-1, 1536)[np.sort(cs2.indices)], grid, hw, k=3, keep_self=False,
-                               t=None, anomalib_map=False))
+            *equivalent_scores(
+                ot,
+                on.reshape(-1, 1536)[np.sort(cs2.indices)],
+                grid,
+                hw,
+                k=3,
+                keep_self=False,
+                t=None,
+                anomalib_map=False,
+            )
+        )
         p_on, p_ot = on @ proj, ot @ proj
         cs3 = chunked_kcenter(p_on.reshape(-1, 256), keep)
         rows["all departures but hold-out: exdd `patchcore`, d = 256"] = row(
-            *equivalent_scores(p_ot, p_on.reshape(-1, 256)[np.sort(cs3.indices)], grid, hw, k=3, keep_self=False,
-                               t=None, anomalib_map=False))
-    return {"normals": len(split.normals), "test": len(split.test), "defective": int(y.sum()),
-            "bank": list(bank.shape), "coreset_ratio": coreset_ratio, "patches": int(flat.shape[0]), "rows": rows,
-            "note": split.note}
+            *equivalent_scores(
+                p_ot,
+                p_on.reshape(-1, 256)[np.sort(cs3.indices)],
+                grid,
+                hw,
+                k=3,
+                keep_self=False,
+                t=None,
+                anomalib_map=False,
+            )
+        )
+    return {
+        "normals": len(split.normals),
+        "test": len(split.test),
+        "defective": int(y.sum()),
+        "bank": list(bank.shape),
+        "coreset_ratio": coreset_ratio,
+        "patches": int(flat.shape[0]),
+        "rows": rows,
+        "note": split.note,
+    }
 
 
 # ----------------------------------------------------------------------------- speed
 
-def speed(infers: Dict[str, Callable], paths: Sequence[str], batch_sizes: Sequence[int],
-          reps: int) -> Dict[str, Dict[int, float]]:
+
+def speed(
+    infers: Dict[str, Callable], paths: Sequence[str], batch_sizes: Sequence[int], reps: int
+) -> Dict[str, Dict[int, float]]:
     """Images/s per method and batch size: median over reps passes, the methods alternating."""
     out: Dict[str, Dict[int, List[float]]] = {k: {b: [] for b in batch_sizes} for k in infers}
-    for k, f in infers.items():                      # warm-up
+    for k, f in infers.items():  # warm-up
         f(paths[:1])
     for _ in range(reps):
         for b in batch_sizes:
             for k, f in infers.items():
                 t0 = time.perf_counter()
                 for i in range(0, len(paths), b):
-                    f(paths[i:i + b])
+                    f(paths[i : i + b])
                 out[k][b].append(len(paths) / (time.perf_counter() - t0))
     return {k: {b: float(np.median(v)) for b, v in d.items()} for k, d in out.items()}
 
 
 # ----------------------------------------------------------------------------- main
+
 
 def fmt(v: Dict[str, Any], key: str) -> str:
     if key not in v:
@@ -470,10 +581,17 @@ def main() -> None:
     ap.add_argument("--weights", default="../shared/weights/wrn50-random0-bncal.safetensors")
     ap.add_argument("--input-size", default="632x224", help="HxW")
     ap.add_argument("--d", default="256", help="exdd projection dimension(s), comma-separated (e.g. 256,512)")
-    ap.add_argument("--coreset", type=float, default=None,
-                    help="anomalib coreset_sampling_ratio (default: exdd's negative ratio, 0.01)")
-    ap.add_argument("--also-anomalib-default", action="store_true",
-                    help="also run anomalib with its default coreset_sampling_ratio 0.1")
+    ap.add_argument(
+        "--coreset",
+        type=float,
+        default=None,
+        help="anomalib coreset_sampling_ratio (default: exdd's negative ratio, 0.01)",
+    )
+    ap.add_argument(
+        "--also-anomalib-default",
+        action="store_true",
+        help="also run anomalib with its default coreset_sampling_ratio 0.1",
+    )
     ap.add_argument("--normals", type=int, default=None, help="seeded subset of the training normals (both methods)")
     ap.add_argument("--limit", type=int, default=None, help="seeded stratified subset of N test images")
     ap.add_argument("--cache", default=None, help="raw-feature cache folder (<cache>/<dataset>-HxW/{train,test})")
@@ -486,9 +604,12 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="runs/bench_anomalib")
-    ap.add_argument("--reproduce", action="store_true",
-                    help="issue 19's reproduction: exdd's math on anomalib's bank and embeddings, then each departure "
-                         "(use with --normals / --limit; no hold-out: all training normals of the subset)")
+    ap.add_argument(
+        "--reproduce",
+        action="store_true",
+        help="issue 19's reproduction: exdd's math on anomalib's bank and embeddings, then each departure "
+        "(use with --normals / --limit; no hold-out: all training normals of the subset)",
+    )
     a = ap.parse_args()
     hw = tuple(int(v) for v in a.input_size.lower().split("x"))
     cfg = BuildConfig()
@@ -500,11 +621,21 @@ def main() -> None:
     if not a.skip_anomalib:
         import anomalib
         import timm
+
         versions.update(anomalib=anomalib.__version__, timm=timm.__version__)
     dims = [int(v) for v in str(a.d).split(",")]
-    record = BenchResult("bench_anomalib", params_of(a), {"versions": versions, "input_size": list(hw),
-                                                          "weights": a.weights, "d": dims, "torch_threads": a.threads,
-                                                          "datasets": {}})
+    record = BenchResult(
+        "bench_anomalib",
+        params_of(a),
+        {
+            "versions": versions,
+            "input_size": list(hw),
+            "weights": a.weights,
+            "d": dims,
+            "torch_threads": a.threads,
+            "datasets": {},
+        },
+    )
     report = record.metrics
     machine = f"{record.machine['cpu']}, {record.machine['cores']} CPUs, torch threads {a.threads}"
     if a.reproduce:
@@ -514,23 +645,33 @@ def main() -> None:
             rep = reproduce(split, a.weights, hw, ratio, a.cache, a.seed, a.resamples)
             report["datasets"][name] = rep
             record.save(os.path.join(a.out, "reproduce.json"))
-            print(f"\n### {name}: {rep['note']}; {rep['test']} test images ({rep['defective']} defective); "
-                  f"anomalib's coreset {rep['bank'][0]} of {rep['patches']} patches (ratio {ratio:g})\n")
-            print("| configuration | Spearman vs anomalib | max rel. score diff | map Pearson | map max abs diff | "
-                  "image AUROC [90% CI] | pixel AUROC |")
+            print(
+                f"\n### {name}: {rep['note']}; {rep['test']} test images ({rep['defective']} defective); "
+                f"anomalib's coreset {rep['bank'][0]} of {rep['patches']} patches (ratio {ratio:g})\n"
+            )
+            print(
+                "| configuration | Spearman vs anomalib | max rel. score diff | map Pearson | map max abs diff | "
+                "image AUROC [90% CI] | pixel AUROC |"
+            )
             print("|---|---|---|---|---|---|---|")
             for k, v in rep["rows"].items():
-                print(f"| {k} | {v['spearman_vs_anomalib']:.4f} | {v['max_rel_diff_vs_anomalib']:.2e} | "
-                      f"{v['map_pearson_vs_anomalib']:.4f} | {v['map_max_abs_diff']:.2e} | "
-                      f"{v['image_auroc']:.3f} [{v['image_ci90'][0]:.3f}, {v['image_ci90'][1]:.3f}] | "
-                      f"{v['pixel_auroc']:.3f} |", flush=True)
+                print(
+                    f"| {k} | {v['spearman_vs_anomalib']:.4f} | {v['max_rel_diff_vs_anomalib']:.2e} | "
+                    f"{v['map_pearson_vs_anomalib']:.4f} | {v['map_max_abs_diff']:.2e} | "
+                    f"{v['image_auroc']:.3f} [{v['image_ci90'][0]:.3f}, {v['image_ci90'][1]:.3f}] | "
+                    f"{v['pixel_auroc']:.3f} |",
+                    flush=True,
+                )
         print(f"\n{json.dumps(versions)}; {machine}")
         return
     for ds in datasets:
         name = os.path.basename(os.path.normpath(ds))
         split = make_split(ds, hw, cfg, a.normals, a.limit, a.seed, a.keep_leaked)
-        print(f"== {name}: {split.note}; test {len(split.test)} images ({int(split.labels.sum())} defective)",
-              file=sys.stderr, flush=True)
+        print(
+            f"== {name}: {split.note}; test {len(split.test)} images ({int(split.labels.sum())} defective)",
+            file=sys.stderr,
+            flush=True,
+        )
         rows: Dict[str, Dict[str, Any]] = {}
         infers: Dict[str, Callable] = {}
         runs = [] if a.skip_anomalib else [(f"anomalib PatchCore (coreset {ratio:g})", ratio)]
@@ -544,36 +685,59 @@ def main() -> None:
             del res
         if not a.skip_exdd:
             for d in dims:
-                modes, infer = exdd_modes(split, a.weights, hw, d=d, cfg=cfg, cache=a.cache,
-                                          work=os.path.join(a.out, f"banks-d{d}"))
+                modes, infer = exdd_modes(
+                    split, a.weights, hw, d=d, cfg=cfg, cache=a.cache, work=os.path.join(a.out, f"banks-d{d}")
+                )
                 tag = "" if len(dims) == 1 else f" (d={d})"
                 for m, res in modes.items():
-                    rows[f"exdd {m}{tag}"] = {**metrics(res, split, a.resamples, a.seed), "fit_s": res.fit_s,
-                                              **res.info}
+                    rows[f"exdd {m}{tag}"] = {
+                        **metrics(res, split, a.resamples, a.seed),
+                        "fit_s": res.fit_s,
+                        **res.info,
+                    }
                     print(f"exdd {m}{tag}: {rows[f'exdd {m}{tag}']}", file=sys.stderr, flush=True)
                 infers.setdefault("exdd", infer)
                 del modes
         sp = {}
         if a.speed_images > 0 and infers:
-            sp = speed(infers, [s.path for s in split.test[:a.speed_images]], (1, 8), a.speed_reps)
-        report["datasets"][name] = {"split": split.note, "n_normals": len(split.normals), "n_test": len(split.test),
-                                    "n_defective": int(split.labels.sum()), "rows": rows, "images_per_s": sp,
-                                    "speed_images": min(a.speed_images, len(split.test)), "speed_reps": a.speed_reps}
+            sp = speed(infers, [s.path for s in split.test[: a.speed_images]], (1, 8), a.speed_reps)
+        report["datasets"][name] = {
+            "split": split.note,
+            "n_normals": len(split.normals),
+            "n_test": len(split.test),
+            "n_defective": int(split.labels.sum()),
+            "rows": rows,
+            "images_per_s": sp,
+            "speed_images": min(a.speed_images, len(split.test)),
+            "speed_reps": a.speed_reps,
+        }
         report["peak_rss_gb"] = peak_rss_gb()
         record.save(os.path.join(a.out, "bench.json"))
         print(f"\n### {name}: {split.note}; {len(split.test)} test images ({int(split.labels.sum())} defective)\n")
-        print("| method / mode | image AUROC [90% CI] | pixel AUROC [90% CI] | fit s (negative bank only) | bank "
-              "| img/s b1 | img/s b8 |")
+        print(
+            "| method / mode | image AUROC [90% CI] | pixel AUROC [90% CI] | fit s (negative bank only) | bank "
+            "| img/s b1 | img/s b8 |"
+        )
         print("|---|---|---|---|---|---|---|")
         for k, v in rows.items():
             side = "anomalib" if k.startswith("anomalib") else "exdd"
-            bank = (f"{v['memory_bank'][0]} x {v['memory_bank'][1]}" if "memory_bank" in v
-                    else f"{v['negative_bank']} + {v['positive_bank']} x {v['d']}")
-            s = sp.get(side, {}) if (side == "anomalib" and k == runs[0][0]) or \
-                (side == "exdd" and k.startswith(f"exdd {v.get('default_mode')}") and v.get("d") == dims[0]) else {}
+            bank = (
+                f"{v['memory_bank'][0]} x {v['memory_bank'][1]}"
+                if "memory_bank" in v
+                else f"{v['negative_bank']} + {v['positive_bank']} x {v['d']}"
+            )
+            s = (
+                sp.get(side, {})
+                if (side == "anomalib" and k == runs[0][0])
+                or (side == "exdd" and k.startswith(f"exdd {v.get('default_mode')}") and v.get("d") == dims[0])
+                else {}
+            )
             fit = f"{v['fit_s']:.0f}" + (f" ({v['fit_negative_s']:.0f})" if "fit_negative_s" in v else "")
-            print(f"| {k} | {fmt(v, 'image_auroc')} | {fmt(v, 'pixel_auroc')} | {fit} | {bank} | "
-                  f"{s.get(1, float('nan')):.2f} | {s.get(8, float('nan')):.2f} |", flush=True)
+            print(
+                f"| {k} | {fmt(v, 'image_auroc')} | {fmt(v, 'pixel_auroc')} | {fit} | {bank} | "
+                f"{s.get(1, float('nan')):.2f} | {s.get(8, float('nan')):.2f} |",
+                flush=True,
+            )
     print(f"\n{json.dumps(versions)}; peak RSS {report['peak_rss_gb']:.1f} GB; {machine}")
 
 

@@ -6,6 +6,7 @@ to d) when present, else clustered synthetic features.
   .venv/bin/python -m scripts.benchmarks.bench_coreset subset --images 100          # exact vs chunked radius and time
   .venv/bin/python -m scripts.benchmarks.bench_coreset scale --n 4600000            # KSDD2 scale: time and peak RSS
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,8 +33,10 @@ def subset(a) -> dict:
     src = "magnetic_tile normal train patches (stand-in weights)"
     if x is None:
         rng = np.random.default_rng(0)
-        x = (rng.standard_normal((a.images * 2212, a.d))
-             + rng.standard_normal((64, a.d))[rng.integers(64, size=a.images * 2212)] * 3).astype(np.float16)
+        x = (
+            rng.standard_normal((a.images * 2212, a.d))
+            + rng.standard_normal((64, a.d))[rng.integers(64, size=a.images * 2212)] * 3
+        ).astype(np.float16)
         src = "synthetic clustered features"
     k = bank_size(len(x), a.ratio, 1)
     t = time.perf_counter()
@@ -43,10 +46,21 @@ def subset(a) -> dict:
     ch = chunked_kcenter(x, k, chunk_rows=a.chunk_rows, oversample=a.oversample)
     t_chunk = time.perf_counter() - t
     r_ch = coverage_radius(x, x[ch.indices])
-    out = {"source": src, "n": len(x), "d": a.d, "k": k, "exact_s": round(t_exact, 1), "chunked_s": round(t_chunk, 1),
-           "speedup": round(t_exact / t_chunk, 2), "exact_radius": round(ex.radius, 4),
-           "chunked_radius": round(r_ch, 4), "chunked_radius_bound": round(ch.radius, 4),
-           "radius_ratio": round(r_ch / ex.radius, 4), "chunk_rows": a.chunk_rows, "oversample": a.oversample}
+    out = {
+        "source": src,
+        "n": len(x),
+        "d": a.d,
+        "k": k,
+        "exact_s": round(t_exact, 1),
+        "chunked_s": round(t_chunk, 1),
+        "speedup": round(t_exact / t_chunk, 2),
+        "exact_radius": round(ex.radius, 4),
+        "chunked_radius": round(r_ch, 4),
+        "chunked_radius_bound": round(ch.radius, 4),
+        "radius_ratio": round(r_ch / ex.radius, 4),
+        "chunk_rows": a.chunk_rows,
+        "oversample": a.oversample,
+    }
     return out
 
 
@@ -57,17 +71,26 @@ def scale(a) -> dict:
         base = rng.standard_normal((1_000_000, a.d)).astype(np.float16)
     reps = int(np.ceil(a.n / len(base)))
     x = np.empty((a.n, a.d), dtype=np.float16)
-    for r in range(reps):                      # tile the real patches, jittered, up to n rows
+    for r in range(reps):  # tile the real patches, jittered, up to n rows
         lo, hi = r * len(base), min((r + 1) * len(base), a.n)
-        x[lo:hi] = base[:hi - lo] + (rng.standard_normal((hi - lo, a.d)) * 0.05 * r).astype(np.float16)
+        x[lo:hi] = base[: hi - lo] + (rng.standard_normal((hi - lo, a.d)) * 0.05 * r).astype(np.float16)
     del base
     k = bank_size(a.n, a.ratio, 1000)
     t = time.perf_counter()
     cs = chunked_kcenter(x, k, chunk_rows=a.chunk_rows, oversample=a.oversample)
     secs = time.perf_counter() - t
-    return {"n": a.n, "d": a.d, "k": k, "selected": len(cs.indices), "seconds": round(secs, 1),
-            "radius_bound": round(cs.radius, 4), "feature_array_gb": round(x.nbytes / 2**30, 2),
-            "peak_rss_gb": round(peak_rss_gb(), 2), "chunk_rows": a.chunk_rows, "oversample": a.oversample}
+    return {
+        "n": a.n,
+        "d": a.d,
+        "k": k,
+        "selected": len(cs.indices),
+        "seconds": round(secs, 1),
+        "radius_bound": round(cs.radius, 4),
+        "feature_array_gb": round(x.nbytes / 2**30, 2),
+        "peak_rss_gb": round(peak_rss_gb(), 2),
+        "chunk_rows": a.chunk_rows,
+        "oversample": a.oversample,
+    }
 
 
 def main() -> None:

@@ -3,6 +3,7 @@
   .venv/bin/python -m scripts.benchmarks.bench_offline --weights ../shared/weights/wrn50-random0-bncal.safetensors
 Prints markdown tables (medians of repeated runs).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,13 +51,16 @@ def main() -> None:
     grid = grid_of(hw)
     rng = np.random.default_rng(0)
     feats = rng.standard_normal((8,) + grid + (a.d,)).astype(np.float32)
-    print(f"\n| scoring (numpy, d={a.d}, batch 8, maps included) | negative bank | positive bank | ms/image |"
-          "\n|---|---|---|---|")
+    print(
+        f"\n| scoring (numpy, d={a.d}, batch 8, maps included) | negative bank | positive bank | ms/image |"
+        "\n|---|---|---|---|"
+    )
     for n in (int(v) for v in a.bank_sizes.split(",")):
         neg = rng.standard_normal((n, a.d)).astype(np.float32)
         pos = rng.standard_normal((max(n // 10, 1000), a.d)).astype(np.float32)
-        pair = BankPair(Bank(neg, bank_neighbors(neg, 3, np)), Bank(pos, bank_neighbors(pos, 3, np)),
-                        {"features": info, "k": 3})
+        pair = BankPair(
+            Bank(neg, bank_neighbors(neg, 3, np)), Bank(pos, bank_neighbors(pos, 3, np)), {"features": info, "k": 3}
+        )
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             sc = Scorer(pair)

@@ -10,6 +10,7 @@ subset with fp32 and with each variant's features against the SAME banks.
         --weights ../shared/weights/wrn50-random0-bncal.safetensors --variants bf16,int8 --train 40 --test 80 \
         --out runs/i11/precision.json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,6 +26,7 @@ from scripts.harness import BenchResult, latency_stats, params_of
 def runner(variant: str, fp32_path: str, int8_path: str, threads: int):
     """The extractor of a variant: fp32 / int8 through ONNX Runtime, bf16 through OpenVINO."""
     from exdd_scoring.runtimes import open_runtime
+
     if variant == "bf16":
         return open_runtime("openvino", fp32_path, "bf16", threads)
     return open_runtime("onnxruntime", int8_path if variant == "int8" else fp32_path, "", threads)
@@ -33,6 +35,7 @@ def runner(variant: str, fp32_path: str, int8_path: str, threads: int):
 def featurize(sess, samples, hw, grid, with_mask, batch=4):
     """(features, covers or None, masks or None) of samples through a runner."""
     from exdd.offline.extract import batches, cell_cover
+
     feats, covers, masks = [], [], []
     errors = []
     for bs, imgs, ms in batches(samples, hw, batch, with_mask, errors):
@@ -63,7 +66,7 @@ def pick(samples, n, seed=0):
     rng.shuffle(pos)
     rng.shuffle(neg)
     npos = min(len(pos), n // 2)
-    return sorted(pos[:npos] + neg[:n - npos], key=lambda s: s.path)
+    return sorted(pos[:npos] + neg[: n - npos], key=lambda s: s.path)
 
 
 MODES_MEASURED = ("patchcore", "exdd", "dual")
@@ -98,23 +101,35 @@ def run_dataset(ds, fp32_path, features, args, log):
         fd, cov, _ = featurize(extractor, defects, hw, grid, True)
         c = BuildConfig()
         neg, _ = make_bank(fn.reshape(-1, d), c.neg_ratio, c.min_size, c.k, c.chunk_rows, c.oversample)
-        pos, _ = make_bank(fd[defect_patches(cov, c.min_cover)], c.pos_ratio, c.min_size, c.k, c.chunk_rows,
-                           c.oversample)
-        log(f"{name}: banks {neg.size} + {pos.size} from {len(normals)} normal + {len(defects)} defective "
-            f"{prec} images")
+        pos, _ = make_bank(
+            fd[defect_patches(cov, c.min_cover)], c.pos_ratio, c.min_size, c.k, c.chunk_rows, c.oversample
+        )
+        log(
+            f"{name}: banks {neg.size} + {pos.size} from {len(normals)} normal + {len(defects)} defective {prec} images"
+        )
         manifest = {"features": features, "k": c.k, "default_mode": "dual"}
         return Scorer(BankPair(neg, pos, manifest)), [neg.size, pos.size]
 
     scorer, sizes = scorer_from(s32, "fp32")
     test = pick(load_split(ds, "test"), args.test)
     labels = np.array([s.label for s in test])
-    out.update({"train_normal": len(normals), "train_defect": len(defects), "test": len(test),
-                "test_defective": int(labels.sum()), "banks": sizes})
+    out.update(
+        {
+            "train_normal": len(normals),
+            "train_defect": len(defects),
+            "test": len(test),
+            "test_defective": int(labels.sum()),
+            "banks": sizes,
+        }
+    )
     res = {}
     # a variant's test features against the fp32 banks, and (own_banks, what a deployment of that variant does:
     # `offline build --extractor`) against banks built from its own features
-    runs = [("fp32", "fp32", False)] + [(v, v, False) for v in variants] + \
-        ([(v + "+own_banks", v, True) for v in variants] if args.own_banks else [])
+    runs = (
+        [("fp32", "fp32", False)]
+        + [(v, v, False) for v in variants]
+        + ([(v + "+own_banks", v, True) for v in variants] if args.own_banks else [])
+    )
     extracted = {}
     for key, prec, own in runs:
         sess = s32 if prec == "fp32" else runner(prec, fp32_path, int8_path, args.threads)
@@ -124,21 +139,30 @@ def run_dataset(ds, fp32_path, features, args, log):
         sc_used = scorer_from(sess, prec)[0] if own else scorer
         sc, maps = {m: [] for m in MODES_MEASURED}, {m: [] for m in MODES_MEASURED}
         for i in range(0, len(f), 4):
-            r = sc_used.score(f[i:i + 4], map_modes=MODES_MEASURED, modes=MODES_MEASURED)
+            r = sc_used.score(f[i : i + 4], map_modes=MODES_MEASURED, modes=MODES_MEASURED)
             for m in sc:
                 sc[m].append(r.scores[m])
                 maps[m].append(r.maps[m].astype(np.float32))
-        res[key] = {"features": f, "masks": masks, "scores": {m: np.concatenate(v) for m, v in sc.items()},
-                    "maps": {m: np.concatenate(v) for m, v in maps.items()}}
+        res[key] = {
+            "features": f,
+            "masks": masks,
+            "scores": {m: np.concatenate(v) for m, v in sc.items()},
+            "maps": {m: np.concatenate(v) for m, v in maps.items()},
+        }
     masks = res["fp32"]["masks"].astype(bool)
     for v in [k for k, _, _ in runs[1:]]:
-        cos = cosine_rows(res[v]["features"].reshape(-1, d).astype(np.float64),
-                          res["fp32"]["features"].reshape(-1, d).astype(np.float64))
+        cos = cosine_rows(
+            res[v]["features"].reshape(-1, d).astype(np.float64),
+            res["fp32"]["features"].reshape(-1, d).astype(np.float64),
+        )
         ent_v = {"patch_cosine_mean": float(cos.mean()), "patch_cosine_p01": float(np.quantile(cos, 0.01))}
         for m in MODES_MEASURED:
             a, b = res["fp32"]["scores"][m], res[v]["scores"][m]
-            ent = {"rank_correlation": spearman(b, a), "image_auroc_fp32": auroc(a, labels),
-                   f"image_auroc_{v}": auroc(b, labels)}
+            ent = {
+                "rank_correlation": spearman(b, a),
+                "image_auroc_fp32": auroc(a, labels),
+                f"image_auroc_{v}": auroc(b, labels),
+            }
             if masks.any():
                 ent["pixel_auroc_fp32"] = auroc(res["fp32"]["maps"][m].ravel(), masks.ravel())
                 ent[f"pixel_auroc_{v}"] = auroc(res[v]["maps"][m].ravel(), masks.ravel())
@@ -156,8 +180,11 @@ def main() -> int:
     ap.add_argument("--train", type=int, default=40, help="normal training images for the bank (defective: a quarter)")
     ap.add_argument("--test", type=int, default=80, help="test images (half defective when possible)")
     ap.add_argument("--calibration", type=int, default=16)
-    ap.add_argument("--own-banks", action="store_true",
-                    help="also score each variant against banks built from its own features (as deployed)")
+    ap.add_argument(
+        "--own-banks",
+        action="store_true",
+        help="also score each variant against banks built from its own features (as deployed)",
+    )
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--speed-reps", type=int, default=3)
     ap.add_argument("--skip-speed", action="store_true")
@@ -171,20 +198,22 @@ def main() -> int:
 
     from exdd.export.onnx_export import export_onnx
     from exdd.offline.features import build_extractor
+
     torch.set_num_threads(args.threads)
     model, info = build_extractor(args.weights, 256, 0, (632, 224))
     fp32_path = args.fp32_onnx or export_onnx(model, info, os.path.join(args.workdir, "bench-fp32.onnx"), "fp32")
     del model
-    record = BenchResult("bench_precision", params_of(args),
-                         {"threads": args.threads, "weights": args.weights, "datasets": []})
+    record = BenchResult(
+        "bench_precision", params_of(args), {"threads": args.threads, "weights": args.weights, "datasets": []}
+    )
     report = record.metrics
     for ds in args.datasets.split(","):
         report["datasets"].append(run_dataset(ds, fp32_path, info, args, log))
-    first = os.path.basename(os.path.normpath(args.datasets.split(',')[0]))
+    first = os.path.basename(os.path.normpath(args.datasets.split(",")[0]))
     int8_path = os.path.join(args.workdir, f"{first}-int8.onnx")
     sp = {}
     variants = [] if args.skip_speed else args.variants.split(",")
-    for prec in (["fp32"] if variants else []) + variants:   # speed: all variants one after the other, this process
+    for prec in (["fp32"] if variants else []) + variants:  # speed: all variants one after the other, this process
         sess = runner(prec, fp32_path, int8_path, args.threads)
         for b in (1, 8):
             sp[f"{prec}_batch{b}_ms_per_image"] = round(speed(sess, (632, 224), b, args.speed_reps), 1)

@@ -19,6 +19,7 @@ from /proc after warm-up and after the throughput runs. Throughput: closed loop,
     python -m scripts.benchmarks.bench_products --weights ../shared/weights/wrn50-random0-bncal.safetensors \\
         --products 4 --out runs/bench/products.json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -70,6 +71,7 @@ def servers_memory(servers) -> Dict[str, float]:
 def throughput(targets, image: np.ndarray, requests: int, concurrency: int) -> Dict[str, float]:
     """Closed loop: concurrency senders, requests single-image requests in all, request i to targets[i % len]."""
     import tritonclient.http as th
+
     counter = {"i": 0}
     lock = threading.Lock()
     lat: List[float] = []
@@ -111,36 +113,56 @@ def throughput(targets, image: np.ndarray, requests: int, concurrency: int) -> D
 
 def measure(name: str, servers, targets, image, a) -> Dict:
     """Memory after warm-up, throughput runs (median), memory after them."""
-    for url, model in targets:                    # warm every product's path once, then batches of every size
+    for url, model in targets:  # warm every product's path once, then batches of every size
         throughput([(url, model)], image, 2, 1)
     throughput(targets, image, 4 * a.concurrency, a.concurrency)
     warm = servers_memory(servers)
     runs = [throughput(targets, image, a.requests, a.concurrency) for _ in range(a.repeats)]
     after = servers_memory(servers)
     ips = [r["ips"] for r in runs]
-    row = {"setup": name, "servers": len(servers), "products": len({m for _, m in targets}),
-           "memory_warm": warm, "memory_after": after, "ips_runs": [round(v, 3) for v in ips],
-           "ips_median": round(statistics.median(ips), 3),
-           "p50_ms_median": round(statistics.median(r["p50_ms"] for r in runs), 1),
-           "errors": sum(r["errors"] for r in runs)}
-    print(f"{name}: {after['pss_mb']:.0f} MiB PSS, {after['rss_mb']:.0f} MiB RSS, {after['processes']} processes; "
-          f"{row['ips_median']:.2f} img/s (runs {row['ips_runs']}), errors {row['errors']}", flush=True)
+    row = {
+        "setup": name,
+        "servers": len(servers),
+        "products": len({m for _, m in targets}),
+        "memory_warm": warm,
+        "memory_after": after,
+        "ips_runs": [round(v, 3) for v in ips],
+        "ips_median": round(statistics.median(ips), 3),
+        "p50_ms_median": round(statistics.median(r["p50_ms"] for r in runs), 1),
+        "errors": sum(r["errors"] for r in runs),
+    }
+    print(
+        f"{name}: {after['pss_mb']:.0f} MiB PSS, {after['rss_mb']:.0f} MiB RSS, {after['processes']} processes; "
+        f"{row['ips_median']:.2f} img/s (runs {row['ips_runs']}), errors {row['errors']}",
+        flush=True,
+    )
     return row
 
 
 def build(work: str, a) -> Dict:
     """N datasets, N bank directories, one ONNX; the paths."""
     from exdd.offline.surfaces import generate
+
     h, w = (int(v) for v in a.input_size.split("x"))
     banks = {}
     for k in range(a.products):
         ds = generate(os.path.join(work, f"ds{k}"), a.train_images, 4, 2, 2, (h, w), TEXTURES[k % len(TEXTURES)], k)
         banks[f"p{k}"] = os.path.join(work, f"banks{k}")
-        build_banks(ds, banks[f"p{k}"], "--weights", a.weights, "--input-size", a.input_size, "--d", str(a.d),
-                    log=print)
+        build_banks(
+            ds, banks[f"p{k}"], "--weights", a.weights, "--input-size", a.input_size, "--d", str(a.d), log=print
+        )
     onnx = os.path.join(work, "features.onnx")
-    export_onnx(banks["p0"], onnx, "--weights", a.weights, "--parity-images", os.path.join(work, "ds0", "test"),
-                "--parity-count", "2", log=print)
+    export_onnx(
+        banks["p0"],
+        onnx,
+        "--weights",
+        a.weights,
+        "--parity-images",
+        os.path.join(work, "ds0", "test"),
+        "--parity-count",
+        "2",
+        log=print,
+    )
     return {"banks": banks, "onnx": onnx, "test": os.path.join(work, "ds0", "test")}
 
 
@@ -167,21 +189,29 @@ def main() -> None:
     a = ap.parse_args()
     from exdd.export.onnx_export import image_files, load_images
     from exdd.serving.products import products_in
+
     work = a.work or tempfile.mkdtemp(prefix="exdd-bench-products-")
     os.makedirs(work, exist_ok=True)
     made = build(work, a)
     h, w = (int(v) for v in a.input_size.split("x"))
     image = load_images(image_files(made["test"], 1), (h, w))
     names = list(made["banks"])
-    rec = BenchResult("bench_products", params_of(a),
-                      {"cpus": os.cpu_count(), "onnx_mb": round(os.path.getsize(made["onnx"]) / 2 ** 20, 1),
-                       "rows": []})
-    setups = [("1 product", [repository(work, "repo-1", made["onnx"], {names[0]: made["banks"][names[0]]})]),
-              (f"{a.products} products, 1 server",
-               [repository(work, f"repo-{a.products}", made["onnx"], made["banks"])])]
+    rec = BenchResult(
+        "bench_products",
+        params_of(a),
+        {"cpus": os.cpu_count(), "onnx_mb": round(os.path.getsize(made["onnx"]) / 2**20, 1), "rows": []},
+    )
+    setups = [
+        ("1 product", [repository(work, "repo-1", made["onnx"], {names[0]: made["banks"][names[0]]})]),
+        (f"{a.products} products, 1 server", [repository(work, f"repo-{a.products}", made["onnx"], made["banks"])]),
+    ]
     if not a.skip_separate:
-        setups.append((f"{a.products} products, {a.products} servers",
-                       [repository(work, f"repo-only-{p}", made["onnx"], {p: made["banks"][p]}) for p in names]))
+        setups.append(
+            (
+                f"{a.products} products, {a.products} servers",
+                [repository(work, f"repo-only-{p}", made["onnx"], {p: made["banks"][p]}) for p in names],
+            )
+        )
     for label, repos in setups:
         servers = []
         try:
@@ -196,8 +226,10 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|")
     for r in rec.metrics["rows"]:
         m = r["memory_after"]
-        print(f"| {r['setup']} | {r['servers']} | {r['products']} | {m['pss_mb']:.0f} | {m['rss_mb']:.0f} | "
-              f"{m['processes']} | {r['ips_median']:.2f} |")
+        print(
+            f"| {r['setup']} | {r['servers']} | {r['products']} | {m['pss_mb']:.0f} | {m['rss_mb']:.0f} | "
+            f"{m['processes']} | {r['ips_median']:.2f} |"
+        )
     if a.out:
         rec.save(a.out)
         print(f"record: {a.out}")

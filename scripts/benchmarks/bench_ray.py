@@ -9,6 +9,7 @@ polls can be missed.
   nice -n 10 .venv/bin/python -m scripts.benchmarks.bench_ray --data ../shared/data/ksdd1_dev --images 32 \
       --input-size 320x112 --weights ../shared/weights/wrn50-random0-bncal.safetensors --out runs/bench_ray.json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -60,6 +61,7 @@ def run(cmd, name: str) -> dict:
                 elif q.pid == p.pid:
                     roles[q.pid] = "driver"
             stop.wait(0.2)
+
     th = threading.Thread(target=poll, daemon=True)
     th.start()
     out, err = p.communicate()
@@ -69,13 +71,21 @@ def run(cmd, name: str) -> dict:
     if p.returncode != 0:
         raise SystemExit(f"{name} failed:\n{err[-3000:]}")
     build_s = float(re.search(r"time: ([\d.]+)s", out).group(1))
-    workers = {pid: v for pid, v in peaks.items() if roles.get(pid, "").startswith("ray::") and
-               not roles[pid].startswith("ray::IDLE")}
-    gb = 2 ** 30
-    return {"name": name, "wall_s": round(wall, 1), "build_s": build_s,
-            "driver_peak_gb": round(peaks.get(p.pid, 0) / gb, 2),
-            "worker_peak_gb_max": round(max(workers.values(), default=0) / gb, 2),
-            "workers_seen": len(workers), "stdout": out}
+    workers = {
+        pid: v
+        for pid, v in peaks.items()
+        if roles.get(pid, "").startswith("ray::") and not roles[pid].startswith("ray::IDLE")
+    }
+    gb = 2**30
+    return {
+        "name": name,
+        "wall_s": round(wall, 1),
+        "build_s": build_s,
+        "driver_peak_gb": round(peaks.get(p.pid, 0) / gb, 2),
+        "worker_peak_gb_max": round(max(workers.values(), default=0) / gb, 2),
+        "workers_seen": len(workers),
+        "stdout": out,
+    }
 
 
 def main() -> None:
@@ -92,19 +102,41 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         ds = subset(a.data, a.images, tmp)
         common = ["--weights", a.weights, "--input-size", a.input_size, "--chunk-rows", str(a.chunk_rows)]
-        configs = [("single process (torch, 2 threads)", []),
-                   ("ray, 1 worker x 1 thread", ["--ray", "local", "--ray-workers", "1", "--ray-threads", "1"]),
-                   ("ray, 2 workers x 1 thread", ["--ray", "local", "--ray-workers", "2", "--ray-threads", "1"])]
+        configs = [
+            ("single process (torch, 2 threads)", []),
+            ("ray, 1 worker x 1 thread", ["--ray", "local", "--ray-workers", "1", "--ray-threads", "1"]),
+            ("ray, 2 workers x 1 thread", ["--ray", "local", "--ray-workers", "2", "--ray-threads", "1"]),
+        ]
         for name, extra in configs:
-            r = run(exdd + [ds, "--out", os.path.join(tmp, name.split(",")[0].replace(" ", "_") + str(len(rows))),
-                            *common, *extra], name)
+            r = run(
+                exdd
+                + [
+                    ds,
+                    "--out",
+                    os.path.join(tmp, name.split(",")[0].replace(" ", "_") + str(len(rows))),
+                    *common,
+                    *extra,
+                ],
+                name,
+            )
             r["images_per_s"] = round(a.images / r["build_s"], 3)
-            print(f"{name}: build {r['build_s']:.1f} s ({r['images_per_s']:.3f} img/s), wall {r['wall_s']:.1f} s, "
-                  f"driver peak {r['driver_peak_gb']:.2f} GB, worker peak {r['worker_peak_gb_max']:.2f} GB "
-                  f"({r['workers_seen']} worker processes)", flush=True)
+            print(
+                f"{name}: build {r['build_s']:.1f} s ({r['images_per_s']:.3f} img/s), wall {r['wall_s']:.1f} s, "
+                f"driver peak {r['driver_peak_gb']:.2f} GB, worker peak {r['worker_peak_gb_max']:.2f} GB "
+                f"({r['workers_seen']} worker processes)",
+                flush=True,
+            )
             rows.append(r)
-    res = {"data": a.data, "images": a.images, "input_size": a.input_size, "weights": a.weights,
-           "chunk_rows": a.chunk_rows, "cpus": os.cpu_count(), "load_avg_at_end": os.getloadavg(), "rows": rows}
+    res = {
+        "data": a.data,
+        "images": a.images,
+        "input_size": a.input_size,
+        "weights": a.weights,
+        "chunk_rows": a.chunk_rows,
+        "cpus": os.cpu_count(),
+        "load_avg_at_end": os.getloadavg(),
+        "rows": rows,
+    }
     BenchResult("bench_ray", params_of(a), res).save(a.out)
 
 

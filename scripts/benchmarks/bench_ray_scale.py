@@ -16,6 +16,7 @@ each process's memory, and on a cluster the parts live in the object stores of t
       --cache /work/main/runs/cache/ksdd1_dev-632x224/train \
       --n 3000000 --cap-gb 1.5 --out runs/bench_ray_scale.json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,7 +43,9 @@ def make_part(base: np.ndarray, lo: int, hi: int, seed: int) -> np.ndarray:
     while i < hi:
         r, j = divmod(i, len(base))
         m = min(hi - i, len(base) - j)
-        out[i - lo:i - lo + m] = base[j:j + m] + (rng.standard_normal((m, base.shape[1])) * 0.05 * r).astype(np.float16)
+        out[i - lo : i - lo + m] = base[j : j + m] + (rng.standard_normal((m, base.shape[1])) * 0.05 * r).astype(
+            np.float16
+        )
         i += m
     return out
 
@@ -77,18 +80,28 @@ def main() -> None:
     a = ap.parse_args()
     from exdd.offline.build import BuildConfig
     from exdd.offline.coreset import bank_size
+
     k = bank_size(a.n, a.ratio, 1000)
-    single = subprocess.run([sys.executable, "-c", SINGLE, str(a.cap_gb), str(a.n), str(a.d), str(k),
-                             str(a.chunk_rows)], capture_output=True, text=True)
+    single = subprocess.run(
+        [sys.executable, "-c", SINGLE, str(a.cap_gb), str(a.n), str(a.d), str(k), str(a.chunk_rows)],
+        capture_output=True,
+        text=True,
+    )
     single_out = (single.stdout + single.stderr).strip().splitlines()[-1:] or [f"exit {single.returncode}"]
     print(f"single process, RLIMIT_AS {a.cap_gb} GB: {single_out[0]}", flush=True)
 
     import ray
 
     from exdd.offline.distributed import Part, RayBuild
+
     store = int(a.n * a.d * 2 * 1.3) + (512 << 20)
-    ray.init(num_cpus=a.cpus, object_store_memory=store, include_dashboard=False, log_to_driver=False,
-             configure_logging=False)
+    ray.init(
+        num_cpus=a.cpus,
+        object_store_memory=store,
+        include_dashboard=False,
+        log_to_driver=False,
+        configure_logging=False,
+    )
     me = psutil.Process()
     peaks: dict = {}
     phase = {"now": "generate"}
@@ -117,6 +130,7 @@ def main() -> None:
                 old = peaks.get(key, (0, 0))
                 peaks[key] = (max(old[0], anon(q.pid)), max(old[1], rss))
             stop.wait(0.2)
+
     th = threading.Thread(target=poll, daemon=True)
     th.start()
     t0 = time.time()
@@ -127,8 +141,13 @@ def main() -> None:
     ray.wait(refs, num_returns=len(refs))
     parts = [Part(hi - lo, r, 0, []) for r, lo, hi in zip(refs, bounds[:-1], bounds[1:])]
     t_gen = time.time() - t0
-    rb = RayBuild(ray, "random:0", {"d": a.d, "projection_seed": 0, "input_size": [64, 64]},
-                  BuildConfig(chunk_rows=a.chunk_rows), workers=1)
+    rb = RayBuild(
+        ray,
+        "random:0",
+        {"d": a.d, "projection_seed": 0, "input_size": [64, 64]},
+        BuildConfig(chunk_rows=a.chunk_rows),
+        workers=1,
+    )
     phase["now"] = "coreset"
     t1 = time.time()
     cs = rb.kcenter(parts, k)
@@ -136,18 +155,38 @@ def main() -> None:
     t_cs = time.time() - t1
     stop.set()
     th.join()
-    gb = 2 ** 30
+    gb = 2**30
 
     def peak(ph: str, role: str, i: int) -> float:
         return round(max((v[i] for k, v in peaks.items() if k[0] == ph and k[1] == role), default=0) / gb, 2)
-    res = {"n": a.n, "d": a.d, "k": k, "selected": int(len(cs.indices)), "picked_rows_shape": list(picked.shape),
-           "feature_rows_gb": round(a.n * a.d * 2 / gb, 2), "chunk_rows": a.chunk_rows, "parts": len(parts),
-           "part_rows": a.part_rows, "cpus": a.cpus, "single_process_capped": single_out[0], "cap_gb": a.cap_gb,
-           "generate_s": round(t_gen, 1), "coreset_s": round(t_cs, 1), "radius_bound": round(cs.radius, 4),
-           "peaks_gb": {ph: {"driver_anon": peak(ph, "driver", 0), "driver_rss": peak(ph, "driver", 1),
-                             "worker_anon_max": peak(ph, "worker", 0), "worker_rss_max": peak(ph, "worker", 1)}
-                        for ph in ("generate", "coreset")},
-           "load_avg_at_end": os.getloadavg()}
+
+    res = {
+        "n": a.n,
+        "d": a.d,
+        "k": k,
+        "selected": int(len(cs.indices)),
+        "picked_rows_shape": list(picked.shape),
+        "feature_rows_gb": round(a.n * a.d * 2 / gb, 2),
+        "chunk_rows": a.chunk_rows,
+        "parts": len(parts),
+        "part_rows": a.part_rows,
+        "cpus": a.cpus,
+        "single_process_capped": single_out[0],
+        "cap_gb": a.cap_gb,
+        "generate_s": round(t_gen, 1),
+        "coreset_s": round(t_cs, 1),
+        "radius_bound": round(cs.radius, 4),
+        "peaks_gb": {
+            ph: {
+                "driver_anon": peak(ph, "driver", 0),
+                "driver_rss": peak(ph, "driver", 1),
+                "worker_anon_max": peak(ph, "worker", 0),
+                "worker_rss_max": peak(ph, "worker", 1),
+            }
+            for ph in ("generate", "coreset")
+        },
+        "load_avg_at_end": os.getloadavg(),
+    }
     print(json.dumps(res, indent=1))
     BenchResult("bench_ray_scale", params_of(a), res).save(a.out)
     ray.shutdown()

@@ -18,6 +18,7 @@ The steps run one after the other on the same machine; nothing else of this scri
         --weights ../shared/weights/wrn50-random0-bncal.safetensors --normals 120 --defects 33 --test 48 \
         --anomalib-python .venv-bench/bin/python --out runs/i11/speed
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,6 +38,7 @@ from scripts.harness import BenchResult, build_banks, export_onnx, export_reposi
 def subset(dataset: str, dst: str, normals: int, defects: int, test: int, seed: int = 0) -> str:
     """Link a seeded subset of a KSDD2-layout dataset into dst (images with their _GT masks)."""
     from exdd.datasets import load_split
+
     rng = np.random.default_rng(seed)
     if os.path.isdir(dst):
         shutil.rmtree(dst)
@@ -46,10 +48,11 @@ def subset(dataset: str, dst: str, normals: int, defects: int, test: int, seed: 
     tst = load_split(dataset, "test")
     tp = [s for s in tst if s.label == 1]
     tn = [s for s in tst if s.label == 0]
-    chosen = {"train": [n[i] for i in rng.permutation(len(n))[:normals]]
-              + [d[i] for i in rng.permutation(len(d))[:defects]],
-              "test": [tp[i] for i in rng.permutation(len(tp))[:test // 2]]
-              + [tn[i] for i in rng.permutation(len(tn))[:test - test // 2]]}
+    chosen = {
+        "train": [n[i] for i in rng.permutation(len(n))[:normals]] + [d[i] for i in rng.permutation(len(d))[:defects]],
+        "test": [tp[i] for i in rng.permutation(len(tp))[: test // 2]]
+        + [tn[i] for i in rng.permutation(len(tn))[: test - test // 2]],
+    }
     for split, samples in chosen.items():
         link_subset(os.path.join(dst, split), [(s.path, s.mask) for s in samples])
     return dst
@@ -62,12 +65,41 @@ def serve_and_score(repo: str, test_dir: str, work: str, points, log):
     out = {}
     try:
         # warm-up pass (first requests pay lazy initialisation)
-        exdd("client", "score", test_dir, "--out", os.path.join(work, "warm.jsonl"), "--url", server.grpc_url,
-             "--batch-size", "1", "--concurrency", "1", "--restart", "--exclude", "*_GT.png", log=log)
+        exdd(
+            "client",
+            "score",
+            test_dir,
+            "--out",
+            os.path.join(work, "warm.jsonl"),
+            "--url",
+            server.grpc_url,
+            "--batch-size",
+            "1",
+            "--concurrency",
+            "1",
+            "--restart",
+            "--exclude",
+            "*_GT.png",
+            log=log,
+        )
         for b, c in points:
-            secs = exdd("client", "score", test_dir, "--out", os.path.join(work, f"s{b}-{c}.jsonl"), "--url",
-                        server.grpc_url, "--batch-size", str(b), "--concurrency", str(c), "--restart",
-                        "--exclude", "*_GT.png", log=log)
+            secs = exdd(
+                "client",
+                "score",
+                test_dir,
+                "--out",
+                os.path.join(work, f"s{b}-{c}.jsonl"),
+                "--url",
+                server.grpc_url,
+                "--batch-size",
+                str(b),
+                "--concurrency",
+                str(c),
+                "--restart",
+                "--exclude",
+                "*_GT.png",
+                log=log,
+            )
             out[f"batch{b}_conc{c}"] = {"images": n, "seconds": round(secs, 2), "images_per_s": round(n / secs, 3)}
     finally:
         server.stop()
@@ -82,9 +114,11 @@ def main() -> int:
     ap.add_argument("--defects", type=int, default=10)
     ap.add_argument("--test", type=int, default=24)
     ap.add_argument("--points", default="1x1,8x2", help="batch x concurrency of `client score`")
-    ap.add_argument("--anomalib-script", default=None,
-                    help="bench_anomalib.py (default: scripts/benchmarks/bench_anomalib.py here, "
-                         "else /work/wt-anomalib's)")
+    ap.add_argument(
+        "--anomalib-script",
+        default=None,
+        help="bench_anomalib.py (default: scripts/benchmarks/bench_anomalib.py here, else /work/wt-anomalib's)",
+    )
     ap.add_argument("--anomalib-python", default=None, help="python with anomalib (default: this one)")
     ap.add_argument("--skip-anomalib", action="store_true")
     ap.add_argument("--precisions", default="fp32,bf16,int8", help="extractors served, one after the other")
@@ -101,9 +135,17 @@ def main() -> int:
     w = lambda *p: os.path.join(os.path.abspath(a.out), *p)  # noqa: E731
     points = [tuple(int(v) for v in p.split("x")) for p in a.points.split(",")]
     data = subset(a.dataset, w("data"), a.normals, a.defects, a.test)
-    record = BenchResult("bench_speed", params_of(a), {
-        "dataset": a.dataset, "subset": {"normals": a.normals, "defects": a.defects, "test": a.test},
-        "weights": a.weights, "exdd": {}, "anomalib": None})
+    record = BenchResult(
+        "bench_speed",
+        params_of(a),
+        {
+            "dataset": a.dataset,
+            "subset": {"normals": a.normals, "defects": a.defects, "test": a.test},
+            "weights": a.weights,
+            "exdd": {},
+            "anomalib": None,
+        },
+    )
     rep = record.metrics
 
     def save():
@@ -115,37 +157,84 @@ def main() -> int:
     rep["exdd"]["bank_build_s"] = round(build_banks(data, w("banks"), "--weights", a.weights, log=log), 1)
     save()
     from exdd.serving.registry import EXTRACTOR_PRECISIONS
+
     precisions = a.precisions.split(",")
     for prec in precisions:
         ep = EXTRACTOR_PRECISIONS[prec]
         onnx = w(f"{prec}.onnx")
         extra = ["--calibration-images", data] if prec == "int8" else []
         # exit 3: a bf16 / int8 parity check failed (printed in the log); the file is still written and served
-        rep["exdd"][f"export_{prec}_s"] = round(export_onnx(w("banks"), onnx, "--precision", ep.export_precision,
-                                                            "--parity-images", os.path.join(data, "test"), *extra,
-                                                            log=log, ok=(0, 3)), 1)
+        rep["exdd"][f"export_{prec}_s"] = round(
+            export_onnx(
+                w("banks"),
+                onnx,
+                "--precision",
+                ep.export_precision,
+                "--parity-images",
+                os.path.join(data, "test"),
+                *extra,
+                log=log,
+                ok=(0, 3),
+            ),
+            1,
+        )
         if ep.offline_runtime:  # the bank build again, extracting as this precision serves (offline build --extractor)
             if os.path.isdir(w(f"banks-{prec}")):
                 shutil.rmtree(w(f"banks-{prec}"))
-            rep["exdd"][f"bank_build_{prec}_s"] = round(build_banks(
-                data, w(f"banks-{prec}"), "--weights", a.weights, "--extractor", onnx,
-                "--extractor-runtime", ep.offline_runtime, log=log), 1)
-        export_repository(onnx, w(f"repo-{prec}"), "--features-backend", ep.features_backend, "--force",
-                          banks=w("banks"), log=log)
+            rep["exdd"][f"bank_build_{prec}_s"] = round(
+                build_banks(
+                    data,
+                    w(f"banks-{prec}"),
+                    "--weights",
+                    a.weights,
+                    "--extractor",
+                    onnx,
+                    "--extractor-runtime",
+                    ep.offline_runtime,
+                    log=log,
+                ),
+                1,
+            )
+        export_repository(
+            onnx, w(f"repo-{prec}"), "--features-backend", ep.features_backend, "--force", banks=w("banks"), log=log
+        )
         rep["exdd"][f"serve_{prec}"] = serve_and_score(w(f"repo-{prec}"), os.path.join(data, "test"), w(), points, log)
         log(f"exdd {prec}: {rep['exdd'][f'serve_{prec}']}")
         save()
 
     # anomalib, same data, same weights
-    script = a.anomalib_script or next((p for p in (os.path.join(ROOT, "scripts", "benchmarks", "bench_anomalib.py"),
-                                                     "/work/wt-anomalib/scripts/benchmarks/bench_anomalib.py")
-                                        if os.path.isfile(p)), None)
+    script = a.anomalib_script or next(
+        (
+            p
+            for p in (
+                os.path.join(ROOT, "scripts", "benchmarks", "bench_anomalib.py"),
+                "/work/wt-anomalib/scripts/benchmarks/bench_anomalib.py",
+            )
+            if os.path.isfile(p)
+        ),
+        None,
+    )
     if a.skip_anomalib or not script:
         rep["anomalib"] = {"skipped": "--skip-anomalib" if a.skip_anomalib else "no bench_anomalib.py found"}
     else:
         py = a.anomalib_python or sys.executable
-        cmd = [py, script, "--dataset", data, "--weights", a.weights, "--skip-exdd", "--speed-images", str(a.test),
-               "--speed-reps", "1", "--resamples", "20", "--out", w("anomalib")]
+        cmd = [
+            py,
+            script,
+            "--dataset",
+            data,
+            "--weights",
+            a.weights,
+            "--skip-exdd",
+            "--speed-images",
+            str(a.test),
+            "--speed-reps",
+            "1",
+            "--resamples",
+            "20",
+            "--out",
+            w("anomalib"),
+        ]
         log("$ " + " ".join(cmd))
         t = time.perf_counter()
         p = subprocess.run(cmd, capture_output=True, text=True)
@@ -155,9 +244,14 @@ def main() -> int:
                 ab = json.load(f)
             ds = next(iter(ab["datasets"].values()))
             row = next(v for k, v in ds["rows"].items() if k.startswith("anomalib"))
-            rep["anomalib"] = {"fit_s": round(row["fit_s"], 1), "images_per_s": ds["images_per_s"].get("anomalib"),
-                               "n_normals": ds["n_normals"], "speed_images": ds["speed_images"], "script": script,
-                               "versions": ab.get("versions")}
+            rep["anomalib"] = {
+                "fit_s": round(row["fit_s"], 1),
+                "images_per_s": ds["images_per_s"].get("anomalib"),
+                "n_normals": ds["n_normals"],
+                "speed_images": ds["speed_images"],
+                "script": script,
+                "versions": ab.get("versions"),
+            }
         except (OSError, ValueError, StopIteration, KeyError) as e:
             rep["anomalib"] = {"failed": f"{type(e).__name__}: {e}", "stderr": p.stderr[-1500:], "script": script}
     an = rep["anomalib"] or {}

@@ -9,6 +9,7 @@ Python-backend repository, starts the bundled tritonserver, and times the same -
     python -m scripts.benchmarks.bench_triton --dataset /work/shared/data/magnetic_tile/test \
         --weights /work/shared/weights/wrn50-random0-bncal.safetensors --build-n 40 --n 16
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,21 +28,45 @@ from scripts.harness import latency_stats, serve_chain, start_server
 def split(ds: str, build_n: int, n: int):
     """Evenly spaced build images (normal and defective alike) and n evenly spaced others to time."""
     from exdd.export.onnx_export import image_files
-    everything = image_files(ds, 10 ** 7)
-    build = everything[::max(1, len(everything) // build_n)][:build_n]
+
+    everything = image_files(ds, 10**7)
+    build = everything[:: max(1, len(everything) // build_n)][:build_n]
     rest = [p for p in everything if p not in set(build)]
-    return build, rest[::max(1, len(rest) // n)][:n]
+    return build, rest[:: max(1, len(rest) // n)][:n]
 
 
-def prepare(build_paths, ds: str, build_n: int, weights: str, input_size: str, d: int, work: str, backend: str,
-            kind: str, instances: int) -> str:
+def prepare(
+    build_paths,
+    ds: str,
+    build_n: int,
+    weights: str,
+    input_size: str,
+    d: int,
+    work: str,
+    backend: str,
+    kind: str,
+    instances: int,
+) -> str:
     """Banks from the first build_n images, ONNX, repository; returns the repository path."""
     train = link_subset(os.path.join(work, "ds", "train"), [(p, mask_of(p)) for p in build_paths], numbered=True)
-    return serve_chain(work, dataset=os.path.join(work, "ds"),
-                       build=("--weights", weights, "--input-size", input_size, "--d", str(d), "--min-bank", "1000",
-                              "--holdout", "0.2"),
-                       export=("--weights", weights, "--parity-images", train, "--parity-count", "2"),
-                       repository=("--features-backend", backend, "--kind", kind, "--instances", str(instances))).repo
+    return serve_chain(
+        work,
+        dataset=os.path.join(work, "ds"),
+        build=(
+            "--weights",
+            weights,
+            "--input-size",
+            input_size,
+            "--d",
+            str(d),
+            "--min-bank",
+            "1000",
+            "--holdout",
+            "0.2",
+        ),
+        export=("--weights", weights, "--parity-images", train, "--parity-count", "2"),
+        repository=("--features-backend", backend, "--kind", kind, "--instances", str(instances)),
+    ).repo
 
 
 def stats(lat_s, n_images: int, wall: float) -> dict:
@@ -57,6 +82,7 @@ def bench_offline(repo: str, images: np.ndarray, weights: str, batch: int) -> di
 
     from exdd.offline.features import build_extractor
     from exdd_scoring import Scorer, load_banks
+
     with open(os.path.join(repo, "exdd_scorer", "1", "features.json")) as f:
         feats = json.load(f)
     torch.set_num_threads(os.cpu_count() or 1)
@@ -73,12 +99,12 @@ def bench_offline(repo: str, images: np.ndarray, weights: str, batch: int) -> di
     lat = []
     for i in range(len(images)):
         t = time.perf_counter()
-        run(images[i:i + 1])
+        run(images[i : i + 1])
         lat.append(time.perf_counter() - t)
     single = stats(lat, len(images), sum(lat))
     t0 = time.perf_counter()
     for i in range(0, len(images), batch):
-        run(images[i:i + batch])
+        run(images[i : i + batch])
     single["ips_batched"] = len(images) / (time.perf_counter() - t0)
     return single
 
@@ -96,12 +122,12 @@ def bench_triton(url: str, images: np.ndarray, concurrency: int) -> dict:
 
     with th.InferenceServerClient(url) as c:
         one(c, images[:1])
-        lat = [one(c, images[i:i + 1]) for i in range(len(images))]
+        lat = [one(c, images[i : i + 1]) for i in range(len(images))]
         single = stats(lat, len(images), sum(lat))
 
     def sender(k):  # one client per thread (the HTTP client is gevent-based and thread-bound)
         with th.InferenceServerClient(url) as cl:
-            return [one(cl, images[i:i + 1]) for i in range(k, len(images), concurrency)]
+            return [one(cl, images[i : i + 1]) for i in range(k, len(images), concurrency)]
 
     t0 = time.perf_counter()
     with ThreadPoolExecutor(concurrency) as pool:
@@ -129,11 +155,22 @@ def main() -> None:
     ap.add_argument("--instances", type=int, default=1)
     a = ap.parse_args()
     from exdd.export.onnx_export import load_images
+
     work = a.keep or tempfile.mkdtemp(prefix="exdd-bench-")
     try:
         build_paths, paths = split(a.dataset, a.build_n, a.n)
-        repo = a.repo or prepare(build_paths, a.dataset, a.build_n, a.weights, a.input_size, a.d, work,
-                                 a.features_backend, a.kind, a.instances)
+        repo = a.repo or prepare(
+            build_paths,
+            a.dataset,
+            a.build_n,
+            a.weights,
+            a.input_size,
+            a.d,
+            work,
+            a.features_backend,
+            a.kind,
+            a.instances,
+        )
         h, w = (int(v) for v in a.input_size.split("x"))
         images = load_images(paths, (h, w))
         off = bench_offline(repo, images, a.weights, a.batch)
@@ -145,16 +182,21 @@ def main() -> None:
     finally:
         if not a.keep:
             shutil.rmtree(work, ignore_errors=True)
-    print(f"\n{len(images)} images {h}x{w}, {os.cpu_count()} CPU cores, d={a.d}, "
-          f"features backend {a.features_backend}\n")
+    print(
+        f"\n{len(images)} images {h}x{w}, {os.cpu_count()} CPU cores, d={a.d}, features backend {a.features_backend}\n"
+    )
     print("| path | batch-1 images/s | p50 ms | p95 ms | throughput images/s | p50 / p95 ms under load |")
     print("|---|---|---|---|---|---|")
-    print(f"| offline (torch + NumPy scorer, in-process) | {off['ips']:.2f} | {off['p50_ms']:.0f} | "
-          f"{off['p95_ms']:.0f} | "
-          f"{off['ips_batched']:.2f} (batch {a.batch}) | - |")
-    print(f"| Triton HTTP (ensemble exdd) | {tri['ips']:.2f} | {tri['p50_ms']:.0f} | {tri['p95_ms']:.0f} | "
-          f"{tri['ips_batched']:.2f} ({a.concurrency} concurrent) | "
-          f"{tri['p50_ms_conc']:.0f} / {tri['p95_ms_conc']:.0f} |")
+    print(
+        f"| offline (torch + NumPy scorer, in-process) | {off['ips']:.2f} | {off['p50_ms']:.0f} | "
+        f"{off['p95_ms']:.0f} | "
+        f"{off['ips_batched']:.2f} (batch {a.batch}) | - |"
+    )
+    print(
+        f"| Triton HTTP (ensemble exdd) | {tri['ips']:.2f} | {tri['p50_ms']:.0f} | {tri['p95_ms']:.0f} | "
+        f"{tri['ips_batched']:.2f} ({a.concurrency} concurrent) | "
+        f"{tri['p50_ms_conc']:.0f} / {tri['p95_ms_conc']:.0f} |"
+    )
 
 
 if __name__ == "__main__":

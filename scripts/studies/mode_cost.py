@@ -7,6 +7,7 @@ Prints per mode: ms/image of the evidence, of the score + served map, and the to
 
   .venv/bin/python -m scripts.studies.mode_cost --hw 632x224 --neg 3100 --pos 900      # ksdd1_dev's banks
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,9 +30,16 @@ def pair_of(hw, d: int, n_neg: int, n_pos: int, seed: int = 0) -> BankPair:
     rng = np.random.default_rng(seed)
     neg, pos = (rng.standard_normal((n, d)).astype(np.float32) for n in (n_neg, n_pos))
     grid = [hw[0] // 8, hw[1] // 8]
-    features = {"backbone": "wide_resnet50_2", "weights": "random:0", "input_size": list(hw),
-                "layers": ["layer2", "layer3"],
-                "grid": grid, "projection_seed": 0, "projection_sha256": "0" * 64, "d": d}
+    features = {
+        "backbone": "wide_resnet50_2",
+        "weights": "random:0",
+        "input_size": list(hw),
+        "layers": ["layer2", "layer3"],
+        "grid": grid,
+        "projection_seed": 0,
+        "projection_sha256": "0" * 64,
+        "d": d,
+    }
     head = {"features": list(HEAD_FEATURES), "mean": [0.0] * 7, "scale": [1.0] * 7, "coef": [0.1] * 7, "intercept": 0.0}
     manifest = {"features": features, "k": 3, "scoring": {"head": head}}
     return BankPair(Bank(neg, bank_neighbors(neg, 3, np)), Bank(pos, bank_neighbors(pos, 3, np)), manifest)
@@ -49,13 +57,13 @@ def main() -> None:
     hw = tuple(int(v) for v in a.hw.split("x"))
     sc = Scorer(pair_of(hw, a.d, a.neg, a.pos))
     feats = np.random.default_rng(1).standard_normal((a.batch,) + tuple(sc.grid) + (a.d,)).astype(np.float32)
-    ev_s, mode_s = [], {m: [] for m in MODES}           # seconds per image
-    for r in range(a.reps + 1):                            # the first round warms up
+    ev_s, mode_s = [], {m: [] for m in MODES}  # seconds per image
+    for r in range(a.reps + 1):  # the first round warms up
         t0 = time.perf_counter()
         ev = sc.evidence(feats)
         t_ev = time.perf_counter() - t0
         for m in MODES:
-            ev._maps.clear()                               # each mode pays for its own maps
+            ev._maps.clear()  # each mode pays for its own maps
             t1 = time.perf_counter()
             get_mode(m).score(ev)
             ev.image_map(get_mode(m).map_kind)
@@ -63,11 +71,13 @@ def main() -> None:
                 mode_s[m].append((time.perf_counter() - t1) / a.batch)
         if r:
             ev_s.append(t_ev / a.batch)
-    knn = latency_stats(ev_s)["p50_ms"]                # per image
+    knn = latency_stats(ev_s)["p50_ms"]  # per image
     cost: Dict[str, float] = {m: latency_stats(v)["p50_ms"] for m, v in mode_s.items()}
     base = knn + cost[DEFAULT_MODE]
-    print(f"scorer cost per image, {a.hw} (grid {sc.grid[0]}x{sc.grid[1]}), d = {a.d}, banks {a.neg} + {a.pos}, "
-          f"batch {a.batch}, median of {a.reps}\n")
+    print(
+        f"scorer cost per image, {a.hw} (grid {sc.grid[0]}x{sc.grid[1]}), d = {a.d}, banks {a.neg} + {a.pos}, "
+        f"batch {a.batch}, median of {a.reps}\n"
+    )
     print("| image score | evidence (kNN) ms | score + served map ms | total ms | vs default total |")
     print("|---|---|---|---|---|")
     for m in MODES:

@@ -7,6 +7,7 @@ needs every image's features; this writes them with offline/feature_cache.py, on
   nice -n 10 .venv/bin/python -m scripts.studies.study_cache ksdd1_dev:632x224 bsdata_pitting:320x784
   nice -n 10 .venv/bin/python -m scripts.studies.study_cache magnetic_tile:320x224 --max-normals magnetic_tile=300,130
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,8 +38,9 @@ def main() -> None:
     ap.add_argument("sets", nargs="+", help="NAME:HxW")
     ap.add_argument("--cache", default="runs/cache")
     ap.add_argument("--weights", default=WEIGHTS)
-    ap.add_argument("--max-normals", default=None,
-                    help="NAME=N,M: a seeded subset of N train / M test normals of a set")
+    ap.add_argument(
+        "--max-normals", default=None, help="NAME=N,M: a seeded subset of N train / M test normals of a set"
+    )
     a = ap.parse_args()
     limits = {}
     for item in (a.max_normals or "").split(";"):
@@ -58,8 +60,10 @@ def main() -> None:
             def progress(n: int) -> None:
                 done[0] += n
                 if done[0] % 80 < n:
-                    print(f"{name} {split}: {done[0]}/{len(samples)} {time.time() - t0:.0f}s", file=sys.stderr,
-                          flush=True)
+                    print(
+                        f"{name} {split}: {done[0]}/{len(samples)} {time.time() - t0:.0f}s", file=sys.stderr, flush=True
+                    )
+
             extract_raw(samples, a.weights, hw, cache_folder(a.cache, name, hw, split), progress=progress)
             print(f"{name} {split}: {len(samples)} images in {time.time() - t0:.0f}s", file=sys.stderr, flush=True)
 

@@ -23,6 +23,7 @@ Evidence rebuilt from the split's evidence) and the head fitted by exdd.offline.
   .venv/bin/python -m scripts.studies.study_decision runs/decision --variant random-d256-cover0.1 \
       --against random-d256 --images dual,patchcore --maps ratio_b,dual
 """
+
 from __future__ import annotations
 
 import argparse
@@ -85,9 +86,10 @@ class SplitEvidence:
         if kind in MAP_KINDS:
             return MAP_KINDS[kind](self.ev)
         an, ap = self.a_neg, self.a_pos
-        return {"ratio_b01": lambda: an / (ap + eps_b(self.ev, DUAL_EPS_REL)),
-                "raise_g2": lambda: an * np.maximum(1.0, an / (ap + eps_b(self.ev, RAISE_EPS_REL))) ** 2,
-                }[kind]()
+        return {
+            "ratio_b01": lambda: an / (ap + eps_b(self.ev, DUAL_EPS_REL)),
+            "raise_g2": lambda: an * np.maximum(1.0, an / (ap + eps_b(self.ev, RAISE_EPS_REL))) ** 2,
+        }[kind]()
 
     def smooth(self, kind: str) -> np.ndarray:
         if kind in MAP_KINDS:
@@ -106,9 +108,9 @@ MAPS = ("neg", "ratio", "ratio_b", "ratio_b01", "dual", "dual_b", "dual_b01", "r
 
 def candidates(e: SplitEvidence) -> Dict[str, Callable[[], np.ndarray]]:
     """Every image score studied, by name: the served modes (mode(NAME).score) and the study's variants of them."""
-    td = e.d ** 0.5
+    td = e.d**0.5
     s_star = e.a_neg.max(1)
-    served = lambda name: (lambda: np.asarray(mode(name).score(e.ev)))  # noqa: E731
+    served = lambda name: lambda: np.asarray(mode(name).score(e.ev))  # noqa: E731
     return {
         "patchcore": served("patchcore"),
         "pc_anomalib_k9": lambda: reweighted(s_star, e.nb_neg, 9, True, 1.0),
@@ -132,19 +134,20 @@ def fusion_x(e: SplitEvidence) -> np.ndarray:
     return np.asarray(fusion_inputs(e.ev))
 
 
-TOPK_STUDY = (0.002, 0.01, 0.05)     # the top-k fractions of the map's pixels studied (issue 25)
-HEADS = {"head": HEAD_L2, "head_l2x10": 10 * HEAD_L2}   # the head as built, and one 10x more regularised
+TOPK_STUDY = (0.002, 0.01, 0.05)  # the top-k fractions of the map's pixels studied (issue 25)
+HEADS = {"head": HEAD_L2, "head_l2x10": 10 * HEAD_L2}  # the head as built, and one 10x more regularised
 POOLED = tuple(f"{m}@{f:g}" for m in ("dual_topk", "ratio_topk") for f in TOPK_STUDY) + tuple(HEADS)
 
 
-def pooled_scores(z, meta: Dict, te: SplitEvidence, held: SplitEvidence, s_h: np.ndarray, s_w: np.ndarray,
-                  names: Sequence[str]) -> Tuple[Dict[str, np.ndarray], Optional[Dict]]:
+def pooled_scores(
+    z, meta: Dict, te: SplitEvidence, held: SplitEvidence, s_h: np.ndarray, s_w: np.ndarray, names: Sequence[str]
+) -> Tuple[Dict[str, np.ndarray], Optional[Dict]]:
     """The pooled image scores of issue 25 with the served modes' formulas (exdd_scoring.scores): top-k means at
     each fraction of TOPK_STUDY ('dual_topk@0.01'), and the image head fitted as `exdd offline build` fits it
     (exdd.offline.head.fit_head) on the held-out images and the cross-fitted defective training images (cf_*)."""
     out: Dict[str, np.ndarray] = {}
     base = {"topk": TOPK_FRACTION}
-    ev = te.ev                                               # one evidence: its smoothed maps are computed once
+    ev = te.ev  # one evidence: its smoothed maps are computed once
     for name in names:
         if "@" in name:
             m, f = name.split("@")
@@ -171,8 +174,9 @@ def pooled_scores(z, meta: Dict, te: SplitEvidence, held: SplitEvidence, s_h: np
     return out, head
 
 
-def split_scores(z, meta: Dict, s_h: np.ndarray, s_w: np.ndarray, images: Optional[Sequence[str]]
-                 ) -> Tuple[SplitEvidence, Dict[str, np.ndarray], Dict, Optional[Dict]]:
+def split_scores(
+    z, meta: Dict, s_h: np.ndarray, s_w: np.ndarray, images: Optional[Sequence[str]]
+) -> Tuple[SplitEvidence, Dict[str, np.ndarray], Dict, Optional[Dict]]:
     """One split's test evidence, the scores of every candidate asked for (all by default), the fusion's and the
     head's parameters."""
     te = SplitEvidence(z, meta, "test", s_h, s_w)
@@ -220,6 +224,7 @@ def pixel_hists(maps: np.ndarray, masks: np.ndarray, bins: int = 2048) -> Tuple[
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
     from scipy.stats import spearmanr
+
     return float(spearmanr(a, b).correlation)
 
 
@@ -227,8 +232,15 @@ def load_split(path: str) -> Tuple[Dict, "np.lib.npyio.NpzFile"]:
     return json.load(open(path[:-4] + ".json")), np.load(path)
 
 
-def study_set(folder: str, n_boot: int, seed: int, cache_root: str, pro_stride: int,
-              images: Optional[Sequence[str]] = None, maps: Optional[Sequence[str]] = None) -> Dict:
+def study_set(
+    folder: str,
+    n_boot: int,
+    seed: int,
+    cache_root: str,
+    pro_stride: int,
+    images: Optional[Sequence[str]] = None,
+    maps: Optional[Sequence[str]] = None,
+) -> Dict:
     """Per split: scores of every candidate, bootstrap AUROCs (n_boot), pixel hist AUROCs and AUPRO per map
     (images / maps: only these candidates and map kinds)."""
     files = sorted(glob.glob(os.path.join(folder, "split*-build0.npz")))
@@ -247,16 +259,20 @@ def study_set(folder: str, n_boot: int, seed: int, cache_root: str, pro_stride: 
         te, scores, params, head = split_scores(z, meta, s_h, s_w, images)
         w = w_all[:, te.ids]
         ones = np.ones((1, te.ids.size))
-        img = {k: {"point": float(weighted_auroc(s, te.labels, ones)[0]),
-                   "boot": weighted_auroc(s, te.labels, w)} for k, s in scores.items()}
+        img = {
+            k: {"point": float(weighted_auroc(s, te.labels, ones)[0]), "boot": weighted_auroc(s, te.labels, w)}
+            for k, s in scores.items()
+        }
         masks = np.stack([np.asarray(caches[sp].masks[r]) for sp, r in (where[i] for i in te.ids)])
         pix = {}
-        for kind in (MAPS if maps is None else maps):
+        for kind in MAPS if maps is None else maps:
             m = te.smooth(kind)
             hp, hn = pixel_hists(m, masks)
-            pix[kind] = {"point": float(hist_auroc(hp.sum(0)[None], hn.sum(0)[None])[0]),
-                         "boot": hist_auroc(w @ hp, w @ hn),
-                         "aupro": float(aupro(m[:, ::pro_stride, ::pro_stride], masks[:, ::pro_stride, ::pro_stride]))}
+            pix[kind] = {
+                "point": float(hist_auroc(hp.sum(0)[None], hn.sum(0)[None])[0]),
+                "boot": hist_auroc(w @ hp, w @ hn),
+                "aupro": float(aupro(m[:, ::pro_stride, ::pro_stride], masks[:, ::pro_stride, ::pro_stride])),
+            }
             te._maps.pop(kind, None)
         stab = {}
         f1 = f.replace("-build0.npz", "-build1.npz")
@@ -268,14 +284,28 @@ def study_set(folder: str, n_boot: int, seed: int, cache_root: str, pro_stride: 
         else:
             stab_auroc = {}
         peak = {k: float(np.max(s)) for k, s in scores.items()}
-        out["splits"].append({"file": os.path.basename(f), "n_test": int(te.ids.size),
-                              "defective": int(te.labels.sum()),
-                              "banks": [meta["neg"]["size"], meta["pos"]["size"]], "fusion": params, "head": head,
-                              "eps_b": te.eps_b, "image": img, "pixel": pix, "stability": stab,
-                              "build1_auroc": stab_auroc, "max_score": peak,
-                              "knn_ms_per_image": meta["knn_ms_per_image"]["test"]})
-        print(f"{out['set']} {os.path.basename(f)}: " + ", ".join(f"{k} {v['point']:.3f}" for k, v in img.items()),
-              file=sys.stderr, flush=True)
+        out["splits"].append(
+            {
+                "file": os.path.basename(f),
+                "n_test": int(te.ids.size),
+                "defective": int(te.labels.sum()),
+                "banks": [meta["neg"]["size"], meta["pos"]["size"]],
+                "fusion": params,
+                "head": head,
+                "eps_b": te.eps_b,
+                "image": img,
+                "pixel": pix,
+                "stability": stab,
+                "build1_auroc": stab_auroc,
+                "max_score": peak,
+                "knn_ms_per_image": meta["knn_ms_per_image"]["test"],
+            }
+        )
+        print(
+            f"{out['set']} {os.path.basename(f)}: " + ", ".join(f"{k} {v['point']:.3f}" for k, v in img.items()),
+            file=sys.stderr,
+            flush=True,
+        )
     return out
 
 
@@ -295,8 +325,13 @@ def summarise(sets: List[Dict], level_key: str, base: str) -> Dict[str, Dict]:
             bpts = np.array([sp[level_key][base]["point"] for sp in s["splits"]])
             db = np.mean([sp[level_key][n]["boot"] - sp[level_key][base]["boot"] for sp in s["splits"]], axis=0)
             ab = np.mean([sp[level_key][n]["boot"] for sp in s["splits"]], axis=0)
-            row = {"auroc": float(pts.mean()), "auroc_ci90": ci(ab), "diff": float((pts - bpts).mean()),
-                   "diff_ci90": ci(db), "per_split": pts.round(4).tolist()}
+            row = {
+                "auroc": float(pts.mean()),
+                "auroc_ci90": ci(ab),
+                "diff": float((pts - bpts).mean()),
+                "diff_ci90": ci(db),
+                "per_split": pts.round(4).tolist(),
+            }
             if level_key == "pixel":
                 row["aupro"] = float(np.mean([sp["pixel"][n]["aupro"] for sp in s["splits"]]))
                 row["aupro_diff"] = row["aupro"] - float(np.mean([sp["pixel"][base]["aupro"] for sp in s["splits"]]))
@@ -307,17 +342,28 @@ def summarise(sets: List[Dict], level_key: str, base: str) -> Dict[str, Dict]:
             pooled_b.append(db)
             pooled_p.append(row["diff"])
         pb = np.mean(pooled_b, axis=0)
-        r = {"per_set": per, "pooled_diff": float(np.mean(pooled_p)), "pooled_ci90": ci(pb),
-             "pooled_auroc": float(np.mean([v["auroc"] for v in per.values()])),
-             "worst_set_diff": float(min(v["diff"] for v in per.values()))}
+        r = {
+            "per_set": per,
+            "pooled_diff": float(np.mean(pooled_p)),
+            "pooled_ci90": ci(pb),
+            "pooled_auroc": float(np.mean([v["auroc"] for v in per.values()])),
+            "worst_set_diff": float(min(v["diff"] for v in per.values())),
+        }
         if level_key == "pixel":
             r["pooled_aupro"] = float(np.mean([v["aupro"] for v in per.values()]))
         else:
             st = [v["stability"] for v in per.values() if v["stability"] is not None]
             r["stability_min"] = float(min(st)) if st else None
-        r["passes"] = bool(n != base and r["pooled_ci90"][0] > 0 and r["worst_set_diff"] >= -0.02
-                           and (level_key != "pixel" or r["pooled_aupro"] >= np.mean(
-                               [np.mean([sp["pixel"][base]["aupro"] for sp in s["splits"]]) for s in sets])))
+        r["passes"] = bool(
+            n != base
+            and r["pooled_ci90"][0] > 0
+            and r["worst_set_diff"] >= -0.02
+            and (
+                level_key != "pixel"
+                or r["pooled_aupro"]
+                >= np.mean([np.mean([sp["pixel"][base]["aupro"] for sp in s["splits"]]) for s in sets])
+            )
+        )
         res[n] = r
     return res
 
@@ -341,18 +387,28 @@ def decide(image: Dict[str, Dict], pixel: Dict[str, Dict]) -> Dict[str, str]:
 
 def table(res: Dict[str, Dict], sets: List[str], pixel: bool) -> str:
     """Markdown: pooled and per-set difference vs the base with 90 % intervals."""
-    head = "| " + ("map" if pixel else "image score") + " | pooled diff [90% CI] | " + " | ".join(
-        f"{s} AUROC, diff [90% CI]" for s in sets) + (" | pooled AUPRO |" if pixel else " | stability (min) | passes |")
+    head = (
+        "| "
+        + ("map" if pixel else "image score")
+        + " | pooled diff [90% CI] | "
+        + " | ".join(f"{s} AUROC, diff [90% CI]" for s in sets)
+        + (" | pooled AUPRO |" if pixel else " | stability (min) | passes |")
+    )
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for n, r in sorted(res.items(), key=lambda kv: -kv[1]["pooled_diff"]):
         cells = [f"{r['pooled_diff']:+.3f} [{r['pooled_ci90'][0]:+.3f}, {r['pooled_ci90'][1]:+.3f}]"]
         for s in sets:
             v = r["per_set"][s]
-            cells.append(f"{v['auroc']:.3f}, {v['diff']:+.3f} [{v['diff_ci90'][0]:+.3f}, {v['diff_ci90'][1]:+.3f}]"
-                         + (f", AUPRO {v['aupro']:.3f}" if pixel else ""))
-        tail = (f"{r['pooled_aupro']:.3f}" if pixel else
-                (f"{r['stability_min']:.2f}" if r["stability_min"] is not None else "-")
-                + f" | {'yes' if r['passes'] else 'no'}")
+            cells.append(
+                f"{v['auroc']:.3f}, {v['diff']:+.3f} [{v['diff_ci90'][0]:+.3f}, {v['diff_ci90'][1]:+.3f}]"
+                + (f", AUPRO {v['aupro']:.3f}" if pixel else "")
+            )
+        tail = (
+            f"{r['pooled_aupro']:.3f}"
+            if pixel
+            else (f"{r['stability_min']:.2f}" if r["stability_min"] is not None else "-")
+            + f" | {'yes' if r['passes'] else 'no'}"
+        )
         lines.append(f"| {n} | " + " | ".join(cells) + f" | {tail} |")
     return "\n".join(lines)
 
@@ -372,9 +428,12 @@ def versus(var: List[Dict], base: List[Dict], level_key: str) -> Dict[str, Dict]
             pairs = list(zip(v["splits"], b["splits"]))
             db = np.mean([x[level_key][n]["boot"] - y[level_key][n]["boot"] for x, y in pairs], axis=0)
             dp = float(np.mean([x[level_key][n]["point"] - y[level_key][n]["point"] for x, y in pairs]))
-            per[v["set"]] = {"auroc": float(np.mean([x[level_key][n]["point"] for x in v["splits"]])),
-                             "base": float(np.mean([y[level_key][n]["point"] for y in b["splits"]])),
-                             "diff": dp, "diff_ci90": ci(db)}
+            per[v["set"]] = {
+                "auroc": float(np.mean([x[level_key][n]["point"] for x in v["splits"]])),
+                "base": float(np.mean([y[level_key][n]["point"] for y in b["splits"]])),
+                "diff": dp,
+                "diff_ci90": ci(db),
+            }
             if level_key == "pixel":
                 per[v["set"]]["aupro"] = float(np.mean([x["pixel"][n]["aupro"] for x in v["splits"]]))
                 per[v["set"]]["base_aupro"] = float(np.mean([y["pixel"][n]["aupro"] for y in b["splits"]]))
@@ -390,16 +449,19 @@ def versus(var: List[Dict], base: List[Dict], level_key: str) -> Dict[str, Dict]
 def versus_table(res: Dict[str, Dict], sets: List[str], label: str) -> str:
     """Markdown: the variant's AUROC, the base's, and the paired difference with its 90 % interval, per set and
     pooled."""
-    head = (f"| {label} | pooled diff [90% CI] | "
-            + " | ".join(f"{s}: variant / base, diff [90% CI]" for s in sets) + " |")
+    head = (
+        f"| {label} | pooled diff [90% CI] | " + " | ".join(f"{s}: variant / base, diff [90% CI]" for s in sets) + " |"
+    )
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for n, r in res.items():
         cells = [f"{r['pooled_diff']:+.3f} [{r['pooled_ci90'][0]:+.3f}, {r['pooled_ci90'][1]:+.3f}]"]
         for s in sets:
             v = r["per_set"][s]
             extra = f", AUPRO {v['aupro']:.3f} / {v['base_aupro']:.3f}" if "aupro" in v else ""
-            cells.append(f"{v['auroc']:.3f} / {v['base']:.3f}, {v['diff']:+.3f} [{v['diff_ci90'][0]:+.3f}, "
-                         f"{v['diff_ci90'][1]:+.3f}]{extra}")
+            cells.append(
+                f"{v['auroc']:.3f} / {v['base']:.3f}, {v['diff']:+.3f} [{v['diff_ci90'][0]:+.3f}, "
+                f"{v['diff_ci90'][1]:+.3f}]{extra}"
+            )
         lines.append(f"| {n} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -419,27 +481,40 @@ def main() -> None:
     ap.add_argument("--image-base", default="patchcore", help="the image score the others are paired with")
     a = ap.parse_args()
     names = [s for s in a.sets.split(",") if os.path.isdir(os.path.join(a.root, s, a.variant))]
-    if a.image_base != "patchcore":     # one variant, image scores paired with another candidate than patchcore
+    if a.image_base != "patchcore":  # one variant, image scores paired with another candidate than patchcore
         imgs = sorted(set((a.images or a.image_base).split(",")) | {a.image_base, "patchcore"})
-        sets = [study_set(os.path.join(a.root, s, a.variant), a.boot, 0, a.cache, a.pro_stride, imgs, ("ratio",))
-                for s in names]
+        sets = [
+            study_set(os.path.join(a.root, s, a.variant), a.boot, 0, a.cache, a.pro_stride, imgs, ("ratio",))
+            for s in names
+        ]
         print(f"## {a.variant}: image scores paired with `{a.image_base}`\n")
         print(table(summarise(sets, "image", a.image_base), names, False))
         return
     if a.against:
         imgs = a.images.split(",") if a.images else None
         mps = a.maps.split(",") if a.maps else None
-        run = lambda variant: [study_set(os.path.join(a.root, s, variant), a.boot, 0, a.cache, a.pro_stride,  # noqa: E731
-                                         imgs, mps) for s in names]
+
+        def run(variant):
+            return [
+                study_set(os.path.join(a.root, s, variant), a.boot, 0, a.cache, a.pro_stride, imgs, mps) for s in names
+            ]
+
         var, base = run(a.variant), run(a.against)
         image, pixel = versus(var, base, "image"), versus(var, base, "pixel")
-        print(f"## {a.variant} vs {a.against}: " + ", ".join(
-            f"{s['set']} ({len(s['splits'])} splits, {sum(sp['n_test'] for sp in s['splits'])} test images)"
-            for s in var))
+        print(
+            f"## {a.variant} vs {a.against}: "
+            + ", ".join(
+                f"{s['set']} ({len(s['splits'])} splits, {sum(sp['n_test'] for sp in s['splits'])} test images)"
+                for s in var
+            )
+        )
         print("\n" + versus_table(image, names, "image score") + "\n\n" + versus_table(pixel, names, "map"))
         if a.json:
-            BenchResult("study_decision", params_of(a), {"variant": a.variant, "against": a.against, "image": image,
-                                                         "pixel": pixel}).save(a.json)
+            BenchResult(
+                "study_decision",
+                params_of(a),
+                {"variant": a.variant, "against": a.against, "image": image, "pixel": pixel},
+            ).save(a.json)
         return
     imgs = sorted(set(a.images.split(",")) | {"patchcore"}) if a.images else None
     mps = sorted(set(a.maps.split(",")) | {"ratio"}) if a.maps else None
@@ -447,8 +522,9 @@ def main() -> None:
     image = summarise(sets, "image", "patchcore")
     pixel = summarise(sets, "pixel", "ratio")
     dec = decide(image, pixel)
-    desc = ", ".join(f"{s['set']} ({len(s['splits'])} splits, {sum(sp['n_test'] for sp in s['splits'])} test images)"
-                     for s in sets)
+    desc = ", ".join(
+        f"{s['set']} ({len(s['splits'])} splits, {sum(sp['n_test'] for sp in s['splits'])} test images)" for s in sets
+    )
     print(f"## {a.variant}: {desc}\n")
     print("### Image level: paired difference vs `patchcore`\n")
     print(table(image, names, False))
@@ -456,13 +532,25 @@ def main() -> None:
     print(table(pixel, names, True))
     print(f"\nDecision: image score `{dec['image']}` ({dec['image_why']}); map `{dec['map']}` ({dec['map_why']}).")
     if a.json:
-        slim = [{k: v for k, v in s.items() if k != "splits"} | {"splits": [
-            {k: v for k, v in sp.items() if k not in ("image", "pixel")}
-            | {"image": {n: r["point"] for n, r in sp["image"].items()},
-               "pixel": {n: {"auroc": r["point"], "aupro": r["aupro"]} for n, r in sp["pixel"].items()}}
-            for sp in s["splits"]]} for s in sets]
-        BenchResult("study_decision", params_of(a), {"variant": a.variant, "image": image, "pixel": pixel,
-                                                     "decision": dec, "sets": slim}).save(a.json)
+        slim = [
+            {k: v for k, v in s.items() if k != "splits"}
+            | {
+                "splits": [
+                    {k: v for k, v in sp.items() if k not in ("image", "pixel")}
+                    | {
+                        "image": {n: r["point"] for n, r in sp["image"].items()},
+                        "pixel": {n: {"auroc": r["point"], "aupro": r["aupro"]} for n, r in sp["pixel"].items()},
+                    }
+                    for sp in s["splits"]
+                ]
+            }
+            for s in sets
+        ]
+        BenchResult(
+            "study_decision",
+            params_of(a),
+            {"variant": a.variant, "image": image, "pixel": pixel, "decision": dec, "sets": slim},
+        ).save(a.json)
 
 
 if __name__ == "__main__":

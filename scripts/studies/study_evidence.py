@@ -8,6 +8,7 @@ which every reweighting variant needs. Written to ``OUT/evidence-d{d}.npz`` (pla
 
   .venv/bin/python -m scripts.studies.study_evidence --dataset ../shared/data/ksdd1_dev --d 256
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,7 +28,7 @@ from exdd_scoring.knn import nearest, sq_norms, topk_nearest
 from scripts.common import peak_dists, raw_caches
 
 WEIGHTS = "../shared/weights/wrn50-random0-bncal.safetensors"
-K_STUDY = 10   # m* and its 9 nearest bank neighbours
+K_STUDY = 10  # m* and its 9 nearest bank neighbours
 
 
 def evidence(feats_iter, neg: np.ndarray, pos: np.ndarray, neg_nbr: np.ndarray, pos_nbr: np.ndarray):
@@ -84,9 +85,19 @@ def main() -> None:
     train = load_split(a.dataset, "train")
     _, held = holdout_split(train, cfg.holdout, cfg.seed)
     sets = {"held": (caches["train"], held), "test": (caches["test"], load_split(a.dataset, "test"))}
-    arrays, meta = {}, {"dataset": a.dataset, "d": a.d, "input_size": list(hw), "grid": list(info["grid"]),
-                        "negative_size": int(neg.shape[0]), "positive_size": int(pos.shape[0]),
-                        "build_s": round(t_build, 1), "sets": {}}
+    arrays, meta = (
+        {},
+        {
+            "dataset": a.dataset,
+            "d": a.d,
+            "input_size": list(hw),
+            "grid": list(info["grid"]),
+            "negative_size": int(neg.shape[0]),
+            "positive_size": int(pos.shape[0]),
+            "build_s": round(t_build, 1),
+            "sets": {},
+        },
+    )
     for key, (cache, samples) in sets.items():
         kept = [s for s in samples if s.path in cache.index]
         rows = [cache.index[s.path] for s in kept]
@@ -94,16 +105,20 @@ def main() -> None:
 
         def feats(bs=8):
             for i in range(0, len(rows), bs):
-                f = cache.project(rows[i:i + bs], proj, np.float32)
+                f = cache.project(rows[i : i + bs], proj, np.float32)
                 yield f.reshape(f.shape[0], -1, a.d)
+
         ev = evidence(feats(), neg, pos, neg_nbr, pos_nbr)
         for k, v in ev.items():
             arrays[f"{key}_{k}"] = v
         arrays[f"{key}_labels"] = np.array([s.label for s in kept], dtype=np.int8)
         arrays[f"{key}_rows"] = np.array(rows, dtype=np.int32)
-        meta["sets"][key] = {"n": len(kept), "defective": int(sum(s.label for s in kept)),
-                             "score_s": round(time.time() - t1, 1),
-                             "ms_per_image": round(1000 * (time.time() - t1) / max(len(kept), 1), 1)}
+        meta["sets"][key] = {
+            "n": len(kept),
+            "defective": int(sum(s.label for s in kept)),
+            "score_s": round(time.time() - t1, 1),
+            "ms_per_image": round(1000 * (time.time() - t1) / max(len(kept), 1), 1),
+        }
         print(f"{name} d={a.d} {key}: {meta['sets'][key]}", file=sys.stderr, flush=True)
     np.savez(os.path.join(out_dir, f"evidence-d{a.d}.npz"), **arrays)
     json.dump(meta, open(os.path.join(out_dir, f"evidence-d{a.d}.json"), "w"), indent=1)

@@ -8,6 +8,7 @@ definition, reports image AUROC with a bootstrap 90% interval and the paired boo
   .venv/bin/python -m scripts.studies.study_image_score runs/study/ksdd1_dev-632x224 runs/study/magnetic_tile-632x224 \
       --ds 256,512,1536 --json runs/study/study.json > runs/study/study.md
 """
+
 from __future__ import annotations
 
 import argparse
@@ -55,8 +56,8 @@ class Evidence:
 
     def patch(self, kind: str) -> np.ndarray:
         """(n, P) patch map of a served kind (neg, ratio, dual) or the served dual map at another gamma (dual_gG)."""
-        if kind.startswith("dual_g"):          # a-^(1+g) / a+^g
-            g = float(kind[len("dual_g"):])
+        if kind.startswith("dual_g"):  # a-^(1+g) / a+^g
+            g = float(kind[len("dual_g") :])
             return dual_map(dataclasses.replace(self.ev, params={"gamma": g}, _maps={}), EPS)
         return MAP_KINDS[kind](self.ev)
 
@@ -81,7 +82,7 @@ def candidates(e: Evidence) -> Dict[str, Callable[[], np.ndarray]]:
     s_neg_star = e.a_neg.max(axis=1)
     b = np.arange(e.a_neg.shape[0])
     pk = np.argmax(e.a_neg, axis=1)
-    pc = lambda: np.asarray(mode("patchcore").score(e.ev))          # noqa: E731 (the served `patchcore`)
+    pc = lambda: np.asarray(mode("patchcore").score(e.ev))  # noqa: E731 (the served `patchcore`)
     c: Dict[str, Callable[[], np.ndarray]] = {
         "patchcore": pc,
         "pc_raw_max": lambda: s_neg_star,
@@ -98,15 +99,16 @@ def candidates(e: Evidence) -> Dict[str, Callable[[], np.ndarray]]:
         "pc_x_sqrt_ratio_map_max": lambda: pc() * np.sqrt(e.smooth("ratio").reshape(len(b), -1).max(axis=1)),
     }
     for g in ("0.5", "2"):
-        c[f"dual_g{g}_map_max"] = (lambda g=g: e.smooth(f"dual_g{g}").reshape(len(b), -1).max(axis=1))
+        c[f"dual_g{g}_map_max"] = lambda g=g: e.smooth(f"dual_g{g}").reshape(len(b), -1).max(axis=1)
     c["dual_map_top1pct"] = lambda: top_mean(e.smooth("dual"), 0.01)
-    c["pc_k9_keep_t1_x_ratio_map_max"] = lambda: (reweighted(s_neg_star, e.nb_neg, 9, True, 1.0)
-                                                  * e.smooth("ratio").reshape(len(b), -1).max(axis=1))
+    c["pc_k9_keep_t1_x_ratio_map_max"] = lambda: (
+        reweighted(s_neg_star, e.nb_neg, 9, True, 1.0) * e.smooth("ratio").reshape(len(b), -1).max(axis=1)
+    )
     for k in (3, 9):
         for keep in (False, True):
             for tname, t in (("t1", 1.0), ("tsqrtd", td)):
                 name = f"pc_k{k}_{'keep' if keep else 'drop'}_{tname}"
-                c[name] = (lambda k=k, keep=keep, t=t: reweighted(s_neg_star, e.nb_neg, k, keep, t))
+                c[name] = lambda k=k, keep=keep, t=t: reweighted(s_neg_star, e.nb_neg, k, keep, t)
     return c
 
 
@@ -126,6 +128,7 @@ def top_mean(maps: np.ndarray, frac: float) -> np.ndarray:
 def fast_auroc(s: np.ndarray, y: np.ndarray) -> float:
     """Mann-Whitney AUROC with ties counted half."""
     from scipy.stats import rankdata
+
     r = rankdata(s)
     npos = int(y.sum())
     nneg = y.size - npos
@@ -150,7 +153,7 @@ def study_one(folder: str, d: int, cache_root: str, drop_leaked: bool = False) -
     ds_name = os.path.basename(folder.rstrip("/"))
     cache = RawCache(os.path.join(cache_root, ds_name, "test"))
     leaked = set()
-    if drop_leaked:   # test images byte-identical to training images (ksdd1_dev: test kos26 = train kos01)
+    if drop_leaked:  # test images byte-identical to training images (ksdd1_dev: test kos26 = train kos01)
         pairs = duplicates_across(load_split(meta["dataset"], "test"), load_split(meta["dataset"], "train"))
         leaked = {os.path.abspath(p) for p, _ in pairs}
         test.keep(np.array([os.path.abspath(cache.paths[r]) not in leaked for r in test.rows]))
@@ -166,21 +169,32 @@ def study_one(folder: str, d: int, cache_root: str, drop_leaked: bool = False) -
     for name, s in scores.items():
         boots = np.array([fast_auroc(s[i], y[i]) for i in idx])
         diffs = boots - np.array([fast_auroc(base[i], y[i]) for i in idx]) if name != "patchcore" else np.zeros(1)
-        rows[name] = {"auroc": fast_auroc(s, y),
-                      "ci90": [float(np.quantile(boots, 0.05)), float(np.quantile(boots, 0.95))],
-                      "diff_vs_patchcore": float(np.mean(diffs)),
-                      "diff_ci90": [float(np.quantile(diffs, 0.05)), float(np.quantile(diffs, 0.95))],
-                      "p_better": float(np.mean(diffs > 0))}
+        rows[name] = {
+            "auroc": fast_auroc(s, y),
+            "ci90": [float(np.quantile(boots, 0.05)), float(np.quantile(boots, 0.95))],
+            "diff_vs_patchcore": float(np.mean(diffs)),
+            "diff_ci90": [float(np.quantile(diffs, 0.05)), float(np.quantile(diffs, 0.95))],
+            "p_better": float(np.mean(diffs > 0)),
+        }
     pix = {}
     masks = np.asarray(cache.masks[test.rows.tolist()])
     if masks.any():
         for kind in ("neg", "ratio", "dual", "dual_g0.5"):
             m = test.smooth(kind)
             pix[kind] = {"pixel_auroc": auroc(m.ravel(), masks.ravel()), "pixel_aupro": aupro(m, masks)}
-    return {"dataset": ds_name, "d": d, "fusion": params, "n_test": int(y.size), "defective": int(y.sum()),
-            "left_out_copies_of_training_images": len(leaked),
-            "bank_sizes": [meta["negative_size"], meta["positive_size"]], "image": rows, "pixel": pix,
-            "ms_per_image": meta["sets"]["test"]["ms_per_image"], "build_s": meta["build_s"]}
+    return {
+        "dataset": ds_name,
+        "d": d,
+        "fusion": params,
+        "n_test": int(y.size),
+        "defective": int(y.sum()),
+        "left_out_copies_of_training_images": len(leaked),
+        "bank_sizes": [meta["negative_size"], meta["positive_size"]],
+        "image": rows,
+        "pixel": pix,
+        "ms_per_image": meta["sets"]["test"]["ms_per_image"],
+        "build_s": meta["build_s"],
+    }
 
 
 def main() -> None:
@@ -189,8 +203,11 @@ def main() -> None:
     ap.add_argument("--ds", default="256")
     ap.add_argument("--cache", default="runs/cache")
     ap.add_argument("--json", default=None)
-    ap.add_argument("--drop-leaked", action="store_true",
-                    help="leave out test images byte-identical to training images (as `offline evaluate` does)")
+    ap.add_argument(
+        "--drop-leaked",
+        action="store_true",
+        help="leave out test images byte-identical to training images (as `offline evaluate` does)",
+    )
     a = ap.parse_args()
     results = []
     for folder in a.folders:
@@ -200,15 +217,19 @@ def main() -> None:
                 continue
             r = study_one(folder, d, a.cache, a.drop_leaked)
             results.append(r)
-            print(f"\n### {r['dataset']}, d = {d} (test: {r['n_test']} images, {r['defective']} defective, "
-                  f"{r['left_out_copies_of_training_images']} copies of training images left out; "
-                  f"banks {r['bank_sizes'][0]} / {r['bank_sizes'][1]}; kNN {r['ms_per_image']} ms/image)\n")
+            print(
+                f"\n### {r['dataset']}, d = {d} (test: {r['n_test']} images, {r['defective']} defective, "
+                f"{r['left_out_copies_of_training_images']} copies of training images left out; "
+                f"banks {r['bank_sizes'][0]} / {r['bank_sizes'][1]}; kNN {r['ms_per_image']} ms/image)\n"
+            )
             print("| image score | AUROC | 90% CI | diff vs patchcore | 90% CI of diff | P(better) |")
             print("|---|---|---|---|---|---|")
             for name, v in sorted(r["image"].items(), key=lambda kv: -kv[1]["auroc"]):
-                print(f"| {name} | {v['auroc']:.3f} | {v['ci90'][0]:.3f}-{v['ci90'][1]:.3f} | "
-                      f"{v['diff_vs_patchcore']:+.3f} | {v['diff_ci90'][0]:+.3f} to {v['diff_ci90'][1]:+.3f} | "
-                      f"{v['p_better']:.2f} |")
+                print(
+                    f"| {name} | {v['auroc']:.3f} | {v['ci90'][0]:.3f}-{v['ci90'][1]:.3f} | "
+                    f"{v['diff_vs_patchcore']:+.3f} | {v['diff_ci90'][0]:+.3f} to {v['diff_ci90'][1]:+.3f} | "
+                    f"{v['p_better']:.2f} |"
+                )
             if r["pixel"]:
                 print("\n| map | pixel AUROC | pixel AUPRO |\n|---|---|---|")
                 for kind, v in r["pixel"].items():

@@ -19,6 +19,7 @@ build seeds on one split give the seed-to-seed stability. Written to OUT/<set>/<
   # positive-bank coverage: --pos-ratio 1.0 (every defect patch) / --min-cover 0.1 (boundary patches too, a
   # dilation by up to one patch), --reuse-neg random-d256 (the negative evidence of that variant's same split)
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,9 +44,14 @@ from exdd_scoring.knn import bank_neighbors, nearest, sq_norms
 from scripts.common import peak_dists
 
 DATA = "/work/shared/data"
-K_STUDY = 10          # m* and its 9 nearest bank neighbours
-NEG_RATIO, POS_RATIO, MIN_BANK, HOLDOUT, MIN_COVER = (defaults.NEG_RATIO, defaults.POS_RATIO, defaults.MIN_BANK,
-                                                    defaults.HOLDOUT, defaults.MIN_COVER)   # as `exdd offline build`
+K_STUDY = 10  # m* and its 9 nearest bank neighbours
+NEG_RATIO, POS_RATIO, MIN_BANK, HOLDOUT, MIN_COVER = (
+    defaults.NEG_RATIO,
+    defaults.POS_RATIO,
+    defaults.MIN_BANK,
+    defaults.HOLDOUT,
+    defaults.MIN_COVER,
+)  # as `exdd offline build`
 
 
 def groups_of(root: str, samples: Sequence[Sample]) -> List[str]:
@@ -62,7 +68,7 @@ def groups_of(root: str, samples: Sequence[Sample]) -> List[str]:
         elif "source_image" in r and re.search(r"kos\d+", r["source_image"]) and "defect_type" not in r:
             g = re.search(r"kos\d+", r["source_image"]).group(0)
         else:
-            g = f                                       # magnetic tile: no physical groups known
+            g = f  # magnetic tile: no physical groups known
         out[rel[f]] = g
     missing = [s.path for s, g in zip(samples, out) if not g]
     if missing:
@@ -79,8 +85,9 @@ def pooled_samples(root: str) -> Tuple[List[Sample], List[str], int, int]:
     return allp, groups_of(root, allp), len(copies), len(test)
 
 
-def group_split(samples: Sequence[Sample], groups: Sequence[str], seed: int, orig_test: Sequence[Sample]
-                ) -> Tuple[List[int], List[int]]:
+def group_split(
+    samples: Sequence[Sample], groups: Sequence[str], seed: int, orig_test: Sequence[Sample]
+) -> Tuple[List[int], List[int]]:
     """(train, test) indices: whole groups to test in the original proportion of groups (or, when every image
     is its own group, the original per-label test fractions); both sides hold both labels."""
     y = np.array([s.label for s in samples])
@@ -89,7 +96,7 @@ def group_split(samples: Sequence[Sample], groups: Sequence[str], seed: int, ori
     rng = np.random.default_rng(1000 + seed)
     test_paths = {s.path for s in orig_test}
     in_test = np.array([s.path in test_paths for s in samples])
-    if len(uniq) == len(samples):                        # image-level, stratified by label
+    if len(uniq) == len(samples):  # image-level, stratified by label
         test = []
         for lab in (0, 1):
             idx = np.flatnonzero(y == lab)
@@ -156,13 +163,22 @@ def make_bank(vectors: np.ndarray, ratio: float, seed: int) -> Tuple[np.ndarray,
     """Coreset bank as `build` makes it (chunked k-center; every row when it keeps them all) with 9 within-bank
     neighbours per element. seed: unused since issue 25 (the coreset has no seed; kept for the callers)."""
     keep = bank_size(vectors.shape[0], ratio, MIN_BANK)
-    picked = np.arange(vectors.shape[0]) if keep >= vectors.shape[0] else np.sort(
-        chunked_kcenter(vectors, keep).indices)
+    picked = (
+        np.arange(vectors.shape[0]) if keep >= vectors.shape[0] else np.sort(chunked_kcenter(vectors, keep).indices)
+    )
     bank = np.ascontiguousarray(vectors[picked], np.float32)
     nbr = bank_neighbors(bank, K_STUDY, np).astype(np.int64)
     nn1 = np.sqrt(((bank - bank[nbr[:, 0]]) ** 2).sum(1))
-    return bank, nbr, {"size": int(bank.shape[0]), "patches": int(vectors.shape[0]),
-                       "nn1_median": float(np.median(nn1)), "nn1_mean": float(nn1.mean())}
+    return (
+        bank,
+        nbr,
+        {
+            "size": int(bank.shape[0]),
+            "patches": int(vectors.shape[0]),
+            "nn1_median": float(np.median(nn1)),
+            "nn1_mean": float(nn1.mean()),
+        },
+    )
 
 
 def bank_evidence(feats: np.ndarray, rows: Sequence[int], bank, tag: str, bs: int = 8) -> Dict[str, np.ndarray]:
@@ -172,7 +188,7 @@ def bank_evidence(feats: np.ndarray, rows: Sequence[int], bank, tag: str, bs: in
     sq = sq_norms(bank[0], np)
     rows = list(rows)
     for i in range(0, len(rows), bs):
-        f = feats[rows[i:i + bs]].astype(np.float32)
+        f = feats[rows[i : i + bs]].astype(np.float32)
         b, P, d = f.shape
         a, idx = nearest(f.reshape(-1, d), bank[0], np, sq)
         a, idx = a.reshape(b, P), idx.reshape(b, P)
@@ -187,8 +203,9 @@ def evidence(feats: np.ndarray, rows: Sequence[int], neg, pos) -> Dict[str, np.n
     return {**bank_evidence(feats, rows, neg, "neg"), **bank_evidence(feats, rows, pos, "pos")}
 
 
-def crossfit_evidence(feats: np.ndarray, defects: Sequence[int], sel: np.ndarray, neg, pos_ratio: float,
-                      bseed: int) -> Tuple[Dict[str, np.ndarray], List[Dict]]:
+def crossfit_evidence(
+    feats: np.ndarray, defects: Sequence[int], sel: np.ndarray, neg, pos_ratio: float, bseed: int
+) -> Tuple[Dict[str, np.ndarray], List[Dict]]:
     """The defective training images' evidence as the image head is trained on it (exdd.offline.head): each fold of
     head.crossfit_folds scored against a positive bank built without its patches (make_bank, seed bseed + 1).
     Keyed a_neg ... nb_pos, ids, labels (all 1), fold; and each fold bank's statistics."""
@@ -198,12 +215,14 @@ def crossfit_evidence(feats: np.ndarray, defects: Sequence[int], sel: np.ndarray
     d = feats.shape[-1]
     for f in range(int(fold.max()) + 1 if len(defects) > 1 else 0):
         rest, rows = fold != f, [defects[i] for i in np.flatnonzero(fold == f)]
-        bank = make_bank(feats[[defects[i] for i in np.flatnonzero(rest)]][sel[rest]].reshape(-1, d), pos_ratio,
-                         bseed + 1)
+        bank = make_bank(
+            feats[[defects[i] for i in np.flatnonzero(rest)]][sel[rest]].reshape(-1, d), pos_ratio, bseed + 1
+        )
         stats.append(bank[2])
         ev = evidence(feats, rows, neg, bank[:2])
-        ev.update(ids=np.array(rows, np.int32), labels=np.ones(len(rows), np.int8),
-                  fold=np.full(len(rows), f, np.int16))
+        ev.update(
+            ids=np.array(rows, np.int32), labels=np.ones(len(rows), np.int8), fold=np.full(len(rows), f, np.int16)
+        )
         for k, v in ev.items():
             out.setdefault(k, []).append(v)
     return {k: np.concatenate(v) for k, v in out.items()}, stats
@@ -235,8 +254,8 @@ def main() -> None:
     orig_test = [s for s in samples if s.split == "test"]
     F = Features(caches, samples)
     variant = a.variant or f"{a.proj}-d{a.d if a.proj != 'none' else 1536}" + (
-        f"-pos{a.pos_ratio:g}" if a.pos_ratio != POS_RATIO else "") + (
-        f"-cover{a.min_cover:g}" if a.min_cover != MIN_COVER else "")
+        f"-pos{a.pos_ratio:g}" if a.pos_ratio != POS_RATIO else ""
+    ) + (f"-cover{a.min_cover:g}" if a.min_cover != MIN_COVER else "")
     out_dir = os.path.join(a.out, name, variant)
     os.makedirs(out_dir, exist_ok=True)
     grid = list(caches["train"].raw.shape[1:3])
@@ -245,8 +264,11 @@ def main() -> None:
         t0 = time.time()
         proj = make_projection(a.d, 0) if a.proj == "random" else np.eye(1536, dtype=np.float32)
         feats_fixed = F.project(proj, np.zeros(1536, np.float32))
-        print(f"{name}: projected {len(samples)} images to d={proj.shape[1]} in {time.time() - t0:.0f}s",
-              file=sys.stderr, flush=True)
+        print(
+            f"{name}: projected {len(samples)} images to d={proj.shape[1]} in {time.time() - t0:.0f}s",
+            file=sys.stderr,
+            flush=True,
+        )
     for split in (int(v) for v in a.splits.split(",")):
         tr, te = group_split(samples, groups, split, orig_test)
         for bseed in (int(v) for v in a.build_seeds.split(",")):
@@ -259,7 +281,7 @@ def main() -> None:
             pos_of = {s.path: i for i, s in enumerate(samples)}
             normals = [pos_of[s.path] for s in kept if s.label == 0]
             if a.max_normals and len(normals) > a.max_normals:
-                normals = sorted(np.random.default_rng(split).permutation(normals)[:a.max_normals].tolist())
+                normals = sorted(np.random.default_rng(split).permutation(normals)[: a.max_normals].tolist())
             defects = [pos_of[s.path] for s in kept if s.label == 1]
             held_i = [pos_of[s.path] for s in held]
             feats = feats_fixed
@@ -268,7 +290,7 @@ def main() -> None:
                 feats = F.project(p, mu)
             d = feats.shape[-1]
             reused = None
-            if a.reuse_neg:      # the same split's negative bank evidence (same seeds, normals and images)
+            if a.reuse_neg:  # the same split's negative bank evidence (same seeds, normals and images)
                 ref = os.path.join(a.out, name, a.reuse_neg, f"split{split}-build{bseed}")
                 ref_meta = json.load(open(ref + ".json"))
                 if ref_meta["normals"] != len(normals) or ref_meta["paths"] != [s.path for s in samples]:
@@ -297,24 +319,46 @@ def main() -> None:
                     arrays[f"{key}_{k}"] = v
                 arrays[f"{key}_labels"] = np.array([samples[i].label for i in rows], np.int8)
                 arrays[f"{key}_ids"] = np.array(rows, np.int32)
-            if reused is None:    # the image head's training evidence: the defective training images cross-fitted
+            if reused is None:  # the image head's training evidence: the defective training images cross-fitted
                 t1 = time.time()
                 cf, cf_pos = crossfit_evidence(feats, defects, sel, neg[:2], a.pos_ratio, bseed)
                 arrays.update({f"cf_{k}": v for k, v in cf.items()})
                 timing["crossfit_s"] = round(time.time() - t1, 1)
             np.savez(stem + ".npz", **arrays)
-            meta = {"set": name, "input_size": list(hw), "grid": grid, "d": int(d), "proj": a.proj, "split": split,
-                    "build_seed": bseed, "neg": neg[2], "pos": pos[2], "normals": len(normals),
-                    "defect_images": len(defects), "held": len(held_i), "test": len(te),
-                    "test_defective": int(sum(samples[i].label for i in te)), "build_s": round(t_build, 1),
-                    "knn_ms_per_image": timing, "neg_ratio": a.neg_ratio, "pos_ratio": a.pos_ratio,
-                    "min_cover": a.min_cover, "reused_neg": a.reuse_neg,
-                    "cf_pos": cf_pos if reused is None else None, "copies_dropped": n_copies,
-                    "paths": [s.path for s in samples], "splits_of": [s.split for s in samples]}
+            meta = {
+                "set": name,
+                "input_size": list(hw),
+                "grid": grid,
+                "d": int(d),
+                "proj": a.proj,
+                "split": split,
+                "build_seed": bseed,
+                "neg": neg[2],
+                "pos": pos[2],
+                "normals": len(normals),
+                "defect_images": len(defects),
+                "held": len(held_i),
+                "test": len(te),
+                "test_defective": int(sum(samples[i].label for i in te)),
+                "build_s": round(t_build, 1),
+                "knn_ms_per_image": timing,
+                "neg_ratio": a.neg_ratio,
+                "pos_ratio": a.pos_ratio,
+                "min_cover": a.min_cover,
+                "reused_neg": a.reuse_neg,
+                "cf_pos": cf_pos if reused is None else None,
+                "copies_dropped": n_copies,
+                "paths": [s.path for s in samples],
+                "splits_of": [s.split for s in samples],
+            }
             json.dump(meta, open(stem + ".json", "w"))
-            print(f"{name} {variant} split {split} build {bseed}: test {len(te)} ({meta['test_defective']} def), "
-                  f"banks {neg[2]['size']}/{pos[2]['size']}, build {t_build:.0f}s, kNN {timing} ms/img, "
-                  f"total {time.time() - t0:.0f}s", file=sys.stderr, flush=True)
+            print(
+                f"{name} {variant} split {split} build {bseed}: test {len(te)} ({meta['test_defective']} def), "
+                f"banks {neg[2]['size']}/{pos[2]['size']}, build {t_build:.0f}s, kNN {timing} ms/img, "
+                f"total {time.time() - t0:.0f}s",
+                file=sys.stderr,
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ The old `offline build --seed s` is (listing s, listing s, seeded s); the new on
   nice -n 5 .venv/bin/python -m scripts.studies.study_stability --set ksdd1_dev:632x224 --cache runs/cache \
       --json runs/stability/ksdd1_dev.json --check-build
 """
+
 from __future__ import annotations
 
 import argparse
@@ -58,8 +59,9 @@ MODES = ("dual_bounded", "dual", "patchcore")
 RULES = {"listing": legacy_holdout_split, "content": holdout_split}
 
 
-def seeded_kcenter(x: np.ndarray, k: int, seed: int, chunk_rows: int = defaults.CHUNK_ROWS,
-                   oversample: float = defaults.OVERSAMPLE) -> Coreset:
+def seeded_kcenter(
+    x: np.ndarray, k: int, seed: int, chunk_rows: int = defaults.CHUNK_ROWS, oversample: float = defaults.OVERSAMPLE
+) -> Coreset:
     """chunked_kcenter as it was before issue 25: a seeded random start row per chunk (exact greedy below a chunk)."""
     n = x.shape[0]
     if k >= n:
@@ -72,8 +74,9 @@ def seeded_kcenter(x: np.ndarray, k: int, seed: int, chunk_rows: int = defaults.
     picks, radii = [], []
     for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
         start = int(rng.integers(b - a))
-        sel, vals = greedy_picks(np.ascontiguousarray(x[a:b], np.float32),
-                                 max(1, math.ceil(oversample * k * (b - a) / n)), start)
+        sel, vals = greedy_picks(
+            np.ascontiguousarray(x[a:b], np.float32), max(1, math.ceil(oversample * k * (b - a) / n)), start
+        )
         picks.append(sel + a)
         radii.append(vals)
     return merge_chunks(picks, radii, k, f"chunked(rows={chunk_rows},oversample={oversample})")
@@ -98,8 +101,18 @@ class Projected:
         return Extracted(f, c if with_mask else None, list(samples), [])
 
 
-def one_build(root: str, out: str, tr: Projected, train: List[Sample], features: Dict, rule: str,
-              h_normal: int, h_defect: int, coreset: str, c_seed: int) -> Dict:
+def one_build(
+    root: str,
+    out: str,
+    tr: Projected,
+    train: List[Sample],
+    features: Dict,
+    rule: str,
+    h_normal: int,
+    h_defect: int,
+    coreset: str,
+    c_seed: int,
+) -> Dict:
     """Banks from the training images with the given hold-out seeds (normals, defectives) and coreset rule;
     returns the bank sizes and the held-out paths. The banks are written to out."""
     cfg = BuildConfig(seed=h_normal)
@@ -109,7 +122,7 @@ def one_build(root: str, out: str, tr: Projected, train: List[Sample], features:
     normals = [s for s in kn if s.label == 0]
     defects = [s for s in kd if s.label == 1]
     held = [s for s in hn if s.label == 0] + [s for s in hd if s.label == 1]
-    if rule == "content":                       # build() keeps the held-out images in content order
+    if rule == "content":  # build() keeps the held-out images in content order
         pos = {s.path: i for i, s in enumerate(canonical_order(train))}
         held.sort(key=lambda s: pos[s.path])
     d = tr.feats.shape[-1]
@@ -120,9 +133,11 @@ def one_build(root: str, out: str, tr: Projected, train: List[Sample], features:
         neg = make_bank(neg_x, cfg.neg_ratio, cfg.min_size, cfg.k, cfg.chunk_rows, cfg.oversample)
         pos = make_bank(pos_x, cfg.pos_ratio, cfg.min_size, cfg.k, cfg.chunk_rows, cfg.oversample)
     else:
+
         def seeded(x, ratio, seed):
             cs = seeded_kcenter(x, bank_size(x.shape[0], ratio, cfg.min_size), seed, cfg.chunk_rows, cfg.oversample)
             return bank_of(x[np.sort(cs.indices)], x.shape[0], cs, ratio, cfg.min_size, cfg.k)
+
         neg, pos = seeded(neg_x, cfg.neg_ratio, c_seed), seeded(pos_x, cfg.pos_ratio, c_seed + 1)
     fh, _ = tr.take(held)
     labels = np.array([s.label for s in held])
@@ -130,8 +145,19 @@ def one_build(root: str, out: str, tr: Projected, train: List[Sample], features:
     def held_scores(pair):
         return score_samples(calibration_scorer(pair), fh), labels
 
-    finish(root, out, features, cfg, (), Plan(normals, defects, [], held), neg, pos,
-           {"real": len(defects), "synthetic": 0}, [], held_scores)
+    finish(
+        root,
+        out,
+        features,
+        cfg,
+        (),
+        Plan(normals, defects, [], held),
+        neg,
+        pos,
+        {"real": len(defects), "synthetic": 0},
+        [],
+        held_scores,
+    )
     return {"neg": neg[0].size, "pos": pos[0].size, "held": sorted(os.path.relpath(s.path, root) for s in held)}
 
 
@@ -139,7 +165,7 @@ def scores_of_test(bank_dir: str, te: Projected, batch: int = 16) -> Dict[str, n
     scorer = Scorer(load_banks(bank_dir))
     out: Dict[str, List[np.ndarray]] = {m: [] for m in MODES}
     for i in range(0, te.feats.shape[0], batch):
-        r = scorer.score(te.feats[i:i + batch].astype(np.float32), map_modes=(), modes=MODES)
+        r = scorer.score(te.feats[i : i + batch].astype(np.float32), map_modes=(), modes=MODES)
         for m in MODES:
             out[m].append(r.scores[m])
     return {m: np.concatenate(v) for m, v in out.items()}
@@ -174,12 +200,16 @@ def main() -> None:
     log(f"{name}: {len(train)} train, {len(te.samples)} test images ({int(labels.sum())} defective) projected")
     S = list(range(a.seeds))
     # build key: (rule, normal hold-out seed, defect hold-out seed, coreset, coreset seed)
-    before = {"hold-out (normals and defectives)": [("listing", s, s, "seeded", 0) for s in S],
-              "coreset starts": [("listing", 0, 0, "seeded", s) for s in S],
-              "both (the old --seed)": [("listing", s, s, "seeded", s) for s in S]}
-    after = {"hold-out (normals and defectives) = the new --seed": [("content", s, s, "fixed", 0) for s in S],
-             "hold-out of the normals only": [("content", s, 0, "fixed", 0) for s in S],
-             "hold-out of the defectives only": [("content", 0, s, "fixed", 0) for s in S]}
+    before = {
+        "hold-out (normals and defectives)": [("listing", s, s, "seeded", 0) for s in S],
+        "coreset starts": [("listing", 0, 0, "seeded", s) for s in S],
+        "both (the old --seed)": [("listing", s, s, "seeded", s) for s in S],
+    }
+    after = {
+        "hold-out (normals and defectives) = the new --seed": [("content", s, s, "fixed", 0) for s in S],
+        "hold-out of the normals only": [("content", s, 0, "fixed", 0) for s in S],
+        "hold-out of the defectives only": [("content", 0, s, "fixed", 0) for s in S],
+    }
     keys = list(dict.fromkeys(k for g in (before, after) for ks in g.values() for k in ks))
     scores, info = {}, {}
     with tempfile.TemporaryDirectory(prefix="exdd-stability-") as tmp:
@@ -187,23 +217,34 @@ def main() -> None:
             out = os.path.join(tmp, "-".join(map(str, key)))
             info[key] = one_build(root, out, tr, train, features, *key)
             scores[key] = scores_of_test(out, te)
-            log(f"build {key}: banks {info[key]['neg']} + {info[key]['pos']}, "
-                + ", ".join(f"{m} AUROC {auroc(scores[key][m], labels):.3f}" for m in MODES))
+            log(
+                f"build {key}: banks {info[key]['neg']} + {info[key]['pos']}, "
+                + ", ".join(f"{m} AUROC {auroc(scores[key][m], labels):.3f}" for m in MODES)
+            )
             if a.check_build and key == ("content", 0, 0, "fixed", 0):
                 ref = os.path.join(tmp, "build")
                 build(root, ref, None, features, BuildConfig(seed=0), featurize=tr.featurize)
                 assert bank_bytes(ref) == bank_bytes(out), "the study's build differs from build()'s"
                 log("check: build() gives byte-identical banks")
-    res = {"set": name, "input_size": list(hw), "n_test": len(te.samples), "defective": int(labels.sum()),
-           "seeds": S, "builds": {"|".join(map(str, k)): {**info[k], "auroc": {m: auroc(scores[k][m], labels)
-                                                                               for m in MODES}} for k in keys},
-           "factors": {}}
+    res = {
+        "set": name,
+        "input_size": list(hw),
+        "n_test": len(te.samples),
+        "defective": int(labels.sum()),
+        "seeds": S,
+        "builds": {
+            "|".join(map(str, k)): {**info[k], "auroc": {m: auroc(scores[k][m], labels) for m in MODES}} for k in keys
+        },
+        "factors": {},
+    }
     for stage, groups in (("before", before), ("after", after)):
         for factor, ks in groups.items():
             pairs = list(itertools.combinations(ks, 2))
             rho = {m: [spearman(scores[p][m], scores[q][m]) for p, q in pairs] for m in MODES}
-            res["factors"][f"{stage}: {factor}"] = {m: {"mean": float(np.mean(v)), "min": float(np.min(v)),
-                                                        "pairs": [round(x, 4) for x in v]} for m, v in rho.items()}
+            res["factors"][f"{stage}: {factor}"] = {
+                m: {"mean": float(np.mean(v)), "min": float(np.min(v)), "pairs": [round(x, 4) for x in v]}
+                for m, v in rho.items()
+            }
     print(f"| {name} {hw[0]}x{hw[1]}: what differs between the builds | " + " | ".join(MODES) + " |")
     print("|---|" + "---|" * len(MODES))
     for f, v in res["factors"].items():

@@ -7,6 +7,7 @@ exported extractor with d baked in. For each d: banks as `exdd offline build`, m
   .venv/bin/python -m scripts.studies.sweep_d --dataset ../shared/data/magnetic_tile \
       --weights ../shared/weights/wrn50-random0-bncal.safetensors --ds 128,256,512,1536
 """
+
 from __future__ import annotations
 
 import argparse
@@ -60,30 +61,57 @@ def main() -> None:
 
         def batches(bs=8):
             for i in range(0, len(order), bs):
-                r = order[i:i + bs]
-                yield test_samples[i:i + bs], test.project(r, proj, np.float32), [test.masks[j] for j in r]
+                r = order[i : i + bs]
+                yield test_samples[i : i + bs], test.project(r, proj, np.float32), [test.masks[j] for j in r]
+
         scored = score_features(batches(), len(order), scorer, hw, not a.no_pixel)
         t_score = time.time() - t2
         met = metrics_of(scored)
         cs = res.manifest.coreset
-        rows.append({"d": d, "metrics": met, "build_s": round(t_build, 1), "score_s": round(t_score, 1),
-                     "ms_per_image_scoring": round(1000 * t_score / max(len(order), 1), 1),
-                     "negative_size": cs.negative.size, "positive_size": cs.positive.size,
-                     "thresholds": res.manifest.thresholds})
-        print(f"d={d}: " + ", ".join(f"{m} {met[m]['image_auroc']:.4f}/{met[m].get('pixel_auroc', float('nan')):.4f}"
-                                     for m in MODES), file=sys.stderr, flush=True)
-        BenchResult("sweep_d", params_of(a), {"dataset": a.dataset, "weights": caches["train"].weights_id, "rows": rows,
-                                              "extract_s": round(t_extract, 1), "peak_rss_gb": peak_rss_gb()}
-                    ).save(os.path.join(a.out, "sweep.json"))
-    print("| d | mode | image AUROC | image AP | image F1-max | pixel AUROC | pixel AUPRO | bank -/+ | build s "
-          "| score ms/img |")
+        rows.append(
+            {
+                "d": d,
+                "metrics": met,
+                "build_s": round(t_build, 1),
+                "score_s": round(t_score, 1),
+                "ms_per_image_scoring": round(1000 * t_score / max(len(order), 1), 1),
+                "negative_size": cs.negative.size,
+                "positive_size": cs.positive.size,
+                "thresholds": res.manifest.thresholds,
+            }
+        )
+        print(
+            f"d={d}: "
+            + ", ".join(
+                f"{m} {met[m]['image_auroc']:.4f}/{met[m].get('pixel_auroc', float('nan')):.4f}" for m in MODES
+            ),
+            file=sys.stderr,
+            flush=True,
+        )
+        BenchResult(
+            "sweep_d",
+            params_of(a),
+            {
+                "dataset": a.dataset,
+                "weights": caches["train"].weights_id,
+                "rows": rows,
+                "extract_s": round(t_extract, 1),
+                "peak_rss_gb": peak_rss_gb(),
+            },
+        ).save(os.path.join(a.out, "sweep.json"))
+    print(
+        "| d | mode | image AUROC | image AP | image F1-max | pixel AUROC | pixel AUPRO | bank -/+ | build s "
+        "| score ms/img |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         for m in MODES:
             v = r["metrics"][m]
-            print(f"| {r['d']} | {m} | {v['image_auroc']:.4f} | {v['image_ap']:.4f} | {v['image_f1_max']:.4f} | "
-                  f"{v.get('pixel_auroc', float('nan')):.4f} | {v.get('pixel_aupro', float('nan')):.4f} | "
-                  f"{r['negative_size']}/{r['positive_size']} | {r['build_s']} | {r['ms_per_image_scoring']} |")
+            print(
+                f"| {r['d']} | {m} | {v['image_auroc']:.4f} | {v['image_ap']:.4f} | {v['image_f1_max']:.4f} | "
+                f"{v.get('pixel_auroc', float('nan')):.4f} | {v.get('pixel_aupro', float('nan')):.4f} | "
+                f"{r['negative_size']}/{r['positive_size']} | {r['build_s']} | {r['ms_per_image_scoring']} |"
+            )
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ Without a GPU it runs the same steps on the CPU at a small size (NumPy scorer, t
 batch 1), says what it skipped, and still writes the JSON. Works from a plain checkout (no pip install):
 the exdd packages are mapped from the source folders when ``import exdd_scoring`` fails.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,6 +39,7 @@ def import_exdd() -> None:
         try:
             import exdd.offline.features  # noqa: F401
             import exdd_scoring  # noqa: F401
+
             return
         except ImportError:
             pass
@@ -80,8 +82,10 @@ def load_images(data: str, split: str, n: int, hw, label=None) -> np.ndarray:
     """Up to n images of a KSDD2/MVTec dataset split (label 0/1 or any), else generated surfaces."""
     from exdd.export.onnx_export import generated_images
     from exdd.export.onnx_export import load_images as load
+
     if data and os.path.isdir(data):
         from exdd.datasets import load_split
+
         s = [x for x in load_split(data, split) if label is None or x.label == label]
         if s:
             step = max(1, len(s) // n)
@@ -93,8 +97,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True, help="JSON file of figures to write")
     ap.add_argument("--data", default=os.path.join(ROOT, "..", "shared", "data", "magnetic_tile"))
-    ap.add_argument("--weights",
-                    default=os.path.join(ROOT, "..", "shared", "weights", "wrn50-random0-bncal.safetensors"))
+    ap.add_argument(
+        "--weights", default=os.path.join(ROOT, "..", "shared", "weights", "wrn50-random0-bncal.safetensors")
+    )
     ap.add_argument("--banks", default=None, help="a bank directory (default: built from --data features)")
     ap.add_argument("--input-size", default="632x224")
     ap.add_argument("--d", type=int, default=256)
@@ -111,6 +116,7 @@ def main() -> int:
     log = lambda s: print(f"[{time.time() - t_start:6.1f}s] {s}", file=sys.stderr, flush=True)  # noqa: E731
     import_exdd()
     import exdd
+
     rep_exdd_from = os.path.dirname(os.path.abspath(exdd.__file__))
     import torch
 
@@ -118,14 +124,22 @@ def main() -> int:
     from exdd_scoring import Bank, BankPair, Scorer, load_banks
     from exdd_scoring.knn import bank_neighbors
 
-    rep: Dict[str, Any] = {"host": platform.node(), "python": platform.python_version(), "torch": torch.__version__,
-                           "numpy": np.__version__, "exdd_from": rep_exdd_from, "skipped": [], "figures": {},
-                           "checks": {}}
+    rep: Dict[str, Any] = {
+        "host": platform.node(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "exdd_from": rep_exdd_from,
+        "skipped": [],
+        "figures": {},
+        "checks": {},
+    }
     gpu = torch.cuda.is_available() and not args.cpu
     cp = None
     if gpu:
         try:
             import cupy as cp
+
             cp.cuda.runtime.getDeviceCount()
             rep["cupy"] = cp.__version__
             rep["device"] = torch.cuda.get_device_name(0)
@@ -133,8 +147,10 @@ def main() -> int:
             rep["skipped"].append(f"cupy unusable ({type(e).__name__}: {e}): CuPy steps skipped")
             cp = None
     else:
-        rep["skipped"].append("no CUDA GPU (or --cpu): CPU fallback at a small size; CuPy, GPU extraction and "
-                              "GPU end-to-end figures skipped")
+        rep["skipped"].append(
+            "no CUDA GPU (or --cpu): CPU fallback at a small size; CuPy, GPU extraction and "
+            "GPU end-to-end figures skipped"
+        )
     rep["mode"] = "gpu" if gpu else "cpu-fallback"
     hw = tuple(int(v) for v in args.input_size.lower().split("x"))
     batches = [int(b) for b in args.batches.split(",")] if gpu else [1]
@@ -153,7 +169,7 @@ def main() -> int:
     def extract(imgs_host: np.ndarray) -> torch.Tensor:
         out = []
         for i in range(0, len(imgs_host), 32):
-            x = torch.from_numpy(np.ascontiguousarray(imgs_host[i:i + 32])).to(dev, non_blocking=True)
+            x = torch.from_numpy(np.ascontiguousarray(imgs_host[i : i + 32])).to(dev, non_blocking=True)
             out.append(model(x).float())
         return torch.cat(out)
 
@@ -173,8 +189,9 @@ def main() -> int:
             if n > len(src):
                 reps = int(np.ceil(n / len(src)))
                 std = src.std(axis=0, keepdims=True)
-                src = np.concatenate([src] + [src + rng.normal(0, 0.05, src.shape).astype(np.float32) * std
-                                              for _ in range(reps - 1)])
+                src = np.concatenate(
+                    [src] + [src + rng.normal(0, 0.05, src.shape).astype(np.float32) * std for _ in range(reps - 1)]
+                )
             return np.ascontiguousarray(src[rng.choice(len(src), n, replace=False)], dtype=np.float32)
 
         neg, pos = sample(normal, n_neg), sample(defect, n_pos)
@@ -186,11 +203,14 @@ def main() -> int:
             nb_neg, nb_pos = cp.asnumpy(nb_neg), cp.asnumpy(nb_pos)
         manifest = {"features": info, "k": 3, "default_mode": "exdd"}
         pair = BankPair(Bank(neg, nb_neg), Bank(pos, nb_pos), manifest)
-        src = args.data if os.path.isdir(args.data) else 'generated surfaces'
-        rep["banks"] = {"source": f"random real patches of {src}"
-                                  f" ({len(normal)} normal / {len(defect)} defect patches, jitter-tiled when short)",
-                        "negative": int(neg.shape[0]), "positive": int(pos.shape[0]),
-                        "neighbours_s": round(time.time() - t, 2)}
+        src = args.data if os.path.isdir(args.data) else "generated surfaces"
+        rep["banks"] = {
+            "source": f"random real patches of {src}"
+            f" ({len(normal)} normal / {len(defect)} defect patches, jitter-tiled when short)",
+            "negative": int(neg.shape[0]),
+            "positive": int(pos.shape[0]),
+            "neighbours_s": round(time.time() - t, 2),
+        }
     log(f"banks: {rep['banks']}")
 
     # 2. parity CuPy vs NumPy on real test features
@@ -211,9 +231,12 @@ def main() -> int:
         for m in ref.maps:
             a, b = ref.maps[m], cp.asnumpy(got.maps[m])
             map_worst = max(map_worst, float(np.max(np.abs(a - b)) / max(float(np.abs(a).max()), 1e-12)))
-        rep["checks"]["cupy_vs_numpy"] = {"images": int(min(8, len(feats))), "score_max_rel_diff": worst,
-                                          "map_max_rel_diff": map_worst,
-                                          "ok": bool(worst <= 1e-4 and map_worst <= 1e-4)}
+        rep["checks"]["cupy_vs_numpy"] = {
+            "images": int(min(8, len(feats))),
+            "score_max_rel_diff": worst,
+            "map_max_rel_diff": map_worst,
+            "ok": bool(worst <= 1e-4 and map_worst <= 1e-4),
+        }
     else:
         again = Scorer(pair, xp=np).score(feats[:8])
         same = all(np.allclose(again.scores[m], ref.scores[m], rtol=1e-6) for m in ref.scores)
@@ -233,8 +256,11 @@ def main() -> int:
         fb = np.repeat(feats[:1], b, axis=0)
         f_dev = cp.asarray(fb) if cp is not None else fb
         mode = sc_dev.default_mode
-        s_sc = timed(lambda: sc_dev.score(f_dev, map_modes=(mode,)), window,
-                     sync=(cp.cuda.Stream.null.synchronize if cp is not None else (lambda: None)))
+        s_sc = timed(
+            lambda: sc_dev.score(f_dev, map_modes=(mode,)),
+            window,
+            sync=(cp.cuda.Stream.null.synchronize if cp is not None else (lambda: None)),
+        )
         rep["figures"][f"score_fps_batch{b}"] = sig(b / s_sc)
 
         def e2e() -> None:
@@ -244,6 +270,7 @@ def main() -> int:
             out = sc_dev.score(fx, map_modes=(mode,))
             if cp is not None:
                 cp.asnumpy(out.scores[mode]), cp.asnumpy(out.maps[mode])
+
         s_e2e = timed(e2e, window)
         rep["figures"][f"end_to_end_fps_batch{b}"] = sig(b / s_e2e)
         log(f"batch {b}: extract {b / s_ext:.1f} / score {b / s_sc:.1f} / end to end {b / s_e2e:.1f} frames/s")
@@ -253,8 +280,11 @@ def main() -> int:
     # 6. Triton
     ts = shutil.which("tritonserver")
     if ts:
-        rep["triton"] = {"tritonserver": ts, "note": "present; drive it with `exdd export repository --kind gpu` + "
-                                                     "`exdd serve` + `exdd client bench` (not run by this script)"}
+        rep["triton"] = {
+            "tritonserver": ts,
+            "note": "present; drive it with `exdd export repository --kind gpu` + "
+            "`exdd serve` + `exdd client bench` (not run by this script)",
+        }
     else:
         rep["skipped"].append("Triton: no tritonserver on PATH")
     rep["wall_s"] = round(time.time() - t_start, 1)

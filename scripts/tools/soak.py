@@ -7,6 +7,7 @@ the features model) at start and end, sampled every --sample seconds.
 
   .venv/bin/python -m scripts.tools.soak --repo runs/demo/repository --duration 600 --concurrency 8
 """
+
 from __future__ import annotations
 
 import argparse
@@ -91,15 +92,27 @@ def main() -> None:
     names = sorted(samples[0][1])
     ms = latency_stats(lat)
     res = {
-        "repo": os.path.abspath(a.repo), "duration_s": round(secs, 1), "concurrency": a.concurrency, "batch": a.batch,
-        "requests": len(lat) + len(errors), "ok": len(lat), "errors": len(errors), "error_examples": errors[:5],
+        "repo": os.path.abspath(a.repo),
+        "duration_s": round(secs, 1),
+        "concurrency": a.concurrency,
+        "batch": a.batch,
+        "requests": len(lat) + len(errors),
+        "ok": len(lat),
+        "errors": len(errors),
+        "error_examples": errors[:5],
         "images_per_s": round(len(lat) * a.batch / secs, 3),
         **{k: round(ms[k], 1) if lat else None for k in ("p50_ms", "p95_ms", "p99_ms")},
-        "rss_mb": {n: {"start": round(samples[0][1].get(n, 0) / 1024, 1),
-                       "after_first_minute": round(next((s[1].get(n, 0) for s in samples if s[0] >= 60),
-                                                        samples[-1][1].get(n, 0)) / 1024, 1),
-                       "end": round(samples[-1][1].get(n, 0) / 1024, 1),
-                       "max": round(max(s[1].get(n, 0) for s in samples) / 1024, 1)} for n in names},
+        "rss_mb": {
+            n: {
+                "start": round(samples[0][1].get(n, 0) / 1024, 1),
+                "after_first_minute": round(
+                    next((s[1].get(n, 0) for s in samples if s[0] >= 60), samples[-1][1].get(n, 0)) / 1024, 1
+                ),
+                "end": round(samples[-1][1].get(n, 0) / 1024, 1),
+                "max": round(max(s[1].get(n, 0) for s in samples) / 1024, 1),
+            }
+            for n in names
+        },
         "samples": [(t, {k: round(v / 1024, 1) for k, v in s.items()}) for t, s in samples],
     }
     print(json.dumps({k: v for k, v in res.items() if k != "samples"}, indent=1))

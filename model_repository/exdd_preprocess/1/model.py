@@ -7,6 +7,7 @@ another model is read), the functions the client, the bank build and calibration
 is this model's own config (the dims of output MODEL_IMAGE). A bad picture fails its own request with a
 message naming the input and the problem; the other requests of the batch are answered.
 """
+
 import json
 import os
 import sys
@@ -18,8 +19,10 @@ import triton_python_backend_utils as pb_utils
 def scoring_package(version_dir, name):
     """Put this version's own exdd_scoring package first on the path."""
     if not os.path.isdir(os.path.join(version_dir, "exdd_scoring")):
-        raise RuntimeError(f"{name}: needs exdd_scoring/ beside model.py in {version_dir} "
-                           "(rebuild the repository with exdd export repository)")
+        raise RuntimeError(
+            f"{name}: needs exdd_scoring/ beside model.py in {version_dir} "
+            "(rebuild the repository with exdd export repository)"
+        )
     if version_dir not in sys.path:
         sys.path.insert(0, version_dir)
 
@@ -30,7 +33,7 @@ class TritonPythonModel:
     def initialize(self, args):
         """Read the model-input size from this model's config; load the picture module (and so Pillow)."""
         config = json.loads(args["model_config"])
-        self.name = args["model_name"]      # exdd_preprocess (exdd_scoring.model_names)
+        self.name = args["model_name"]  # exdd_preprocess (exdd_scoring.model_names)
         scoring_package(os.path.join(args["model_repository"], str(args["model_version"])), self.name)
         try:
             from exdd_scoring import picture
@@ -55,8 +58,9 @@ class TritonPythonModel:
         elif blobs is not None:
             data = blobs.as_numpy()
             if data.ndim != 2 or data.shape[0] < 1 or data.shape[1] != 1:
-                raise pic.PictureError(f"input IMAGE_BYTES of shape {tuple(data.shape)}: expected (B>=1, 1), "
-                                       "one encoded file per element")
+                raise pic.PictureError(
+                    f"input IMAGE_BYTES of shape {tuple(data.shape)}: expected (B>=1, 1), one encoded file per element"
+                )
             pics = [pic.decode_rgb(data[j, 0], f"input IMAGE_BYTES[{j}]") for j in range(data.shape[0])]
         else:
             raise pic.PictureError("no input: send IMAGE (uint8 H x W x 3) or IMAGE_BYTES (encoded files)")
@@ -69,11 +73,17 @@ class TritonPythonModel:
         for request in requests:
             try:
                 images, hw = self._pictures(request)
-                responses.append(pb_utils.InferenceResponse(output_tensors=[
-                    pb_utils.Tensor("MODEL_IMAGE", images), pb_utils.Tensor("IMAGE_HW", hw)]))
+                responses.append(
+                    pb_utils.InferenceResponse(
+                        output_tensors=[pb_utils.Tensor("MODEL_IMAGE", images), pb_utils.Tensor("IMAGE_HW", hw)]
+                    )
+                )
             except self.picture.PictureError as e:
-                responses.append(pb_utils.InferenceResponse(
-                    error=pb_utils.TritonError(f"{self.name}: {e}", pb_utils.TritonError.INVALID_ARG)))
+                responses.append(
+                    pb_utils.InferenceResponse(
+                        error=pb_utils.TritonError(f"{self.name}: {e}", pb_utils.TritonError.INVALID_ARG)
+                    )
+                )
             except Exception as e:  # any other failure is this request's (internal) error
                 responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(f"{self.name}: {e}")))
         return responses

@@ -1,6 +1,7 @@
 """Triton Python-backend model ``exdd_scorer`` (or ``exdd_<product>_scorer``): FEATURES (B, h, w, d) -> SCORE,
 IS_DEFECT, ANOMALY_MAP, SCORE_NEG, SCORE_POS, and what a line operator needs (issue 27, exdd_scoring/answer.py):
-VERDICT, CONFIDENCE, AREA, BOX, NEAREST_SOURCE, NEAREST_CLASS. Request parameters: ``threshold`` and ``min_area`` (pixels) override the configured ones.
+VERDICT, CONFIDENCE, AREA, BOX, NEAREST_SOURCE, NEAREST_CLASS. Request parameters: ``threshold`` and ``min_area``
+(pixels) override the configured ones.
 
 The banks are loaded once per instance, from ``banks/`` beside this file, and verified against
 ``features.json`` (the fingerprint of the exported extractor): banks made with other features
@@ -14,6 +15,7 @@ pixel threshold (a request for SCORE alone is answered without it; through the e
 banks with a pixel threshold always measure the region, and ANOMALY_MAP is returned unless anomaly_map is false).
 Only numpy, cupy (GPU instances) and files of this model directory are imported.
 """
+
 import json
 import math
 import os
@@ -61,8 +63,8 @@ def parse_threshold(value, where):
 # Served on the server's Prometheus endpoint (/metrics), labelled by model, product, version and mode, so a drift
 # of one product's score distribution (or a swap of its banks) shows in a standard dashboard.
 
-SCORE_BUCKET_FACTORS = (0.25, 0.5, 0.75, 0.9, 1.0, 1.1, 1.25, 1.5, 2.0, 4.0)   # x the served threshold
-LOG_SCORE_BUCKETS = tuple(10.0 ** (e / 2.0) for e in range(-6, 7))               # without a threshold
+SCORE_BUCKET_FACTORS = (0.25, 0.5, 0.75, 0.9, 1.0, 1.1, 1.25, 1.5, 2.0, 4.0)  # x the served threshold
+LOG_SCORE_BUCKETS = tuple(10.0 ** (e / 2.0) for e in range(-6, 7))  # without a threshold
 
 
 def score_buckets(threshold):
@@ -84,8 +86,12 @@ class DecisionMetrics:
             fam(name="exdd_defects_flagged_total", description="Images answered IS_DEFECT=true", kind=fam.COUNTER),
             fam(name="exdd_score", description="Image scores of the served mode", kind=fam.HISTOGRAM),
             fam(name="exdd_threshold", description="Served decision threshold (NaN: none)", kind=fam.GAUGE),
-            fam(name="exdd_verdicts_total", description="Images answered per VERDICT (ok, review, defect)",
-                kind=fam.COUNTER)]
+            fam(
+                name="exdd_verdicts_total",
+                description="Images answered per VERDICT (ok, review, defect)",
+                kind=fam.COUNTER,
+            ),
+        ]
         self.scored = self.families[0].Metric(labels=labels)
         self.flagged = self.families[1].Metric(labels=labels)
         self.score = self.families[2].Metric(labels=labels, buckets=score_buckets(threshold))
@@ -135,10 +141,10 @@ class TritonPythonModel:
     def initialize(self, args):
         """Load and verify the banks on this instance's device."""
         config = json.loads(args["model_config"])
-        self.name = args.get("model_name", SCORER_MODEL)     # exdd_scorer, or exdd_<product>_scorer
+        self.name = args.get("model_name", SCORER_MODEL)  # exdd_scorer, or exdd_<product>_scorer
         version_dir = os.path.join(args["model_repository"], str(args["model_version"]))
         features_path = os.path.join(version_dir, "features.json")
-        expected = None   # without features.json (banks copied into the committed template) exdd_features checks
+        expected = None  # without features.json (banks copied into the committed template) exdd_features checks
         if os.path.exists(features_path):
             try:
                 with open(features_path) as f:
@@ -152,6 +158,7 @@ class TritonPythonModel:
         self.gpu = args.get("model_instance_kind") == "GPU"
         if self.gpu:
             import cupy
+
             self.cupy = cupy
             cupy.cuda.Device(int(args.get("model_instance_device_id", 0))).use()
             xp = cupy
@@ -173,17 +180,15 @@ class TritonPythonModel:
             thr = self.scorer.thresholds.get(self.mode)
         self.threshold = None if thr is None else parse_threshold(thr, "config parameter")
         self.product = config_parameter(config, "product", DEFAULT_LABEL)
-        self.line = banks.manifest.line                  # issue 27 (None: banks before it)
+        self.line = banks.manifest.line  # issue 27 (None: banks before it)
         default_area = 0 if self.line is None else self.line.min_area
         try:
-            self.min_area = parse_min_area(config_parameter(config, "min_area", str(default_area)),
-                                           "config parameter")
+            self.min_area = parse_min_area(config_parameter(config, "min_area", str(default_area)), "config parameter")
             check_min_area(self.line, self.mode, self.min_area, "config parameter")
         except ValueError as e:
             raise RuntimeError(f"{self.name}: {e}") from None
         self.has_regions = self.line is not None and self.mode in self.line.pixel_threshold
-        self.metrics = make_metrics(args["model_version"], self.mode, self.threshold,
-                                    self.name, self.product)
+        self.metrics = make_metrics(args["model_version"], self.mode, self.threshold, self.name, self.product)
 
     def _record_metrics(self, score, ans, feats):
         """Decision metrics of one answered request; Triton's warm-up sample is answered but not counted."""
@@ -204,6 +209,7 @@ class TritonPythonModel:
                 arr = self.cupy.asarray(arr)
         else:
             import cupy
+
             arr = cupy.from_dlpack(tensor.to_dlpack())
             if not self.gpu:
                 arr = cupy.asnumpy(arr)
@@ -262,8 +268,10 @@ class TritonPythonModel:
         answer needs the map's region)."""
         params = self._params(request)
         area = self._min_area(params)
-        return Parsed(self._features(request), (self._threshold(params), self._wants_map(request, params), area,
-                                                self._wants_region(request, area)))
+        return Parsed(
+            self._features(request),
+            (self._threshold(params), self._wants_map(request, params), area, self._wants_region(request, area)),
+        )
 
     def _run(self, feats, parsed):
         """The served mode's ScoreBatch on the host; the map only when a request of the batch asks for it or for
@@ -278,21 +286,24 @@ class TritonPythonModel:
         text = lambda v: np.array([[x.encode()] for x in v], dtype=np.object_).reshape(-1, 1)  # noqa: E731
         score = sb.scores[self.mode]
         n = score.shape[0]
-        area = sb.areas.get(self.mode, np.zeros(n, dtype=np.int32))          # no region measured: area 0
+        area = sb.areas.get(self.mode, np.zeros(n, dtype=np.int32))  # no region measured: area 0
         box = sb.boxes.get(self.mode, np.zeros((n, 4), dtype=np.int32))
-        ans = answer(score, area, box, sb.nearest_rows[self.mode], self.mode, threshold, self.line,
-                     self.scorer.sources, min_area)
+        ans = answer(
+            score, area, box, sb.nearest_rows[self.mode], self.mode, threshold, self.line, self.scorer.sources, min_area
+        )
         o = LINE_OUTPUTS
-        tensors = [pb_utils.Tensor("SCORE", col(score)),
-                   pb_utils.Tensor("IS_DEFECT", np.ascontiguousarray(ans.is_defect, dtype=bool).reshape(-1, 1)),
-                   pb_utils.Tensor("SCORE_NEG", col(sb.s_neg)),
-                   pb_utils.Tensor("SCORE_POS", col(sb.s_pos)),
-                   pb_utils.Tensor(o["verdict"], text(ans.verdict)),
-                   pb_utils.Tensor(o["confidence"], col(ans.confidence)),
-                   pb_utils.Tensor(o["area"], np.ascontiguousarray(ans.area, dtype=np.int32).reshape(-1, 1)),
-                   pb_utils.Tensor(o["box"], np.ascontiguousarray(ans.box, dtype=np.int32).reshape(-1, 4)),
-                   pb_utils.Tensor(o["nearest_source"], text(ans.nearest_source)),
-                   pb_utils.Tensor(o["nearest_class"], text(ans.nearest_class))]
+        tensors = [
+            pb_utils.Tensor("SCORE", col(score)),
+            pb_utils.Tensor("IS_DEFECT", np.ascontiguousarray(ans.is_defect, dtype=bool).reshape(-1, 1)),
+            pb_utils.Tensor("SCORE_NEG", col(sb.s_neg)),
+            pb_utils.Tensor("SCORE_POS", col(sb.s_pos)),
+            pb_utils.Tensor(o["verdict"], text(ans.verdict)),
+            pb_utils.Tensor(o["confidence"], col(ans.confidence)),
+            pb_utils.Tensor(o["area"], np.ascontiguousarray(ans.area, dtype=np.int32).reshape(-1, 1)),
+            pb_utils.Tensor(o["box"], np.ascontiguousarray(ans.box, dtype=np.int32).reshape(-1, 4)),
+            pb_utils.Tensor(o["nearest_source"], text(ans.nearest_source)),
+            pb_utils.Tensor(o["nearest_class"], text(ans.nearest_class)),
+        ]
         if wants_map:
             tensors.append(pb_utils.Tensor(MAP, np.ascontiguousarray(sb.maps[self.mode], dtype=np.float32)))
         self._record_metrics(score, ans, parsed.array)
@@ -301,9 +312,13 @@ class TritonPythonModel:
     def execute(self, requests):
         """Score every valid request in one pass; errors stay with their own request."""
         return run_batched(
-            requests, self._parse, self._run, self._response,
+            requests,
+            self._parse,
+            self._run,
+            self._response,
             lambda e: pb_utils.InferenceResponse(error=pb_utils.TritonError(f"{self.name}: {e}")),
-            self.xp.concatenate)
+            self.xp.concatenate,
+        )
 
     def finalize(self):
         """Release the banks and this version's metrics."""
