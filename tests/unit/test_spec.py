@@ -1,5 +1,4 @@
 """FeatureSpec: the typed features fingerprint (round trip, validation, matching)."""
-import json
 
 import pytest
 
@@ -53,14 +52,3 @@ def test_a_fingerprint_without_projection_kind_is_random_and_the_kind_is_part_of
         FeatureSpec.from_dict({**BASE, "projection": ""})
 
 
-def test_a_manifest_with_malformed_features_is_refused(tiny_banks, tmp_path):
-    import shutil
-
-    from exdd_scoring import load_banks
-    bad = tmp_path / "b"
-    shutil.copytree(tiny_banks, bad)
-    m = json.loads((bad / "manifest.json").read_text())
-    m["features"]["grid"] = "16x8"
-    (bad / "manifest.json").write_text(json.dumps(m))
-    with pytest.raises(BankError, match="grid must be two positive integers"):
-        load_banks(str(bad))

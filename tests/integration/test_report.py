@@ -44,18 +44,12 @@ def _heatmaps(dataset: str, bank_dir: str, out_dir: str, mode: str) -> dict:
 
 
 @pytest.fixture(scope="module")
-def real_results(tmp_path_factory):
-    """(results dict, work dir) from a real tiny build + evaluate, with heatmaps on half the images."""
+def real_results(tiny_dataset, tiny_banks, tmp_path_factory):
+    """(results dict, work dir) from a real evaluate of the tiny world's banks, with heatmaps on half the images."""
     from exdd.cli import main
-    from exdd.offline.surfaces import generate
     root = tmp_path_factory.mktemp("report")
-    data, banks, res = str(root / "data"), str(root / "banks"), str(root / "results.json")
-    generate(data, 8, 3, 4, 4, (160, 64))
-    runner = CliRunner()
-    r = runner.invoke(main, ["offline", "build", data, "--out", banks, "--weights", "random:0", "--input-size",
-                             "128x48", "--d", "32", "--min-bank", "30"])
-    assert r.exit_code == 0, r.output
-    r = runner.invoke(main, ["offline", "evaluate", data, "--banks", banks, "--out", res])
+    data, banks, res = str(tiny_dataset), str(tiny_banks), str(root / "results.json")
+    r = CliRunner().invoke(main, ["offline", "evaluate", data, "--banks", banks, "--out", res])
     assert r.exit_code == 0, r.output
     with open(res) as f:
         results = json.load(f)
