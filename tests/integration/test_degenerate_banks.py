@@ -1,12 +1,32 @@
-"""A degenerate positive bank built by the real CLI (issue 26): the bounded scale holds and the build warns."""
+"""A degenerate positive bank built by the real CLI (issue 26): the bounded scale holds and the build warns.
+
+The one test that does not use the tiny world (tiny_world.py): its claim is a ratio of the training images' scores
+(max / median) with a patch sitting on a positive-bank vector, and at the tiny world's size (9 training images,
+d = 16) neither side shows: the float32 kNN leaves the one-row bank's own patch ~5e-3 away (the unbounded dual
+stays at 75x its median, no explosion), and 3 duplicated defects among 9 images put the bounded max at 119x its
+median. So it builds the 20-image, d = 32 world it was written on (SOURCE, BUILD_ARGS below).
+"""
 import numpy as np
 import pytest
+import tiny_world
 
 from exdd_scoring import Scorer
 
+SOURCE = {"n_train_normal": 14, "n_train_defect": 6, "n_test_normal": 6, "n_test_defect": 6, "size_hw": (160, 80)}
+BUILD_ARGS = ("--weights", tiny_world.WEIGHTS, "--input-size", f"{tiny_world.HW[0]}x{tiny_world.HW[1]}", "--d", "32",
+              "--min-bank", "40")
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory):
+    from exdd.offline.surfaces import generate
+    root = tmp_path_factory.mktemp("degenerate") / "source"
+    generate(str(root), seed=0, **SOURCE)
+    return root
+
 
 def _degenerate_defects(src, dst, kind):
-    """A copy of the tiny dataset whose training defects give a positive bank of one row ('one': a single defect
+    """A copy of the source dataset whose training defects give a positive bank of one row ('one': a single defect
     image, its mask one patch cell) or of duplicated rows ('dups': every defect image a copy of the first)."""
     import shutil
 
@@ -21,30 +41,28 @@ def _degenerate_defects(src, dst, kind):
             shutil.copy(first_img, train / m.name.replace("_GT", ""))
         else:
             Image.fromarray(np.zeros_like(np.asarray(Image.open(m)))).save(m)
-    if kind == "one":     # a blob inside patch cell (4, 2) of the 16 x 8 grid, whatever the image's size
+    if kind == "one":     # 160x80 source -> 128x64 input (x0.8): rows 40-50, cols 20-30 are exactly cell (4, 2)
         cell = np.zeros_like(np.asarray(Image.open(first)))
-        h, w = cell.shape[:2]
-        ch, cw = h / 16, w / 8
-        cell[int(4.25 * ch):int(4.75 * ch) + 1, int(2.25 * cw):int(2.75 * cw) + 1] = 255
+        cell[40:50, 20:30] = 255
         Image.fromarray(cell).save(first)
     return dst
 
 
 @pytest.mark.parametrize("kind", ["one", "dups"])
-def test_a_degenerate_positive_bank_keeps_the_bounded_scale_and_the_build_warns(kind, tiny_dataset, tmp_path):
+def test_a_degenerate_positive_bank_keeps_the_bounded_scale_and_the_build_warns(kind, source, tmp_path):
     """Issue 26: a positive bank of one row, or of duplicated rows, has spacing 0 (eps_b was 1e-6: no bounded scale).
     Built by the real CLI, the build warns, the spacing is floored at POS_SCALE_FLOOR_REL x the negative bank's, and
     the served default's scores of the training images (the defect equal to the bank's rows among them) stay within
     a small multiple of their median, while the unbounded dual's explode."""
     import json
 
-    from conftest import TINY_ARGS, run_exdd
+    from conftest import run_exdd
 
     from exdd_scoring.bank import load_banks
     from exdd_scoring.scores import POS_SCALE_FLOOR_REL, bank_scale
-    data = _degenerate_defects(tiny_dataset, tmp_path / "data", kind)
+    data = _degenerate_defects(source, tmp_path / "data", kind)
     banks = tmp_path / "banks"
-    p = run_exdd("offline", "build", str(data), "--out", str(banks), *TINY_ARGS)
+    p = run_exdd("offline", "build", str(data), "--out", str(banks), *BUILD_ARGS)
     assert "warning: the positive bank is too small or degenerate" in p.stderr, p.stderr
     pair = load_banks(str(banks))
     pos, neg = pair.positive, pair.negative
