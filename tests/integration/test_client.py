@@ -144,8 +144,9 @@ def test_two_servers_share_the_load(server, folder, tmp_path):
 
 
 def test_unreachable_server_is_a_clear_error(folder, tmp_path):
+    from exdd.serving.serve import free_port
     out = tmp_path / "x.jsonl"
-    p = score(str(folder), "--out", str(out), "--url", f"127.0.0.1:{tu.free_port()}", "--retries", "2",
+    p = score(str(folder), "--out", str(out), "--url", f"127.0.0.1:{free_port()}", "--retries", "2",
               "--backoff", "0.1", check=False)
     assert p.returncode == 3 and "server not reachable" in p.stderr and "Traceback" not in p.stderr
 
