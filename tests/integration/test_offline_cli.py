@@ -61,15 +61,17 @@ def test_altered_bank_file_is_refused(tiny_dataset, tiny_banks, tmp_path):
 def test_corrupt_image_and_wrong_size_mask_are_named_and_skipped(tiny_dataset, tmp_path):
     data = copy_dataset(tiny_dataset, tmp_path / "d")
     (data / "train" / "00001.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
-    Image.new("L", (7, 7), 255).save(data / "train" / "00016_GT.png")     # a defective image's mask, wrong size
+    held = {s.path for s in holdout_split(load_split(str(data), "train"), 0.1, 0)[1]}
+    defect = next(s for s in load_split(str(data), "train") if s.label == 1 and s.path not in held)
+    Image.new("L", (7, 7), 255).save(defect.mask)                       # a defective image's mask, wrong size
     out = tmp_path / "b"
     p = run_exdd("offline", "build", str(data), "--out", str(out), *TINY_ARGS)
     assert "00001.png: corrupt or truncated image" in p.stderr or "00001.png: not a recognised" in p.stderr
-    assert "00016_GT.png: mask is 7x7 (HxW) but its image is" in p.stderr
+    assert f"{os.path.basename(defect.mask)}: mask is 7x7 (HxW) but its image is" in p.stderr
     m = json.loads((out / "manifest.json").read_text())
     bad = {os.path.basename(e["path"]) for e in m["sources"]["unreadable"]}
     held = {os.path.basename(s.path) for s in holdout_split(load_split(str(data), "train"), 0.1, 0)[1]}
-    assert bad == {"00001.png", "00016.png"} - held      # a held-out file's error is reported, not a bank source
+    assert bad == {"00001.png", os.path.basename(defect.path)} - held   # a held-out file's error: not a bank source
 
 
 def test_empty_positive_bank_falls_back_to_patchcore(tiny_dataset, tmp_path):
