@@ -18,7 +18,7 @@ def test_paste_synth_sweep_and_build(tiny_dataset, tmp_path):
 
     out = tmp_path / "sweep"
     p = run_exdd("offline", "sweep", str(tiny_dataset), "--synthetic", str(syn), "--counts", "0,2,4", "--out", str(out),
-                 *[a for a in TINY_ARGS if a not in ("--min-bank", "40")])
+                 *TINY_ARGS[:TINY_ARGS.index("--min-bank")], *TINY_ARGS[TINY_ARGS.index("--min-bank") + 2:])
     r = json.loads((out / "sweep.json").read_text())
     used = [row["synthetic_used"] for row in r["rows"]]
     assert used[0] == 0 and used[1] <= 2 and used[2] <= 4 and used[2] >= used[1] >= 1
@@ -34,4 +34,5 @@ def test_paste_synth_sweep_and_build(tiny_dataset, tmp_path):
     banks = tmp_path / "banks"
     run_exdd("offline", "build", str(tiny_dataset), "--out", str(banks), "--synthetic", str(syn), *TINY_ARGS)
     m = json.loads((banks / "manifest.json").read_text())
-    assert m["sources"]["synthetic_images"] == used[2] and m["sources"]["defect_images"] == 5
+    # the tiny world's 3 defective training images, 1 held out
+    assert m["sources"]["synthetic_images"] == used[2] and m["sources"]["defect_images"] == 2
