@@ -6,6 +6,7 @@ import os
 import numpy as np
 import onnx
 import pytest
+import tiny_world
 import triton_util as tu
 
 from exdd.export.onnx_export import generated_images, onnx_session
@@ -60,8 +61,7 @@ def test_calibration_uses_normal_training_images_only():
 @pytest.mark.parametrize("runtime", ["onnxruntime", "openvino-f32"])
 def test_offline_build_with_an_onnx_extractor_equals_the_torch_build_and_refuses_other_features(runtime):
     out = os.path.join(tu.workdir(), f"banks-onnx-{runtime}")
-    p = tu.exdd_cli("offline", "build", tu.dataset(), "--out", out, "--weights", tu.WEIGHTS, "--input-size",
-                    f"{tu.INPUT_HW[0]}x{tu.INPUT_HW[1]}", "--d", str(tu.D), "--min-bank", "50",
+    p = tu.exdd_cli("offline", "build", tu.dataset(), "--out", out, *tiny_world.BUILD_ARGS,
                     "--extractor", tu.onnx_fp32(), "--extractor-runtime", runtime)
     assert p.returncode == 0, p.stderr
     assert f"fp32, {runtime})" in p.stderr or f"f32, {runtime})" in p.stderr, p.stderr

@@ -7,11 +7,12 @@ import shutil
 
 import numpy as np
 import pytest
+import tiny_world
 import triton_util as tu
 
 pytest.importorskip("ray")
 
-COMMON = ["--weights", "random:0", "--input-size", "128x64", "--d", "16", "--min-bank", "50", "--chunk-rows", "1000"]
+COMMON = [*tiny_world.BUILD_ARGS, "--chunk-rows", "1000"]     # the tiny world's build, on a larger dataset (below)
 
 
 @pytest.fixture(scope="module")
