@@ -1,4 +1,5 @@
-"""Shared fixtures: a tiny generated dataset and banks built from it with a random-init backbone."""
+"""Shared fixtures of tests/unit and tests/integration: the tiny world (tiny_world.py: a generated dataset and
+banks built from it with a random-init backbone, the same folders as triton_util's) and a Triton server."""
 from __future__ import annotations
 
 import atexit
@@ -10,12 +11,13 @@ import tempfile
 from pathlib import Path
 
 import pytest
+import tiny_world
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 EXDD = [sys.executable, "-m", "exdd.cli"]
-TINY_HW = (128, 64)          # 16 x 8 patch grid: fast on CPU
-TINY_ARGS = ["--weights", "random:0", "--input-size", f"{TINY_HW[0]}x{TINY_HW[1]}", "--d", "32", "--min-bank", "40"]
+TINY_HW = tiny_world.HW                  # 16 x 8 patch grid: fast on CPU
+TINY_ARGS = list(tiny_world.BUILD_ARGS)  # `exdd offline build` arguments of the tiny banks
 
 # `exdd serve` keeps its model-control key (serving/admin_key.py) in a temporary file during the tests, never in the
 # user's ~/.config; `exdd deploy` (in this process and in subprocesses) reads it there
@@ -36,21 +38,18 @@ def run_exdd(*args: str, check: bool = True, **kw) -> subprocess.CompletedProces
 
 
 @pytest.fixture(scope="session")
-def tiny_dataset(tmp_path_factory) -> Path:
-    """A KSDD2-layout dataset of generated brushed-metal surfaces (small)."""
-    from exdd.offline.surfaces import generate
-    root = tmp_path_factory.mktemp("data") / "tiny"
-    generate(str(root), n_train_normal=14, n_train_defect=6, n_test_normal=6, n_test_defect=6,
-             size_hw=(160, 80), seed=0)
-    return root
+def tiny_dataset() -> Path:
+    """The tiny world's KSDD2-layout dataset of generated brushed-metal surfaces (tiny_world.py); read-only:
+    copy it (copy_dataset) to change it."""
+    import triton_util as tu
+    return Path(tu.dataset())
 
 
 @pytest.fixture(scope="session")
-def tiny_banks(tiny_dataset, tmp_path_factory) -> Path:
-    """Banks built from tiny_dataset by the real CLI."""
-    out = tmp_path_factory.mktemp("banks") / "banks"
-    run_exdd("offline", "build", str(tiny_dataset), "--out", str(out), *TINY_ARGS)
-    return out
+def tiny_banks(tiny_dataset) -> Path:
+    """The banks built from tiny_dataset by the real CLI (tiny_world.BUILD_ARGS); read-only: copy them to change."""
+    import triton_util as tu
+    return Path(tu.banks())
 
 
 @pytest.fixture(scope="module")

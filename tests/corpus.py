@@ -16,7 +16,8 @@ def _png_header_only(w: int, h: int) -> bytes:
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
     ihdr = struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
+            + chunk(b"IEND", b""))
 
 
 def _encode(img: Image.Image, fmt: str, **kw) -> bytes:
@@ -41,7 +42,8 @@ def make(root: Path) -> Dict[str, str]:
         "one_pixel.png": (_encode(Image.new("L", (1, 1), 128), "PNG"), "ok"),
         "wide_strip.png": (_encode(Image.new("L", (4000, 2), 90), "PNG"), "ok"),
         "tall_strip.png": (_encode(Image.new("L", (2, 3000), 90), "PNG"), "ok"),
-        "sixteen_bit.png": (_encode(Image.fromarray((rng.integers(0, 65535, (50, 30))).astype(np.uint16)), "PNG"), "ok"),
+        "sixteen_bit.png": (_encode(Image.fromarray((rng.integers(0, 65535, (50, 30))).astype(np.uint16)), "PNG"),
+                            "ok"),
         "rgba.png": (_encode(rgb.convert("RGBA"), "PNG"), "ok"),
         "palette.png": (_encode(rgb.convert("P"), "PNG"), "ok"),
         "cmyk.jpg": (_encode(rgb.convert("CMYK"), "JPEG"), "ok"),

@@ -1,8 +1,9 @@
 """Shared helpers of the export / Triton tests: a tiny dataset, banks, ONNX and repository, and a server.
 
-Everything is built once per pytest process (cached by name) in a temporary directory: a
-generated 128x64 surface dataset, banks with random:0 weights and d=16, an fp32 ONNX export,
-and the Python-backend repository. ``start_server`` runs the bundled tritonserver on free
+Everything is built once per pytest process (cached by name) in a temporary directory: the tests'
+one tiny world (tiny_world.py: a generated 128x64 surface dataset, banks with random:0 weights and
+d=16; conftest's tiny_dataset / tiny_banks are the same folders), an fp32 ONNX export, and the
+Python-backend repository. ``start_server`` runs the bundled tritonserver on free
 loopback ports. The serving venv is $EXDD_SERVE_VENV, else the checkout's ``.venv-serve`` when
 it exists, else the default (created on first use).
 """
@@ -16,15 +17,16 @@ import tempfile
 from typing import Any, Dict, Optional
 
 import numpy as np
+import tiny_world
 
 from exdd.defaults import SCORE_RTOL
 from exdd.serving.serve import TritonServer, free_port  # noqa: F401  (tests call tu.free_port)
 from exdd.serving.serving_env import VENV_ENV, resolve
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-INPUT_HW = (128, 64)
-D = 16
-WEIGHTS = "random:0"
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))      # the checkout (this file is tests/...)
+INPUT_HW = tiny_world.HW
+D = tiny_world.D
+WEIGHTS = tiny_world.WEIGHTS
 _CACHE: Dict[str, Any] = {}
 
 
@@ -46,7 +48,9 @@ def exdd_cli(*args: str) -> subprocess.CompletedProcess:
         code = "import sys; from exdd.cli import main; sys.exit(main())"
         return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True)
     import traceback
+
     from click.testing import CliRunner
+
     from exdd.cli import main
     r = CliRunner().invoke(main, list(args), prog_name="exdd")
     err = r.stderr
@@ -58,8 +62,7 @@ def exdd_cli(*args: str) -> subprocess.CompletedProcess:
 def dataset() -> str:
     """The tiny generated KSDD2-layout dataset."""
     if "dataset" not in _CACHE:
-        from exdd.offline.surfaces import generate
-        _CACHE["dataset"] = generate(os.path.join(workdir(), "ds"), 6, 3, 3, 3, INPUT_HW, "brushed", 0)
+        _CACHE["dataset"] = tiny_world.generate_dataset(os.path.join(workdir(), "ds"))
     return _CACHE["dataset"]
 
 
@@ -75,8 +78,7 @@ def banks() -> str:
     """Banks built from the tiny dataset with `exdd offline build`."""
     if "banks" not in _CACHE:
         out = os.path.join(workdir(), "banks")
-        p = exdd_cli("offline", "build", dataset(), "--out", out, "--weights", WEIGHTS, "--input-size",
-                     f"{INPUT_HW[0]}x{INPUT_HW[1]}", "--d", str(D), "--min-bank", "50")
+        p = exdd_cli("offline", "build", dataset(), "--out", out, *tiny_world.BUILD_ARGS)
         assert p.returncode == 0, p.stderr
         _CACHE["banks"] = out
     return _CACHE["banks"]
@@ -94,8 +96,7 @@ def pca_banks() -> str:
     return _CACHE["pca_banks"]
 
 
-PCA_BUILD = ("--weights", WEIGHTS, "--input-size", f"{INPUT_HW[0]}x{INPUT_HW[1]}", "--d", str(D), "--min-bank", "50",
-             "--projection", "pca", "--projection-seed", "5")
+PCA_BUILD = (*tiny_world.BUILD_ARGS, "--projection", "pca", "--projection-seed", "5")
 
 
 def onnx_fp32() -> str:
@@ -142,6 +143,7 @@ def start_server(repo: str, exit_on_error: bool = True, wait: str = "ready", tim
 def offline_reference(images: np.ndarray, bank_dir: str) -> Dict[str, np.ndarray]:
     """What the offline path (torch extractor + NumPy Scorer) gives for images, in the served mode."""
     import torch
+
     from exdd_scoring import Scorer, load_banks
     model, info = extractor()
     b = load_banks(bank_dir, expected_features=info)
