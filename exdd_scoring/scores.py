@@ -54,7 +54,7 @@ EPS_FLOOR = 1e-6
 # bank of one row, or of duplicated rows, has spacing 0, which made eps_b 1e-6 and silently removed the bounded
 # scale. The negative bank's spacing is the distance at which the features resolve "the same surface"; a tenth of it
 # never binds on a built bank (the tiny world's positive spacing is 0.42x its negative's) and keeps a patch equal to
-# a lone training defect within a-^2 / (0.1 x 0.1 x the negative spacing) (tests/test_scores.py).
+# a lone training defect within a-^2 / (0.1 x 0.1 x the negative spacing) (tests/integration/test_degenerate_banks.py).
 POS_SCALE_FLOOR_REL = 0.1
 _SCALE_BLOCK = 65536  # rows per block of bank_scale (bounds its memory on a large negative bank)
 TOPK_FRACTION = 0.01  # the top-k modes average the top 1 % of a map's pixels (params['topk'], in the manifest)

@@ -1,5 +1,6 @@
 """Shared fixtures of tests/unit and tests/integration: the tiny world (tiny_world.py: a generated dataset and
 banks built from it with a random-init backbone, the same folders as triton_util's) and a Triton server."""
+
 from __future__ import annotations
 
 import atexit
@@ -16,7 +17,7 @@ import tiny_world
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 EXDD = [sys.executable, "-m", "exdd.cli"]
-TINY_HW = tiny_world.HW                  # 16 x 8 patch grid: fast on CPU
+TINY_HW = tiny_world.HW  # 16 x 8 patch grid: fast on CPU
 TINY_ARGS = list(tiny_world.BUILD_ARGS)  # `exdd offline build` arguments of the tiny banks
 
 # `exdd serve` keeps its model-control key (serving/admin_key.py) in a temporary file during the tests, never in the
@@ -31,6 +32,7 @@ def run_exdd(*args: str, check: bool = True, **kw) -> subprocess.CompletedProces
     """Run the real `exdd` command line (in this process, tu.exdd_cli; in a subprocess when given
     subprocess arguments such as env or cwd); returns the completed process."""
     import triton_util as tu
+
     p = subprocess.run(EXDD + list(args), capture_output=True, text=True, **kw) if kw else tu.exdd_cli(*args)
     if check and p.returncode != 0:
         raise AssertionError(f"exdd {' '.join(args)} failed ({p.returncode}):\n{p.stdout}\n{p.stderr}")
@@ -42,6 +44,7 @@ def tiny_dataset() -> Path:
     """The tiny world's KSDD2-layout dataset of generated brushed-metal surfaces (tiny_world.py); read-only:
     copy it (copy_dataset) to change it."""
     import triton_util as tu
+
     return Path(tu.dataset())
 
 
@@ -49,6 +52,7 @@ def tiny_dataset() -> Path:
 def tiny_banks(tiny_dataset) -> Path:
     """The banks built from tiny_dataset by the real CLI (tiny_world.BUILD_ARGS); read-only: copy them to change."""
     import triton_util as tu
+
     return Path(tu.banks())
 
 
@@ -56,6 +60,7 @@ def tiny_banks(tiny_dataset) -> Path:
 def server():
     """A Triton server on the tiny Python-backend repository (tests/triton_util.py), one per test module using it."""
     import triton_util as tu
+
     s = tu.start_server(tu.repository())
     yield s
     s.stop()
@@ -67,5 +72,6 @@ def copy_dataset(src: Path, dst: Path) -> Path:
     return dst
 
 
-needs_shared = pytest.mark.skipif(not (SHARED / "data" / "magnetic_tile").is_dir(),
-                                  reason="../shared/data/magnetic_tile is absent (fresh clone)")
+needs_shared = pytest.mark.skipif(
+    not (SHARED / "data" / "magnetic_tile").is_dir(), reason="../shared/data/magnetic_tile is absent (fresh clone)"
+)

@@ -1,4 +1,5 @@
 """A generated corpus of awkward image files (nothing binary is committed)."""
+
 from __future__ import annotations
 
 import io
@@ -13,11 +14,14 @@ from PIL import Image
 
 def _png_header_only(w: int, h: int) -> bytes:
     """A PNG whose IHDR claims w x h pixels, with one tiny IDAT (a decompression-bomb header)."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
     ihdr = struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
-            + chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
+    )
 
 
 def _encode(img: Image.Image, fmt: str, **kw) -> bytes:
@@ -42,8 +46,10 @@ def make(root: Path) -> Dict[str, str]:
         "one_pixel.png": (_encode(Image.new("L", (1, 1), 128), "PNG"), "ok"),
         "wide_strip.png": (_encode(Image.new("L", (4000, 2), 90), "PNG"), "ok"),
         "tall_strip.png": (_encode(Image.new("L", (2, 3000), 90), "PNG"), "ok"),
-        "sixteen_bit.png": (_encode(Image.fromarray((rng.integers(0, 65535, (50, 30))).astype(np.uint16)), "PNG"),
-                            "ok"),
+        "sixteen_bit.png": (
+            _encode(Image.fromarray((rng.integers(0, 65535, (50, 30))).astype(np.uint16)), "PNG"),
+            "ok",
+        ),
         "rgba.png": (_encode(rgb.convert("RGBA"), "PNG"), "ok"),
         "palette.png": (_encode(rgb.convert("P"), "PNG"), "ok"),
         "cmyk.jpg": (_encode(rgb.convert("CMYK"), "JPEG"), "ok"),
@@ -52,8 +58,8 @@ def make(root: Path) -> Dict[str, str]:
         "image.bmp": (_encode(rgb, "BMP"), "ok"),
         "image.webp": (_encode(rgb, "WEBP"), "ok"),
         "twelve_bit.tif": (_encode(Image.fromarray((rng.integers(0, 4096, (50, 30))).astype(np.uint16)), "TIFF"), "ok"),
-        "postscript.png": (_encode(rgb, "EPS"), "error"),       # a real EPS named .png: never reaches Ghostscript
-        "pixmap.tif": (_encode(rgb, "PPM"), "error"),           # a format Pillow knows but exdd does not accept
+        "postscript.png": (_encode(rgb, "EPS"), "error"),  # a real EPS named .png: never reaches Ghostscript
+        "pixmap.tif": (_encode(rgb, "PPM"), "error"),  # a format Pillow knows but exdd does not accept
         "name with spaces.png": (png, "ok"),
         "ñame-ünïcode-画像.png": (png, "ok"),
         "nested/deeper/inner.png": (png, "ok"),

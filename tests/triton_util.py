@@ -7,6 +7,7 @@ Python-backend repository. ``start_server`` runs the bundled tritonserver on fre
 loopback ports. The serving venv is $EXDD_SERVE_VENV, else the checkout's ``.venv-serve`` when
 it exists, else the default (created on first use).
 """
+
 from __future__ import annotations
 
 import os
@@ -20,10 +21,10 @@ import numpy as np
 import tiny_world
 
 from exdd.defaults import SCORE_RTOL
-from exdd.serving.serve import TritonServer, free_port  # noqa: F401  (tests call tu.free_port)
+from exdd.serving.serve import TritonServer
 from exdd.serving.serving_env import VENV_ENV, resolve
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))      # the checkout (this file is tests/...)
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the checkout (this file is tests/...)
 INPUT_HW = tiny_world.HW
 D = tiny_world.D
 WEIGHTS = tiny_world.WEIGHTS
@@ -35,6 +36,7 @@ def workdir() -> str:
     if "dir" not in _CACHE:
         _CACHE["dir"] = tempfile.mkdtemp(prefix="exdd-export-tests-")
         import atexit
+
         atexit.register(shutil.rmtree, _CACHE["dir"], True)
     return _CACHE["dir"]
 
@@ -52,6 +54,7 @@ def exdd_cli(*args: str) -> subprocess.CompletedProcess:
     from click.testing import CliRunner
 
     from exdd.cli import main
+
     r = CliRunner().invoke(main, list(args), prog_name="exdd")
     err = r.stderr
     if r.exception is not None and not isinstance(r.exception, SystemExit):
@@ -70,6 +73,7 @@ def extractor():
     """(torch extractor, features info) of the tiny configuration."""
     if "extractor" not in _CACHE:
         from exdd.offline.features import build_extractor
+
         _CACHE["extractor"] = build_extractor(WEIGHTS, D, 0, INPUT_HW)
     return _CACHE["extractor"]
 
@@ -103,6 +107,7 @@ def onnx_fp32() -> str:
     """The fp32 ONNX of the tiny extractor (exported in-process, parity-checked by the export tests)."""
     if "onnx" not in _CACHE:
         from exdd.export.onnx_export import export_onnx
+
         model, info = extractor()
         _CACHE["onnx"] = export_onnx(model, info, os.path.join(workdir(), "f32.onnx"), "fp32")
     return _CACHE["onnx"]
@@ -114,14 +119,17 @@ def repository(backend: str = "python", kind: str = "cpu", name: Optional[str] =
     if key not in _CACHE:
         from exdd.serving.configs import Serving
         from exdd.serving.repository import assemble
-        _CACHE[key] = assemble(onnx_fp32(), banks(), os.path.join(workdir(), key), backend,
-                               Serving(kind, 1, 8, 5000)).path
+
+        _CACHE[key] = assemble(
+            onnx_fp32(), banks(), os.path.join(workdir(), key), backend, Serving(kind, 1, 8, 5000)
+        ).path
     return _CACHE[key]
 
 
 def sample_images(n: int) -> np.ndarray:
     """The first n test images of the tiny dataset, (n, H, W, 3) uint8."""
     from exdd.export.onnx_export import image_files, load_images
+
     return load_images(image_files(os.path.join(dataset(), "test"), n), INPUT_HW)
 
 
@@ -137,6 +145,7 @@ def start_server(repo: str, exit_on_error: bool = True, wait: str = "ready", tim
     """scripts/harness.py's start_server with the tests' settings: the checkout's serving venv (serving_env), a
     3 s exit timeout; logs to REPO/../<repo>.log; wait 'ready', 'live' or ''."""
     from scripts.harness import start_server as start
+
     return start(repo, timeout=timeout, wait=wait, env=serving_env(), exit_on_error=exit_on_error, exit_timeout=3)
 
 
@@ -145,6 +154,7 @@ def offline_reference(images: np.ndarray, bank_dir: str) -> Dict[str, np.ndarray
     import torch
 
     from exdd_scoring import Scorer, load_banks
+
     model, info = extractor()
     b = load_banks(bank_dir, expected_features=info)
     scorer = Scorer(b)
@@ -152,8 +162,14 @@ def offline_reference(images: np.ndarray, bank_dir: str) -> Dict[str, np.ndarray
     with torch.no_grad():
         feats = model(torch.from_numpy(images)).numpy()
     out = scorer.score(feats, map_modes=(mode,))
-    return {"SCORE": out.scores[mode], "SCORE_NEG": out.s_neg, "SCORE_POS": out.s_pos,
-            "ANOMALY_MAP": out.maps[mode], "threshold": scorer.thresholds.get(mode), "mode": mode}
+    return {
+        "SCORE": out.scores[mode],
+        "SCORE_NEG": out.s_neg,
+        "SCORE_POS": out.s_pos,
+        "ANOMALY_MAP": out.maps[mode],
+        "threshold": scorer.thresholds.get(mode),
+        "mode": mode,
+    }
 
 
 def start_serve_cli(*args: str, timeout: float = 120.0):
@@ -161,9 +177,11 @@ def start_serve_cli(*args: str, timeout: float = 120.0):
     import subprocess
     import sys
     import time
+
     code = "import sys; from exdd.cli import main; sys.exit(main())"
-    proc = subprocess.Popen([sys.executable, "-c", code, "serve", *args], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, "serve", *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
     lines = []
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -191,6 +209,7 @@ def assert_rows_agree(rows, ref) -> None:
     """Result rows of two runs of one job: the same paths in the same order, the same errors, warnings, modes
     and thresholds, scores within SCORE_RTOL, decisions equal unless a score is within SCORE_RTOL of the threshold."""
     import pytest
+
     assert [r["path"] for r in rows] == [r["path"] for r in ref]
     for a, b in zip(rows, ref):
         for k in ("error", "warning", "mode", "threshold", "heatmap"):
@@ -200,6 +219,9 @@ def assert_rows_agree(rows, ref) -> None:
                 assert a[k] is None, (a["path"], k)
             else:
                 assert float(a[k]) == pytest.approx(float(b[k]), rel=SCORE_RTOL), (a["path"], k)
-        if b["score"] is not None and b["threshold"] is not None and \
-                abs(float(b["score"]) - float(b["threshold"])) > SCORE_RTOL * abs(float(b["threshold"])):
+        if (
+            b["score"] is not None
+            and b["threshold"] is not None
+            and abs(float(b["score"]) - float(b["threshold"])) > SCORE_RTOL * abs(float(b["threshold"]))
+        ):
             assert a["is_defect"] == b["is_defect"], a["path"]

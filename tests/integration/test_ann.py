@@ -1,4 +1,5 @@
 """Searchers of the scorer: exact vs faiss HNSW, the index built at export time, checksummed, served by Triton."""
+
 from __future__ import annotations
 
 import json
@@ -77,6 +78,7 @@ def test_index_is_checksummed_in_the_manifest_and_scores_equal_exact(indexed_ban
     searchers = searchers_from_manifest(indexed_banks, banks.manifest)
     assert {k: s.kind for k, s in searchers.items()} == {"negative": "hnsw", "positive": "hnsw"}
     import torch
+
     with torch.no_grad():
         feats = tu.extractor()[0](torch.from_numpy(tu.sample_images(3))).numpy()
     exact = Scorer(banks).score(feats)
@@ -88,12 +90,13 @@ def test_index_is_checksummed_in_the_manifest_and_scores_equal_exact(indexed_ban
 
 def test_ef_search_grows_with_the_bank_and_is_recorded_and_used_per_file(indexed_banks):
     from exdd_scoring.ann import LARGE_BANK, ef_search_for
+
     assert ef_search_for(LARGE_BANK - 1) == 64 and ef_search_for(LARGE_BANK) == ef_search_for(100_000) == 128
-    assert ef_search_for(100_000, {"ef_search": 40}) == 40          # an explicit choice wins
+    assert ef_search_for(100_000, {"ef_search": 40}) == 40  # an explicit choice wins
     manifest = load_banks(indexed_banks).manifest
     for name, f in manifest.index.files.items():
         assert f.ef_search == ef_search_for(f.size)
-    manifest = with_index_file(manifest, "negative", ef_search=17)   # what the file records is what is searched with
+    manifest = with_index_file(manifest, "negative", ef_search=17)  # what the file records is what is searched with
     assert searchers_from_manifest(indexed_banks, manifest)["negative"].index.hnsw.efSearch == 17
 
 
@@ -106,7 +109,7 @@ def test_gpu_array_module_or_exact_manifest_gives_no_searchers(indexed_banks):
 def test_small_banks_stay_exact(tmp_path):
     dst = str(tmp_path / "banks")
     shutil.copytree(tu.banks(), dst)
-    entry = add_index(dst, "hnsw", min_size=10 ** 9)
+    entry = add_index(dst, "hnsw", min_size=10**9)
     assert entry.files == {} and not [f for f in os.listdir(dst) if f.endswith(".hnsw")]
 
 
@@ -134,8 +137,22 @@ def test_tampered_or_mismatched_index_is_refused(indexed_banks, tmp_path):
 
 def test_repository_with_hnsw_index_and_the_cli_option():
     out = os.path.join(tu.workdir(), "repo-hnsw-cli")
-    p = tu.exdd_cli("export", "repository", "--onnx", tu.onnx_fp32(), "--banks", tu.banks(), "--out", out,
-                    "--index", "hnsw", "--index-min-size", "1", "--features-backend", "python")
+    p = tu.exdd_cli(
+        "export",
+        "repository",
+        "--onnx",
+        tu.onnx_fp32(),
+        "--banks",
+        tu.banks(),
+        "--out",
+        out,
+        "--index",
+        "hnsw",
+        "--index-min-size",
+        "1",
+        "--features-backend",
+        "python",
+    )
     assert p.returncode == 0, p.stderr
     assert "index hnsw" in p.stdout and "negative.hnsw" in p.stderr
     banks_dir = os.path.join(out, "exdd_scorer", "1", "banks")
@@ -143,8 +160,9 @@ def test_repository_with_hnsw_index_and_the_cli_option():
     # the source bank directory is untouched
     assert "index" not in json.load(open(os.path.join(tu.banks(), "manifest.json")))
     with pytest.raises(RepositoryError, match="index 'ivf'"):
-        assemble(tu.onnx_fp32(), tu.banks(), os.path.join(tu.workdir(), "repo-bad-index"), "python", Serving(),
-                 index="ivf")
+        assemble(
+            tu.onnx_fp32(), tu.banks(), os.path.join(tu.workdir(), "repo-bad-index"), "python", Serving(), index="ivf"
+        )
 
 
 def _serve_venv_has_faiss() -> bool:
@@ -159,13 +177,21 @@ def _serve_venv_has_faiss() -> bool:
 def test_triton_serves_the_hnsw_repository_with_the_exact_scores():
     if not _serve_venv_has_faiss():
         pytest.skip("faiss-cpu is not installed in the serving venv ($EXDD_SERVE_VENV)")
-    repo = assemble(tu.onnx_fp32(), tu.banks(), os.path.join(tu.workdir(), "repo-hnsw"), "python",
-                    Serving("cpu", 1, 8, 5000), index="hnsw", index_min_size=1).path
+    repo = assemble(
+        tu.onnx_fp32(),
+        tu.banks(),
+        os.path.join(tu.workdir(), "repo-hnsw"),
+        "python",
+        Serving("cpu", 1, 8, 5000),
+        index="hnsw",
+        index_min_size=1,
+    ).path
     images = tu.sample_images(3)
     ref = tu.offline_reference(images, tu.banks())
     server = tu.start_server(repo)
     try:
         import tritonclient.http as http
+
         c = http.InferenceServerClient(server.http_url)
         inp = http.InferInput("IMAGE", list(images.shape), "UINT8")
         inp.set_data_from_numpy(images)

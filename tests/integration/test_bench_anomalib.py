@@ -1,4 +1,5 @@
 """scripts/benchmarks/bench_anomalib.py: the same normals for both methods, exdd's pluggable side, the weights check."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -10,6 +11,7 @@ from conftest import TINY_HW
 def _bench():
     """The benchmark as a module (imported, so its dataclasses find their module)."""
     from scripts.benchmarks import bench_anomalib
+
     return bench_anomalib
 
 
@@ -19,6 +21,7 @@ def test_split_uses_the_negative_banks_normals_and_exdd_side_scores_every_mode(t
     from exdd.offline.evaluate import score_split
     from exdd.offline.features import build_extractor
     from exdd_scoring import MODES, Scorer, load_banks
+
     b = _bench()
     cfg = BuildConfig(min_size=tiny_world.MIN_BANK)
     split = b.make_split(str(tiny_dataset), TINY_HW, cfg, None, None)
@@ -51,13 +54,15 @@ def test_split_uses_the_negative_banks_normals_and_exdd_side_scores_every_mode(t
 def test_weights_go_into_anomalibs_backbone_completely():
     pytest.importorskip("anomalib")
     import torch
+
     b = _bench()
     model, _ = b.anomalib_model("random:3", (64, 64), 0.01)
     net = model.model.feature_extractor.feature_extractor
     from exdd.offline.weights import load_backbone
+
     ours, _ = load_backbone("random:3")
     w = ours.state_dict()["layer3.5.conv3.weight"]
     assert torch.equal(net.state_dict()["layer3.5.conv3.weight"], w)
-    b.check_same_backbone(net, ours)                       # passes: same weights
+    b.check_same_backbone(net, ours)  # passes: same weights
     with pytest.raises(RuntimeError, match="differs"):
         b.check_same_backbone(net, load_backbone("random:4")[0])

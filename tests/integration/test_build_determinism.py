@@ -1,5 +1,6 @@
 """Issue 25: the build is deterministic in the images. The same image files give the same banks whatever their
 names or listing order; the seed only chooses which images are held out; `offline evaluate --stability`."""
+
 import json
 import os
 import random
@@ -28,7 +29,7 @@ def renamed_copy(src, dst):
     return dst
 
 
-NAMES = "defect_images.npy"      # the positive bank's source images by name (issue 27): provenance, as the dataset path
+NAMES = "defect_images.npy"  # the positive bank's source images by name (issue 27): provenance, as the dataset path
 
 
 def arrays(folder):
@@ -46,8 +47,11 @@ def manifest_but_provenance(folder):
 def same_source_images(a, a_root, b, b_root):
     """The two builds' defect source tables name files of the same content, row for row."""
     import numpy as np
+
     na, nb = np.load(a / NAMES), np.load(b / NAMES)
-    return len(na) == len(nb) > 0 and all((a_root / x).read_bytes() == (b_root / y).read_bytes() for x, y in zip(na, nb))
+    return len(na) == len(nb) > 0 and all(
+        (a_root / x).read_bytes() == (b_root / y).read_bytes() for x, y in zip(na, nb)
+    )
 
 
 def test_renamed_images_give_byte_identical_banks_and_manifest(tiny_dataset, tiny_banks, tmp_path):
@@ -65,8 +69,9 @@ def test_the_coreset_does_not_depend_on_the_seed(tiny_dataset, tmp_path):
     outs = []
     for seed in (0, 7):
         out = tmp_path / f"s{seed}"
-        run_exdd("offline", "build", str(tiny_dataset), "--out", str(out), *TINY_ARGS, "--holdout", "0",
-                 "--seed", str(seed))
+        run_exdd(
+            "offline", "build", str(tiny_dataset), "--out", str(out), *TINY_ARGS, "--holdout", "0", "--seed", str(seed)
+        )
         outs.append(out)
     assert arrays(outs[0]) == arrays(outs[1])
 
@@ -76,30 +81,39 @@ def test_the_seed_moves_only_which_images_are_held_out(tiny_dataset):
     kept0, held0 = holdout_split(train, 0.25, 0)
     _, held1 = holdout_split(train, 0.25, 1)
     assert {s.path for s in held0} != {s.path for s in held1}
-    assert sorted(s.label for s in held0) == sorted(s.label for s in held1)      # same counts per label
+    assert sorted(s.label for s in held0) == sorted(s.label for s in held1)  # same counts per label
     shuffled = train[:]
     random.Random(3).shuffle(shuffled)
-    k2, h2 = holdout_split(shuffled, 0.25, 0)                                    # listing order does not matter
+    k2, h2 = holdout_split(shuffled, 0.25, 0)  # listing order does not matter
     assert [s.path for s in k2] == [s.path for s in kept0] and [s.path for s in h2] == [s.path for s in held0]
 
 
-def test_the_manifest_records_the_hold_out_rule_and_update_recalibrates_older_banks_by_theirs(tiny_dataset,
-                                                                                             tiny_banks):
+def test_the_manifest_records_the_hold_out_rule_and_update_recalibrates_older_banks_by_theirs(tiny_dataset, tiny_banks):
     from dataclasses import replace
 
     from exdd.offline.update import heldout_samples
+
     m = read_manifest(str(tiny_banks), OfflineManifest)
     assert m.sources.heldout_rule == HOLDOUT_RULE and m.sources.heldout_fraction == pytest.approx(0.1)
     train = load_split(str(tiny_dataset), "train")
     assert heldout_samples(str(tiny_dataset), m, 0.1) == holdout_split(train, 0.1, 0)[1]
-    old = replace(m, sources=replace(m.sources, heldout_rule=None))                # banks built before issue 25
+    old = replace(m, sources=replace(m.sources, heldout_rule=None))  # banks built before issue 25
     assert heldout_samples(str(tiny_dataset), old, 0.1) == legacy_holdout_split(train, 0.1, 0)[1]
 
 
 def test_evaluate_stability_rebuilds_with_the_next_seed_and_reports_spearman(tiny_dataset, tiny_banks, tmp_path):
     out = tmp_path / "r.json"
-    p = run_exdd("offline", "evaluate", str(tiny_dataset), "--banks", str(tiny_banks), "--stability", "--no-pixel",
-                 "--out", str(out))
+    p = run_exdd(
+        "offline",
+        "evaluate",
+        str(tiny_dataset),
+        "--banks",
+        str(tiny_banks),
+        "--stability",
+        "--no-pixel",
+        "--out",
+        str(out),
+    )
     lines = dict(x.split(": ", 1) for x in p.stdout.splitlines() if x.startswith("stability["))
     assert set(lines) == {f"stability[{m}]" for m in MODES}
     st = json.loads(out.read_text())["stability"]
@@ -120,7 +134,6 @@ def test_stability_on_other_data_than_the_banks_is_refused(tiny_dataset, tiny_ba
     shutil.copytree(tiny_dataset, data)
     for f in ("00000.png", "00000_GT.png"):
         os.remove(data / "train" / f)
-    p = run_exdd("offline", "evaluate", str(data), "--banks", str(tiny_banks), "--stability", "--no-pixel",
-                 check=False)
+    p = run_exdd("offline", "evaluate", str(data), "--banks", str(tiny_banks), "--stability", "--no-pixel", check=False)
     assert p.returncode != 0 and "--stability:" in p.stderr and "not the data the banks were built from" in p.stderr
     assert "Traceback" not in p.stderr

@@ -1,4 +1,5 @@
 """`exdd client` against the real local Triton server: batch jobs, resume, bad files, two servers, evaluate."""
+
 from __future__ import annotations
 
 import json
@@ -27,12 +28,12 @@ def folder(tmp_path_factory):
     root = tmp_path_factory.mktemp("imgs")
     src = sorted(f for f in os.listdir(os.path.join(tu.dataset(), "test")) if not f.endswith("_GT.png"))
     for k in range(4):
-        sub = root / f"line {k}"          # spaces in folder names
+        sub = root / f"line {k}"  # spaces in folder names
         sub.mkdir()
         for f in src:
             shutil.copy(os.path.join(tu.dataset(), "test", f), sub / f"cam_{k}_{f}")
     good = open(os.path.join(tu.dataset(), "test", src[0]), "rb").read()
-    (root / "line 0" / "corrupt.png").write_bytes(good[: len(good) // 2])     # a truncated PNG
+    (root / "line 0" / "corrupt.png").write_bytes(good[: len(good) // 2])  # a truncated PNG
     (root / "line 1" / "notes.png").write_text("this is text, not an image")
     return root
 
@@ -75,6 +76,7 @@ def test_batch_job_with_bad_files(uninterrupted, folder):
         assert max(v) - min(v) <= tu.SCORE_RTOL * min(abs(x) for x in v), v
     # stable order: the order of expansion (sorted folders, sorted files)
     from exdd.client.sources import expand
+
     assert [r["path"] for r in rows] == expand([str(folder)])
     assert "scored: 24, failed: 2" in p.stdout
 
@@ -83,6 +85,7 @@ def test_scores_equal_the_offline_scorer(uninterrupted):
     _, rows = uninterrupted
     good = [r for r in rows if not r["error"]][:6]
     from exdd.images import read_image
+
     imgs = np.stack([read_image(r["path"], tu.INPUT_HW) for r in good])
     ref = tu.offline_reference(imgs, tu.banks())
     np.testing.assert_allclose([r["score"] for r in good], ref["SCORE"], rtol=1e-4, atol=1e-5)
@@ -90,8 +93,19 @@ def test_scores_equal_the_offline_scorer(uninterrupted):
 
 def test_killed_job_resumes_without_loss_or_duplicates(server, folder, uninterrupted, tmp_path):
     out = tmp_path / "r.jsonl"
-    args = EXDD + ["client", "score", str(folder), "--out", str(out), "--url", server.grpc_url,
-                   "--batch-size", "1", "--concurrency", "1"]
+    args = EXDD + [
+        "client",
+        "score",
+        str(folder),
+        "--out",
+        str(out),
+        "--url",
+        server.grpc_url,
+        "--batch-size",
+        "1",
+        "--concurrency",
+        "1",
+    ]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 60
     while time.time() < deadline:
@@ -102,14 +116,14 @@ def test_killed_job_resumes_without_loss_or_duplicates(server, folder, uninterru
     proc.wait()
     partial = out.read_text()
     assert 5 <= partial.count("\n") < 26, "killed midway"
-    with open(out, "a") as f:                 # a torn line, as a kill in the middle of a write leaves
+    with open(out, "a") as f:  # a torn line, as a kill in the middle of a write leaves
         f.write('{"path": "torn')
     p = score(str(folder), "--out", str(out), "--url", server.grpc_url, "--batch-size", "3")
     assert f"already done: {partial.count(chr(10))}" in p.stdout
     assert out.read_text().startswith(partial), "the rows done before the kill are kept byte for byte"
     rows = read_rows(str(out))
     _, ref = uninterrupted
-    tu.assert_rows_agree(rows, ref)             # one row each, same order; the rest as promised
+    tu.assert_rows_agree(rows, ref)  # one row each, same order; the rest as promised
 
 
 def test_csv_over_http_with_heatmaps(server, folder, tmp_path, uninterrupted):
@@ -125,6 +139,7 @@ def test_csv_over_http_with_heatmaps(server, folder, tmp_path, uninterrupted):
         assert float(r["score"]) == pytest.approx(ref[r["path"]]["score"], rel=tu.SCORE_RTOL)
         assert os.path.dirname(r["heatmap"]) == str(hm) and os.path.isfile(r["heatmap"])
     from PIL import Image
+
     assert Image.open(rows[0]["heatmap"]).size == (tu.INPUT_HW[1], tu.INPUT_HW[0])
 
 
@@ -133,8 +148,19 @@ def test_two_servers_share_the_load(server, folder, tmp_path):
     try:
         before = [Connection(u).inference_count() for u in (server.grpc_url, second.grpc_url)]
         out = tmp_path / "two.jsonl"
-        p = score(str(folder), "--out", str(out), "--url", server.grpc_url, "--url", second.grpc_url,
-                  "--batch-size", "2", "--concurrency", "2")
+        p = score(
+            str(folder),
+            "--out",
+            str(out),
+            "--url",
+            server.grpc_url,
+            "--url",
+            second.grpc_url,
+            "--batch-size",
+            "2",
+            "--concurrency",
+            "2",
+        )
         after = [Connection(u).inference_count() for u in (server.grpc_url, second.grpc_url)]
     finally:
         second.stop()
@@ -145,20 +171,37 @@ def test_two_servers_share_the_load(server, folder, tmp_path):
 
 def test_unreachable_server_is_a_clear_error(folder, tmp_path):
     from exdd.serving.serve import free_port
+
     out = tmp_path / "x.jsonl"
-    p = score(str(folder), "--out", str(out), "--url", f"127.0.0.1:{free_port()}", "--retries", "2",
-              "--backoff", "0.1", check=False)
+    p = score(
+        str(folder),
+        "--out",
+        str(out),
+        "--url",
+        f"127.0.0.1:{free_port()}",
+        "--retries",
+        "2",
+        "--backoff",
+        "0.1",
+        check=False,
+    )
     assert p.returncode == 3 and "server not reachable" in p.stderr and "Traceback" not in p.stderr
 
 
 def test_client_evaluate_agrees_with_offline_evaluate(server, tmp_path):
     off = tmp_path / "off.json"
-    r = subprocess.run(EXDD + ["offline", "evaluate", tu.dataset(), "--banks", tu.banks(), "--out", str(off)],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        EXDD + ["offline", "evaluate", tu.dataset(), "--banks", tu.banks(), "--out", str(off)],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr
     on = tmp_path / "on.json"
-    p = subprocess.run(EXDD + ["client", "evaluate", tu.dataset(), "--url", server.grpc_url, "--out", str(on),
-                               "--compare", str(off)], capture_output=True, text=True)
+    p = subprocess.run(
+        EXDD + ["client", "evaluate", tu.dataset(), "--url", server.grpc_url, "--out", str(on), "--compare", str(off)],
+        capture_output=True,
+        text=True,
+    )
     assert p.returncode == 0, p.stderr
     a, b = json.load(open(on)), json.load(open(off))
     mode = a["default_mode"]
@@ -171,16 +214,38 @@ def test_client_evaluate_agrees_with_offline_evaluate(server, tmp_path):
 
 def test_bench_and_stream(server, folder, tmp_path):
     pa = tmp_path / "pa.json"
-    p = subprocess.run(EXDD + ["client", "bench", "--url", server.grpc_url, "--batch-sizes", "1,2",
-                               "--concurrency", "1,2", "--requests", "4", "--out", str(tmp_path / "b.json"),
-                               "--perf-analyzer-data", str(pa)], capture_output=True, text=True)
+    p = subprocess.run(
+        EXDD
+        + [
+            "client",
+            "bench",
+            "--url",
+            server.grpc_url,
+            "--batch-sizes",
+            "1,2",
+            "--concurrency",
+            "1,2",
+            "--requests",
+            "4",
+            "--out",
+            str(tmp_path / "b.json"),
+            "--perf-analyzer-data",
+            str(pa),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert p.returncode == 0, p.stderr
     rows = json.load(open(tmp_path / "b.json"))["rows"]
     assert len(rows) == 4 and all(r["images_per_s"] > 0 and r["p99_ms"] >= r["p50_ms"] for r in rows)
     data = json.load(open(pa))["data"][0]["IMAGE"]
     assert data["shape"] == [tu.INPUT_HW[0], tu.INPUT_HW[1], 3] and len(data["content"]) == np.prod(data["shape"])
-    s = subprocess.run(EXDD + ["client", "stream", "--source", str(folder / "line 3"), "--url", server.grpc_url,
-                               "--max-in-flight", "2"], capture_output=True, text=True)
+    s = subprocess.run(
+        EXDD
+        + ["client", "stream", "--source", str(folder / "line 3"), "--url", server.grpc_url, "--max-in-flight", "2"],
+        capture_output=True,
+        text=True,
+    )
     assert s.returncode == 0, s.stderr
     lines = [json.loads(x) for x in s.stdout.splitlines()]
     assert len(lines) == 6 and all("score" in x for x in lines) and "frames/s" in s.stderr
@@ -189,6 +254,7 @@ def test_bench_and_stream(server, folder, tmp_path):
 def test_bad_input_corpus_through_the_server(server, tmp_path):
     """Every awkward file becomes a scored row or a named error row; the job goes on (exit 1)."""
     import corpus
+
     root = tmp_path / "corpus"
     expect = corpus.make(root)
     out = tmp_path / "c.jsonl"
@@ -207,12 +273,13 @@ def test_bad_input_corpus_through_the_server(server, tmp_path):
 def test_tiny_and_strip_images_are_scored_with_a_warning_that_the_summary_counts(server, tmp_path):
     """A 1x1 image and a 3x5000 strip still get a score (the job goes on), and their rows say why not to trust it."""
     from PIL import Image
+
     d = tmp_path / "odd"
     d.mkdir()
     Image.new("RGB", (1, 1), (128, 128, 128)).save(d / "a_dot.png")
-    Image.new("RGB", (5000, 3), (90, 90, 90)).save(d / "b_strip.png")            # 3 high, 5000 wide
+    Image.new("RGB", (5000, 3), (90, 90, 90)).save(d / "b_strip.png")  # 3 high, 5000 wide
     src = sorted(f for f in os.listdir(os.path.join(tu.dataset(), "test")) if not f.endswith("_GT.png"))[0]
-    shutil.copy(os.path.join(tu.dataset(), "test", src), d / "c_ok.png")          # the model's own input size
+    shutil.copy(os.path.join(tu.dataset(), "test", src), d / "c_ok.png")  # the model's own input size
     out = tmp_path / "odd.jsonl"
     p = score(str(d), "--out", str(out), "--url", server.grpc_url)
     assert p.returncode == 0, p.stderr
@@ -232,9 +299,24 @@ def test_one_job_per_out_file_and_a_killed_jobs_lock_is_taken_over(server, folde
     over, says so, and finishes with each image once."""
     out = tmp_path / "r.jsonl"
     lock = tmp_path / "r.jsonl.lock"
-    first = subprocess.Popen(EXDD + ["client", "score", str(folder), "--out", str(out), "--url", server.grpc_url,
-                                     "--batch-size", "1", "--concurrency", "1"],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = subprocess.Popen(
+        EXDD
+        + [
+            "client",
+            "score",
+            str(folder),
+            "--out",
+            str(out),
+            "--url",
+            server.grpc_url,
+            "--batch-size",
+            "1",
+            "--concurrency",
+            "1",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 60
     while time.time() < deadline and not (out.exists() and out.read_text().count("\n") >= 2):
         time.sleep(0.05)
@@ -278,14 +360,19 @@ def test_retry_errors_rescores_server_failures_not_bad_files(server, folder, uni
     lines = []
     for r in ref[:8]:
         if r["path"] == ref[2]["path"]:
-            r = dict(r, score=None, is_defect=None, error=f"{r['path']}: server rejected the request (stub process "
-                     "is not healthy)", error_kind="server")
+            r = dict(
+                r,
+                score=None,
+                is_defect=None,
+                error=f"{r['path']}: server rejected the request (stub process is not healthy)",
+                error_kind="server",
+            )
         lines.append(json.dumps(r))
     lines.insert(5, "{this line is not JSON")
     out.write_text("\n".join(lines) + "\n")
     plain = score(str(folder), "--out", str(out), "--url", server.grpc_url)
     assert f"warning: {out} line 6: not a JSON row" in plain.stderr, plain.stderr
-    assert "already done: 8," in plain.stdout                   # without the flag the failure's row stays
+    assert "already done: 8," in plain.stdout  # without the flag the failure's row stays
     p = score(str(folder), "--out", str(out), "--url", server.grpc_url, "--retry-errors")
     assert "1 row(s) of a server-side failure taken out" in p.stderr and "already done: 25, scored: 1," in p.stdout
     rows = by_path(read_rows(str(out)))
@@ -293,4 +380,4 @@ def test_retry_errors_rescores_server_failures_not_bad_files(server, folder, uni
     assert again["error"] is None and again["score"] == pytest.approx(ref[2]["score"], rel=tu.SCORE_RTOL)
     bad = [r for r in rows.values() if r["error"]]
     assert len(rows) == 26 and len(bad) == 2 and all(r["error_kind"] == "input" for r in bad)
-    assert "{this line is not JSON\n" in out.read_text()         # left as it was, nothing lost
+    assert "{this line is not JSON\n" in out.read_text()  # left as it was, nothing lost

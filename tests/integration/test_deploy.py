@@ -5,6 +5,7 @@ new banks, answers after the swap come from the new ones. Banks made for other f
 refused by the CLI, and a version the server cannot load leaves the old one serving. The
 scorer's custom metrics are read from the server's /metrics endpoint.
 """
+
 from __future__ import annotations
 
 import json
@@ -32,6 +33,7 @@ def _updated_banks() -> str:
     from exdd.offline.build import model_featurizer
     from exdd.offline.surfaces import generate
     from exdd.offline.update import normal_samples, update
+
     root = os.path.join(tu.workdir(), "tile")
     generate(root, 3, 0, 2, 0, (160, 80), "tile", 7)
     out = os.path.join(tu.workdir(), "banks-v2")
@@ -45,6 +47,7 @@ def _probe_images() -> np.ndarray:
     """Two surfaces between two copies of the taught tile texture's test image whose score the update moves most,
     so that every 3-image window holds an image that tells the two bank versions apart."""
     from exdd.export.onnx_export import image_files, load_images
+
     tiles = load_images(image_files(os.path.join(tu.workdir(), "tile", "test"), 2), tu.INPUT_HW)
     old = tu.offline_reference(tiles, tu.banks())["SCORE"].ravel()
     new = tu.offline_reference(tiles, _updated_banks())["SCORE"].ravel()
@@ -58,8 +61,18 @@ def setup():
     repo = os.path.join(tu.workdir(), "repo-deploy")
     shutil.copytree(tu.repository("python"), repo)
     log = repo + ".log"
-    srv = TritonServer(repo, "127.0.0.1", free_port(), free_port(), free_port(), env=tu.serving_env(), log_path=log,
-                       exit_on_error=True, exit_timeout=3, extra_args=EXPLICIT_MODEL_CONTROL)
+    srv = TritonServer(
+        repo,
+        "127.0.0.1",
+        free_port(),
+        free_port(),
+        free_port(),
+        env=tu.serving_env(),
+        log_path=log,
+        exit_on_error=True,
+        exit_timeout=3,
+        extra_args=EXPLICIT_MODEL_CONTROL,
+    )
     srv.start()
     try:
         srv.wait_ready(120)
@@ -70,6 +83,7 @@ def setup():
 
 def _infer(client, images):
     import tritonclient.http as th
+
     inp = th.InferInput("IMAGE", list(images.shape), "UINT8")
     inp.set_data_from_numpy(images)
     r = client.infer("exdd", [inp])
@@ -95,12 +109,13 @@ def _metric(text: str, name: str, version: int) -> float:
 
 def test_swap_under_load_then_refusals_and_metrics(setup):
     import tritonclient.http as th
+
     repo, srv, new_banks = setup
     imgs = _probe_images()
     old = tu.offline_reference(imgs, tu.banks())["SCORE"]
     new = tu.offline_reference(imgs, new_banks)["SCORE"]
-    batches = [np.ascontiguousarray(imgs[i:i + BATCH]) for i in range(len(imgs) - BATCH + 1)]
-    refs = [(old[i:i + BATCH], new[i:i + BATCH]) for i in range(len(batches))]
+    batches = [np.ascontiguousarray(imgs[i : i + BATCH]) for i in range(len(imgs) - BATCH + 1)]
+    refs = [(old[i : i + BATCH], new[i : i + BATCH]) for i in range(len(batches))]
     # the two bank versions must be told apart on every probe batch
     assert all(not np.allclose(o, n, rtol=10 * RTOL) for o, n in refs)
 
@@ -187,8 +202,9 @@ def test_swap_under_load_then_refusals_and_metrics(setup):
     assert delta("exdd_defects_flagged_total") == flagged
     assert delta("exdd_score_count") == sent
     assert _metric(after_text, "exdd_threshold", 2) > 0
-    assert re.search(r'exdd_score_bucket\{[^}]*le="\+Inf"[^}]*version="2"', after_text) or \
-        re.search(r'exdd_score_bucket\{[^}]*version="2"[^}]*le="\+Inf"', after_text)
+    assert re.search(r'exdd_score_bucket\{[^}]*le="\+Inf"[^}]*version="2"', after_text) or re.search(
+        r'exdd_score_bucket\{[^}]*version="2"[^}]*le="\+Inf"', after_text
+    )
     assert 'version="1"' not in "\n".join(ln for ln in after_text.splitlines() if ln.startswith("exdd_"))
 
 
@@ -196,6 +212,7 @@ def test_serve_cli_uses_explicit_model_control_and_deploy_cli_swaps(tmp_path):
     import signal
 
     import tritonclient.http as th
+
     new_banks = _updated_banks()
     repo = str(tmp_path / "repo")
     shutil.copytree(tu.repository("python"), repo)
@@ -224,15 +241,25 @@ def test_restart_after_five_deploys_with_keep_2_serves_the_newest_banks(tmp_path
     """Pruned scorer versions never take another model with them: after five deploys (--keep 2) a restarted
     server loads every model and answers from the newest banks."""
     import tritonclient.http as th
+
     new_banks = _updated_banks()
     repo = str(tmp_path / "repo")
     shutil.copytree(tu.repository("python"), repo)
-    order = [new_banks, tu.banks(), new_banks, tu.banks(), new_banks]     # the newest: new_banks
+    order = [new_banks, tu.banks(), new_banks, tu.banks(), new_banks]  # the newest: new_banks
 
     def server():
-        return TritonServer(repo, "127.0.0.1", free_port(), free_port(), free_port(), env=tu.serving_env(),
-                            log_path=str(tmp_path / "server.log"), exit_on_error=True, exit_timeout=3,
-                            extra_args=EXPLICIT_MODEL_CONTROL)
+        return TritonServer(
+            repo,
+            "127.0.0.1",
+            free_port(),
+            free_port(),
+            free_port(),
+            env=tu.serving_env(),
+            log_path=str(tmp_path / "server.log"),
+            exit_on_error=True,
+            exit_timeout=3,
+            extra_args=EXPLICIT_MODEL_CONTROL,
+        )
 
     srv = server().start()
     try:
@@ -245,7 +272,7 @@ def test_restart_after_five_deploys_with_keep_2_serves_the_newest_banks(tmp_path
     assert versions(os.path.join(repo, "exdd_scorer")) == [5, 6]
     srv = server().start()
     try:
-        srv.wait_ready(120)            # "failed to load all models" would end the server here
+        srv.wait_ready(120)  # "failed to load all models" would end the server here
         imgs = _probe_images()
         with th.InferenceServerClient(srv.http_url) as c:
             for model in ("exdd", "exdd_features", "exdd_scorer"):
@@ -256,6 +283,7 @@ def test_restart_after_five_deploys_with_keep_2_serves_the_newest_banks(tmp_path
             folder = tmp_path / "two"
             folder.mkdir()
             from PIL import Image
+
             Image.new("RGB", (tu.INPUT_HW[1], tu.INPUT_HW[0])).save(folder / "black.png")
             Image.fromarray(imgs[0]).save(folder / "probe.png")
             p = tu.exdd_cli("client", "score", str(folder), "--out", str(tmp_path / "two.jsonl"), "--url", srv.grpc_url)

@@ -1,4 +1,5 @@
 """Faults: the server killed mid-job and restarted, a bank file altered on disk, request parameters as code."""
+
 from __future__ import annotations
 
 import json
@@ -33,7 +34,7 @@ def server_on(ports, log) -> TritonServer:
     s = TritonServer(tu.repository(), "127.0.0.1", *ports, env=tu.serving_env(), log_path=log, exit_timeout=3)
     deadline = time.time() + 30
     while any(port_in_use("127.0.0.1", p) for p in ports) and time.time() < deadline:
-        time.sleep(0.2)                       # the killed server's ports are released
+        time.sleep(0.2)  # the killed server's ports are released
     return s.start().wait_ready(120)
 
 
@@ -43,21 +44,36 @@ def test_server_killed_mid_job_then_restarted(tmp_path):
     ports = (free_port(), free_port(), free_port())
     url = f"127.0.0.1:{ports[1]}"
     out = tmp_path / "job.jsonl"
-    cmd = EXDD + ["client", "score", folder, "--out", str(out), "--url", url, "--batch-size", "1",
-                  "--concurrency", "1", "--retries", "3", "--backoff", "0.2"]
+    cmd = EXDD + [
+        "client",
+        "score",
+        folder,
+        "--out",
+        str(out),
+        "--url",
+        url,
+        "--batch-size",
+        "1",
+        "--concurrency",
+        "1",
+        "--retries",
+        "3",
+        "--backoff",
+        "0.2",
+    ]
     s = server_on(ports, str(tmp_path / "s1.log"))
     try:
         job = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         deadline = time.time() + 60
         while time.time() < deadline and (not out.exists() or out.read_text().count("\n") < 4):
             time.sleep(0.05)
-        os.kill(s.proc.pid, signal.SIGKILL)            # the server dies mid-job
+        os.kill(s.proc.pid, signal.SIGKILL)  # the server dies mid-job
         stdout, stderr = job.communicate(timeout=120)
     finally:
         s.stop()
     assert job.returncode == 3, stdout + stderr
     assert "rerun the same command to resume" in stderr and "Traceback" not in stderr
-    partial = read_rows(str(out))                       # what was written stays valid
+    partial = read_rows(str(out))  # what was written stays valid
     assert 4 <= len(partial) < n
     s2 = server_on(ports, str(tmp_path / "s2.log"))
     try:
@@ -102,6 +118,7 @@ def test_truncated_bank_file_is_refused_at_load(tmp_path):
 def test_threshold_parameter_is_never_code(tmp_path):
     """A request parameter that looks like code is refused as a bad value, and nothing runs."""
     import tritonclient.http as th
+
     canary = tmp_path / "pwned"
     srv = tu.start_server(tu.repository())
     try:
@@ -113,7 +130,7 @@ def test_threshold_parameter_is_never_code(tmp_path):
         with pytest.raises(Exception) as e:
             c.infer("exdd", [inp], parameters={"threshold": code})
         assert "threshold" in str(e.value)
-        ok = c.infer("exdd", [inp])                      # the server keeps serving
+        ok = c.infer("exdd", [inp])  # the server keeps serving
         assert np.isfinite(ok.as_numpy("SCORE")).all()
     finally:
         srv.stop()

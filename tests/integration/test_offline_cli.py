@@ -1,4 +1,5 @@
 """`exdd offline build` / `evaluate` end to end on a tiny generated dataset, and their errors."""
+
 import json
 import os
 import shutil
@@ -42,8 +43,9 @@ def test_evaluate_reports_all_modes(tiny_dataset, tiny_banks, tmp_path):
 
 
 def test_mismatched_features_are_refused(tiny_dataset, tiny_banks):
-    p = run_exdd("offline", "evaluate", str(tiny_dataset), "--banks", str(tiny_banks), "--weights", "random:1",
-                 check=False)
+    p = run_exdd(
+        "offline", "evaluate", str(tiny_dataset), "--banks", str(tiny_banks), "--weights", "random:1", check=False
+    )
     assert p.returncode != 0 and "weights: bank has 'random:0', features have 'random:1'" in p.stderr
     assert "Traceback" not in p.stderr
 
@@ -63,7 +65,7 @@ def test_corrupt_image_and_wrong_size_mask_are_named_and_skipped(tiny_dataset, t
     (data / "train" / "00001.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
     held = {s.path for s in holdout_split(load_split(str(data), "train"), 0.1, 0)[1]}
     defect = next(s for s in load_split(str(data), "train") if s.label == 1 and s.path not in held)
-    Image.new("L", (7, 7), 255).save(defect.mask)                       # a defective image's mask, wrong size
+    Image.new("L", (7, 7), 255).save(defect.mask)  # a defective image's mask, wrong size
     out = tmp_path / "b"
     p = run_exdd("offline", "build", str(data), "--out", str(out), *TINY_ARGS)
     assert "00001.png: corrupt or truncated image" in p.stderr or "00001.png: not a recognised" in p.stderr
@@ -71,7 +73,7 @@ def test_corrupt_image_and_wrong_size_mask_are_named_and_skipped(tiny_dataset, t
     m = json.loads((out / "manifest.json").read_text())
     bad = {os.path.basename(e["path"]) for e in m["sources"]["unreadable"]}
     held = {os.path.basename(s.path) for s in holdout_split(load_split(str(data), "train"), 0.1, 0)[1]}
-    assert bad == {"00001.png", os.path.basename(defect.path)} - held   # a held-out file's error: not a bank source
+    assert bad == {"00001.png", os.path.basename(defect.path)} - held  # a held-out file's error: not a bank source
 
 
 def test_empty_positive_bank_falls_back_to_patchcore(tiny_dataset, tmp_path):
@@ -102,8 +104,10 @@ def test_layouts(tmp_path, tiny_dataset):
     Image.new("L", (40, 30), 255).save(mv / "ground_truth/scratch/001_mask.png")
     assert detect_layout(str(mv)) == "mvtec"
     test = load_split(str(mv), "test")
-    assert [(os.path.basename(s.path), s.label, s.kind) for s in test] == [("000.png", 0, "good"),
-                                                                           ("001.png", 1, "scratch")]
+    assert [(os.path.basename(s.path), s.label, s.kind) for s in test] == [
+        ("000.png", 0, "good"),
+        ("001.png", 1, "scratch"),
+    ]
     assert test[1].mask.endswith("ground_truth/scratch/001_mask.png")
     folder = load_split(str(mv / "test"), "test", "folder")
     assert len(folder) == 2 and all(s.label == -1 for s in folder)
@@ -119,16 +123,19 @@ def test_holdout_split_is_seeded_and_stratified(tiny_dataset):
 
 def test_k_below_two_is_refused(tiny_dataset, tiny_banks, tmp_path):
     """Issue 12, defect 7: --k 1 made every exdd score s_neg / 1e-6; the CLI and the bank loader refuse it."""
-    p = run_exdd("offline", "build", str(tiny_dataset), "--out", str(tmp_path / "b"), *TINY_ARGS, "--k", "1",
-                 check=False)
+    p = run_exdd(
+        "offline", "build", str(tiny_dataset), "--out", str(tmp_path / "b"), *TINY_ARGS, "--k", "1", check=False
+    )
     assert p.returncode == 2 and "--k" in p.stderr and "1 is not in the range x>=2" in p.stderr
     assert not (tmp_path / "b").exists()
     from exdd_scoring import BankError, load_banks
+
     bad = copy_dataset(tiny_banks, tmp_path / "banks")
     m = json.loads((bad / "manifest.json").read_text())
     m["k"] = 1
     (bad / "manifest.json").write_text(json.dumps(m))
     import pytest
+
     with pytest.raises(BankError, match="k = 1"):
         load_banks(str(bad))
     p = run_exdd("offline", "evaluate", str(tiny_dataset), "--banks", str(bad), check=False)
@@ -137,20 +144,22 @@ def test_k_below_two_is_refused(tiny_dataset, tiny_banks, tmp_path):
 
 def test_test_images_copied_from_training_are_found_and_left_out(tiny_dataset, tiny_banks, tmp_path):
     from exdd.datasets import duplicates_across
+
     ds = copy_dataset(tiny_dataset, tmp_path / "leaky")
     train = load_split(str(ds), "train")
-    src = next(s for s in train if s.label == 1)           # a defective training image, renamed into test/
+    src = next(s for s in train if s.label == 1)  # a defective training image, renamed into test/
     shutil.copyfile(src.path, ds / "test" / "00900.png")
     shutil.copyfile(src.mask, ds / "test" / "00900_GT.png")
     test = load_split(str(ds), "test")
     assert duplicates_across(test, train) == [(str(ds / "test" / "00900.png"), src.path)]
-    assert duplicates_across(train, train) == []              # a file is not its own duplicate
+    assert duplicates_across(train, train) == []  # a file is not its own duplicate
     out = tmp_path / "r.json"
     p = run_exdd("offline", "evaluate", str(ds), "--banks", str(tiny_banks), "--out", str(out), "--no-pixel")
     assert "1 test images are byte-identical to training images" in p.stderr and "left out" in p.stderr
     r = json.loads(out.read_text())
     assert len(r["images"]) == 6 and not any(i["path"].endswith("00900.png") for i in r["images"])
     assert r["duplicates_of_training_images"]["excluded"] is True
-    p = run_exdd("offline", "evaluate", str(ds), "--banks", str(tiny_banks), "--out", str(out), "--no-pixel",
-                 "--keep-duplicates")
+    p = run_exdd(
+        "offline", "evaluate", str(ds), "--banks", str(tiny_banks), "--out", str(out), "--no-pixel", "--keep-duplicates"
+    )
     assert "kept (--keep-duplicates)" in p.stderr and len(json.loads(out.read_text())["images"]) == 7

@@ -7,6 +7,7 @@ both, with no failed request, while the other keeps its version and its scores; 
 metrics carry the product label; banks for other features and bad product names are refused,
 naming what is wrong.
 """
+
 from __future__ import annotations
 
 import json
@@ -37,6 +38,7 @@ def _tile_banks() -> str:
     from exdd.offline.build import model_featurizer
     from exdd.offline.surfaces import generate
     from exdd.offline.update import normal_samples, update
+
     out = os.path.join(tu.workdir(), "banks-product-tile")
     if not os.path.isdir(out):
         root = os.path.join(tu.workdir(), "product-tile")
@@ -60,6 +62,7 @@ def _alien_banks() -> str:
 def _probe_images() -> np.ndarray:
     """Two tile test surfaces (the taught texture) and two of the brushed test set."""
     from exdd.export.onnx_export import image_files, load_images
+
     _tile_banks()
     tiles = load_images(image_files(os.path.join(tu.workdir(), "product-tile", "test"), 2), tu.INPUT_HW)
     return np.ascontiguousarray(np.concatenate([tiles, tu.sample_images(2)]))
@@ -72,6 +75,7 @@ def _ref(images, bank_dir):
 
 def _infer(url, model, images):
     import tritonclient.http as th
+
     with th.InferenceServerClient(url, network_timeout=120) as c:
         inp = th.InferInput("IMAGE", list(images.shape), "UINT8")
         inp.set_data_from_numpy(images)
@@ -100,14 +104,28 @@ def _series(text: str, name: str, **labels) -> float:
 def served():
     """(repo, http url, grpc url, metrics port, serve's stderr lines) of `exdd serve` on a two-product repository."""
     repo = os.path.join(tu.workdir(), "repo-products")
-    p = tu.exdd_cli("export", "repository", "--onnx", tu.onnx_fp32(), "--product", f"alpha={tu.banks()}",
-                    "--product", f"beta={_tile_banks()}", "--out", repo, "--features-backend", "python", "--force")
+    p = tu.exdd_cli(
+        "export",
+        "repository",
+        "--onnx",
+        tu.onnx_fp32(),
+        "--product",
+        f"alpha={tu.banks()}",
+        "--product",
+        f"beta={_tile_banks()}",
+        "--out",
+        repo,
+        "--features-backend",
+        "python",
+        "--force",
+    )
     assert p.returncode == 0, p.stderr
     assert "product alpha: exdd_alpha -> exdd_alpha_scorer" in p.stdout and "product beta:" in p.stdout
     tu.serving_env()
     ports = [free_port() for _ in range(3)]
-    proc, lines = tu.start_serve_cli(repo, "--http-port", str(ports[0]), "--grpc-port", str(ports[1]),
-                                     "--metrics-port", str(ports[2]))
+    proc, lines = tu.start_serve_cli(
+        repo, "--http-port", str(ports[0]), "--grpc-port", str(ports[1]), "--metrics-port", str(ports[2])
+    )
     try:
         assert lines[-1].startswith("ready:"), "".join(lines[-20:])
         yield repo, f"127.0.0.1:{ports[0]}", f"127.0.0.1:{ports[1]}", ports[2], lines
@@ -118,10 +136,17 @@ def served():
 
 def test_repository_shares_the_extractor_and_routes_each_product_to_its_scorer(served):
     from exdd.serving.configs import protobuf
+
     repo, _, _, _, lines = served
     mc, text_format = protobuf()
-    assert sorted(d for d in os.listdir(repo) if os.path.isdir(os.path.join(repo, d))) == \
-        ["exdd_alpha", "exdd_alpha_scorer", "exdd_beta", "exdd_beta_scorer", "exdd_features", "exdd_preprocess"]
+    assert sorted(d for d in os.listdir(repo) if os.path.isdir(os.path.join(repo, d))) == [
+        "exdd_alpha",
+        "exdd_alpha_scorer",
+        "exdd_beta",
+        "exdd_beta_scorer",
+        "exdd_features",
+        "exdd_preprocess",
+    ]
     assert products_in(repo) == [ALPHA, BETA]
     for pm in (ALPHA, BETA):
         ens = text_format.Parse(open(os.path.join(repo, pm.ensemble, "config.pbtxt")).read(), mc.ModelConfig())
@@ -138,6 +163,7 @@ def test_repository_shares_the_extractor_and_routes_each_product_to_its_scorer(s
 
 def test_each_product_answers_from_its_own_banks(served, tmp_path):
     from PIL import Image
+
     _, http, grpc, _, _ = served
     imgs = _probe_images()
     refs = {ALPHA: _ref(imgs, tu.banks()), BETA: _ref(imgs, _tile_banks())}
@@ -168,22 +194,37 @@ def test_each_product_answers_from_its_own_banks(served, tmp_path):
         want = float(refs[ALPHA]["SCORE"][int(os.path.basename(f["frame"])[:-4]), 0])
         assert f["score"] == pytest.approx(want, rel=SCORE_RTOL)
     from exdd.client.connection import Connection
+
     c = Connection(http, "http")
     before = {pm: c.inference_count(pm.scorer) for pm in (ALPHA, BETA)}
-    p = tu.exdd_cli("client", "bench", "--url", grpc, "--product", "beta", "--batch-sizes", "1", "--concurrency", "1",
-                    "--requests", "3")
+    p = tu.exdd_cli(
+        "client",
+        "bench",
+        "--url",
+        grpc,
+        "--product",
+        "beta",
+        "--batch-sizes",
+        "1",
+        "--concurrency",
+        "1",
+        "--requests",
+        "3",
+    )
     assert p.returncode == 0, p.stderr
     # 3 timed requests + 1 warm-up, one image each
     assert c.inference_count(BETA.scorer) - before[BETA] == 4 and c.inference_count(ALPHA.scorer) == before[ALPHA]
     c.close()
     # an unknown product: a clear error naming it, no traceback (the list of served models is not in it: `exdd
     # serve` keeps the repository index behind the model-control key, tests/test_serve_safety.py)
-    p = tu.exdd_cli("client", "score", str(folder), "--out", str(tmp_path / "x.jsonl"), "--url", grpc,
-                    "--product", "gamma")
+    p = tu.exdd_cli(
+        "client", "score", str(folder), "--out", str(tmp_path / "x.jsonl"), "--url", grpc, "--product", "gamma"
+    )
     assert p.returncode != 0 and "'exdd_gamma' not available" in p.stderr
     assert "Traceback" not in p.stderr
-    p = tu.exdd_cli("client", "score", str(folder), "--out", str(tmp_path / "y.jsonl"), "--url", grpc,
-                    "--product", "Bad Name")
+    p = tu.exdd_cli(
+        "client", "score", str(folder), "--out", str(tmp_path / "y.jsonl"), "--url", grpc, "--product", "Bad Name"
+    )
     assert p.returncode != 0 and "product name 'Bad Name'" in p.stderr and "Traceback" not in p.stderr
 
 
@@ -191,7 +232,7 @@ def test_deploy_to_one_product_leaves_the_other_untouched_under_load(served):
     repo, http, _, metrics_port, _ = served
     imgs = _probe_images()
     old_a, beta = _ref(imgs, tu.banks())["SCORE"], _ref(imgs, _tile_banks())["SCORE"]
-    new_a = beta                                 # alpha is given the tile banks
+    new_a = beta  # alpha is given the tile banks
     answers, errors, stop = [], [], threading.Event()
 
     def worker(pm):
@@ -231,6 +272,7 @@ def test_deploy_to_one_product_leaves_the_other_untouched_under_load(served):
     assert all(k == "new" for t0, k in kinds if t0 > swapped)
     assert sum(pm == BETA for _, pm, _ in answers) > 0
     import tritonclient.http as th
+
     with th.InferenceServerClient(http) as c:
         assert c.is_model_ready(BETA.scorer, "1") and c.is_model_ready(ALPHA.scorer, "2")
         assert not c.is_model_ready(ALPHA.scorer, "1")
@@ -244,25 +286,41 @@ def test_deploy_to_one_product_leaves_the_other_untouched_under_load(served):
     after = _metrics(metrics_port)
     for pm, n, version in ((ALPHA, 4, 2), (BETA, 3, 1)):
         labels = {"product": pm.product, "model": pm.scorer, "version": version}
-        assert _series(after, "exdd_images_scored_total", **labels) - \
-            _series(before, "exdd_images_scored_total", **labels) == n
+        assert (
+            _series(after, "exdd_images_scored_total", **labels) - _series(before, "exdd_images_scored_total", **labels)
+            == n
+        )
         assert _series(after, "exdd_score_count", **labels) - _series(before, "exdd_score_count", **labels) == n
-    assert "product=\"default\"" not in after
+    assert 'product="default"' not in after
 
 
 def test_banks_for_other_features_are_refused_at_assembly_and_deploy(served, tmp_path):
     repo, http, _, _, _ = served
     alien = _alien_banks()
     out = tmp_path / "repo"
-    p = tu.exdd_cli("export", "repository", "--onnx", tu.onnx_fp32(), "--product", f"good={tu.banks()}",
-                    "--product", f"odd={alien}", "--out", str(out))
+    p = tu.exdd_cli(
+        "export",
+        "repository",
+        "--onnx",
+        tu.onnx_fp32(),
+        "--product",
+        f"good={tu.banks()}",
+        "--product",
+        f"odd={alien}",
+        "--out",
+        str(out),
+    )
     assert p.returncode != 0 and "Traceback" not in p.stderr
     assert f"product 'odd': banks {alien}" in p.stderr and "weights: bank has 'random:1'" in p.stderr
     assert not out.exists()
     p = tu.exdd_cli("deploy", alien, "--repository", repo, "--product", "beta", "--url", http)
     assert p.returncode != 0 and "Traceback" not in p.stderr
-    assert "refused" in p.stderr and "product 'beta'" in p.stderr and "the shared extractor (exdd_features/1)" \
-        in p.stderr and "weights: bank has 'random:1'" in p.stderr
+    assert (
+        "refused" in p.stderr
+        and "product 'beta'" in p.stderr
+        and "the shared extractor (exdd_features/1)" in p.stderr
+        and "weights: bank has 'random:1'" in p.stderr
+    )
     assert versions(os.path.join(repo, BETA.scorer)) == [1]
     # an unknown product, or none in a repository of several: an error listing the products
     p = tu.exdd_cli("deploy", tu.banks(), "--repository", repo, "--product", "gamma")
@@ -272,14 +330,17 @@ def test_banks_for_other_features_are_refused_at_assembly_and_deploy(served, tmp
     assert "Traceback" not in p.stderr
 
 
-@pytest.mark.parametrize("value, message", [
-    ("Alpha={banks}", "product name 'Alpha'"),
-    ("features={banks}", "product name 'features' is reserved"),
-    ("preprocess={banks}", "product name 'preprocess' is reserved"),
-    ("x_scorer={banks}", "ends with '_scorer'"),
-    ("={banks}", "product name ''"),
-    ("alpha", "expected NAME=BANKS"),
-])
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        ("Alpha={banks}", "product name 'Alpha'"),
+        ("features={banks}", "product name 'features' is reserved"),
+        ("preprocess={banks}", "product name 'preprocess' is reserved"),
+        ("x_scorer={banks}", "ends with '_scorer'"),
+        ("={banks}", "product name ''"),
+        ("alpha", "expected NAME=BANKS"),
+    ],
+)
 def test_bad_product_names_are_refused_naming_them(value, message, tmp_path):
     v = value.format(banks=tu.banks())
     with pytest.raises(ProductError, match=message.replace("(", r"\(")):

@@ -1,5 +1,6 @@
 """The fitted projection (issue 25): fitted on the normal training patches at build time, stored in the bank
 folder, baked into the exported ONNX, refused with any other extractor, kept by update, served."""
+
 from __future__ import annotations
 
 import json
@@ -47,9 +48,9 @@ def test_pca_is_the_top_eigenvectors_largest_first_with_fixed_signs():
     lam = np.linspace(10.0, 1.0, 40)
     p = pca_projection((u * lam) @ u.T, 5)
     assert p.shape == (40, 5) and p.dtype == np.float32
-    np.testing.assert_allclose(np.abs(p), np.abs(u[:, :5]), atol=1e-5)       # the top 5, largest first
+    np.testing.assert_allclose(np.abs(p), np.abs(u[:, :5]), atol=1e-5)  # the top 5, largest first
     big = np.argmax(np.abs(p), axis=0)
-    assert (p[big, np.arange(5)] > 0).all()                                 # signs fixed: a reproducible hash
+    assert (p[big, np.arange(5)] > 0).all()  # signs fixed: a reproducible hash
     np.testing.assert_array_equal(pca_projection((u * lam) @ u.T, 5), p)
     with pytest.raises(ValueError, match="1..40"):
         pca_projection(np.eye(40), 41)
@@ -60,10 +61,10 @@ def test_the_built_projection_is_orthonormal_and_keeps_more_variance_than_random
     p = load_projection(pca_banks).astype(np.float64)
     assert p.shape == (1536, tu.D)
     np.testing.assert_allclose(p.T @ p, np.eye(tu.D), atol=1e-5)
-    kept = p.T @ cov @ p                                                    # eigenvectors: diagonal, descending
+    kept = p.T @ cov @ p  # eigenvectors: diagonal, descending
     var = np.diag(kept)
     assert np.abs(kept - np.diag(var)).max() < 1e-4 * var[0] and (np.diff(var) <= 1e-6 * var[0]).all()
-    r = make_projection(tu.D, 0).astype(np.float64)                         # unit columns, nearly orthogonal
+    r = make_projection(tu.D, 0).astype(np.float64)  # unit columns, nearly orthogonal
     assert var.sum() > 5 * np.trace(r.T @ cov @ r)
 
 
@@ -89,9 +90,9 @@ def test_a_bank_and_an_extractor_with_other_projections_are_refused(fit, pca_ban
     with pytest.raises(BankError, match=r"projection: bank has 'pca', features have 'random'; projection_sha256"):
         load_banks(pca_banks, expected_features=random_info)
     with pytest.raises(BankError) as e:
-        load_banks(pca_banks, expected_features=other_pca[1])              # pca of other images
+        load_banks(pca_banks, expected_features=other_pca[1])  # pca of other images
     msg = str(e.value)
-    assert "projection_sha256: bank has" in msg and "projection: bank has" not in msg     # same kind, other matrix
+    assert "projection_sha256: bank has" in msg and "projection: bank has" not in msg  # same kind, other matrix
     assert "export onnx --banks DIR" in msg
     with pytest.raises(BankError, match="projection: bank has 'random', features have 'pca'"):
         load_banks(tu.banks(), expected_features=other_pca[1])
@@ -114,15 +115,16 @@ def test_a_missing_or_altered_projection_file_is_refused(pca_banks, tmp_path):
     (unlisted / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(BankError, match="lists no projection.npy: rebuild .* --projection pca"):
         load_projection(str(unlisted))
-    assert load_projection(tu.banks()) is None                          # random: made again from its seed
+    assert load_projection(tu.banks()) is None  # random: made again from its seed
 
 
 def test_export_bakes_the_bank_projection_in_and_passes_parity(pca_banks):
     out = os.path.join(tu.workdir(), "pca.onnx")
-    p = tu.exdd_cli("export", "onnx", "--banks", pca_banks, "--out", out, "--parity-images", tu.dataset(),
-                    "--parity-count", "2")
+    p = tu.exdd_cli(
+        "export", "onnx", "--banks", pca_banks, "--out", out, "--parity-images", tu.dataset(), "--parity-count", "2"
+    )
     assert p.returncode == 0, p.stderr
-    assert "parity fp32: ok on 2 images" in p.stdout                 # ONNX Runtime vs torch, the usual tolerance
+    assert "parity fp32: ok on 2 images" in p.stdout  # ONNX Runtime vs torch, the usual tolerance
     stored = FeatureSpec.from_dict(read_features(out))
     assert stored.projection == "pca" and stored.matches(read_manifest(pca_banks).features)
 
@@ -132,6 +134,7 @@ def test_evaluate_and_update_use_the_bank_projection(pca_banks, tmp_path):
     assert p.returncode == 0, p.stderr
     out = tmp_path / "updated"
     from exdd.datasets import load_split
+
     normal = next(s.path for s in load_split(tu.dataset(), "test") if s.label == 0)
     p = tu.exdd_cli("offline", "update", pca_banks, "--out", str(out), "--normal", normal)
     assert p.returncode == 0, p.stderr
@@ -145,6 +148,7 @@ def test_a_repository_of_pca_banks_serves_the_offline_scores(fit, pca_banks):
 
     from exdd.serving.configs import Serving
     from exdd.serving.repository import assemble
+
     onnx = os.path.join(tu.workdir(), "pca.onnx")
     if not os.path.isfile(onnx):
         test_export_bakes_the_bank_projection_in_and_passes_parity(pca_banks)

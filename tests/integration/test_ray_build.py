@@ -1,4 +1,5 @@
 """`exdd offline build --ray` on a local 2-CPU Ray: the same banks and manifest as the single-process build."""
+
 from __future__ import annotations
 
 import json
@@ -12,7 +13,7 @@ import triton_util as tu
 
 pytest.importorskip("ray")
 
-COMMON = [*tiny_world.BUILD_ARGS, "--chunk-rows", "1000"]     # the tiny world's build, on a larger dataset (below)
+COMMON = [*tiny_world.BUILD_ARGS, "--chunk-rows", "1000"]  # the tiny world's build, on a larger dataset (below)
 
 
 @pytest.fixture(scope="module")
@@ -20,6 +21,7 @@ def data(tmp_path_factory):
     """A generated KSDD2-layout dataset (40 normal + 12 defective training images, one corrupt file)
     and a synthetic-defect folder (copies of defective images with their masks)."""
     from exdd.offline.surfaces import generate
+
     root = tmp_path_factory.mktemp("ray-build")
     ds = generate(str(root / "ds"), 40, 12, 1, 1, (128, 64), "brushed", 3)
     train = os.path.join(ds, "train")
@@ -30,13 +32,13 @@ def data(tmp_path_factory):
         shutil.copy(os.path.join(train, gt.replace("_GT", "")), syn / f"{i:05d}.png")
         shutil.copy(os.path.join(train, gt), syn / f"{i:05d}_GT.png")
     good = sorted(f for f in os.listdir(train) if not f.endswith("_GT.png"))
-    with open(os.path.join(train, good[5]), "r+b") as f:    # truncate one normal image: an error row
+    with open(os.path.join(train, good[5]), "r+b") as f:  # truncate one normal image: an error row
         f.truncate(200)
     return ds, str(syn)
 
 
 def build(ds, syn, out, *extra):
-    p = tu.exdd_cli("offline", "build", ds, "--out", out, "--synthetic", syn, *COMMON, *extra)   # --ray: a subprocess
+    p = tu.exdd_cli("offline", "build", ds, "--out", out, "--synthetic", syn, *COMMON, *extra)  # --ray: a subprocess
     assert p.returncode == 0, p.stderr
     return p
 
@@ -76,6 +78,7 @@ def test_ray_build_with_a_fitted_projection_gives_the_single_process_banks(tmp_p
 @pytest.fixture(scope="module")
 def ray_local():
     from exdd.ray_cluster import connect
+
     ray = connect(num_cpus=2)
     yield ray
     ray.shutdown()
@@ -86,12 +89,18 @@ def test_distributed_kcenter_equals_chunked_kcenter(ray_local, n, k, chunk_rows)
     from exdd.offline.build import BuildConfig
     from exdd.offline.coreset import chunked_kcenter
     from exdd.offline.distributed import Part, RayBuild
+
     x = np.random.default_rng(n + k).normal(size=(n, 8)).astype(np.float16)
-    cuts = [0, 17, 1000, 1001, 2200, n]                       # uneven parts, not aligned with the chunks
+    cuts = [0, 17, 1000, 1001, 2200, n]  # uneven parts, not aligned with the chunks
     cuts = sorted({min(c, n) for c in cuts})
     parts = [Part(b - a, ray_local.put(x[a:b]), 0, []) for a, b in zip(cuts[:-1], cuts[1:])]
-    rb = RayBuild(ray_local, "random:0", {"d": 8, "projection_seed": 0, "input_size": [64, 64]},
-                  BuildConfig(chunk_rows=chunk_rows, oversample=2.0), workers=1)
+    rb = RayBuild(
+        ray_local,
+        "random:0",
+        {"d": 8, "projection_seed": 0, "input_size": [64, 64]},
+        BuildConfig(chunk_rows=chunk_rows, oversample=2.0),
+        workers=1,
+    )
     got = rb.kcenter(parts, k)
     ref = chunked_kcenter(x, k, chunk_rows=chunk_rows, oversample=2.0)
     assert np.array_equal(got.indices, ref.indices)
@@ -102,7 +111,9 @@ def test_distributed_kcenter_equals_chunked_kcenter(ray_local, n, k, chunk_rows)
 
 def test_a_local_rays_workers_run_at_the_drivers_priority(ray_local):
     """Not at Ray's default niceness 15, under which any other load on the machine starves a local build."""
+
     @ray_local.remote
     def niceness():
         return os.nice(0)
+
     assert ray_local.get(niceness.remote()) == os.nice(0)

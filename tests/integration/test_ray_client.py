@@ -3,6 +3,7 @@
 The rows (order, error rows; scores within exdd.defaults.SCORE_RTOL) equal those of the same job without Ray, and a
 partial result file resumes the same way.
 """
+
 from __future__ import annotations
 
 import os
@@ -18,7 +19,7 @@ from test_client import score
 from exdd.result_rows import read_rows
 
 pytestmark = pytest.mark.triton
-folder = test_client.folder      # test_client's module fixture (server: conftest)
+folder = test_client.folder  # test_client's module fixture (server: conftest)
 RAY = ["--ray", "local", "--ray-cpus", "2"]
 
 
@@ -33,9 +34,9 @@ def reference(server, folder, tmp_path_factory):
 def test_ray_job_gives_the_same_rows(server, folder, reference, tmp_path):
     out = tmp_path / "ray.jsonl"
     p = score(str(folder), "--out", str(out), "--url", server.grpc_url, "--batch-size", "4", *RAY)
-    assert p.returncode == 1, p.stderr           # the two bad files are error rows, as without Ray
+    assert p.returncode == 1, p.stderr  # the two bad files are error rows, as without Ray
     assert "scored: 24, failed: 2" in p.stdout and "Traceback" not in p.stderr
-    assert "ray: 7 read tasks on 2 CPUs, 0 batches read locally" in p.stderr      # 26 files, batches of 4
+    assert "ray: 7 read tasks on 2 CPUs, 0 batches read locally" in p.stderr  # 26 files, batches of 4
     rows = read_rows(str(out))
     tu.assert_rows_agree(rows, reference)
     assert {os.path.basename(r["path"]) for r in rows if r["error"]} == {"corrupt.png", "notes.png"}
@@ -43,8 +44,9 @@ def test_ray_job_gives_the_same_rows(server, folder, reference, tmp_path):
 
 def test_ray_job_resumes_a_partial_file(server, folder, reference, tmp_path):
     import json
+
     out = tmp_path / "partial.jsonl"
-    with open(out, "w") as f:                    # the first 10 rows done, then a torn line
+    with open(out, "w") as f:  # the first 10 rows done, then a torn line
         for r in reference[:10]:
             f.write(json.dumps(r) + "\n")
         f.write('{"path": "tor')

@@ -1,4 +1,5 @@
 """The HTML report built from a real build/evaluate run, checked in a real headless Chromium."""
+
 from __future__ import annotations
 
 import json
@@ -16,8 +17,14 @@ from exdd.report.data import gallery_groups, histogram, modes_of
 from exdd.report.html import build_report, write_report
 
 SVG_XMLNS = 'xmlns="http://www.w3.org/2000/svg"'
-CHROMIUM = next((p for p in (shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome",
-                                                       "google-chrome-stable")) if p), None)
+CHROMIUM = next(
+    (
+        p
+        for p in (shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"))
+        if p
+    ),
+    None,
+)
 
 
 def _heatmaps(dataset: str, bank_dir: str, out_dir: str, mode: str) -> dict:
@@ -28,6 +35,7 @@ def _heatmaps(dataset: str, bank_dir: str, out_dir: str, mode: str) -> dict:
     from exdd.offline.features import build_extractor
     from exdd.overlay import overlay, save_png
     from exdd_scoring import Scorer, load_banks, map_of_mode, read_manifest_features
+
     feats = read_manifest_features(bank_dir)
     model, info = build_extractor(feats["weights"], feats["d"], feats["projection_seed"], tuple(feats["input_size"]))
     scorer = Scorer(load_banks(bank_dir, expected_features=info))
@@ -47,6 +55,7 @@ def _heatmaps(dataset: str, bank_dir: str, out_dir: str, mode: str) -> dict:
 def real_results(tiny_dataset, tiny_banks, tmp_path_factory):
     """(results dict, work dir) from a real evaluate of the tiny world's banks, with heatmaps on half the images."""
     from exdd.cli import main
+
     root = tmp_path_factory.mktemp("report")
     data, banks, res = str(tiny_dataset), str(tiny_banks), str(root / "results.json")
     r = CliRunner().invoke(main, ["offline", "evaluate", data, "--banks", banks, "--out", res])
@@ -71,9 +80,19 @@ def report(real_results):
 
 def _chromium(args, tmp_path, timeout=60):
     """Run headless Chromium with a throwaway profile; the completed process."""
-    base = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-            "--disable-background-networking", "--disable-component-update", "--disable-sync",
-            "--disable-dev-shm-usage", f"--user-data-dir={tmp_path / 'profile'}"]
+    base = [
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        f"--user-data-dir={tmp_path / 'profile'}",
+    ]
     return subprocess.run(base + args, capture_output=True, text=True, timeout=timeout)
 
 
@@ -114,7 +133,7 @@ def test_report_in_headless_chromium(report, tmp_path):
         pytest.skip("no chromium binary (apt-get install chromium)")
     path, text, results = report
     n_img = text.count("<img ")
-    assert n_img >= len(results["images"])             # at least one picture per test image of the tiny world
+    assert n_img >= len(results["images"])  # at least one picture per test image of the tiny world
     url = "file://" + os.path.abspath(path)
     dom = _chromium(["--virtual-time-budget=5000", "--dump-dom", url], tmp_path)
     assert dom.returncode == 0, dom.stderr[-2000:]
@@ -127,6 +146,7 @@ def test_report_in_headless_chromium(report, tmp_path):
     r = _chromium(["--hide-scrollbars", f"--screenshot={shot}", "--window-size=1280,2000", url], tmp_path)
     assert r.returncode == 0 and shot.exists(), r.stderr[-2000:]
     from PIL import Image
+
     px = np.asarray(Image.open(shot).convert("RGB"))
     assert px.shape[:2] == (2000, 1280)
     assert len(np.unique(px.reshape(-1, 3)[::97], axis=0)) > 50, "screenshot looks blank"
@@ -137,6 +157,7 @@ def test_report_in_headless_chromium(report, tmp_path):
 
 def test_report_cli(real_results, tmp_path):
     from exdd.report.cli import report as report_cmd
+
     results, root = real_results
     src = tmp_path / "results.json"
     src.write_text(json.dumps(results))
@@ -152,11 +173,19 @@ def test_report_cli(real_results, tmp_path):
 
 
 def test_missing_pieces_degrade_gracefully(tmp_path):
-    results = {"dataset": "/d", "weights": "imagenet", "weights_note": "", "default_mode": "exdd",
-               "thresholds": {"exdd": 0.5}, "metrics": {"exdd": {"image_auroc": float("nan")}},
-               "images": [{"path": str(tmp_path / "gone.png"), "label": -1, "kind": "", "scores": {"exdd": 0.7}},
-                          {"path": "/x/broken.png", "label": -1, "error": "not an image"}],
-               "errors": [{"path": "/x/other.png", "error": "truncated"}]}
+    results = {
+        "dataset": "/d",
+        "weights": "imagenet",
+        "weights_note": "",
+        "default_mode": "exdd",
+        "thresholds": {"exdd": 0.5},
+        "metrics": {"exdd": {"image_auroc": float("nan")}},
+        "images": [
+            {"path": str(tmp_path / "gone.png"), "label": -1, "kind": "", "scores": {"exdd": 0.7}},
+            {"path": "/x/broken.png", "label": -1, "error": "not an image"},
+        ],
+        "errors": [{"path": "/x/other.png", "error": "truncated"}],
+    }
     page, data = build_report(results)
     assert 'id="no-roc"' in page and data["roc"] == {}
     assert page.count("\u2014") >= 5  # dashes for the missing metrics

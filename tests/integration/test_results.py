@@ -1,4 +1,5 @@
 """The one evaluation results schema: round trip, version, validation, and the writers that use it."""
+
 import json
 
 import pytest
@@ -8,10 +9,15 @@ from exdd_scoring import MODES
 
 
 def sample() -> EvaluationResults:
-    return EvaluationResults(metrics={"exdd": {"image_auroc": 0.9, "pixel_auroc": float("nan")}}, default_mode="exdd",
-                             images=[ImageResult("/a.png", 1, {"exdd": 2.5}, "scratch", 1.0, 0.4, heatmap="/h.png")],
-                             errors=[ErrorRow("/b.png", "/b.png: truncated")], thresholds={"exdd": 1.5},
-                             weights="random:0", extra={"served": {"images": 1}})
+    return EvaluationResults(
+        metrics={"exdd": {"image_auroc": 0.9, "pixel_auroc": float("nan")}},
+        default_mode="exdd",
+        images=[ImageResult("/a.png", 1, {"exdd": 2.5}, "scratch", 1.0, 0.4, heatmap="/h.png")],
+        errors=[ErrorRow("/b.png", "/b.png: truncated")],
+        thresholds={"exdd": 1.5},
+        weights="random:0",
+        extra={"served": {"images": 1}},
+    )
 
 
 def test_round_trip_is_strict_json_with_a_version(tmp_path):
@@ -43,12 +49,14 @@ def test_unversioned_files_read_and_newer_or_malformed_are_refused(tmp_path):
 def test_offline_evaluate_writes_the_schema_and_report_reads_it(tiny_dataset, tiny_banks, tmp_path):
     from click.testing import CliRunner
     from conftest import run_exdd
+
     out = tmp_path / "r.json"
     run_exdd("offline", "evaluate", str(tiny_dataset), "--banks", str(tiny_banks), "--out", str(out))
     res = EvaluationResults.load(str(out))
     assert res.version == RESULTS_VERSION and res.source == "offline" and len(res.images) == 6
     assert set(res.modes) == set(MODES) and all(im.s_neg is not None for im in res.images)
     from exdd.report.cli import report
+
     r = CliRunner().invoke(report, [str(out), "--out", str(tmp_path / "page.html")])
     assert r.exit_code == 0, r.output
     newer = tmp_path / "newer.json"

@@ -8,6 +8,7 @@ while `exdd deploy` (which sends it) swaps, and brings beta back without a resta
 serialised by a lock that names its holder (a dead one included); a writer killed mid-way leaves the old folder
 intact; `offline build --out` and `export repository --force` swap a new folder in.
 """
+
 from __future__ import annotations
 
 import json
@@ -36,8 +37,9 @@ ALPHA, BETA, GAMMA = ProductModels("alpha"), ProductModels("beta"), ProductModel
 
 def _http(url: str, path: str, post: bool = False, headers=None):
     """(status, body) of one request."""
-    req = urllib.request.Request(f"http://{url}{path}", data=b"{}" if post else None, headers=headers or {},
-                                 method="POST" if post else "GET")
+    req = urllib.request.Request(
+        f"http://{url}{path}", data=b"{}" if post else None, headers=headers or {}, method="POST" if post else "GET"
+    )
     try:
         with urllib.request.urlopen(req, timeout=60) as r:
             return r.status, r.read().decode()
@@ -47,6 +49,7 @@ def _http(url: str, path: str, post: bool = False, headers=None):
 
 def _infer(url, model, images):
     import tritonclient.http as th
+
     with th.InferenceServerClient(url, network_timeout=120) as c:
         inp = th.InferInput("IMAGE", list(images.shape), "UINT8")
         inp.set_data_from_numpy(images)
@@ -63,9 +66,23 @@ def fleet():
     """(repo, http url, grpc url, metrics port, serve's stderr) of `exdd serve` on alpha (healthy), beta (truncated
     negative bank), gamma (version 2 half-written) and two leftover deploy folders."""
     repo = os.path.join(tu.workdir(), "repo-safety")
-    p = tu.exdd_cli("export", "repository", "--onnx", tu.onnx_fp32(), "--product", f"alpha={tu.banks()}",
-                    "--product", f"beta={tu.banks()}", "--product", f"gamma={tu.banks()}", "--out", repo,
-                    "--features-backend", "python", "--force")
+    p = tu.exdd_cli(
+        "export",
+        "repository",
+        "--onnx",
+        tu.onnx_fp32(),
+        "--product",
+        f"alpha={tu.banks()}",
+        "--product",
+        f"beta={tu.banks()}",
+        "--product",
+        f"gamma={tu.banks()}",
+        "--out",
+        repo,
+        "--features-backend",
+        "python",
+        "--force",
+    )
     assert p.returncode == 0, p.stderr
     bank = os.path.join(repo, BETA.scorer, "1", "banks", "negative.npy")
     data = open(bank, "rb").read()
@@ -84,15 +101,24 @@ def fleet():
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     import socket
+
     with open(os.path.join(repo, LOCK_NAME), "w") as f:
-        json.dump({"pid": dead.pid, "host": socket.gethostname(), "started": "2026-01-01T00:00:00+00:00",
-                   "doing": "adding exdd_alpha_scorer version 2 from /banks-v2"}, f)
+        json.dump(
+            {
+                "pid": dead.pid,
+                "host": socket.gethostname(),
+                "started": "2026-01-01T00:00:00+00:00",
+                "doing": "adding exdd_alpha_scorer version 2 from /banks-v2",
+            },
+            f,
+        )
     if os.path.exists(os.environ["EXDD_ADMIN_KEY_FILE"]):
-        os.remove(os.environ["EXDD_ADMIN_KEY_FILE"])           # serve generates it
+        os.remove(os.environ["EXDD_ADMIN_KEY_FILE"])  # serve generates it
     tu.serving_env()
     ports = [free_port() for _ in range(3)]
-    proc, lines = tu.start_serve_cli(repo, "--http-port", str(ports[0]), "--grpc-port", str(ports[1]),
-                                     "--metrics-port", str(ports[2]))
+    proc, lines = tu.start_serve_cli(
+        repo, "--http-port", str(ports[0]), "--grpc-port", str(ports[1]), "--metrics-port", str(ports[2])
+    )
     try:
         assert lines[-1].startswith("ready:"), "".join(lines[-30:])
         yield repo, f"127.0.0.1:{ports[0]}", f"127.0.0.1:{ports[1]}", ports[2], "".join(lines)
@@ -124,15 +150,17 @@ def test_bad_products_and_leftovers_leave_the_healthy_product_serving(fleet):
         assert _http(http, f"/v2/models/{pm.scorer}/ready")[0] != 200
     # alpha answers from its banks; beta's requests fail, naming the model
     imgs = tu.sample_images(2)
-    np.testing.assert_allclose(_infer(http, ALPHA.ensemble, imgs), tu.offline_reference(imgs, tu.banks())["SCORE"],
-                               rtol=tu.SCORE_RTOL)
+    np.testing.assert_allclose(
+        _infer(http, ALPHA.ensemble, imgs), tu.offline_reference(imgs, tu.banks())["SCORE"], rtol=tu.SCORE_RTOL
+    )
     from tritonclient.utils import InferenceServerException
+
     with pytest.raises(InferenceServerException, match="exdd_beta"):
         _infer(http, BETA.ensemble, imgs)
     # metrics: the healthy product's series, none for the products that did not load
     with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as r:
         metrics = r.read().decode()
-    assert 'exdd_images_scored_total{' in metrics and 'exdd_threshold{' in metrics
+    assert "exdd_images_scored_total{" in metrics and "exdd_threshold{" in metrics
     # a model the server knows (Triton keeps its nv_inference_request_failure series) but that is not loaded
     # (no nv_inference_count, none of the scorer's exdd_* series): the alert rule RELIABILITY.md gives
     known, loaded = _models(metrics, "nv_inference_request_failure"), _models(metrics, "nv_inference_count")
@@ -147,12 +175,14 @@ def test_bad_products_and_leftovers_leave_the_healthy_product_serving(fleet):
 def _models(metrics: str, name: str) -> set:
     """The model labels of a metric's series."""
     import re
+
     return {m.group(1) for m in re.finditer(name + r'\{[^}]*model="([^"]+)"', metrics)}
 
 
 def test_model_control_needs_the_key_and_deploy_sends_it(fleet, tmp_path):
     import tritonclient.grpc as tg
     from tritonclient.utils import InferenceServerException
+
     repo, http, grpc, _, text = fleet
     path = os.environ["EXDD_ADMIN_KEY_FILE"]
     assert f"model-control key: generated, stored in {path} (mode 0600)" in text
@@ -183,13 +213,15 @@ def test_model_control_needs_the_key_and_deploy_sends_it(fleet, tmp_path):
     wrong = tmp_path / "wrong-key"
     wrong.write_text("y" * 43)
     wrong.chmod(0o600)
-    p = tu.exdd_cli("deploy", tu.banks(), "--repository", repo, "--product", "beta", "--url", http,
-                    "--admin-key-file", str(wrong))
+    p = tu.exdd_cli(
+        "deploy", tu.banks(), "--repository", repo, "--product", "beta", "--url", http, "--admin-key-file", str(wrong)
+    )
     assert p.returncode != 0 and "restricted" in p.stderr and f"the key from {wrong} is not the server's" in p.stderr
     assert "Traceback" not in p.stderr and versions(os.path.join(repo, BETA.scorer)) == [1]
     wrong.chmod(0o644)
-    p = tu.exdd_cli("deploy", tu.banks(), "--repository", repo, "--product", "beta", "--url", http,
-                    "--admin-key-file", str(wrong))
+    p = tu.exdd_cli(
+        "deploy", tu.banks(), "--repository", repo, "--product", "beta", "--url", http, "--admin-key-file", str(wrong)
+    )
     assert p.returncode != 0 and f"chmod 600 {wrong}" in p.stderr and "Traceback" not in p.stderr
 
     # exdd deploy (the key from serve's file) swaps good banks into the broken product: it serves, no restart
@@ -198,8 +230,9 @@ def test_model_control_needs_the_key_and_deploy_sends_it(fleet, tmp_path):
     assert "exdd_beta_scorer: version 2 added (previous 1)" in p.stdout and "version 2 serving" in p.stdout
     assert _http(http, f"/v2/models/{BETA.ensemble}/ready")[0] == 200
     imgs = tu.sample_images(2)
-    np.testing.assert_allclose(_infer(http, BETA.ensemble, imgs), tu.offline_reference(imgs, tu.banks())["SCORE"],
-                               rtol=tu.SCORE_RTOL)
+    np.testing.assert_allclose(
+        _infer(http, BETA.ensemble, imgs), tu.offline_reference(imgs, tu.banks())["SCORE"], rtol=tu.SCORE_RTOL
+    )
     assert not os.path.exists(os.path.join(repo, LOCK_NAME))
 
 
@@ -225,9 +258,17 @@ def test_deploys_are_serialised_and_a_dead_holder_is_named(tmp_path):
     dead.wait()
     lock_file = os.path.join(repo, LOCK_NAME)
     import socket
+
     with open(lock_file, "w") as f:
-        json.dump({"pid": dead.pid, "host": socket.gethostname(), "started": "2026-01-01T00:00:00+00:00",
-                   "doing": "adding exdd_scorer version 2 from /banks-v2"}, f)
+        json.dump(
+            {
+                "pid": dead.pid,
+                "host": socket.gethostname(),
+                "started": "2026-01-01T00:00:00+00:00",
+                "doing": "adding exdd_scorer version 2 from /banks-v2",
+            },
+            f,
+        )
     p = tu.exdd_cli("deploy", tu.banks(), "--repository", repo)
     assert p.returncode != 0 and "no longer running" in p.stderr and f"pid {dead.pid}" in p.stderr
     assert f"rm {lock_file}" in p.stderr and "adding exdd_scorer version 2 from /banks-v2" in p.stderr
@@ -243,18 +284,22 @@ def test_a_writer_killed_mid_way_leaves_the_old_folder_whole(tmp_path):
     """staged_dir (banks of offline build/update, the repository of export --force): SIGKILL while the new folder
     is half written leaves the old one byte for byte, and the next write swaps a whole new one in."""
     from exdd.fileio import staged_dir
+
     dest = tmp_path / "banks"
     shutil.copytree(tu.banks(), dest)
     before = {n: (dest / n).read_bytes() for n in os.listdir(dest)}
-    code = ("import os, signal, sys\nfrom exdd.fileio import staged_dir\n"
-            "with staged_dir(sys.argv[1]) as tmp:\n"
-            "    open(os.path.join(tmp, 'negative.npy'), 'wb').write(b'half')\n"
-            "    os.kill(os.getpid(), signal.SIGKILL)\n")
+    code = (
+        "import os, signal, sys\nfrom exdd.fileio import staged_dir\n"
+        "with staged_dir(sys.argv[1]) as tmp:\n"
+        "    open(os.path.join(tmp, 'negative.npy'), 'wb').write(b'half')\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
     p = subprocess.run([sys.executable, "-c", code, str(dest)])
     assert p.returncode == -signal.SIGKILL
     assert {n: (dest / n).read_bytes() for n in os.listdir(dest)} == before
     from exdd_scoring import load_banks
-    load_banks(str(dest))                                    # checksums hold
+
+    load_banks(str(dest))  # checksums hold
     with staged_dir(str(dest)) as tmp:
         open(os.path.join(tmp, "only.txt"), "w").write("new")
     assert os.listdir(dest) == ["only.txt"]
@@ -265,6 +310,7 @@ def test_build_and_export_force_swap_a_new_folder_in(tmp_path):
     from conftest import TINY_ARGS, run_exdd
 
     from exdd_scoring import load_banks
+
     # offline build --out over existing banks: a new folder swapped in (another inode), never written in place
     out = tmp_path / "banks"
     shutil.copytree(tu.banks(), out)
@@ -277,14 +323,25 @@ def test_build_and_export_force_swap_a_new_folder_in(tmp_path):
     ino = os.stat(out).st_ino
     run_exdd("offline", "build", tu.dataset(), "--out", str(out), *TINY_ARGS, "--projection-seed", "1")
     assert os.stat(out).st_ino != ino
-    assert load_banks(str(out)).manifest.features.projection_seed == 1      # the new banks, not the copied ones
+    assert load_banks(str(out)).manifest.features.projection_seed == 1  # the new banks, not the copied ones
     assert not [n for n in os.listdir(tmp_path) if n.startswith(".")]
     # export repository --force over a repository: swapped in whole, the old one removed only after
     repo = tmp_path / "repo"
     shutil.copytree(tu.repository("python"), repo)
     ino = os.stat(repo).st_ino
-    p = tu.exdd_cli("export", "repository", "--onnx", tu.onnx_fp32(), "--banks", tu.banks(), "--out", str(repo),
-                    "--features-backend", "python", "--force")
+    p = tu.exdd_cli(
+        "export",
+        "repository",
+        "--onnx",
+        tu.onnx_fp32(),
+        "--banks",
+        tu.banks(),
+        "--out",
+        str(repo),
+        "--features-backend",
+        "python",
+        "--force",
+    )
     assert p.returncode == 0, p.stderr
     assert os.stat(repo).st_ino != ino and versions(str(repo / "exdd_scorer")) == [1]
     assert not [n for n in os.listdir(tmp_path) if n.startswith(".")]
@@ -294,6 +351,7 @@ def test_serving_venv_has_the_pinned_versions():
     """The pins of serving_env.SERVING_PACKAGES are the versions the suite's server runs with (a venv at other
     versions reports them missing, and `exdd serve` reinstalls them at the pins)."""
     from exdd.serving.serving_env import SERVING_PACKAGES, requirement, venv_dir, venv_info
+
     tu.serving_env()
     assert all("==" in requirement(m) for m in SERVING_PACKAGES)
     assert venv_info(venv_dir())["missing"] == []

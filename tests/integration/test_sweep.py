@@ -1,4 +1,5 @@
 """`exdd offline synth --method paste` feeding `exdd offline sweep` and `build --synthetic` on a tiny dataset."""
+
 import json
 
 from conftest import TINY_ARGS, run_exdd
@@ -17,8 +18,19 @@ def test_paste_synth_sweep_and_build(tiny_dataset, tmp_path):
     assert Image.open(syn / "00000_GT.png").size == Image.open(syn / "00000.png").size
 
     out = tmp_path / "sweep"
-    p = run_exdd("offline", "sweep", str(tiny_dataset), "--synthetic", str(syn), "--counts", "0,2,4", "--out", str(out),
-                 *TINY_ARGS[:TINY_ARGS.index("--min-bank")], *TINY_ARGS[TINY_ARGS.index("--min-bank") + 2:])
+    p = run_exdd(
+        "offline",
+        "sweep",
+        str(tiny_dataset),
+        "--synthetic",
+        str(syn),
+        "--counts",
+        "0,2,4",
+        "--out",
+        str(out),
+        *TINY_ARGS[: TINY_ARGS.index("--min-bank")],
+        *TINY_ARGS[TINY_ARGS.index("--min-bank") + 2 :],
+    )
     r = json.loads((out / "sweep.json").read_text())
     used = [row["synthetic_used"] for row in r["rows"]]
     assert used[0] == 0 and used[1] <= 2 and used[2] <= 4 and used[2] >= used[1] >= 1

@@ -1,4 +1,5 @@
 """`exdd offline synth`: SDXL inpainting end to end with a tiny random-weight pipeline, resuming, errors, paste."""
+
 from __future__ import annotations
 
 import json
@@ -19,6 +20,7 @@ from exdd.offline.synth.plan import Source, make_plan
 def synth(*args: str):
     """Run `exdd offline synth ARGS` in-process (diffusers is imported once per test session)."""
     from exdd.offline.cli import offline
+
     return CliRunner().invoke(offline, ["synth", *map(str, args)], catch_exceptions=False)
 
 
@@ -48,28 +50,64 @@ def tiny_sdxl(tmp_path_factory) -> Path:
     vocab = ["<|startoftext|>", "<|endoftext|>"] + chars + [c + "</w>" for c in chars]
     (root / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(vocab)}))
     (root / "merges.txt").write_text("#version: 0.2\n")
-    tok = CLIPTokenizer(str(root / "vocab.json"), str(root / "merges.txt"), pad_token="<|endoftext|>",
-                        model_max_length=77)
+    tok = CLIPTokenizer(
+        str(root / "vocab.json"), str(root / "merges.txt"), pad_token="<|endoftext|>", model_max_length=77
+    )
     torch.manual_seed(0)
-    text_cfg = CLIPTextConfig(vocab_size=len(vocab) + 8, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-                              num_attention_heads=2, projection_dim=16, bos_token_id=0, eos_token_id=1,
-                              pad_token_id=1, max_position_embeddings=77)
+    text_cfg = CLIPTextConfig(
+        vocab_size=len(vocab) + 8,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        projection_dim=16,
+        bos_token_id=0,
+        eos_token_id=1,
+        pad_token_id=1,
+        max_position_embeddings=77,
+    )
     # SDXL: cross-attention on both encoders' hidden states (16 + 16); "text_time" added embedding of
     # the pooled projection (16) and the 6 size/crop conditioning numbers (6 x 4); 9 inpainting channels
     unet = UNet2DConditionModel(
-        sample_size=8, in_channels=9, out_channels=4, layers_per_block=1, block_out_channels=(8, 16),
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        attention_head_dim=(2, 4), norm_num_groups=4, cross_attention_dim=32, transformer_layers_per_block=(1, 1),
-        use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=4,
-        projection_class_embeddings_input_dim=6 * 4 + 16)
-    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 16),
-                        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
-                        norm_num_groups=4, sample_size=32)
-    scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                                       steps_offset=1, timestep_spacing="leading")
+        sample_size=8,
+        in_channels=9,
+        out_channels=4,
+        layers_per_block=1,
+        block_out_channels=(8, 16),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4),
+        norm_num_groups=4,
+        cross_attention_dim=32,
+        transformer_layers_per_block=(1, 1),
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=4,
+        projection_class_embeddings_input_dim=6 * 4 + 16,
+    )
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        block_out_channels=(8, 16),
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        norm_num_groups=4,
+        sample_size=32,
+    )
+    scheduler = EulerDiscreteScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1, timestep_spacing="leading"
+    )
     pipe = StableDiffusionXLInpaintPipeline(
-        vae=vae, text_encoder=CLIPTextModel(text_cfg), text_encoder_2=CLIPTextModelWithProjection(text_cfg),
-        tokenizer=tok, tokenizer_2=tok, unet=unet, scheduler=scheduler, requires_aesthetics_score=False)
+        vae=vae,
+        text_encoder=CLIPTextModel(text_cfg),
+        text_encoder_2=CLIPTextModelWithProjection(text_cfg),
+        tokenizer=tok,
+        tokenizer_2=tok,
+        unet=unet,
+        scheduler=scheduler,
+        requires_aesthetics_score=False,
+    )
     model = root / "model"
     pipe.save_pretrained(str(model), safe_serialization=True)
     assert not list(model.rglob("*.bin")) and list(model.rglob("*.safetensors"))
@@ -80,6 +118,7 @@ def tiny_sdxl(tmp_path_factory) -> Path:
 def data(tmp_path_factory) -> Path:
     """A tiny grayscale KSDD2-layout dataset: 5 normal + 3 defective training images."""
     from exdd.offline.surfaces import generate
+
     root = tmp_path_factory.mktemp("synthdata") / "d"
     generate(str(root), 5, 3, 1, 1, (80, 48), "brushed", 0)
     return root
@@ -107,9 +146,17 @@ def test_sdxl_end_to_end_resume_and_refusal(tiny_sdxl, data, tmp_path):
         assert side["method"] == "sdxl" and side["model"] == str(tiny_sdxl) and side["index"] == i
         assert side["prompt"] == ("white marks on the wall", "copper metal scratches")[i // 2]
         assert side["negative_prompt"] == "smooth, plain, black, dark, shadow"
-        assert side["settings"] == {"steps": 2, "guidance": 20.0, "strength": 0.99, "padding_mask_crop": 2,
-                                    "work_size": 64, "dtype": "float32", "plan_seed": 0, "per_prompt": 2,
-                                    "prompts": ["white marks on the wall", "copper metal scratches"]}
+        assert side["settings"] == {
+            "steps": 2,
+            "guidance": 20.0,
+            "strength": 0.99,
+            "padding_mask_crop": 2,
+            "work_size": 64,
+            "dtype": "float32",
+            "plan_seed": 0,
+            "per_prompt": 2,
+            "prompts": ["white marks on the wall", "copper metal scratches"],
+        }
         assert side["positive_mask"]["threshold"] == "otsu" and side["exdd_version"]
         normal = Image.open(data / side["source_normal"])
         img, gt = Image.open(out / side["image"]), Image.open(out / side["mask"])
@@ -122,8 +169,9 @@ def test_sdxl_end_to_end_resume_and_refusal(tiny_sdxl, data, tmp_path):
         # the random-weight model changes the masked pixels, and only those (after resizing back)
         diff = np.abs(np.asarray(img, np.int16) - np.asarray(normal.convert("L"), np.int16))
         assert diff[inpaint].mean() > 10 * max(diff[~dilate(inpaint, 4)].mean(), 0.1)
-    assert len(synthetic(str(out))) == sum(not json.loads((out / f"{i:05d}.json").read_text())["empty"]
-                                           for i in range(4))
+    assert len(synthetic(str(out))) == sum(
+        not json.loads((out / f"{i:05d}.json").read_text())["empty"] for i in range(4)
+    )
     full = _pngs(out)
 
     # interrupted: sample 3 never started, sample 2 stopped after its pictures but before its sidecar
@@ -178,7 +226,7 @@ def test_paste_method(data, tmp_path):
         assert side["paste"]["scale"] == 1.0 and gt.sum() == src.sum() == side["positive_pixels"]
         ty, tx, bh, bw = side["paste"]["box_yxhw"]
         box = np.zeros_like(gt)
-        box[ty:ty + bh, tx:tx + bw] = True
+        box[ty : ty + bh, tx : tx + bw] = True
         assert ty >= 0 and tx >= 0 and ty + bh <= gt.shape[0] and tx + bw <= gt.shape[1] and not (gt & ~box).any()
         diff = np.abs(img.astype(np.int16) - np.asarray(normal, np.int16))
         assert diff[~box].max() == 0 and diff[gt].mean() > 5  # only the box changes; the defect shows
@@ -194,8 +242,8 @@ def test_diff_mask_rule():
     inpaint[10:30, 10:30] = True
     assert not diff_mask(orig, orig.copy(), inpaint).any()  # nothing changed -> empty mask
     gen = orig.copy()
-    gen[15:20, 12:28] = 230                      # a bright mark inside the inpainted region
-    gen[0:4, 40:50] = 0                          # a change far from it (resampling noise) is ignored
+    gen[15:20, 12:28] = 230  # a bright mark inside the inpainted region
+    gen[0:4, 40:50] = 0  # a change far from it (resampling noise) is ignored
     gen = np.clip(gen.astype(int) + rng.integers(-3, 4, gen.shape), 0, 255).astype(np.uint8)
     m = diff_mask(orig, gen, inpaint, DiffMaskRule(blur_sigma=0.0))
     want = np.zeros_like(inpaint)

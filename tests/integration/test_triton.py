@@ -4,6 +4,7 @@ Served results must equal the offline path (torch extractor + NumPy Scorer) for 
 images: scores within rtol 1e-4 and maps within 1e-4 of their scale (ONNX Runtime vs torch
 features differ by ~1e-6 relative; everything after is the same float32 math).
 """
+
 from __future__ import annotations
 
 import json
@@ -29,6 +30,7 @@ def reference():
 
 def http_infer(url, images, params=None, model="exdd", name="IMAGE", dtype="UINT8"):
     import tritonclient.http as th
+
     with th.InferenceServerClient(url) as c:
         inp = th.InferInput(name, list(images.shape), dtype)
         inp.set_data_from_numpy(images)
@@ -38,6 +40,7 @@ def http_infer(url, images, params=None, model="exdd", name="IMAGE", dtype="UINT
 
 def grpc_infer(url, images):
     import tritonclient.grpc as tg
+
     with tg.InferenceServerClient(url) as c:
         inp = tg.InferInput("IMAGE", list(images.shape), "UINT8")
         inp.set_data_from_numpy(images)
@@ -68,10 +71,10 @@ def test_grpc_matches_offline_scorer(server, reference):
 
 def test_concurrent_requests_equal_one_by_one(server, reference):
     imgs, ref = reference
-    singles = [http_infer(server.http_url, imgs[i:i + 1]) for i in range(len(imgs))]
+    singles = [http_infer(server.http_url, imgs[i : i + 1]) for i in range(len(imgs))]
     with ThreadPoolExecutor(len(imgs)) as pool:
-        together = list(pool.map(lambda i: http_infer(server.http_url, imgs[i:i + 1]), range(len(imgs))))
-    for a, b in zip(singles, together):          # batched with others vs alone: as exdd promises
+        together = list(pool.map(lambda i: http_infer(server.http_url, imgs[i : i + 1]), range(len(imgs))))
+    for a, b in zip(singles, together):  # batched with others vs alone: as exdd promises
         tu.assert_batch_independent(b, a)
     stacked = {n: np.concatenate([s[n] for s in singles]) for n in OUTPUTS}
     assert_matches(stacked, ref)
@@ -79,12 +82,13 @@ def test_concurrent_requests_equal_one_by_one(server, reference):
 
 def test_model_config_tells_clients_input_size_mode_and_threshold(server, reference):
     import tritonclient.http as th
+
     _, ref = reference
     with th.InferenceServerClient(server.http_url) as c:
         ens = c.get_model_config("exdd")
         scorer = c.get_model_config("exdd_scorer")
         pre = c.get_model_config("exdd_preprocess")
-    assert [int(v) for v in ens["input"][0]["dims"]] == [-1, -1, 3]          # any size: exdd_preprocess resizes
+    assert [int(v) for v in ens["input"][0]["dims"]] == [-1, -1, 3]  # any size: exdd_preprocess resizes
     assert [int(v) for v in pre["output"][0]["dims"]] == [tu.INPUT_HW[0], tu.INPUT_HW[1], 3]
     assert ens["max_batch_size"] == 8
     params = scorer["parameters"]
@@ -104,6 +108,7 @@ def test_threshold_request_parameter_overrides(server, reference):
 
 def _expect_error(fn, *needles):
     from tritonclient.utils import InferenceServerException
+
     with pytest.raises(InferenceServerException) as e:
         fn()
     msg = str(e.value)
@@ -129,12 +134,13 @@ def test_malformed_requests_get_errors_and_server_keeps_serving(server, referenc
 
 def test_bad_request_in_a_batch_does_not_sink_the_others(server, reference):
     from tritonclient.utils import InferenceServerException
+
     imgs, ref = reference
     grid = tu.extractor()[1]["grid"]
     bad = np.full((1, grid[0], grid[1], tu.D), np.inf, np.float32)
 
     def good(i):
-        return http_infer(server.http_url, imgs[i:i + 1])
+        return http_infer(server.http_url, imgs[i : i + 1])
 
     def poison(_):
         try:
@@ -156,6 +162,7 @@ def test_bad_request_in_a_batch_does_not_sink_the_others(server, reference):
 def scorer_infer(url, feats, outputs=None):
     """exdd_scorer on FEATURES, asking for outputs (None: every output), answered outputs by name."""
     import tritonclient.http as th
+
     with th.InferenceServerClient(url) as c:
         inp = th.InferInput("FEATURES", list(feats.shape), "FP32")
         inp.set_data_from_numpy(feats)
@@ -168,6 +175,7 @@ def test_a_request_for_the_score_alone_is_answered_without_the_map(server, refer
     """The scorer skips the map when no request of its batch asks for ANOMALY_MAP (Scorer.score(map_modes=())
     builds none: test_scores); the scores are those of a full request, alone or batched with one asking for it."""
     import tritonclient.http as th
+
     imgs, ref = reference
     with th.InferenceServerClient(server.http_url) as c:
         inp = th.InferInput("IMAGE", list(imgs[:3].shape), "UINT8")
@@ -179,11 +187,15 @@ def test_a_request_for_the_score_alone_is_answered_without_the_map(server, refer
     np.testing.assert_array_equal(lean["SCORE"], full["SCORE"])
     np.testing.assert_array_equal(lean["SCORE_NEG"], full["SCORE_NEG"])
     assert_matches(full, ref, slice(0, 3))
-    with ThreadPoolExecutor(6) as pool:            # mixed batches: the map goes to those asking for it only
-        got = list(pool.map(lambda i: scorer_infer(server.http_url, feats[i % 3:i % 3 + 1],
-                                                   None if i % 2 else ["SCORE"]), range(6)))
+    with ThreadPoolExecutor(6) as pool:  # mixed batches: the map goes to those asking for it only
+        got = list(
+            pool.map(
+                lambda i: scorer_infer(server.http_url, feats[i % 3 : i % 3 + 1], None if i % 2 else ["SCORE"]),
+                range(6),
+            )
+        )
     for i, g in enumerate(got):
-        tu.assert_batch_independent(g, {n: full[n][i % 3:i % 3 + 1] for n in g})
+        tu.assert_batch_independent(g, {n: full[n][i % 3 : i % 3 + 1] for n in g})
     # through the ensemble Triton asks the scorer for every output: the request parameter anomaly_map false (exdd
     # client sends it unless it wants maps) is what skips the map there, and no map comes back
     with th.InferenceServerClient(server.http_url) as c:
@@ -192,8 +204,10 @@ def test_a_request_for_the_score_alone_is_answered_without_the_map(server, refer
         r = c.infer("exdd", [inp], parameters={"anomaly_map": False})
         assert r.as_numpy("ANOMALY_MAP") is None
         np.testing.assert_array_equal(r.as_numpy("SCORE"), full["SCORE"])
-    _expect_error(lambda: http_infer(server.http_url, imgs[:1], {"anomaly_map": "no"}),
-                  "request parameter 'anomaly_map' must be true or false")
+    _expect_error(
+        lambda: http_infer(server.http_url, imgs[:1], {"anomaly_map": "no"}),
+        "request parameter 'anomaly_map' must be true or false",
+    )
 
 
 def test_swapped_banks_fail_to_load_with_a_clear_message():
@@ -226,6 +240,7 @@ def _has_gpu() -> bool:
         return False
     try:
         import cupy
+
         return cupy.cuda.runtime.getDeviceCount() > 0
     except Exception:
         return False
@@ -239,6 +254,7 @@ def test_gpu_scorer_with_cupy_equals_numpy(reference):
     import torch
 
     from exdd_scoring import Scorer, load_banks
+
     imgs, ref = reference
     model, info = tu.extractor()
     with torch.no_grad():
@@ -264,10 +280,20 @@ def test_serve_cli_starts_warns_when_exposed_and_stops_on_sigint():
     import signal
 
     from exdd.serving.serve import free_port
+
     tu.serving_env()  # sets EXDD_SERVE_VENV to the checkout's venv when there is one
     ports = [str(free_port()) for _ in range(3)]
-    proc, lines = tu.start_serve_cli(tu.repository("python"), "--host", "0.0.0.0",
-                                     "--http-port", ports[0], "--grpc-port", ports[1], "--metrics-port", ports[2])
+    proc, lines = tu.start_serve_cli(
+        tu.repository("python"),
+        "--host",
+        "0.0.0.0",
+        "--http-port",
+        ports[0],
+        "--grpc-port",
+        ports[1],
+        "--metrics-port",
+        ports[2],
+    )
     assert lines[-1].startswith("ready:"), "".join(lines[-20:])
     assert any("WARNING: binding 0.0.0.0" in ln for ln in lines)
     with urllib.request.urlopen(f"http://127.0.0.1:{ports[0]}/v2/health/ready", timeout=5) as r:
@@ -283,6 +309,7 @@ def test_serve_on_ipv6_loopback():
 
     from exdd.client.connection import Connection, normalise_url
     from exdd.serving.serve import TritonServer, free_port, port_in_use
+
     assert normalise_url("::1", "grpc") == "[::1]:8001" and normalise_url("[::1]", "http") == "[::1]:8000"
     assert normalise_url("http://[::1]:9000/", "http") == "[::1]:9000" and normalise_url("host", "grpc") == "host:8001"
     with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as taken:
@@ -304,6 +331,7 @@ def test_serve_on_ipv6_loopback():
 def test_client_reads_the_served_feature_spec(server):
     from exdd.client.connection import Connection
     from exdd_scoring import FeatureSpec
+
     info = Connection(server.grpc_url).info()
     assert info.features == FeatureSpec.from_dict(tu.extractor()[1])
     assert info.features.input_size == info.input_hw == tu.INPUT_HW

@@ -1,4 +1,5 @@
 """Every awkward file gets a result or a clear per-file error; the decompression bomb is refused."""
+
 from __future__ import annotations
 
 import resource
@@ -41,11 +42,12 @@ def test_bomb_refused_before_decoding(bad):
 
 def test_input_warning_names_far_smaller_and_distorted_images_only():
     from exdd.images import input_warning
+
     assert input_warning((632, 224), (632, 224)) is None
-    assert input_warning((2000, 700), (632, 224)) is None                 # shrunk, same shape: fine
-    assert input_warning((160, 56), (632, 224)) is None                   # enlarged 3.95x: still fine
+    assert input_warning((2000, 700), (632, 224)) is None  # shrunk, same shape: fine
+    assert input_warning((160, 56), (632, 224)) is None  # enlarged 3.95x: still fine
     assert "enlarged 4.05x" in input_warning((156, 56), (632, 224))
-    assert "aspect ratio W/H 2.46" in input_warning((460, 1130), (632, 224))    # a wide part in a tall model
+    assert "aspect ratio W/H 2.46" in input_warning((460, 1130), (632, 224))  # a wide part in a tall model
     assert input_warning((460, 1130), (320, 784)) is None
 
 
@@ -55,6 +57,7 @@ def test_bit_depth_comes_from_the_mode_not_the_content(tmp_path):
     from PIL import Image
 
     from exdd_scoring.picture import decode_rgb
+
     dark = np.full((20, 10), 200, np.uint16)
     bright = dark.copy()
     bright[0, 0] = 4095
@@ -65,10 +68,10 @@ def test_bit_depth_comes_from_the_mode_not_the_content(tmp_path):
             Image.fromarray(arr).save(path, fmt)
             assert Image.open(path).mode == "I;16"
             got[name, fmt] = read_image(str(path))
-            np.testing.assert_array_equal(decode_rgb(path.read_bytes(), "x"), got[name, fmt])   # the server's decode
+            np.testing.assert_array_equal(decode_rgb(path.read_bytes(), "x"), got[name, fmt])  # the server's decode
     for k, img in got.items():
-        assert img[5, 5].tolist() == [1, 1, 1], k            # 200 / 257 rounds to 1, never 200
-    assert got["bright", "PNG"][0, 0].tolist() == [16, 16, 16]       # 4095 / 257 = 15.9
+        assert img[5, 5].tolist() == [1, 1, 1], k  # 200 / 257 rounds to 1, never 200
+    assert got["bright", "PNG"][0, 0].tolist() == [16, 16, 16]  # 4095 / 257 = 15.9
     full = tmp_path / "full.png"
     Image.fromarray(np.array([[0, 128, 129, 32896, 65535]], np.uint16)).save(full)
     assert read_image(str(full))[0, :, 0].tolist() == [0, 0, 1, 128, 255]
@@ -81,6 +84,7 @@ def test_only_the_listed_raster_formats_are_decoded(fmt, tmp_path):
     from PIL import Image
 
     from exdd_scoring.picture import FORMATS, PictureError, decode_rgb
+
     img = Image.new("RGB", (12, 8), (10, 20, 30))
     path = tmp_path / "x.png"
     img.save(path, fmt)

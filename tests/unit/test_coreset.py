@@ -1,4 +1,5 @@
 """Greedy k-center: exact against brute force, chunked against exact."""
+
 import numpy as np
 import pytest
 
@@ -20,10 +21,10 @@ def brute_greedy(x, k, start):
 def test_exact_greedy_equals_brute_force():
     x = np.random.default_rng(0).standard_normal((300, 6)).astype(np.float32)
     cs = greedy_kcenter(x, 25)
-    start = int(np.argmax(((x.astype(np.float64) - x.mean(0)) ** 2).sum(1)))   # the row farthest from the mean
+    start = int(np.argmax(((x.astype(np.float64) - x.mean(0)) ** 2).sum(1)))  # the row farthest from the mean
     ref, radius = brute_greedy(x, 25, start)
     np.testing.assert_array_equal(cs.indices, ref)
-    assert cs.indices[0] == start                     # includes its start point
+    assert cs.indices[0] == start  # includes its start point
     assert cs.radius == pytest.approx(radius, rel=1e-4)
     assert cs.radius == pytest.approx(coverage_radius(x, x[cs.indices]), rel=1e-4)
 
@@ -57,11 +58,11 @@ def test_chunked_is_exact_below_chunk_size_and_bound_holds_above():
     true_r = coverage_radius(x, x[cs.indices])
     assert cs.radius_is_bound and true_r <= cs.radius * (1 + 1e-3)
     exact = greedy_kcenter(x, 90)
-    assert true_r <= 1.5 * exact.radius           # loose sanity; the benchmark records the real ratio
+    assert true_r <= 1.5 * exact.radius  # loose sanity; the benchmark records the real ratio
 
 
 def test_bank_size_rule():
     assert bank_size(10_000_000, 0.01, 1000) == 100_000
     assert bank_size(50_000, 0.01, 1000) == 1000
-    assert bank_size(300, 0.1, 1000) == 300      # small banks are kept whole
+    assert bank_size(300, 0.1, 1000) == 300  # small banks are kept whole
     assert bank_size(0, 0.1, 1000) == 0

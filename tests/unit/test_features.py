@@ -1,4 +1,5 @@
 """The feature extractor: grid, projection, the literal operation order, weights handling."""
+
 import numpy as np
 import pytest
 import torch
@@ -65,6 +66,7 @@ def test_weights_errors_are_clear(tmp_path):
     with pytest.raises(WeightsError, match="not 'imagenet'"):
         load_backbone(str(tmp_path / "nope.pth"))
     from safetensors.torch import save_file
+
     partial = tmp_path / "partial.safetensors"
     save_file({"conv1.weight": torch.zeros(64, 3, 7, 7)}, str(partial))
     with pytest.raises(WeightsError, match="lacks"):
@@ -78,6 +80,7 @@ def test_weights_errors_are_clear(tmp_path):
 def test_partial_checkpoint_round_trip(tmp_path):
     """A checkpoint holding only conv1, bn1, layer1..3 (as the stand-in weights) loads, in fp16 too."""
     from safetensors.torch import save_file
+
     model, wid = load_backbone("random:3")
     sd = {k: v.half() for k, v in model.state_dict().items()}
     path = tmp_path / "w.safetensors"
@@ -88,7 +91,7 @@ def test_partial_checkpoint_round_trip(tmp_path):
 
 
 def test_imagenet_unavailable_is_a_clear_error(monkeypatch, tmp_path):
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path))      # no cached copy; no internet here
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # no cached copy; no internet here
     try:
         load_backbone("imagenet")
     except WeightsError as e:

@@ -4,6 +4,7 @@ Validated offline against the Kubernetes OpenAPI schemas shipped in the `kuberne
 package (strict: unknown fields are errors). No cluster is available here: this checks the
 manifests, not a running fleet.
 """
+
 from __future__ import annotations
 
 import os
@@ -16,9 +17,9 @@ from exdd.serving.products import ProductModels
 
 kv = pytest.importorskip("kubernetes_validate")
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))   # the checkout (tests/unit/..)
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the checkout (tests/unit/..)
 K8S = os.path.join(ROOT, "deploy", "k8s")
-VERSIONS = ("1.29", "1.33")        # the oldest and a recent minor still common in factories' clusters
+VERSIONS = ("1.29", "1.33")  # the oldest and a recent minor still common in factories' clusters
 
 
 def manifests():
@@ -42,7 +43,7 @@ def test_every_manifest_is_schema_valid(version):
     docs = manifests()
     assert {d["kind"] for _, d in docs} >= {"Deployment", "Service", "HorizontalPodAutoscaler", "PersistentVolumeClaim"}
     for f, d in docs:
-        kv.validate(d, version, strict=True)      # raises ValidationError naming the field
+        kv.validate(d, version, strict=True)  # raises ValidationError naming the field
 
 
 def test_validator_rejects_a_broken_manifest():
@@ -52,7 +53,7 @@ def test_validator_rejects_a_broken_manifest():
     with pytest.raises(kv.ValidationError):
         kv.validate(bad, VERSIONS[-1], strict=True)
     bad = yaml.safe_load(yaml.safe_dump(dep))
-    bad["spec"]["template"]["spec"]["containers"][0]["readinesProbe"] = {}      # misspelt field
+    bad["spec"]["template"]["spec"]["containers"][0]["readinesProbe"] = {}  # misspelt field
     with pytest.raises(kv.ValidationError):
         kv.validate(bad, VERSIONS[-1], strict=True)
 
@@ -63,8 +64,12 @@ def test_kustomization_lists_every_manifest():
 
 
 def test_probes_ports_volume_and_selectors_agree():
-    dep, svc, hpa, pvc = by_kind("Deployment"), by_kind("Service"), by_kind("HorizontalPodAutoscaler"), \
-        by_kind("PersistentVolumeClaim")
+    dep, svc, hpa, pvc = (
+        by_kind("Deployment"),
+        by_kind("Service"),
+        by_kind("HorizontalPodAutoscaler"),
+        by_kind("PersistentVolumeClaim"),
+    )
     pod = dep["spec"]["template"]
     c = pod["spec"]["containers"][0]
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}
@@ -94,8 +99,11 @@ def test_probes_ports_volume_and_selectors_agree():
     assert all(labels.get(k) == v for k, v in dep["spec"]["selector"]["matchLabels"].items())
     assert {p["targetPort"] for p in svc["spec"]["ports"]} == set(ports)
     # the autoscaler scales this Deployment on the adapter's Triton queue metric
-    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment",
-                                             "name": dep["metadata"]["name"]}
+    assert hpa["spec"]["scaleTargetRef"] == {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "name": dep["metadata"]["name"],
+    }
     assert hpa["metadata"]["namespace"] == dep["metadata"]["namespace"] == svc["metadata"]["namespace"]
     [metric] = hpa["spec"]["metrics"]
     rules = yaml.safe_load(by_kind("ConfigMap")["data"]["config.yaml"])["rules"]

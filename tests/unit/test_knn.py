@@ -1,4 +1,5 @@
 """Chunked kNN against brute force."""
+
 import numpy as np
 import pytest
 
@@ -42,7 +43,7 @@ def test_topk_matches_brute_force():
 def test_bank_neighbors_drop_self_even_with_duplicates():
     rng = np.random.default_rng(3)
     b = rng.standard_normal((20, 4)).astype(np.float32)
-    b[7] = b[2]                       # a duplicate row
+    b[7] = b[2]  # a duplicate row
     nb = bank_neighbors(b, 3, np)
     assert nb.shape == (20, 2) and nb.dtype == np.int32
     assert not (nb == np.arange(20)[:, None]).any()

@@ -6,6 +6,7 @@ what a Triton Python backend has, and no package file imports scripts/ or tests/
 Every project .py file is parsed with ``ast``: top-level and function-level imports, relative ones
 resolved, and ``importlib.import_module("literal")`` calls (the CLI's lazy sub-commands).
 """
+
 from __future__ import annotations
 
 import ast
@@ -17,7 +18,7 @@ from typing import Dict, Iterator, List, Optional, Set, Tuple
 import pytest
 import tomllib
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))   # the checkout (tests/unit/..)
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the checkout (tests/unit/..)
 MODEL_REPOSITORY = os.path.join(ROOT, "model_repository")
 
 # Lowest first; a module may import its own layer or a lower one. The base layer is every module of
@@ -45,12 +46,13 @@ SCORING_ALLOWED = {"numpy", "cupy", "exdd_scoring"} | SCORING_RUNTIME_IMPORTS
 # model call it) may import Pillow too; no other scoring module may, and exdd_scoring/__init__ does not import it.
 PILLOW_MODULES = {"exdd_scoring.picture"}
 TRITON_MODEL_ALLOWED = {"numpy", "cupy", "exdd_scoring", "triton_python_backend_utils"}
-OUTSIDE = ("scripts", "tests")      # may import anything, never imported by the package
+OUTSIDE = ("scripts", "tests")  # may import anything, never imported by the package
 
 
 @dataclass(frozen=True)
 class Import:
     """One import statement's target as written (absolute), where it is and whether it is inside a function."""
+
     target: str
     line: int
     lazy: bool
@@ -67,9 +69,10 @@ def project_modules() -> Dict[str, str]:
     modules: Dict[str, str] = {}
     for package, folder in package_dirs().items():
         base = os.path.join(ROOT, folder)
-        for dirpath, dirnames, filenames in os.walk(base):      # symlinks (the models' exdd_scoring) not followed
-            dirnames[:] = sorted(d for d in dirnames if d != "__pycache__"
-                                 and os.path.isfile(os.path.join(dirpath, d, "__init__.py")))
+        for dirpath, dirnames, filenames in os.walk(base):  # symlinks (the models' exdd_scoring) not followed
+            dirnames[:] = sorted(
+                d for d in dirnames if d != "__pycache__" and os.path.isfile(os.path.join(dirpath, d, "__init__.py"))
+            )
             rel = os.path.relpath(dirpath, base)
             prefix = package if rel == "." else package + "." + rel.replace(os.sep, ".")
             for name in sorted(filenames):
@@ -85,8 +88,11 @@ def project_modules() -> Dict[str, str]:
 
 def triton_models() -> List[str]:
     """The model.py files of the committed Triton model repository."""
-    return sorted(os.path.join(MODEL_REPOSITORY, m, "1", "model.py") for m in os.listdir(MODEL_REPOSITORY)
-                  if os.path.isfile(os.path.join(MODEL_REPOSITORY, m, "1", "model.py")))
+    return sorted(
+        os.path.join(MODEL_REPOSITORY, m, "1", "model.py")
+        for m in os.listdir(MODEL_REPOSITORY)
+        if os.path.isfile(os.path.join(MODEL_REPOSITORY, m, "1", "model.py"))
+    )
 
 
 def _resolve(module: str, is_package: bool, level: int, name: Optional[str]) -> str:
@@ -95,7 +101,7 @@ def _resolve(module: str, is_package: bool, level: int, name: Optional[str]) -> 
         return name or ""
     parts = module.split(".") if is_package else module.split(".")[:-1]
     if level > 1:
-        parts = parts[:len(parts) - (level - 1)]
+        parts = parts[: len(parts) - (level - 1)]
     return ".".join(parts + ([name] if name else []))
 
 
@@ -114,12 +120,18 @@ def imports_of(path: str, module: str = "", is_package: bool = False) -> Iterato
                 yield Import(alias.name, node.lineno, lazy)
         elif isinstance(node, ast.ImportFrom):
             base = _resolve(module, is_package, node.level, node.module)
-            for alias in node.names:        # `from pkg import sub` imports the module pkg.sub when there is one
+            for alias in node.names:  # `from pkg import sub` imports the module pkg.sub when there is one
                 yield Import(f"{base}.{alias.name}" if alias.name != "*" else base, node.lineno, lazy)
-        elif isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant) \
-                and isinstance(node.args[0].value, str) and (
-                    (isinstance(node.func, ast.Attribute) and node.func.attr == "import_module")
-                    or (isinstance(node.func, ast.Name) and node.func.id == "import_module")):
+        elif (
+            isinstance(node, ast.Call)
+            and node.args
+            and isinstance(node.args[0], ast.Constant)
+            and isinstance(node.args[0].value, str)
+            and (
+                (isinstance(node.func, ast.Attribute) and node.func.attr == "import_module")
+                or (isinstance(node.func, ast.Name) and node.func.id == "import_module")
+            )
+        ):
             yield Import(node.args[0].value, node.lineno, lazy)
 
 
@@ -165,8 +177,10 @@ def layer_violations(g: Dict[str, Dict[str, Import]], modules: Dict[str, str]) -
             mine, theirs = layer_of(module), layer_of(target)
             into_entry = target in ENTRY_POINTS and module not in ENTRY_POINTS
             if theirs > mine or into_entry:
-                bad.append(f"{os.path.relpath(modules[module], ROOT)}:{imp.line}: {module} ({LAYERS[mine][0]}) "
-                           f"imports {target} ({LAYERS[theirs][0]}){' inside a function' if imp.lazy else ''}")
+                bad.append(
+                    f"{os.path.relpath(modules[module], ROOT)}:{imp.line}: {module} ({LAYERS[mine][0]}) "
+                    f"imports {target} ({LAYERS[theirs][0]}){' inside a function' if imp.lazy else ''}"
+                )
     return bad
 
 
@@ -177,8 +191,10 @@ def forbidden_imports(g: Dict[str, Dict[str, Import]], modules: Dict[str, str]) 
         for target, imp in sorted(edges.items()):
             pair = (LAYERS[layer_of(module)][0], LAYERS[layer_of(target)][0])
             if pair in FORBIDDEN:
-                bad.append(f"{os.path.relpath(modules[module], ROOT)}:{imp.line}: {module} ({pair[0]}) imports "
-                           f"{target} ({pair[1]}){' inside a function' if imp.lazy else ''}")
+                bad.append(
+                    f"{os.path.relpath(modules[module], ROOT)}:{imp.line}: {module} ({pair[0]}) imports "
+                    f"{target} ({pair[1]}){' inside a function' if imp.lazy else ''}"
+                )
     return bad
 
 
@@ -223,8 +239,13 @@ def cycles(g: Dict[str, Dict[str, Import]]) -> List[List[str]]:
 def outside_imports(name: str) -> bool:
     """Whether an import names scripts/ or tests/ (or a module living there)."""
     top = name.split(".")[0]
-    local = {os.path.splitext(f)[0] for d in OUTSIDE for _, _, files in os.walk(os.path.join(ROOT, d))
-             for f in files if f.endswith(".py")}
+    local = {
+        os.path.splitext(f)[0]
+        for d in OUTSIDE
+        for _, _, files in os.walk(os.path.join(ROOT, d))
+        for f in files
+        if f.endswith(".py")
+    }
     return top in OUTSIDE or top in local
 
 
@@ -253,9 +274,18 @@ def import_graph(modules) -> Dict[str, Dict[str, Import]]:
 
 
 def test_the_module_walk_finds_every_layer_and_only_project_files(modules):
-    assert {"exdd_scoring.spec", "exdd.images", "exdd.offline.build", "exdd.offline.synth.run",
-            "exdd.export.onnx_export", "exdd.serving.repository", "exdd.client.score", "exdd.report.html", "exdd.cli",
-            "exdd.demo"} <= set(modules)
+    assert {
+        "exdd_scoring.spec",
+        "exdd.images",
+        "exdd.offline.build",
+        "exdd.offline.synth.run",
+        "exdd.export.onnx_export",
+        "exdd.serving.repository",
+        "exdd.client.score",
+        "exdd.report.html",
+        "exdd.cli",
+        "exdd.demo",
+    } <= set(modules)
     assert {layer_of(m) for m in modules} == set(range(len(LAYERS)))
     assert not any("model_repository" in p or os.sep + "scripts" + os.sep in p for p in modules.values())
 
@@ -271,20 +301,29 @@ def test_the_client_never_imports_the_server_package(import_graph, modules):
 
 
 def test_a_client_import_of_serving_is_found(tmp_path, modules):
-    bad = forbidden_imports(graph(m := _with_import(tmp_path, modules, "exdd.client.cli",
-                                                    "from exdd.serving.products import ProductModels")), m)
+    bad = forbidden_imports(
+        graph(
+            m := _with_import(tmp_path, modules, "exdd.client.cli", "from exdd.serving.products import ProductModels")
+        ),
+        m,
+    )
     assert any("exdd.client.cli (client) imports exdd.serving.products (serving) inside a function" in b for b in bad)
 
 
 def test_no_import_cycle_between_files(import_graph):
     found = cycles(import_graph)
-    assert not found, ("files importing each other (directly or through a chain): "
-                       + "; ".join(" <-> ".join(c) for c in found))
+    assert not found, "files importing each other (directly or through a chain): " + "; ".join(
+        " <-> ".join(c) for c in found
+    )
 
 
 def test_the_scoring_package_imports_only_the_stdlib_numpy_cupy_and_its_runtimes(modules):
-    bad = [line for m, p in modules.items() if layer_of(m) == 0
-           for line in foreign_imports(p, SCORING_ALLOWED | ({"PIL"} if m in PILLOW_MODULES else set()), m)]
+    bad = [
+        line
+        for m, p in modules.items()
+        if layer_of(m) == 0
+        for line in foreign_imports(p, SCORING_ALLOWED | ({"PIL"} if m in PILLOW_MODULES else set()), m)
+    ]
     assert not bad, "exdd_scoring must run in a bare Triton Python backend:\n" + "\n".join(bad)
 
 
@@ -297,14 +336,18 @@ def test_triton_models_import_only_their_own_exdd_scoring_numpy_cupy_and_the_bac
         assert not bad, "a Triton model imports what its folder does not hold:\n" + "\n".join(bad)
         if any(i.target.split(".")[0] == "exdd_scoring" for i in imports_of(path)):
             own = os.path.join(os.path.dirname(path), "exdd_scoring")
-            assert os.path.realpath(own) == os.path.realpath(os.path.join(ROOT, "exdd_scoring")), \
+            assert os.path.realpath(own) == os.path.realpath(os.path.join(ROOT, "exdd_scoring")), (
                 f"{path} imports exdd_scoring but {own} is not the scoring package"
+            )
 
 
 def test_the_package_never_imports_scripts_or_tests(modules):
-    bad = [f"{os.path.relpath(p, ROOT)}:{i.line}: imports {i.target}"
-           for m, p in modules.items() for i in imports_of(p, m, p.endswith("__init__.py"))
-           if outside_imports(i.target)]
+    bad = [
+        f"{os.path.relpath(p, ROOT)}:{i.line}: imports {i.target}"
+        for m, p in modules.items()
+        for i in imports_of(p, m, p.endswith("__init__.py"))
+        if outside_imports(i.target)
+    ]
     assert not bad, "\n".join(bad)
 
 
@@ -317,8 +360,12 @@ def _with_import(tmp_path, modules: Dict[str, str], module: str, line: str) -> D
 
 
 def test_a_lazy_import_up_the_layers_is_found(tmp_path, modules):
-    bad = layer_violations(graph(m := _with_import(tmp_path, modules, "exdd.offline.build",
-                                                   "from exdd.client.results import ResultWriter")), m)
+    bad = layer_violations(
+        graph(
+            m := _with_import(tmp_path, modules, "exdd.offline.build", "from exdd.client.results import ResultWriter")
+        ),
+        m,
+    )
     assert any("exdd.offline.build (offline) imports exdd.client.results (client) inside a function" in b for b in bad)
 
 
@@ -335,10 +382,15 @@ def test_an_import_into_an_entry_point_is_found(tmp_path, modules):
 
 def test_a_third_party_import_in_the_scoring_package_is_found(tmp_path):
     fake = tmp_path / "bad.py"
-    fake.write_text("import numpy\nimport json\nimport cupy\n\ndef f():\n    import torch\n"
-                    "    from exdd import images\n    import faiss\n")
-    assert [b.split(": ", 1)[1] for b in foreign_imports(str(fake), SCORING_ALLOWED)] == \
-        ["imports cupy at import time (only inside the function needing it)", "imports torch", "imports exdd.images"]
+    fake.write_text(
+        "import numpy\nimport json\nimport cupy\n\ndef f():\n    import torch\n"
+        "    from exdd import images\n    import faiss\n"
+    )
+    assert [b.split(": ", 1)[1] for b in foreign_imports(str(fake), SCORING_ALLOWED)] == [
+        "imports cupy at import time (only inside the function needing it)",
+        "imports torch",
+        "imports exdd.images",
+    ]
 
 
 def test_no_other_scoring_module_loads_the_picture_module(import_graph):

@@ -1,4 +1,5 @@
 """Metrics against scikit-learn and a hand-computed AUPRO."""
+
 import numpy as np
 import pytest
 
@@ -51,16 +52,20 @@ def test_metrics_module_runs_on_numpy_1(tmp_path):
     from conftest import ROOT
 
     from exdd.serving.serving_env import VENV_ENV
+
     venv = os.environ.get(VENV_ENV) or str(ROOT / ".venv-serve")
     py = os.path.join(venv, "bin", "python")
     if not os.path.isfile(py):
         pytest.skip(f"no serving venv with NumPy 1.x at {venv}")
     import exdd.metrics as m
-    code = ("import importlib.util, numpy as np, sys\n"
-            "assert np.__version__.startswith('1.'), np.__version__\n"
-            f"spec = importlib.util.spec_from_file_location('metrics', {m.__file__!r})\n"
-            "mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(mod)\n"
-            "print(mod.auroc(np.array([0.1, 0.4, 0.35, 0.8]), np.array([0, 0, 1, 1])))\n")
+
+    code = (
+        "import importlib.util, numpy as np, sys\n"
+        "assert np.__version__.startswith('1.'), np.__version__\n"
+        f"spec = importlib.util.spec_from_file_location('metrics', {m.__file__!r})\n"
+        "mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(mod)\n"
+        "print(mod.auroc(np.array([0.1, 0.4, 0.35, 0.8]), np.array([0, 0, 1, 1])))\n"
+    )
     p = subprocess.run([py, "-c", code], capture_output=True, text=True)
     assert p.returncode == 0, p.stderr
     assert float(p.stdout) == pytest.approx(0.75)
@@ -69,6 +74,7 @@ def test_metrics_module_runs_on_numpy_1(tmp_path):
 def _naive_bootstrap(s, y, n, seed, level):
     """Reference: the same resamples, AUROC of each from scratch."""
     from exdd.metrics import auroc
+
     draws = np.random.default_rng(seed).integers(0, s.shape[0], (n, s.shape[0]))
     v = np.array([auroc(s[r].ravel(), y[r].ravel()) for r in draws])
     v = v[np.isfinite(v)]
@@ -77,16 +83,17 @@ def _naive_bootstrap(s, y, n, seed, level):
 
 def test_bootstrap_auroc_image_level_matches_naive_resampling():
     from exdd.metrics import auroc, bootstrap_auroc
+
     rng = np.random.default_rng(1)
     y = rng.random(60) < 0.25
     s = rng.normal(size=60) + 1.2 * y
-    s[:10] = np.round(s[:10])                       # some ties
+    s[:10] = np.round(s[:10])  # some ties
     point, lo, hi = bootstrap_auroc(s, y, n=300, seed=3, level=0.9)
     assert point == pytest.approx(auroc(s, y))
     ref = _naive_bootstrap(s, y, 300, 3, 0.9)
     assert (lo, hi) == pytest.approx(tuple(ref), abs=1e-12)
     assert lo < point < hi
-    assert bootstrap_auroc(s, y, n=300, seed=3) == (point, lo, hi)          # seeded
+    assert bootstrap_auroc(s, y, n=300, seed=3) == (point, lo, hi)  # seeded
     assert bootstrap_auroc(s, y, n=300, seed=4)[1:] != (lo, hi)
     # more data, narrower interval
     y2 = rng.random(2000) < 0.25
@@ -97,11 +104,12 @@ def test_bootstrap_auroc_image_level_matches_naive_resampling():
 
 def test_bootstrap_auroc_pixel_level_resamples_whole_maps():
     from exdd.metrics import auroc, bootstrap_auroc
+
     rng = np.random.default_rng(2)
     masks = np.zeros((12, 16, 16), bool)
     for i in range(0, 12, 2):
-        masks[i, 4:9, 3 + i // 2:8 + i // 2] = True
-    maps = np.round(rng.random(masks.shape) * 20 + 8 * masks * rng.random((12, 1, 1)))   # <= 4096 levels: exact
+        masks[i, 4:9, 3 + i // 2 : 8 + i // 2] = True
+    maps = np.round(rng.random(masks.shape) * 20 + 8 * masks * rng.random((12, 1, 1)))  # <= 4096 levels: exact
     point, lo, hi = bootstrap_auroc(maps, masks, n=200, seed=0)
     assert point == pytest.approx(auroc(maps.ravel(), masks.ravel()))
     assert (lo, hi) == pytest.approx(tuple(_naive_bootstrap(maps, masks, 200, 0, 0.9)), abs=1e-12)
@@ -115,8 +123,9 @@ def test_bootstrap_auroc_pixel_level_resamples_whole_maps():
 
 def test_bootstrap_auroc_skips_one_class_resamples_and_checks_shapes():
     from exdd.metrics import bootstrap_auroc
+
     y = np.zeros(20, bool)
-    y[0] = True                                      # most resamples miss the single positive
+    y[0] = True  # most resamples miss the single positive
     s = np.arange(20.0)
     point, lo, hi = bootstrap_auroc(s, y, n=200)
     assert point == 0.0 and lo == 0.0 and hi == 0.0
@@ -127,8 +136,9 @@ def test_bootstrap_auroc_skips_one_class_resamples_and_checks_shapes():
 
 def test_bootstrap_auroc_big_maps_are_processed_in_chunks_exactly():
     from exdd.metrics import auroc, bootstrap_auroc
+
     rng = np.random.default_rng(5)
-    masks = np.zeros((40, 200, 300), bool)           # 2.4 M pixels: more than one chunk of rows
+    masks = np.zeros((40, 200, 300), bool)  # 2.4 M pixels: more than one chunk of rows
     masks[::3, 50:90, 100:160] = True
     maps = rng.integers(0, 50, masks.shape) + 10 * masks * (np.arange(40) % 4)[:, None, None]
     point, lo, hi = bootstrap_auroc(maps, masks, n=8, seed=1)

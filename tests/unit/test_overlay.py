@@ -1,4 +1,5 @@
 """Heatmap overlays: shape, colours, contours at the mask boundary, PNG round trip."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -5,6 +5,7 @@ reliability of `confidence` and the nearest known defect beside each heatmap.
 The results here are generated (small PNGs, a few dozen scores with two huge outliers) so that the module runs in
 seconds; tests/test_report.py covers the report of a real build + evaluate.
 """
+
 from __future__ import annotations
 
 import base64
@@ -24,11 +25,17 @@ from exdd.report.data import histogram
 from exdd.report.html import build_report, write_report
 from exdd_scoring.scores import MODES  # every mode, as `offline evaluate` writes them: the widest table
 
-CHROMIUM = next((p for p in (shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome",
-                                                       "google-chrome-stable")) if p), None)
+CHROMIUM = next(
+    (
+        p
+        for p in (shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"))
+        if p
+    ),
+    None,
+)
 WIDTHS = (1000, 1200, 1400, 1600)
-SHOT_WIDTH = 1400                     # the width of the issue's report; one screenshot keeps the module fast
-ROI_BOX = (8, 20, 56, 140)            # the ROI rectangle (x0, y0, x1, y1) of the 64 x 160 images
+SHOT_WIDTH = 1400  # the width of the issue's report; one screenshot keeps the module fast
+ROI_BOX = (8, 20, 56, 140)  # the ROI rectangle (x0, y0, x1, y1) of the 64 x 160 images
 
 # The page measures itself once loaded: every element inside its parent, no two neighbours (sections side by side,
 # charts, cards) overlapping, every chart label inside its chart and no two chart labels overlapping. The findings
@@ -94,39 +101,74 @@ def layout_results(tmp_path_factory):
     for sub in ("img", "hm", "train"):
         (root / sub).mkdir()
     roi = np.zeros((160, 64), np.uint8)
-    roi[ROI_BOX[1]:ROI_BOX[3], ROI_BOX[0]:ROI_BOX[2]] = 255
+    roi[ROI_BOX[1] : ROI_BOX[3], ROI_BOX[0] : ROI_BOX[2]] = 255
     _png(str(root / "roi.png"), roi)
-    train = [_png(str(root / "train" / f"defect_{k}.png"),
-                  np.stack([(xx * 3 + k * 40) % 255, yy, np.full_like(yy, 90)], -1).astype(np.uint8)) for k in range(3)]
+    train = [
+        _png(
+            str(root / "train" / f"defect_{k}.png"),
+            np.stack([(xx * 3 + k * 40) % 255, yy, np.full_like(yy, 90)], -1).astype(np.uint8),
+        )
+        for k in range(3)
+    ]
     images = []
     n_norm, n_def, n_unk = 14, 8, 2
     for i in range(n_norm + n_def + n_unk):
         label = 0 if i < n_norm else (1 if i < n_norm + n_def else -1)
         base = 1.0 + 0.5 * (label == 1) + 0.1 * rng.standard_normal()
         scores = {m: float(base * (1 + 0.2 * j)) for j, m in enumerate(MODES)}
-        if i in (3, n_norm + 2):        # the outliers that squeezed every other bar into the first bin
+        if i in (3, n_norm + 2):  # the outliers that squeezed every other bar into the first bin
             scores = {m: v * 100 for m, v in scores.items()}
         gray = ((xx + yy + i * 7) % 200 + 30).astype(np.uint8)
         img = _png(str(root / "img" / f"part_{i:02d}.png"), np.stack([gray] * 3, -1))
-        hm = _png(str(root / "hm" / f"part_{i:02d}.png"),
-                  np.stack([gray, np.full_like(gray, 60), 255 - gray], -1).astype(np.uint8))
+        hm = _png(
+            str(root / "hm" / f"part_{i:02d}.png"),
+            np.stack([gray, np.full_like(gray, 60), 255 - gray], -1).astype(np.uint8),
+        )
         conf = float(np.clip(0.5 + 0.4 * (label == 1) - 0.3 * (label == 0) + 0.1 * rng.standard_normal(), 0, 1))
-        im = {"path": img, "label": label, "kind": "scratch" if label == 1 else "", "scores": scores,
-              "s_neg": scores["exdd"], "s_pos": 0.5, "heatmap": hm if i % 2 == 0 else None,
-              "verdict": "defect" if conf > 0.7 else ("review" if conf > 0.3 else "ok"), "confidence": conf,
-              "area": 120 + i, "box": [10, 30 + i, 40, 60 + i],
-              "nearest_source": train[i % 3] if label == 1 or i % 4 == 0 else None,
-              "nearest_class": ["scratch", "pit", ""][i % 3]}
+        im = {
+            "path": img,
+            "label": label,
+            "kind": "scratch" if label == 1 else "",
+            "scores": scores,
+            "s_neg": scores["exdd"],
+            "s_pos": 0.5,
+            "heatmap": hm if i % 2 == 0 else None,
+            "verdict": "defect" if conf > 0.7 else ("review" if conf > 0.3 else "ok"),
+            "confidence": conf,
+            "area": 120 + i,
+            "box": [10, 30 + i, 40, 60 + i],
+            "nearest_source": train[i % 3] if label == 1 or i % 4 == 0 else None,
+            "nearest_class": ["scratch", "pit", ""][i % 3],
+        }
         images.append(im)
-    metrics = {m: {"image_auroc": 0.9 - 0.01 * j, "image_ap": 0.8, "image_f1_max": 0.7, "image_f1_threshold": 1.4,
-                   "pixel_auroc": 0.95, "pixel_aupro": 0.6, "pixel_f1_max": 0.4,
-                   "at_threshold": {"threshold": 1.3 * (1 + 0.2 * j), "precision": 0.75, "f1": 0.7}}
-               for j, m in enumerate(MODES)}
-    results = {"version": 1, "source": "offline", "dataset": str(root / "img"), "split": "test",
-               "banks": str(root), "weights": "/w/wrn50.safetensors", "default_mode": "dual_bounded",
-               "metrics": metrics, "thresholds": {m: metrics[m]["at_threshold"]["threshold"] for m in MODES},
-               "images": images, "errors": [],
-               "review_band": {"ok_below": 2.1, "defect_above": 2.6}, "roi": str(root / "roi.png")}
+    metrics = {
+        m: {
+            "image_auroc": 0.9 - 0.01 * j,
+            "image_ap": 0.8,
+            "image_f1_max": 0.7,
+            "image_f1_threshold": 1.4,
+            "pixel_auroc": 0.95,
+            "pixel_aupro": 0.6,
+            "pixel_f1_max": 0.4,
+            "at_threshold": {"threshold": 1.3 * (1 + 0.2 * j), "precision": 0.75, "f1": 0.7},
+        }
+        for j, m in enumerate(MODES)
+    }
+    results = {
+        "version": 1,
+        "source": "offline",
+        "dataset": str(root / "img"),
+        "split": "test",
+        "banks": str(root),
+        "weights": "/w/wrn50.safetensors",
+        "default_mode": "dual_bounded",
+        "metrics": metrics,
+        "thresholds": {m: metrics[m]["at_threshold"]["threshold"] for m in MODES},
+        "images": images,
+        "errors": [],
+        "review_band": {"ok_below": 2.1, "defect_above": 2.6},
+        "roi": str(root / "roi.png"),
+    }
     return results, root
 
 
@@ -151,17 +193,32 @@ def page_two_modes(layout_results):
     """The same with two modes only: a narrow table, the ROC beside it where both fit."""
     results, root = layout_results
     two = ("patchcore", "exdd")
-    sub = {**results, "default_mode": "exdd", "metrics": {m: results["metrics"][m] for m in two},
-           "thresholds": {m: results["thresholds"][m] for m in two},
-           "review_band": {"ok_below": 1.4, "defect_above": 1.75},
-           "images": [{**im, "scores": {m: im["scores"][m] for m in two}} for im in results["images"]]}
+    sub = {
+        **results,
+        "default_mode": "exdd",
+        "metrics": {m: results["metrics"][m] for m in two},
+        "thresholds": {m: results["thresholds"][m] for m in two},
+        "review_band": {"ok_below": 1.4, "defect_above": 1.75},
+        "images": [{**im, "scores": {m: im["scores"][m] for m in two}} for im in results["images"]],
+    }
     return _write_pages(sub, root / "out-two")
 
 
 def _chromium(args, tmp_path, timeout=60):
-    base = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-            "--disable-background-networking", "--disable-component-update", "--disable-sync", "--hide-scrollbars",
-            "--disable-dev-shm-usage", f"--user-data-dir={tmp_path / 'profile'}"]
+    base = [
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--hide-scrollbars",
+        "--disable-dev-shm-usage",
+        f"--user-data-dir={tmp_path / 'profile'}",
+    ]
     return subprocess.run(base + args, capture_output=True, text=True, timeout=timeout)
 
 
@@ -206,11 +263,11 @@ def test_histogram_keeps_the_bulk_readable_whatever_the_outliers():
     s = np.r_[rng.normal(1.0, 0.1, 14), rng.normal(1.5, 0.1, 8), 100.0, 150.0, -400.0]
     y = np.r_[[0] * 14, [1] * 8, 0, 1, -1]
     h = histogram(s, y, 1.3, marks=(1.2, 1.4))
-    assert h["edges"][-1] < 3 and h["edges"][0] > 0           # the bins span the bulk, not the outliers
+    assert h["edges"][-1] < 3 and h["edges"][0] > 0  # the bins span the bulk, not the outliers
     assert sum(np.count_nonzero(h[k]) for k in ("normal", "defective")) >= 10, "the bulk still in a few bins"
     assert h["over"] == {"normal": 1, "defective": 1, "unknown": 0}
     assert h["under"] == {"normal": 0, "defective": 0, "unknown": 1}
-    for k, n in (("normal", 15), ("defective", 9), ("unknown", 1)):   # every score counted once
+    for k, n in (("normal", 15), ("defective", 9), ("unknown", 1)):  # every score counted once
         assert sum(h[k]) + h["over"][k] + h["under"][k] == n
     assert (h["min"], h["max"]) == (-400.0, 150.0)
     # a defect class well apart from the normal one is no outlier: nothing clipped
@@ -229,7 +286,7 @@ def test_histogram_chart_says_what_it_leaves_out(page, layout_results):
     svg = _svg_of(text, "exdd")
     top = max(im["scores"]["exdd"] for im in results["images"])
     assert re.search(r"\u00bb bar: 2 scores above [0-9.]+ \(max " + f"{top:.3g}" + r"\)", svg), svg[-600:]
-    assert svg.count('class="bar-over') == 2                  # one normal, one defective, in the bar apart
+    assert svg.count('class="bar-over') == 2  # one normal, one defective, in the bar apart
     assert text.count('class="chart hist"') == len(MODES) and text.count('class="chart-title"') == len(MODES)
 
 
@@ -252,6 +309,7 @@ def test_review_band_is_shaded_on_its_mode_around_the_threshold(page, layout_res
 
 def test_reliability_diagram_bins_confidence_against_the_labels(page, layout_results):
     from exdd.report.data import reliability
+
     rel = reliability(np.array([0.05, 0.1, 0.55, 0.95, 1.0, 0.5]), np.array([0, 0, 1, 1, 1, 0]), bins=10)
     assert rel["count"] == [1, 1, 0, 0, 0, 2, 0, 0, 0, 2]
     assert rel["rate"][5] == 0.5 and rel["confidence"][5] == pytest.approx(0.525, abs=1e-12)
@@ -274,18 +332,19 @@ def _thumb_rgb(uri: str) -> np.ndarray:
 
 def test_gallery_draws_the_roi_and_the_box_and_shows_the_nearest_defect(page, layout_results):
     from exdd.report.html import BOX_COLOR, thumbnail_uri
+
     results, root = layout_results
     hm = next(im for im in results["images"] if im["heatmap"])["heatmap"]
     roi = np.asarray(Image.open(root / "roi.png")) > 127
     plain = _thumb_rgb(thumbnail_uri(hm))
     marked = _thumb_rgb(thumbnail_uri(hm, roi=roi, region=[10, 30, 40, 60]))
-    assert plain.shape == marked.shape == (240, 96, 3)        # 64 x 160 fitted into 160 x 240: scale 1.5
-    col = marked[ROI_BOX[1] * 3 // 2 + 4:ROI_BOX[3] * 3 // 2 - 4, ROI_BOX[0] * 3 // 2]   # the ROI's left edge
+    assert plain.shape == marked.shape == (240, 96, 3)  # 64 x 160 fitted into 160 x 240: scale 1.5
+    col = marked[ROI_BOX[1] * 3 // 2 + 4 : ROI_BOX[3] * 3 // 2 - 4, ROI_BOX[0] * 3 // 2]  # the ROI's left edge
     grey = np.abs(col - col.mean(axis=1, keepdims=True)).max(axis=1) < 40
     assert grey.mean() > 0.9 and (col.mean(axis=1) < 80).any() and (col.mean(axis=1) > 180).any()
-    assert np.abs(plain[ROI_BOX[1] * 3 // 2 + 4:ROI_BOX[3] * 3 // 2 - 4, ROI_BOX[0] * 3 // 2] - col).mean() > 40
+    assert np.abs(plain[ROI_BOX[1] * 3 // 2 + 4 : ROI_BOX[3] * 3 // 2 - 4, ROI_BOX[0] * 3 // 2] - col).mean() > 40
     far = lambda px: np.abs(px[45:47, 18:57] - np.array(BOX_COLOR)).max(axis=2).mean()  # noqa: E731
-    assert far(marked) < 70 < far(plain)                       # the box's top edge, y = 30 * 1.5, x 15..60
+    assert far(marked) < 70 < far(plain)  # the box's top edge, y = 30 * 1.5, x 15..60
     _, text, _ = page
     shown = set(re.findall(r'<div class="name">([^<]+)</div>', text))
     with_near = [im for im in results["images"] if os.path.basename(im["path"]) in shown and im["nearest_source"]]
@@ -300,8 +359,15 @@ def test_results_without_the_new_fields_look_as_before(layout_results, tmp_path)
     keys = ("verdict", "confidence", "area", "box", "nearest_source", "nearest_class")
     old["images"] = [{k: v for k, v in im.items() if k not in keys} for im in results["images"]]
     page_old, data = build_report(old)
-    for absent in ('class="review-band"', "Confidence calibration", 'data-role="nearest"', 'id="roi-note"',
-                   'class="line"', "nearest known defect", "-problem"):
+    for absent in (
+        'class="review-band"',
+        "Confidence calibration",
+        'data-role="nearest"',
+        'id="roi-note"',
+        'class="line"',
+        "nearest known defect",
+        "-problem",
+    ):
         assert absent not in page_old, absent
     assert "review_band" not in data and "reliability" not in data and "roi" not in data
     # the ROI is found in the bank folder when the results only name the banks
@@ -314,8 +380,9 @@ def test_bad_optional_fields_are_said_not_drawn(layout_results, tmp_path):
     bad_roi = tmp_path / "roi.png"
     bad_roi.write_bytes(b"not a png")
     imgs = [{**im, "confidence": 7.0} if i == 0 else im for i, im in enumerate(results["images"])]
-    page_bad, data = build_report({**results, "review_band": {"ok_below": 3, "defect_above": 1},
-                                   "roi": str(bad_roi), "images": imgs})
+    page_bad, data = build_report(
+        {**results, "review_band": {"ok_below": 3, "defect_above": 1}, "roi": str(bad_roi), "images": imgs}
+    )
     assert 'id="band-problem"' in page_bad and "ok_below &lt;= defect_above" in page_bad
     assert 'class="review-band"' not in page_bad and "review_band" not in data
     assert 'id="roi-problem"' in page_bad and "roi.png" in page_bad
@@ -332,6 +399,7 @@ def test_report_cli_draws_the_results_level_fields(layout_results, tmp_path):
     from click.testing import CliRunner
 
     from exdd.report.cli import report as report_cmd
+
     results, _ = layout_results
     src = tmp_path / "results.json"
     src.write_text(json.dumps(results))
@@ -346,8 +414,10 @@ def test_nearest_source_relative_to_the_dataset_root_and_synthetic(layout_result
     """nearest_source as the bank stores it: relative to the training dataset's root, or synthetic:<folder>/<file>."""
     results, root = layout_results
     imgs = [im for im in results["images"] if im["label"] == 1][:2]
-    rel = [{**imgs[0], "nearest_source": "train/defect_0.png"},
-           {**imgs[1], "nearest_source": "synthetic:train/defect_1.png", "nearest_class": ""}]
+    rel = [
+        {**imgs[0], "nearest_source": "train/defect_0.png"},
+        {**imgs[1], "nearest_source": "synthetic:train/defect_1.png", "nearest_class": ""},
+    ]
     base = {**results, "images": rel, "dataset": str(root)}
     page_rel, _ = build_report(base, gallery_n=2)
     assert page_rel.count('data-role="nearest"><img ') == 2, "a nearest source was not found"

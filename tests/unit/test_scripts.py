@@ -1,4 +1,5 @@
 """scripts/: every script imports as a module of its kind, and the shared helpers do what the scripts rely on."""
+
 from __future__ import annotations
 
 import importlib
@@ -31,18 +32,26 @@ def test_link_subset_links_images_with_their_masks_and_numbers_on_request(tiny_d
     pairs = [(p, common.mask_of(p)) for p in images]
     assert all(m is not None and os.path.isfile(m) for _, m in pairs)
     out = common.link_subset(str(tmp_path / "a" / "train"), pairs)
-    assert sorted(os.listdir(out)) == sorted([os.path.basename(p) for p in images] +
-                                             [os.path.basename(m) for _, m in pairs])
+    assert sorted(os.listdir(out)) == sorted(
+        [os.path.basename(p) for p in images] + [os.path.basename(m) for _, m in pairs]
+    )
     assert all(os.path.realpath(os.path.join(out, os.path.basename(p))) == os.path.realpath(p) for p in images)
     numbered = common.link_subset(str(tmp_path / "b" / "train"), pairs, numbered=True)
-    assert sorted(os.listdir(numbered)) == ["00000.png", "00000_GT.png", "00001.png", "00001_GT.png",
-                                            "00002.png", "00002_GT.png"]
+    assert sorted(os.listdir(numbered)) == [
+        "00000.png",
+        "00000_GT.png",
+        "00001.png",
+        "00001_GT.png",
+        "00002.png",
+        "00002_GT.png",
+    ]
     assert common.mask_of(str(tmp_path / "none.png")) is None
 
 
 def test_cache_folder_names_the_dataset_and_input_size():
-    assert common.cache_folder("runs/cache", "../shared/data/magnetic_tile/", (632, 224), "train") == \
-        os.path.join("runs/cache", "magnetic_tile-632x224", "train")
+    assert common.cache_folder("runs/cache", "../shared/data/magnetic_tile/", (632, 224), "train") == os.path.join(
+        "runs/cache", "magnetic_tile-632x224", "train"
+    )
 
 
 def test_raw_caches_then_normal_rows_give_the_projected_defect_free_patches(tiny_dataset, tmp_path):
@@ -70,15 +79,17 @@ def test_peak_rss_is_this_process_in_gib():
 
 def test_save_json_writes_the_record_whole_into_a_new_folder(tmp_path):
     import json
+
     path = tmp_path / "new" / "bench.json"
     assert common.save_json(str(path), {"a": [1, 2]}, indent=2) == str(path)
     assert json.loads(path.read_text()) == {"a": [1, 2]} and path.read_text().startswith("{\n  ")
-    assert os.listdir(path.parent) == ["bench.json"]          # no temporary file left behind
+    assert os.listdir(path.parent) == ["bench.json"]  # no temporary file left behind
 
 
 def test_bench_result_saves_its_provenance_and_the_metrics_where_the_scripts_always_wrote_them(tmp_path):
     import datetime
     import json
+
     rec = harness.BenchResult("bench_x", {"n": 4}, {"rows": [1, 2], "ips": 1.5})
     path = tmp_path / "new" / "x.json"
     assert rec.save(str(path)) == str(path) and os.listdir(path.parent) == ["x.json"]
@@ -88,35 +99,42 @@ def test_bench_result_saves_its_provenance_and_the_metrics_where_the_scripts_alw
     assert {"cpu", "cores", "memory_gib", "gpu"} <= set(got["machine"]) and got["machine"]["cores"] == os.cpu_count()
     assert got["commit"] == "unknown" or len(got["commit"].split("-")[0]) == 40
     assert datetime.datetime.fromisoformat(got["date"]).tzinfo is not None
-    assert harness.metrics_in(got) == {"rows": [1, 2], "ips": 1.5}      # what a continued run (bench_update) reads back
+    assert harness.metrics_in(got) == {"rows": [1, 2], "ips": 1.5}  # what a continued run (bench_update) reads back
     with pytest.raises(ValueError, match="machine"):
         harness.BenchResult("bench_x", {}, {"machine": "2 vCPU"}).record()
 
 
 def test_latency_stats_are_the_percentiles_in_ms_of_seconds_and_none_when_empty():
-    s = harness.latency_stats([i / 1000 for i in range(1, 101)])             # 1 .. 100 ms
+    s = harness.latency_stats([i / 1000 for i in range(1, 101)])  # 1 .. 100 ms
     assert s["n"] == 100 and s["mean_ms"] == pytest.approx(50.5)
     assert (s["p50_ms"], s["p90_ms"], s["p95_ms"], s["p99_ms"]) == pytest.approx((50.5, 90.1, 95.05, 99.01))
-    assert harness.latency_stats([]) == {"n": 0, "mean_ms": None, "p50_ms": None, "p90_ms": None, "p95_ms": None,
-                                         "p99_ms": None}
+    assert harness.latency_stats([]) == {
+        "n": 0,
+        "mean_ms": None,
+        "p50_ms": None,
+        "p90_ms": None,
+        "p95_ms": None,
+        "p99_ms": None,
+    }
 
 
 def test_study_banks_keep_every_row_within_budget_and_evidence_is_the_exact_nearest_per_bank():
     import numpy as np
 
     from scripts.studies import study_splits as ss
+
     rng = np.random.default_rng(0)
     neg_rows, pos_rows = rng.normal(size=(300, 8)).astype(np.float32), rng.normal(size=(40, 8)).astype(np.float32)
-    neg, pos = ss.make_bank(neg_rows, 1.0, 0), ss.make_bank(pos_rows, 0.1, 1)   # both within MIN_BANK: every row
+    neg, pos = ss.make_bank(neg_rows, 1.0, 0), ss.make_bank(pos_rows, 0.1, 1)  # both within MIN_BANK: every row
     assert np.array_equal(neg[0], neg_rows) and np.array_equal(pos[0], pos_rows) and pos[2]["size"] == 40
-    feats = rng.normal(size=(5, 4, 8)).astype(np.float32)                          # 5 images of 4 patches
+    feats = rng.normal(size=(5, 4, 8)).astype(np.float32)  # 5 images of 4 patches
     ev = ss.evidence(feats, [4, 0, 2], neg[:2], pos[:2])
     assert ev.keys() == {"a_neg", "i_neg", "nb_neg", "a_pos", "i_pos", "nb_pos"}
     d = np.sqrt(((feats[[4, 0, 2]][:, :, None, :] - pos_rows[None, None]) ** 2).sum(-1))
     np.testing.assert_allclose(ev["a_pos"], d.min(-1), rtol=1e-4, atol=1e-5)
     assert np.array_equal(ev["i_pos"], d.argmin(-1))
     half = ss.bank_evidence(feats, [4, 0, 2], pos[:2], "pos")
-    assert all(np.array_equal(half[k], ev[k]) for k in half)     # --reuse-neg recomputes only this half
+    assert all(np.array_equal(half[k], ev[k]) for k in half)  # --reuse-neg recomputes only this half
     assert ev["nb_neg"].shape == (3, ss.K_STUDY)
 
 
@@ -130,6 +148,7 @@ def test_study_scores_the_pooled_candidates_with_the_served_modes_and_crossfits_
     from exdd_scoring.scores import HEAD_FEATURES, mode
     from scripts.studies import study_decision as sd
     from scripts.studies import study_splits as ss
+
     rng = np.random.default_rng(1)
     grid, hw, d, n = (4, 3), (32, 24), 8, 10
     neg = ss.make_bank(rng.normal(size=(200, d)).astype(np.float32), 1.0, 0)
@@ -139,12 +158,26 @@ def test_study_scores_the_pooled_candidates_with_the_served_modes_and_crossfits_
     z.update(test_labels=np.r_[np.zeros(5), np.ones(5)].astype(np.int8), test_ids=np.arange(n, dtype=np.int32))
     meta = {"grid": list(grid), "d": d, "pos": pos[2]}
     s_h, s_w = upsample_smooth_matrices(grid, hw, 4.0)
-    head = {"features": list(HEAD_FEATURES), "mean": [0.0] * 7, "scale": [1.0] * 7,
-            "coef": [0.3, 0.2, -0.1, 0.4, 1.0, 0.5, -0.6], "intercept": 3.0}
-    ev = sd.served_evidence(sd.SplitEvidence(z, meta, "test", s_h, s_w), pos[2]["nn1_median"],
-                            {"topk": 0.1, "head": head})
-    features = {"backbone": "test", "weights": "random:0", "input_size": list(hw), "layers": ["layer2"],
-                "grid": list(grid), "projection_seed": 0, "projection_sha256": "0" * 64, "d": d}
+    head = {
+        "features": list(HEAD_FEATURES),
+        "mean": [0.0] * 7,
+        "scale": [1.0] * 7,
+        "coef": [0.3, 0.2, -0.1, 0.4, 1.0, 0.5, -0.6],
+        "intercept": 3.0,
+    }
+    ev = sd.served_evidence(
+        sd.SplitEvidence(z, meta, "test", s_h, s_w), pos[2]["nn1_median"], {"topk": 0.1, "head": head}
+    )
+    features = {
+        "backbone": "test",
+        "weights": "random:0",
+        "input_size": list(hw),
+        "layers": ["layer2"],
+        "grid": list(grid),
+        "projection_seed": 0,
+        "projection_sha256": "0" * 64,
+        "d": d,
+    }
     manifest = {"features": features, "k": 3, "scoring": {"topk": 0.1, "head": head}}
     pair = BankPair(Bank(neg[0], neg[1][:, :2]), Bank(pos[0], pos[1][:, :2]), manifest)  # the served k = 3
     names = ("patchcore", "dual_bounded", "dual_topk", "ratio_topk", "head", "exdd", "dual")
@@ -152,14 +185,15 @@ def test_study_scores_the_pooled_candidates_with_the_served_modes_and_crossfits_
     for m in names:
         np.testing.assert_allclose(np.asarray(mode(m).score(ev)), want[m], rtol=1e-4, err_msg=m)
     from scripts.studies import study_image_score as sis  # the image-score study's served candidates too
+
     cands = sis.candidates(sis.Evidence(dict(z, test_rows=np.arange(n)), "test", grid, s_h, s_w, d))
     for study, served in (("patchcore", "patchcore"), ("exdd", "exdd"), ("dual_map_max", "dual")):
         np.testing.assert_allclose(cands[study](), want[served], rtol=1e-4, err_msg=study)
     sel = np.zeros((6, 12), bool)
-    sel[:, 4:] = True                                            # 8 defect patches per image: fold banks of >= 32
+    sel[:, 4:] = True  # 8 defect patches per image: fold banks of >= 32
     defects = list(range(4, n))
     cf, stats = ss.crossfit_evidence(feats, defects, sel, neg[:2], 1.0, 0)
     assert sorted(cf["ids"].tolist()) == defects and len(stats) == 5
-    assert (cf["a_pos"][:, 4:] > 0.3).all()                      # its own defect patches are not in its fold's bank
+    assert (cf["a_pos"][:, 4:] > 0.3).all()  # its own defect patches are not in its fold's bank
     full = ss.bank_evidence(feats, cf["ids"], ss.make_bank(feats[defects][sel], 1.0, 1)[:2], "pos")
-    assert (full["a_pos"][:, 4:] < 0.05).all()                   # the full bank holds them (float32 kNN): the leak
+    assert (full["a_pos"][:, 4:] < 0.05).all()  # the full bank holds them (float32 kNN): the leak

@@ -1,4 +1,5 @@
 """Security promises (SECURITY.md): no unpickling on any load path, no path escapes, no code from requests."""
+
 from __future__ import annotations
 
 import os
@@ -11,11 +12,18 @@ import torch
 from exdd.client.heatmaps import heatmap_name
 from exdd.offline.weights import WeightsError, load_backbone
 
-ROOT = Path(__file__).resolve().parents[2]      # the checkout (tests/unit/..)
+ROOT = Path(__file__).resolve().parents[2]  # the checkout (tests/unit/..)
 CODE_DIRS = ("exdd", "offline", "export", "client", "model_repository", "scripts")
-FORBIDDEN = [r"pickle\.loads?\(", r"allow_pickle\s*=\s*True", r"weights_only\s*=\s*False", r"(?<![.\w])eval\(",
-             r"(?<![.\w])exec\(",
-             r"torch\.load\((?![^)]*weights_only=True)", r"yaml\.load\(", r"shell\s*=\s*True"]
+FORBIDDEN = [
+    r"pickle\.loads?\(",
+    r"allow_pickle\s*=\s*True",
+    r"weights_only\s*=\s*False",
+    r"(?<![.\w])eval\(",
+    r"(?<![.\w])exec\(",
+    r"torch\.load\((?![^)]*weights_only=True)",
+    r"yaml\.load\(",
+    r"shell\s*=\s*True",
+]
 
 
 def test_no_unpickling_eval_or_shell_in_the_code():

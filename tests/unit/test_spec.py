@@ -5,8 +5,17 @@ import pytest
 from exdd_scoring import FeatureSpec, SpecError
 from exdd_scoring.bank import BankError, check_features
 
-BASE = {"backbone": "wide_resnet50_2", "weights": "random:0", "input_size": [632, 224], "layers": ["layer2", "layer3"],
-        "grid": [79, 28], "projection_seed": 0, "projection_sha256": "ab" * 32, "d": 256, "aggregation": "avg"}
+BASE = {
+    "backbone": "wide_resnet50_2",
+    "weights": "random:0",
+    "input_size": [632, 224],
+    "layers": ["layer2", "layer3"],
+    "grid": [79, 28],
+    "projection_seed": 0,
+    "projection_sha256": "ab" * 32,
+    "d": 256,
+    "aggregation": "avg",
+}
 
 
 def test_round_trip_and_frozen():
@@ -15,13 +24,21 @@ def test_round_trip_and_frozen():
     assert s.to_dict() == {**BASE, "projection": "random"} and FeatureSpec.from_json(s.to_json()) == s
     with pytest.raises(Exception):
         s.d = 3
-    assert FeatureSpec.from_dict({**BASE, "future_key": 1}) == s        # unknown keys are ignored
+    assert FeatureSpec.from_dict({**BASE, "future_key": 1}) == s  # unknown keys are ignored
 
 
-@pytest.mark.parametrize("key,value,msg", [
-    ("d", 0, "d must be an integer >= 1"), ("d", "256", "d must be"), ("input_size", [632], "two positive integers"),
-    ("grid", [700, 28], "larger than the input size"), ("weights", "", "non-empty string"),
-    ("layers", "layer2", "layer names"), ("projection_seed", True, "projection_seed")])
+@pytest.mark.parametrize(
+    "key,value,msg",
+    [
+        ("d", 0, "d must be an integer >= 1"),
+        ("d", "256", "d must be"),
+        ("input_size", [632], "two positive integers"),
+        ("grid", [700, 28], "larger than the input size"),
+        ("weights", "", "non-empty string"),
+        ("layers", "layer2", "layer names"),
+        ("projection_seed", True, "projection_seed"),
+    ],
+)
 def test_validation_names_the_field(key, value, msg):
     with pytest.raises(SpecError, match=msg):
         FeatureSpec.from_dict({**BASE, key: value}, "manifest.json")
@@ -44,11 +61,11 @@ def test_a_fingerprint_without_projection_kind_is_random_and_the_kind_is_part_of
     old = FeatureSpec.from_dict(BASE)
     assert old.projection == "random" and old.matches(FeatureSpec.from_dict({**BASE, "projection": "random"}))
     pca = FeatureSpec.from_dict({**BASE, "projection": "pca", "projection_sha256": "cd" * 32})
-    assert pca.mismatches(old) == ["projection: 'pca' vs 'random'",
-                                   f"projection_sha256: {'cd' * 32!r} vs {'ab' * 32!r}"]
+    assert pca.mismatches(old) == [
+        "projection: 'pca' vs 'random'",
+        f"projection_sha256: {'cd' * 32!r} vs {'ab' * 32!r}",
+    ]
     with pytest.raises(BankError, match=r"projection: bank has 'pca', features have 'random'.*export onnx --banks"):
-        check_features(pca, BASE, "here")                     # an old whole dict: random
+        check_features(pca, BASE, "here")  # an old whole dict: random
     with pytest.raises(SpecError, match="projection must be a non-empty string"):
         FeatureSpec.from_dict({**BASE, "projection": ""})
-
-

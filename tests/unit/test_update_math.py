@@ -1,5 +1,6 @@
 """Incremental bank updates, the math: continued k-center and extended neighbours (`exdd offline update` end to end
 is tests/integration/test_update.py)."""
+
 import numpy as np
 import pytest
 
@@ -22,7 +23,7 @@ def test_extend_kcenter_never_grows_the_radius():
     assert ext.radius <= r0 + 1e-5
     assert coverage_radius(np.concatenate([a, b]), centres) <= r0 + 1e-4
     assert ext.radius == pytest.approx(coverage_radius(b, centres), rel=1e-4, abs=1e-6)
-    assert (ext.indices >= 500).any()                 # the uncovered cluster got centres
+    assert (ext.indices >= 500).any()  # the uncovered cluster got centres
     # already covered rows with no minimum: nothing to add
     none = extend_kcenter(a[cs.indices], a[:100], min_picks=0, radius=r0)
     assert len(none.indices) == 0 and none.radius <= r0 + 1e-5

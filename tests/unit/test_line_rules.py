@@ -1,5 +1,6 @@
 """Issue 27's pure rules: ROI resampling, connected regions, verdicts, the review band and confidence calibration,
 the positive bank's defect sources. The served and built paths are tested against a real server elsewhere."""
+
 from __future__ import annotations
 
 import math
@@ -57,8 +58,8 @@ def test_largest_region_matches_a_breadth_first_search(density):
 
 def test_regions_join_diagonal_neighbours_and_boxes_are_exclusive():
     mask = np.zeros((6, 8), bool)
-    mask[1, 1] = mask[2, 2] = mask[3, 3] = True      # one diagonal region of 3
-    mask[0, 6:8] = True                               # a region of 2
+    mask[1, 1] = mask[2, 2] = mask[3, 3] = True  # one diagonal region of 3
+    mask[0, 6:8] = True  # a region of 2
     assert largest_region(mask) == (3, (1, 1, 4, 4))
     maps = np.stack([mask * 2.0, np.zeros((6, 8))]).astype(np.float32)
     areas, boxes = largest_regions(maps, 1.0)
@@ -67,11 +68,11 @@ def test_regions_join_diagonal_neighbours_and_boxes_are_exclusive():
 
 def test_input_roi_samples_the_mask_at_pixel_centres_and_refuses_an_empty_one():
     mask = np.zeros((10, 20), np.uint8)
-    mask[:, :10] = 255                                  # left half inspected
+    mask[:, :10] = 255  # left half inspected
     roi = input_roi(mask, (5, 8))
     assert roi.shape == (5, 8) and roi[:, :4].all() and not roi[:, 4:].any()
     rgb = np.zeros((10, 20, 3), np.uint8)
-    rgb[..., 1] = mask                                   # a colour mask lit in one channel
+    rgb[..., 1] = mask  # a colour mask lit in one channel
     assert (input_roi(rgb, (5, 8)) == roi).all()
     with pytest.raises(RoiError, match="empty"):
         input_roi(np.zeros((10, 20), np.uint8), (5, 8))
@@ -81,10 +82,10 @@ def test_input_roi_samples_the_mask_at_pixel_centres_and_refuses_an_empty_one():
 
 def test_patch_roi_keeps_cells_at_least_half_inside_and_masking_zeroes_outside():
     roi = np.zeros((16, 16), bool)
-    roi[:, :12] = True                                   # cells of 8: column 0 full, column 1 half inside
+    roi[:, :12] = True  # cells of 8: column 0 full, column 1 half inside
     assert patch_roi(roi, (2, 2)).tolist() == [[True, True], [True, True]]
     roi[:, 8:12] = False
-    roi[:, 8:11] = True                                  # 3/8 of column 1
+    roi[:, 8:11] = True  # 3/8 of column 1
     assert patch_roi(roi, (2, 2)).tolist() == [[True, False], [True, False]]
     a = np.ones((2, 4), np.float32)
     assert mask_patches(a, patch_roi(roi, (2, 2))).tolist() == [[1, 0, 1, 0]] * 2
@@ -105,9 +106,9 @@ def test_verdicts_follow_the_band_and_the_area_rule():
 
 def test_the_band_always_contains_the_threshold():
     assert band(1.0, 2.0, 1.5) == (1.0, 2.0)
-    assert band(1.0, 2.0, 3.0) == (1.0, 3.0)            # a per-request threshold above T2 widens the band
+    assert band(1.0, 2.0, 3.0) == (1.0, 3.0)  # a per-request threshold above T2 widens the band
     assert band(1.0, 2.0, 0.5) == (0.5, 2.0)
-    assert band(None, None, 1.5) == (1.5, 1.5)          # banks without a band: ok / defect as IS_DEFECT
+    assert band(None, None, 1.5) == (1.5, 1.5)  # banks without a band: ok / defect as IS_DEFECT
     assert band(1.0, 2.0, None) == (1.0, 2.0)
 
 
@@ -146,11 +147,14 @@ def test_confidence_is_calibrated_on_the_holdout_and_unknown_without_it():
 
 
 def test_defect_sources_name_the_image_and_class_of_bank_rows():
-    src = DefectSources.of([0, 0, 1, 2, 2], ["train/a.png", "train/b.png", "synthetic:syn/00000.png"],
-                           ["crack", "blowhole", "synthetic"])
-    kept = src.subset([1, 2, 4])                         # a coreset kept rows 1, 2 and 4
-    assert kept.lookup(np.array([0, 1, 2, -1])) == (["train/a.png", "train/b.png", "synthetic:syn/00000.png", ""],
-                                                    ["crack", "blowhole", "synthetic", ""])
+    src = DefectSources.of(
+        [0, 0, 1, 2, 2], ["train/a.png", "train/b.png", "synthetic:syn/00000.png"], ["crack", "blowhole", "synthetic"]
+    )
+    kept = src.subset([1, 2, 4])  # a coreset kept rows 1, 2 and 4
+    assert kept.lookup(np.array([0, 1, 2, -1])) == (
+        ["train/a.png", "train/b.png", "synthetic:syn/00000.png", ""],
+        ["crack", "blowhole", "synthetic", ""],
+    )
     patch_rows = np.array([[5, 6, 7], [8, 9, 10]])
     peaks = peak_patches(np.array([[[0.1, 0.9, 0.2]], [[0.7, 0.1, 0.2]]]), np)
     assert rows_at(patch_rows, peaks, np).tolist() == [6, 8]
@@ -162,28 +166,47 @@ def test_defect_sources_name_the_image_and_class_of_bank_rows():
 
 
 def test_banks_before_issue_27_answer_ok_or_defect_at_the_threshold_with_nothing_made_up():
-    from exdd_scoring.answer import answer, parse_min_area, check_min_area
-    ans = answer(np.array([0.5, 1.5, 2.5]), np.zeros(3), np.zeros((3, 4)), np.array([-1, -1, -1]), "dual_bounded",
-                 1.5, None, None)
+    from exdd_scoring.answer import answer, check_min_area, parse_min_area
+
+    ans = answer(
+        np.array([0.5, 1.5, 2.5]),
+        np.zeros(3),
+        np.zeros((3, 4)),
+        np.array([-1, -1, -1]),
+        "dual_bounded",
+        1.5,
+        None,
+        None,
+    )
     assert ans.verdict == ("ok", "defect", "defect") and ans.is_defect.tolist() == [False, True, True]
     assert np.isnan(ans.confidence).all() and ans.nearest_source == ("", "", "")
-    assert ans.row(0) == {"verdict": "ok", "confidence": None, "area": 0, "box": [], "nearest_source": "",
-                          "nearest_class": ""}
+    assert ans.row(0) == {
+        "verdict": "ok",
+        "confidence": None,
+        "area": 0,
+        "box": [],
+        "nearest_source": "",
+        "nearest_class": "",
+    }
     assert parse_min_area("12", "request parameter") == 12
     for bad in (-1, 2.5, "x", True):
         with pytest.raises(ValueError, match="min_area"):
             parse_min_area(bad, "request parameter")
     with pytest.raises(ValueError, match="pixel threshold"):
         check_min_area(None, "dual_bounded", 5, "request parameter")
-    check_min_area(None, "dual_bounded", 0, "request parameter")       # 0 = off: nothing to measure
+    check_min_area(None, "dual_bounded", 0, "request parameter")  # 0 = off: nothing to measure
 
 
 def test_the_manifest_line_section_reads_back_and_is_absent_before_version_3():
     from exdd_scoring.manifest import LineRules
-    d = {"review": {"dual": {"ok_below": 1.0, "defect_above": 2.0, "detail": {"misses": 0.01}}},
-         "confidence": {"dual": {"mean": 1.0, "scale": 0.5, "coef": 2.0, "intercept": -1.0}},
-         "pixel_threshold": {"dual": 3.5}, "min_area": 12,
-         "roi": {"sha256": "ab" * 32, "source": "/x/roi.png", "patches_inside": 10, "patches": 20}}
+
+    d = {
+        "review": {"dual": {"ok_below": 1.0, "defect_above": 2.0, "detail": {"misses": 0.01}}},
+        "confidence": {"dual": {"mean": 1.0, "scale": 0.5, "coef": 2.0, "intercept": -1.0}},
+        "pixel_threshold": {"dual": 3.5},
+        "min_area": 12,
+        "roi": {"sha256": "ab" * 32, "source": "/x/roi.png", "patches_inside": 10, "patches": 20},
+    }
     rules = LineRules.from_dict(d, "m.json")
     assert LineRules.from_dict(rules.to_dict(), "m.json") == rules and rules.min_area == 12
     with pytest.raises(ValueError, match=r"review\.dual\.ok_below"):
@@ -196,13 +219,25 @@ def test_update_never_reads_the_models_own_verdict_as_the_operators(tmp_path):
     """Rows written since issue 27 carry the model's verdict in 'verdict': `offline update --from-results` refuses
     that column and takes the operator's from another."""
     import json
+
     from exdd.datasets import DatasetError
     from exdd.offline.update import verdict_samples
+
     img = tmp_path / "a.png"
     img.write_bytes(b"not read here")
     rows = tmp_path / "rows.jsonl"
-    rows.write_text(json.dumps({"path": str(img), "score": 2.0, "verdict": "ok", "nearest_source": "train/1.png",
-                                "operator_verdict": "false_alarm"}) + "\n")
+    rows.write_text(
+        json.dumps(
+            {
+                "path": str(img),
+                "score": 2.0,
+                "verdict": "ok",
+                "nearest_source": "train/1.png",
+                "operator_verdict": "false_alarm",
+            }
+        )
+        + "\n"
+    )
     with pytest.raises(DatasetError, match="model's own verdict"):
         verdict_samples(str(rows))
     normals, defects, errors = verdict_samples(str(rows), "operator_verdict")
