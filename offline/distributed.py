@@ -182,9 +182,10 @@ def _driver_threads() -> int:
     return max(1, os.cpu_count() or 1)
 
 
-def _score_part(pair: BankPair, feats: np.ndarray) -> Dict[str, np.ndarray]:
-    """score_samples of one held-out shard's features (whole batches of SCORE_BATCH, as single-process)."""
-    return score_samples(calibration_scorer(pair), feats, SCORE_BATCH)
+def _score_part(pair: BankPair, feats: np.ndarray, labels: np.ndarray) -> Dict[str, np.ndarray]:
+    """score_samples of one held-out shard's features (whole batches of SCORE_BATCH, as single-process), with the
+    normal images' map pixels the pixel threshold is calibrated on."""
+    return score_samples(calibration_scorer(pair), feats, SCORE_BATCH, pixel_images=np.asarray(labels) == 0)
 
 
 def _take(part: np.ndarray, idx: np.ndarray) -> np.ndarray:
@@ -402,7 +403,7 @@ def build_ray(
             held_labels.extend(m["labels"] for m in metas)
             note(held)
         pref = ray.put(pair)
-        res = ray.get([rb.task_score.remote(pref, h.ref) for h in held if h.rows])
+        res = ray.get([rb.task_score.remote(pref, h.ref, lab) for h, lab in zip(held, held_labels) if h.rows])
         if not res:  # no readable held-out image: what score_samples gives for none
             return score_samples(calibration_scorer(pair), np.zeros((0, 1, 1, 1), np.float16)), np.zeros(0, int)
         scores = {}

@@ -37,6 +37,16 @@ def data(tmp_path_factory):
     return ds, str(syn)
 
 
+def without_sources(ma, mb):
+    """The single-process manifest without the positive bank's defect sources (issue 27's nearest known defect),
+    which a Ray build does not record yet (README, "Running a line"); the Ray one must have none."""
+    from exdd_scoring.nearest import FILES
+
+    assert not set(FILES) & set(mb["files"])
+    assert set(FILES) <= set(ma["files"])
+    return {**ma, "files": {k: v for k, v in ma["files"].items() if k not in FILES}}
+
+
 def build(ds, syn, out, *extra):
     p = tu.exdd_cli("offline", "build", ds, "--out", out, "--synthetic", syn, *COMMON, *extra)  # --ray: a subprocess
     assert p.returncode == 0, p.stderr
@@ -55,8 +65,9 @@ def test_ray_build_gives_identical_banks(data, tmp_path):
     assert len(ma["sources"]["unreadable"]) == 1
     # identical manifests (checksums of every array included), but the creation time
     ma.pop("created"), mb.pop("created")
-    assert ma == mb
-    for f in ma["files"]:
+    assert without_sources(ma, mb) == mb
+    assert mb["line"]["pixel_threshold"] and mb["line"]["review"]  # calibrated on Ray as single-process
+    for f in mb["files"]:
         assert open(os.path.join(a, f), "rb").read() == open(os.path.join(b, f), "rb").read(), f
     assert np.array_equal(np.load(os.path.join(a, "negative.npy")), np.load(os.path.join(b, "negative.npy")))
     lines = lambda p: [x for x in p.stdout.splitlines() if not x.startswith(("time:", "banks:"))]  # noqa: E731
@@ -72,7 +83,7 @@ def test_ray_build_with_a_fitted_projection_gives_the_single_process_banks(tmp_p
     assert p.returncode == 0, p.stderr
     ma, mb = (json.load(open(os.path.join(x, "manifest.json"))) for x in (tu.pca_banks(), out))
     ma.pop("created"), mb.pop("created")
-    assert ma == mb and mb["features"]["projection"] == "pca" and "projection.npy" in mb["files"]
+    assert without_sources(ma, mb) == mb and mb["features"]["projection"] == "pca" and "projection.npy" in mb["files"]
 
 
 @pytest.fixture(scope="module")
