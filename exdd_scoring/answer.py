@@ -17,7 +17,7 @@ from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 
-from .manifest import LineRules
+from .line_rules import LineRules
 from .nearest import DefectSources
 from .verdict import area_ok, band, confidence, verdict_codes, verdict_names
 

@@ -32,7 +32,8 @@ from exdd.fileio import check_replaceable, staged_dir
 from exdd_scoring import DEFAULT_MODE, MODES, Bank, BankPair, Scorer, save_bank
 from exdd_scoring.fusion import fit_fusion
 from exdd_scoring.knn import bank_neighbors
-from exdd_scoring.manifest import Confidence, Fusion, LineRules, ReviewBand, RoiInfo, Scoring, Thresholds
+from exdd_scoring.line_rules import Confidence, LineRules, ReviewBand, RoiInfo
+from exdd_scoring.manifest import Fusion, Scoring, Thresholds
 from exdd_scoring.nearest import DefectSources
 from exdd_scoring.provenance import BankStats, CoresetInfo, DefectPatchRule, FileError, OfflineManifest, Sources
 from exdd_scoring.roi import ROI_PNG, patch_roi

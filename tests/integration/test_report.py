@@ -212,3 +212,14 @@ def test_helpers():
     worst_def, worst_norm, best_def, best_norm = groups.values()
     assert [im["path"] for im in worst_def] == ["1", "3", "5"] and [im["path"] for im in best_def] == ["9", "7"]
     assert [im["path"] for im in worst_norm] == ["8", "6", "4"] and [im["path"] for im in best_norm] == ["0", "2"]
+
+
+def test_nearest_sources_are_looked_for_in_the_banks_training_dataset(tiny_banks, tiny_dataset, tmp_path):
+    """A relative nearest_source is found under the dataset the banks were built from (their manifest's
+    sources.dataset), after the results' folder and the evaluated dataset: the gallery shows the training image."""
+    from exdd.report.html import source_roots
+
+    roots = source_roots({"banks": str(tiny_banks), "dataset": str(tmp_path / "elsewhere")}, str(tmp_path))
+    assert roots[:2] == [str(tmp_path), str(tmp_path / "elsewhere")]
+    assert os.path.samefile(roots[2], tiny_dataset), roots
+    assert source_roots({"banks": str(tmp_path / "no-banks")}, None) == []  # no manifest: the other roots only

@@ -198,7 +198,7 @@ def test_banks_before_issue_27_answer_ok_or_defect_at_the_threshold_with_nothing
 
 
 def test_the_manifest_line_section_reads_back_and_is_absent_before_version_3():
-    from exdd_scoring.manifest import LineRules
+    from exdd_scoring.line_rules import LineRules
 
     d = {
         "review": {"dual": {"ok_below": 1.0, "defect_above": 2.0, "detail": {"misses": 0.01}}},
