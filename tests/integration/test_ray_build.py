@@ -75,6 +75,9 @@ def test_ray_build_gives_identical_banks(data, tmp_path):
     assert "corrupt or truncated" in pb.stderr and "Traceback" not in pb.stderr
 
 
+# slow (50 s on 2 cores): the Ray build's identity is tested above and the fitted projection in test_projection.py;
+# this pairs them. Out of the default run to keep it under 10 minutes; `./run tests -m slow` runs it.
+@pytest.mark.slow
 def test_ray_build_with_a_fitted_projection_gives_the_single_process_banks(tmp_path):
     """--projection pca on Ray: fitted on the driver, the matrix sent to every extractor actor; the same
     projection.npy, banks and manifest as the single-process build."""

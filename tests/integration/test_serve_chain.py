@@ -2,12 +2,16 @@
 
 import os
 
+import pytest
 import tiny_world
 from conftest import TINY_ARGS
 
 from scripts import harness
 
 
+# slow (31 s on 2 cores): the benchmarks' chain; the same three commands run in the default suite through the demo
+# and the export tests. Out of the default run to keep it under 10 minutes; `./run tests -m slow` runs it.
+@pytest.mark.slow
 def test_serve_chain_builds_banks_exports_the_extractor_and_assembles_a_repository(tiny_dataset, tmp_path):
     import json
 
