@@ -369,14 +369,7 @@ def build(
         if positive is None or "real" not in pos_ex:
             return None
         synth = pos_ex["synthetic"][0][pos_ex["synthetic"][1]] if "synthetic" in pos_ex else None
-        return crossfit_inputs(
-            negative,
-            manifest,
-            *pos_ex["real"],
-            synth,
-            lambda v: make_bank(v, cfg.pos_ratio, cfg.min_size, cfg.k, cfg.chunk_rows, cfg.oversample)[0],
-            HEAD_SEED,
-        )
+        return head_crossfit_inputs(negative, manifest, *pos_ex["real"], synth, cfg)
 
     return finish(
         dataset,
@@ -421,6 +414,27 @@ def image_head(
 # The image head's folds are fixed, not the build's --seed: the seed means only which images are held out, and
 # the same kept images give the same manifest (tests/test_build_determinism.py).
 HEAD_SEED = 0
+
+
+def head_crossfit_inputs(
+    negative: Bank,
+    manifest: OfflineManifest,
+    features: np.ndarray,
+    sel: np.ndarray,
+    synth: Optional[np.ndarray],
+    cfg: BuildConfig,
+) -> Optional[np.ndarray]:
+    """The image head's cross-fitted statistics of the real defective training images (offline/head.py): each
+    fold's positive bank built as the build's own (make_bank with cfg's settings), the folds fixed (HEAD_SEED)."""
+    return crossfit_inputs(
+        negative,
+        manifest,
+        features,
+        sel,
+        synth,
+        lambda v: make_bank(v, cfg.pos_ratio, cfg.min_size, cfg.k, cfg.chunk_rows, cfg.oversample)[0],
+        HEAD_SEED,
+    )
 
 
 # head_crossfit(manifest) -> the head statistics of the cross-fitted defective training images, or None

@@ -31,19 +31,17 @@ from exdd.log import get as _logger
 from exdd_scoring import BankPair
 
 from .build import (
-    HEAD_SEED,
     BuildConfig,
     BuildResult,
     bank_of,
     calibration_scorer,
     defect_patches,
     finish,
-    make_bank,
+    head_crossfit_inputs,
     plan,
     score_samples,
 )
 from .coreset import Coreset, bank_size, greedy_kcenter, greedy_picks, merge_chunks
-from .head import crossfit_inputs
 
 SCORE_BATCH = 16  # score_samples' batch: shards are multiples of it
 log = _logger(__name__)
@@ -426,14 +424,8 @@ def build_ray(
                 [ray.get(x.ref) for x in pos_parts[len(pos_parts) - n_synth_parts :] if x.rows]
                 or [np.zeros((0, int(features["d"])), np.float16)]
             )
-        return crossfit_inputs(
-            negative,
-            manifest,
-            np.concatenate([g[0] for g in got]),
-            np.concatenate([g[1] for g in got]),
-            synth,
-            lambda v: make_bank(v, cfg.pos_ratio, cfg.min_size, cfg.k, cfg.chunk_rows, cfg.oversample)[0],
-            HEAD_SEED,
+        return head_crossfit_inputs(
+            negative, manifest, np.concatenate([g[0] for g in got]), np.concatenate([g[1] for g in got]), synth, cfg
         )
 
     return finish(
