@@ -21,7 +21,7 @@ from typing import Any, Callable, Dict, Optional, Tuple
 import numpy as np
 
 from .bank import BankError, sha256_file
-from .knn import DEFAULT_MAX_BLOCK, nearest, sq_norms
+from .knn import default_max_block, nearest, sq_norms
 from .manifest import BankManifest, IndexEntry, IndexFile
 
 INDEX_KEY = "index"
@@ -51,8 +51,9 @@ class ExactSearcher:
 
     kind = "exact"
 
-    def __init__(self, vectors: Any, xp: Any = np, max_block: int = DEFAULT_MAX_BLOCK):
-        self.xp, self.max_block = xp, int(max_block)
+    def __init__(self, vectors: Any, xp: Any = np, max_block: Optional[int] = None):
+        self.xp = xp
+        self.max_block = int(max_block) if max_block is not None else default_max_block(xp)
         self.vectors = xp.asarray(vectors, dtype=xp.float32)
         self.sq = sq_norms(self.vectors, xp)
 

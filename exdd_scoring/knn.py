@@ -8,7 +8,14 @@ from __future__ import annotations
 
 from typing import Any, Tuple
 
-DEFAULT_MAX_BLOCK = 1 << 22  # 4 Mi float32 = 16 MiB per distance block
+DEFAULT_MAX_BLOCK = 1 << 22  # 4 Mi float32 = 16 MiB per distance block (host memory, CPU caches)
+GPU_MAX_BLOCK = 1 << 26  # 64 Mi float32 = 256 MiB per block on a GPU: 2.6x the scorer's frames/s of 4 Mi on an
+# H200 at batch 32 (fewer, larger matmuls; BENCHMARKS.md "gpu_check"), a bounded share of a GPU's memory
+
+
+def default_max_block(xp: Any) -> int:
+    """The distance-block size for array module xp: larger on a GPU (CuPy), where launches, not memory, cost."""
+    return GPU_MAX_BLOCK if getattr(xp, "__name__", "") == "cupy" else DEFAULT_MAX_BLOCK
 
 
 def _chunks(nq: int, nb: int, max_block: int) -> Tuple[int, int]:

@@ -8,7 +8,7 @@ from typing import Any, Dict, Iterable, Optional, Tuple
 import numpy as np
 
 from .bank import BankPair
-from .knn import DEFAULT_MAX_BLOCK, nearest, sq_norms
+from .knn import default_max_block, nearest, sq_norms
 from .nearest import peak_patches, rows_at
 from .regions import largest_regions
 from .resample import upsample_smooth, upsample_smooth_matrices
@@ -32,14 +32,16 @@ class Scorer:
         sigma: float = 4.0,
         eps: float = 1e-6,
         out_hw: Optional[Tuple[int, int]] = None,
-        max_block: int = DEFAULT_MAX_BLOCK,
+        max_block: Optional[int] = None,
         searchers: Optional[Dict[str, Any]] = None,
     ):
         # searchers: optional {'negative'|'positive': object with nearest(queries) -> (dist, idx)} (see ann.py);
         # banks without one use the exact chunked search
         self.searchers = dict(searchers or {})
         feats = banks.manifest.features
-        self.xp, self.eps, self.max_block = xp, float(eps), int(max_block)
+        # max_block: elements of the largest distance block (default: default_max_block(xp), larger on a GPU)
+        self.xp, self.eps = xp, float(eps)
+        self.max_block = int(max_block) if max_block is not None else default_max_block(xp)
         self.grid = feats.grid
         hw = out_hw or feats.input_size
         self.out_hw = (int(hw[0]), int(hw[1]))

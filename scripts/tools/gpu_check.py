@@ -109,6 +109,11 @@ def main() -> int:
     ap.add_argument("--check-images", type=int, default=16)
     ap.add_argument("--batches", default="1,8,32")
     ap.add_argument("--seconds", type=float, default=8.0, help="timing window per measurement")
+    ap.add_argument(
+        "--max-blocks",
+        default=None,
+        help="comma-separated kNN distance-block sizes (elements) to time the CuPy scorer at, besides the default",
+    )
     ap.add_argument("--cpu", action="store_true", help="force the CPU fallback")
     ap.add_argument("--cpu-bank-size", type=int, default=4_000, help="negative bank size in the CPU fallback")
     args = ap.parse_args()
@@ -121,7 +126,7 @@ def main() -> int:
     import torch
 
     from exdd.offline.features import build_extractor
-    from exdd_scoring import Bank, BankPair, Scorer, load_banks
+    from exdd_scoring import DEFAULT_MODE, Bank, BankPair, Scorer, load_banks
     from exdd_scoring.knn import bank_neighbors
 
     rep: Dict[str, Any] = {
@@ -201,7 +206,7 @@ def main() -> int:
         nb_pos = bank_neighbors(xp_nb.asarray(pos), 3, xp_nb)
         if cp is not None:
             nb_neg, nb_pos = cp.asnumpy(nb_neg), cp.asnumpy(nb_pos)
-        manifest = {"features": info, "k": 3, "default_mode": "exdd"}
+        manifest = {"features": info, "k": 3, "default_mode": DEFAULT_MODE}  # the served default
         pair = BankPair(Bank(neg, nb_neg), Bank(pos, nb_pos), manifest)
         src = args.data if os.path.isdir(args.data) else "generated surfaces"
         rep["banks"] = {
@@ -256,24 +261,33 @@ def main() -> int:
         fb = np.repeat(feats[:1], b, axis=0)
         f_dev = cp.asarray(fb) if cp is not None else fb
         mode = sc_dev.default_mode
-        s_sc = timed(
-            lambda: sc_dev.score(f_dev, map_modes=(mode,)),
-            window,
-            sync=(cp.cuda.Stream.null.synchronize if cp is not None else (lambda: None)),
-        )
+        sync_sc = cp.cuda.Stream.null.synchronize if cp is not None else (lambda: None)
+        # as the served scorer model calls it: the served mode's score and map only
+        s_sc = timed(lambda: sc_dev.score(f_dev, map_modes=(mode,), modes=(mode,)), window, sync=sync_sc)
         rep["figures"][f"score_fps_batch{b}"] = sig(b / s_sc)
+        s_ev = timed(lambda: sc_dev.evidence(f_dev), window, sync=sync_sc)  # both banks' kNN and peaks alone
+        rep["figures"][f"evidence_fps_batch{b}"] = sig(b / s_ev)
+        if cp is not None and args.max_blocks:
+            for mb in (int(v) for v in args.max_blocks.split(",")):
+                sc_mb = Scorer(pair, xp=cp, max_block=mb)
+                s_mb = timed(lambda: sc_mb.score(f_dev, map_modes=(mode,), modes=(mode,)), window, sync=sync_sc)
+                rep["figures"][f"score_fps_batch{b}_max_block{mb}"] = sig(b / s_mb)
+                log(f"batch {b}: score at max_block {mb}: {b / s_mb:.1f} frames/s")
 
         def e2e() -> None:
             with torch.inference_mode():
                 f = model(torch.from_numpy(imgs).to(dev)).float().contiguous()
             fx = cp.from_dlpack(f) if cp is not None else f.numpy()
-            out = sc_dev.score(fx, map_modes=(mode,))
+            out = sc_dev.score(fx, map_modes=(mode,), modes=(mode,))
             if cp is not None:
                 cp.asnumpy(out.scores[mode]), cp.asnumpy(out.maps[mode])
 
         s_e2e = timed(e2e, window)
         rep["figures"][f"end_to_end_fps_batch{b}"] = sig(b / s_e2e)
-        log(f"batch {b}: extract {b / s_ext:.1f} / score {b / s_sc:.1f} / end to end {b / s_e2e:.1f} frames/s")
+        log(
+            f"batch {b}: extract {b / s_ext:.1f} / evidence {b / s_ev:.1f} / score {b / s_sc:.1f} / "
+            f"end to end {b / s_e2e:.1f} frames/s"
+        )
     rep["figures"]["bank_negative"] = int(pair.negative.size)
     rep["figures"]["input_size"] = list(hw)
 

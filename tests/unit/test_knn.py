@@ -52,3 +52,12 @@ def test_bank_neighbors_drop_self_even_with_duplicates():
     # the nearest other row is always among the neighbours
     assert all(full[i].argmin() in nb[i] or full[i].min() == full[i][nb[i][0]] for i in range(20))
     assert 7 in nb[2] and 2 in nb[7]
+
+
+def test_the_default_block_is_larger_on_a_gpu_module_only():
+    import types
+
+    from exdd_scoring.knn import DEFAULT_MAX_BLOCK, GPU_MAX_BLOCK, default_max_block
+
+    assert default_max_block(np) == DEFAULT_MAX_BLOCK
+    assert default_max_block(types.ModuleType("cupy")) == GPU_MAX_BLOCK > DEFAULT_MAX_BLOCK
