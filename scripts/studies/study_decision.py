@@ -292,7 +292,7 @@ def study_set(
                 "banks": [meta["neg"]["size"], meta["pos"]["size"]],
                 "fusion": params,
                 "head": head,
-                "eps_b": te.eps_b,
+                "eps_b": eps_b(te.ev),
                 "image": img,
                 "pixel": pix,
                 "stability": stab,
