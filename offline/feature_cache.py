@@ -31,9 +31,16 @@ class RawCache:
         self.paths: List[str] = meta["paths"]
         self.weights_id: str = meta["weights_id"]
         self.index = {p: i for i, p in enumerate(self.paths)}
+        for i, p in enumerate(self.paths):  # the same file named another way (relative, through a link) finds it too
+            self.index.setdefault(os.path.realpath(p), i)
         self.raw = np.load(os.path.join(folder, "raw.npy"), mmap_mode="r")
         self.covers = np.load(os.path.join(folder, "covers.npy"))
         self.masks = np.load(os.path.join(folder, "masks.npy"), mmap_mode="r")
+
+    def row_of(self, path: str) -> Optional[int]:
+        """The cache row of an image file (by the path it was cached under, else by its real path); None if absent."""
+        row = self.index.get(path)
+        return row if row is not None else self.index.get(os.path.realpath(path))
 
     def project(self, rows: Sequence[int], proj: np.ndarray, dtype=np.float16, chunk: int = 16) -> np.ndarray:
         """raw[rows] @ proj in chunks of images."""
@@ -50,8 +57,9 @@ class RawCache:
         """A build() featurizer serving cached features projected by proj."""
 
         def featurize(samples, with_mask, progress):
-            kept = [s for s in samples if s.path in self.index]
-            rows = [self.index[s.path] for s in kept]
+            found = [(s, self.row_of(s.path)) for s in samples]
+            kept = [s for s, r in found if r is not None]
+            rows = [r for _, r in found if r is not None]
             if progress:
                 progress(len(samples))
             return Extracted(self.project(rows, proj), self.covers[rows] if with_mask else None, kept, [])

@@ -65,6 +65,26 @@ def test_raw_caches_then_normal_rows_give_the_projected_defect_free_patches(tiny
     assert len(normal) >= 2 and rows.shape == (2 * grid[0] * grid[1], 16)
 
 
+def test_a_raw_cache_finds_an_image_named_through_a_link_or_a_relative_path(tiny_dataset, tmp_path, monkeypatch):
+    from exdd.datasets import load_split
+    from exdd.offline.features import make_projection
+
+    caches = common.raw_caches(str(tiny_dataset), "random:0", TINY_HW, str(tmp_path), splits=("train",), progress=False)
+    c = caches["train"]
+    link = tmp_path / "data-link"
+    link.symlink_to(tiny_dataset)
+    monkeypatch.chdir(tiny_dataset.parent)
+    for root in (str(link), os.path.relpath(tiny_dataset)):
+        samples = load_split(root, "train")
+        assert samples and all(s.path not in c.paths for s in samples)
+        rows = [c.row_of(s.path) for s in samples]
+        assert rows == [c.paths.index(os.path.realpath(s.path)) for s in samples]
+        got = c.featurizer(make_projection(16, 0))(samples, False, None)
+        assert [s.path for s in got.samples] == [s.path for s in samples]
+        assert got.features.shape[0] == len(samples) and got.features.shape[-1] == 16
+    assert c.row_of(str(tmp_path / "absent.png")) is None
+
+
 def test_exdd_runner_returns_seconds_and_raises_with_stderr(tmp_path):
     assert common.exdd("--help") > 0
     lines = []
