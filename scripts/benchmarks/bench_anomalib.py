@@ -245,7 +245,8 @@ def exdd_modes(
     name = os.path.basename(os.path.normpath(split.dataset))
     model, info = build_extractor(weights, d, 0, input_hw)
     proj = make_projection(d, 0)
-    caches = _caches(cache, name, input_hw, info["weights"]) if cache else None
+    needed = {"train": load_split(split.dataset, "train"), "test": split.test}
+    caches = _caches(cache, name, input_hw, info["weights"], needed) if cache else None
     featurize = caches["train"].featurizer(proj) if caches else None
     bank_dir = os.path.join(work, f"{name}-{input_hw[0]}x{input_hw[1]}-d{d}")
     t0, c0 = time.perf_counter(), time.process_time()
@@ -266,7 +267,7 @@ def exdd_modes(
     errors: List[Tuple[str, str]] = []
     if caches:
         test = caches["test"]
-        rows = [test.index[s.path] for s in split.test]
+        rows = [test.row_of(s.path) for s in split.test]  # every one present: _caches checked
         feed = ((split.test[i : i + 8], test.project(rows[i : i + 8], proj, np.float32), None) for i in range(0, n, 8))
     else:
         feed = ((bs, run_extractor(model, imgs), None) for bs, imgs, _ in batches(split.test, hw, 8, False, errors))
@@ -313,8 +314,9 @@ def exdd_modes(
     return out, infer
 
 
-def _caches(cache: str, name: str, input_hw: Tuple[int, int], weights_id: str):
-    """Existing raw-feature caches of the dataset when they match the weights and input size, else None."""
+def _caches(cache: str, name: str, input_hw: Tuple[int, int], weights_id: str, needed: Dict[str, Sequence[Sample]]):
+    """Existing raw-feature caches of the dataset when they match the weights and input size and hold every
+    needed image (a subset cache would silently give exdd fewer images than anomalib), else None."""
     from exdd.offline.feature_cache import RawCache
 
     out = {}
@@ -328,7 +330,12 @@ def _caches(cache: str, name: str, input_hw: Tuple[int, int], weights_id: str):
         if m.get("weights_id") != weights_id or list(m.get("input_size", [])) != list(input_hw):
             print(f"cache: {folder} has other weights or input size: not used", file=sys.stderr)
             return None
-        out[split] = RawCache(folder)
+        c = RawCache(folder)
+        missing = [x.path for x in needed.get(split, ()) if c.row_of(x.path) is None]
+        if missing:
+            print(f"cache: {folder} lacks {len(missing)} images (e.g. {missing[0]}): not used", file=sys.stderr)
+            return None
+        out[split] = c
     return out
 
 
@@ -499,7 +506,7 @@ def reproduce(
 
         def ours(samples):
             return np.stack(
-                [np.asarray(caches[s.split].raw[caches[s.split].index[s.path]], np.float32) for s in samples]
+                [np.asarray(caches[s.split].raw[caches[s.split].row_of(s.path)], np.float32) for s in samples]
             ).reshape(len(samples), -1, 1536)
 
         on, ot = ours(split.normals), ours(split.test)
