@@ -385,6 +385,30 @@ def decide(image: Dict[str, Dict], pixel: Dict[str, Dict]) -> Dict[str, str]:
     return {"image": img, "image_why": why, "map": mp, "map_why": mwhy}
 
 
+def replaces_served(vs_patchcore: Dict[str, Dict], vs_served: Dict[str, Dict], served: str) -> Dict[str, str]:
+    """Issue 25's rule for changing the served image score (written before the pooled figures): a candidate
+    replaces it only if it passes the rule against `patchcore`, its pooled difference against the served score
+    is >= -0.01 with the interval's lower end > -0.03, and its stability is >= 0.9 on every set where the served
+    score's is below 0.9. Per candidate: 'yes' or the first condition it misses."""
+    out = {}
+    for n, r in vs_served.items():
+        if n in (served, "patchcore"):
+            continue
+        low = [s for s, v in vs_served[served]["per_set"].items() if (v["stability"] or 0) < 0.9]
+        unstable = [s for s in low if (r["per_set"][s]["stability"] or 0) < 0.9]
+        if not vs_patchcore[n]["passes"]:
+            out[n] = "no: does not pass against patchcore"
+        elif r["pooled_diff"] < -0.01 or r["pooled_ci90"][0] <= -0.03:
+            out[n] = f"no: {r['pooled_diff']:+.3f} [{r['pooled_ci90'][0]:+.3f}, ...] against {served}"
+        elif unstable:
+            out[n] = "no: stability under 0.9 on " + ", ".join(
+                f"{s} ({r['per_set'][s]['stability']:.3f})" for s in unstable
+            )
+        else:
+            out[n] = "yes"
+    return out
+
+
 def table(res: Dict[str, Dict], sets: List[str], pixel: bool) -> str:
     """Markdown: pooled and per-set difference vs the base with 90 % intervals."""
     head = (
@@ -487,8 +511,18 @@ def main() -> None:
             study_set(os.path.join(a.root, s, a.variant), a.boot, 0, a.cache, a.pro_stride, imgs, ("ratio",))
             for s in names
         ]
+        paired = summarise(sets, "image", a.image_base)
+        verdict = replaces_served(summarise(sets, "image", "patchcore"), paired, a.image_base)
         print(f"## {a.variant}: image scores paired with `{a.image_base}`\n")
-        print(table(summarise(sets, "image", a.image_base), names, False))
+        print(table(paired, names, False))
+        print(f"\nReplaces `{a.image_base}` (issue 25's rule)?\n")
+        print("\n".join(f"- `{n}`: {v}" for n, v in verdict.items()))
+        if a.json:
+            BenchResult(
+                "study_decision",
+                params_of(a),
+                {"variant": a.variant, "image_base": a.image_base, "image": paired, "replaces": verdict},
+            ).save(a.json)
         return
     if a.against:
         imgs = a.images.split(",") if a.images else None

@@ -217,3 +217,28 @@ def test_study_scores_the_pooled_candidates_with_the_served_modes_and_crossfits_
     assert (cf["a_pos"][:, 4:] > 0.3).all()  # its own defect patches are not in its fold's bank
     full = ss.bank_evidence(feats, cf["ids"], ss.make_bank(feats[defects][sel], 1.0, 1)[:2], "pos")
     assert (full["a_pos"][:, 4:] < 0.05).all()  # the full bank holds them (float32 kNN): the leak
+
+
+def test_the_served_score_is_replaced_only_by_a_candidate_that_meets_every_condition_of_the_rule():
+    from scripts.studies.study_decision import replaces_served
+
+    def cand(diff, low, stab, passes=True):
+        per = {s: {"stability": v} for s, v in zip(("a", "b"), stab)}
+        return {"pooled_diff": diff, "pooled_ci90": [low, diff + 0.02], "per_set": per, "passes": passes}
+
+    served = cand(0.0, 0.0, (0.74, 0.95))
+    vs_served = {
+        "served": served,
+        "good": cand(-0.005, -0.02, (0.91, 0.5)),  # set b: the served score is stable there already
+        "weaker": cand(-0.02, -0.04, (0.95, 0.95)),
+        "wide": cand(0.0, -0.03, (0.95, 0.95)),
+        "shaky": cand(0.01, -0.01, (0.89, 0.95)),
+        "unpassed": cand(0.01, -0.01, (0.95, 0.95)),
+    }
+    vs_patchcore = {n: {"passes": n != "unpassed"} for n in vs_served}
+    got = replaces_served(vs_patchcore, vs_served, "served")
+    assert got["good"] == "yes"
+    assert got["weaker"].startswith("no: -0.020") and got["wide"].startswith("no: +0.000")
+    assert got["shaky"] == "no: stability under 0.9 on a (0.890)"
+    assert got["unpassed"] == "no: does not pass against patchcore"
+    assert "served" not in got
