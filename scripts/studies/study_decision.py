@@ -490,6 +490,12 @@ def versus_table(res: Dict[str, Dict], sets: List[str], label: str) -> str:
     return "\n".join(lines)
 
 
+def save_json(a: argparse.Namespace, payload: Dict) -> None:
+    """The study's figures as a BenchResult JSON at --json (nothing without it)."""
+    if a.json:
+        BenchResult("study_decision", params_of(a), payload).save(a.json)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("root", help="the --out folder of study_splits.py")
@@ -517,12 +523,7 @@ def main() -> None:
         print(table(paired, names, False))
         print(f"\nReplaces `{a.image_base}` (issue 25's rule)?\n")
         print("\n".join(f"- `{n}`: {v}" for n, v in verdict.items()))
-        if a.json:
-            BenchResult(
-                "study_decision",
-                params_of(a),
-                {"variant": a.variant, "image_base": a.image_base, "image": paired, "replaces": verdict},
-            ).save(a.json)
+        save_json(a, {"variant": a.variant, "image_base": a.image_base, "image": paired, "replaces": verdict})
         return
     if a.against:
         imgs = a.images.split(",") if a.images else None
@@ -543,12 +544,7 @@ def main() -> None:
             )
         )
         print("\n" + versus_table(image, names, "image score") + "\n\n" + versus_table(pixel, names, "map"))
-        if a.json:
-            BenchResult(
-                "study_decision",
-                params_of(a),
-                {"variant": a.variant, "against": a.against, "image": image, "pixel": pixel},
-            ).save(a.json)
+        save_json(a, {"variant": a.variant, "against": a.against, "image": image, "pixel": pixel})
         return
     imgs = sorted(set(a.images.split(",")) | {"patchcore"}) if a.images else None
     mps = sorted(set(a.maps.split(",")) | {"ratio"}) if a.maps else None
@@ -580,11 +576,7 @@ def main() -> None:
             }
             for s in sets
         ]
-        BenchResult(
-            "study_decision",
-            params_of(a),
-            {"variant": a.variant, "image": image, "pixel": pixel, "decision": dec, "sets": slim},
-        ).save(a.json)
+        save_json(a, {"variant": a.variant, "image": image, "pixel": pixel, "decision": dec, "sets": slim})
 
 
 if __name__ == "__main__":
