@@ -15,6 +15,7 @@ faiss = pytest.importorskip("faiss")
 
 import triton_util as tu  # noqa: E402
 
+from exdd.defaults import SCORE_RTOL  # noqa: E402
 from exdd.serving.ann_index import add_index  # noqa: E402
 from exdd.serving.configs import Serving  # noqa: E402
 from exdd.serving.repository import RepositoryError, assemble  # noqa: E402
@@ -84,8 +85,11 @@ def test_index_is_checksummed_in_the_manifest_and_scores_equal_exact(indexed_ban
     exact = Scorer(banks).score(feats)
     approx = Scorer(banks, searchers=searchers).score(feats)
     for m in exact.scores:
-        np.testing.assert_allclose(approx.scores[m], exact.scores[m], rtol=1e-4)
-    np.testing.assert_allclose(approx.patch_neg, exact.patch_neg, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(approx.scores[m], exact.scores[m], rtol=SCORE_RTOL)
+    # patch distances as maps are promised: within SCORE_RTOL of the largest (the exact search expands
+    # |a|^2 + |b|^2 - 2ab, whose rounding on a small distance is ~1e-4 of it on some CPUs; HNSW subtracts directly)
+    peak = float(exact.patch_neg.max())
+    np.testing.assert_allclose(approx.patch_neg, exact.patch_neg, rtol=SCORE_RTOL, atol=SCORE_RTOL * peak)
 
 
 def test_ef_search_grows_with_the_bank_and_is_recorded_and_used_per_file(indexed_banks):
