@@ -240,6 +240,13 @@ def main() -> None:
     ap.add_argument("--min-cover", type=float, default=MIN_COVER, help="mask cover that makes a patch a defect patch")
     ap.add_argument("--reuse-neg", default=None, help="variant whose negative evidence of the same split is reused")
     ap.add_argument("--max-normals", type=int, default=None, help="seeded subset of the training normals")
+    ap.add_argument(
+        "--fit-on",
+        default="kept",
+        choices=("kept", "train"),
+        help="a fitted projection's normals: those the banks keep (as the build fits) or every training normal of "
+        "the split, the held-out ones too (then the same for every build seed)",
+    )
     ap.add_argument("--cache", default="runs/cache")
     ap.add_argument("--out", default="runs/decision")
     ap.add_argument("--variant", default=None, help="output sub-folder (default: PROJ-dD)")
@@ -255,7 +262,7 @@ def main() -> None:
     F = Features(caches, samples)
     variant = a.variant or f"{a.proj}-d{a.d if a.proj != 'none' else 1536}" + (
         f"-pos{a.pos_ratio:g}" if a.pos_ratio != POS_RATIO else ""
-    ) + (f"-cover{a.min_cover:g}" if a.min_cover != MIN_COVER else "")
+    ) + (f"-cover{a.min_cover:g}" if a.min_cover != MIN_COVER else "") + ("-fitall" if a.fit_on == "train" else "")
     out_dir = os.path.join(a.out, name, variant)
     os.makedirs(out_dir, exist_ok=True)
     grid = list(caches["train"].raw.shape[1:3])
@@ -286,7 +293,8 @@ def main() -> None:
             held_i = [pos_of[s.path] for s in held]
             feats = feats_fixed
             if feats is None:
-                p, mu = fitted_projection(a.proj, a.d, F.raw_rows(normals, 200, split))
+                fit = normals if a.fit_on == "kept" else [pos_of[s.path] for s in train if s.label == 0]
+                p, mu = fitted_projection(a.proj, a.d, F.raw_rows(fit, 200, split))
                 feats = F.project(p, mu)
             d = feats.shape[-1]
             reused = None
