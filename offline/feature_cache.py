@@ -42,6 +42,11 @@ class RawCache:
         row = self.index.get(path)
         return row if row is not None else self.index.get(os.path.realpath(path))
 
+    def rows_of(self, samples: Sequence[Sample]) -> Tuple[List[Sample], List[int]]:
+        """The samples found in the cache (in order) and their rows (row_of: by path, else by real path)."""
+        found = [(s, self.row_of(s.path)) for s in samples]
+        return [s for s, r in found if r is not None], [r for _, r in found if r is not None]
+
     def project(self, rows: Sequence[int], proj: np.ndarray, dtype=np.float16, chunk: int = 16) -> np.ndarray:
         """raw[rows] @ proj in chunks of images."""
         h, w = self.raw.shape[1:3]
@@ -57,9 +62,7 @@ class RawCache:
         """A build() featurizer serving cached features projected by proj."""
 
         def featurize(samples, with_mask, progress):
-            found = [(s, self.row_of(s.path)) for s in samples]
-            kept = [s for s, r in found if r is not None]
-            rows = [r for _, r in found if r is not None]
+            kept, rows = self.rows_of(samples)
             if progress:
                 progress(len(samples))
             return Extracted(self.project(rows, proj), self.covers[rows] if with_mask else None, kept, [])

@@ -56,10 +56,10 @@ def cached_first(caches: Sequence[Any], proj: np.ndarray, fallback: Callable) ->
         parts = []
         rest = list(samples)
         for c in caches:
-            hit = [s for s in rest if s.path in c.index]
+            hit, _ = c.rows_of(rest)
             if hit:
                 parts.append(c.featurizer(proj)(hit, with_mask, None))
-            rest = [s for s in rest if s.path not in c.index]
+            rest = [s for s in rest if c.row_of(s.path) is None]
         if rest:
             parts.append(fallback(rest, with_mask, None))
         if progress:
@@ -106,10 +106,13 @@ def sweep(
     test_ex = memo(test, True, None)
     masks = {}
     for s in test_ex.samples:
-        cached = next((c for c in raw_caches if s.path in c.index), None)
-        masks[s.path] = (
-            np.asarray(cached.masks[cached.index[s.path]]) if cached is not None else read_sample(s, size_hw, True)[1]
-        )
+        mask = None
+        for c in raw_caches:
+            row = c.row_of(s.path)
+            if row is not None:
+                mask = np.asarray(c.masks[row])
+                break
+        masks[s.path] = mask if mask is not None else read_sample(s, size_hw, True)[1]
     rows: List[Dict[str, Any]] = []
     negative = None  # the negative bank does not depend on the synthetic count
     for c in counts:

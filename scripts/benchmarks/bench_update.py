@@ -183,9 +183,8 @@ def main() -> None:
     test = caches["test"]
     # test images that are copies of training images are left out, as `offline evaluate` does
     leaked = {p for p, _ in duplicates_across(load_split(a.dataset, "test"), train)}
-    test_samples = [s for s in load_split(a.dataset, "test") if s.path in test.index and s.path not in leaked]
+    test_samples, test_rows = test.rows_of([s for s in load_split(a.dataset, "test") if s.path not in leaked])
     log(f"test: {len(test_samples)} images ({len(leaked)} copies of training images left out)")
-    test_rows = [test.index[s.path] for s in test_samples]
     test_feats = test.project(test_rows, proj, np.float32)
     labels = np.array([s.label for s in test_samples])
 

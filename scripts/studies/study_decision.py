@@ -251,7 +251,7 @@ def study_set(
     w_all = np.random.default_rng(seed).poisson(1.0, (n_boot, n_all)).astype(np.float64)
     hw = tuple(meta0["input_size"])
     caches = {sp: RawCache(os.path.join(cache_root, f"{meta0['set']}-{hw[0]}x{hw[1]}", sp)) for sp in ("train", "test")}
-    where = [(sp, caches[sp].index[p]) for p, sp in zip(meta0["paths"], meta0["splits_of"])]
+    where = [(sp, caches[sp].row_of(p)) for p, sp in zip(meta0["paths"], meta0["splits_of"])]
     s_h, s_w = upsample_smooth_matrices(tuple(meta0["grid"]), hw, 4.0)
     out = {"set": meta0["set"], "splits": [], "variant": os.path.basename(folder)}
     for f in files:

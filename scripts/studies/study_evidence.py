@@ -99,8 +99,7 @@ def main() -> None:
         },
     )
     for key, (cache, samples) in sets.items():
-        kept = [s for s in samples if s.path in cache.index]
-        rows = [cache.index[s.path] for s in kept]
+        kept, rows = cache.rows_of(samples)
         t1 = time.time()
 
         def feats(bs=8):

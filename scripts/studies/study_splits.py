@@ -118,7 +118,7 @@ class Features:
 
     def __init__(self, caches: Dict[str, RawCache], samples: Sequence[Sample]):
         self.caches, self.samples = caches, list(samples)
-        self.where = [(s.split, caches[s.split].index[s.path]) for s in samples]
+        self.where = [(s.split, caches[s.split].row_of(s.path)) for s in samples]
 
     def project(self, proj: np.ndarray, center: np.ndarray) -> np.ndarray:
         """(n, P, d) float16 of (raw - center) @ proj for every image, read chunk by chunk."""
@@ -256,7 +256,7 @@ def main() -> None:
     root = os.path.join(DATA, name)
     caches = {sp: RawCache(os.path.join(a.cache, f"{name}-{hw[0]}x{hw[1]}", sp)) for sp in ("train", "test")}
     samples, groups, n_copies, _ = pooled_samples(root)
-    samples = [s for s in samples if s.path in caches[s.split].index]
+    samples = [s for s in samples if caches[s.split].row_of(s.path) is not None]
     groups = groups_of(root, samples)
     orig_test = [s for s in samples if s.split == "test"]
     F = Features(caches, samples)

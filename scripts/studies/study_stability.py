@@ -86,8 +86,7 @@ class Projected:
     """Every image of a split projected once: (n, h, w, d) float16, its mask coverage, and a build() featurizer."""
 
     def __init__(self, cache: RawCache, samples: Sequence[Sample], proj: np.ndarray):
-        self.samples = [s for s in samples if s.path in cache.index]
-        rows = [cache.index[s.path] for s in self.samples]
+        self.samples, rows = cache.rows_of(samples)
         self.row = {s.path: i for i, s in enumerate(self.samples)}
         self.feats = cache.project(rows, proj)
         self.covers = cache.covers[rows]

@@ -43,7 +43,7 @@ def main() -> None:
     t_extract = time.time() - t0
     print(f"raw features ready in {t_extract:.0f}s", file=sys.stderr)
     test = caches["test"]
-    test_samples = [s for s in load_split(a.dataset, "test") if s.path in test.index]
+    test_samples, order = test.rows_of(load_split(a.dataset, "test"))
     rows = []
     os.makedirs(a.out, exist_ok=True)
     for d in (int(v) for v in a.ds.split(",")):
@@ -57,7 +57,6 @@ def main() -> None:
             warnings.simplefilter("ignore", RuntimeWarning)
             scorer = Scorer(load_banks(bank_dir, info))
         t2 = time.time()
-        order = [test.index[s.path] for s in test_samples]
 
         def batches(bs=8):
             for i in range(0, len(order), bs):
