@@ -391,10 +391,10 @@ def replaces_served(vs_patchcore: Dict[str, Dict], vs_served: Dict[str, Dict], s
     is >= -0.01 with the interval's lower end > -0.03, and its stability is >= 0.9 on every set where the served
     score's is below 0.9. Per candidate: 'yes' or the first condition it misses."""
     out = {}
+    low = [s for s, v in vs_served[served]["per_set"].items() if (v["stability"] or 0) < 0.9]
     for n, r in vs_served.items():
         if n in (served, "patchcore"):
             continue
-        low = [s for s, v in vs_served[served]["per_set"].items() if (v["stability"] or 0) < 0.9]
         unstable = [s for s in low if (r["per_set"][s]["stability"] or 0) < 0.9]
         if not vs_patchcore[n]["passes"]:
             out[n] = "no: does not pass against patchcore"

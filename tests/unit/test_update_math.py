@@ -46,10 +46,10 @@ def test_chunked_extend_keeps_the_radius_and_the_minimum():
     centres = np.concatenate([a[cs.indices], b[ext.indices]])
     true = coverage_radius(b, centres)
     assert len(ext.indices) >= 5 and len(set(ext.indices.tolist())) == len(ext.indices)
-    # float32 distances by |x|^2 + |c|^2 - 2xc round by about eps32 x |x|^2 in d^2, so d by that / 2d: on the far
-    # cluster (|x|^2 ~ 650) about 2e-5, and the CPU's vector width decides which way
+    # the true radius, computed apart from the greedy's own: float32 distances by |x|^2 + |c|^2 - 2xc round by about
+    # eps32 x |x|^2 in d^2, so d by that / 2d: on the far cluster (|x|^2 ~ 650) about 2e-5, either way by CPU
     tol = 4 * float(np.finfo(np.float32).eps) * float((b.astype(np.float64) ** 2).sum(1).max()) / r0
-    assert true <= ext.radius + tol and ext.radius <= r0 + tol
+    assert true <= ext.radius + tol and ext.radius <= r0 + 1e-5
     assert (ext.indices >= 1500).any()
     # one chunk: the exact continued greedy
     exact = extend_kcenter(a[cs.indices], b, min_picks=30, radius=r0, chunk_rows=10_000)
