@@ -262,7 +262,9 @@ def main() -> None:
     F = Features(caches, samples)
     variant = a.variant or f"{a.proj}-d{a.d if a.proj != 'none' else 1536}" + (
         f"-pos{a.pos_ratio:g}" if a.pos_ratio != POS_RATIO else ""
-    ) + (f"-cover{a.min_cover:g}" if a.min_cover != MIN_COVER else "") + ("-fitall" if a.fit_on == "train" else "")
+    ) + (f"-neg{a.neg_ratio:g}" if a.neg_ratio != NEG_RATIO else "") + (
+        f"-cover{a.min_cover:g}" if a.min_cover != MIN_COVER else ""
+    ) + ("-fitall" if a.fit_on == "train" else "")
     out_dir = os.path.join(a.out, name, variant)
     os.makedirs(out_dir, exist_ok=True)
     grid = list(caches["train"].raw.shape[1:3])
