@@ -163,7 +163,7 @@ def offline() -> None:
     default=DEFAULT_GAMMA,
     show_default=True,
     type=click.FloatRange(0.0, 4.0),
-    help="Exponent of the dual map a- (a-/a+)^gamma (modes dual, fusion).",
+    help="Exponent of the dual map a- (a-/a+)^gamma (modes dual, dual_bounded, dual_topk; the head's inputs).",
 )
 @click.option(
     "--seed",

@@ -180,11 +180,9 @@ def served_evidence(e: Any, pos_scale: Optional[float], params: Dict, rows: Opti
     an, ap, nbn, nbp = sub(e.a_neg), sub(e.a_pos), sub(e.nb_neg), sub(e.nb_pos)
     t = e.d**0.5
     peak = lambda a, nb: {"s_star": a.max(1), "q": reweight_q(a.max(1), nb[:, 1 : defaults.K], t, np)}  # noqa: E731
-    full = (
-        dict(params, gamma=DEFAULT_GAMMA)
-        if pos_scale is None
-        else dict(params, gamma=DEFAULT_GAMMA, pos_scale=pos_scale)
-    )
+    full = {"gamma": DEFAULT_GAMMA, **params}  # params may set another gamma (a study's variant of the dual map)
+    if pos_scale is not None:
+        full["pos_scale"] = pos_scale
     return Evidence(
         an,
         ap,

@@ -11,11 +11,13 @@ Protocol (BENCHMARKS.md, "The image decision, decided with enough data"):
 - a candidate becomes the default image score only if its pooled 90 % interval is above 0 and no set's
   point difference is below -0.02; among those, the largest pooled difference;
 - maps the same way against the ratio map (pixel AUROC, pixel-resampled by image; AUPRO point values);
-- stability: Spearman correlation of the test scores of two builds of split 0 that differ only in the build
-  seed (hold-out and coreset starts).
+- stability: Spearman correlation of the test scores of two builds of a split that differ only in the build
+  seed (which images are held out), the mean over the splits that have both builds.
 The pooled image scores of issue 25 (POOLED: top-k means of the dual_b01 and of the served ratio_b map at each
-fraction of TOPK_STUDY, the image head) are computed by the served modes themselves (exdd_scoring.scores on an
-Evidence rebuilt from the split's evidence) and the head fitted by exdd.offline.head, as the build fits it.
+fraction of TOPK_STUDY, the image head; exploratory: dual_bounded and dual_topk with the dual map's exponent at
+each GAMMA_STUDY, 'dual_b01_g2', 'dual_topk_g2@0.05') are computed by the served modes themselves
+(exdd_scoring.scores on an Evidence rebuilt from the split's evidence) and the head fitted by exdd.offline.head, as
+the build fits it.
 
   .venv/bin/python -m scripts.studies.study_decision runs/decision --variant random-d256 \
       --json runs/decision/decision.json
@@ -136,7 +138,13 @@ def fusion_x(e: SplitEvidence) -> np.ndarray:
 
 TOPK_STUDY = (0.002, 0.01, 0.05)  # the top-k fractions of the map's pixels studied (issue 25)
 HEADS = {"head": HEAD_L2, "head_l2x10": 10 * HEAD_L2}  # the head as built, and one 10x more regularised
-POOLED = tuple(f"{m}@{f:g}" for m in ("dual_topk", "ratio_topk") for f in TOPK_STUDY) + tuple(HEADS)
+GAMMA_STUDY = (2.0,)  # other exponents of the dual map a- (a-/(a+ + eps))^gamma (served: DEFAULT_GAMMA), exploratory
+POOLED = (
+    tuple(f"{m}@{f:g}" for m in ("dual_topk", "ratio_topk") for f in TOPK_STUDY)
+    + tuple(HEADS)
+    + tuple(f"dual_b01_g{g:g}" for g in GAMMA_STUDY)
+    + tuple(f"dual_topk_g{g:g}@{f:g}" for g in GAMMA_STUDY for f in TOPK_STUDY)
+)
 
 
 def pooled_scores(
@@ -149,11 +157,18 @@ def pooled_scores(
     base = {"topk": TOPK_FRACTION}
     ev = te.ev  # one evidence: its smoothed maps are computed once
     for name in names:
-        if "@" in name:
+        if "@" in name and "_g" not in name:
             m, f = name.split("@")
             ev.params["topk"] = float(f)
             out[name] = np.asarray(mode(m).score(ev))
     ev.params["topk"] = TOPK_FRACTION
+    for g in GAMMA_STUDY:  # the served dual_bounded / dual_topk on an evidence whose dual map has exponent g
+        wanted = [n for n in names if n == f"dual_b01_g{g:g}" or n.startswith(f"dual_topk_g{g:g}@")]
+        if wanted:
+            evg = served_evidence(te, meta["pos"]["nn1_median"], dict(base, gamma=g))
+            for name in wanted:
+                evg.params["topk"] = float(name.split("@")[1]) if "@" in name else TOPK_FRACTION
+                out[name] = np.asarray(mode("dual_topk" if "@" in name else "dual_bounded").score(evg))
     head = None
     if any(h in names for h in HEADS):
         xs, ys = [np.asarray(head_inputs(held.ev))], [held.labels]

@@ -204,6 +204,18 @@ def test_study_scores_the_pooled_candidates_with_the_served_modes_and_crossfits_
     want = Scorer(pair).score(feats.reshape((n,) + grid + (d,)), map_modes=(), modes=names).scores
     for m in names:
         np.testing.assert_allclose(np.asarray(mode(m).score(ev)), want[m], rtol=1e-4, err_msg=m)
+    # the exploratory exponent candidates (dual_b01_g2, dual_topk_g2@f): a manifest's scoring.gamma, as served
+    ev2 = sd.served_evidence(
+        sd.SplitEvidence(z, meta, "test", s_h, s_w), pos[2]["nn1_median"], {"topk": 0.1, "gamma": 2.0}
+    )
+    pair2 = BankPair(
+        Bank(neg[0], neg[1][:, :2]), Bank(pos[0], pos[1][:, :2]), dict(manifest, scoring={"topk": 0.1, "gamma": 2.0})
+    )
+    two = ("dual_bounded", "dual_topk")
+    want2 = Scorer(pair2).score(feats.reshape((n,) + grid + (d,)), map_modes=(), modes=two).scores
+    for m in two:
+        np.testing.assert_allclose(np.asarray(mode(m).score(ev2)), want2[m], rtol=1e-4, err_msg=m)
+        assert not np.allclose(want2[m], want[m], rtol=1e-3)  # the exponent reaches the score
     from scripts.studies import study_image_score as sis  # the image-score study's served candidates too
 
     cands = sis.candidates(sis.Evidence(dict(z, test_rows=np.arange(n)), "test", grid, s_h, s_w, d))
