@@ -14,10 +14,10 @@ Protocol (BENCHMARKS.md, "The image decision, decided with enough data"):
 - stability: Spearman correlation of the test scores of two builds of a split that differ only in the build
   seed (which images are held out), the mean over the splits that have both builds.
 The pooled image scores of issue 25 (POOLED: top-k means of the dual_b01 and of the served ratio_b map at each
-fraction of TOPK_STUDY, the image head; exploratory: dual_bounded and dual_topk with the dual map's exponent at
-each GAMMA_STUDY, 'dual_b01_g2', 'dual_topk_g2@0.05') are computed by the served modes themselves
-(exdd_scoring.scores on an Evidence rebuilt from the split's evidence) and the head fitted by exdd.offline.head, as
-the build fits it.
+fraction of TOPK_STUDY, the image head; EXPLORATORY, only when named in --images: dual_bounded and dual_topk with
+the dual map's exponent at each GAMMA_STUDY, 'dual_b01_g2', 'dual_topk_g2@0.05') are computed by the served modes
+themselves (exdd_scoring.scores on an Evidence rebuilt from the split's evidence) and the head fitted by
+exdd.offline.head, as the build fits it.
 
   .venv/bin/python -m scripts.studies.study_decision runs/decision --variant random-d256 \
       --json runs/decision/decision.json
@@ -139,11 +139,10 @@ def fusion_x(e: SplitEvidence) -> np.ndarray:
 TOPK_STUDY = (0.002, 0.01, 0.05)  # the top-k fractions of the map's pixels studied (issue 25)
 HEADS = {"head": HEAD_L2, "head_l2x10": 10 * HEAD_L2}  # the head as built, and one 10x more regularised
 GAMMA_STUDY = (2.0,)  # other exponents of the dual map a- (a-/(a+ + eps))^gamma (served: DEFAULT_GAMMA), exploratory
-POOLED = (
-    tuple(f"{m}@{f:g}" for m in ("dual_topk", "ratio_topk") for f in TOPK_STUDY)
-    + tuple(HEADS)
-    + tuple(f"dual_b01_g{g:g}" for g in GAMMA_STUDY)
-    + tuple(f"dual_topk_g{g:g}@{f:g}" for g in GAMMA_STUDY for f in TOPK_STUDY)
+POOLED = tuple(f"{m}@{f:g}" for m in ("dual_topk", "ratio_topk") for f in TOPK_STUDY) + tuple(HEADS)
+# computed only when named in --images: a default run (and its decide()) never sees them
+EXPLORATORY = tuple(f"dual_b01_g{g:g}" for g in GAMMA_STUDY) + tuple(
+    f"dual_topk_g{g:g}@{f:g}" for g in GAMMA_STUDY for f in TOPK_STUDY
 )
 
 
@@ -200,7 +199,8 @@ def split_scores(
     params = fit_fusion(fusion_x(held), held.labels)
     if images is None or "fusion" in images:
         scores["fusion"] = fusion_score(fusion_x(te), params, np)
-    pooled, head = pooled_scores(z, meta, te, held, s_h, s_w, [n for n in POOLED if images is None or n in images])
+    named = [n for n in POOLED if images is None or n in images] + [n for n in EXPLORATORY if images and n in images]
+    pooled, head = pooled_scores(z, meta, te, held, s_h, s_w, named)
     scores.update(pooled)
     return te, scores, params, head
 
@@ -452,24 +452,25 @@ def table(res: Dict[str, Dict], sets: List[str], pixel: bool) -> str:
     return "\n".join(lines)
 
 
-def versus(var: List[Dict], base: List[Dict], level_key: str) -> Dict[str, Dict]:
+def versus(var: List[Dict], base: List[Dict], level_key: str, base_name: Optional[str] = None) -> Dict[str, Dict]:
     """Paired difference variant - base of every candidate (level_key image | pixel) on the same splits, images
     and bootstrap weights (study_set's weights are seeded by image): per set the mean over its splits, pooled the
-    mean over the sets."""
+    mean over the sets. base_name: every candidate is paired with this score of the base (default: itself)."""
     res: Dict[str, Dict] = {}
     by_set = {b["set"]: b for b in base}
     for n in var[0]["splits"][0][level_key]:
         per, boots, pts = {}, [], []
+        bn = base_name or n
         for v in var:
             b = by_set[v["set"]]
             if [sp["file"] for sp in v["splits"]] != [sp["file"] for sp in b["splits"]]:
                 raise SystemExit(f"{v['set']}: the variants hold other splits")
             pairs = list(zip(v["splits"], b["splits"]))
-            db = np.mean([x[level_key][n]["boot"] - y[level_key][n]["boot"] for x, y in pairs], axis=0)
-            dp = float(np.mean([x[level_key][n]["point"] - y[level_key][n]["point"] for x, y in pairs]))
+            db = np.mean([x[level_key][n]["boot"] - y[level_key][bn]["boot"] for x, y in pairs], axis=0)
+            dp = float(np.mean([x[level_key][n]["point"] - y[level_key][bn]["point"] for x, y in pairs]))
             per[v["set"]] = {
                 "auroc": float(np.mean([x[level_key][n]["point"] for x in v["splits"]])),
-                "base": float(np.mean([y[level_key][n]["point"] for y in b["splits"]])),
+                "base": float(np.mean([y[level_key][bn]["point"] for y in b["splits"]])),
                 "diff": dp,
                 "diff_ci90": ci(db),
             }
@@ -524,6 +525,11 @@ def main() -> None:
     ap.add_argument("--images", default=None, help="only these image scores (comma-separated; patchcore always)")
     ap.add_argument("--maps", default=None, help="only these maps (comma-separated; ratio always)")
     ap.add_argument("--image-base", default="patchcore", help="the image score the others are paired with")
+    ap.add_argument(
+        "--against-image",
+        default=None,
+        help="with --against: pair every image score of --variant with this one of the --against variant",
+    )
     a = ap.parse_args()
     names = [s for s in a.sets.split(",") if os.path.isdir(os.path.join(a.root, s, a.variant))]
     if a.image_base != "patchcore":  # one variant, image scores paired with another candidate than patchcore
@@ -544,22 +550,35 @@ def main() -> None:
         imgs = a.images.split(",") if a.images else None
         mps = a.maps.split(",") if a.maps else None
 
-        def run(variant):
+        def run(variant, images):
             return [
-                study_set(os.path.join(a.root, s, variant), a.boot, 0, a.cache, a.pro_stride, imgs, mps) for s in names
+                study_set(os.path.join(a.root, s, variant), a.boot, 0, a.cache, a.pro_stride, images, mps)
+                for s in names
             ]
 
-        var, base = run(a.variant), run(a.against)
-        image, pixel = versus(var, base, "image"), versus(var, base, "pixel")
+        base_imgs = imgs + [a.against_image] if imgs and a.against_image else imgs
+        var, base = run(a.variant, imgs), run(a.against, base_imgs)
+        image, pixel = versus(var, base, "image", a.against_image), versus(var, base, "pixel")
         print(
-            f"## {a.variant} vs {a.against}: "
+            f"## {a.variant} vs {a.against}"
+            + (f" (every image score vs its `{a.against_image}`)" if a.against_image else "")
+            + ": "
             + ", ".join(
                 f"{s['set']} ({len(s['splits'])} splits, {sum(sp['n_test'] for sp in s['splits'])} test images)"
                 for s in var
             )
         )
         print("\n" + versus_table(image, names, "image score") + "\n\n" + versus_table(pixel, names, "map"))
-        save_json(a, {"variant": a.variant, "against": a.against, "image": image, "pixel": pixel})
+        save_json(
+            a,
+            {
+                "variant": a.variant,
+                "against": a.against,
+                "against_image": a.against_image,
+                "image": image,
+                "pixel": pixel,
+            },
+        )
         return
     imgs = sorted(set(a.images.split(",")) | {"patchcore"}) if a.images else None
     mps = sorted(set(a.maps.split(",")) | {"ratio"}) if a.maps else None

@@ -254,3 +254,29 @@ def test_the_served_score_is_replaced_only_by_a_candidate_that_meets_every_condi
     assert got["shaky"] == "no: stability under 0.9 on a (0.890)"
     assert got["unpassed"] == "no: does not pass against patchcore"
     assert "served" not in got
+
+
+def test_variants_are_paired_image_by_image_with_the_base_score_asked_for():
+    """study_decision.versus: each candidate of the variant minus the base variant's own score, or minus the one
+    score --against-image names, on the same splits and bootstrap resamples; other splits are refused."""
+    import numpy as np
+
+    from scripts.studies.study_decision import versus
+
+    def study(scores, stab=None):
+        split = {"file": "split0-build0.npz", "stability": stab or {}}
+        split["image"] = {n: {"point": p, "boot": np.array([p, p + 0.1])} for n, p in scores.items()}
+        return [{"set": "s", "splits": [split]}]
+
+    var = study({"new": 0.8, "old": 0.7}, {"new": 0.95, "old": 0.6})
+    base = study({"new": 0.75, "old": 0.9})
+    same = versus(var, base, "image")
+    assert np.isclose(same["new"]["pooled_diff"], 0.05) and np.isclose(same["old"]["pooled_diff"], -0.2)
+    cross = versus(var, base, "image", base_name="old")
+    assert np.isclose(cross["new"]["pooled_diff"], -0.1) and np.isclose(cross["new"]["per_set"]["s"]["base"], 0.9)
+    assert np.allclose(cross["new"]["pooled_ci90"], [-0.1, -0.1])
+    assert cross["new"]["per_set"]["s"]["stability"] == 0.95  # the variant's own stability
+    other = study({"new": 0.8})
+    other[0]["splits"][0]["file"] = "split1-build0.npz"
+    with pytest.raises(SystemExit, match="other splits"):
+        versus(var, other, "image")
