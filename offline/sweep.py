@@ -59,7 +59,8 @@ def cached_first(caches: Sequence[Any], proj: np.ndarray, fallback: Callable) ->
             hit, _ = c.rows_of(rest)
             if hit:
                 parts.append(c.featurizer(proj)(hit, with_mask, None))
-            rest = [s for s in rest if c.row_of(s.path) is None]
+                found = {id(s) for s in hit}
+                rest = [s for s in rest if id(s) not in found]
         if rest:
             parts.append(fallback(rest, with_mask, None))
         if progress:

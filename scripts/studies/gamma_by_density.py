@@ -19,7 +19,6 @@ import numpy as np
 
 from exdd.metrics import auroc
 from exdd_scoring import upsample_smooth_matrices
-from exdd_scoring.scores import DUAL_EPS_REL, eps_b
 from scripts.common import smooth_maps
 from scripts.studies.study_decision import SplitEvidence, load_split
 
@@ -33,7 +32,7 @@ def peak_aurocs(folder: str, gammas: List[float]) -> Dict[str, List[float]]:
         meta, z = load_split(f)
         s_h, s_w = upsample_smooth_matrices(tuple(meta["grid"]), tuple(meta["input_size"]), 4.0)
         e = SplitEvidence(z, meta, "test", s_h, s_w)
-        ratio = e.a_neg / (e.a_pos + eps_b(e.ev, DUAL_EPS_REL))
+        ratio = e.patch("ratio_b01")  # a- / (a+ + eps_b01), the served dual_b01 map's eps
         maps = {f"{g:g}": e.a_neg * ratio**g for g in gammas}
         maps["ratio"] = ratio
         for name, pm in maps.items():

@@ -47,6 +47,7 @@ from exdd_scoring.scores import (
     MAP_KINDS,
     RAISE_EPS_REL,
     TOPK_FRACTION,
+    Evidence,
     eps_b,
     fusion_inputs,
     head_inputs,
@@ -140,10 +141,12 @@ TOPK_STUDY = (0.002, 0.01, 0.05)  # the top-k fractions of the map's pixels stud
 HEADS = {"head": HEAD_L2, "head_l2x10": 10 * HEAD_L2}  # the head as built, and one 10x more regularised
 GAMMA_STUDY = (2.0,)  # other exponents of the dual map a- (a-/(a+ + eps))^gamma (served: DEFAULT_GAMMA), exploratory
 POOLED = tuple(f"{m}@{f:g}" for m in ("dual_topk", "ratio_topk") for f in TOPK_STUDY) + tuple(HEADS)
-# computed only when named in --images: a default run (and its decide()) never sees them
-EXPLORATORY = tuple(f"dual_b01_g{g:g}" for g in GAMMA_STUDY) + tuple(
-    f"dual_topk_g{g:g}@{f:g}" for g in GAMMA_STUDY for f in TOPK_STUDY
-)
+# name -> (gamma, served mode, top-k fraction); computed only when named in --images: a default run (and its
+# decide()) never sees them
+EXPLORATORY: Dict[str, Tuple[float, str, float]] = {
+    **{f"dual_b01_g{g:g}": (g, "dual_bounded", TOPK_FRACTION) for g in GAMMA_STUDY},
+    **{f"dual_topk_g{g:g}@{f:g}": (g, "dual_topk", f) for g in GAMMA_STUDY for f in TOPK_STUDY},
+}
 
 
 def pooled_scores(
@@ -155,19 +158,19 @@ def pooled_scores(
     out: Dict[str, np.ndarray] = {}
     base = {"topk": TOPK_FRACTION}
     ev = te.ev  # one evidence: its smoothed maps are computed once
+    by_gamma: Dict[float, Evidence] = {}  # the served modes on an evidence whose dual map has another exponent
     for name in names:
-        if "@" in name and "_g" not in name:
+        if name in EXPLORATORY:
+            g, m, f = EXPLORATORY[name]
+            if g not in by_gamma:
+                by_gamma[g] = served_evidence(te, meta["pos"]["nn1_median"], dict(base, gamma=g))
+            by_gamma[g].params["topk"] = f
+            out[name] = np.asarray(mode(m).score(by_gamma[g]))
+        elif "@" in name:
             m, f = name.split("@")
             ev.params["topk"] = float(f)
             out[name] = np.asarray(mode(m).score(ev))
     ev.params["topk"] = TOPK_FRACTION
-    for g in GAMMA_STUDY:  # the served dual_bounded / dual_topk on an evidence whose dual map has exponent g
-        wanted = [n for n in names if n == f"dual_b01_g{g:g}" or n.startswith(f"dual_topk_g{g:g}@")]
-        if wanted:
-            evg = served_evidence(te, meta["pos"]["nn1_median"], dict(base, gamma=g))
-            for name in wanted:
-                evg.params["topk"] = float(name.split("@")[1]) if "@" in name else TOPK_FRACTION
-                out[name] = np.asarray(mode("dual_topk" if "@" in name else "dual_bounded").score(evg))
     head = None
     if any(h in names for h in HEADS):
         xs, ys = [np.asarray(head_inputs(held.ev))], [held.labels]
