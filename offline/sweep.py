@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import warnings
-from typing import Any, Callable, Dict, List, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -77,6 +77,15 @@ def cached_first(caches: Sequence[Any], proj: np.ndarray, fallback: Callable) ->
     return featurize
 
 
+def cached_mask(caches: Sequence[Any], path: str) -> Optional[np.ndarray]:
+    """An image's mask at the input size from the first raw-feature cache that holds the image, else None."""
+    for c in caches:
+        row = c.row_of(path)
+        if row is not None:
+            return np.asarray(c.masks[row])
+    return None
+
+
 def sweep(
     dataset: str,
     synthetic_dirs: Sequence[str],
@@ -107,12 +116,7 @@ def sweep(
     test_ex = memo(test, True, None)
     masks = {}
     for s in test_ex.samples:
-        mask = None
-        for c in raw_caches:
-            row = c.row_of(s.path)
-            if row is not None:
-                mask = np.asarray(c.masks[row])
-                break
+        mask = cached_mask(raw_caches, s.path)
         masks[s.path] = mask if mask is not None else read_sample(s, size_hw, True)[1]
     rows: List[Dict[str, Any]] = []
     negative = None  # the negative bank does not depend on the synthetic count
