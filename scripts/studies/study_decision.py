@@ -21,6 +21,9 @@ exdd.offline.head, as the build fits it.
 
   .venv/bin/python -m scripts.studies.study_decision runs/decision --variant random-d256 \
       --json runs/decision/decision.json
+  # the peer on the same splits and images (scripts/studies/peer_splits.py first), with issue 25's goals:
+  .venv/bin/python -m scripts.studies.study_decision runs/decision --variant random-d256 --peer anomalib \
+      --sets ksdd1_dev,magnetic_tile --images patchcore,dual_b01,dual_topk@0.01 --maps ratio_b
   # two variants of the same splits, paired (e.g. positive-bank coverage):
   .venv/bin/python -m scripts.studies.study_decision runs/decision --variant random-d256-cover0.1 \
       --against random-d256 --images dual,patchcore --maps ratio_b,dual
@@ -250,6 +253,19 @@ def load_split(path: str) -> Tuple[Dict, "np.lib.npyio.NpzFile"]:
     return json.load(open(path[:-4] + ".json")), np.load(path)
 
 
+def peer_split(folder: str, split_file: str, peer: str, ids: np.ndarray) -> Optional[Tuple[np.ndarray, np.ndarray]]:
+    """A peer's (scores, maps) on the same test images as a study split (scripts/studies/peer_splits.py:
+    <set>/peer-<peer>/<split file>, next to the variant's folder), None when that build was not run; other images
+    are refused."""
+    path = os.path.join(os.path.dirname(folder), f"peer-{peer}", os.path.basename(split_file))
+    if not os.path.isfile(path):
+        return None
+    z = np.load(path)
+    if not np.array_equal(z["ids"], ids):
+        raise SystemExit(f"{path}: other test images than {split_file}")
+    return z["scores"].astype(np.float64), z["maps"]
+
+
 def study_set(
     folder: str,
     n_boot: int,
@@ -258,9 +274,10 @@ def study_set(
     pro_stride: int,
     images: Optional[Sequence[str]] = None,
     maps: Optional[Sequence[str]] = None,
+    peers: Sequence[str] = (),
 ) -> Dict:
     """Per split: scores of every candidate, bootstrap AUROCs (n_boot), pixel hist AUROCs and AUPRO per map
-    (images / maps: only these candidates and map kinds)."""
+    (images / maps: only these candidates and map kinds; peers: each peer's score and map under its name)."""
     files = sorted(glob.glob(os.path.join(folder, "split*-build0.npz")))
     if not files:
         raise FileNotFoundError(f"{folder}: no split*-build0.npz")
@@ -275,6 +292,12 @@ def study_set(
     for f in files:
         meta, z = load_split(f)
         te, scores, params, head = split_scores(z, meta, s_h, s_w, images)
+        peer_maps = {}
+        for p in peers:
+            got = peer_split(folder, f, p, te.ids)
+            if got is None:
+                raise SystemExit(f"{folder}: no peer-{p} run of {os.path.basename(f)}")
+            scores[p], peer_maps[p] = got
         w = w_all[:, te.ids]
         ones = np.ones((1, te.ids.size))
         img = {
@@ -283,8 +306,8 @@ def study_set(
         }
         masks = np.stack([np.asarray(caches[sp].masks[r]) for sp, r in (where[i] for i in te.ids)])
         pix = {}
-        for kind in MAPS if maps is None else maps:
-            m = te.smooth(kind)
+        for kind in list(MAPS if maps is None else maps) + list(peers):
+            m = peer_maps[kind] if kind in peer_maps else te.smooth(kind)
             hp, hn = pixel_hists(m, masks)
             pix[kind] = {
                 "point": float(hist_auroc(hp.sum(0)[None], hn.sum(0)[None])[0]),
@@ -297,7 +320,11 @@ def study_set(
         if os.path.isfile(f1):
             meta1, z1 = load_split(f1)
             te1, s1, _, _ = split_scores(z1, meta1, s_h, s_w, list(scores))
-            stab = {k: spearman(scores[k], s1[k]) for k in scores}
+            for p in peers:
+                got1 = peer_split(folder, f1, p, te1.ids)
+                if got1 is not None:
+                    s1[p] = got1[0]
+            stab = {k: spearman(scores[k], s1[k]) for k in scores if k in s1}
             stab_auroc = {k: float(weighted_auroc(s1[k], te1.labels, ones)[0]) for k in s1}
         else:
             stab_auroc = {}
@@ -427,6 +454,28 @@ def replaces_served(vs_patchcore: Dict[str, Dict], vs_served: Dict[str, Dict], s
     return out
 
 
+PEER_GOALS = {"image": ("dual_b01", 0.02), "pixel": ("ratio_b", 0.05)}  # issue 25: served score / map, margin
+
+
+def peer_goals(image: Dict[str, Dict], pixel: Dict[str, Dict]) -> Dict[str, str]:
+    """Issue 25's goals against the peer, from summarise(..., peer): the served image score >= the peer + 0.02 and
+    the served map >= the peer + 0.05 pixel AUROC on every set (point differences; the pooled interval is shown)."""
+    out = {}
+    for level, res in (("image", image), ("pixel", pixel)):
+        name, margin = PEER_GOALS[level]
+        if name not in res:
+            continue
+        r = res[name]
+        short = [s for s, v in r["per_set"].items() if v["diff"] < margin]
+        per = ", ".join(f"{s} {v['diff']:+.3f}" for s, v in r["per_set"].items())
+        out[level] = (
+            f"{level}: `{name}` - peer {r['pooled_diff']:+.3f} [{r['pooled_ci90'][0]:+.3f}, "
+            f"{r['pooled_ci90'][1]:+.3f}] pooled ({per}); goal +{margin:g} on every set: "
+            + ("reached" if not short else "not reached on " + ", ".join(short))
+        )
+    return out
+
+
 def table(res: Dict[str, Dict], sets: List[str], pixel: bool) -> str:
     """Markdown: pooled and per-set difference vs the base with 90 % intervals."""
     head = (
@@ -533,8 +582,37 @@ def main() -> None:
         default=None,
         help="with --against: pair every image score of --variant with this one of the --against variant",
     )
+    ap.add_argument(
+        "--peer",
+        default=None,
+        help="pair every image score and map with this peer's on the same images (scripts/studies/peer_splits.py, "
+        "e.g. anomalib) and check issue 25's goals against it",
+    )
     a = ap.parse_args()
     names = [s for s in a.sets.split(",") if os.path.isdir(os.path.join(a.root, s, a.variant))]
+    if a.peer:
+        imgs = a.images.split(",") if a.images else None
+        mps = a.maps.split(",") if a.maps else None
+        sets = [
+            study_set(os.path.join(a.root, s, a.variant), a.boot, 0, a.cache, a.pro_stride, imgs, mps, (a.peer,))
+            for s in names
+        ]
+        image, pixel = summarise(sets, "image", a.peer), summarise(sets, "pixel", a.peer)
+        print(
+            f"## {a.variant} paired with `{a.peer}`: "
+            + ", ".join(
+                f"{s['set']} ({len(s['splits'])} splits, {sum(sp['n_test'] for sp in s['splits'])} test images)"
+                for s in sets
+            )
+        )
+        print(f"\n### Image level: paired difference vs `{a.peer}`\n")
+        print(table(image, names, False))
+        print(f"\n### Pixel level: paired difference vs `{a.peer}`'s map\n")
+        print(table(pixel, names, True))
+        goals = peer_goals(image, pixel)
+        print("\n" + "\n".join(f"- {v}" for v in goals.values()))
+        save_json(a, {"variant": a.variant, "peer": a.peer, "image": image, "pixel": pixel, "goals": goals})
+        return
     if a.image_base != "patchcore":  # one variant, image scores paired with another candidate than patchcore
         imgs = sorted(set((a.images or a.image_base).split(",")) | {a.image_base, "patchcore"})
         sets = [

@@ -280,3 +280,38 @@ def test_variants_are_paired_image_by_image_with_the_base_score_asked_for():
     other[0]["splits"][0]["file"] = "split1-build0.npz"
     with pytest.raises(SystemExit, match="other splits"):
         versus(var, other, "image")
+
+
+def test_a_peer_run_is_read_only_for_the_same_test_images_and_the_goals_need_every_set(tmp_path):
+    """study_decision.peer_split reads scripts/studies/peer_splits.py's record of a split next to the variant's
+    folder and refuses one of other test images; peer_goals holds the served score and map to issue 25's margins
+    over the peer on every set."""
+    import numpy as np
+
+    from scripts.studies.study_decision import peer_goals, peer_split
+
+    variant = tmp_path / "ksdd1_dev" / "random-d256"
+    peer = tmp_path / "ksdd1_dev" / "peer-anomalib"
+    variant.mkdir(parents=True)
+    peer.mkdir()
+    ids = np.array([3, 5, 8], np.int32)
+    np.savez(
+        peer / "split0-build0.npz",
+        scores=np.array([0.1, 0.7, 0.3], np.float32),
+        maps=np.zeros((3, 4, 2), np.float32),
+        ids=ids,
+    )
+    split_file = str(variant / "split0-build0.npz")
+    scores, maps = peer_split(str(variant), split_file, "anomalib", ids)
+    assert scores.dtype == np.float64 and np.allclose(scores, [0.1, 0.7, 0.3]) and maps.shape == (3, 4, 2)
+    assert peer_split(str(variant), str(variant / "split0-build1.npz"), "anomalib", ids) is None
+    with pytest.raises(SystemExit, match="other test images"):
+        peer_split(str(variant), split_file, "anomalib", np.array([3, 5, 9], np.int32))
+
+    def res(name, diffs):
+        per = {s: {"diff": d} for s, d in zip(("a", "b"), diffs)}
+        return {name: {"pooled_diff": float(np.mean(diffs)), "pooled_ci90": [-0.1, 0.2], "per_set": per}}
+
+    got = peer_goals(res("dual_b01", (0.03, 0.021)), res("ratio_b", (0.2, 0.049)))
+    assert got["image"].endswith("reached") and "not" not in got["image"]
+    assert got["pixel"].endswith("not reached on b")
