@@ -381,7 +381,7 @@ def summarise(sets: List[Dict], level_key: str, base: str) -> Dict[str, Dict]:
                 row["aupro"] = float(np.mean([sp["pixel"][n]["aupro"] for sp in s["splits"]]))
                 row["aupro_diff"] = row["aupro"] - float(np.mean([sp["pixel"][base]["aupro"] for sp in s["splits"]]))
             else:
-                st = [sp["stability"].get(n) for sp in s["splits"] if sp["stability"]]
+                st = [sp["stability"][n] for sp in s["splits"] if n in sp["stability"]]
                 row["stability"] = float(np.mean(st)) if st else None
             per[s["set"]] = row
             pooled_b.append(db)
@@ -530,7 +530,7 @@ def versus(var: List[Dict], base: List[Dict], level_key: str, base_name: Optiona
                 per[v["set"]]["aupro"] = float(np.mean([x["pixel"][n]["aupro"] for x in v["splits"]]))
                 per[v["set"]]["base_aupro"] = float(np.mean([y["pixel"][n]["aupro"] for y in b["splits"]]))
             else:
-                st = [x["stability"].get(n) for x in v["splits"] if x["stability"]]
+                st = [x["stability"][n] for x in v["splits"] if n in x["stability"]]
                 per[v["set"]]["stability"] = float(np.mean(st)) if st else None
             boots.append(db)
             pts.append(dp)
