@@ -276,6 +276,8 @@ def test_variants_are_paired_image_by_image_with_the_base_score_asked_for():
     assert np.isclose(cross["new"]["pooled_diff"], -0.1) and np.isclose(cross["new"]["per_set"]["s"]["base"], 0.9)
     assert np.allclose(cross["new"]["pooled_ci90"], [-0.1, -0.1])
     assert cross["new"]["per_set"]["s"]["stability"] == 0.95  # the variant's own stability
+    peer_only = versus(study({"new": 0.8, "peer": 0.7}, {"new": 0.9}), base, "image", base_name="old")
+    assert peer_only["peer"]["per_set"]["s"]["stability"] is None  # a peer run of build 0 only: no stability
     other = study({"new": 0.8})
     other[0]["splits"][0]["file"] = "split1-build0.npz"
     with pytest.raises(SystemExit, match="other splits"):
