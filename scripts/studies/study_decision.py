@@ -253,16 +253,20 @@ def load_split(path: str) -> Tuple[Dict, "np.lib.npyio.NpzFile"]:
     return json.load(open(path[:-4] + ".json")), np.load(path)
 
 
-def peer_split(folder: str, split_file: str, peer: str, ids: np.ndarray) -> Optional[Tuple[np.ndarray, np.ndarray]]:
+def peer_split(
+    folder: str, split_file: str, peer: str, ids: np.ndarray, normals: int
+) -> Optional[Tuple[np.ndarray, np.ndarray]]:
     """A peer's (scores, maps) on the same test images as a study split (scripts/studies/peer_splits.py:
-    <set>/peer-<peer>/<split file>, next to the variant's folder), None when that build was not run; other images
-    are refused."""
+    <set>/peer-<peer>/<split file>, next to the variant's folder), None when that build was not run; a run on other
+    test images or another number of normals is refused."""
     path = os.path.join(os.path.dirname(folder), f"peer-{peer}", os.path.basename(split_file))
     if not os.path.isfile(path):
         return None
-    z = np.load(path)
+    z, meta = np.load(path), json.load(open(path[:-4] + ".json"))
     if not np.array_equal(z["ids"], ids):
         raise SystemExit(f"{path}: other test images than {split_file}")
+    if meta["normals"] != normals:
+        raise SystemExit(f"{path}: fitted on {meta['normals']} normals, {split_file}'s banks on {normals}")
     return z["scores"].astype(np.float64), z["maps"]
 
 
@@ -294,7 +298,7 @@ def study_set(
         te, scores, params, head = split_scores(z, meta, s_h, s_w, images)
         peer_maps = {}
         for p in peers:
-            got = peer_split(folder, f, p, te.ids)
+            got = peer_split(folder, f, p, te.ids, meta["normals"])
             if got is None:
                 raise SystemExit(f"{folder}: no peer-{p} run of {os.path.basename(f)}")
             scores[p], peer_maps[p] = got
@@ -321,7 +325,7 @@ def study_set(
             meta1, z1 = load_split(f1)
             te1, s1, _, _ = split_scores(z1, meta1, s_h, s_w, list(scores))
             for p in peers:
-                got1 = peer_split(folder, f1, p, te1.ids)
+                got1 = peer_split(folder, f1, p, te1.ids, meta1["normals"])
                 if got1 is not None:
                     s1[p] = got1[0]
             stab = {k: spearman(scores[k], s1[k]) for k in scores if k in s1}

@@ -286,7 +286,7 @@ def test_variants_are_paired_image_by_image_with_the_base_score_asked_for():
 
 def test_a_peer_run_is_read_only_for_the_same_test_images_and_the_goals_need_every_set(tmp_path):
     """study_decision.peer_split reads scripts/studies/peer_splits.py's record of a split next to the variant's
-    folder and refuses one of other test images; peer_goals holds the served score and map to issue 25's margins
+    folder and refuses one of other test images or other normals; peer_goals holds the served score and map to issue 25's margins
     over the peer on every set."""
     import numpy as np
 
@@ -303,12 +303,15 @@ def test_a_peer_run_is_read_only_for_the_same_test_images_and_the_goals_need_eve
         maps=np.zeros((3, 4, 2), np.float32),
         ids=ids,
     )
+    (peer / "split0-build0.json").write_text('{"normals": 12}')
     split_file = str(variant / "split0-build0.npz")
-    scores, maps = peer_split(str(variant), split_file, "anomalib", ids)
+    scores, maps = peer_split(str(variant), split_file, "anomalib", ids, 12)
     assert scores.dtype == np.float64 and np.allclose(scores, [0.1, 0.7, 0.3]) and maps.shape == (3, 4, 2)
-    assert peer_split(str(variant), str(variant / "split0-build1.npz"), "anomalib", ids) is None
+    assert peer_split(str(variant), str(variant / "split0-build1.npz"), "anomalib", ids, 12) is None
     with pytest.raises(SystemExit, match="other test images"):
-        peer_split(str(variant), split_file, "anomalib", np.array([3, 5, 9], np.int32))
+        peer_split(str(variant), split_file, "anomalib", np.array([3, 5, 9], np.int32), 12)
+    with pytest.raises(SystemExit, match="fitted on 12 normals"):
+        peer_split(str(variant), split_file, "anomalib", ids, 11)
 
     def res(name, diffs):
         per = {s: {"diff": d} for s, d in zip(("a", "b"), diffs)}
