@@ -286,8 +286,8 @@ def test_variants_are_paired_image_by_image_with_the_base_score_asked_for():
 
 def test_a_peer_run_is_read_only_for_the_same_test_images_and_the_goals_need_every_set(tmp_path):
     """study_decision.peer_split reads scripts/studies/peer_splits.py's record of a split next to the variant's
-    folder and refuses one of other test images or other normals; peer_goals holds the served score and map to issue 25's margins
-    over the peer on every set."""
+    folder and refuses one of other test images or other normals; peer_goals holds the served score and map to
+    issue 25's margins over the peer on every set."""
     import numpy as np
 
     from scripts.studies.study_decision import peer_goals, peer_split
