@@ -56,8 +56,9 @@ def study_split(meta: Dict, samples: Sequence[Sample], groups: Sequence[str]) ->
 class Embeddings:
     """anomalib's (P, 1536) float32 embedding of every pooled image, computed once into a memmap."""
 
-    def __init__(self, work: str, samples: Sequence[Sample], net, transform, batch: int = 8):
+    def __init__(self, work: str, samples: Sequence[Sample], net, transform, weights: str, batch: int = 8):
         self.samples, self.net, self.transform, self.batch = list(samples), net, transform, batch
+        self.weights = f"{os.path.abspath(weights)}:{os.path.getsize(weights)}"  # another file: embedded again
         os.makedirs(work, exist_ok=True)
         self.path = os.path.join(work, "embeddings.f32")
         self.done_path = os.path.join(work, "done.json")
@@ -65,7 +66,8 @@ class Embeddings:
         self.P, self.C = probe.shape[1:]
         shape = (len(samples), self.P, self.C)
         done = json.load(open(self.done_path)) if os.path.isfile(self.done_path) else None
-        fresh = done is None or done.get("paths") != [s.path for s in samples] or done.get("shape") != list(shape)
+        fresh = done is None or done.get("weights") != self.weights or done.get("paths") != [s.path for s in samples]
+        fresh = fresh or done.get("shape") != list(shape)
         self.arr = np.memmap(self.path, np.float32, "w+" if fresh else "r+", shape=shape)
         self.have = np.zeros(len(samples), bool) if fresh else np.array(done["have"], bool)
 
@@ -81,7 +83,12 @@ class Embeddings:
         if todo:
             self.arr.flush()
             json.dump(
-                {"paths": [s.path for s in self.samples], "shape": list(self.arr.shape), "have": self.have.tolist()},
+                {
+                    "weights": self.weights,
+                    "paths": [s.path for s in self.samples],
+                    "shape": list(self.arr.shape),
+                    "have": self.have.tolist(),
+                },
                 open(self.done_path, "w"),
             )
             print(f"embedded {len(todo)} images in {time.time() - t0:.0f}s", file=sys.stderr, flush=True)
@@ -129,7 +136,7 @@ def main() -> None:
             by_path = {s.path: s for s in samples}
             study = [by_path[p] for p in meta["paths"]]  # the study's pooled images (cache-filtered), its order
             if emb is None:
-                emb = Embeddings(os.path.join(a.work, f"{name}-{hw[0]}x{hw[1]}"), study, net, transform)
+                emb = Embeddings(os.path.join(a.work, f"{name}-{hw[0]}x{hw[1]}"), study, net, transform, a.weights)
             normals, te = study_split(meta, study, groups_of(os.path.join(DATA, name), study))
             study_ids = np.load(os.path.join(a.out, name, a.variant, f"split{split}-build{bseed}.npz"))["test_ids"]
             if not np.array_equal(study_ids, te):
@@ -167,6 +174,7 @@ def main() -> None:
                     "split": split,
                     "build_seed": bseed,
                     "variant_followed": a.variant,
+                    "weights": a.weights,
                     "normals": len(normals),
                     "test": len(te),
                     "memory_bank": list(net.memory_bank.shape),
