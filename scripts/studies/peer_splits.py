@@ -125,19 +125,23 @@ def main() -> None:
     model, transform = anomalib_model(a.weights, hw, CORESET)
     net = model.model.eval()
     samples, _, _, _ = pooled_samples(os.path.join(DATA, name))
+    by_path = {s.path: s for s in samples}
     checked = False
     emb = None
+    study: List[Sample] = []  # the study's pooled images (cache-filtered) in its order, the same for every split
     for split in (int(v) for v in a.splits.split(",")):
         for bseed in (int(v) for v in a.build_seeds.split(",")):
             stem = os.path.join(out_dir, f"split{split}-build{bseed}")
             if os.path.isfile(stem + ".json"):
                 continue
             meta = json.load(open(os.path.join(a.out, name, a.variant, f"split{split}-build{bseed}.json")))
-            by_path = {s.path: s for s in samples}
-            study = [by_path[p] for p in meta["paths"]]  # the study's pooled images (cache-filtered), its order
             if emb is None:
+                study = [by_path[p] for p in meta["paths"]]
+                groups = groups_of(os.path.join(DATA, name), study)
                 emb = Embeddings(os.path.join(a.work, f"{name}-{hw[0]}x{hw[1]}"), study, net, transform, a.weights)
-            normals, te = study_split(meta, study, groups_of(os.path.join(DATA, name), study))
+            elif meta["paths"] != [s.path for s in study]:
+                raise SystemExit(f"{stem}: the study pools other images in this split than in the first one")
+            normals, te = study_split(meta, study, groups)
             study_ids = np.load(os.path.join(a.out, name, a.variant, f"split{split}-build{bseed}.npz"))["test_ids"]
             if not np.array_equal(study_ids, te):
                 raise SystemExit(f"{stem}: other test images than the study's")

@@ -254,11 +254,11 @@ def load_split(path: str) -> Tuple[Dict, "np.lib.npyio.NpzFile"]:
 
 
 def peer_split(
-    folder: str, split_file: str, peer: str, ids: np.ndarray, normals: int
-) -> Optional[Tuple[np.ndarray, np.ndarray]]:
+    folder: str, split_file: str, peer: str, ids: np.ndarray, normals: int, with_maps: bool = True
+) -> Optional[Tuple[np.ndarray, Optional[np.ndarray]]]:
     """A peer's (scores, maps) on the same test images as a study split (scripts/studies/peer_splits.py:
     <set>/peer-<peer>/<split file>, next to the variant's folder), None when that build was not run; a run on other
-    test images or another number of normals is refused."""
+    test images or another number of normals is refused. with_maps=False: the maps are not read (None)."""
     path = os.path.join(os.path.dirname(folder), f"peer-{peer}", os.path.basename(split_file))
     if not os.path.isfile(path):
         return None
@@ -267,7 +267,7 @@ def peer_split(
         raise SystemExit(f"{path}: other test images than {split_file}")
     if meta["normals"] != normals:
         raise SystemExit(f"{path}: fitted on {meta['normals']} normals, {split_file}'s banks on {normals}")
-    return z["scores"].astype(np.float64), z["maps"]
+    return z["scores"].astype(np.float64), z["maps"] if with_maps else None
 
 
 def study_set(
@@ -325,7 +325,7 @@ def study_set(
             meta1, z1 = load_split(f1)
             te1, s1, _, _ = split_scores(z1, meta1, s_h, s_w, list(scores))
             for p in peers:
-                got1 = peer_split(folder, f1, p, te1.ids, meta1["normals"])
+                got1 = peer_split(folder, f1, p, te1.ids, meta1["normals"], with_maps=False)
                 if got1 is not None:
                     s1[p] = got1[0]
             stab = {k: spearman(scores[k], s1[k]) for k in scores if k in s1}

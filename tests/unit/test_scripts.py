@@ -307,6 +307,7 @@ def test_a_peer_run_is_read_only_for_the_same_test_images_and_the_goals_need_eve
     split_file = str(variant / "split0-build0.npz")
     scores, maps = peer_split(str(variant), split_file, "anomalib", ids, 12)
     assert scores.dtype == np.float64 and np.allclose(scores, [0.1, 0.7, 0.3]) and maps.shape == (3, 4, 2)
+    assert peer_split(str(variant), split_file, "anomalib", ids, 12, with_maps=False)[1] is None  # scores only
     assert peer_split(str(variant), str(variant / "split0-build1.npz"), "anomalib", ids, 12) is None
     with pytest.raises(SystemExit, match="other test images"):
         peer_split(str(variant), split_file, "anomalib", np.array([3, 5, 9], np.int32), 12)
