@@ -24,6 +24,9 @@ exdd.offline.head, as the build fits it.
   # the peer on the same splits and images (scripts/studies/peer_splits.py first), with issue 25's goals:
   .venv/bin/python -m scripts.studies.study_decision runs/decision --variant random-d256 --peer anomalib \
       --sets ksdd1_dev,magnetic_tile --images patchcore,dual_b01,dual_topk@0.01 --maps ratio_b
+  # rule 5's two-stage scores (TWO_STAGE) read a denser variant of the same splits, paired with rule 4's C:
+  .venv/bin/python -m scripts.studies.study_decision runs/decision --variant random-d256 --dense random-d256-neg0.025 \
+      --against random-d256-neg0.025 --against-image dual_topk_g2@0.05 --images two_stage_g2@0.06,two_stage_g2@1
   # two variants of the same splits, paired (e.g. positive-bank coverage):
   .venv/bin/python -m scripts.studies.study_decision runs/decision --variant random-d256-cover0.1 \
       --against random-d256 --images dual,patchcore --maps ratio_b,dual
@@ -55,6 +58,7 @@ from exdd_scoring.scores import (
     fusion_inputs,
     head_inputs,
     mode,
+    topk_count,
 )
 from scripts.common import reweighted, served_evidence, smooth_maps
 from scripts.harness import BenchResult, params_of
@@ -152,8 +156,53 @@ EXPLORATORY: Dict[str, Tuple[float, str, float]] = {
 }
 
 
+# Rule 5 (docs/decision-study.md): rule 4's candidate C scored in two stages. name -> (gamma, candidate fraction q,
+# top-k fraction); computed only when named in --images and a denser variant is given (--dense)
+TWO_STAGE: Dict[str, Tuple[float, float, float]] = {
+    "two_stage_g2@0.06": (2.0, 0.06, 0.05),
+    "two_stage_g2@1": (2.0, 1.0, 0.05),
+}
+
+
+def two_stage(
+    a_neg: np.ndarray, a_pos: np.ndarray, a_neg_dense: np.ndarray, eps: float, gamma: float, q: float, f: float
+) -> np.ndarray:
+    """(n,) rule 5's C2: per image the ceil(q P) patches of largest a- (a-/(a+ + eps))^gamma on the served bank
+    (a_neg (n, P)) are scored again with the denser bank's a- (a_neg_dense: the served bank plus rows, so never
+    larger), and the score is the mean of the top ceil(f P) of those (f <= q; patch grid, unsmoothed)."""
+    P = a_neg.shape[1]
+    kq, kf = topk_count(P, q), topk_count(P, f)
+    if kf > kq:
+        raise ValueError(f"top-k fraction {f} above the candidate fraction {q}")
+
+    def dual(an: np.ndarray, ap: np.ndarray) -> np.ndarray:
+        return an * (an / (ap + eps)) ** gamma
+
+    cand = np.argpartition(dual(a_neg, a_pos), P - kq, axis=1)[:, P - kq :]
+    d = dual(np.take_along_axis(a_neg_dense, cand, 1), np.take_along_axis(a_pos, cand, 1))
+    return np.partition(d, kq - kf, axis=1)[:, kq - kf :].mean(axis=1)
+
+
+def dense_a_neg(z_dense, key: str, ids: np.ndarray, a_neg: np.ndarray) -> np.ndarray:
+    """The denser variant's a- of the same split and images (rule 5), checked to hold the served bank: never above
+    its a- (the denser greedy coreset keeps the served one as its prefix)."""
+    if not np.array_equal(z_dense[f"{key}_ids"], ids):
+        raise SystemExit("the denser variant holds other test images")
+    dense = z_dense[f"{key}_a_neg"].astype(np.float64)
+    if np.any(dense > a_neg):
+        raise SystemExit("the denser variant's negative bank does not hold the served one (a- above the served a-)")
+    return dense
+
+
 def pooled_scores(
-    z, meta: Dict, te: SplitEvidence, held: SplitEvidence, s_h: np.ndarray, s_w: np.ndarray, names: Sequence[str]
+    z,
+    meta: Dict,
+    te: SplitEvidence,
+    held: SplitEvidence,
+    s_h: np.ndarray,
+    s_w: np.ndarray,
+    names: Sequence[str],
+    z_dense=None,
 ) -> Tuple[Dict[str, np.ndarray], Optional[Dict]]:
     """The pooled image scores of issue 25 with the served modes' formulas (exdd_scoring.scores): top-k means at
     each fraction of TOPK_STUDY ('dual_topk@0.01'), and the image head fitted as `exdd offline build` fits it
@@ -163,7 +212,13 @@ def pooled_scores(
     ev = te.ev  # one evidence: its smoothed maps are computed once
     by_gamma: Dict[float, Evidence] = {}  # the served modes on an evidence whose dual map has another exponent
     for name in names:
-        if name in EXPLORATORY:
+        if name in TWO_STAGE:
+            if z_dense is None:
+                raise SystemExit(f"{name} needs a denser variant of the same splits (--dense)")
+            g, q, f = TWO_STAGE[name]
+            dense = dense_a_neg(z_dense, "test", te.ids, te.a_neg)
+            out[name] = two_stage(te.a_neg, te.a_pos, dense, eps_b(te.ev, DUAL_EPS_REL), g, q, f)
+        elif name in EXPLORATORY:
             g, m, f = EXPLORATORY[name]
             if g not in by_gamma:
                 by_gamma[g] = served_evidence(te, meta["pos"]["nn1_median"], dict(base, gamma=g))
@@ -195,18 +250,19 @@ def pooled_scores(
 
 
 def split_scores(
-    z, meta: Dict, s_h: np.ndarray, s_w: np.ndarray, images: Optional[Sequence[str]]
+    z, meta: Dict, s_h: np.ndarray, s_w: np.ndarray, images: Optional[Sequence[str]], z_dense=None
 ) -> Tuple[SplitEvidence, Dict[str, np.ndarray], Dict, Optional[Dict]]:
     """One split's test evidence, the scores of every candidate asked for (all by default), the fusion's and the
-    head's parameters."""
+    head's parameters. z_dense: the same split's evidence with a denser negative bank (rule 5's TWO_STAGE)."""
     te = SplitEvidence(z, meta, "test", s_h, s_w)
     held = SplitEvidence(z, meta, "held", s_h, s_w)
     scores = {k: fn() for k, fn in candidates(te).items() if images is None or k in images}
     params = fit_fusion(fusion_x(held), held.labels)
     if images is None or "fusion" in images:
         scores["fusion"] = fusion_score(fusion_x(te), params, np)
-    named = [n for n in POOLED if images is None or n in images] + [n for n in EXPLORATORY if images and n in images]
-    pooled, head = pooled_scores(z, meta, te, held, s_h, s_w, named)
+    named = [n for n in POOLED if images is None or n in images]
+    named += [n for n in (*EXPLORATORY, *TWO_STAGE) if images and n in images]
+    pooled, head = pooled_scores(z, meta, te, held, s_h, s_w, named, z_dense)
     scores.update(pooled)
     return te, scores, params, head
 
@@ -270,6 +326,16 @@ def peer_split(
     return z["scores"].astype(np.float64), z["maps"] if with_maps else None
 
 
+def dense_split(folder: str, split_file: str, dense: Optional[str]):
+    """The same split file's evidence in the denser variant (<set>/<dense>/, next to the variant's folder), or None."""
+    if dense is None:
+        return None
+    path = os.path.join(os.path.dirname(folder), dense, os.path.basename(split_file))
+    if not os.path.isfile(path):
+        raise SystemExit(f"{path}: no such split in the denser variant")
+    return np.load(path)
+
+
 def study_set(
     folder: str,
     n_boot: int,
@@ -279,6 +345,7 @@ def study_set(
     images: Optional[Sequence[str]] = None,
     maps: Optional[Sequence[str]] = None,
     peers: Sequence[str] = (),
+    dense: Optional[str] = None,
 ) -> Dict:
     """Per split: scores of every candidate, bootstrap AUROCs (n_boot), pixel hist AUROCs and AUPRO per map
     (images / maps: only these candidates and map kinds; peers: each peer's score and map under its name)."""
@@ -295,7 +362,7 @@ def study_set(
     out = {"set": meta0["set"], "splits": [], "variant": os.path.basename(folder)}
     for f in files:
         meta, z = load_split(f)
-        te, scores, params, head = split_scores(z, meta, s_h, s_w, images)
+        te, scores, params, head = split_scores(z, meta, s_h, s_w, images, dense_split(folder, f, dense))
         peer_maps = {}
         for p in peers:
             got = peer_split(folder, f, p, te.ids, meta["normals"])
@@ -323,7 +390,7 @@ def study_set(
         f1 = f.replace("-build0.npz", "-build1.npz")
         if os.path.isfile(f1):
             meta1, z1 = load_split(f1)
-            te1, s1, _, _ = split_scores(z1, meta1, s_h, s_w, list(scores))
+            te1, s1, _, _ = split_scores(z1, meta1, s_h, s_w, list(scores), dense_split(folder, f1, dense))
             for p in peers:
                 got1 = peer_split(folder, f1, p, te1.ids, meta1["normals"], with_maps=False)
                 if got1 is not None:
@@ -592,6 +659,12 @@ def main() -> None:
         help="pair every image score and map with this peer's on the same images (scripts/studies/peer_splits.py, "
         "e.g. anomalib) and check issue 25's goals against it",
     )
+    ap.add_argument(
+        "--dense",
+        default=None,
+        help="the same splits built with a denser negative bank (e.g. random-d256-neg0.025): rule 5's two-stage "
+        "scores (" + ", ".join(TWO_STAGE) + ") read its a-",
+    )
     a = ap.parse_args()
     names = [s for s in a.sets.split(",") if os.path.isdir(os.path.join(a.root, s, a.variant))]
     if a.peer:
@@ -635,14 +708,14 @@ def main() -> None:
         imgs = a.images.split(",") if a.images else None
         mps = a.maps.split(",") if a.maps else None
 
-        def run(variant, images):
+        def run(variant, images, dense=None):
             return [
-                study_set(os.path.join(a.root, s, variant), a.boot, 0, a.cache, a.pro_stride, images, mps)
+                study_set(os.path.join(a.root, s, variant), a.boot, 0, a.cache, a.pro_stride, images, mps, (), dense)
                 for s in names
             ]
 
-        base_imgs = imgs + [a.against_image] if imgs and a.against_image else imgs
-        var, base = run(a.variant, imgs), run(a.against, base_imgs)
+        base_imgs = [a.against_image] if a.against_image else imgs  # the base's own score only, when one is named
+        var, base = run(a.variant, imgs, a.dense), run(a.against, base_imgs)
         image, pixel = versus(var, base, "image", a.against_image), versus(var, base, "pixel")
         print(
             f"## {a.variant} vs {a.against}"
@@ -667,7 +740,10 @@ def main() -> None:
         return
     imgs = sorted(set(a.images.split(",")) | {"patchcore"}) if a.images else None
     mps = sorted(set(a.maps.split(",")) | {"ratio"}) if a.maps else None
-    sets = [study_set(os.path.join(a.root, s, a.variant), a.boot, 0, a.cache, a.pro_stride, imgs, mps) for s in names]
+    sets = [
+        study_set(os.path.join(a.root, s, a.variant), a.boot, 0, a.cache, a.pro_stride, imgs, mps, (), a.dense)
+        for s in names
+    ]
     image = summarise(sets, "image", "patchcore")
     pixel = summarise(sets, "pixel", "ratio")
     dec = decide(image, pixel)

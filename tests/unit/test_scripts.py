@@ -284,6 +284,44 @@ def test_variants_are_paired_image_by_image_with_the_base_score_asked_for():
         versus(var, other, "image")
 
 
+def test_the_two_stage_score_looks_only_at_the_served_banks_top_patches_and_needs_a_bank_that_holds_the_served_one():
+    """Rule 5's C2 (study_decision.two_stage): the candidates are chosen on the served bank's dual map, scored with
+    the denser bank's a-, and the top-k mean is taken over them only; with every patch a candidate it is the top-k
+    mean of the denser dual map. dense_a_neg refuses a denser evidence whose a- exceeds the served one."""
+    import numpy as np
+
+    from exdd_scoring.scores import topk_mean
+    from scripts.studies.study_decision import dense_a_neg, two_stage
+
+    rng = np.random.default_rng(3)
+    a_neg = rng.uniform(1.0, 2.0, (4, 100))
+    a_pos = rng.uniform(0.5, 1.5, (4, 100))
+    dense = a_neg * rng.uniform(0.5, 1.0, a_neg.shape)
+
+    def dual(an):
+        return an * (an / (a_pos + 0.1)) ** 2
+
+    every = two_stage(a_neg, a_pos, dense, 0.1, 2.0, 1.0, 0.05)
+    assert np.allclose(every, topk_mean(dual(dense), 0.05, np), rtol=1e-12)
+    got = two_stage(a_neg, a_pos, dense, 0.1, 2.0, 0.1, 0.05)  # 10 candidates, top 5 of them
+    for i in range(4):
+        cand = np.argsort(dual(a_neg)[i])[-10:]
+        assert np.isclose(got[i], np.sort(dual(dense)[i, cand])[-5:].mean(), rtol=1e-12)
+    outside = dense.copy()
+    low = np.argsort(dual(a_neg)[0])[0]  # the served map's lowest patch of image 0: never a candidate
+    outside[0, low] = 100.0  # the largest dense value of all, outside the candidates: not looked at
+    assert np.isclose(two_stage(a_neg, a_pos, outside, 0.1, 2.0, 0.1, 0.05)[0], got[0], rtol=1e-12)
+    with pytest.raises(ValueError, match="above the candidate fraction"):
+        two_stage(a_neg, a_pos, dense, 0.1, 2.0, 0.01, 0.05)
+    ids = np.arange(4)
+    z = {"test_ids": ids, "test_a_neg": dense.astype(np.float32)}
+    assert np.array_equal(dense_a_neg(z, "test", ids, a_neg), dense.astype(np.float32).astype(np.float64))
+    with pytest.raises(SystemExit, match="does not hold the served one"):
+        dense_a_neg({"test_ids": ids, "test_a_neg": (a_neg + 0.01).astype(np.float32)}, "test", ids, a_neg)
+    with pytest.raises(SystemExit, match="other test images"):
+        dense_a_neg(z, "test", ids[::-1], a_neg)
+
+
 def test_a_peer_run_is_read_only_for_the_same_test_images_and_the_goals_need_every_set(tmp_path):
     """study_decision.peer_split reads scripts/studies/peer_splits.py's record of a split next to the variant's
     folder and refuses one of other test images or other normals; peer_goals holds the served score and map to
