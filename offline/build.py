@@ -40,6 +40,7 @@ from exdd_scoring.roi import ROI_PNG, patch_roi
 from exdd_scoring.scores import (
     DEFAULT_GAMMA,
     HEAD_FEATURES,
+    TOPK_FRACTION,
     bank_scale,
     fusion_inputs,
     head_inputs,
@@ -70,6 +71,7 @@ class BuildConfig:
     target_fpr: float = defaults.TARGET_FPR
     default_mode: str = DEFAULT_MODE
     gamma: float = DEFAULT_GAMMA
+    topk: float = TOPK_FRACTION  # the top-k fraction of the top-k modes (scoring.topk)
     chunk_rows: int = defaults.CHUNK_ROWS
     oversample: float = defaults.OVERSAMPLE
     batch_size: int = defaults.BATCH_SIZE
@@ -504,7 +506,7 @@ def finish(
         ),
         default_mode=cfg.default_mode,
         modes=MODES,
-        scoring=Scoring(float(cfg.gamma), None),
+        scoring=Scoring(float(cfg.gamma), None, float(cfg.topk)),
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         tool=f"exdd {__version__}",
     )

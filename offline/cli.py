@@ -14,7 +14,7 @@ from exdd.cli_common import extractor_runtime_option, fail, input_size_option, p
 from exdd.datasets import layout_choices
 from exdd.ray_cluster import ray_options
 from exdd_scoring.bank import MIN_K
-from exdd_scoring.scores import DEFAULT_GAMMA, DEFAULT_MODE, MODES
+from exdd_scoring.scores import DEFAULT_GAMMA, DEFAULT_MODE, MODES, TOPK_FRACTION
 
 from .calibrate import RULES
 from .projection import PROJECTIONS, projection_choices
@@ -166,6 +166,14 @@ def offline() -> None:
     help="Exponent of the dual map a- (a-/a+)^gamma (modes dual, dual_bounded, dual_topk; the head's inputs).",
 )
 @click.option(
+    "--topk",
+    default=TOPK_FRACTION,
+    show_default=True,
+    type=click.FloatRange(0.0, 1.0, min_open=True),
+    help="Fraction of the map's pixels whose mean is the image score of modes dual_topk and ratio_topk "
+    "(scoring.topk; the held-out threshold is calibrated on it).",
+)
+@click.option(
     "--seed",
     default=0,
     show_default=True,
@@ -243,6 +251,7 @@ def build(
     target_fpr,
     default_mode,
     gamma,
+    topk,
     seed,
     batch_size,
     chunk_rows,
@@ -282,6 +291,7 @@ def build(
         target_fpr=target_fpr,
         default_mode=default_mode,
         gamma=gamma,
+        topk=topk,
         batch_size=batch_size,
         chunk_rows=chunk_rows,
     )

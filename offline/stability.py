@@ -84,6 +84,7 @@ def rebuild_plan(manifest: OfflineManifest, where: str, dataset: str, layout: st
         target_fpr=thr.target_fpr if thr is not None and thr.target_fpr is not None else defaults.TARGET_FPR,
         default_mode=manifest.default_mode,
         gamma=manifest.scoring.gamma,
+        topk=manifest.scoring.topk,
         chunk_rows=cs.chunk_rows or defaults.CHUNK_ROWS,
         oversample=cs.oversample or defaults.OVERSAMPLE,
         batch_size=batch_size,

@@ -3,6 +3,7 @@
 import json
 import os
 import shutil
+from dataclasses import replace
 
 import numpy as np
 from conftest import TINY_ARGS, copy_dataset, run_exdd
@@ -163,3 +164,41 @@ def test_test_images_copied_from_training_are_found_and_left_out(tiny_dataset, t
         "offline", "evaluate", str(ds), "--banks", str(tiny_banks), "--out", str(out), "--no-pixel", "--keep-duplicates"
     )
     assert "kept (--keep-duplicates)" in p.stderr and len(json.loads(out.read_text())["images"]) == 7
+
+
+def test_topk_is_recorded_calibrated_on_and_kept_by_the_stability_rebuild(tiny_dataset, tmp_path):
+    """`offline build --topk F` (issue 25, rule 4's candidate C needs 0.05): the manifest's scoring.topk, the
+    dual_topk threshold is the held-out F1 threshold of the top-F scores (not of the default 1 %), and the
+    `--stability` rebuild reads it from the manifest; a fraction outside (0, 1] is refused naming the option."""
+    from exdd.offline.build import score_samples
+    from exdd.offline.calibrate import threshold
+    from exdd.offline.extract import extract
+    from exdd.offline.features import bank_extractor
+    from exdd.offline.stability import rebuild_plan
+    from exdd_scoring import Scorer, load_banks
+    from exdd_scoring.provenance import OfflineManifest
+
+    out = tmp_path / "b"
+    args = ("--mode", "dual_topk", "--topk", "0.25", "--gamma", "2")
+    run_exdd("offline", "build", str(tiny_dataset), "--out", str(out), *TINY_ARGS, *args)
+    pair = load_banks(str(out), manifest_cls=OfflineManifest)
+    m = pair.manifest
+    assert (m.scoring.topk, m.scoring.gamma, m.default_mode) == (0.25, 2.0, "dual_topk")
+    held = holdout_split(load_split(str(tiny_dataset), "train"), 0.1, 0)[1]
+    model, _ = bank_extractor(str(out), m)
+    f = m.features
+    ex = extract(held, model, tuple(f.input_size), tuple(f.grid), f.d)
+    labels = np.array([s.label for s in ex.samples])
+    assert set(labels.tolist()) == {0, 1}
+    got = score_samples(Scorer(pair), ex.features)["dual_topk"]
+    t = m.threshold.detail["dual_topk"]["value"]
+    assert np.isclose(threshold(got, labels, "f1", 0.01)["value"], t, rtol=1e-5)
+    pair.manifest = replace(m, scoring=replace(m.scoring, topk=0.01))
+    at_default = score_samples(Scorer(pair), ex.features)["dual_topk"]
+    assert not np.allclose(at_default, got, rtol=1e-3)  # the fraction matters: 1 % scores are other scores
+    assert not np.isclose(threshold(at_default, labels, "f1", 0.01)["value"], t, rtol=1e-3)  # and another threshold
+    assert rebuild_plan(m, "b", str(tiny_dataset), "auto", 16).cfg.topk == 0.25
+    p = run_exdd(
+        "offline", "build", str(tiny_dataset), "--out", str(tmp_path / "c"), *TINY_ARGS, "--topk", "0", check=False
+    )
+    assert p.returncode == 2 and "--topk" in p.stderr and "Traceback" not in p.stderr
