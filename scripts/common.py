@@ -21,6 +21,9 @@ import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXDD = [sys.executable, "-m", "exdd.cli"]
+# the studies' datasets, by folder name (study_cache / study_splits NAME:HxW): the dev sets in ../shared/data, or
+# any folder of KSDD2-layout sets named by EXDD_STUDY_DATA (e.g. sets kept back from development, rule 4)
+STUDY_DATA = os.environ.get("EXDD_STUDY_DATA") or os.path.join(os.path.dirname(ROOT), "shared", "data")
 
 
 # ----------------------------------------------------------------------------- memory

@@ -31,7 +31,8 @@ import torch
 
 from exdd.datasets import Sample, holdout_split
 from scripts.benchmarks.bench_anomalib import anomalib_embed, anomalib_model, anomalib_read
-from scripts.studies.study_splits import DATA, HOLDOUT, group_split, groups_of, pooled_samples
+from scripts.common import STUDY_DATA
+from scripts.studies.study_splits import HOLDOUT, group_split, groups_of, pooled_samples
 
 CORESET = 0.01  # anomalib's coreset_sampling_ratio, as exdd's negative ratio
 TOL = 1e-4  # relative: the split-out tail against anomalib's whole forward (same float32 ops, other batching)
@@ -124,7 +125,7 @@ def main() -> None:
     os.makedirs(out_dir, exist_ok=True)
     model, transform = anomalib_model(a.weights, hw, CORESET)
     net = model.model.eval()
-    samples, _, _, _ = pooled_samples(os.path.join(DATA, name))
+    samples, _, _, _ = pooled_samples(os.path.join(STUDY_DATA, name))
     by_path = {s.path: s for s in samples}
     checked = False
     emb = None
@@ -137,7 +138,7 @@ def main() -> None:
             meta = json.load(open(os.path.join(a.out, name, a.variant, f"split{split}-build{bseed}.json")))
             if emb is None:
                 study = [by_path[p] for p in meta["paths"]]
-                groups = groups_of(os.path.join(DATA, name), study)
+                groups = groups_of(os.path.join(STUDY_DATA, name), study)
                 emb = Embeddings(os.path.join(a.work, f"{name}-{hw[0]}x{hw[1]}"), study, net, transform, a.weights)
             elif meta["paths"] != [s.path for s in study]:
                 raise SystemExit(f"{stem}: the study pools other images in this split than in the first one")

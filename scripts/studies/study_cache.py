@@ -6,6 +6,7 @@ needs every image's features; this writes them with offline/feature_cache.py, on
 
   nice -n 10 .venv/bin/python -m scripts.studies.study_cache ksdd1_dev:632x224 bsdata_pitting:320x784
   nice -n 10 .venv/bin/python -m scripts.studies.study_cache magnetic_tile:320x224 --max-normals magnetic_tile=300,130
+Sets are folders of ../shared/data, or of the folder EXDD_STUDY_DATA names (scripts.common.STUDY_DATA).
 """
 
 from __future__ import annotations
@@ -20,9 +21,8 @@ import numpy as np
 
 from exdd.datasets import Sample, load_split
 from exdd.offline.feature_cache import extract_raw
-from scripts.common import cache_folder
+from scripts.common import STUDY_DATA, cache_folder
 
-DATA = "/work/shared/data"
 WEIGHTS = "/work/shared/weights/wrn50-random0-bncal.safetensors"
 
 
@@ -52,7 +52,7 @@ def main() -> None:
         hw = tuple(int(v) for v in size.split("x"))
         for split in ("train", "test"):
             t0 = time.time()
-            samples = load_split(os.path.join(DATA, name), split)
+            samples = load_split(os.path.join(STUDY_DATA, name), split)
             if name in limits:
                 samples = normals_subset(samples, limits[name][split], seed=0)
             done = [0]

@@ -525,6 +525,38 @@ def replaces_served(vs_patchcore: Dict[str, Dict], vs_served: Dict[str, Dict], s
     return out
 
 
+RULE4 = ("dual_topk_g2@0.05", "ratio_b")  # rule 4's candidate C: its image score and map (of the 2.5 % variant)
+
+
+def rule4_verdict(image: Dict[str, Dict], pixel: Dict[str, Dict], n_sets: int) -> Dict[str, str]:
+    """Rule 4 as written (docs/decision-study.md, 19:55 UTC, before any held-back figure), from versus() of the
+    2.5 % variant against the 1 % one: image = C's score paired with the served `dual_b01`, pixel = C's map paired
+    with the served map. C replaces the default only if pooled >= -0.01 with the 90 % interval's lower end > -0.03,
+    no set below -0.03, stability >= 0.9 on every set (measured: both build seeds), and the map not below the
+    default's by more than 0.01 on any set. Per clause 'yes' or why not; 'verdict': 'replace' or 'keep'."""
+    score, kind = RULE4
+    r, m = image[score], pixel[kind]
+    per = r["per_set"]
+    out = {
+        "sets": "yes" if len(per) == n_sets >= 1 else f"no: {len(per)} of {n_sets} sets",
+        "pooled": "yes"
+        if r["pooled_diff"] >= -0.01 and r["pooled_ci90"][0] > -0.03
+        else f"no: {r['pooled_diff']:+.3f} [{r['pooled_ci90'][0]:+.3f}, {r['pooled_ci90'][1]:+.3f}]",
+    }
+    low = [f"{s} ({v['diff']:+.3f})" for s, v in per.items() if v["diff"] < -0.03]
+    out["every set"] = "no: " + ", ".join(low) if low else "yes"
+    unstable = [
+        f"{s} ({'not measured' if v['stability'] is None else format(v['stability'], '.3f')})"
+        for s, v in per.items()
+        if v["stability"] is None or v["stability"] < 0.9
+    ]
+    out["stability"] = "no: under 0.9 on " + ", ".join(unstable) if unstable else "yes"
+    worse = [f"{s} ({v['diff']:+.3f})" for s, v in m["per_set"].items() if v["diff"] < -0.01]
+    out["map"] = "no: " + ", ".join(worse) if worse else "yes"
+    out["verdict"] = "replace" if all(v == "yes" for v in out.values()) else "keep"
+    return out
+
+
 PEER_GOALS = {"image": ("dual_b01", 0.02), "pixel": ("ratio_b", 0.05)}  # issue 25: served score / map, margin
 
 
@@ -660,12 +692,22 @@ def main() -> None:
         "e.g. anomalib) and check issue 25's goals against it",
     )
     ap.add_argument(
+        "--rule4",
+        action="store_true",
+        help="rule 4 on the sets given (held-back data): --variant the 2.5 %% variant, --against the 1 %% one; "
+        "pairs C (" + RULE4[0] + ", map " + RULE4[1] + ") with the served dual_b01 and prints the verdict",
+    )
+    ap.add_argument(
         "--dense",
         default=None,
         help="the same splits built with a denser negative bank (e.g. random-d256-neg0.025): rule 5's two-stage "
         "scores (" + ", ".join(TWO_STAGE) + ") read its a-",
     )
     a = ap.parse_args()
+    if a.rule4:
+        if not a.against:
+            raise SystemExit("--rule4 needs --against (the 1 % variant of the same splits)")
+        a.images, a.maps, a.against_image = RULE4[0], RULE4[1], "dual_b01"
     names = [s for s in a.sets.split(",") if os.path.isdir(os.path.join(a.root, s, a.variant))]
     if a.peer:
         imgs = a.images.split(",") if a.images else None
@@ -727,6 +769,10 @@ def main() -> None:
             )
         )
         print("\n" + versus_table(image, names, "image score") + "\n\n" + versus_table(pixel, names, "map"))
+        rule4 = rule4_verdict(image, pixel, len(names)) if a.rule4 else None
+        if rule4:
+            print(f"\nRule 4: C ({RULE4[0]} of {a.variant}) against the served dual_b01 of {a.against}:")
+            print("\n".join(f"- {k}: {v}" for k, v in rule4.items()))
         save_json(
             a,
             {
@@ -735,6 +781,7 @@ def main() -> None:
                 "against_image": a.against_image,
                 "image": image,
                 "pixel": pixel,
+                "rule4": rule4,
             },
         )
         return

@@ -1,9 +1,10 @@
 """One-pass evidence of repeated group splits of a dev set, for the decision study (docs/decision-study.md).
 
-For one dev set (raw-feature caches from scripts/studies/study_cache.py): train + test images pooled, regrouped by
-item (ksdd1_dev: the kosNN of `source_image`), spot (bsdata_pitting: `spot`) or image (magnetic_tile, which
-has no groups: stratified by label), and split again with each seed in the original proportions (test images
-that are byte copies of training images are dropped first). Per split: banks built as `exdd offline build`
+For one dev set (raw-feature caches from scripts/studies/study_cache.py; sets are folders of ../shared/data or of
+EXDD_STUDY_DATA): train + test images pooled, regrouped by item (ksdd1_dev: the kosNN of `source_image`), spot
+(bsdata_pitting: `spot`) or image (magnetic_tile, and a set without a mapping.csv: stratified by label), and split
+again with each seed in the original proportions (test images that are byte copies of training images are dropped
+first). Per split: banks built as `exdd offline build`
 builds them (seeded 10 % hold-out, chunked k-center coreset 1 % / 10 %, defect-patch rule), then for every
 held-out and test image the per-patch nearest distance and index to each bank, and the distances from each
 bank's peak patch to m* and its 9 nearest bank neighbours (every reweighting variant needs them).
@@ -41,9 +42,8 @@ from exdd.offline.feature_cache import RawCache
 from exdd.offline.features import make_projection
 from exdd.offline.head import crossfit_folds
 from exdd_scoring.knn import bank_neighbors, nearest, sq_norms
-from scripts.common import peak_dists
+from scripts.common import STUDY_DATA, peak_dists
 
-DATA = "/work/shared/data"
 K_STUDY = 10  # m* and its 9 nearest bank neighbours
 NEG_RATIO, POS_RATIO, MIN_BANK, HOLDOUT, MIN_COVER = (
     defaults.NEG_RATIO,
@@ -55,9 +55,12 @@ NEG_RATIO, POS_RATIO, MIN_BANK, HOLDOUT, MIN_COVER = (
 
 
 def groups_of(root: str, samples: Sequence[Sample]) -> List[str]:
-    """The group of each sample (item / spot / the image itself), read from the set's mapping.csv."""
-    rows = list(csv.DictReader(open(os.path.join(root, "mapping.csv"))))
+    """The group of each sample (item / spot / the image itself), read from the set's mapping.csv; a set without
+    one (a new set, rule 4) has no groups known: every image is its own (splits stratified by label)."""
     rel = {os.path.relpath(s.path, root): i for i, s in enumerate(samples)}
+    if not os.path.isfile(os.path.join(root, "mapping.csv")):
+        return list(rel)
+    rows = list(csv.DictReader(open(os.path.join(root, "mapping.csv"))))
     out = [""] * len(samples)
     for r in rows:
         f = r.get("file") or r.get("image") or r.get("new_image")
@@ -253,7 +256,7 @@ def main() -> None:
     a = ap.parse_args()
     name, size = a.set.split(":")
     hw = tuple(int(v) for v in size.split("x"))
-    root = os.path.join(DATA, name)
+    root = os.path.join(STUDY_DATA, name)
     caches = {sp: RawCache(os.path.join(a.cache, f"{name}-{hw[0]}x{hw[1]}", sp)) for sp in ("train", "test")}
     samples, groups, n_copies, _ = pooled_samples(root)
     samples = [s for s in samples if caches[s.split].row_of(s.path) is not None]

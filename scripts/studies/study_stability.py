@@ -51,10 +51,9 @@ from exdd.offline.extract import Extracted
 from exdd.offline.feature_cache import RawCache
 from exdd.offline.features import fingerprint, make_projection
 from exdd_scoring import Scorer, load_banks
-from scripts.common import cache_folder
+from scripts.common import STUDY_DATA, cache_folder
 from scripts.harness import BenchResult, params_of
 
-DATA = "/work/shared/data"
 MODES = ("dual_bounded", "dual", "patchcore")
 RULES = {"listing": legacy_holdout_split, "content": holdout_split}
 
@@ -184,7 +183,7 @@ def main() -> None:
     a = ap.parse_args()
     name, size = a.set.split(":")
     hw = tuple(int(v) for v in size.split("x"))
-    root = os.path.join(DATA, name)
+    root = os.path.join(STUDY_DATA, name)
     train, test = load_split(root, "train"), load_split(root, "test")
     copies = {p for p, _ in duplicates_across(test, train)}
     test = [s for s in test if s.path not in copies]

@@ -322,6 +322,43 @@ def test_the_two_stage_score_looks_only_at_the_served_banks_top_patches_and_need
         dense_a_neg(z, "test", ids[::-1], a_neg)
 
 
+def test_rule4_replaces_the_default_only_when_every_clause_holds():
+    """study_decision.rule4_verdict applies rule 4 as written: pooled >= -0.01 with the lower end > -0.03, no set
+    below -0.03, stability >= 0.9 on every set (a set without it fails), C's map within 0.01 of the default's."""
+    from scripts.studies.study_decision import RULE4, rule4_verdict
+
+    def res(diffs, stab=0.95, pooled=(0.0, -0.02)):
+        per = {s: {"diff": d, "stability": stab} for s, d in diffs.items()}
+        return {"per_set": per, "pooled_diff": pooled[0], "pooled_ci90": [pooled[1], 0.05]}
+
+    ok_img, ok_map = {RULE4[0]: res({"a": 0.01, "b": -0.02})}, {RULE4[1]: res({"a": 0.0, "b": -0.005})}
+    v = rule4_verdict(ok_img, ok_map, 2)
+    assert v["verdict"] == "replace" and all(x == "yes" for k, x in v.items() if k != "verdict")
+    cases = {
+        "pooled": ({RULE4[0]: res({"a": 0.0, "b": 0.0}, pooled=(-0.011, -0.02))}, ok_map, 2),
+        "every set": ({RULE4[0]: res({"a": 0.05, "b": -0.031})}, ok_map, 2),
+        "stability": ({RULE4[0]: res({"a": 0.0, "b": 0.0}, stab=0.899)}, ok_map, 2),
+        "map": (ok_img, {RULE4[1]: res({"a": 0.0, "b": -0.011})}, 2),
+        "sets": (ok_img, ok_map, 3),
+    }
+    for clause, args in cases.items():
+        got = rule4_verdict(*args)
+        assert got["verdict"] == "keep" and got[clause].startswith("no"), clause
+    lower = rule4_verdict({RULE4[0]: res({"a": 0.0}, pooled=(0.0, -0.03))}, {RULE4[1]: res({"a": 0.0})}, 1)
+    assert lower["pooled"].startswith("no")  # the lower end must be above -0.03, not at it
+    unmeasured = rule4_verdict({RULE4[0]: res({"a": 0.0}, stab=None)}, {RULE4[1]: res({"a": 0.0})}, 1)
+    assert "not measured" in unmeasured["stability"] and unmeasured["verdict"] == "keep"
+
+
+def test_a_set_without_a_mapping_file_has_every_image_as_its_own_group(tmp_path):
+    """study_splits.groups_of: a new set (rule 4's held-back data) need not have a mapping.csv."""
+    from exdd.datasets import Sample
+    from scripts.studies.study_splits import groups_of
+
+    samples = [Sample(str(tmp_path / "train" / f"{i}.png"), None, i % 2, "train") for i in range(4)]
+    assert groups_of(str(tmp_path), samples) == [os.path.join("train", f"{i}.png") for i in range(4)]
+
+
 def test_a_peer_run_is_read_only_for_the_same_test_images_and_the_goals_need_every_set(tmp_path):
     """study_decision.peer_split reads scripts/studies/peer_splits.py's record of a split next to the variant's
     folder and refuses one of other test images or other normals; peer_goals holds the served score and map to
