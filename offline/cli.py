@@ -461,8 +461,9 @@ def _warn_test_leak(dataset: str, layout: str) -> None:
     is_flag=True,
     help="Also rebuild the banks from DATASET's training images with the manifest's settings and seed + 1 "
     "(other training images held out; costs one build) and print the Spearman correlation of the "
-    "two builds' "
-    "image scores per mode (stability[MODE]: ...), with what differs between the builds.",
+    "two builds' image scores per mode (stability[MODE]: ...), how many test images get the same "
+    "IS_DEFECT from both at their own thresholds (agreement[MODE]: ..., the flips named), and what "
+    "differs between the builds.",
 )
 def evaluate(
     dataset,
@@ -556,6 +557,7 @@ def evaluate(
             dataset,
             banks.manifest,
             manifest_second,
+            scored.samples,
         )
     labels = np.array([s.label for s in scored.samples])
     metrics = metrics_of(scored)

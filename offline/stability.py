@@ -92,6 +92,31 @@ def rebuild_plan(manifest: OfflineManifest, where: str, dataset: str, layout: st
     return Rebuild(cfg, src.synthetic_dirs, src.synthetic_images if src.synthetic_images < synth_total else None, held)
 
 
+def verdict_agreement(
+    scores_a: Dict[str, np.ndarray],
+    scores_b: Dict[str, np.ndarray],
+    thresholds_a: Dict[str, float],
+    thresholds_b: Dict[str, float],
+    names: Sequence[str],
+) -> Dict[str, Dict[str, Any]]:
+    """Per mode both builds calibrated: how many images get the same IS_DEFECT (score >= that build's own
+    threshold) from both builds, and the images whose decision flips (names, in order), with the two thresholds."""
+    out: Dict[str, Dict[str, Any]] = {}
+    for m in scores_a:
+        if m not in scores_b or m not in thresholds_a or m not in thresholds_b:
+            continue
+        da = np.asarray(scores_a[m]) >= thresholds_a[m]
+        db = np.asarray(scores_b[m]) >= thresholds_b[m]
+        flips = np.flatnonzero(da != db)
+        out[m] = {
+            "same": int(da.size - flips.size),
+            "images": int(da.size),
+            "thresholds": [float(thresholds_a[m]), float(thresholds_b[m])],
+            "flips": [names[int(i)] for i in flips],
+        }
+    return out
+
+
 def stability_report(
     scores_a: Dict[str, np.ndarray],
     scores_b: Dict[str, np.ndarray],
@@ -101,14 +126,20 @@ def stability_report(
     dataset: str,
     banks_a: OfflineManifest,
     banks_b: OfflineManifest,
+    scored: Sequence[Sample] = (),
 ) -> Dict[str, Any]:
-    """Spearman of the two builds' image scores per mode, and what differs between the builds."""
+    """Spearman of the two builds' image scores per mode, whether their verdicts agree (scored: the test images,
+    in score order; thresholds from each build's manifest), and what differs between the builds."""
     rel = lambda ss: sorted(os.path.relpath(s.path, dataset) for s in ss)  # noqa: E731
     ha, hb = rel(held_a), rel(held_b)
     size = lambda m, b: getattr(m.coreset, b).size  # noqa: E731
+    names = [os.path.relpath(s.path, dataset) for s in scored]
     return {
         "seeds": list(seeds),
         "spearman": {m: spearman(scores_a[m], scores_b[m]) for m in scores_a if m in scores_b},
+        "verdicts": verdict_agreement(scores_a, scores_b, banks_a.thresholds, banks_b.thresholds, names)
+        if names
+        else {},
         "images": int(len(next(iter(scores_a.values()))) if scores_a else 0),
         "held_out": {"first": ha, "second": hb, "common": len(set(ha) & set(hb))},
         "banks": {b: [size(banks_a, b), size(banks_b, b)] for b in ("negative", "positive")},
@@ -121,6 +152,12 @@ def report_lines(rep: Dict[str, Any]) -> List[str]:
     h = rep["held_out"]
     lines = [f"stability: Spearman of the {rep['images']} images' scores, banks (seed {a}) vs a rebuild with seed {b}"]
     lines += [f"stability[{m}]: {v:.4f}" for m, v in rep["spearman"].items()]
+    for m, v in rep.get("verdicts", {}).items():
+        lines.append(
+            f"agreement[{m}]: {v['same']} of {v['images']} images get the same IS_DEFECT (score >= each build's "
+            f"threshold: {v['thresholds'][0]:.4g} vs {v['thresholds'][1]:.4g})"
+            + (f"; flip: {', '.join(v['flips'][:5])}" + (" ..." if len(v["flips"]) > 5 else "") if v["flips"] else "")
+        )
     lines.append(
         f"stability: held out {len(h['first'])} (seed {a}) and {len(h['second'])} (seed {b}) training "
         f"images, {h['common']} in common"

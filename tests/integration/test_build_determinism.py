@@ -125,8 +125,21 @@ def test_evaluate_stability_rebuilds_with_the_next_seed_and_reports_spearman(tin
     assert st["held_out"]["first"] == rel(holdout_split(train, 0.1, 0)[1])
     assert st["held_out"]["second"] == rel(holdout_split(train, 0.1, 1)[1])
     assert st["held_out"]["common"] == len(set(st["held_out"]["first"]) & set(st["held_out"]["second"]))
-    assert st["banks"]["negative"][0] == read_manifest(str(tiny_banks), OfflineManifest).coreset.negative.size
+    manifest = read_manifest(str(tiny_banks), OfflineManifest)
+    assert st["banks"]["negative"][0] == manifest.coreset.negative.size
     assert "in common" in p.stdout and "bank sizes negative" in p.stdout
+    # the verdicts: each build's own threshold; the first build's verdicts are the results' own
+    rows = json.loads(out.read_text())["images"]
+    names = [os.path.relpath(r["path"], str(tiny_dataset)) for r in rows]
+    agree = {x.split("]")[0][len("agreement[") :]: x for x in p.stdout.splitlines() if x.startswith("agreement[")}
+    assert set(st["verdicts"]) == set(manifest.thresholds) == set(agree) and st["verdicts"]
+    for m, v in st["verdicts"].items():
+        assert v["thresholds"][0] == manifest.thresholds[m] and v["images"] == len(rows)
+        assert v["same"] + len(v["flips"]) == len(rows) and set(v["flips"]) <= set(names)
+        assert f"{v['same']} of {len(rows)} images get the same IS_DEFECT" in agree[m]
+    for r in rows:  # IS_DEFECT of the first build, as the line's verdicts of the results imply it
+        is_defect = r["scores"]["dual_bounded"] >= manifest.thresholds["dual_bounded"]
+        assert (r["verdict"] != "ok") if is_defect else (r["verdict"] != "defect")
 
 
 def test_stability_on_other_data_than_the_banks_is_refused(tiny_dataset, tiny_banks, tmp_path):
