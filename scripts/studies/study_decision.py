@@ -43,7 +43,9 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from exdd.defaults import TARGET_FPR
 from exdd.metrics import aupro
+from exdd.offline.calibrate import threshold
 from exdd.offline.feature_cache import RawCache
 from exdd.offline.head import HEAD_L2, fit_head
 from exdd_scoring import upsample_smooth_matrices
@@ -71,6 +73,7 @@ class SplitEvidence:
     Evidence (self.ev, served_evidence) computes every served score and map; the study adds its variants."""
 
     def __init__(self, z, meta: Dict, key: str, s_h: np.ndarray, s_w: np.ndarray):
+        self.key = key  # 'test', 'held' or 'cf': which images of the split
         self.a_neg = z[f"{key}_a_neg"].astype(np.float64)
         self.a_pos = z[f"{key}_a_pos"].astype(np.float64)
         self.nb_neg = z[f"{key}_nb_neg"].astype(np.float64)
@@ -216,7 +219,7 @@ def pooled_scores(
             if z_dense is None:
                 raise SystemExit(f"{name} needs a denser variant of the same splits (--dense)")
             g, q, f = TWO_STAGE[name]
-            dense = dense_a_neg(z_dense, "test", te.ids, te.a_neg)
+            dense = dense_a_neg(z_dense, te.key, te.ids, te.a_neg)
             out[name] = two_stage(te.a_neg, te.a_pos, dense, eps_b(te.ev, DUAL_EPS_REL), g, q, f)
         elif name in EXPLORATORY:
             g, m, f = EXPLORATORY[name]
@@ -250,11 +253,12 @@ def pooled_scores(
 
 
 def split_scores(
-    z, meta: Dict, s_h: np.ndarray, s_w: np.ndarray, images: Optional[Sequence[str]], z_dense=None
+    z, meta: Dict, s_h: np.ndarray, s_w: np.ndarray, images: Optional[Sequence[str]], z_dense=None, key: str = "test"
 ) -> Tuple[SplitEvidence, Dict[str, np.ndarray], Dict, Optional[Dict]]:
     """One split's test evidence, the scores of every candidate asked for (all by default), the fusion's and the
-    head's parameters. z_dense: the same split's evidence with a denser negative bank (rule 5's TWO_STAGE)."""
-    te = SplitEvidence(z, meta, "test", s_h, s_w)
+    head's parameters. z_dense: the same split's evidence with a denser negative bank (rule 5's TWO_STAGE);
+    key 'held': the held-out images' instead of the test images' (what the build calibrates its threshold on)."""
+    te = SplitEvidence(z, meta, key, s_h, s_w)
     held = SplitEvidence(z, meta, "held", s_h, s_w)
     scores = {k: fn() for k, fn in candidates(te).items() if images is None or k in images}
     params = fit_fusion(fusion_x(held), held.labels)
@@ -265,6 +269,31 @@ def split_scores(
     pooled, head = pooled_scores(z, meta, te, held, s_h, s_w, named, z_dense)
     scores.update(pooled)
     return te, scores, params, head
+
+
+def held_thresholds(
+    z, meta: Dict, s_h: np.ndarray, s_w: np.ndarray, names: Sequence[str], z_dense=None
+) -> Dict[str, float]:
+    """Each score's threshold as `exdd offline build` calibrates it (offline.calibrate.threshold, its default rule
+    f1) on the split's held-out images, scored as the test images are (the fusion and the head fitted on them,
+    as the build fits them)."""
+    held, scores, _, _ = split_scores(z, meta, s_h, s_w, names, z_dense, key="held")
+    return {k: float(threshold(v, held.labels, "f1", TARGET_FPR)["value"]) for k, v in scores.items()}
+
+
+def agreement(s0: np.ndarray, s1: np.ndarray, t0: float, t1: float) -> float:
+    """Share of images two builds give the same IS_DEFECT (score >= that build's own threshold)."""
+    return float(np.mean((np.asarray(s0) >= t0) == (np.asarray(s1) >= t1)))
+
+
+def rank_agreement(s0: np.ndarray, s1: np.ndarray, t0: float) -> float:
+    """The same at one operating point: build 1 flags as many images as build 0 does at t0 (its top ones, ties
+    broken by order), so only the ranking can make them differ."""
+    s0, s1 = np.asarray(s0), np.asarray(s1)
+    flag0 = s0 >= t0
+    flag1 = np.zeros(s1.size, bool)
+    flag1[np.argsort(-s1, kind="stable")[: int(flag0.sum())]] = True
+    return float(np.mean(flag0 == flag1))
 
 
 def weighted_auroc(scores: np.ndarray, labels: np.ndarray, w: np.ndarray) -> np.ndarray:
@@ -386,7 +415,9 @@ def study_set(
                 "aupro": float(aupro(m[:, ::pro_stride, ::pro_stride], masks[:, ::pro_stride, ::pro_stride])),
             }
             te._maps.pop(kind, None)
-        stab = {}
+        stab: Dict[str, float] = {}
+        agree: Dict[str, float] = {}
+        agree_rank: Dict[str, float] = {}
         f1 = f.replace("-build0.npz", "-build1.npz")
         if os.path.isfile(f1):
             meta1, z1 = load_split(f1)
@@ -397,6 +428,11 @@ def study_set(
                     s1[p] = got1[0]
             stab = {k: spearman(scores[k], s1[k]) for k in scores if k in s1}
             stab_auroc = {k: float(weighted_auroc(s1[k], te1.labels, ones)[0]) for k in s1}
+            own = [k for k in scores if k in s1 and k not in peers]  # a peer has no held-out scores here
+            t0 = held_thresholds(z, meta, s_h, s_w, own, dense_split(folder, f, dense))
+            t1 = held_thresholds(z1, meta1, s_h, s_w, own, dense_split(folder, f1, dense))
+            agree = {k: agreement(scores[k], s1[k], t0[k], t1[k]) for k in own}
+            agree_rank = {k: rank_agreement(scores[k], s1[k], t0[k]) for k in own}
         else:
             stab_auroc = {}
         peak = {k: float(np.max(s)) for k, s in scores.items()}
@@ -412,6 +448,8 @@ def study_set(
                 "image": img,
                 "pixel": pix,
                 "stability": stab,
+                "agreement": agree,
+                "agreement_rank": agree_rank,
                 "build1_auroc": stab_auroc,
                 "max_score": peak,
                 "knn_ms_per_image": meta["knn_ms_per_image"]["test"],
@@ -454,6 +492,9 @@ def summarise(sets: List[Dict], level_key: str, base: str) -> Dict[str, Dict]:
             else:
                 st = [sp["stability"][n] for sp in s["splits"] if n in sp["stability"]]
                 row["stability"] = float(np.mean(st)) if st else None
+                for key in ("agreement", "agreement_rank"):
+                    ag = [sp[key][n] for sp in s["splits"] if n in sp.get(key, {})]
+                    row[key] = float(np.mean(ag)) if ag else None
             per[s["set"]] = row
             pooled_b.append(db)
             pooled_p.append(row["diff"])
@@ -635,6 +676,9 @@ def versus(var: List[Dict], base: List[Dict], level_key: str, base_name: Optiona
             else:
                 st = [x["stability"][n] for x in v["splits"] if n in x["stability"]]
                 per[v["set"]]["stability"] = float(np.mean(st)) if st else None
+                for key in ("agreement", "agreement_rank"):
+                    ag = [x[key][n] for x in v["splits"] if n in x.get(key, {})]
+                    per[v["set"]][key] = float(np.mean(ag)) if ag else None
             boots.append(db)
             pts.append(dp)
         res[n] = {"per_set": per, "pooled_diff": float(np.mean(pts)), "pooled_ci90": ci(np.mean(boots, axis=0))}
@@ -657,6 +701,23 @@ def versus_table(res: Dict[str, Dict], sets: List[str], label: str) -> str:
                 f"{v['auroc']:.3f} / {v['base']:.3f}, {v['diff']:+.3f} [{v['diff_ci90'][0]:+.3f}, "
                 f"{v['diff_ci90'][1]:+.3f}]{extra}"
             )
+        lines.append(f"| {n} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def steadiness_table(res: Dict[str, Dict], sets: List[str]) -> str:
+    """Markdown: per image score and set, the seed-to-seed Spearman, the share of test images both builds give the
+    same IS_DEFECT at their own held-out thresholds, and the same share at one operating point (build 1 flagging
+    as many as build 0: the ranking alone); means over the splits with both builds."""
+    head = "| image score | " + " | ".join(f"{s}: Spearman / same IS_DEFECT (own thresholds; one point)" for s in sets)
+    lines = [head + " |", "|" + "---|" * (head.count("|"))]
+    fmt = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
+    for n, r in res.items():
+        cells = [
+            f"{fmt(r['per_set'][s].get('stability'), '.3f')} / {fmt(r['per_set'][s].get('agreement'), '.1%')}; "
+            f"{fmt(r['per_set'][s].get('agreement_rank'), '.1%')}"
+            for s in sets
+        ]
         lines.append(f"| {n} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -769,6 +830,7 @@ def main() -> None:
             )
         )
         print("\n" + versus_table(image, names, "image score") + "\n\n" + versus_table(pixel, names, "map"))
+        print("\n" + steadiness_table(image, names))
         rule4 = rule4_verdict(image, pixel, len(names)) if a.rule4 else None
         if rule4:
             print(f"\nRule 4: C ({RULE4[0]} of {a.variant}) against the served dual_b01 of {a.against}:")
@@ -800,6 +862,7 @@ def main() -> None:
     print(f"## {a.variant}: {desc}\n")
     print("### Image level: paired difference vs `patchcore`\n")
     print(table(image, names, False))
+    print("\n" + steadiness_table(image, names))
     print("\n### Pixel level: paired difference vs the ratio map\n")
     print(table(pixel, names, True))
     print(f"\nDecision: image score `{dec['image']}` ({dec['image_why']}); map `{dec['map']}` ({dec['map_why']}).")

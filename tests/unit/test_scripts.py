@@ -216,6 +216,22 @@ def test_study_scores_the_pooled_candidates_with_the_served_modes_and_crossfits_
     for m in two:
         np.testing.assert_allclose(np.asarray(mode(m).score(ev2)), want2[m], rtol=1e-4, err_msg=m)
         assert not np.allclose(want2[m], want[m], rtol=1e-3)  # the exponent reaches the score
+    # a build's threshold in the study: calibrated on the held-out images' scores, as offline build calibrates
+    from exdd.offline.calibrate import threshold
+
+    zh = dict(z, **{"held_" + k[5:]: v for k, v in z.items() if k.startswith("test_")})
+    zh["held_labels"] = np.r_[np.zeros(7), np.ones(3)].astype(np.int8)  # other labels than the test images'
+    cands = ["patchcore", "dual_b01", "dual_topk@0.05"]
+    th = sd.held_thresholds(zh, meta, s_h, s_w, cands)
+    _, on_test, _, _ = sd.split_scores(zh, meta, s_h, s_w, cands)
+    for c in cands:
+        assert th[c] == threshold(on_test[c], zh["held_labels"], "f1", 0.01)["value"], c
+    assert sd.agreement(on_test["dual_b01"], on_test["dual_b01"], th["dual_b01"], th["dual_b01"]) == 1.0
+    s0 = np.array([0.1, 0.5, 0.9, 0.6])
+    assert sd.agreement(s0, s0 + 0.1, 0.55, 0.65) == 1.0  # each build at its own threshold: no flip
+    assert sd.agreement(s0, np.array([0.1, 0.7, 0.9, 0.6]), 0.55, 0.65) == 0.5  # images 2 and 4 flip
+    assert sd.rank_agreement(s0, s0 * 3.0, 0.55) == 1.0  # one operating point: only the ranking counts
+    assert sd.rank_agreement(s0, np.array([0.1, 0.7, 0.9, 0.6]), 0.55) == 0.5  # top 2 {3, 2} vs {3, 4}
     from scripts.studies import study_image_score as sis  # the image-score study's served candidates too
 
     cands = sis.candidates(sis.Evidence(dict(z, test_rows=np.arange(n)), "test", grid, s_h, s_w, d))
