@@ -375,6 +375,40 @@ def test_a_set_without_a_mapping_file_has_every_image_as_its_own_group(tmp_path)
     assert groups_of(str(tmp_path), samples) == [os.path.join("train", f"{i}.png") for i in range(4)]
 
 
+def test_rule6_bagged_threshold_is_deterministic_separates_separable_scores_and_the_rule_needs_both_clauses():
+    """threshold_study: T_bag (median of bootstrap F1 optima) is a function of the scores, lies between the classes
+    when they are apart, falls back to the build's rule without both classes; weighted_f1 is F1 under weights;
+    rule6 keeps today's threshold unless F1 holds and the agreement rises by 0.02 on no set lower."""
+    import numpy as np
+
+    from exdd.metrics import confusion
+    from exdd.offline.calibrate import threshold
+    from scripts.studies.threshold_study import bagged_f1_threshold, rule6, weighted_f1
+
+    rng = np.random.default_rng(0)
+    normals, defects = rng.uniform(0.0, 1.0, 30), rng.uniform(2.0, 3.0, 6)
+    s, y = np.r_[normals, defects], np.r_[np.zeros(30), np.ones(6)]
+    t = bagged_f1_threshold(s, y)
+    assert t == bagged_f1_threshold(s, y) and normals.max() < t <= defects.min()
+    assert bagged_f1_threshold(normals, np.zeros(30)) == threshold(normals, np.zeros(30), "f1", 0.01)["value"]
+    w = np.ones((1, s.size))
+    mixed = rng.uniform(0, 1, s.size)
+    assert np.isclose(weighted_f1(mixed, y, 0.5, w)[0], confusion(mixed, y, 0.5)["f1"], rtol=1e-12)
+    assert np.isclose(weighted_f1(mixed, y, 0.5, np.r_[w, 2 * w])[1], weighted_f1(mixed, y, 0.5, w)[0])
+
+    def res(diffs, ag_f1, ag_bag, pooled=(0.0, -0.01)):
+        per = {k: {"diff": d, "agreement": {"f1": ag_f1[k], "bag": ag_bag[k]}} for k, d in diffs.items()}
+        pa = {r: float(np.mean([v["agreement"][r] for v in per.values()])) for r in ("f1", "bag")}
+        return {"per_set": per, "pooled_diff": pooled[0], "pooled_ci90": [pooled[1], 0.02], "pooled_agreement": pa}
+
+    base = {"a": 0.80, "b": 0.60}
+    assert rule6(res({"a": 0.0, "b": 0.0}, base, {"a": 0.82, "b": 0.63}))["verdict"] == "replace"
+    assert rule6(res({"a": 0.0, "b": 0.0}, base, {"a": 0.81, "b": 0.62}))["agreement"].startswith("no")  # +0.015
+    assert rule6(res({"a": 0.0, "b": 0.0}, base, {"a": 0.79, "b": 0.70}))["agreement"].startswith("no")  # a lower
+    assert rule6(res({"a": 0.0, "b": -0.031}, base, {"a": 0.9, "b": 0.9}))["F1 every set"].startswith("no")
+    assert rule6(res({"a": 0.0, "b": 0.0}, base, {"a": 0.9, "b": 0.9}, (-0.011, -0.02)))["verdict"] == "keep"
+
+
 def test_a_peer_run_is_read_only_for_the_same_test_images_and_the_goals_need_every_set(tmp_path):
     """study_decision.peer_split reads scripts/studies/peer_splits.py's record of a split next to the variant's
     folder and refuses one of other test images or other normals; peer_goals holds the served score and map to
