@@ -48,10 +48,10 @@ from exdd_scoring.scores import (
 )
 from exdd_scoring.spec import FeatureSpec
 
-from .calibrate import fit_confidence, review_band, threshold
+from .calibrate import CROSSFIT_EXCLUDED, crossfit_threshold, fit_confidence, review_band
 from .coreset import Coreset, bank_size, chunked_kcenter
 from .extract import Extracted, extract
-from .head import crossfit_inputs, fit_head
+from .head import Crossfit, crossfit_evidence, fit_head
 from .line_inputs import LineInputs
 from .weights import is_random
 
@@ -367,11 +367,11 @@ def build(
         labels = np.array([s.label for s in ex.samples])
         return score_samples(calibration_scorer(pair), ex.features, pixel_images=labels == 0), labels
 
-    def head_crossfit(manifest: OfflineManifest) -> Optional[np.ndarray]:
+    def head_crossfit(manifest: OfflineManifest) -> Optional[Crossfit]:
         if positive is None or "real" not in pos_ex:
             return None
         synth = pos_ex["synthetic"][0][pos_ex["synthetic"][1]] if "synthetic" in pos_ex else None
-        return head_crossfit_inputs(negative, manifest, *pos_ex["real"], synth, cfg)
+        return head_crossfit_inputs(negative, manifest, *pos_ex["real"], synth, cfg, line.roi)
 
     return finish(
         dataset,
@@ -425,10 +425,12 @@ def head_crossfit_inputs(
     sel: np.ndarray,
     synth: Optional[np.ndarray],
     cfg: BuildConfig,
-) -> Optional[np.ndarray]:
-    """The image head's cross-fitted statistics of the real defective training images (offline/head.py): each
-    fold's positive bank built as the build's own (make_bank with cfg's settings), the folds fixed (HEAD_SEED)."""
-    return crossfit_inputs(
+    roi: Optional[np.ndarray] = None,
+) -> Crossfit:
+    """The cross-fitted evidence of the real defective training images (offline/head.py: the image head's
+    statistics, every mode's score for the threshold): each fold's positive bank built as the build's own
+    (make_bank with cfg's settings), the folds fixed (HEAD_SEED), scored inside the line's ROI."""
+    return crossfit_evidence(
         negative,
         manifest,
         features,
@@ -436,11 +438,12 @@ def head_crossfit_inputs(
         synth,
         lambda v: make_bank(v, cfg.pos_ratio, cfg.min_size, cfg.k, cfg.chunk_rows, cfg.oversample)[0],
         HEAD_SEED,
+        roi=roi,
     )
 
 
-# head_crossfit(manifest) -> the head statistics of the cross-fitted defective training images, or None
-HeadCrossfit = Callable[[OfflineManifest], Optional[np.ndarray]]
+# head_crossfit(manifest) -> the cross-fitted defective training images' head statistics and scores, or None
+HeadCrossfit = Callable[[OfflineManifest], Optional[Crossfit]]
 
 
 def finish(
@@ -524,17 +527,21 @@ def finish(
     held = held_scores(pair)
     if held is not None:
         scores, labels = held
+        crossfit = None
         if positive is not None:  # fit the fusion and the image head, then score them
             fusion = Fusion.from_dict(fit_fusion(scores["fusion_x"], labels), where)
+            crossfit = head_crossfit(manifest) if head_crossfit else None
+            crossfit = crossfit.rows() if crossfit is not None else None
             head = image_head(
-                scores["head_x"], labels, head_crossfit(manifest) if head_crossfit else None, HEAD_SEED, where
+                scores["head_x"], labels, crossfit.inputs if crossfit is not None else None, HEAD_SEED, where
             )
             pair.manifest = manifest = replace(manifest, scoring=replace(manifest.scoring, fusion=fusion, head=head))
             rescored = held_scores(pair)
             assert rescored is not None  # p.held: as above
             scores, labels = rescored
-        for m in MODES:
-            t = threshold(scores[m], labels, cfg.threshold_rule, cfg.target_fpr)
+        for m in MODES:  # issue 25, rule 7: F1 on the held-out and the cross-fitted defective training images
+            cf_scores = None if crossfit is None or m in CROSSFIT_EXCLUDED else crossfit.scores.get(m)
+            t = crossfit_threshold(scores[m], labels, cf_scores, cfg.threshold_rule, cfg.target_fpr)
             values[m] = t["value"]
             detail[m] = t
         rules = line_rules(scores, labels, values, roi_info, line.classes_source, where)

@@ -7,6 +7,9 @@ defect patches have a+ ~ 0 and every statistic says "known defect". So they are 
 ``HEAD_FOLDS`` folds, each fold scored against a positive bank built (as the build builds it) without that fold's
 patches; synthetic defects stay in every fold's bank. They are not in the negative bank, so its evidence is fair.
 
+The same cross-fitted pass gives every mode's score of those images, which the build's F1 threshold is calibrated
+on beside the held-out images (offline/calibrate.py, ``crossfit_threshold``; issue 25, rule 7).
+
 With fewer than ``HEAD_MIN_DEFECTIVE`` defective images (held-out + cross-fitted) or ``HEAD_MIN_NORMAL`` normal ones
 the head is not fitted and serves its fixed fallback (scores.HEAD_FALLBACK: log of dual_topk's score), and the
 manifest says so: a 7-weight model fitted on fewer than 10 defects follows their noise, and its cross-validated
@@ -15,6 +18,7 @@ AUROC over so few cannot tell it from the fallback.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Callable, Dict, Optional, Sequence, Union
 
 import numpy as np
@@ -50,7 +54,22 @@ def scored_inputs(pair: BankPair, feats: np.ndarray, batch: int = 16) -> np.ndar
     return np.concatenate(rows) if rows else np.zeros((0, len(HEAD_FEATURES)), np.float32)
 
 
-def crossfit_inputs(
+@dataclass
+class Crossfit:
+    """The cross-fitted defective training images: head statistics (n, len(HEAD_FEATURES)), every mode's image
+    score ({mode: (n,)}), and which images a fold bank scored (a fold whose bank would have < 2 rows is not)."""
+
+    inputs: np.ndarray
+    scores: Dict[str, np.ndarray]
+    scored: np.ndarray
+
+    def rows(self) -> "Crossfit":
+        """Only the scored images."""
+        k = self.scored
+        return Crossfit(self.inputs[k], {m: v[k] for m, v in self.scores.items()}, k[k])
+
+
+def crossfit_evidence(
     negative: Bank,
     manifest: BankManifest,
     defect_feats: np.ndarray,
@@ -59,13 +78,16 @@ def crossfit_inputs(
     positive_of: Callable[[np.ndarray], Bank],
     seed: int,
     folds: int = HEAD_FOLDS,
-) -> np.ndarray:
-    """Head statistics of each real defective training image (n, h, w, d) scored against a positive bank built by
-    positive_of((N, d) rows) from the other folds' defect patches (defect_sel (n, h, w)) and other_pos (synthetic)."""
+    roi: Any = None,
+    batch: int = 16,
+) -> Crossfit:
+    """Each real defective training image (n, h, w, d) scored against a positive bank built by positive_of((N, d)
+    rows) from the other folds' defect patches (defect_sel (n, h, w)) and other_pos (synthetic), with the manifest's
+    scoring and the line's ROI (patch mask, as the held-out images are scored): head statistics and mode scores."""
     n = defect_feats.shape[0]
-    out = np.zeros((n, len(HEAD_FEATURES)), np.float32)
+    out = Crossfit(np.zeros((n, len(HEAD_FEATURES)), np.float32), {}, np.zeros(n, bool))
     if n < 2:  # one image cannot be scored without itself: no cross-fitted evidence
-        return out[:0]
+        return out.rows()
     fold = crossfit_folds(n, seed, folds)
     d = defect_feats.shape[-1]
     for f in range(int(fold.max()) + 1):
@@ -76,8 +98,30 @@ def crossfit_inputs(
         vectors = np.concatenate(rows)
         if vectors.shape[0] < 2:
             continue
-        out[fold == f] = scored_inputs(BankPair(negative, positive_of(vectors), manifest), defect_feats[fold == f])
+        scorer = Scorer(BankPair(negative, positive_of(vectors), manifest, roi))
+        idx = np.flatnonzero(fold == f)
+        for i in range(0, idx.size, batch):
+            at = idx[i : i + batch]
+            r = scorer.score(defect_feats[at].astype(np.float32), map_modes=())
+            out.inputs[at] = np.asarray(head_inputs(r.evidence))
+            for m, v in r.scores.items():
+                out.scores.setdefault(m, np.zeros(n))[at] = np.asarray(v)
+        out.scored[idx] = True
     return out
+
+
+def crossfit_inputs(
+    negative: Bank,
+    manifest: BankManifest,
+    defect_feats: np.ndarray,
+    defect_sel: np.ndarray,
+    other_pos: Optional[np.ndarray],
+    positive_of: Callable[[np.ndarray], Bank],
+    seed: int,
+    folds: int = HEAD_FOLDS,
+) -> np.ndarray:
+    """The head statistics of crossfit_evidence (an unscored image's are zeros)."""
+    return crossfit_evidence(negative, manifest, defect_feats, defect_sel, other_pos, positive_of, seed, folds).inputs
 
 
 def fit_head(

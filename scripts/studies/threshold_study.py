@@ -1,13 +1,15 @@
-"""Rule 6 (docs/decision-study.md): a bootstrap-median F1 threshold against the build's F1 threshold.
+"""Rules 6 and 7 (docs/decision-study.md): steadier decision thresholds against the build's F1 threshold.
 
 For every split of the decision study (scripts/studies/study_splits.py evidence, build seeds 0 and 1): each image
-score on the held-out images (as the build scores them: study_decision.split_scores with key 'held'), today's
-threshold (offline.calibrate.threshold, rule f1) and T_bag (bagged_f1_threshold), then on the test images the F1 at
-each threshold under the protocol's image-weight resamples, and how many test images the two builds decide alike
-(each at its own threshold). Prints the paired table and rule 6's verdict for the served score.
+score on the held-out images (as the build scores them: study_decision.split_scores with key 'held') and on the
+cross-fitted defective training images (crossfit_scores), today's threshold (offline.calibrate.threshold, rule
+f1), rule 6's T_bag (bagged_f1_threshold) and rule 7's T_cf (offline.calibrate.crossfit_threshold, which the
+build uses since rule 7 passed); then on the test images the F1
+at each threshold under the protocol's image-weight resamples, and how many test images the two builds decide
+alike (each at its own threshold). Prints the paired tables and each rule's verdict for the served score.
 
   .venv/bin/python -m scripts.studies.threshold_study runs/decision --variant random-d256 \
-      --images dual_b01,dual_topk@0.01,patchcore --json runs/decision/threshold-bag.json
+      --images dual_b01,dual_topk@0.01,patchcore --json runs/decision/threshold-rules.json
 """
 
 from __future__ import annotations
@@ -22,10 +24,12 @@ import numpy as np
 
 from exdd.defaults import TARGET_FPR
 from exdd.metrics import f1_max
-from exdd.offline.calibrate import threshold
+from exdd.offline.calibrate import crossfit_threshold, threshold
 from exdd_scoring import upsample_smooth_matrices
+from exdd_scoring.scores import TOPK_FRACTION, mode
+from scripts.common import served_evidence
 from scripts.harness import BenchResult, params_of
-from scripts.studies.study_decision import SETS, agreement, ci, load_split, split_scores
+from scripts.studies.study_decision import SETS, SplitEvidence, agreement, ci, load_split, split_scores
 
 SERVED = "dual_b01"
 N_BAG = 200
@@ -53,7 +57,35 @@ def weighted_f1(scores: np.ndarray, labels: np.ndarray, t: float, w: np.ndarray)
     return 2 * tp / np.maximum(2 * tp + fp + fn, 1e-12)
 
 
-RULES = {"f1": lambda s, y: float(threshold(s, y, "f1", TARGET_FPR)["value"]), "bag": bagged_f1_threshold}
+SERVED_MODES = {"dual_b01": "dual_bounded"}  # a study name whose served mode has another name
+
+
+def crossfit_scores(z, meta: Dict, s_h: np.ndarray, s_w: np.ndarray, names: Sequence[str]) -> Dict[str, np.ndarray]:
+    """Each score of the cross-fitted defective training images (cf_*), each fold's images by the served formulas
+    with their fold bank's spacing (as study_decision's head fit reads them); empty without cross-fitted images."""
+    if not meta.get("cf_pos"):
+        return {n: np.zeros(0) for n in names}
+    cf, fold = SplitEvidence(z, meta, "cf", s_h, s_w), z["cf_fold"]
+    out = {n: np.zeros(fold.size) for n in names}
+    for f, st in enumerate(meta["cf_pos"]):
+        rows = fold == f
+        for n in names:
+            m, _, frac = n.partition("@")
+            ev = served_evidence(cf, st["nn1_median"], {"topk": float(frac) if frac else TOPK_FRACTION}, rows)
+            out[n][rows] = np.asarray(mode(SERVED_MODES.get(m, m)).score(ev))
+    return out
+
+
+RULES = ("f1", "bag", "cf")  # today's, rule 6's T_bag, rule 7's T_cf
+
+
+def thresholds(held_scores: np.ndarray, labels: np.ndarray, crossfit: np.ndarray) -> Dict[str, float]:
+    """The threshold by each rule of RULES."""
+    return {
+        "f1": float(threshold(held_scores, labels, "f1", TARGET_FPR)["value"]),
+        "bag": bagged_f1_threshold(held_scores, labels),
+        "cf": float(crossfit_threshold(held_scores, labels, crossfit, "f1", TARGET_FPR)["value"]),
+    }
 
 
 def study_set(folder: str, names: Sequence[str], n_boot: int) -> Dict:
@@ -70,7 +102,9 @@ def study_set(folder: str, names: Sequence[str], n_boot: int) -> Dict:
             meta, z = load_split(bf)
             held, hs, _, _ = split_scores(z, meta, s_h, s_w, names, key="held")
             te, ts, _, _ = split_scores(z, meta, s_h, s_w, names)
-            th = {r: {n: fn(hs[n], held.labels) for n in names} for r, fn in RULES.items()}
+            cs = crossfit_scores(z, meta, s_h, s_w, names)
+            per_name = {n: thresholds(hs[n], held.labels, cs[n]) for n in names}
+            th = {r: {n: per_name[n][r] for n in names} for r in RULES}
             builds.append((te, ts, th))
         (te0, s0, t0), (te1, s1, t1) = builds
         if not np.array_equal(te0.ids, te1.ids):
@@ -90,8 +124,10 @@ def study_set(folder: str, names: Sequence[str], n_boot: int) -> Dict:
         print(
             f"{meta0['set']} {sp['file']}: "
             + ", ".join(
-                f"{n} F1 {sp['f1']['f1'][n]['point']:.3f}/{sp['f1']['bag'][n]['point']:.3f} "
-                f"same {sp['agreement']['f1'][n]:.1%}/{sp['agreement']['bag'][n]:.1%}"
+                f"{n} F1 "
+                + "/".join(f"{sp['f1'][r][n]['point']:.3f}" for r in RULES)
+                + " same "
+                + "/".join(f"{sp['agreement'][r][n]:.1%}" for r in RULES)
                 for n in names
             ),
             flush=True,
@@ -99,8 +135,8 @@ def study_set(folder: str, names: Sequence[str], n_boot: int) -> Dict:
     return {"set": meta0["set"], "splits": splits}
 
 
-def summarise(sets: List[Dict], names: Sequence[str]) -> Dict[str, Dict]:
-    """Per score: per set and pooled, F1 at each rule, the paired difference bag - f1 with its 90 % interval, and
+def summarise(sets: List[Dict], names: Sequence[str], cand: str) -> Dict[str, Dict]:
+    """Per score: per set and pooled, F1 at each rule, the paired difference cand - f1 with its 90 % interval, and
     the agreement at each rule."""
     out: Dict[str, Dict] = {}
     for n in names:
@@ -108,15 +144,15 @@ def summarise(sets: List[Dict], names: Sequence[str]) -> Dict[str, Dict]:
         for s in sets:
             sp = s["splits"]
             f1 = {r: float(np.mean([x["f1"][r][n]["point"] for x in sp])) for r in RULES}
-            db = np.mean([x["f1"]["bag"][n]["boot"] - x["f1"]["f1"][n]["boot"] for x in sp], axis=0)
+            db = np.mean([x["f1"][cand][n]["boot"] - x["f1"]["f1"][n]["boot"] for x in sp], axis=0)
             per[s["set"]] = {
                 "f1": f1,
-                "diff": f1["bag"] - f1["f1"],
+                "diff": f1[cand] - f1["f1"],
                 "diff_ci90": ci(db),
                 "agreement": {r: float(np.mean([x["agreement"][r][n] for x in sp])) for r in RULES},
             }
             boots.append(db)
-            diffs.append(f1["bag"] - f1["f1"])
+            diffs.append(f1[cand] - f1["f1"])
         out[n] = {
             "per_set": per,
             "pooled_diff": float(np.mean(diffs)),
@@ -126,9 +162,10 @@ def summarise(sets: List[Dict], names: Sequence[str]) -> Dict[str, Dict]:
     return out
 
 
-def rule6(res: Dict) -> Dict[str, str]:
-    """Rule 6 as written, on the served score's summary: (a) F1 held, (b) agreement not lower on any set and higher
-    pooled by >= 0.02. Per clause 'yes' or why not; 'verdict': 'replace' or 'keep'."""
+def rule6(res: Dict, cand: str = "bag") -> Dict[str, str]:
+    """Rules 6 (cand 'bag') and 7 ('cf') as written, on the served score's summary against today's threshold:
+    (a) F1 held, (b) agreement not lower on any set and higher pooled by >= 0.02. Per clause 'yes' or why not;
+    'verdict': 'replace' or 'keep'."""
     r = res
     low = [f"{s} ({v['diff']:+.3f})" for s, v in r["per_set"].items() if v["diff"] < -0.03]
     out = {
@@ -137,8 +174,8 @@ def rule6(res: Dict) -> Dict[str, str]:
         else f"no: {r['pooled_diff']:+.3f} [{r['pooled_ci90'][0]:+.3f}, {r['pooled_ci90'][1]:+.3f}]",
         "F1 every set": "no: " + ", ".join(low) if low else "yes",
     }
-    lower = [s for s, v in r["per_set"].items() if v["agreement"]["bag"] < v["agreement"]["f1"]]
-    gain = r["pooled_agreement"]["bag"] - r["pooled_agreement"]["f1"]
+    lower = [s for s, v in r["per_set"].items() if v["agreement"][cand] < v["agreement"]["f1"]]
+    gain = r["pooled_agreement"][cand] - r["pooled_agreement"]["f1"]
     out["agreement"] = (
         "yes"
         if not lower and gain >= 0.02
@@ -161,34 +198,31 @@ def main() -> None:
     if SERVED not in names:
         names.insert(0, SERVED)
     sets = [study_set(os.path.join(a.root, s, a.variant), names, a.boot) for s in a.sets.split(",")]
-    res = summarise(sets, names)
     order = [s["set"] for s in sets]
-    print(
-        "\n| image score | pooled F1 diff, T_bag - F1's [90% CI] | "
-        + " | ".join(f"{s}: test F1 today / T_bag; same IS_DEFECT today / T_bag" for s in order)
-        + " |"
-    )
-    print("|" + "---|" * (2 + len(order)))
-    for n, r in res.items():
-        cells = [
-            f"{v['f1']['f1']:.3f} / {v['f1']['bag']:.3f}; {v['agreement']['f1']:.1%} / {v['agreement']['bag']:.1%}"
-            for v in (r["per_set"][s] for s in order)
-        ]
-        print(
-            f"| {n} | {r['pooled_diff']:+.3f} [{r['pooled_ci90'][0]:+.3f}, {r['pooled_ci90'][1]:+.3f}] | "
-            + " | ".join(cells)
-            + " |"
-        )
-    verdict = rule6(res[SERVED])
-    print(f"\nRule 6 on `{SERVED}`:")
-    print("\n".join(f"- {k}: {v}" for k, v in verdict.items()))
+    payload: Dict = {"sets": sets}
+    for cand, rule in (("bag", "6"), ("cf", "7")):
+        res = summarise(sets, names, cand)
+        head = " | ".join(f"{s}: test F1 today / {cand}; same IS_DEFECT today / {cand}" for s in order)
+        print(f"\n| image score | pooled F1 diff, {cand} - today's [90% CI] | {head} |")
+        print("|" + "---|" * (2 + len(order)))
+        for n, r in res.items():
+            cells = [
+                f"{v['f1']['f1']:.3f} / {v['f1'][cand]:.3f}; {v['agreement']['f1']:.1%} / {v['agreement'][cand]:.1%}"
+                for v in (r["per_set"][s] for s in order)
+            ]
+            ci90 = r["pooled_ci90"]
+            print(f"| {n} | {r['pooled_diff']:+.3f} [{ci90[0]:+.3f}, {ci90[1]:+.3f}] | " + " | ".join(cells) + " |")
+        verdict = rule6(res[SERVED], cand)
+        print(f"\nRule {rule} ({cand}) on `{SERVED}`:")
+        print("\n".join(f"- {k}: {v}" for k, v in verdict.items()))
+        payload[cand] = {"summary": res, "verdict": verdict}
     if a.json:
         for s in sets:
             for sp in s["splits"]:
                 for r in sp["f1"].values():
                     for v in r.values():
                         v.pop("boot")
-        BenchResult("threshold_study", params_of(a), {"summary": res, "rule6": verdict, "sets": sets}).save(a.json)
+        BenchResult("threshold_study", params_of(a), payload).save(a.json)
 
 
 if __name__ == "__main__":

@@ -168,10 +168,13 @@ def test_test_images_copied_from_training_are_found_and_left_out(tiny_dataset, t
 
 def test_topk_is_recorded_calibrated_on_and_kept_by_the_stability_rebuild(tiny_dataset, tmp_path):
     """`offline build --topk F` (issue 25, rule 4's candidate C needs 0.05): the manifest's scoring.topk, the
-    dual_topk threshold is the held-out F1 threshold of the top-F scores (not of the default 1 %), and the
-    `--stability` rebuild reads it from the manifest; a fraction outside (0, 1] is refused naming the option."""
-    from exdd.offline.build import score_samples
-    from exdd.offline.calibrate import threshold
+    dual_topk threshold is calibrated on the top-F scores (not the default 1 %'s) of the held-out images and of the
+    cross-fitted defective training images (rule 7; each scored here again with the build's own functions), and
+    the `--stability` rebuild reads it from the manifest; a fraction outside (0, 1] is refused naming the option."""
+    import tiny_world
+
+    from exdd.offline.build import BuildConfig, defect_patches, head_crossfit_inputs, score_samples
+    from exdd.offline.calibrate import crossfit_threshold
     from exdd.offline.extract import extract
     from exdd.offline.features import bank_extractor
     from exdd.offline.stability import rebuild_plan
@@ -184,19 +187,32 @@ def test_topk_is_recorded_calibrated_on_and_kept_by_the_stability_rebuild(tiny_d
     pair = load_banks(str(out), manifest_cls=OfflineManifest)
     m = pair.manifest
     assert (m.scoring.topk, m.scoring.gamma, m.default_mode) == (0.25, 2.0, "dual_topk")
-    held = holdout_split(load_split(str(tiny_dataset), "train"), 0.1, 0)[1]
+    kept, held = holdout_split(load_split(str(tiny_dataset), "train"), 0.1, 0)
     model, _ = bank_extractor(str(out), m)
     f = m.features
     ex = extract(held, model, tuple(f.input_size), tuple(f.grid), f.d)
     labels = np.array([s.label for s in ex.samples])
     assert set(labels.tolist()) == {0, 1}
-    got = score_samples(Scorer(pair), ex.features)["dual_topk"]
-    t = m.threshold.detail["dual_topk"]["value"]
-    assert np.isclose(threshold(got, labels, "f1", 0.01)["value"], t, rtol=1e-5)
-    pair.manifest = replace(m, scoring=replace(m.scoring, topk=0.01))
-    at_default = score_samples(Scorer(pair), ex.features)["dual_topk"]
+    defects = extract([s for s in kept if s.label == 1], model, tuple(f.input_size), tuple(f.grid), f.d, with_mask=True)
+    cfg = BuildConfig(min_size=tiny_world.MIN_BANK, gamma=2.0, topk=0.25, default_mode="dual_topk")
+    sel = defect_patches(defects.covers, cfg.min_cover)
+    cf = head_crossfit_inputs(pair.negative, m, defects.features, sel, None, cfg).rows()
+    assert len(defects.samples) >= 2 and cf.scored.size == len(defects.samples)
+
+    def calibrated(topk):
+        pair.manifest = replace(m, scoring=replace(m.scoring, topk=topk))
+        cfs = head_crossfit_inputs(pair.negative, pair.manifest, defects.features, sel, None, cfg).rows()
+        got = score_samples(Scorer(pair), ex.features)["dual_topk"]
+        return got, crossfit_threshold(got, labels, cfs.scores["dual_topk"], "f1", 0.01)
+
+    got, want = calibrated(0.25)
+    detail = m.threshold.detail["dual_topk"]
+    assert np.isclose(want["value"], detail["value"], rtol=1e-5)
+    assert detail["crossfit_defects"] == len(defects.samples) == want["crossfit_defects"]
+    at_default, other = calibrated(0.01)
     assert not np.allclose(at_default, got, rtol=1e-3)  # the fraction matters: 1 % scores are other scores
-    assert not np.isclose(threshold(at_default, labels, "f1", 0.01)["value"], t, rtol=1e-3)  # and another threshold
+    assert not np.isclose(other["value"], detail["value"], rtol=1e-3)  # and another threshold
+    assert "crossfit_defects" not in m.threshold.detail["head"]  # fitted on those images: held-out only
     assert rebuild_plan(m, "b", str(tiny_dataset), "auto", 16).cfg.topk == 0.25
     p = run_exdd(
         "offline", "build", str(tiny_dataset), "--out", str(tmp_path / "c"), *TINY_ARGS, "--topk", "0", check=False

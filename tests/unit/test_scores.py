@@ -417,3 +417,12 @@ def test_crossfit_scores_each_defective_training_image_without_its_own_patches()
     assert (full[:, pos] < np.log(0.05)).all()  # a+ ~ 0 (float32 rounding): leaked
     assert (cf[:, pos] > np.log(0.5)).all()  # cross-fitted: the nearest is another image's
     assert np.bincount(crossfit_folds(n, 0, 3)).tolist() == [2, 2, 2]
+    # the same pass scores every mode for the threshold (rule 7): the negative bank's own score is the full pair's,
+    # the dual-bank scores are the fold banks' (lower than the leaked full bank's: no a+ ~ 0 at the defect)
+    from exdd.offline.head import crossfit_evidence
+
+    ev = crossfit_evidence(pair.negative, pair.manifest, defects, sel, None, bank_of, seed=0, folds=3)
+    np.testing.assert_array_equal(ev.inputs, cf)
+    full_scores = Scorer(BankPair(pair.negative, bank_of(defects[sel]), pair.manifest)).score(defects, map_modes=())
+    np.testing.assert_allclose(ev.scores["patchcore"], full_scores.scores["patchcore"], rtol=1e-6)
+    assert (ev.scores["dual_bounded"] < np.asarray(full_scores.scores["dual_bounded"])).all() and ev.scored.all()
