@@ -371,7 +371,7 @@ def build(
         if positive is None or "real" not in pos_ex:
             return None
         synth = pos_ex["synthetic"][0][pos_ex["synthetic"][1]] if "synthetic" in pos_ex else None
-        return head_crossfit_inputs(negative, manifest, *pos_ex["real"], synth, cfg, line.roi)
+        return build_crossfit(negative, manifest, *pos_ex["real"], synth, cfg, line.roi)
 
     return finish(
         dataset,
@@ -418,7 +418,7 @@ def image_head(
 HEAD_SEED = 0
 
 
-def head_crossfit_inputs(
+def build_crossfit(
     negative: Bank,
     manifest: OfflineManifest,
     features: np.ndarray,

@@ -34,10 +34,10 @@ from .build import (
     BuildConfig,
     BuildResult,
     bank_of,
+    build_crossfit,
     calibration_scorer,
     defect_patches,
     finish,
-    head_crossfit_inputs,
     plan,
     score_samples,
 )
@@ -424,7 +424,7 @@ def build_ray(
                 [ray.get(x.ref) for x in pos_parts[len(pos_parts) - n_synth_parts :] if x.rows]
                 or [np.zeros((0, int(features["d"])), np.float16)]
             )
-        return head_crossfit_inputs(
+        return build_crossfit(
             negative, manifest, np.concatenate([g[0] for g in got]), np.concatenate([g[1] for g in got]), synth, cfg
         )
 

@@ -44,16 +44,6 @@ def crossfit_folds(n: int, seed: int, folds: int = HEAD_FOLDS) -> np.ndarray:
     return out
 
 
-def scored_inputs(pair: BankPair, feats: np.ndarray, batch: int = 16) -> np.ndarray:
-    """(n, len(HEAD_FEATURES)) head statistics of stored features (n, h, w, d) against a bank pair."""
-    scorer = Scorer(pair)
-    rows = [
-        np.asarray(head_inputs(scorer.evidence(feats[i : i + batch].astype(np.float32))))
-        for i in range(0, feats.shape[0], batch)
-    ]
-    return np.concatenate(rows) if rows else np.zeros((0, len(HEAD_FEATURES)), np.float32)
-
-
 @dataclass
 class Crossfit:
     """The cross-fitted defective training images: head statistics (n, len(HEAD_FEATURES)), every mode's image
@@ -108,20 +98,6 @@ def crossfit_evidence(
                 out.scores.setdefault(m, np.zeros(n))[at] = np.asarray(v)
         out.scored[idx] = True
     return out
-
-
-def crossfit_inputs(
-    negative: Bank,
-    manifest: BankManifest,
-    defect_feats: np.ndarray,
-    defect_sel: np.ndarray,
-    other_pos: Optional[np.ndarray],
-    positive_of: Callable[[np.ndarray], Bank],
-    seed: int,
-    folds: int = HEAD_FOLDS,
-) -> np.ndarray:
-    """The head statistics of crossfit_evidence (an unscored image's are zeros)."""
-    return crossfit_evidence(negative, manifest, defect_feats, defect_sel, other_pos, positive_of, seed, folds).inputs
 
 
 def fit_head(

@@ -173,7 +173,7 @@ def test_topk_is_recorded_calibrated_on_and_kept_by_the_stability_rebuild(tiny_d
     the `--stability` rebuild reads it from the manifest; a fraction outside (0, 1] is refused naming the option."""
     import tiny_world
 
-    from exdd.offline.build import BuildConfig, defect_patches, head_crossfit_inputs, score_samples
+    from exdd.offline.build import BuildConfig, build_crossfit, defect_patches, score_samples
     from exdd.offline.calibrate import crossfit_threshold
     from exdd.offline.extract import extract
     from exdd.offline.features import bank_extractor
@@ -196,12 +196,12 @@ def test_topk_is_recorded_calibrated_on_and_kept_by_the_stability_rebuild(tiny_d
     defects = extract([s for s in kept if s.label == 1], model, tuple(f.input_size), tuple(f.grid), f.d, with_mask=True)
     cfg = BuildConfig(min_size=tiny_world.MIN_BANK, gamma=2.0, topk=0.25, default_mode="dual_topk")
     sel = defect_patches(defects.covers, cfg.min_cover)
-    cf = head_crossfit_inputs(pair.negative, m, defects.features, sel, None, cfg).rows()
+    cf = build_crossfit(pair.negative, m, defects.features, sel, None, cfg).rows()
     assert len(defects.samples) >= 2 and cf.scored.size == len(defects.samples)
 
     def calibrated(topk):
         pair.manifest = replace(m, scoring=replace(m.scoring, topk=topk))
-        cfs = head_crossfit_inputs(pair.negative, pair.manifest, defects.features, sel, None, cfg).rows()
+        cfs = build_crossfit(pair.negative, pair.manifest, defects.features, sel, None, cfg).rows()
         got = score_samples(Scorer(pair), ex.features)["dual_topk"]
         return got, crossfit_threshold(got, labels, cfs.scores["dual_topk"], "f1", 0.01)
 

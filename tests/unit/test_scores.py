@@ -399,8 +399,8 @@ def test_fit_head_cross_validates_and_falls_back_with_too_few_defective_images()
 def test_crossfit_scores_each_defective_training_image_without_its_own_patches():
     """The leak the cross-fit removes: scored against the full positive bank a defective training image's defect
     patch has a+ = 0 (it IS a bank element); cross-fitted, its fold's bank lacks it, so a+ > 0 at its peak."""
-    from exdd.offline.head import crossfit_folds, crossfit_inputs, scored_inputs
-    from exdd_scoring.scores import HEAD_FEATURES
+    from exdd.offline.head import crossfit_evidence, crossfit_folds
+    from exdd_scoring.scores import HEAD_FEATURES, head_inputs
 
     rng = np.random.default_rng(24)
     pair = make_pair(rng)
@@ -411,18 +411,16 @@ def test_crossfit_scores_each_defective_training_image_without_its_own_patches()
         defects[i, 3, 2] = rng.standard_normal(D) * 0.5 + 6.0
         sel[i, 3, 2] = True
     bank_of = lambda v: Bank(v.astype(np.float32), bank_neighbors(v.astype(np.float32), 3, np))  # noqa: E731
-    full = scored_inputs(BankPair(pair.negative, bank_of(defects[sel]), pair.manifest), defects)
-    cf = crossfit_inputs(pair.negative, pair.manifest, defects, sel, None, bank_of, seed=0, folds=3)
+    full_pair = BankPair(pair.negative, bank_of(defects[sel]), pair.manifest)
+    full = np.asarray(head_inputs(Scorer(full_pair).evidence(defects)))
+    ev = crossfit_evidence(pair.negative, pair.manifest, defects, sel, None, bank_of, seed=0, folds=3)
+    cf = ev.inputs
     pos = HEAD_FEATURES.index("log_pos_at_peak")
     assert (full[:, pos] < np.log(0.05)).all()  # a+ ~ 0 (float32 rounding): leaked
     assert (cf[:, pos] > np.log(0.5)).all()  # cross-fitted: the nearest is another image's
     assert np.bincount(crossfit_folds(n, 0, 3)).tolist() == [2, 2, 2]
     # the same pass scores every mode for the threshold (rule 7): the negative bank's own score is the full pair's,
     # the dual-bank scores are the fold banks' (lower than the leaked full bank's: no a+ ~ 0 at the defect)
-    from exdd.offline.head import crossfit_evidence
-
-    ev = crossfit_evidence(pair.negative, pair.manifest, defects, sel, None, bank_of, seed=0, folds=3)
-    np.testing.assert_array_equal(ev.inputs, cf)
-    full_scores = Scorer(BankPair(pair.negative, bank_of(defects[sel]), pair.manifest)).score(defects, map_modes=())
+    full_scores = Scorer(full_pair).score(defects, map_modes=())
     np.testing.assert_allclose(ev.scores["patchcore"], full_scores.scores["patchcore"], rtol=1e-6)
     assert (ev.scores["dual_bounded"] < np.asarray(full_scores.scores["dual_bounded"])).all() and ev.scored.all()
