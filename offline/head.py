@@ -73,7 +73,7 @@ def crossfit_evidence(
 ) -> Crossfit:
     """Each real defective training image (n, h, w, d) scored against a positive bank built by positive_of((N, d)
     rows) from the other folds' defect patches (defect_sel (n, h, w)) and other_pos (synthetic), with the manifest's
-    scoring and the line's ROI (patch mask, as the held-out images are scored): head statistics and mode scores."""
+    scoring and the line's ROI (BankPair.roi, as the held-out images are scored): head statistics and mode scores."""
     n = defect_feats.shape[0]
     out = Crossfit(np.zeros((n, len(HEAD_FEATURES)), np.float32), {}, np.zeros(n, bool))
     if n < 2:  # one image cannot be scored without itself: no cross-fitted evidence

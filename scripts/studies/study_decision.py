@@ -12,7 +12,9 @@ Protocol (BENCHMARKS.md, "The image decision, decided with enough data"):
   point difference is below -0.02; among those, the largest pooled difference;
 - maps the same way against the ratio map (pixel AUROC, pixel-resampled by image; AUPRO point values);
 - stability: Spearman correlation of the test scores of two builds of a split that differ only in the build
-  seed (which images are held out), the mean over the splits that have both builds.
+  seed (which images are held out), the mean over the splits that have both builds; beside it the share of test
+  images both builds give the same IS_DEFECT, each at the threshold the build calibrates (held_thresholds), and
+  at one operating point (rank_agreement).
 The pooled image scores of issue 25 (POOLED: top-k means of the dual_b01 and of the served ratio_b map at each
 fraction of TOPK_STUDY, the image head; EXPLORATORY, only when named in --images: dual_bounded and dual_topk with
 the dual map's exponent at each GAMMA_STUDY, 'dual_b01_g2', 'dual_topk_g2@0.05') are computed by the served modes
@@ -45,7 +47,7 @@ import numpy as np
 
 from exdd.defaults import TARGET_FPR
 from exdd.metrics import aupro
-from exdd.offline.calibrate import threshold
+from exdd.offline.calibrate import CROSSFIT_EXCLUDED, crossfit_threshold
 from exdd.offline.feature_cache import RawCache
 from exdd.offline.head import HEAD_L2, fit_head
 from exdd_scoring import upsample_smooth_matrices
@@ -53,6 +55,7 @@ from exdd_scoring.fusion import fit_fusion, fusion_score
 from exdd_scoring.scores import (
     DUAL_EPS_REL,
     MAP_KINDS,
+    MODE_REGISTRY,
     RAISE_EPS_REL,
     TOPK_FRACTION,
     Evidence,
@@ -271,14 +274,47 @@ def split_scores(
     return te, scores, params, head
 
 
+SERVED_MODES = {"dual_b01": "dual_bounded"}  # a study name whose served mode has another name
+
+
+def crossfit_scores(z, meta: Dict, s_h: np.ndarray, s_w: np.ndarray, names: Sequence[str]) -> Dict[str, np.ndarray]:
+    """Each score of the cross-fitted defective training images (cf_*), each fold's images by the served formulas
+    with their fold bank's spacing (as the head fit reads them); names: served modes (SERVED_MODES, 'MODE@f' for a
+    top-k fraction); empty without cross-fitted images."""
+    if not meta.get("cf_pos"):
+        return {n: np.zeros(0) for n in names}
+    cf, fold = SplitEvidence(z, meta, "cf", s_h, s_w), z["cf_fold"]
+    out = {n: np.zeros(fold.size) for n in names}
+    for f, st in enumerate(meta["cf_pos"]):
+        rows = fold == f
+        for n in names:
+            m, _, frac = n.partition("@")
+            ev = served_evidence(cf, st["nn1_median"], {"topk": float(frac) if frac else TOPK_FRACTION}, rows)
+            out[n][rows] = np.asarray(mode(SERVED_MODES.get(m, m)).score(ev))
+    return out
+
+
+def served_name(name: str) -> Optional[str]:
+    """The served mode a study score is (SERVED_MODES; 'MODE@f': MODE at top-k fraction f), None for a study-only
+    score."""
+    m = name.partition("@")[0]
+    m = SERVED_MODES.get(m, m)
+    return m if m in MODE_REGISTRY else None
+
+
 def held_thresholds(
     z, meta: Dict, s_h: np.ndarray, s_w: np.ndarray, names: Sequence[str], z_dense=None
 ) -> Dict[str, float]:
-    """Each score's threshold as `exdd offline build` calibrates it (offline.calibrate.threshold, its default rule
-    f1) on the split's held-out images, scored as the test images are (the fusion and the head fitted on them,
-    as the build fits them)."""
+    """Each score's threshold as `exdd offline build` calibrates it (rule 7, offline.calibrate.crossfit_threshold):
+    F1 on the split's held-out images, scored as the test images are (the fusion and the head fitted on them, as
+    the build fits them), plus the cross-fitted defective training images for a served mode but fusion and head; a
+    study-only score (served_name None) on the held-out images alone."""
     held, scores, _, _ = split_scores(z, meta, s_h, s_w, names, z_dense, key="held")
-    return {k: float(threshold(v, held.labels, "f1", TARGET_FPR)["value"]) for k, v in scores.items()}
+    served = [n for n in scores if served_name(n) not in (None, *CROSSFIT_EXCLUDED)]
+    cf = crossfit_scores(z, meta, s_h, s_w, served)
+    return {
+        k: float(crossfit_threshold(v, held.labels, cf.get(k), "f1", TARGET_FPR)["value"]) for k, v in scores.items()
+    }
 
 
 def agreement(s0: np.ndarray, s1: np.ndarray, t0: float, t1: float) -> float:

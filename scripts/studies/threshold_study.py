@@ -26,10 +26,8 @@ from exdd.defaults import TARGET_FPR
 from exdd.metrics import f1_max
 from exdd.offline.calibrate import crossfit_threshold, threshold
 from exdd_scoring import upsample_smooth_matrices
-from exdd_scoring.scores import TOPK_FRACTION, mode
-from scripts.common import served_evidence
 from scripts.harness import BenchResult, params_of
-from scripts.studies.study_decision import SETS, SplitEvidence, agreement, ci, load_split, split_scores
+from scripts.studies.study_decision import SETS, agreement, ci, crossfit_scores, load_split, split_scores
 
 SERVED = "dual_b01"
 N_BAG = 200
@@ -55,25 +53,6 @@ def weighted_f1(scores: np.ndarray, labels: np.ndarray, t: float, w: np.ndarray)
     pred, y = np.asarray(scores) >= t, np.asarray(labels).astype(bool)
     tp, fp, fn = w[:, pred & y].sum(1), w[:, pred & ~y].sum(1), w[:, ~pred & y].sum(1)
     return 2 * tp / np.maximum(2 * tp + fp + fn, 1e-12)
-
-
-SERVED_MODES = {"dual_b01": "dual_bounded"}  # a study name whose served mode has another name
-
-
-def crossfit_scores(z, meta: Dict, s_h: np.ndarray, s_w: np.ndarray, names: Sequence[str]) -> Dict[str, np.ndarray]:
-    """Each score of the cross-fitted defective training images (cf_*), each fold's images by the served formulas
-    with their fold bank's spacing (as study_decision's head fit reads them); empty without cross-fitted images."""
-    if not meta.get("cf_pos"):
-        return {n: np.zeros(0) for n in names}
-    cf, fold = SplitEvidence(z, meta, "cf", s_h, s_w), z["cf_fold"]
-    out = {n: np.zeros(fold.size) for n in names}
-    for f, st in enumerate(meta["cf_pos"]):
-        rows = fold == f
-        for n in names:
-            m, _, frac = n.partition("@")
-            ev = served_evidence(cf, st["nn1_median"], {"topk": float(frac) if frac else TOPK_FRACTION}, rows)
-            out[n][rows] = np.asarray(mode(SERVED_MODES.get(m, m)).score(ev))
-    return out
 
 
 RULES = ("f1", "bag", "cf")  # today's, rule 6's T_bag, rule 7's T_cf

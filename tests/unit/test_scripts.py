@@ -245,6 +245,22 @@ def test_study_scores_the_pooled_candidates_with_the_served_modes_and_crossfits_
     assert (cf["a_pos"][:, 4:] > 0.3).all()  # its own defect patches are not in its fold's bank
     full = ss.bank_evidence(feats, cf["ids"], ss.make_bank(feats[defects][sel], 1.0, 1)[:2], "pos")
     assert (full["a_pos"][:, 4:] < 0.05).all()  # the full bank holds them (float32 kNN): the leak
+    # rule 7 in the study: a served mode's threshold also reads the cross-fitted images, a study-only score does not
+    from exdd.offline.calibrate import crossfit_threshold
+
+    zc, mc = dict(zh, **{f"cf_{k}": v for k, v in cf.items()}), dict(meta, cf_pos=stats)
+    both = ["dual_b01", "neg_map_max"]
+    th2, cfs = sd.held_thresholds(zc, mc, s_h, s_w, both), sd.crossfit_scores(zc, mc, s_h, s_w, ["dual_b01"])
+    _, held2, _, _ = sd.split_scores(zc, mc, s_h, s_w, both, key="held")
+    assert cfs["dual_b01"].shape == (len(defects),)
+    assert (
+        th2["dual_b01"]
+        == crossfit_threshold(held2["dual_b01"], zh["held_labels"], cfs["dual_b01"], "f1", 0.01)["value"]
+    )
+    assert th2["neg_map_max"] == threshold(held2["neg_map_max"], zh["held_labels"], "f1", 0.01)["value"]
+    assert th2["dual_b01"] != threshold(held2["dual_b01"], zh["held_labels"], "f1", 0.01)["value"]  # cf counted
+    assert sd.served_name("dual_b01") == "dual_bounded" and sd.served_name("dual_topk@0.05") == "dual_topk"
+    assert sd.served_name("neg_map_max") is None and sd.served_name("dual_topk_g2@0.05") is None
 
 
 def test_the_served_score_is_replaced_only_by_a_candidate_that_meets_every_condition_of_the_rule():
