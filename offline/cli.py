@@ -346,7 +346,9 @@ def build(
         f"({src.defect_images} defective + {src.synthetic_images} synthetic images)"
     )
     for mode, v in m.thresholds.items():
-        click.echo(f"threshold[{mode}]: {v:.6g} ({m.threshold.detail[mode]['rule']})")
+        t = m.threshold.detail[mode]
+        cf = f"; held-out + {t['crossfit_defects']} cross-fitted defective images" if "crossfit_defects" in t else ""
+        click.echo(f"threshold[{mode}]: {v:.6g} ({t['rule']}{cf})")
     click.echo(f"time: {time.time() - t0:.1f}s")
     if res.errors:
         click.echo(f"unreadable files: {len(res.errors)} (skipped, listed in the manifest)", err=True)

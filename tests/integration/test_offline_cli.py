@@ -183,10 +183,15 @@ def test_topk_is_recorded_calibrated_on_and_kept_by_the_stability_rebuild(tiny_d
 
     out = tmp_path / "b"
     args = ("--mode", "dual_topk", "--topk", "0.25", "--gamma", "2")
-    run_exdd("offline", "build", str(tiny_dataset), "--out", str(out), *TINY_ARGS, *args)
+    built = run_exdd("offline", "build", str(tiny_dataset), "--out", str(out), *TINY_ARGS, *args)
     pair = load_banks(str(out), manifest_cls=OfflineManifest)
     m = pair.manifest
     assert (m.scoring.topk, m.scoring.gamma, m.default_mode) == (0.25, 2.0, "dual_topk")
+    n_cf = m.threshold.detail["dual_topk"]["crossfit_defects"]
+    assert f"held-out + {n_cf} cross-fitted defective images)" in built.stdout  # the build says what calibrated
+    assert "threshold[head]: " in built.stdout and "cross-fitted" not in next(
+        x for x in built.stdout.splitlines() if x.startswith("threshold[head]")
+    )
     kept, held = holdout_split(load_split(str(tiny_dataset), "train"), 0.1, 0)
     model, _ = bank_extractor(str(out), m)
     f = m.features
