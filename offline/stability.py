@@ -128,8 +128,9 @@ def stability_report(
     banks_b: OfflineManifest,
     scored: Sequence[Sample] = (),
 ) -> Dict[str, Any]:
-    """Spearman of the two builds' image scores per mode, whether their verdicts agree (scored: the test images,
-    in score order; thresholds from each build's manifest), and what differs between the builds."""
+    """Spearman of the two builds' image scores per mode, how many images they decide alike (verdict_agreement;
+    scored: the test images in the scores' order, thresholds from each build's manifest), and what differs between
+    the builds."""
     rel = lambda ss: sorted(os.path.relpath(s.path, dataset) for s in ss)  # noqa: E731
     ha, hb = rel(held_a), rel(held_b)
     size = lambda m, b: getattr(m.coreset, b).size  # noqa: E731
