@@ -256,7 +256,9 @@ def update(
             t = threshold(scores[m], labels, thr.rule, thr.target_fpr)
             values[m], detail[m] = t["value"], t
         thr = Thresholds(thr.rule, thr.target_fpr, values, detail, {"images": len(ex.samples), "at": now})
-        threshold_note = f"recalibrated on {len(ex.samples)} images"
+        threshold_note = (
+            f"recalibrated on {len(ex.samples)} held-out images (not on the cross-fitted defects a build uses)"
+        )
     else:
         threshold_note = "kept from the parent"
     seconds["calibrate"] = time.perf_counter() - t3

@@ -170,7 +170,10 @@ def test_update_recalibrates_on_the_parent_holdout(tiny_dataset, tiny_banks, tmp
         str(out),
     )
     m = json.loads((out / "manifest.json").read_text())
-    assert m["updates"][-1]["threshold"] == "recalibrated on 2 images"
+    assert (
+        m["updates"][-1]["threshold"]
+        == "recalibrated on 2 held-out images (not on the cross-fitted defects a build uses)"
+    )
     assert m["threshold"]["calibrated"]["images"] == 2 and set(m["threshold"]["values"]) == set(MODES)
     # a wrong held-out fraction does not reproduce the parent's split: refused
     p = run_exdd(
