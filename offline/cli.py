@@ -171,7 +171,7 @@ def offline() -> None:
     show_default=True,
     type=click.FloatRange(0.0, 1.0, min_open=True),
     help="Fraction of the map's pixels whose mean is the image score of modes dual_topk and ratio_topk "
-    "(scoring.topk; the held-out threshold is calibrated on it).",
+    "(scoring.topk; the threshold is calibrated on it).",
 )
 @click.option(
     "--seed",
