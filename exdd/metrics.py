@@ -6,7 +6,7 @@ threshold (the same conventions as scikit-learn's roc_auc_score and average_prec
 
 from __future__ import annotations
 
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 
@@ -18,13 +18,19 @@ def trapezoid(y: np.ndarray, x: np.ndarray) -> float:
     return float(np.sum(np.diff(x) * (y[1:] + y[:-1]) * 0.5))
 
 
-def _curve(scores: np.ndarray, labels: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Cumulative true and false positives at each distinct threshold (descending), and thresholds."""
+def _curve(
+    scores: np.ndarray, labels: np.ndarray, weights: Optional[np.ndarray] = None
+) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Cumulative true and false positives at each distinct threshold (descending), and thresholds; with weights,
+    each image counts its weight."""
     s = np.asarray(scores, dtype=np.float64).ravel()
     y = np.asarray(labels).ravel().astype(bool)
     order = np.argsort(-s, kind="mergesort")
     s, y = s[order], y[order]
     last = np.r_[np.nonzero(np.diff(s))[0], s.size - 1]
+    if weights is not None:
+        w = np.asarray(weights, dtype=np.float64).ravel()[order]
+        return np.cumsum(w * y)[last], np.cumsum(w * ~y)[last], s[last]
     tp = np.cumsum(y)[last]
     fp = (last + 1) - tp
     return tp.astype(np.float64), fp.astype(np.float64), s[last]
@@ -56,9 +62,10 @@ def average_precision(scores: np.ndarray, labels: np.ndarray) -> float:
     return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
 
 
-def f1_max(scores: np.ndarray, labels: np.ndarray) -> Tuple[float, float]:
-    """Best F1 over thresholds and the threshold achieving it (predict defect when score >= it)."""
-    tp, fp, thr = _curve(scores, labels)
+def f1_max(scores: np.ndarray, labels: np.ndarray, weights: Optional[np.ndarray] = None) -> Tuple[float, float]:
+    """Best F1 over thresholds and the threshold achieving it (predict defect when score >= it; ties: the highest);
+    with weights, F1 of the weighted counts."""
+    tp, fp, thr = _curve(scores, labels, weights)
     if tp[-1] == 0:
         return float("nan"), float("nan")
     fn = tp[-1] - tp

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Optional
 
 import numpy as np
 
-from exdd.metrics import f1_max
+from exdd.metrics import confusion, f1_max
 from exdd_scoring.fusion import fit_fusion
 
 RULES = ("f1", "fpr")
@@ -41,19 +41,6 @@ def threshold(scores: np.ndarray, labels: np.ndarray, rule: str, target_fpr: flo
 CROSSFIT_EXCLUDED = ("fusion", "head")
 
 
-def weighted_f1_threshold(scores: np.ndarray, labels: np.ndarray, weights: np.ndarray) -> Tuple[float, float]:
-    """(best F1, its threshold) with weighted counts, F1 = 2 TP / (2 TP + FP + FN) (ties: the highest threshold,
-    as exdd.metrics.f1_max, which it equals with unit weights)."""
-    s = np.asarray(scores, np.float64)
-    order = np.argsort(-s, kind="mergesort")
-    s, y, w = s[order], np.asarray(labels)[order].astype(bool), np.asarray(weights, np.float64)[order]
-    last = np.r_[np.nonzero(np.diff(s))[0], s.size - 1]
-    tp, fp = np.cumsum(w * y)[last], np.cumsum(w * ~y)[last]
-    f1 = 2 * tp / np.maximum(2 * tp + fp + (tp[-1] - tp), 1e-12)
-    i = int(np.argmax(f1))
-    return float(f1[i]), float(s[last][i])
-
-
 def crossfit_threshold(
     scores: np.ndarray, labels: np.ndarray, crossfit: Optional[np.ndarray], rule: str, target_fpr: float
 ) -> Dict[str, Any]:
@@ -70,22 +57,15 @@ def crossfit_threshold(
     s = np.r_[held, np.asarray(crossfit, np.float64)]
     y = np.r_[labels, np.ones(crossfit.size, int)]
     w = n_def / (n_def + crossfit.size)
-    f1, t = weighted_f1_threshold(s, y, np.where(y == 1, w, 1.0))
+    f1, t = f1_max(s, y, np.where(y == 1, w, 1.0))
     return {
         "value": t,
         "rule": "f1",
-        "heldout_f1": f1_at(held, labels, t),
+        "heldout_f1": confusion(held, labels, t)["f1"],
         "crossfit_defects": int(crossfit.size),
         "defect_weight": float(w),
         "calibration_f1": f1,
     }
-
-
-def f1_at(scores: np.ndarray, labels: np.ndarray, t: float) -> float:
-    """F1 of 'score >= t' on scores with 0/1 labels."""
-    pred, y = np.asarray(scores) >= t, np.asarray(labels).astype(bool)
-    tp, fp, fn = int((pred & y).sum()), int((pred & ~y).sum()), int((~pred & y).sum())
-    return 2 * tp / max(2 * tp + fp + fn, 1)
 
 
 # Issue 27: the review band's rates (documented in README, "Running a line").

@@ -288,9 +288,11 @@ def crossfit_scores(z, meta: Dict, s_h: np.ndarray, s_w: np.ndarray, names: Sequ
     for f, st in enumerate(meta["cf_pos"]):
         rows = fold == f
         for n in names:
-            m, _, frac = n.partition("@")
+            m, frac = served_name(n), n.partition("@")[2]
+            if m is None:
+                raise ValueError(f"{n}: not a served mode, it has no cross-fitted score")
             ev = served_evidence(cf, st["nn1_median"], {"topk": float(frac) if frac else TOPK_FRACTION}, rows)
-            out[n][rows] = np.asarray(mode(SERVED_MODES.get(m, m)).score(ev))
+            out[n][rows] = np.asarray(mode(m).score(ev))
     return out
 
 

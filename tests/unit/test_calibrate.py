@@ -4,16 +4,16 @@ rule 7)."""
 import numpy as np
 
 from exdd.metrics import f1_max
-from exdd.offline.calibrate import crossfit_threshold, threshold, weighted_f1_threshold
+from exdd.offline.calibrate import crossfit_threshold, threshold
 
 
-def test_weighted_f1_is_f1_with_unit_weights_and_counts_weights():
+def test_weighted_f1_max_is_f1_max_with_unit_weights_and_counts_weights():
     rng = np.random.default_rng(0)
     s, y = rng.uniform(0, 1, 40), (rng.uniform(0, 1, 40) < 0.3).astype(int)
-    assert weighted_f1_threshold(s, y, np.ones(40)) == f1_max(s, y)
+    assert f1_max(s, y, np.ones(40)) == f1_max(s, y)
     s2, y2 = np.r_[0.1, 0.5, 0.9], np.r_[0, 1, 1]
     # the defect at 0.5 weighs nothing: flagging only 0.9 is then perfect
-    assert weighted_f1_threshold(s2, y2, np.r_[1.0, 0.0, 1.0]) == (1.0, 0.9)
+    assert f1_max(s2, y2, np.r_[1.0, 0.0, 1.0]) == (1.0, 0.9)
 
 
 def test_crossfit_defects_join_the_held_out_at_its_share_of_defects_and_only_for_f1():
